@@ -1,0 +1,594 @@
+//! The per-core engine: the sans-IO entry point of the protocol.
+//!
+//! Datagrams go in through [`Engine::handle_datagram`]; packets come out of
+//! [`Engine::poll_transmit`]; the application side learns what happened from
+//! [`Engine::poll_event`] and acts through `connect` / `listen` / `send` / `recv` / `close`; time
+//! moves through [`Engine::poll_timeout`] and [`Engine::handle_timeout`]. Nothing here reads a
+//! clock, touches a socket or spawns a thread, so the same code runs in the sidecar, in the
+//! simulator and in benchmarks.
+
+pub mod api;
+pub mod ports;
+pub mod stats;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
+use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow};
+use crate::rss::{self, RssOracle, UdpTuple};
+use crate::time::Instant;
+use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
+
+use api::*;
+use ports::{Owner, PortMap};
+use stats::{DropReason, EngineStats, FlowStats};
+
+/// Control packets (RSTs) waiting to be sent are capped so that a flood of packets for unknown
+/// flows cannot grow memory; beyond the cap, replies are simply not sent.
+const CTRL_QUEUE_CAP: usize = 4096;
+/// Peers remembered for spray sizing; the cache is cleared when full.
+const PEER_CACHE_CAP: usize = 65536;
+/// Random UDP pairs tried when looking for one the RSS oracle places on a given engine.
+const ORACLE_TRIES: u32 = 4096;
+
+/// What a peer host told us about itself in a handshake block.
+#[derive(Debug, Clone, Copy)]
+struct PeerInfo {
+    engines: u16,
+    pool: PortPool,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    flow: Option<Box<Flow>>,
+}
+
+/// One engine: the protocol state of one core. See the module documentation.
+pub struct Engine {
+    cfg: EngineConfig,
+    rng: ChaCha8Rng,
+    oracle: Option<Box<dyn RssOracle>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// (remote ip, remote Machnet port, local Machnet port) → slot.
+    by_key: HashMap<(Ipv4Addr, u16, u16), u32>,
+    ports: PortMap,
+    ephemeral_cursor: u32,
+    peers: HashMap<Ipv4Addr, PeerInfo>,
+    /// Engine that accepted our last connection to (ip, port): the target of a predicted SYN.
+    remote_listeners: HashMap<(Ipv4Addr, u16), u16>,
+    ctrl: VecDeque<CtrlPacket>,
+    ready: VecDeque<u32>,
+    events: VecDeque<Event>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    stats: EngineStats,
+    live: usize,
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("local_ip", &self.cfg.local_ip)
+            .field("engine_id", &self.cfg.engine_id)
+            .field("flows", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds an engine. `seed` drives every random choice (initial sequence numbers, port
+    /// choices), so a run is reproducible from it; production callers pass OS randomness.
+    pub fn new(config: EngineConfig, seed: u64) -> Result<Engine, ConfigError> {
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let ports = PortMap::new(config.engine_id, config.engine_count, config.ephemeral_ports);
+        let ephemeral_cursor = rng.random_range(0..ports.ephemeral_count());
+        Ok(Engine {
+            ports,
+            ephemeral_cursor,
+            rng,
+            cfg: config,
+            oracle: None,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            peers: HashMap::new(),
+            remote_listeners: HashMap::new(),
+            ctrl: VecDeque::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            stats: EngineStats::default(),
+            live: 0,
+            last_now: Instant::ZERO,
+        })
+    }
+
+    /// Installs an RSS oracle: where it can predict placement, the engine sends single
+    /// handshake packets instead of spraying (PROTOCOL.md §5.4).
+    pub fn set_rss_oracle(&mut self, oracle: Box<dyn RssOracle>) {
+        self.oracle = Some(oracle);
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Flows this engine holds, including half-open and lingering ones.
+    pub fn flow_count(&self) -> usize {
+        self.live
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Listening
+    // ----------------------------------------------------------------------------------------
+
+    fn check_listen_port(&self, port: u16) -> Result<(), ListenError> {
+        if port == 0 {
+            return Err(ListenError::PortZero);
+        }
+        if self.ports.is_ephemeral(port) {
+            return Err(ListenError::EphemeralPort(port));
+        }
+        Ok(())
+    }
+
+    /// Accepts connections to `port` on this engine. The host must also announce it to its other
+    /// engines with [`Engine::add_host_listener`].
+    pub fn listen(&mut self, port: u16) -> Result<(), ListenError> {
+        self.check_listen_port(port)?;
+        if !self.ports.add(port, self.cfg.engine_id) {
+            return Err(ListenError::AlreadyListening(port));
+        }
+        Ok(())
+    }
+
+    /// Stops accepting on `port`; established flows are unaffected.
+    pub fn unlisten(&mut self, port: u16) {
+        self.ports.remove(port, self.cfg.engine_id);
+    }
+
+    /// Records that engine `engine_id` of this host listens on `port`: packets for that port that
+    /// RSS puts on this engine are dropped (counted as `WrongEngine`) rather than refused.
+    pub fn add_host_listener(&mut self, port: u16, engine_id: u16) -> Result<(), ListenError> {
+        if engine_id >= self.cfg.engine_count {
+            return Err(ListenError::BadEngine(engine_id));
+        }
+        self.check_listen_port(port)?;
+        self.ports.add(port, engine_id);
+        Ok(())
+    }
+
+    pub fn remove_host_listener(&mut self, port: u16, engine_id: u16) {
+        if engine_id < self.cfg.engine_count {
+            self.ports.remove(port, engine_id);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Application operations
+    // ----------------------------------------------------------------------------------------
+
+    /// Opens a flow to `remote_ip:remote_port` (Machnet port). Completion is reported by
+    /// [`Event::Connected`], failure by [`Event::Closed`]. Messages may be sent right away;
+    /// they leave once the flow is established.
+    pub fn connect(&mut self, now: Instant, remote_ip: Ipv4Addr, remote_port: u16) -> Result<FlowId, ConnectError> {
+        self.last_now = now;
+        if remote_ip.is_unspecified() || remote_ip.is_broadcast() || remote_ip.is_multicast() {
+            return Err(ConnectError::InvalidRemoteAddress);
+        }
+        if remote_port == 0 {
+            return Err(ConnectError::InvalidRemotePort);
+        }
+        let local_port = self.pick_ephemeral(remote_ip, remote_port).ok_or(ConnectError::NoEphemeralPort)?;
+        let key = FlowKey { local_ip: self.cfg.local_ip, local_port, remote_ip, remote_port };
+        let peer = self.peers.get(&remote_ip).copied().unwrap_or(PeerInfo {
+            engines: self.cfg.engine_count,
+            pool: self.cfg.remote_udp_ports(),
+        });
+        let syn_path = self.predict_syn_path(remote_ip, remote_port, peer.pool);
+        let reply_hint = self.predict_reply_hint(remote_ip, peer.pool).unwrap_or(UdpPair::NONE);
+        let iss = self.rng.random();
+        let flow = Flow::new_client(&self.cfg, key, iss, now, peer.pool, peer.engines, syn_path, reply_hint);
+        self.stats.syn_batches += 1;
+        Ok(self.insert(flow, now))
+    }
+
+    fn pick_ephemeral(&mut self, remote_ip: Ipv4Addr, remote_port: u16) -> Option<u16> {
+        let n = self.ports.ephemeral_count();
+        for _ in 0..n {
+            let i = self.ephemeral_cursor % n;
+            self.ephemeral_cursor = (i + 1) % n;
+            let port = self.ports.my_ephemeral(i);
+            if !self.by_key.contains_key(&(remote_ip, remote_port, port)) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// A UDP pair the oracle places on the engine that accepted our last connection to this
+    /// listener, if both are known.
+    fn predict_syn_path(&mut self, remote_ip: Ipv4Addr, remote_port: u16, pool: PortPool) -> Option<UdpPair> {
+        let target = *self.remote_listeners.get(&(remote_ip, remote_port))?;
+        let oracle = self.oracle.as_deref()?;
+        let local = self.cfg.local_ip;
+        (0..ORACLE_TRIES).find_map(|_| {
+            let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
+            let t = UdpTuple { src_ip: local, dst_ip: remote_ip, src_port: p.src, dst_port: p.dst };
+            (oracle.remote_engine(&t)? == target).then_some(p)
+        })
+    }
+
+    /// A (peer source, our destination) UDP pair the oracle places on this engine.
+    fn predict_reply_hint(&mut self, remote_ip: Ipv4Addr, peer_pool: PortPool) -> Option<UdpPair> {
+        let oracle = self.oracle.as_deref()?;
+        let me = self.cfg.engine_id;
+        let local = self.cfg.local_ip;
+        (0..ORACLE_TRIES).find_map(|_| {
+            let p = UdpPair { src: random_port(&mut self.rng, peer_pool), dst: random_port(&mut self.rng, self.cfg.udp_ports) };
+            let t = UdpTuple { src_ip: remote_ip, dst_ip: local, src_port: p.src, dst_port: p.dst };
+            (oracle.local_engine(&t)? == me).then_some(p)
+        })
+    }
+
+    /// Queues one message. Fails with [`SendError::BufferFull`] (back-pressure) when the flow's
+    /// send buffer cannot take it; [`Event::Writable`] follows once it can.
+    pub fn send(&mut self, now: Instant, flow: FlowId, msg: Bytes) -> Result<(), SendError> {
+        self.last_now = now;
+        let idx = self.visible(flow).ok_or(SendError::UnknownFlow)?;
+        if msg.is_empty() {
+            return Err(SendError::EmptyMessage);
+        }
+        let limit = self.cfg.max_message_len;
+        let f = self.flow_mut(idx);
+        let max = f.peer_max_message.min(limit) as usize;
+        if msg.len() > max {
+            return Err(SendError::MessageTooLarge { len: msg.len(), max });
+        }
+        f.send.accept(msg).map_err(|e| match e {
+            crate::flow::send::AcceptError::Closed => SendError::Closed,
+            crate::flow::send::AcceptError::BufferFull => SendError::BufferFull,
+        })?;
+        self.settle(idx, now);
+        Ok(())
+    }
+
+    /// Takes the next complete message of `flow`, if any.
+    pub fn recv(&mut self, flow: FlowId) -> Result<Option<Bytes>, RecvError> {
+        let idx = self.visible(flow).ok_or(RecvError::UnknownFlow)?;
+        let now = self.last_now;
+        let msg = self.flow_mut(idx).recv.read();
+        if msg.is_some() {
+            self.run(idx, |f, ctx| f.on_read(now, ctx));
+            self.settle(idx, now);
+        }
+        Ok(msg)
+    }
+
+    /// Closes the sending direction: a FIN follows the queued messages. The flow ends (with
+    /// [`Event::Closed`] `Graceful`) once the peer has closed too and every message was read.
+    pub fn close(&mut self, now: Instant, flow: FlowId) -> Result<(), CloseError> {
+        self.last_now = now;
+        let idx = self.visible(flow).ok_or(CloseError::UnknownFlow)?;
+        self.flow_mut(idx).close();
+        self.settle(idx, now);
+        Ok(())
+    }
+
+    /// Aborts the flow: queued and unread messages are discarded and the peer gets an RST.
+    pub fn abort(&mut self, now: Instant, flow: FlowId) -> Result<(), CloseError> {
+        self.last_now = now;
+        let idx = self.visible(flow).ok_or(CloseError::UnknownFlow)?;
+        self.flow_mut(idx).abort();
+        self.settle(idx, now);
+        Ok(())
+    }
+
+    /// Counters and estimates of a live flow.
+    pub fn flow_stats(&self, flow: FlowId) -> Option<FlowStats> {
+        self.visible(flow).map(|i| self.flow_ref(i).snapshot())
+    }
+
+    /// Identity of a live flow.
+    pub fn flow_key(&self, flow: FlowId) -> Option<FlowKey> {
+        self.visible(flow).map(|i| self.flow_ref(i).key)
+    }
+
+    /// Bytes a live flow holds for the application: unread messages, partial messages and
+    /// out-of-order packets (for memory accounting).
+    pub fn flow_held_bytes(&self, flow: FlowId) -> Option<usize> {
+        self.visible(flow).map(|i| self.flow_ref(i).recv.held_bytes())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Sans-IO driving
+    // ----------------------------------------------------------------------------------------
+
+    /// Processes one received UDP datagram. Invalid packets are counted and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, d: Datagram<'_>) {
+        self.last_now = now;
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += d.payload.len() as u64;
+        if let Err(reason) = self.process(now, d) {
+            self.stats.count_drop(reason);
+        }
+    }
+
+    fn process(&mut self, now: Instant, d: Datagram<'_>) -> Result<(), DropReason> {
+        let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
+        match (wire::verify_checksum(d.payload), self.cfg.checksum) {
+            (ChecksumStatus::Invalid, _) => return Err(DropReason::BadChecksum),
+            (ChecksumStatus::Absent, ChecksumMode::Always) => return Err(DropReason::MissingChecksum),
+            _ => {}
+        }
+        let repr = Repr::parse(&packet).map_err(DropReason::from_parse)?;
+        let path = UdpPair { src: d.src_port, dst: d.dst_port };
+        if let (Some(hs), PacketType::Syn | PacketType::SynAck) = (&repr.handshake, repr.packet_type) {
+            self.learn_peer(d.remote_ip, repr.src_port, repr.packet_type, hs);
+        }
+        if let Some(&idx) = self.by_key.get(&(d.remote_ip, repr.src_port, repr.dst_port)) {
+            let payload = packet.payload();
+            let result = self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx));
+            self.settle(idx, now);
+            return result;
+        }
+        match repr.packet_type {
+            PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, path),
+            PacketType::Rst => Err(DropReason::UnknownFlow),
+            _ => match self.ports.owner(repr.dst_port) {
+                Owner::Other => Err(DropReason::WrongEngine),
+                Owner::Me | Owner::Nobody => {
+                    // Answer on the reverse path: the peer learns the flow is gone (§8.3).
+                    let rst = rst_repr(repr.dst_port, repr.src_port, repr.ack, repr.seq.wrapping_add(1));
+                    self.queue_ctrl(d.remote_ip, path.reversed(), rst);
+                    Err(DropReason::UnknownFlow)
+                }
+            },
+        }
+    }
+
+    fn learn_peer(&mut self, ip: Ipv4Addr, port: u16, ty: PacketType, hs: &Handshake) {
+        if self.peers.len() >= PEER_CACHE_CAP {
+            self.peers.clear();
+        }
+        let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+        self.peers.insert(ip, PeerInfo { engines: hs.engine_count, pool });
+        if ty == PacketType::SynAck {
+            if self.remote_listeners.len() >= PEER_CACHE_CAP {
+                self.remote_listeners.clear();
+            }
+            self.remote_listeners.insert((ip, port), hs.engine_id);
+        }
+    }
+
+    fn queue_ctrl(&mut self, remote_ip: Ipv4Addr, path: UdpPair, repr: Repr) {
+        if self.ctrl.len() < CTRL_QUEUE_CAP {
+            self.ctrl.push_back(CtrlPacket { remote_ip, path, repr });
+        }
+    }
+
+    /// A SYN for no existing flow (PROTOCOL.md §5.1).
+    fn accept_syn(&mut self, now: Instant, remote_ip: Ipv4Addr, syn: &Repr, path: UdpPair) -> Result<(), DropReason> {
+        let hs = syn.handshake.expect("parse guarantees a handshake block on SYN");
+        if !self.ports.i_listen(syn.dst_port) {
+            if self.ports.listeners(syn.dst_port) != 0 {
+                return Err(DropReason::WrongEngine);
+            }
+            // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
+            // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK.
+            let h = &self.cfg.handshake;
+            let n = rss::spray_batch_for_attempt(hs.engine_count, h.success_target, hs.attempt, h.max_batch);
+            let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+            for _ in 0..n {
+                let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
+                let rst = rst_repr(syn.dst_port, syn.src_port, 0, syn.seq.wrapping_add(1));
+                self.queue_ctrl(remote_ip, p, rst);
+            }
+            return Err(DropReason::NoListener);
+        }
+        let key = FlowKey { local_ip: self.cfg.local_ip, local_port: syn.dst_port, remote_ip, remote_port: syn.src_port };
+        let synack_path = if !hs.reply_hint.is_none() {
+            Some(hs.reply_hint)
+        } else {
+            self.predict_path_to_engine(remote_ip, &hs)
+        };
+        let iss = self.rng.random();
+        let mut flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
+        flow.listen_port = Some(syn.dst_port);
+        self.insert(flow, now);
+        Ok(())
+    }
+
+    /// A UDP pair the oracle places on the peer's engine `hs.engine_id`.
+    fn predict_path_to_engine(&mut self, remote_ip: Ipv4Addr, hs: &Handshake) -> Option<UdpPair> {
+        let oracle = self.oracle.as_deref()?;
+        let local = self.cfg.local_ip;
+        let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+        (0..ORACLE_TRIES).find_map(|_| {
+            let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
+            let t = UdpTuple { src_ip: local, dst_ip: remote_ip, src_port: p.src, dst_port: p.dst };
+            (oracle.remote_engine(&t)? == hs.engine_id).then_some(p)
+        })
+    }
+
+    /// Writes the next packet to send into `buf` (at least `max_udp_payload` bytes long).
+    ///
+    /// # Panics
+    /// If `buf` is shorter than [`EngineConfig::max_udp_payload`].
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        assert!(buf.len() >= usize::from(self.cfg.max_udp_payload), "transmit buffer too small");
+        self.last_now = now;
+        let t = self.next_transmit(now, buf)?;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += t.len as u64;
+        Some(t)
+    }
+
+    fn next_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(c) = self.ctrl.pop_front() {
+            let len = c.repr.emit(buf, &[], self.cfg.checksum == ChecksumMode::Always);
+            if c.repr.packet_type == PacketType::Rst {
+                self.stats.rsts_sent += 1;
+            }
+            return Some(Transmit { remote_ip: c.remote_ip, src_port: c.path.src, dst_port: c.path.dst, len });
+        }
+        while let Some(idx) = self.ready.pop_front() {
+            let Some(f) = self.slots[idx as usize].flow.as_mut() else {
+                continue;
+            };
+            f.in_ready = false;
+            let t = self.run(idx, |f, ctx| f.poll_transmit(now, buf, ctx));
+            self.settle(idx, now);
+            if t.is_some() {
+                return t;
+            }
+        }
+        None
+    }
+
+    /// The next event for the application side.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which [`Engine::handle_timeout`] has work (may be early).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+            if self.scheduled_at(idx, gen) == Some(t) {
+                return Some(t);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    fn scheduled_at(&self, idx: u32, gen: u32) -> Option<Instant> {
+        let slot = &self.slots[idx as usize];
+        if slot.generation != gen {
+            return None;
+        }
+        slot.flow.as_ref()?.scheduled
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = now;
+        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.scheduled_at(idx, gen) != Some(t) {
+                continue;
+            }
+            self.flow_mut(idx).scheduled = None;
+            self.run(idx, |f, ctx| f.on_timeout(now, ctx));
+            self.settle(idx, now);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Flow table
+    // ----------------------------------------------------------------------------------------
+
+    fn insert(&mut self, flow: Flow, now: Instant) -> FlowId {
+        let key = (flow.key.remote_ip, flow.key.remote_port, flow.key.local_port);
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[idx as usize].flow = Some(Box::new(flow));
+        self.by_key.insert(key, idx);
+        self.live += 1;
+        self.stats.flows_opened += 1;
+        self.settle(idx, now);
+        FlowId { index: idx, generation: self.slots[idx as usize].generation }
+    }
+
+    /// The slot of a flow the application may use.
+    fn visible(&self, id: FlowId) -> Option<u32> {
+        let slot = self.slots.get(id.index as usize)?;
+        let f = slot.flow.as_ref()?;
+        (slot.generation == id.generation && f.is_visible() && f.death.is_none()).then_some(id.index)
+    }
+
+    fn flow_mut(&mut self, idx: u32) -> &mut Flow {
+        self.slots[idx as usize].flow.as_mut().expect("live flow")
+    }
+
+    fn flow_ref(&self, idx: u32) -> &Flow {
+        self.slots[idx as usize].flow.as_ref().expect("live flow")
+    }
+
+    /// Runs `f` on a live flow with access to the engine's shared pieces.
+    fn run<R>(&mut self, idx: u32, f: impl FnOnce(&mut Flow, &mut Ctx) -> R) -> R {
+        let slot = &mut self.slots[idx as usize];
+        let id = FlowId { index: idx, generation: slot.generation };
+        let flow = slot.flow.as_mut().expect("live flow");
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            rng: &mut self.rng,
+            oracle: self.oracle.as_deref(),
+            events: &mut self.events,
+            stats: &mut self.stats,
+            ctrl: &mut self.ctrl,
+            id,
+        };
+        f(flow, &mut ctx)
+    }
+
+    /// After any change to a flow: reap it if it died, else re-arm its timers, register its
+    /// deadline and queue it for output.
+    fn settle(&mut self, idx: u32, now: Instant) {
+        let slot = &mut self.slots[idx as usize];
+        let generation = slot.generation;
+        let Some(flow) = slot.flow.as_mut() else {
+            return;
+        };
+        if let Some(death) = flow.death {
+            let flow = slot.flow.take().expect("checked");
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(idx);
+            self.by_key.remove(&(flow.key.remote_ip, flow.key.remote_port, flow.key.local_port));
+            self.live -= 1;
+            self.stats.flows_closed += 1;
+            if death.send_rst {
+                if let Some(rst) = flow.rst() {
+                    self.queue_ctrl(rst.remote_ip, rst.path, rst.repr);
+                }
+            }
+            if death.notify {
+                let id = FlowId { index: idx, generation };
+                self.events.push_back(Event::Closed { flow: id, reason: death.reason });
+            }
+            return;
+        }
+        flow.arm_timers(now, &self.cfg);
+        if let Some(d) = flow.next_deadline(&self.cfg) {
+            if flow.scheduled.is_none_or(|s| d < s) {
+                flow.scheduled = Some(d);
+                self.timers.push(Reverse((d, idx, generation)));
+            }
+        }
+        if !flow.in_ready && flow.has_output() {
+            flow.in_ready = true;
+            self.ready.push_back(idx);
+        }
+    }
+}

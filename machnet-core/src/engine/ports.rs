@@ -1,0 +1,134 @@
+//! Which engine of this host owns a Machnet port (PROTOCOL.md §5.3).
+//!
+//! Engines share nothing, yet each must tell "a packet for a flow of another engine" (drop it)
+//! from "a packet for nobody" (answer with RST). Ownership is therefore computable from the port
+//! alone: listening ports come from a host-wide table every engine keeps a copy of, and ephemeral
+//! ports are striped across engines (`(port - base) % engine_count`).
+
+use std::collections::HashMap;
+
+use crate::config::PortPool;
+
+/// Bit set of engine ids (engines are limited to 64).
+pub type EngineMask = u64;
+
+/// Who owns a port, from one engine's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This engine (listens on it, or it is one of this engine's ephemeral ports).
+    Me,
+    /// Another engine of this host.
+    Other,
+    /// Nobody: packets for it are answered with RST.
+    Nobody,
+}
+
+#[derive(Debug)]
+pub struct PortMap {
+    me: u16,
+    engines: u16,
+    ephemeral: PortPool,
+    listeners: HashMap<u16, EngineMask>,
+}
+
+impl PortMap {
+    pub fn new(me: u16, engines: u16, ephemeral: PortPool) -> Self {
+        PortMap { me, engines, ephemeral, listeners: HashMap::new() }
+    }
+
+    /// Engines listening on `port`.
+    pub fn listeners(&self, port: u16) -> EngineMask {
+        self.listeners.get(&port).copied().unwrap_or(0)
+    }
+
+    pub fn is_ephemeral(&self, port: u16) -> bool {
+        self.ephemeral.contains(port)
+    }
+
+    /// Records that `engine` listens on `port`. Returns false if it already did.
+    pub fn add(&mut self, port: u16, engine: u16) -> bool {
+        let m = self.listeners.entry(port).or_insert(0);
+        let bit = 1u64 << engine;
+        let fresh = *m & bit == 0;
+        *m |= bit;
+        fresh
+    }
+
+    pub fn remove(&mut self, port: u16, engine: u16) {
+        if let Some(m) = self.listeners.get_mut(&port) {
+            *m &= !(1u64 << engine);
+            if *m == 0 {
+                self.listeners.remove(&port);
+            }
+        }
+    }
+
+    /// Whether this engine accepts SYNs for `port`.
+    pub fn i_listen(&self, port: u16) -> bool {
+        self.listeners(port) & (1u64 << self.me) != 0
+    }
+
+    /// The owner of `port` for packets other than SYN.
+    pub fn owner(&self, port: u16) -> Owner {
+        let l = self.listeners(port);
+        if l != 0 {
+            return if l & (1u64 << self.me) != 0 { Owner::Me } else { Owner::Other };
+        }
+        if self.ephemeral.contains(port) {
+            let engine = (port - self.ephemeral.base) % self.engines;
+            return if engine == self.me { Owner::Me } else { Owner::Other };
+        }
+        Owner::Nobody
+    }
+
+    /// The `i`-th ephemeral port this engine owns, for `i` in `0..self.ephemeral_count()`.
+    pub fn my_ephemeral(&self, i: u32) -> u16 {
+        let port = u32::from(self.ephemeral.base) + i * u32::from(self.engines) + u32::from(self.me);
+        port as u16
+    }
+
+    /// How many ephemeral ports this engine owns.
+    pub fn ephemeral_count(&self) -> u32 {
+        let count = u32::from(self.ephemeral.count);
+        let engines = u32::from(self.engines);
+        let me = u32::from(self.me);
+        count / engines + u32::from(count % engines > me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_ports_are_striped_and_owned() {
+        let pool = PortPool { base: 1000, count: 10 };
+        for me in 0..3 {
+            let m = PortMap::new(me, 3, pool);
+            let n = m.ephemeral_count();
+            assert_eq!(n, if me == 0 { 4 } else { 3 });
+            for i in 0..n {
+                let p = m.my_ephemeral(i);
+                assert!(pool.contains(p));
+                assert_eq!(m.owner(p), Owner::Me);
+            }
+        }
+        let m = PortMap::new(0, 3, pool);
+        assert_eq!(m.owner(1001), Owner::Other);
+        assert_eq!(m.owner(80), Owner::Nobody);
+    }
+
+    #[test]
+    fn listeners_decide_ownership() {
+        let mut m = PortMap::new(1, 2, PortPool { base: 1000, count: 10 });
+        assert!(m.add(80, 0));
+        assert!(!m.add(80, 0));
+        assert_eq!(m.owner(80), Owner::Other);
+        assert!(!m.i_listen(80));
+        m.add(80, 1);
+        assert_eq!(m.owner(80), Owner::Me);
+        m.remove(80, 1);
+        m.remove(80, 0);
+        assert_eq!(m.owner(80), Owner::Nobody);
+    }
+}

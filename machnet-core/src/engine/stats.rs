@@ -1,0 +1,144 @@
+//! Counters per engine and per flow.
+
+use std::time::Duration;
+
+use crate::wire::ParseError;
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Why an incoming packet was dropped. Every drop is counted under exactly one reason.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason { $($(#[$doc])* $name),* }
+
+        impl DropReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name),*];
+            /// A stable snake-case name for metrics.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$name => stringify!($name)),* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Shorter than the fixed header.
+    Truncated,
+    /// Wrong magic number.
+    BadMagic,
+    /// Unsupported version.
+    BadVersion,
+    /// Unknown packet type.
+    BadType,
+    /// Undefined flag bits set.
+    BadFlags,
+    /// More SACK blocks than allowed.
+    TooManySackBlocks,
+    /// Lengths disagree with the datagram.
+    LengthMismatch,
+    /// Checksum present and wrong.
+    BadChecksum,
+    /// Checksum required but absent.
+    MissingChecksum,
+    /// Fields inconsistent with the packet type.
+    Malformed,
+    /// The flow belongs to another engine of this host (RSS put it here).
+    WrongEngine,
+    /// No flow and no reason to answer (e.g. an ACK for a flow that is gone, an RST).
+    UnknownFlow,
+    /// A SYN for a port nobody on this engine listens on (answered with RST if no engine does).
+    NoListener,
+    /// A repeated SYN or SYN-ACK of a handshake already answered.
+    DuplicateHandshake,
+    /// A handshake packet that does not match the flow's state (stale or forged).
+    StaleHandshake,
+    /// Sequence number outside the receive window.
+    OutOfWindow,
+    /// A sequenced packet already received.
+    Duplicate,
+    /// An ACK for data never sent.
+    InvalidAck,
+    /// An RST whose sequence number is not acceptable.
+    RstRejected,
+    /// A packet for a flow that is closing and can no longer accept it.
+    FlowClosing,
+}
+
+impl DropReason {
+    /// Number of reasons (size of the counter array).
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The drop reason for a parse failure.
+    pub fn from_parse(e: ParseError) -> Self {
+        match e {
+            ParseError::Truncated => Self::Truncated,
+            ParseError::BadMagic => Self::BadMagic,
+            ParseError::BadVersion => Self::BadVersion,
+            ParseError::BadType => Self::BadType,
+            ParseError::BadFlags => Self::BadFlags,
+            ParseError::TooManySackBlocks => Self::TooManySackBlocks,
+            ParseError::LengthMismatch => Self::LengthMismatch,
+            ParseError::BadChecksum => Self::BadChecksum,
+            ParseError::Malformed => Self::Malformed,
+        }
+    }
+}
+
+/// Per-engine counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Drops indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+    pub syns_sent: u64,
+    pub syn_acks_sent: u64,
+    pub rsts_sent: u64,
+    /// Connections this engine initiated that became established.
+    pub connects_completed: u64,
+    /// Connections this engine accepted.
+    pub accepts_completed: u64,
+    /// SYN batches sent by `connect` (first batches and retries).
+    pub syn_batches: u64,
+    pub fast_retransmits: u64,
+    pub timeout_retransmits: u64,
+    pub flows_opened: u64,
+    pub flows_closed: u64,
+}
+
+impl EngineStats {
+    /// Drops counted under `reason`.
+    pub fn drops_for(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+}
+
+/// Per-flow counters and estimates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowStats {
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub messages_sent: u64,
+    pub messages_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub fast_retransmits: u64,
+    pub timeout_retransmits: u64,
+    pub duplicates_received: u64,
+    /// Packets this flow's handshake cost on this side (SYNs or SYN-ACKs sprayed).
+    pub handshake_packets: u64,
+    pub srtt: Option<Duration>,
+    pub min_rtt: Option<Duration>,
+    pub congestion_window: u32,
+    pub peer_window: u32,
+    pub packets_in_flight: u32,
+}

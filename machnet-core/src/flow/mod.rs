@@ -1,0 +1,901 @@
+//! One connection: handshake phases, reliable delivery, flow and congestion control, timers
+//! (PROTOCOL.md §5–§8). The engine demultiplexes packets to flows and drives their output.
+
+pub mod recv;
+pub mod send;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::cc::{CongestionControl, Controller};
+use crate::config::{EngineConfig, PortPool};
+use crate::engine::api::{CloseReason, Event, FlowId, FlowKey, Transmit};
+use crate::engine::stats::{DropReason, EngineStats, FlowStats};
+use crate::rss::{self, RssOracle, UdpTuple};
+use crate::rtt::RttEstimator;
+use crate::seq;
+use crate::time::Instant;
+use crate::wire::{self, flags, Handshake, PacketType, Repr, SackList, UdpPair};
+
+use recv::{Arrival, RecvState};
+use send::{Payload, SendState};
+
+/// Where a flow is in its life (PROTOCOL.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Client: SYN batches sent, waiting for a SYN-ACK on this engine.
+    SynSent { attempt: u8, deadline: Instant },
+    /// Server: SYN accepted, SYN-ACKs sprayed, waiting for the client's handshake ACK, which
+    /// tells us which of our SYN-ACK paths reached the client's engine.
+    SynReceived { expires: Instant, answered_attempt: u8 },
+    /// Data flows both ways (also while either side is closing).
+    Established,
+    /// Finished; kept briefly to acknowledge a retransmitted FIN. Invisible to the application.
+    Lingering { until: Instant },
+}
+
+/// How the flow ends; set by the flow, acted on by the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Death {
+    pub reason: CloseReason,
+    /// Report `Event::Closed` (false for flows the application never saw or already closed).
+    pub notify: bool,
+    /// Send an RST to the peer.
+    pub send_rst: bool,
+}
+
+/// A control packet queued by the engine or a flow: no payload, sent ahead of flow output.
+#[derive(Debug, Clone, Copy)]
+pub struct CtrlPacket {
+    pub remote_ip: std::net::Ipv4Addr,
+    pub path: UdpPair,
+    pub repr: Repr,
+}
+
+/// Batch of SYNs or SYN-ACKs still to be sprayed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spray {
+    remaining: u32,
+    /// Single path to use instead of random ones (RSS hint or oracle).
+    fixed_path: Option<UdpPair>,
+}
+
+/// Everything a flow needs from its engine while it runs.
+pub struct Ctx<'a> {
+    pub cfg: &'a EngineConfig,
+    pub rng: &'a mut ChaCha8Rng,
+    pub oracle: Option<&'a dyn RssOracle>,
+    pub events: &'a mut VecDeque<Event>,
+    pub stats: &'a mut EngineStats,
+    pub ctrl: &'a mut VecDeque<CtrlPacket>,
+    pub id: FlowId,
+}
+
+pub struct Flow {
+    pub key: FlowKey,
+    pub phase: Phase,
+    pub is_client: bool,
+    pub listen_port: Option<u16>,
+    iss: u32,
+    irs: u32,
+    pub send: SendState,
+    pub recv: RecvState,
+    cc: Controller,
+    rtt: RttEstimator,
+    /// UDP (our source, their destination) pair known to reach the peer's engine.
+    pub tx_path: UdpPair,
+    /// Client: the server has shown it knows our path; until then our packets carry a
+    /// handshake block echoing `confirm_echo`.
+    path_confirmed: bool,
+    confirm_echo: UdpPair,
+    pub peer_pool: PortPool,
+    pub peer_engines: u16,
+    pub peer_engine_id: u16,
+    pub peer_max_message: u32,
+    reply_hint: UdpPair,
+    spray: Spray,
+    syn_ts: u32,
+    ack_pending: bool,
+    probe_pending: bool,
+    ts_recent: u32,
+    pub peer_window: u32,
+    window_ack: u32,
+    window_ts: u32,
+    rto_deadline: Option<Instant>,
+    backoff: u32,
+    consecutive_timeouts: u32,
+    last_heard: Instant,
+    next_keepalive: Instant,
+    /// Earliest deadline registered with the engine's timer heap.
+    pub scheduled: Option<Instant>,
+    pub in_ready: bool,
+    pub death: Option<Death>,
+    pub peer_closed_reported: bool,
+    pub stats: FlowStats,
+}
+
+impl Flow {
+    fn base(cfg: &EngineConfig, key: FlowKey, iss: u32, irs: u32, now: Instant, is_client: bool) -> Flow {
+        let frag = cfg.max_fragment_payload();
+        Flow {
+            key,
+            phase: Phase::Established,
+            is_client,
+            listen_port: None,
+            iss,
+            irs,
+            send: SendState::new(iss.wrapping_add(1), cfg.send_buffer, frag),
+            recv: RecvState::new(
+                irs.wrapping_add(1),
+                cfg.max_message_len as usize,
+                cfg.recv_buffer,
+                cfg.max_window_packets,
+                frag,
+            ),
+            cc: cfg.congestion.build(),
+            rtt: RttEstimator::new(),
+            tx_path: UdpPair::NONE,
+            path_confirmed: !is_client,
+            confirm_echo: UdpPair::NONE,
+            peer_pool: cfg.remote_udp_ports(),
+            peer_engines: cfg.engine_count,
+            peer_engine_id: 0,
+            peer_max_message: cfg.max_message_len,
+            reply_hint: UdpPair::NONE,
+            spray: Spray::default(),
+            syn_ts: 0,
+            ack_pending: false,
+            probe_pending: false,
+            ts_recent: 0,
+            peer_window: 1,
+            window_ack: iss.wrapping_add(1),
+            window_ts: 0,
+            rto_deadline: None,
+            backoff: 0,
+            consecutive_timeouts: 0,
+            last_heard: now,
+            next_keepalive: now,
+            scheduled: None,
+            in_ready: false,
+            death: None,
+            peer_closed_reported: false,
+            stats: FlowStats::default(),
+        }
+    }
+
+    /// A client flow that sprays its first SYN batch (PROTOCOL.md §5.1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_client(
+        cfg: &EngineConfig,
+        key: FlowKey,
+        iss: u32,
+        now: Instant,
+        peer_pool: PortPool,
+        peer_engines: u16,
+        syn_path: Option<UdpPair>,
+        reply_hint: UdpPair,
+    ) -> Flow {
+        let mut f = Flow::base(cfg, key, iss, 0, now, true);
+        f.peer_pool = peer_pool;
+        f.peer_engines = peer_engines;
+        f.reply_hint = reply_hint;
+        f.phase = Phase::SynSent { attempt: 0, deadline: now + cfg.handshake.syn_timeout };
+        f.spray = Spray {
+            remaining: match syn_path {
+                Some(_) => 1,
+                None => Self::batch(cfg, peer_engines, 0),
+            },
+            fixed_path: syn_path,
+        };
+        f
+    }
+
+    /// A server flow for an accepted SYN: sprays SYN-ACKs (PROTOCOL.md §5.1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_server(
+        cfg: &EngineConfig,
+        key: FlowKey,
+        iss: u32,
+        syn: &Repr,
+        hs: &Handshake,
+        syn_path: UdpPair,
+        now: Instant,
+        synack_path: Option<UdpPair>,
+    ) -> Flow {
+        let mut f = Flow::base(cfg, key, iss, syn.seq, now, false);
+        f.learn_peer(hs);
+        f.ts_recent = syn.ts_val;
+        f.peer_window = syn.window;
+        f.window_ack = f.send.una;
+        f.phase = Phase::SynReceived {
+            expires: now + cfg.handshake.half_open_timeout,
+            answered_attempt: hs.attempt,
+        };
+        // SYN-ACKs echo the SYN's path: it is known to reach this engine.
+        f.confirm_echo = syn_path;
+        f.start_synack_spray(cfg, hs.attempt, synack_path);
+        f
+    }
+
+    fn batch(cfg: &EngineConfig, engines: u16, attempt: u8) -> u32 {
+        let h = &cfg.handshake;
+        rss::spray_batch_for_attempt(engines, h.success_target, attempt, h.max_batch)
+    }
+
+    fn start_synack_spray(&mut self, cfg: &EngineConfig, attempt: u8, path: Option<UdpPair>) {
+        self.spray = Spray {
+            remaining: if path.is_some() { 1 } else { Self::batch(cfg, self.peer_engines, attempt) },
+            fixed_path: path,
+        };
+    }
+
+    fn learn_peer(&mut self, hs: &Handshake) {
+        self.peer_pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+        self.peer_engines = hs.engine_count;
+        self.peer_engine_id = hs.engine_id;
+        self.peer_max_message = hs.max_message_len;
+    }
+
+    /// Whether the application may use this flow (not half-open, not finished).
+    pub fn is_visible(&self) -> bool {
+        matches!(self.phase, Phase::SynSent { .. } | Phase::Established)
+    }
+
+    fn die(&mut self, reason: CloseReason, notify: bool, send_rst: bool) {
+        if self.death.is_none() {
+            self.death = Some(Death { reason, notify, send_rst });
+        }
+    }
+
+    /// Aborts the flow on the application's request.
+    pub fn abort(&mut self) {
+        let established = self.phase == Phase::Established;
+        self.die(CloseReason::Aborted, true, established);
+    }
+
+    /// Graceful close: FIN after the queued data (idempotent).
+    pub fn close(&mut self) {
+        match self.phase {
+            Phase::SynSent { .. } => self.die(CloseReason::Aborted, true, false),
+            Phase::Established => self.send.fin_queued = true,
+            _ => {}
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Input
+    // ----------------------------------------------------------------------------------------
+
+    /// Handles a packet routed to this flow. `path` is the datagram's UDP (src, dst) as received.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        repr: &Repr,
+        payload: &[u8],
+        path: UdpPair,
+        ctx: &mut Ctx,
+    ) -> Result<(), DropReason> {
+        match self.phase {
+            Phase::SynSent { .. } => self.handle_syn_sent(now, repr, path, ctx),
+            Phase::SynReceived { answered_attempt, .. } => {
+                self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx)
+            }
+            Phase::Established => self.handle_established(now, repr, payload, path, ctx),
+            Phase::Lingering { .. } => self.handle_lingering(repr),
+        }
+    }
+
+    fn handle_syn_sent(&mut self, now: Instant, repr: &Repr, path: UdpPair, ctx: &mut Ctx) -> Result<(), DropReason> {
+        match repr.packet_type {
+            PacketType::Rst if repr.ack == self.iss.wrapping_add(1) => {
+                self.die(CloseReason::Refused, true, false);
+                Ok(())
+            }
+            PacketType::Rst => Err(DropReason::RstRejected),
+            PacketType::SynAck if repr.ack == self.iss.wrapping_add(1) => {
+                let hs = repr.handshake.expect("parse guarantees a handshake block on SYN-ACK");
+                self.irs = repr.seq;
+                let cfg = ctx.cfg;
+                self.recv = RecvState::new(
+                    repr.seq.wrapping_add(1),
+                    cfg.max_message_len as usize,
+                    cfg.recv_buffer,
+                    cfg.max_window_packets,
+                    cfg.max_fragment_payload(),
+                );
+                self.learn_peer(&hs);
+                self.tx_path = hs.echo_path;
+                // The server needs to learn which of its SYN-ACK paths reached us.
+                self.confirm_echo = path;
+                self.path_confirmed = false;
+                self.peer_window = repr.window;
+                self.window_ack = repr.ack;
+                self.window_ts = repr.ts_val;
+                self.ts_recent = repr.ts_val;
+                self.last_heard = now;
+                self.next_keepalive = now;
+                if let Some(sample) = rtt_sample(now, repr.ts_ecr) {
+                    self.rtt.update(sample);
+                }
+                self.spray = Spray::default();
+                self.phase = Phase::Established;
+                self.probe_pending = true;
+                self.rto_deadline = Some(now + self.rto(ctx.cfg));
+                ctx.stats.connects_completed += 1;
+                ctx.events.push_back(Event::Connected { flow: ctx.id });
+                Ok(())
+            }
+            PacketType::SynAck => Err(DropReason::StaleHandshake),
+            _ => Err(DropReason::StaleHandshake),
+        }
+    }
+
+    fn handle_syn_received(
+        &mut self,
+        now: Instant,
+        repr: &Repr,
+        payload: &[u8],
+        path: UdpPair,
+        answered_attempt: u8,
+        ctx: &mut Ctx,
+    ) -> Result<(), DropReason> {
+        match repr.packet_type {
+            PacketType::Syn => {
+                let hs = repr.handshake.expect("parse guarantees a handshake block on SYN");
+                if repr.seq != self.irs {
+                    return Err(DropReason::StaleHandshake);
+                }
+                if hs.attempt <= answered_attempt {
+                    return Err(DropReason::DuplicateHandshake);
+                }
+                // The client retried: its SYN-ACKs missed. Answer the new attempt.
+                self.phase = Phase::SynReceived {
+                    expires: now + ctx.cfg.handshake.half_open_timeout,
+                    answered_attempt: hs.attempt,
+                };
+                self.confirm_echo = path;
+                let hint = (!hs.reply_hint.is_none()).then_some(hs.reply_hint);
+                self.start_synack_spray(ctx.cfg, hs.attempt, hint);
+                Ok(())
+            }
+            PacketType::Rst if repr.seq == self.recv.nxt => {
+                self.die(CloseReason::Reset, false, false);
+                Ok(())
+            }
+            PacketType::Rst => Err(DropReason::RstRejected),
+            PacketType::SynAck => Err(DropReason::StaleHandshake),
+            PacketType::Ack | PacketType::Data | PacketType::Fin => {
+                let Some(hs) = repr.handshake else {
+                    return Err(DropReason::StaleHandshake);
+                };
+                if repr.ack != self.iss.wrapping_add(1) {
+                    return Err(DropReason::StaleHandshake);
+                }
+                self.tx_path = hs.echo_path;
+                self.spray = Spray::default();
+                self.phase = Phase::Established;
+                self.last_heard = now;
+                self.next_keepalive = now;
+                ctx.stats.accepts_completed += 1;
+                ctx.events.push_back(Event::Accepted {
+                    flow: ctx.id,
+                    listen_port: self.listen_port.unwrap_or(self.key.local_port),
+                });
+                self.handle_established(now, repr, payload, path, ctx)
+            }
+        }
+    }
+
+    fn handle_lingering(&mut self, repr: &Repr) -> Result<(), DropReason> {
+        match repr.packet_type {
+            PacketType::Fin | PacketType::Data => {
+                self.ack_pending = true;
+                Err(DropReason::Duplicate)
+            }
+            PacketType::Rst => {
+                self.die(CloseReason::Reset, false, false);
+                Ok(())
+            }
+            _ => Err(DropReason::FlowClosing),
+        }
+    }
+
+    fn handle_established(
+        &mut self,
+        now: Instant,
+        repr: &Repr,
+        payload: &[u8],
+        path: UdpPair,
+        ctx: &mut Ctx,
+    ) -> Result<(), DropReason> {
+        match repr.packet_type {
+            PacketType::Syn => return Err(DropReason::DuplicateHandshake),
+            PacketType::SynAck => {
+                if repr.seq != self.irs && self.is_client && repr.ack == self.iss.wrapping_add(1) {
+                    // Another server engine also accepted one of our SYNs: reset its half-open
+                    // flow on the path its SYN-ACK proves reaches it (PROTOCOL.md §5.1).
+                    if let Some(hs) = repr.handshake {
+                        ctx.ctrl.push_back(CtrlPacket {
+                            remote_ip: self.key.remote_ip,
+                            path: hs.echo_path,
+                            repr: rst_repr(self.key.local_port, self.key.remote_port, self.iss.wrapping_add(1), repr.seq.wrapping_add(1)),
+                        });
+                    }
+                    return Err(DropReason::StaleHandshake);
+                }
+                return Err(DropReason::DuplicateHandshake);
+            }
+            PacketType::Rst => {
+                let nxt = self.recv.nxt;
+                if seq::le(nxt, repr.seq) && seq::lt(repr.seq, nxt.wrapping_add(ctx.cfg.max_window_packets)) {
+                    self.die(CloseReason::Reset, true, false);
+                    return Ok(());
+                }
+                return Err(DropReason::RstRejected);
+            }
+            PacketType::Ack | PacketType::Data | PacketType::Fin => {}
+        }
+        let _ = path;
+
+        // Acknowledgement processing (PROTOCOL.md §6.1–6.2).
+        let Some(out) = self.send.on_ack(repr.ack, repr.sack.as_slice()) else {
+            return Err(DropReason::InvalidAck);
+        };
+        self.last_heard = now;
+        self.consecutive_timeouts = 0;
+        self.path_confirmed = true;
+        self.stats.packets_received += 1;
+        if seq::gt(repr.ack, self.window_ack)
+            || (repr.ack == self.window_ack && !seq::lt(repr.ts_val, self.window_ts))
+        {
+            self.peer_window = repr.window;
+            self.window_ack = repr.ack;
+            self.window_ts = repr.ts_val;
+        }
+        if out.newly_acked > 0 {
+            let sample = rtt_sample(now, repr.ts_ecr);
+            if let Some(s) = sample {
+                self.rtt.update(s);
+            }
+            self.cc.on_ack(now, out.newly_acked, sample);
+            self.backoff = 0;
+            self.rto_deadline = None;
+        }
+        if out.newly_lost > 0 {
+            self.cc.on_loss(now);
+            self.stats.fast_retransmits += u64::from(out.newly_lost);
+            ctx.stats.fast_retransmits += u64::from(out.newly_lost);
+        }
+        self.stats.messages_sent += u64::from(out.messages_acked);
+        if self.send.take_writable() {
+            ctx.events.push_back(Event::Writable { flow: ctx.id });
+        }
+
+        // Sequenced data (PROTOCOL.md §6.4).
+        self.ts_recent = repr.ts_val;
+        if repr.flags & flags::ACK_REQ != 0 {
+            self.ack_pending = true;
+        }
+        let mut drop = None;
+        if repr.packet_type.is_sequenced() {
+            self.ack_pending = true;
+            let had_ready = self.recv.has_ready();
+            let arrival = match repr.packet_type {
+                PacketType::Data => self.recv.on_data(repr.seq, repr.flags, repr.msg_len, payload),
+                _ => self.recv.on_fin(repr.seq),
+            };
+            match arrival {
+                Err(_) => {
+                    self.die(CloseReason::ProtocolViolation, true, true);
+                    return Ok(());
+                }
+                Ok(Arrival::InOrder | Arrival::Buffered) => {
+                    self.stats.bytes_received += payload.len() as u64;
+                }
+                Ok(Arrival::Duplicate) => {
+                    self.stats.duplicates_received += 1;
+                    drop = Some(DropReason::Duplicate);
+                }
+                Ok(Arrival::OutOfWindow) => drop = Some(DropReason::OutOfWindow),
+            }
+            self.stats.messages_received = self.recv.messages_completed;
+            if !had_ready && self.recv.has_ready() {
+                ctx.events.push_back(Event::Readable { flow: ctx.id });
+            }
+            if self.recv.fin_received && !self.peer_closed_reported {
+                self.peer_closed_reported = true;
+                ctx.events.push_back(Event::PeerClosed { flow: ctx.id });
+            }
+        }
+        self.check_finished(now, ctx);
+        drop.map_or(Ok(()), Err)
+    }
+
+    /// Moves to `Lingering` once both directions are finished and every message was read.
+    pub fn check_finished(&mut self, now: Instant, ctx: &mut Ctx) {
+        if self.phase == Phase::Established
+            && self.send.is_done()
+            && self.recv.fin_received
+            && !self.recv.has_ready()
+        {
+            self.phase = Phase::Lingering { until: now + ctx.cfg.linger };
+            self.rto_deadline = None;
+            ctx.events.push_back(Event::Closed { flow: ctx.id, reason: CloseReason::Graceful });
+        }
+    }
+
+    /// The application read a message; a window that reopens is announced.
+    pub fn on_read(&mut self, now: Instant, ctx: &mut Ctx) {
+        let w = self.recv.window();
+        if self.recv.last_advertised < w / 2 || (self.recv.last_advertised == 0 && w > 0) {
+            self.ack_pending = true;
+        }
+        self.check_finished(now, ctx);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Timers
+    // ----------------------------------------------------------------------------------------
+
+    fn rto(&self, cfg: &EngineConfig) -> Duration {
+        let base = self.rtt.rto(&cfg.rto);
+        base.checked_mul(1u32 << self.backoff.min(16)).unwrap_or(cfg.rto.max).min(cfg.rto.max)
+    }
+
+    /// Whether the retransmission timer must run although nothing is in flight: an unconfirmed
+    /// handshake ACK or a zero window with data waiting (persist probe).
+    fn needs_probe_timer(&self) -> bool {
+        self.phase == Phase::Established
+            && !self.send.has_unacked()
+            && (!self.path_confirmed || (self.peer_window == 0 && self.send.has_new()))
+    }
+
+    /// Arms the retransmission timer if something needs it and it is not running.
+    pub fn arm_timers(&mut self, now: Instant, cfg: &EngineConfig) {
+        if self.phase != Phase::Established {
+            return;
+        }
+        if self.send.has_unacked() || self.needs_probe_timer() {
+            if self.rto_deadline.is_none() {
+                self.rto_deadline = Some(now + self.rto(cfg));
+            }
+        } else {
+            self.rto_deadline = None;
+        }
+    }
+
+    /// The earliest instant at which [`Flow::on_timeout`] has work.
+    pub fn next_deadline(&self, cfg: &EngineConfig) -> Option<Instant> {
+        match self.phase {
+            Phase::SynSent { deadline, .. } => Some(deadline),
+            Phase::SynReceived { expires, .. } => Some(expires),
+            Phase::Lingering { until } => Some(until),
+            Phase::Established => {
+                let idle = self.last_heard + cfg.idle_timeout;
+                let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
+                let t = idle.min(keepalive);
+                Some(self.rto_deadline.map_or(t, |r| r.min(t)))
+            }
+        }
+    }
+
+    /// Runs every timer that is due at `now`.
+    pub fn on_timeout(&mut self, now: Instant, ctx: &mut Ctx) {
+        let cfg = ctx.cfg;
+        match self.phase {
+            Phase::SynSent { attempt, deadline } if now >= deadline => {
+                let next = attempt.saturating_add(1);
+                if next >= cfg.handshake.max_syn_attempts {
+                    self.die(CloseReason::TimedOut, true, false);
+                    return;
+                }
+                let wait = cfg.handshake.syn_timeout.checked_mul(1 << next.min(16)).unwrap_or(Duration::MAX);
+                self.phase = Phase::SynSent { attempt: next, deadline: now + wait };
+                let remaining = match self.spray.fixed_path {
+                    // A predicted path that failed: fall back to spraying.
+                    Some(_) if next >= 2 => {
+                        self.spray.fixed_path = None;
+                        Self::batch(cfg, self.peer_engines, next)
+                    }
+                    Some(_) => 1,
+                    None => Self::batch(cfg, self.peer_engines, next),
+                };
+                self.spray.remaining = remaining;
+                ctx.stats.syn_batches += 1;
+            }
+            Phase::SynReceived { expires, .. } if now >= expires => {
+                self.die(CloseReason::TimedOut, false, false);
+            }
+            Phase::Lingering { until } if now >= until => {
+                self.die(CloseReason::Graceful, false, false);
+            }
+            Phase::Established => {
+                if now >= self.last_heard + cfg.idle_timeout {
+                    self.die(CloseReason::TimedOut, true, true);
+                    return;
+                }
+                if self.rto_deadline.is_some_and(|d| now >= d) {
+                    self.consecutive_timeouts += 1;
+                    if self.consecutive_timeouts > cfg.rto.max_retries {
+                        self.die(CloseReason::TimedOut, true, true);
+                        return;
+                    }
+                    if self.send.has_unacked() {
+                        let n = self.send.on_timeout();
+                        self.cc.on_timeout(now);
+                        self.stats.timeout_retransmits += u64::from(n);
+                        ctx.stats.timeout_retransmits += u64::from(n);
+                    } else {
+                        self.probe_pending = true;
+                    }
+                    self.backoff = (self.backoff + 1).min(16);
+                    self.rto_deadline = None;
+                    if self.send.has_unacked() || self.needs_probe_timer() {
+                        self.rto_deadline = Some(now + self.rto(cfg));
+                    }
+                }
+                let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
+                if now >= keepalive {
+                    self.probe_pending = true;
+                    self.next_keepalive = now + cfg.keepalive_interval;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Output
+    // ----------------------------------------------------------------------------------------
+
+    /// Whether [`Flow::poll_transmit`] would produce a packet now.
+    pub fn has_output(&self) -> bool {
+        if self.death.is_some() {
+            return false;
+        }
+        match self.phase {
+            Phase::SynSent { .. } | Phase::SynReceived { .. } => self.spray.remaining > 0,
+            Phase::Lingering { .. } => self.ack_pending,
+            Phase::Established => {
+                self.ack_pending
+                    || self.probe_pending
+                    || (self.can_send() && (self.send.has_retransmit() || self.may_send_new()))
+            }
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.send.in_flight() < self.cc.window().max(1)
+    }
+
+    fn may_send_new(&self) -> bool {
+        self.send.has_new() && seq::dist(self.send.una, self.send.nxt) < self.peer_window
+    }
+
+    /// Writes this flow's next packet into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx) -> Option<Transmit> {
+        if self.death.is_some() {
+            return None;
+        }
+        match self.phase {
+            Phase::SynSent { attempt, .. } => self.transmit_spray(now, buf, ctx, PacketType::Syn, attempt),
+            Phase::SynReceived { answered_attempt, .. } => {
+                self.transmit_spray(now, buf, ctx, PacketType::SynAck, answered_attempt)
+            }
+            Phase::Lingering { .. } if self.ack_pending => Some(self.transmit_ack(now, buf, ctx)),
+            Phase::Lingering { .. } => None,
+            Phase::Established => self.transmit_established(now, buf, ctx),
+        }
+    }
+
+    fn transmit_spray(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx, ty: PacketType, attempt: u8) -> Option<Transmit> {
+        if self.spray.remaining == 0 {
+            return None;
+        }
+        self.spray.remaining -= 1;
+        let cfg = ctx.cfg;
+        let path = self.spray.fixed_path.unwrap_or_else(|| UdpPair {
+            src: random_port(ctx.rng, cfg.udp_ports),
+            dst: random_port(ctx.rng, self.peer_pool),
+        });
+        let is_syn = ty == PacketType::Syn;
+        let ts_val = now_ts(now);
+        if is_syn {
+            self.syn_ts = ts_val;
+        }
+        let repr = Repr {
+            packet_type: ty,
+            flags: 0,
+            src_port: self.key.local_port,
+            dst_port: self.key.remote_port,
+            seq: self.iss,
+            ack: if is_syn { 0 } else { self.irs.wrapping_add(1) },
+            window: self.recv.window(),
+            ts_val,
+            ts_ecr: if is_syn { 0 } else { self.ts_recent },
+            msg_len: 0,
+            sack: SackList::new(),
+            handshake: Some(Handshake {
+                engine_count: cfg.engine_count,
+                engine_id: cfg.engine_id,
+                udp_port_base: cfg.udp_ports.base,
+                udp_port_count: cfg.udp_ports.count,
+                echo_path: if is_syn { UdpPair::NONE } else { self.confirm_echo },
+                reply_hint: if is_syn { self.reply_hint } else { UdpPair::NONE },
+                attempt,
+                max_message_len: cfg.max_message_len,
+            }),
+            payload_len: 0,
+        };
+        if is_syn {
+            ctx.stats.syns_sent += 1;
+        } else {
+            ctx.stats.syn_acks_sent += 1;
+        }
+        self.stats.handshake_packets += 1;
+        Some(self.finish(buf, &repr, &[], path, ctx))
+    }
+
+    fn transmit_established(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx) -> Option<Transmit> {
+        // SACK information travels only in ACK packets: send one before data when holes exist.
+        if self.ack_pending && self.recv.has_holes() {
+            return Some(self.transmit_ack(now, buf, ctx));
+        }
+        if self.can_send() {
+            let next = match self.send.next_retransmit() {
+                Some(p) => Some(p),
+                None if self.may_send_new() => self.send.next_new(),
+                None => None,
+            };
+            if let Some((s, payload)) = next {
+                return Some(self.transmit_sequenced(now, buf, ctx, s, payload));
+            }
+        }
+        if self.ack_pending || self.probe_pending {
+            return Some(self.transmit_ack(now, buf, ctx));
+        }
+        None
+    }
+
+    fn header(&mut self, now: Instant, ty: PacketType, cfg: &EngineConfig) -> Repr {
+        let window = self.recv.window();
+        self.recv.last_advertised = window;
+        let handshake = (!self.path_confirmed).then(|| Handshake {
+            engine_count: cfg.engine_count,
+            engine_id: cfg.engine_id,
+            udp_port_base: cfg.udp_ports.base,
+            udp_port_count: cfg.udp_ports.count,
+            echo_path: self.confirm_echo,
+            reply_hint: UdpPair::NONE,
+            attempt: 0,
+            max_message_len: cfg.max_message_len,
+        });
+        let mut f = 0;
+        if self.probe_pending {
+            f |= flags::ACK_REQ;
+            self.probe_pending = false;
+        }
+        self.ack_pending = false;
+        Repr {
+            packet_type: ty,
+            flags: f,
+            src_port: self.key.local_port,
+            dst_port: self.key.remote_port,
+            seq: self.send.nxt,
+            ack: self.recv.nxt,
+            window,
+            ts_val: now_ts(now),
+            ts_ecr: self.ts_recent,
+            msg_len: 0,
+            sack: SackList::new(),
+            handshake,
+            payload_len: 0,
+        }
+    }
+
+    fn transmit_ack(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx) -> Transmit {
+        let mut repr = self.header(now, PacketType::Ack, ctx.cfg);
+        repr.sack = self.recv.sack_blocks();
+        self.finish(buf, &repr, &[], self.tx_path, ctx)
+    }
+
+    fn transmit_sequenced(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx, s: u32, payload: Payload) -> Transmit {
+        let mut repr;
+        let bytes = match &payload {
+            Payload::Data { bytes, flags: f, msg_len } => {
+                repr = self.header(now, PacketType::Data, ctx.cfg);
+                repr.flags |= f;
+                repr.msg_len = *msg_len;
+                repr.payload_len = bytes.len() as u16;
+                self.stats.bytes_sent += bytes.len() as u64;
+                &bytes[..]
+            }
+            Payload::Fin => {
+                repr = self.header(now, PacketType::Fin, ctx.cfg);
+                &[][..]
+            }
+        };
+        repr.seq = s;
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rto(ctx.cfg));
+        }
+        self.finish(buf, &repr, bytes, self.tx_path, ctx)
+    }
+
+    fn finish(&mut self, buf: &mut [u8], repr: &Repr, payload: &[u8], path: UdpPair, ctx: &mut Ctx) -> Transmit {
+        let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
+        let len = repr.emit(buf, payload, with_checksum);
+        self.stats.packets_sent += 1;
+        Transmit { remote_ip: self.key.remote_ip, src_port: path.src, dst_port: path.dst, len }
+    }
+
+    /// A snapshot of this flow's counters and estimates.
+    pub fn snapshot(&self) -> FlowStats {
+        let mut s = self.stats.clone();
+        s.srtt = self.rtt.smoothed();
+        s.min_rtt = self.rtt.min();
+        s.congestion_window = self.cc.window();
+        s.peer_window = self.peer_window;
+        s.packets_in_flight = self.send.in_flight();
+        s
+    }
+
+    /// The RST to send when this flow dies with `send_rst`.
+    pub fn rst(&self) -> Option<CtrlPacket> {
+        (!self.tx_path.is_none()).then(|| CtrlPacket {
+            remote_ip: self.key.remote_ip,
+            path: self.tx_path,
+            repr: rst_repr(self.key.local_port, self.key.remote_port, self.send.nxt, self.recv.nxt),
+        })
+    }
+
+    /// Checks a UDP pair against the oracle: does a datagram with it reach engine `engine` of
+    /// the remote host?
+    pub fn predicted_remote(oracle: &dyn RssOracle, local: std::net::Ipv4Addr, remote: std::net::Ipv4Addr, p: UdpPair) -> Option<u16> {
+        oracle.remote_engine(&UdpTuple { src_ip: local, dst_ip: remote, src_port: p.src, dst_port: p.dst })
+    }
+}
+
+/// An RST carrying `seq` and `ack`.
+pub fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr {
+    Repr {
+        packet_type: PacketType::Rst,
+        flags: 0,
+        src_port,
+        dst_port,
+        seq,
+        ack,
+        window: 0,
+        ts_val: 0,
+        ts_ecr: 0,
+        msg_len: 0,
+        sack: SackList::new(),
+        handshake: None,
+        payload_len: 0,
+    }
+}
+
+/// A uniformly random port of `pool`.
+pub fn random_port(rng: &mut ChaCha8Rng, pool: PortPool) -> u16 {
+    pool.nth(rng.random_range(0..pool.count))
+}
+
+/// The header timestamp for `now`; never zero, since zero means "no timestamp to echo".
+fn now_ts(now: Instant) -> u32 {
+    now.wire_micros().max(1)
+}
+
+/// An RTT sample from an echoed timestamp, if it is present and plausible (under 60 s).
+fn rtt_sample(now: Instant, ts_ecr: u32) -> Option<Duration> {
+    if ts_ecr == 0 {
+        return None;
+    }
+    let us = now_ts(now).wrapping_sub(ts_ecr);
+    (us < 60_000_000).then(|| Duration::from_micros(u64::from(us.max(1))))
+}
+
+/// Bytes a data packet's header occupies at most (for buffer sizing by callers).
+pub const MAX_DATA_HEADER: usize = wire::HEADER_LEN + wire::HANDSHAKE_LEN;

@@ -1,0 +1,347 @@
+//! The receiving half of a flow (PROTOCOL.md §6): reorder buffer, message reassembly, SACK
+//! blocks and the advertised receive window.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::seq;
+use crate::wire::{flags, SackBlock, SackList, MAX_SACK_BLOCKS};
+
+/// A sequenced packet waiting in the reorder buffer.
+#[derive(Debug)]
+enum Segment {
+    Data { flags: u8, msg_len: u32, bytes: Bytes },
+    Fin,
+}
+
+/// What arriving sequenced packet was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// New; advanced the cumulative ACK (possibly draining the reorder buffer).
+    InOrder,
+    /// New; stored out of order.
+    Buffered,
+    /// Already received.
+    Duplicate,
+    /// Beyond the window.
+    OutOfWindow,
+}
+
+/// The peer broke message framing (PROTOCOL.md §6.4); the flow must be reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramingViolation;
+
+#[derive(Debug)]
+struct Partial {
+    buf: Vec<u8>,
+    expected: usize,
+}
+
+#[derive(Debug)]
+pub struct RecvState {
+    /// Next sequence number expected (the cumulative ACK we send).
+    pub nxt: u32,
+    /// `reorder[i]` holds sequence number `nxt + i`; `reorder[0]` is always empty.
+    reorder: VecDeque<Option<Segment>>,
+    buffered_segments: usize,
+    /// Sequence number of the most recently stored out-of-order packet (first SACK block).
+    last_stored: Option<u32>,
+    partial: Option<Partial>,
+    /// Complete messages not yet read.
+    ready: VecDeque<Bytes>,
+    unread: usize,
+    /// In-order FIN received: the peer sends nothing more.
+    pub fin_received: bool,
+    max_message: usize,
+    recv_buffer: usize,
+    max_window: u32,
+    fragment_payload: usize,
+    /// Window in the last packet we sent.
+    pub last_advertised: u32,
+    /// Messages completed since creation.
+    pub messages_completed: u64,
+}
+
+impl RecvState {
+    pub fn new(
+        initial_seq: u32,
+        max_message: usize,
+        recv_buffer: usize,
+        max_window: u32,
+        fragment_payload: usize,
+    ) -> Self {
+        RecvState {
+            nxt: initial_seq,
+            reorder: VecDeque::new(),
+            buffered_segments: 0,
+            last_stored: None,
+            partial: None,
+            ready: VecDeque::new(),
+            unread: 0,
+            fin_received: false,
+            max_message,
+            recv_buffer,
+            max_window,
+            fragment_payload,
+            last_advertised: max_window,
+            messages_completed: 0,
+        }
+    }
+
+    /// Handles a DATA fragment with sequence number `s`.
+    pub fn on_data(
+        &mut self,
+        s: u32,
+        flag_bits: u8,
+        msg_len: u32,
+        payload: &[u8],
+    ) -> Result<Arrival, FramingViolation> {
+        let make = || Segment::Data { flags: flag_bits, msg_len, bytes: Bytes::copy_from_slice(payload) };
+        self.on_segment(s, make)
+    }
+
+    /// Handles a FIN with sequence number `s`.
+    pub fn on_fin(&mut self, s: u32) -> Result<Arrival, FramingViolation> {
+        self.on_segment(s, || Segment::Fin)
+    }
+
+    fn on_segment(
+        &mut self,
+        s: u32,
+        make: impl FnOnce() -> Segment,
+    ) -> Result<Arrival, FramingViolation> {
+        if self.fin_received || seq::lt(s, self.nxt) {
+            return Ok(Arrival::Duplicate);
+        }
+        let offset = seq::dist(self.nxt, s) as usize;
+        if offset >= self.max_window as usize {
+            return Ok(Arrival::OutOfWindow);
+        }
+        if offset > 0 {
+            if self.reorder.len() <= offset {
+                self.reorder.resize_with(offset + 1, || None);
+            }
+            if self.reorder[offset].is_some() {
+                return Ok(Arrival::Duplicate);
+            }
+            self.reorder[offset] = Some(make());
+            self.buffered_segments += 1;
+            self.last_stored = Some(s);
+            return Ok(Arrival::Buffered);
+        }
+        self.deliver(make())?;
+        // reorder[0] stood for the old `nxt`; after popping it the front stands for the new one.
+        self.nxt = self.nxt.wrapping_add(1);
+        self.reorder.pop_front();
+        while let Some(Some(_)) = self.reorder.front() {
+            let seg = self.reorder.pop_front().flatten().expect("checked");
+            self.buffered_segments -= 1;
+            self.nxt = self.nxt.wrapping_add(1);
+            self.deliver(seg)?;
+        }
+        if self.buffered_segments == 0 {
+            self.reorder.clear();
+            self.last_stored = None;
+        }
+        Ok(Arrival::InOrder)
+    }
+
+    /// Feeds one in-order segment to the message assembler.
+    fn deliver(&mut self, seg: Segment) -> Result<(), FramingViolation> {
+        match seg {
+            Segment::Fin => {
+                if self.partial.is_some() {
+                    return Err(FramingViolation);
+                }
+                self.fin_received = true;
+                // Nothing may follow a FIN.
+                self.reorder.clear();
+                self.buffered_segments = 0;
+                Ok(())
+            }
+            Segment::Data { flags: f, msg_len, bytes } => {
+                let first = f & flags::FIRST != 0;
+                let last = f & flags::LAST != 0;
+                if first {
+                    if self.partial.is_some() || msg_len as usize > self.max_message {
+                        return Err(FramingViolation);
+                    }
+                    if last {
+                        // One-fragment message: `Repr::parse` checked payload_len == msg_len.
+                        self.complete(bytes);
+                        return Ok(());
+                    }
+                    let expected = msg_len as usize;
+                    let mut buf = Vec::with_capacity(expected.min(1 << 20));
+                    buf.extend_from_slice(&bytes);
+                    self.partial = Some(Partial { buf, expected });
+                    return Ok(());
+                }
+                let p = self.partial.as_mut().ok_or(FramingViolation)?;
+                if p.buf.len() + bytes.len() > p.expected {
+                    return Err(FramingViolation);
+                }
+                p.buf.extend_from_slice(&bytes);
+                if last {
+                    if p.buf.len() != p.expected {
+                        return Err(FramingViolation);
+                    }
+                    let p = self.partial.take().expect("checked");
+                    self.complete(Bytes::from(p.buf));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn complete(&mut self, msg: Bytes) {
+        self.unread += msg.len();
+        self.ready.push_back(msg);
+        self.messages_completed += 1;
+    }
+
+    /// Takes the oldest complete message.
+    pub fn read(&mut self) -> Option<Bytes> {
+        let m = self.ready.pop_front()?;
+        self.unread -= m.len();
+        Some(m)
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+    pub fn ready_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Bytes held for this flow: unread messages, the partial message and the reorder buffer.
+    pub fn held_bytes(&self) -> usize {
+        let reorder: usize = self
+            .reorder
+            .iter()
+            .flatten()
+            .map(|s| match s {
+                Segment::Data { bytes, .. } => bytes.len(),
+                Segment::Fin => 0,
+            })
+            .sum();
+        self.unread + self.partial.as_ref().map_or(0, |p| p.buf.len()) + reorder
+    }
+
+    /// The receive window to advertise, in packets beyond `nxt` (PROTOCOL.md §6.5): zero once
+    /// unread messages fill the receive buffer, so an application that stops reading stops its
+    /// sender instead of growing our memory.
+    pub fn window(&self) -> u32 {
+        if self.unread >= self.recv_buffer {
+            return 0;
+        }
+        let room = (self.recv_buffer - self.unread).div_ceil(self.fragment_payload);
+        (room.min(self.max_window as usize)) as u32
+    }
+
+    /// Whether out-of-order packets are buffered (SACK blocks are due).
+    pub fn has_holes(&self) -> bool {
+        self.buffered_segments > 0
+    }
+
+    /// Up to [`MAX_SACK_BLOCKS`] blocks: the one holding the most recently stored packet first,
+    /// then the lowest others (PROTOCOL.md §3).
+    pub fn sack_blocks(&self) -> SackList {
+        let mut list = SackList::new();
+        if self.buffered_segments == 0 {
+            return list;
+        }
+        let mut blocks: Vec<SackBlock> = Vec::new();
+        let mut run: Option<u32> = None;
+        for (i, slot) in self.reorder.iter().enumerate() {
+            let s = self.nxt.wrapping_add(i as u32);
+            match (slot.is_some(), run) {
+                (true, None) => run = Some(s),
+                (false, Some(start)) => {
+                    blocks.push(SackBlock { start, end: s });
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run {
+            blocks.push(SackBlock { start, end: self.nxt.wrapping_add(self.reorder.len() as u32) });
+        }
+        let recent = self.last_stored.and_then(|r| {
+            blocks.iter().position(|b| seq::le(b.start, r) && seq::lt(r, b.end))
+        });
+        if let Some(i) = recent {
+            list.push(blocks[i]);
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            if Some(i) != recent && list.len() < MAX_SACK_BLOCKS {
+                list.push(*b);
+            }
+        }
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RecvState {
+        RecvState::new(10, 1000, 100, 64, 10)
+    }
+
+    #[test]
+    fn reassembles_out_of_order_fragments() {
+        let mut r = state();
+        assert_eq!(r.on_data(12, flags::LAST, 0, b"ij").unwrap(), Arrival::Buffered);
+        assert_eq!(r.on_data(11, 0, 0, b"efgh").unwrap(), Arrival::Buffered);
+        assert_eq!(r.sack_blocks().as_slice(), &[SackBlock { start: 11, end: 13 }]);
+        assert_eq!(r.on_data(10, flags::FIRST, 10, b"abcd").unwrap(), Arrival::InOrder);
+        assert_eq!(r.nxt, 13);
+        assert_eq!(r.read().unwrap(), Bytes::from_static(b"abcdefghij"));
+        assert!(r.read().is_none());
+        assert_eq!(r.on_data(11, 0, 0, b"zz").unwrap(), Arrival::Duplicate);
+        assert_eq!(r.held_bytes(), 0);
+    }
+
+    #[test]
+    fn framing_violations_are_detected() {
+        let mut r = state();
+        assert!(r.on_data(10, 0, 0, b"orphan").is_err());
+        let mut r = state();
+        r.on_data(10, flags::FIRST, 4, b"ab").unwrap();
+        assert!(r.on_data(11, flags::LAST, 0, b"cde").is_err(), "longer than msg_len");
+        let mut r = state();
+        assert!(r.on_data(10, flags::FIRST, 5000, b"ab").is_err(), "above max message");
+        let mut r = state();
+        r.on_data(10, flags::FIRST, 4, b"ab").unwrap();
+        assert!(r.on_fin(11).is_err(), "FIN inside a message");
+    }
+
+    #[test]
+    fn window_closes_when_unread_fills_buffer() {
+        let mut r = state();
+        assert_eq!(r.window(), 10);
+        for i in 0..10 {
+            r.on_data(10 + i, flags::FIRST | flags::LAST, 10, &[1; 10]).unwrap();
+        }
+        assert_eq!(r.window(), 0);
+        r.read().unwrap();
+        assert_eq!(r.window(), 1);
+    }
+
+    #[test]
+    fn sack_blocks_put_recent_first_and_cap_at_four() {
+        let mut r = state();
+        for s in [12, 14, 16, 18, 20, 22] {
+            r.on_data(s, flags::FIRST | flags::LAST, 1, b"x").unwrap();
+        }
+        r.on_data(17, flags::FIRST | flags::LAST, 1, b"x").unwrap();
+        let blocks = r.sack_blocks();
+        assert_eq!(blocks.len(), 4);
+        assert_eq!(blocks.as_slice()[0], SackBlock { start: 16, end: 19 });
+        assert_eq!(blocks.as_slice()[1], SackBlock { start: 12, end: 13 });
+        assert_eq!(r.on_data(10 + 64, flags::FIRST | flags::LAST, 1, b"x").unwrap(), Arrival::OutOfWindow);
+    }
+}

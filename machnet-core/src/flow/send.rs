@@ -1,0 +1,415 @@
+//! The sending half of a flow (PROTOCOL.md §6): messages accepted from the application,
+//! fragmentation, the in-flight scoreboard, SACK processing and loss detection.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::seq;
+use crate::wire::{flags, SackBlock};
+
+/// A packet is deemed lost once this many packets sent after it have been acknowledged
+/// (PROTOCOL.md §6.2).
+pub const DUP_THRESHOLD: u32 = 3;
+
+/// What a sequenced packet carries.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Data { bytes: Bytes, flags: u8, msg_len: u32 },
+    Fin,
+}
+
+/// One sequenced packet sent and not yet cumulatively acknowledged.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub payload: Payload,
+    /// Selectively acknowledged: delivered, only waiting for the cumulative ACK.
+    pub sacked: bool,
+    /// Deemed lost and queued for retransmission.
+    pub lost: bool,
+    /// Highest sequence number sent when this packet was last (re)transmitted; it is lost once
+    /// `DUP_THRESHOLD` packets beyond that mark are acknowledged.
+    pub sent_mark: u32,
+    pub transmissions: u32,
+}
+
+/// What an acknowledgement changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Packets newly acknowledged, cumulatively or selectively.
+    pub newly_acked: u32,
+    /// Whether the cumulative ACK advanced.
+    pub advanced: bool,
+    /// Packets newly deemed lost.
+    pub newly_lost: u32,
+    /// Whole messages fully acknowledged.
+    pub messages_acked: u32,
+    /// Whether our FIN is now acknowledged.
+    pub fin_acked: bool,
+}
+
+/// Why `accept` refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    Closed,
+    BufferFull,
+}
+
+#[derive(Debug)]
+pub struct SendState {
+    /// Messages not yet completely packetized; the front one from `front_offset` on.
+    queue: VecDeque<Bytes>,
+    front_offset: usize,
+    /// Bytes accepted from the application and not yet acknowledged by the peer.
+    buffered: usize,
+    limit: usize,
+    /// Size of the last message refused for lack of room; `Writable` fires once it fits.
+    pub wants: Option<usize>,
+    /// Sequenced packets `una .. nxt`.
+    inflight: VecDeque<Sent>,
+    pub una: u32,
+    pub nxt: u32,
+    /// End (exclusive) of the highest SACK block seen, if any packet beyond `una` was SACKed.
+    highest_sacked: Option<u32>,
+    /// Sequence numbers to retransmit, oldest first (entries may be stale; checked on use).
+    retransmit: VecDeque<u32>,
+    /// Packets in flight: sent, not acknowledged in any way, not deemed lost.
+    pipe: u32,
+    /// `close` was called: a FIN follows the queued data.
+    pub fin_queued: bool,
+    pub fin_sent: bool,
+    pub fin_acked: bool,
+    fragment_payload: usize,
+}
+
+impl SendState {
+    pub fn new(initial_seq: u32, limit: usize, fragment_payload: usize) -> Self {
+        SendState {
+            queue: VecDeque::new(),
+            front_offset: 0,
+            buffered: 0,
+            limit,
+            wants: None,
+            inflight: VecDeque::new(),
+            una: initial_seq,
+            nxt: initial_seq,
+            highest_sacked: None,
+            retransmit: VecDeque::new(),
+            pipe: 0,
+            fin_queued: false,
+            fin_sent: false,
+            fin_acked: false,
+            fragment_payload,
+        }
+    }
+
+    /// Takes a message into the send buffer.
+    pub fn accept(&mut self, msg: Bytes) -> Result<(), AcceptError> {
+        if self.fin_queued {
+            return Err(AcceptError::Closed);
+        }
+        if self.buffered + msg.len() > self.limit {
+            self.wants = Some(msg.len());
+            return Err(AcceptError::BufferFull);
+        }
+        self.buffered += msg.len();
+        self.queue.push_back(msg);
+        Ok(())
+    }
+
+    /// Whether a refused message would now fit (the trigger for `Event::Writable`).
+    pub fn take_writable(&mut self) -> bool {
+        match self.wants {
+            Some(n) if self.buffered + n <= self.limit || self.buffered == 0 => {
+                self.wants = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The largest queued (not yet packetized) message, for checks against the peer's limit.
+    pub fn largest_queued(&self) -> usize {
+        self.queue.iter().map(Bytes::len).max().unwrap_or(0)
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+    pub fn in_flight(&self) -> u32 {
+        self.pipe
+    }
+    pub fn has_unacked(&self) -> bool {
+        !self.inflight.is_empty()
+    }
+    /// Packets sent and not yet cumulatively acknowledged.
+    pub fn outstanding(&self) -> u32 {
+        self.inflight.len() as u32
+    }
+    /// Whether anything (data or FIN) is waiting to be sent for the first time.
+    pub fn has_new(&self) -> bool {
+        !self.queue.is_empty() || (self.fin_queued && !self.fin_sent)
+    }
+    /// Whether lost packets are waiting for retransmission.
+    pub fn has_retransmit(&self) -> bool {
+        self.retransmit.iter().any(|&s| self.get(s).is_some_and(|p| p.lost && !p.sacked))
+    }
+    /// All data sent and acknowledged and the FIN, if queued, acknowledged too.
+    pub fn is_done(&self) -> bool {
+        self.fin_acked
+    }
+
+    fn index(&self, s: u32) -> Option<usize> {
+        let i = seq::dist(self.una, s) as usize;
+        (i < self.inflight.len()).then_some(i)
+    }
+    fn get(&self, s: u32) -> Option<&Sent> {
+        self.index(s).map(|i| &self.inflight[i])
+    }
+
+    /// Pops the next lost packet to retransmit, marking it in flight again.
+    pub fn next_retransmit(&mut self) -> Option<(u32, Payload)> {
+        while let Some(s) = self.retransmit.pop_front() {
+            let mark = self.nxt.wrapping_sub(1);
+            if let Some(i) = self.index(s) {
+                let p = &mut self.inflight[i];
+                if p.lost && !p.sacked {
+                    p.lost = false;
+                    p.sent_mark = mark;
+                    p.transmissions += 1;
+                    self.pipe += 1;
+                    return Some((s, p.payload.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Cuts the next new packet (a fragment of the front message, or the FIN), records it in
+    /// flight and returns its sequence number and payload.
+    pub fn next_new(&mut self) -> Option<(u32, Payload)> {
+        let payload = if let Some(msg) = self.queue.front() {
+            let remaining = msg.len() - self.front_offset;
+            let take = remaining.min(self.fragment_payload);
+            let mut f = 0;
+            if self.front_offset == 0 {
+                f |= flags::FIRST;
+            }
+            if take == remaining {
+                f |= flags::LAST;
+            }
+            let msg_len = if f & flags::FIRST != 0 { msg.len() as u32 } else { 0 };
+            let bytes = msg.slice(self.front_offset..self.front_offset + take);
+            if take == remaining {
+                self.queue.pop_front();
+                self.front_offset = 0;
+            } else {
+                self.front_offset += take;
+            }
+            Payload::Data { bytes, flags: f, msg_len }
+        } else if self.fin_queued && !self.fin_sent {
+            self.fin_sent = true;
+            Payload::Fin
+        } else {
+            return None;
+        };
+        let s = self.nxt;
+        self.inflight.push_back(Sent {
+            payload: payload.clone(),
+            sacked: false,
+            lost: false,
+            sent_mark: s,
+            transmissions: 1,
+        });
+        self.nxt = s.wrapping_add(1);
+        self.pipe += 1;
+        Some((s, payload))
+    }
+
+    /// Applies a cumulative ACK and SACK blocks from the peer. Returns `None` if `ack` acknowledges
+    /// sequence numbers never sent.
+    pub fn on_ack(&mut self, ack: u32, sacks: &[SackBlock]) -> Option<AckOutcome> {
+        if seq::gt(ack, self.nxt) {
+            return None;
+        }
+        let mut out = AckOutcome::default();
+        if seq::gt(ack, self.una) {
+            out.advanced = true;
+            while seq::lt(self.una, ack) {
+                let p = self.inflight.pop_front().expect("ack <= nxt");
+                if !p.sacked {
+                    out.newly_acked += 1;
+                    if !p.lost {
+                        self.pipe -= 1;
+                    }
+                }
+                match p.payload {
+                    Payload::Data { bytes, flags: f, .. } => {
+                        self.buffered -= bytes.len();
+                        if f & flags::LAST != 0 {
+                            out.messages_acked += 1;
+                        }
+                    }
+                    Payload::Fin => {
+                        self.fin_acked = true;
+                        out.fin_acked = true;
+                    }
+                }
+                self.una = self.una.wrapping_add(1);
+            }
+            if self.highest_sacked.is_some_and(|h| seq::le(h, self.una)) {
+                self.highest_sacked = None;
+            }
+        }
+        for block in sacks {
+            // Clamp to what is outstanding; ignore blocks entirely outside it.
+            let start = if seq::lt(block.start, self.una) { self.una } else { block.start };
+            let end = if seq::gt(block.end, self.nxt) { self.nxt } else { block.end };
+            if !seq::lt(start, end) {
+                continue;
+            }
+            let mut s = start;
+            while s != end {
+                let i = seq::dist(self.una, s) as usize;
+                let p = &mut self.inflight[i];
+                if !p.sacked {
+                    p.sacked = true;
+                    out.newly_acked += 1;
+                    if !p.lost {
+                        self.pipe -= 1;
+                    }
+                }
+                s = s.wrapping_add(1);
+            }
+            if self.highest_sacked.is_none_or(|h| seq::gt(end, h)) {
+                self.highest_sacked = Some(end);
+            }
+        }
+        if out.newly_acked > 0 {
+            out.newly_lost = self.detect_losses();
+        }
+        Some(out)
+    }
+
+    /// Marks as lost every packet with `DUP_THRESHOLD` later-sent packets acknowledged.
+    fn detect_losses(&mut self) -> u32 {
+        let Some(end) = self.highest_sacked else {
+            return 0;
+        };
+        let highest = end.wrapping_sub(1);
+        let mut lost = 0;
+        for (i, p) in self.inflight.iter_mut().enumerate() {
+            let s = self.una.wrapping_add(i as u32);
+            if seq::gt(s.wrapping_add(DUP_THRESHOLD), highest) {
+                break;
+            }
+            if !p.sacked && !p.lost && seq::le(p.sent_mark.wrapping_add(DUP_THRESHOLD), highest) {
+                p.lost = true;
+                self.pipe -= 1;
+                self.retransmit.push_back(s);
+                lost += 1;
+            }
+        }
+        lost
+    }
+
+    /// Retransmission timeout: every unacknowledged packet is deemed lost, oldest first.
+    /// Returns how many were queued.
+    pub fn on_timeout(&mut self) -> u32 {
+        self.retransmit.clear();
+        let mut n = 0;
+        for (i, p) in self.inflight.iter_mut().enumerate() {
+            if !p.sacked {
+                if !p.lost {
+                    p.lost = true;
+                    self.pipe -= 1;
+                }
+                self.retransmit.push_back(self.una.wrapping_add(i as u32));
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SendState {
+        SendState::new(100, 1 << 20, 10)
+    }
+
+    fn block(start: u32, end: u32) -> SackBlock {
+        SackBlock { start, end }
+    }
+
+    #[test]
+    fn fragments_messages_with_first_last_and_length() {
+        let mut s = state();
+        s.accept(Bytes::from(vec![7u8; 25])).unwrap();
+        let frags: Vec<_> = std::iter::from_fn(|| s.next_new()).collect();
+        assert_eq!(frags.len(), 3);
+        let Payload::Data { flags: f0, msg_len: l0, bytes: b0 } = &frags[0].1 else { panic!() };
+        assert_eq!((*f0, *l0, b0.len()), (flags::FIRST, 25, 10));
+        let Payload::Data { flags: f2, msg_len: l2, bytes: b2 } = &frags[2].1 else { panic!() };
+        assert_eq!((*f2, *l2, b2.len()), (flags::LAST, 0, 5));
+        assert_eq!(frags[2].0, 102);
+    }
+
+    #[test]
+    fn sack_marks_holes_lost_after_threshold() {
+        let mut s = state();
+        for _ in 0..6 {
+            s.accept(Bytes::from_static(b"x")).unwrap();
+        }
+        while s.next_new().is_some() {}
+        assert_eq!(s.in_flight(), 6);
+        // 100 lost; 101..104 sacked (4 packets sent after it) -> 100 lost.
+        let out = s.on_ack(100, &[block(101, 105)]).unwrap();
+        assert_eq!(out.newly_acked, 4);
+        assert_eq!(out.newly_lost, 1);
+        assert_eq!(s.next_retransmit().map(|(q, _)| q), Some(100));
+        assert!(s.next_retransmit().is_none());
+        // Cumulative ACK of everything.
+        let out = s.on_ack(106, &[]).unwrap();
+        assert!(out.advanced);
+        assert_eq!(out.messages_acked, 6);
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn rejects_ack_beyond_sent_and_ignores_wild_sacks() {
+        let mut s = state();
+        s.accept(Bytes::from_static(b"abc")).unwrap();
+        s.next_new();
+        assert!(s.on_ack(102, &[]).is_none());
+        let out = s.on_ack(100, &[block(5000, 6000)]).unwrap();
+        assert_eq!(out, AckOutcome::default());
+    }
+
+    #[test]
+    fn back_pressure_then_writable() {
+        let mut s = SendState::new(0, 10, 4);
+        s.accept(Bytes::from(vec![0u8; 8])).unwrap();
+        assert_eq!(s.accept(Bytes::from(vec![0u8; 5])), Err(AcceptError::BufferFull));
+        assert!(!s.take_writable());
+        while s.next_new().is_some() {}
+        s.on_ack(2, &[]).unwrap();
+        assert!(s.take_writable());
+    }
+
+    #[test]
+    fn timeout_requeues_everything_unsacked() {
+        let mut s = state();
+        for _ in 0..4 {
+            s.accept(Bytes::from_static(b"y")).unwrap();
+        }
+        while s.next_new().is_some() {}
+        s.on_ack(100, &[block(102, 103)]).unwrap();
+        assert_eq!(s.on_timeout(), 3);
+        let order: Vec<u32> = std::iter::from_fn(|| s.next_retransmit().map(|(q, _)| q)).collect();
+        assert_eq!(order, vec![100, 101, 103]);
+    }
+}
