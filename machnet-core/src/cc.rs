@@ -23,7 +23,9 @@ pub trait CongestionControl: Send + std::fmt::Debug {
 pub enum CongestionConfig {
     Swift(SwiftConfig),
     /// A constant window, as in the C++ original (which used 32). Flow control still applies.
-    Fixed { window: u32 },
+    Fixed {
+        window: u32,
+    },
 }
 
 impl Default for CongestionConfig {
@@ -35,7 +37,9 @@ impl Default for CongestionConfig {
 impl CongestionConfig {
     pub(crate) fn validate(&self) -> Result<(), &'static str> {
         match self {
-            CongestionConfig::Fixed { window } if *window == 0 => Err("fixed window must be positive"),
+            CongestionConfig::Fixed { window } if *window == 0 => {
+                Err("fixed window must be positive")
+            }
             CongestionConfig::Fixed { .. } => Ok(()),
             CongestionConfig::Swift(s) => s.validate(),
         }
@@ -45,7 +49,9 @@ impl CongestionConfig {
     pub fn build(&self) -> Controller {
         match self {
             CongestionConfig::Swift(c) => Controller::Swift(Swift::new(c.clone())),
-            CongestionConfig::Fixed { window } => Controller::Fixed(FixedWindow { window: *window }),
+            CongestionConfig::Fixed { window } => {
+                Controller::Fixed(FixedWindow { window: *window })
+            }
         }
     }
 }
@@ -179,12 +185,14 @@ impl Swift {
     }
 
     fn can_decrease(&self, now: Instant) -> bool {
-        self.last_decrease.is_none_or(|t| now.saturating_since(t) >= self.last_rtt)
+        self.last_decrease
+            .is_none_or(|t| now.saturating_since(t) >= self.last_rtt)
     }
 
     fn decrease(&mut self, now: Instant, factor: f64) {
         if self.can_decrease(now) {
-            self.cwnd = (self.cwnd * (1.0 - factor)).clamp(self.cfg.min_window, self.cfg.max_window);
+            self.cwnd =
+                (self.cwnd * (1.0 - factor)).clamp(self.cfg.min_window, self.cfg.max_window);
             self.last_decrease = Some(now);
         }
     }

@@ -136,9 +136,15 @@ impl EngineConfig {
             local_ip,
             engine_id,
             engine_count,
-            udp_ports: PortPool { base: 31580, count: 64 },
+            udp_ports: PortPool {
+                base: 31580,
+                count: 64,
+            },
             default_remote_udp_ports: None,
-            ephemeral_ports: PortPool { base: 49152, count: 16384 },
+            ephemeral_ports: PortPool {
+                base: 49152,
+                count: 16384,
+            },
             max_message_len: 8 << 20,
             max_udp_payload: 1472,
             send_buffer: 16 << 20,
@@ -175,19 +181,43 @@ impl EngineConfig {
                 Err(Invalid { field, why })
             }
         };
-        check((1..=64).contains(&self.engine_count), "engine_count", "must be 1..=64")?;
-        check(self.engine_id < self.engine_count, "engine_id", "must be below engine_count")?;
-        check(self.udp_ports.is_valid(), "udp_ports", "must be non-empty, exclude 0 and end by 65535")?;
+        check(
+            (1..=64).contains(&self.engine_count),
+            "engine_count",
+            "must be 1..=64",
+        )?;
+        check(
+            self.engine_id < self.engine_count,
+            "engine_id",
+            "must be below engine_count",
+        )?;
+        check(
+            self.udp_ports.is_valid(),
+            "udp_ports",
+            "must be non-empty, exclude 0 and end by 65535",
+        )?;
         if let Some(p) = self.default_remote_udp_ports {
-            check(p.is_valid(), "default_remote_udp_ports", "must be a valid port pool")?;
+            check(
+                p.is_valid(),
+                "default_remote_udp_ports",
+                "must be a valid port pool",
+            )?;
         }
-        check(self.ephemeral_ports.is_valid(), "ephemeral_ports", "must be a valid port pool")?;
+        check(
+            self.ephemeral_ports.is_valid(),
+            "ephemeral_ports",
+            "must be a valid port pool",
+        )?;
         check(
             self.ephemeral_ports.count >= self.engine_count,
             "ephemeral_ports",
             "needs at least one port per engine",
         )?;
-        check(self.max_message_len >= 1, "max_message_len", "must be at least 1")?;
+        check(
+            self.max_message_len >= 1,
+            "max_message_len",
+            "must be at least 1",
+        )?;
         check(
             (wire::MAX_HEADER_LEN + 64..=65507).contains(&usize::from(self.max_udp_payload)),
             "max_udp_payload",
@@ -198,35 +228,68 @@ impl EngineConfig {
             "send_buffer",
             "must hold at least one maximum-size message",
         )?;
-        check(self.recv_buffer >= 1, "recv_buffer", "must be at least 1 byte")?;
+        check(
+            self.recv_buffer >= 1,
+            "recv_buffer",
+            "must be at least 1 byte",
+        )?;
         check(
             (16..=1 << 20).contains(&self.max_window_packets),
             "max_window_packets",
             "must be 16..=1048576",
         )?;
         check(
-            !self.rto.min.is_zero() && self.rto.min <= self.rto.initial && self.rto.initial <= self.rto.max,
+            !self.rto.min.is_zero()
+                && self.rto.min <= self.rto.initial
+                && self.rto.initial <= self.rto.max,
             "rto",
             "needs 0 < min <= initial <= max",
         )?;
-        check(self.rto.max_retries >= 1, "rto.max_retries", "must be at least 1")?;
+        check(
+            self.rto.max_retries >= 1,
+            "rto.max_retries",
+            "must be at least 1",
+        )?;
         let hs = &self.handshake;
         check(
             hs.success_target > 0.0 && hs.success_target < 1.0,
             "handshake.success_target",
             "must be strictly between 0 and 1",
         )?;
-        check(!hs.syn_timeout.is_zero(), "handshake.syn_timeout", "must be positive")?;
-        check(hs.max_syn_attempts >= 1, "handshake.max_syn_attempts", "must be at least 1")?;
-        check(hs.max_batch >= 1, "handshake.max_batch", "must be at least 1")?;
-        check(!hs.half_open_timeout.is_zero(), "handshake.half_open_timeout", "must be positive")?;
-        check(!self.keepalive_interval.is_zero(), "keepalive_interval", "must be positive")?;
+        check(
+            !hs.syn_timeout.is_zero(),
+            "handshake.syn_timeout",
+            "must be positive",
+        )?;
+        check(
+            hs.max_syn_attempts >= 1,
+            "handshake.max_syn_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            hs.max_batch >= 1,
+            "handshake.max_batch",
+            "must be at least 1",
+        )?;
+        check(
+            !hs.half_open_timeout.is_zero(),
+            "handshake.half_open_timeout",
+            "must be positive",
+        )?;
+        check(
+            !self.keepalive_interval.is_zero(),
+            "keepalive_interval",
+            "must be positive",
+        )?;
         check(
             self.idle_timeout > self.keepalive_interval,
             "idle_timeout",
             "must exceed keepalive_interval",
         )?;
-        self.congestion.validate().map_err(|why| Invalid { field: "congestion", why })?;
+        self.congestion.validate().map_err(|why| Invalid {
+            field: "congestion",
+            why,
+        })?;
         Ok(())
     }
 }
@@ -235,7 +298,10 @@ impl EngineConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration value `{field}`: {why}")]
-    Invalid { field: &'static str, why: &'static str },
+    Invalid {
+        field: &'static str,
+        why: &'static str,
+    },
 }
 
 #[cfg(test)]
@@ -244,22 +310,56 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        EngineConfig::new(Ipv4Addr::LOCALHOST, 0, 1).validate().unwrap();
-        EngineConfig::new(Ipv4Addr::LOCALHOST, 7, 8).validate().unwrap();
+        EngineConfig::new(Ipv4Addr::LOCALHOST, 0, 1)
+            .validate()
+            .unwrap();
+        EngineConfig::new(Ipv4Addr::LOCALHOST, 7, 8)
+            .validate()
+            .unwrap();
     }
 
     #[test]
     fn rejects_bad_values_naming_the_field() {
         let mut c = EngineConfig::new(Ipv4Addr::LOCALHOST, 2, 2);
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "engine_id", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "engine_id",
+                ..
+            })
+        ));
         c.engine_id = 0;
-        c.udp_ports = PortPool { base: 65535, count: 2 };
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "udp_ports", .. })));
-        c.udp_ports = PortPool { base: 1000, count: 2 };
+        c.udp_ports = PortPool {
+            base: 65535,
+            count: 2,
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "udp_ports",
+                ..
+            })
+        ));
+        c.udp_ports = PortPool {
+            base: 1000,
+            count: 2,
+        };
         c.send_buffer = 10;
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "send_buffer", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "send_buffer",
+                ..
+            })
+        ));
         c.send_buffer = 16 << 20;
         c.max_udp_payload = 60;
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "max_udp_payload", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                field: "max_udp_payload",
+                ..
+            })
+        ));
     }
 }

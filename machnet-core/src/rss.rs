@@ -19,7 +19,12 @@ pub fn spray_batch(engines: u16, success_target: f64) -> u32 {
 }
 
 /// Batch for retry number `attempt` (0 = first): doubles each time, bounded by `max_batch`.
-pub fn spray_batch_for_attempt(engines: u16, success_target: f64, attempt: u8, max_batch: u32) -> u32 {
+pub fn spray_batch_for_attempt(
+    engines: u16,
+    success_target: f64,
+    attempt: u8,
+    max_batch: u32,
+) -> u32 {
     let base = spray_batch(engines, success_target);
     let scaled = u64::from(base) << u32::from(attempt.min(20));
     scaled.min(u64::from(max_batch)).max(1) as u32
@@ -51,7 +56,8 @@ impl UdpTuple {
 /// (40-byte keys are standard); shorter keys are treated as zero-extended.
 pub fn toeplitz(key: &[u8], input: &[u8]) -> u32 {
     let key_bit = |i: usize| -> u32 {
-        key.get(i / 8).map_or(0, |b| u32::from((b >> (7 - i % 8)) & 1))
+        key.get(i / 8)
+            .map_or(0, |b| u32::from((b >> (7 - i % 8)) & 1))
     };
     // `window` holds key bits [i, i+32) for the input bit currently examined.
     let mut window: u32 = (0..32).fold(0, |w, i| (w << 1) | key_bit(i));
@@ -127,11 +133,41 @@ mod tests {
             0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
         ];
         let cases = [
-            ([66, 9, 149, 187], 2794, [161, 142, 100, 80], 1766, 0x51cc_c178u32),
-            ([199, 92, 111, 2], 14230, [65, 69, 140, 83], 4739, 0xc626_b0ea),
-            ([24, 19, 198, 95], 12898, [12, 22, 207, 184], 38024, 0x5c2b_394a),
-            ([38, 27, 205, 30], 48228, [209, 142, 163, 6], 2217, 0xafc7_327f),
-            ([153, 39, 163, 191], 44251, [202, 188, 127, 2], 1303, 0x10e8_28a2),
+            (
+                [66, 9, 149, 187],
+                2794,
+                [161, 142, 100, 80],
+                1766,
+                0x51cc_c178u32,
+            ),
+            (
+                [199, 92, 111, 2],
+                14230,
+                [65, 69, 140, 83],
+                4739,
+                0xc626_b0ea,
+            ),
+            (
+                [24, 19, 198, 95],
+                12898,
+                [12, 22, 207, 184],
+                38024,
+                0x5c2b_394a,
+            ),
+            (
+                [38, 27, 205, 30],
+                48228,
+                [209, 142, 163, 6],
+                2217,
+                0xafc7_327f,
+            ),
+            (
+                [153, 39, 163, 191],
+                44251,
+                [202, 188, 127, 2],
+                1303,
+                0x10e8_28a2,
+            ),
         ];
         for (src, sport, dst, dport, want) in cases {
             let t = UdpTuple {

@@ -15,7 +15,12 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     pub fn new() -> Self {
-        RttEstimator { srtt: None, rttvar: Duration::ZERO, min_rtt: None, latest: None }
+        RttEstimator {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            min_rtt: None,
+            latest: None,
+        }
     }
 
     /// Feeds one RTT sample.
@@ -28,7 +33,7 @@ impl RttEstimator {
                 self.rttvar = sample / 2;
             }
             Some(srtt) => {
-                let diff = if srtt > sample { srtt - sample } else { sample - srtt };
+                let diff = srtt.abs_diff(sample);
                 self.rttvar = (self.rttvar * 3 + diff) / 4;
                 self.srtt = Some((srtt * 7 + sample) / 8);
             }
@@ -82,7 +87,10 @@ mod tests {
             r.update(Duration::from_millis(100));
         }
         let rto = r.rto(&cfg);
-        assert!(rto >= Duration::from_millis(100) && rto <= cfg.max, "{rto:?}");
+        assert!(
+            rto >= Duration::from_millis(100) && rto <= cfg.max,
+            "{rto:?}"
+        );
         assert_eq!(r.min(), Some(Duration::from_micros(30)));
     }
 }

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use machnet_core::{CloseReason, Datagram, Engine, EngineConfig, Event, FlowId, Instant, SendError};
+use machnet_core::{
+    CloseReason, Datagram, Engine, EngineConfig, Event, FlowId, Instant, SendError,
+};
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -62,7 +64,9 @@ impl Pair {
             for from_a in [true, false] {
                 loop {
                     let e = if from_a { &mut self.a } else { &mut self.b };
-                    let Some(t) = e.poll_transmit(self.now, &mut buf) else { break };
+                    let Some(t) = e.poll_transmit(self.now, &mut buf) else {
+                        break;
+                    };
                     self.sent += 1;
                     if !(self.drop)(self.sent) {
                         self.wire.push_back(InFlight {
@@ -85,7 +89,10 @@ impl Pair {
                 return;
             }
             let next_wire = self.wire.front().map(|p| p.at);
-            let next = [next_wire, self.a.poll_timeout(), self.b.poll_timeout()].into_iter().flatten().min();
+            let next = [next_wire, self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
             let Some(next) = next else { return };
             if next > limit {
                 return;
@@ -93,10 +100,19 @@ impl Pair {
             self.now = self.now.max(next);
             while self.wire.front().is_some_and(|p| p.at <= self.now) {
                 let p = self.wire.pop_front().unwrap();
-                let (e, from) = if p.to_b { (&mut self.b, A) } else { (&mut self.a, B) };
+                let (e, from) = if p.to_b {
+                    (&mut self.b, A)
+                } else {
+                    (&mut self.a, B)
+                };
                 e.handle_datagram(
                     self.now,
-                    Datagram { remote_ip: from, src_port: p.src_port, dst_port: p.dst_port, payload: &p.bytes },
+                    Datagram {
+                        remote_ip: from,
+                        src_port: p.src_port,
+                        dst_port: p.dst_port,
+                        payload: &p.bytes,
+                    },
                 );
             }
             self.a.handle_timeout(self.now);
@@ -107,8 +123,16 @@ impl Pair {
     fn connect(&mut self) -> (FlowId, FlowId) {
         let fa = self.a.connect(self.now, B, PORT).unwrap();
         let deadline = self.now + Duration::from_secs(5);
-        self.run_until(deadline, |p| p.events_b.iter().any(|e| matches!(e, Event::Accepted { .. })));
-        assert!(self.events_a.contains(&Event::Connected { flow: fa }), "{:?}", self.events_a);
+        self.run_until(deadline, |p| {
+            p.events_b
+                .iter()
+                .any(|e| matches!(e, Event::Accepted { .. }))
+        });
+        assert!(
+            self.events_a.contains(&Event::Connected { flow: fa }),
+            "{:?}",
+            self.events_a
+        );
         let fb = self
             .events_b
             .iter()
@@ -145,7 +169,11 @@ fn drain(e: &mut Engine, flow: FlowId, out: &mut Vec<Bytes>) {
 /// delivery.
 fn transfer(p: &mut Pair, sizes: &[usize]) {
     let (fa, fb) = p.connect();
-    let msgs: Vec<Bytes> = sizes.iter().enumerate().map(|(i, &n)| message(i as u32, n)).collect();
+    let msgs: Vec<Bytes> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| message(i as u32, n))
+        .collect();
     let mut next = 0;
     let mut got = Vec::new();
     let deadline = p.now + Duration::from_secs(600);
@@ -163,17 +191,34 @@ fn transfer(p: &mut Pair, sizes: &[usize]) {
             for e in p.events_b.drain(..) {
                 any |= matches!(e, Event::Readable { .. });
             }
-            any || p.events_a.drain(..).any(|e| matches!(e, Event::Writable { .. }))
+            any || p
+                .events_a
+                .drain(..)
+                .any(|e| matches!(e, Event::Writable { .. }))
         });
         drain(&mut p.b, fb, &mut got);
-        assert!(p.now < deadline, "transfer stalled at {} of {} messages", got.len(), msgs.len());
-        if got.len() == before && next == msgs.len() && p.wire.is_empty() && p.a.poll_timeout().is_none() {
+        assert!(
+            p.now < deadline,
+            "transfer stalled at {} of {} messages",
+            got.len(),
+            msgs.len()
+        );
+        if got.len() == before
+            && next == msgs.len()
+            && p.wire.is_empty()
+            && p.a.poll_timeout().is_none()
+        {
             panic!("no progress");
         }
     }
     assert_eq!(got.len(), msgs.len());
     for (i, (g, m)) in got.iter().zip(&msgs).enumerate() {
-        assert!(g == m, "message {i} differs (len {} vs {})", g.len(), m.len());
+        assert!(
+            g == m,
+            "message {i} differs (len {} vs {})",
+            g.len(),
+            m.len()
+        );
     }
 }
 
@@ -200,7 +245,10 @@ fn max_size_message_and_many_small_without_loss() {
 fn periodic_loss_is_repaired() {
     let mut p = Pair::new(|_| {});
     p.drop = Box::new(|n| n % 7 == 3);
-    let sizes: Vec<usize> = (0..3000).map(|i| 1 + (i * 37) % 3000).chain([1 << 20]).collect();
+    let sizes: Vec<usize> = (0..3000)
+        .map(|i| 1 + (i * 37) % 3000)
+        .chain([1 << 20])
+        .collect();
     transfer(&mut p, &sizes);
     assert!(p.a.stats().fast_retransmits > 0);
 }
@@ -222,10 +270,16 @@ fn heavy_loss_is_repaired() {
 fn oversize_and_empty_messages_are_refused() {
     let mut p = Pair::new(|c| c.max_message_len = 1000);
     let (fa, _) = p.connect();
-    assert_eq!(p.a.send(p.now, fa, Bytes::new()), Err(SendError::EmptyMessage));
+    assert_eq!(
+        p.a.send(p.now, fa, Bytes::new()),
+        Err(SendError::EmptyMessage)
+    );
     assert_eq!(
         p.a.send(p.now, fa, Bytes::from(vec![0u8; 1001])),
-        Err(SendError::MessageTooLarge { len: 1001, max: 1000 })
+        Err(SendError::MessageTooLarge {
+            len: 1001,
+            max: 1000
+        })
     );
 }
 
@@ -234,7 +288,13 @@ fn refused_when_nobody_listens() {
     let mut p = Pair::new(|_| {});
     let fa = p.a.connect(p.now, B, PORT + 1).unwrap();
     p.run_until(p.now + Duration::from_secs(5), |p| !p.events_a.is_empty());
-    assert_eq!(p.events_a, vec![Event::Closed { flow: fa, reason: CloseReason::Refused }]);
+    assert_eq!(
+        p.events_a,
+        vec![Event::Closed {
+            flow: fa,
+            reason: CloseReason::Refused
+        }]
+    );
 }
 
 #[test]
@@ -249,15 +309,29 @@ fn graceful_close_delivers_everything_then_closes_both() {
     let mut got = Vec::new();
     let mut all_b = Vec::new();
     p.run_until(p.now + Duration::from_secs(5), |p| {
-        all_b.extend(p.events_b.drain(..));
+        all_b.append(&mut p.events_b);
         all_b.contains(&Event::PeerClosed { flow: fb })
     });
     drain(&mut p.b, fb, &mut got);
     assert_eq!(got.len(), 50);
     p.b.close(p.now, fb).unwrap();
     p.run_until(p.now + Duration::from_secs(5), |_| false);
-    assert!(p.events_a.contains(&Event::Closed { flow: fa, reason: CloseReason::Graceful }), "{:?}", p.events_a);
-    assert!(p.events_b.contains(&Event::Closed { flow: fb, reason: CloseReason::Graceful }), "{:?}", p.events_b);
+    assert!(
+        p.events_a.contains(&Event::Closed {
+            flow: fa,
+            reason: CloseReason::Graceful
+        }),
+        "{:?}",
+        p.events_a
+    );
+    assert!(
+        p.events_b.contains(&Event::Closed {
+            flow: fb,
+            reason: CloseReason::Graceful
+        }),
+        "{:?}",
+        p.events_b
+    );
     assert_eq!(p.a.flow_count(), 0, "lingering flows expire");
     assert_eq!(p.b.flow_count(), 0);
 }
@@ -269,7 +343,13 @@ fn dead_peer_times_out_with_an_error() {
     p.drop = Box::new(|_| true);
     p.a.send(p.now, fa, message(1, 10)).unwrap();
     p.run_until(p.now + Duration::from_secs(30), |p| !p.events_a.is_empty());
-    assert_eq!(p.events_a, vec![Event::Closed { flow: fa, reason: CloseReason::TimedOut }]);
+    assert_eq!(
+        p.events_a,
+        vec![Event::Closed {
+            flow: fa,
+            reason: CloseReason::TimedOut
+        }]
+    );
 }
 
 #[test]
@@ -278,7 +358,13 @@ fn abort_resets_the_peer() {
     let (fa, fb) = p.connect();
     p.a.abort(p.now, fa).unwrap();
     p.run_until(p.now + Duration::from_secs(1), |p| !p.events_b.is_empty());
-    assert_eq!(p.events_b, vec![Event::Closed { flow: fb, reason: CloseReason::Reset }]);
+    assert_eq!(
+        p.events_b,
+        vec![Event::Closed {
+            flow: fb,
+            reason: CloseReason::Reset
+        }]
+    );
 }
 
 #[test]
@@ -290,7 +376,7 @@ fn slow_reader_gets_back_pressure_not_loss() {
     });
     let (fa, fb) = p.connect();
     let mut sent = 0u32;
-    let mut fill = |p: &mut Pair, sent: &mut u32| {
+    let fill = |p: &mut Pair, sent: &mut u32| {
         let mut accepted = 0;
         loop {
             match p.a.send(p.now, fa, message(*sent, 10_000)) {
@@ -309,21 +395,37 @@ fn slow_reader_gets_back_pressure_not_loss() {
         fill(&mut p, &mut sent);
         p.run_until(p.now + Duration::from_secs(2), |_| false);
     }
-    assert_eq!(fill(&mut p, &mut sent), 0, "steady state: no room at the sender");
+    assert_eq!(
+        fill(&mut p, &mut sent),
+        0,
+        "steady state: no room at the sender"
+    );
     assert_eq!(p.a.flow_stats(fa).unwrap().peer_window, 0);
     let held = p.b.flow_held_bytes(fb).unwrap();
     assert!(held <= (64 << 10) + 10_000, "receiver holds {held} bytes");
     // Still alive after seconds of zero window: probes keep the flow up.
     p.events_a.clear();
     p.run_until(p.now + Duration::from_secs(20), |_| false);
-    assert!(p.a.flow_stats(fa).is_some(), "flow died under zero window: {:?}", p.events_a);
-    assert!(!p.events_a.iter().any(|e| matches!(e, Event::Closed { .. })), "{:?}", p.events_a);
+    assert!(
+        p.a.flow_stats(fa).is_some(),
+        "flow died under zero window: {:?}",
+        p.events_a
+    );
+    assert!(
+        !p.events_a.iter().any(|e| matches!(e, Event::Closed { .. })),
+        "{:?}",
+        p.events_a
+    );
     // Reading resumes the transfer; everything arrives in order.
     let mut got = Vec::new();
     let deadline = p.now + Duration::from_secs(60);
     while (got.len() as u32) < sent {
         drain(&mut p.b, fb, &mut got);
-        p.run_until(deadline, |p| p.events_b.drain(..).any(|e| matches!(e, Event::Readable { .. })));
+        p.run_until(deadline, |p| {
+            p.events_b
+                .drain(..)
+                .any(|e| matches!(e, Event::Readable { .. }))
+        });
         assert!(p.now < deadline, "stalled at {}/{sent}", got.len());
     }
     for (i, g) in got.iter().enumerate() {

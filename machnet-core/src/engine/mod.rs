@@ -89,7 +89,11 @@ impl Engine {
     pub fn new(config: EngineConfig, seed: u64) -> Result<Engine, ConfigError> {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let ports = PortMap::new(config.engine_id, config.engine_count, config.ephemeral_ports);
+        let ports = PortMap::new(
+            config.engine_id,
+            config.engine_count,
+            config.ephemeral_ports,
+        );
         let ephemeral_cursor = rng.random_range(0..ports.ephemeral_count());
         Ok(Engine {
             ports,
@@ -184,7 +188,12 @@ impl Engine {
     /// Opens a flow to `remote_ip:remote_port` (Machnet port). Completion is reported by
     /// [`Event::Connected`], failure by [`Event::Closed`]. Messages may be sent right away;
     /// they leave once the flow is established.
-    pub fn connect(&mut self, now: Instant, remote_ip: Ipv4Addr, remote_port: u16) -> Result<FlowId, ConnectError> {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        remote_port: u16,
+    ) -> Result<FlowId, ConnectError> {
         self.last_now = now;
         if remote_ip.is_unspecified() || remote_ip.is_broadcast() || remote_ip.is_multicast() {
             return Err(ConnectError::InvalidRemoteAddress);
@@ -192,16 +201,34 @@ impl Engine {
         if remote_port == 0 {
             return Err(ConnectError::InvalidRemotePort);
         }
-        let local_port = self.pick_ephemeral(remote_ip, remote_port).ok_or(ConnectError::NoEphemeralPort)?;
-        let key = FlowKey { local_ip: self.cfg.local_ip, local_port, remote_ip, remote_port };
+        let local_port = self
+            .pick_ephemeral(remote_ip, remote_port)
+            .ok_or(ConnectError::NoEphemeralPort)?;
+        let key = FlowKey {
+            local_ip: self.cfg.local_ip,
+            local_port,
+            remote_ip,
+            remote_port,
+        };
         let peer = self.peers.get(&remote_ip).copied().unwrap_or(PeerInfo {
             engines: self.cfg.engine_count,
             pool: self.cfg.remote_udp_ports(),
         });
         let syn_path = self.predict_syn_path(remote_ip, remote_port, peer.pool);
-        let reply_hint = self.predict_reply_hint(remote_ip, peer.pool).unwrap_or(UdpPair::NONE);
+        let reply_hint = self
+            .predict_reply_hint(remote_ip, peer.pool)
+            .unwrap_or(UdpPair::NONE);
         let iss = self.rng.random();
-        let flow = Flow::new_client(&self.cfg, key, iss, now, peer.pool, peer.engines, syn_path, reply_hint);
+        let flow = Flow::new_client(
+            &self.cfg,
+            key,
+            iss,
+            now,
+            peer.pool,
+            peer.engines,
+            syn_path,
+            reply_hint,
+        );
         self.stats.syn_batches += 1;
         Ok(self.insert(flow, now))
     }
@@ -221,13 +248,26 @@ impl Engine {
 
     /// A UDP pair the oracle places on the engine that accepted our last connection to this
     /// listener, if both are known.
-    fn predict_syn_path(&mut self, remote_ip: Ipv4Addr, remote_port: u16, pool: PortPool) -> Option<UdpPair> {
+    fn predict_syn_path(
+        &mut self,
+        remote_ip: Ipv4Addr,
+        remote_port: u16,
+        pool: PortPool,
+    ) -> Option<UdpPair> {
         let target = *self.remote_listeners.get(&(remote_ip, remote_port))?;
         let oracle = self.oracle.as_deref()?;
         let local = self.cfg.local_ip;
         (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
-            let t = UdpTuple { src_ip: local, dst_ip: remote_ip, src_port: p.src, dst_port: p.dst };
+            let p = UdpPair {
+                src: random_port(&mut self.rng, self.cfg.udp_ports),
+                dst: random_port(&mut self.rng, pool),
+            };
+            let t = UdpTuple {
+                src_ip: local,
+                dst_ip: remote_ip,
+                src_port: p.src,
+                dst_port: p.dst,
+            };
             (oracle.remote_engine(&t)? == target).then_some(p)
         })
     }
@@ -238,8 +278,16 @@ impl Engine {
         let me = self.cfg.engine_id;
         let local = self.cfg.local_ip;
         (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair { src: random_port(&mut self.rng, peer_pool), dst: random_port(&mut self.rng, self.cfg.udp_ports) };
-            let t = UdpTuple { src_ip: remote_ip, dst_ip: local, src_port: p.src, dst_port: p.dst };
+            let p = UdpPair {
+                src: random_port(&mut self.rng, peer_pool),
+                dst: random_port(&mut self.rng, self.cfg.udp_ports),
+            };
+            let t = UdpTuple {
+                src_ip: remote_ip,
+                dst_ip: local,
+                src_port: p.src,
+                dst_port: p.dst,
+            };
             (oracle.local_engine(&t)? == me).then_some(p)
         })
     }
@@ -256,7 +304,10 @@ impl Engine {
         let f = self.flow_mut(idx);
         let max = f.peer_max_message.min(limit) as usize;
         if msg.len() > max {
-            return Err(SendError::MessageTooLarge { len: msg.len(), max });
+            return Err(SendError::MessageTooLarge {
+                len: msg.len(),
+                max,
+            });
         }
         f.send.accept(msg).map_err(|e| match e {
             crate::flow::send::AcceptError::Closed => SendError::Closed,
@@ -310,7 +361,8 @@ impl Engine {
     /// Bytes a live flow holds for the application: unread messages, partial messages and
     /// out-of-order packets (for memory accounting).
     pub fn flow_held_bytes(&self, flow: FlowId) -> Option<usize> {
-        self.visible(flow).map(|i| self.flow_ref(i).recv.held_bytes())
+        self.visible(flow)
+            .map(|i| self.flow_ref(i).recv.held_bytes())
     }
 
     // ----------------------------------------------------------------------------------------
@@ -331,15 +383,25 @@ impl Engine {
         let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
         match (wire::verify_checksum(d.payload), self.cfg.checksum) {
             (ChecksumStatus::Invalid, _) => return Err(DropReason::BadChecksum),
-            (ChecksumStatus::Absent, ChecksumMode::Always) => return Err(DropReason::MissingChecksum),
+            (ChecksumStatus::Absent, ChecksumMode::Always) => {
+                return Err(DropReason::MissingChecksum)
+            }
             _ => {}
         }
         let repr = Repr::parse(&packet).map_err(DropReason::from_parse)?;
-        let path = UdpPair { src: d.src_port, dst: d.dst_port };
-        if let (Some(hs), PacketType::Syn | PacketType::SynAck) = (&repr.handshake, repr.packet_type) {
+        let path = UdpPair {
+            src: d.src_port,
+            dst: d.dst_port,
+        };
+        if let (Some(hs), PacketType::Syn | PacketType::SynAck) =
+            (&repr.handshake, repr.packet_type)
+        {
             self.learn_peer(d.remote_ip, repr.src_port, repr.packet_type, hs);
         }
-        if let Some(&idx) = self.by_key.get(&(d.remote_ip, repr.src_port, repr.dst_port)) {
+        if let Some(&idx) = self
+            .by_key
+            .get(&(d.remote_ip, repr.src_port, repr.dst_port))
+        {
             let payload = packet.payload();
             let result = self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx));
             self.settle(idx, now);
@@ -352,7 +414,12 @@ impl Engine {
                 Owner::Other => Err(DropReason::WrongEngine),
                 Owner::Me | Owner::Nobody => {
                     // Answer on the reverse path: the peer learns the flow is gone (§8.3).
-                    let rst = rst_repr(repr.dst_port, repr.src_port, repr.ack, repr.seq.wrapping_add(1));
+                    let rst = rst_repr(
+                        repr.dst_port,
+                        repr.src_port,
+                        repr.ack,
+                        repr.seq.wrapping_add(1),
+                    );
                     self.queue_ctrl(d.remote_ip, path.reversed(), rst);
                     Err(DropReason::UnknownFlow)
                 }
@@ -364,8 +431,17 @@ impl Engine {
         if self.peers.len() >= PEER_CACHE_CAP {
             self.peers.clear();
         }
-        let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
-        self.peers.insert(ip, PeerInfo { engines: hs.engine_count, pool });
+        let pool = PortPool {
+            base: hs.udp_port_base,
+            count: hs.udp_port_count,
+        };
+        self.peers.insert(
+            ip,
+            PeerInfo {
+                engines: hs.engine_count,
+                pool,
+            },
+        );
         if ty == PacketType::SynAck {
             if self.remote_listeners.len() >= PEER_CACHE_CAP {
                 self.remote_listeners.clear();
@@ -376,13 +452,25 @@ impl Engine {
 
     fn queue_ctrl(&mut self, remote_ip: Ipv4Addr, path: UdpPair, repr: Repr) {
         if self.ctrl.len() < CTRL_QUEUE_CAP {
-            self.ctrl.push_back(CtrlPacket { remote_ip, path, repr });
+            self.ctrl.push_back(CtrlPacket {
+                remote_ip,
+                path,
+                repr,
+            });
         }
     }
 
     /// A SYN for no existing flow (PROTOCOL.md §5.1).
-    fn accept_syn(&mut self, now: Instant, remote_ip: Ipv4Addr, syn: &Repr, path: UdpPair) -> Result<(), DropReason> {
-        let hs = syn.handshake.expect("parse guarantees a handshake block on SYN");
+    fn accept_syn(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        syn: &Repr,
+        path: UdpPair,
+    ) -> Result<(), DropReason> {
+        let hs = syn
+            .handshake
+            .expect("parse guarantees a handshake block on SYN");
         if !self.ports.i_listen(syn.dst_port) {
             if self.ports.listeners(syn.dst_port) != 0 {
                 return Err(DropReason::WrongEngine);
@@ -390,16 +478,32 @@ impl Engine {
             // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
             // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK.
             let h = &self.cfg.handshake;
-            let n = rss::spray_batch_for_attempt(hs.engine_count, h.success_target, hs.attempt, h.max_batch);
-            let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+            let n = rss::spray_batch_for_attempt(
+                hs.engine_count,
+                h.success_target,
+                hs.attempt,
+                h.max_batch,
+            );
+            let pool = PortPool {
+                base: hs.udp_port_base,
+                count: hs.udp_port_count,
+            };
             for _ in 0..n {
-                let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
+                let p = UdpPair {
+                    src: random_port(&mut self.rng, self.cfg.udp_ports),
+                    dst: random_port(&mut self.rng, pool),
+                };
                 let rst = rst_repr(syn.dst_port, syn.src_port, 0, syn.seq.wrapping_add(1));
                 self.queue_ctrl(remote_ip, p, rst);
             }
             return Err(DropReason::NoListener);
         }
-        let key = FlowKey { local_ip: self.cfg.local_ip, local_port: syn.dst_port, remote_ip, remote_port: syn.src_port };
+        let key = FlowKey {
+            local_ip: self.cfg.local_ip,
+            local_port: syn.dst_port,
+            remote_ip,
+            remote_port: syn.src_port,
+        };
         let synack_path = if !hs.reply_hint.is_none() {
             Some(hs.reply_hint)
         } else {
@@ -416,10 +520,21 @@ impl Engine {
     fn predict_path_to_engine(&mut self, remote_ip: Ipv4Addr, hs: &Handshake) -> Option<UdpPair> {
         let oracle = self.oracle.as_deref()?;
         let local = self.cfg.local_ip;
-        let pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+        let pool = PortPool {
+            base: hs.udp_port_base,
+            count: hs.udp_port_count,
+        };
         (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair { src: random_port(&mut self.rng, self.cfg.udp_ports), dst: random_port(&mut self.rng, pool) };
-            let t = UdpTuple { src_ip: local, dst_ip: remote_ip, src_port: p.src, dst_port: p.dst };
+            let p = UdpPair {
+                src: random_port(&mut self.rng, self.cfg.udp_ports),
+                dst: random_port(&mut self.rng, pool),
+            };
+            let t = UdpTuple {
+                src_ip: local,
+                dst_ip: remote_ip,
+                src_port: p.src,
+                dst_port: p.dst,
+            };
             (oracle.remote_engine(&t)? == hs.engine_id).then_some(p)
         })
     }
@@ -429,7 +544,10 @@ impl Engine {
     /// # Panics
     /// If `buf` is shorter than [`EngineConfig::max_udp_payload`].
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        assert!(buf.len() >= usize::from(self.cfg.max_udp_payload), "transmit buffer too small");
+        assert!(
+            buf.len() >= usize::from(self.cfg.max_udp_payload),
+            "transmit buffer too small"
+        );
         self.last_now = now;
         let t = self.next_transmit(now, buf)?;
         self.stats.packets_sent += 1;
@@ -439,11 +557,18 @@ impl Engine {
 
     fn next_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(c) = self.ctrl.pop_front() {
-            let len = c.repr.emit(buf, &[], self.cfg.checksum == ChecksumMode::Always);
+            let len = c
+                .repr
+                .emit(buf, &[], self.cfg.checksum == ChecksumMode::Always);
             if c.repr.packet_type == PacketType::Rst {
                 self.stats.rsts_sent += 1;
             }
-            return Some(Transmit { remote_ip: c.remote_ip, src_port: c.path.src, dst_port: c.path.dst, len });
+            return Some(Transmit {
+                remote_ip: c.remote_ip,
+                src_port: c.path.src,
+                dst_port: c.path.dst,
+                len,
+            });
         }
         while let Some(idx) = self.ready.pop_front() {
             let Some(f) = self.slots[idx as usize].flow.as_mut() else {
@@ -505,7 +630,11 @@ impl Engine {
     // ----------------------------------------------------------------------------------------
 
     fn insert(&mut self, flow: Flow, now: Instant) -> FlowId {
-        let key = (flow.key.remote_ip, flow.key.remote_port, flow.key.local_port);
+        let key = (
+            flow.key.remote_ip,
+            flow.key.remote_port,
+            flow.key.local_port,
+        );
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -518,14 +647,18 @@ impl Engine {
         self.live += 1;
         self.stats.flows_opened += 1;
         self.settle(idx, now);
-        FlowId { index: idx, generation: self.slots[idx as usize].generation }
+        FlowId {
+            index: idx,
+            generation: self.slots[idx as usize].generation,
+        }
     }
 
     /// The slot of a flow the application may use.
     fn visible(&self, id: FlowId) -> Option<u32> {
         let slot = self.slots.get(id.index as usize)?;
         let f = slot.flow.as_ref()?;
-        (slot.generation == id.generation && f.is_visible() && f.death.is_none()).then_some(id.index)
+        (slot.generation == id.generation && f.is_visible() && f.death.is_none())
+            .then_some(id.index)
     }
 
     fn flow_mut(&mut self, idx: u32) -> &mut Flow {
@@ -539,7 +672,10 @@ impl Engine {
     /// Runs `f` on a live flow with access to the engine's shared pieces.
     fn run<R>(&mut self, idx: u32, f: impl FnOnce(&mut Flow, &mut Ctx) -> R) -> R {
         let slot = &mut self.slots[idx as usize];
-        let id = FlowId { index: idx, generation: slot.generation };
+        let id = FlowId {
+            index: idx,
+            generation: slot.generation,
+        };
         let flow = slot.flow.as_mut().expect("live flow");
         let mut ctx = Ctx {
             cfg: &self.cfg,
@@ -565,7 +701,11 @@ impl Engine {
             let flow = slot.flow.take().expect("checked");
             slot.generation = slot.generation.wrapping_add(1);
             self.free.push(idx);
-            self.by_key.remove(&(flow.key.remote_ip, flow.key.remote_port, flow.key.local_port));
+            self.by_key.remove(&(
+                flow.key.remote_ip,
+                flow.key.remote_port,
+                flow.key.local_port,
+            ));
             self.live -= 1;
             self.stats.flows_closed += 1;
             if death.send_rst {
@@ -574,8 +714,14 @@ impl Engine {
                 }
             }
             if death.notify {
-                let id = FlowId { index: idx, generation };
-                self.events.push_back(Event::Closed { flow: id, reason: death.reason });
+                let id = FlowId {
+                    index: idx,
+                    generation,
+                };
+                self.events.push_back(Event::Closed {
+                    flow: id,
+                    reason: death.reason,
+                });
             }
             return;
         }

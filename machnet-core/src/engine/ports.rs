@@ -33,7 +33,12 @@ pub struct PortMap {
 
 impl PortMap {
     pub fn new(me: u16, engines: u16, ephemeral: PortPool) -> Self {
-        PortMap { me, engines, ephemeral, listeners: HashMap::new() }
+        PortMap {
+            me,
+            engines,
+            ephemeral,
+            listeners: HashMap::new(),
+        }
     }
 
     /// Engines listening on `port`.
@@ -72,18 +77,27 @@ impl PortMap {
     pub fn owner(&self, port: u16) -> Owner {
         let l = self.listeners(port);
         if l != 0 {
-            return if l & (1u64 << self.me) != 0 { Owner::Me } else { Owner::Other };
+            return if l & (1u64 << self.me) != 0 {
+                Owner::Me
+            } else {
+                Owner::Other
+            };
         }
         if self.ephemeral.contains(port) {
             let engine = (port - self.ephemeral.base) % self.engines;
-            return if engine == self.me { Owner::Me } else { Owner::Other };
+            return if engine == self.me {
+                Owner::Me
+            } else {
+                Owner::Other
+            };
         }
         Owner::Nobody
     }
 
     /// The `i`-th ephemeral port this engine owns, for `i` in `0..self.ephemeral_count()`.
     pub fn my_ephemeral(&self, i: u32) -> u16 {
-        let port = u32::from(self.ephemeral.base) + i * u32::from(self.engines) + u32::from(self.me);
+        let port =
+            u32::from(self.ephemeral.base) + i * u32::from(self.engines) + u32::from(self.me);
         port as u16
     }
 
@@ -102,7 +116,10 @@ mod tests {
 
     #[test]
     fn ephemeral_ports_are_striped_and_owned() {
-        let pool = PortPool { base: 1000, count: 10 };
+        let pool = PortPool {
+            base: 1000,
+            count: 10,
+        };
         for me in 0..3 {
             let m = PortMap::new(me, 3, pool);
             let n = m.ephemeral_count();
@@ -120,7 +137,14 @@ mod tests {
 
     #[test]
     fn listeners_decide_ownership() {
-        let mut m = PortMap::new(1, 2, PortPool { base: 1000, count: 10 });
+        let mut m = PortMap::new(
+            1,
+            2,
+            PortPool {
+                base: 1000,
+                count: 10,
+            },
+        );
         assert!(m.add(80, 0));
         assert!(!m.add(80, 0));
         assert_eq!(m.owner(80), Owner::Other);

@@ -30,7 +30,10 @@ pub enum Phase {
     SynSent { attempt: u8, deadline: Instant },
     /// Server: SYN accepted, SYN-ACKs sprayed, waiting for the client's handshake ACK, which
     /// tells us which of our SYN-ACK paths reached the client's engine.
-    SynReceived { expires: Instant, answered_attempt: u8 },
+    SynReceived {
+        expires: Instant,
+        answered_attempt: u8,
+    },
     /// Data flows both ways (also while either side is closing).
     Established,
     /// Finished; kept briefly to acknowledge a retransmitted FIN. Invisible to the application.
@@ -118,7 +121,14 @@ pub struct Flow {
 }
 
 impl Flow {
-    fn base(cfg: &EngineConfig, key: FlowKey, iss: u32, irs: u32, now: Instant, is_client: bool) -> Flow {
+    fn base(
+        cfg: &EngineConfig,
+        key: FlowKey,
+        iss: u32,
+        irs: u32,
+        now: Instant,
+        is_client: bool,
+    ) -> Flow {
         let frag = cfg.max_fragment_payload();
         Flow {
             key,
@@ -182,7 +192,10 @@ impl Flow {
         f.peer_pool = peer_pool;
         f.peer_engines = peer_engines;
         f.reply_hint = reply_hint;
-        f.phase = Phase::SynSent { attempt: 0, deadline: now + cfg.handshake.syn_timeout };
+        f.phase = Phase::SynSent {
+            attempt: 0,
+            deadline: now + cfg.handshake.syn_timeout,
+        };
         f.spray = Spray {
             remaining: match syn_path {
                 Some(_) => 1,
@@ -227,13 +240,20 @@ impl Flow {
 
     fn start_synack_spray(&mut self, cfg: &EngineConfig, attempt: u8, path: Option<UdpPair>) {
         self.spray = Spray {
-            remaining: if path.is_some() { 1 } else { Self::batch(cfg, self.peer_engines, attempt) },
+            remaining: if path.is_some() {
+                1
+            } else {
+                Self::batch(cfg, self.peer_engines, attempt)
+            },
             fixed_path: path,
         };
     }
 
     fn learn_peer(&mut self, hs: &Handshake) {
-        self.peer_pool = PortPool { base: hs.udp_port_base, count: hs.udp_port_count };
+        self.peer_pool = PortPool {
+            base: hs.udp_port_base,
+            count: hs.udp_port_count,
+        };
         self.peer_engines = hs.engine_count;
         self.peer_engine_id = hs.engine_id;
         self.peer_max_message = hs.max_message_len;
@@ -246,7 +266,11 @@ impl Flow {
 
     fn die(&mut self, reason: CloseReason, notify: bool, send_rst: bool) {
         if self.death.is_none() {
-            self.death = Some(Death { reason, notify, send_rst });
+            self.death = Some(Death {
+                reason,
+                notify,
+                send_rst,
+            });
         }
     }
 
@@ -280,15 +304,21 @@ impl Flow {
     ) -> Result<(), DropReason> {
         match self.phase {
             Phase::SynSent { .. } => self.handle_syn_sent(now, repr, path, ctx),
-            Phase::SynReceived { answered_attempt, .. } => {
-                self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx)
-            }
+            Phase::SynReceived {
+                answered_attempt, ..
+            } => self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx),
             Phase::Established => self.handle_established(now, repr, payload, path, ctx),
             Phase::Lingering { .. } => self.handle_lingering(repr),
         }
     }
 
-    fn handle_syn_sent(&mut self, now: Instant, repr: &Repr, path: UdpPair, ctx: &mut Ctx) -> Result<(), DropReason> {
+    fn handle_syn_sent(
+        &mut self,
+        now: Instant,
+        repr: &Repr,
+        path: UdpPair,
+        ctx: &mut Ctx,
+    ) -> Result<(), DropReason> {
         match repr.packet_type {
             PacketType::Rst if repr.ack == self.iss.wrapping_add(1) => {
                 self.die(CloseReason::Refused, true, false);
@@ -296,7 +326,9 @@ impl Flow {
             }
             PacketType::Rst => Err(DropReason::RstRejected),
             PacketType::SynAck if repr.ack == self.iss.wrapping_add(1) => {
-                let hs = repr.handshake.expect("parse guarantees a handshake block on SYN-ACK");
+                let hs = repr
+                    .handshake
+                    .expect("parse guarantees a handshake block on SYN-ACK");
                 self.irs = repr.seq;
                 let cfg = ctx.cfg;
                 self.recv = RecvState::new(
@@ -344,7 +376,9 @@ impl Flow {
     ) -> Result<(), DropReason> {
         match repr.packet_type {
             PacketType::Syn => {
-                let hs = repr.handshake.expect("parse guarantees a handshake block on SYN");
+                let hs = repr
+                    .handshake
+                    .expect("parse guarantees a handshake block on SYN");
                 if repr.seq != self.irs {
                     return Err(DropReason::StaleHandshake);
                 }
@@ -421,7 +455,12 @@ impl Flow {
                         ctx.ctrl.push_back(CtrlPacket {
                             remote_ip: self.key.remote_ip,
                             path: hs.echo_path,
-                            repr: rst_repr(self.key.local_port, self.key.remote_port, self.iss.wrapping_add(1), repr.seq.wrapping_add(1)),
+                            repr: rst_repr(
+                                self.key.local_port,
+                                self.key.remote_port,
+                                self.iss.wrapping_add(1),
+                                repr.seq.wrapping_add(1),
+                            ),
                         });
                     }
                     return Err(DropReason::StaleHandshake);
@@ -430,7 +469,9 @@ impl Flow {
             }
             PacketType::Rst => {
                 let nxt = self.recv.nxt;
-                if seq::le(nxt, repr.seq) && seq::lt(repr.seq, nxt.wrapping_add(ctx.cfg.max_window_packets)) {
+                if seq::le(nxt, repr.seq)
+                    && seq::lt(repr.seq, nxt.wrapping_add(ctx.cfg.max_window_packets))
+                {
                     self.die(CloseReason::Reset, true, false);
                     return Ok(());
                 }
@@ -484,7 +525,9 @@ impl Flow {
             self.ack_pending = true;
             let had_ready = self.recv.has_ready();
             let arrival = match repr.packet_type {
-                PacketType::Data => self.recv.on_data(repr.seq, repr.flags, repr.msg_len, payload),
+                PacketType::Data => self
+                    .recv
+                    .on_data(repr.seq, repr.flags, repr.msg_len, payload),
                 _ => self.recv.on_fin(repr.seq),
             };
             match arrival {
@@ -521,9 +564,14 @@ impl Flow {
             && self.recv.fin_received
             && !self.recv.has_ready()
         {
-            self.phase = Phase::Lingering { until: now + ctx.cfg.linger };
+            self.phase = Phase::Lingering {
+                until: now + ctx.cfg.linger,
+            };
             self.rto_deadline = None;
-            ctx.events.push_back(Event::Closed { flow: ctx.id, reason: CloseReason::Graceful });
+            ctx.events.push_back(Event::Closed {
+                flow: ctx.id,
+                reason: CloseReason::Graceful,
+            });
         }
     }
 
@@ -542,7 +590,9 @@ impl Flow {
 
     fn rto(&self, cfg: &EngineConfig) -> Duration {
         let base = self.rtt.rto(&cfg.rto);
-        base.checked_mul(1u32 << self.backoff.min(16)).unwrap_or(cfg.rto.max).min(cfg.rto.max)
+        base.checked_mul(1u32 << self.backoff.min(16))
+            .unwrap_or(cfg.rto.max)
+            .min(cfg.rto.max)
     }
 
     /// Whether the retransmission timer must run although nothing is in flight: an unconfirmed
@@ -592,8 +642,15 @@ impl Flow {
                     self.die(CloseReason::TimedOut, true, false);
                     return;
                 }
-                let wait = cfg.handshake.syn_timeout.checked_mul(1 << next.min(16)).unwrap_or(Duration::MAX);
-                self.phase = Phase::SynSent { attempt: next, deadline: now + wait };
+                let wait = cfg
+                    .handshake
+                    .syn_timeout
+                    .checked_mul(1 << next.min(16))
+                    .unwrap_or(Duration::MAX);
+                self.phase = Phase::SynSent {
+                    attempt: next,
+                    deadline: now + wait,
+                };
                 let remaining = match self.spray.fixed_path {
                     // A predicted path that failed: fall back to spraying.
                     Some(_) if next >= 2 => {
@@ -676,22 +733,36 @@ impl Flow {
     }
 
     /// Writes this flow's next packet into `buf`.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx) -> Option<Transmit> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        ctx: &mut Ctx,
+    ) -> Option<Transmit> {
         if self.death.is_some() {
             return None;
         }
         match self.phase {
-            Phase::SynSent { attempt, .. } => self.transmit_spray(now, buf, ctx, PacketType::Syn, attempt),
-            Phase::SynReceived { answered_attempt, .. } => {
-                self.transmit_spray(now, buf, ctx, PacketType::SynAck, answered_attempt)
+            Phase::SynSent { attempt, .. } => {
+                self.transmit_spray(now, buf, ctx, PacketType::Syn, attempt)
             }
+            Phase::SynReceived {
+                answered_attempt, ..
+            } => self.transmit_spray(now, buf, ctx, PacketType::SynAck, answered_attempt),
             Phase::Lingering { .. } if self.ack_pending => Some(self.transmit_ack(now, buf, ctx)),
             Phase::Lingering { .. } => None,
             Phase::Established => self.transmit_established(now, buf, ctx),
         }
     }
 
-    fn transmit_spray(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx, ty: PacketType, attempt: u8) -> Option<Transmit> {
+    fn transmit_spray(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        ctx: &mut Ctx,
+        ty: PacketType,
+        attempt: u8,
+    ) -> Option<Transmit> {
         if self.spray.remaining == 0 {
             return None;
         }
@@ -723,8 +794,16 @@ impl Flow {
                 engine_id: cfg.engine_id,
                 udp_port_base: cfg.udp_ports.base,
                 udp_port_count: cfg.udp_ports.count,
-                echo_path: if is_syn { UdpPair::NONE } else { self.confirm_echo },
-                reply_hint: if is_syn { self.reply_hint } else { UdpPair::NONE },
+                echo_path: if is_syn {
+                    UdpPair::NONE
+                } else {
+                    self.confirm_echo
+                },
+                reply_hint: if is_syn {
+                    self.reply_hint
+                } else {
+                    UdpPair::NONE
+                },
                 attempt,
                 max_message_len: cfg.max_message_len,
             }),
@@ -739,7 +818,12 @@ impl Flow {
         Some(self.finish(buf, &repr, &[], path, ctx))
     }
 
-    fn transmit_established(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx) -> Option<Transmit> {
+    fn transmit_established(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        ctx: &mut Ctx,
+    ) -> Option<Transmit> {
         // SACK information travels only in ACK packets: send one before data when holes exist.
         if self.ack_pending && self.recv.has_holes() {
             return Some(self.transmit_ack(now, buf, ctx));
@@ -763,7 +847,7 @@ impl Flow {
     fn header(&mut self, now: Instant, ty: PacketType, cfg: &EngineConfig) -> Repr {
         let window = self.recv.window();
         self.recv.last_advertised = window;
-        let handshake = (!self.path_confirmed).then(|| Handshake {
+        let handshake = (!self.path_confirmed).then_some(Handshake {
             engine_count: cfg.engine_count,
             engine_id: cfg.engine_id,
             udp_port_base: cfg.udp_ports.base,
@@ -802,10 +886,21 @@ impl Flow {
         self.finish(buf, &repr, &[], self.tx_path, ctx)
     }
 
-    fn transmit_sequenced(&mut self, now: Instant, buf: &mut [u8], ctx: &mut Ctx, s: u32, payload: Payload) -> Transmit {
+    fn transmit_sequenced(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        ctx: &mut Ctx,
+        s: u32,
+        payload: Payload,
+    ) -> Transmit {
         let mut repr;
         let bytes = match &payload {
-            Payload::Data { bytes, flags: f, msg_len } => {
+            Payload::Data {
+                bytes,
+                flags: f,
+                msg_len,
+            } => {
                 repr = self.header(now, PacketType::Data, ctx.cfg);
                 repr.flags |= f;
                 repr.msg_len = *msg_len;
@@ -825,11 +920,23 @@ impl Flow {
         self.finish(buf, &repr, bytes, self.tx_path, ctx)
     }
 
-    fn finish(&mut self, buf: &mut [u8], repr: &Repr, payload: &[u8], path: UdpPair, ctx: &mut Ctx) -> Transmit {
+    fn finish(
+        &mut self,
+        buf: &mut [u8],
+        repr: &Repr,
+        payload: &[u8],
+        path: UdpPair,
+        ctx: &mut Ctx,
+    ) -> Transmit {
         let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
         let len = repr.emit(buf, payload, with_checksum);
         self.stats.packets_sent += 1;
-        Transmit { remote_ip: self.key.remote_ip, src_port: path.src, dst_port: path.dst, len }
+        Transmit {
+            remote_ip: self.key.remote_ip,
+            src_port: path.src,
+            dst_port: path.dst,
+            len,
+        }
     }
 
     /// A snapshot of this flow's counters and estimates.
@@ -848,14 +955,29 @@ impl Flow {
         (!self.tx_path.is_none()).then(|| CtrlPacket {
             remote_ip: self.key.remote_ip,
             path: self.tx_path,
-            repr: rst_repr(self.key.local_port, self.key.remote_port, self.send.nxt, self.recv.nxt),
+            repr: rst_repr(
+                self.key.local_port,
+                self.key.remote_port,
+                self.send.nxt,
+                self.recv.nxt,
+            ),
         })
     }
 
     /// Checks a UDP pair against the oracle: does a datagram with it reach engine `engine` of
     /// the remote host?
-    pub fn predicted_remote(oracle: &dyn RssOracle, local: std::net::Ipv4Addr, remote: std::net::Ipv4Addr, p: UdpPair) -> Option<u16> {
-        oracle.remote_engine(&UdpTuple { src_ip: local, dst_ip: remote, src_port: p.src, dst_port: p.dst })
+    pub fn predicted_remote(
+        oracle: &dyn RssOracle,
+        local: std::net::Ipv4Addr,
+        remote: std::net::Ipv4Addr,
+        p: UdpPair,
+    ) -> Option<u16> {
+        oracle.remote_engine(&UdpTuple {
+            src_ip: local,
+            dst_ip: remote,
+            src_port: p.src,
+            dst_port: p.dst,
+        })
     }
 }
 

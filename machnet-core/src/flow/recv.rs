@@ -11,7 +11,11 @@ use crate::wire::{flags, SackBlock, SackList, MAX_SACK_BLOCKS};
 /// A sequenced packet waiting in the reorder buffer.
 #[derive(Debug)]
 enum Segment {
-    Data { flags: u8, msg_len: u32, bytes: Bytes },
+    Data {
+        flags: u8,
+        msg_len: u32,
+        bytes: Bytes,
+    },
     Fin,
 }
 
@@ -97,7 +101,11 @@ impl RecvState {
         msg_len: u32,
         payload: &[u8],
     ) -> Result<Arrival, FramingViolation> {
-        let make = || Segment::Data { flags: flag_bits, msg_len, bytes: Bytes::copy_from_slice(payload) };
+        let make = || Segment::Data {
+            flags: flag_bits,
+            msg_len,
+            bytes: Bytes::copy_from_slice(payload),
+        };
         self.on_segment(s, make)
     }
 
@@ -160,7 +168,11 @@ impl RecvState {
                 self.buffered_segments = 0;
                 Ok(())
             }
-            Segment::Data { flags: f, msg_len, bytes } => {
+            Segment::Data {
+                flags: f,
+                msg_len,
+                bytes,
+            } => {
                 let first = f & flags::FIRST != 0;
                 let last = f & flags::LAST != 0;
                 if first {
@@ -266,10 +278,15 @@ impl RecvState {
             }
         }
         if let Some(start) = run {
-            blocks.push(SackBlock { start, end: self.nxt.wrapping_add(self.reorder.len() as u32) });
+            blocks.push(SackBlock {
+                start,
+                end: self.nxt.wrapping_add(self.reorder.len() as u32),
+            });
         }
         let recent = self.last_stored.and_then(|r| {
-            blocks.iter().position(|b| seq::le(b.start, r) && seq::lt(r, b.end))
+            blocks
+                .iter()
+                .position(|b| seq::le(b.start, r) && seq::lt(r, b.end))
         });
         if let Some(i) = recent {
             list.push(blocks[i]);
@@ -294,10 +311,19 @@ mod tests {
     #[test]
     fn reassembles_out_of_order_fragments() {
         let mut r = state();
-        assert_eq!(r.on_data(12, flags::LAST, 0, b"ij").unwrap(), Arrival::Buffered);
+        assert_eq!(
+            r.on_data(12, flags::LAST, 0, b"ij").unwrap(),
+            Arrival::Buffered
+        );
         assert_eq!(r.on_data(11, 0, 0, b"efgh").unwrap(), Arrival::Buffered);
-        assert_eq!(r.sack_blocks().as_slice(), &[SackBlock { start: 11, end: 13 }]);
-        assert_eq!(r.on_data(10, flags::FIRST, 10, b"abcd").unwrap(), Arrival::InOrder);
+        assert_eq!(
+            r.sack_blocks().as_slice(),
+            &[SackBlock { start: 11, end: 13 }]
+        );
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 10, b"abcd").unwrap(),
+            Arrival::InOrder
+        );
         assert_eq!(r.nxt, 13);
         assert_eq!(r.read().unwrap(), Bytes::from_static(b"abcdefghij"));
         assert!(r.read().is_none());
@@ -311,9 +337,15 @@ mod tests {
         assert!(r.on_data(10, 0, 0, b"orphan").is_err());
         let mut r = state();
         r.on_data(10, flags::FIRST, 4, b"ab").unwrap();
-        assert!(r.on_data(11, flags::LAST, 0, b"cde").is_err(), "longer than msg_len");
+        assert!(
+            r.on_data(11, flags::LAST, 0, b"cde").is_err(),
+            "longer than msg_len"
+        );
         let mut r = state();
-        assert!(r.on_data(10, flags::FIRST, 5000, b"ab").is_err(), "above max message");
+        assert!(
+            r.on_data(10, flags::FIRST, 5000, b"ab").is_err(),
+            "above max message"
+        );
         let mut r = state();
         r.on_data(10, flags::FIRST, 4, b"ab").unwrap();
         assert!(r.on_fin(11).is_err(), "FIN inside a message");
@@ -324,7 +356,8 @@ mod tests {
         let mut r = state();
         assert_eq!(r.window(), 10);
         for i in 0..10 {
-            r.on_data(10 + i, flags::FIRST | flags::LAST, 10, &[1; 10]).unwrap();
+            r.on_data(10 + i, flags::FIRST | flags::LAST, 10, &[1; 10])
+                .unwrap();
         }
         assert_eq!(r.window(), 0);
         r.read().unwrap();
@@ -342,6 +375,10 @@ mod tests {
         assert_eq!(blocks.len(), 4);
         assert_eq!(blocks.as_slice()[0], SackBlock { start: 16, end: 19 });
         assert_eq!(blocks.as_slice()[1], SackBlock { start: 12, end: 13 });
-        assert_eq!(r.on_data(10 + 64, flags::FIRST | flags::LAST, 1, b"x").unwrap(), Arrival::OutOfWindow);
+        assert_eq!(
+            r.on_data(10 + 64, flags::FIRST | flags::LAST, 1, b"x")
+                .unwrap(),
+            Arrival::OutOfWindow
+        );
     }
 }

@@ -15,7 +15,11 @@ pub const DUP_THRESHOLD: u32 = 3;
 /// What a sequenced packet carries.
 #[derive(Debug, Clone)]
 pub enum Payload {
-    Data { bytes: Bytes, flags: u8, msg_len: u32 },
+    Data {
+        bytes: Bytes,
+        flags: u8,
+        msg_len: u32,
+    },
     Fin,
 }
 
@@ -152,7 +156,9 @@ impl SendState {
     }
     /// Whether lost packets are waiting for retransmission.
     pub fn has_retransmit(&self) -> bool {
-        self.retransmit.iter().any(|&s| self.get(s).is_some_and(|p| p.lost && !p.sacked))
+        self.retransmit
+            .iter()
+            .any(|&s| self.get(s).is_some_and(|p| p.lost && !p.sacked))
     }
     /// All data sent and acknowledged and the FIN, if queued, acknowledged too.
     pub fn is_done(&self) -> bool {
@@ -198,7 +204,11 @@ impl SendState {
             if take == remaining {
                 f |= flags::LAST;
             }
-            let msg_len = if f & flags::FIRST != 0 { msg.len() as u32 } else { 0 };
+            let msg_len = if f & flags::FIRST != 0 {
+                msg.len() as u32
+            } else {
+                0
+            };
             let bytes = msg.slice(self.front_offset..self.front_offset + take);
             if take == remaining {
                 self.queue.pop_front();
@@ -206,7 +216,11 @@ impl SendState {
             } else {
                 self.front_offset += take;
             }
-            Payload::Data { bytes, flags: f, msg_len }
+            Payload::Data {
+                bytes,
+                flags: f,
+                msg_len,
+            }
         } else if self.fin_queued && !self.fin_sent {
             self.fin_sent = true;
             Payload::Fin
@@ -244,7 +258,9 @@ impl SendState {
                     }
                 }
                 match p.payload {
-                    Payload::Data { bytes, flags: f, .. } => {
+                    Payload::Data {
+                        bytes, flags: f, ..
+                    } => {
                         self.buffered -= bytes.len();
                         if f & flags::LAST != 0 {
                             out.messages_acked += 1;
@@ -263,8 +279,16 @@ impl SendState {
         }
         for block in sacks {
             // Clamp to what is outstanding; ignore blocks entirely outside it.
-            let start = if seq::lt(block.start, self.una) { self.una } else { block.start };
-            let end = if seq::gt(block.end, self.nxt) { self.nxt } else { block.end };
+            let start = if seq::lt(block.start, self.una) {
+                self.una
+            } else {
+                block.start
+            };
+            let end = if seq::gt(block.end, self.nxt) {
+                self.nxt
+            } else {
+                block.end
+            };
             if !seq::lt(start, end) {
                 continue;
             }
@@ -350,9 +374,23 @@ mod tests {
         s.accept(Bytes::from(vec![7u8; 25])).unwrap();
         let frags: Vec<_> = std::iter::from_fn(|| s.next_new()).collect();
         assert_eq!(frags.len(), 3);
-        let Payload::Data { flags: f0, msg_len: l0, bytes: b0 } = &frags[0].1 else { panic!() };
+        let Payload::Data {
+            flags: f0,
+            msg_len: l0,
+            bytes: b0,
+        } = &frags[0].1
+        else {
+            panic!()
+        };
         assert_eq!((*f0, *l0, b0.len()), (flags::FIRST, 25, 10));
-        let Payload::Data { flags: f2, msg_len: l2, bytes: b2 } = &frags[2].1 else { panic!() };
+        let Payload::Data {
+            flags: f2,
+            msg_len: l2,
+            bytes: b2,
+        } = &frags[2].1
+        else {
+            panic!()
+        };
         assert_eq!((*f2, *l2, b2.len()), (flags::LAST, 0, 5));
         assert_eq!(frags[2].0, 102);
     }
@@ -393,7 +431,10 @@ mod tests {
     fn back_pressure_then_writable() {
         let mut s = SendState::new(0, 10, 4);
         s.accept(Bytes::from(vec![0u8; 8])).unwrap();
-        assert_eq!(s.accept(Bytes::from(vec![0u8; 5])), Err(AcceptError::BufferFull));
+        assert_eq!(
+            s.accept(Bytes::from(vec![0u8; 5])),
+            Err(AcceptError::BufferFull)
+        );
         assert!(!s.take_writable());
         while s.next_new().is_some() {}
         s.on_ack(2, &[]).unwrap();

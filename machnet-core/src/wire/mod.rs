@@ -239,7 +239,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn header_len(&self) -> usize {
         HEADER_LEN
             + self.sack_count() * SACK_BLOCK_LEN
-            + if self.has_handshake() { HANDSHAKE_LEN } else { 0 }
+            + if self.has_handshake() {
+                HANDSHAKE_LEN
+            } else {
+                0
+            }
     }
 
     /// SACK block `i` as `(start, end)`, end exclusive. Only valid on a checked packet.
@@ -258,7 +262,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return None;
         }
         let off = HEADER_LEN + self.sack_count() * SACK_BLOCK_LEN;
-        Some(Handshake::read(&self.buffer.as_ref()[off..off + HANDSHAKE_LEN]))
+        Some(Handshake::read(
+            &self.buffer.as_ref()[off..off + HANDSHAKE_LEN],
+        ))
     }
 
     /// The payload bytes. Only valid on a checked packet.
@@ -298,7 +304,10 @@ pub struct SackList {
 
 impl SackList {
     pub const fn new() -> Self {
-        SackList { blocks: [SackBlock { start: 0, end: 0 }; MAX_SACK_BLOCKS], len: 0 }
+        SackList {
+            blocks: [SackBlock { start: 0, end: 0 }; MAX_SACK_BLOCKS],
+            len: 0,
+        }
     }
     /// Appends a block; returns false (and does nothing) when full.
     pub fn push(&mut self, block: SackBlock) -> bool {
@@ -352,8 +361,14 @@ impl Handshake {
             engine_id: u16_at(2),
             udp_port_base: u16_at(4),
             udp_port_count: u16_at(6),
-            echo_path: UdpPair { src: u16_at(8), dst: u16_at(10) },
-            reply_hint: UdpPair { src: u16_at(12), dst: u16_at(14) },
+            echo_path: UdpPair {
+                src: u16_at(8),
+                dst: u16_at(10),
+            },
+            reply_hint: UdpPair {
+                src: u16_at(12),
+                dst: u16_at(14),
+            },
             attempt: b[16],
             max_message_len: u32::from_be_bytes([b[20], b[21], b[22], b[23]]),
         }
@@ -405,7 +420,10 @@ impl UdpPair {
     }
     /// The same path seen from the other end.
     pub fn reversed(self) -> UdpPair {
-        UdpPair { src: self.dst, dst: self.src }
+        UdpPair {
+            src: self.dst,
+            dst: self.src,
+        }
     }
 }
 
@@ -510,7 +528,11 @@ impl Repr {
     pub fn header_len(&self) -> usize {
         HEADER_LEN
             + self.sack.len() * SACK_BLOCK_LEN
-            + if self.handshake.is_some() { HANDSHAKE_LEN } else { 0 }
+            + if self.handshake.is_some() {
+                HANDSHAKE_LEN
+            } else {
+                0
+            }
     }
 
     /// Total packet length: header plus `payload_len`.
@@ -527,7 +549,11 @@ impl Repr {
         b[field::MAGIC].copy_from_slice(&MAGIC.to_be_bytes());
         b[field::VERSION] = VERSION;
         b[field::TYPE] = self.packet_type as u8;
-        let hs_flag = if self.handshake.is_some() { flags::HANDSHAKE } else { 0 };
+        let hs_flag = if self.handshake.is_some() {
+            flags::HANDSHAKE
+        } else {
+            0
+        };
         b[field::FLAGS] = (self.flags & !flags::HANDSHAKE) | hs_flag;
         b[field::SACK_COUNT] = self.sack.len() as u8;
         b[field::SRC_PORT].copy_from_slice(&self.src_port.to_be_bytes());

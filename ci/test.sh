@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every test of the workspace: formatting, lints, unit/property/simulation tests, doc tests, and a
+# short fuzzing run of the packet parser. This is the README's test command; .ci/run runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test (simulation tests are optimised: see [profile.test] in Cargo.toml)"
+cargo test --workspace
+
+echo "== benchmarks compile"
+cargo bench --workspace --no-run --quiet
+
+echo "== fuzz the packet parser (${FUZZ_SECONDS:-20} s)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ci/fuzz.sh
