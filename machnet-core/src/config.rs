@@ -55,6 +55,9 @@ pub struct HandshakeConfig {
     pub max_batch: u32,
     /// How long a half-open server flow waits for the client's handshake ACK.
     pub half_open_timeout: Duration,
+    /// Packets per second an engine may send in answer to others' connection attempts
+    /// (SYN-ACKs and refusal RSTs); bounds amplification by forged SYNs.
+    pub max_answer_rate: u32,
 }
 
 impl Default for HandshakeConfig {
@@ -65,6 +68,7 @@ impl Default for HandshakeConfig {
             max_syn_attempts: 7,
             max_batch: 512,
             half_open_timeout: Duration::from_secs(5),
+            max_answer_rate: 200_000,
         }
     }
 }
@@ -275,6 +279,11 @@ impl EngineConfig {
             !hs.half_open_timeout.is_zero(),
             "handshake.half_open_timeout",
             "must be positive",
+        )?;
+        check(
+            hs.max_answer_rate >= 1,
+            "handshake.max_answer_rate",
+            "must be at least 1",
         )?;
         check(
             !self.keepalive_interval.is_zero(),

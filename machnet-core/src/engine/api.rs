@@ -91,6 +91,10 @@ pub enum CloseReason {
     /// This side aborted the flow.
     #[error("aborted locally")]
     Aborted,
+    /// A message queued before the connection was established exceeds the maximum message size
+    /// the peer announced; it could never be delivered.
+    #[error("a queued message exceeds the peer's maximum message size")]
+    MessageTooLarge,
 }
 
 /// Errors of [`crate::Engine::connect`].

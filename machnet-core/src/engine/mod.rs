@@ -8,6 +8,7 @@
 //! simulator and in benchmarks.
 
 pub mod api;
+pub mod budget;
 pub mod ports;
 pub mod stats;
 
@@ -20,18 +21,16 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
-use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow};
+use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, CTRL_QUEUE_CAP};
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
 
 use api::*;
+use budget::SprayBudget;
 use ports::{Owner, PortMap};
 use stats::{DropReason, EngineStats, FlowStats};
 
-/// Control packets (RSTs) waiting to be sent are capped so that a flood of packets for unknown
-/// flows cannot grow memory; beyond the cap, replies are simply not sent.
-const CTRL_QUEUE_CAP: usize = 4096;
 /// Peers remembered for spray sizing; the cache is cleared when full.
 const PEER_CACHE_CAP: usize = 65536;
 /// Random UDP pairs tried when looking for one the RSS oracle places on a given engine.
@@ -69,6 +68,7 @@ pub struct Engine {
     events: VecDeque<Event>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     stats: EngineStats,
+    answer_budget: SprayBudget,
     live: usize,
     last_now: Instant,
 }
@@ -89,6 +89,10 @@ impl Engine {
     pub fn new(config: EngineConfig, seed: u64) -> Result<Engine, ConfigError> {
         config.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let answer_budget = SprayBudget::new(
+            config.handshake.max_answer_rate,
+            2 * config.handshake.max_batch,
+        );
         let ports = PortMap::new(
             config.engine_id,
             config.engine_count,
@@ -111,6 +115,7 @@ impl Engine {
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             stats: EngineStats::default(),
+            answer_budget,
             live: 0,
             last_now: Instant::ZERO,
         })
@@ -393,17 +398,18 @@ impl Engine {
             src: d.src_port,
             dst: d.dst_port,
         };
-        if let (Some(hs), PacketType::Syn | PacketType::SynAck) =
-            (&repr.handshake, repr.packet_type)
-        {
-            self.learn_peer(d.remote_ip, repr.src_port, repr.packet_type, hs);
-        }
         if let Some(&idx) = self
             .by_key
             .get(&(d.remote_ip, repr.src_port, repr.dst_port))
         {
             let payload = packet.payload();
             let result = self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx));
+            // Learn about the peer only from a SYN-ACK our flow accepted, never from unchecked input.
+            if let (Ok(()), PacketType::SynAck, Some(hs)) =
+                (result, repr.packet_type, &repr.handshake)
+            {
+                self.learn_peer(d.remote_ip, repr.src_port, true, hs);
+            }
             self.settle(idx, now);
             return result;
         }
@@ -411,7 +417,7 @@ impl Engine {
             PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, path),
             PacketType::Rst => Err(DropReason::UnknownFlow),
             _ => match self.ports.owner(repr.dst_port) {
-                Owner::Other => Err(DropReason::WrongEngine),
+                Owner::Other | Owner::Shared => Err(DropReason::WrongEngine),
                 Owner::Me | Owner::Nobody => {
                     // Answer on the reverse path: the peer learns the flow is gone (§8.3).
                     let rst = rst_repr(
@@ -427,7 +433,7 @@ impl Engine {
         }
     }
 
-    fn learn_peer(&mut self, ip: Ipv4Addr, port: u16, ty: PacketType, hs: &Handshake) {
+    fn learn_peer(&mut self, ip: Ipv4Addr, port: u16, is_listener: bool, hs: &Handshake) {
         if self.peers.len() >= PEER_CACHE_CAP {
             self.peers.clear();
         }
@@ -442,7 +448,7 @@ impl Engine {
                 pool,
             },
         );
-        if ty == PacketType::SynAck {
+        if is_listener {
             if self.remote_listeners.len() >= PEER_CACHE_CAP {
                 self.remote_listeners.clear();
             }
@@ -477,18 +483,16 @@ impl Engine {
             }
             // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
             // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK.
-            let h = &self.cfg.handshake;
-            let n = rss::spray_batch_for_attempt(
-                hs.engine_count,
-                h.success_target,
-                hs.attempt,
-                h.max_batch,
-            );
+            // One batch sized for the first attempt, within the answer budget.
+            let n = rss::spray_batch(hs.engine_count, self.cfg.handshake.success_target);
             let pool = PortPool {
                 base: hs.udp_port_base,
                 count: hs.udp_port_count,
             };
             for _ in 0..n {
+                if !self.answer_budget.take(now) {
+                    break;
+                }
                 let p = UdpPair {
                     src: random_port(&mut self.rng, self.cfg.udp_ports),
                     dst: random_port(&mut self.rng, pool),
@@ -512,6 +516,7 @@ impl Engine {
         let iss = self.rng.random();
         let mut flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
         flow.listen_port = Some(syn.dst_port);
+        self.learn_peer(remote_ip, syn.src_port, false, &hs);
         self.insert(flow, now);
         Ok(())
     }
@@ -684,6 +689,7 @@ impl Engine {
             events: &mut self.events,
             stats: &mut self.stats,
             ctrl: &mut self.ctrl,
+            answer_budget: &mut self.answer_budget,
             id,
         };
         f(flow, &mut ctx)

@@ -19,6 +19,9 @@ pub enum Owner {
     Me,
     /// Another engine of this host.
     Other,
+    /// A port several engines listen on, this one included: a packet of an unknown flow may
+    /// belong to a sibling's flow, so it is dropped, not refused.
+    Shared,
     /// Nobody: packets for it are answered with RST.
     Nobody,
 }
@@ -77,10 +80,11 @@ impl PortMap {
     pub fn owner(&self, port: u16) -> Owner {
         let l = self.listeners(port);
         if l != 0 {
-            return if l & (1u64 << self.me) != 0 {
-                Owner::Me
-            } else {
-                Owner::Other
+            let mine = 1u64 << self.me;
+            return match (l & mine != 0, l & !mine != 0) {
+                (true, false) => Owner::Me,
+                (true, true) => Owner::Shared,
+                (false, _) => Owner::Other,
             };
         }
         if self.ephemeral.contains(port) {
@@ -150,7 +154,10 @@ mod tests {
         assert_eq!(m.owner(80), Owner::Other);
         assert!(!m.i_listen(80));
         m.add(80, 1);
-        assert_eq!(m.owner(80), Owner::Me);
+        assert_eq!(m.owner(80), Owner::Shared);
+        assert!(m.i_listen(80));
+        m.add(81, 1);
+        assert_eq!(m.owner(81), Owner::Me);
         m.remove(80, 1);
         m.remove(80, 0);
         assert_eq!(m.owner(80), Owner::Nobody);

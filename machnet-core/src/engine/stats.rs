@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::wire::ParseError;
 
 macro_rules! drop_reasons {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[$doc:meta])* $name:ident => $metric:literal),* $(,)?) => {
         /// Why an incoming packet was dropped. Every drop is counted under exactly one reason.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum DropReason { $($(#[$doc])* $name),* }
@@ -15,7 +15,7 @@ macro_rules! drop_reasons {
             pub const ALL: &'static [DropReason] = &[$(DropReason::$name),*];
             /// A stable snake-case name for metrics.
             pub fn name(self) -> &'static str {
-                match self { $(DropReason::$name => stringify!($name)),* }
+                match self { $(DropReason::$name => $metric),* }
             }
         }
     };
@@ -23,45 +23,56 @@ macro_rules! drop_reasons {
 
 drop_reasons! {
     /// Shorter than the fixed header.
-    Truncated,
+    Truncated => "truncated",
     /// Wrong magic number.
-    BadMagic,
+    BadMagic => "bad_magic",
     /// Unsupported version.
-    BadVersion,
+    BadVersion => "bad_version",
     /// Unknown packet type.
-    BadType,
+    BadType => "bad_type",
     /// Undefined flag bits set.
-    BadFlags,
+    BadFlags => "bad_flags",
     /// More SACK blocks than allowed.
-    TooManySackBlocks,
+    TooManySackBlocks => "too_many_sack_blocks",
     /// Lengths disagree with the datagram.
-    LengthMismatch,
+    LengthMismatch => "length_mismatch",
     /// Checksum present and wrong.
-    BadChecksum,
+    BadChecksum => "bad_checksum",
     /// Checksum required but absent.
-    MissingChecksum,
+    MissingChecksum => "missing_checksum",
     /// Fields inconsistent with the packet type.
-    Malformed,
+    Malformed => "malformed",
     /// The flow belongs to another engine of this host (RSS put it here).
-    WrongEngine,
+    WrongEngine => "wrong_engine",
     /// No flow and no reason to answer (e.g. an ACK for a flow that is gone, an RST).
-    UnknownFlow,
+    UnknownFlow => "unknown_flow",
     /// A SYN for a port nobody on this engine listens on (answered with RST if no engine does).
-    NoListener,
+    NoListener => "no_listener",
     /// A repeated SYN or SYN-ACK of a handshake already answered.
-    DuplicateHandshake,
+    DuplicateHandshake => "duplicate_handshake",
     /// A handshake packet that does not match the flow's state (stale or forged).
-    StaleHandshake,
+    StaleHandshake => "stale_handshake",
     /// Sequence number outside the receive window.
-    OutOfWindow,
+    OutOfWindow => "out_of_window",
     /// A sequenced packet already received.
-    Duplicate,
+    Duplicate => "duplicate",
     /// An ACK for data never sent.
-    InvalidAck,
+    InvalidAck => "invalid_ack",
     /// An RST whose sequence number is not acceptable.
-    RstRejected,
+    RstRejected => "rst_rejected",
     /// A packet for a flow that is closing and can no longer accept it.
-    FlowClosing,
+    FlowClosing => "flow_closing",
+}
+
+#[cfg(test)]
+#[test]
+fn drop_reason_names_are_snake_case_and_unique() {
+    let names: std::collections::BTreeSet<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(names.len(), DropReason::COUNT);
+    assert_eq!(DropReason::WrongEngine.name(), "wrong_engine");
+    assert!(names
+        .iter()
+        .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
 }
 
 impl DropReason {

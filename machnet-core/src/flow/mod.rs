@@ -62,9 +62,25 @@ pub struct CtrlPacket {
 #[derive(Debug, Clone, Copy, Default)]
 struct Spray {
     remaining: u32,
+    /// Size of the batch.
+    total: u32,
     /// Single path to use instead of random ones (RSS hint or oracle).
     fixed_path: Option<UdpPair>,
 }
+
+impl Spray {
+    fn new(count: u32, fixed_path: Option<UdpPair>) -> Spray {
+        Spray {
+            remaining: count,
+            total: count,
+            fixed_path,
+        }
+    }
+}
+
+/// Control packets (RSTs) waiting to be sent are capped so that a flood of packets for unknown
+/// flows cannot grow memory; beyond the cap, replies are simply not sent.
+pub const CTRL_QUEUE_CAP: usize = 4096;
 
 /// Everything a flow needs from its engine while it runs.
 pub struct Ctx<'a> {
@@ -74,6 +90,7 @@ pub struct Ctx<'a> {
     pub events: &'a mut VecDeque<Event>,
     pub stats: &'a mut EngineStats,
     pub ctrl: &'a mut VecDeque<CtrlPacket>,
+    pub answer_budget: &'a mut crate::engine::budget::SprayBudget,
     pub id: FlowId,
 }
 
@@ -100,7 +117,8 @@ pub struct Flow {
     pub peer_max_message: u32,
     reply_hint: UdpPair,
     spray: Spray,
-    syn_ts: u32,
+    /// When the last SYN/SYN-ACK batch started.
+    last_spray: Option<Instant>,
     ack_pending: bool,
     probe_pending: bool,
     ts_recent: u32,
@@ -156,7 +174,7 @@ impl Flow {
             peer_max_message: cfg.max_message_len,
             reply_hint: UdpPair::NONE,
             spray: Spray::default(),
-            syn_ts: 0,
+            last_spray: None,
             ack_pending: false,
             probe_pending: false,
             ts_recent: 0,
@@ -196,13 +214,11 @@ impl Flow {
             attempt: 0,
             deadline: now + cfg.handshake.syn_timeout,
         };
-        f.spray = Spray {
-            remaining: match syn_path {
-                Some(_) => 1,
-                None => Self::batch(cfg, peer_engines, 0),
-            },
-            fixed_path: syn_path,
+        let count = match syn_path {
+            Some(_) => 1,
+            None => Self::batch(cfg, peer_engines, 0),
         };
+        f.spray = Spray::new(count, syn_path);
         f
     }
 
@@ -223,6 +239,7 @@ impl Flow {
         f.ts_recent = syn.ts_val;
         f.peer_window = syn.window;
         f.window_ack = f.send.una;
+        f.window_ts = syn.ts_val;
         f.phase = Phase::SynReceived {
             expires: now + cfg.handshake.half_open_timeout,
             answered_attempt: hs.attempt,
@@ -239,14 +256,11 @@ impl Flow {
     }
 
     fn start_synack_spray(&mut self, cfg: &EngineConfig, attempt: u8, path: Option<UdpPair>) {
-        self.spray = Spray {
-            remaining: if path.is_some() {
-                1
-            } else {
-                Self::batch(cfg, self.peer_engines, attempt)
-            },
-            fixed_path: path,
+        let count = match path {
+            Some(_) => 1,
+            None => Self::batch(cfg, self.peer_engines, attempt),
         };
+        self.spray = Spray::new(count, path);
     }
 
     fn learn_peer(&mut self, hs: &Handshake) {
@@ -308,7 +322,7 @@ impl Flow {
                 answered_attempt, ..
             } => self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx),
             Phase::Established => self.handle_established(now, repr, payload, path, ctx),
-            Phase::Lingering { .. } => self.handle_lingering(repr),
+            Phase::Lingering { .. } => self.handle_lingering(repr, ctx.cfg),
         }
     }
 
@@ -329,8 +343,18 @@ impl Flow {
                 let hs = repr
                     .handshake
                     .expect("parse guarantees a handshake block on SYN-ACK");
-                self.irs = repr.seq;
                 let cfg = ctx.cfg;
+                // The echo must be one of our SYNs' paths: our pool to the peer's pool.
+                let peer_pool = PortPool {
+                    base: hs.udp_port_base,
+                    count: hs.udp_port_count,
+                };
+                if !cfg.udp_ports.contains(hs.echo_path.src)
+                    || !peer_pool.contains(hs.echo_path.dst)
+                {
+                    return Err(DropReason::StaleHandshake);
+                }
+                self.irs = repr.seq;
                 self.recv = RecvState::new(
                     repr.seq.wrapping_add(1),
                     cfg.max_message_len as usize,
@@ -338,7 +362,15 @@ impl Flow {
                     cfg.max_window_packets,
                     cfg.max_fragment_payload(),
                 );
+                // The SYN advertised a full window relative to the peer's first sequence number.
+                self.recv.advertise();
                 self.learn_peer(&hs);
+                if self.send.largest_queued() > hs.max_message_len as usize {
+                    // Queued before the peer's limit was known; it can never be delivered.
+                    self.tx_path = hs.echo_path;
+                    self.die(CloseReason::MessageTooLarge, true, true);
+                    return Ok(());
+                }
                 self.tx_path = hs.echo_path;
                 // The server needs to learn which of its SYN-ACK paths reached us.
                 self.confirm_echo = path;
@@ -382,9 +414,18 @@ impl Flow {
                 if repr.seq != self.irs {
                     return Err(DropReason::StaleHandshake);
                 }
-                if hs.attempt <= answered_attempt {
+                if hs.attempt <= answered_attempt || self.spray.remaining > 0 {
                     return Err(DropReason::DuplicateHandshake);
                 }
+                // Answer at most one retry per SYN timeout: a forged stream of "retries" must not
+                // turn one half-open flow into a SYN-ACK cannon.
+                if self
+                    .last_spray
+                    .is_some_and(|t| now.saturating_since(t) < ctx.cfg.handshake.syn_timeout)
+                {
+                    return Err(DropReason::DuplicateHandshake);
+                }
+                self.ts_recent = repr.ts_val;
                 // The client retried: its SYN-ACKs missed. Answer the new attempt.
                 self.phase = Phase::SynReceived {
                     expires: now + ctx.cfg.handshake.half_open_timeout,
@@ -405,7 +446,10 @@ impl Flow {
                 let Some(hs) = repr.handshake else {
                     return Err(DropReason::StaleHandshake);
                 };
-                if repr.ack != self.iss.wrapping_add(1) {
+                if repr.ack != self.iss.wrapping_add(1)
+                    || !ctx.cfg.udp_ports.contains(hs.echo_path.src)
+                    || !self.peer_pool.contains(hs.echo_path.dst)
+                {
                     return Err(DropReason::StaleHandshake);
                 }
                 self.tx_path = hs.echo_path;
@@ -423,16 +467,17 @@ impl Flow {
         }
     }
 
-    fn handle_lingering(&mut self, repr: &Repr) -> Result<(), DropReason> {
+    fn handle_lingering(&mut self, repr: &Repr, cfg: &EngineConfig) -> Result<(), DropReason> {
         match repr.packet_type {
             PacketType::Fin | PacketType::Data => {
                 self.ack_pending = true;
                 Err(DropReason::Duplicate)
             }
-            PacketType::Rst => {
+            PacketType::Rst if self.rst_acceptable(repr.seq, cfg) => {
                 self.die(CloseReason::Reset, false, false);
                 Ok(())
             }
+            PacketType::Rst => Err(DropReason::RstRejected),
             _ => Err(DropReason::FlowClosing),
         }
     }
@@ -451,7 +496,7 @@ impl Flow {
                 if repr.seq != self.irs && self.is_client && repr.ack == self.iss.wrapping_add(1) {
                     // Another server engine also accepted one of our SYNs: reset its half-open
                     // flow on the path its SYN-ACK proves reaches it (PROTOCOL.md §5.1).
-                    if let Some(hs) = repr.handshake {
+                    if let Some(hs) = repr.handshake.filter(|_| ctx.ctrl.len() < CTRL_QUEUE_CAP) {
                         ctx.ctrl.push_back(CtrlPacket {
                             remote_ip: self.key.remote_ip,
                             path: hs.echo_path,
@@ -467,16 +512,11 @@ impl Flow {
                 }
                 return Err(DropReason::DuplicateHandshake);
             }
-            PacketType::Rst => {
-                let nxt = self.recv.nxt;
-                if seq::le(nxt, repr.seq)
-                    && seq::lt(repr.seq, nxt.wrapping_add(ctx.cfg.max_window_packets))
-                {
-                    self.die(CloseReason::Reset, true, false);
-                    return Ok(());
-                }
-                return Err(DropReason::RstRejected);
+            PacketType::Rst if self.rst_acceptable(repr.seq, ctx.cfg) => {
+                self.die(CloseReason::Reset, true, false);
+                return Ok(());
             }
+            PacketType::Rst => return Err(DropReason::RstRejected),
             PacketType::Ack | PacketType::Data | PacketType::Fin => {}
         }
         let _ = path;
@@ -516,7 +556,10 @@ impl Flow {
         }
 
         // Sequenced data (PROTOCOL.md §6.4).
-        self.ts_recent = repr.ts_val;
+        // Echo the newest timestamp only: a reordered old packet must not inflate RTT samples.
+        if !seq::lt(repr.ts_val, self.ts_recent) {
+            self.ts_recent = repr.ts_val;
+        }
         if repr.flags & flags::ACK_REQ != 0 {
             self.ack_pending = true;
         }
@@ -555,6 +598,12 @@ impl Flow {
         }
         self.check_finished(now, ctx);
         drop.map_or(Ok(()), Err)
+    }
+
+    /// An RST is accepted only if its sequence number lies in our receive window (§8.3).
+    fn rst_acceptable(&self, s: u32, cfg: &EngineConfig) -> bool {
+        let nxt = self.recv.nxt;
+        seq::le(nxt, s) && seq::lt(s, nxt.wrapping_add(cfg.max_window_packets))
     }
 
     /// Moves to `Lingering` once both directions are finished and every message was read.
@@ -651,6 +700,10 @@ impl Flow {
                     attempt: next,
                     deadline: now + wait,
                 };
+                if next >= 2 {
+                    // A predicted reply path that did not work: let the server spray.
+                    self.reply_hint = UdpPair::NONE;
+                }
                 let remaining = match self.spray.fixed_path {
                     // A predicted path that failed: fall back to spraying.
                     Some(_) if next >= 2 => {
@@ -660,7 +713,7 @@ impl Flow {
                     Some(_) => 1,
                     None => Self::batch(cfg, self.peer_engines, next),
                 };
-                self.spray.remaining = remaining;
+                self.spray = Spray::new(remaining, self.spray.fixed_path);
                 ctx.stats.syn_batches += 1;
             }
             Phase::SynReceived { expires, .. } if now >= expires => {
@@ -766,6 +819,14 @@ impl Flow {
         if self.spray.remaining == 0 {
             return None;
         }
+        if ty == PacketType::SynAck && !ctx.answer_budget.take(now) {
+            // Over the answer budget: abandon this batch (the client retries).
+            self.spray.remaining = 0;
+            return None;
+        }
+        if self.spray.remaining == self.spray.total {
+            self.last_spray = Some(now);
+        }
         self.spray.remaining -= 1;
         let cfg = ctx.cfg;
         let path = self.spray.fixed_path.unwrap_or_else(|| UdpPair {
@@ -774,9 +835,6 @@ impl Flow {
         });
         let is_syn = ty == PacketType::Syn;
         let ts_val = now_ts(now);
-        if is_syn {
-            self.syn_ts = ts_val;
-        }
         let repr = Repr {
             packet_type: ty,
             flags: 0,
@@ -784,7 +842,7 @@ impl Flow {
             dst_port: self.key.remote_port,
             seq: self.iss,
             ack: if is_syn { 0 } else { self.irs.wrapping_add(1) },
-            window: self.recv.window(),
+            window: self.recv.advertise(),
             ts_val,
             ts_ecr: if is_syn { 0 } else { self.ts_recent },
             msg_len: 0,
@@ -845,8 +903,7 @@ impl Flow {
     }
 
     fn header(&mut self, now: Instant, ty: PacketType, cfg: &EngineConfig) -> Repr {
-        let window = self.recv.window();
-        self.recv.last_advertised = window;
+        let window = self.recv.advertise();
         let handshake = (!self.path_confirmed).then_some(Handshake {
             engine_count: cfg.engine_count,
             engine_id: cfg.engine_id,

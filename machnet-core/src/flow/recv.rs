@@ -19,6 +19,15 @@ enum Segment {
     Fin,
 }
 
+impl Segment {
+    fn len(&self) -> usize {
+        match self {
+            Segment::Data { bytes, .. } => bytes.len(),
+            Segment::Fin => 0,
+        }
+    }
+}
+
 /// What arriving sequenced packet was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -63,6 +72,12 @@ pub struct RecvState {
     fragment_payload: usize,
     /// Window in the last packet we sent.
     pub last_advertised: u32,
+    /// One past the highest sequence number we ever allowed the peer to send (`nxt + window` of
+    /// our advertisements; never moves back). Packets at or beyond it are dropped, so a sender
+    /// that ignores our window cannot grow our memory (PROTOCOL.md §6.5).
+    right_edge: u32,
+    /// Payload bytes held in the reorder buffer; capped at `recv_buffer`.
+    reorder_bytes: usize,
     /// Messages completed since creation.
     pub messages_completed: u64,
 }
@@ -88,9 +103,22 @@ impl RecvState {
             recv_buffer,
             max_window,
             fragment_payload,
-            last_advertised: max_window,
+            last_advertised: 0,
+            right_edge: initial_seq,
+            reorder_bytes: 0,
             messages_completed: 0,
         }
+    }
+
+    /// Records the window sent in a packet and returns it: the right edge only moves forward.
+    pub fn advertise(&mut self) -> u32 {
+        let w = self.window();
+        self.last_advertised = w;
+        let edge = self.nxt.wrapping_add(w);
+        if seq::gt(edge, self.right_edge) {
+            self.right_edge = edge;
+        }
+        w
     }
 
     /// Handles a DATA fragment with sequence number `s`.
@@ -123,17 +151,23 @@ impl RecvState {
             return Ok(Arrival::Duplicate);
         }
         let offset = seq::dist(self.nxt, s) as usize;
-        if offset >= self.max_window as usize {
+        if !seq::lt(s, self.right_edge) || offset >= self.max_window as usize {
             return Ok(Arrival::OutOfWindow);
         }
         if offset > 0 {
+            if self.reorder.len() > offset && self.reorder[offset].is_some() {
+                return Ok(Arrival::Duplicate);
+            }
+            let seg = make();
+            let len = seg.len();
+            if self.reorder_bytes + len > self.recv_buffer {
+                return Ok(Arrival::OutOfWindow);
+            }
             if self.reorder.len() <= offset {
                 self.reorder.resize_with(offset + 1, || None);
             }
-            if self.reorder[offset].is_some() {
-                return Ok(Arrival::Duplicate);
-            }
-            self.reorder[offset] = Some(make());
+            self.reorder[offset] = Some(seg);
+            self.reorder_bytes += len;
             self.buffered_segments += 1;
             self.last_stored = Some(s);
             return Ok(Arrival::Buffered);
@@ -145,6 +179,7 @@ impl RecvState {
         while let Some(Some(_)) = self.reorder.front() {
             let seg = self.reorder.pop_front().flatten().expect("checked");
             self.buffered_segments -= 1;
+            self.reorder_bytes -= seg.len();
             self.nxt = self.nxt.wrapping_add(1);
             self.deliver(seg)?;
         }
@@ -166,6 +201,7 @@ impl RecvState {
                 // Nothing may follow a FIN.
                 self.reorder.clear();
                 self.buffered_segments = 0;
+                self.reorder_bytes = 0;
                 Ok(())
             }
             Segment::Data {
@@ -229,16 +265,7 @@ impl RecvState {
 
     /// Bytes held for this flow: unread messages, the partial message and the reorder buffer.
     pub fn held_bytes(&self) -> usize {
-        let reorder: usize = self
-            .reorder
-            .iter()
-            .flatten()
-            .map(|s| match s {
-                Segment::Data { bytes, .. } => bytes.len(),
-                Segment::Fin => 0,
-            })
-            .sum();
-        self.unread + self.partial.as_ref().map_or(0, |p| p.buf.len()) + reorder
+        self.unread + self.partial.as_ref().map_or(0, |p| p.buf.len()) + self.reorder_bytes
     }
 
     /// The receive window to advertise, in packets beyond `nxt` (PROTOCOL.md §6.5): zero once
@@ -305,7 +332,9 @@ mod tests {
     use super::*;
 
     fn state() -> RecvState {
-        RecvState::new(10, 1000, 100, 64, 10)
+        let mut r = RecvState::new(10, 1000, 100, 64, 10);
+        r.advertise();
+        r
     }
 
     #[test]
@@ -366,7 +395,8 @@ mod tests {
 
     #[test]
     fn sack_blocks_put_recent_first_and_cap_at_four() {
-        let mut r = state();
+        let mut r = RecvState::new(10, 1000, 1000, 64, 10);
+        r.advertise();
         for s in [12, 14, 16, 18, 20, 22] {
             r.on_data(s, flags::FIRST | flags::LAST, 1, b"x").unwrap();
         }

@@ -21,7 +21,10 @@ fn hs() -> Handshake {
         engine_id: 1,
         udp_port_base: 10_000,
         udp_port_count: 64,
-        echo_path: UdpPair { src: 10_003, dst: 20_005 },
+        echo_path: UdpPair {
+            src: 10_003,
+            dst: 20_005,
+        },
         reply_hint: UdpPair::NONE,
         attempt: 2,
         max_message_len: 1 << 20,
@@ -47,11 +50,19 @@ fn base(packet_type: PacketType) -> Repr {
 }
 
 fn syn() -> Repr {
-    Repr { handshake: Some(hs()), ..base(PacketType::Syn) }
+    Repr {
+        handshake: Some(hs()),
+        ..base(PacketType::Syn)
+    }
 }
 
 fn data(flags: u8, msg_len: u32, payload_len: u16) -> Repr {
-    Repr { flags, msg_len, payload_len, ..base(PacketType::Data) }
+    Repr {
+        flags,
+        msg_len,
+        payload_len,
+        ..base(PacketType::Data)
+    }
 }
 
 fn sack(blocks: &[(u32, u32)]) -> SackList {
@@ -83,14 +94,21 @@ fn emit_vec(repr: &Repr, payload: &[u8], with_checksum: bool) -> Vec<u8> {
     let mut buf = vec![POISON; repr.buffer_len() + 16];
     let n = repr.emit(&mut buf, payload, with_checksum);
     assert_eq!(n, repr.buffer_len());
-    assert!(buf[n..].iter().all(|&b| b == POISON), "emit wrote past the packet");
+    assert!(
+        buf[n..].iter().all(|&b| b == POISON),
+        "emit wrote past the packet"
+    );
     buf.truncate(n);
     buf
 }
 
 /// Emits `repr` with a deterministic payload of `repr.payload_len` bytes, without checksum.
 fn emit_plain(repr: &Repr) -> Vec<u8> {
-    emit_vec(repr, &payload_bytes(7, usize::from(repr.payload_len)), false)
+    emit_vec(
+        repr,
+        &payload_bytes(7, usize::from(repr.payload_len)),
+        false,
+    )
 }
 
 fn parse_bytes(b: &[u8]) -> Result<Repr, ParseError> {
@@ -124,7 +142,11 @@ fn crc32c_bitwise(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -246,8 +268,14 @@ mod model {
                 engine_id: be16(b, o + 2),
                 udp_port_base: be16(b, o + 4),
                 udp_port_count: be16(b, o + 6),
-                echo_path: UdpPair { src: be16(b, o + 8), dst: be16(b, o + 10) },
-                reply_hint: UdpPair { src: be16(b, o + 12), dst: be16(b, o + 14) },
+                echo_path: UdpPair {
+                    src: be16(b, o + 8),
+                    dst: be16(b, o + 10),
+                },
+                reply_hint: UdpPair {
+                    src: be16(b, o + 12),
+                    dst: be16(b, o + 14),
+                },
                 attempt: b[o + 16],
                 max_message_len: be32(b, o + 20),
             };
@@ -343,15 +371,24 @@ fn constants_and_layout() {
 #[test]
 fn packet_type_codes() {
     use PacketType::*;
-    for (code, t) in [(1, Syn), (2, SynAck), (3, Ack), (4, Data), (5, Fin), (6, Rst)] {
+    for (code, t) in [
+        (1, Syn),
+        (2, SynAck),
+        (3, Ack),
+        (4, Data),
+        (5, Fin),
+        (6, Rst),
+    ] {
         assert_eq!(PacketType::from_u8(code), Some(t));
         assert_eq!(t as u8, code);
     }
     for code in (0..=255u8).filter(|c| !(1..=6).contains(c)) {
         assert_eq!(PacketType::from_u8(code), None, "code {code}");
     }
-    let sequenced: Vec<_> =
-        [Syn, SynAck, Ack, Data, Fin, Rst].into_iter().filter(|t| t.is_sequenced()).collect();
+    let sequenced: Vec<_> = [Syn, SynAck, Ack, Data, Fin, Rst]
+        .into_iter()
+        .filter(|t| t.is_sequenced())
+        .collect();
     assert_eq!(sequenced, [Data, Fin]);
 }
 
@@ -390,13 +427,28 @@ fn golden_data_packet() {
     assert_eq!(p.packet_type(), PacketType::Data);
     assert_eq!(p.flags(), 0x05);
     assert_eq!(p.sack_count(), 1);
-    assert_eq!((p.src_port(), p.dst_port(), p.payload_len()), (0x1234, 0xABCD, 3));
-    assert_eq!((p.seq(), p.ack(), p.window()), (0x0102_0304, 0x0506_0708, 0x090A_0B0C));
-    assert_eq!((p.ts_val(), p.ts_ecr(), p.msg_len()), (0x0D0E_0F10, 0x1112_1314, 0x100));
+    assert_eq!(
+        (p.src_port(), p.dst_port(), p.payload_len()),
+        (0x1234, 0xABCD, 3)
+    );
+    assert_eq!(
+        (p.seq(), p.ack(), p.window()),
+        (0x0102_0304, 0x0506_0708, 0x090A_0B0C)
+    );
+    assert_eq!(
+        (p.ts_val(), p.ts_ecr(), p.msg_len()),
+        (0x0D0E_0F10, 0x1112_1314, 0x100)
+    );
     assert_eq!(p.checksum(), 0);
     assert!(!p.has_handshake());
     assert_eq!(p.header_len(), 48);
-    assert_eq!(p.sack_block(0), SackBlock { start: 0x2122_2324, end: 0x2526_2728 });
+    assert_eq!(
+        p.sack_block(0),
+        SackBlock {
+            start: 0x2122_2324,
+            end: 0x2526_2728
+        }
+    );
     assert_eq!(p.handshake(), None);
     assert_eq!(p.payload(), &[0xDE, 0xAD, 0xBE]);
     assert_eq!(p.as_bytes(), &expected[..]);
@@ -412,6 +464,66 @@ fn golden_data_packet() {
     assert_eq!(parse_bytes(&with), Ok(repr));
 }
 
+/// The worked example at the end of docs/PROTOCOL.md, byte for byte (checksums included).
+#[test]
+fn protocol_worked_example() {
+    let hello = Repr {
+        packet_type: PacketType::Data,
+        flags: flags::FIRST | flags::LAST | flags::ACK_REQ,
+        src_port: 58153,
+        dst_port: 7000,
+        seq: 0x6709_4CEB,
+        ack: 0xE19F_8BCA,
+        window: 4096,
+        ts_val: 1_000_000,
+        ts_ecr: 1_000_000,
+        msg_len: 5,
+        sack: SackList::new(),
+        handshake: Some(Handshake {
+            engine_count: 1,
+            engine_id: 0,
+            udp_port_base: 31580,
+            udp_port_count: 64,
+            echo_path: UdpPair {
+                src: 31613,
+                dst: 31615,
+            },
+            reply_hint: UdpPair::NONE,
+            attempt: 0,
+            max_message_len: 8 << 20,
+        }),
+        payload_len: 5,
+    };
+    #[rustfmt::skip]
+    let hello_bytes: [u8; 69] = [
+        0x4d, 0x4e, 0x01, 0x04, 0x0f, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xeb,
+        0xe1, 0x9f, 0x8b, 0xca, 0x00, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x0f, 0x42, 0x40,
+        0x00, 0x00, 0x00, 0x05, 0x28, 0x71, 0xe7, 0x3e, 0x00, 0x01, 0x00, 0x00, 0x7b, 0x5c, 0x00, 0x40,
+        0x7b, 0x7d, 0x7b, 0x7f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00,
+        0x68, 0x65, 0x6c, 0x6c, 0x6f,
+    ];
+    assert_eq!(emit_vec(&hello, b"hello", true), hello_bytes);
+    assert_eq!(parse_bytes(&hello_bytes), Ok(hello));
+    assert_eq!(verify_checksum(&hello_bytes), ChecksumStatus::Valid);
+
+    let world = Repr {
+        flags: flags::FIRST | flags::LAST,
+        seq: 0x6709_4CEC,
+        ts_val: 1_000_250,
+        handshake: None,
+        ..hello
+    };
+    #[rustfmt::skip]
+    let world_bytes: [u8; 45] = [
+        0x4d, 0x4e, 0x01, 0x04, 0x03, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xec,
+        0xe1, 0x9f, 0x8b, 0xca, 0x00, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x43, 0x3a, 0x00, 0x0f, 0x42, 0x40,
+        0x00, 0x00, 0x00, 0x05, 0xa0, 0x36, 0x7b, 0x5c, 0x77, 0x6f, 0x72, 0x6c, 0x64,
+    ];
+    assert_eq!(emit_vec(&world, b"world", true), world_bytes);
+    assert_eq!(parse_bytes(&world_bytes), Ok(world));
+    assert_eq!(verify_checksum(&world_bytes), ChecksumStatus::Valid);
+}
+
 #[test]
 fn golden_handshake_block() {
     let h = Handshake {
@@ -419,12 +531,22 @@ fn golden_handshake_block() {
         engine_id: 0x0001,
         udp_port_base: 10_000,
         udp_port_count: 0x10,
-        echo_path: UdpPair { src: 0x1111, dst: 0x2222 },
-        reply_hint: UdpPair { src: 0x3333, dst: 0x4444 },
+        echo_path: UdpPair {
+            src: 0x1111,
+            dst: 0x2222,
+        },
+        reply_hint: UdpPair {
+            src: 0x3333,
+            dst: 0x4444,
+        },
         attempt: 7,
         max_message_len: 0x0010_0000,
     };
-    let repr = Repr { handshake: Some(h), sack: sack(&[(1, 2)]), ..base(PacketType::SynAck) };
+    let repr = Repr {
+        handshake: Some(h),
+        sack: sack(&[(1, 2)]),
+        ..base(PacketType::SynAck)
+    };
     let bytes = emit_plain(&repr);
     assert_eq!(bytes.len(), 40 + 8 + 24);
     assert_eq!(bytes[4], flags::HANDSHAKE);
@@ -497,7 +619,10 @@ fn handshake_validity_edges() {
     // echo_path / reply_hint / attempt are unconstrained.
     assert!(ok(&|h| {
         h.echo_path = UdpPair::NONE;
-        h.reply_hint = UdpPair { src: 0xFFFF, dst: 1 };
+        h.reply_hint = UdpPair {
+            src: 0xFFFF,
+            dst: 1,
+        };
         h.attempt = 255
     }));
 }
@@ -509,13 +634,23 @@ fn udp_pair_helpers() {
     assert!(UdpPair { src: 0, dst: 5 }.is_none());
     assert!(UdpPair { src: 5, dst: 0 }.is_none());
     assert!(!UdpPair { src: 5, dst: 6 }.is_none());
-    assert_eq!(UdpPair { src: 5, dst: 6 }.reversed(), UdpPair { src: 6, dst: 5 });
+    assert_eq!(
+        UdpPair { src: 5, dst: 6 }.reversed(),
+        UdpPair { src: 6, dst: 5 }
+    );
 }
 
 #[test]
 fn sack_block_and_list() {
     assert_eq!(SackBlock { start: 10, end: 15 }.len(), 5);
-    assert_eq!(SackBlock { start: u32::MAX - 1, end: 3 }.len(), 5);
+    assert_eq!(
+        SackBlock {
+            start: u32::MAX - 1,
+            end: 3
+        }
+        .len(),
+        5
+    );
     assert!(SackBlock { start: 7, end: 7 }.is_empty());
     assert!(!SackBlock { start: 7, end: 8 }.is_empty());
 
@@ -523,10 +658,16 @@ fn sack_block_and_list() {
     assert!(l.is_empty());
     assert_eq!(l, SackList::default());
     for i in 0..MAX_SACK_BLOCKS as u32 {
-        assert!(l.push(SackBlock { start: i * 10, end: i * 10 + 1 }));
+        assert!(l.push(SackBlock {
+            start: i * 10,
+            end: i * 10 + 1
+        }));
         assert_eq!(l.len(), i as usize + 1);
     }
-    assert!(!l.push(SackBlock { start: 99, end: 100 }));
+    assert!(!l.push(SackBlock {
+        start: 99,
+        end: 100
+    }));
     assert_eq!(l.len(), MAX_SACK_BLOCKS);
     assert_eq!(l.as_slice()[3], SackBlock { start: 30, end: 31 });
 }
@@ -567,7 +708,10 @@ fn emit_panics_on_short_buffer() {
 #[test]
 fn emit_derives_the_handshake_flag_from_the_handshake_field() {
     // A stray HANDSHAKE bit in `flags` without a handshake is not emitted...
-    let r = Repr { flags: flags::HANDSHAKE | flags::ACK_REQ, ..base(PacketType::Ack) };
+    let r = Repr {
+        flags: flags::HANDSHAKE | flags::ACK_REQ,
+        ..base(PacketType::Ack)
+    };
     let bytes = emit_plain(&r);
     assert_eq!(bytes[4], flags::ACK_REQ);
     assert_eq!(bytes.len(), HEADER_LEN);
@@ -582,13 +726,21 @@ fn emit_derives_the_handshake_flag_from_the_handshake_field() {
 fn each_packet_type_round_trips() {
     let mut reprs = vec![
         syn(),
-        Repr { packet_type: PacketType::SynAck, flags: flags::ACK_REQ, ..syn() },
+        Repr {
+            packet_type: PacketType::SynAck,
+            flags: flags::ACK_REQ,
+            ..syn()
+        },
         base(PacketType::Ack),
         Repr {
             sack: sack(&[(5, 6), (8, 10), (u32::MAX, 3), (0, 1 << 30)]),
             ..base(PacketType::Ack)
         },
-        Repr { handshake: Some(hs()), flags: flags::ACK_REQ, ..base(PacketType::Ack) },
+        Repr {
+            handshake: Some(hs()),
+            flags: flags::ACK_REQ,
+            ..base(PacketType::Ack)
+        },
         base(PacketType::Fin),
         base(PacketType::Rst),
         data(flags::FIRST | flags::LAST, 1, 1),
@@ -596,7 +748,10 @@ fn each_packet_type_round_trips() {
         data(flags::FIRST, 1400, 1400),
         data(0, 0, 1),
         data(flags::LAST | flags::ACK_REQ, 0, 17),
-        Repr { handshake: Some(hs()), ..data(flags::FIRST | flags::LAST, 65_535, 65_535) },
+        Repr {
+            handshake: Some(hs()),
+            ..data(flags::FIRST | flags::LAST, 65_535, 65_535)
+        },
     ];
     // Largest possible packet: every SACK block, a handshake and a 65535-byte payload.
     let mut max = data(0, 0, u16::MAX);
@@ -610,8 +765,11 @@ fn each_packet_type_round_trips() {
             let p = Packet::new_checked(&bytes[..]).unwrap_or_else(|e| panic!("{r:?}: {e}"));
             assert_eq!(Repr::parse(&p), Ok(r));
             assert_eq!(p.payload(), &payload[..]);
-            let expected =
-                if with_checksum { ChecksumStatus::Valid } else { ChecksumStatus::Absent };
+            let expected = if with_checksum {
+                ChecksumStatus::Valid
+            } else {
+                ChecksumStatus::Absent
+            };
             assert_eq!(verify_checksum(&bytes), expected);
         }
     }
@@ -625,13 +783,21 @@ fn each_packet_type_round_trips() {
 fn truncated() {
     let good = emit_plain(&data(flags::FIRST | flags::LAST, 3, 3));
     for len in 0..HEADER_LEN {
-        assert_eq!(check_only(&good[..len]), Err(ParseError::Truncated), "len {len}");
+        assert_eq!(
+            check_only(&good[..len]),
+            Err(ParseError::Truncated),
+            "len {len}"
+        );
         // Short garbage is Truncated too, whatever its content.
         assert_eq!(check_only(&vec![0xFF; len]), Err(ParseError::Truncated));
     }
     // A full header missing (part of) its payload or extension blocks is a length mismatch.
     for len in HEADER_LEN..good.len() {
-        assert_eq!(check_only(&good[..len]), Err(ParseError::LengthMismatch), "len {len}");
+        assert_eq!(
+            check_only(&good[..len]),
+            Err(ParseError::LengthMismatch),
+            "len {len}"
+        );
     }
     assert_eq!(check_only(&good), Ok(()));
 }
@@ -694,16 +860,25 @@ fn too_many_sack_blocks() {
         b[5] = n;
         // Even when the buffer really holds that many blocks.
         b.resize(HEADER_LEN + usize::from(n) * SACK_BLOCK_LEN, 1);
-        assert_eq!(check_only(&b), Err(ParseError::TooManySackBlocks), "count {n}");
+        assert_eq!(
+            check_only(&b),
+            Err(ParseError::TooManySackBlocks),
+            "count {n}"
+        );
     }
 }
 
 #[test]
 fn length_mismatch() {
-    let r = Repr { sack: sack(&[(1, 2)]), handshake: Some(hs()), ..data(flags::FIRST, 9, 5) };
+    let r = Repr {
+        sack: sack(&[(1, 2)]),
+        handshake: Some(hs()),
+        ..data(flags::FIRST, 9, 5)
+    };
     let good = emit_plain(&r);
     assert_eq!(check_only(&good), Ok(()));
-    let cases: Vec<(&str, fn(&mut Vec<u8>))> = vec![
+    type Edit = fn(&mut Vec<u8>);
+    let cases: Vec<(&str, Edit)> = vec![
         ("trailing byte", |b| b.push(0)),
         ("missing payload byte", |b| {
             b.pop();
@@ -771,35 +946,148 @@ fn malformed_per_type() {
         Some(h)
     };
     let cases: Vec<(&str, Repr)> = vec![
-        ("src port 0", Repr { src_port: 0, ..base(Ack) }),
-        ("dst port 0", Repr { dst_port: 0, ..syn() }),
-        ("data src port 0", Repr { src_port: 0, ..data(0, 0, 1) }),
+        (
+            "src port 0",
+            Repr {
+                src_port: 0,
+                ..base(Ack)
+            },
+        ),
+        (
+            "dst port 0",
+            Repr {
+                dst_port: 0,
+                ..syn()
+            },
+        ),
+        (
+            "data src port 0",
+            Repr {
+                src_port: 0,
+                ..data(0, 0, 1)
+            },
+        ),
         // SYN / SYN-ACK
         ("syn without handshake", base(Syn)),
         ("syn-ack without handshake", base(SynAck)),
-        ("syn with payload", Repr { payload_len: 1, ..syn() }),
-        ("syn-ack with payload", Repr { packet_type: SynAck, payload_len: 9, ..syn() }),
-        ("syn with FIRST", Repr { flags: flags::FIRST, ..syn() }),
-        ("syn with LAST", Repr { flags: flags::LAST, ..syn() }),
-        ("syn with msg_len", Repr { msg_len: 1, ..syn() }),
-        ("syn-ack with msg_len", Repr { packet_type: SynAck, msg_len: 7, ..syn() }),
+        (
+            "syn with payload",
+            Repr {
+                payload_len: 1,
+                ..syn()
+            },
+        ),
+        (
+            "syn-ack with payload",
+            Repr {
+                packet_type: SynAck,
+                payload_len: 9,
+                ..syn()
+            },
+        ),
+        (
+            "syn with FIRST",
+            Repr {
+                flags: flags::FIRST,
+                ..syn()
+            },
+        ),
+        (
+            "syn with LAST",
+            Repr {
+                flags: flags::LAST,
+                ..syn()
+            },
+        ),
+        (
+            "syn with msg_len",
+            Repr {
+                msg_len: 1,
+                ..syn()
+            },
+        ),
+        (
+            "syn-ack with msg_len",
+            Repr {
+                packet_type: SynAck,
+                msg_len: 7,
+                ..syn()
+            },
+        ),
         // ACK / FIN / RST
-        ("ack with payload", Repr { payload_len: 1, ..base(Ack) }),
-        ("fin with payload", Repr { payload_len: 2, ..base(Fin) }),
-        ("rst with payload", Repr { payload_len: 3, ..base(Rst) }),
-        ("ack with FIRST", Repr { flags: flags::FIRST, ..base(Ack) }),
-        ("fin with LAST", Repr { flags: flags::LAST, ..base(Fin) }),
-        ("rst with FIRST|LAST", Repr { flags: flags::FIRST | flags::LAST, ..base(Rst) }),
-        ("ack with msg_len", Repr { msg_len: 1, ..base(Ack) }),
-        ("fin with msg_len", Repr { msg_len: u32::MAX, ..base(Fin) }),
+        (
+            "ack with payload",
+            Repr {
+                payload_len: 1,
+                ..base(Ack)
+            },
+        ),
+        (
+            "fin with payload",
+            Repr {
+                payload_len: 2,
+                ..base(Fin)
+            },
+        ),
+        (
+            "rst with payload",
+            Repr {
+                payload_len: 3,
+                ..base(Rst)
+            },
+        ),
+        (
+            "ack with FIRST",
+            Repr {
+                flags: flags::FIRST,
+                ..base(Ack)
+            },
+        ),
+        (
+            "fin with LAST",
+            Repr {
+                flags: flags::LAST,
+                ..base(Fin)
+            },
+        ),
+        (
+            "rst with FIRST|LAST",
+            Repr {
+                flags: flags::FIRST | flags::LAST,
+                ..base(Rst)
+            },
+        ),
+        (
+            "ack with msg_len",
+            Repr {
+                msg_len: 1,
+                ..base(Ack)
+            },
+        ),
+        (
+            "fin with msg_len",
+            Repr {
+                msg_len: u32::MAX,
+                ..base(Fin)
+            },
+        ),
         // DATA
         ("data without payload", data(0, 0, 0)),
         ("first data without payload", data(flags::FIRST, 5, 0)),
-        ("first|last data without payload", data(flags::FIRST | flags::LAST, 0, 0)),
+        (
+            "first|last data without payload",
+            data(flags::FIRST | flags::LAST, 0, 0),
+        ),
         ("first data msg_len 0", data(flags::FIRST, 0, 1)),
         ("first data msg_len < payload", data(flags::FIRST, 9, 10)),
-        ("first|last data msg_len > payload", data(flags::FIRST | flags::LAST, 11, 10)),
-        ("first|last data msg_len < payload", data(flags::FIRST | flags::LAST, 9, 10)),
+        (
+            "first|last data msg_len > payload",
+            data(flags::FIRST | flags::LAST, 11, 10),
+        ),
+        (
+            "first|last data msg_len < payload",
+            data(flags::FIRST | flags::LAST, 9, 10),
+        ),
         ("middle data with msg_len", data(0, 1, 1)),
         ("last data with msg_len", data(flags::LAST, 100, 10)),
         // invalid handshake on any type
@@ -813,9 +1101,27 @@ fn malformed_per_type() {
                 ..syn()
             },
         ),
-        ("hs engine_id out of range", Repr { handshake: bad_hs(|h| h.engine_id = 4), ..syn() }),
-        ("hs port count 0", Repr { handshake: bad_hs(|h| h.udp_port_count = 0), ..base(Ack) }),
-        ("hs port base 0", Repr { handshake: bad_hs(|h| h.udp_port_base = 0), ..data(0, 0, 1) }),
+        (
+            "hs engine_id out of range",
+            Repr {
+                handshake: bad_hs(|h| h.engine_id = 4),
+                ..syn()
+            },
+        ),
+        (
+            "hs port count 0",
+            Repr {
+                handshake: bad_hs(|h| h.udp_port_count = 0),
+                ..base(Ack)
+            },
+        ),
+        (
+            "hs port base 0",
+            Repr {
+                handshake: bad_hs(|h| h.udp_port_base = 0),
+                ..data(0, 0, 1)
+            },
+        ),
         (
             "hs pool wraps",
             Repr {
@@ -828,23 +1134,61 @@ fn malformed_per_type() {
         ),
         (
             "hs max_message_len 0",
-            Repr { handshake: bad_hs(|h| h.max_message_len = 0), ..base(Fin) },
+            Repr {
+                handshake: bad_hs(|h| h.max_message_len = 0),
+                ..base(Fin)
+            },
         ),
         // SACK blocks
-        ("empty sack block", Repr { sack: sack(&[(5, 5)]), ..base(Ack) }),
-        ("empty sack block after a good one", Repr { sack: sack(&[(1, 2), (9, 9)]), ..base(Ack) }),
-        ("sack block of 2^31", Repr { sack: sack(&[(0, 1 << 31)]), ..base(Ack) }),
+        (
+            "empty sack block",
+            Repr {
+                sack: sack(&[(5, 5)]),
+                ..base(Ack)
+            },
+        ),
+        (
+            "empty sack block after a good one",
+            Repr {
+                sack: sack(&[(1, 2), (9, 9)]),
+                ..base(Ack)
+            },
+        ),
+        (
+            "sack block of 2^31",
+            Repr {
+                sack: sack(&[(0, 1 << 31)]),
+                ..base(Ack)
+            },
+        ),
         (
             "wrapping sack block of 2^31",
-            Repr { sack: sack(&[(0x9000_0000, 0x1000_0000)]), ..base(Ack) },
+            Repr {
+                sack: sack(&[(0x9000_0000, 0x1000_0000)]),
+                ..base(Ack)
+            },
         ),
-        ("reversed sack block", Repr { sack: sack(&[(10, 5)]), ..data(0, 0, 1) }),
+        (
+            "reversed sack block",
+            Repr {
+                sack: sack(&[(10, 5)]),
+                ..data(0, 0, 1)
+            },
+        ),
     ];
     for (name, r) in cases {
         let bytes = emit_plain(&r);
-        assert_eq!(check_only(&bytes), Ok(()), "{name}: should be structurally valid");
+        assert_eq!(
+            check_only(&bytes),
+            Ok(()),
+            "{name}: should be structurally valid"
+        );
         assert_eq!(parse_bytes(&bytes), Err(ParseError::Malformed), "{name}");
-        assert_eq!(model::parse(&bytes), Err(ParseError::Malformed), "{name} (model)");
+        assert_eq!(
+            model::parse(&bytes),
+            Err(ParseError::Malformed),
+            "{name} (model)"
+        );
     }
 }
 
@@ -852,21 +1196,68 @@ fn malformed_per_type() {
 fn accepted_boundaries() {
     use PacketType::*;
     let cases: Vec<(&str, Repr)> = vec![
-        ("sack block of 2^31 - 1", Repr { sack: sack(&[(0, 0x7FFF_FFFF)]), ..base(Ack) }),
-        ("wrapping sack block", Repr { sack: sack(&[(u32::MAX, 0)]), ..base(Ack) }),
-        ("ports 65535", Repr { src_port: u16::MAX, dst_port: u16::MAX, ..base(Rst) }),
-        ("handshake on fin", Repr { handshake: Some(hs()), ..base(Fin) }),
-        ("handshake on data", Repr { handshake: Some(hs()), ..data(0, 0, 1) }),
+        (
+            "sack block of 2^31 - 1",
+            Repr {
+                sack: sack(&[(0, 0x7FFF_FFFF)]),
+                ..base(Ack)
+            },
+        ),
+        (
+            "wrapping sack block",
+            Repr {
+                sack: sack(&[(u32::MAX, 0)]),
+                ..base(Ack)
+            },
+        ),
+        (
+            "ports 65535",
+            Repr {
+                src_port: u16::MAX,
+                dst_port: u16::MAX,
+                ..base(Rst)
+            },
+        ),
+        (
+            "handshake on fin",
+            Repr {
+                handshake: Some(hs()),
+                ..base(Fin)
+            },
+        ),
+        (
+            "handshake on data",
+            Repr {
+                handshake: Some(hs()),
+                ..data(0, 0, 1)
+            },
+        ),
         ("first data msg_len == payload", data(flags::FIRST, 10, 10)),
         ("first data msg_len max", data(flags::FIRST, u32::MAX, 10)),
-        ("ack_req anywhere", Repr { flags: flags::ACK_REQ, ..syn() }),
-        ("first|last|ack_req data", data(flags::FIRST | flags::LAST | flags::ACK_REQ, 1, 1)),
+        (
+            "ack_req anywhere",
+            Repr {
+                flags: flags::ACK_REQ,
+                ..syn()
+            },
+        ),
+        (
+            "first|last|ack_req data",
+            data(flags::FIRST | flags::LAST | flags::ACK_REQ, 1, 1),
+        ),
     ];
     for (name, r) in cases {
         assert_eq!(parse_bytes(&emit_plain(&r)), Ok(r), "{name}");
     }
     // The non-flag fields (seq, ack, window, timestamps) are unconstrained.
-    let r = Repr { seq: u32::MAX, ack: 0, window: 0, ts_val: u32::MAX, ts_ecr: 0, ..base(Fin) };
+    let r = Repr {
+        seq: u32::MAX,
+        ack: 0,
+        window: 0,
+        ts_val: u32::MAX,
+        ts_ecr: 0,
+        ..base(Fin)
+    };
     assert_eq!(parse_bytes(&emit_plain(&r)), Ok(r));
 }
 
@@ -978,7 +1369,10 @@ fn arb_sack() -> impl Strategy<Value = SackList> {
     prop::collection::vec((any::<u32>(), len), 0..=MAX_SACK_BLOCKS).prop_map(|v| {
         let mut l = SackList::new();
         for (start, n) in v {
-            assert!(l.push(SackBlock { start, end: start.wrapping_add(n) }));
+            assert!(l.push(SackBlock {
+                start,
+                end: start.wrapping_add(n)
+            }));
         }
         l
     })
@@ -989,9 +1383,18 @@ type Kind = (PacketType, u8, u32, u16, Option<Handshake>);
 
 fn arb_kind() -> impl Strategy<Value = Kind> {
     let hs_types = prop_oneof![Just(PacketType::Syn), Just(PacketType::SynAck)];
-    let control = prop_oneof![Just(PacketType::Ack), Just(PacketType::Fin), Just(PacketType::Rst)];
+    let control = prop_oneof![
+        Just(PacketType::Ack),
+        Just(PacketType::Fin),
+        Just(PacketType::Rst)
+    ];
     let payload_len = prop_oneof![4 => 1..=64u16, 1 => 1..=u16::MAX, 1 => Just(u16::MAX)];
-    let data = (any::<bool>(), any::<bool>(), payload_len, prop::option::of(arb_handshake()))
+    let data = (
+        any::<bool>(),
+        any::<bool>(),
+        payload_len,
+        prop::option::of(arb_handshake()),
+    )
         .prop_flat_map(|(first, last, pl, hs)| {
             let pl32 = u32::from(pl);
             let msg_len = match (first, last) {
@@ -1011,7 +1414,13 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
 
 fn arb_repr() -> impl Strategy<Value = Repr> {
     let ports = (1..=u16::MAX, 1..=u16::MAX);
-    let numbers = (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>());
+    let numbers = (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<u32>(),
+    );
     (ports, numbers, any::<bool>(), arb_sack(), arb_kind()).prop_map(
         |((src_port, dst_port), (seq, ack, window, ts_val, ts_ecr), ack_req, sack, kind)| {
             let (packet_type, fl, msg_len, payload_len, handshake) = kind;
@@ -1059,7 +1468,11 @@ fn arb_structured_bytes() -> impl Strategy<Value = Vec<u8>> {
         any::<u64>(),
     )
         .prop_map(|(magic_ok, version_ok, ty, fl, nsack, pl, delta, seed)| {
-            let hs = if fl & flags::HANDSHAKE != 0 { HANDSHAKE_LEN } else { 0 };
+            let hs = if fl & flags::HANDSHAKE != 0 {
+                HANDSHAKE_LEN
+            } else {
+                0
+            };
             let len = HEADER_LEN + usize::from(nsack) * SACK_BLOCK_LEN + hs + usize::from(pl);
             let len = (len as i64 + i64::from(delta)).max(0) as usize;
             let mut b = payload_bytes(seed, len.max(HEADER_LEN));
@@ -1102,7 +1515,10 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
         (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::SetByte(i, v)),
         (0..HEADER_LEN as u8, prop_oneof![any::<u8>(), 0u8..8])
             .prop_map(|(o, v)| Mutation::SetHeaderByte(o, v)),
-        (0..HEADER_LEN as u8 - 3, prop_oneof![any::<u32>(), 0u32..4, Just(u32::MAX)])
+        (
+            0..HEADER_LEN as u8 - 3,
+            prop_oneof![any::<u32>(), 0u32..4, Just(u32::MAX)]
+        )
             .prop_map(|(o, v)| Mutation::SetHeaderWord(o, v)),
         any::<Index>().prop_map(Mutation::Truncate),
         prop::collection::vec(any::<u8>(), 1..32).prop_map(Mutation::Extend),
@@ -1143,9 +1559,16 @@ fn apply(b: &mut Vec<u8>, m: &Mutation) {
 /// canonically and re-parses to the same repr.
 fn check_any_input(b: &[u8]) -> Result<(), TestCaseError> {
     let checked = Packet::new_checked(b);
-    prop_assert_eq!(checked.as_ref().map(|_| ()).map_err(|e| *e), model::check(b));
+    prop_assert_eq!(
+        checked.as_ref().map(|_| ()).map_err(|e| *e),
+        model::check(b)
+    );
     let Ok(packet) = checked else { return Ok(()) };
-    let _ = (packet.payload(), packet.handshake(), verify_checksum(packet.as_bytes()));
+    let _ = (
+        packet.payload(),
+        packet.handshake(),
+        verify_checksum(packet.as_bytes()),
+    );
     for i in 0..packet.sack_count() {
         let _ = packet.sack_block(i);
     }
@@ -1261,5 +1684,110 @@ proptest! {
             apply(&mut b, m);
         }
         check_any_input(&b)?;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fuzzing seeds (machnet-core/fuzz/seeds)
+// ------------------------------------------------------------------------------------------------
+
+/// The seed corpus of the `parse_packet` fuzz target: one packet of each shape, most valid.
+fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use PacketType::*;
+    let emit = |r: Repr, with_checksum: bool| {
+        emit_vec(
+            &r,
+            &payload_bytes(u64::from(r.payload_len), usize::from(r.payload_len)),
+            with_checksum,
+        )
+    };
+    let mut first = data(flags::FIRST, 3000, 64);
+    first.sack = sack(&[(90, 95), (97, 98)]);
+    first.handshake = Some(hs());
+    vec![
+        ("syn.bin", emit(syn(), true)),
+        (
+            "syn_ack.bin",
+            emit(
+                Repr {
+                    packet_type: SynAck,
+                    flags: flags::ACK_REQ,
+                    sack: sack(&[(7, 9)]),
+                    ..syn()
+                },
+                true,
+            ),
+        ),
+        (
+            "ack_sack4.bin",
+            emit(
+                Repr {
+                    sack: sack(&[(210, 220), (230, 231), (u32::MAX, 5), (400, 0x8000_0000)]),
+                    ..base(Ack)
+                },
+                true,
+            ),
+        ),
+        (
+            "ack_handshake.bin",
+            emit(
+                Repr {
+                    handshake: Some(hs()),
+                    flags: flags::ACK_REQ,
+                    ..base(Ack)
+                },
+                false,
+            ),
+        ),
+        (
+            "data_single.bin",
+            emit(data(flags::FIRST | flags::LAST, 16, 16), true),
+        ),
+        ("data_first.bin", emit(first, true)),
+        ("data_middle.bin", emit(data(0, 0, 32), false)),
+        (
+            "data_last.bin",
+            emit(data(flags::LAST | flags::ACK_REQ, 0, 5), true),
+        ),
+        ("fin.bin", emit(base(Fin), true)),
+        ("rst.bin", emit(base(Rst), false)),
+        // Structurally valid but semantically malformed: seeds the error paths of Repr::parse.
+        (
+            "malformed_data.bin",
+            emit(data(flags::FIRST | flags::LAST, 9, 10), true),
+        ),
+    ]
+}
+
+/// Keeps the committed seeds in step with the wire format. Set `MACHNET_REGEN_FUZZ_SEEDS=1` to
+/// (re)write them after an intentional format change.
+#[test]
+fn fuzz_seeds_are_current() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let regen = std::env::var_os("MACHNET_REGEN_FUZZ_SEEDS").is_some();
+    if regen {
+        std::fs::create_dir_all(&dir).unwrap();
+    } else if !dir.is_dir() {
+        return; // e.g. a packaged crate without the fuzz project
+    }
+    for (name, bytes) in fuzz_seeds() {
+        let structural = check_only(&bytes);
+        assert_eq!(structural, Ok(()), "{name}");
+        assert_eq!(
+            parse_bytes(&bytes).is_ok(),
+            !name.starts_with("malformed"),
+            "{name}"
+        );
+        let path = dir.join(name);
+        if regen {
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let on_disk = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                on_disk == bytes,
+                "{} is stale; rerun with MACHNET_REGEN_FUZZ_SEEDS=1",
+                path.display()
+            );
+        }
     }
 }
