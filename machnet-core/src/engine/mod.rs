@@ -419,17 +419,42 @@ impl Engine {
             _ => match self.ports.owner(repr.dst_port) {
                 Owner::Other | Owner::Shared => Err(DropReason::WrongEngine),
                 Owner::Me | Owner::Nobody => {
-                    // Answer on the reverse path: the peer learns the flow is gone (§8.3).
                     let rst = rst_repr(
                         repr.dst_port,
                         repr.src_port,
                         repr.ack,
                         repr.seq.wrapping_add(1),
                     );
-                    self.queue_ctrl(d.remote_ip, path.reversed(), rst);
+                    self.answer_unknown_flow(now, d.remote_ip, path, rst);
                     Err(DropReason::UnknownFlow)
                 }
             },
+        }
+    }
+
+    /// Tells a peer that the flow its packet belongs to is gone (PROTOCOL.md §8.3). The peer's
+    /// flow lives on one of its engines, which the reverse UDP pair reaches only by chance; for a
+    /// peer whose engine count we learned in a handshake, the RST is sprayed like a SYN-ACK,
+    /// within the answer budget. Unknown senders get one RST on the reverse pair.
+    fn answer_unknown_flow(&mut self, now: Instant, remote_ip: Ipv4Addr, path: UdpPair, rst: Repr) {
+        let Some(peer) = self.peers.get(&remote_ip).copied() else {
+            self.queue_ctrl(remote_ip, path.reversed(), rst);
+            return;
+        };
+        let n = rss::spray_batch(peer.engines, self.cfg.handshake.success_target);
+        for i in 0..n {
+            if !self.answer_budget.take(now) {
+                break;
+            }
+            let p = if i == 0 {
+                path.reversed()
+            } else {
+                UdpPair {
+                    src: random_port(&mut self.rng, self.cfg.udp_ports),
+                    dst: random_port(&mut self.rng, peer.pool),
+                }
+            };
+            self.queue_ctrl(remote_ip, p, rst);
         }
     }
 
