@@ -892,8 +892,8 @@ impl Flow {
                 None if self.may_send_new() => self.send.next_new(),
                 None => None,
             };
-            if let Some((s, payload)) = next {
-                return Some(self.transmit_sequenced(now, buf, ctx, s, payload));
+            if let Some(s) = next {
+                return Some(self.transmit_sequenced(now, buf, ctx, s));
             }
         }
         if self.ack_pending || self.probe_pending {
@@ -943,38 +943,50 @@ impl Flow {
         self.finish(buf, &repr, &[], self.tx_path, ctx)
     }
 
+    /// Sends outstanding packet `s` (first transmission or retransmission).
     fn transmit_sequenced(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         ctx: &mut Ctx,
         s: u32,
-        payload: Payload,
     ) -> Transmit {
-        let mut repr;
-        let bytes = match &payload {
+        let ty = match self.send.payload(s) {
+            Payload::Data { .. } => PacketType::Data,
+            Payload::Fin => PacketType::Fin,
+        };
+        let mut repr = self.header(now, ty, ctx.cfg);
+        repr.seq = s;
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rto(ctx.cfg));
+        }
+        // Borrow the payload in place: no copy or refcount traffic per packet.
+        let bytes: &[u8] = match self.send.payload(s) {
             Payload::Data {
                 bytes,
                 flags: f,
                 msg_len,
             } => {
-                repr = self.header(now, PacketType::Data, ctx.cfg);
                 repr.flags |= f;
                 repr.msg_len = *msg_len;
                 repr.payload_len = bytes.len() as u16;
-                self.stats.bytes_sent += bytes.len() as u64;
-                &bytes[..]
+                bytes
             }
-            Payload::Fin => {
-                repr = self.header(now, PacketType::Fin, ctx.cfg);
-                &[][..]
-            }
+            Payload::Fin => &[],
         };
-        repr.seq = s;
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rto(ctx.cfg));
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.stats.packets_sent += 1;
+        let len = repr.emit(
+            buf,
+            bytes,
+            ctx.cfg.checksum == crate::config::ChecksumMode::Always,
+        );
+        Transmit {
+            remote_ip: self.key.remote_ip,
+            src_port: self.tx_path.src,
+            dst_port: self.tx_path.dst,
+            len,
         }
-        self.finish(buf, &repr, bytes, self.tx_path, ctx)
     }
 
     fn finish(

@@ -173,8 +173,13 @@ impl SendState {
         self.index(s).map(|i| &self.inflight[i])
     }
 
+    /// The payload of outstanding packet `s`. Panics if `s` is not outstanding.
+    pub fn payload(&self, s: u32) -> &Payload {
+        &self.get(s).expect("outstanding sequence number").payload
+    }
+
     /// Pops the next lost packet to retransmit, marking it in flight again.
-    pub fn next_retransmit(&mut self) -> Option<(u32, Payload)> {
+    pub fn next_retransmit(&mut self) -> Option<u32> {
         while let Some(s) = self.retransmit.pop_front() {
             let mark = self.nxt.wrapping_sub(1);
             if let Some(i) = self.index(s) {
@@ -184,7 +189,7 @@ impl SendState {
                     p.sent_mark = mark;
                     p.transmissions += 1;
                     self.pipe += 1;
-                    return Some((s, p.payload.clone()));
+                    return Some(s);
                 }
             }
         }
@@ -192,8 +197,8 @@ impl SendState {
     }
 
     /// Cuts the next new packet (a fragment of the front message, or the FIN), records it in
-    /// flight and returns its sequence number and payload.
-    pub fn next_new(&mut self) -> Option<(u32, Payload)> {
+    /// flight and returns its sequence number.
+    pub fn next_new(&mut self) -> Option<u32> {
         let payload = if let Some(msg) = self.queue.front() {
             let remaining = msg.len() - self.front_offset;
             let take = remaining.min(self.fragment_payload);
@@ -209,13 +214,19 @@ impl SendState {
             } else {
                 0
             };
-            let bytes = msg.slice(self.front_offset..self.front_offset + take);
-            if take == remaining {
-                self.queue.pop_front();
-                self.front_offset = 0;
+            let bytes = if take == msg.len() {
+                // A one-fragment message: move it, no slicing (slicing shares and allocates).
+                self.queue.pop_front().expect("front exists")
             } else {
-                self.front_offset += take;
-            }
+                let b = msg.slice(self.front_offset..self.front_offset + take);
+                if take == remaining {
+                    self.queue.pop_front();
+                    self.front_offset = 0;
+                } else {
+                    self.front_offset += take;
+                }
+                b
+            };
             Payload::Data {
                 bytes,
                 flags: f,
@@ -229,7 +240,7 @@ impl SendState {
         };
         let s = self.nxt;
         self.inflight.push_back(Sent {
-            payload: payload.clone(),
+            payload,
             sacked: false,
             lost: false,
             sent_mark: s,
@@ -237,7 +248,7 @@ impl SendState {
         });
         self.nxt = s.wrapping_add(1);
         self.pipe += 1;
-        Some((s, payload))
+        Some(s)
     }
 
     /// Applies a cumulative ACK and SACK blocks from the peer. Returns `None` if `ack` acknowledges
@@ -378,7 +389,7 @@ mod tests {
             flags: f0,
             msg_len: l0,
             bytes: b0,
-        } = &frags[0].1
+        } = s.payload(frags[0])
         else {
             panic!()
         };
@@ -387,12 +398,12 @@ mod tests {
             flags: f2,
             msg_len: l2,
             bytes: b2,
-        } = &frags[2].1
+        } = s.payload(frags[2])
         else {
             panic!()
         };
         assert_eq!((*f2, *l2, b2.len()), (flags::LAST, 0, 5));
-        assert_eq!(frags[2].0, 102);
+        assert_eq!(frags[2], 102);
     }
 
     #[test]
@@ -407,7 +418,7 @@ mod tests {
         let out = s.on_ack(100, &[block(101, 105)]).unwrap();
         assert_eq!(out.newly_acked, 4);
         assert_eq!(out.newly_lost, 1);
-        assert_eq!(s.next_retransmit().map(|(q, _)| q), Some(100));
+        assert_eq!(s.next_retransmit(), Some(100));
         assert!(s.next_retransmit().is_none());
         // Cumulative ACK of everything.
         let out = s.on_ack(106, &[]).unwrap();
@@ -450,7 +461,7 @@ mod tests {
         while s.next_new().is_some() {}
         s.on_ack(100, &[block(102, 103)]).unwrap();
         assert_eq!(s.on_timeout(), 3);
-        let order: Vec<u32> = std::iter::from_fn(|| s.next_retransmit().map(|(q, _)| q)).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| s.next_retransmit()).collect();
         assert_eq!(order, vec![100, 101, 103]);
     }
 }
