@@ -5,6 +5,8 @@
 //! forged SYNs would turn the engine into an amplifier. The budget bounds that traffic to a
 //! configured rate whatever the input (PROTOCOL.md §5.2).
 
+use std::time::Duration;
+
 use crate::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -27,14 +29,20 @@ impl SprayBudget {
 
     /// Takes one token if available.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.try_take(now).is_ok()
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            let wait = (1.0 - self.tokens) / self.rate_per_sec;
+            Err(Duration::from_secs_f64(wait).max(Duration::from_nanos(1)))
         }
     }
 }
@@ -42,7 +50,6 @@ impl SprayBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_refills_at_rate_up_to_burst() {
@@ -53,5 +60,7 @@ mod tests {
         assert_eq!((0..20).filter(|_| b.take(t1)).count(), 5);
         let t2 = t1 + Duration::from_secs(100);
         assert_eq!((0..20).filter(|_| b.take(t2)).count(), 10);
+        let wait = b.try_take(t2).unwrap_err();
+        assert!(wait <= Duration::from_millis(1) && b.try_take(t2 + wait).is_ok());
     }
 }

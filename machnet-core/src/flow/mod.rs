@@ -64,6 +64,8 @@ struct Spray {
     remaining: u32,
     /// Size of the batch.
     total: u32,
+    /// Waiting for the answer budget to refill.
+    paused_until: Option<Instant>,
     /// Single path to use instead of random ones (RSS hint or oracle).
     fixed_path: Option<UdpPair>,
 }
@@ -74,6 +76,7 @@ impl Spray {
             remaining: count,
             total: count,
             fixed_path,
+            paused_until: None,
         }
     }
 }
@@ -670,7 +673,9 @@ impl Flow {
     pub fn next_deadline(&self, cfg: &EngineConfig) -> Option<Instant> {
         match self.phase {
             Phase::SynSent { deadline, .. } => Some(deadline),
-            Phase::SynReceived { expires, .. } => Some(expires),
+            Phase::SynReceived { expires, .. } => {
+                Some(self.spray.paused_until.map_or(expires, |p| p.min(expires)))
+            }
             Phase::Lingering { until } => Some(until),
             Phase::Established => {
                 let idle = self.last_heard + cfg.idle_timeout;
@@ -718,6 +723,11 @@ impl Flow {
             }
             Phase::SynReceived { expires, .. } if now >= expires => {
                 self.die(CloseReason::TimedOut, false, false);
+            }
+            Phase::SynReceived { .. } => {
+                if self.spray.paused_until.is_some_and(|p| now >= p) {
+                    self.spray.paused_until = None;
+                }
             }
             Phase::Lingering { until } if now >= until => {
                 self.die(CloseReason::Graceful, false, false);
@@ -767,7 +777,9 @@ impl Flow {
             return false;
         }
         match self.phase {
-            Phase::SynSent { .. } | Phase::SynReceived { .. } => self.spray.remaining > 0,
+            Phase::SynSent { .. } | Phase::SynReceived { .. } => {
+                self.spray.remaining > 0 && self.spray.paused_until.is_none()
+            }
             Phase::Lingering { .. } => self.ack_pending,
             Phase::Established => {
                 self.ack_pending
@@ -819,10 +831,12 @@ impl Flow {
         if self.spray.remaining == 0 {
             return None;
         }
-        if ty == PacketType::SynAck && !ctx.answer_budget.take(now) {
-            // Over the answer budget: abandon this batch (the client retries).
-            self.spray.remaining = 0;
-            return None;
+        if ty == PacketType::SynAck {
+            if let Err(wait) = ctx.answer_budget.try_take(now) {
+                // Over the answer budget: pace the batch instead of dropping it.
+                self.spray.paused_until = Some(now + wait);
+                return None;
+            }
         }
         if self.spray.remaining == self.spray.total {
             self.last_spray = Some(now);
