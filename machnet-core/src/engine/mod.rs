@@ -385,7 +385,11 @@ impl Engine {
     }
 
     fn process(&mut self, now: Instant, d: Datagram<'_>) -> Result<(), DropReason> {
-        let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
+        // Checksum first (it needs only the fixed header): corruption is then counted as such
+        // rather than as whatever malformation the flipped bits happen to produce.
+        if d.payload.len() < wire::HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
         match (wire::verify_checksum(d.payload), self.cfg.checksum) {
             (ChecksumStatus::Invalid, _) => return Err(DropReason::BadChecksum),
             (ChecksumStatus::Absent, ChecksumMode::Always) => {
@@ -393,6 +397,7 @@ impl Engine {
             }
             _ => {}
         }
+        let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
         let repr = Repr::parse(&packet).map_err(DropReason::from_parse)?;
         let path = UdpPair {
             src: d.src_port,

@@ -516,6 +516,16 @@ impl Flow {
                 return Err(DropReason::DuplicateHandshake);
             }
             PacketType::Rst if self.rst_acceptable(repr.seq, ctx.cfg) => {
+                if self.recv.fin_received && self.send.fin_acked_by_reset() {
+                    // Both directions were finished; the peer just forgot the flow before our
+                    // last ACK reached it. Not a failure: finish as a graceful close.
+                    self.rto_deadline = None;
+                    self.check_finished(now, ctx);
+                    if matches!(self.phase, Phase::Lingering { .. }) {
+                        self.die(CloseReason::Graceful, false, false);
+                    }
+                    return Ok(());
+                }
                 self.die(CloseReason::Reset, true, false);
                 return Ok(());
             }
@@ -724,10 +734,8 @@ impl Flow {
             Phase::SynReceived { expires, .. } if now >= expires => {
                 self.die(CloseReason::TimedOut, false, false);
             }
-            Phase::SynReceived { .. } => {
-                if self.spray.paused_until.is_some_and(|p| now >= p) {
-                    self.spray.paused_until = None;
-                }
+            Phase::SynReceived { .. } if self.spray.paused_until.is_some_and(|p| now >= p) => {
+                self.spray.paused_until = None;
             }
             Phase::Lingering { until } if now >= until => {
                 self.die(CloseReason::Graceful, false, false);

@@ -348,6 +348,22 @@ impl SendState {
         lost
     }
 
+    /// The peer reset the flow while only our FIN was outstanding: it can only have forgotten
+    /// the flow after receiving that FIN, so the RST acknowledges it (PROTOCOL.md §8.1).
+    /// Returns whether that was the case.
+    pub fn fin_acked_by_reset(&mut self) -> bool {
+        let only_fin = self.inflight.len() == 1 && matches!(self.inflight[0].payload, Payload::Fin);
+        if self.fin_sent && !self.fin_acked && only_fin && self.queue.is_empty() {
+            self.inflight.clear();
+            self.retransmit.clear();
+            self.pipe = 0;
+            self.una = self.nxt;
+            self.fin_acked = true;
+            return true;
+        }
+        false
+    }
+
     /// Retransmission timeout: every unacknowledged packet is deemed lost, oldest first.
     /// Returns how many were queued.
     pub fn on_timeout(&mut self) -> u32 {
