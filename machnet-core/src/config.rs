@@ -64,8 +64,8 @@ impl Default for HandshakeConfig {
     fn default() -> Self {
         HandshakeConfig {
             success_target: 0.95,
-            syn_timeout: Duration::from_millis(50),
-            max_syn_attempts: 7,
+            syn_timeout: Duration::from_millis(10),
+            max_syn_attempts: 9,
             max_batch: 512,
             half_open_timeout: Duration::from_secs(5),
             max_answer_rate: 200_000,
@@ -82,6 +82,8 @@ pub struct RtoConfig {
     pub max: Duration,
     /// Consecutive timeouts without progress after which the peer is declared dead.
     pub max_retries: u32,
+    /// Lower bound of the tail-loss probe timeout (which is otherwise twice the smoothed RTT).
+    pub min_probe: Duration,
 }
 
 impl Default for RtoConfig {
@@ -91,6 +93,7 @@ impl Default for RtoConfig {
             min: Duration::from_millis(2),
             max: Duration::from_millis(500),
             max_retries: 12,
+            min_probe: Duration::from_micros(100),
         }
     }
 }

@@ -115,6 +115,8 @@ pub struct EngineStats {
     pub syn_batches: u64,
     pub fast_retransmits: u64,
     pub timeout_retransmits: u64,
+    /// Tail-loss probes sent (retransmissions that elicit SACK information, PROTOCOL.md §6.2).
+    pub tail_probes: u64,
     pub flows_opened: u64,
     pub flows_closed: u64,
 }
@@ -144,6 +146,7 @@ pub struct FlowStats {
     pub bytes_received: u64,
     pub fast_retransmits: u64,
     pub timeout_retransmits: u64,
+    pub tail_probes: u64,
     pub duplicates_received: u64,
     /// Packets this flow's handshake cost on this side (SYNs or SYN-ACKs sprayed).
     pub handshake_packets: u64,

@@ -85,6 +85,9 @@ impl Spray {
 /// flows cannot grow memory; beyond the cap, replies are simply not sent.
 pub const CTRL_QUEUE_CAP: usize = 4096;
 
+/// Tail-loss probes sent without progress before only the retransmission timer remains.
+const MAX_TAIL_PROBES: u32 = 2;
+
 /// Everything a flow needs from its engine while it runs.
 pub struct Ctx<'a> {
     pub cfg: &'a EngineConfig,
@@ -129,6 +132,11 @@ pub struct Flow {
     window_ack: u32,
     window_ts: u32,
     rto_deadline: Option<Instant>,
+    /// Time-based loss detection re-runs then (a suspect packet becomes due).
+    loss_deadline: Option<Instant>,
+    /// Tail-loss probe timer, and probes sent since the last progress.
+    probe_deadline: Option<Instant>,
+    tail_probes: u32,
     backoff: u32,
     consecutive_timeouts: u32,
     last_heard: Instant,
@@ -185,6 +193,9 @@ impl Flow {
             window_ack: iss.wrapping_add(1),
             window_ts: 0,
             rto_deadline: None,
+            loss_deadline: None,
+            probe_deadline: None,
+            tail_probes: 0,
             backoff: 0,
             consecutive_timeouts: 0,
             last_heard: now,
@@ -557,11 +568,9 @@ impl Flow {
             self.cc.on_ack(now, out.newly_acked, sample);
             self.backoff = 0;
             self.rto_deadline = None;
-        }
-        if out.newly_lost > 0 {
-            self.cc.on_loss(now);
-            self.stats.fast_retransmits += u64::from(out.newly_lost);
-            ctx.stats.fast_retransmits += u64::from(out.newly_lost);
+            self.probe_deadline = None;
+            self.tail_probes = 0;
+            self.detect_losses(now, ctx);
         }
         self.stats.messages_sent += u64::from(out.messages_acked);
         if self.send.take_writable() {
@@ -657,6 +666,28 @@ impl Flow {
             .min(cfg.rto.max)
     }
 
+    /// Runs loss detection (PROTOCOL.md §6.2) and reacts to newly lost packets.
+    fn detect_losses(&mut self, now: Instant, ctx: &mut Ctx) {
+        let srtt = self.rtt.smoothed().unwrap_or(ctx.cfg.rto.initial);
+        let (lost, next) = self.send.detect_losses(now, srtt + srtt / 4);
+        self.loss_deadline = next;
+        if lost > 0 {
+            self.cc.on_loss(now);
+            self.stats.fast_retransmits += u64::from(lost);
+            ctx.stats.fast_retransmits += u64::from(lost);
+        }
+    }
+
+    /// Tail-loss probe timeout: twice the smoothed RTT, at least `rto.min_probe`, doubled per
+    /// probe already sent.
+    fn probe_timeout(&self, cfg: &EngineConfig) -> Duration {
+        let base = self
+            .rtt
+            .smoothed()
+            .map_or(cfg.rto.initial, |s| (s * 2).max(cfg.rto.min_probe));
+        base * (1 << self.tail_probes.min(4))
+    }
+
     /// Whether the retransmission timer must run although nothing is in flight: an unconfirmed
     /// handshake ACK or a zero window with data waiting (persist probe).
     fn needs_probe_timer(&self) -> bool {
@@ -677,6 +708,14 @@ impl Flow {
         } else {
             self.rto_deadline = None;
         }
+        if self.send.has_unacked() {
+            if self.probe_deadline.is_none() && self.tail_probes < MAX_TAIL_PROBES {
+                self.probe_deadline = Some(now + self.probe_timeout(cfg));
+            }
+        } else {
+            self.probe_deadline = None;
+            self.loss_deadline = None;
+        }
     }
 
     /// The earliest instant at which [`Flow::on_timeout`] has work.
@@ -690,8 +729,11 @@ impl Flow {
             Phase::Established => {
                 let idle = self.last_heard + cfg.idle_timeout;
                 let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
-                let t = idle.min(keepalive);
-                Some(self.rto_deadline.map_or(t, |r| r.min(t)))
+                let t = [self.rto_deadline, self.loss_deadline, self.probe_deadline]
+                    .into_iter()
+                    .flatten()
+                    .fold(idle.min(keepalive), Instant::min);
+                Some(t)
             }
         }
     }
@@ -761,8 +803,22 @@ impl Flow {
                     }
                     self.backoff = (self.backoff + 1).min(16);
                     self.rto_deadline = None;
+                    self.tail_probes = 0;
+                    self.probe_deadline = None;
                     if self.send.has_unacked() || self.needs_probe_timer() {
                         self.rto_deadline = Some(now + self.rto(cfg));
+                    }
+                }
+                if self.loss_deadline.is_some_and(|d| now >= d) {
+                    self.loss_deadline = None;
+                    self.detect_losses(now, ctx);
+                }
+                if self.probe_deadline.is_some_and(|d| now >= d) {
+                    self.probe_deadline = None;
+                    if self.send.probe() {
+                        self.tail_probes += 1;
+                        self.stats.tail_probes += 1;
+                        ctx.stats.tail_probes += 1;
                     }
                 }
                 let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
@@ -909,9 +965,9 @@ impl Flow {
             return Some(self.transmit_ack(now, buf, ctx));
         }
         if self.can_send() {
-            let next = match self.send.next_retransmit() {
+            let next = match self.send.next_retransmit(now) {
                 Some(p) => Some(p),
-                None if self.may_send_new() => self.send.next_new(),
+                None if self.may_send_new() => self.send.next_new(now),
                 None => None,
             };
             if let Some(s) = next {

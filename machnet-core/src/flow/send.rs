@@ -5,7 +5,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use std::time::Duration;
+
 use crate::seq;
+use crate::time::Instant;
 use crate::wire::{flags, SackBlock};
 
 /// A packet is deemed lost once this many packets sent after it have been acknowledged
@@ -34,6 +37,8 @@ pub struct Sent {
     /// Highest sequence number sent when this packet was last (re)transmitted; it is lost once
     /// `DUP_THRESHOLD` packets beyond that mark are acknowledged.
     pub sent_mark: u32,
+    /// When this packet was last (re)transmitted (time-based loss detection).
+    pub sent_at: Instant,
     pub transmissions: u32,
 }
 
@@ -44,8 +49,7 @@ pub struct AckOutcome {
     pub newly_acked: u32,
     /// Whether the cumulative ACK advanced.
     pub advanced: bool,
-    /// Packets newly deemed lost.
-    pub newly_lost: u32,
+
     /// Whole messages fully acknowledged.
     pub messages_acked: u32,
     /// Whether our FIN is now acknowledged.
@@ -79,6 +83,9 @@ pub struct SendState {
     retransmit: VecDeque<u32>,
     /// Packets in flight: sent, not acknowledged in any way, not deemed lost.
     pipe: u32,
+    /// Latest transmission time of any packet the peer has acknowledged (RACK's reference: a
+    /// packet sent before it and still unacknowledged is suspect).
+    rack_time: Option<Instant>,
     /// `close` was called: a FIN follows the queued data.
     pub fin_queued: bool,
     pub fin_sent: bool,
@@ -100,6 +107,7 @@ impl SendState {
             highest_sacked: None,
             retransmit: VecDeque::new(),
             pipe: 0,
+            rack_time: None,
             fin_queued: false,
             fin_sent: false,
             fin_acked: false,
@@ -179,7 +187,7 @@ impl SendState {
     }
 
     /// Pops the next lost packet to retransmit, marking it in flight again.
-    pub fn next_retransmit(&mut self) -> Option<u32> {
+    pub fn next_retransmit(&mut self, now: Instant) -> Option<u32> {
         while let Some(s) = self.retransmit.pop_front() {
             let mark = self.nxt.wrapping_sub(1);
             if let Some(i) = self.index(s) {
@@ -187,6 +195,7 @@ impl SendState {
                 if p.lost && !p.sacked {
                     p.lost = false;
                     p.sent_mark = mark;
+                    p.sent_at = now;
                     p.transmissions += 1;
                     self.pipe += 1;
                     return Some(s);
@@ -198,7 +207,7 @@ impl SendState {
 
     /// Cuts the next new packet (a fragment of the front message, or the FIN), records it in
     /// flight and returns its sequence number.
-    pub fn next_new(&mut self) -> Option<u32> {
+    pub fn next_new(&mut self, now: Instant) -> Option<u32> {
         let payload = if let Some(msg) = self.queue.front() {
             let remaining = msg.len() - self.front_offset;
             let take = remaining.min(self.fragment_payload);
@@ -244,6 +253,7 @@ impl SendState {
             sacked: false,
             lost: false,
             sent_mark: s,
+            sent_at: now,
             transmissions: 1,
         });
         self.nxt = s.wrapping_add(1);
@@ -262,6 +272,9 @@ impl SendState {
             out.advanced = true;
             while seq::lt(self.una, ack) {
                 let p = self.inflight.pop_front().expect("ack <= nxt");
+                if self.rack_time.is_none_or(|t| p.sent_at > t) {
+                    self.rack_time = Some(p.sent_at);
+                }
                 if !p.sacked {
                     out.newly_acked += 1;
                     if !p.lost {
@@ -308,6 +321,9 @@ impl SendState {
                 let i = seq::dist(self.una, s) as usize;
                 let p = &mut self.inflight[i];
                 if !p.sacked {
+                    if self.rack_time.is_none_or(|t| p.sent_at > t) {
+                        self.rack_time = Some(p.sent_at);
+                    }
                     p.sacked = true;
                     out.newly_acked += 1;
                     if !p.lost {
@@ -320,32 +336,65 @@ impl SendState {
                 self.highest_sacked = Some(end);
             }
         }
-        if out.newly_acked > 0 {
-            out.newly_lost = self.detect_losses();
-        }
         Some(out)
     }
 
-    /// Marks as lost every packet with `DUP_THRESHOLD` later-sent packets acknowledged.
-    fn detect_losses(&mut self) -> u32 {
+    /// Loss detection (PROTOCOL.md §6.2). An unacknowledged packet below the highest SACKed
+    /// one is lost when `DUP_THRESHOLD` packets sent after it were acknowledged, or when a packet
+    /// sent after it was acknowledged and `reorder_wait` has passed since it was sent (time-based,
+    /// RACK-style: catches losses near the tail and lost retransmissions). Returns the number of
+    /// packets newly deemed lost and when the next suspect packet becomes due.
+    pub fn detect_losses(
+        &mut self,
+        now: Instant,
+        reorder_wait: Duration,
+    ) -> (u32, Option<Instant>) {
         let Some(end) = self.highest_sacked else {
-            return 0;
+            return (0, None);
         };
         let highest = end.wrapping_sub(1);
         let mut lost = 0;
+        let mut next_due: Option<Instant> = None;
         for (i, p) in self.inflight.iter_mut().enumerate() {
             let s = self.una.wrapping_add(i as u32);
-            if seq::gt(s.wrapping_add(DUP_THRESHOLD), highest) {
+            if !seq::lt(s, highest) {
                 break;
             }
-            if !p.sacked && !p.lost && seq::le(p.sent_mark.wrapping_add(DUP_THRESHOLD), highest) {
+            if p.sacked || p.lost {
+                continue;
+            }
+            let by_count = seq::le(p.sent_mark.wrapping_add(DUP_THRESHOLD), highest);
+            let by_time = match self.rack_time {
+                Some(t) if p.sent_at < t => {
+                    let due = p.sent_at + reorder_wait;
+                    if now < due {
+                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    }
+                    now >= due
+                }
+                _ => false,
+            };
+            if by_count || by_time {
                 p.lost = true;
                 self.pipe -= 1;
                 self.retransmit.push_back(s);
                 lost += 1;
             }
         }
-        lost
+        (lost, next_due)
+    }
+
+    /// Tail-loss probe (PROTOCOL.md §6.2): queue the newest outstanding, unacknowledged packet for
+    /// retransmission so that the peer's answer carries fresh SACK information. Returns whether
+    /// there was such a packet.
+    pub fn probe(&mut self) -> bool {
+        let Some(i) = self.inflight.iter().rposition(|p| !p.sacked && !p.lost) else {
+            return false;
+        };
+        self.inflight[i].lost = true;
+        self.pipe -= 1;
+        self.retransmit.push_front(self.una.wrapping_add(i as u32));
+        true
     }
 
     /// The peer reset the flow while only our FIN was outstanding: it can only have forgotten
@@ -387,6 +436,8 @@ impl SendState {
 mod tests {
     use super::*;
 
+    const T0: Instant = Instant::ZERO;
+
     fn state() -> SendState {
         SendState::new(100, 1 << 20, 10)
     }
@@ -399,7 +450,7 @@ mod tests {
     fn fragments_messages_with_first_last_and_length() {
         let mut s = state();
         s.accept(Bytes::from(vec![7u8; 25])).unwrap();
-        let frags: Vec<_> = std::iter::from_fn(|| s.next_new()).collect();
+        let frags: Vec<_> = std::iter::from_fn(|| s.next_new(T0)).collect();
         assert_eq!(frags.len(), 3);
         let Payload::Data {
             flags: f0,
@@ -428,14 +479,14 @@ mod tests {
         for _ in 0..6 {
             s.accept(Bytes::from_static(b"x")).unwrap();
         }
-        while s.next_new().is_some() {}
+        while s.next_new(T0).is_some() {}
         assert_eq!(s.in_flight(), 6);
         // 100 lost; 101..104 sacked (4 packets sent after it) -> 100 lost.
         let out = s.on_ack(100, &[block(101, 105)]).unwrap();
         assert_eq!(out.newly_acked, 4);
-        assert_eq!(out.newly_lost, 1);
-        assert_eq!(s.next_retransmit(), Some(100));
-        assert!(s.next_retransmit().is_none());
+        assert_eq!(s.detect_losses(T0, Duration::from_secs(1)), (1, None));
+        assert_eq!(s.next_retransmit(T0), Some(100));
+        assert!(s.next_retransmit(T0).is_none());
         // Cumulative ACK of everything.
         let out = s.on_ack(106, &[]).unwrap();
         assert!(out.advanced);
@@ -448,10 +499,33 @@ mod tests {
     fn rejects_ack_beyond_sent_and_ignores_wild_sacks() {
         let mut s = state();
         s.accept(Bytes::from_static(b"abc")).unwrap();
-        s.next_new();
+        s.next_new(T0);
         assert!(s.on_ack(102, &[]).is_none());
         let out = s.on_ack(100, &[block(5000, 6000)]).unwrap();
         assert_eq!(out, AckOutcome::default());
+    }
+
+    #[test]
+    fn time_based_detection_catches_tail_and_probe_requeues_newest() {
+        let mut s = state();
+        for _ in 0..3 {
+            s.accept(Bytes::from_static(b"z")).unwrap();
+        }
+        let t = |us: u64| Instant::from_nanos(us * 1000);
+        s.next_new(t(0)); // 100
+        s.next_new(t(1)); // 101
+        s.next_new(t(2)); // 102
+                          // Only 102 is SACKed: too few for the count rule, so 100 and 101 wait for the timer.
+        s.on_ack(100, &[block(102, 103)]).unwrap();
+        let wait = Duration::from_micros(50);
+        assert_eq!(s.detect_losses(t(10), wait), (0, Some(t(50))));
+        assert_eq!(s.detect_losses(t(50), wait), (1, Some(t(51))));
+        assert_eq!(s.detect_losses(t(51), wait), (1, None));
+        assert_eq!(s.next_retransmit(t(60)), Some(100));
+        assert_eq!(s.next_retransmit(t(60)), Some(101));
+        // Nothing acknowledged beyond: a probe resends the newest unacknowledged packet.
+        assert!(s.probe());
+        assert_eq!(s.next_retransmit(t(70)), Some(101));
     }
 
     #[test]
@@ -463,7 +537,7 @@ mod tests {
             Err(AcceptError::BufferFull)
         );
         assert!(!s.take_writable());
-        while s.next_new().is_some() {}
+        while s.next_new(T0).is_some() {}
         s.on_ack(2, &[]).unwrap();
         assert!(s.take_writable());
     }
@@ -474,10 +548,10 @@ mod tests {
         for _ in 0..4 {
             s.accept(Bytes::from_static(b"y")).unwrap();
         }
-        while s.next_new().is_some() {}
+        while s.next_new(T0).is_some() {}
         s.on_ack(100, &[block(102, 103)]).unwrap();
         assert_eq!(s.on_timeout(), 3);
-        let order: Vec<u32> = std::iter::from_fn(|| s.next_retransmit()).collect();
+        let order: Vec<u32> = std::iter::from_fn(|| s.next_retransmit(T0)).collect();
         assert_eq!(order, vec![100, 101, 103]);
     }
 }
