@@ -432,3 +432,27 @@ fn slow_reader_gets_back_pressure_not_loss() {
         assert_eq!(g, &message(i as u32, 10_000));
     }
 }
+
+#[test]
+fn fixed_window_bounds_packets_in_flight() {
+    let mut p =
+        Pair::new(|c| c.congestion = machnet_core::cc::CongestionConfig::Fixed { window: 4 });
+    let (fa, fb) = p.connect();
+    for i in 0..20 {
+        p.a.send(p.now, fa, message(i, 5000)).unwrap();
+    }
+    let mut peak = 0;
+    let mut got = Vec::new();
+    p.run_until(p.now + Duration::from_secs(5), |p| {
+        let s = p.a.flow_stats(fa).unwrap();
+        peak = peak.max(s.packets_in_flight);
+        assert_eq!(s.congestion_window, 4);
+        drain(&mut p.b, fb, &mut got);
+        got.len() == 20
+    });
+    assert_eq!(got.len(), 20);
+    assert_eq!(
+        peak, 4,
+        "in flight never exceeds the fixed window, and fills it"
+    );
+}
