@@ -260,6 +260,16 @@ impl Engine {
         pool: PortPool,
     ) -> Option<UdpPair> {
         let target = *self.remote_listeners.get(&(remote_ip, remote_port))?;
+        self.path_to_remote_engine(remote_ip, pool, target)
+    }
+
+    /// A UDP pair (our pool → `pool`) the oracle places on engine `target` of the remote host.
+    fn path_to_remote_engine(
+        &mut self,
+        remote_ip: Ipv4Addr,
+        pool: PortPool,
+        target: u16,
+    ) -> Option<UdpPair> {
         let oracle = self.oracle.as_deref()?;
         let local = self.cfg.local_ip;
         (0..ORACLE_TRIES).find_map(|_| {
@@ -541,7 +551,11 @@ impl Engine {
         let synack_path = if !hs.reply_hint.is_none() {
             Some(hs.reply_hint)
         } else {
-            self.predict_path_to_engine(remote_ip, &hs)
+            let pool = PortPool {
+                base: hs.udp_port_base,
+                count: hs.udp_port_count,
+            };
+            self.path_to_remote_engine(remote_ip, pool, hs.engine_id)
         };
         let iss = self.rng.random();
         let mut flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
@@ -549,29 +563,6 @@ impl Engine {
         self.learn_peer(remote_ip, syn.src_port, false, &hs);
         self.insert(flow, now);
         Ok(())
-    }
-
-    /// A UDP pair the oracle places on the peer's engine `hs.engine_id`.
-    fn predict_path_to_engine(&mut self, remote_ip: Ipv4Addr, hs: &Handshake) -> Option<UdpPair> {
-        let oracle = self.oracle.as_deref()?;
-        let local = self.cfg.local_ip;
-        let pool = PortPool {
-            base: hs.udp_port_base,
-            count: hs.udp_port_count,
-        };
-        (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair {
-                src: random_port(&mut self.rng, self.cfg.udp_ports),
-                dst: random_port(&mut self.rng, pool),
-            };
-            let t = UdpTuple {
-                src_ip: local,
-                dst_ip: remote_ip,
-                src_port: p.src,
-                dst_port: p.dst,
-            };
-            (oracle.remote_engine(&t)? == hs.engine_id).then_some(p)
-        })
     }
 
     /// Writes the next packet to send into `buf` (at least `max_udp_payload` bytes long).

@@ -14,7 +14,7 @@ use crate::cc::{CongestionControl, Controller};
 use crate::config::{EngineConfig, PortPool};
 use crate::engine::api::{CloseReason, Event, FlowId, FlowKey, Transmit};
 use crate::engine::stats::{DropReason, EngineStats, FlowStats};
-use crate::rss::{self, RssOracle, UdpTuple};
+use crate::rss::{self, RssOracle};
 use crate::rtt::RttEstimator;
 use crate::seq;
 use crate::time::Instant;
@@ -1108,22 +1108,6 @@ impl Flow {
                 self.send.nxt,
                 self.recv.nxt,
             ),
-        })
-    }
-
-    /// Checks a UDP pair against the oracle: does a datagram with it reach engine `engine` of
-    /// the remote host?
-    pub fn predicted_remote(
-        oracle: &dyn RssOracle,
-        local: std::net::Ipv4Addr,
-        remote: std::net::Ipv4Addr,
-        p: UdpPair,
-    ) -> Option<u16> {
-        oracle.remote_engine(&UdpTuple {
-            src_ip: local,
-            dst_ip: remote,
-            src_port: p.src,
-            dst_port: p.dst,
         })
     }
 }
