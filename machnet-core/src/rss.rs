@@ -1,6 +1,7 @@
 //! RSS-- support (PROTOCOL.md §5): spray batch sizes, the Toeplitz hash, and the hook through
 //! which a caller that *can* predict RSS placement avoids spraying.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 /// Packets one side must spray so that, with `engines` equally likely RX queues on the receiving
@@ -83,17 +84,22 @@ pub trait RssOracle: Send {
     fn remote_engine(&self, _tuple: &UdpTuple) -> Option<u16> {
         None
     }
+
+    /// How many engines (RX queues) the remote host has, if known.
+    fn remote_engine_count(&self, _remote_ip: Ipv4Addr) -> Option<u16> {
+        None
+    }
 }
 
-/// An [`RssOracle`] for a NIC whose Toeplitz key and redirection table are known.
-#[derive(Debug, Clone)]
-pub struct ToeplitzOracle {
+/// A NIC's RSS configuration: Toeplitz key and redirection table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RssTable {
     pub key: Vec<u8>,
     /// Redirection table: hash % len → queue (= engine).
     pub reta: Vec<u16>,
 }
 
-impl ToeplitzOracle {
+impl RssTable {
     /// The queue a tuple lands on under this key and table.
     pub fn queue(&self, tuple: &UdpTuple) -> Option<u16> {
         if self.reta.is_empty() {
@@ -102,11 +108,48 @@ impl ToeplitzOracle {
         let h = toeplitz(&self.key, &tuple.rss_input());
         Some(self.reta[h as usize % self.reta.len()])
     }
+
+    /// Number of queues the table spreads over.
+    pub fn queues(&self) -> u16 {
+        self.reta.iter().max().map_or(0, |m| m + 1)
+    }
+}
+
+/// An [`RssOracle`] for a NIC whose [`RssTable`] is known, optionally with the tables of remote
+/// hosts (e.g. VMs of one provider that all use the same fixed key).
+#[derive(Debug, Clone, Default)]
+pub struct ToeplitzOracle {
+    pub local: Option<RssTable>,
+    pub remotes: HashMap<Ipv4Addr, RssTable>,
+}
+
+impl ToeplitzOracle {
+    /// An oracle that knows only this host's table.
+    pub fn local(table: RssTable) -> Self {
+        ToeplitzOracle {
+            local: Some(table),
+            remotes: HashMap::new(),
+        }
+    }
+
+    /// Adds knowledge of a remote host's table.
+    pub fn with_remote(mut self, ip: Ipv4Addr, table: RssTable) -> Self {
+        self.remotes.insert(ip, table);
+        self
+    }
 }
 
 impl RssOracle for ToeplitzOracle {
     fn local_engine(&self, tuple: &UdpTuple) -> Option<u16> {
-        self.queue(tuple)
+        self.local.as_ref()?.queue(tuple)
+    }
+
+    fn remote_engine(&self, tuple: &UdpTuple) -> Option<u16> {
+        self.remotes.get(&tuple.dst_ip)?.queue(tuple)
+    }
+
+    fn remote_engine_count(&self, remote_ip: Ipv4Addr) -> Option<u16> {
+        Some(self.remotes.get(&remote_ip)?.queues())
     }
 }
 

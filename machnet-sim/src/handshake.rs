@@ -69,12 +69,24 @@ impl std::error::Error for SetupError {}
 /// A client host (0) with `ec` engines and a server host (1) with `es` engines, 5 µs apart, each
 /// server engine listening on its own port. With `oracle`, every engine knows its own NIC's RSS.
 pub fn pair(seed: u64, ec: u16, es: u16, oracle: bool) -> Result<Network, SetupError> {
+    pair_with(seed, ec, es, oracle, false)
+}
+
+/// A [`pair`] whose engines' oracles also know the other host's RSS table (`remote`).
+pub fn pair_with(
+    seed: u64,
+    ec: u16,
+    es: u16,
+    oracle: bool,
+    remote: bool,
+) -> Result<Network, SetupError> {
     let err = |message: String| SetupError { seed, message };
     let mut net = NetworkBuilder::new(seed)
         .host(ec)
         .host(es)
         .link(LinkConfig::with_delay(Duration::from_micros(5)))
         .rss_oracle(oracle)
+        .rss_oracle_remote(remote)
         .build()
         .map_err(|e| err(e.to_string()))?;
     for e in 0..es {

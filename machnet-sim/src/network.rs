@@ -100,6 +100,7 @@ pub struct NetworkBuilder {
     link: LinkConfig,
     configure: Option<ConfigureFn>,
     rss_oracle: bool,
+    rss_oracle_remote: bool,
     start: Instant,
     replay_seed: Option<u64>,
 }
@@ -113,6 +114,7 @@ impl NetworkBuilder {
             link: LinkConfig::default(),
             configure: None,
             rss_oracle: false,
+            rss_oracle_remote: false,
             start: Instant::ZERO,
             replay_seed: None,
         }
@@ -152,6 +154,13 @@ impl NetworkBuilder {
         self
     }
 
+    /// With [`NetworkBuilder::rss_oracle`]: the oracle also knows every other host's RSS table
+    /// (as when all VMs of a provider share one fixed key), so SYNs need no spraying either.
+    pub fn rss_oracle_remote(mut self, enabled: bool) -> Self {
+        self.rss_oracle_remote = enabled;
+        self
+    }
+
     /// The simulated time at which the network starts (default: the epoch).
     pub fn start_time(mut self, start: Instant) -> Self {
         self.start = start;
@@ -171,9 +180,18 @@ impl NetworkBuilder {
         let mut slots = Vec::new();
         let mut ip_to_host = BTreeMap::new();
         let mut max_payload = 0usize;
+        let mut nics: Vec<Option<Nic>> = (0..self.engines_per_host.len())
+            .map(|h| {
+                Some(Nic::new(
+                    self.engines_per_host[h],
+                    &mut seed::rng(self.seed, "rss-key", h as u64),
+                ))
+            })
+            .collect();
+        let tables: Vec<_> = nics.iter().flatten().map(Nic::table).collect();
         for (h, &count) in self.engines_per_host.iter().enumerate() {
             let ip = host_ip(h);
-            let nic = Nic::new(count, &mut seed::rng(self.seed, "rss-key", h as u64));
+            let nic = nics[h].take().expect("one NIC per host");
             let mut engines = Vec::with_capacity(usize::from(count));
             for e in 0..count {
                 let addr = EngineAddr::new(h, e);
@@ -186,7 +204,13 @@ impl NetworkBuilder {
                 let mut engine = Engine::new(config, engine_seed)
                     .map_err(|error| BuildError::Engine { addr, error })?;
                 if self.rss_oracle {
-                    engine.set_rss_oracle(Box::new(nic.oracle()));
+                    let mut oracle = nic.oracle();
+                    if self.rss_oracle_remote {
+                        for (j, table) in tables.iter().enumerate().filter(|&(j, _)| j != h) {
+                            oracle = oracle.with_remote(host_ip(j), table.clone());
+                        }
+                    }
+                    engine.set_rss_oracle(Box::new(oracle));
                 }
                 engines.push(Slot {
                     engine,

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use machnet_core::rss::{toeplitz, ToeplitzOracle, UdpTuple};
+use machnet_core::rss::{toeplitz, RssTable, ToeplitzOracle, UdpTuple};
 use rand::Rng;
 
 use crate::seed::SimRng;
@@ -71,7 +71,12 @@ impl Nic {
 
     /// The deterministic hook: an oracle that knows this NIC's key and table.
     pub fn oracle(&self) -> ToeplitzOracle {
-        ToeplitzOracle {
+        ToeplitzOracle::local(self.table())
+    }
+
+    /// This NIC's key and redirection table.
+    pub fn table(&self) -> RssTable {
+        RssTable {
             key: self.key.to_vec(),
             reta: self.reta.clone(),
         }

@@ -247,3 +247,47 @@ fn a_burst_of_concurrent_connects_all_establish() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// With the remote host's RSS table known too (PROTOCOL.md §5.4), nothing is sprayed: the first
+/// connect to a listener sends one SYN to each engine of the server (one certainly lands on the
+/// listener), later connects to the same listener send exactly one SYN, and every SYN-ACK is a
+/// single packet on the client's reply hint.
+#[test]
+fn oracle_knowing_both_hosts_needs_no_spraying() {
+    let seed = seed_from_env(0x2006);
+    let _g = SeedGuard::new(seed);
+    for (ec, es) in [(1u16, 1u16), (2, 2), (4, 4), (8, 8), (3, 5), (8, 1), (1, 8)] {
+        let mut net =
+            handshake::pair_with(seed, ec, es, true, true).unwrap_or_else(|e| panic!("{e}"));
+        let pairs = usize::from(ec) * usize::from(es);
+        let before = net.total_engine_stats();
+        handshake::connect_all(&mut net, 0, pairs).unwrap_or_else(|e| panic!("{e}"));
+        let first = net.total_engine_stats();
+        assert_eq!(
+            first.syns_sent - before.syns_sent,
+            (pairs * usize::from(es)) as u64,
+            "{ec}x{es}: first contact"
+        );
+        assert_eq!(
+            first.syn_acks_sent - before.syn_acks_sent,
+            pairs as u64,
+            "{ec}x{es}: SYN-ACKs"
+        );
+        handshake::connect_all(&mut net, pairs, pairs).unwrap_or_else(|e| panic!("{e}"));
+        let again = net.total_engine_stats();
+        assert_eq!(
+            again.syns_sent - first.syns_sent,
+            pairs as u64,
+            "{ec}x{es}: known listener engine"
+        );
+        assert_eq!(
+            again.syn_acks_sent - first.syn_acks_sent,
+            pairs as u64,
+            "{ec}x{es}: SYN-ACKs"
+        );
+        eprintln!(
+            "{ec}x{es}: first contact {} packets per setup, then 2",
+            usize::from(es) + 1
+        );
+    }
+}

@@ -36,6 +36,28 @@ const PEER_CACHE_CAP: usize = 65536;
 /// Random UDP pairs tried when looking for one the RSS oracle places on a given engine.
 const ORACLE_TRIES: u32 = 4096;
 
+/// Draws random UDP pairs (source from `src_pool`, destination from `dst_pool`) until `place`
+/// puts one on engine `target`. Gives up after `ORACLE_TRIES` draws, or at once when `place`
+/// answers `None` (the oracle cannot tell for this host).
+fn search_pair(
+    rng: &mut ChaCha8Rng,
+    src_pool: PortPool,
+    dst_pool: PortPool,
+    target: u16,
+    place: impl Fn(UdpPair) -> Option<u16>,
+) -> Option<UdpPair> {
+    for _ in 0..ORACLE_TRIES {
+        let p = UdpPair {
+            src: random_port(rng, src_pool),
+            dst: random_port(rng, dst_pool),
+        };
+        if place(p)? == target {
+            return Some(p);
+        }
+    }
+    None
+}
+
 /// What a peer host told us about itself in a handshake block.
 #[derive(Debug, Clone, Copy)]
 struct PeerInfo {
@@ -219,7 +241,7 @@ impl Engine {
             engines: self.cfg.engine_count,
             pool: self.cfg.remote_udp_ports(),
         });
-        let syn_path = self.predict_syn_path(remote_ip, remote_port, peer.pool);
+        let syn_paths = self.predict_syn_paths(remote_ip, remote_port, peer.pool);
         let reply_hint = self
             .predict_reply_hint(remote_ip, peer.pool)
             .unwrap_or(UdpPair::NONE);
@@ -231,7 +253,7 @@ impl Engine {
             now,
             peer.pool,
             peer.engines,
-            syn_path,
+            syn_paths,
             reply_hint,
         );
         self.stats.syn_batches += 1;
@@ -251,16 +273,30 @@ impl Engine {
         None
     }
 
-    /// A UDP pair the oracle places on the engine that accepted our last connection to this
-    /// listener, if both are known.
-    fn predict_syn_path(
+    /// SYN paths the oracle can predict (PROTOCOL.md §5.4): one to the engine that accepted our
+    /// last connection to this listener if known, else one to each engine of the remote host;
+    /// empty (spray) when the oracle knows nothing of the remote host.
+    fn predict_syn_paths(
         &mut self,
         remote_ip: Ipv4Addr,
         remote_port: u16,
         pool: PortPool,
-    ) -> Option<UdpPair> {
-        let target = *self.remote_listeners.get(&(remote_ip, remote_port))?;
-        self.path_to_remote_engine(remote_ip, pool, target)
+    ) -> Vec<UdpPair> {
+        let Some(oracle) = self.oracle.as_deref() else {
+            return Vec::new();
+        };
+        let Some(engines) = oracle.remote_engine_count(remote_ip) else {
+            return Vec::new();
+        };
+        let targets: Vec<u16> = match self.remote_listeners.get(&(remote_ip, remote_port)) {
+            Some(&e) => vec![e],
+            None => (0..engines).collect(),
+        };
+        let paths: Option<Vec<UdpPair>> = targets
+            .into_iter()
+            .map(|e| self.path_to_remote_engine(remote_ip, pool, e))
+            .collect();
+        paths.unwrap_or_default()
     }
 
     /// A UDP pair (our pool → `pool`) the oracle places on engine `target` of the remote host.
@@ -272,39 +308,34 @@ impl Engine {
     ) -> Option<UdpPair> {
         let oracle = self.oracle.as_deref()?;
         let local = self.cfg.local_ip;
-        (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair {
-                src: random_port(&mut self.rng, self.cfg.udp_ports),
-                dst: random_port(&mut self.rng, pool),
-            };
-            let t = UdpTuple {
+        search_pair(&mut self.rng, self.cfg.udp_ports, pool, target, |p| {
+            oracle.remote_engine(&UdpTuple {
                 src_ip: local,
                 dst_ip: remote_ip,
                 src_port: p.src,
                 dst_port: p.dst,
-            };
-            (oracle.remote_engine(&t)? == target).then_some(p)
+            })
         })
     }
 
     /// A (peer source, our destination) UDP pair the oracle places on this engine.
     fn predict_reply_hint(&mut self, remote_ip: Ipv4Addr, peer_pool: PortPool) -> Option<UdpPair> {
         let oracle = self.oracle.as_deref()?;
-        let me = self.cfg.engine_id;
         let local = self.cfg.local_ip;
-        (0..ORACLE_TRIES).find_map(|_| {
-            let p = UdpPair {
-                src: random_port(&mut self.rng, peer_pool),
-                dst: random_port(&mut self.rng, self.cfg.udp_ports),
-            };
-            let t = UdpTuple {
-                src_ip: remote_ip,
-                dst_ip: local,
-                src_port: p.src,
-                dst_port: p.dst,
-            };
-            (oracle.local_engine(&t)? == me).then_some(p)
-        })
+        search_pair(
+            &mut self.rng,
+            peer_pool,
+            self.cfg.udp_ports,
+            self.cfg.engine_id,
+            |p| {
+                oracle.local_engine(&UdpTuple {
+                    src_ip: remote_ip,
+                    dst_ip: local,
+                    src_port: p.src,
+                    dst_port: p.dst,
+                })
+            },
+        )
     }
 
     /// Queues one message. Fails with [`SendError::BufferFull`] (back-pressure) when the flow's

@@ -59,24 +59,36 @@ pub struct CtrlPacket {
 }
 
 /// Batch of SYNs or SYN-ACKs still to be sprayed.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Spray {
     remaining: u32,
     /// Size of the batch.
     total: u32,
     /// Waiting for the answer budget to refill.
     paused_until: Option<Instant>,
-    /// Single path to use instead of random ones (RSS hint or oracle).
-    fixed_path: Option<UdpPair>,
+    /// Paths to use, one packet each, instead of random ones (RSS hint or oracle); empty: spray.
+    fixed_paths: Vec<UdpPair>,
 }
 
 impl Spray {
-    fn new(count: u32, fixed_path: Option<UdpPair>) -> Spray {
+    /// `count` packets on random paths.
+    fn random(count: u32) -> Spray {
         Spray {
             remaining: count,
             total: count,
-            fixed_path,
             paused_until: None,
+            fixed_paths: Vec::new(),
+        }
+    }
+
+    /// One packet on each of `paths`.
+    fn fixed(paths: Vec<UdpPair>) -> Spray {
+        let count = paths.len() as u32;
+        Spray {
+            remaining: count,
+            total: count,
+            paused_until: None,
+            fixed_paths: paths,
         }
     }
 }
@@ -217,7 +229,7 @@ impl Flow {
         now: Instant,
         peer_pool: PortPool,
         peer_engines: u16,
-        syn_path: Option<UdpPair>,
+        syn_paths: Vec<UdpPair>,
         reply_hint: UdpPair,
     ) -> Flow {
         let mut f = Flow::base(cfg, key, iss, 0, now, true);
@@ -228,11 +240,11 @@ impl Flow {
             attempt: 0,
             deadline: now + cfg.handshake.syn_timeout,
         };
-        let count = match syn_path {
-            Some(_) => 1,
-            None => Self::batch(cfg, peer_engines, 0),
+        f.spray = if syn_paths.is_empty() {
+            Spray::random(Self::batch(cfg, peer_engines, 0))
+        } else {
+            Spray::fixed(syn_paths)
         };
-        f.spray = Spray::new(count, syn_path);
         f
     }
 
@@ -270,11 +282,10 @@ impl Flow {
     }
 
     fn start_synack_spray(&mut self, cfg: &EngineConfig, attempt: u8, path: Option<UdpPair>) {
-        let count = match path {
-            Some(_) => 1,
-            None => Self::batch(cfg, self.peer_engines, attempt),
+        self.spray = match path {
+            Some(p) => Spray::fixed(vec![p]),
+            None => Spray::random(Self::batch(cfg, self.peer_engines, attempt)),
         };
-        self.spray = Spray::new(count, path);
     }
 
     fn learn_peer(&mut self, hs: &Handshake) {
@@ -761,16 +772,13 @@ impl Flow {
                     // A predicted reply path that did not work: let the server spray.
                     self.reply_hint = UdpPair::NONE;
                 }
-                let remaining = match self.spray.fixed_path {
-                    // A predicted path that failed: fall back to spraying.
-                    Some(_) if next >= 2 => {
-                        self.spray.fixed_path = None;
-                        Self::batch(cfg, self.peer_engines, next)
-                    }
-                    Some(_) => 1,
-                    None => Self::batch(cfg, self.peer_engines, next),
+                let paths = std::mem::take(&mut self.spray.fixed_paths);
+                self.spray = if paths.is_empty() || next >= 2 {
+                    // Predicted paths that failed twice: fall back to spraying.
+                    Spray::random(Self::batch(cfg, self.peer_engines, next))
+                } else {
+                    Spray::fixed(paths)
                 };
-                self.spray = Spray::new(remaining, self.spray.fixed_path);
                 ctx.stats.syn_batches += 1;
             }
             Phase::SynReceived { expires, .. } if now >= expires => {
@@ -905,12 +913,18 @@ impl Flow {
         if self.spray.remaining == self.spray.total {
             self.last_spray = Some(now);
         }
+        let sent = (self.spray.total - self.spray.remaining) as usize;
         self.spray.remaining -= 1;
         let cfg = ctx.cfg;
-        let path = self.spray.fixed_path.unwrap_or_else(|| UdpPair {
-            src: random_port(ctx.rng, cfg.udp_ports),
-            dst: random_port(ctx.rng, self.peer_pool),
-        });
+        let path = self
+            .spray
+            .fixed_paths
+            .get(sent)
+            .copied()
+            .unwrap_or_else(|| UdpPair {
+                src: random_port(ctx.rng, cfg.udp_ports),
+                dst: random_port(ctx.rng, self.peer_pool),
+            });
         let is_syn = ty == PacketType::Syn;
         let ts_val = now_ts(now);
         let repr = Repr {
