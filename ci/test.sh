@@ -11,10 +11,17 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test (simulation tests are optimised: see [profile.test] in Cargo.toml)"
-cargo test --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+# Sum every test binary's result line for the closing summary.
+read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' "$log")
 
 echo "== benchmarks compile"
 cargo bench --workspace --no-run --quiet
 
 echo "== fuzz the packet parser (${FUZZ_SECONDS:-20} s)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" ci/fuzz.sh
+
+echo "== summary"
+echo "tests: $passed passed, $failed failed"

@@ -42,6 +42,7 @@
 //! ```
 
 pub mod cc;
+pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod flow;

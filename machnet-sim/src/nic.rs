@@ -86,6 +86,7 @@ impl Nic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use machnet_core::rss::RssOracle;
     use rand::SeedableRng;
 
     #[test]
@@ -105,7 +106,7 @@ mod tests {
                     src_port: sport,
                     dst_port: dport,
                 };
-                assert_eq!(oracle.queue(&t), Some(q));
+                assert_eq!(oracle.local_engine(&t), Some(q));
             }
         }
         // 4096 tuples over 4 queues: each should get roughly a quarter.

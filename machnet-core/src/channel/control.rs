@@ -1,0 +1,157 @@
+//! The control protocol between an application and the sidecar (docs/CHANNEL.md §2).
+//!
+//! One Unix `SOCK_SEQPACKET` connection per application process; every message is one packet
+//! holding one JSON object (at most [`MAX_CONTROL_MESSAGE`] bytes). File descriptors (the
+//! channel's memfd and its two eventfds) travel with `ChannelOpened` as `SCM_RIGHTS`. The
+//! connection's lifetime is the application's: when it closes, the sidecar reclaims every channel
+//! and flow it opened.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol; `Hello` carries it and the sidecar refuses others.
+pub const CONTROL_VERSION: u32 = 1;
+/// Largest control message accepted, in bytes.
+pub const MAX_CONTROL_MESSAGE: usize = 16 * 1024;
+
+/// Application → sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First message on a connection.
+    Hello { version: u32, client: String },
+    /// Open a channel on `engine` (or the next engine round-robin). Answered by `ChannelOpened`
+    /// with three descriptors: memfd, app eventfd (sidecar → app), sidecar eventfd (app → sidecar).
+    OpenChannel { engine: Option<u16> },
+    /// Accept connections to Machnet `port` on `channel`'s engine; accepted flows are announced
+    /// on that channel.
+    Listen { channel: u32, port: u16 },
+    /// Stop listening.
+    Unlisten { channel: u32, port: u16 },
+    /// Detach a channel: its flows are aborted and its memory released.
+    CloseChannel { channel: u32 },
+}
+
+/// Sidecar → application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Hello {
+        version: u32,
+        local_ip: Ipv4Addr,
+        engines: u16,
+        max_message_len: u32,
+    },
+    ChannelOpened {
+        channel: u32,
+        engine: u16,
+        len: u64,
+    },
+    Ok,
+    Error {
+        code: ControlError,
+        message: String,
+    },
+}
+
+/// Why a control request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlError {
+    #[error("malformed request")]
+    Malformed,
+    #[error("protocol version not supported")]
+    Version,
+    #[error("Hello must come first")]
+    NoHello,
+    #[error("no such engine")]
+    NoSuchEngine,
+    #[error("no such channel on this connection")]
+    NoSuchChannel,
+    #[error("port is already in use")]
+    PortInUse,
+    #[error("invalid port")]
+    InvalidPort,
+    #[error("resource limit reached")]
+    Exhausted,
+    #[error("internal sidecar error")]
+    Internal,
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("requests always serialise")
+    }
+    /// Parses an untrusted message.
+    pub fn decode(b: &[u8]) -> Result<Self, ControlError> {
+        if b.len() > MAX_CONTROL_MESSAGE {
+            return Err(ControlError::Malformed);
+        }
+        serde_json::from_slice(b).map_err(|_| ControlError::Malformed)
+    }
+}
+
+impl Response {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("responses always serialise")
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, ControlError> {
+        if b.len() > MAX_CONTROL_MESSAGE {
+            return Err(ControlError::Malformed);
+        }
+        serde_json::from_slice(b).map_err(|_| ControlError::Malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_malformed() {
+        let reqs = [
+            Request::Hello {
+                version: 1,
+                client: "t".into(),
+            },
+            Request::OpenChannel { engine: Some(3) },
+            Request::OpenChannel { engine: None },
+            Request::Listen {
+                channel: 1,
+                port: 80,
+            },
+            Request::Unlisten {
+                channel: 1,
+                port: 80,
+            },
+            Request::CloseChannel { channel: 2 },
+        ];
+        for r in reqs {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let resp = Response::Error {
+            code: ControlError::PortInUse,
+            message: "x".into(),
+        };
+        assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        for bad in [
+            &b"{"[..],
+            b"{\"op\":\"listen\",\"channel\":1}",
+            b"{\"op\":\"nope\"}",
+            b"\xff\xfe",
+            b"{\"op\":\"listen\",\"channel\":1,\"port\":70000}",
+        ] {
+            assert_eq!(
+                Request::decode(bad),
+                Err(ControlError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            Request::decode(&vec![b' '; MAX_CONTROL_MESSAGE + 1]),
+            Err(ControlError::Malformed)
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! The shared-memory channel between one application thread and one sidecar engine
+//! (docs/CHANNEL.md). Defined once here; the sidecar and the client library both use it.
+//!
+//! A channel is one memory region (a sealed memfd in practice): a header page, then the data of
+//! two rings — requests app → sidecar and notifications sidecar → app — each large enough for
+//! the largest message. Nothing here performs a syscall: mapping, eventfds and sockets belong to
+//! the two ends.
+
+pub mod control;
+pub mod record;
+pub mod ring;
+
+use std::sync::atomic::AtomicU32;
+
+pub use record::{ConnectRequest, FlowInfo, RecordHeader, RecordKind, RECORD_HEADER_LEN};
+pub use ring::{Consumer, Peeked, Producer, PushError, RingControl, RingError, RingView};
+
+/// `"MACHNETC"`, little-endian, at offset 0 of every channel.
+pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"MACHNETC");
+/// Layout version; the client refuses other versions.
+pub const CHANNEL_VERSION: u32 = 1;
+/// Bytes reserved for the header (one page).
+pub const HEADER_PAGE: u64 = 4096;
+
+/// The header page. The sidecar writes the layout fields once, before handing the channel out,
+/// and never reads them back (an app may scribble over them; the sidecar keeps its own copy).
+#[repr(C)]
+pub struct ChannelHeader {
+    pub magic: u64,
+    pub version: u32,
+    pub max_message_len: u32,
+    pub total_len: u64,
+    pub to_sidecar_offset: u64,
+    pub to_sidecar_capacity: u64,
+    pub to_app_offset: u64,
+    pub to_app_capacity: u64,
+    /// Non-zero once the sidecar closed the channel; the value is a [`CloseCode`].
+    pub closed: AtomicU32,
+    _pad: [u8; 4],
+    pub to_sidecar: RingControl,
+    pub to_app: RingControl,
+}
+
+const _: () = assert!(std::mem::size_of::<ChannelHeader>() as u64 <= HEADER_PAGE);
+
+/// Why a flow or request ended, as carried in records' `flags` byte and the header's `closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CloseCode {
+    Graceful = 1,
+    Refused = 2,
+    Reset = 3,
+    TimedOut = 4,
+    ProtocolViolation = 5,
+    Aborted = 6,
+    MessageTooLarge = 7,
+    /// The request named a flow this channel does not own (or that is gone).
+    UnknownFlow = 16,
+    /// The request was malformed (bad payload, bad address, empty message...).
+    InvalidRequest = 17,
+    /// The sidecar has no free resources for the request (e.g. ephemeral ports).
+    Exhausted = 18,
+    /// The sidecar closed the channel because the app broke the channel protocol.
+    ChannelViolation = 32,
+    /// The sidecar is shutting down.
+    Shutdown = 33,
+    /// The app detached the channel.
+    Detached = 34,
+}
+
+impl CloseCode {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use CloseCode::*;
+        Some(match v {
+            1 => Graceful,
+            2 => Refused,
+            3 => Reset,
+            4 => TimedOut,
+            5 => ProtocolViolation,
+            6 => Aborted,
+            7 => MessageTooLarge,
+            16 => UnknownFlow,
+            17 => InvalidRequest,
+            18 => Exhausted,
+            32 => ChannelViolation,
+            33 => Shutdown,
+            34 => Detached,
+            _ => return None,
+        })
+    }
+}
+
+impl From<crate::CloseReason> for CloseCode {
+    fn from(r: crate::CloseReason) -> Self {
+        use crate::CloseReason as R;
+        match r {
+            R::Graceful => CloseCode::Graceful,
+            R::Refused => CloseCode::Refused,
+            R::Reset => CloseCode::Reset,
+            R::TimedOut => CloseCode::TimedOut,
+            R::ProtocolViolation => CloseCode::ProtocolViolation,
+            R::Aborted => CloseCode::Aborted,
+            R::MessageTooLarge => CloseCode::MessageTooLarge,
+        }
+    }
+}
+
+/// The geometry of a channel: where the rings are and how big.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLayout {
+    pub total_len: u64,
+    pub to_sidecar_offset: u64,
+    pub to_sidecar_capacity: u64,
+    pub to_app_offset: u64,
+    pub to_app_capacity: u64,
+    pub max_message_len: u32,
+}
+
+/// A layout is impossible or a header does not describe a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("channel memory is {0} bytes, smaller than its header")]
+    TooSmall(u64),
+    #[error("not a Machnet channel (bad magic)")]
+    BadMagic,
+    #[error("channel layout version {0} is not supported (expected {CHANNEL_VERSION})")]
+    BadVersion(u32),
+    #[error("invalid channel layout: {0}")]
+    Invalid(&'static str),
+}
+
+fn page_round(n: u64) -> u64 {
+    n.div_ceil(HEADER_PAGE) * HEADER_PAGE
+}
+
+impl ChannelLayout {
+    /// A layout whose rings each hold at least one message of `max_message_len` bytes plus
+    /// `slack` bytes for further records.
+    pub fn for_messages(max_message_len: u32, slack: u64) -> Result<Self, LayoutError> {
+        let ring = page_round(ring::record_footprint(u64::from(max_message_len)) + slack.max(4096));
+        Self::new(ring, ring, max_message_len)
+    }
+
+    /// A layout with the given ring capacities (multiples of the page size).
+    pub fn new(
+        to_sidecar_capacity: u64,
+        to_app_capacity: u64,
+        max_message_len: u32,
+    ) -> Result<Self, LayoutError> {
+        let layout = ChannelLayout {
+            to_sidecar_offset: HEADER_PAGE,
+            to_sidecar_capacity,
+            to_app_offset: HEADER_PAGE + to_sidecar_capacity,
+            to_app_capacity,
+            total_len: HEADER_PAGE + to_sidecar_capacity + to_app_capacity,
+            max_message_len,
+        };
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    fn validate(&self) -> Result<(), LayoutError> {
+        let need = ring::record_footprint(u64::from(self.max_message_len));
+        let ok_ring = |off: u64, cap: u64| {
+            cap.is_multiple_of(HEADER_PAGE)
+                && cap >= need
+                && off >= HEADER_PAGE
+                && off.is_multiple_of(HEADER_PAGE)
+                && off
+                    .checked_add(cap)
+                    .is_some_and(|end| end <= self.total_len)
+        };
+        if self.max_message_len == 0 {
+            return Err(LayoutError::Invalid("max_message_len is zero"));
+        }
+        if !ok_ring(self.to_sidecar_offset, self.to_sidecar_capacity)
+            || !ok_ring(self.to_app_offset, self.to_app_capacity)
+        {
+            return Err(LayoutError::Invalid(
+                "ring outside the region, misaligned or too small for one message",
+            ));
+        }
+        let (a, b) = (
+            self.to_sidecar_offset..self.to_sidecar_offset + self.to_sidecar_capacity,
+            self.to_app_offset..self.to_app_offset + self.to_app_capacity,
+        );
+        if a.start < b.end && b.start < a.end {
+            return Err(LayoutError::Invalid("rings overlap"));
+        }
+        Ok(())
+    }
+
+    /// Writes a fresh header for this layout (sidecar side, before handing the channel out).
+    ///
+    /// # Safety
+    /// `mem` must point to `self.total_len` writable, zero-filled bytes aligned to 64.
+    pub unsafe fn init(&self, mem: *mut u8) {
+        let h = mem as *mut ChannelHeader;
+        // Fields are written through raw pointers: the memory is zero-filled, which is a valid
+        // state for the atomics.
+        std::ptr::addr_of_mut!((*h).magic).write(CHANNEL_MAGIC);
+        std::ptr::addr_of_mut!((*h).version).write(CHANNEL_VERSION);
+        std::ptr::addr_of_mut!((*h).max_message_len).write(self.max_message_len);
+        std::ptr::addr_of_mut!((*h).total_len).write(self.total_len);
+        std::ptr::addr_of_mut!((*h).to_sidecar_offset).write(self.to_sidecar_offset);
+        std::ptr::addr_of_mut!((*h).to_sidecar_capacity).write(self.to_sidecar_capacity);
+        std::ptr::addr_of_mut!((*h).to_app_offset).write(self.to_app_offset);
+        std::ptr::addr_of_mut!((*h).to_app_capacity).write(self.to_app_capacity);
+    }
+
+    /// Reads and validates the header of a mapped channel of `len` bytes (app side).
+    ///
+    /// # Safety
+    /// `mem` must point to `len` readable bytes aligned to 64.
+    pub unsafe fn read(mem: *const u8, len: u64) -> Result<Self, LayoutError> {
+        if len < HEADER_PAGE {
+            return Err(LayoutError::TooSmall(len));
+        }
+        let h = &*(mem as *const ChannelHeader);
+        if h.magic != CHANNEL_MAGIC {
+            return Err(LayoutError::BadMagic);
+        }
+        if h.version != CHANNEL_VERSION {
+            return Err(LayoutError::BadVersion(h.version));
+        }
+        let layout = ChannelLayout {
+            total_len: h.total_len,
+            to_sidecar_offset: h.to_sidecar_offset,
+            to_sidecar_capacity: h.to_sidecar_capacity,
+            to_app_offset: h.to_app_offset,
+            to_app_capacity: h.to_app_capacity,
+            max_message_len: h.max_message_len,
+        };
+        if layout.total_len != len {
+            return Err(LayoutError::Invalid(
+                "header length differs from the mapping",
+            ));
+        }
+        layout.validate()?;
+        Ok(layout)
+    }
+
+    /// The two rings and the header of a channel mapped at `mem`.
+    ///
+    /// # Safety
+    /// `mem` must point to a mapping of `self.total_len` bytes, aligned to 64, that outlives every
+    /// use of the returned views.
+    pub unsafe fn views(&self, mem: *mut u8) -> ChannelViews {
+        let h = mem as *const ChannelHeader;
+        ChannelViews {
+            header: h,
+            to_sidecar: RingView::new(
+                std::ptr::addr_of!((*h).to_sidecar),
+                mem.add(self.to_sidecar_offset as usize),
+                self.to_sidecar_capacity,
+            ),
+            to_app: RingView::new(
+                std::ptr::addr_of!((*h).to_app),
+                mem.add(self.to_app_offset as usize),
+                self.to_app_capacity,
+            ),
+        }
+    }
+}
+
+/// Raw views into a mapped channel.
+#[derive(Clone, Copy)]
+pub struct ChannelViews {
+    header: *const ChannelHeader,
+    pub to_sidecar: RingView,
+    pub to_app: RingView,
+}
+
+// SAFETY: see `RingView`; the header is only accessed through its atomic `closed` field.
+unsafe impl Send for ChannelViews {}
+
+impl ChannelViews {
+    /// The header's `closed` word.
+    pub fn closed(&self) -> &AtomicU32 {
+        // SAFETY: `views`' contract keeps the header mapped.
+        unsafe { &(*self.header).closed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Page-aligned zeroed memory for tests (a mapping is page-aligned too).
+    struct Region {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    impl Region {
+        fn as_mut_ptr(&mut self) -> *mut u8 {
+            self.ptr
+        }
+    }
+
+    impl Drop for Region {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `region` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    fn region(len: u64) -> Region {
+        let layout =
+            std::alloc::Layout::from_size_align(len as usize, HEADER_PAGE as usize).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        Region { ptr, layout }
+    }
+
+    #[test]
+    fn default_layout_fits_an_8_mib_message_each_way() {
+        let l = ChannelLayout::for_messages(8 << 20, 1 << 20).unwrap();
+        assert!(l.to_sidecar_capacity >= (8 << 20) + 16 && l.to_app_capacity >= (8 << 20) + 16);
+        let mut mem = region(l.total_len);
+        let p = mem.as_mut_ptr();
+        unsafe {
+            l.init(p);
+            assert_eq!(ChannelLayout::read(p, l.total_len).unwrap(), l);
+            let v = l.views(p);
+            let mut prod = Producer::new(v.to_sidecar, 0);
+            let mut cons = Consumer::new(v.to_sidecar, 0, l.max_message_len);
+            let msg = vec![0xabu8; 8 << 20];
+            prod.push(RecordHeader::new(RecordKind::Send, 1), &[&msg])
+                .unwrap();
+            let rec = cons.peek().unwrap().unwrap();
+            let mut got = vec![0u8; rec.header.len as usize];
+            cons.read_payload(&rec, &mut got);
+            assert!(got == msg);
+            assert_eq!(v.closed().load(Ordering::SeqCst), 0);
+        }
+    }
+
+    #[test]
+    fn scribbled_headers_are_rejected() {
+        let l = ChannelLayout::new(8192, 8192, 1000).unwrap();
+        let mut mem = region(l.total_len);
+        let p = mem.as_mut_ptr();
+        unsafe {
+            l.init(p);
+            let h = &mut *(p as *mut ChannelHeader);
+            h.to_app_offset = 4096; // overlaps the other ring
+            assert!(matches!(
+                ChannelLayout::read(p, l.total_len),
+                Err(LayoutError::Invalid(_))
+            ));
+            l.init(p);
+            h.to_app_capacity = 1 << 40; // past the end
+            assert!(matches!(
+                ChannelLayout::read(p, l.total_len),
+                Err(LayoutError::Invalid(_))
+            ));
+            l.init(p);
+            h.version = 9;
+            assert_eq!(
+                ChannelLayout::read(p, l.total_len),
+                Err(LayoutError::BadVersion(9))
+            );
+            h.magic = 0;
+            assert_eq!(
+                ChannelLayout::read(p, l.total_len),
+                Err(LayoutError::BadMagic)
+            );
+        }
+        assert!(
+            ChannelLayout::new(4096, 4096, 8000).is_err(),
+            "a ring must hold one message"
+        );
+    }
+}
