@@ -61,6 +61,8 @@ pub enum Response {
 pub enum ControlError {
     #[error("malformed request")]
     Malformed,
+    #[error("this user or group may not use the sidecar")]
+    Unauthorized,
     #[error("protocol version not supported")]
     Version,
     #[error("Hello must come first")]
