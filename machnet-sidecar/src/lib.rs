@@ -1,0 +1,1 @@
+//! The machnet sidecar (work in progress).

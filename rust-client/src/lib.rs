@@ -1,0 +1,1 @@
+//! The Machnet client library (work in progress).
