@@ -456,3 +456,21 @@ fn fixed_window_bounds_packets_in_flight() {
         "in flight never exceeds the fixed window, and fills it"
     );
 }
+
+#[test]
+fn peek_len_reports_the_next_message_without_taking_it() {
+    let mut p = Pair::new(|_| {});
+    let (fa, fb) = p.connect();
+    assert_eq!(p.b.peek_len(fb), Ok(None));
+    p.a.send(p.now, fa, message(1, 300)).unwrap();
+    p.a.send(p.now, fa, message(2, 7)).unwrap();
+    p.run_until(p.now + Duration::from_secs(1), |p| {
+        p.b.peek_len(fb) == Ok(Some(300))
+    });
+    assert_eq!(p.b.peek_len(fb), Ok(Some(300)));
+    assert_eq!(p.b.recv(fb).unwrap().unwrap().len(), 300);
+    p.run_until(p.now + Duration::from_secs(1), |p| {
+        p.b.peek_len(fb) == Ok(Some(7))
+    });
+    assert_eq!(p.b.recv(fb).unwrap().unwrap(), message(2, 7));
+}

@@ -375,6 +375,13 @@ impl Engine {
         Ok(msg)
     }
 
+    /// Length of the next complete message of `flow`, if any, without taking it: lets the caller
+    /// check that it fits where it must go (e.g. an application's ring) before calling `recv`.
+    pub fn peek_len(&self, flow: FlowId) -> Result<Option<usize>, RecvError> {
+        let idx = self.visible(flow).ok_or(RecvError::UnknownFlow)?;
+        Ok(self.flow_ref(idx).recv.peek_len())
+    }
+
     /// Closes the sending direction: a FIN follows the queued messages. The flow ends (with
     /// [`Event::Closed`] `Graceful`) once the peer has closed too and every message was read.
     pub fn close(&mut self, now: Instant, flow: FlowId) -> Result<(), CloseError> {

@@ -256,6 +256,11 @@ impl RecvState {
         Some(m)
     }
 
+    /// Length of the oldest complete message, if any.
+    pub fn peek_len(&self) -> Option<usize> {
+        self.ready.front().map(Bytes::len)
+    }
+
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }
