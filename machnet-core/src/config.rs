@@ -55,6 +55,9 @@ pub struct HandshakeConfig {
     pub max_batch: u32,
     /// How long a half-open server flow waits for the client's handshake ACK.
     pub half_open_timeout: Duration,
+    /// Half-open server flows an engine holds at most; further SYNs are dropped until some
+    /// complete or expire (bounds the memory a SYN flood can take).
+    pub max_half_open: usize,
     /// Packets per second an engine may send in answer to others' connection attempts
     /// (SYN-ACKs and refusal RSTs); bounds amplification by forged SYNs.
     pub max_answer_rate: u32,
@@ -69,6 +72,7 @@ impl Default for HandshakeConfig {
             max_batch: 512,
             half_open_timeout: Duration::from_secs(5),
             max_answer_rate: 200_000,
+            max_half_open: 4096,
         }
     }
 }
@@ -132,6 +136,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// How long a closed flow lingers to answer retransmitted FINs.
     pub linger: Duration,
+    /// Flows an engine holds at most (any phase); beyond it `connect` fails and SYNs are dropped.
+    pub max_flows: usize,
     pub checksum: ChecksumMode,
     pub congestion: CongestionConfig,
 }
@@ -162,6 +168,7 @@ impl EngineConfig {
             keepalive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(200),
+            max_flows: 65536,
             checksum: ChecksumMode::Always,
             congestion: CongestionConfig::default(),
         }
@@ -288,6 +295,12 @@ impl EngineConfig {
             "handshake.max_answer_rate",
             "must be at least 1",
         )?;
+        check(
+            hs.max_half_open >= 1,
+            "handshake.max_half_open",
+            "must be at least 1",
+        )?;
+        check(self.max_flows >= 1, "max_flows", "must be at least 1")?;
         check(
             !self.keepalive_interval.is_zero(),
             "keepalive_interval",

@@ -474,3 +474,51 @@ fn peek_len_reports_the_next_message_without_taking_it() {
     });
     assert_eq!(p.b.recv(fb).unwrap().unwrap(), message(2, 7));
 }
+
+#[test]
+fn half_open_flows_are_bounded_and_reclaimed() {
+    let a = EngineConfig::new(A, 0, 1);
+    let mut cb = EngineConfig::new(B, 0, 1);
+    cb.handshake.max_half_open = 2;
+    let mut a = Engine::new(a, 1).unwrap();
+    let mut b = Engine::new(cb, 2).unwrap();
+    b.listen(PORT).unwrap();
+    let mut buf = vec![0u8; 1500];
+    let now = Instant::ZERO;
+    // Five SYNs reach b; its SYN-ACKs are never delivered, so its flows stay half-open.
+    for _ in 0..5 {
+        a.connect(now, B, PORT).unwrap();
+    }
+    while let Some(t) = a.poll_transmit(now, &mut buf) {
+        b.handle_datagram(
+            now,
+            Datagram {
+                remote_ip: A,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                payload: &buf[..t.len],
+            },
+        );
+    }
+    assert_eq!(b.flow_count(), 2);
+    assert_eq!(b.stats().drops_for(machnet_core::DropReason::FlowLimit), 3);
+    // They expire after the half-open timeout; then SYNs are accepted again.
+    let later = now + b.config().handshake.half_open_timeout + Duration::from_millis(1);
+    while b.poll_timeout().is_some_and(|t| t <= later) {
+        b.handle_timeout(later);
+    }
+    assert_eq!(b.flow_count(), 0);
+    a.connect(later, B, PORT).unwrap();
+    while let Some(t) = a.poll_transmit(later, &mut buf) {
+        b.handle_datagram(
+            later,
+            Datagram {
+                remote_ip: A,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                payload: &buf[..t.len],
+            },
+        );
+    }
+    assert_eq!(b.flow_count(), 1);
+}

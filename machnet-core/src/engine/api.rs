@@ -106,6 +106,8 @@ pub enum ConnectError {
     InvalidRemotePort,
     #[error("no free ephemeral port for this destination")]
     NoEphemeralPort,
+    #[error("the engine holds its maximum number of flows")]
+    TooManyFlows,
 }
 
 /// Errors of [`crate::Engine::listen`].

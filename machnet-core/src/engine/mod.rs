@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
-use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, CTRL_QUEUE_CAP};
+use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, Phase, CTRL_QUEUE_CAP};
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
@@ -92,6 +92,7 @@ pub struct Engine {
     stats: EngineStats,
     answer_budget: SprayBudget,
     live: usize,
+    half_open: usize,
     last_now: Instant,
 }
 
@@ -139,6 +140,7 @@ impl Engine {
             stats: EngineStats::default(),
             answer_budget,
             live: 0,
+            half_open: 0,
             last_now: Instant::ZERO,
         })
     }
@@ -227,6 +229,9 @@ impl Engine {
         }
         if remote_port == 0 {
             return Err(ConnectError::InvalidRemotePort);
+        }
+        if self.live >= self.cfg.max_flows {
+            return Err(ConnectError::TooManyFlows);
         }
         let local_port = self
             .pick_ephemeral(remote_ip, remote_port)
@@ -580,6 +585,9 @@ impl Engine {
             }
             return Err(DropReason::NoListener);
         }
+        if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
+            return Err(DropReason::FlowLimit);
+        }
         let key = FlowKey {
             local_ip: self.cfg.local_ip,
             local_port: syn.dst_port,
@@ -598,6 +606,8 @@ impl Engine {
         let iss = self.rng.random();
         let mut flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
         flow.listen_port = Some(syn.dst_port);
+        flow.counted_half_open = true;
+        self.half_open += 1;
         self.learn_peer(remote_ip, syn.src_port, false, &hs);
         self.insert(flow, now);
         Ok(())
@@ -762,6 +772,12 @@ impl Engine {
         let Some(flow) = slot.flow.as_mut() else {
             return;
         };
+        if flow.counted_half_open
+            && (flow.death.is_some() || !matches!(flow.phase, Phase::SynReceived { .. }))
+        {
+            flow.counted_half_open = false;
+            self.half_open -= 1;
+        }
         if let Some(death) = flow.death {
             let flow = slot.flow.take().expect("checked");
             slot.generation = slot.generation.wrapping_add(1);

@@ -62,6 +62,8 @@ drop_reasons! {
     RstRejected => "rst_rejected",
     /// A packet for a flow that is closing and can no longer accept it.
     FlowClosing => "flow_closing",
+    /// A SYN refused because the engine holds its maximum of flows or half-open flows.
+    FlowLimit => "flow_limit",
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ pub struct Flow {
     /// Earliest deadline registered with the engine's timer heap.
     pub scheduled: Option<Instant>,
     pub in_ready: bool,
+    /// Counted in the engine's half-open total (server flows until they leave `SynReceived`).
+    pub counted_half_open: bool,
     pub death: Option<Death>,
     pub peer_closed_reported: bool,
     pub stats: FlowStats,
@@ -214,6 +216,7 @@ impl Flow {
             next_keepalive: now,
             scheduled: None,
             in_ready: false,
+            counted_half_open: false,
             death: None,
             peer_closed_reported: false,
             stats: FlowStats::default(),
