@@ -175,7 +175,9 @@ impl Producer {
         if need > self.ring.capacity {
             return Err(PushError::TooLarge(len));
         }
-        if self.free()? < need {
+        // Use the cached consumer position first: re-reading the shared `head` costs a
+        // cross-core cache miss, needed only when the cached view says the ring is too full.
+        if self.ring.capacity - (self.tail - self.head) < need && self.free()? < need {
             return Err(PushError::Full);
         }
         let mut pos = self.tail;
@@ -194,7 +196,9 @@ impl Producer {
     /// SeqCst fence pairs with the consumer's in [`Consumer::prepare_wait`] (docs/CHANNEL.md §4).
     pub fn consumer_needs_wakeup(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.ring.control().data_waiting.swap(0, Ordering::SeqCst) != 0
+        let flag = &self.ring.control().data_waiting;
+        // Load before swapping: the common case (consumer busy) then only reads the line.
+        flag.load(Ordering::SeqCst) != 0 && flag.swap(0, Ordering::SeqCst) != 0
     }
 
     /// Announces that this producer is about to sleep until space frees up; returns the free
@@ -311,7 +315,8 @@ impl Consumer {
     /// After consuming: whether the producer asked to be woken when space frees up.
     pub fn producer_needs_wakeup(&self) -> bool {
         fence(Ordering::SeqCst);
-        self.ring.control().space_waiting.swap(0, Ordering::SeqCst) != 0
+        let flag = &self.ring.control().space_waiting;
+        flag.load(Ordering::SeqCst) != 0 && flag.swap(0, Ordering::SeqCst) != 0
     }
 
     /// Announces that this consumer is about to sleep until data arrives; returns whether data
