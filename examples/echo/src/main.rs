@@ -1,1 +1,519 @@
-fn main() {}
+//! `machnet-echo`: echo server and load-generating client over Machnet (like the original's
+//! `msg_gen`), plus a kernel UDP ping-pong baseline with the same report.
+//!
+//! ```text
+//! machnet-echo server --port 888 [--socket PATH] [--engine E]
+//! machnet-echo client --remote 10.0.0.1 --port 888 --size 64 --window 1 --flows 1 --duration 10
+//! machnet-echo udp-baseline server --bind 127.0.0.1:9000
+//! machnet-echo udp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9000 --size 64
+//! ```
+
+mod payload;
+mod report;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use machnet::{Channel, Event, Flow, FlowStatus, Machnet, RecvError, SendError};
+
+use payload::Payload;
+use report::{new_histogram, Report};
+
+#[derive(Parser)]
+#[command(version, about = "Echo server and benchmark client over Machnet")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo every message back on its flow.
+    Server(ServerArgs),
+    /// Keep WINDOW messages outstanding per flow, verify every echo, report rate and RTT.
+    Client(ClientArgs),
+    /// Kernel UDP ping-pong with the same report, for comparison.
+    #[command(subcommand)]
+    UdpBaseline(UdpCmd),
+}
+
+#[derive(Args)]
+struct Common {
+    /// Sidecar control socket (default: $MACHNET_SOCKET or /run/machnet/machnet.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Engine to open the channel on (default: the sidecar chooses).
+    #[arg(long)]
+    engine: Option<u16>,
+    /// Spin up to this many microseconds before sleeping on the eventfd (0: sleep at once).
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Machnet port to listen on.
+    #[arg(long)]
+    port: u16,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Messages outstanding per flow.
+    #[arg(long, default_value_t = 1)]
+    window: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl LoadArgs {
+    /// Warm-up and measured durations, validated.
+    fn times(&self) -> Result<(Duration, Duration), String> {
+        let secs = |v: f64, name: &str| {
+            if !(0.0..=86400.0).contains(&v) {
+                return Err(format!("--{name} must be between 0 and 86400 seconds"));
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        Ok((
+            secs(self.warmup, "warmup")?,
+            secs(self.duration, "duration")?,
+        ))
+    }
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server's IPv4 address (its sidecar's address).
+    #[arg(long)]
+    remote: Ipv4Addr,
+    /// The server's Machnet port.
+    #[arg(long)]
+    port: u16,
+    /// Number of flows (all on one channel).
+    #[arg(long, default_value_t = 1)]
+    flows: usize,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum UdpCmd {
+    /// Echo every datagram back to its sender.
+    Server {
+        /// Address to bind.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Spin on a non-blocking socket instead of sleeping in recv.
+        #[arg(long)]
+        busy_poll: bool,
+    },
+    /// Ping-pong against a udp-baseline server.
+    Client {
+        /// Local address to bind (port 0: any).
+        #[arg(long)]
+        bind: SocketAddr,
+        /// The server's address.
+        #[arg(long)]
+        remote: SocketAddr,
+        /// Spin on a non-blocking socket instead of sleeping in recv.
+        #[arg(long)]
+        busy_poll: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Server(a) => machnet_server(a).map(|()| None),
+        Cmd::Client(a) => {
+            let json = a.load.json;
+            machnet_client(a).map(|r| Some((r, json)))
+        }
+        Cmd::UdpBaseline(UdpCmd::Server { bind, busy_poll }) => {
+            udp_server(bind, busy_poll).map(|()| None)
+        }
+        Cmd::UdpBaseline(UdpCmd::Client {
+            bind,
+            remote,
+            busy_poll,
+            load,
+        }) => {
+            let json = load.json;
+            udp_client(bind, remote, busy_poll, load).map(|r| Some((r, json)))
+        }
+    };
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some((report, json))) => {
+            if json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.human());
+            }
+            if report.mismatches > 0 {
+                eprintln!(
+                    "error: {} echoes differed from what was sent",
+                    report.mismatches
+                );
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("machnet-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn attach(common: &Common) -> Result<(Machnet, Channel), String> {
+    let machnet = match &common.socket {
+        Some(p) => Machnet::attach_at(p),
+        None => Machnet::attach(),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut ch = machnet
+        .open_channel(common.engine)
+        .map_err(|e| e.to_string())?;
+    if common.busy_poll_us > 0 {
+        ch.set_busy_poll(Some(Duration::from_micros(common.busy_poll_us)));
+    }
+    Ok((machnet, ch))
+}
+
+fn machnet_server(a: ServerArgs) -> Result<(), String> {
+    let (machnet, mut ch) = attach(&a.common)?;
+    ch.listen(a.port).map_err(|e| e.to_string())?;
+    eprintln!(
+        "machnet-echo: listening on {}:{} (engine {} of {})",
+        machnet.local_ip(),
+        a.port,
+        ch.engine(),
+        machnet.engines()
+    );
+    let mut buf = vec![0u8; ch.max_message_len() as usize];
+    let mut echoed: u64 = 0;
+    loop {
+        let (flow, n) = ch.recv_into(&mut buf).map_err(|e| e.to_string())?;
+        match ch.send(&flow, &buf[..n]) {
+            Ok(()) => echoed += 1,
+            // The client went away between its message and our echo: not our problem.
+            Err(SendError::FlowClosed(_) | SendError::FlowClosing) => {}
+            Err(e) => return Err(format!("echo on {flow}: {e} (after {echoed} echoes)")),
+        }
+    }
+}
+
+struct FlowLoad {
+    flow: Flow,
+    next_seq: u64,
+    outstanding: VecDeque<(u64, Instant)>,
+}
+
+fn machnet_client(a: ClientArgs) -> Result<Report, String> {
+    let (_machnet, mut ch) = attach(&a.common)?;
+    let load = &a.load;
+    if load.size == 0 || load.size > ch.max_message_len() as usize {
+        return Err(format!("--size must be 1..={} bytes", ch.max_message_len()));
+    }
+    if load.window == 0 || a.flows == 0 {
+        return Err("--window and --flows must be at least 1".into());
+    }
+    let payload = Payload::new(load.size);
+    let mut flows = Vec::with_capacity(a.flows);
+    let mut index = HashMap::new();
+    for i in 0..a.flows {
+        let flow = ch
+            .connect_timeout(a.remote, a.port, Duration::from_secs(10))
+            .map_err(|e| format!("connect to {}:{}: {e}", a.remote, a.port))?;
+        index.insert(flow.handle(), i);
+        flows.push(FlowLoad {
+            flow,
+            next_seq: 0,
+            outstanding: VecDeque::with_capacity(load.window),
+        });
+    }
+    let mut sbuf = vec![0u8; load.size];
+    let mut rbuf = vec![0u8; load.size];
+    let send_next = |ch: &mut Channel, i: usize, fl: &mut FlowLoad, sbuf: &mut [u8]| {
+        payload.fill(i as u32, fl.next_seq, sbuf);
+        ch.send(&fl.flow, sbuf)
+            .map_err(|e| format!("send on {}: {e}", fl.flow))?;
+        fl.outstanding.push_back((fl.next_seq, Instant::now()));
+        fl.next_seq += 1;
+        Ok::<(), String>(())
+    };
+    let (warmup, duration) = load.times()?;
+    let start = Instant::now();
+    let warm_end = start + warmup;
+    let end = warm_end + duration;
+    for (i, fl) in flows.iter_mut().enumerate() {
+        for _ in 0..load.window {
+            send_next(&mut ch, i, fl, &mut sbuf)?;
+        }
+    }
+    let mut rtt = new_histogram();
+    let (mut messages, mut mismatches) = (0u64, 0u64);
+    let mut last_echo = Instant::now();
+    let mut now = Instant::now();
+    while now < end {
+        let got = match ch.recv_into_timeout(&mut rbuf, (end - now).min(Duration::from_secs(1))) {
+            Ok(got) => got,
+            Err(RecvError::BufferTooSmall { needed, .. }) => {
+                return Err(format!(
+                    "echo of {needed} bytes for messages of {} bytes",
+                    load.size
+                ))
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        };
+        now = Instant::now();
+        let Some((flow, n)) = got else {
+            // Receives skip close notifications but apply them: look for flows that ended.
+            for fl in &flows {
+                if let FlowStatus::Closed(reason) = ch.flow_status(&fl.flow) {
+                    return Err(format!(
+                        "{} closed with {} messages outstanding: {}",
+                        fl.flow,
+                        fl.outstanding.len(),
+                        reason.map_or("unknown reason", machnet::describe_close_code)
+                    ));
+                }
+            }
+            if now.duration_since(last_echo) > Duration::from_secs(5) {
+                return Err("no echo for 5 s: is the server running?".into());
+            }
+            continue;
+        };
+        last_echo = now;
+        let Some(&i) = index.get(&flow.handle()) else {
+            mismatches += 1;
+            continue;
+        };
+        let fl = &mut flows[i];
+        let Some((seq, sent)) = fl.outstanding.pop_front() else {
+            mismatches += 1;
+            continue;
+        };
+        if !payload.matches(i as u32, seq, &rbuf[..n]) {
+            mismatches += 1;
+        }
+        if now >= warm_end {
+            messages += 1;
+            let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
+        }
+        if now < end {
+            send_next(&mut ch, i, fl, &mut sbuf)?;
+        }
+    }
+    let elapsed = now.saturating_duration_since(warm_end);
+    // Collect the echoes still in flight, then close the flows gracefully.
+    let drain_end = Instant::now() + Duration::from_secs(2);
+    while flows.iter().any(|f| !f.outstanding.is_empty()) {
+        let now = Instant::now();
+        if now >= drain_end {
+            break;
+        }
+        match ch.recv_into_timeout(&mut rbuf, drain_end - now) {
+            Ok(Some((flow, _))) => {
+                if let Some(&i) = index.get(&flow.handle()) {
+                    flows[i].outstanding.pop_front();
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+    for fl in &flows {
+        let _ = ch.close(&fl.flow);
+    }
+    // Let the closes complete before the channel is detached (which would abort the flows).
+    let close_end = Instant::now() + Duration::from_secs(1);
+    let mut open = flows.len();
+    while open > 0 {
+        let left = close_end.saturating_duration_since(Instant::now());
+        match ch.next_event(Some(left)) {
+            Ok(Some(Event::Closed { .. })) => open -= 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(Report {
+        mode: "machnet",
+        size: load.size,
+        window: load.window,
+        flows: a.flows,
+        elapsed,
+        messages,
+        mismatches,
+        lost: 0,
+        rtt,
+    })
+}
+
+// ----- kernel UDP baseline -----
+
+/// Receives one datagram; spins on a non-blocking socket when `busy` (then `Ok(None)` means
+/// `timeout` passed).
+fn udp_recv(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    busy: bool,
+    timeout: Duration,
+) -> std::io::Result<Option<(usize, SocketAddr)>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match sock.recv_from(buf) {
+            Ok(r) => return Ok(Some(r)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !busy || Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn udp_socket(bind: SocketAddr, busy: bool, timeout: Duration) -> Result<UdpSocket, String> {
+    let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    if busy {
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    } else {
+        sock.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(sock)
+}
+
+fn udp_server(bind: SocketAddr, busy: bool) -> Result<(), String> {
+    let sock = udp_socket(bind, busy, Duration::from_secs(3600))?;
+    eprintln!("machnet-echo: UDP echo on {bind}");
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if let Some((n, from)) =
+            udp_recv(&sock, &mut buf, busy, Duration::from_secs(3600)).map_err(|e| e.to_string())?
+        {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    }
+}
+
+fn udp_client(
+    bind: SocketAddr,
+    remote: SocketAddr,
+    busy: bool,
+    load: LoadArgs,
+) -> Result<Report, String> {
+    const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+    if load.size == 0 || load.size > 65507 {
+        return Err("--size must be 1..=65507 bytes for UDP".into());
+    }
+    if load.window == 0 {
+        return Err("--window must be at least 1".into());
+    }
+    let sock = udp_socket(bind, busy, LOSS_TIMEOUT)?;
+    sock.connect(remote)
+        .map_err(|e| format!("connect {remote}: {e}"))?;
+    let payload = Payload::new(load.size);
+    let mut sbuf = vec![0u8; load.size];
+    let mut rbuf = vec![0u8; 65536];
+    let mut outstanding: HashMap<u64, Instant> = HashMap::new();
+    let mut next_seq = 0u64;
+    let mut send_next = |outstanding: &mut HashMap<u64, Instant>| {
+        payload.fill(0, next_seq, &mut sbuf);
+        outstanding.insert(next_seq, Instant::now());
+        next_seq += 1;
+        match sock.send(&sbuf) {
+            Ok(_) => Ok(()),
+            // A full socket buffer drops the datagram like the network would.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(format!("send to {remote}: {e}")),
+        }
+    };
+    let (warmup, duration) = load.times()?;
+    let start = Instant::now();
+    let warm_end = start + warmup;
+    let end = warm_end + duration;
+    for _ in 0..load.window {
+        send_next(&mut outstanding)?;
+    }
+    let mut rtt = new_histogram();
+    let (mut messages, mut mismatches, mut lost) = (0u64, 0u64, 0u64);
+    let mut last_echo = Instant::now();
+    let mut now = Instant::now();
+    while now < end {
+        let got = udp_recv(&sock, &mut rbuf, busy, LOSS_TIMEOUT)
+            .map_err(|e| format!("recv from {remote}: {e}"))?;
+        now = Instant::now();
+        let Some((n, _)) = got else {
+            if now.duration_since(last_echo) > Duration::from_secs(5) {
+                return Err(format!(
+                    "no echo from {remote} for 5 s: is the server running?"
+                ));
+            }
+            // Give up on what is in flight and start a new window.
+            lost += outstanding.len() as u64;
+            outstanding.clear();
+            for _ in 0..load.window {
+                send_next(&mut outstanding)?;
+            }
+            continue;
+        };
+        last_echo = now;
+        let seq = Payload::seq_of(&rbuf[..n]);
+        let Some(sent) = outstanding.remove(&seq) else {
+            continue; // a late echo of a datagram already counted lost
+        };
+        if !payload.matches(0, seq, &rbuf[..n]) {
+            mismatches += 1;
+        }
+        if now >= warm_end {
+            messages += 1;
+            let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
+        }
+        if now < end {
+            send_next(&mut outstanding)?;
+        }
+    }
+    Ok(Report {
+        mode: "udp",
+        size: load.size,
+        window: load.window,
+        flows: 1,
+        elapsed: now.saturating_duration_since(warm_end),
+        messages,
+        mismatches,
+        lost,
+        rtt,
+    })
+}

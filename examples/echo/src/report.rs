@@ -1,0 +1,108 @@
+//! The benchmark report shared by the Machnet and UDP modes.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// Round-trip times in nanoseconds, 1 ns .. 100 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What one client run measured.
+pub struct Report {
+    /// "machnet" or "udp".
+    pub mode: &'static str,
+    pub size: usize,
+    pub window: usize,
+    pub flows: usize,
+    /// Measured interval (after warm-up).
+    pub elapsed: Duration,
+    /// Round trips completed in the measured interval.
+    pub messages: u64,
+    /// Echoes that differed from what was sent (must be 0).
+    pub mismatches: u64,
+    /// Messages given up on (UDP only: lost datagrams).
+    pub lost: u64,
+    pub rtt: Histogram<u64>,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.messages as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Payload goodput in one direction (each echoed message counted once).
+    fn gbits(&self) -> f64 {
+        self.rate() * self.size as f64 * 8.0 / 1e9
+    }
+
+    fn us(&self, q: f64) -> f64 {
+        if self.rtt.is_empty() {
+            return 0.0;
+        }
+        self.rtt.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    /// JSON object (one line).
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "mode": self.mode,
+            "size": self.size,
+            "window": self.window,
+            "flows": self.flows,
+            "duration_s": self.elapsed.as_secs_f64(),
+            "messages": self.messages,
+            "msgs_per_sec": self.rate(),
+            "gbit_per_sec": self.gbits(),
+            "mismatches": self.mismatches,
+            "lost": self.lost,
+            "rtt_us": {
+                "p50": self.us(0.5),
+                "p99": self.us(0.99),
+                "p999": self.us(0.999),
+                "max": if self.rtt.is_empty() { 0.0 } else { self.rtt.max() as f64 / 1000.0 },
+                "mean": self.rtt.mean() / 1000.0,
+            },
+        })
+        .to_string()
+    }
+
+    /// Human-readable summary.
+    pub fn human(&self) -> String {
+        format!(
+            "{mode}: {size} B messages, window {window}, {flows} flow(s), {secs:.2} s measured\n  \
+             {msgs} round trips: {rate:.0} msg/s, {gbits:.3} Gbit/s payload each way\n  \
+             RTT us: p50 {p50:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}  mean {mean:.1}\n  \
+             mismatched echoes: {mm}{lost}",
+            mode = self.mode,
+            size = self.size,
+            window = self.window,
+            flows = self.flows,
+            secs = self.elapsed.as_secs_f64(),
+            msgs = self.messages,
+            rate = self.rate(),
+            gbits = self.gbits(),
+            p50 = self.us(0.5),
+            p99 = self.us(0.99),
+            p999 = self.us(0.999),
+            max = if self.rtt.is_empty() {
+                0.0
+            } else {
+                self.rtt.max() as f64 / 1000.0
+            },
+            mean = self.rtt.mean() / 1000.0,
+            mm = self.mismatches,
+            lost = if self.mode == "udp" {
+                format!(", lost datagrams: {}", self.lost)
+            } else {
+                String::new()
+            },
+        )
+    }
+}

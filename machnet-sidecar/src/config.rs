@@ -1,0 +1,722 @@
+//! Sidecar configuration: command-line flags (clap) over an optional TOML file, validated into a
+//! [`SidecarConfig`].
+//!
+//! Every flag has a key of the same name (with `_` instead of `-`) in the file given by
+//! `--config`; a flag given on the command line overrides the file's value. The list flags
+//! (`--allow-user`, `--allow-group`) replace the file's list when given.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use machnet_core::{EngineConfig, PortPool};
+use nix::unistd::{Gid, Group, Uid, User};
+use serde::Deserialize;
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/machnet/machnet.sock";
+/// Default first UDP port of the pool.
+pub const DEFAULT_UDP_PORT_BASE: u16 = 31580;
+/// Default number of UDP ports in the pool.
+pub const DEFAULT_UDP_PORT_COUNT: u16 = 16;
+/// Default largest message (8 MiB).
+pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 8 << 20;
+/// Largest `--max-message-len` accepted (each channel maps two rings of at least this size).
+pub const MAX_MAX_MESSAGE_LEN: u32 = 256 << 20;
+/// Default idle time before an engine sleeps, in microseconds.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+/// Default per-flow send and receive buffers.
+pub const DEFAULT_FLOW_BUFFER: usize = 16 << 20;
+
+/// Which datapath carries the packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatapathKind {
+    /// Kernel UDP sockets with SO_REUSEPORT (unprivileged; the kernel's hash is the RSS).
+    KernelUdp,
+    /// DPDK (not available in this build).
+    Dpdk,
+}
+
+/// What an engine does when it has nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleMode {
+    /// Spin forever (lowest latency, one full core per engine).
+    Busy,
+    /// Spin for `--busy-poll-us` after the last work, then sleep in epoll until woken.
+    Sleep,
+}
+
+/// `machnet`: the Machnet sidecar. Serves applications over shared-memory channels and carries
+/// their messages over its own reliable transport on UDP.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "machnet",
+    version,
+    about = "machnet: the Machnet sidecar. Serves applications over shared-memory channels and \
+             carries their messages over its own reliable transport on UDP.",
+    after_long_help = "Every option can also be set in the --config file (TOML, same names with \
+                       `_` for `-`, e.g. `engines = 4`, `allow_user = [\"alice\", \"1001\"]`); \
+                       command-line flags override it. Stop with SIGINT or SIGTERM."
+)]
+pub struct Cli {
+    /// TOML file with default values for any of the options below (same names, `_` for `-`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// IPv4 address of this host; the sidecar receives on it and sources packets from it.
+    /// [default: 127.0.0.1]
+    #[arg(long, value_name = "IPV4")]
+    pub local_ip: Option<Ipv4Addr>,
+
+    /// Number of engines (threads, each with its own flows and sockets), 1..=64. [default: 1]
+    #[arg(long, value_name = "N")]
+    pub engines: Option<u16>,
+
+    /// Packet I/O: `kernel-udp` (SO_REUSEPORT sockets) or `dpdk` (not in this build).
+    /// [default: kernel-udp]
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub datapath: Option<DatapathKind>,
+
+    /// First UDP port of the pool this host receives on (RSS-- sprays over the pool).
+    /// [default: 31580]
+    #[arg(long, value_name = "PORT")]
+    pub udp_port_base: Option<u16>,
+
+    /// Number of UDP ports in the pool. [default: 16]
+    #[arg(long, value_name = "N")]
+    pub udp_port_count: Option<u16>,
+
+    /// Path of the control socket applications attach to (its directory is created).
+    /// [default: /run/machnet/machnet.sock]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Group that owns the control socket (name or numeric id); members of an allowed group can
+    /// then connect. [default: the sidecar's group]
+    #[arg(long, value_name = "GROUP")]
+    pub control_socket_group: Option<String>,
+
+    /// User allowed to attach (name or numeric uid); repeatable. [default: the sidecar's own
+    /// user and root, unless users or groups are given]
+    #[arg(long = "allow-user", value_name = "USER")]
+    pub allow_user: Vec<String>,
+
+    /// Group whose members may attach (name or numeric gid); repeatable.
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    pub allow_group: Vec<String>,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing-subscriber directive such as
+    /// `machnet_sidecar=debug`). RUST_LOG overrides it. [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// What idle engines do: `busy` spins, `sleep` spins for --busy-poll-us then sleeps in
+    /// epoll until a packet, a request or a timer arrives. [default: sleep]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub idle_mode: Option<IdleMode>,
+
+    /// In `sleep` mode: microseconds an engine keeps polling after its last work. [default: 50]
+    #[arg(long, value_name = "US")]
+    pub busy_poll_us: Option<u64>,
+
+    /// Largest message in bytes (suffixes K, M, KiB, MiB accepted). Channels are sized so that a
+    /// message of this length always fits. [default: 8MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_message_len: Option<u64>,
+
+    /// Bytes a flow may hold sent-but-unacknowledged before the app's sends are held back
+    /// (at least --max-message-len). [default: 16MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub flow_send_buffer: Option<u64>,
+
+    /// Bytes of received, undelivered messages a flow may hold before its receive window
+    /// closes (back-pressure on the sender). [default: 16MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub flow_recv_buffer: Option<u64>,
+
+    /// Seconds between per-engine statistics log lines; 0 disables them. [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub stats_interval: Option<f64>,
+
+    /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
+    #[arg(long, hide = true, value_name = "P")]
+    pub test_drop_rate: Option<f64>,
+
+    /// TEST ONLY: seed of --test-drop-rate (random if absent; logged).
+    #[arg(long, hide = true, value_name = "SEED")]
+    pub test_seed: Option<u64>,
+}
+
+/// The configuration file: the same keys as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Cli::local_ip`].
+    pub local_ip: Option<Ipv4Addr>,
+    /// See [`Cli::engines`].
+    pub engines: Option<u16>,
+    /// See [`Cli::datapath`].
+    pub datapath: Option<DatapathKind>,
+    /// See [`Cli::udp_port_base`].
+    pub udp_port_base: Option<u16>,
+    /// See [`Cli::udp_port_count`].
+    pub udp_port_count: Option<u16>,
+    /// See [`Cli::control_socket`].
+    pub control_socket: Option<PathBuf>,
+    /// See [`Cli::control_socket_group`].
+    pub control_socket_group: Option<String>,
+    /// See [`Cli::allow_user`].
+    pub allow_user: Option<Vec<String>>,
+    /// See [`Cli::allow_group`].
+    pub allow_group: Option<Vec<String>>,
+    /// See [`Cli::log_level`].
+    pub log_level: Option<String>,
+    /// See [`Cli::idle_mode`].
+    pub idle_mode: Option<IdleMode>,
+    /// See [`Cli::busy_poll_us`].
+    pub busy_poll_us: Option<u64>,
+    /// See [`Cli::max_message_len`].
+    pub max_message_len: Option<u64>,
+    /// See [`Cli::flow_send_buffer`].
+    pub flow_send_buffer: Option<u64>,
+    /// See [`Cli::flow_recv_buffer`].
+    pub flow_recv_buffer: Option<u64>,
+    /// See [`Cli::stats_interval`].
+    pub stats_interval: Option<f64>,
+    /// See [`Cli::test_drop_rate`].
+    pub test_drop_rate: Option<f64>,
+    /// See [`Cli::test_seed`].
+    pub test_seed: Option<u64>,
+}
+
+/// Who may attach to the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccessPolicy {
+    /// Allowed user ids.
+    pub uids: Vec<u32>,
+    /// Allowed group ids (primary or supplementary group of the peer's user).
+    pub gids: Vec<u32>,
+}
+
+/// Datagram loss injected by the datapath (tests only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TestLoss {
+    /// Probability of dropping each sent datagram.
+    pub drop_rate: f64,
+    /// Seed of the loss pattern.
+    pub seed: u64,
+}
+
+/// The validated sidecar configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarConfig {
+    /// This host's address.
+    pub local_ip: Ipv4Addr,
+    /// Engine count, 1..=64.
+    pub engines: u16,
+    /// The datapath kind (only meaningful for [`crate::Sidecar::start`]).
+    pub datapath: DatapathKind,
+    /// UDP port pool.
+    pub udp_ports: PortPool,
+    /// Control socket path.
+    pub control_socket: PathBuf,
+    /// Group to give the control socket.
+    pub control_socket_group: Option<u32>,
+    /// Who may attach.
+    pub access: AccessPolicy,
+    /// Log filter.
+    pub log_level: String,
+    /// Idle behaviour of engines.
+    pub idle_mode: IdleMode,
+    /// Busy-poll window in `sleep` mode.
+    pub busy_poll: Duration,
+    /// Largest message in bytes.
+    pub max_message_len: u32,
+    /// Per-flow send buffer in bytes.
+    pub flow_send_buffer: usize,
+    /// Per-flow receive buffer in bytes.
+    pub flow_recv_buffer: usize,
+    /// Interval of statistics log lines (`None`: off).
+    pub stats_interval: Option<Duration>,
+    /// Injected loss (tests only).
+    pub test_loss: Option<TestLoss>,
+}
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has unknown keys / wrong types.
+    #[error("invalid configuration file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid value for {option}: {why}")]
+    Invalid {
+        /// The option (flag name).
+        option: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// A user or group name does not exist.
+    #[error("unknown {kind} `{name}`")]
+    UnknownName {
+        /// "user" or "group".
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+}
+
+fn invalid(option: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        why: why.into(),
+    }
+}
+
+/// Parses a byte size: a number with an optional K/M/G (or KiB/MiB/GiB, powers of 1024) suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 8388608, 8MiB, 512K)"))?;
+    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size suffix `{other}`")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn resolve_user(name: &str) -> Result<u32, ConfigError> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    match User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(ConfigError::UnknownName {
+            kind: "user",
+            name: name.to_owned(),
+        }),
+    }
+}
+
+fn resolve_group(name: &str) -> Result<u32, ConfigError> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(ConfigError::UnknownName {
+            kind: "group",
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Reads a configuration file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+impl SidecarConfig {
+    /// A configuration with every default (loopback address, one engine, kernel UDP).
+    pub fn new() -> Self {
+        let me = Uid::current().as_raw();
+        let mut uids = vec![me];
+        if me != 0 {
+            uids.push(0);
+        }
+        SidecarConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            engines: 1,
+            datapath: DatapathKind::KernelUdp,
+            udp_ports: PortPool {
+                base: DEFAULT_UDP_PORT_BASE,
+                count: DEFAULT_UDP_PORT_COUNT,
+            },
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            control_socket_group: None,
+            access: AccessPolicy {
+                uids,
+                gids: Vec::new(),
+            },
+            log_level: "info".into(),
+            idle_mode: IdleMode::Sleep,
+            busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
+            flow_send_buffer: DEFAULT_FLOW_BUFFER,
+            flow_recv_buffer: DEFAULT_FLOW_BUFFER,
+            stats_interval: Some(Duration::from_secs(10)),
+            test_loss: None,
+        }
+    }
+
+    /// Builds the configuration from parsed flags, reading `--config` if given.
+    pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    /// Parses the process arguments (exits with a usage message on bad flags) and builds the
+    /// configuration.
+    pub fn from_args() -> Result<Self, ConfigError> {
+        Self::from_cli(&Cli::parse())
+    }
+
+    /// Merges flags over file values over defaults, then validates.
+    pub fn merge(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let mut c = SidecarConfig::new();
+        macro_rules! pick {
+            ($field:ident) => {
+                cli.$field.clone().or(file.$field.clone())
+            };
+        }
+        if let Some(v) = pick!(local_ip) {
+            c.local_ip = v;
+        }
+        if let Some(v) = pick!(engines) {
+            c.engines = v;
+        }
+        if let Some(v) = pick!(datapath) {
+            c.datapath = v;
+        }
+        if let Some(v) = pick!(udp_port_base) {
+            c.udp_ports.base = v;
+        }
+        if let Some(v) = pick!(udp_port_count) {
+            c.udp_ports.count = v;
+        }
+        if let Some(v) = pick!(control_socket) {
+            c.control_socket = v;
+        }
+        if let Some(g) = pick!(control_socket_group) {
+            c.control_socket_group = Some(resolve_group(&g)?);
+        }
+        let users = if cli.allow_user.is_empty() {
+            file.allow_user.clone().unwrap_or_default()
+        } else {
+            cli.allow_user.clone()
+        };
+        let groups = if cli.allow_group.is_empty() {
+            file.allow_group.clone().unwrap_or_default()
+        } else {
+            cli.allow_group.clone()
+        };
+        if !users.is_empty() || !groups.is_empty() {
+            c.access = AccessPolicy {
+                uids: users
+                    .iter()
+                    .map(|u| resolve_user(u))
+                    .collect::<Result<_, _>>()?,
+                gids: groups
+                    .iter()
+                    .map(|g| resolve_group(g))
+                    .collect::<Result<_, _>>()?,
+            };
+        }
+        if let Some(v) = pick!(log_level) {
+            c.log_level = v;
+        }
+        if let Some(v) = pick!(idle_mode) {
+            c.idle_mode = v;
+        }
+        if let Some(v) = pick!(busy_poll_us) {
+            if v > 1_000_000 {
+                return Err(invalid("--busy-poll-us", "must be at most 1000000"));
+            }
+            c.busy_poll = Duration::from_micros(v);
+        }
+        if let Some(v) = pick!(max_message_len) {
+            c.max_message_len = u32::try_from(v)
+                .ok()
+                .filter(|&m| (1..=MAX_MAX_MESSAGE_LEN).contains(&m))
+                .ok_or_else(|| {
+                    invalid(
+                        "--max-message-len",
+                        format!("must be 1..={MAX_MAX_MESSAGE_LEN} bytes"),
+                    )
+                })?;
+        }
+        // The send buffer must hold one maximum-size message.
+        c.flow_send_buffer = c.flow_send_buffer.max(c.max_message_len as usize);
+        if let Some(v) = pick!(flow_send_buffer) {
+            c.flow_send_buffer =
+                usize::try_from(v).map_err(|_| invalid("--flow-send-buffer", "too large"))?;
+        }
+        if let Some(v) = pick!(flow_recv_buffer) {
+            c.flow_recv_buffer =
+                usize::try_from(v).map_err(|_| invalid("--flow-recv-buffer", "too large"))?;
+        }
+        if let Some(v) = pick!(stats_interval) {
+            if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+                return Err(invalid("--stats-interval", "must be 0..=86400 seconds"));
+            }
+            c.stats_interval = (v > 0.0).then(|| Duration::from_secs_f64(v));
+        }
+        if let Some(p) = pick!(test_drop_rate) {
+            let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
+            c.test_loss = Some(TestLoss { drop_rate: p, seed });
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The core configuration of engine `engine_id`.
+    pub fn engine_config(&self, engine_id: u16) -> EngineConfig {
+        let mut e = EngineConfig::new(self.local_ip, engine_id, self.engines);
+        e.udp_ports = self.udp_ports;
+        e.max_message_len = self.max_message_len;
+        e.send_buffer = self.flow_send_buffer;
+        e.recv_buffer = self.flow_recv_buffer;
+        e.checksum = machnet_core::ChecksumMode::Datapath;
+        e
+    }
+
+    /// Checks every value; errors name the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ip = self.local_ip;
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(invalid("--local-ip", "must be a unicast address"));
+        }
+        if !(1..=64).contains(&self.engines) {
+            return Err(invalid("--engines", "must be 1..=64"));
+        }
+        if self.udp_ports.count == 0 {
+            return Err(invalid("--udp-port-count", "must be at least 1"));
+        }
+        if !self.udp_ports.is_valid() {
+            return Err(invalid(
+                "--udp-port-base",
+                "the pool must not contain port 0 nor run past 65535",
+            ));
+        }
+        if !(1..=MAX_MAX_MESSAGE_LEN).contains(&self.max_message_len) {
+            return Err(invalid(
+                "--max-message-len",
+                format!("must be 1..={MAX_MAX_MESSAGE_LEN} bytes"),
+            ));
+        }
+        if self.flow_send_buffer < self.max_message_len as usize {
+            return Err(invalid(
+                "--flow-send-buffer",
+                "must hold at least one message of --max-message-len bytes",
+            ));
+        }
+        if self.flow_recv_buffer == 0 {
+            return Err(invalid("--flow-recv-buffer", "must be at least 1"));
+        }
+        if let Some(l) = self.test_loss {
+            if !(l.drop_rate.is_finite() && (0.0..1.0).contains(&l.drop_rate)) {
+                return Err(invalid("--test-drop-rate", "must be in 0.0..1.0"));
+            }
+        }
+        if self.control_socket.as_os_str().is_empty() {
+            return Err(invalid("--control-socket", "must not be empty"));
+        }
+        // Unix socket paths are limited to 107 bytes.
+        if self.control_socket.as_os_str().len() > 107 {
+            return Err(invalid("--control-socket", "path longer than 107 bytes"));
+        }
+        machnet_core::channel::ChannelLayout::for_messages(self.max_message_len, 1 << 20)
+            .map_err(|e| invalid("--max-message-len", e.to_string()))?;
+        for id in 0..self.engines {
+            self.engine_config(id)
+                .validate()
+                .map_err(|e| invalid("engine configuration", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether a peer with these credentials may attach: its uid is allowed, or its primary
+    /// group or one of its user's supplementary groups is.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        let a = &self.access;
+        if a.uids.contains(&uid) || a.gids.contains(&gid) {
+            return true;
+        }
+        if a.gids.is_empty() {
+            return false;
+        }
+        let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+            return false;
+        };
+        let Ok(name) = std::ffi::CString::new(user.name) else {
+            return false;
+        };
+        nix::unistd::getgrouplist(&name, Gid::from_raw(gid))
+            .map(|gs| gs.iter().any(|g| a.gids.contains(&g.as_raw())))
+            .unwrap_or(false)
+    }
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<SidecarConfig, ConfigError> {
+        let mut v = vec!["machnet"];
+        v.extend_from_slice(args);
+        SidecarConfig::from_cli(&Cli::try_parse_from(v).expect("flags parse"))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.local_ip, Ipv4Addr::LOCALHOST);
+        assert_eq!(c.engines, 1);
+        assert_eq!(c.udp_ports.count, 16);
+        assert_eq!(c.max_message_len, 8 << 20);
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert!(c.access.uids.contains(&0));
+        assert!(c.access.uids.contains(&Uid::current().as_raw()));
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--local-ip",
+            "--engines",
+            "--datapath",
+            "--udp-port-base",
+            "--udp-port-count",
+            "--control-socket",
+            "--allow-user",
+            "--allow-group",
+            "--log-level",
+            "--idle-mode",
+            "--busy-poll-us",
+            "--max-message-len",
+            "--stats-interval",
+            "--config",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}");
+        }
+        assert!(!help.contains("--test-drop-rate"), "test flags are hidden");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("machnet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.toml");
+        std::fs::write(
+            &path,
+            "local_ip = \"10.1.2.3\"\nengines = 4\nmax_message_len = 1048576\nallow_user = [\"0\"]\nidle_mode = \"busy\"\ndatapath = \"kernel-udp\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--engines", "2"]).unwrap();
+        assert_eq!(c.local_ip, Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(c.engines, 2);
+        assert_eq!(c.max_message_len, 1 << 20);
+        assert_eq!(c.idle_mode, IdleMode::Busy);
+        assert_eq!(c.access.uids, vec![0]);
+        let c = parse(&["--config", p, "--allow-user", "4242"]).unwrap();
+        assert_eq!(c.access.uids, vec![4242]);
+
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        assert!(matches!(
+            parse(&["--config", p]),
+            Err(ConfigError::ParseFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--engines", "0"], "--engines"),
+            (&["--engines", "65"], "--engines"),
+            (&["--udp-port-count", "0"], "--udp-port-count"),
+            (
+                &["--udp-port-base", "65530", "--udp-port-count", "16"],
+                "--udp-port-base",
+            ),
+            (&["--udp-port-base", "0"], "--udp-port-base"),
+            (&["--local-ip", "0.0.0.0"], "--local-ip"),
+            (&["--max-message-len", "0"], "--max-message-len"),
+            (&["--max-message-len", "1GiB"], "--max-message-len"),
+            (&["--test-drop-rate", "1.5"], "--test-drop-rate"),
+            (&["--stats-interval", "90000"], "--stats-interval"),
+            (&["--flow-send-buffer", "1K"], "--flow-send-buffer"),
+        ];
+        for (args, flag) in cases {
+            match parse(args) {
+                Err(ConfigError::Invalid { option, .. }) => assert_eq!(option, *flag, "{args:?}"),
+                other => panic!("{args:?}: expected an error naming {flag}, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(&["--allow-user", "no-such-user-hopefully"]),
+            Err(ConfigError::UnknownName { kind: "user", .. })
+        ));
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("8XB").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn max_message_len_is_reachable_and_send_buffer_follows() {
+        let c = parse(&["--max-message-len", "32MiB"]).unwrap();
+        assert_eq!(c.max_message_len, 32 << 20);
+        assert!(c.flow_send_buffer >= 32 << 20);
+        let l =
+            machnet_core::channel::ChannelLayout::for_messages(c.max_message_len, 1 << 20).unwrap();
+        assert!(l.to_app_capacity >= (32 << 20) + 16 && l.to_sidecar_capacity >= (32 << 20) + 16);
+    }
+
+    #[test]
+    fn access_policy_checks_uid_and_gid() {
+        let mut c = SidecarConfig::new();
+        c.access = AccessPolicy {
+            uids: vec![1000],
+            gids: vec![2000],
+        };
+        assert!(c.allows(1000, 5));
+        assert!(c.allows(77777, 2000));
+        assert!(!c.allows(77777, 77777));
+    }
+}

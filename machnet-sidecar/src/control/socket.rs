@@ -1,0 +1,179 @@
+//! The control socket: a Unix `SOCK_SEQPACKET` listener (mode 0660), peer credentials, and
+//! sending/receiving one packet at a time (with `SCM_RIGHTS` descriptors on the way out).
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    accept4, bind, connect, getsockopt, listen, recv, sendmsg, socket, sockopt, AddressFamily,
+    Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlSocketError {
+    /// Its directory could not be created.
+    #[error("cannot create directory {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Another sidecar answers on this path.
+    #[error("another sidecar is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+    /// Something that is not a socket exists at the path.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Sys {
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+}
+
+/// Creates, binds and listens on the control socket at `path` (mode 0660, optionally owned by
+/// `group`). A stale socket file left by a dead sidecar is replaced; a live one is an error.
+pub fn bind_listener(path: &Path, group: Option<u32>) -> Result<OwnedFd, ControlSocketError> {
+    let sys = |op: &'static str| {
+        let path = path.to_owned();
+        move |e: nix::Error| ControlSocketError::Sys {
+            op,
+            path,
+            source: e.into(),
+        }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ControlSocketError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let addr = UnixAddr::new(path).map_err(sys("address"))?;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ControlSocketError::NotASocket(path.to_owned()));
+        }
+        let probe = seqpacket().map_err(sys("socket"))?;
+        match connect(probe.as_raw_fd(), &addr) {
+            Ok(()) | Err(Errno::EAGAIN) => {
+                return Err(ControlSocketError::AlreadyRunning(path.to_owned()))
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let fd = seqpacket().map_err(sys("socket"))?;
+    bind(fd.as_raw_fd(), &addr).map_err(sys("bind"))?;
+    let io = |op: &'static str| {
+        let path = path.to_owned();
+        move |source: std::io::Error| ControlSocketError::Sys { op, path, source }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod"))?;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g)).map_err(io("chown"))?;
+    }
+    listen(&fd, Backlog::new(128).map_err(sys("listen"))?).map_err(sys("listen"))?;
+    Ok(fd)
+}
+
+/// The credentials of a connected peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Accepts one pending connection (non-blocking, close-on-exec). `Ok(None)`: none pending.
+pub fn accept(listener: &OwnedFd) -> std::io::Result<Option<(OwnedFd, PeerCred)>> {
+    match accept4(
+        listener.as_raw_fd(),
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    ) {
+        Ok(raw) => {
+            // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            let c = getsockopt(&fd, sockopt::PeerCredentials)?;
+            Ok(Some((
+                fd,
+                PeerCred {
+                    pid: c.pid(),
+                    uid: c.uid(),
+                    gid: c.gid(),
+                },
+            )))
+        }
+        Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Outcome of reading one packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// A packet of this many bytes is in the buffer.
+    Data(usize),
+    /// Nothing waiting.
+    Empty,
+    /// The peer closed the connection.
+    Closed,
+}
+
+/// Reads one packet into `buf` without blocking. Descriptors a peer tries to pass are discarded
+/// by the kernel (no control buffer is given). A packet longer than `buf` is reported with its
+/// truncated length equal to `buf.len()`: give a buffer one byte longer than the largest valid
+/// packet to detect oversize ones.
+pub fn recv_packet(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Packet> {
+    match recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => Ok(Packet::Closed),
+        Ok(n) => Ok(Packet::Data(n)),
+        Err(Errno::EAGAIN | Errno::EINTR) => Ok(Packet::Empty),
+        Err(Errno::ECONNRESET) => Ok(Packet::Closed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends one packet, with `fds` attached as `SCM_RIGHTS` if non-empty. Never blocks: a peer that
+/// does not read its replies gets `WouldBlock`.
+pub fn send_packet(fd: impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let iov = [IoSlice::new(data)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let n = sendmsg::<UnixAddr>(
+        fd.as_fd().as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    if n != data.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            "short control packet",
+        ));
+    }
+    Ok(())
+}

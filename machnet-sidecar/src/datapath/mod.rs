@@ -1,0 +1,146 @@
+//! Packet I/O of one engine: the [`Datapath`] trait and its implementations.
+//!
+//! - [`kernel::KernelUdp`]: one UDP socket per port of the pool, bound with `SO_REUSEPORT` so the
+//!   kernel's hash over the engines' sockets of a port acts as an opaque RSS.
+//! - [`mem::MemHub`]: an in-process network joining sidecars (tests), with an opaque hash choosing
+//!   the engine.
+//! - [`lossy::Lossy`]: a wrapper dropping sent datagrams at random (tests).
+//!
+//! A datapath belongs to one engine thread. It is told nothing about flows: datagrams in, datagrams
+//! out, and a file descriptor that becomes readable when datagrams may be waiting.
+
+pub mod kernel;
+pub mod lossy;
+pub mod mem;
+
+#[cfg(test)]
+mod conformance;
+
+use std::net::Ipv4Addr;
+use std::os::fd::BorrowedFd;
+
+/// Default largest datagram a datapath sends or receives (a jumbo frame's UDP payload).
+pub const DEFAULT_MAX_DATAGRAM: usize = 9000;
+/// Largest UDP payload over IPv4.
+pub const MAX_UDP_PAYLOAD: usize = 65507;
+
+/// A received datagram, valid during the [`Datapath::recv`] callback.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Sender's IPv4 address.
+    pub remote_ip: Ipv4Addr,
+    /// Sender's UDP port.
+    pub src_port: u16,
+    /// Our UDP port it arrived on.
+    pub dst_port: u16,
+    /// The UDP payload.
+    pub payload: &'a [u8],
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Destination address.
+    pub remote_ip: Ipv4Addr,
+    /// Our UDP source port (must be in our pool).
+    pub src_port: u16,
+    /// The destination UDP port.
+    pub dst_port: u16,
+    /// The UDP payload.
+    pub payload: &'a [u8],
+}
+
+/// Counters of one datapath.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DatapathStats {
+    /// Datagrams delivered to the engine.
+    pub rx_packets: u64,
+    /// Payload bytes delivered to the engine.
+    pub rx_bytes: u64,
+    /// Datagrams dropped on receive because they exceeded the largest datagram.
+    pub rx_oversize: u64,
+    /// Receive errors other than "nothing waiting".
+    pub rx_errors: u64,
+    /// Datagrams handed to the network.
+    pub tx_packets: u64,
+    /// Payload bytes handed to the network.
+    pub tx_bytes: u64,
+    /// Datagrams not sent: full socket buffer or queue (the transport retransmits).
+    pub tx_dropped: u64,
+    /// Send errors (oversize, bad source port, I/O errors).
+    pub tx_errors: u64,
+    /// Datagrams dropped on purpose by loss injection.
+    pub injected_drops: u64,
+}
+
+/// Why a receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The operating system reported an error.
+    #[error("receive failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The datagram exceeds the largest datagram of this datapath.
+    #[error("datagram of {len} bytes exceeds the maximum of {max}")]
+    Oversize {
+        /// Its length.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The source port is not in this host's pool.
+    #[error("source UDP port {0} is not in this host's pool")]
+    NotOurPort(u16),
+    /// No room right now (socket buffer or queue full); the datagram was dropped.
+    #[error("no room to send; datagram dropped")]
+    Full,
+    /// Nobody is reachable at the destination (in-memory datapath only; the kernel reports
+    /// nothing for UDP).
+    #[error("destination unreachable")]
+    Unreachable,
+    /// The operating system reported an error.
+    #[error("send failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The packet I/O of one engine.
+pub trait Datapath: Send {
+    /// Receives up to `max` waiting datagrams, calling `sink` for each; returns how many were
+    /// delivered (0: nothing waiting). Never blocks.
+    fn recv(&mut self, max: usize, sink: &mut dyn FnMut(Received<'_>)) -> Result<usize, RecvError>;
+
+    /// Sends one datagram. Never blocks: a full buffer is [`SendError::Full`].
+    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError>;
+
+    /// A file descriptor that is readable whenever [`Datapath::recv`] may find datagrams
+    /// (level-triggered). `None`: the datapath must be polled.
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// Counters.
+    fn stats(&self) -> DatapathStats;
+
+    /// Largest datagram sent or received.
+    fn max_datagram(&self) -> usize;
+}
+
+impl<T: Datapath + ?Sized> Datapath for Box<T> {
+    fn recv(&mut self, max: usize, sink: &mut dyn FnMut(Received<'_>)) -> Result<usize, RecvError> {
+        (**self).recv(max, sink)
+    }
+    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
+        (**self).send(d)
+    }
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).readiness_fd()
+    }
+    fn stats(&self) -> DatapathStats {
+        (**self).stats()
+    }
+    fn max_datagram(&self) -> usize {
+        (**self).max_datagram()
+    }
+}

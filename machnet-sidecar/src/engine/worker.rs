@@ -1,0 +1,573 @@
+//! The engine loop: datagrams → core, requests → core, core events → notifications, core output
+//! → datapath, timers; sleeping in epoll when idle without losing wake-ups (docs/CHANNEL.md §4).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use machnet_core::channel::{CloseCode, FlowInfo};
+use machnet_core::{Datagram, Engine, Event, FlowId, Instant};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::EventFd;
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
+use super::channel::{Chan, ChannelId, Ctx, Violation};
+use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
+use crate::clock::Clock;
+use crate::config::IdleMode;
+use crate::datapath::{Datapath, Outgoing};
+use crate::stats::{EngineReport, LoopStats};
+
+const TOKEN_DATAPATH: u64 = 0;
+const TOKEN_COMMAND: u64 = 1;
+const TOKEN_TIMER: u64 = 2;
+/// Channel `c` uses token `TOKEN_CHANNEL_BASE + c`.
+const TOKEN_CHANNEL_BASE: u64 = 16;
+
+/// Datagrams received per loop iteration.
+const RX_BUDGET: usize = 256;
+/// Datagrams sent per loop iteration.
+const TX_BUDGET: usize = 256;
+/// Transmit buffer (larger than any `max_udp_payload`).
+const TX_BUF: usize = 65536;
+
+pub(super) struct Worker {
+    id: u16,
+    core: Engine,
+    dp: Box<dyn Datapath>,
+    clock: Clock,
+    cmds: Receiver<Command>,
+    wake: Arc<EventFd>,
+    notifier: Notifier,
+    epoll: Epoll,
+    timer: TimerFd,
+    events: Vec<EpollEvent>,
+    chans: HashMap<ChannelId, Chan>,
+    owners: HashMap<FlowId, (ChannelId, u32)>,
+    listeners: HashMap<u16, ChannelId>,
+    idle_mode: IdleMode,
+    busy_poll: Duration,
+    stats_interval: Option<Duration>,
+    next_stats: Option<Instant>,
+    tx_buf: Vec<u8>,
+    counters: LoopStats,
+    dp_registered: bool,
+}
+
+fn flow_info(core: &Engine, id: FlowId) -> Option<FlowInfo> {
+    core.flow_key(id).map(|k| FlowInfo {
+        local_ip: k.local_ip,
+        local_port: k.local_port,
+        remote_ip: k.remote_ip,
+        remote_port: k.remote_port,
+    })
+}
+
+impl Worker {
+    pub(super) fn new(
+        params: EngineParams,
+        dp: Box<dyn Datapath>,
+        cmds: Receiver<Command>,
+        wake: Arc<EventFd>,
+        notifier: Notifier,
+    ) -> Result<Self, SpawnError> {
+        let id = params.core.engine_id;
+        let core = Engine::new(params.core, params.seed)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        let dp_registered = match dp.readiness_fd() {
+            Some(fd) => {
+                epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_DATAPATH))
+                    .map_err(std::io::Error::from)?;
+                true
+            }
+            None => false,
+        };
+        epoll
+            .add(
+                wake.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_COMMAND),
+            )
+            .map_err(std::io::Error::from)?;
+        epoll
+            .add(
+                timer.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER),
+            )
+            .map_err(std::io::Error::from)?;
+        let now = params.clock.now();
+        Ok(Worker {
+            id,
+            core,
+            dp,
+            clock: params.clock,
+            cmds,
+            wake,
+            notifier,
+            epoll,
+            timer,
+            events: vec![EpollEvent::empty(); 64],
+            chans: HashMap::new(),
+            owners: HashMap::new(),
+            listeners: HashMap::new(),
+            idle_mode: params.idle_mode,
+            busy_poll: params.busy_poll,
+            stats_interval: params.stats_interval,
+            next_stats: params.stats_interval.map(|d| now + d),
+            tx_buf: vec![0u8; TX_BUF],
+            counters: LoopStats::default(),
+            dp_registered,
+        })
+    }
+
+    pub(super) fn run(mut self) {
+        tracing::debug!(engine = self.id, "engine started");
+        let mut last_work = self.clock.now();
+        loop {
+            self.counters.iterations += 1;
+            let now = self.clock.now();
+            let mut work = false;
+            match self.commands(now) {
+                Some(w) => work |= w,
+                None => break,
+            }
+            work |= self.receive(now);
+            if self.core.poll_timeout().is_some_and(|t| t <= now) {
+                self.core.handle_timeout(now);
+                work = true;
+            }
+            work |= self.consume_requests(now);
+            work |= self.deliver(now);
+            work |= self.transmit(now);
+            self.stats_tick(now);
+            if work {
+                last_work = now;
+            } else if self.idle_mode == IdleMode::Sleep && now - last_work >= self.busy_poll {
+                self.sleep();
+                last_work = self.clock.now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        self.shutdown();
+        tracing::debug!(engine = self.id, "engine stopped");
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Steps of one iteration
+    // ------------------------------------------------------------------------------------------
+
+    /// Runs queued commands. `None`: shut down.
+    fn commands(&mut self, now: Instant) -> Option<bool> {
+        let mut work = false;
+        loop {
+            match self.cmds.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+                Ok(cmd) => {
+                    work = true;
+                    self.command(cmd, now);
+                }
+                Err(TryRecvError::Empty) => return Some(work),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: Instant) {
+        match cmd {
+            Command::AddChannel { id, mem, reply } => {
+                let token = TOKEN_CHANNEL_BASE + u64::from(id);
+                if let Err(e) = self.epoll.add(
+                    mem.sidecar_efd().as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, token),
+                ) {
+                    tracing::error!(engine = self.id, channel = id, "epoll add: {e}");
+                }
+                self.chans.insert(id, Chan::new(id, *mem));
+                self.counters.channels_opened += 1;
+                let _ = reply.send(());
+            }
+            Command::CloseChannel { id, code, reply } => {
+                self.close_channel(id, code, now);
+                if let Some(r) = reply {
+                    let _ = r.send(());
+                }
+            }
+            Command::Listen {
+                channel,
+                port,
+                reply,
+            } => {
+                let res = match self.chans.get_mut(&channel) {
+                    None => Err(EngineListenError::NoSuchChannel),
+                    Some(chan) => match self.core.listen(port) {
+                        Ok(()) => {
+                            chan.ports.push(port);
+                            self.listeners.insert(port, channel);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                };
+                let _ = reply.send(res);
+            }
+            Command::Unlisten { port, reply } => {
+                self.unlisten(port);
+                let _ = reply.send(());
+            }
+            Command::HostListener {
+                port,
+                engine,
+                listening,
+                reply,
+            } => {
+                if listening {
+                    if let Err(e) = self.core.add_host_listener(port, engine) {
+                        tracing::warn!(engine = self.id, port, "add_host_listener: {e}");
+                    }
+                } else {
+                    self.core.remove_host_listener(port, engine);
+                }
+                let _ = reply.send(());
+            }
+            Command::Report { reply } => {
+                let _ = reply.send(self.report());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn unlisten(&mut self, port: u16) {
+        self.core.unlisten(port);
+        if let Some(ch) = self.listeners.remove(&port) {
+            if let Some(chan) = self.chans.get_mut(&ch) {
+                chan.ports.retain(|&p| p != port);
+            }
+        }
+    }
+
+    fn close_channel(&mut self, id: ChannelId, code: CloseCode, now: Instant) {
+        let Some(mut chan) = self.chans.remove(&id) else {
+            return;
+        };
+        for port in std::mem::take(&mut chan.ports) {
+            self.core.unlisten(port);
+            self.listeners.remove(&port);
+        }
+        let mut ctx = Ctx {
+            core: &mut self.core,
+            now,
+            owners: &mut self.owners,
+        };
+        chan.close_all(&mut ctx, code);
+        let _ = self.epoll.delete(chan.mem().sidecar_efd().as_fd());
+        self.counters.channels_closed += 1;
+        tracing::debug!(engine = self.id, channel = id, ?code, "channel closed");
+    }
+
+    /// Closes a channel whose app broke the protocol and tells the control thread.
+    fn violation(&mut self, id: ChannelId, v: Violation, now: Instant) {
+        tracing::warn!(engine = self.id, channel = id, "closing channel: {v}");
+        self.counters.channel_violations += 1;
+        self.close_channel(id, CloseCode::ChannelViolation, now);
+        self.notifier.notify(Notice::ChannelClosed {
+            channel: id,
+            code: CloseCode::ChannelViolation,
+        });
+    }
+
+    fn receive(&mut self, now: Instant) -> bool {
+        let core = &mut self.core;
+        match self.dp.recv(RX_BUDGET, &mut |r| {
+            core.handle_datagram(
+                now,
+                Datagram {
+                    remote_ip: r.remote_ip,
+                    src_port: r.src_port,
+                    dst_port: r.dst_port,
+                    payload: r.payload,
+                },
+            )
+        }) {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(engine = self.id, "datapath receive: {e}");
+                false
+            }
+        }
+    }
+
+    fn consume_requests(&mut self, now: Instant) -> bool {
+        let mut work = false;
+        let mut bad = Vec::new();
+        let mut ctx = Ctx {
+            core: &mut self.core,
+            now,
+            owners: &mut self.owners,
+        };
+        for (id, chan) in self.chans.iter_mut() {
+            match chan.consume(&mut ctx) {
+                Ok(n) => {
+                    self.counters.requests += n as u64;
+                    work |= n > 0;
+                }
+                Err(v) => bad.push((*id, v)),
+            }
+        }
+        for (id, v) in bad {
+            self.violation(id, v, now);
+        }
+        work
+    }
+
+    /// Routes core events to channels and writes notifications.
+    fn deliver(&mut self, now: Instant) -> bool {
+        let mut work = false;
+        // Reading messages can finish flows (new events); a few rounds settle it.
+        for _ in 0..4 {
+            let mut events = false;
+            while let Some(ev) = self.core.poll_event() {
+                events = true;
+                self.route(ev, now);
+            }
+            let mut bad = Vec::new();
+            for (id, chan) in self.chans.iter_mut() {
+                if !chan.wants_flush() && !chan.has_room_for_blocked() {
+                    continue;
+                }
+                let before = chan.counters().notifications;
+                match chan.flush(&mut self.core) {
+                    Ok(_) => {
+                        let n = chan.counters().notifications - before;
+                        self.counters.notifications += n;
+                        work |= n > 0;
+                    }
+                    Err(v) => bad.push((*id, v)),
+                }
+            }
+            for (id, v) in bad {
+                self.violation(id, v, now);
+            }
+            work |= events;
+            if !events {
+                break;
+            }
+        }
+        work
+    }
+
+    fn route(&mut self, ev: Event, now: Instant) {
+        let owner = |w: &Self, flow: FlowId| w.owners.get(&flow).copied();
+        match ev {
+            Event::Connected { flow } => {
+                if let Some((ch, h)) = owner(self, flow) {
+                    let info = flow_info(&self.core, flow);
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.on_connected(h, info);
+                    }
+                }
+            }
+            Event::Accepted { flow, listen_port } => {
+                let info = flow_info(&self.core, flow);
+                let taken = match self
+                    .listeners
+                    .get(&listen_port)
+                    .and_then(|ch| self.chans.get_mut(ch))
+                {
+                    Some(c) => c.on_accepted(flow, listen_port, info, &mut self.owners),
+                    None => false,
+                };
+                if !taken {
+                    self.counters.orphan_accepts += 1;
+                    let _ = self.core.abort(now, flow);
+                }
+            }
+            Event::Readable { flow } => {
+                if let Some((ch, h)) = owner(self, flow) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.on_readable(h);
+                    }
+                }
+            }
+            Event::Writable { flow } => {
+                if let Some((ch, _)) = owner(self, flow) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.on_writable(flow);
+                    }
+                }
+            }
+            Event::PeerClosed { flow } => {
+                if let Some((ch, h)) = owner(self, flow) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.on_peer_closed(h);
+                    }
+                }
+            }
+            Event::Closed { flow, reason } => {
+                if let Some((ch, h)) = self.owners.remove(&flow) {
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        c.on_closed(h, flow, reason.into());
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: Instant) -> bool {
+        let mut n = 0;
+        while n < TX_BUDGET {
+            let Some(t) = self.core.poll_transmit(now, &mut self.tx_buf) else {
+                break;
+            };
+            n += 1;
+            // Failures are counted by the datapath; the transport recovers from the loss.
+            let _ = self.dp.send(Outgoing {
+                remote_ip: t.remote_ip,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                payload: &self.tx_buf[..t.len],
+            });
+        }
+        n > 0
+    }
+
+    fn stats_tick(&mut self, now: Instant) {
+        let (Some(due), Some(every)) = (self.next_stats, self.stats_interval) else {
+            return;
+        };
+        if now < due {
+            return;
+        }
+        self.next_stats = Some(now + every);
+        tracing::info!("{}", self.report());
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Sleeping
+    // ------------------------------------------------------------------------------------------
+
+    /// Sleeps in epoll until a datagram, a request, room in a notification ring, a command or
+    /// a timer — after announcing the sleep on every channel so no wake-up is lost.
+    fn sleep(&mut self) {
+        let now = self.clock.now();
+        let mut abort = false;
+        let mut bad = Vec::new();
+        for (id, chan) in self.chans.iter_mut() {
+            match chan.prepare_sleep() {
+                Ok(true) => {}
+                Ok(false) => abort = true,
+                Err(v) => bad.push((*id, v)),
+            }
+        }
+        if !bad.is_empty() {
+            for (id, v) in bad {
+                self.violation(id, v, now);
+            }
+            abort = true;
+        }
+        if !abort && !self.cmds.is_empty() {
+            abort = true;
+        }
+        let deadline = [self.core.poll_timeout(), self.next_stats]
+            .into_iter()
+            .flatten()
+            .min();
+        if !abort {
+            if let Some(d) = deadline {
+                let wait = d - now;
+                // A due timer, or a timer that cannot be armed: do not sleep.
+                abort = wait.is_zero()
+                    || self
+                        .timer
+                        .set(
+                            Expiration::OneShot(TimeSpec::from_duration(wait)),
+                            TimerSetTimeFlags::empty(),
+                        )
+                        .is_err();
+            }
+        }
+        if !abort {
+            self.counters.sleeps += 1;
+            // Without a readiness fd the datapath must be polled: sleep briefly at most.
+            let timeout = if self.dp_registered {
+                EpollTimeout::NONE
+            } else {
+                EpollTimeout::from(1u8)
+            };
+            let n = match self.epoll.wait(&mut self.events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => {
+                    tracing::error!(engine = self.id, "epoll_wait: {e}");
+                    0
+                }
+            };
+            for i in 0..n {
+                let token = self.events[i].data();
+                match token {
+                    TOKEN_DATAPATH => {}
+                    TOKEN_COMMAND => {
+                        let _ = self.wake.read();
+                    }
+                    TOKEN_TIMER => {
+                        let mut b = [0u8; 8];
+                        let _ = nix::unistd::read(self.timer.as_fd(), &mut b);
+                    }
+                    t => {
+                        let ch = (t - TOKEN_CHANNEL_BASE) as ChannelId;
+                        if let Some(c) = self.chans.get(&ch) {
+                            c.mem().drain_sidecar_efd();
+                        }
+                    }
+                }
+            }
+            if deadline.is_some() {
+                let _ = self.timer.unset();
+            }
+        }
+        for chan in self.chans.values_mut() {
+            chan.cancel_sleep();
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // Reports and shutdown
+    // ------------------------------------------------------------------------------------------
+
+    fn report(&self) -> EngineReport {
+        EngineReport {
+            engine: self.id,
+            core: self.core.stats().clone(),
+            datapath: self.dp.stats(),
+            engine_loop: self.counters,
+            channels: self.chans.len(),
+            flows: self.core.flow_count(),
+            core_held_bytes: self
+                .owners
+                .keys()
+                .filter_map(|&f| self.core.flow_held_bytes(f))
+                .sum(),
+            sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
+            stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let now = self.clock.now();
+        let ids: Vec<ChannelId> = self.chans.keys().copied().collect();
+        for id in ids {
+            self.close_channel(id, CloseCode::Shutdown, now);
+        }
+        // Let the peers know (RSTs for the aborted flows).
+        while self.transmit(now) {}
+        tracing::info!("final: {}", self.report());
+    }
+}

@@ -1,0 +1,214 @@
+//! Starting and stopping a whole sidecar: engines (one thread each, with their datapaths) and
+//! the control server.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::{DatapathKind, SidecarConfig};
+use crate::control::{ControlServer, ControlStartError};
+use crate::datapath::kernel::{probe_pool, KernelUdp, KernelUdpError};
+use crate::datapath::lossy::Lossy;
+use crate::datapath::{Datapath, DEFAULT_MAX_DATAGRAM};
+use crate::engine::{EngineClient, EngineHandle, EngineParams, Notifier, SpawnError};
+use crate::stats::EngineReport;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// DPDK was requested but this build has none.
+    #[error(
+        "this build of machnet has no DPDK support (the DPDK datapath is not implemented yet); \
+         use --datapath kernel-udp"
+    )]
+    NoDpdk,
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The kernel UDP datapath could not be set up.
+    #[error(transparent)]
+    KernelUdp(#[from] KernelUdpError),
+    /// The number of datapaths given differs from the engine count.
+    #[error("{given} datapaths given for {engines} engines")]
+    DatapathCount {
+        /// Datapaths given.
+        given: usize,
+        /// Engines configured.
+        engines: u16,
+    },
+    /// An engine could not start.
+    #[error("engine {engine}: {source}")]
+    Engine {
+        /// The engine.
+        engine: u16,
+        /// The error.
+        source: SpawnError,
+    },
+    /// The control server could not start.
+    #[error(transparent)]
+    Control(#[from] ControlStartError),
+    /// The notice queue could not be created.
+    #[error("setup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    cfg: Arc<SidecarConfig>,
+    engines: Vec<EngineHandle>,
+    control: Option<ControlServer>,
+}
+
+/// Builds the configured kernel datapaths (wrapped in loss injection if configured).
+pub fn kernel_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, StartError> {
+    match cfg.datapath {
+        DatapathKind::Dpdk => return Err(StartError::NoDpdk),
+        DatapathKind::KernelUdp => {}
+    }
+    probe_pool(cfg.local_ip, cfg.udp_ports)?;
+    let mut out: Vec<Box<dyn Datapath>> = Vec::new();
+    for _ in 0..cfg.engines {
+        out.push(Box::new(KernelUdp::new(
+            cfg.local_ip,
+            cfg.udp_ports,
+            DEFAULT_MAX_DATAGRAM,
+        )?));
+    }
+    Ok(out)
+}
+
+impl Sidecar {
+    /// Starts a sidecar with the configured datapath.
+    pub fn start(cfg: SidecarConfig) -> Result<Sidecar, StartError> {
+        cfg.validate()?;
+        let dps = kernel_datapaths(&cfg)?;
+        Self::start_with_datapaths(cfg, dps)
+    }
+
+    /// Starts a sidecar on the given datapaths (one per engine, in engine order), e.g. the
+    /// in-memory datapath of tests. Loss injection (`test_loss`) is applied on top.
+    pub fn start_with_datapaths(
+        cfg: SidecarConfig,
+        datapaths: Vec<Box<dyn Datapath>>,
+    ) -> Result<Sidecar, StartError> {
+        cfg.validate()?;
+        if datapaths.len() != usize::from(cfg.engines) {
+            return Err(StartError::DatapathCount {
+                given: datapaths.len(),
+                engines: cfg.engines,
+            });
+        }
+        if let Some(l) = cfg.test_loss {
+            tracing::warn!(
+                drop_rate = l.drop_rate,
+                seed = l.seed,
+                "TEST MODE: dropping sent datagrams at random"
+            );
+        }
+        let cfg = Arc::new(cfg);
+        let (notifier, notices, notice_wake) = Notifier::new()?;
+        let clock = Clock::new();
+        let mut engines = Vec::new();
+        for (i, dp) in datapaths.into_iter().enumerate() {
+            let id = i as u16;
+            let dp: Box<dyn Datapath> = match cfg.test_loss {
+                Some(l) => Box::new(Lossy::new(
+                    dp,
+                    l.drop_rate,
+                    l.seed.wrapping_add(u64::from(id)),
+                )),
+                None => dp,
+            };
+            let params = EngineParams {
+                core: cfg.engine_config(id),
+                seed: crate::random_seed(),
+                idle_mode: cfg.idle_mode,
+                busy_poll: cfg.busy_poll,
+                stats_interval: cfg.stats_interval,
+                clock,
+            };
+            let h = EngineHandle::spawn(params, dp, notifier.clone())
+                .map_err(|source| StartError::Engine { engine: id, source })?;
+            engines.push(h);
+        }
+        let clients: Vec<EngineClient> = engines.iter().map(|e| e.client().clone()).collect();
+        let control = ControlServer::spawn(cfg.clone(), clients, notices, notice_wake)?;
+        tracing::info!(
+            local_ip = %cfg.local_ip,
+            engines = cfg.engines,
+            udp_ports = format!("{}..{}", cfg.udp_ports.base, u32::from(cfg.udp_ports.base) + u32::from(cfg.udp_ports.count)),
+            max_message_len = cfg.max_message_len,
+            "machnet sidecar running"
+        );
+        Ok(Sidecar {
+            cfg,
+            engines,
+            control: Some(control),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SidecarConfig {
+        &self.cfg
+    }
+
+    /// The control socket path.
+    pub fn control_socket(&self) -> &Path {
+        &self.cfg.control_socket
+    }
+
+    /// Clients of the engines (for statistics or embedding).
+    pub fn engines(&self) -> Vec<EngineClient> {
+        self.engines.iter().map(|e| e.client().clone()).collect()
+    }
+
+    /// A statistics snapshot of every engine that answers.
+    pub fn reports(&self) -> Vec<EngineReport> {
+        self.engines
+            .iter()
+            .filter_map(|e| e.client().report().ok())
+            .collect()
+    }
+
+    /// Whether every engine thread is still running.
+    pub fn healthy(&self) -> bool {
+        self.engines.iter().all(|e| !e.is_finished())
+    }
+
+    /// Stops the sidecar: engines close every channel with `Shutdown` (peers get RSTs), then the
+    /// control server drops its connections and removes the socket file.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for e in &mut self.engines {
+            e.shutdown();
+        }
+        if let Some(mut c) = self.control.take() {
+            c.shutdown();
+            tracing::info!("machnet sidecar stopped");
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Installs a `tracing` subscriber writing to stderr with `filter` (RUST_LOG overrides it).
+/// Does nothing if one is installed already.
+pub fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let f = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(f)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

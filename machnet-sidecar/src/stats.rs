@@ -1,0 +1,123 @@
+//! Per-engine statistics: the core's counters, the datapath's, and the engine's own.
+
+use std::fmt;
+
+use machnet_core::{DropReason, EngineStats};
+
+use crate::datapath::DatapathStats;
+
+/// The engine loop's own counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Times the engine slept in epoll.
+    pub sleeps: u64,
+    /// Channels closed because the app broke the protocol.
+    pub channel_violations: u64,
+    /// Channels opened on this engine.
+    pub channels_opened: u64,
+    /// Channels closed on this engine (any reason).
+    pub channels_closed: u64,
+    /// Requests consumed from all channels.
+    pub requests: u64,
+    /// Notifications written to all channels.
+    pub notifications: u64,
+    /// Flows accepted for a port no channel listens on any more (aborted).
+    pub orphan_accepts: u64,
+}
+
+/// A snapshot of one engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineReport {
+    /// Engine id.
+    pub engine: u16,
+    /// Protocol counters.
+    pub core: EngineStats,
+    /// Packet I/O counters.
+    pub datapath: DatapathStats,
+    /// Engine loop counters.
+    pub engine_loop: LoopStats,
+    /// Open channels.
+    pub channels: usize,
+    /// Flows in the core (including half-open and lingering ones).
+    pub flows: usize,
+    /// Bytes the core holds for applications (unread, partial and out-of-order data).
+    pub core_held_bytes: usize,
+    /// Message bytes held by the sidecar outside the core and the rings.
+    pub sidecar_held_bytes: usize,
+    /// Channels whose request ring is held up by a flow's full send buffer.
+    pub stalled_channels: usize,
+}
+
+impl fmt::Display for EngineReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.core;
+        let d = &self.datapath;
+        write!(
+            f,
+            "engine {}: channels {} flows {} | rx {} pkts {} B, tx {} pkts {} B | \
+             retransmits fast {} timeout {} probes {} | connects {} accepts {} rsts {} | \
+             held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
+             tx_errors {} injected {} | violations {} sleeps {}",
+            self.engine,
+            self.channels,
+            self.flows,
+            d.rx_packets,
+            d.rx_bytes,
+            d.tx_packets,
+            d.tx_bytes,
+            c.fast_retransmits,
+            c.timeout_retransmits,
+            c.tail_probes,
+            c.connects_completed,
+            c.accepts_completed,
+            c.rsts_sent,
+            self.core_held_bytes,
+            self.sidecar_held_bytes,
+            self.stalled_channels,
+            d.rx_oversize,
+            d.tx_dropped,
+            d.tx_errors,
+            d.injected_drops,
+            self.engine_loop.channel_violations,
+            self.engine_loop.sleeps,
+        )?;
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .filter_map(|&r| {
+                let n = c.drops[r as usize];
+                (n > 0).then(|| format!("{}={n}", r.name()))
+            })
+            .collect();
+        if !drops.is_empty() {
+            write!(f, " | drops {}", drops.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lists_only_nonzero_drop_reasons() {
+        let mut r = EngineReport {
+            engine: 3,
+            core: EngineStats::default(),
+            datapath: DatapathStats::default(),
+            engine_loop: LoopStats::default(),
+            channels: 1,
+            flows: 2,
+            core_held_bytes: 0,
+            sidecar_held_bytes: 0,
+            stalled_channels: 0,
+        };
+        assert!(!r.to_string().contains("drops"));
+        r.core.drops[DropReason::WrongEngine as usize] = 5;
+        let s = r.to_string();
+        assert!(s.starts_with("engine 3:"), "{s}");
+        assert!(s.contains("drops wrong_engine=5"), "{s}");
+    }
+}

@@ -1,0 +1,113 @@
+//! End to end: the real `machnet` binary (two processes, kernel UDP on 127.0.0.1 and 127.0.0.2)
+//! and the real client library (`machnet` crate).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{pattern, temp_dir, Proc, WAIT};
+use machnet::{CloseCode, Event, Machnet, RecvError};
+
+const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// An echo server on sidecar `sock`, port `port`, in its own thread, until `stop`.
+fn echo(sock: std::path::PathBuf, port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let m = Machnet::attach_at(&sock).expect("attach server");
+    let mut ch = m.open_channel(None).expect("server channel");
+    ch.listen(port).expect("listen");
+    std::thread::spawn(move || {
+        let _m = m;
+        while !stop.load(Ordering::SeqCst) {
+            match ch.next_event(Some(Duration::from_millis(50))) {
+                Ok(Some(Event::Message { flow, data })) => ch.send(&flow, &data).expect("echo"),
+                Ok(Some(Event::PeerClosed { flow })) => {
+                    let _ = ch.close(&flow);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("server: {e}"),
+            }
+        }
+    })
+}
+
+#[test]
+fn the_client_library_talks_through_two_sidecar_processes() {
+    let pool = machnet_sidecar::testing::free_udp_pool(&[A, B], 8);
+    let dir = temp_dir("e2e");
+    let mut sa = Proc::start(A, 2, pool, &dir, &[]);
+    let mut sb = Proc::start(B, 2, pool, &dir, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo(sb.sock.clone(), 6000, stop.clone());
+
+    let m = Machnet::attach_at(&sa.sock).expect("attach");
+    assert_eq!(m.local_ip(), A);
+    assert_eq!(m.engines(), 2);
+    // Several threads, each with its own channel and flow.
+    let workers: Vec<_> = (0..3u64)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let mut ch = m.open_channel(None).expect("channel");
+                let flow = ch.connect(B, 6000).expect("connect");
+                assert_eq!(flow.remote_ip(), B);
+                let sizes: &[usize] = if t == 0 {
+                    &[1, 1472, 65536, 1 << 20, 8 << 20]
+                } else {
+                    &[1, 100, 5000, 70000]
+                };
+                for (i, &len) in sizes.iter().enumerate() {
+                    for k in 0..5u64 {
+                        let msg = pattern(t * 1000 + i as u64 * 10 + k, len);
+                        ch.send(&flow, &msg).expect("send");
+                        let (from, got) = ch.recv().expect("recv");
+                        assert_eq!(from, flow);
+                        assert!(got == msg, "thread {t}: {len} bytes altered");
+                    }
+                }
+                ch.close(&flow).expect("close");
+                loop {
+                    match ch.next_event(Some(WAIT)).expect("event") {
+                        Some(Event::Closed { reason, .. }) => {
+                            assert_eq!(reason, Some(CloseCode::Graceful));
+                            break;
+                        }
+                        Some(Event::PeerClosed { .. }) => {}
+                        other => panic!("thread {t}: unexpected {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+
+    // The sidecar dies (SIGKILL): a blocked receive ends with SidecarGone instead of hanging.
+    let mut ch = m.open_channel(None).expect("channel");
+    let _flow = ch.connect(B, 6000).expect("connect");
+    let killer = {
+        let pid = sa.child.as_ref().unwrap().id() as i32;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        })
+    };
+    match ch.recv() {
+        Err(RecvError::SidecarGone) => {}
+        other => panic!("expected SidecarGone, got {other:?}"),
+    }
+    killer.join().unwrap();
+    let _ = sa.child.take().map(|mut c| c.wait());
+
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert!(sb.terminate().success());
+}

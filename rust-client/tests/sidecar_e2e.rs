@@ -1,0 +1,244 @@
+//! End to end: the client library against two real sidecars (machnet-sidecar, kernel UDP
+//! datapath) on 127.0.0.1 and 127.0.0.2 in this process.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use machnet::{CloseCode, ConnectError, Machnet, RecvError, SendError};
+use machnet_sidecar::{Sidecar, SidecarConfig};
+
+const IP_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const PORT: u16 = 888;
+const T: Duration = Duration::from_secs(10);
+
+static DIRS: AtomicU32 = AtomicU32::new(0);
+
+struct Pair {
+    a: Option<Sidecar>,
+    b: Option<Sidecar>,
+    dir: PathBuf,
+}
+
+impl Pair {
+    fn new(engines: u16) -> Pair {
+        let dir = std::env::temp_dir().join(format!(
+            "machnet-client-e2e-{}-{}",
+            std::process::id(),
+            DIRS.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = machnet_sidecar::testing::free_udp_pool(&[IP_A, IP_B], 4);
+        let cfg = |ip, name: &str| {
+            let mut c = SidecarConfig::new();
+            c.local_ip = ip;
+            c.engines = engines;
+            c.control_socket = dir.join(name);
+            c.stats_interval = None;
+            c.udp_ports = pool;
+            c
+        };
+        let a = Sidecar::start(cfg(IP_A, "a.sock")).expect("sidecar A starts");
+        let b = Sidecar::start(cfg(IP_B, "b.sock")).expect("sidecar B starts");
+        Pair {
+            a: Some(a),
+            b: Some(b),
+            dir,
+        }
+    }
+
+    fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        if let Some(s) = self.b.take() {
+            s.shutdown();
+        }
+        if let Some(s) = self.a.take() {
+            s.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An echo server attached to sidecar A; ends (returning its echo count) when its channel or
+/// sidecar goes away.
+fn echo_server(p: &Pair) -> JoinHandle<u64> {
+    let m = Machnet::attach_at(p.sock("a.sock")).expect("server attaches");
+    let mut ch = m.open_channel(None).unwrap();
+    ch.listen(PORT).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; ch.max_message_len() as usize];
+        let mut n_echoed = 0;
+        loop {
+            let (flow, n) = match ch.recv_into(&mut buf) {
+                Ok(r) => r,
+                Err(RecvError::ChannelClosed(_) | RecvError::SidecarGone) => return n_echoed,
+                Err(e) => panic!("server recv: {e}"),
+            };
+            match ch.send(&flow, &buf[..n]) {
+                Ok(()) => n_echoed += 1,
+                Err(SendError::FlowClosed(_) | SendError::FlowClosing) => {}
+                Err(SendError::ChannelClosed(_) | SendError::SidecarGone) => return n_echoed,
+                Err(e) => panic!("server send: {e}"),
+            }
+        }
+    })
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn messages_of_every_size_up_to_8_mib_round_trip_intact() {
+    let p = Pair::new(1);
+    let server = echo_server(&p);
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    assert_eq!(m.local_ip(), IP_B);
+    let mut ch = m.open_channel(None).unwrap();
+    assert_eq!(ch.max_message_len(), 8 << 20);
+    let flow = ch.connect(IP_A, PORT).expect("connect");
+    assert_eq!(flow.remote_addr(), std::net::SocketAddrV4::new(IP_A, PORT));
+    assert_eq!(flow.local_ip(), IP_B);
+    for (i, len) in [1usize, 64, 1000, 1500, 9000, 65536, 1 << 20, 8 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let msg = pattern(len, i as u8);
+        ch.send(&flow, &msg).unwrap();
+        let (f, got) = ch.recv_timeout(T).unwrap().expect("echo in time");
+        assert_eq!(f, flow);
+        assert!(got == msg, "echo of {len} bytes differs");
+    }
+    // A buffer too small: the size is reported and the message kept.
+    ch.send(&flow, &pattern(1000, 9)).unwrap();
+    let mut small = [0u8; 10];
+    let deadline = Instant::now() + T;
+    loop {
+        match ch.recv_into_timeout(&mut small, Duration::from_millis(100)) {
+            Err(RecvError::BufferTooSmall { needed: 1000, .. }) => break,
+            Ok(None) if Instant::now() < deadline => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut buf = vec![0u8; 1000];
+    let (_, n) = ch.recv_into(&mut buf).unwrap();
+    assert_eq!((n, buf), (1000, pattern(1000, 9)));
+    // Ping-pong.
+    for i in 0u32..2000 {
+        ch.send(&flow, &i.to_le_bytes()).unwrap();
+        let (_, got) = ch.recv_timeout(T).unwrap().expect("echo in time");
+        assert_eq!(got, i.to_le_bytes());
+    }
+    // A graceful close completes.
+    ch.close(&flow).unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        match ch.next_event(Some(deadline.saturating_duration_since(Instant::now()))) {
+            Ok(Some(machnet::Event::Closed { flow: f, reason })) => {
+                assert_eq!(f, flow);
+                assert_eq!(reason, Some(CloseCode::Graceful));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(p);
+    assert_eq!(server.join().unwrap(), 2009);
+}
+
+#[test]
+fn connecting_to_a_port_nobody_listens_on_is_refused() {
+    let p = Pair::new(1);
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    match ch.connect(IP_A, 999) {
+        Err(ConnectError::Failed(Some(CloseCode::Refused))) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sidecar_shutdown_ends_a_blocked_recv() {
+    let mut p = Pair::new(1);
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let b = p.b.take().unwrap();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        b.shutdown();
+    });
+    let t0 = Instant::now();
+    let err = ch.recv().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecvError::ChannelClosed(Some(CloseCode::Shutdown)) | RecvError::SidecarGone
+        ),
+        "{err:?}"
+    );
+    assert!(t0.elapsed() < T);
+    stopper.join().unwrap();
+}
+
+#[test]
+fn threads_with_their_own_channels_on_several_engines() {
+    let p = Pair::new(2);
+    let server = echo_server(&p);
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let clients: Vec<_> = (0..3u16)
+        .map(|t| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let mut ch = m.open_channel(Some(t % 2)).unwrap();
+                assert_eq!(ch.engine(), t % 2);
+                let flow = ch.connect(IP_A, PORT).unwrap();
+                for i in 0u32..500 {
+                    let msg = [t.to_le_bytes().as_slice(), &i.to_le_bytes()].concat();
+                    ch.send(&flow, &msg).unwrap();
+                    let (f, got) = ch.recv_timeout(T).unwrap().expect("echo in time");
+                    assert_eq!((f, got), (flow, msg));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    drop(p);
+    assert_eq!(server.join().unwrap(), 1500);
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_client_against_real_sidecars() {
+    let p = Pair::new(1);
+    let server = echo_server(&p);
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let flow = ch.connect_async(IP_A, PORT).await.unwrap();
+        for i in 0u32..500 {
+            ch.send_async(&flow, &i.to_le_bytes()).await.unwrap();
+            let (_, got) = ch.recv_async().await.unwrap();
+            assert_eq!(got, i.to_le_bytes());
+        }
+    });
+    drop(p);
+    assert_eq!(server.join().unwrap(), 500);
+}
