@@ -9,11 +9,14 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy -p machnet --features tokio --all-targets --quiet -- -D warnings
 
 echo "== cargo test (simulation tests are optimised: see [profile.test] in Cargo.toml)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+echo "== client library with its tokio feature"
+cargo test -p machnet --features tokio 2>&1 | tee -a "$log"
 # Sum every test binary's result line for the closing summary.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' "$log")
 
