@@ -166,10 +166,18 @@ fn main() -> ExitCode {
     match result {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some((report, json))) => {
-            if json {
-                println!("{}", report.json());
+            let text = if json {
+                report.json().to_string()
             } else {
-                println!("{}", report.human());
+                report.human()
+            };
+            // A closed stdout (e.g. piped into `head`) must not turn into a panic.
+            if let Err(e) = std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                format!("{text}\n").as_bytes(),
+            ) {
+                eprintln!("machnet-echo: cannot write the report: {e}");
+                return ExitCode::FAILURE;
             }
             if report.mismatches > 0 {
                 eprintln!(
