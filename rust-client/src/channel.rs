@@ -1218,7 +1218,7 @@ impl Channel {
                 }
             }
         }
-        let clear = |tx: &Producer| tx.ring().control().space_waiting.store(0, Ordering::SeqCst);
+        let clear = |tx: &Producer| tx.cancel_wait();
         match self.tx.prepare_wait() {
             Ok(free) if free >= need => {
                 clear(&self.tx);

@@ -13,25 +13,9 @@ use std::time::Duration;
 use machnet_core::channel::control::ControlError;
 use machnet_core::channel::{CloseCode, LayoutError};
 
-/// A human-readable description of a [`CloseCode`].
+/// A human-readable description of a [`CloseCode`] (same as its `Display`).
 pub fn describe_close_code(code: CloseCode) -> &'static str {
-    match code {
-        CloseCode::Graceful => "closed gracefully",
-        CloseCode::Refused => "connection refused by the remote host",
-        CloseCode::Reset => "reset by the remote host",
-        CloseCode::TimedOut => "timed out (the remote host stopped answering)",
-        CloseCode::ProtocolViolation => "the remote host broke the Machnet protocol",
-        CloseCode::Aborted => "aborted",
-        CloseCode::MessageTooLarge => "message too large",
-        CloseCode::UnknownFlow => "the sidecar does not know this flow on this channel",
-        CloseCode::InvalidRequest => "the sidecar rejected the request as malformed",
-        CloseCode::Exhausted => "the sidecar ran out of resources (e.g. ephemeral ports)",
-        CloseCode::ChannelViolation => {
-            "the sidecar closed the channel because the application broke the channel protocol"
-        }
-        CloseCode::Shutdown => "the sidecar is shutting down",
-        CloseCode::Detached => "the channel was detached",
-    }
+    code.description()
 }
 
 /// Formats an optional close code (`None`: the sidecar sent a code this library does not know).

@@ -69,6 +69,27 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// A human-readable description, for error messages.
+    pub fn description(self) -> &'static str {
+        match self {
+            CloseCode::Graceful => "closed gracefully",
+            CloseCode::Refused => "connection refused by the remote host",
+            CloseCode::Reset => "reset by the remote host",
+            CloseCode::TimedOut => "timed out (the remote host stopped answering)",
+            CloseCode::ProtocolViolation => "the remote host broke the Machnet protocol",
+            CloseCode::Aborted => "aborted",
+            CloseCode::MessageTooLarge => "message too large",
+            CloseCode::UnknownFlow => "the sidecar does not know this flow on this channel",
+            CloseCode::InvalidRequest => "the sidecar rejected the request as malformed",
+            CloseCode::Exhausted => "the sidecar ran out of resources (e.g. ephemeral ports)",
+            CloseCode::ChannelViolation => {
+                "the sidecar closed the channel because the application broke the channel protocol"
+            }
+            CloseCode::Shutdown => "the sidecar is shutting down",
+            CloseCode::Detached => "the channel was detached",
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         use CloseCode::*;
         Some(match v {
@@ -87,6 +108,12 @@ impl CloseCode {
             34 => Detached,
             _ => return None,
         })
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
     }
 }
 

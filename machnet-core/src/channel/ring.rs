@@ -209,6 +209,11 @@ impl Producer {
         self.free()
     }
 
+    /// Withdraws a wait announcement (e.g. after finding enough space).
+    pub fn cancel_wait(&self) {
+        self.ring.control().space_waiting.store(0, Ordering::SeqCst);
+    }
+
     /// Our position.
     pub fn position(&self) -> u64 {
         self.tail
