@@ -241,17 +241,7 @@ impl Datapath for KernelUdp {
     }
 
     fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        if d.payload.len() > self.max_datagram {
-            self.stats.tx_errors += 1;
-            return Err(SendError::Oversize {
-                len: d.payload.len(),
-                max: self.max_datagram,
-            });
-        }
-        if !self.pool.contains(d.src_port) {
-            self.stats.tx_errors += 1;
-            return Err(SendError::NotOurPort(d.src_port));
-        }
+        d.check(self.max_datagram, self.pool, &mut self.stats)?;
         let sock = &self.sockets[usize::from(d.src_port - self.pool.base)];
         match sock.send_to(d.payload, SocketAddrV4::new(d.remote_ip, d.dst_port)) {
             Ok(_) => {

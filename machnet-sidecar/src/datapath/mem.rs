@@ -244,17 +244,7 @@ impl Datapath for MemDatapath {
     }
 
     fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        if d.payload.len() > self.max_datagram {
-            self.stats.tx_errors += 1;
-            return Err(SendError::Oversize {
-                len: d.payload.len(),
-                max: self.max_datagram,
-            });
-        }
-        if !self.pool.contains(d.src_port) {
-            self.stats.tx_errors += 1;
-            return Err(SendError::NotOurPort(d.src_port));
-        }
+        d.check(self.max_datagram, self.pool, &mut self.stats)?;
         match self.hub.deliver(self.ip, d) {
             Ok(()) => {
                 self.stats.tx_packets += 1;

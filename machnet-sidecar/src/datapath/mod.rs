@@ -50,6 +50,30 @@ pub struct Outgoing<'a> {
     pub payload: &'a [u8],
 }
 
+impl Outgoing<'_> {
+    /// The checks every datapath makes before sending: the datagram fits and leaves from one of
+    /// our pool's ports. A refusal is counted in `stats.tx_errors`.
+    pub fn check(
+        &self,
+        max_datagram: usize,
+        pool: machnet_core::PortPool,
+        stats: &mut DatapathStats,
+    ) -> Result<(), SendError> {
+        let refusal = if self.payload.len() > max_datagram {
+            SendError::Oversize {
+                len: self.payload.len(),
+                max: max_datagram,
+            }
+        } else if !pool.contains(self.src_port) {
+            SendError::NotOurPort(self.src_port)
+        } else {
+            return Ok(());
+        };
+        stats.tx_errors += 1;
+        Err(refusal)
+    }
+}
+
 /// Counters of one datapath.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DatapathStats {
