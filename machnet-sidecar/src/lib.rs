@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: command line and configuration file.
 //! - [`datapath`]: packet I/O (kernel UDP, in-memory, loss injection).
+//! - [`netstack`]: Ethernet/ARP/IPv4/UDP/ICMP for datapaths that see raw frames (DPDK).
 //! - [`shm`]: creating a channel's shared memory and eventfds.
 //! - [`engine`]: one thread per engine driving a `machnet_core::Engine`.
 //! - [`control`]: the control socket server.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod netstack;
 pub mod shm;
 mod sidecar;
 pub mod stats;
