@@ -9,6 +9,8 @@
 //! A datapath belongs to one engine thread. It is told nothing about flows: datagrams in, datagrams
 //! out, and a file descriptor that becomes readable when datagrams may be waiting.
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod kernel;
 pub mod lossy;
 pub mod mem;
