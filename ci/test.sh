@@ -20,6 +20,16 @@ cargo test -p machnet --features tokio 2>&1 | tee -a "$log"
 # Sum every test binary's result line for the closing summary.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' "$log")
 
+echo "== DPDK layer (feature dpdk)"
+if pkg-config --exists libdpdk 2>/dev/null; then
+    cargo clippy -p machnet-sidecar --features dpdk --all-targets --quiet -- -D warnings
+    # Each DPDK test file initialises EAL once (one EAL per process).
+    cargo test -p dpdk-sys -p machnet-sidecar --features machnet-sidecar/dpdk \
+        --test smoke --test dpdk_loopback --test dpdk_ports --test dpdk_errors 2>&1 | tee -a "$log"
+else
+    echo "skipped: DPDK is not installed (apt-get install dpdk-dev libdpdk-dev libclang-dev clang)"
+fi
+
 echo "== benchmarks compile"
 cargo bench --workspace --no-run --quiet
 
