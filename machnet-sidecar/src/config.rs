@@ -29,13 +29,33 @@ pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// Default per-flow send and receive buffers.
 pub const DEFAULT_FLOW_BUFFER: usize = 16 << 20;
 
+/// Smallest `--mtu` accepted (the IPv4 minimum every host must accept).
+pub const MIN_MTU: u16 = 576;
+/// Largest `--mtu` accepted (jumbo frames).
+pub const MAX_MTU: u16 = 9216;
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.trim().split([':', '-']);
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Which datapath carries the packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatapathKind {
     /// Kernel UDP sockets with SO_REUSEPORT (unprivileged; the kernel's hash is the RSS).
     KernelUdp,
-    /// DPDK (not available in this build).
+    /// DPDK (builds with the `dpdk` feature): one RX/TX queue pair of `--dpdk-port` per engine,
+    /// with the sidecar's own Ethernet/ARP/IPv4/UDP layer.
     Dpdk,
 }
 
@@ -75,8 +95,8 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub engines: Option<u16>,
 
-    /// Packet I/O: `kernel-udp` (SO_REUSEPORT sockets) or `dpdk` (not in this build).
-    /// [default: kernel-udp]
+    /// Packet I/O: `kernel-udp` (SO_REUSEPORT sockets) or `dpdk` (builds with the `dpdk`
+    /// feature only). [default: kernel-udp]
     #[arg(long, value_enum, value_name = "KIND")]
     pub datapath: Option<DatapathKind>,
 
@@ -114,7 +134,9 @@ pub struct Cli {
     pub log_level: Option<String>,
 
     /// What idle engines do: `busy` spins, `sleep` spins for --busy-poll-us then sleeps in
-    /// epoll until a packet, a request or a timer arrives. [default: sleep]
+    /// epoll until a packet, a request or a timer arrives (with `--datapath dpdk`, which has no
+    /// readiness fd, a sleeping engine polls the port only every millisecond).
+    /// [default: sleep; busy with --datapath dpdk]
     #[arg(long, value_enum, value_name = "MODE")]
     pub idle_mode: Option<IdleMode>,
 
@@ -140,6 +162,26 @@ pub struct Cli {
     /// Seconds between per-engine statistics log lines; 0 disables them. [default: 10]
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<f64>,
+
+    /// DPDK only: EAL arguments, whitespace-separated, e.g. "--no-pci --no-huge -m 256
+    /// --no-shconf --file-prefix=m1 --vdev=net_af_packet0,iface=veth0". [default: --no-pci
+    /// --no-huge -m 256 --no-shconf --no-telemetry --file-prefix=machnet-<pid>]
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
+
+    /// DPDK only: the port (name such as `net_af_packet0`, or index). [default: the first port]
+    #[arg(long, value_name = "NAME|INDEX")]
+    pub dpdk_port: Option<String>,
+
+    /// DPDK only: MAC address to use (aa:bb:cc:dd:ee:ff; the port turns promiscuous if it
+    /// differs from its own). [default: the port's MAC]
+    #[arg(long, value_name = "MAC")]
+    pub local_mac: Option<String>,
+
+    /// DPDK only: MTU of the port (the IP packet); engines send UDP payloads of up to MTU - 28
+    /// bytes. [default: the port's MTU, engines use 1472-byte payloads]
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<u16>,
 
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
@@ -186,6 +228,14 @@ pub struct FileConfig {
     pub flow_recv_buffer: Option<u64>,
     /// See [`Cli::stats_interval`].
     pub stats_interval: Option<f64>,
+    /// See [`Cli::dpdk_args`].
+    pub dpdk_args: Option<String>,
+    /// See [`Cli::dpdk_port`].
+    pub dpdk_port: Option<String>,
+    /// See [`Cli::local_mac`].
+    pub local_mac: Option<String>,
+    /// See [`Cli::mtu`].
+    pub mtu: Option<u16>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -243,6 +293,14 @@ pub struct SidecarConfig {
     pub stats_interval: Option<Duration>,
     /// Injected loss (tests only).
     pub test_loss: Option<TestLoss>,
+    /// DPDK: EAL arguments (empty: defaults, see `--dpdk-args`).
+    pub dpdk_args: Vec<String>,
+    /// DPDK: port name or index (`None`: the first port).
+    pub dpdk_port: Option<String>,
+    /// DPDK: our MAC (`None`: the port's).
+    pub local_mac: Option<[u8; 6]>,
+    /// DPDK: MTU to set on the port; also bounds the engines' UDP payloads (MTU - 28).
+    pub mtu: Option<u16>,
 }
 
 /// Why the configuration could not be built.
@@ -376,6 +434,10 @@ impl SidecarConfig {
             flow_recv_buffer: DEFAULT_FLOW_BUFFER,
             stats_interval: Some(Duration::from_secs(10)),
             test_loss: None,
+            dpdk_args: Vec::new(),
+            dpdk_port: None,
+            local_mac: None,
+            mtu: None,
         }
     }
 
@@ -450,6 +512,10 @@ impl SidecarConfig {
         }
         if let Some(v) = pick!(idle_mode) {
             c.idle_mode = v;
+        } else if c.datapath == DatapathKind::Dpdk {
+            // DPDK queues have no readiness fd: a sleeping engine would only poll them every
+            // millisecond, which the peers' loss-probe timers (100 µs) take for loss.
+            c.idle_mode = IdleMode::Busy;
         }
         if let Some(v) = pick!(busy_poll_us) {
             if v > 1_000_000 {
@@ -484,6 +550,23 @@ impl SidecarConfig {
             }
             c.stats_interval = (v > 0.0).then(|| Duration::from_secs_f64(v));
         }
+        if let Some(v) = pick!(dpdk_args) {
+            c.dpdk_args = v.split_whitespace().map(str::to_owned).collect();
+        }
+        if let Some(v) = pick!(dpdk_port) {
+            c.dpdk_port = Some(v);
+        }
+        if let Some(v) = pick!(local_mac) {
+            c.local_mac = Some(parse_mac(&v).ok_or_else(|| {
+                invalid(
+                    "--local-mac",
+                    format!("`{v}` is not a MAC (aa:bb:cc:dd:ee:ff)"),
+                )
+            })?);
+        }
+        if let Some(v) = pick!(mtu) {
+            c.mtu = Some(v);
+        }
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -500,6 +583,9 @@ impl SidecarConfig {
         e.send_buffer = self.flow_send_buffer;
         e.recv_buffer = self.flow_recv_buffer;
         e.checksum = machnet_core::ChecksumMode::Datapath;
+        if let Some(mtu) = self.mtu {
+            e.max_udp_payload = mtu.saturating_sub(28);
+        }
         e
     }
 
@@ -535,6 +621,16 @@ impl SidecarConfig {
         }
         if self.flow_recv_buffer == 0 {
             return Err(invalid("--flow-recv-buffer", "must be at least 1"));
+        }
+        if let Some(mtu) = self.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(invalid("--mtu", format!("must be {MIN_MTU}..={MAX_MTU}")));
+            }
+        }
+        if let Some(mac) = self.local_mac {
+            if mac[0] & 1 != 0 || mac == [0; 6] {
+                return Err(invalid("--local-mac", "must be a unicast MAC"));
+            }
         }
         if let Some(l) = self.test_loss {
             if !(l.drop_rate.is_finite() && (0.0..1.0).contains(&l.drop_rate)) {
@@ -686,6 +782,54 @@ mod tests {
             parse(&["--allow-user", "no-such-user-hopefully"]),
             Err(ConfigError::UnknownName { kind: "user", .. })
         ));
+    }
+
+    #[test]
+    fn dpdk_flags_parse() {
+        let c = parse(&[
+            "--datapath",
+            "dpdk",
+            "--dpdk-args",
+            "--no-pci  --vdev=net_af_packet0,iface=v0",
+            "--dpdk-port",
+            "net_af_packet0",
+            "--local-mac",
+            "02:00:00:00:00:01",
+            "--mtu",
+            "9000",
+        ])
+        .unwrap();
+        assert_eq!(c.datapath, DatapathKind::Dpdk);
+        assert_eq!(c.idle_mode, IdleMode::Busy, "DPDK defaults to busy polling");
+        assert_eq!(c.dpdk_args, ["--no-pci", "--vdev=net_af_packet0,iface=v0"]);
+        assert_eq!(c.dpdk_port.as_deref(), Some("net_af_packet0"));
+        assert_eq!(c.local_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(c.engine_config(0).max_udp_payload, 9000 - 28);
+        let c = parse(&["--datapath", "dpdk", "--idle-mode", "sleep"]).unwrap();
+        assert_eq!(c.idle_mode, IdleMode::Sleep);
+        assert_eq!(
+            parse_mac("aa-bb-cc-dd-ee-0f"),
+            Some([0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x0f])
+        );
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:fff",
+            "x",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        for (args, flag) in [
+            (&["--mtu", "100"][..], "--mtu"),
+            (&["--local-mac", "01:00:5e:00:00:01"][..], "--local-mac"),
+            (&["--local-mac", "zz"][..], "--local-mac"),
+        ] {
+            match parse(args) {
+                Err(ConfigError::Invalid { option, .. }) => assert_eq!(option, flag),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

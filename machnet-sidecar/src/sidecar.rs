@@ -18,10 +18,14 @@ use crate::stats::EngineReport;
 pub enum StartError {
     /// DPDK was requested but this build has none.
     #[error(
-        "this build of machnet has no DPDK support (the DPDK datapath is not implemented yet); \
+        "this build of machnet has no DPDK support (rebuild with `--features dpdk`); \
          use --datapath kernel-udp"
     )]
     NoDpdk,
+    /// The DPDK datapath could not be set up.
+    #[cfg(feature = "dpdk")]
+    #[error("DPDK: {0}")]
+    Dpdk(#[from] crate::datapath::dpdk::DpdkError),
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -82,7 +86,11 @@ impl Sidecar {
     /// Starts a sidecar with the configured datapath.
     pub fn start(cfg: SidecarConfig) -> Result<Sidecar, StartError> {
         cfg.validate()?;
-        let dps = kernel_datapaths(&cfg)?;
+        let dps = match cfg.datapath {
+            #[cfg(feature = "dpdk")]
+            DatapathKind::Dpdk => crate::datapath::dpdk::dpdk_datapaths(&cfg)?,
+            _ => kernel_datapaths(&cfg)?,
+        };
         Self::start_with_datapaths(cfg, dps)
     }
 

@@ -102,6 +102,8 @@ fn messages_arrive_despite_injected_loss_between_processes() {
     drop((sa, sb));
 }
 
+// Builds with the `dpdk` feature start the DPDK datapath instead.
+#[cfg(not(feature = "dpdk"))]
 #[test]
 fn dpdk_datapath_fails_at_start_with_a_clear_message() {
     let dir = temp_dir("bin-dpdk");

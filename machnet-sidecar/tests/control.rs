@@ -263,6 +263,8 @@ fn the_socket_is_mode_0660_and_a_second_sidecar_on_it_is_refused() {
     assert!(matches!(c.hello(), Response::Hello { .. }));
 }
 
+// Builds with the `dpdk` feature start the DPDK datapath instead.
+#[cfg(not(feature = "dpdk"))]
 #[test]
 fn dpdk_is_refused_with_a_clear_message() {
     let mut cfg = SidecarConfig::new();

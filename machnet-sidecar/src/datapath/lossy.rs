@@ -73,4 +73,8 @@ impl<D: Datapath> Datapath for Lossy<D> {
     fn max_datagram(&self) -> usize {
         self.inner.max_datagram()
     }
+
+    fn flush(&mut self) {
+        self.inner.flush()
+    }
 }

@@ -151,6 +151,11 @@ pub trait Datapath: Send {
 
     /// Largest datagram sent or received.
     fn max_datagram(&self) -> usize;
+
+    /// Hands datagrams buffered by [`Datapath::send`] to the network. The engine calls it after
+    /// each round of sends; datapaths that batch (DPDK) flush their TX burst here, the others
+    /// send immediately and need not implement it.
+    fn flush(&mut self) {}
 }
 
 impl<T: Datapath + ?Sized> Datapath for Box<T> {
@@ -168,5 +173,8 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
     }
     fn max_datagram(&self) -> usize {
         (**self).max_datagram()
+    }
+    fn flush(&mut self) {
+        (**self).flush()
     }
 }

@@ -436,6 +436,9 @@ impl Worker {
                 payload: &self.tx_buf[..t.len],
             });
         }
+        if n > 0 {
+            self.dp.flush();
+        }
         n > 0
     }
 

@@ -8,7 +8,11 @@
 //! - [`Mempool`] and [`Mbuf`] (owned packet buffer, freed on drop); [`RxQueue::burst`] and
 //!   [`TxQueue::burst`] move mbufs without copying.
 //!
-//! # Design: the future `DpdkDatapath`
+//! # Design: `DpdkDatapath`
+//!
+//! A first slice is implemented in `datapath.rs` ([`DpdkDatapath`], [`dpdk_datapaths`]); its
+//! module docs list what differs from the design below (per-engine ARP cache, no RSS oracle
+//! yet, software RX checksums).
 //!
 //! The sidecar's [`Datapath`](super::Datapath) speaks UDP datagrams; a DPDK port speaks Ethernet
 //! frames. `DpdkDatapath` (one per engine) will join this layer with `crate::netstack`
@@ -46,6 +50,7 @@
 //!   and the port, then moves the queue pairs into the engines; dropping the engines and then
 //!   the port stops and closes it, and the last `Eal` handle runs `rte_eal_cleanup`.
 
+mod datapath;
 mod eal;
 mod mbuf;
 mod port;
@@ -55,6 +60,7 @@ pub(crate) fn flag<T: Into<u64>>(v: T) -> u64 {
     v.into()
 }
 
+pub use datapath::{default_eal_args, dpdk_datapaths, DpdkDatapath, BURST};
 pub use eal::{rte_errno, strerror, version, DpdkError, Eal};
 pub use mbuf::{ChecksumStatus, Mbuf, Mempool, DEFAULT_BUF_SIZE, HEADROOM};
 pub use port::{

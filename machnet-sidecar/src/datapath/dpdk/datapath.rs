@@ -1,0 +1,386 @@
+//! [`DpdkDatapath`]: the [`Datapath`] of one engine over one RX/TX queue pair of a DPDK port,
+//! with a [`NetStack`] doing Ethernet/ARP/IPv4/UDP/ICMP; and [`dpdk_datapaths`], which brings
+//! up EAL, the mempool and the port for a sidecar.
+//!
+//! Scope of this first slice (issue 4):
+//!
+//! - **Per-engine ARP cache.** Every engine has its own `NetStack`, so its own neighbour table:
+//!   each engine answers ARP requests it receives on its queue and resolves its own next hops.
+//!   Correct with one queue; with several queues an ARP reply may land on another engine's
+//!   queue (that engine learns it, the asking one retries until its request's reply lands on
+//!   its own queue or gives up). A shared neighbour table is left for later.
+//! - **Busy-poll.** Queues have no file descriptor: [`Datapath::readiness_fd`] is `None`, so the
+//!   engine never sleeps longer than 1 ms in `--idle-mode sleep` (see the engine's `sleep`) and
+//!   spins in `--idle-mode busy`. ARP timers run on each `recv`.
+//! - **Checksums.** Computed in software unless the port enabled both IPv4 and UDP TX checksum
+//!   offloads (then requested per mbuf). Received checksums are always verified in software (a
+//!   NIC verdict per mbuf is not plumbed into the netstack yet).
+//! - **Batching.** Sent frames are buffered and handed to the queue in bursts of [`BURST`] or on
+//!   [`Datapath::flush`] (end of each engine transmit round) and at the end of each `recv`.
+//! - **No RSS oracle yet.** Where the port exposes its RSS key and table, it is logged but not
+//!   yet handed to the engines (`Engine::set_rss_oracle` needs plumbing through
+//!   `EngineParams`); af_packet exposes none anyway.
+
+use std::os::fd::BorrowedFd;
+
+use super::HEADROOM;
+use super::{DpdkError, Eal, Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, DEFAULT_BUF_SIZE};
+use crate::clock::Clock;
+use crate::config::SidecarConfig;
+use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use crate::netstack::wire::{DropReason, MacAddr};
+use crate::netstack::{ChecksumOffload, Inbound, NetConfig, NetStack, NetStats, Outbound};
+
+/// Frames per RX or TX burst.
+pub const BURST: usize = 32;
+/// Ethernet + IPv4 + UDP headers.
+const HEADERS: usize = 14 + 20 + 8;
+/// Smallest Ethernet frame without FCS.
+const MIN_FRAME: usize = 60;
+
+/// The packet I/O of one engine on one queue pair of a DPDK port.
+pub struct DpdkDatapath {
+    rx: RxQueue,
+    tx: TxQueue,
+    pool: Mempool,
+    stack: NetStack,
+    clock: Clock,
+    /// The port computes IPv4 and UDP checksums of the datagrams we send.
+    tx_offload: bool,
+    rx_mbufs: Vec<Mbuf>,
+    tx_mbufs: Vec<Mbuf>,
+    /// Frames out of `NetStack::poll_transmit`.
+    scratch: Vec<u8>,
+    stats: DatapathStats,
+    max_datagram: usize,
+}
+
+impl std::fmt::Debug for DpdkDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DpdkDatapath")
+            .field("queue", &self.rx.index())
+            .field("mac", &self.stack.config().mac)
+            .field("ip", &self.stack.config().ip)
+            .field("tx_offload", &self.tx_offload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DpdkDatapath {
+    /// A datapath on this queue pair, allocating sent frames from `pool`. `net.offload` is
+    /// overridden: software checksums, except on transmit when `tx_offload` (the port enabled
+    /// both IPv4 and UDP TX checksum offloads).
+    pub fn new(
+        rx: RxQueue,
+        tx: TxQueue,
+        pool: Mempool,
+        mut net: NetConfig,
+        tx_offload: bool,
+    ) -> Self {
+        net.offload = ChecksumOffload {
+            ipv4_tx: tx_offload,
+            udp_tx: tx_offload,
+            ipv4_rx: false,
+            udp_rx: false,
+        };
+        let stack = NetStack::new(net);
+        let max_datagram = stack.config().max_payload();
+        let scratch = vec![0u8; stack.config().max_frame().max(MIN_FRAME)];
+        DpdkDatapath {
+            rx,
+            tx,
+            pool,
+            stack,
+            clock: Clock::new(),
+            tx_offload,
+            rx_mbufs: Vec::with_capacity(BURST),
+            tx_mbufs: Vec::with_capacity(2 * BURST),
+            scratch,
+            stats: DatapathStats::default(),
+            max_datagram,
+        }
+    }
+
+    /// Counters of the network layer (ARP, ICMP, drops per reason).
+    pub fn net_stats(&self) -> NetStats {
+        self.stack.stats()
+    }
+
+    /// Moves frames waiting in the netstack (ARP requests, datagrams released by a resolution)
+    /// into the TX buffer.
+    fn drain_stack(&mut self) {
+        let now = self.clock.now();
+        while let Some(n) = self.stack.poll_transmit(now, &mut self.scratch) {
+            let frame = &self.scratch[..n];
+            match self.pool.alloc_from(frame) {
+                Some(mut m) => {
+                    // Released datagrams were built for offload; ARP requests need none.
+                    if self.tx_offload && frame[12..14] == [0x08, 0x00] {
+                        m.request_ipv4_udp_checksums(14, 20);
+                    }
+                    self.tx_mbufs.push(m);
+                }
+                None => self.stats.tx_dropped += 1,
+            }
+        }
+    }
+
+    /// Hands the TX buffer to the queue (one retry); what still does not fit is dropped.
+    fn flush_tx(&mut self) {
+        if self.tx_mbufs.is_empty() {
+            return;
+        }
+        self.tx.burst(&mut self.tx_mbufs);
+        if !self.tx_mbufs.is_empty() {
+            self.tx.burst(&mut self.tx_mbufs);
+        }
+        if !self.tx_mbufs.is_empty() {
+            self.stats.tx_dropped += self.tx_mbufs.len() as u64;
+            self.tx_mbufs.clear();
+        }
+    }
+}
+
+impl Datapath for DpdkDatapath {
+    fn recv(&mut self, max: usize, sink: &mut dyn FnMut(Received<'_>)) -> Result<usize, RecvError> {
+        let now = self.clock.now();
+        if self.stack.poll_timeout().is_some_and(|t| t <= now) {
+            self.stack.handle_timeout(now);
+        }
+        let mut delivered = 0;
+        let want = max.min(BURST) as u16;
+        let mut mbufs = std::mem::take(&mut self.rx_mbufs);
+        if want > 0 {
+            self.rx.burst(&mut mbufs, want);
+        }
+        for m in mbufs.drain(..) {
+            if m.segments() != 1 {
+                // Larger than one mbuf: larger than our MTU.
+                self.stats.rx_oversize += 1;
+                continue;
+            }
+            let data = m.data();
+            match self.stack.handle_frame(now, data) {
+                Inbound::Datagram {
+                    remote_ip,
+                    src_port,
+                    dst_port,
+                    payload,
+                } => {
+                    let payload = &data[payload];
+                    self.stats.rx_packets += 1;
+                    self.stats.rx_bytes += payload.len() as u64;
+                    delivered += 1;
+                    sink(Received {
+                        remote_ip,
+                        src_port,
+                        dst_port,
+                        payload,
+                    });
+                }
+                Inbound::Reply(frame) => match self.pool.alloc_from(frame) {
+                    Some(r) => self.tx_mbufs.push(r),
+                    None => self.stats.tx_dropped += 1,
+                },
+                Inbound::Consumed | Inbound::Drop(_) => {}
+            }
+        }
+        self.rx_mbufs = mbufs;
+        self.drain_stack();
+        self.flush_tx();
+        Ok(delivered)
+    }
+
+    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
+        d.check(
+            self.max_datagram,
+            self.stack.config().udp_ports,
+            &mut self.stats,
+        )?;
+        let now = self.clock.now();
+        let len = (HEADERS + d.payload.len()).max(MIN_FRAME);
+        let Some(mut m) = self.pool.alloc() else {
+            self.stats.tx_dropped += 1;
+            return Err(SendError::Full);
+        };
+        let Some(buf) = m.append(len) else {
+            self.stats.tx_errors += 1;
+            return Err(SendError::Oversize {
+                len: d.payload.len(),
+                max: self.max_datagram,
+            });
+        };
+        match self
+            .stack
+            .build_datagram(now, d.remote_ip, d.src_port, d.dst_port, d.payload, buf)
+        {
+            Outbound::Frame(n) => {
+                debug_assert_eq!(n, len);
+                if self.tx_offload {
+                    m.request_ipv4_udp_checksums(14, 20);
+                }
+                self.tx_mbufs.push(m);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += d.payload.len() as u64;
+                if self.tx_mbufs.len() >= BURST {
+                    self.flush_tx();
+                }
+                Ok(())
+            }
+            Outbound::Pending => {
+                // Copied into the ARP queue; the request goes out with the next flush.
+                drop(m);
+                self.drain_stack();
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += d.payload.len() as u64;
+                Ok(())
+            }
+            Outbound::Drop(DropReason::ArpQueueFull) => {
+                self.stats.tx_dropped += 1;
+                Err(SendError::Full)
+            }
+            Outbound::Drop(DropReason::TooLarge) => {
+                self.stats.tx_errors += 1;
+                Err(SendError::Oversize {
+                    len: d.payload.len(),
+                    max: self.max_datagram,
+                })
+            }
+            Outbound::Drop(_) => {
+                self.stats.tx_errors += 1;
+                Err(SendError::Unreachable)
+            }
+        }
+    }
+
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    fn stats(&self) -> DatapathStats {
+        self.stats
+    }
+
+    fn max_datagram(&self) -> usize {
+        self.max_datagram
+    }
+
+    fn flush(&mut self) {
+        self.drain_stack();
+        self.flush_tx();
+    }
+}
+
+/// EAL arguments used when `--dpdk-args` is not given: no PCI probing, no hugepages, private
+/// runtime directory (no port: give `--vdev=...` or a PCI allow-list in `--dpdk-args`).
+pub fn default_eal_args() -> Vec<String> {
+    [
+        "--no-pci",
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-shconf",
+        "--no-telemetry",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--file-prefix=machnet-{}", std::process::id())])
+    .collect()
+}
+
+/// Brings up EAL, a mempool and the configured port with one queue pair per engine, and
+/// returns one [`DpdkDatapath`] per engine (in engine order). The port is closed when the last
+/// datapath is dropped; EAL is cleaned up after that.
+pub fn dpdk_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, DpdkError> {
+    let args = if cfg.dpdk_args.is_empty() {
+        default_eal_args()
+    } else {
+        cfg.dpdk_args.clone()
+    };
+    tracing::info!(args = %args.join(" "), "{}: initialising EAL", super::version());
+    // rte_eal_init pins the calling thread to the main lcore; engines and the control server
+    // are spawned from this thread and would inherit that. Restore the original affinity.
+    let pid = nix::unistd::Pid::from_raw(0);
+    let affinity = nix::sched::sched_getaffinity(pid).ok();
+    let eal = Eal::init(&args)?;
+    if let Some(set) = affinity {
+        if let Err(e) = nix::sched::sched_setaffinity(pid, &set) {
+            tracing::warn!("cannot restore the CPU affinity after EAL init: {e}");
+        }
+    }
+    let id = match &cfg.dpdk_port {
+        Some(name) => eal.find_port(name)?,
+        None => *eal.port_ids().first().ok_or_else(|| {
+            DpdkError::NoSuchPort(
+                "0".into(),
+                "none; pass --vdev=... or a PCI allow-list in --dpdk-args".into(),
+            )
+        })?,
+    };
+    let mut port = Port::open(&eal, id)?;
+    let info = port.info().clone();
+    let mac = cfg.local_mac.unwrap_or(info.mac);
+    if mac == [0; 6] || mac[0] & 1 != 0 {
+        tracing::warn!(mac = %MacAddr(mac), "the port has no unicast MAC; set --local-mac");
+    }
+    let queues = cfg.engines;
+    let mut pc = PortConfig::new(queues);
+    pc.mtu = cfg.mtu;
+    pc.promiscuous = mac != info.mac;
+    // Room for the largest frame in one segment.
+    let mtu_hint = usize::from(cfg.mtu.unwrap_or(1500));
+    let data_room = u16::try_from(usize::from(HEADROOM) + mtu_hint + 14 + 4)
+        .unwrap_or(u16::MAX)
+        .max(DEFAULT_BUF_SIZE);
+    // Per queue: a full RX ring, a full TX ring, and bursts in flight.
+    let count = (u32::from(queues) * (2 * 1024 + 4 * BURST as u32)).max(4096) - 1;
+    let pool = Mempool::new(&eal, None, count, 256, data_room)?;
+    let setup = port.configure(&pc, &pool)?;
+    port.start()?;
+    match port.rss_config() {
+        Ok(Some(rss)) => tracing::info!(
+            key_len = rss.key.len(),
+            reta_len = rss.reta.len(),
+            "port exposes its RSS key and table (not yet used for RSS-- source port choice)"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::debug!("RSS configuration unavailable: {e}"),
+    }
+    let tx_offload = setup.checksum_offloads.tx_ipv4 && setup.checksum_offloads.tx_udp;
+    let mut net = NetConfig::new(MacAddr(mac), cfg.local_ip, cfg.udp_ports);
+    net.mtu = usize::from(setup.mtu);
+    tracing::info!(
+        port = %info.name,
+        driver = %info.driver,
+        mac = %MacAddr(mac),
+        mtu = setup.mtu,
+        queues = setup.queues,
+        rss = setup.rss,
+        tx_checksum_offload = tx_offload,
+        "DPDK port started"
+    );
+    let engine_payload = usize::from(cfg.engine_config(0).max_udp_payload);
+    if engine_payload > net.max_payload() {
+        tracing::warn!(
+            engine_payload,
+            port_payload = net.max_payload(),
+            "engines send datagrams larger than the port's MTU allows; set --mtu"
+        );
+    }
+    let out = port
+        .take_queues()?
+        .into_iter()
+        .map(|(rx, tx)| {
+            Box::new(DpdkDatapath::new(
+                rx,
+                tx,
+                pool.clone(),
+                net.clone(),
+                tx_offload,
+            )) as Box<dyn Datapath>
+        })
+        .collect();
+    // The queues keep the port open; it is stopped and closed when the last one goes.
+    drop(port);
+    Ok(out)
+}
