@@ -25,7 +25,15 @@ if pkg-config --exists libdpdk 2>/dev/null; then
     cargo clippy -p machnet-sidecar --features dpdk --all-targets --quiet -- -D warnings
     # Each DPDK test file initialises EAL once (one EAL per process).
     cargo test -p dpdk-sys -p machnet-sidecar --features machnet-sidecar/dpdk \
-        --test smoke --test dpdk_loopback --test dpdk_ports --test dpdk_errors 2>&1 | tee -a "$log"
+        --test smoke --test dpdk_loopback --test dpdk_ports --test dpdk_errors --test dpdk_binary \
+        2>&1 | tee -a "$log"
+    if [ "$(id -u)" = 0 ] && command -v jq >/dev/null; then
+        echo "== DPDK <-> kernel-UDP interop over a veth pair in two namespaces"
+        cargo build --release --quiet -p machnet-sidecar --features dpdk -p machnet-echo
+        SKIP_BUILD=1 DURATION=1 ci/dpdk-netns.sh
+    else
+        echo "skipped the namespace interop test: needs root and jq"
+    fi
 else
     echo "skipped: DPDK is not installed (apt-get install dpdk-dev libdpdk-dev libclang-dev clang)"
 fi
