@@ -15,7 +15,8 @@
 # Environment: SKIP_BUILD=1 (use existing binaries), DURATION (seconds per size, default 2),
 # SIZES (default "64 65536 1048576"), IDLE_MODE (sidecar B's --idle-mode, default sleep;
 # sidecar A uses its datapath's default, busy for DPDK, unless A_IDLE_MODE is set),
-# KEEP_LOGS=1 (keep the work directory), A_DATAPATH=kernel-udp (baseline: sidecar A on kernel
+# KEEP_LOGS=1 (keep the work directory), LOSS_PERMILLE=N (drop N/1000 packets each way with the
+# tc BPF filter ci/bpf/drop.c; the echoes must still all verify), A_DATAPATH=kernel-udp (baseline: sidecar A on kernel
 # UDP too, its veth then gets 10.77.0.1).
 set -euo pipefail
 
@@ -104,6 +105,20 @@ ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"
 ip -n "$NS_B" link set "$VETH_B" up
 ip netns exec "$NS_B" ethtool -K "$VETH_B" tx off >/dev/null
 ip netns exec "$NS_A" ethtool -K "$VETH_A" tx off >/dev/null
+
+# Random loss (this kernel has no netem): a tc BPF filter dropping LOSS_PERMILLE / 1000 of the
+# packets in both directions on the kernel side's veth. (Not on the DPDK side: af_packet taps
+# frames before tc ingress runs.)
+if [ "${LOSS_PERMILLE:-0}" != 0 ]; then
+    clang -O2 -target bpf -I/usr/include/"$(uname -m)"-linux-gnu -DDROP_PERMILLE="$LOSS_PERMILLE" \
+        -c "$ROOT/ci/bpf/drop.c" -o "$WORK/drop.o"
+    ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" clsact
+    for dir in ingress egress; do
+        ip netns exec "$NS_B" tc filter add dev "$VETH_B" "$dir" bpf direct-action \
+            obj "$WORK/drop.o" sec tc
+    done
+    echo "dpdk-netns.sh: dropping ${LOSS_PERMILLE}/1000 of the packets on $VETH_B"
+fi
 
 EAL="--no-pci --no-huge -m 256 --no-shconf --no-telemetry -l 0 --file-prefix=mn-a-$$ \
 --vdev=net_af_packet0,iface=$VETH_A"

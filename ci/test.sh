@@ -31,6 +31,8 @@ if pkg-config --exists libdpdk 2>/dev/null; then
         echo "== DPDK <-> kernel-UDP interop over a veth pair in two namespaces"
         cargo build --release --quiet -p machnet-sidecar --features dpdk -p machnet-echo
         SKIP_BUILD=1 DURATION=1 ci/dpdk-netns.sh
+        echo "== the same with 5 % random loss on the veth (tc BPF drop filter)"
+        SKIP_BUILD=1 DURATION=1 LOSS_PERMILLE=50 ci/dpdk-netns.sh
     else
         echo "skipped the namespace interop test: needs root and jq"
     fi
