@@ -1,6 +1,9 @@
 //! DPDK (feature `dpdk`): clear errors for a bad EAL argument, a missing port and a second EAL
 //! initialisation. EAL initialises once per process, hence one test per file.
 
+#[cfg(feature = "dpdk")]
+mod dpdk_common;
+
 #[cfg(not(feature = "dpdk"))]
 #[test]
 fn dpdk_errors() {
@@ -27,25 +30,8 @@ fn dpdk_errors() {
     let e = Eal::init(["bad\0arg"]).unwrap_err();
     assert!(matches!(e, DpdkError::InvalidArgument(_)), "{e}");
 
-    let prefix = format!("--file-prefix=machnet-test-{}", std::process::id());
-    let args = [
-        "--no-pci",
-        "--no-huge",
-        "-m",
-        "256",
-        "--no-shconf",
-        &prefix,
-        "--no-telemetry",
-        "-l",
-        "0",
-    ];
-    let eal = match Eal::init(args) {
-        Ok(e) => e,
-        Err(e) if std::env::var_os("MACHNET_SKIP_DPDK_EAL").is_some() => {
-            eprintln!("skipped (MACHNET_SKIP_DPDK_EAL is set): EAL cannot start here: {e}");
-            return;
-        }
-        Err(e) => panic!("EAL init: {e}"),
+    let Some(eal) = dpdk_common::init_eal(&[]) else {
+        return;
     };
     assert_eq!(eal.port_count(), 0);
     let e = eal.find_port("net_ring7").unwrap_err();
@@ -59,7 +45,13 @@ fn dpdk_errors() {
     ));
 
     // Once per process, even after the first handle is gone.
-    assert_eq!(Eal::init(args).unwrap_err(), DpdkError::AlreadyInitialized);
+    assert_eq!(
+        Eal::init(dpdk_common::eal_args(&[])).unwrap_err(),
+        DpdkError::AlreadyInitialized
+    );
     drop(eal);
-    assert_eq!(Eal::init(args).unwrap_err(), DpdkError::AlreadyInitialized);
+    assert_eq!(
+        Eal::init(dpdk_common::eal_args(&[])).unwrap_err(),
+        DpdkError::AlreadyInitialized
+    );
 }

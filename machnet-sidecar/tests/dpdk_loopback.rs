@@ -1,6 +1,9 @@
 //! DPDK (feature `dpdk`): frames sent on a net_ring port come back intact on the same queue.
 //! EAL initialises once per process, hence one test per file.
 
+#[cfg(feature = "dpdk")]
+mod dpdk_common;
+
 #[cfg(not(feature = "dpdk"))]
 #[test]
 fn dpdk_ring_loopback() {
@@ -12,30 +15,10 @@ fn dpdk_ring_loopback() {
 #[cfg(feature = "dpdk")]
 #[test]
 fn dpdk_ring_loopback() {
-    use machnet_sidecar::datapath::dpdk::{Eal, Mempool, Port, PortConfig, DEFAULT_BUF_SIZE};
+    use machnet_sidecar::datapath::dpdk::{Mempool, Port, PortConfig, DEFAULT_BUF_SIZE};
 
-    let prefix = format!("--file-prefix=machnet-test-{}", std::process::id());
-    let args = [
-        "--no-pci",
-        "--no-huge",
-        "-m",
-        "256",
-        // No hugepages: --in-memory is refused with --no-huge (it implies legacy memory), so
-        // use no shared config and a private runtime directory instead.
-        "--no-shconf",
-        &prefix,
-        "--no-telemetry",
-        "-l",
-        "0",
-        "--vdev=net_ring0",
-    ];
-    let eal = match Eal::init(args) {
-        Ok(e) => e,
-        Err(e) if std::env::var_os("MACHNET_SKIP_DPDK_EAL").is_some() => {
-            eprintln!("skipped (MACHNET_SKIP_DPDK_EAL is set): EAL cannot start here: {e}");
-            return;
-        }
-        Err(e) => panic!("EAL init: {e}"),
+    let Some(eal) = dpdk_common::init_eal(&["net_ring0"]) else {
+        return;
     };
     eprintln!("{}", machnet_sidecar::datapath::dpdk::version());
     let id = eal.find_port("net_ring0").expect("net_ring0 exists");
