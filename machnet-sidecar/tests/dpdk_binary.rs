@@ -81,4 +81,28 @@ fn dpdk_binary() {
     assert!(log.contains("queues=2"), "{log}");
     assert!(log.contains("engine 1:"), "statistics are logged:\n{log}");
     assert!(!p.sock.exists(), "socket file removed");
+
+    // net_null exposes a Toeplitz key and a table hashing UDP ports over its 2 queues: the
+    // engines get an RSS oracle instead of spraying.
+    let args = eal("null", "--vdev=net_null0");
+    let pool = machnet_core::PortPool {
+        base: 31600,
+        count: 4,
+    };
+    let mut p = Proc::start(
+        Ipv4Addr::new(10, 99, 0, 2),
+        2,
+        pool,
+        &dir,
+        &["--datapath", "dpdk", "--dpdk-args", &args],
+    );
+    let c = RawClient::connect(&p.sock).unwrap();
+    assert!(matches!(c.hello(), Response::Hello { .. }));
+    let status = p.terminate();
+    let log = p.log_text();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(
+        log.contains("engines choose UDP ports deterministically"),
+        "{log}"
+    );
 }

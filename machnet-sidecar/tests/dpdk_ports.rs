@@ -16,7 +16,7 @@ fn dpdk_port_configuration() {
 #[cfg(feature = "dpdk")]
 #[test]
 fn dpdk_port_configuration() {
-    use machnet_sidecar::datapath::dpdk::{Mempool, Port, PortConfig, DEFAULT_BUF_SIZE};
+    use machnet_sidecar::datapath::dpdk::{Mempool, Port, PortConfig, RssConfig, DEFAULT_BUF_SIZE};
 
     let Some(eal) = dpdk_common::init_eal(&["net_null0", "net_ring0"]) else {
         return;
@@ -66,6 +66,18 @@ fn dpdk_port_configuration() {
     );
     let table = rss.to_rss_table();
     assert_eq!(table.queues(), 2);
+    // UDP ports are hashed, so the engines can trust the table — for 2 queues, not for 1.
+    assert_eq!(rss.udp_table(2), Some(table.clone()));
+    assert_eq!(rss.udp_table(1), None, "table points beyond one queue");
+    let l3_only = RssConfig {
+        hash_functions: rss.hash_functions & !u64::from(dpdk_sys::RTE_ETH_RSS_NONFRAG_IPV4_UDP),
+        ..rss.clone()
+    };
+    assert_eq!(
+        l3_only.udp_table(2),
+        None,
+        "ports not hashed: unpredictable"
+    );
     // A custom table reads back.
     let custom: Vec<u16> = (0..info.reta_size).map(|i| u16::from(i % 3 == 0)).collect();
     null.set_reta(&custom).expect("reta update");

@@ -27,9 +27,18 @@ struct Pair {
 }
 
 fn pair(tag: &str, engines: u16, tweak: impl Fn(&mut machnet_sidecar::SidecarConfig)) -> Pair {
+    pair_on(tag, MemHub::new, engines, tweak)
+}
+
+fn pair_on(
+    tag: &str,
+    hub: impl Fn(u64) -> MemHub,
+    engines: u16,
+    tweak: impl Fn(&mut machnet_sidecar::SidecarConfig),
+) -> Pair {
     let seed = machnet_sidecar::random_seed();
     eprintln!("{tag}: hub seed {seed}");
-    let hub = MemHub::new(seed);
+    let hub = hub(seed);
     let dir = temp_dir(tag);
     let mut ca = test_config(IP_A, engines, &dir.join("a.sock"));
     let mut cb = test_config(IP_B, engines, &dir.join("b.sock"));
@@ -478,4 +487,37 @@ fn shutdown_closes_channels_with_shutdown_and_removes_the_socket() {
     assert_eq!(ch.wait_closed(WAIT), Some(CloseCode::Shutdown as u32));
     assert!(!path.exists(), "socket file removed");
     assert!(ca.hung_up(WAIT));
+}
+
+/// Connects 4 flows from each of A's 4 engines to B's echo server and echoes one message on
+/// each; returns how many SYN-ACKs B's engines sent in all.
+fn syn_acks_for_16_connections(p: &Pair) -> u64 {
+    let (stop, server) = start_echo(p);
+    for engine in 0..4 {
+        let mut app = p.ca.open_channel(Some(engine));
+        for i in 0..4u64 {
+            let (flow, _) = app.connect(IP_B, PORT);
+            let msg = pattern(u64::from(engine) * 10 + i, 100);
+            app.send(flow, &msg);
+            assert_eq!(app.expect_next().payload, msg, "echo on engine {engine}");
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    p.b.reports().iter().map(|r| r.core.syn_acks_sent).sum()
+}
+
+#[test]
+fn a_datapath_that_reveals_its_rss_makes_connection_setup_single_packet() {
+    // PROTOCOL.md §5.4: A's engines know where replies land, so they pick their UDP port and
+    // B answers with exactly one SYN-ACK per connection (no spray).
+    let p = pair_on("rss-oracle", MemHub::revealing_rss, 4, |_| {});
+    assert_eq!(syn_acks_for_16_connections(&p), 16);
+    // The same over an opaque hub sprays (RSS--): the oracle above is what made the difference.
+    let p = pair("rss-opaque", 4, |_| {});
+    let sprayed = syn_acks_for_16_connections(&p);
+    assert!(
+        sprayed > 16,
+        "{sprayed} SYN-ACKs for 16 connections without an oracle"
+    );
 }

@@ -77,4 +77,8 @@ impl<D: Datapath> Datapath for Lossy<D> {
     fn flush(&mut self) {
         self.inner.flush()
     }
+
+    fn rss_oracle(&self) -> Option<Box<dyn machnet_core::rss::RssOracle>> {
+        self.inner.rss_oracle()
+    }
 }

@@ -4,6 +4,11 @@
 //! per engine. A datagram sent to `(ip, port)` of a registered host is queued on the engine picked
 //! by a seeded hash of the 4-tuple: deterministic per 4-tuple, opaque to the sender, like a NIC's
 //! RSS. Each engine queue has an eventfd that is readable while datagrams wait.
+//!
+//! A hub made with [`MemHub::revealing_rss`] plays a NIC whose RSS function is known: its
+//! datapaths hand the engines an [`RssOracle`] computing the same hash, so connection setup
+//! takes single packets instead of sprays (the DPDK datapath does this with a port's Toeplitz
+//! key and redirection table).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -12,6 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use machnet_core::rss::{RssOracle, UdpTuple};
 use machnet_core::PortPool;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -65,6 +71,7 @@ pub struct MemHub {
 
 struct HubInner {
     seed: u64,
+    reveal_rss: bool,
     hosts: RwLock<HashMap<Ipv4Addr, Host>>,
 }
 
@@ -82,6 +89,20 @@ impl MemHub {
         MemHub {
             inner: Arc::new(HubInner {
                 seed,
+                reveal_rss: false,
+                hosts: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Like [`MemHub::new`], but each datapath reveals the hash to its engine through
+    /// [`Datapath::rss_oracle`] (the local host's only, like a NIC reporting its own RSS
+    /// configuration).
+    pub fn revealing_rss(seed: u64) -> Self {
+        MemHub {
+            inner: Arc::new(HubInner {
+                seed,
+                reveal_rss: true,
                 hosts: RwLock::new(HashMap::new()),
             }),
         }
@@ -280,5 +301,44 @@ impl Datapath for MemDatapath {
 
     fn max_datagram(&self) -> usize {
         self.max_datagram
+    }
+
+    fn rss_oracle(&self) -> Option<Box<dyn RssOracle>> {
+        if !self.hub.inner.reveal_rss {
+            return None;
+        }
+        let engines = self
+            .hub
+            .inner
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.ip)?
+            .engines
+            .len();
+        Some(Box::new(MemRssOracle {
+            hub: self.hub.clone(),
+            ip: self.ip,
+            engines,
+        }))
+    }
+}
+
+/// The hub's engine-selection hash for datagrams arriving at one host.
+struct MemRssOracle {
+    hub: MemHub,
+    ip: Ipv4Addr,
+    engines: usize,
+}
+
+impl RssOracle for MemRssOracle {
+    fn local_engine(&self, t: &UdpTuple) -> Option<u16> {
+        if t.dst_ip != self.ip {
+            return None;
+        }
+        let e = self
+            .hub
+            .pick((t.src_ip, t.src_port), (t.dst_ip, t.dst_port), self.engines);
+        u16::try_from(e).ok()
     }
 }

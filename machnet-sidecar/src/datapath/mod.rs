@@ -18,6 +18,7 @@ pub mod mem;
 #[cfg(test)]
 mod conformance;
 
+use machnet_core::rss::RssOracle;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 
@@ -156,6 +157,13 @@ pub trait Datapath: Send {
     /// each round of sends; datapaths that batch (DPDK) flush their TX burst here, the others
     /// send immediately and need not implement it.
     fn flush(&mut self) {}
+
+    /// What the NIC reveals about its receive-side scaling, as an oracle telling on which
+    /// engine a datagram lands. With it the engine chooses UDP ports deterministically instead
+    /// of spraying (PROTOCOL.md §5.4). `None` (the default): RSS is opaque, RSS-- it is.
+    fn rss_oracle(&self) -> Option<Box<dyn RssOracle>> {
+        None
+    }
 }
 
 impl<T: Datapath + ?Sized> Datapath for Box<T> {
@@ -176,5 +184,8 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
     }
     fn flush(&mut self) {
         (**self).flush()
+    }
+    fn rss_oracle(&self) -> Option<Box<dyn RssOracle>> {
+        (**self).rss_oracle()
     }
 }

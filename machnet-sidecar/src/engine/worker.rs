@@ -76,7 +76,14 @@ impl Worker {
         notifier: Notifier,
     ) -> Result<Self, SpawnError> {
         let id = params.core.engine_id;
-        let core = Engine::new(params.core, params.seed)?;
+        let mut core = Engine::new(params.core, params.seed)?;
+        if let Some(oracle) = dp.rss_oracle() {
+            tracing::debug!(
+                engine = id,
+                "datapath reveals its RSS: deterministic UDP ports"
+            );
+            core.set_rss_oracle(oracle);
+        }
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,

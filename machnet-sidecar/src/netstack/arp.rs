@@ -283,6 +283,27 @@ impl<P> ArpCache<P> {
         }
     }
 
+    /// Merges a binding another engine's cache accepted (`neighbours.rs`): completes a pending
+    /// resolution, or updates a cached entry confirmed earlier than `confirmed`. Never creates an
+    /// entry, never goes back in time, counts nothing when it changes nothing.
+    pub fn merge(&mut self, ip: Ipv4Addr, mac: MacAddr, confirmed: Instant) -> Learnt {
+        let newer = match self.resolved.get(&ip) {
+            Some(e) => e.confirmed < confirmed,
+            None => self.pending.contains_key(&ip),
+        };
+        if newer {
+            self.learn(ip, mac, Learn::UpdateOnly, confirmed)
+        } else {
+            Learnt::Ignored
+        }
+    }
+
+    /// How long a resolution started now may take before it gives up (all its retries).
+    pub fn resolution_span(&self) -> Duration {
+        let shift = self.cfg.max_requests.min(16);
+        self.cfg.retry_initial.saturating_mul(1 << shift)
+    }
+
     /// Refreshes `ip`'s entry if it is cached with exactly `mac` (traffic from the peer confirms
     /// reachability; it never changes a MAC). Returns whether it did.
     pub fn refresh(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant) -> bool {

@@ -17,14 +17,17 @@
 //! (RFC 1122 §4.1.3.1 says SHOULD; a sidecar sharing nothing with the host keeps silent).
 
 pub mod arp;
+pub mod neighbours;
 pub mod wire;
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use machnet_core::{Instant, PortPool};
 
 use arp::{ArpCache, ArpConfig, ArpStats, Learn, Learnt};
+use neighbours::SharedNeighbours;
 use wire::{
     ethertype, ip_protocol, ArpOp, ArpPacket, ArpRepr, DropReason, EthernetFrame, EthernetRepr,
     IcmpPacket, IcmpRepr, Ipv4Packet, Ipv4Repr, MacAddr, UdpChecksum, UdpPacket, UdpRepr, ARP_LEN,
@@ -176,6 +179,8 @@ pub struct NetStack {
     scratch: Vec<u8>,
     ident: u16,
     stats: NetStats,
+    /// The table shared with the other engines of the port, and its generation last merged.
+    shared: Option<(Arc<SharedNeighbours>, u64)>,
 }
 
 impl NetStack {
@@ -188,6 +193,7 @@ impl NetStack {
             cfg,
             scratch,
             ident: 0,
+            shared: None,
             stats: NetStats {
                 rx_frames: 0,
                 rx_datagrams: 0,
@@ -202,6 +208,14 @@ impl NetStack {
                 arp: ArpStats::default(),
             },
         }
+    }
+
+    /// A stack that shares what its ARP handling learns with the other engines of the same port
+    /// (`neighbours.rs`: a reply may land on another engine's queue).
+    pub fn with_shared_neighbours(cfg: NetConfig, shared: Arc<SharedNeighbours>) -> Self {
+        let mut s = NetStack::new(cfg);
+        s.shared = Some((shared, u64::MAX));
+        s
     }
 
     /// The configuration.
@@ -297,7 +311,14 @@ impl NetStack {
         // RFC 826 merge: update a known sender; create it only if the packet is a request to us
         // (see arp.rs for the anti-poisoning policy). A probe (spa 0.0.0.0, RFC 5227) learns
         // nothing but is still answered.
-        let policy = if for_us && a.op == ArpOp::Request {
+        // With a shared table, "known" means known to any engine of the port (a reply to
+        // another engine's request may land here).
+        let shared_accepts = !a.spa.is_unspecified()
+            && self
+                .shared
+                .as_ref()
+                .is_some_and(|(t, _)| t.accepts(a.spa, now));
+        let policy = if (for_us && a.op == ArpOp::Request) || shared_accepts {
             Learn::Create
         } else {
             Learn::UpdateOnly
@@ -307,6 +328,11 @@ impl NetStack {
         } else {
             self.arp.learn(a.spa, a.sha, policy, now)
         };
+        if learnt != Learnt::Ignored {
+            if let Some((t, _)) = &self.shared {
+                t.publish(a.spa, a.sha, now);
+            }
+        }
         if for_us && a.op == ArpOp::Request {
             let reply = ArpRepr {
                 op: ArpOp::Reply,
@@ -483,7 +509,10 @@ impl NetStack {
             Ok(h) => h,
             Err(r) => return self.drop_tx(r),
         };
-        let mac = self.arp.lookup(hop, now);
+        let mac = self
+            .arp
+            .lookup(hop, now)
+            .or_else(|| self.import_shared(hop, now));
         let ident = self.next_ident();
         let buf = &mut out[..len];
         if len > ETH_HEADER_LEN + ip_len {
@@ -520,8 +549,12 @@ impl NetStack {
             self.stats.tx_frames += 1;
             return Outbound::Frame(len);
         }
+        let new_resolution = !self.arp.is_pending(hop);
         match self.arp.enqueue(hop, buf.to_vec(), now) {
             Ok(()) => {
+                if let (true, Some((t, _))) = (new_resolution, &self.shared) {
+                    t.want(hop, now, now + self.arp.resolution_span());
+                }
                 self.stats.tx_queued += 1;
                 Outbound::Pending
             }
@@ -534,7 +567,8 @@ impl NetStack {
     /// order), then ARP requests. Returns its length in `buf`, or `None` if nothing is waiting.
     /// A released frame that does not fit `buf` is dropped ([`DropReason::BufferTooSmall`]);
     /// ARP requests wait for a buffer of at least 60 bytes.
-    pub fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<usize> {
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.merge_shared(now);
         while let Some((mac, frame)) = self.arp.poll_released() {
             if buf.len() < frame.len() {
                 self.stats.drops[DropReason::BufferTooSmall.index()] += 1;
@@ -568,6 +602,31 @@ impl NetStack {
         .emit(&mut b[ETH_HEADER_LEN..]);
         self.stats.arp_requests += 1;
         Some(ETH_MIN_FRAME_LEN)
+    }
+
+    /// On a cache miss, a binding another engine of the port published (cached here too).
+    fn import_shared(&mut self, hop: Ipv4Addr, now: Instant) -> Option<MacAddr> {
+        let b = self.shared.as_ref()?.0.get(hop, now)?;
+        match self.arp.learn(hop, b.mac, Learn::Create, b.confirmed) {
+            Learnt::Ignored => None,
+            _ => Some(b.mac),
+        }
+    }
+
+    /// Merges what the other engines published since the last call (one atomic load when
+    /// nothing changed): completes resolutions whose reply landed on another queue.
+    fn merge_shared(&mut self, now: Instant) {
+        let Some((table, seen)) = &mut self.shared else {
+            return;
+        };
+        let generation = table.generation();
+        if generation == *seen {
+            return;
+        }
+        *seen = generation;
+        for (ip, b) in table.snapshot(now) {
+            self.arp.merge(ip, b.mac, b.confirmed);
+        }
     }
 
     /// When [`NetStack::handle_timeout`] should next run (ARP retries, aging).

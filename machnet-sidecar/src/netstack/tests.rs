@@ -839,3 +839,142 @@ fn slash31_has_no_broadcast() {
         Outbound::Pending
     );
 }
+
+/// Two engines of host A (one port, two queues) sharing a neighbour table.
+fn engines_sharing() -> (NetStack, NetStack, Arc<SharedNeighbours>) {
+    let shared = Arc::new(SharedNeighbours::new(64, Duration::from_secs(60)));
+    let cfg = NetConfig::new(MAC_A, IP_A, POOL);
+    (
+        NetStack::with_shared_neighbours(cfg.clone(), shared.clone()),
+        NetStack::with_shared_neighbours(cfg, shared.clone()),
+        shared,
+    )
+}
+
+fn arp_reply(from_mac: MacAddr, from_ip: Ipv4Addr) -> Vec<u8> {
+    arp_frame(
+        MAC_A,
+        ArpRepr {
+            op: ArpOp::Reply,
+            sha: from_mac,
+            spa: from_ip,
+            tha: MAC_A,
+            tpa: IP_A,
+        },
+    )
+}
+
+#[test]
+fn arp_reply_on_another_engines_queue_completes_the_resolution() {
+    let (mut e0, mut e1, _) = engines_sharing();
+    let mut b = stack(MAC_B, IP_B);
+    let mut out = [0u8; 1600];
+    for i in 0..3u8 {
+        assert_eq!(
+            e0.build_datagram(ms(0), IP_B, 5000, 5001, &[i; 40], &mut out),
+            Outbound::Pending
+        );
+    }
+    let frames = drain(&mut e0, ms(0));
+    assert_eq!(frames.len(), 1, "one ARP request");
+    let reply = reply_of(b.handle_frame(ms(1), &frames[0]));
+    // The NIC steers B's reply to engine 1's queue: engine 1 accepts it for engine 0.
+    assert_eq!(e1.handle_frame(ms(1), &reply), Inbound::Consumed);
+    // Engine 0 releases its queue on its next poll, in order, to B's MAC, without retrying.
+    let released = drain(&mut e0, ms(2));
+    assert_eq!(released.len(), 3);
+    for (i, f) in released.iter().enumerate() {
+        assert_eq!(&f[0..6], &MAC_B.0);
+        let Inbound::Datagram { payload, .. } = b.handle_frame(ms(3), f) else {
+            panic!("not a datagram")
+        };
+        assert_eq!(f[payload], [i as u8; 40]);
+    }
+    assert_eq!(e0.stats().arp.requests, 1, "no retransmission needed");
+    // Engine 1 sends to B without asking again.
+    assert!(matches!(
+        e1.build_datagram(ms(4), IP_B, 5002, 5001, b"x", &mut out),
+        Outbound::Frame(_)
+    ));
+    assert_eq!(drain(&mut e1, ms(4)).len(), 0, "engine 1 sent no request");
+}
+
+#[test]
+fn request_learnt_on_one_engine_serves_the_others() {
+    let (mut e0, mut e1, _) = engines_sharing();
+    let mut b = stack(MAC_B, IP_B);
+    let mut out = [0u8; 1600];
+    // B resolves A; its broadcast request lands on engine 0, which answers and learns B.
+    assert_eq!(
+        b.build_datagram(ms(0), IP_A, 5000, 5001, b"hi", &mut out),
+        Outbound::Pending
+    );
+    let req = drain(&mut b, ms(0)).pop().unwrap();
+    let reply = reply_of(e0.handle_frame(ms(0), &req));
+    assert_eq!(b.handle_frame(ms(0), &reply), Inbound::Consumed);
+    // Engine 1 never saw B's ARP, yet sends to B straight away.
+    assert_eq!(
+        e1.build_datagram(ms(1), IP_B, 5001, 5000, b"x", &mut out),
+        Outbound::Frame(ETH_MIN_FRAME_LEN)
+    );
+    assert_eq!(&out[0..6], &MAC_B.0);
+}
+
+#[test]
+fn mac_change_announced_on_one_engine_reaches_the_others() {
+    let (mut e0, mut e1, _) = engines_sharing();
+    let mut b = stack(MAC_B, IP_B);
+    let mut out = [0u8; 1600];
+    e0.build_datagram(ms(0), IP_B, 5000, 5001, b"x", &mut out);
+    let req = drain(&mut e0, ms(0)).pop().unwrap();
+    let reply = reply_of(b.handle_frame(ms(0), &req));
+    assert_eq!(e0.handle_frame(ms(0), &reply), Inbound::Consumed);
+    drain(&mut e0, ms(0));
+    // B fails over to MAC_X and announces it; the announcement lands on engine 1.
+    let garp = arp_frame(
+        MacAddr::BROADCAST,
+        ArpRepr {
+            op: ArpOp::Request,
+            sha: MAC_X,
+            spa: IP_B,
+            tha: MacAddr::ZERO,
+            tpa: IP_B,
+        },
+    );
+    assert_eq!(e1.handle_frame(ms(5), &garp), Inbound::Consumed);
+    drain(&mut e0, ms(6));
+    assert_eq!(
+        e0.build_datagram(ms(6), IP_B, 5000, 5001, b"x", &mut out),
+        Outbound::Frame(ETH_MIN_FRAME_LEN)
+    );
+    assert_eq!(&out[0..6], &MAC_X.0, "engine 0 follows the new MAC");
+}
+
+#[test]
+fn unsolicited_reply_is_ignored_by_every_engine() {
+    let (mut e0, mut e1, shared) = engines_sharing();
+    expect_drop(&mut e1, &arp_reply(MAC_X, IP_X), DropReason::ArpNotForUs);
+    let mut out = [0u8; 1600];
+    // Nobody adopted X: engine 0 must still ask.
+    assert_eq!(
+        e0.build_datagram(ms(1), IP_X, 5000, 5001, b"x", &mut out),
+        Outbound::Pending
+    );
+    assert!(shared.get(IP_X, ms(1)).is_none());
+    // A wish lapses with the resolution: a late reply after it gave up is unsolicited again.
+    let late = ms(0) + e0.arp_cache().resolution_span() + Duration::from_millis(1);
+    assert_eq!(
+        e1.handle_frame(late, &arp_reply(MAC_X, IP_X)),
+        Inbound::Drop(DropReason::ArpNotForUs)
+    );
+    // While wanted, the same reply is accepted for engine 0.
+    assert_eq!(
+        e1.handle_frame(ms(2), &arp_reply(MAC_X, IP_X)),
+        Inbound::Consumed
+    );
+    assert_eq!(
+        drain(&mut e0, ms(3)).len(),
+        2,
+        "the ARP request, then the released datagram"
+    );
+}

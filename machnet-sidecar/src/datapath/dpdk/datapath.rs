@@ -4,11 +4,10 @@
 //!
 //! Scope of this first slice (issue 4):
 //!
-//! - **Per-engine ARP cache.** Every engine has its own `NetStack`, so its own neighbour table:
-//!   each engine answers ARP requests it receives on its queue and resolves its own next hops.
-//!   Correct with one queue; with several queues an ARP reply may land on another engine's
-//!   queue (that engine learns it, the asking one retries until its request's reply lands on
-//!   its own queue or gives up). A shared neighbour table is left for later.
+//! - **ARP across queues.** Every engine has its own `NetStack` (its own ARP cache, answering
+//!   the requests that land on its queue), and the engines of a port share one
+//!   [`SharedNeighbours`] table: an ARP reply may land on any queue, and whichever engine receives
+//!   it completes the resolution for the engine that asked (`netstack/neighbours.rs`).
 //! - **Busy-poll.** Queues have no file descriptor: [`Datapath::readiness_fd`] is `None`, so the
 //!   engine never sleeps longer than 1 ms in `--idle-mode sleep` (see the engine's `sleep`) and
 //!   spins in `--idle-mode busy`. ARP timers run on each `recv`.
@@ -17,19 +16,24 @@
 //!   NIC verdict per mbuf is not plumbed into the netstack yet).
 //! - **Batching.** Sent frames are buffered and handed to the queue in bursts of [`BURST`] or on
 //!   [`Datapath::flush`] (end of each engine transmit round) and at the end of each `recv`.
-//! - **No RSS oracle yet.** Where the port exposes its RSS key and table, it is logged but not
-//!   yet handed to the engines (`Engine::set_rss_oracle` needs plumbing through
-//!   `EngineParams`); af_packet exposes none anyway.
+//! - **RSS oracle.** Where the port exposes a Toeplitz key and redirection table that hash UDP
+//!   ports onto our queues ([`RssConfig::udp_table`](super::RssConfig::udp_table)), each engine
+//!   gets a [`ToeplitzOracle`] and picks UDP ports deterministically (PROTOCOL.md §5.4);
+//!   otherwise (af_packet, af_xdp, most vNICs) RSS is opaque and RSS-- sprays.
 
 use std::os::fd::BorrowedFd;
+
+use machnet_core::rss::{RssOracle, RssTable, ToeplitzOracle};
 
 use super::HEADROOM;
 use super::{DpdkError, Eal, Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, DEFAULT_BUF_SIZE};
 use crate::clock::Clock;
 use crate::config::SidecarConfig;
 use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use crate::netstack::neighbours::SharedNeighbours;
 use crate::netstack::wire::{DropReason, MacAddr};
 use crate::netstack::{ChecksumOffload, Inbound, NetConfig, NetStack, NetStats, Outbound};
+use std::sync::Arc;
 
 /// Frames per RX or TX burst.
 pub const BURST: usize = 32;
@@ -53,6 +57,8 @@ pub struct DpdkDatapath {
     scratch: Vec<u8>,
     stats: DatapathStats,
     max_datagram: usize,
+    /// The port's RSS, when it can be predicted.
+    rss: Option<RssTable>,
 }
 
 impl std::fmt::Debug for DpdkDatapath {
@@ -67,15 +73,17 @@ impl std::fmt::Debug for DpdkDatapath {
 }
 
 impl DpdkDatapath {
-    /// A datapath on this queue pair, allocating sent frames from `pool`. `net.offload` is
-    /// overridden: software checksums, except on transmit when `tx_offload` (the port enabled
-    /// both IPv4 and UDP TX checksum offloads).
+    /// A datapath on this queue pair, allocating sent frames from `pool`, sharing neighbours
+    /// with the port's other engines through `neighbours`. `net.offload` is overridden:
+    /// software checksums, except on transmit when `tx_offload` (the port enabled both IPv4
+    /// and UDP TX checksum offloads).
     pub fn new(
         rx: RxQueue,
         tx: TxQueue,
         pool: Mempool,
         mut net: NetConfig,
         tx_offload: bool,
+        neighbours: Arc<SharedNeighbours>,
     ) -> Self {
         net.offload = ChecksumOffload {
             ipv4_tx: tx_offload,
@@ -83,7 +91,7 @@ impl DpdkDatapath {
             ipv4_rx: false,
             udp_rx: false,
         };
-        let stack = NetStack::new(net);
+        let stack = NetStack::with_shared_neighbours(net, neighbours);
         let max_datagram = stack.config().max_payload();
         let scratch = vec![0u8; stack.config().max_frame().max(MIN_FRAME)];
         DpdkDatapath {
@@ -98,7 +106,15 @@ impl DpdkDatapath {
             scratch,
             stats: DatapathStats::default(),
             max_datagram,
+            rss: None,
         }
+    }
+
+    /// Lets the engine predict the queue of received datagrams with this table (see the module
+    /// docs); the caller checked it maps onto the port's queues.
+    pub fn with_rss_table(mut self, table: RssTable) -> Self {
+        self.rss = Some(table);
+        self
     }
 
     /// Counters of the network layer (ARP, ICMP, drops per reason).
@@ -269,6 +285,11 @@ impl Datapath for DpdkDatapath {
         self.drain_stack();
         self.flush_tx();
     }
+
+    fn rss_oracle(&self) -> Option<Box<dyn RssOracle>> {
+        let table = self.rss.clone()?;
+        Some(Box::new(ToeplitzOracle::local(table)))
+    }
 }
 
 /// EAL arguments used when `--dpdk-args` is not given: no PCI probing, no hugepages, private
@@ -337,15 +358,28 @@ pub fn dpdk_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, Dpd
     let pool = Mempool::new(&eal, None, count, 256, data_room)?;
     let setup = port.configure(&pc, &pool)?;
     port.start()?;
-    match port.rss_config() {
-        Ok(Some(rss)) => tracing::info!(
-            key_len = rss.key.len(),
-            reta_len = rss.reta.len(),
-            "port exposes its RSS key and table (not yet used for RSS-- source port choice)"
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::debug!("RSS configuration unavailable: {e}"),
-    }
+    let rss_table = match port.rss_config() {
+        Ok(Some(rss)) if setup.rss => {
+            let table = rss.udp_table(setup.queues);
+            tracing::info!(
+                key_len = rss.key.len(),
+                reta_len = rss.reta.len(),
+                predictable = table.is_some(),
+                "port exposes its RSS key and table{}",
+                if table.is_some() {
+                    ": engines choose UDP ports deterministically"
+                } else {
+                    " but UDP ports are not hashed onto our queues: RSS--"
+                }
+            );
+            table
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!("RSS configuration unavailable: {e}");
+            None
+        }
+    };
     let tx_offload = setup.checksum_offloads.tx_ipv4 && setup.checksum_offloads.tx_udp;
     let mut net = NetConfig::new(MacAddr(mac), cfg.local_ip, cfg.udp_ports);
     net.mtu = usize::from(setup.mtu);
@@ -367,17 +401,23 @@ pub fn dpdk_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, Dpd
             "engines send datagrams larger than the port's MTU allows; set --mtu"
         );
     }
+    let neighbours = Arc::new(SharedNeighbours::new(net.arp.max_entries, net.arp.timeout));
     let out = port
         .take_queues()?
         .into_iter()
         .map(|(rx, tx)| {
-            Box::new(DpdkDatapath::new(
+            let dp = DpdkDatapath::new(
                 rx,
                 tx,
                 pool.clone(),
                 net.clone(),
                 tx_offload,
-            )) as Box<dyn Datapath>
+                neighbours.clone(),
+            );
+            Box::new(match &rss_table {
+                Some(t) => dp.with_rss_table(t.clone()),
+                None => dp,
+            }) as Box<dyn Datapath>
         })
         .collect();
     // The queues keep the port open; it is stopped and closed when the last one goes.

@@ -174,6 +174,18 @@ impl RssConfig {
             reta: self.reta.clone(),
         }
     }
+
+    /// The table engines may trust to predict where a UDP datagram lands (PROTOCOL.md §5.4),
+    /// or `None` when the port's RSS cannot be predicted this way: UDP ports not hashed
+    /// (`RTE_ETH_RSS_NONFRAG_IPV4_UDP` off), an empty table, a key too short for the 12-byte
+    /// IPv4/UDP input, or a table pointing at queues beyond `queues` (one per engine).
+    pub fn udp_table(&self, queues: u16) -> Option<machnet_core::rss::RssTable> {
+        let hashes_udp_ports = self.hash_functions & flag(sys::RTE_ETH_RSS_NONFRAG_IPV4_UDP) != 0;
+        // Toeplitz needs 4 key bytes beyond the input length.
+        let key_ok = self.key.len() >= 16;
+        let reta_ok = !self.reta.is_empty() && self.reta.iter().all(|&q| q < queues);
+        (hashes_udp_ports && key_ok && reta_ok).then(|| self.to_rss_table())
+    }
 }
 
 /// Port counters (`rte_eth_stats_get`).
