@@ -6,10 +6,13 @@
 //! machnet-echo client --remote 10.0.0.1 --port 888 --size 64 --window 1 --flows 1 --duration 10
 //! machnet-echo udp-baseline server --bind 127.0.0.1:9000
 //! machnet-echo udp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9000 --size 64
+//! machnet-echo tcp-baseline server --bind 127.0.0.1:9001 --busy-poll
+//! machnet-echo tcp-baseline client --remote 127.0.0.1:9001 --size 64 --busy-poll
 //! ```
 
 mod payload;
 mod report;
+mod tcp;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -39,6 +42,9 @@ enum Cmd {
     /// Kernel UDP ping-pong with the same report, for comparison.
     #[command(subcommand)]
     UdpBaseline(UdpCmd),
+    /// Kernel TCP (TCP_NODELAY) echo with the same report, for comparison.
+    #[command(subcommand)]
+    TcpBaseline(TcpCmd),
 }
 
 #[derive(Args)]
@@ -142,6 +148,30 @@ enum UdpCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TcpCmd {
+    /// Echo every byte back on its connection.
+    Server {
+        /// Address to listen on.
+        #[arg(long)]
+        bind: SocketAddr,
+        /// Spin on non-blocking sockets instead of sleeping in recv.
+        #[arg(long)]
+        busy_poll: bool,
+    },
+    /// Request/response over one connection to a tcp-baseline server.
+    Client {
+        /// The server's address.
+        #[arg(long)]
+        remote: SocketAddr,
+        /// Spin on a non-blocking socket instead of sleeping in recv.
+        #[arg(long)]
+        busy_poll: bool,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -161,6 +191,17 @@ fn main() -> ExitCode {
         }) => {
             let json = load.json;
             udp_client(bind, remote, busy_poll, load).map(|r| Some((r, json)))
+        }
+        Cmd::TcpBaseline(TcpCmd::Server { bind, busy_poll }) => {
+            tcp::server(bind, busy_poll).map(|()| None)
+        }
+        Cmd::TcpBaseline(TcpCmd::Client {
+            remote,
+            busy_poll,
+            load,
+        }) => {
+            let json = load.json;
+            tcp::client(remote, busy_poll, load).map(|r| Some((r, json)))
         }
     };
     match result {

@@ -47,6 +47,28 @@ pub struct ChecksumOffload {
     pub udp_rx: bool,
 }
 
+/// What the NIC found when it checked one checksum of a received frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HwChecksum {
+    /// Not checked: verify in software (unless the port-wide [`ChecksumOffload`] says the NIC
+    /// drops bad frames itself).
+    #[default]
+    Unchecked,
+    /// Verified good, or known intact (a virtual device's partial checksum): skip verification.
+    Good,
+    /// Verified bad: drop.
+    Bad,
+}
+
+/// The NIC's per-frame checksum verdicts (DPDK `RTE_MBUF_F_RX_*_CKSUM_*` flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxChecksums {
+    /// The IPv4 header checksum.
+    pub ipv4: HwChecksum,
+    /// The UDP checksum.
+    pub l4: HwChecksum,
+}
+
 /// Default MTU (the IP packet, not the Ethernet frame).
 pub const DEFAULT_MTU: usize = 1500;
 /// Default TTL of packets we send (RFC 1700's recommended 64).
@@ -279,6 +301,17 @@ impl NetStack {
 
     /// Classifies one received frame (without FCS). Never panics, whatever the bytes.
     pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) -> Inbound<'_> {
+        self.handle_frame_checked(now, frame, RxChecksums::default())
+    }
+
+    /// [`NetStack::handle_frame`] for a frame whose checksums the NIC already checked: good
+    /// ones are not verified again, bad ones are dropped (counted as bad checksums).
+    pub fn handle_frame_checked(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        hw: RxChecksums,
+    ) -> Inbound<'_> {
         self.stats.rx_frames += 1;
         let eth = match EthernetFrame::new_checked(frame).and_then(|f| EthernetRepr::parse(&f)) {
             Ok(e) => e,
@@ -293,7 +326,7 @@ impl NetStack {
         let payload = &frame[ETH_HEADER_LEN..];
         match eth.ethertype {
             ethertype::ARP => self.handle_arp(now, payload),
-            ethertype::IPV4 => self.handle_ipv4(now, &eth, payload),
+            ethertype::IPV4 => self.handle_ipv4(now, &eth, payload, hw),
             _ => self.drop_rx(DropReason::UnknownEthertype),
         }
     }
@@ -364,9 +397,19 @@ impl NetStack {
         }
     }
 
-    fn handle_ipv4<'a>(&'a mut self, now: Instant, eth: &EthernetRepr, p: &[u8]) -> Inbound<'a> {
+    fn handle_ipv4<'a>(
+        &'a mut self,
+        now: Instant,
+        eth: &EthernetRepr,
+        p: &[u8],
+        hw: RxChecksums,
+    ) -> Inbound<'a> {
+        if hw.ipv4 == HwChecksum::Bad {
+            return self.drop_rx(DropReason::Ipv4BadChecksum);
+        }
+        let verify_ip = !self.cfg.offload.ipv4_rx && hw.ipv4 == HwChecksum::Unchecked;
         let ip = match Ipv4Packet::new_checked(p)
-            .and_then(|pk| Ipv4Repr::parse(&pk, !self.cfg.offload.ipv4_rx).map(|r| (pk, r)))
+            .and_then(|pk| Ipv4Repr::parse(&pk, verify_ip).map(|r| (pk, r)))
         {
             Ok(x) => x,
             Err(r) => return self.drop_rx(r),
@@ -383,8 +426,12 @@ impl NetStack {
         let base = ETH_HEADER_LEN + pkt.header_len();
         match repr.protocol {
             ip_protocol::UDP => {
+                if hw.l4 == HwChecksum::Bad {
+                    return self.drop_rx(DropReason::UdpBadChecksum);
+                }
+                let verify_udp = !self.cfg.offload.udp_rx && hw.l4 == HwChecksum::Unchecked;
                 let u = match UdpPacket::new_checked(ip_payload).and_then(|u| {
-                    UdpRepr::parse(&u, repr.src, repr.dst, !self.cfg.offload.udp_rx).map(|r| (u, r))
+                    UdpRepr::parse(&u, repr.src, repr.dst, verify_udp).map(|r| (u, r))
                 }) {
                     Ok(x) => x,
                     Err(r) => return self.drop_rx(r),

@@ -978,3 +978,49 @@ fn unsolicited_reply_is_ignored_by_every_engine() {
         "the ARP request, then the released datagram"
     );
 }
+
+#[test]
+fn nic_checksum_verdicts_replace_software_verification() {
+    let mut a = stack(MAC_A, IP_A);
+    let mut f = udp_b_to_a(b"payload");
+    // Corrupt the UDP checksum field: software verification would drop the frame.
+    let udp_sum = ETH_HEADER_LEN + IPV4_HEADER_LEN + 6;
+    f[udp_sum] ^= 0x55;
+    let good = RxChecksums {
+        ipv4: HwChecksum::Good,
+        l4: HwChecksum::Good,
+    };
+    assert!(matches!(
+        a.handle_frame_checked(ms(0), &f, good),
+        Inbound::Datagram { .. }
+    ));
+    expect_drop(&mut a, &f, DropReason::UdpBadChecksum);
+    // The NIC's "bad" verdicts drop even frames that software would accept.
+    let intact = udp_b_to_a(b"payload");
+    for (hw, reason) in [
+        (
+            RxChecksums {
+                ipv4: HwChecksum::Bad,
+                l4: HwChecksum::Good,
+            },
+            DropReason::Ipv4BadChecksum,
+        ),
+        (
+            RxChecksums {
+                ipv4: HwChecksum::Good,
+                l4: HwChecksum::Bad,
+            },
+            DropReason::UdpBadChecksum,
+        ),
+    ] {
+        assert_eq!(
+            a.handle_frame_checked(ms(0), &intact, hw),
+            Inbound::Drop(reason)
+        );
+    }
+    // Unchecked: software verifies as before.
+    assert!(matches!(
+        a.handle_frame_checked(ms(0), &intact, RxChecksums::default()),
+        Inbound::Datagram { .. }
+    ));
+}

@@ -12,8 +12,9 @@
 //!   engine never sleeps longer than 1 ms in `--idle-mode sleep` (see the engine's `sleep`) and
 //!   spins in `--idle-mode busy`. ARP timers run on each `recv`.
 //! - **Checksums.** Computed in software unless the port enabled both IPv4 and UDP TX checksum
-//!   offloads (then requested per mbuf). Received checksums are always verified in software (a
-//!   NIC verdict per mbuf is not plumbed into the netstack yet).
+//!   offloads (then requested per mbuf). Received checksums the NIC vouched for (per-mbuf
+//!   `RTE_MBUF_F_RX_*_CKSUM_GOOD`/`_NONE`) are not verified again, frames it found bad are
+//!   dropped, and the rest (af_packet, af_xdp) are verified in software.
 //! - **Batching.** Sent frames are buffered and handed to the queue in bursts of [`BURST`] or on
 //!   [`Datapath::flush`] (end of each engine transmit round) and at the end of each `recv`.
 //! - **RSS oracle.** Where the port exposes a Toeplitz key and redirection table that hash UDP
@@ -26,13 +27,18 @@ use std::os::fd::BorrowedFd;
 use machnet_core::rss::{RssOracle, RssTable, ToeplitzOracle};
 
 use super::HEADROOM;
-use super::{DpdkError, Eal, Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue, DEFAULT_BUF_SIZE};
+use super::{
+    ChecksumStatus, DpdkError, Eal, Mbuf, Mempool, Port, PortConfig, RxQueue, TxQueue,
+    DEFAULT_BUF_SIZE,
+};
 use crate::clock::Clock;
 use crate::config::SidecarConfig;
 use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
 use crate::netstack::neighbours::SharedNeighbours;
 use crate::netstack::wire::{DropReason, MacAddr};
-use crate::netstack::{ChecksumOffload, Inbound, NetConfig, NetStack, NetStats, Outbound};
+use crate::netstack::{
+    ChecksumOffload, HwChecksum, Inbound, NetConfig, NetStack, NetStats, Outbound, RxChecksums,
+};
 use std::sync::Arc;
 
 /// Frames per RX or TX burst.
@@ -176,7 +182,7 @@ impl Datapath for DpdkDatapath {
                 continue;
             }
             let data = m.data();
-            match self.stack.handle_frame(now, data) {
+            match self.stack.handle_frame_checked(now, data, rx_checksums(&m)) {
                 Inbound::Datagram {
                     remote_ip,
                     src_port,
@@ -289,6 +295,21 @@ impl Datapath for DpdkDatapath {
     fn rss_oracle(&self) -> Option<Box<dyn RssOracle>> {
         let table = self.rss.clone()?;
         Some(Box::new(ToeplitzOracle::local(table)))
+    }
+}
+
+/// The NIC's checksum verdicts on a received frame.
+fn rx_checksums(m: &Mbuf) -> RxChecksums {
+    let map = |s: ChecksumStatus| match s {
+        // NONE: "not correct in the packet data, but the integrity is verified" (virtio).
+        ChecksumStatus::Good | ChecksumStatus::None => HwChecksum::Good,
+        ChecksumStatus::Bad => HwChecksum::Bad,
+        ChecksumStatus::Unknown => HwChecksum::Unchecked,
+    };
+    let (ipv4, l4) = m.rx_checksums();
+    RxChecksums {
+        ipv4: map(ipv4),
+        l4: map(l4),
     }
 }
 
