@@ -63,7 +63,8 @@ pub enum DatapathKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdleMode {
-    /// Spin forever (lowest latency, one full core per engine).
+    /// Poll forever (lowest latency, one full core per engine; an idle engine yields the CPU
+    /// to other runnable threads between polls).
     Busy,
     /// Spin for `--busy-poll-us` after the last work, then sleep in epoll until woken.
     Sleep,

@@ -8,9 +8,11 @@
 //!   the requests that land on its queue), and the engines of a port share one
 //!   [`SharedNeighbours`] table: an ARP reply may land on any queue, and whichever engine receives
 //!   it completes the resolution for the engine that asked (`netstack/neighbours.rs`).
-//! - **Busy-poll.** Queues have no file descriptor: [`Datapath::readiness_fd`] is `None`, so the
-//!   engine never sleeps longer than 1 ms in `--idle-mode sleep` (see the engine's `sleep`) and
-//!   spins in `--idle-mode busy`. ARP timers run on each `recv`.
+//! - **Busy-poll.** Queues have no file descriptor: [`Datapath::readiness_fd`] is `None`, so
+//!   DPDK engines default to `--idle-mode busy` (spinning, yielding the CPU to runnable threads
+//!   when idle); in `--idle-mode sleep` they nap at most 50 µs at a time (the engine's
+//!   `POLLED_NAP`). ARP timers run on each `recv`. (RX interrupts would let them sleep longer;
+//!   af_packet and af_xdp offer none.)
 //! - **Checksums.** Computed in software unless the port enabled both IPv4 and UDP TX checksum
 //!   offloads (then requested per mbuf). Received checksums the NIC vouched for (per-mbuf
 //!   `RTE_MBUF_F_RX_*_CKSUM_GOOD`/`_NONE`) are not verified again, frames it found bad are
