@@ -20,6 +20,20 @@ cargo test -p machnet --features tokio 2>&1 | tee -a "$log"
 # Sum every test binary's result line for the closing summary.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' "$log")
 
+# A binding's suite ends with `RESULT: <P> passed, <F> failed`; add it to the summary.
+binding_suite() { # label script
+    echo "== $1 ($2)"
+    local out
+    out=$(mktemp)
+    bash "$2" 2>&1 | tee "$out"
+    local p f
+    read -r p f < <(awk '/^RESULT:/ { p = $2; f = $4 } END { print p+0, f+0 }' "$out")
+    rm -f "$out"
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+binding_suite "C ABI (libmachnet, machnet.h) and the Go module" ci/ffi.sh
+
 echo "== DPDK layer (feature dpdk)"
 if pkg-config --exists libdpdk 2>/dev/null; then
     cargo clippy -p machnet-sidecar --features dpdk --all-targets --quiet -- -D warnings

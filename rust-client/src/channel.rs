@@ -891,6 +891,25 @@ impl Channel {
         Ok(self.closed_code().is_some())
     }
 
+    /// The sending counterpart of [`Channel::arm_wakeup`]: announces that the caller is about to
+    /// wait for the app eventfd until the request ring has room for a message of `len` bytes
+    /// (after [`Channel::try_send`] reported [`SendError::WouldBlock`]). Returns `true` if such
+    /// a message fits already (do not wait: try again). Otherwise the eventfd becomes readable
+    /// when the sidecar frees space. Unlike `arm_wakeup` this does not drain the eventfd, so a
+    /// thread may call it while another thread waits on the same eventfd (the C ABI does).
+    pub fn arm_send_wakeup(&mut self, len: usize) -> Result<bool, SendError> {
+        self.check_usable()?;
+        let need = Self::footprint(len);
+        match self.tx.prepare_wait() {
+            Ok(free) if free >= need => {
+                self.tx.cancel_wait();
+                Ok(true)
+            }
+            Ok(_) => Ok(self.closed_code().is_some()),
+            Err(e) => Err(self.corrupt(e).into()),
+        }
+    }
+
     /// The receive loop shared by every receive flavour: buffered events first, then the
     /// ring, then wait (docs/CHANNEL.md §4) until `deadline`.
     pub(crate) fn receive(

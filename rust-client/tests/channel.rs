@@ -650,6 +650,17 @@ fn a_corrupt_ring_is_an_error_that_sticks() {
     assert!(matches!(ch.try_recv(), Err(RecvError::Corrupt(_))));
 }
 
+/// Polls `fd` for input for up to `ms` milliseconds.
+fn readable_within(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) == 1 }
+}
+
 #[test]
 fn arm_wakeup_makes_the_eventfd_pollable() {
     let (_m, _fake, mut ch, side) = open(Config::default());
@@ -661,19 +672,43 @@ fn arm_wakeup_makes_the_eventfd_pollable() {
         side.accept(1, 5000, 80);
         side
     });
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let r = unsafe { libc::poll(&mut p, 1, 5000) };
-    assert_eq!(r, 1, "the eventfd became readable");
+    assert!(readable_within(fd, 5000), "the eventfd became readable");
     let _side = t.join().unwrap();
     assert!(matches!(
         ch.next_event(Some(Duration::ZERO)).unwrap(),
         Some(Event::Accepted { .. })
     ));
+}
+
+#[test]
+fn arm_send_wakeup_makes_the_eventfd_readable_when_space_frees() {
+    let cfg = Config {
+        layout: ChannelLayout::new(8192, 8192, 1000).unwrap(),
+        ..Config::default()
+    };
+    let (_m, _fake, mut ch, mut side) = open(cfg);
+    side.accept(1, 5000, 80);
+    let Some(Event::Accepted { flow, .. }) = ch.next_event(Some(T)).unwrap() else {
+        panic!()
+    };
+    // Room now: no wait needed.
+    assert!(ch.arm_send_wakeup(1000).unwrap());
+    let mut sent = 0;
+    while ch.try_send(&flow, &[7u8; 1000]).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 0);
+    assert!(!ch.arm_send_wakeup(1000).unwrap(), "the ring is full");
+    let fd = ch.as_raw_fd();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(side.request(T).is_some());
+        side
+    });
+    assert!(readable_within(fd, 5000), "the eventfd became readable");
+    let _side = t.join().unwrap();
+    ch.try_send(&flow, &[8u8; 1000])
+        .expect("room after the wake-up");
 }
 
 #[cfg(feature = "tokio")]

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# The C ABI (machnet-ffi: libmachnet.so/.a, include/machnet.h) and the Go module (go/), tested
+# against real sidecars:
+#
+#   ci/ffi.sh                   build, check the header is fresh, run the C/C++ and Go tests
+#   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and exit
+#
+# Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
+# control sockets in a temp dir, no root) and `machnet-echo server` on the first; the tests
+# attach to the second. Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
+# `RESULT: <P> passed, <F> failed` (C cases + Go tests + checks) and exits non-zero if anything
+# failed. Set KEEP_LOGS=1 to keep the sidecar logs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+REL=$TARGET/release
+HEADER=machnet-ffi/include/machnet.h
+CC=${CC:-cc}
+CXX=${CXX:-c++}
+ECHO_PORT=888
+
+PASSED=0
+FAILED=0
+FAILURES=()
+pass() { PASSED=$((PASSED + 1)); echo "ffi: ok - $1"; }
+fail() { FAILED=$((FAILED + 1)); FAILURES+=("$1"); echo "ffi: FAIL - $1" >&2; }
+finish() {
+    [ ${#FAILURES[@]} -gt 0 ] && printf 'failed: %s\n' "${FAILURES[@]}" >&2
+    echo "RESULT: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ]
+    exit
+}
+
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/machnet-ffi.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $DIR" >&2; else rm -rf "$DIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Toolchains installed in their usual places but not on PATH (e.g. a bare CI environment).
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/go/bin"
+
+# ----- cbindgen 0.29 and the header -----
+gen_header() { # output path
+    if ! cbindgen --version 2>/dev/null | grep -q '^cbindgen 0\.29\.'; then
+        echo "ffi: installing cbindgen 0.29" >&2
+        cargo install --locked 'cbindgen@^0.29' >&2 || return 1
+    fi
+    (cd machnet-ffi && cbindgen --quiet --config cbindgen.toml --crate machnet-ffi --output "$1" .)
+}
+if [ "${1:-}" = "--update-header" ]; then
+    gen_header "$ROOT/$HEADER" && echo "regenerated $HEADER"
+    exit
+fi
+
+# ----- build -----
+echo "ffi: building (release) into $TARGET" >&2
+if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo; then
+    fail "cargo build"
+    finish
+fi
+if gen_header "$DIR/machnet.h" && diff -u "$HEADER" "$DIR/machnet.h"; then
+    pass "header_fresh ($HEADER matches cbindgen's output)"
+else
+    fail "header_fresh: $HEADER is stale; run ci/ffi.sh --update-header"
+fi
+
+FLAGS=(-Wall -Wextra -Werror -O2 -g -I machnet-ffi/include)
+NATIVE=(-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc)
+CDIR=machnet-ffi/tests/c
+if $CC -std=c11 "${FLAGS[@]}" -c "$CDIR/test_machnet.c" -o "$DIR/test_machnet.o" &&
+    $CXX -std=c++17 "${FLAGS[@]}" -c "$CDIR/header_check.cpp" -o "$DIR/header_check.o" &&
+    $CXX "$DIR/test_machnet.o" "$DIR/header_check.o" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
+        -lpthread -o "$DIR/test_machnet"; then
+    pass "c_build (C11 and C++17 with -Wall -Wextra -Werror against libmachnet.so)"
+else
+    fail "c_build"
+fi
+if $CXX "$DIR/test_machnet.o" "$DIR/header_check.o" "$REL/libmachnet.a" "${NATIVE[@]}" \
+    -o "$DIR/test_machnet_static" && ! ldd "$DIR/test_machnet_static" | grep -q libmachnet; then
+    pass "c_static_link (libmachnet.a, no .so dependency)"
+else
+    fail "c_static_link"
+fi
+
+# ----- sidecars -----
+# A UDP port range free on both addresses (other jobs may share this machine).
+POOL=$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 45000)
+    socks = []
+    try:
+        for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            for p in range(base, base + 8):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((ip, p))
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+)
+start_sidecar() { # name ip
+    "$REL/machnet" --local-ip "$2" --control-socket "$DIR/$1.sock" --allow-user "$(id -u)" \
+        --udp-port-base "$POOL" --udp-port-count 8 --stats-interval 0 >"$DIR/$1.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 200); do
+        [ -S "$DIR/$1.sock" ] && return 0
+        kill -0 "${PIDS[-1]}" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "sidecar $1 did not start:" >&2
+    cat "$DIR/$1.log" >&2
+    return 1
+}
+if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 || ! start_sidecar b 127.0.0.2; then
+    fail "sidecars start"
+    finish
+fi
+"$REL/machnet-echo" server --socket "$DIR/a.sock" --port "$ECHO_PORT" 2>"$DIR/echo.log" &
+PIDS+=($!)
+for _ in $(seq 200); do
+    grep -q "listening on" "$DIR/echo.log" 2>/dev/null && break
+    sleep 0.05
+done
+if ! grep -q "listening on" "$DIR/echo.log"; then
+    cat "$DIR/echo.log" >&2
+    fail "echo server starts"
+    finish
+fi
+export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
+    MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1 \
+    MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_BIN=$REL/machnet \
+    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR
+
+# ----- C and C++ tests -----
+count_c() { # log
+    PASSED=$((PASSED + $(grep -c '^ok - ' "$1")))
+    local f
+    f=$(grep -c '^not ok - ' "$1")
+    FAILED=$((FAILED + f))
+    while read -r line; do FAILURES+=("C: $line"); done < <(grep '^not ok - ' "$1")
+}
+for variant in test_machnet test_machnet_static; do
+    [ -x "$DIR/$variant" ] || continue
+    echo "ffi: running $variant" >&2
+    # C_REPEAT=N runs the cases N times (hunting flakes); every run counts.
+    rc=0
+    : >"$DIR/$variant.out"
+    for _ in $(seq "${C_REPEAT:-1}"); do
+        timeout 300 "$DIR/$variant" >>"$DIR/$variant.out" || rc=$?
+    done
+    cat "$DIR/$variant.out"
+    if ! grep -q '^c-tests: ' "$DIR/$variant.out"; then
+        fail "$variant did not finish (exit $rc)"
+    elif [ $variant = test_machnet ]; then
+        count_c "$DIR/$variant.out"
+    elif [ $rc -eq 0 ]; then
+        pass "c_tests_static (the same cases against libmachnet.a)"
+    else
+        fail "c_tests_static"
+    fi
+done
+
+# ----- Go -----
+if command -v go >/dev/null; then
+    export CGO_ENABLED=1 CGO_LDFLAGS="-L$REL"
+    (cd go && go vet ./...) && pass "go vet" || fail "go vet"
+    echo "ffi: go test -race" >&2
+    (cd go && timeout 600 go test -race -count=1 -v ./... 2>&1) | tee "$DIR/go.out"
+    PASSED=$((PASSED + $(grep -cE '^\s*--- PASS' "$DIR/go.out")))
+    gofail=$(grep -cE '^\s*--- FAIL' "$DIR/go.out")
+    FAILED=$((FAILED + gofail))
+    while read -r line; do FAILURES+=("Go: $line"); done < <(grep -E '^\s*--- FAIL' "$DIR/go.out")
+    if grep -qE '^(FAIL|panic:)' "$DIR/go.out" && [ "$gofail" -eq 0 ]; then
+        fail "go test (failed outside a test: build error, panic or timeout)"
+    fi
+    if (cd go && go build -o "$DIR/machnet-echo-go" ./cmd/machnet-echo-go) &&
+        ! ldd "$DIR/machnet-echo-go" 2>&1 | grep -q libmachnet; then
+        pass "go_static_binary (no libmachnet.so dependency)"
+    else
+        fail "go_static_binary"
+    fi
+    # The Go echo client against the Rust echo server, next to the Rust client (same run).
+    DUR=${BENCH_DURATION:-2}
+    if go_json=$("$DIR/machnet-echo-go" --socket "$DIR/b.sock" --remote 127.0.0.1 \
+        --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
+        rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
+            --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
+        python3 - "$go_json" "$rust_json" <<'PY'
+import json, sys
+for name, raw in (("go", sys.argv[1]), ("rust", sys.argv[2])):
+    r = json.loads(raw)
+    t = r["rtt_us"]
+    assert r["mismatches"] == 0 and r["messages"] > 0, r
+    print(f"echo 64 B window 1, {name:4}: {r['msgs_per_sec']:9.0f} msg/s  "
+          f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
+PY
+    then
+        pass "go_echo_client (RTT report, every echo verified)"
+    else
+        fail "go_echo_client"
+    fi
+else
+    fail "go toolchain missing"
+fi
+
+finish

@@ -1,0 +1,3 @@
+module example.invalid/machnet-rs/go
+
+go 1.19

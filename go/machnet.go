@@ -1,0 +1,410 @@
+// Package machnet is the Go binding of Machnet in Rust: it talks to the machnet sidecar through
+// the C ABI (libmachnet, machnet-ffi/include/machnet.h), linked statically, so a built program
+// has no libmachnet.so dependency.
+//
+// Build the static library first, from the repository root:
+//
+//	cargo build --release -p machnet-ffi
+//
+// then `go build` / `go test` in this directory. With a non-default Cargo target directory, add
+// it to the linker's search path: CGO_LDFLAGS="-L$CARGO_TARGET_DIR/release".
+//
+// Usage:
+//
+//	if err := machnet.Init(""); err != nil { ... }   // $MACHNET_SOCKET or /run/machnet/machnet.sock
+//	ch, err := machnet.Attach()
+//	defer ch.Close()
+//	flow, err := ch.Connect(ctx, "0.0.0.0", "10.0.0.2", 888)
+//	err = ch.Send(flow, []byte("hello"))
+//	n, from, err := ch.Recv(ctx, buf)
+//
+// A Channel is safe for concurrent use by several goroutines (the C library serialises the
+// operations with a mutex per channel and does not hold it while a call blocks); one channel
+// per goroutine that does heavy I/O is still the fastest. Errors are *Error values that match
+// the sentinel errors below and the underlying syscall.Errno with errors.Is.
+package machnet
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../machnet-ffi/include
+#cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libmachnet.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
+#include <stdlib.h>
+#include "machnet.h"
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// MaxMessageLen is the largest message Machnet carries (8 MiB).
+const MaxMessageLen = C.MACHNET_MSG_MAX_LEN
+
+// Sentinel errors; an *Error matches them with errors.Is.
+var (
+	// ErrClosed: the channel was closed (Close), or was never attached. (EBADF)
+	ErrClosed = errors.New("machnet: channel closed")
+	// ErrNotInitialized: Init was not called (or failed). (ENOTCONN without a flow)
+	ErrNotInitialized = errors.New("machnet: not initialised")
+	// ErrSidecarGone: the sidecar exited or crashed, or the flow was reset. (ECONNRESET)
+	ErrSidecarGone = errors.New("machnet: sidecar gone or flow reset")
+	// ErrRefused: the remote host refused the connection. (ECONNREFUSED)
+	ErrRefused = errors.New("machnet: connection refused")
+	// ErrFlowClosed: the flow is not open on this channel, or this side closed it. (ENOTCONN, EPIPE)
+	ErrFlowClosed = errors.New("machnet: flow not open")
+	// ErrMessageSize: the message is too large, or does not fit the receive buffer (it stays
+	// queued; Error.Needed tells the size). (EMSGSIZE)
+	ErrMessageSize = errors.New("machnet: message size")
+	// ErrPortInUse: another channel listens on the port. (EADDRINUSE)
+	ErrPortInUse = errors.New("machnet: port in use")
+)
+
+// Error is a failed Machnet call.
+type Error struct {
+	Op     string        // the C function
+	Errno  syscall.Errno // errno as set by libmachnet
+	Msg    string        // libmachnet's detailed message (machnet_last_error)
+	Needed int           // for ErrMessageSize on receive: the size of the waiting message
+}
+
+func (e *Error) Error() string {
+	if e.Msg != "" {
+		return fmt.Sprintf("%s: %s", e.Op, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Op, C.GoString(C.machnet_strerror(C.int(e.Errno))))
+}
+
+// Unwrap returns the errno, so errors.Is(err, syscall.EINVAL) works.
+func (e *Error) Unwrap() error { return e.Errno }
+
+// Is matches the package's sentinel errors.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrClosed:
+		return e.Errno == syscall.EBADF
+	case ErrNotInitialized:
+		return e.Errno == syscall.ENOTCONN && (e.Op == "machnet_attach")
+	case ErrSidecarGone:
+		return e.Errno == syscall.ECONNRESET
+	case ErrRefused:
+		return e.Errno == syscall.ECONNREFUSED
+	case ErrFlowClosed:
+		return (e.Errno == syscall.ENOTCONN && e.Op != "machnet_attach") || e.Errno == syscall.EPIPE
+	case ErrMessageSize:
+		return e.Errno == syscall.EMSGSIZE
+	case ErrPortInUse:
+		return e.Errno == syscall.EADDRINUSE
+	}
+	return false
+}
+
+// fail builds an *Error; it must run on the OS thread that made the failing call (callers hold
+// runtime.LockOSThread) because the detailed message is thread-local.
+func fail(op string, err error) *Error {
+	e := &Error{Op: op, Msg: C.GoString(C.machnet_last_error())}
+	if errno, ok := err.(syscall.Errno); ok {
+		e.Errno = errno
+	} else {
+		e.Errno = syscall.EIO
+	}
+	return e
+}
+
+// Version is the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)".
+func Version() string { return C.GoString(C.machnet_version()) }
+
+// Init attaches this process to the sidecar listening at socketPath ("" = $MACHNET_SOCKET or
+// /run/machnet/machnet.sock). Channels attached earlier keep the previous attachment.
+func Init(socketPath string) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if socketPath == "" {
+		if r, err := C.machnet_init(); r != 0 {
+			return fail("machnet_init", err)
+		}
+		return nil
+	}
+	p := C.CString(socketPath)
+	defer C.free(unsafe.Pointer(p))
+	if r, err := C.machnet_init_at(p); r != 0 {
+		return fail("machnet_init_at", err)
+	}
+	return nil
+}
+
+// Flow names one Machnet connection by its 4-tuple (IPv4 addresses in host byte order). Flows
+// from Connect have Src = this sidecar; flows from Recv have Src = the peer. Send accepts
+// either.
+type Flow struct {
+	SrcIP, DstIP     uint32
+	SrcPort, DstPort uint16
+}
+
+func ipOf(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// Src is the source address and port.
+func (f Flow) Src() netip.AddrPort { return netip.AddrPortFrom(ipOf(f.SrcIP), f.SrcPort) }
+
+// Dst is the destination address and port.
+func (f Flow) Dst() netip.AddrPort { return netip.AddrPortFrom(ipOf(f.DstIP), f.DstPort) }
+
+func (f Flow) String() string { return f.Src().String() + " -> " + f.Dst().String() }
+
+func (f Flow) c() C.MachnetFlow_t {
+	return C.MachnetFlow_t{src_ip: C.uint32_t(f.SrcIP), dst_ip: C.uint32_t(f.DstIP),
+		src_port: C.uint16_t(f.SrcPort), dst_port: C.uint16_t(f.DstPort)}
+}
+
+func flowOf(c C.MachnetFlow_t) Flow {
+	return Flow{uint32(c.src_ip), uint32(c.dst_ip), uint16(c.src_port), uint16(c.dst_port)}
+}
+
+// Channel is one shared-memory channel to the sidecar. Its methods are safe for concurrent use.
+type Channel struct {
+	ctx unsafe.Pointer // a libmachnet handle: never dereferenced, checked by the library
+}
+
+// Attach opens a channel. Close it when done (a finalizer closes a lost one).
+func Attach() (*Channel, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p, err := C.machnet_attach()
+	if p == nil {
+		return nil, fail("machnet_attach", err)
+	}
+	ch := &Channel{ctx: p}
+	runtime.SetFinalizer(ch, func(c *Channel) { C.machnet_detach(c.ctx) })
+	return ch, nil
+}
+
+// Close detaches the channel: the sidecar aborts its flows; calls blocked on it return
+// ErrClosed, and so does every later call.
+func (c *Channel) Close() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	runtime.SetFinalizer(c, nil)
+	if r, err := C.machnet_detach(c.ctx); r != 0 {
+		return fail("machnet_detach", err)
+	}
+	return nil
+}
+
+// Listen accepts flows to Machnet port `port`; localIP is the sidecar's address or "0.0.0.0".
+func (c *Channel) Listen(localIP string, port uint16) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ip := C.CString(localIP)
+	defer C.free(unsafe.Pointer(ip))
+	if r, err := C.machnet_listen(c.ctx, ip, C.uint16_t(port)); r != 0 {
+		return fail("machnet_listen", err)
+	}
+	return nil
+}
+
+// Connect opens a flow to remoteIP:port. It returns when the sidecar answers (one round trip,
+// or a refusal); ctx's deadline bounds the wait (default 10 s). A ctx cancelled while the
+// connection is being set up is noticed when the call returns: the new flow is then closed.
+func (c *Channel) Connect(ctx context.Context, localIP, remoteIP string, port uint16) (Flow, error) {
+	if err := ctx.Err(); err != nil {
+		return Flow{}, err
+	}
+	timeout := C.int(-1)
+	if dl, ok := ctx.Deadline(); ok {
+		ms := time.Until(dl).Milliseconds()
+		if ms <= 0 {
+			return Flow{}, context.DeadlineExceeded
+		}
+		if ms < 1<<30 {
+			timeout = C.int(ms)
+		}
+	}
+	l, r := C.CString(localIP), C.CString(remoteIP)
+	defer C.free(unsafe.Pointer(l))
+	defer C.free(unsafe.Pointer(r))
+	var cf C.MachnetFlow_t
+	runtime.LockOSThread()
+	rc, err := C.machnet_connect_timeout(c.ctx, l, r, C.uint16_t(port), &cf, timeout)
+	var e error
+	if rc != 0 {
+		e = fail("machnet_connect", err)
+	}
+	runtime.UnlockOSThread()
+	if e != nil {
+		if ctx.Err() != nil {
+			return Flow{}, ctx.Err()
+		}
+		return Flow{}, e
+	}
+	f := flowOf(cf)
+	if ctx.Err() != nil {
+		_ = c.CloseFlow(f)
+		return Flow{}, ctx.Err()
+	}
+	return f, nil
+}
+
+// CloseFlow closes f gracefully: messages already sent are delivered, then the flow ends.
+func (c *Channel) CloseFlow(f Flow) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if r, err := C.machnet_close(c.ctx, f.c()); r != 0 {
+		return fail("machnet_close", err)
+	}
+	return nil
+}
+
+// Send sends data as one message on f (1 byte to MaxMessageLen). It blocks while the sidecar
+// applies back-pressure. data is copied before Send returns.
+func (c *Channel) Send(f Flow, data []byte) error {
+	var p unsafe.Pointer
+	if len(data) > 0 {
+		p = unsafe.Pointer(&data[0])
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if r, err := C.machnet_send(c.ctx, f.c(), p, C.size_t(len(data))); r != 0 {
+		return fail("machnet_send", err)
+	}
+	runtime.KeepAlive(data)
+	return nil
+}
+
+// Peek returns the size of the next waiting message (0: none) without consuming it.
+func (c *Channel) Peek() (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	n, err := C.machnet_peek(c.ctx)
+	if n < 0 {
+		return 0, fail("machnet_peek", err)
+	}
+	return int(n), nil
+}
+
+// TryRecv receives a waiting message into buf without blocking; n == 0 means none was waiting.
+func (c *Channel) TryRecv(buf []byte) (int, Flow, error) {
+	return c.recv(buf, 0)
+}
+
+// quickWait is how long Recv sleeps in the library before it starts a goroutine that watches
+// ctx: most messages arrive within it, and starting that goroutine costs a cross-CPU wake-up.
+// It also bounds how late a cancellation is noticed.
+const quickWait = 2 * time.Millisecond
+
+// Recv waits for the next message and copies it into buf. It honours ctx's deadline and
+// cancellation (returning ctx.Err()) without spinning: it sleeps in the library, which a
+// watcher goroutine wakes (machnet_interrupt) when ctx is done; a cancellation is noticed
+// within a few milliseconds. A message larger than buf is not consumed: the error matches
+// ErrMessageSize and its Needed field tells the size.
+func (c *Channel) Recv(ctx context.Context, buf []byte) (int, Flow, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, Flow{}, err
+	}
+	done := ctx.Done()
+	if done == nil {
+		return c.recvUntil(ctx, buf, 0) // context.Background(): nothing to watch
+	}
+	if n, f, err := c.recvUntil(ctx, buf, quickWait); n > 0 || err != nil {
+		return n, f, err
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-stop:
+			return
+		case <-done:
+		}
+		// The receive may not be blocked yet: interrupt until it has returned.
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			C.machnet_interrupt(c.ctx)
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return c.recvUntil(ctx, buf, 0)
+}
+
+// recvUntil receives, sleeping until ctx's deadline, and at most `limit` if limit > 0
+// (returning n == 0 and no error when the limit passed first).
+func (c *Channel) recvUntil(ctx context.Context, buf []byte, limit time.Duration) (int, Flow, error) {
+	var until time.Time
+	if limit > 0 {
+		until = time.Now().Add(limit)
+	}
+	for {
+		timeout := C.int(-1)
+		dl, ok := ctx.Deadline()
+		if !until.IsZero() && (!ok || until.Before(dl)) {
+			dl, ok = until, true
+		}
+		if ok {
+			left := time.Until(dl)
+			if left <= 0 {
+				if err := ctx.Err(); err != nil {
+					return 0, Flow{}, err
+				}
+				if !until.IsZero() && !time.Now().Before(until) {
+					return 0, Flow{}, nil
+				}
+				left = time.Millisecond
+			}
+			ms := (left + time.Millisecond - 1) / time.Millisecond
+			if ms < 1<<30 {
+				timeout = C.int(ms)
+			}
+		}
+		n, f, err := c.recv(buf, timeout)
+		if n > 0 {
+			return n, f, nil
+		}
+		if err == nil || errors.Is(err, syscall.EINTR) {
+			// Timed out or interrupted: ours if ctx is done, else go on.
+			if e := ctx.Err(); e != nil {
+				return 0, Flow{}, e
+			}
+			continue
+		}
+		return 0, Flow{}, err
+	}
+}
+
+func (c *Channel) recv(buf []byte, timeoutMs C.int) (int, Flow, error) {
+	var p unsafe.Pointer
+	if len(buf) > 0 {
+		p = unsafe.Pointer(&buf[0])
+	}
+	var cf C.MachnetFlow_t
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var n C.ssize_t
+	var err error
+	if timeoutMs == 0 {
+		n, err = C.machnet_recv(c.ctx, p, C.size_t(len(buf)), &cf)
+	} else {
+		n, err = C.machnet_recv_timeout(c.ctx, p, C.size_t(len(buf)), &cf, timeoutMs)
+	}
+	runtime.KeepAlive(buf)
+	if n < 0 {
+		e := fail("machnet_recv", err)
+		if e.Errno == syscall.EMSGSIZE {
+			if m, perr := C.machnet_peek(c.ctx); perr == nil && m > 0 {
+				e.Needed = int(m)
+			}
+		}
+		return 0, Flow{}, e
+	}
+	return int(n), flowOf(cf), nil
+}
