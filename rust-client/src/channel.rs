@@ -476,9 +476,10 @@ impl Channel {
         })
     }
 
-    /// Spin for up to `spin` checking the ring before sleeping on the eventfd (`None`: sleep at
-    /// once, the default). Spinning trades a CPU core for latency: a cross-core wake-up costs
-    /// tens of microseconds on many VMs.
+    /// Poll for up to `spin` checking the ring before sleeping on the eventfd (`None`: sleep at
+    /// once, the default). Polling trades a CPU core for latency: a cross-core wake-up costs
+    /// tens of microseconds on many VMs. Between checks the thread yields the CPU, so a poller
+    /// does not starve the sidecar engine or peer it waits for on a crowded host.
     pub fn set_busy_poll(&mut self, spin: Option<Duration>) {
         self.busy_poll = spin.filter(|d| !d.is_zero());
     }
@@ -1174,7 +1175,7 @@ impl Channel {
                 for _ in 0..64 {
                     match self.rx.has_data() {
                         Ok(true) => return Ok(true),
-                        Ok(false) => std::hint::spin_loop(),
+                        Ok(false) => std::thread::yield_now(),
                         Err(e) => return Err(self.corrupt(e)),
                     }
                 }
@@ -1225,7 +1226,7 @@ impl Channel {
                 for _ in 0..64 {
                     match self.tx.free() {
                         Ok(free) if free >= need => return Ok(true),
-                        Ok(_) => std::hint::spin_loop(),
+                        Ok(_) => std::thread::yield_now(),
                         Err(e) => return Err(self.corrupt(e)),
                     }
                 }
