@@ -30,22 +30,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_sidecar() { # name ip
-    "$BIN/machnet" --local-ip "$2" --control-socket "$DIR/$1.sock" --allow-user "$(id -u)" \
-        --stats-interval 0 >"$DIR/$1.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 100); do
-        [ -S "$DIR/$1.sock" ] && return 0
-        kill -0 "${PIDS[-1]}" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "sidecar $1 did not start:" >&2
-    cat "$DIR/$1.log" >&2
-    return 1
-}
-
-start_sidecar a 127.0.0.1
-start_sidecar b 127.0.0.2
+# shellcheck source=../../ci/lib/sidecars.sh
+. ci/lib/sidecars.sh
+POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
+[ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
+start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL"
+start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL"
 
 "$BIN/machnet-echo" server --socket "$DIR/a.sock" --port "$PORT" 2>"$DIR/server.log" &
 PIDS+=($!)

@@ -1,0 +1,64 @@
+# Shared by the scripts that run real sidecars on loopback (source it; bash only).
+#
+#   free_udp_pool [count] [ips...]   prints a base port B such that B..B+count-1 are free UDP
+#                                    ports on every ip (default 8 ports, 127.0.0.1-3)
+#   start_sidecar NAME IP BIN DIR POOL [extra machnet args...]
+#                                    starts BIN on IP with control socket DIR/NAME.sock and log
+#                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
+#   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
+#
+# Other jobs may share the machine, so never assume the default port pool is free.
+
+free_udp_pool() {
+    local count=${1:-8}
+    shift || true
+    local ips=("$@")
+    [ ${#ips[@]} -gt 0 ] || ips=(127.0.0.1 127.0.0.2 127.0.0.3)
+    python3 - "$count" "${ips[@]}" <<'PY'
+import random, socket, sys
+count, ips = int(sys.argv[1]), sys.argv[2:]
+for _ in range(200):
+    base = random.randrange(20000, 45000)
+    socks = []
+    try:
+        for ip in ips:
+            for p in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((ip, p))
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+}
+
+start_sidecar() {
+    local name=$1 ip=$2 bin=$3 dir=$4 pool=$5
+    shift 5
+    "$bin" --local-ip "$ip" --control-socket "$dir/$name.sock" --allow-user "$(id -u)" \
+        --udp-port-base "$pool" --udp-port-count 8 --stats-interval 0 "$@" \
+        >"$dir/$name.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 200); do
+        [ -S "$dir/$name.sock" ] && return 0
+        kill -0 "${PIDS[-1]}" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "sidecar $name did not start:" >&2
+    cat "$dir/$name.log" >&2
+    return 1
+}
+
+wait_for_line() {
+    for _ in $(seq 200); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "timed out waiting for '$2' in $1:" >&2
+    cat "$1" >&2
+    return 1
+}
