@@ -33,6 +33,7 @@ binding_suite() { # label script
     failed=$((failed + f))
 }
 binding_suite "C ABI (libmachnet, machnet.h) and the Go module" ci/ffi.sh
+binding_suite "Python package (abi3 wheel in a fresh virtualenv)" ci/python.sh
 
 echo "== DPDK layer (feature dpdk)"
 if pkg-config --exists libdpdk 2>/dev/null; then

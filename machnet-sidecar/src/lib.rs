@@ -27,6 +27,69 @@ pub mod testing;
 pub use config::SidecarConfig;
 pub use sidecar::{init_logging, kernel_datapaths, Sidecar, StartError};
 
+/// The `machnet` command line: parses `args` (the first item is the program name, as in
+/// `std::env::args_os`), starts a [`Sidecar`] and runs it until SIGINT or SIGTERM, then shuts it
+/// down. Returns the process exit status: 0 after a clean stop (and after `--help`/`--version`),
+/// 1 if the sidecar could not start, 2 for bad flags or configuration.
+///
+/// This is the whole `machnet` binary; it is public so that other programs can embed the same
+/// command (the Python package's `python -m machnet sidecar`). It blocks SIGINT and SIGTERM in
+/// the calling thread (threads it starts inherit that) and makes a panic abort the process, so
+/// that applications see a crashed sidecar hang up rather than a half-working one: call it from a
+/// process dedicated to the sidecar.
+pub fn run_cli<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser;
+    use nix::sys::signal::{SigSet, Signal};
+
+    let cli = match config::Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let cfg = match SidecarConfig::from_cli(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("machnet: {e}");
+            return 2;
+        }
+    };
+    init_logging(&cfg.log_level);
+    // A broken engine must not leave apps hanging: crash, so their control sockets hang up.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    // Block the stop signals in every thread (threads inherit the mask); wait for them here.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("machnet: cannot block signals: {e}");
+        return 1;
+    }
+    let sidecar = match Sidecar::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("machnet: {e}");
+            return 1;
+        }
+    };
+    match signals.wait() {
+        Ok(sig) => tracing::info!("received {sig}, shutting down"),
+        Err(e) => tracing::error!("waiting for signals: {e}"),
+    }
+    sidecar.shutdown();
+    0
+}
+
 /// 64 random bits from the operating system (for engine seeds and unseeded loss injection).
 pub fn random_seed() -> u64 {
     use std::io::Read;

@@ -1,0 +1,622 @@
+"""Machnet for Python: reliable, message-oriented flows through the ``machnet`` sidecar.
+
+A sidecar process owns the network interface and serves applications over shared memory
+(see the project README). This package attaches to it::
+
+    import machnet
+
+    with machnet.attach() as m:                  # $MACHNET_SOCKET or /run/machnet/machnet.sock
+        with m.open_channel() as ch:             # one channel per thread
+            flow = ch.connect("10.0.0.2", 888)
+            ch.send(flow, b"hello")              # bytes, bytearray or memoryview
+            flow, reply = ch.recv(timeout=1.0)   # releases the GIL while it waits
+
+Servers ``listen`` on a port; accepted flows show up as the flow of the messages they receive
+(or as ``"accepted"`` events with :meth:`Channel.next_event`). With :mod:`asyncio`, use
+``await ch.recv_async()`` or ``async for flow, data in ch`` — they wait on the channel's
+eventfd through the event loop (``loop.add_reader``), never on a thread.
+
+Messages are delivered whole (1 byte to ``max_message_len``, 8 MiB by default), in order and
+exactly once per flow. Errors are subclasses of :class:`MachnetError` (see :mod:`machnet._errors`).
+
+The wheel also contains the sidecar: ``python -m machnet sidecar --help`` (or the
+``machnet-sidecar`` command) runs the same program as the ``machnet`` binary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import weakref
+from dataclasses import dataclass
+from types import TracebackType
+from typing import (
+    AsyncIterator,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+    Union,
+)
+
+from . import _errors, _machnet
+from ._errors import *  # noqa: F403 - the exception classes (listed in _errors.__all__)
+from ._errors import ArgumentTypeError, ChannelClosedError, InvalidArgumentError, MachnetError, TimeoutError
+from ._machnet import Flow
+
+__version__: str = _machnet.VERSION
+
+#: Where the sidecar listens unless told otherwise.
+DEFAULT_SOCKET_PATH: str = _machnet.DEFAULT_SOCKET_PATH
+#: Environment variable that overrides :data:`DEFAULT_SOCKET_PATH` for :func:`attach`.
+SOCKET_ENV: str = _machnet.SOCKET_ENV
+#: Seconds :meth:`Channel.connect` waits unless given a timeout.
+DEFAULT_CONNECT_TIMEOUT: float = _machnet.DEFAULT_CONNECT_TIMEOUT
+
+#: Anything :meth:`Channel.send` accepts as a message.
+Buffer = Union[bytes, bytearray, memoryview]
+#: A timeout in seconds (``None``: wait as long as needed).
+Timeout = Optional[float]
+#: What :meth:`Channel.recv` returns.
+Message = Tuple[Flow, bytes]
+#: A path to a control socket.
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "attach",
+    "Machnet",
+    "Channel",
+    "Flow",
+    "Event",
+    "FlowStatus",
+    "Buffer",
+    "Message",
+    "describe_close_code",
+    "DEFAULT_SOCKET_PATH",
+    "SOCKET_ENV",
+    "DEFAULT_CONNECT_TIMEOUT",
+]
+__all__ += _errors.__all__
+
+
+def describe_close_code(reason: str) -> Optional[str]:
+    """A human-readable description of a close reason name (``"reset"`` → "reset by the remote
+    host"); ``None`` for an unknown name."""
+    if not isinstance(reason, str):
+        raise ArgumentTypeError(f"reason must be a str, not {type(reason).__name__}")
+    return _machnet.describe_close_code(reason)
+
+
+def attach(path: Optional[PathLike] = None) -> "Machnet":
+    """Attaches this process to the sidecar listening at ``path``.
+
+    ``path`` defaults to ``$MACHNET_SOCKET`` or :data:`DEFAULT_SOCKET_PATH`. Raises
+    :class:`SidecarNotFoundError` if nothing listens there, :class:`AttachRefusedError` if the
+    sidecar does not allow this user.
+    """
+    return Machnet(path)
+
+
+@dataclass(frozen=True)
+class FlowStatus:
+    """Where a flow stands, as far as the notifications read so far tell."""
+
+    #: ``"open"``, ``"peer_closed"`` (no more messages will arrive; sending still works),
+    #: ``"closing"`` (this side called close/abort) or ``"closed"``.
+    state: str
+    #: For ``"closed"``: the close reason name if the channel still knows it.
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened on a channel (:meth:`Channel.next_event`).
+
+    ``kind`` is one of ``"message"`` (``data`` holds it), ``"accepted"`` (a listener accepted
+    ``flow`` on ``port``), ``"peer_closed"`` (no further message will arrive on ``flow``),
+    ``"closed"`` (``flow`` is gone; ``reason`` says why) and ``"request_failed"`` (the sidecar
+    could not carry out ``request`` — ``"send"``, ``"close"`` or ``"abort"`` — on ``flow``).
+    """
+
+    kind: str
+    flow: Flow
+    data: Optional[bytes] = None
+    port: Optional[int] = None
+    reason: Optional[str] = None
+    request: Optional[str] = None
+
+
+def _event(raw: Tuple[str, Flow, object]) -> Event:
+    kind, flow, detail = raw
+    if kind == "message":
+        assert isinstance(detail, bytes)
+        return Event(kind, flow, data=detail)
+    if kind == "accepted":
+        assert isinstance(detail, int)
+        return Event(kind, flow, port=detail)
+    if kind == "closed":
+        assert detail is None or isinstance(detail, str)
+        return Event(kind, flow, reason=detail)
+    if kind == "request_failed":
+        assert isinstance(detail, tuple)
+        request, reason = detail
+        return Event(kind, flow, reason=reason, request=request)
+    return Event(kind, flow)
+
+
+class Machnet:
+    """A process's attachment to the sidecar (one control connection).
+
+    Create it with :func:`attach`. Open one :class:`Channel` per thread with
+    :meth:`open_channel`. The control connection closes when this object *and* every channel
+    opened from it are closed or garbage-collected; the sidecar then aborts this process's flows.
+    Usable as a context manager (closing it on exit).
+    """
+
+    def __init__(self, path: Optional[PathLike] = None) -> None:
+        native = _machnet.Machnet(path)
+        self._native: Optional[_machnet.Machnet] = native
+        self._socket_path = native.socket_path
+        self._local_ip = native.local_ip
+        self._engines = native.engines
+        self._max_message_len = native.max_message_len
+
+    @property
+    def _m(self) -> _machnet.Machnet:
+        if self._native is None:
+            raise MachnetError("this Machnet attachment is closed")
+        return self._native
+
+    @property
+    def socket_path(self) -> str:
+        """The control socket path used to attach."""
+        return self._socket_path
+
+    @property
+    def local_ip(self) -> str:
+        """The sidecar's IPv4 address: the local address of every flow."""
+        return self._local_ip
+
+    @property
+    def engines(self) -> int:
+        """Number of sidecar engines (valid ``engine`` values are ``0 .. engines - 1``)."""
+        return self._engines
+
+    @property
+    def max_message_len(self) -> int:
+        """Largest message the sidecar carries, in bytes."""
+        return self._max_message_len
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._native is None
+
+    def fileno(self) -> int:
+        """The control socket's descriptor; it turns readable (hang-up) when the sidecar is gone."""
+        return self._m.fileno()
+
+    def is_sidecar_gone(self) -> bool:
+        """Whether the sidecar is gone (its control connection hung up). Never blocks."""
+        return self._m.is_sidecar_gone()
+
+    def set_control_timeout(self, seconds: Optional[float]) -> None:
+        """How long control requests (``open_channel``, ``listen``) wait for the sidecar
+        (default 10 s; ``None``: forever)."""
+        self._m.set_control_timeout(seconds)
+
+    def open_channel(self, engine: Optional[int] = None) -> "Channel":
+        """Opens a channel on ``engine`` (``None``: the sidecar picks one round-robin).
+
+        Raises :class:`InvalidArgumentError` for an engine the sidecar does not have.
+        """
+        return Channel(self._m.open_channel(engine), self)
+
+    def close(self) -> None:
+        """Drops this handle of the attachment. Channels opened from it stay usable (they keep
+        the control connection open until they are closed too)."""
+        self._native = None
+
+    def __enter__(self) -> "Machnet":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self.closed else ""
+        return f"<machnet.Machnet {self.socket_path!r} local_ip={self.local_ip} engines={self.engines}{state}>"
+
+
+# ----- asyncio: waiting for descriptors through the event loop -----
+#
+# A channel that waits in an event loop registers a reader on its eventfd there once and keeps it
+# until the channel is closed or used from another loop; the callback drains the eventfd and wakes
+# the channel's waiters, so a steady stream of messages costs no epoll_ctl calls. The control
+# socket (shared by the channels of one attachment, readable only when the sidecar hangs up) has
+# one reader per loop, kept while any channel of the attachment is registered in that loop.
+
+
+class _ControlWatch:
+    """The control socket's reader in one event loop, and the channels relying on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.channels: "Set[Channel]" = set()
+        loop.add_reader(fd, self._hung_up)
+
+    def _hung_up(self) -> None:
+        # The sidecar hung up: stop watching and wake every waiter (they see SidecarGoneError).
+        self._remove()
+        channels, self.channels = self.channels, set()
+        for ch in channels:
+            ch._control = None
+            ch._kick()
+
+    def release(self, ch: "Channel") -> None:
+        self.channels.discard(ch)
+        if not self.channels:
+            self._remove()
+
+    def _remove(self) -> None:
+        table = _controls.get(self.loop)
+        if table is not None and table.get(self.fd) is self:
+            del table[self.fd]
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.fd)
+
+
+_controls: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[int, _ControlWatch]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class Channel:
+    """A shared-memory channel to one sidecar engine: connect, listen, send and receive.
+
+    Open it with :meth:`Machnet.open_channel`. A channel serves one thread at a time (another
+    thread gets :class:`ChannelBusyError`); within one thread, any number of asyncio tasks may
+    share it. Flows belong to the channel that created or accepted them. Closing the channel (or
+    leaving its ``with`` block) aborts its remaining flows.
+
+    Blocking calls (:meth:`recv`, :meth:`next_event`, :meth:`connect`, and :meth:`send` under
+    back-pressure) release the GIL while they wait, and :meth:`recv` and :meth:`next_event`
+    wake up regularly to let Ctrl-C interrupt them.
+    """
+
+    def __init__(self, native: _machnet.Channel, machnet: Machnet) -> None:
+        self._ch = native
+        self._machnet = machnet
+        # Futures of asyncio waiters on this channel: any other call on the channel may consume
+        # what they wait for or cancel their wake-up, so each call wakes them to look again.
+        self._waiters: Set[asyncio.Future[None]] = set()
+        # Where the eventfd reader is registered (asyncio), and the control socket's watch.
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._control: Optional[_ControlWatch] = None
+        self._efd = native.fileno()
+
+    def _kick(self) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # ----- information -----
+
+    @property
+    def id(self) -> int:
+        """The sidecar's id of this channel."""
+        return self._ch.id
+
+    @property
+    def engine(self) -> int:
+        """The engine serving this channel."""
+        return self._ch.engine
+
+    @property
+    def max_message_len(self) -> int:
+        """Largest message this channel carries, in bytes."""
+        return self._ch.max_message_len
+
+    @property
+    def machnet(self) -> Machnet:
+        """The attachment this channel was opened from."""
+        return self._machnet
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._ch.closed
+
+    def fileno(self) -> int:
+        """The channel's eventfd, for your own poll loop: call :meth:`arm_wakeup` first; if it
+        returns ``False``, wait for this descriptor (and :meth:`Machnet.fileno` for hang-up)."""
+        return self._ch.fileno()
+
+    def arm_wakeup(self) -> bool:
+        """Prepares to wait on :meth:`fileno`. Returns ``True`` if notifications are already
+        waiting (do not wait: call :meth:`try_recv`/:meth:`next_event`), ``False`` if the eventfd
+        will turn readable when something arrives. Any other call on the channel cancels this."""
+        return self._ch.arm_wakeup()
+
+    def flows(self) -> List[Flow]:
+        """The flows of this channel that are not closed yet."""
+        return self._ch.flows()
+
+    def flow_status(self, flow: Flow) -> FlowStatus:
+        """Where ``flow`` stands (a flow of another channel is reported closed)."""
+        state, reason = self._ch.flow_status(flow)
+        return FlowStatus(state, reason)
+
+    def set_busy_poll(self, seconds: Optional[float]) -> None:
+        """Spin up to ``seconds`` checking for messages before sleeping (``None`` or 0: sleep at
+        once, the default). Trades a CPU core for latency."""
+        self._ch.set_busy_poll(seconds)
+
+    def set_auto_close(self, on: bool) -> None:
+        """Whether :meth:`recv` and friends close a flow whose peer closed (default ``True``);
+        see the Rust client's ``Channel::set_auto_close``."""
+        self._ch.set_auto_close(on)
+
+    # ----- control -----
+
+    def listen(self, port: int) -> None:
+        """Accepts connections to Machnet ``port`` (1..65535, outside the sidecar's ephemeral
+        range) on this channel. Raises :class:`PortInUseError` if another channel owns it."""
+        self._ch.listen(port)
+        self._kick()
+
+    def unlisten(self, port: int) -> None:
+        """Stops listening on ``port``; flows already accepted are unaffected."""
+        self._ch.unlisten(port)
+        self._kick()
+
+    def connect(self, ip: Union[str, ipaddress.IPv4Address], port: int, timeout: Timeout = None) -> Flow:
+        """Opens a flow to ``ip``:``port`` and waits until it is established (at most
+        ``timeout`` seconds, default :data:`DEFAULT_CONNECT_TIMEOUT`).
+
+        Raises :class:`ConnectionRefusedError` if nothing listens there and :class:`TimeoutError`
+        if no answer came in time (a flow established later is aborted). ``ip`` may be a str or
+        an :class:`ipaddress.IPv4Address`.
+        """
+        try:
+            return self._ch.connect(ip, port, timeout)
+        finally:
+            self._kick()
+
+    def close_flow(self, flow: Flow) -> None:
+        """Closes this side of ``flow`` gracefully: messages already sent are delivered first.
+        Closing a closed flow does nothing."""
+        self._ch.close_flow(flow)
+        self._kick()
+
+    def abort_flow(self, flow: Flow) -> None:
+        """Aborts ``flow`` at once (the peer sees a reset). Aborting a closed flow does nothing."""
+        self._ch.abort_flow(flow)
+        self._kick()
+
+    # ----- data -----
+
+    def send(self, flow: Flow, data: Buffer) -> None:
+        """Sends ``data`` (``bytes``, ``bytearray`` or ``memoryview``; 1 byte to
+        :attr:`max_message_len`) as one message on ``flow``.
+
+        Waits (GIL released) while the sidecar applies back-pressure. Raises
+        :class:`InvalidArgumentError` for an empty message, :class:`MessageTooLargeError`,
+        :class:`FlowError` subclasses if the flow is closed or reset.
+        """
+        try:
+            self._ch.send(flow, data)
+        finally:
+            if self._waiters:
+                self._kick()
+
+    def try_send(self, flow: Flow, data: Buffer) -> bool:
+        """Like :meth:`send`, but returns ``False`` instead of waiting when the request ring is
+        full."""
+        try:
+            return self._ch.try_send(flow, data)
+        finally:
+            if self._waiters:
+                self._kick()
+
+    def recv(self, timeout: Timeout = None) -> Message:
+        """Waits for the next message on any flow of this channel; returns ``(flow, data)``.
+
+        The GIL is released while waiting. Raises :class:`TimeoutError` when ``timeout`` seconds
+        pass first (``None``: wait as long as needed). Accepted flows appear as the flow of
+        their first message; flows that end are reflected in :meth:`flow_status`.
+        """
+        try:
+            return self._ch.recv(timeout)
+        finally:
+            if self._waiters:
+                self._kick()
+
+    def try_recv(self) -> Optional[Message]:
+        """The next message if one is waiting now, else ``None``."""
+        try:
+            return self._ch.try_recv()
+        finally:
+            if self._waiters:
+                self._kick()
+
+    def next_event(self, timeout: Timeout = None) -> Optional[Event]:
+        """The next :class:`Event` of any kind (messages, accepted flows, closes), waiting up to
+        ``timeout`` seconds (``None``: as long as needed; 0: do not wait). Returns ``None`` when
+        the timeout passed."""
+        try:
+            raw = self._ch.next_event(timeout)
+        finally:
+            if self._waiters:
+                self._kick()
+        return None if raw is None else _event(raw)
+
+    def __iter__(self) -> Iterator[Message]:
+        """Iterates over received messages (blocking :meth:`recv`) until :meth:`close` is
+        called. A channel closed by the sidecar raises :class:`ChannelClosedError`."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosedError as e:
+                if e.reason == "detached":
+                    return
+                raise
+
+    # ----- asyncio -----
+
+    def _register(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Makes ``loop`` watch this channel's eventfd and its attachment's control socket."""
+        if self._loop is loop and self._control is not None:
+            return
+        self._unregister()
+        loop.add_reader(self._efd, self._on_eventfd)
+        self._loop = loop
+        cfd = self._ch.control_fileno()
+        table = _controls.setdefault(loop, {})
+        watch = table.get(cfd)
+        if watch is None:
+            watch = table[cfd] = _ControlWatch(loop, cfd)
+        watch.channels.add(self)
+        self._control = watch
+
+    def _unregister(self) -> None:
+        if self._loop is not None:
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._efd)
+            self._loop = None
+        if self._control is not None:
+            self._control.release(self)
+            self._control = None
+
+    def _on_eventfd(self) -> None:
+        # Drain the eventfd (non-blocking) so that it stops being readable, then let the waiters
+        # look at the ring: a wake-up only ever causes a re-check, so none is lost.
+        try:
+            os.read(self._efd, 8)
+        except OSError:
+            pass
+        self._kick()
+
+    async def _wait(self, deadline: Optional[float]) -> bool:
+        """Waits until the channel's eventfd or the control socket turns readable, or another
+        call on the channel happened; ``False`` if ``deadline`` (loop time) passed first."""
+        loop = asyncio.get_running_loop()
+        self._register(loop)
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(fut)
+        try:
+            if deadline is None:
+                await fut
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except asyncio.TimeoutError:
+                return False
+            return True
+        finally:
+            self._waiters.discard(fut)
+
+    @staticmethod
+    def _deadline(timeout: Timeout) -> Optional[float]:
+        if timeout is None:
+            return None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ArgumentTypeError(
+                f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+            )
+        if timeout != timeout or timeout < 0:
+            raise InvalidArgumentError(f"timeout must be >= 0 seconds (or None), got {timeout}")
+        if timeout == float("inf"):
+            return None
+        return asyncio.get_running_loop().time() + timeout
+
+    async def recv_async(self, timeout: Timeout = None) -> Message:
+        """Awaits the next message: ``flow, data = await ch.recv_async()``.
+
+        Waits through the running event loop (``loop.add_reader`` on the channel's eventfd and on
+        the control socket), not on a thread. Raises :class:`TimeoutError` after ``timeout``
+        seconds. Several tasks may await the same channel; each message goes to one of them.
+        """
+        deadline = self._deadline(timeout)
+        while True:
+            msg = self._ch.try_recv()
+            if msg is not None:
+                return msg
+            if self._ch.arm_wakeup():
+                continue
+            if not await self._wait(deadline):
+                raise TimeoutError(f"no message within {timeout} seconds")
+
+    async def next_event_async(self, timeout: Timeout = None) -> Optional[Event]:
+        """Awaits the next :class:`Event` (``None`` when ``timeout`` seconds passed first)."""
+        deadline = self._deadline(timeout)
+        while True:
+            raw = self._ch.next_event(0)
+            if raw is not None:
+                return _event(raw)
+            if self._ch.arm_wakeup():
+                continue
+            if not await self._wait(deadline):
+                return None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for flow, data in channel``: received messages until :meth:`close` is called
+        (a channel closed by the sidecar raises :class:`ChannelClosedError`)."""
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.recv_async()
+            except ChannelClosedError as e:
+                if e.reason == "detached":
+                    return
+                raise
+
+    # ----- lifetime -----
+
+    def close(self) -> None:
+        """Detaches the channel: the sidecar aborts its flows and releases it. Closing twice
+        does nothing; later calls raise :class:`ChannelClosedError`."""
+        self._unregister()
+        self._ch.close()
+        self._kick()
+
+    def __enter__(self) -> "Channel":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Channel":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self.closed else ""
+        return f"<machnet.Channel id={self.id} engine={self.engine}{state}>"

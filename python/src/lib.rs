@@ -1,0 +1,945 @@
+//! `machnet._machnet`: the native half of the Python package `machnet`.
+//!
+//! A thin layer over the Rust client crate `machnet` (rust-client/) and the sidecar library
+//! (machnet-sidecar). The Python modules in `python/machnet/` wrap it into the public API
+//! (context managers, asyncio, exceptions, docs); this module:
+//!
+//! - validates every argument itself (types and ranges), raising the package's own exception
+//!   classes (defined in Python, `machnet/_errors.py`) rather than pyo3's `OverflowError`s;
+//! - releases the GIL (`Python::detach`) whenever a call may block: `recv`, `connect`,
+//!   `next_event`, a `send` that meets back-pressure, and the embedded sidecar;
+//! - maps each per-operation Rust error enum to one exception class.
+//!
+//! A `Channel` is used by one thread at a time (its Rust operations take `&mut self`); the
+//! Python object keeps it behind a mutex taken with `try_lock`, so a second thread gets
+//! `ChannelBusyError` instead of waiting behind a blocked `recv`.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use machnet::{
+    AttachError, Channel, CloseCode, CloseError, ConnectError, ControlErrorCode, Event, Flow,
+    FlowStatus, ListenError, Machnet, OpenChannelError, RecvError, RequestError, RequestKind,
+    SendError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
+
+/// While a blocking call waits, it wakes up this often to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(200);
+
+// ----- exceptions -----
+
+/// Builds an instance of `machnet._errors.<class>` (`reason`: a close code's name, for the
+/// classes that take one).
+fn error(py: Python<'_>, class: &str, msg: String, reason: Option<CloseCode>) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let cls = py.import("machnet._errors")?.getattr(class)?;
+        let value = match reason {
+            Some(c) => cls.call1((msg.clone(), code_name(c)))?,
+            None => cls.call1((msg.clone(),))?,
+        };
+        Ok(PyErr::from_value(value))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+/// The snake_case name of a close code (`"refused"`, `"reset"`, ...).
+fn code_name(c: CloseCode) -> String {
+    let camel = format!("{c:?}");
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, ch) in camel.chars().enumerate() {
+        if ch.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    error(py, "InvalidArgumentError", msg.into(), None)
+}
+
+fn wrong_type(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    error(py, "ArgumentTypeError", msg.into(), None)
+}
+
+/// The class for a flow that ended (or could not be set up) with `code`.
+fn flow_class(code: Option<CloseCode>) -> &'static str {
+    match code {
+        Some(CloseCode::Refused) => "ConnectionRefusedError",
+        Some(
+            CloseCode::Reset
+            | CloseCode::Aborted
+            | CloseCode::TimedOut
+            | CloseCode::ProtocolViolation,
+        ) => "ConnectionResetError",
+        Some(CloseCode::MessageTooLarge) => "MessageTooLargeError",
+        Some(CloseCode::Shutdown) => "SidecarGoneError",
+        _ => "FlowClosedError",
+    }
+}
+
+fn flow_error(py: Python<'_>, msg: String, code: Option<CloseCode>) -> PyErr {
+    match flow_class(code) {
+        // These two take no reason argument.
+        c @ ("MessageTooLargeError" | "SidecarGoneError") => error(py, c, msg, None),
+        c => error(py, c, msg, code),
+    }
+}
+
+fn channel_closed(py: Python<'_>, msg: String, code: Option<CloseCode>) -> PyErr {
+    error(py, "ChannelClosedError", msg, code)
+}
+
+fn request_err(py: Python<'_>, e: RequestError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        RequestError::SidecarGone => error(py, "SidecarGoneError", msg, None),
+        RequestError::TimedOut(_) => error(py, "TimeoutError", msg, None),
+        RequestError::Refused { code, .. } => match code {
+            ControlErrorCode::PortInUse => error(py, "PortInUseError", msg, None),
+            ControlErrorCode::NoSuchEngine
+            | ControlErrorCode::InvalidPort
+            | ControlErrorCode::NoSuchChannel => invalid(py, msg),
+            ControlErrorCode::Unauthorized => error(py, "AttachRefusedError", msg, None),
+            _ => error(py, "MachnetError", msg, None),
+        },
+        RequestError::Broken(_) | RequestError::Protocol(_) => {
+            error(py, "ProtocolError", msg, None)
+        }
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn attach_err(py: Python<'_>, e: AttachError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        AttachError::Connect { .. } => error(py, "SidecarNotFoundError", msg, None),
+        AttachError::Refused { .. } | AttachError::Version { .. } => {
+            error(py, "AttachRefusedError", msg, None)
+        }
+        AttachError::Request(r) => request_err(py, r),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn open_err(py: Python<'_>, e: OpenChannelError) -> PyErr {
+    match e {
+        OpenChannelError::Request(r) => request_err(py, r),
+        e => error(py, "ProtocolError", e.to_string(), None),
+    }
+}
+
+fn listen_err(py: Python<'_>, e: ListenError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        ListenError::PortInUse(_) => error(py, "PortInUseError", msg, None),
+        ListenError::InvalidPort(_) => invalid(py, msg),
+        ListenError::Request(r) => request_err(py, r),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn connect_err(py: Python<'_>, e: ConnectError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        ConnectError::Failed(Some(CloseCode::TimedOut)) | ConnectError::TimedOut(_) => {
+            error(py, "TimeoutError", msg, None)
+        }
+        ConnectError::Failed(Some(CloseCode::Exhausted)) => error(py, "MachnetError", msg, None),
+        ConnectError::Failed(Some(CloseCode::InvalidRequest)) => invalid(py, msg),
+        ConnectError::Failed(code) => match flow_class(code) {
+            "FlowClosedError" => error(py, "ConnectionRefusedError", msg, code),
+            _ => flow_error(py, msg, code),
+        },
+        ConnectError::ChannelClosed(c) => channel_closed(py, msg, c),
+        ConnectError::SidecarGone => error(py, "SidecarGoneError", msg, None),
+        ConnectError::Corrupt(_) => error(py, "ProtocolError", msg, None),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn send_err(py: Python<'_>, e: SendError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        SendError::Empty | SendError::WrongChannel => invalid(py, msg),
+        SendError::TooLarge { .. } => error(py, "MessageTooLargeError", msg, None),
+        SendError::FlowClosed(code) => flow_error(py, msg, code),
+        SendError::FlowClosing => error(py, "FlowClosedError", msg, None),
+        SendError::ChannelClosed(c) => channel_closed(py, msg, c),
+        SendError::SidecarGone => error(py, "SidecarGoneError", msg, None),
+        SendError::Corrupt(_) => error(py, "ProtocolError", msg, None),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn close_err(py: Python<'_>, e: CloseError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        CloseError::WrongChannel => invalid(py, msg),
+        CloseError::ChannelClosed(c) => channel_closed(py, msg, c),
+        CloseError::SidecarGone => error(py, "SidecarGoneError", msg, None),
+        CloseError::Corrupt(_) => error(py, "ProtocolError", msg, None),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+fn recv_err(py: Python<'_>, e: RecvError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        RecvError::BufferTooSmall { .. } => invalid(py, msg),
+        RecvError::ChannelClosed(c) => channel_closed(py, msg, c),
+        RecvError::SidecarGone => error(py, "SidecarGoneError", msg, None),
+        RecvError::Corrupt(_) => error(py, "ProtocolError", msg, None),
+        _ => error(py, "MachnetError", msg, None),
+    }
+}
+
+// ----- argument validation -----
+
+/// An `int` (not a `bool`) in `lo..=hi`.
+fn int_arg(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str, lo: i64, hi: i64) -> PyResult<i64> {
+    if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
+        return Err(wrong_type(
+            py,
+            format!("{what} must be an int, not {}", type_name(obj)),
+        ));
+    }
+    match obj.extract::<i64>() {
+        Ok(v) if (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(invalid(
+            py,
+            format!("{what} must be in {lo}..={hi}, got {obj}"),
+        )),
+    }
+}
+
+fn port_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<u16> {
+    Ok(int_arg(py, obj, "port", 1, 65535)? as u16)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A timeout in seconds: `None` (or +inf) waits forever; negative or NaN is refused.
+fn timeout_arg(
+    py: Python<'_>,
+    obj: Option<&Bound<'_, PyAny>>,
+    what: &str,
+) -> PyResult<Option<Duration>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if obj.is_instance_of::<PyBool>()
+        || !(obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>())
+    {
+        return Err(wrong_type(
+            py,
+            format!(
+                "{what} must be a number of seconds or None, not {}",
+                type_name(obj)
+            ),
+        ));
+    }
+    let secs: f64 = obj
+        .extract()
+        .map_err(|_| invalid(py, format!("{what} is out of range: {obj}")))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(invalid(
+            py,
+            format!("{what} must be >= 0 seconds (or None), got {secs}"),
+        ));
+    }
+    // Absurdly long timeouts (beyond what Duration or Instant can hold) mean "forever".
+    Ok(Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| Instant::now().checked_add(*d).is_some()))
+}
+
+fn ip_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Ipv4Addr> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_cow()?;
+        return s
+            .parse()
+            .map_err(|_| invalid(py, format!("not an IPv4 address: {s:?}")));
+    }
+    // ipaddress.IPv4Address and anything else whose str() is a dotted quad.
+    if let Ok(cls) = py
+        .import("ipaddress")
+        .and_then(|m| m.getattr("IPv4Address"))
+    {
+        if obj.is_instance(&cls)? {
+            let s = obj.str()?.to_cow()?.into_owned();
+            return s
+                .parse()
+                .map_err(|_| invalid(py, format!("not an IPv4 address: {s:?}")));
+        }
+    }
+    Err(wrong_type(
+        py,
+        format!(
+            "ip must be a str or ipaddress.IPv4Address, not {}",
+            type_name(obj)
+        ),
+    ))
+}
+
+fn flow_arg(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Flow> {
+    match obj.cast::<PyFlow>() {
+        Ok(f) => Ok(f.get().0),
+        Err(_) => Err(wrong_type(
+            py,
+            format!("flow must be a machnet.Flow, not {}", type_name(obj)),
+        )),
+    }
+}
+
+// ----- Flow -----
+
+/// One Machnet connection (a handle, valid on the channel that created or accepted it).
+#[pyclass(module = "machnet", name = "Flow", frozen, eq, hash)]
+#[derive(PartialEq, Eq, Hash)]
+struct PyFlow(Flow);
+
+#[pymethods]
+impl PyFlow {
+    /// The sidecar's handle of the flow (unique within its channel, never 0).
+    #[getter]
+    fn handle(&self) -> u32 {
+        self.0.handle()
+    }
+    /// The local (sidecar) IPv4 address, as a string.
+    #[getter]
+    fn local_ip(&self) -> String {
+        self.0.local_ip().to_string()
+    }
+    /// The local Machnet port.
+    #[getter]
+    fn local_port(&self) -> u16 {
+        self.0.local_port()
+    }
+    /// The remote IPv4 address, as a string.
+    #[getter]
+    fn remote_ip(&self) -> String {
+        self.0.remote_ip().to_string()
+    }
+    /// The remote Machnet port.
+    #[getter]
+    fn remote_port(&self) -> u16 {
+        self.0.remote_port()
+    }
+    /// `(local_ip, local_port)`.
+    #[getter]
+    fn local_addr(&self) -> (String, u16) {
+        (self.local_ip(), self.local_port())
+    }
+    /// `(remote_ip, remote_port)`.
+    #[getter]
+    fn remote_addr(&self) -> (String, u16) {
+        (self.remote_ip(), self.remote_port())
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Flow(handle={}, local='{}', remote='{}')",
+            self.0.handle(),
+            self.0.local_addr(),
+            self.0.remote_addr()
+        )
+    }
+}
+
+// ----- Machnet (the attachment) -----
+
+/// A process's attachment to the sidecar (the control connection).
+#[pyclass(module = "machnet._machnet", name = "Machnet", frozen)]
+struct PyMachnet {
+    inner: Machnet,
+    path: String,
+}
+
+#[pymethods]
+impl PyMachnet {
+    /// Attaches to the sidecar at `path` (`None`: `$MACHNET_SOCKET` or the default path).
+    #[new]
+    #[pyo3(signature = (path=None))]
+    fn new(py: Python<'_>, path: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let path = match path.filter(|p| !p.is_none()) {
+            None => machnet::default_socket_path(),
+            Some(p) => {
+                let os = py
+                    .import("os")?
+                    .getattr("fspath")?
+                    .call1((p,))
+                    .map_err(|_| {
+                        wrong_type(
+                            py,
+                            format!("path must be a str or os.PathLike, not {}", type_name(p)),
+                        )
+                    })?;
+                let s: String = os.extract().map_err(|_| {
+                    wrong_type(
+                        py,
+                        "path must be a str path (bytes paths are not supported)",
+                    )
+                })?;
+                if s.is_empty() || s.contains('\0') {
+                    return Err(invalid(py, format!("invalid socket path {s:?}")));
+                }
+                std::path::PathBuf::from(s)
+            }
+        };
+        let shown = path.display().to_string();
+        let inner = py
+            .detach(|| Machnet::attach_at(&path))
+            .map_err(|e| attach_err(py, e))?;
+        Ok(PyMachnet { inner, path: shown })
+    }
+
+    /// The control socket path this attachment used.
+    #[getter]
+    fn socket_path(&self) -> &str {
+        &self.path
+    }
+    /// The sidecar's IPv4 address (the local address of every flow).
+    #[getter]
+    fn local_ip(&self) -> String {
+        self.inner.local_ip().to_string()
+    }
+    /// Number of sidecar engines (valid engine indices are `0..engines`).
+    #[getter]
+    fn engines(&self) -> u16 {
+        self.inner.engines()
+    }
+    /// Largest message the sidecar carries, in bytes.
+    #[getter]
+    fn max_message_len(&self) -> u32 {
+        self.inner.max_message_len()
+    }
+    /// The control socket's descriptor: it turns readable (hang-up) when the sidecar is gone.
+    fn fileno(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+    /// Whether the sidecar is gone (the control connection hung up). Never blocks.
+    fn is_sidecar_gone(&self) -> bool {
+        self.inner.is_sidecar_gone()
+    }
+    /// How long control requests (attach, open_channel, listen) wait for the sidecar.
+    fn set_control_timeout(&self, py: Python<'_>, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        match timeout_arg(py, Some(seconds), "seconds")? {
+            Some(d) => self.inner.set_control_timeout(d),
+            None => self.inner.set_control_timeout(Duration::from_secs(1 << 40)),
+        }
+        Ok(())
+    }
+    /// Opens a channel on `engine` (`None`: the sidecar picks one).
+    #[pyo3(signature = (engine=None))]
+    fn open_channel(
+        &self,
+        py: Python<'_>,
+        engine: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyChannel> {
+        let engine = match engine.filter(|e| !e.is_none()) {
+            None => None,
+            Some(e) => Some(int_arg(py, e, "engine", 0, i64::from(u16::MAX))? as u16),
+        };
+        let ch = py
+            .detach(|| self.inner.open_channel(engine))
+            .map_err(|e| open_err(py, e))?;
+        Ok(PyChannel {
+            id: ch.id(),
+            engine: ch.engine(),
+            max_message_len: ch.max_message_len(),
+            efd: ch.as_raw_fd(),
+            control_fd: self.inner.as_raw_fd(),
+            ch: Mutex::new(Some(ch)),
+        })
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Machnet(socket_path={:?}, local_ip='{}', engines={})",
+            self.path,
+            self.inner.local_ip(),
+            self.inner.engines()
+        )
+    }
+}
+
+// ----- Channel -----
+
+/// A shared-memory channel to one sidecar engine (native; wrapped by `machnet.Channel`).
+#[pyclass(module = "machnet._machnet", name = "Channel", frozen)]
+struct PyChannel {
+    ch: Mutex<Option<Channel>>,
+    id: u32,
+    engine: u16,
+    max_message_len: u32,
+    efd: RawFd,
+    control_fd: RawFd,
+}
+
+/// What the payload of `send` is.
+enum Data<'a, 'py> {
+    /// Immutable: may be read with the GIL released.
+    Bytes(&'a Bound<'py, PyBytes>),
+    ByteArray(&'a Bound<'py, PyByteArray>),
+}
+
+impl PyChannel {
+    /// The channel, for the calling thread only.
+    fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, Option<Channel>>> {
+        let guard =
+            match self.ch.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return Err(error(
+                    py,
+                    "ChannelBusyError",
+                    "the channel is in use by another thread (a channel serves one thread at a \
+                     time: open one channel per thread)"
+                        .into(),
+                    None,
+                )),
+            };
+        if guard.is_none() {
+            return Err(error(
+                py,
+                "ChannelClosedError",
+                "the channel is closed".into(),
+                Some(CloseCode::Detached),
+            ));
+        }
+        Ok(guard)
+    }
+
+    fn send_data(
+        &self,
+        py: Python<'_>,
+        flow: Flow,
+        data: Data<'_, '_>,
+        block: bool,
+    ) -> PyResult<bool> {
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        // First without waiting, holding the GIL (no copy, no GIL round trip).
+        let first = match &data {
+            Data::Bytes(b) => ch.try_send(&flow, b.as_bytes()),
+            // SAFETY: the GIL is held and no Python code runs while the slice is used.
+            Data::ByteArray(b) => ch.try_send(&flow, unsafe { b.as_bytes() }),
+        };
+        match first {
+            Ok(()) => return Ok(true),
+            Err(SendError::WouldBlock) if !block => return Ok(false),
+            Err(SendError::WouldBlock) => {}
+            Err(e) => return Err(send_err(py, e)),
+        }
+        // Back-pressure: wait for ring space with the GIL released. A bytearray may change
+        // meanwhile, so send a copy of it.
+        let result = match data {
+            Data::Bytes(b) => {
+                let bytes = b.as_bytes();
+                py.detach(|| ch.send(&flow, bytes))
+            }
+            Data::ByteArray(b) => {
+                let copy = b.to_vec();
+                py.detach(|| ch.send(&flow, &copy))
+            }
+        };
+        result.map(|()| true).map_err(|e| send_err(py, e))
+    }
+
+    fn with_data(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        block: bool,
+    ) -> PyResult<bool> {
+        let flow = flow_arg(py, flow)?;
+        if let Ok(b) = data.cast::<PyBytes>() {
+            self.send_data(py, flow, Data::Bytes(b), block)
+        } else if let Ok(b) = data.cast::<PyByteArray>() {
+            self.send_data(py, flow, Data::ByteArray(b), block)
+        } else if data.is_instance_of::<PyMemoryView>() {
+            // The limited API of Python 3.9 has no buffer protocol: copy through bytes().
+            let b = py
+                .get_type::<PyBytes>()
+                .call1((data,))?
+                .cast_into::<PyBytes>()?;
+            self.send_data(py, flow, Data::Bytes(&b), block)
+        } else {
+            Err(wrong_type(
+                py,
+                format!(
+                    "data must be bytes, bytearray or memoryview, not {}",
+                    type_name(data)
+                ),
+            ))
+        }
+    }
+
+    /// A received message as `(Flow, bytes)`.
+    fn message<'py>(py: Python<'py>, flow: Flow, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        (PyFlow(flow), PyBytes::new(py, data))
+            .into_pyobject(py)
+            .map(|t| t.into_any())
+    }
+}
+
+#[pymethods]
+impl PyChannel {
+    /// The sidecar's id of this channel.
+    #[getter]
+    fn id(&self) -> u32 {
+        self.id
+    }
+    /// The engine serving this channel.
+    #[getter]
+    fn engine(&self) -> u16 {
+        self.engine
+    }
+    /// Largest message this channel carries, in bytes.
+    #[getter]
+    fn max_message_len(&self) -> u32 {
+        self.max_message_len
+    }
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        match self.ch.try_lock() {
+            Ok(g) => g.is_none(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().is_none(),
+            Err(TryLockError::WouldBlock) => false,
+        }
+    }
+    /// The channel's app eventfd (readable when notifications may be waiting; see arm_wakeup).
+    fn fileno(&self) -> RawFd {
+        self.efd
+    }
+    /// The control socket's descriptor (readable/hang-up when the sidecar is gone).
+    fn control_fileno(&self) -> RawFd {
+        self.control_fd
+    }
+
+    fn listen(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
+        let port = port_arg(py, port)?;
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        py.detach(|| ch.listen(port)).map_err(|e| listen_err(py, e))
+    }
+
+    fn unlisten(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
+        let port = port_arg(py, port)?;
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        py.detach(|| ch.unlisten(port))
+            .map_err(|e| listen_err(py, e))
+    }
+
+    #[pyo3(signature = (ip, port, timeout=None))]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        ip: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyFlow> {
+        let ip = ip_arg(py, ip)?;
+        let port = port_arg(py, port)?;
+        let timeout =
+            timeout_arg(py, timeout, "timeout")?.unwrap_or(machnet::DEFAULT_CONNECT_TIMEOUT);
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        py.detach(|| ch.connect_timeout(ip, port, timeout))
+            .map(PyFlow)
+            .map_err(|e| connect_err(py, e))
+    }
+
+    fn send(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.with_data(py, flow, data, true).map(|_| ())
+    }
+
+    fn try_send(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.with_data(py, flow, data, false)
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        // Fast path: a message is already waiting.
+        if let Some((flow, data)) = ch.try_recv().map_err(|e| recv_err(py, e))? {
+            return Self::message(py, flow, &data);
+        }
+        loop {
+            let slice = match deadline {
+                None => SIGNAL_CHECK,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK),
+            };
+            let got = py.detach(|| ch.recv_timeout(slice));
+            match got.map_err(|e| recv_err(py, e))? {
+                Some((flow, data)) => return Self::message(py, flow, &data),
+                None if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(error(
+                        py,
+                        "TimeoutError",
+                        format!(
+                            "no message within {:?} seconds",
+                            timeout.unwrap_or_default().as_secs_f64()
+                        ),
+                        None,
+                    ))
+                }
+                None => py.check_signals()?,
+            }
+        }
+    }
+
+    fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        match ch.try_recv().map_err(|e| recv_err(py, e))? {
+            Some((flow, data)) => Self::message(py, flow, &data).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `(kind, flow, detail)` or `None` when the timeout passed; see machnet.Event.
+    #[pyo3(signature = (timeout=None))]
+    fn next_event<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        let ev = loop {
+            let slice = match deadline {
+                None => SIGNAL_CHECK,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK),
+            };
+            let got = if slice.is_zero() {
+                ch.next_event(Some(Duration::ZERO))
+            } else {
+                py.detach(|| ch.next_event(Some(slice)))
+            };
+            match got.map_err(|e| recv_err(py, e))? {
+                Some(ev) => break ev,
+                None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
+                None => py.check_signals()?,
+            }
+        };
+        let none = py.None().into_bound(py);
+        let reason = |r: Option<CloseCode>| r.map(code_name);
+        let t = match ev {
+            Event::Message { flow, data } => {
+                ("message", PyFlow(flow), PyBytes::new(py, &data).into_any()).into_pyobject(py)?
+            }
+            Event::Accepted { flow, port } => {
+                ("accepted", PyFlow(flow), port.into_pyobject(py)?.into_any()).into_pyobject(py)?
+            }
+            Event::PeerClosed { flow } => ("peer_closed", PyFlow(flow), none).into_pyobject(py)?,
+            Event::Closed { flow, reason: r } => (
+                "closed",
+                PyFlow(flow),
+                reason(r).into_pyobject(py)?.into_any(),
+            )
+                .into_pyobject(py)?,
+            Event::RequestFailed {
+                flow,
+                request,
+                reason: r,
+            } => {
+                let req = match request {
+                    RequestKind::Send => "send".to_string(),
+                    RequestKind::Close => "close".to_string(),
+                    RequestKind::Abort => "abort".to_string(),
+                    other => format!("{other:?}").to_lowercase(),
+                };
+                let detail = (req, reason(r)).into_pyobject(py)?.into_any();
+                ("request_failed", PyFlow(flow), detail).into_pyobject(py)?
+            }
+            other => {
+                return Err(error(
+                    py,
+                    "MachnetError",
+                    format!("unknown event {other:?}"),
+                    None,
+                ))
+            }
+        };
+        Ok(Some(t.into_any()))
+    }
+
+    /// True if notifications are waiting (do not wait); else the eventfd fires when they come.
+    fn arm_wakeup(&self, py: Python<'_>) -> PyResult<bool> {
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        ch.arm_wakeup().map_err(|e| recv_err(py, e))
+    }
+
+    fn close_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
+        let flow = flow_arg(py, flow)?;
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        py.detach(|| ch.close(&flow)).map_err(|e| close_err(py, e))
+    }
+
+    fn abort_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
+        let flow = flow_arg(py, flow)?;
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        py.detach(|| ch.abort(&flow)).map_err(|e| close_err(py, e))
+    }
+
+    /// `"open"`, `"peer_closed"`, `"closing"` or `"closed"`, plus the close reason if known.
+    fn flow_status(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+    ) -> PyResult<(String, Option<String>)> {
+        let flow = flow_arg(py, flow)?;
+        let g = self.lock(py)?;
+        let ch = g.as_ref().expect("checked by lock");
+        Ok(match ch.flow_status(&flow) {
+            FlowStatus::Open => ("open".into(), None),
+            FlowStatus::PeerClosed => ("peer_closed".into(), None),
+            FlowStatus::Closing => ("closing".into(), None),
+            FlowStatus::Closed(r) => ("closed".into(), r.map(code_name)),
+            _ => ("closed".into(), None),
+        })
+    }
+
+    fn flows(&self, py: Python<'_>) -> PyResult<Vec<PyFlow>> {
+        let g = self.lock(py)?;
+        let ch = g.as_ref().expect("checked by lock");
+        Ok(ch.flows().map(PyFlow).collect())
+    }
+
+    fn set_busy_poll(&self, py: Python<'_>, seconds: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let spin = timeout_arg(py, seconds, "seconds")?;
+        let mut g = self.lock(py)?;
+        g.as_mut().expect("checked by lock").set_busy_poll(spin);
+        Ok(())
+    }
+
+    fn set_auto_close(&self, py: Python<'_>, on: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !on.is_instance_of::<PyBool>() {
+            return Err(wrong_type(
+                py,
+                format!("on must be a bool, not {}", type_name(on)),
+            ));
+        }
+        let on: bool = on.extract()?;
+        let mut g = self.lock(py)?;
+        g.as_mut().expect("checked by lock").set_auto_close(on);
+        Ok(())
+    }
+
+    /// Detaches the channel (the sidecar aborts its flows). Closing twice does nothing.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let ch = match self.ch.try_lock() {
+            Ok(mut g) => g.take(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(error(
+                    py,
+                    "ChannelBusyError",
+                    "the channel is in use by another thread and cannot be closed now".into(),
+                    None,
+                ))
+            }
+        };
+        match ch {
+            None => Ok(()),
+            Some(ch) => py
+                .detach(|| ch.close_channel())
+                .or_else(|e| match e {
+                    // Closing a channel of a dead sidecar (or over a control connection that
+                    // already failed) has nothing left to do: the sidecar releases the channel
+                    // when the connection closes.
+                    RequestError::SidecarGone | RequestError::Broken(_) => Ok(()),
+                    e => Err(e),
+                })
+                .map_err(|e| request_err(py, e)),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Channel(id={}, engine={}{})",
+            self.id,
+            self.engine,
+            if self.closed() { ", closed" } else { "" }
+        )
+    }
+}
+
+// ----- the sidecar -----
+
+/// Runs the `machnet` sidecar command line (`args` without the program name) until SIGINT or
+/// SIGTERM; returns its exit status.
+#[pyfunction]
+fn run_sidecar(py: Python<'_>, args: Vec<String>) -> u8 {
+    let argv: Vec<String> = std::iter::once("machnet".to_string()).chain(args).collect();
+    py.detach(|| machnet_sidecar::run_cli(argv))
+}
+
+/// Describes a close code by name (`"reset"` → "reset by the remote host"); `None` if unknown.
+#[pyfunction]
+fn describe_close_code(name: &str) -> Option<&'static str> {
+    (0..=u8::MAX)
+        .filter_map(CloseCode::from_u8)
+        .find(|c| code_name(*c) == name)
+        .map(CloseCode::description)
+}
+
+#[pymodule]
+fn _machnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyMachnet>()?;
+    m.add_class::<PyChannel>()?;
+    m.add_class::<PyFlow>()?;
+    m.add_function(wrap_pyfunction!(run_sidecar, m)?)?;
+    m.add_function(wrap_pyfunction!(describe_close_code, m)?)?;
+    m.add("DEFAULT_SOCKET_PATH", machnet::DEFAULT_SOCKET_PATH)?;
+    m.add("SOCKET_ENV", machnet::SOCKET_ENV)?;
+    m.add(
+        "DEFAULT_CONNECT_TIMEOUT",
+        machnet::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
+    )?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+"""The GIL is released while blocking; asyncio waits through the event loop, not threads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Dict, List, Optional, Tuple, Union
+
+import pytest
+
+import machnet
+from harness import ECHO_PORT, IP_A, IP_B, Sidecar
+
+
+def payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def test_recv_releases_the_gil(ma: machnet.Machnet, mb: machnet.Machnet, port: int) -> None:
+    """Thread T blocks in recv() on a listening channel; the main thread keeps running Python
+    code meanwhile (it could not if recv held the GIL), then connects and sends the message
+    that wakes T."""
+    server = mb.open_channel()
+    server.listen(port)
+    result: List[Union[Tuple[machnet.Flow, bytes], BaseException]] = []
+
+    def blocked() -> None:
+        try:
+            result.append(server.recv(timeout=120))
+        except BaseException as e:  # noqa: BLE001 - reported to the main thread
+            result.append(e)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    try:
+        # Wait until T holds the channel inside recv: the channel reports busy to this thread.
+        busy = False
+        for _ in range(20000):
+            try:
+                server.try_recv()
+            except machnet.ChannelBusyError:
+                busy = True
+                break
+            time.sleep(0.001)
+        assert busy, "the receiving thread never got into recv"
+        # The main thread makes progress while T is blocked inside recv.
+        counter = 0
+        for i in range(200_000):
+            counter += i & 1
+        for _ in range(20):
+            time.sleep(0.001)
+        assert counter == 100_000
+        assert t.is_alive() and not result, f"recv returned early: {result}"
+        with pytest.raises(machnet.ChannelBusyError):
+            server.flows()
+        # Now wake T up with a message from another sidecar.
+        with ma.open_channel() as client:
+            flow = client.connect(IP_B, port)
+            msg = payload(7, 100_000)
+            client.send(flow, msg)
+            t.join(60)
+            assert not t.is_alive()
+            assert len(result) == 1
+            got = result[0]
+            assert not isinstance(got, BaseException), repr(got)
+            sflow, data = got
+            assert data == msg
+            assert sflow.remote_addr == flow.local_addr
+    finally:
+        t.join(150)
+        server.close()
+
+
+def test_channel_per_thread(mb: machnet.Machnet, sidecar_a: Sidecar) -> None:
+    """Four threads, each with its own channel and flow, echo concurrently."""
+    errors: List[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            with mb.open_channel() as ch:
+                flow = ch.connect(IP_A, ECHO_PORT)
+                for i in range(30):
+                    msg = payload(k * 1000 + i, 1 + (k * 7919 + i * 104729) % 70000)
+                    ch.send(flow, msg)
+                    f, got = ch.recv(timeout=60)
+                    assert f == flow and got == msg
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def test_asyncio_several_channels_concurrently(mb: machnet.Machnet, sidecar_a: Sidecar) -> None:
+    async def one(k: int) -> int:
+        async with mb.open_channel() as ch:
+            flow = ch.connect(IP_A, ECHO_PORT)
+            for i in range(40):
+                msg = payload(k * 100 + i, 1 + (k * 31 + i * 977) % 50000)
+                ch.send(flow, msg)
+                f, got = await ch.recv_async(timeout=60)
+                assert f == flow
+                assert got == msg
+            return k
+
+    async def main() -> List[int]:
+        threads_before = threading.active_count()
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        done = await asyncio.gather(*(one(k) for k in range(6)))
+        stop.set()
+        await tick
+        assert ticks > 0  # the loop ran other tasks while the flows waited
+        assert threading.active_count() == threads_before  # no thread per call
+        return list(done)
+
+    assert asyncio.run(main()) == list(range(6))
+
+
+def test_asyncio_several_flows_on_one_channel(mb: machnet.Machnet, sidecar_a: Sidecar) -> None:
+    """Writers on four flows and one `async for` reader share a channel."""
+
+    async def main() -> Dict[machnet.Flow, List[bytes]]:
+        async with mb.open_channel() as ch:
+            flows = [ch.connect(IP_A, ECHO_PORT) for _ in range(4)]
+            sent: Dict[machnet.Flow, List[bytes]] = {f: [] for f in flows}
+            got: Dict[machnet.Flow, List[bytes]] = {f: [] for f in flows}
+            per_flow = 25
+            total = per_flow * len(flows)
+
+            async def writer(k: int, flow: machnet.Flow) -> None:
+                for i in range(per_flow):
+                    msg = payload(k * 1000 + i, 1 + (i * 4099) % 30000)
+                    sent[flow].append(msg)
+                    ch.send(flow, msg)
+                    await asyncio.sleep(0)
+
+            async def reader() -> None:
+                n = 0
+                async for flow, data in ch:
+                    got[flow].append(data)
+                    n += 1
+                    if n == total:
+                        return
+
+            await asyncio.wait_for(
+                asyncio.gather(reader(), *(writer(k, f) for k, f in enumerate(flows))), 120
+            )
+            assert got == sent
+            return got
+
+    got = asyncio.run(main())
+    assert sum(len(v) for v in got.values()) == 100
+
+
+def test_asyncio_timeout_events_and_server(
+    ma: machnet.Machnet, mb: machnet.Machnet, port: int
+) -> None:
+    async def main() -> None:
+        with mb.open_channel() as server, ma.open_channel() as client:
+            with pytest.raises(machnet.TimeoutError):
+                await server.recv_async(timeout=0.05)
+            assert await server.next_event_async(timeout=0.01) is None
+            server.listen(port)
+
+            async def serve() -> Optional[machnet.Event]:
+                ev = await server.next_event_async(timeout=60)
+                assert ev is not None and ev.kind == "accepted"
+                flow, data = await server.recv_async(timeout=60)
+                server.send(flow, data[::-1])
+                return ev
+
+            task = asyncio.create_task(serve())
+            await asyncio.sleep(0)
+            flow = client.connect(IP_B, port)
+            client.send(flow, b"abcdef")
+            ev = await task
+            assert ev is not None and ev.port == port
+            assert await client.recv_async(timeout=60) == (flow, b"fedcba")
+
+    asyncio.run(main())
+
+
+def test_asyncio_iteration_ends_when_the_channel_closes(mb: machnet.Machnet) -> None:
+    async def main() -> int:
+        ch = mb.open_channel()
+        n = 0
+
+        async def consume() -> None:
+            nonlocal n
+            async for _ in ch:
+                n += 1
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.01)
+        ch.close()
+        await asyncio.wait_for(task, 30)
+        return n
+
+    assert asyncio.run(main()) == 0
+
+
+def test_asyncio_sidecar_gone(tmp_dir: object) -> None:
+    from pathlib import Path
+
+    from harness import IP_C
+
+    s = Sidecar("gone-async", IP_C, Path(str(tmp_dir)))
+    try:
+        m = machnet.attach(s.sock)
+        ch = m.open_channel()
+
+        async def main() -> None:
+            waiter = asyncio.create_task(ch.recv_async())
+            await asyncio.sleep(0.01)
+            s.stop(9)
+            with pytest.raises(machnet.SidecarGoneError):
+                await asyncio.wait_for(waiter, 30)
+
+        asyncio.run(main())
+    finally:
+        s.stop()
+
+
+def test_asyncio_channel_reused_across_event_loops(echo_channel: machnet.Channel) -> None:
+    """A channel keeps its eventfd registered in one loop; a later loop takes it over."""
+    flow = echo_channel.connect(IP_A, ECHO_PORT)
+
+    async def round_trips(seed: int) -> None:
+        for i in range(20):
+            msg = payload(seed + i, 1 + i * 100)
+            echo_channel.send(flow, msg)
+            assert await echo_channel.recv_async(timeout=60) == (flow, msg)
+
+    for seed in (1, 1000, 2000):
+        asyncio.run(round_trips(seed))
+    # Synchronous use in between and after is unaffected.
+    echo_channel.send(flow, b"sync")
+    assert echo_channel.recv(timeout=60) == (flow, b"sync")
