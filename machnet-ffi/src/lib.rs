@@ -500,11 +500,14 @@ pub extern "C" fn machnet_listen(
 ) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        check_local(&machnet()?, local_ip)?;
         if port == 0 {
             return Err(Error::new(libc::EINVAL, "port 0 cannot be listened on"));
         }
-        ctx.with(false, |ch| ch.listen(port).map_err(Error::from))?;
+        // The channel's own sidecar, not the one the latest machnet_init_at named.
+        ctx.with(false, |ch| {
+            check_local(ch.machnet(), local_ip)?;
+            ch.listen(port).map_err(Error::from)
+        })?;
         Ok(0)
     })
 }
@@ -537,7 +540,8 @@ pub extern "C" fn machnet_connect_timeout(
 ) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        check_local(&machnet()?, local_ip)?;
+        // Checked against the channel's own sidecar (see machnet_listen).
+        ctx.with(false, |ch| check_local(ch.machnet(), local_ip))?;
         let remote = ip(remote_ip, "remote_ip")?;
         if remote.is_unspecified() || remote_port == 0 {
             return Err(Error::new(

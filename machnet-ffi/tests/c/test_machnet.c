@@ -691,6 +691,21 @@ static int t_cxx_translation_unit(void) {
     return 0;
 }
 
+/* A channel belongs to the sidecar it was attached to, whatever machnet_init_at said since. */
+static int t_channel_keeps_its_sidecar_after_reinit(void) {
+    void *c = machnet_attach(); /* on `sock`'s sidecar, whose address is local_ip */
+    CHECK(c != NULL);
+    CHECK(machnet_init_at(peer_sock) == 0); /* later attaches would go to the peer */
+    int own = machnet_listen(c, local_ip, 4242);
+    int other = machnet_listen(c, peer_ip, 4243);
+    int other_errno = errno;
+    CHECK(machnet_init_at(sock) == 0);
+    CHECK(own == 0);
+    CHECK(other == -1 && other_errno == EADDRNOTAVAIL);
+    CHECK(machnet_detach(c) == 0);
+    return 0;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sock = env("MACHNET_TEST_SOCK", NULL);
@@ -732,6 +747,7 @@ int main(void) {
         {"channel_fd_is_pollable", t_channel_fd_is_pollable, 2},
         {"interrupt_wakes_a_blocked_receive", t_interrupt_wakes_a_blocked_receive, 2},
         {"threads_share_a_channel", t_threads_share_a_channel, 2},
+        {"channel_keeps_its_sidecar_after_reinit", t_channel_keeps_its_sidecar_after_reinit, 1},
         {"close_a_flow", t_close_a_flow, 1},
         {"detach", t_detach, 1},
         {"sidecar_gone", t_sidecar_gone, 0},
