@@ -34,6 +34,7 @@ binding_suite() { # label script
 }
 binding_suite "C ABI (libmachnet, machnet.h) and the Go module" ci/ffi.sh
 binding_suite "Python package (abi3 wheel in a fresh virtualenv)" ci/python.sh
+binding_suite "C# binding (mono, NUnit) and its NuGet package" ci/csharp.sh
 
 echo "== DPDK layer (feature dpdk)"
 if pkg-config --exists libdpdk 2>/dev/null; then

@@ -1,0 +1,134 @@
+using System;
+using Machnet.Native;
+
+namespace Machnet
+{
+    /// <summary>
+    /// A failed Machnet call: the C function, the <c>errno</c> value libmachnet set and its detailed
+    /// message. Subclasses name the conditions an application usually handles.
+    /// </summary>
+    public class MachnetException : Exception
+    {
+        /// <summary>The libmachnet function that failed, e.g. <c>machnet_send</c>.</summary>
+        public string Operation { get; }
+
+        /// <summary>The Linux <c>errno</c> value libmachnet reported (e.g. 111 for ECONNREFUSED).</summary>
+        public int Errno { get; }
+
+        /// <summary>Creates an exception for <paramref name="operation"/> failing with <paramref name="errno"/>.</summary>
+        /// <param name="operation">The libmachnet function.</param>
+        /// <param name="errno">The errno value.</param>
+        /// <param name="message">The explanation shown to people.</param>
+        public MachnetException(string operation, int errno, string message)
+            : base(message)
+        {
+            Operation = operation;
+            Errno = errno;
+        }
+
+        /// <summary>
+        /// Builds the exception for the current thread's failed call to <paramref name="operation"/>:
+        /// the most specific subclass for <paramref name="errno"/>, with libmachnet's detailed message.
+        /// Must run on the thread that made the call (the detail is thread-local).
+        /// </summary>
+        internal static MachnetException FromErrno(string operation, int errno, long needed = 0)
+        {
+            string detail = Interop.LastError();
+            if (string.IsNullOrEmpty(detail))
+                detail = Interop.StrError(errno);
+            string msg = operation + ": " + detail;
+            switch (errno)
+            {
+                case LinuxErrno.ECONNREFUSED: return new ConnectionRefusedException(operation, errno, msg);
+                case LinuxErrno.ECONNRESET: return new SidecarGoneException(operation, errno, msg);
+                case LinuxErrno.ETIMEDOUT: return new MachnetTimeoutException(operation, errno, msg);
+                case LinuxErrno.EADDRINUSE: return new PortInUseException(operation, errno, msg);
+                case LinuxErrno.EMSGSIZE: return new MessageSizeException(operation, errno, msg, needed);
+                case LinuxErrno.EBADF: return new ChannelClosedException(operation, errno, msg);
+                case LinuxErrno.ENOTCONN:
+                    if (operation == "machnet_attach")
+                        return new NotInitializedException(operation, errno, msg);
+                    return new FlowClosedException(operation, errno, msg);
+                case LinuxErrno.EPIPE: return new FlowClosedException(operation, errno, msg);
+                default: return new MachnetException(operation, errno, msg);
+            }
+        }
+    }
+
+    /// <summary>The remote host refused the connection (ECONNREFUSED): nothing listens on that port.</summary>
+    public class ConnectionRefusedException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public ConnectionRefusedException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>The sidecar exited or crashed, or the flow was reset (ECONNRESET).</summary>
+    public class SidecarGoneException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public SidecarGoneException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>
+    /// A wait ran out of time: a connection attempt (ETIMEDOUT from libmachnet) or a
+    /// <see cref="Channel.Receive(TimeSpan)"/> with no message in time.
+    /// </summary>
+    public class MachnetTimeoutException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public MachnetTimeoutException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>Another channel already listens on the port (EADDRINUSE).</summary>
+    public class PortInUseException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public PortInUseException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>
+    /// A message is too large to send (over <see cref="Sidecar.MaxMessageLength"/>), or the waiting
+    /// message does not fit the caller's receive buffer (EMSGSIZE); in the latter case the message
+    /// stays queued and <see cref="Needed"/> tells its size.
+    /// </summary>
+    public class MessageSizeException : MachnetException
+    {
+        /// <summary>On receive: the size of the waiting message in bytes; 0 otherwise.</summary>
+        public long Needed { get; }
+
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        /// <param name="operation">The libmachnet function.</param>
+        /// <param name="errno">The errno value.</param>
+        /// <param name="message">The explanation.</param>
+        /// <param name="needed">The size of the waiting message (receive), or 0.</param>
+        public MessageSizeException(string operation, int errno, string message, long needed)
+            : base(operation, errno, message)
+        {
+            Needed = needed;
+        }
+    }
+
+    /// <summary>
+    /// libmachnet no longer knows the channel (EBADF): it was detached, e.g. by another handle.
+    /// A <see cref="Channel"/> disposed by this process reports <see cref="ObjectDisposedException"/> instead.
+    /// </summary>
+    public class ChannelClosedException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public ChannelClosedException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>The process is not attached to a sidecar: call <see cref="Sidecar.Init(string)"/> first.</summary>
+    public class NotInitializedException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public NotInitializedException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+
+    /// <summary>The flow is not open on this channel, or this side closed it (ENOTCONN, EPIPE).</summary>
+    public class FlowClosedException : MachnetException
+    {
+        /// <summary>See <see cref="MachnetException"/>.</summary>
+        public FlowClosedException(string operation, int errno, string message) : base(operation, errno, message) { }
+    }
+}

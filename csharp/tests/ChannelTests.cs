@@ -1,0 +1,522 @@
+// NUnit 2.6 tests of the Machnet C# binding against real sidecars and `machnet-echo server`.
+// ci/csharp.sh starts them and sets MACHNET_TEST_* (see Env below).
+using System;
+using System.Runtime.CompilerServices;
+using System.Threading;
+using System.Threading.Tasks;
+using NUnit.Framework;
+
+namespace Machnet.Tests
+{
+    internal static class Env
+    {
+        internal static string Get(string name)
+        {
+            string v = Environment.GetEnvironmentVariable(name);
+            if (string.IsNullOrEmpty(v))
+                throw new InvalidOperationException(name + " is not set: run the tests with ci/csharp.sh");
+            return v;
+        }
+
+        /// <summary>The sidecar the tests attach to (127.0.0.2).</summary>
+        internal static string Sock { get { return Get("MACHNET_TEST_SOCK"); } }
+        /// <summary>The sidecar the echo server is attached to (127.0.0.1).</summary>
+        internal static string PeerSock { get { return Get("MACHNET_TEST_PEER_SOCK"); } }
+        internal static string LocalIp { get { return Get("MACHNET_TEST_LOCAL_IP"); } }
+        internal static string PeerIp { get { return Get("MACHNET_TEST_PEER_IP"); } }
+        internal static ushort EchoPort { get { return ushort.Parse(Get("MACHNET_TEST_ECHO_PORT")); } }
+
+        /// <summary>Bound on waits for data (8 MiB echoes on a loaded machine).</summary>
+        internal static readonly TimeSpan Long = TimeSpan.FromSeconds(60);
+
+        /// <summary>Bound on waits for a cancellation or disposal to take effect (a hang guard).</summary>
+        internal static readonly TimeSpan Guard = TimeSpan.FromSeconds(10);
+
+        /// <summary>A channel on the local sidecar (or the peer's).</summary>
+        internal static Channel Open(bool peer = false)
+        {
+            Sidecar.Init(peer ? PeerSock : Sock);
+            return new Channel();
+        }
+
+        /// <summary>Deterministic pseudo-random bytes (xorshift), different per seed.</summary>
+        internal static byte[] Pattern(int size, uint seed)
+        {
+            var b = new byte[size];
+            uint x = seed * 2654435761u + 1;
+            for (int i = 0; i < size; i++)
+            {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                b[i] = (byte)x;
+            }
+            return b;
+        }
+
+        /// <summary>Asserts byte-identical content (first difference reported; fast on 8 MiB).</summary>
+        internal static void AssertSameBytes(byte[] expected, int offset, int count, byte[] actual)
+        {
+            Assert.AreEqual(count, actual.Length, "length");
+            for (int i = 0; i < count; i++)
+            {
+                if (expected[offset + i] != actual[i])
+                    Assert.Fail("byte {0} of {1} differs: expected {2}, got {3}", i, count, expected[offset + i], actual[i]);
+            }
+        }
+
+        internal static void AssertSameBytes(byte[] expected, byte[] actual)
+        {
+            AssertSameBytes(expected, 0, expected.Length, actual);
+        }
+
+        internal static uint Ip(string dotted)
+        {
+            var p = dotted.Split('.');
+            return (uint.Parse(p[0]) << 24) | (uint.Parse(p[1]) << 16) | (uint.Parse(p[2]) << 8) | uint.Parse(p[3]);
+        }
+    }
+
+    [TestFixture]
+    public class EchoTests
+    {
+        private Channel ch;
+        private Flow flow;
+
+        [SetUp]
+        public void SetUp()
+        {
+            ch = Env.Open();
+            flow = ch.Connect(Env.LocalIp, Env.PeerIp, Env.EchoPort);
+        }
+
+        [TearDown]
+        public void TearDown()
+        {
+            if (ch != null)
+                ch.Dispose();
+        }
+
+        [Test]
+        public void VersionNamesTheAbi()
+        {
+            StringAssert.Contains("C ABI " + Sidecar.AbiVersion, Sidecar.Version);
+            Assert.AreEqual(8 * 1024 * 1024, Sidecar.MaxMessageLength);
+        }
+
+        [Test]
+        public void ConnectGivesAFlowFromThisSidecar()
+        {
+            Assert.AreEqual(Env.Ip(Env.LocalIp), flow.SourceAddress);
+            Assert.AreEqual(Env.Ip(Env.PeerIp), flow.DestinationAddress);
+            Assert.AreEqual(Env.EchoPort, flow.DestinationPort);
+            Assert.AreEqual(Env.PeerIp + ":" + Env.EchoPort, flow.Destination.ToString());
+        }
+
+        [TestCase(1)]
+        [TestCase(2)]
+        [TestCase(63)]
+        [TestCase(1000)]
+        [TestCase(1500)]
+        [TestCase(4096)]
+        [TestCase(9000)]
+        [TestCase(65535)]
+        [TestCase(65536)]
+        [TestCase(65537)]
+        [TestCase(1 << 20)]
+        [TestCase(3 * 1000 * 1000 + 7)]
+        [TestCase(8 * 1024 * 1024)]
+        public void EchoesByteIdentical(int size)
+        {
+            byte[] sent = Env.Pattern(size, (uint)size);
+            ch.Send(flow, sent);
+            Message reply = ch.Receive(Env.Long);
+            Assert.AreEqual(flow.Reversed, reply.Flow, "the reply comes from the peer");
+            Env.AssertSameBytes(sent, reply.Data);
+        }
+
+        [Test]
+        public void SendsArraySegmentsAndRanges()
+        {
+            byte[] big = Env.Pattern(100000, 7);
+            ch.Send(flow, new ArraySegment<byte>(big, 12345, 70000));
+            Env.AssertSameBytes(big, 12345, 70000, ch.Receive(Env.Long).Data);
+            ch.Send(flow, big, 99999, 1);
+            Env.AssertSameBytes(big, 99999, 1, ch.Receive(Env.Long).Data);
+        }
+
+        [Test]
+        public void WindowOfMessagesArrivesInOrder()
+        {
+            var sent = new byte[40][];
+            for (int i = 0; i < sent.Length; i++)
+            {
+                sent[i] = Env.Pattern(1 + i * 3001, (uint)(1000 + i));
+                ch.Send(flow, sent[i]);
+            }
+            for (int i = 0; i < sent.Length; i++)
+                Env.AssertSameBytes(sent[i], ch.Receive(Env.Long).Data);
+        }
+
+        [Test]
+        public void ReceivesIntoACallerBuffer()
+        {
+            byte[] sent = Env.Pattern(5000, 3);
+            ch.Send(flow, sent);
+            var buf = new byte[8000];
+            int n;
+            Flow from;
+            Assert.IsTrue(ch.TryReceive(new ArraySegment<byte>(buf, 100, 7900), Env.Long, out n, out from));
+            Assert.AreEqual(5000, n);
+            Assert.AreEqual(flow.Reversed, from);
+            var got = new byte[n];
+            Buffer.BlockCopy(buf, 100, got, 0, n);
+            Env.AssertSameBytes(sent, got);
+        }
+
+        [Test]
+        public void TooSmallBufferKeepsTheMessage()
+        {
+            byte[] sent = Env.Pattern(3000, 4);
+            ch.Send(flow, sent);
+            int n;
+            Flow from;
+            var ex = Assert.Throws<MessageSizeException>(() =>
+                ch.TryReceive(new ArraySegment<byte>(new byte[100]), Env.Long, out n, out from));
+            Assert.AreEqual(3000, ex.Needed);
+            Assert.AreEqual(3000, ch.Peek());
+            Env.AssertSameBytes(sent, ch.Receive(Env.Long).Data);
+            Assert.AreEqual(0, ch.Peek());
+        }
+
+        [Test]
+        public void ReceiveAsyncDeliversTheEcho()
+        {
+            byte[] sent = Env.Pattern(200000, 5);
+            Task<Message> t = ch.ReceiveAsync();
+            ch.Send(flow, sent);
+            Assert.IsTrue(t.Wait(Env.Long), "the echo arrives");
+            Env.AssertSameBytes(sent, t.Result.Data);
+            // A message already waiting completes the task at once.
+            ch.Send(flow, sent);
+            var deadline = DateTime.UtcNow + Env.Long;
+            while (ch.Peek() == 0 && DateTime.UtcNow < deadline)
+                Thread.Sleep(1);
+            Task<Message> ready = ch.ReceiveAsync();
+            Assert.IsTrue(ready.IsCompleted, "completed synchronously");
+            Env.AssertSameBytes(sent, ready.Result.Data);
+        }
+
+        [Test]
+        public void ReceiveTimesOutWhenNothingComes()
+        {
+            Message m;
+            Assert.IsFalse(ch.TryReceive(TimeSpan.Zero, out m));
+            Assert.IsNull(m);
+            Assert.IsFalse(ch.TryReceive(TimeSpan.FromMilliseconds(30), out m));
+            var ex = Assert.Throws<MachnetTimeoutException>(() => ch.Receive(TimeSpan.FromMilliseconds(30)));
+            Assert.AreEqual(110, ex.Errno);
+            // The channel still works afterwards.
+            ch.Send(flow, new byte[] { 42 });
+            Assert.AreEqual(new byte[] { 42 }, ch.Receive(Env.Long).Data);
+        }
+
+        [Test]
+        public void CancellingReceiveAsyncCancelsTheTaskAndConsumesNothing()
+        {
+            var cts = new CancellationTokenSource();
+            Task<Message> t = ch.ReceiveAsync(cts.Token);
+            Thread.Sleep(50); // let it block in libmachnet (the test passes either way)
+            cts.Cancel();
+            var agg = Assert.Throws<AggregateException>(() => t.Wait(Env.Guard));
+            Assert.IsInstanceOf<OperationCanceledException>(agg.InnerException);
+            Assert.IsTrue(t.IsCanceled);
+
+            // Already cancelled: a cancelled task, nothing received.
+            Task<Message> pre = ch.ReceiveAsync(cts.Token);
+            Assert.IsTrue(pre.IsCanceled);
+
+            byte[] sent = Env.Pattern(777, 6);
+            ch.Send(flow, sent);
+            Env.AssertSameBytes(sent, ch.Receive(Env.Long).Data);
+        }
+
+        [Test]
+        public void CancellingOneReceiveLeavesAnotherWaiting()
+        {
+            var cts = new CancellationTokenSource();
+            Task<Message> cancelled = ch.ReceiveAsync(cts.Token);
+            Task<Message> waiting = ch.ReceiveAsync();
+            Thread.Sleep(50);
+            cts.Cancel();
+            Assert.Throws<AggregateException>(() => cancelled.Wait(Env.Guard));
+            Assert.IsFalse(waiting.IsCompleted, "the other receive is still waiting");
+            byte[] sent = Env.Pattern(1234, 8);
+            ch.Send(flow, sent);
+            Assert.IsTrue(waiting.Wait(Env.Long));
+            Env.AssertSameBytes(sent, waiting.Result.Data);
+        }
+
+        [Test]
+        public void ClosedFlowRefusesSends()
+        {
+            ch.CloseFlow(flow);
+            Assert.Throws<FlowClosedException>(() => ch.Send(flow, new byte[] { 1 }));
+            var unknown = new Flow(flow.SourceAddress, flow.SourcePort, flow.DestinationAddress, 1);
+            Assert.Throws<FlowClosedException>(() => ch.CloseFlow(unknown));
+        }
+
+        [Test]
+        public void OversizedMessageIsRefused()
+        {
+            var ex = Assert.Throws<MessageSizeException>(() => ch.Send(flow, new byte[Sidecar.MaxMessageLength + 1]));
+            Assert.AreEqual(90, ex.Errno);
+            Assert.AreEqual("machnet_send", ex.Operation);
+        }
+    }
+
+    [TestFixture]
+    public class ArgumentTests
+    {
+        private Channel ch;
+        private readonly Flow flow = new Flow(0x7f000002, 1, 0x7f000001, 2);
+
+        [SetUp]
+        public void SetUp() { ch = Env.Open(); }
+
+        [TearDown]
+        public void TearDown()
+        {
+            if (ch != null)
+                ch.Dispose();
+        }
+
+        [Test]
+        public void SendValidatesItsArguments()
+        {
+            Assert.Throws<ArgumentNullException>(() => ch.Send(flow, (byte[])null));
+            Assert.Throws<ArgumentNullException>(() => ch.Send(flow, null, 0, 1));
+            Assert.Throws<ArgumentNullException>(() => ch.Send(flow, default(ArraySegment<byte>)));
+            Assert.Throws<ArgumentException>(() => ch.Send(flow, new byte[0]));
+            Assert.Throws<ArgumentException>(() => ch.Send(flow, new ArraySegment<byte>(new byte[4], 4, 0)));
+            Assert.Throws<ArgumentOutOfRangeException>(() => ch.Send(flow, new byte[4], -1, 2));
+            Assert.Throws<ArgumentOutOfRangeException>(() => ch.Send(flow, new byte[4], 0, -2));
+            Assert.Throws<ArgumentException>(() => ch.Send(flow, new byte[4], 3, 2));
+            Assert.Throws<ArgumentException>(() => ch.Send(flow, new byte[4], int.MaxValue, 1));
+        }
+
+        [Test]
+        public void ReceiveValidatesItsArguments()
+        {
+            Message m;
+            int n;
+            Flow f;
+            Assert.Throws<ArgumentOutOfRangeException>(() => ch.Receive(TimeSpan.FromMilliseconds(-5)));
+            Assert.Throws<ArgumentOutOfRangeException>(() => ch.TryReceive(TimeSpan.FromSeconds(-1), out m));
+            Assert.Throws<ArgumentNullException>(() => ch.TryReceive(default(ArraySegment<byte>), TimeSpan.Zero, out n, out f));
+            Assert.Throws<ArgumentException>(() => ch.TryReceive(new ArraySegment<byte>(new byte[3], 3, 0), TimeSpan.Zero, out n, out f));
+            Assert.Throws<ArgumentNullException>(() => new Message(flow, null));
+        }
+
+        [Test]
+        public void AddressesAreValidated()
+        {
+            Assert.Throws<ArgumentNullException>(() => ch.Listen(null, 5));
+            Assert.Throws<ArgumentNullException>(() => ch.Connect(Env.LocalIp, null, 5));
+            Assert.Throws<ArgumentException>(() => ch.Connect("300.1.1.1", 5));
+            Assert.Throws<ArgumentException>(() => ch.Connect(Env.LocalIp, "1.2.3", 5));
+            Assert.Throws<ArgumentException>(() => ch.Listen("localhost", 5));
+            Assert.Throws<ArgumentOutOfRangeException>(() => ch.Connect(Env.LocalIp, Env.PeerIp, 5, TimeSpan.FromSeconds(-2)));
+            Assert.Throws<ArgumentException>(() => Sidecar.Init(""));
+        }
+    }
+
+    [TestFixture]
+    public class LifecycleAndErrorTests
+    {
+        [TearDown]
+        public void TearDown() { Sidecar.Init(Env.Sock); }
+
+        [Test]
+        public void DisposeIsIdempotentAndLaterCallsThrow()
+        {
+            Channel ch = Env.Open();
+            Flow flow = ch.Connect(Env.LocalIp, Env.PeerIp, Env.EchoPort);
+            ch.Dispose();
+            ch.Dispose();
+            Assert.IsTrue(ch.IsDisposed);
+            Message m;
+            Assert.Throws<ObjectDisposedException>(() => ch.Send(flow, new byte[] { 1 }));
+            Assert.Throws<ObjectDisposedException>(() => ch.TryReceive(TimeSpan.Zero, out m));
+            Assert.Throws<ObjectDisposedException>(() => ch.Listen(9));
+            Assert.Throws<ObjectDisposedException>(() => ch.Peek());
+            Task<Message> t = ch.ReceiveAsync();
+            Assert.IsTrue(t.IsFaulted);
+            Assert.IsInstanceOf<ObjectDisposedException>(t.Exception.InnerException);
+        }
+
+        [Test]
+        public void DisposeWakesABlockedReceive()
+        {
+            Channel ch = Env.Open();
+            Exception seen = null;
+            var t = new Thread(() =>
+            {
+                try { ch.Receive(); }
+                catch (Exception e) { seen = e; }
+            });
+            t.Start();
+            Thread.Sleep(50);
+            Task<Message> pending = ch.ReceiveAsync();
+            ch.Dispose();
+            Assert.IsTrue(t.Join(Env.Guard), "the blocked receive returned");
+            Assert.IsInstanceOf<ObjectDisposedException>(seen);
+            var agg = Assert.Throws<AggregateException>(() => pending.Wait(Env.Guard));
+            Assert.IsInstanceOf<ObjectDisposedException>(agg.InnerException);
+        }
+
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void AbandonListeningChannel(ushort port)
+        {
+            var ch = new Channel();
+            ch.Listen(port);
+        }
+
+        [Test]
+        public void FinalizerDetachesAnAbandonedChannel()
+        {
+            const ushort port = 7301;
+            Sidecar.Init(Env.Sock);
+            AbandonListeningChannel(port);
+            using (var other = new Channel())
+                Assert.Throws<PortInUseException>(() => other.Listen(port), "the abandoned channel still listens");
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            // The finalizer detached it: the port is free again.
+            using (var again = new Channel())
+                again.Listen(port);
+        }
+
+        [Test]
+        public void SidecarGoneWakesABlockedReceive()
+        {
+            // A third sidecar (127.0.0.3) started here and killed under a blocked receive.
+            string sock = Env.Get("MACHNET_TEST_DIR") + "/doomed-cs.sock";
+            var psi = new System.Diagnostics.ProcessStartInfo(Env.Get("MACHNET_TEST_BIN"),
+                "--local-ip 127.0.0.3 --control-socket " + sock + " --allow-user " + Env.Get("MACHNET_TEST_UID") +
+                " --udp-port-base " + Env.Get("MACHNET_TEST_UDP_BASE") + " --udp-port-count 8 --stats-interval 0")
+            {
+                UseShellExecute = false,
+                RedirectStandardError = true,
+            };
+            using (var sidecar = System.Diagnostics.Process.Start(psi))
+            {
+                try
+                {
+                    sidecar.ErrorDataReceived += (s, e) => { };
+                    sidecar.BeginErrorReadLine();
+                    bool up = false;
+                    for (int i = 0; i < 400 && !up; i++)
+                    {
+                        try
+                        {
+                            Sidecar.Init(sock);
+                            up = true;
+                        }
+                        catch (MachnetException)
+                        {
+                            Thread.Sleep(25); // waiting for a process to come up; nothing to wait on
+                        }
+                    }
+                    Assert.IsTrue(up, "the third sidecar came up");
+                    using (var ch = new Channel())
+                    {
+                        ch.Listen("127.0.0.3", 7500);
+                        Exception seen = null;
+                        var t = new Thread(() =>
+                        {
+                            try { ch.Receive(); }
+                            catch (Exception e) { seen = e; }
+                        });
+                        t.Start();
+                        sidecar.Kill();
+                        sidecar.WaitForExit();
+                        Assert.IsTrue(t.Join(Env.Guard), "the blocked receive returned");
+                        Assert.IsInstanceOf<SidecarGoneException>(seen, seen == null ? "no exception" : seen.ToString());
+                        Assert.Throws<SidecarGoneException>(() => ch.Listen("127.0.0.3", 7501));
+                        Assert.Throws<SidecarGoneException>(() => new Channel());
+                    }
+                }
+                finally
+                {
+                    if (!sidecar.HasExited)
+                        sidecar.Kill();
+                }
+            }
+        }
+
+        [Test]
+        public void ErrorsMapToExceptionTypes()
+        {
+            using (Channel ch = Env.Open())
+            {
+                var refused = Assert.Catch<MachnetException>(() => ch.Connect(Env.LocalIp, Env.PeerIp, 4444));
+                Assert.IsTrue(refused is ConnectionRefusedException || refused is MachnetTimeoutException, refused.ToString());
+                Assert.AreEqual("machnet_connect", refused.Operation);
+                ch.Listen(7302);
+                using (var other = new Channel())
+                {
+                    var inUse = Assert.Throws<PortInUseException>(() => other.Listen(Env.LocalIp, 7302));
+                    Assert.AreEqual(98, inUse.Errno);
+                    StringAssert.StartsWith("machnet_listen: ", inUse.Message);
+                }
+                var notMine = Assert.Catch<MachnetException>(() => ch.Listen("10.255.255.1", 7303));
+                Assert.AreEqual(99, notMine.Errno); // EADDRNOTAVAIL
+            }
+            Assert.Catch<MachnetException>(() => Sidecar.Init("/nonexistent/machnet.sock"));
+        }
+
+        [Test]
+        public void TwoChannelsTalkAcrossSidecars()
+        {
+            const ushort port = 7304;
+            using (Channel server = Env.Open(peer: true))
+            using (Channel client = Env.Open())
+            {
+                // "0.0.0.0": libmachnet checks a named local_ip against the process's latest
+                // Sidecar.Init (here the client's sidecar), not the channel's own sidecar.
+                server.Listen(port);
+                Flow flow = client.Connect(Env.LocalIp, Env.PeerIp, port);
+                byte[] ask = Env.Pattern(100000, 11);
+                client.Send(flow, ask);
+                Message got = server.Receive(Env.Long);
+                Env.AssertSameBytes(ask, got.Data);
+                Assert.AreEqual(Env.LocalIp, got.Flow.Source.Address.ToString(), "Source = the peer");
+                Assert.AreEqual(flow, got.Flow, "the server sees the client's flow: Source = the client");
+                byte[] answer = Env.Pattern(33, 12);
+                server.Send(got.Flow, answer);
+                Message back = client.Receive(Env.Long);
+                Env.AssertSameBytes(answer, back.Data);
+                Assert.AreEqual(flow, back.Flow.Reversed);
+            }
+        }
+
+        [Test]
+        public void ConcurrentSendAndReceiveOnOneChannel()
+        {
+            using (Channel ch = Env.Open())
+            {
+                Flow flow = ch.Connect(Env.LocalIp, Env.PeerIp, Env.EchoPort);
+                const int count = 300;
+                var sender = Task.Factory.StartNew(() =>
+                {
+                    for (int i = 0; i < count; i++)
+                        ch.Send(flow, Env.Pattern(1 + (i * 977) % 20000, (uint)i));
+                }, TaskCreationOptions.LongRunning);
+                for (int i = 0; i < count; i++)
+                    Env.AssertSameBytes(Env.Pattern(1 + (i * 977) % 20000, (uint)i), ch.Receive(Env.Long).Data);
+                Assert.IsTrue(sender.Wait(Env.Long));
+            }
+        }
+    }
+}
