@@ -242,3 +242,39 @@ fn async_client_against_real_sidecars() {
     drop(p);
     assert_eq!(server.join().unwrap(), 500);
 }
+
+#[test]
+fn a_peer_that_closes_its_channel_resets_our_flow_and_sends_fail() {
+    let p = Pair::new(1);
+    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
+    let mut server = server_machnet.open_channel(None).unwrap();
+    server.listen(PORT).unwrap();
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let flow = ch.connect(IP_A, PORT).expect("connect");
+    ch.send(&flow, b"hello").unwrap();
+    let (_, got) = server.recv_timeout(T).unwrap().expect("request arrives");
+    assert_eq!(got, b"hello");
+    // The server detaches its channel (like an app closing it): the sidecar aborts its flows,
+    // so ours is reset.
+    server.close_channel().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        match ch.next_event(Some(Duration::from_millis(50))).unwrap() {
+            Some(machnet::Event::Closed { reason, .. }) => {
+                assert_eq!(
+                    reason,
+                    Some(CloseCode::Reset),
+                    "the peer's flows are aborted"
+                );
+                break;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => assert!(Instant::now() < deadline, "no reset within {T:?}"),
+        }
+    }
+    match ch.send(&flow, b"anyone?") {
+        Err(SendError::FlowClosed(Some(CloseCode::Reset))) => {}
+        other => panic!("send on a reset flow: {other:?}"),
+    }
+}

@@ -706,6 +706,36 @@ static int t_channel_keeps_its_sidecar_after_reinit(void) {
     return 0;
 }
 
+/* A peer that detaches its channel resets our flow: sends fail (ECONNRESET) soon after. */
+static int t_peer_detach_resets_the_flow(void) {
+    CHECK(machnet_init_at(peer_sock) == 0);
+    void *srv = machnet_attach();
+    CHECK(machnet_init_at(sock) == 0);
+    CHECK(srv != NULL);
+    CHECK(machnet_listen(srv, peer_ip, 4300) == 0);
+    void *c = machnet_attach();
+    CHECK(c != NULL);
+    MachnetFlow_t f;
+    CHECK(machnet_connect(c, local_ip, peer_ip, 4300, &f) == 0);
+    CHECK(machnet_send(c, f, "ping", 4) == 0);
+    char buf[16];
+    MachnetFlow_t from;
+    CHECK(machnet_recv_timeout(srv, buf, sizeof buf, &from, 10000) == 4);
+    CHECK(machnet_detach(srv) == 0);
+    int reset = 0;
+    for (int i = 0; i < 200 && !reset; i++) {
+        (void)machnet_recv_timeout(c, buf, sizeof buf, &from, 50);
+        errno = 0;
+        if (machnet_send(c, f, "more", 4) == -1) {
+            CHECK(errno == ECONNRESET || errno == ENOTCONN);
+            reset = 1;
+        }
+    }
+    CHECK(reset);
+    CHECK(machnet_detach(c) == 0);
+    return 0;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     sock = env("MACHNET_TEST_SOCK", NULL);
@@ -748,6 +778,7 @@ int main(void) {
         {"interrupt_wakes_a_blocked_receive", t_interrupt_wakes_a_blocked_receive, 2},
         {"threads_share_a_channel", t_threads_share_a_channel, 2},
         {"channel_keeps_its_sidecar_after_reinit", t_channel_keeps_its_sidecar_after_reinit, 1},
+        {"peer_detach_resets_the_flow", t_peer_detach_resets_the_flow, 1},
         {"close_a_flow", t_close_a_flow, 1},
         {"detach", t_detach, 1},
         {"sidecar_gone", t_sidecar_gone, 0},
