@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The Node.js package (node/): `npm ci`, builds the napi-rs addon, `npm pack`s it, installs the
+# tarball into a fresh project (no Rust needed there), type-checks a usage file with
+# `tsc --strict`, builds the sidecar and echo binaries, starts two real sidecars (kernel UDP on
+# 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root) and the Rust echo
+# server, runs the `node --test` suite from the installed package, fmt + clippy on the addon
+# crate, and a short Node-vs-Rust echo RTT comparison (64 B, window 1; informational).
+#
+#   ci/node.sh                      # BENCH_DURATION=3 (seconds per client), 0 skips the benchmark
+#
+# Respects CARGO_TARGET_DIR (default: target/ of the checkout). Ends with exactly one line
+# `RESULT: <P> passed, <F> failed` and exits non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+START=$(date +%s)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TARGET_DIR=$TARGET
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+BENCH_DURATION=${BENCH_DURATION:-3}
+ECHO_PORT=888
+
+WORK=$(mktemp -d -t machnet-node-ci.XXXXXX)
+PASSED=0
+FAILED=0
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAILED: $*" >&2; }
+finish() {
+    echo "node.sh wall time: $(( $(date +%s) - START )) s"
+    echo "RESULT: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
+    exit $?
+}
+die() { fail "$*"; finish; }
+
+echo "== npm ci"
+(cd node && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci"
+
+echo "== addon (napi build --release)"
+(cd node && npm run --silent build) || die "napi build"
+ok "addon built"
+
+echo "== npm pack"
+(cd node && npm pack --pack-destination "$WORK" --loglevel=error >"$WORK/pack.txt") || die "npm pack"
+TARBALL=$(ls "$WORK"/machnet-*.tgz)
+echo "packed $(basename "$TARBALL") ($(du -k "$TARBALL" | cut -f1) KiB)"
+
+echo "== fresh project with the tarball"
+APP=$WORK/app
+mkdir -p "$APP"
+(cd "$APP" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$TARBALL") \
+    || die "npm install of the tarball"
+# Loads from the fresh project, with no cargo or rustc on PATH.
+(cd "$APP" && PATH=$(dirname "$(command -v node)") node -e '
+    const m = require("machnet")
+    if (!require.resolve("machnet").startsWith(process.cwd() + "/node_modules/")) throw new Error("not the installed copy")
+    if (typeof m.attach !== "function" || typeof m.Channel.prototype[Symbol.asyncIterator] !== "function") throw new Error("API missing")
+    console.log("machnet", require("machnet/package.json").version, "loads from", require.resolve("machnet"))') \
+    && ok "tarball installs and loads without Rust" || fail "tarball load"
+
+echo "== tsc --strict on the usage file"
+mkdir -p "$APP/ts"
+cp node/test/usage.ts "$APP/ts/"
+cat >"$APP/ts/tsconfig.json" <<JSON
+{
+  "compilerOptions": {
+    "strict": true, "noEmit": true, "target": "es2022", "module": "commonjs",
+    "moduleResolution": "node", "types": ["node"], "typeRoots": ["$ROOT/node/node_modules/@types"]
+  },
+  "files": ["usage.ts"]
+}
+JSON
+(cd "$APP/ts" && "$ROOT/node/node_modules/.bin/tsc" -p tsconfig.json) && ok "tsc --strict" || fail "tsc --strict"
+
+echo "== rustfmt + clippy on the addon crate"
+cargo fmt --manifest-path node/Cargo.toml -- --check && ok "rustfmt" || fail "rustfmt"
+cargo clippy --quiet --release --manifest-path node/Cargo.toml --all-targets -- -D warnings \
+    && ok "clippy" || fail "clippy"
+
+echo "== sidecar and echo binaries"
+cargo build --quiet --release -p machnet-sidecar -p machnet-echo || die "cargo build"
+BIN=$TARGET/release
+
+# Shared with the other scripts: a free UDP port pool (other jobs may share the machine) and
+# the sidecar start.
+# shellcheck source=lib/sidecars.sh
+. ci/lib/sidecars.sh
+POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)
+[ -n "$POOL" ] || die "no free UDP port range"
+start_sidecar a 127.0.0.1 "$BIN/machnet" "$WORK" "$POOL" || die "sidecar a"
+start_sidecar b 127.0.0.2 "$BIN/machnet" "$WORK" "$POOL" || die "sidecar b"
+"$BIN/machnet-echo" server --socket "$WORK/a.sock" --port "$ECHO_PORT" 2>"$WORK/server.log" &
+PIDS+=($!)
+sleep 0.3
+kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/server.log" >&2; die "echo server"; }
+
+echo "== node --test (the installed package)"
+mkdir -p "$APP/test"
+cp node/test/*.test.js node/test/helpers.js "$APP/test/"
+export MACHNET_TEST_SOCKET_A=$WORK/a.sock MACHNET_TEST_SOCKET_B=$WORK/b.sock
+export MACHNET_TEST_ECHO_IP=127.0.0.1 MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_SIDECAR=$BIN/machnet
+export MACHNET_TEST_SIDECAR_ARGS="--udp-port-base $POOL --udp-port-count 8"
+(cd "$APP" && node --test --test-concurrency=1 --test-timeout=120000 \
+    --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="$WORK/tap.txt" test/*.test.js)
+NODE_RC=$?
+TP=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$WORK/tap.txt" | tail -1)
+TF=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$WORK/tap.txt" | tail -1)
+TP=${TP:-0}
+TF=${TF:-0}
+echo "node --test: $TP passed, $TF failed (exit $NODE_RC)"
+PASSED=$((PASSED + TP))
+FAILED=$((FAILED + TF))
+if [ "$NODE_RC" -ne 0 ] && [ "$TF" -eq 0 ]; then fail "node --test exited $NODE_RC"; fi
+[ "$TP" -gt 0 ] || fail "node --test ran no test"
+
+if [ "$BENCH_DURATION" != 0 ]; then
+    echo "== echo RTT, 64 B, window 1: Node client vs Rust client (same sidecars and server)"
+    cp -r node/bench "$APP/"
+    (cd "$APP" && node bench/echo-client.js --socket "$WORK/b.sock" --remote 127.0.0.1 \
+        --port "$ECHO_PORT" --size 64 --window 1 --duration "$BENCH_DURATION" --warmup 0.5 --json) \
+        >"$WORK/bench.jsonl" || fail "node echo client"
+    "$BIN/machnet-echo" client --socket "$WORK/b.sock" --remote 127.0.0.1 --port "$ECHO_PORT" \
+        --size 64 --window 1 --duration "$BENCH_DURATION" --warmup 0.5 --json \
+        >>"$WORK/bench.jsonl" || fail "rust echo client"
+    node -e '
+        const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(JSON.parse)
+        const pick = (m) => rows.find((r) => r.mode === m)
+        for (const r of rows) console.log(`${r.mode.padEnd(13)} ${String(r.size).padStart(5)} B win ${r.window}: ${r.msgs_per_sec.toFixed(0).padStart(7)} msgs/s  RTT p50 ${r.rtt_us.p50.toFixed(1).padStart(6)} us  p99 ${r.rtt_us.p99.toFixed(1).padStart(6)} us  p99.9 ${r.rtt_us.p999.toFixed(1).padStart(6)} us`)
+        const n = pick("machnet-node"), r = rows.find((x) => x.mode !== "machnet-node")
+        const diff = (a, b) => `${a >= b ? "+" : ""}${(a - b).toFixed(1)} us`
+        if (n && r) console.log(`Node/Rust RTT at 64 B, window 1: p50 ${(n.rtt_us.p50 / r.rtt_us.p50).toFixed(2)}x (${diff(n.rtt_us.p50, r.rtt_us.p50)}), p99 ${(n.rtt_us.p99 / r.rtt_us.p99).toFixed(2)}x (${diff(n.rtt_us.p99, r.rtt_us.p99)})`)
+    ' "$WORK/bench.jsonl" && ok "echo benchmark (Node vs Rust)" || fail "benchmark report"
+fi
+
+finish

@@ -1,0 +1,65 @@
+// The API of the `machnet` package: the declarations napi-rs generates from the Rust sources
+// (binding.d.ts), plus the async iteration and error codes that index.js adds.
+import type { Message } from './binding'
+
+export { attach, Machnet, Channel, Flow, Message } from './binding'
+
+declare module './binding' {
+  interface Channel {
+    /**
+     * Every message of the channel, in arrival order, until the channel is closed with
+     * `channel.close()` (the iteration then ends); other errors are thrown.
+     *
+     * ```js
+     * for await (const { flow, data } of channel) await channel.send(flow, data)
+     * ```
+     */
+    [Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined>
+  }
+}
+
+/** The stable `code` values of the errors this package throws or rejects with. */
+export declare const codes: {
+  /** The sidecar's control socket could not be reached. */
+  readonly SIDECAR_UNREACHABLE: 'ERR_MACHNET_SIDECAR_UNREACHABLE'
+  /** The sidecar refused the request (unauthorised user, unknown engine, no resources). */
+  readonly REFUSED: 'ERR_MACHNET_REFUSED'
+  /** The sidecar exited or crashed. */
+  readonly SIDECAR_GONE: 'ERR_MACHNET_SIDECAR_GONE'
+  /** Another channel already listens on the port. */
+  readonly PORT_IN_USE: 'ERR_MACHNET_PORT_IN_USE'
+  /** The port cannot be listened on (zero or in the ephemeral range). */
+  readonly INVALID_PORT: 'ERR_MACHNET_INVALID_PORT'
+  /** The flow could not be established. */
+  readonly CONNECT_FAILED: 'ERR_MACHNET_CONNECT_FAILED'
+  /** The operation did not complete within its timeout. */
+  readonly TIMEOUT: 'ERR_MACHNET_TIMEOUT'
+  /** The flow is closed, or this application closed it. */
+  readonly FLOW_CLOSED: 'ERR_MACHNET_FLOW_CLOSED'
+  /** The flow belongs to another channel. */
+  readonly WRONG_CHANNEL: 'ERR_MACHNET_WRONG_CHANNEL'
+  /** Messages must hold at least one byte. */
+  readonly EMPTY_MESSAGE: 'ERR_MACHNET_EMPTY_MESSAGE'
+  /** The message exceeds the channel's `maxMessageLen`. */
+  readonly MESSAGE_TOO_LARGE: 'ERR_MACHNET_MESSAGE_TOO_LARGE'
+  /** The channel was closed (by `close()` or by the sidecar). */
+  readonly CHANNEL_CLOSED: 'ERR_MACHNET_CHANNEL_CLOSED'
+  /** The sidecar broke the channel or control protocol. */
+  readonly PROTOCOL: 'ERR_MACHNET_PROTOCOL'
+  /** A system call failed. */
+  readonly IO: 'ERR_MACHNET_IO'
+  /** An argument has the wrong type (a `TypeError`). */
+  readonly INVALID_ARG_TYPE: 'ERR_INVALID_ARG_TYPE'
+  /** An argument has an unusable value, e.g. an IP that is not dotted IPv4 (a `TypeError`). */
+  readonly INVALID_ARG_VALUE: 'ERR_INVALID_ARG_VALUE'
+  /** A number is negative, fractional or too large (a `RangeError`). */
+  readonly OUT_OF_RANGE: 'ERR_OUT_OF_RANGE'
+}
+
+/** One of the {@link codes}. */
+export type ErrorCode = (typeof codes)[keyof typeof codes]
+
+/** The errors this package throws or rejects with: `Error`, `TypeError` or `RangeError`. */
+export interface MachnetError extends Error {
+  readonly code: ErrorCode
+}

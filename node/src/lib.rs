@@ -1,0 +1,900 @@
+//! Node.js bindings for Machnet (the `machnet` npm package), built with napi-rs on the Rust
+//! client crate `machnet`.
+//!
+//! JavaScript sees `attach()`, `Machnet`, `Channel`, `Flow` and `Message` (see `index.d.ts`,
+//! generated from this file). Nothing here blocks the JavaScript thread:
+//!
+//! * a pending `recv` waits on the channel's eventfd through Node's own event loop (a libuv
+//!   poll, module [`uvrecv`]): the sidecar's wake-up reaches the JavaScript thread directly;
+//! * operations that may wait otherwise (`send` under back-pressure, `connect`, control
+//!   requests) return promises settled from napi's tokio runtime; a waiting send sleeps on the
+//!   eventfd through tokio's reactor (module [`wait`]), without holding the channel;
+//! * `recv` and `send` first try the ring on the JavaScript thread and settle their promise at
+//!   once when that suffices;
+//! * receives are served in call order, and so are sends (a send never overtakes an earlier
+//!   one of the same channel).
+//!
+//! A Rust [`machnet::Channel`] is `Send` but not `Sync`: it lives in a `tokio::sync::Mutex`,
+//! held only for short, non-waiting steps (and for the whole of a `connect`, which the Rust
+//! client performs with exclusive access). Calls made on the JavaScript thread only
+//! `try_lock` it, never block on it.
+
+#![deny(clippy::all)]
+
+mod errors;
+mod uvrecv;
+mod wait;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use napi::bindgen_prelude::{
+    validate_type_tag, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array, Unknown,
+};
+use napi::{sys, Env, JsValue, ValueType};
+use napi_derive::napi;
+use tokio::sync::{watch, Mutex, Notify};
+
+use errors::{JsErr, JsResult};
+use wait::{Waiter, Woken};
+
+// ----- promises -----
+
+/// A JavaScript value made elsewhere (or the error making it), passed on as it is.
+pub struct Raw(napi::Result<sys::napi_value>);
+
+impl ToNapiValue for Raw {
+    unsafe fn to_napi_value(_: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        val.0
+    }
+}
+
+/// A promise already settled with `r`.
+fn settled<'env, T: ToNapiValue>(
+    env: &'env Env,
+    r: JsResult<T>,
+) -> napi::Result<PromiseRaw<'env, T>> {
+    let raw = env.raw();
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: napi calls on the JavaScript thread with valid out-pointers.
+    unsafe {
+        napi::check_status!(sys::napi_create_promise(raw, &mut deferred, &mut promise))?;
+        match r {
+            Ok(v) => {
+                let v = T::to_napi_value(raw, v)?;
+                napi::check_status!(sys::napi_resolve_deferred(raw, deferred, v))?;
+            }
+            Err(e) => {
+                let v = e.into_value(env)?;
+                napi::check_status!(sys::napi_reject_deferred(raw, deferred, v))?;
+            }
+        }
+    }
+    Ok(PromiseRaw::new(raw, promise))
+}
+
+/// Runs `fut` on napi's tokio runtime; the promise resolves with `map(value)` or rejects with
+/// the error object (code included).
+fn spawn<'env, D, V, F, M>(env: &'env Env, fut: F, map: M) -> napi::Result<PromiseRaw<'env, V>>
+where
+    D: Send + 'static,
+    V: ToNapiValue,
+    F: Future<Output = JsResult<D>> + Send + 'static,
+    M: FnOnce(&Env, D) -> V + 'static,
+{
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, r| match r {
+        Ok(d) => Ok(map(env, d)),
+        Err(e) => Err(e.into_napi(env)),
+    })
+}
+
+/// The value of a completed operation as it is.
+fn keep<T>(_: &Env, value: T) -> T {
+    value
+}
+
+/// A failed control request: `SIDECAR_GONE` if the control connection has hung up (the
+/// client then reports every request as failing on a broken connection), else `e` itself.
+fn gone_or(m: &machnet::Machnet, e: impl Into<JsErr>) -> JsErr {
+    if m.is_sidecar_gone() {
+        JsErr::new(
+            errors::SIDECAR_GONE,
+            "the Machnet sidecar is gone (control connection closed)",
+        )
+    } else {
+        e.into()
+    }
+}
+
+// ----- argument validation (no silent wrapping of negative or fractional numbers) -----
+
+/// An integer argument in `min..=max`.
+fn int_arg(v: &Unknown, name: &str, min: u32, max: u32) -> JsResult<u32> {
+    if v.get_type().ok() != Some(ValueType::Number) {
+        return Err(JsErr::arg_type(name, "of type number"));
+    }
+    // SAFETY: the value is a number of the current environment.
+    let x = unsafe { f64::from_napi_value(v.value().env, v.raw()) }
+        .map_err(|_| JsErr::arg_type(name, "of type number"))?;
+    if !(x.fract() == 0.0 && x >= f64::from(min) && x <= f64::from(max)) {
+        return Err(JsErr::range(
+            name,
+            &format!("an integer >= {min} and <= {max}"),
+            x,
+        ));
+    }
+    Ok(x as u32)
+}
+
+/// An optional (`undefined`/`null`/absent) argument.
+fn optional<'a, 'e>(v: &'a Option<Unknown<'e>>) -> Option<&'a Unknown<'e>> {
+    v.as_ref()
+        .filter(|v| !matches!(v.get_type(), Ok(ValueType::Undefined) | Ok(ValueType::Null)))
+}
+
+fn port_arg(v: &Unknown) -> JsResult<u16> {
+    int_arg(v, "port", 0, 65535).map(|p| p as u16)
+}
+
+fn string_arg(v: &Unknown, name: &str) -> JsResult<String> {
+    if v.get_type().ok() != Some(ValueType::String) {
+        return Err(JsErr::arg_type(name, "of type string"));
+    }
+    // SAFETY: the value is a string of the current environment.
+    unsafe { String::from_napi_value(v.value().env, v.raw()) }
+        .map_err(|_| JsErr::arg_type(name, "of type string"))
+}
+
+fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
+    let bad = || JsErr::arg_type("flow", "an instance of Flow");
+    if v.get_type().ok() != Some(ValueType::Object) {
+        return Err(bad());
+    }
+    let (env, raw) = (v.value().env, v.raw());
+    let mut wrapped: *mut std::ffi::c_void = ptr::null_mut();
+    // SAFETY: napi calls on the JavaScript thread; the pointer is only used after the type tag
+    // proved the object wraps a `Flow`, and only to copy the (`Copy`) flow out.
+    unsafe {
+        if sys::napi_unwrap(env, raw, &mut wrapped) != sys::Status::napi_ok || wrapped.is_null() {
+            return Err(bad());
+        }
+        validate_type_tag(env, raw, &<Flow as TypeTag>::type_tag(), "Flow").map_err(|_| bad())?;
+        Ok((*wrapped.cast::<Flow>()).inner)
+    }
+}
+
+fn data_arg(v: &Unknown) -> JsResult<Uint8Array> {
+    let bad = || JsErr::arg_type("data", "an instance of Buffer or Uint8Array");
+    if v.get_type().ok() != Some(ValueType::Object) {
+        return Err(bad());
+    }
+    // SAFETY: a value of the current environment; napi checks it is a Uint8Array.
+    unsafe { Uint8Array::from_napi_value(v.value().env, v.raw()) }.map_err(|_| bad())
+}
+
+// ----- Flow and Message -----
+
+/// One Machnet connection (a flow) of a channel: whole messages, delivered in order, exactly
+/// once. Flows are created by {@link Channel.connect} or accepted by a listening channel (the
+/// first message of an accepted flow names it). A `Flow` is only valid on its own channel.
+///
+/// The messages of a flow carry the same `Flow` object as `connect` returned (or the first
+/// message of an accepted flow), as long as the application keeps a reference to it; a flow
+/// object that was garbage collected is replaced by a new one. {@link Flow.equals} and
+/// {@link Flow.handle} identify flows in every case.
+#[napi]
+pub struct Flow {
+    pub(crate) inner: machnet::Flow,
+}
+
+#[napi]
+impl Flow {
+    /// The sidecar's handle of this flow, unique within its channel (never 0).
+    #[napi(getter)]
+    pub fn handle(&self) -> u32 {
+        self.inner.handle()
+    }
+
+    /// The local (sidecar) IPv4 address, dotted.
+    #[napi(getter)]
+    pub fn local_ip(&self) -> String {
+        self.inner.local_ip().to_string()
+    }
+
+    /// The local Machnet port.
+    #[napi(getter)]
+    pub fn local_port(&self) -> u32 {
+        u32::from(self.inner.local_port())
+    }
+
+    /// The remote IPv4 address, dotted.
+    #[napi(getter)]
+    pub fn remote_ip(&self) -> String {
+        self.inner.remote_ip().to_string()
+    }
+
+    /// The remote Machnet port.
+    #[napi(getter)]
+    pub fn remote_port(&self) -> u32 {
+        u32::from(self.inner.remote_port())
+    }
+
+    /// Whether `other` is the same flow (same channel and handle).
+    #[napi(ts_args_type = "other: Flow")]
+    pub fn equals(&self, other: Unknown) -> bool {
+        flow_arg(&other).is_ok_and(|o| o == self.inner)
+    }
+
+    /// `flow <handle> (<local ip>:<port> -> <remote ip>:<port>)`.
+    #[napi(js_name = "toString")]
+    pub fn to_js_string(&self) -> String {
+        self.inner.to_string()
+    }
+}
+
+/// A received message and the flow it arrived on.
+#[napi(object, object_from_js = false)]
+pub struct Message {
+    /// The flow the message arrived on (reply with `channel.send(msg.flow, …)`).
+    pub flow: Flow,
+    /// The message, byte for byte as sent (1 B … `maxMessageLen`).
+    #[napi(ts_type = "Buffer")]
+    pub data: Bytes,
+}
+
+/// Received bytes on their way to a `Buffer`: small messages are copied into a plain Node
+/// buffer (cheaper than an external buffer, which needs a finalizer); large ones are handed
+/// over without a copy.
+pub struct Bytes(pub(crate) Vec<u8>);
+
+/// Up to this size a received message is copied.
+const COPY_MAX: usize = 64 * 1024;
+
+impl ToNapiValue for Bytes {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        let v = val.0;
+        if v.is_empty() || v.len() > COPY_MAX {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { Buffer::to_napi_value(env, Buffer::from(v)) };
+        }
+        let mut out = ptr::null_mut();
+        let mut data = ptr::null_mut();
+        // SAFETY: napi call on the JavaScript thread; `v` is valid for `v.len()` bytes.
+        napi::check_status!(unsafe {
+            sys::napi_create_buffer_copy(env, v.len(), v.as_ptr().cast(), &mut data, &mut out)
+        })?;
+        Ok(out)
+    }
+}
+
+// ----- attaching -----
+
+/// Attaches this process to the Machnet sidecar through its control socket: `socketPath`, else
+/// `$MACHNET_SOCKET`, else `/run/machnet/machnet.sock`.
+///
+/// Rejects with `ERR_MACHNET_SIDECAR_UNREACHABLE` when the socket cannot be reached and
+/// `ERR_MACHNET_REFUSED` when the sidecar refuses this user.
+#[napi(
+    ts_args_type = "socketPath?: string",
+    ts_return_type = "Promise<Machnet>"
+)]
+pub fn attach<'env>(
+    env: &'env Env,
+    socket_path: Option<Unknown>,
+) -> napi::Result<PromiseRaw<'env, Machnet>> {
+    let path = match optional(&socket_path).map(|v| string_arg(v, "socketPath")) {
+        Some(Err(e)) => return settled(env, Err(e)),
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    spawn(
+        env,
+        async move {
+            let r = tokio::task::spawn_blocking(move || match path {
+                Some(p) => machnet::Machnet::attach_at(p),
+                None => machnet::Machnet::attach(),
+            })
+            .await
+            .map_err(|e| JsErr::new(errors::IO, e.to_string()))?;
+            Ok(r?)
+        },
+        |_, inner| Machnet { inner },
+    )
+}
+
+/// A process's attachment to the sidecar (one control connection). Open a {@link Channel} with
+/// {@link Machnet.openChannel}. When this object, and every channel opened from it, is garbage
+/// collected (or the process exits), the sidecar aborts the process's flows.
+#[napi]
+pub struct Machnet {
+    inner: machnet::Machnet,
+}
+
+#[napi]
+impl Machnet {
+    /// The sidecar's IPv4 address (the local address of every flow).
+    #[napi(getter)]
+    pub fn local_ip(&self) -> String {
+        self.inner.local_ip().to_string()
+    }
+
+    /// Number of sidecar engines (valid engine indices are `0 … engines - 1`).
+    #[napi(getter)]
+    pub fn engines(&self) -> u32 {
+        u32::from(self.inner.engines())
+    }
+
+    /// Largest message the sidecar carries, in bytes.
+    #[napi(getter)]
+    pub fn max_message_len(&self) -> u32 {
+        self.inner.max_message_len()
+    }
+
+    /// Whether the sidecar has gone away (its control connection hung up).
+    #[napi]
+    pub fn is_sidecar_gone(&self) -> bool {
+        self.inner.is_sidecar_gone()
+    }
+
+    /// Opens a channel on `engine` (default: the sidecar picks one round-robin). Rejects with
+    /// `ERR_MACHNET_REFUSED` for an engine that does not exist.
+    #[napi(ts_args_type = "engine?: number", ts_return_type = "Promise<Channel>")]
+    pub fn open_channel<'env>(
+        &self,
+        env: &'env Env,
+        engine: Option<Unknown>,
+    ) -> napi::Result<PromiseRaw<'env, Channel>> {
+        let engine = match optional(&engine).map(|v| int_arg(v, "engine", 0, 65535)) {
+            Some(Err(e)) => return settled(env, Err(e)),
+            Some(Ok(e)) => Some(e as u16),
+            None => None,
+        };
+        let m = self.inner.clone();
+        spawn(
+            env,
+            async move {
+                let r = tokio::task::spawn_blocking(move || {
+                    m.open_channel(engine).map_err(|e| gone_or(&m, e))
+                })
+                .await
+                .map_err(|e| JsErr::new(errors::IO, e.to_string()))?;
+                r
+            },
+            Channel::new,
+        )
+    }
+}
+
+// ----- ordering -----
+
+/// Serves operations of one kind in the order the JavaScript thread issued them.
+struct Turnstile {
+    /// Next ticket to hand out (JavaScript thread only).
+    next: AtomicU64,
+    /// Ticket being served.
+    serving: watch::Sender<u64>,
+}
+
+/// Advances the turnstile when the operation ends, however it ends.
+struct Turn<'a>(&'a Turnstile);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.serving.send_modify(|s| *s += 1);
+    }
+}
+
+impl Turnstile {
+    fn new() -> Self {
+        Turnstile {
+            next: AtomicU64::new(0),
+            serving: watch::Sender::new(0),
+        }
+    }
+
+    /// No operation of this kind is queued or running.
+    fn idle(&self) -> bool {
+        *self.serving.borrow() == self.next.load(Ordering::Acquire)
+    }
+
+    fn ticket(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::AcqRel)
+    }
+
+    async fn turn(&self, ticket: u64) -> Turn<'_> {
+        let mut rx = self.serving.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = rx.wait_for(|s| *s == ticket).await;
+        Turn(self)
+    }
+}
+
+// ----- Channel -----
+
+pub(crate) struct Shared {
+    pub(crate) ch: Mutex<Option<machnet::Channel>>,
+    closed: watch::Sender<bool>,
+    send_turn: Turnstile,
+    send_waiter: OnceLock<Waiter>,
+    /// Signalled when the receive side drained the app eventfd while a send waits for room: the
+    /// drain may have swallowed the wake-up meant for the send (one eventfd serves both).
+    drained: Notify,
+}
+
+impl Shared {
+    /// Called after every drain of the app eventfd by the receive side.
+    pub(crate) fn after_drain(&self) {
+        if !self.send_turn.idle() {
+            self.drained.notify_one();
+        }
+    }
+}
+
+impl Shared {
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Sleeps until `waiter` is woken, the receive side drained the eventfd, the sidecar is
+    /// gone or the channel is closed.
+    async fn sleep(&self, waiter: &Waiter) -> JsResult<()> {
+        let mut closed = self.closed.subscribe();
+        tokio::select! {
+            _ = self.drained.notified() => Ok(()),
+            r = waiter.wake() => match r? {
+                Woken::Event => Ok(()),
+                Woken::SidecarGone => Err(JsErr::new(
+                    errors::SIDECAR_GONE,
+                    "the Machnet sidecar is gone (control connection closed)",
+                )),
+            },
+            _ = closed.wait_for(|c| *c) => Err(JsErr::channel_closed(None)),
+        }
+    }
+
+    async fn send(&self, ticket: u64, flow: machnet::Flow, data: Vec<u8>) -> JsResult<()> {
+        let _turn = self.send_turn.turn(ticket).await;
+        loop {
+            {
+                let mut g = self.ch.lock().await;
+                let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
+                match ch.try_send(&flow, &data) {
+                    Ok(()) => return Ok(()),
+                    Err(machnet::SendError::WouldBlock) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                if ch.arm_send_wakeup(data.len())? {
+                    continue;
+                }
+                register(&self.send_waiter, ch)?;
+            }
+            self.sleep(self.send_waiter.get().expect("registered"))
+                .await?;
+        }
+    }
+
+    /// Runs `f` on the channel once it is free (or fails if the channel closes first).
+    async fn with<T>(&self, f: impl FnOnce(&mut machnet::Channel) -> JsResult<T>) -> JsResult<T> {
+        let mut closed = self.closed.subscribe();
+        let mut g = tokio::select! {
+            g = self.ch.lock() => g,
+            _ = closed.wait_for(|c| *c) => return Err(JsErr::channel_closed(None)),
+        };
+        f(g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?)
+    }
+
+    async fn connect(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        timeout: Option<Duration>,
+    ) -> JsResult<machnet::Flow> {
+        let mut closed = self.closed.subscribe();
+        let mut g = tokio::select! {
+            g = self.ch.lock() => g,
+            _ = closed.wait_for(|c| *c) => return Err(JsErr::channel_closed(None)),
+        };
+        let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
+        let attempt = async {
+            match timeout {
+                None => ch.connect_async(ip, port).await.map_err(JsErr::from),
+                Some(t) => match tokio::time::timeout(t, ch.connect_async(ip, port)).await {
+                    Ok(r) => r.map_err(JsErr::from),
+                    Err(_) => Err(JsErr::new(
+                        errors::TIMEOUT,
+                        format!("connect to {ip}:{port} timed out after {t:?}"),
+                    )),
+                },
+            }
+        };
+        // Dropping the attempt abandons the request: a flow established later is aborted.
+        tokio::select! {
+            r = attempt => r,
+            _ = closed.wait_for(|c| *c) => Err(JsErr::channel_closed(None)),
+        }
+    }
+}
+
+/// Registers `slot`'s waiter on first use (inside the runtime).
+fn register(slot: &OnceLock<Waiter>, ch: &machnet::Channel) -> JsResult<()> {
+    if slot.get().is_none() {
+        let w = Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd())?;
+        let _ = slot.set(w);
+    }
+    Ok(())
+}
+
+/// A channel: this thread's data path to one sidecar engine, carrying any number of flows.
+///
+/// ```js
+/// const ch = await machnet.openChannel()
+/// const flow = await ch.connect('10.0.0.2', 888)
+/// await ch.send(flow, Buffer.from('hello'))
+/// const { flow: from, data } = await ch.recv()
+/// for await (const msg of ch) { … }   // every message until ch.close()
+/// await ch.close()
+/// ```
+///
+/// Receives are served in call order, as are sends; a `connect` has the channel to itself until
+/// it completes (other operations of the channel wait for it; use another channel for connects
+/// that must not delay traffic). Every error is an `Error` with a stable `code`
+/// (`ERR_MACHNET_*`, or Node's `ERR_INVALID_ARG_TYPE` / `ERR_INVALID_ARG_VALUE` /
+/// `ERR_OUT_OF_RANGE` for bad arguments).
+#[napi]
+pub struct Channel {
+    shared: Arc<Shared>,
+    rx: Rc<uvrecv::Receiver>,
+    id: u32,
+    engine: u32,
+    max_message_len: u32,
+}
+
+impl Channel {
+    fn new(env: &Env, ch: machnet::Channel) -> Channel {
+        let (id, engine, max_message_len) = (ch.id(), u32::from(ch.engine()), ch.max_message_len());
+        let shared = Arc::new(Shared {
+            ch: Mutex::new(Some(ch)),
+            closed: watch::Sender::new(false),
+            send_turn: Turnstile::new(),
+            send_waiter: OnceLock::new(),
+            drained: Notify::new(),
+        });
+        Channel {
+            rx: uvrecv::Receiver::new(env, shared.clone()),
+            shared,
+            id,
+            engine,
+            max_message_len,
+        }
+    }
+
+    fn closed_err<T>(&self) -> JsResult<T> {
+        Err(JsErr::channel_closed(None))
+    }
+
+    /// `listen` / `unlisten`: validates the port, then runs `op` once the channel is free.
+    fn port_request<'env>(
+        &self,
+        env: &'env Env,
+        port: &Unknown,
+        op: fn(&mut machnet::Channel, u16) -> Result<(), machnet::ListenError>,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let port = match port_arg(port) {
+            Ok(p) => p,
+            Err(e) => return settled(env, Err(e)),
+        };
+        let s = self.shared.clone();
+        spawn(
+            env,
+            async move {
+                s.with(|ch| op(ch, port).map_err(|e| gone_or(ch.machnet(), e)))
+                    .await
+            },
+            keep,
+        )
+    }
+
+    /// `closeFlow` / `abortFlow`: validates the flow, then runs `op` once the channel is free.
+    fn end_flow<'env>(
+        &self,
+        env: &'env Env,
+        flow: &Unknown,
+        op: fn(&mut machnet::Channel, &machnet::Flow) -> Result<(), machnet::CloseError>,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let flow = match flow_arg(flow) {
+            Ok(f) => f,
+            Err(e) => return settled(env, Err(e)),
+        };
+        let s = self.shared.clone();
+        spawn(
+            env,
+            async move { s.with(|ch| Ok(op(ch, &flow)?)).await },
+            keep,
+        )
+    }
+}
+
+#[napi]
+impl Channel {
+    /// The sidecar's id of this channel.
+    #[napi(getter)]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The engine serving this channel.
+    #[napi(getter)]
+    pub fn engine(&self) -> u32 {
+        self.engine
+    }
+
+    /// Largest message this channel carries, in bytes.
+    #[napi(getter)]
+    pub fn max_message_len(&self) -> u32 {
+        self.max_message_len
+    }
+
+    /// Whether {@link Channel.close} was called.
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Accepts flows to Machnet `port` on this channel (one owner per port and host). Accepted
+    /// flows show up as the `flow` of the messages they carry. Rejects with
+    /// `ERR_MACHNET_PORT_IN_USE` or `ERR_MACHNET_INVALID_PORT`.
+    #[napi(ts_args_type = "port: number", ts_return_type = "Promise<void>")]
+    pub fn listen<'env>(
+        &self,
+        env: &'env Env,
+        port: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.port_request(env, &port, machnet::Channel::listen)
+    }
+
+    /// Stops listening on `port`; flows already accepted stay.
+    #[napi(ts_args_type = "port: number", ts_return_type = "Promise<void>")]
+    pub fn unlisten<'env>(
+        &self,
+        env: &'env Env,
+        port: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.port_request(env, &port, machnet::Channel::unlisten)
+    }
+
+    /// Opens a flow to `ip`:`port` (dotted IPv4, Machnet port). Resolves once the peer accepted;
+    /// rejects with `ERR_MACHNET_CONNECT_FAILED` (refused, unreachable) or, after `timeoutMs`,
+    /// `ERR_MACHNET_TIMEOUT` (a flow established later is aborted).
+    #[napi(
+        ts_args_type = "ip: string, port: number, timeoutMs?: number",
+        ts_return_type = "Promise<Flow>"
+    )]
+    pub fn connect<'env>(
+        &self,
+        env: &'env Env,
+        ip: Unknown,
+        port: Unknown,
+        timeout_ms: Option<Unknown>,
+    ) -> napi::Result<PromiseRaw<'env, Raw>> {
+        let args = (|| {
+            let ip_s = string_arg(&ip, "ip")?;
+            let ip: Ipv4Addr = ip_s.parse().map_err(|_| {
+                JsErr::arg_value(
+                    "ip",
+                    &format!("must be a dotted IPv4 address. Received '{ip_s}'"),
+                )
+            })?;
+            let port = port_arg(&port)?;
+            let timeout = match optional(&timeout_ms) {
+                None => None,
+                Some(v) => Some(Duration::from_millis(u64::from(int_arg(
+                    v,
+                    "timeoutMs",
+                    0,
+                    u32::MAX,
+                )?))),
+            };
+            Ok((ip, port, timeout))
+        })();
+        let (ip, port, timeout) = match args {
+            Ok(a) => a,
+            Err(e) => return settled(env, Err(e)),
+        };
+        let (s, rx) = (self.shared.clone(), self.rx.clone());
+        spawn(
+            env,
+            async move { s.connect(ip, port, timeout).await },
+            move |_, inner| {
+                // The connect may have read notifications meant for pending receives.
+                rx.pump();
+                Raw(rx.flow_value(inner))
+            },
+        )
+    }
+
+    /// Sends `data` as one message on `flow`. The promise resolves once the message is in the
+    /// channel's request ring (the sidecar then delivers it reliably, in order); at once if the
+    /// ring has room, else when the sidecar has made room (back-pressure). Sends of a channel
+    /// keep their call order. The bytes are copied: `data` may be reused right away.
+    ///
+    /// Rejects with `ERR_MACHNET_EMPTY_MESSAGE`, `ERR_MACHNET_MESSAGE_TOO_LARGE`,
+    /// `ERR_MACHNET_FLOW_CLOSED`, `ERR_MACHNET_WRONG_CHANNEL`, `ERR_MACHNET_CHANNEL_CLOSED`.
+    #[napi(
+        ts_args_type = "flow: Flow, data: Buffer | Uint8Array",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn send<'env>(
+        &self,
+        env: &'env Env,
+        flow: Unknown,
+        data: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        let (flow, data) = match flow_arg(&flow).and_then(|f| Ok((f, data_arg(&data)?))) {
+            Ok(a) => a,
+            Err(e) => return settled(env, Err(e)),
+        };
+        let s = &self.shared;
+        if s.is_closed() {
+            return settled(env, self.closed_err());
+        }
+        // Fast path: nothing queued before us and the ring has room now.
+        if s.send_turn.idle() {
+            if let Ok(mut g) = s.ch.try_lock() {
+                let Some(ch) = g.as_mut() else {
+                    return settled(env, self.closed_err());
+                };
+                match ch.try_send(&flow, &data) {
+                    Ok(()) => return settled(env, Ok(())),
+                    Err(machnet::SendError::WouldBlock) => {}
+                    Err(e) => return settled(env, Err(e.into())),
+                }
+            }
+        }
+        let ticket = s.send_turn.ticket();
+        let (s, data) = (s.clone(), data.to_vec());
+        spawn(env, async move { s.send(ticket, flow, data).await }, keep)
+    }
+
+    /// Sends `data` on `flow` if that is possible without waiting: `true` if the message was
+    /// queued, `false` if the request ring is full, an earlier `send` is still waiting, or the
+    /// channel is busy (a `connect` in progress). Throws like {@link Channel.send} rejects.
+    #[napi(ts_args_type = "flow: Flow, data: Buffer | Uint8Array")]
+    pub fn try_send(&self, env: &Env, flow: Unknown, data: Unknown) -> napi::Result<bool> {
+        let r = (|| {
+            let flow = flow_arg(&flow)?;
+            let data = data_arg(&data)?;
+            let s = &self.shared;
+            if s.is_closed() {
+                return self.closed_err();
+            }
+            if !s.send_turn.idle() {
+                return Ok(false);
+            }
+            let Ok(mut g) = s.ch.try_lock() else {
+                return Ok(false);
+            };
+            let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
+            match ch.try_send(&flow, &data) {
+                Ok(()) => Ok(true),
+                Err(machnet::SendError::WouldBlock) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })();
+        r.map_err(|e| e.into_napi(env))
+    }
+
+    /// Receives the next message on any flow of this channel. Never blocks the event loop: a
+    /// pending receive waits on the channel's eventfd through Node's own event loop while timers, I/O and
+    /// other operations of this channel go on. Concurrent receives are served in call order.
+    /// Rejects with `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
+    #[napi(ts_return_type = "Promise<Message>")]
+    pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Message>> {
+        let s = &self.shared;
+        if s.is_closed() {
+            return settled(env, self.closed_err());
+        }
+        if self.rx.idle() {
+            if let Ok(mut g) = s.ch.try_lock() {
+                let Some(ch) = g.as_mut() else {
+                    return settled(env, self.closed_err());
+                };
+                match ch.try_recv() {
+                    Ok(Some(m)) => {
+                        drop(g);
+                        let v = settled(env, Ok(Raw(self.rx.message_value(m))))?;
+                        return Ok(PromiseRaw::new(env.raw(), v.raw()));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return settled(env, Err(e.into())),
+                }
+            }
+        }
+        Ok(PromiseRaw::new(env.raw(), self.rx.push()?))
+    }
+
+    /// The next message if one is waiting now, else `null` (also while another operation holds
+    /// the channel for a moment). Throws `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
+    #[napi(ts_return_type = "Message | null")]
+    pub fn try_recv<'env>(&self, env: &'env Env) -> napi::Result<Unknown<'env>> {
+        let s = &self.shared;
+        let r = if s.is_closed() {
+            self.closed_err()
+        } else {
+            match s.ch.try_lock() {
+                Err(_) => Ok(None),
+                Ok(mut g) => match g.as_mut() {
+                    None => self.closed_err(),
+                    Some(ch) => ch.try_recv().map_err(JsErr::from),
+                },
+            }
+        };
+        let v = match r.map_err(|e| e.into_napi(env))? {
+            Some(m) => self.rx.message_value(m)?,
+            None => {
+                let mut null = ptr::null_mut();
+                // SAFETY: napi call on the JavaScript thread.
+                napi::check_status!(unsafe { sys::napi_get_null(env.raw(), &mut null) })?;
+                null
+            }
+        };
+        // SAFETY: a value of this environment, returned at once.
+        Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
+    }
+
+    /// Closes this side of `flow` gracefully: messages already sent are delivered first; the
+    /// peer's messages still arrive. Closing a closed flow does nothing.
+    #[napi(ts_args_type = "flow: Flow", ts_return_type = "Promise<void>")]
+    pub fn close_flow<'env>(
+        &self,
+        env: &'env Env,
+        flow: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.end_flow(env, &flow, machnet::Channel::close)
+    }
+
+    /// Aborts `flow` at once (the peer sees a reset).
+    #[napi(ts_args_type = "flow: Flow", ts_return_type = "Promise<void>")]
+    pub fn abort_flow<'env>(
+        &self,
+        env: &'env Env,
+        flow: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.end_flow(env, &flow, machnet::Channel::abort)
+    }
+
+    /// Closes the channel: the sidecar aborts its flows and releases it. Pending and later
+    /// operations fail with `ERR_MACHNET_CHANNEL_CLOSED`; an async iteration over the channel
+    /// ends. Closing twice does nothing.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.shared.closed.send_replace(true);
+        self.rx.shutdown(JsErr::channel_closed(None));
+        let s = self.shared.clone();
+        spawn(
+            env,
+            async move {
+                let ch = s.ch.lock().await.take();
+                if let Some(ch) = ch {
+                    let m = ch.machnet().clone();
+                    tokio::task::spawn_blocking(move || ch.close_channel())
+                        .await
+                        .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
+                        .or_else(|e| match gone_or(&m, e) {
+                            // Nothing left to close.
+                            e if e.code() == errors::SIDECAR_GONE => Ok(()),
+                            e => Err(e),
+                        })?;
+                }
+                Ok(())
+            },
+            keep,
+        )
+    }
+}

@@ -1,0 +1,544 @@
+//! Receiving on the JavaScript thread: libuv (Node's event loop) polls the channel's eventfd.
+//!
+//! A pending `recv()` is a deferred promise in a queue owned by the JavaScript thread. When the
+//! notification ring is empty, the receiver arms the channel's wake-up (`Channel::arm_wakeup`,
+//! docs/CHANNEL.md §4) and starts a `uv_poll` on a duplicate of the app eventfd (and one on a
+//! duplicate of the control socket, for hang-ups): Node's own `epoll` wakes the JavaScript
+//! thread directly when the sidecar writes, without a thread hop, and the callback settles the
+//! promises inside a callback scope, so their continuations run right away. The polls stay
+//! registered once started (level-triggered; the callback drains the eventfd, which the sidecar
+//! writes only when the channel is armed), but are unreferenced while no receive is pending:
+//! an idle channel does not keep the process alive.
+//!
+//! The channel lives in a `tokio::sync::Mutex` shared with the operations that run on napi's
+//! tokio runtime. This thread only `try_lock`s it; if another operation holds it, the receiver
+//! has a tokio task wait for the lock, then pumps again ("kick").
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{c_int, c_void};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use napi::bindgen_prelude::ToNapiValue;
+use napi::{sys, Env};
+
+use crate::errors::{JsErr, SIDECAR_GONE};
+use crate::{Bytes, Flow, Shared};
+
+#[allow(non_camel_case_types)]
+type uv_poll_cb = unsafe extern "C" fn(handle: *mut c_void, status: c_int, events: c_int);
+#[allow(non_camel_case_types)]
+type uv_close_cb = unsafe extern "C" fn(handle: *mut c_void);
+
+// libuv, as exported by the node binary that loads this addon.
+extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_poll_init(lp: *mut sys::uv_loop_s, handle: *mut c_void, fd: c_int) -> c_int;
+    fn uv_poll_start(handle: *mut c_void, events: c_int, cb: uv_poll_cb) -> c_int;
+    fn uv_ref(handle: *mut c_void);
+    fn uv_unref(handle: *mut c_void);
+    fn uv_close(handle: *mut c_void, cb: uv_close_cb);
+}
+
+/// `UV_POLL` in libuv's `uv_handle_type`.
+const UV_POLL: c_int = 8;
+const UV_READABLE: c_int = 1;
+const UV_DISCONNECT: c_int = 4;
+
+/// What a poll handle watches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    EventFd,
+    Control,
+}
+
+/// Owned by a poll handle (its `data` field): freed by the close callback, with the descriptor.
+struct PollData {
+    receiver: Weak<Receiver>,
+    watch: Watch,
+    _fd: OwnedFd,
+}
+
+/// One `uv_poll_t` (allocated with libuv's size for it).
+struct UvPoll {
+    handle: *mut c_void,
+}
+
+impl UvPoll {
+    fn new(
+        lp: *mut sys::uv_loop_s,
+        fd: RawFd,
+        watch: Watch,
+        receiver: Weak<Receiver>,
+    ) -> Option<UvPoll> {
+        // SAFETY: fcntl on a valid descriptor; the duplicate is ours.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+        // SAFETY: libuv allocation protocol: zeroed memory of uv_handle_size(UV_POLL) bytes,
+        // initialised by uv_poll_init; `data` (the first field of every handle) is ours.
+        unsafe {
+            let handle = libc::calloc(1, uv_handle_size(UV_POLL).max(64));
+            if handle.is_null() {
+                return None;
+            }
+            if uv_poll_init(lp, handle, fd.as_raw_fd()) != 0 {
+                libc::free(handle);
+                return None;
+            }
+            let data = Box::into_raw(Box::new(PollData {
+                receiver,
+                watch,
+                _fd: fd,
+            }));
+            *handle.cast::<*mut PollData>() = data;
+            Some(UvPoll { handle })
+        }
+    }
+
+    fn start(&self) -> bool {
+        let events = match self.watch() {
+            Watch::EventFd => UV_READABLE,
+            Watch::Control => UV_DISCONNECT,
+        };
+        // SAFETY: an initialised, open handle.
+        unsafe { uv_poll_start(self.handle, events, on_poll) == 0 }
+    }
+
+    /// Whether the poll keeps the event loop (the process) alive.
+    fn keep_alive(&self, on: bool) {
+        // SAFETY: an initialised, open handle.
+        unsafe {
+            if on {
+                uv_ref(self.handle)
+            } else {
+                uv_unref(self.handle)
+            }
+        };
+    }
+
+    fn watch(&self) -> Watch {
+        // SAFETY: `data` was set by `new` and is freed only by the close callback.
+        unsafe { (**self.handle.cast::<*mut PollData>()).watch }
+    }
+}
+
+impl Drop for UvPoll {
+    fn drop(&mut self) {
+        // SAFETY: closes the open handle once; the callback frees it and its data.
+        unsafe { uv_close(self.handle, on_close) };
+    }
+}
+
+unsafe extern "C" fn on_close(handle: *mut c_void) {
+    // SAFETY: the handle and its data were allocated by `UvPoll::new` and are closed now.
+    unsafe {
+        drop(Box::from_raw(*handle.cast::<*mut PollData>()));
+        libc::free(handle);
+    }
+}
+
+unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) {
+    // SAFETY: `data` is valid until the close callback.
+    let data = unsafe { &**handle.cast::<*mut PollData>() };
+    let Some(rx) = data.receiver.upgrade() else {
+        return;
+    };
+    let hangup = data.watch == Watch::Control && (status < 0 || events & UV_DISCONNECT != 0);
+    if data.watch == Watch::EventFd {
+        // Level-triggered: drain the eventfd so that it does not fire again for this write.
+        let mut buf = [0u8; 8];
+        // SAFETY: a non-blocking read of 8 bytes from our eventfd into a local buffer.
+        unsafe { libc::read(data._fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+        rx.shared.after_drain();
+    }
+    rx.in_callback_scope(|| {
+        if hangup && crate::wait::hung_up(rx.control_fd()) {
+            // A hang-up stays readable: close the polls for good.
+            rx.shutdown(JsErr::new(
+                SIDECAR_GONE,
+                "the Machnet sidecar is gone (control connection closed)",
+            ));
+        } else {
+            rx.pump();
+        }
+    });
+}
+
+#[derive(Default)]
+struct State {
+    /// Pending receives, oldest first.
+    pending: VecDeque<sys::napi_deferred>,
+    polls: Option<(UvPoll, UvPoll)>,
+    /// Whether the polls keep the process alive (a receive waits).
+    alive: bool,
+    /// A tokio task is waiting for the channel lock on our behalf.
+    kicking: bool,
+    /// Set by [`Receiver::shutdown`]: receives fail with this from now on.
+    dead: Option<JsErr>,
+    control_fd: RawFd,
+}
+
+/// The receive side of one channel, on the JavaScript thread.
+pub struct Receiver {
+    env: sys::napi_env,
+    shared: Arc<Shared>,
+    async_ctx: sys::napi_async_context,
+    this: Weak<Receiver>,
+    state: RefCell<State>,
+    /// The JavaScript `Flow` object of each flow handle (weak references): every message of a
+    /// flow carries the same object, the one `connect` returned.
+    flows: RefCell<HashMap<u32, sys::napi_ref>>,
+}
+
+impl Receiver {
+    pub fn new(env: &Env, shared: Arc<Shared>) -> Rc<Receiver> {
+        let raw = env.raw();
+        let mut async_ctx = ptr::null_mut();
+        // SAFETY: napi calls on the JavaScript thread; a failure leaves `async_ctx` null, and
+        // callbacks then run without an async context (their continuations still run).
+        unsafe {
+            let mut name = ptr::null_mut();
+            sys::napi_create_string_utf8(raw, c"machnet.recv".as_ptr(), 12, &mut name);
+            sys::napi_async_init(raw, ptr::null_mut(), name, &mut async_ctx);
+        }
+        Rc::new_cyclic(|this| Receiver {
+            env: raw,
+            shared,
+            async_ctx,
+            this: this.clone(),
+            state: RefCell::new(State {
+                control_fd: -1,
+                ..State::default()
+            }),
+            flows: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn env(&self) -> Env {
+        Env::from_raw(self.env)
+    }
+
+    fn control_fd(&self) -> RawFd {
+        self.state.borrow().control_fd
+    }
+
+    /// Whether no receive is queued.
+    pub fn idle(&self) -> bool {
+        self.state.borrow().pending.is_empty()
+    }
+
+    /// Queues a receive; returns its promise.
+    pub fn push(&self) -> napi::Result<sys::napi_value> {
+        let mut deferred = ptr::null_mut();
+        let mut promise = ptr::null_mut();
+        // SAFETY: napi call on the JavaScript thread with valid out-pointers.
+        napi::check_status!(unsafe {
+            sys::napi_create_promise(self.env, &mut deferred, &mut promise)
+        })?;
+        let dead = self.state.borrow().dead.clone();
+        match dead {
+            Some(err) => self.settle(deferred, Err(err)),
+            None => {
+                self.state.borrow_mut().pending.push_back(deferred);
+                self.pump();
+            }
+        }
+        Ok(promise)
+    }
+
+    /// Ends receiving for good (the channel was closed, or the sidecar is gone): pending and
+    /// later receives fail with `err`, and the polls are closed.
+    pub fn shutdown(&self, err: JsErr) {
+        let polls = {
+            let mut st = self.state.borrow_mut();
+            if st.dead.is_none() {
+                st.dead = Some(err.clone());
+            }
+            st.alive = false;
+            st.polls.take()
+        };
+        // Closing (uv_close) happens on drop; callbacks already queued find no receiver work.
+        drop(polls);
+        self.fail_all(err);
+    }
+
+    /// Runs `f` in a handle scope and a callback scope: promise continuations run when it ends.
+    fn in_callback_scope(&self, f: impl FnOnce()) {
+        let env = self.env;
+        let mut hs = ptr::null_mut();
+        let mut cs = ptr::null_mut();
+        // SAFETY: called from a libuv callback on the JavaScript thread, outside any napi call.
+        unsafe {
+            sys::napi_open_handle_scope(env, &mut hs);
+            let mut resource = ptr::null_mut();
+            sys::napi_create_object(env, &mut resource);
+            if !self.async_ctx.is_null() {
+                sys::napi_open_callback_scope(env, resource, self.async_ctx, &mut cs);
+            }
+        }
+        f();
+        // SAFETY: closes the scopes opened above, innermost first.
+        unsafe {
+            if !cs.is_null() {
+                sys::napi_close_callback_scope(env, cs);
+            }
+            if !hs.is_null() {
+                sys::napi_close_handle_scope(env, hs);
+            }
+        }
+    }
+
+    /// The JavaScript object of `flow`: the cached one while it lives, else a new one.
+    pub fn flow_value(&self, flow: machnet::Flow) -> napi::Result<sys::napi_value> {
+        let env = self.env;
+        let mut flows = self.flows.borrow_mut();
+        if let Some(&r) = flows.get(&flow.handle()) {
+            let mut v = ptr::null_mut();
+            // SAFETY: a reference created below on this environment.
+            napi::check_status!(unsafe { sys::napi_get_reference_value(env, r, &mut v) })?;
+            if !v.is_null() {
+                return Ok(v);
+            }
+            // SAFETY: as above; the object is gone, so is the entry.
+            unsafe { sys::napi_delete_reference(env, r) };
+            flows.remove(&flow.handle());
+        }
+        // SAFETY: napi calls on the JavaScript thread.
+        let v = unsafe { Flow::to_napi_value(env, Flow { inner: flow })? };
+        let mut r = ptr::null_mut();
+        // SAFETY: as above; a weak reference (count 0) does not keep the object alive.
+        napi::check_status!(unsafe { sys::napi_create_reference(env, v, 0, &mut r) })?;
+        if flows.len() >= 64 && flows.len().is_power_of_two() {
+            // Forget flows whose objects were collected (keeps the map bounded by live flows).
+            flows.retain(|_, &mut r| {
+                let mut o = ptr::null_mut();
+                // SAFETY: references of this map, on this environment.
+                unsafe { sys::napi_get_reference_value(env, r, &mut o) };
+                if o.is_null() {
+                    unsafe { sys::napi_delete_reference(env, r) };
+                }
+                !o.is_null()
+            });
+        }
+        flows.insert(flow.handle(), r);
+        Ok(v)
+    }
+
+    /// A `Message` object: `{ flow, data }`.
+    pub fn message_value(
+        &self,
+        (flow, data): (machnet::Flow, Vec<u8>),
+    ) -> napi::Result<sys::napi_value> {
+        let env = self.env;
+        let flow = self.flow_value(flow)?;
+        let mut obj = ptr::null_mut();
+        // SAFETY: napi calls on the JavaScript thread.
+        unsafe {
+            let data = Bytes::to_napi_value(env, Bytes(data))?;
+            napi::check_status!(sys::napi_create_object(env, &mut obj))?;
+            napi::check_status!(sys::napi_set_named_property(
+                env,
+                obj,
+                c"flow".as_ptr(),
+                flow
+            ))?;
+            napi::check_status!(sys::napi_set_named_property(
+                env,
+                obj,
+                c"data".as_ptr(),
+                data
+            ))?;
+        }
+        Ok(obj)
+    }
+
+    fn settle_front(&self, r: Result<(machnet::Flow, Vec<u8>), JsErr>) {
+        let Some(d) = self.state.borrow_mut().pending.pop_front() else {
+            return;
+        };
+        self.settle(d, r);
+    }
+
+    fn settle(&self, d: sys::napi_deferred, r: Result<(machnet::Flow, Vec<u8>), JsErr>) {
+        let env = self.env;
+        let value = match r {
+            Ok(m) => self
+                .message_value(m)
+                .map_err(|e| JsErr::new(crate::errors::IO, e.to_string())),
+            Err(e) => Err(e),
+        };
+        // SAFETY: napi calls on the JavaScript thread; each deferred is settled exactly once.
+        unsafe {
+            match value {
+                Ok(v) => sys::napi_resolve_deferred(env, d, v),
+                Err(e) => {
+                    let v = e.into_value(&self.env()).unwrap_or(ptr::null_mut());
+                    sys::napi_reject_deferred(env, d, v)
+                }
+            };
+        }
+    }
+
+    /// Rejects every pending receive with `err`; the polls no longer keep the process alive.
+    pub fn fail_all(&self, err: JsErr) {
+        self.stop_polling();
+        loop {
+            let Some(d) = self.state.borrow_mut().pending.pop_front() else {
+                break;
+            };
+            self.settle(d, Err(err.clone()));
+        }
+    }
+
+    fn stop_polling(&self) {
+        let mut st = self.state.borrow_mut();
+        if st.alive {
+            if let Some((a, b)) = &st.polls {
+                a.keep_alive(false);
+                b.keep_alive(false);
+            }
+            st.alive = false;
+        }
+    }
+
+    /// A receive waits: the polls (started on first use) keep the process alive. `false` if
+    /// libuv refused.
+    fn start_polling(&self, efd: RawFd, ctl: RawFd) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.dead.is_some() {
+            return false;
+        }
+        if st.alive {
+            return true;
+        }
+        if st.polls.is_none() {
+            let mut lp = ptr::null_mut();
+            // SAFETY: napi call on the JavaScript thread.
+            unsafe { sys::napi_get_uv_event_loop(self.env, &mut lp) };
+            if lp.is_null() {
+                return false;
+            }
+            let a = UvPoll::new(lp, efd, Watch::EventFd, self.this.clone());
+            let b = UvPoll::new(lp, ctl, Watch::Control, self.this.clone());
+            let (Some(a), Some(b)) = (a, b) else {
+                return false;
+            };
+            if !(a.start() && b.start()) {
+                return false;
+            }
+            st.polls = Some((a, b));
+            st.control_fd = ctl;
+        }
+        if let Some((a, b)) = &st.polls {
+            a.keep_alive(true);
+            b.keep_alive(true);
+        }
+        st.alive = true;
+        true
+    }
+
+    /// Serves pending receives from the ring; arms the wake-up and polls when it is empty.
+    pub fn pump(&self) {
+        loop {
+            if self.idle() {
+                self.stop_polling();
+                return;
+            }
+            let shared = self.shared.clone();
+            let Ok(mut g) = shared.ch.try_lock() else {
+                // Another operation holds the channel: wait for it off this thread.
+                self.kick();
+                return;
+            };
+            let Some(ch) = g.as_mut() else {
+                drop(g);
+                self.fail_all(JsErr::channel_closed(None));
+                return;
+            };
+            match ch.try_recv() {
+                Ok(Some(m)) => {
+                    drop(g);
+                    self.settle_front(Ok(m));
+                }
+                Ok(None) => match ch.arm_wakeup().inspect(|_| self.shared.after_drain()) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let (efd, ctl) = (ch.as_raw_fd(), ch.machnet().as_raw_fd());
+                        drop(g);
+                        if !self.start_polling(efd, ctl) {
+                            self.fail_all(JsErr::new(
+                                crate::errors::IO,
+                                "cannot poll the channel's eventfd on the event loop",
+                            ));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        drop(g);
+                        self.fail_all(e.into());
+                        return;
+                    }
+                },
+                // Errors of a receive are final for the channel (closed, sidecar gone,
+                // corrupt): every pending receive gets them.
+                Err(e) => {
+                    drop(g);
+                    self.fail_all(e.into());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Has a tokio task wait until the channel is free, then pumps again on this thread.
+    fn kick(&self) {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.kicking {
+                return;
+            }
+            st.kicking = true;
+        }
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let env = self.env();
+        let r = env.spawn_future_with_callback(
+            async move {
+                drop(shared.ch.lock().await);
+                Ok(())
+            },
+            move |_, ()| {
+                me.state.borrow_mut().kicking = false;
+                me.pump();
+                Ok(())
+            },
+        );
+        if r.is_err() {
+            self.state.borrow_mut().kicking = false;
+            self.fail_all(JsErr::new(crate::errors::IO, "cannot schedule a receive"));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        for (_, r) in self.flows.get_mut().drain() {
+            // SAFETY: references created by `flow_value` on this environment.
+            unsafe { sys::napi_delete_reference(self.env, r) };
+        }
+        // The polls (closed through libuv) go with `state`.
+        if !self.async_ctx.is_null() {
+            // SAFETY: the context was created by `new` on this environment.
+            unsafe { sys::napi_async_destroy(self.env, self.async_ctx) };
+        }
+    }
+}

@@ -1,0 +1,168 @@
+'use strict'
+// Error codes and argument validation.
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const { attach, codes, Flow } = require('machnet')
+const { SOCKET_A, SOCKET_B, ECHO_IP, ECHO_PORT, payload, rejectsWith, throwsWith, freshPort, linkedPair } =
+  require('./helpers.js')
+
+test('attach: unreachable socket and bad argument', async () => {
+  await rejectsWith(attach('/nonexistent/machnet.sock'), codes.SIDECAR_UNREACHABLE)
+  await rejectsWith(attach(42), codes.INVALID_ARG_TYPE, TypeError)
+})
+
+test('openChannel: engine validated, unknown engine refused', async () => {
+  const m = await attach(SOCKET_B())
+  await rejectsWith(m.openChannel(-1), codes.OUT_OF_RANGE, RangeError)
+  await rejectsWith(m.openChannel(0.5), codes.OUT_OF_RANGE, RangeError)
+  await rejectsWith(m.openChannel('0'), codes.INVALID_ARG_TYPE, TypeError)
+  await rejectsWith(m.openChannel(m.engines + 100), codes.REFUSED)
+})
+
+test('listen: ports validated (no wrapping of negatives), port in use', async () => {
+  const m = await attach(SOCKET_A())
+  const ch1 = await m.openChannel()
+  const ch2 = await m.openChannel()
+  try {
+    await rejectsWith(ch1.listen(-1), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch1.listen(-65535), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch1.listen(65536), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch1.listen(1.5), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch1.listen(NaN), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch1.listen('80'), codes.INVALID_ARG_TYPE, TypeError)
+    await rejectsWith(ch1.listen(0), codes.INVALID_PORT)
+    const port = freshPort()
+    await ch1.listen(port)
+    await rejectsWith(ch2.listen(port), codes.PORT_IN_USE)
+    await ch1.unlisten(port)
+    await ch2.listen(port)
+  } finally {
+    await ch1.close()
+    await ch2.close()
+  }
+})
+
+test('connect: bad arguments, refused port, timeout validation', async () => {
+  const m = await attach(SOCKET_B())
+  const ch = await m.openChannel()
+  try {
+    await rejectsWith(ch.connect('not-an-ip', 1), codes.INVALID_ARG_VALUE, TypeError)
+    await rejectsWith(ch.connect(0x7f000001, 1), codes.INVALID_ARG_TYPE, TypeError)
+    await rejectsWith(ch.connect(ECHO_IP(), -1), codes.OUT_OF_RANGE, RangeError)
+    await rejectsWith(ch.connect(ECHO_IP(), ECHO_PORT(), -5), codes.OUT_OF_RANGE, RangeError)
+    // Nobody listens on this port of sidecar A: the peer refuses.
+    await rejectsWith(ch.connect('127.0.0.1', freshPort()), codes.CONNECT_FAILED)
+    // The channel still works after the failures.
+    const flow = await ch.connect(ECHO_IP(), ECHO_PORT(), 10000)
+    const msg = payload(10)
+    await ch.send(flow, msg)
+    assert.ok((await ch.recv()).data.equals(msg))
+  } finally {
+    await ch.close()
+  }
+})
+
+test('send: message sizes, argument types, closed flow, wrong channel', async () => {
+  const m = await attach(SOCKET_B())
+  const ch = await m.openChannel()
+  const other = await m.openChannel()
+  try {
+    const flow = await ch.connect(ECHO_IP(), ECHO_PORT())
+    await rejectsWith(ch.send(flow, Buffer.alloc(0)), codes.EMPTY_MESSAGE)
+    await rejectsWith(ch.send(flow, Buffer.alloc(ch.maxMessageLen + 1)), codes.MESSAGE_TOO_LARGE)
+    await rejectsWith(ch.send(flow, 'hello'), codes.INVALID_ARG_TYPE, TypeError)
+    await rejectsWith(ch.send(flow, [1, 2, 3]), codes.INVALID_ARG_TYPE, TypeError)
+    await rejectsWith(ch.send({ handle: flow.handle }, Buffer.from('x')), codes.INVALID_ARG_TYPE, TypeError)
+    await rejectsWith(ch.send(m, Buffer.from('x')), codes.INVALID_ARG_TYPE, TypeError)
+    throwsWith(() => ch.trySend(flow, Buffer.alloc(0)), codes.EMPTY_MESSAGE)
+    await rejectsWith(other.send(flow, Buffer.from('x')), codes.WRONG_CHANNEL)
+    assert.throws(() => new Flow(), /constructor/, 'flows come from connect and recv only')
+    await ch.closeFlow(flow)
+    await rejectsWith(ch.send(flow, Buffer.from('x')), codes.FLOW_CLOSED)
+    throwsWith(() => ch.trySend(flow, Buffer.from('x')), codes.FLOW_CLOSED)
+  } finally {
+    await ch.close()
+    await other.close()
+  }
+})
+
+test('close: pending receive rejects, later calls fail, closing twice is fine', async () => {
+  const m = await attach(SOCKET_B())
+  const ch = await m.openChannel()
+  const flow = await ch.connect(ECHO_IP(), ECHO_PORT())
+  const pending = rejectsWith(ch.recv(), codes.CHANNEL_CLOSED)
+  await ch.close()
+  assert.equal(ch.closed, true)
+  await pending
+  await rejectsWith(ch.recv(), codes.CHANNEL_CLOSED)
+  await rejectsWith(ch.send(flow, Buffer.from('x')), codes.CHANNEL_CLOSED)
+  await rejectsWith(ch.connect(ECHO_IP(), ECHO_PORT()), codes.CHANNEL_CLOSED)
+  await rejectsWith(ch.listen(freshPort()), codes.CHANNEL_CLOSED)
+  throwsWith(() => ch.tryRecv(), codes.CHANNEL_CLOSED)
+  throwsWith(() => ch.trySend(flow, Buffer.from('x')), codes.CHANNEL_CLOSED)
+  await ch.close()
+})
+
+test('a peer abort ends the flow: sends then fail with FLOW_CLOSED', async () => {
+  const { server, client, flow, close } = await linkedPair()
+  try {
+    await client.send(flow, Buffer.from('hi'))
+    const { flow: accepted } = await server.recv()
+    await server.abortFlow(accepted)
+    // The client learns of the reset from its notifications (read by receives).
+    let err = null
+    while (err === null) {
+      assert.equal(client.tryRecv(), null)
+      try {
+        await client.send(flow, Buffer.from('x'))
+        await new Promise((r) => setTimeout(r, 5))
+      } catch (e) {
+        err = e
+      }
+    }
+    assert.equal(err.code, codes.FLOW_CLOSED)
+  } finally {
+    await close()
+  }
+})
+
+test('a sidecar that dies fails pending and later operations with SIDECAR_GONE', async (t) => {
+  const bin = process.env.MACHNET_TEST_SIDECAR
+  if (!bin) throw new Error('MACHNET_TEST_SIDECAR is not set: run the tests through ci/node.sh')
+  const { spawn } = require('node:child_process')
+  const fs = require('node:fs')
+  const os = require('node:os')
+  const path = require('node:path')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'machnet-node-test-'))
+  const sock = path.join(dir, 'c.sock')
+  const uid = String(process.getuid())
+  // MACHNET_TEST_SIDECAR_ARGS: e.g. a free UDP port pool (ci/node.sh passes one).
+  const extra = (process.env.MACHNET_TEST_SIDECAR_ARGS || '').split(' ').filter(Boolean)
+  const args = ['--local-ip', '127.0.0.3', '--control-socket', sock, '--allow-user', uid, '--stats-interval', '0', ...extra]
+  const child = spawn(bin, args, { stdio: 'ignore' })
+  t.after(() => {
+    child.kill('SIGKILL')
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  const exited = new Promise((r) => child.once('exit', r))
+  // Wait for the control socket to appear (or the sidecar to exit).
+  let m = null
+  while (m === null) {
+    try {
+      m = await attach(sock)
+    } catch (e) {
+      assert.equal(e.code, codes.SIDECAR_UNREACHABLE)
+      if (child.exitCode !== null) throw new Error(`sidecar exited with ${child.exitCode}`)
+      await new Promise((r) => setTimeout(r, 20))
+    }
+  }
+  const ch = await m.openChannel()
+  await ch.listen(freshPort())
+  const pending = rejectsWith(ch.recv(), codes.SIDECAR_GONE)
+  child.kill('SIGKILL')
+  await exited
+  await pending
+  assert.equal(m.isSidecarGone(), true)
+  await rejectsWith(m.openChannel(), codes.SIDECAR_GONE)
+  await ch.close()
+})

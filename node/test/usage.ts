@@ -1,0 +1,45 @@
+// Type-checked with `tsc --strict` in CI (ci/node.sh): the public API as a TypeScript user sees it.
+import { attach, codes, Channel, Flow, Machnet, Message, MachnetError, ErrorCode } from 'machnet'
+
+async function echoServer(ch: Channel): Promise<number> {
+  let n = 0
+  for await (const msg of ch) {
+    const m: Message = msg
+    await ch.send(m.flow, m.data)
+    n++
+  }
+  return n
+}
+
+async function client(): Promise<void> {
+  const machnet: Machnet = await attach('/run/machnet/machnet.sock')
+  const ip: string = machnet.localIp
+  const ch: Channel = await machnet.openChannel(0)
+  await ch.listen(900)
+  const flow: Flow = await ch.connect('10.0.0.2', 888, 5000)
+  const port: number = flow.remotePort
+  await ch.send(flow, Buffer.from('hello'))
+  await ch.send(flow, new Uint8Array([1, 2, 3]))
+  const queued: boolean = ch.trySend(flow, Buffer.alloc(8))
+  const { flow: from, data } = await ch.recv()
+  const same: boolean = from.equals(flow)
+  const bytes: Buffer = data
+  const maybe: Message | null = ch.tryRecv()
+  if (maybe !== null) console.log(maybe.data.length)
+  try {
+    await ch.send(flow, Buffer.alloc(0))
+  } catch (e) {
+    const err = e as MachnetError
+    const code: ErrorCode = err.code
+    if (code === codes.EMPTY_MESSAGE) console.log('empty')
+  }
+  await ch.closeFlow(flow)
+  await ch.abortFlow(flow)
+  await ch.close()
+  console.log(ip, port, queued, same, bytes.length, await echoServer(ch), ch.closed, machnet.isSidecarGone())
+}
+
+// @ts-expect-error: a string is not a message
+void (async (ch: Channel, f: Flow) => ch.send(f, 'text'))
+
+void client
