@@ -22,6 +22,7 @@
 #                namespaces first, then the same through the sidecars: RTT at 64 B / window 1
 #                and msgs/s at window 32, with the ratio (docs/PERFORMANCE.md §7); BENCH_JSON=F
 #                appends the JSON reports to F
+#   APP_BUSY_US  --busy-poll-us of the echo server and client (default 0: they sleep)
 #   SKIP_BUILD=1 (use existing binaries), KEEP_LOGS=1 (keep the work directory)
 set -euo pipefail
 
@@ -234,7 +235,8 @@ start_sidecar B
 # One echo server per engine of A (port PORT + engine): a listener's flows live on its engine.
 for ((e = 0; e < A_ENGINES; e++)); do
     ip netns exec "$NS_A" "$ECHO" server --port $((PORT + e)) --engine "$e" \
-        --socket "$WORK/a.sock" >"$WORK/echo-server-$e.log" 2>&1 &
+        --busy-poll-us "${APP_BUSY_US:-0}" --socket "$WORK/a.sock" \
+        >"$WORK/echo-server-$e.log" 2>&1 &
     PIDS+=($!)
 done
 sleep 0.5
@@ -242,7 +244,7 @@ sleep 0.5
 echo_client() { # size window flows [server engine] -> JSON report on stdout
     ip netns exec "$NS_B" timeout 120 "$ECHO" client --remote "$IP_A" --port $((PORT + ${4:-0})) \
         --socket "$WORK/b.sock" --size "$1" --window "$2" --flows "$3" \
-        --duration "$DURATION" --warmup 0.5 --json
+        --busy-poll-us "${APP_BUSY_US:-0}" --duration "$DURATION" --warmup 0.5 --json
 }
 
 check() { # label json
