@@ -1,0 +1,320 @@
+//! The Rust runner of `conformance/cases.json` (see `conformance/README.md`): two sidecars in
+//! this process on 127.0.0.1 (apps: an echo server and the KV server of `examples/kv`) and
+//! 127.0.0.2 (the client), every case on a fresh channel of the client sidecar.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use machnet::{Channel, CloseCode, ConnectError, Event, Flow, Machnet, SendError};
+use machnet_sidecar::{Sidecar, SidecarConfig};
+use serde_json::Value;
+
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const ECHO_PORT: u16 = 888;
+const KV_PORT: u16 = 900;
+const T: Duration = Duration::from_secs(20);
+
+/// The payload pattern every runner uses (README: byte `i` of a message of `n` bytes).
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + n) % 256) as u8).collect()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex in cases.json"))
+        .collect()
+}
+
+struct World {
+    sidecars: Vec<Sidecar>,
+    dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    apps: Vec<JoinHandle<()>>,
+}
+
+impl World {
+    fn start() -> World {
+        let dir = std::env::temp_dir().join(format!("machnet-conformance-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER_IP, CLIENT_IP], 8);
+        let sidecars = [(SERVER_IP, "server.sock"), (CLIENT_IP, "client.sock")]
+            .into_iter()
+            .map(|(ip, name)| {
+                let mut c = SidecarConfig::new();
+                c.local_ip = ip;
+                c.engines = 2;
+                c.control_socket = dir.join(name);
+                c.stats_interval = None;
+                c.udp_ports = pool;
+                Sidecar::start(c).expect("sidecar starts")
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server_sock = dir.join("server.sock");
+        let apps = vec![
+            app(&server_sock, ECHO_PORT, &stop, |ch, stop| {
+                let mut buf = vec![0u8; ch.max_message_len() as usize];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some((flow, n))) =
+                        ch.recv_into_timeout(&mut buf, Duration::from_millis(100))
+                    {
+                        let _ = ch.send(&flow, &buf[..n]);
+                    }
+                }
+            }),
+            app(&server_sock, KV_PORT, &stop, |ch, stop| {
+                let store = machnet_kv::store::Store::in_memory().unwrap();
+                let _ = machnet_kv::server::serve_machnet(ch, &store, stop);
+            }),
+        ];
+        World {
+            sidecars,
+            dir,
+            stop,
+            apps,
+        }
+    }
+
+    fn client(&self) -> (Machnet, Channel) {
+        let m = Machnet::attach_at(self.dir.join("client.sock")).unwrap();
+        let ch = m.open_channel(None).unwrap();
+        (m, ch)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for a in self.apps.drain(..) {
+            let _ = a.join();
+        }
+        for s in self.sidecars.drain(..) {
+            s.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts an app thread listening on `port` of the server sidecar; returns once it listens.
+fn app(
+    sock: &Path,
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    serve: impl FnOnce(&mut Channel, &AtomicBool) + Send + 'static,
+) -> JoinHandle<()> {
+    let (ready, wait) = std::sync::mpsc::channel();
+    let sock = sock.to_owned();
+    let stop = stop.clone();
+    let h = std::thread::spawn(move || {
+        let m = Machnet::attach_at(&sock).unwrap();
+        let mut ch = m.open_channel(None).unwrap();
+        ch.listen(port).unwrap();
+        ready.send(()).unwrap();
+        serve(&mut ch, &stop);
+    });
+    wait.recv_timeout(T).expect("app listens");
+    h
+}
+
+fn recv(ch: &mut Channel) -> (Flow, Vec<u8>) {
+    ch.recv_timeout(T)
+        .expect("recv")
+        .expect("a message in time")
+}
+
+fn field(case: &Value, name: &str) -> u64 {
+    case[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: field {name}", case["name"]))
+}
+
+/// Runs one case; panics (naming it) on any mismatch.
+fn run(w: &World, case: &Value) {
+    let name = case["name"].as_str().unwrap();
+    let (_m, mut ch) = w.client();
+    let echo = |ch: &mut Channel| ch.connect(SERVER_IP, ECHO_PORT).expect("connect to echo");
+    match case["do"].as_str().unwrap() {
+        "echo" => {
+            let flow = echo(&mut ch);
+            for size in case["sizes"].as_array().unwrap() {
+                let msg = payload(size.as_u64().unwrap() as usize);
+                ch.send(&flow, &msg).unwrap();
+                let (f, got) = recv(&mut ch);
+                assert_eq!(f, flow, "{name}: echo on the same flow");
+                assert!(got == msg, "{name}: echo of {} bytes differs", msg.len());
+            }
+        }
+        "echo_pipelined" => {
+            let (size, count) = (field(case, "size") as usize, field(case, "count") as u32);
+            let flow = echo(&mut ch);
+            let msg = |k: u32| {
+                let mut m = payload(size);
+                m[..4].copy_from_slice(&k.to_le_bytes());
+                m
+            };
+            for k in 0..count {
+                ch.send(&flow, &msg(k)).unwrap();
+            }
+            for k in 0..count {
+                assert!(recv(&mut ch).1 == msg(k), "{name}: message {k} in order");
+            }
+        }
+        "echo_flows" => {
+            let (flows, size, count) = (
+                field(case, "flows"),
+                field(case, "size") as usize,
+                field(case, "count"),
+            );
+            let fl: Vec<Flow> = (0..flows).map(|_| echo(&mut ch)).collect();
+            let msg = payload(size);
+            for _ in 0..count {
+                for f in &fl {
+                    ch.send(f, &msg).unwrap();
+                }
+                let mut got: Vec<Flow> = (0..flows)
+                    .map(|_| {
+                        let (f, m) = recv(&mut ch);
+                        assert!(m == msg, "{name}: echo differs");
+                        f
+                    })
+                    .collect();
+                got.sort_by_key(Flow::handle);
+                let mut want = fl.clone();
+                want.sort_by_key(Flow::handle);
+                assert_eq!(got, want, "{name}: one echo per flow");
+            }
+        }
+        "recv_timeout" => {
+            let t = Duration::from_millis(field(case, "timeout_ms"));
+            let start = Instant::now();
+            assert!(ch.recv_timeout(t).unwrap().is_none(), "{name}: nothing");
+            assert!(start.elapsed() >= t, "{name}: returned early");
+        }
+        "connect_error" => {
+            let port = field(case, "port") as u16;
+            match (ch.connect(SERVER_IP, port), case["error"].as_str().unwrap()) {
+                (Err(ConnectError::Failed(Some(CloseCode::Refused))), "refused") => {}
+                (other, want) => panic!("{name}: connect gave {other:?}, want {want}"),
+            }
+        }
+        "send_error" => {
+            let flow = echo(&mut ch);
+            let msg = vec![1u8; field(case, "size") as usize];
+            match (ch.send(&flow, &msg), case["error"].as_str().unwrap()) {
+                (Err(SendError::Empty), "invalid_argument") => {}
+                (Err(SendError::TooLarge { .. }), "too_large") => {}
+                (other, want) => panic!("{name}: send gave {other:?}, want {want}"),
+            }
+            ch.send(&flow, b"x").unwrap();
+            assert_eq!(recv(&mut ch).1, b"x", "{name}: the flow still works");
+        }
+        "peer_goes_away" => {
+            let port = field(case, "port") as u16;
+            let m = Machnet::attach_at(w.dir.join("server.sock")).unwrap();
+            let mut server = m.open_channel(None).unwrap();
+            server.listen(port).unwrap();
+            let flow = ch.connect(SERVER_IP, port).unwrap();
+            ch.send(&flow, b"hello").unwrap();
+            assert_eq!(recv(&mut server).1, b"hello");
+            server.close_channel().unwrap();
+            let deadline = Instant::now() + T;
+            loop {
+                match ch.next_event(Some(Duration::from_millis(50))).unwrap() {
+                    Some(Event::Closed { reason, .. }) => {
+                        assert_eq!(reason, Some(CloseCode::Reset), "{name}");
+                        break;
+                    }
+                    Some(other) => panic!("{name}: unexpected {other:?}"),
+                    None => assert!(Instant::now() < deadline, "{name}: no reset"),
+                }
+            }
+            assert!(
+                matches!(ch.send(&flow, b"more"), Err(SendError::FlowClosed(_))),
+                "{name}: send after the reset"
+            );
+        }
+        "kv" => {
+            let flow = ch.connect(SERVER_IP, KV_PORT).expect("connect to kv");
+            for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
+                ch.send(&flow, &hex(step["request"].as_str().unwrap()))
+                    .unwrap();
+                let (_, resp) = recv(&mut ch);
+                let status = match step["status"].as_str().unwrap() {
+                    "ok" => 0,
+                    "not_found" => 1,
+                    "bad_request" => 2,
+                    _ => 3,
+                };
+                assert!(resp.len() >= 5, "{name} step {i}: short response");
+                assert_eq!(resp[0], status, "{name} step {i}: status");
+                let id = u32::from_le_bytes(resp[1..5].try_into().unwrap());
+                assert_eq!(u64::from(id), field(step, "id"), "{name} step {i}: id");
+                let body = &resp[5..];
+                if let Some(b) = step["body"].as_str() {
+                    assert_eq!(body, hex(b), "{name} step {i}: body");
+                }
+                if let Some(s) = step["body_contains"].as_str() {
+                    let text = String::from_utf8_lossy(body);
+                    assert!(text.contains(s), "{name} step {i}: {text:?} lacks {s:?}");
+                }
+            }
+        }
+        "kv_pipelined" => {
+            let count = field(case, "count") as u32;
+            let prefix = case["key_prefix"].as_str().unwrap();
+            let flow = ch.connect(SERVER_IP, KV_PORT).expect("connect to kv");
+            let req = |op: u8, id: u32, value: &[u8]| {
+                let key = format!("{prefix}{id}");
+                let mut r = vec![op];
+                r.extend_from_slice(&id.to_le_bytes());
+                r.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                r.extend_from_slice(key.as_bytes());
+                r.extend_from_slice(value);
+                r
+            };
+            for (op, with_value) in [(2u8, true), (1u8, false)] {
+                for id in 0..count {
+                    let v = if with_value {
+                        id.to_le_bytes().to_vec()
+                    } else {
+                        vec![]
+                    };
+                    ch.send(&flow, &req(op, id, &v)).unwrap();
+                }
+                for id in 0..count {
+                    let (_, resp) = recv(&mut ch);
+                    assert_eq!(resp[0], 0, "{name}: op {op} id {id} status");
+                    assert_eq!(resp[1..5], id.to_le_bytes(), "{name}: in order");
+                    if op == 1 {
+                        assert_eq!(resp[5..], id.to_le_bytes(), "{name}: value of {id}");
+                    }
+                }
+            }
+        }
+        other => panic!("{name}: unknown `do` {other:?} (update this runner)"),
+    }
+}
+
+#[test]
+fn every_conformance_case() {
+    let path = std::env::var_os("MACHNET_CONFORMANCE_CASES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases.json"));
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("cases.json")).expect("valid JSON");
+    assert_eq!(cases["version"], 1);
+    let w = World::start();
+    let list = cases["cases"].as_array().unwrap();
+    assert!(list.len() >= 10);
+    for case in list {
+        eprintln!("conformance: {}", case["name"]);
+        run(&w, case);
+    }
+}
