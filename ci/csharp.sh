@@ -8,8 +8,10 @@
 #   ci/csharp.sh --update-bindings   regenerate csharp/src/NativeMethods.g.cs and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
-# control sockets in a temp dir, no root) and `machnet-echo server` on the first; the tests
-# attach to the second. Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
+# control sockets in a temp dir, no root), and `machnet-echo server` and `machnet-kv server` on
+# the first; the tests attach to the second. The NUnit suite includes the cross-language
+# conformance cases (conformance/cases.json, csharp/tests/ConformanceTests.cs). Builds into
+# $CARGO_TARGET_DIR (default target/). Ends with one line
 # `RESULT: <P> passed, <F> failed` (NUnit cases + checks) and exits non-zero if anything failed.
 # KEEP_LOGS=1 keeps the temp dir (logs, TestResult.xml, the .nupkg); BENCH_DURATION=S sets the
 # length of the C#-vs-Rust echo comparison (default 2 s).
@@ -21,6 +23,7 @@ REL=$TARGET/release
 GENERATED=csharp/src/NativeMethods.g.cs
 VERSION=0.1.0
 ECHO_PORT=888
+KV_PORT=900
 
 PASSED=0
 FAILED=0
@@ -59,20 +62,23 @@ fi
 # ----- toolchain: Debian's mono (mcs, C# <= 7.2), NUnit 2.6, nuget 2.8.7 -----
 NUNIT_FW=/usr/lib/cli/nunit.framework-2.6.3/nunit.framework.dll
 if ! command -v mcs >/dev/null || ! command -v mono >/dev/null || ! command -v nunit-console >/dev/null ||
-    ! command -v nuget >/dev/null || [ ! -f "$NUNIT_FW" ]; then
-    echo "csharp: installing mono-mcs, mono-runtime, nunit-console, libnunit-cil-dev, nuget" >&2
+    ! command -v nuget >/dev/null || [ ! -f "$NUNIT_FW" ] ||
+    [ ! -f /usr/lib/mono/4.5/System.Runtime.Serialization.dll ]; then
+    echo "csharp: installing mono-mcs, mono-runtime, nunit-console, libnunit-cil-dev, nuget," \
+        "libmono-system-runtime-serialization4.0-cil" >&2
     SUDO=
     [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq >/dev/null &&
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
             mono-mcs mono-runtime libmono-system-core4.0-cil nunit-console libnunit-cil-dev nuget \
+            libmono-system-runtime-serialization4.0-cil libmono-system-xml4.0-cil \
             >"$DIR/apt.log" 2>&1 || { tail -20 "$DIR/apt.log" >&2; fail "apt-get install"; finish; }
 fi
 [ -f "$NUNIT_FW" ] || NUNIT_FW=$(ls /usr/lib/cli/nunit.framework-2.6*/nunit.framework.dll 2>/dev/null | head -1)
 
 # ----- build -----
 echo "csharp: building (release) into $TARGET" >&2
-if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo; then
+if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo -p machnet-kv; then
     fail "cargo build"
     finish
 fi
@@ -89,7 +95,7 @@ BIN=$DIR/bin
 mkdir -p "$BIN"
 if "${MCS[@]}" -unsafe -target:library -doc:"$BIN/Machnet.xml" -out:"$BIN/Machnet.dll" csharp/src/*.cs &&
     "${MCS[@]}" -target:library -out:"$BIN/Machnet.Tests.dll" -r:"$BIN/Machnet.dll" -r:"$NUNIT_FW" \
-        csharp/tests/*.cs &&
+        -r:System.Runtime.Serialization -r:System.Xml csharp/tests/*.cs &&
     "${MCS[@]}" -out:"$BIN/machnet-echo-cs.exe" -r:"$BIN/Machnet.dll" csharp/examples/echo/*.cs; then
     pass "mcs_build (library with XML docs, tests, echo client; C# 7.2, warnings as errors)"
 else
@@ -118,10 +124,20 @@ if ! wait_for_line "$DIR/echo.log" "listening on"; then
     fail "echo server starts"
     finish
 fi
+# The KV app of the conformance cases (in-memory store).
+"$REL/machnet-kv" server --socket "$DIR/a.sock" --port "$KV_PORT" 2>"$DIR/kv.log" &
+PIDS+=($!)
+if ! wait_for_line "$DIR/kv.log" "listening on"; then
+    fail "kv server starts"
+    finish
+fi
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
     MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1 \
     MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_BIN=$REL/machnet \
-    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR MACHNET_TEST_UID=$(id -u)
+    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR MACHNET_TEST_UID=$(id -u) \
+    MACHNET_CONFORMANCE_CASES=${MACHNET_CONFORMANCE_CASES:-$ROOT/conformance/cases.json} \
+    MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1 MACHNET_CONFORMANCE_ECHO_PORT=$ECHO_PORT \
+    MACHNET_CONFORMANCE_KV_PORT=$KV_PORT
 
 # ----- NUnit -----
 echo "csharp: nunit-console" >&2

@@ -6,8 +6,9 @@
 #   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
-# control sockets in a temp dir, no root) and `machnet-echo server` on the first; the tests
-# attach to the second. Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
+# control sockets in a temp dir, no root), and `machnet-echo server` and `machnet-kv server` on
+# the first; the tests attach to the second. The Go suite includes the cross-language
+# conformance cases (conformance/cases.json, go/conformance_test.go). Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
 # `RESULT: <P> passed, <F> failed` (C cases + Go tests + checks) and exits non-zero if anything
 # failed. Set KEEP_LOGS=1 to keep the sidecar logs.
 set -uo pipefail
@@ -19,6 +20,7 @@ HEADER=machnet-ffi/include/machnet.h
 CC=${CC:-cc}
 CXX=${CXX:-c++}
 ECHO_PORT=888
+KV_PORT=900
 
 PASSED=0
 FAILED=0
@@ -60,7 +62,7 @@ fi
 
 # ----- build -----
 echo "ffi: building (release) into $TARGET" >&2
-if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo; then
+if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo -p machnet-kv; then
     fail "cargo build"
     finish
 fi
@@ -138,10 +140,25 @@ if ! grep -q "listening on" "$DIR/echo.log"; then
     fail "echo server starts"
     finish
 fi
+# The KV app of the conformance cases (in-memory store).
+"$REL/machnet-kv" server --socket "$DIR/a.sock" --port "$KV_PORT" 2>"$DIR/kv.log" &
+PIDS+=($!)
+for _ in $(seq 200); do
+    grep -q "listening on" "$DIR/kv.log" 2>/dev/null && break
+    sleep 0.05
+done
+if ! grep -q "listening on" "$DIR/kv.log"; then
+    cat "$DIR/kv.log" >&2
+    fail "kv server starts"
+    finish
+fi
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
     MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1 \
     MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_BIN=$REL/machnet \
-    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR
+    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR \
+    MACHNET_CONFORMANCE_CASES=${MACHNET_CONFORMANCE_CASES:-$ROOT/conformance/cases.json} \
+    MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1 MACHNET_CONFORMANCE_ECHO_PORT=$ECHO_PORT \
+    MACHNET_CONFORMANCE_KV_PORT=$KV_PORT
 
 # ----- C and C++ tests -----
 count_c() { # log

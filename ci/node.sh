@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The Node.js package (node/): `npm ci`, builds the napi-rs addon, `npm pack`s it, installs the
 # tarball into a fresh project (no Rust needed there), type-checks a usage file with
-# `tsc --strict`, builds the sidecar and echo binaries, starts two real sidecars (kernel UDP on
-# 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root) and the Rust echo
-# server, runs the `node --test` suite from the installed package, fmt + clippy on the addon
-# crate, and a short Node-vs-Rust echo RTT comparison (64 B, window 1; informational).
+# `tsc --strict`, builds the sidecar, echo and KV binaries, starts two real sidecars (kernel UDP
+# on 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root), the Rust echo server
+# and `machnet-kv server`, runs the `node --test` suite from the installed package (including the
+# cross-language conformance cases of conformance/cases.json, test/conformance.test.js),
+# fmt + clippy on the addon crate, and a short Node-vs-Rust echo RTT comparison (64 B, window 1;
+# informational).
 #
 #   ci/node.sh                      # BENCH_DURATION=3 (seconds per client), 0 skips the benchmark
 #
@@ -19,6 +21,7 @@ export CARGO_TARGET_DIR=$TARGET
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 BENCH_DURATION=${BENCH_DURATION:-3}
 ECHO_PORT=888
+KV_PORT=900
 
 WORK=$(mktemp -d -t machnet-node-ci.XXXXXX)
 PASSED=0
@@ -85,8 +88,8 @@ cargo fmt --manifest-path node/Cargo.toml -- --check && ok "rustfmt" || fail "ru
 cargo clippy --quiet --release --manifest-path node/Cargo.toml --all-targets -- -D warnings \
     && ok "clippy" || fail "clippy"
 
-echo "== sidecar and echo binaries"
-cargo build --quiet --release -p machnet-sidecar -p machnet-echo || die "cargo build"
+echo "== sidecar, echo and KV binaries"
+cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
 BIN=$TARGET/release
 
 # Shared with the other scripts: a free UDP port pool (other jobs may share the machine) and
@@ -101,6 +104,10 @@ start_sidecar b 127.0.0.2 "$BIN/machnet" "$WORK" "$POOL" || die "sidecar b"
 PIDS+=($!)
 sleep 0.3
 kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/server.log" >&2; die "echo server"; }
+# The conformance cases' KV app (in-memory store); it logs "listening on" once it listens.
+"$BIN/machnet-kv" server --socket "$WORK/a.sock" --port "$KV_PORT" 2>"$WORK/kv.log" &
+PIDS+=($!)
+wait_for_line "$WORK/kv.log" "listening on" || die "kv server"
 
 echo "== node --test (the installed package)"
 mkdir -p "$APP/test"
@@ -108,6 +115,10 @@ cp node/test/*.test.js node/test/helpers.js "$APP/test/"
 export MACHNET_TEST_SOCKET_A=$WORK/a.sock MACHNET_TEST_SOCKET_B=$WORK/b.sock
 export MACHNET_TEST_ECHO_IP=127.0.0.1 MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_SIDECAR=$BIN/machnet
 export MACHNET_TEST_SIDECAR_ARGS="--udp-port-base $POOL --udp-port-count 8"
+# test/conformance.test.js (conformance/README.md); the client sidecar is MACHNET_TEST_SOCKET_B,
+# the server sidecar MACHNET_TEST_SOCKET_A.
+export MACHNET_CONFORMANCE_CASES=$ROOT/conformance/cases.json MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1
+export MACHNET_CONFORMANCE_ECHO_PORT=$ECHO_PORT MACHNET_CONFORMANCE_KV_PORT=$KV_PORT
 (cd "$APP" && node --test --test-concurrency=1 --test-timeout=120000 \
     --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="$WORK/tap.txt" test/*.test.js)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Python package (python/): builds the abi3 wheel with maturin, installs it with pip into a
-# fresh virtualenv, builds the sidecar and echo binaries, then runs mypy, the pytest suite against
-# real sidecars (kernel UDP on 127.0.0.1 / 127.0.0.2, private sockets in a temp dir, no root; the
-# pytest fixtures start and stop them), fmt + clippy on the extension crate, and a short
-# Python-vs-Rust echo benchmark (informational).
+# fresh virtualenv, builds the sidecar, echo and KV binaries, then runs mypy, the pytest suite
+# against real sidecars (kernel UDP on 127.0.0.1 / 127.0.0.2, private sockets in a temp dir, no
+# root; the pytest fixtures start and stop them and the echo and KV servers; the suite includes
+# the cross-language conformance cases of conformance/cases.json, tests/test_conformance.py),
+# fmt + clippy on the extension crate, and a short Python-vs-Rust echo benchmark (informational).
 #
 #   ci/python.sh                  # MANYLINUX=2014 (default, via `pip install ziglang`) or MANYLINUX=native
 #
@@ -71,9 +72,11 @@ V=$WORK/venv/bin
 (cd "$WORK" && "$V/python" -c 'import machnet, sys; assert "site-packages" in machnet.__file__, machnet.__file__; print("machnet", machnet.__version__, "from", machnet.__file__)') \
     && ok "wheel installs and imports" || fail "wheel import"
 
-echo "== sidecar and echo binaries"
-cargo build --quiet --release -p machnet-sidecar -p machnet-echo || die "cargo build"
+echo "== sidecar, echo and KV binaries"
+cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
 export MACHNET_BIN_DIR=$TARGET/release
+# tests/test_conformance.py: the cases (the fixtures start `machnet-kv server` on sidecar a).
+export MACHNET_CONFORMANCE_CASES=$ROOT/conformance/cases.json
 
 echo "== mypy (strict) on the package, tests and benchmark"
 (cd python && "$V/mypy" --cache-dir "$WORK/mypy-cache") && ok "mypy" || fail "mypy"

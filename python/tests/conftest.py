@@ -2,13 +2,14 @@
 
 Layout (no root needed; private control sockets in a temporary directory):
 
-* sidecar ``a`` on 127.0.0.1: the ``machnet`` binary, with ``machnet-echo server`` on port 888;
+* sidecar ``a`` on 127.0.0.1: the ``machnet`` binary, with ``machnet-echo server`` on port 888
+  (and, for the conformance cases, ``machnet-kv server`` on port 900: the ``kv_server`` fixture);
 * sidecar ``b`` on 127.0.0.2 (2 engines): the sidecar built into the wheel, started as
   ``python -m machnet sidecar`` — the Python client under test attaches here.
 
 Binaries come from ``$MACHNET_BIN_DIR`` (default: ``$CARGO_TARGET_DIR/release`` or the
 repository's ``target/release``); build them with
-``cargo build --release -p machnet-sidecar -p machnet-echo``.
+``cargo build --release -p machnet-sidecar -p machnet-echo -p machnet-kv``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import Iterator
 import pytest
 
 import machnet
-from harness import IP_A, IP_B, Sidecar, start_echo_server
-
+from harness import IP_A, IP_B, KV_PORT, Sidecar, start_echo_server, start_kv_server
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +58,14 @@ def sidecar_b(tmp_dir: Path) -> Iterator[Sidecar]:
     yield s
     status = s.stop()
     assert status == 0, f"sidecar b did not stop cleanly ({status}):\n{s.log_text()}"
+
+
+@pytest.fixture(scope="session")
+def kv_server(sidecar_a: Sidecar, tmp_dir: Path) -> Iterator[int]:
+    """`machnet-kv server` (in-memory store) on sidecar a; yields its Machnet port."""
+    kv = start_kv_server(sidecar_a, tmp_dir, KV_PORT)
+    yield KV_PORT
+    kv.stop()
 
 
 @pytest.fixture

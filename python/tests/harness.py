@@ -2,7 +2,7 @@
 
 Binaries come from ``$MACHNET_BIN_DIR`` (default: ``$CARGO_TARGET_DIR/release`` or the
 repository's ``target/release``); build them with
-``cargo build --release -p machnet-sidecar -p machnet-echo``.
+``cargo build --release -p machnet-sidecar -p machnet-echo -p machnet-kv``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from typing import List, Optional
 import machnet
 
 ECHO_PORT = 888
+#: Machnet port of `machnet-kv server` (the conformance cases' KV app).
+KV_PORT = 900
 IP_A = "127.0.0.1"
 IP_B = "127.0.0.2"
 IP_C = "127.0.0.3"
 REPO = Path(__file__).resolve().parents[2]
-ECHO_PORT = 888
-IP_A = "127.0.0.1"
-IP_B = "127.0.0.2"
-IP_C = "127.0.0.3"
 
 
 def bin_dir() -> Path:
@@ -142,8 +140,6 @@ class Sidecar(Proc):
             time.sleep(0.02)
 
 
-
-
 def start_echo_server(sidecar: Sidecar, tmp: Path, port: int = ECHO_PORT) -> Proc:
     """`machnet-echo server` attached to ``sidecar``, listening on ``port`` once this returns."""
     echo = Proc(
@@ -159,3 +155,21 @@ def start_echo_server(sidecar: Sidecar, tmp: Path, port: int = ECHO_PORT) -> Pro
             raise RuntimeError(f"echo server did not start:\n{echo.log_text()}")
         time.sleep(0.02)
     return echo
+
+
+def start_kv_server(sidecar: Sidecar, tmp: Path, port: int = KV_PORT) -> Proc:
+    """`machnet-kv server` (in-memory store) attached to ``sidecar``, listening on ``port`` once
+    this returns."""
+    kv = Proc(
+        "kv",
+        [str(bin_dir() / "machnet-kv"), "server", "--socket", str(sidecar.sock), "--port", str(port)],
+        tmp / "kv.log",
+    )
+    # The server prints "machnet-kv: listening on ..." after it listens.
+    deadline = time.monotonic() + 20
+    while "listening on" not in kv.log_text():
+        if not kv.alive() or time.monotonic() > deadline:
+            kv.stop()
+            raise RuntimeError(f"kv server did not start:\n{kv.log_text()}")
+        time.sleep(0.02)
+    return kv

@@ -1,0 +1,273 @@
+'use strict'
+// The cross-language conformance cases (conformance/cases.json; see conformance/README.md): one
+// test per case, in file order, each on a fresh channel of the client sidecar (B). ci/node.sh
+// starts the apps on sidecar A and sets MACHNET_CONFORMANCE_CASES, MACHNET_CONFORMANCE_SERVER_IP,
+// MACHNET_CONFORMANCE_ECHO_PORT and MACHNET_CONFORMANCE_KV_PORT.
+//
+// Error names → `.code` (conformance/README.md, "Error names"):
+//   refused          → ERR_MACHNET_CONNECT_FAILED (Node has no refused-specific code; the message
+//                      names the refusal, which is checked too)
+//   invalid_argument → ERR_MACHNET_EMPTY_MESSAGE
+//   too_large        → ERR_MACHNET_MESSAGE_TOO_LARGE
+//   reset            → ERR_MACHNET_FLOW_CLOSED (a later send; the binding has no event API and
+//                      its receives do not report flow ends, so the send is what reports it)
+const { test, before } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { attach, codes } = require('machnet')
+const { SOCKET_A, SOCKET_B } = require('./helpers.js')
+
+const CASES_PATH =
+  process.env.MACHNET_CONFORMANCE_CASES || path.join(__dirname, '..', '..', 'conformance', 'cases.json')
+const CASES = JSON.parse(fs.readFileSync(CASES_PATH, 'utf8')).cases
+
+function envOr(name, dflt) {
+  const v = process.env[name]
+  return v === undefined || v === '' ? dflt : v
+}
+const SERVER_IP = () => envOr('MACHNET_CONFORMANCE_SERVER_IP', '127.0.0.1')
+const ECHO_PORT = () => Number(envOr('MACHNET_CONFORMANCE_ECHO_PORT', 888))
+const KV_PORT = () => {
+  const v = process.env.MACHNET_CONFORMANCE_KV_PORT
+  if (!v) throw new Error('MACHNET_CONFORMANCE_KV_PORT is not set: run the tests through ci/node.sh')
+  return Number(v)
+}
+
+/** How long one receive, connect or wait for a flow's end may take before the case fails. */
+const WAIT_MS = 60000
+
+const ERRORS = {
+  refused: { code: codes.CONNECT_FAILED, message: /refused/i },
+  invalid_argument: { code: codes.EMPTY_MESSAGE },
+  too_large: { code: codes.MESSAGE_TOO_LARGE },
+  reset: { code: codes.FLOW_CLOSED },
+}
+const KV_STATUS = { ok: 0, not_found: 1, bad_request: 2, server_error: 3 }
+const KV_GET = 1
+const KV_SET = 2
+
+/** The payload of size `n`: byte `i` is `(i * 7 + n) mod 256`. */
+function pattern(n) {
+  const b = Buffer.allocUnsafe(n)
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + n) & 0xff
+  return b
+}
+
+function checkError(err, name) {
+  const want = ERRORS[name]
+  assert.ok(want, `unknown error name ${name}`)
+  assert.ok(err instanceof Error, `expected an Error (${name}), got ${err}`)
+  assert.equal(err.code, want.code, `${name}: wrong code for: ${err.message}`)
+  if (want.message) assert.match(err.message, want.message, `${name}: message`)
+}
+
+async function expectError(p, name) {
+  let err = null
+  try {
+    await p
+  } catch (e) {
+    err = e
+  }
+  assert.ok(err !== null, `expected ${name}, but it succeeded`)
+  checkError(err, name)
+}
+
+/** Rejects after `ms` with a message naming `what` (unless `p` settles first). */
+function within(p, what, ms = WAIT_MS) {
+  let timer
+  const t = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
+  })
+  return Promise.race([p, t]).finally(() => clearTimeout(timer))
+}
+
+async function recvOn(ch, flow, what) {
+  const msg = await within(ch.recv(), what)
+  assert.ok(msg.flow.equals(flow), `${what}: arrived on ${msg.flow}, sent on ${flow}`)
+  return msg.data
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+// ----- the cases -----
+
+const run = {
+  async echo(ch, c) {
+    const flow = await ch.connect(SERVER_IP(), ECHO_PORT(), WAIT_MS)
+    for (const size of c.sizes) {
+      const msg = pattern(size)
+      await ch.send(flow, msg)
+      const got = await recvOn(ch, flow, `size ${size}`)
+      assert.equal(got.length, size, `size ${size}: echo has ${got.length} bytes`)
+      assert.ok(got.equals(msg), `size ${size}: echo differs`)
+    }
+  },
+
+  async echo_pipelined(ch, c) {
+    const flow = await ch.connect(SERVER_IP(), ECHO_PORT(), WAIT_MS)
+    const msgs = []
+    for (let k = 0; k < c.count; k++) {
+      const m = pattern(c.size)
+      m.writeUInt32LE(k, 0)
+      msgs.push(m)
+    }
+    for (const m of msgs) await ch.send(flow, m)
+    for (let k = 0; k < c.count; k++) {
+      const got = await recvOn(ch, flow, `message ${k}`)
+      assert.ok(got.equals(msgs[k]), `message ${k}: got message ${got.length >= 4 ? got.readUInt32LE(0) : '?'} or other bytes`)
+    }
+  },
+
+  async echo_flows(ch, c) {
+    const flows = []
+    for (let i = 0; i < c.flows; i++) flows.push(await ch.connect(SERVER_IP(), ECHO_PORT(), WAIT_MS))
+    assert.equal(new Set(flows.map((f) => f.handle)).size, c.flows, 'connect returned the same flow twice')
+    const msg = pattern(c.size)
+    for (let r = 0; r < c.count; r++) {
+      for (const f of flows) await ch.send(f, msg)
+      const seen = new Set()
+      for (let i = 0; i < c.flows; i++) {
+        const got = await within(ch.recv(), `round ${r}, message ${i}`)
+        assert.ok(flows.some((f) => f.equals(got.flow)), `round ${r}: message on unknown flow ${got.flow}`)
+        assert.ok(!seen.has(got.flow.handle), `round ${r}: two messages on ${got.flow}`)
+        assert.ok(got.data.equals(msg), `round ${r}: echo on ${got.flow} differs`)
+        seen.add(got.flow.handle)
+      }
+    }
+  },
+
+  // Node's recv() takes no timeout: the binding's way to bound it is a race with a timer. The
+  // receive must still be pending when the timer fires (nothing arrived, nothing failed), and the
+  // timer must not fire early. Closing the channel then rejects it with CHANNEL_CLOSED.
+  async recv_timeout(ch, c) {
+    const pending = ch.recv().then(
+      (m) => ({ message: m }),
+      (e) => ({ error: e }),
+    )
+    const start = process.hrtime.bigint()
+    const timedOut = Symbol('timeout')
+    const got = await Promise.race([pending, sleep(c.timeout_ms).then(() => timedOut)])
+    const elapsedMs = Number(process.hrtime.bigint() - start) / 1e6
+    assert.equal(got, timedOut, `recv settled before the timeout: ${JSON.stringify(got)}`)
+    assert.ok(elapsedMs >= c.timeout_ms - 1, `the ${c.timeout_ms} ms timeout fired after ${elapsedMs} ms`)
+    assert.equal(ch.tryRecv(), null)
+    await ch.close()
+    const end = await within(pending, 'pending recv after close')
+    assert.ok(end.error, 'the pending recv resolved after close')
+    assert.equal(end.error.code, codes.CHANNEL_CLOSED, end.error.message)
+  },
+
+  async connect_error(ch, c) {
+    await expectError(ch.connect(SERVER_IP(), c.port, WAIT_MS), c.error)
+  },
+
+  async send_error(ch, c) {
+    const flow = await ch.connect(SERVER_IP(), ECHO_PORT(), WAIT_MS)
+    await expectError(ch.send(flow, pattern(c.size)), c.error)
+    await ch.send(flow, Buffer.from([0x2a]))
+    const got = await recvOn(ch, flow, 'after the failed send')
+    assert.ok(got.equals(Buffer.from([0x2a])), `got ${got.length} bytes back, not the 1-byte message`)
+    assert.equal(ch.tryRecv(), null, 'the failed send was echoed')
+  },
+
+  async peer_goes_away(ch, c) {
+    const ma = await attach(SOCKET_A())
+    const server = await ma.openChannel()
+    let flow
+    try {
+      await server.listen(c.port)
+      flow = await ch.connect(SERVER_IP(), c.port, WAIT_MS)
+      await ch.send(flow, Buffer.from('ping'))
+      const { flow: sflow, data } = await within(server.recv(), 'server recv')
+      assert.equal(data.toString(), 'ping')
+      await server.send(sflow, Buffer.from('pong'))
+      assert.equal((await recvOn(ch, flow, 'reply')).toString(), 'pong')
+    } finally {
+      await server.close()
+    }
+    // The client flow ends: a later send fails (tryRecv reads the notifications meanwhile and
+    // must not deliver anything).
+    const deadline = Date.now() + WAIT_MS
+    let err = null
+    while (err === null) {
+      assert.ok(Date.now() < deadline, 'the client flow never ended')
+      assert.equal(ch.tryRecv(), null, 'a message arrived after the peer went away')
+      try {
+        await ch.send(flow, Buffer.from('x'))
+        await sleep(5)
+      } catch (e) {
+        err = e
+      }
+    }
+    checkError(err, c.error)
+  },
+
+  async kv(ch, c) {
+    const flow = await ch.connect(SERVER_IP(), KV_PORT(), WAIT_MS)
+    for (const [i, step] of c.steps.entries()) {
+      const what = `step ${i} (${step.request.slice(0, 32)}...)`
+      await ch.send(flow, Buffer.from(step.request, 'hex'))
+      const { status, id, body } = kvResponse(await recvOn(ch, flow, what), what)
+      assert.equal(status, KV_STATUS[step.status], `${what}: status ${status}, expected ${step.status} (body ${body.toString('utf8', 0, 200)})`)
+      assert.equal(id, step.id, `${what}: id`)
+      if (step.body !== undefined) assert.equal(body.toString('hex'), step.body, `${what}: body`)
+      if (step.body_contains !== undefined) {
+        const text = new TextDecoder('utf-8', { fatal: true }).decode(body)
+        assert.ok(text.includes(step.body_contains), `${what}: body ${JSON.stringify(text)}`)
+      }
+    }
+  },
+
+  async kv_pipelined(ch, c) {
+    const flow = await ch.connect(SERVER_IP(), KV_PORT(), WAIT_MS)
+    const request = (op, i, value = Buffer.alloc(0)) => {
+      const key = Buffer.from(c.key_prefix + String(i), 'utf8')
+      const head = Buffer.alloc(7)
+      head.writeUInt8(op, 0)
+      head.writeUInt32LE(i, 1)
+      head.writeUInt16LE(key.length, 5)
+      return Buffer.concat([head, key, value])
+    }
+    const u32 = (i) => {
+      const b = Buffer.alloc(4)
+      b.writeUInt32LE(i, 0)
+      return b
+    }
+    for (let i = 0; i < c.count; i++) await ch.send(flow, request(KV_SET, i, u32(i)))
+    for (let i = 0; i < c.count; i++) {
+      const r = kvResponse(await recvOn(ch, flow, `SET ${i}`), `SET ${i}`)
+      assert.deepEqual([r.status, r.id], [0, i], `SET ${i}: ${r.body.toString()}`)
+    }
+    for (let i = 0; i < c.count; i++) await ch.send(flow, request(KV_GET, i))
+    for (let i = 0; i < c.count; i++) {
+      const r = kvResponse(await recvOn(ch, flow, `GET ${i}`), `GET ${i}`)
+      assert.deepEqual([r.status, r.id], [0, i], `GET ${i}: ${r.body.toString()}`)
+      assert.equal(r.body.toString('hex'), u32(i).toString('hex'), `GET ${i}: value`)
+    }
+  },
+}
+
+function kvResponse(data, what) {
+  assert.ok(data.length >= 5, `${what}: response of ${data.length} bytes: ${data.toString('hex')}`)
+  return { status: data.readUInt8(0), id: data.readUInt32LE(1), body: data.subarray(5) }
+}
+
+let client = null
+before(async () => {
+  client = await attach(SOCKET_B())
+})
+
+for (const c of CASES) {
+  test(`conformance: ${c.name}`, async () => {
+    const fn = run[c.do]
+    assert.ok(fn, `case ${c.name}: unknown 'do' ${JSON.stringify(c.do)}`)
+    // A fresh channel of the client sidecar per case; closing it closes the case's flows.
+    const ch = await client.openChannel()
+    try {
+      await fn(ch, c)
+    } finally {
+      await ch.close()
+    }
+  })
+}
