@@ -25,27 +25,9 @@ VERSION=0.1.0
 ECHO_PORT=888
 KV_PORT=900
 
-PASSED=0
-FAILED=0
-FAILURES=()
-pass() { PASSED=$((PASSED + 1)); echo "csharp: ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); FAILURES+=("$1"); echo "csharp: FAIL - $1" >&2; }
-finish() {
-    [ ${#FAILURES[@]} -gt 0 ] && printf 'failed: %s\n' "${FAILURES[@]}" >&2
-    echo "RESULT: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
-    exit
-}
-
-DIR=$(mktemp -d "${TMPDIR:-/tmp}/machnet-cs.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $DIR" >&2; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+SUITE=csharp
+# shellcheck source=lib/suite.sh
+. ci/lib/suite.sh
 
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 

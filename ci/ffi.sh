@@ -22,27 +22,9 @@ CXX=${CXX:-c++}
 ECHO_PORT=888
 KV_PORT=900
 
-PASSED=0
-FAILED=0
-FAILURES=()
-pass() { PASSED=$((PASSED + 1)); echo "ffi: ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); FAILURES+=("$1"); echo "ffi: FAIL - $1" >&2; }
-finish() {
-    [ ${#FAILURES[@]} -gt 0 ] && printf 'failed: %s\n' "${FAILURES[@]}" >&2
-    echo "RESULT: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
-    exit
-}
-
-DIR=$(mktemp -d "${TMPDIR:-/tmp}/machnet-ffi.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $DIR" >&2; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+SUITE=ffi
+# shellcheck source=lib/suite.sh
+. ci/lib/suite.sh
 
 # Toolchains installed in their usual places but not on PATH (e.g. a bare CI environment).
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/go/bin"

@@ -18,27 +18,9 @@ ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 REL=$TARGET/release
 
-PASSED=0
-FAILED=0
-FAILURES=()
-pass() { PASSED=$((PASSED + 1)); echo "raft: ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); FAILURES+=("$1"); echo "raft: FAIL - $1" >&2; }
-finish() {
-    [ ${#FAILURES[@]} -gt 0 ] && printf 'failed: %s\n' "${FAILURES[@]}" >&2
-    echo "RESULT: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ]
-    exit
-}
-
-DIR=$(mktemp -d "${TMPDIR:-/tmp}/machnet-raft.XXXXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $DIR" >&2; else rm -rf "$DIR"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+SUITE=raft
+# shellcheck source=lib/suite.sh
+. ci/lib/suite.sh
 
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/go/bin"
 if ! command -v go >/dev/null; then
