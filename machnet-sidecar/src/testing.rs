@@ -1,11 +1,13 @@
 //! Helpers for tests of this crate and its users (not part of the sidecar's function).
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use machnet_core::PortPool;
 
 use crate::datapath::kernel::probe_pool;
+use crate::{Sidecar, SidecarConfig};
 
 static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
@@ -37,4 +39,67 @@ pub fn free_udp_pool(ips: &[Ipv4Addr], count: u16) -> PortPool {
         }
     }
     panic!("no free UDP port range found");
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// Sidecars on the kernel-UDP datapath in this process, one per address (e.g. 127.0.0.1 and
+/// 127.0.0.2), sharing a UDP port pool that was free on all of them, with their control sockets
+/// in a private temporary directory. Dropping it shuts them down and removes the directory.
+pub struct LoopbackSidecars {
+    sidecars: Vec<Option<Sidecar>>,
+    dir: PathBuf,
+}
+
+impl LoopbackSidecars {
+    /// Starts one sidecar with `engines` engines on each of `ips` (panics if one cannot start).
+    /// `tag` names the temporary directory.
+    pub fn start(tag: &str, ips: &[Ipv4Addr], engines: u16) -> LoopbackSidecars {
+        let dir = std::env::temp_dir().join(format!(
+            "machnet-{tag}-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let pool = free_udp_pool(ips, 8);
+        let sidecars = ips
+            .iter()
+            .enumerate()
+            .map(|(i, &ip)| {
+                let mut c = SidecarConfig::new();
+                c.local_ip = ip;
+                c.engines = engines;
+                c.control_socket = dir.join(format!("sidecar-{i}.sock"));
+                c.stats_interval = None;
+                c.udp_ports = pool;
+                Some(Sidecar::start(c).unwrap_or_else(|e| panic!("sidecar on {ip}: {e}")))
+            })
+            .collect();
+        LoopbackSidecars { sidecars, dir }
+    }
+
+    /// The control socket of the `i`-th sidecar (in the order of `ips`).
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("sidecar-{i}.sock"))
+    }
+
+    /// The temporary directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes the `i`-th sidecar out (to shut it down in the middle of a test).
+    pub fn take(&mut self, i: usize) -> Option<Sidecar> {
+        self.sidecars.get_mut(i)?.take()
+    }
+}
+
+impl Drop for LoopbackSidecars {
+    fn drop(&mut self) {
+        for s in self.sidecars.iter_mut().rev().filter_map(Option::take) {
+            s.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

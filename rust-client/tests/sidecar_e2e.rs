@@ -3,68 +3,31 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use machnet::{CloseCode, ConnectError, Machnet, RecvError, SendError};
-use machnet_sidecar::{Sidecar, SidecarConfig};
+use machnet_sidecar::testing::LoopbackSidecars;
 
 const IP_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const IP_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const PORT: u16 = 888;
 const T: Duration = Duration::from_secs(10);
 
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
-struct Pair {
-    a: Option<Sidecar>,
-    b: Option<Sidecar>,
-    dir: PathBuf,
-}
+/// Sidecar A (127.0.0.1, index 0) and B (127.0.0.2, index 1).
+struct Pair(LoopbackSidecars);
 
 impl Pair {
     fn new(engines: u16) -> Pair {
-        let dir = std::env::temp_dir().join(format!(
-            "machnet-client-e2e-{}-{}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pool = machnet_sidecar::testing::free_udp_pool(&[IP_A, IP_B], 4);
-        let cfg = |ip, name: &str| {
-            let mut c = SidecarConfig::new();
-            c.local_ip = ip;
-            c.engines = engines;
-            c.control_socket = dir.join(name);
-            c.stats_interval = None;
-            c.udp_ports = pool;
-            c
-        };
-        let a = Sidecar::start(cfg(IP_A, "a.sock")).expect("sidecar A starts");
-        let b = Sidecar::start(cfg(IP_B, "b.sock")).expect("sidecar B starts");
-        Pair {
-            a: Some(a),
-            b: Some(b),
-            dir,
-        }
+        Pair(LoopbackSidecars::start(
+            "client-e2e",
+            &[IP_A, IP_B],
+            engines,
+        ))
     }
 
     fn sock(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        if let Some(s) = self.b.take() {
-            s.shutdown();
-        }
-        if let Some(s) = self.a.take() {
-            s.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.0.socket(if name == "a.sock" { 0 } else { 1 })
     }
 }
 
@@ -174,7 +137,7 @@ fn a_sidecar_shutdown_ends_a_blocked_recv() {
     let mut p = Pair::new(1);
     let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
     let mut ch = m.open_channel(None).unwrap();
-    let b = p.b.take().unwrap();
+    let b = p.0.take(1).unwrap();
     let stopper = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         b.shutdown();

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use machnet::{Channel, CloseCode, ConnectError, Event, Flow, Machnet, SendError};
-use machnet_sidecar::{Sidecar, SidecarConfig};
+use machnet_sidecar::testing::LoopbackSidecars;
 use serde_json::Value;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -32,32 +32,17 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 struct World {
-    sidecars: Vec<Sidecar>,
-    dir: PathBuf,
     stop: Arc<AtomicBool>,
     apps: Vec<JoinHandle<()>>,
+    // Dropped after the apps stopped (see Drop).
+    sidecars: LoopbackSidecars,
 }
 
 impl World {
     fn start() -> World {
-        let dir = std::env::temp_dir().join(format!("machnet-conformance-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER_IP, CLIENT_IP], 8);
-        let sidecars = [(SERVER_IP, "server.sock"), (CLIENT_IP, "client.sock")]
-            .into_iter()
-            .map(|(ip, name)| {
-                let mut c = SidecarConfig::new();
-                c.local_ip = ip;
-                c.engines = 2;
-                c.control_socket = dir.join(name);
-                c.stats_interval = None;
-                c.udp_ports = pool;
-                Sidecar::start(c).expect("sidecar starts")
-            })
-            .collect();
+        let sidecars = LoopbackSidecars::start("conformance", &[SERVER_IP, CLIENT_IP], 2);
         let stop = Arc::new(AtomicBool::new(false));
-        let server_sock = dir.join("server.sock");
+        let server_sock = sidecars.socket(0);
         let apps = vec![
             app(&server_sock, ECHO_PORT, &stop, |ch, stop| {
                 let mut buf = vec![0u8; ch.max_message_len() as usize];
@@ -75,15 +60,18 @@ impl World {
             }),
         ];
         World {
-            sidecars,
-            dir,
             stop,
             apps,
+            sidecars,
         }
     }
 
+    fn server_socket(&self) -> PathBuf {
+        self.sidecars.socket(0)
+    }
+
     fn client(&self) -> (Machnet, Channel) {
-        let m = Machnet::attach_at(self.dir.join("client.sock")).unwrap();
+        let m = Machnet::attach_at(self.sidecars.socket(1)).unwrap();
         let ch = m.open_channel(None).unwrap();
         (m, ch)
     }
@@ -95,10 +83,6 @@ impl Drop for World {
         for a in self.apps.drain(..) {
             let _ = a.join();
         }
-        for s in self.sidecars.drain(..) {
-            s.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -217,7 +201,7 @@ fn run(w: &World, case: &Value) {
         }
         "peer_goes_away" => {
             let port = field(case, "port") as u16;
-            let m = Machnet::attach_at(w.dir.join("server.sock")).unwrap();
+            let m = Machnet::attach_at(w.server_socket()).unwrap();
             let mut server = m.open_channel(None).unwrap();
             server.listen(port).unwrap();
             let flow = ch.connect(SERVER_IP, port).unwrap();

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,18 +13,15 @@ use machnet_kv::client::{Conn, MachnetConn, TcpConn};
 use machnet_kv::protocol::{op, parse_scan, Request, Response, Status, MAX_VALUE};
 use machnet_kv::server;
 use machnet_kv::store::Store;
-use machnet_sidecar::{Sidecar, SidecarConfig};
+use machnet_sidecar::testing::LoopbackSidecars;
 
 const IP_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const IP_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const PORT: u16 = 900;
 
-static DIRS: AtomicU32 = AtomicU32::new(0);
-
 /// Two sidecars and a KV server attached to A (Machnet) and listening on TCP.
 struct Setup {
-    sidecars: Vec<Sidecar>,
-    dir: PathBuf,
+    sidecars: LoopbackSidecars,
     stop: Arc<AtomicBool>,
     server: Option<std::thread::JoinHandle<()>>,
     tcp: SocketAddr,
@@ -32,34 +29,15 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
-        let dir = std::env::temp_dir().join(format!(
-            "machnet-kv-e2e-{}-{}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let pool = machnet_sidecar::testing::free_udp_pool(&[IP_A, IP_B], 4);
-        let sidecars = [(IP_A, "a.sock"), (IP_B, "b.sock")]
-            .into_iter()
-            .map(|(ip, name)| {
-                let mut c = SidecarConfig::new();
-                c.local_ip = ip;
-                c.engines = 2;
-                c.control_socket = dir.join(name);
-                c.stats_interval = None;
-                c.udp_ports = pool;
-                Sidecar::start(c).expect("sidecar starts")
-            })
-            .collect();
-        let store = Arc::new(Store::open(&dir.join("kv.redb"), false).expect("store"));
+        let sidecars = LoopbackSidecars::start("kv-e2e", &[IP_A, IP_B], 2);
+        let store = Arc::new(Store::open(&sidecars.dir().join("kv.redb"), false).expect("store"));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let tcp = listener.local_addr().unwrap();
         let tcp_store = store.clone();
         std::thread::spawn(move || server::serve_tcp(listener, tcp_store));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let sock = dir.join("a.sock");
+        let sock = sidecars.socket(0);
         let s = stop.clone();
         let server = std::thread::spawn(move || {
             let machnet = Machnet::attach_at(&sock).unwrap();
@@ -73,28 +51,28 @@ impl Setup {
             .expect("server up");
         Setup {
             sidecars,
-            dir,
             stop,
             server: Some(server),
             tcp,
         }
     }
 
+    fn client_socket(&self) -> PathBuf {
+        self.sidecars.socket(1)
+    }
+
     fn machnet(&self) -> MachnetConn {
-        MachnetConn::connect(&self.dir.join("b.sock"), IP_A, PORT).expect("connect")
+        MachnetConn::connect(&self.client_socket(), IP_A, PORT).expect("connect")
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // The server first; the sidecars shut down after this (field drop).
         self.stop.store(true, Ordering::SeqCst);
         if let Some(s) = self.server.take() {
             let _ = s.join();
         }
-        for s in self.sidecars.drain(..) {
-            s.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -251,7 +229,7 @@ fn load_generator_verifies_every_answer_on_both_transports() {
         seed: 7,
     };
     bench::preload(&mut s.machnet(), cfg.keys, cfg.value_size).unwrap();
-    let sock = s.dir.join("b.sock");
+    let sock = s.client_socket();
     let machnet: Connector =
         Arc::new(move || Ok(Box::new(MachnetConn::connect(&sock, IP_A, PORT)?) as Box<dyn Conn>));
     let r = bench::run("machnet", machnet, &cfg).unwrap();
@@ -276,7 +254,7 @@ fn load_generator_verifies_every_answer_on_both_transports() {
         connections: 1,
         ..cfg
     };
-    let sock = s.dir.join("b.sock");
+    let sock = s.client_socket();
     let machnet: Connector =
         Arc::new(move || Ok(Box::new(MachnetConn::connect(&sock, IP_A, PORT)?) as Box<dyn Conn>));
     let e = bench::run("machnet", machnet, &one_key).unwrap_err();
