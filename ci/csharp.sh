@@ -204,15 +204,7 @@ if cs_json=$(cd "$APP" && timeout 120 mono machnet-echo-cs.exe --socket "$DIR/b.
     --port "$ECHO_PORT" --size 64 --window 1 --duration "$DUR" --warmup 0.5 --json) &&
     rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
         --port "$ECHO_PORT" --size 64 --window 1 --duration "$DUR" --warmup 0.5 --json) &&
-    python3 - "$cs_json" "$rust_json" <<'PY'
-import json, sys
-for name, raw in (("c#", sys.argv[1]), ("rust", sys.argv[2])):
-    r = json.loads(raw)
-    t = r["rtt_us"]
-    assert r["mismatches"] == 0 and r["messages"] > 0, r
-    print(f"echo 64 B window 1, {name:4}: {r['msgs_per_sec']:9.0f} msg/s  "
-          f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
-PY
+    print_echo_pair "c#" "$cs_json" "$rust_json"
 then
     pass "cs_echo_client (RTT report, every echo verified)"
 else

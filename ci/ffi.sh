@@ -72,65 +72,24 @@ else
     fail "c_static_link"
 fi
 
-# ----- sidecars -----
-# A UDP port range free on both addresses (other jobs may share this machine).
-POOL=$(python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 45000)
-    socks = []
-    try:
-        for ip in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
-            for p in range(base, base + 8):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((ip, p))
-        print(base)
-        break
-    except OSError:
-        pass
-    finally:
-        for s in socks:
-            s.close()
-PY
-)
-start_sidecar() { # name ip
-    "$REL/machnet" --local-ip "$2" --control-socket "$DIR/$1.sock" --allow-user "$(id -u)" \
-        --udp-port-base "$POOL" --udp-port-count 8 --stats-interval 0 >"$DIR/$1.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 200); do
-        [ -S "$DIR/$1.sock" ] && return 0
-        kill -0 "${PIDS[-1]}" 2>/dev/null || break
-        sleep 0.05
-    done
-    echo "sidecar $1 did not start:" >&2
-    cat "$DIR/$1.log" >&2
-    return 1
-}
-if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 || ! start_sidecar b 127.0.0.2; then
+# ----- sidecars (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
+. ci/lib/sidecars.sh
+POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)  # .3: a sidecar a test kills
+if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" ||
+    ! start_sidecar b 127.0.0.2 "$REL/machnet" "$DIR" "$POOL"; then
     fail "sidecars start"
     finish
 fi
 "$REL/machnet-echo" server --socket "$DIR/a.sock" --port "$ECHO_PORT" 2>"$DIR/echo.log" &
 PIDS+=($!)
-for _ in $(seq 200); do
-    grep -q "listening on" "$DIR/echo.log" 2>/dev/null && break
-    sleep 0.05
-done
-if ! grep -q "listening on" "$DIR/echo.log"; then
-    cat "$DIR/echo.log" >&2
+if ! wait_for_line "$DIR/echo.log" "listening on"; then
     fail "echo server starts"
     finish
 fi
 # The KV app of the conformance cases (in-memory store).
 "$REL/machnet-kv" server --socket "$DIR/a.sock" --port "$KV_PORT" 2>"$DIR/kv.log" &
 PIDS+=($!)
-for _ in $(seq 200); do
-    grep -q "listening on" "$DIR/kv.log" 2>/dev/null && break
-    sleep 0.05
-done
-if ! grep -q "listening on" "$DIR/kv.log"; then
-    cat "$DIR/kv.log" >&2
+if ! wait_for_line "$DIR/kv.log" "listening on"; then
     fail "kv server starts"
     finish
 fi
@@ -196,15 +155,7 @@ if command -v go >/dev/null; then
         --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
         rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
             --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
-        python3 - "$go_json" "$rust_json" <<'PY'
-import json, sys
-for name, raw in (("go", sys.argv[1]), ("rust", sys.argv[2])):
-    r = json.loads(raw)
-    t = r["rtt_us"]
-    assert r["mismatches"] == 0 and r["messages"] > 0, r
-    print(f"echo 64 B window 1, {name:4}: {r['msgs_per_sec']:9.0f} msg/s  "
-          f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
-PY
+        print_echo_pair go "$go_json" "$rust_json"
     then
         pass "go_echo_client (RTT report, every echo verified)"
     else

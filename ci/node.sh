@@ -15,7 +15,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-START=$(date +%s)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
@@ -23,33 +22,17 @@ BENCH_DURATION=${BENCH_DURATION:-3}
 ECHO_PORT=888
 KV_PORT=900
 
-WORK=$(mktemp -d -t machnet-node-ci.XXXXXX)
-PASSED=0
-FAILED=0
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAILED: $*" >&2; }
-finish() {
-    echo "node.sh wall time: $(( $(date +%s) - START )) s"
-    echo "RESULT: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
-    exit $?
-}
-die() { fail "$*"; finish; }
+SUITE=node
+# shellcheck source=lib/suite.sh
+. ci/lib/suite.sh
+WORK=$DIR
 
 echo "== npm ci"
 (cd node && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci"
 
 echo "== addon (napi build --release)"
 (cd node && npm run --silent build) || die "napi build"
-ok "addon built"
+pass "addon built"
 
 echo "== npm pack"
 (cd node && npm pack --pack-destination "$WORK" --loglevel=error >"$WORK/pack.txt") || die "npm pack"
@@ -67,7 +50,7 @@ mkdir -p "$APP"
     if (!require.resolve("machnet").startsWith(process.cwd() + "/node_modules/")) throw new Error("not the installed copy")
     if (typeof m.attach !== "function" || typeof m.Channel.prototype[Symbol.asyncIterator] !== "function") throw new Error("API missing")
     console.log("machnet", require("machnet/package.json").version, "loads from", require.resolve("machnet"))') \
-    && ok "tarball installs and loads without Rust" || fail "tarball load"
+    && pass "tarball installs and loads without Rust" || fail "tarball load"
 
 echo "== tsc --strict on the usage file"
 mkdir -p "$APP/ts"
@@ -81,12 +64,12 @@ cat >"$APP/ts/tsconfig.json" <<JSON
   "files": ["usage.ts"]
 }
 JSON
-(cd "$APP/ts" && "$ROOT/node/node_modules/.bin/tsc" -p tsconfig.json) && ok "tsc --strict" || fail "tsc --strict"
+(cd "$APP/ts" && "$ROOT/node/node_modules/.bin/tsc" -p tsconfig.json) && pass "tsc --strict" || fail "tsc --strict"
 
 echo "== rustfmt + clippy on the addon crate"
-cargo fmt --manifest-path node/Cargo.toml -- --check && ok "rustfmt" || fail "rustfmt"
+cargo fmt --manifest-path node/Cargo.toml -- --check && pass "rustfmt" || fail "rustfmt"
 cargo clippy --quiet --release --manifest-path node/Cargo.toml --all-targets -- -D warnings \
-    && ok "clippy" || fail "clippy"
+    && pass "clippy" || fail "clippy"
 
 echo "== sidecar, echo and KV binaries"
 cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
@@ -149,7 +132,7 @@ if [ "$BENCH_DURATION" != 0 ]; then
         const n = pick("machnet-node"), r = rows.find((x) => x.mode !== "machnet-node")
         const diff = (a, b) => `${a >= b ? "+" : ""}${(a - b).toFixed(1)} us`
         if (n && r) console.log(`Node/Rust RTT at 64 B, window 1: p50 ${(n.rtt_us.p50 / r.rtt_us.p50).toFixed(2)}x (${diff(n.rtt_us.p50, r.rtt_us.p50)}), p99 ${(n.rtt_us.p99 / r.rtt_us.p99).toFixed(2)}x (${diff(n.rtt_us.p99, r.rtt_us.p99)})`)
-    ' "$WORK/bench.jsonl" && ok "echo benchmark (Node vs Rust)" || fail "benchmark report"
+    ' "$WORK/bench.jsonl" && pass "echo benchmark (Node vs Rust)" || fail "benchmark report"
 fi
 
 finish

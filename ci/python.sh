@@ -14,7 +14,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-START=$(date +%s)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
@@ -26,26 +25,15 @@ ZIGLANG=ziglang==0.17.1
 PYTEST=pytest==9.2.0
 MYPY=mypy==2.4.1
 
-WORK=$(mktemp -d -t machnet-python-ci.XXXXXX)
-PASSED=0
-FAILED=0
 PYTEST_PGID=
-cleanup() {
-    # pytest runs in its own process group (setsid): stop it and the sidecars it started.
+# pytest runs in its own process group (setsid): stop it and the sidecars it started.
+suite_on_exit() {
     if [ -n "$PYTEST_PGID" ]; then kill -TERM -- "-$PYTEST_PGID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
-
-ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAILED: $*" >&2; }
-finish() {
-    echo "python.sh wall time: $(( $(date +%s) - START )) s"
-    echo "RESULT: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]
-    exit $?
-}
-die() { fail "$*"; finish; }
+SUITE=python
+# shellcheck source=lib/suite.sh
+. ci/lib/suite.sh
+WORK=$DIR
 
 echo "== tools (build venv, kept in the target dir between runs)"
 BUILD_VENV=$TARGET/python-build-venv
@@ -63,14 +51,14 @@ fi
     -o "$WORK/wheels") || die "maturin build"
 WHEEL=$(ls "$WORK"/wheels/machnet-*.whl)
 echo "built $(basename "$WHEEL")"
-ok "wheel built"
+pass "wheel built"
 
 echo "== fresh virtualenv with the wheel (a new temporary directory each run)"
 "$PY" -m venv "$WORK/venv" || die "venv"
 V=$WORK/venv/bin
 "$V/pip" install -q --disable-pip-version-check "$WHEEL" "$PYTEST" "$MYPY" || die "pip install wheel"
 (cd "$WORK" && "$V/python" -c 'import machnet, sys; assert "site-packages" in machnet.__file__, machnet.__file__; print("machnet", machnet.__version__, "from", machnet.__file__)') \
-    && ok "wheel installs and imports" || fail "wheel import"
+    && pass "wheel installs and imports" || fail "wheel import"
 
 echo "== sidecar, echo and KV binaries"
 cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
@@ -79,12 +67,12 @@ export MACHNET_BIN_DIR=$TARGET/release
 export MACHNET_CONFORMANCE_CASES=$ROOT/conformance/cases.json
 
 echo "== mypy (strict) on the package, tests and benchmark"
-(cd python && "$V/mypy" --cache-dir "$WORK/mypy-cache") && ok "mypy" || fail "mypy"
+(cd python && "$V/mypy" --cache-dir "$WORK/mypy-cache") && pass "mypy" || fail "mypy"
 
 echo "== rustfmt + clippy on the extension crate"
-cargo fmt --manifest-path python/Cargo.toml -- --check && ok "rustfmt" || fail "rustfmt"
+cargo fmt --manifest-path python/Cargo.toml -- --check && pass "rustfmt" || fail "rustfmt"
 PYO3_PYTHON="$V/python" cargo clippy --quiet --release --manifest-path python/Cargo.toml \
-    --all-targets -- -D warnings && ok "clippy" || fail "clippy"
+    --all-targets -- -D warnings && pass "clippy" || fail "clippy"
 
 echo "== pytest"
 TESTS_START=$(date +%s)
@@ -114,7 +102,7 @@ echo "pytest took $(( $(date +%s) - TESTS_START )) s"
 
 echo "== benchmark: Python vs Rust echo client, 64 B, window 1 (informational)"
 (cd python/tests && "$V/python" ../bench/compare.py --duration "${BENCH_DURATION:-2}" \
-    --warmup 0.5 --rounds "${BENCH_ROUNDS:-3}" --asyncio) && ok "benchmark ran, every echo verified" \
+    --warmup 0.5 --rounds "${BENCH_ROUNDS:-3}" --asyncio) && pass "benchmark ran, every echo verified" \
     || fail "benchmark"
 
 finish

@@ -6,6 +6,9 @@
 #                                    starts BIN on IP with control socket DIR/NAME.sock and log
 #                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
 #   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
+#   print_echo_pair NAME JSON RUST_JSON
+#                                    prints a binding's echo client report next to the Rust
+#                                    client's (both JSON); fails unless both echoed everything
 #
 # Other jobs may share the machine, so never assume the default port pool is free.
 
@@ -61,4 +64,17 @@ wait_for_line() {
     echo "timed out waiting for '$2' in $1:" >&2
     cat "$1" >&2
     return 1
+}
+
+print_echo_pair() {
+    python3 - "$@" <<'PY'
+import json, sys
+name = sys.argv[1]
+for label, raw in ((name, sys.argv[2]), ("rust", sys.argv[3])):
+    r = json.loads(raw)
+    t = r["rtt_us"]
+    assert r["mismatches"] == 0 and r["messages"] > 0, r
+    print(f"echo 64 B window 1, {label:4}: {r['msgs_per_sec']:9.0f} msg/s  "
+          f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
+PY
 }
