@@ -92,25 +92,10 @@ else
     fail "xml_docs (Machnet.xml lacks Channel.Send)"
 fi
 
-# ----- sidecars (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
+# ----- sidecars and apps (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
 . ci/lib/sidecars.sh
-POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)  # .3: a sidecar a test kills
-if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" ||
-    ! start_sidecar b 127.0.0.2 "$REL/machnet" "$DIR" "$POOL"; then
-    fail "sidecars start"
-    finish
-fi
-"$REL/machnet-echo" server --socket "$DIR/a.sock" --port "$ECHO_PORT" 2>"$DIR/echo.log" &
-PIDS+=($!)
-if ! wait_for_line "$DIR/echo.log" "listening on"; then
-    fail "echo server starts"
-    finish
-fi
-# The KV app of the conformance cases (in-memory store).
-"$REL/machnet-kv" server --socket "$DIR/a.sock" --port "$KV_PORT" 2>"$DIR/kv.log" &
-PIDS+=($!)
-if ! wait_for_line "$DIR/kv.log" "listening on"; then
-    fail "kv server starts"
+if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT"; then
+    fail "sidecars, echo and kv servers start"
     finish
 fi
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \

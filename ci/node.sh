@@ -75,22 +75,10 @@ echo "== sidecar, echo and KV binaries"
 cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
 BIN=$TARGET/release
 
-# Shared with the other scripts: a free UDP port pool (other jobs may share the machine) and
-# the sidecar start.
+# Shared with the other scripts: sidecars on a free UDP port pool, the echo and KV apps.
 # shellcheck source=lib/sidecars.sh
 . ci/lib/sidecars.sh
-POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)
-[ -n "$POOL" ] || die "no free UDP port range"
-start_sidecar a 127.0.0.1 "$BIN/machnet" "$WORK" "$POOL" || die "sidecar a"
-start_sidecar b 127.0.0.2 "$BIN/machnet" "$WORK" "$POOL" || die "sidecar b"
-"$BIN/machnet-echo" server --socket "$WORK/a.sock" --port "$ECHO_PORT" 2>"$WORK/server.log" &
-PIDS+=($!)
-sleep 0.3
-kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$WORK/server.log" >&2; die "echo server"; }
-# The conformance cases' KV app (in-memory store); it logs "listening on" once it listens.
-"$BIN/machnet-kv" server --socket "$WORK/a.sock" --port "$KV_PORT" 2>"$WORK/kv.log" &
-PIDS+=($!)
-wait_for_line "$WORK/kv.log" "listening on" || die "kv server"
+start_test_apps "$BIN" "$WORK" "$ECHO_PORT" "$KV_PORT" || die "sidecars, echo and kv servers start"
 
 echo "== node --test (the installed package)"
 mkdir -p "$APP/test"

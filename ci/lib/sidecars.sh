@@ -6,6 +6,11 @@
 #                                    starts BIN on IP with control socket DIR/NAME.sock and log
 #                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
 #   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
+#   start_test_apps BIN DIR ECHO_PORT KV_PORT
+#                                    the binding suites' set-up: sets POOL (free on 127.0.0.1-3),
+#                                    starts sidecars a (127.0.0.1) and b (127.0.0.2), then
+#                                    `machnet-echo server` and `machnet-kv server` on a; BIN holds
+#                                    the binaries. Prints what failed and returns 1 on failure
 #   print_echo_pair NAME JSON RUST_JSON
 #                                    prints a binding's echo client report next to the Rust
 #                                    client's (both JSON); fails unless both echoed everything
@@ -77,4 +82,22 @@ for label, raw in ((name, sys.argv[2]), ("rust", sys.argv[3])):
     print(f"echo 64 B window 1, {label:4}: {r['msgs_per_sec']:9.0f} msg/s  "
           f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
 PY
+}
+
+start_test_apps() {
+    local bin=$1 dir=$2 echo_port=$3 kv_port=$4
+    POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3) # .3: for a sidecar a test starts
+    if [ -z "$POOL" ]; then
+        echo "no free UDP port range on 127.0.0.1-3" >&2
+        return 1
+    fi
+    start_sidecar a 127.0.0.1 "$bin/machnet" "$dir" "$POOL" || return 1
+    start_sidecar b 127.0.0.2 "$bin/machnet" "$dir" "$POOL" || return 1
+    "$bin/machnet-echo" server --socket "$dir/a.sock" --port "$echo_port" 2>"$dir/echo.log" &
+    PIDS+=($!)
+    wait_for_line "$dir/echo.log" "listening on" || return 1
+    # The KV app of the conformance cases (in-memory store).
+    "$bin/machnet-kv" server --socket "$dir/a.sock" --port "$kv_port" 2>"$dir/kv.log" &
+    PIDS+=($!)
+    wait_for_line "$dir/kv.log" "listening on"
 }
