@@ -167,6 +167,13 @@ func TestSnapshotInstall(t *testing.T) {
 		c := RaftConfig(id, os.Stderr)
 		c.TrailingLogs = 5
 		c.SnapshotThreshold = 1 << 20 // only the explicit snapshot below
+		// Under -race on two cores, both followers restoring a multi-MiB snapshot in this one
+		// process starve the goroutines that answer heartbeats: answers then took 100 ms to 1 s
+		// (without -race: none over 100 ms), and a 500 ms lease cost the leader its leadership
+		// during AddVoter. This test is about snapshot transfer, not lease timing.
+		c.HeartbeatTimeout = 3 * time.Second
+		c.ElectionTimeout = 3 * time.Second
+		c.LeaderLeaseTimeout = 3 * time.Second
 		return c
 	}
 	first, err := StartNode(conf(ids[0]), trans[0],
@@ -203,9 +210,14 @@ func TestSnapshotInstall(t *testing.T) {
 	if err := WaitApplied(nodes, len(cmds), applyWait); err != nil {
 		t.Fatal(err)
 	}
+	// The FSM shows the restored state a moment before raft records the installed snapshot.
 	for _, n := range nodes[1:] {
-		if s := n.Raft.Stats()["last_snapshot_index"]; s == "0" || s == "" {
-			t.Fatalf("%s caught up without installing a snapshot (last_snapshot_index %q)", n.ID, s)
+		deadline := time.Now().Add(5 * time.Second)
+		for s := n.Raft.Stats()["last_snapshot_index"]; s == "0" || s == ""; s = n.Raft.Stats()["last_snapshot_index"] {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s caught up without installing a snapshot (last_snapshot_index %q)", n.ID, s)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	more := commands(r, "z", 10, 80)

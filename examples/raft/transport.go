@@ -10,10 +10,13 @@
 // receiver collects them and hands raft the whole snapshot.
 //
 // Flows and channels: a Transport owns one listening channel (incoming RPCs; responses go back
-// on the flow they came on) and, per peer, one outgoing channel with one flow. Each channel
-// has exactly one receiving goroutine; sends come from any goroutine (the binding's Channel is
-// safe for concurrent use). A peer whose flow fails or whose RPC times out is dropped and
-// reconnected on the next RPC.
+// on the flow they came on) and, per peer, up to three outgoing lanes, each its own channel with
+// one flow: heartbeats, snapshots and everything else. A Machnet flow delivers in order, so
+// sharing one would queue a heartbeat behind megabytes of snapshot and cost the leader its lease
+// (NetworkTransport likewise gives concurrent RPCs their own connections). Each channel has
+// exactly one receiving goroutine; sends come from any goroutine (the binding's Channel is safe
+// for concurrent use). A lane whose flow fails or whose RPC times out is dropped and reconnected
+// on the next RPC.
 package machnetraft
 
 import (
@@ -99,8 +102,8 @@ type Transport struct {
 	hbFn      func(raft.RPC)
 
 	mu      sync.Mutex
-	peers   map[raft.ServerAddress]*peer
-	dialing map[raft.ServerAddress]chan struct{}
+	peers   map[laneKey]*peer
+	dialing map[laneKey]chan struct{}
 	closed  bool
 
 	shutdown chan struct{}
@@ -140,8 +143,8 @@ func NewTransport(cfg Config) (*Transport, error) {
 		log:       cfg.Logger,
 		consumeCh: make(chan raft.RPC),
 		queue:     make(chan raft.RPC, 1024),
-		peers:     make(map[raft.ServerAddress]*peer),
-		dialing:   make(map[raft.ServerAddress]chan struct{}),
+		peers:     make(map[laneKey]*peer),
+		dialing:   make(map[laneKey]chan struct{}),
 		shutdown:  make(chan struct{}),
 	}
 	t.wg.Add(2)
@@ -185,7 +188,7 @@ func (t *Transport) Close() error {
 	for _, p := range t.peers {
 		peers = append(peers, p)
 	}
-	t.peers = map[raft.ServerAddress]*peer{}
+	t.peers = map[laneKey]*peer{}
 	t.mu.Unlock()
 	for _, p := range peers {
 		p.fail(raft.ErrTransportShutdown)
@@ -197,9 +200,25 @@ func (t *Transport) Close() error {
 
 // ---------------------------------------------------------------- outgoing side
 
-// peer is one outgoing flow (on its own channel) and its outstanding requests.
+// lane says which of a peer's outgoing flows an RPC takes.
+type lane uint8
+
+const (
+	laneRPC       lane = iota // votes, AppendEntries with entries, pipelines, TimeoutNow
+	laneHeartbeat             // AppendEntries without entries (raft's heartbeat goroutine)
+	laneSnapshot              // InstallSnapshot: megabytes that must not delay the others
+)
+
+type laneKey struct {
+	addr raft.ServerAddress
+	lane lane
+}
+
+// peer is one outgoing flow (on its own channel) to one peer's lane and its outstanding
+// requests.
 type peer struct {
 	t    *Transport
+	key  laneKey
 	addr raft.ServerAddress
 	ch   *machnet.Channel
 	flow machnet.Flow
@@ -209,18 +228,19 @@ type peer struct {
 	err     error // set once the peer failed
 }
 
-func (t *Transport) getPeer(target raft.ServerAddress) (*peer, error) {
+func (t *Transport) getPeer(target raft.ServerAddress, l lane) (*peer, error) {
+	key := laneKey{target, l}
 	for {
 		t.mu.Lock()
 		if t.closed {
 			t.mu.Unlock()
 			return nil, raft.ErrTransportShutdown
 		}
-		if p := t.peers[target]; p != nil {
+		if p := t.peers[key]; p != nil {
 			t.mu.Unlock()
 			return p, nil
 		}
-		if wait := t.dialing[target]; wait != nil {
+		if wait := t.dialing[key]; wait != nil {
 			t.mu.Unlock()
 			select {
 			case <-wait:
@@ -230,12 +250,12 @@ func (t *Transport) getPeer(target raft.ServerAddress) (*peer, error) {
 			}
 		}
 		wait := make(chan struct{})
-		t.dialing[target] = wait
+		t.dialing[key] = wait
 		t.mu.Unlock()
 
-		p, err := t.dial(target)
+		p, err := t.dial(key)
 		t.mu.Lock()
-		delete(t.dialing, target)
+		delete(t.dialing, key)
 		close(wait)
 		if err == nil {
 			if t.closed {
@@ -243,14 +263,15 @@ func (t *Transport) getPeer(target raft.ServerAddress) (*peer, error) {
 				p.fail(raft.ErrTransportShutdown)
 				return nil, raft.ErrTransportShutdown
 			}
-			t.peers[target] = p
+			t.peers[key] = p
 		}
 		t.mu.Unlock()
 		return p, err
 	}
 }
 
-func (t *Transport) dial(target raft.ServerAddress) (*peer, error) {
+func (t *Transport) dial(key laneKey) (*peer, error) {
+	target := key.addr
 	host, portStr, err := net.SplitHostPort(string(target))
 	if err != nil {
 		return nil, err
@@ -274,7 +295,7 @@ func (t *Transport) dial(target raft.ServerAddress) (*peer, error) {
 		_ = ch.Close()
 		return nil, fmt.Errorf("machnet raft transport: connect %s: %w", target, err)
 	}
-	p := &peer{t: t, addr: target, ch: ch, flow: flow, pending: make(map[uint64]chan []byte)}
+	p := &peer{t: t, key: key, addr: target, ch: ch, flow: flow, pending: make(map[uint64]chan []byte)}
 	t.wg.Add(1)
 	go p.receive()
 	return p, nil
@@ -326,8 +347,8 @@ func (p *peer) fail(err error) {
 		close(c)
 	}
 	p.t.mu.Lock()
-	if p.t.peers[p.addr] == p {
-		delete(p.t.peers, p.addr)
+	if p.t.peers[p.key] == p {
+		delete(p.t.peers, p.key)
 	}
 	p.t.mu.Unlock()
 	if !errors.Is(err, raft.ErrTransportShutdown) {
@@ -412,12 +433,12 @@ func decodeResponse(msg []byte, resp interface{}) error {
 	return nil
 }
 
-func (t *Transport) call(target raft.ServerAddress, kind byte, args, resp interface{}) error {
+func (t *Transport) call(target raft.ServerAddress, l lane, kind byte, args, resp interface{}) error {
 	msg, err := encode(kind, args)
 	if err != nil {
 		return err
 	}
-	p, err := t.getPeer(target)
+	p, err := t.getPeer(target, l)
 	if err != nil {
 		return err
 	}
@@ -430,22 +451,26 @@ func (t *Transport) call(target raft.ServerAddress, kind byte, args, resp interf
 
 // AppendEntries implements raft.Transport.
 func (t *Transport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	return t.call(target, kindAppendEntries, args, resp)
+	l := laneRPC
+	if isHeartbeat(args) {
+		l = laneHeartbeat
+	}
+	return t.call(target, l, kindAppendEntries, args, resp)
 }
 
 // RequestVote implements raft.Transport.
 func (t *Transport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return t.call(target, kindRequestVote, args, resp)
+	return t.call(target, laneRPC, kindRequestVote, args, resp)
 }
 
 // RequestPreVote implements raft.WithPreVote.
 func (t *Transport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return t.call(target, kindRequestPreVote, args, resp)
+	return t.call(target, laneRPC, kindRequestPreVote, args, resp)
 }
 
 // TimeoutNow implements raft.Transport.
 func (t *Transport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return t.call(target, kindTimeoutNow, args, resp)
+	return t.call(target, laneRPC, kindTimeoutNow, args, resp)
 }
 
 // InstallSnapshot implements raft.Transport: it reads args.Size bytes from data and sends them
@@ -473,7 +498,7 @@ func (t *Transport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, 
 		msgs = append(msgs, m)
 		left -= n
 	}
-	p, err := t.getPeer(target)
+	p, err := t.getPeer(target, laneSnapshot)
 	if err != nil {
 		return err
 	}
@@ -489,7 +514,7 @@ func (t *Transport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, 
 // AppendEntriesPipeline implements raft.Transport: requests go out back to back on the peer's
 // flow and their responses are delivered in order.
 func (t *Transport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
-	p, err := t.getPeer(target)
+	p, err := t.getPeer(target, laneRPC)
 	if err != nil {
 		return nil, err
 	}

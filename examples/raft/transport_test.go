@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/raft"
 )
 
@@ -246,11 +247,25 @@ func TestTransportSnapshotAndPipeline(t *testing.T) {
 		t.Fatalf("snapshot differs after transfer (%d bytes received, %d sent)", len(gotSnap), len(snap))
 	}
 
+	// A heartbeat takes its own lane: it must never queue behind a snapshot on one flow.
+	hb := &raft.AppendEntriesRequest{RPCHeader: raft.RPCHeader{Addr: []byte(a.LocalAddr())}, Term: 5}
+	if err := a.AppendEntries("b", b.LocalAddr(), hb, &raft.AppendEntriesResponse{}); err != nil {
+		t.Fatalf("heartbeat: %v", err)
+	}
 	pl, err := a.AppendEntriesPipeline("b", b.LocalAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pl.Close()
+	a.mu.Lock()
+	flows := map[machnet.Flow]lane{}
+	for k, p := range a.peers {
+		flows[p.flow] = k.lane
+	}
+	a.mu.Unlock()
+	if len(flows) != 3 {
+		t.Fatalf("snapshot, heartbeat and pipeline to one peer use %d distinct flows (lanes %v), want 3", len(flows), flows)
+	}
 	const n = 200
 	go func() {
 		for i := 0; i < n; i++ {
