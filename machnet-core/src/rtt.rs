@@ -40,6 +40,14 @@ impl RttEstimator {
         }
     }
 
+    /// A retransmission timeout proved spurious and `sample` is the RTT that caused it: make the
+    /// next RTO outlast such a delay (RFC 4015 §4.2: SRTT ≥ sample, RTTVAR ≥ sample / 2).
+    pub fn on_spurious_timeout(&mut self, sample: Duration) {
+        self.latest = Some(sample);
+        self.srtt = Some(self.srtt.map_or(sample, |s| s.max(sample)));
+        self.rttvar = self.rttvar.max(sample / 2);
+    }
+
     /// Smoothed RTT, if any sample was taken.
     pub fn smoothed(&self) -> Option<Duration> {
         self.srtt

@@ -522,3 +522,90 @@ fn half_open_flows_are_bounded_and_reclaimed() {
     }
     assert_eq!(b.flow_count(), 1);
 }
+
+/// Datagrams one engine has to send now, taken instead of put on the wire.
+fn take_output(e: &mut Engine, now: Instant) -> Vec<(u16, u16, Vec<u8>)> {
+    let mut buf = vec![0u8; 1500];
+    let mut out = Vec::new();
+    while let Some(t) = e.poll_transmit(now, &mut buf) {
+        out.push((t.src_port, t.dst_port, buf[..t.len].to_vec()));
+    }
+    out
+}
+
+fn deliver(e: &mut Engine, now: Instant, from: Ipv4Addr, datagrams: &[(u16, u16, Vec<u8>)]) {
+    for (src_port, dst_port, bytes) in datagrams {
+        e.handle_datagram(
+            now,
+            Datagram {
+                remote_ip: from,
+                src_port: *src_port,
+                dst_port: *dst_port,
+                payload: bytes,
+            },
+        );
+    }
+}
+
+/// A's message is sent; nothing comes back until A's retransmission timeout has fired and A has
+/// resent. Then B receives `first` (and the resent packets after them, in the same batch, as a
+/// stalled receiver reading its socket would) and its acknowledgement reaches A. Returns A's
+/// flow, B's flow and the message.
+fn timeout_then_batch(p: &mut Pair, originals_arrive: bool) -> (FlowId, FlowId, Bytes) {
+    let (fa, fb) = p.connect();
+    let msg = message(7, 30 * 1400);
+    p.a.send(p.now, fa, msg.clone()).unwrap();
+    let originals = take_output(&mut p.a, p.now);
+    assert!(originals.len() >= 10, "{} packets sent", originals.len());
+    // Far beyond the RTO (a few ms after a 20 µs handshake): the timer fires and A resends.
+    p.now += Duration::from_millis(50);
+    p.a.handle_timeout(p.now);
+    assert!(p.a.stats().timeout_retransmits > 0, "the RTO fired");
+    let resent = take_output(&mut p.a, p.now);
+    assert!(!resent.is_empty(), "A resends after the timeout");
+    p.now += LATENCY;
+    if originals_arrive {
+        deliver(&mut p.b, p.now, A, &originals);
+    }
+    deliver(&mut p.b, p.now, A, &resent);
+    let acks = take_output(&mut p.b, p.now);
+    assert!(!acks.is_empty(), "B acknowledges");
+    p.now += LATENCY;
+    deliver(&mut p.a, p.now, B, &acks);
+    (fa, fb, msg)
+}
+
+fn finish_and_check(p: &mut Pair, fb: FlowId, msg: &Bytes) {
+    let deadline = p.now + Duration::from_secs(5);
+    p.run_until(deadline, |p| p.b.peek_len(fb).unwrap().is_some());
+    let mut got = Vec::new();
+    drain(&mut p.b, fb, &mut got);
+    assert_eq!(got.len(), 1, "delivered exactly once");
+    assert!(got[0] == *msg, "delivered byte-identical");
+}
+
+/// PROTOCOL.md §6.3: the receiver's acknowledgement of a batch echoes the first new packet's
+/// timestamp, not that of a retransmission in the same batch, so the sender sees that the
+/// originals were only late and counts the timeout as spurious.
+#[test]
+fn late_originals_make_the_timeout_spurious() {
+    let mut p = Pair::new(|_| {});
+    let (fa, fb, msg) = timeout_then_batch(&mut p, true);
+    assert_eq!(p.a.stats().spurious_timeouts, 1);
+    assert_eq!(p.a.flow_stats(fa).unwrap().spurious_timeouts, 1);
+    // The RTO now outlasts the delay that caused it (RFC 4015 §4.2).
+    let srtt = p.a.flow_stats(fa).unwrap().srtt.unwrap();
+    assert!(srtt >= Duration::from_millis(50), "srtt {srtt:?}");
+    finish_and_check(&mut p, fb, &msg);
+}
+
+/// The originals were really lost: the acknowledgement echoes a retransmission, and the
+/// timeout stands.
+#[test]
+fn lost_originals_keep_the_timeout() {
+    let mut p = Pair::new(|_| {});
+    let (fa, fb, msg) = timeout_then_batch(&mut p, false);
+    assert_eq!(p.a.stats().spurious_timeouts, 0);
+    assert_eq!(p.a.flow_stats(fa).unwrap().spurious_timeouts, 0);
+    finish_and_check(&mut p, fb, &msg);
+}

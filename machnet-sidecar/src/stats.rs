@@ -57,7 +57,7 @@ impl fmt::Display for EngineReport {
         write!(
             f,
             "engine {}: channels {} flows {} | rx {} pkts {} B, tx {} pkts {} B | \
-             retransmits fast {} timeout {} probes {} | connects {} accepts {} rsts {} | \
+             retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
              held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
              tx_errors {} injected {} | violations {} sleeps {}",
             self.engine,
@@ -69,6 +69,7 @@ impl fmt::Display for EngineReport {
             d.tx_bytes,
             c.fast_retransmits,
             c.timeout_retransmits,
+            c.spurious_timeouts,
             c.tail_probes,
             c.connects_completed,
             c.accepts_completed,

@@ -117,6 +117,8 @@ pub struct EngineStats {
     pub syn_batches: u64,
     pub fast_retransmits: u64,
     pub timeout_retransmits: u64,
+    /// Retransmission timeouts found spurious and undone (PROTOCOL.md §6.3).
+    pub spurious_timeouts: u64,
     /// Tail-loss probes sent (retransmissions that elicit SACK information, PROTOCOL.md §6.2).
     pub tail_probes: u64,
     pub flows_opened: u64,
@@ -148,6 +150,8 @@ pub struct FlowStats {
     pub bytes_received: u64,
     pub fast_retransmits: u64,
     pub timeout_retransmits: u64,
+    /// Retransmission timeouts found spurious and undone.
+    pub spurious_timeouts: u64,
     pub tail_probes: u64,
     pub duplicates_received: u64,
     /// Packets this flow's handshake cost on this side (SYNs or SYN-ACKs sprayed).

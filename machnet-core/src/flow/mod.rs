@@ -139,7 +139,11 @@ pub struct Flow {
     last_spray: Option<Instant>,
     ack_pending: bool,
     probe_pending: bool,
+    /// The timestamp our next packet echoes (PROTOCOL.md §6.3).
     ts_recent: u32,
+    /// New data arrived since we last sent a packet: `ts_recent` holds the `ts_val` of the first
+    /// such packet and stays until we send.
+    echo_held: bool,
     pub peer_window: u32,
     window_ack: u32,
     window_ts: u32,
@@ -151,6 +155,10 @@ pub struct Flow {
     tail_probes: u32,
     backoff: u32,
     consecutive_timeouts: u32,
+    /// Our timestamp at a retransmission timeout (the first of a series), kept until the next
+    /// acknowledgement of new data tells whether it was spurious (PROTOCOL.md §6.3): packets
+    /// sent before it carry older timestamps.
+    timeout_ts: Option<u32>,
     last_heard: Instant,
     next_keepalive: Instant,
     /// Earliest deadline registered with the engine's timer heap.
@@ -203,6 +211,7 @@ impl Flow {
             ack_pending: false,
             probe_pending: false,
             ts_recent: 0,
+            echo_held: false,
             peer_window: 1,
             window_ack: iss.wrapping_add(1),
             window_ts: 0,
@@ -211,6 +220,7 @@ impl Flow {
             probe_deadline: None,
             tail_probes: 0,
             backoff: 0,
+            timeout_ts: None,
             consecutive_timeouts: 0,
             last_heard: now,
             next_keepalive: now,
@@ -576,8 +586,14 @@ impl Flow {
         }
         if out.newly_acked > 0 {
             let sample = rtt_sample(now, repr.ts_ecr);
-            if let Some(s) = sample {
-                self.rtt.update(s);
+            let spurious = self
+                .timeout_ts
+                .take()
+                .is_some_and(|ts| self.undo_spurious_timeout(ts, repr.ts_ecr, ctx));
+            match sample {
+                Some(s) if spurious => self.rtt.on_spurious_timeout(s),
+                Some(s) => self.rtt.update(s),
+                None => {}
             }
             self.cc.on_ack(now, out.newly_acked, sample);
             self.backoff = 0;
@@ -592,8 +608,9 @@ impl Flow {
         }
 
         // Sequenced data (PROTOCOL.md §6.4).
-        // Echo the newest timestamp only: a reordered old packet must not inflate RTT samples.
-        if !seq::lt(repr.ts_val, self.ts_recent) {
+        // Without new data since our last packet, echo the newest timestamp (a reordered old
+        // packet must not inflate RTT samples); see also `hold_echo` below.
+        if !self.echo_held && !seq::lt(repr.ts_val, self.ts_recent) {
             self.ts_recent = repr.ts_val;
         }
         if repr.flags & flags::ACK_REQ != 0 {
@@ -616,6 +633,7 @@ impl Flow {
                 }
                 Ok(Arrival::InOrder | Arrival::Buffered) => {
                     self.stats.bytes_received += payload.len() as u64;
+                    self.hold_echo(repr.ts_val);
                 }
                 Ok(Arrival::Duplicate) => {
                     self.stats.duplicates_received += 1;
@@ -672,6 +690,33 @@ impl Flow {
     // ----------------------------------------------------------------------------------------
     // Timers
     // ----------------------------------------------------------------------------------------
+
+    /// The first packet of new data since our last packet fixes the echoed timestamp until we
+    /// send (PROTOCOL.md §6.3): an acknowledgement that covers a batch echoes its oldest new
+    /// packet, not a retransmission that arrived in the same batch, so the peer can tell a
+    /// spurious timeout (and its RTT samples include the time the acknowledgement waited).
+    fn hold_echo(&mut self, ts_val: u32) {
+        if !self.echo_held {
+            self.echo_held = true;
+            self.ts_recent = ts_val;
+        }
+    }
+
+    /// Eifel detection (RFC 3522), PROTOCOL.md §6.3: the first acknowledgement of new data
+    /// after a timeout echoes a packet sent before the timeout, so the originals were only late.
+    /// The packets the timeout deemed lost and that were not resent yet are in flight again
+    /// (no go-back-N), and the caller makes the RTO outlast the delay. The congestion window
+    /// stays cut: on a shared link a late acknowledgement usually means a queue. Returns whether
+    /// the timeout was spurious.
+    fn undo_spurious_timeout(&mut self, timeout_ts: u32, ts_ecr: u32, ctx: &mut Ctx) -> bool {
+        if ts_ecr == 0 || !seq::lt(ts_ecr, timeout_ts) {
+            return false;
+        }
+        self.send.undo_timeout();
+        self.stats.spurious_timeouts += 1;
+        ctx.stats.spurious_timeouts += 1;
+        true
+    }
 
     fn rto(&self, cfg: &EngineConfig) -> Duration {
         let base = self.rtt.rto(&cfg.rto);
@@ -805,6 +850,7 @@ impl Flow {
                         return;
                     }
                     if self.send.has_unacked() {
+                        self.timeout_ts.get_or_insert(now_ts(now));
                         let n = self.send.on_timeout();
                         self.cc.on_timeout(now);
                         self.stats.timeout_retransmits += u64::from(n);
@@ -1015,6 +1061,7 @@ impl Flow {
             self.probe_pending = false;
         }
         self.ack_pending = false;
+        self.echo_held = false;
         Repr {
             packet_type: ty,
             flags: f,

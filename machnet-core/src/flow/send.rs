@@ -34,6 +34,9 @@ pub struct Sent {
     pub sacked: bool,
     /// Deemed lost and queued for retransmission.
     pub lost: bool,
+    /// Deemed lost by a retransmission timeout and not retransmitted since: the mark
+    /// [`SendState::undo_timeout`] takes back when the timeout proves spurious.
+    pub lost_by_timeout: bool,
     /// Highest sequence number sent when this packet was last (re)transmitted; it is lost once
     /// `DUP_THRESHOLD` packets beyond that mark are acknowledged.
     pub sent_mark: u32,
@@ -194,6 +197,7 @@ impl SendState {
                 let p = &mut self.inflight[i];
                 if p.lost && !p.sacked {
                     p.lost = false;
+                    p.lost_by_timeout = false;
                     p.sent_mark = mark;
                     p.sent_at = now;
                     p.transmissions += 1;
@@ -252,6 +256,7 @@ impl SendState {
             payload,
             sacked: false,
             lost: false,
+            lost_by_timeout: false,
             sent_mark: s,
             sent_at: now,
             transmissions: 1,
@@ -422,11 +427,28 @@ impl SendState {
             if !p.sacked {
                 if !p.lost {
                     p.lost = true;
+                    p.lost_by_timeout = true;
                     self.pipe -= 1;
                 }
                 self.retransmit.push_back(self.una.wrapping_add(i as u32));
                 n += 1;
             }
+        }
+        n
+    }
+
+    /// A retransmission timeout proved spurious (PROTOCOL.md §6.3): packets it deemed lost and
+    /// that were not retransmitted yet are in flight again (their retransmit-queue entries go
+    /// stale). Returns how many.
+    pub fn undo_timeout(&mut self) -> u32 {
+        let mut n = 0;
+        for p in &mut self.inflight {
+            if p.lost_by_timeout && p.lost && !p.sacked {
+                p.lost = false;
+                self.pipe += 1;
+                n += 1;
+            }
+            p.lost_by_timeout = false;
         }
         n
     }
