@@ -169,7 +169,9 @@ func flowOf(c C.MachnetFlow_t) Flow {
 
 // Channel is one shared-memory channel to the sidecar. Its methods are safe for concurrent use.
 type Channel struct {
-	ctx unsafe.Pointer // a libmachnet handle: never dereferenced, checked by the library
+	ctx  unsafe.Pointer // a libmachnet handle: never dereferenced, checked by the library
+	rx   receiver       // Recv's wait in Go's netpoller (recv.go)
+	mode int32          // a WaitMode (atomic)
 }
 
 // Attach opens a channel. Close it when done (a finalizer closes a lost one).
@@ -191,6 +193,7 @@ func (c *Channel) Close() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	runtime.SetFinalizer(c, nil)
+	c.rx.close()
 	if r, err := C.machnet_detach(c.ctx); r != 0 {
 		return fail("machnet_detach", err)
 	}
@@ -293,94 +296,9 @@ func (c *Channel) TryRecv(buf []byte) (int, Flow, error) {
 	return c.recv(buf, 0)
 }
 
-// quickWait is how long Recv sleeps in the library before it starts a goroutine that watches
-// ctx: most messages arrive within it, and starting that goroutine costs a cross-CPU wake-up.
-// It also bounds how late a cancellation is noticed.
-const quickWait = 2 * time.Millisecond
-
-// Recv waits for the next message and copies it into buf. It honours ctx's deadline and
-// cancellation (returning ctx.Err()) without spinning: it sleeps in the library, which a
-// watcher goroutine wakes (machnet_interrupt) when ctx is done; a cancellation is noticed
-// within a few milliseconds. A message larger than buf is not consumed: the error matches
-// ErrMessageSize and its Needed field tells the size.
-func (c *Channel) Recv(ctx context.Context, buf []byte) (int, Flow, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, Flow{}, err
-	}
-	done := ctx.Done()
-	if done == nil {
-		return c.recvUntil(ctx, buf, 0) // context.Background(): nothing to watch
-	}
-	if n, f, err := c.recvUntil(ctx, buf, quickWait); n > 0 || err != nil {
-		return n, f, err
-	}
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		select {
-		case <-stop:
-			return
-		case <-done:
-		}
-		// The receive may not be blocked yet: interrupt until it has returned.
-		t := time.NewTicker(5 * time.Millisecond)
-		defer t.Stop()
-		for {
-			C.machnet_interrupt(c.ctx)
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return c.recvUntil(ctx, buf, 0)
-}
-
-// recvUntil receives, sleeping until ctx's deadline, and at most `limit` if limit > 0
-// (returning n == 0 and no error when the limit passed first).
-func (c *Channel) recvUntil(ctx context.Context, buf []byte, limit time.Duration) (int, Flow, error) {
-	var until time.Time
-	if limit > 0 {
-		until = time.Now().Add(limit)
-	}
-	for {
-		timeout := C.int(-1)
-		dl, ok := ctx.Deadline()
-		if !until.IsZero() && (!ok || until.Before(dl)) {
-			dl, ok = until, true
-		}
-		if ok {
-			left := time.Until(dl)
-			if left <= 0 {
-				if err := ctx.Err(); err != nil {
-					return 0, Flow{}, err
-				}
-				if !until.IsZero() && !time.Now().Before(until) {
-					return 0, Flow{}, nil
-				}
-				left = time.Millisecond
-			}
-			ms := (left + time.Millisecond - 1) / time.Millisecond
-			if ms < 1<<30 {
-				timeout = C.int(ms)
-			}
-		}
-		n, f, err := c.recv(buf, timeout)
-		if n > 0 {
-			return n, f, nil
-		}
-		if err == nil || errors.Is(err, syscall.EINTR) {
-			// Timed out or interrupted: ours if ctx is done, else go on.
-			if e := ctx.Err(); e != nil {
-				return 0, Flow{}, e
-			}
-			continue
-		}
-		return 0, Flow{}, err
-	}
-}
-
+// recv is machnet_recv (timeoutMs 0): the next message if one is waiting (n == 0: none; the
+// library then arms the channel's eventfd for Recv's wait); otherwise machnet_recv_timeout
+// (-1: no limit), which sleeps in the library on this OS thread.
 func (c *Channel) recv(buf []byte, timeoutMs C.int) (int, Flow, error) {
 	var p unsafe.Pointer
 	if len(buf) > 0 {

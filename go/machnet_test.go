@@ -113,6 +113,12 @@ func connectEcho(t *testing.T) (*Channel, Flow) {
 	return ch, f
 }
 
+// eachWaitMode runs f as one subtest per WaitMode.
+func eachWaitMode(t *testing.T, f func(t *testing.T, mode WaitMode)) {
+	t.Run("netpoll", func(t *testing.T) { f(t, WaitNetpoll) })
+	t.Run("thread", func(t *testing.T) { f(t, WaitInThread) })
+}
+
 func within(d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	_ = cancel // released when the deadline passes
@@ -139,8 +145,11 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-func TestEchoEverySizeUpTo8MiB(t *testing.T) {
+func TestEchoEverySizeUpTo8MiB(t *testing.T) { eachWaitMode(t, echoEverySizeUpTo8MiB) }
+
+func echoEverySizeUpTo8MiB(t *testing.T, mode WaitMode) {
 	ch, f := connectEcho(t)
+	ch.SetWaitMode(mode)
 	buf := make([]byte, MaxMessageLen)
 	for i, size := range []int{1, 64, 1000, 1500, 9000, 65536, 1 << 20, MaxMessageLen - 1, MaxMessageLen} {
 		msg := pattern(size, byte(i))
@@ -161,7 +170,12 @@ func TestEchoEverySizeUpTo8MiB(t *testing.T) {
 }
 
 func TestRecvHonoursDeadlineWithoutSpinning(t *testing.T) {
+	eachWaitMode(t, recvHonoursDeadlineWithoutSpinning)
+}
+
+func recvHonoursDeadlineWithoutSpinning(t *testing.T, mode WaitMode) {
 	ch, _ := connectEcho(t)
+	ch.SetWaitMode(mode)
 	var before, after syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 	t0 := time.Now()
@@ -180,8 +194,11 @@ func TestRecvHonoursDeadlineWithoutSpinning(t *testing.T) {
 	}
 }
 
-func TestRecvHonoursCancellation(t *testing.T) {
+func TestRecvHonoursCancellation(t *testing.T) { eachWaitMode(t, recvHonoursCancellation) }
+
+func recvHonoursCancellation(t *testing.T, mode WaitMode) {
 	ch, _ := connectEcho(t)
+	ch.SetWaitMode(mode)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { time.Sleep(50 * time.Millisecond); cancel() }()
 	t0 := time.Now()
@@ -199,7 +216,12 @@ func TestRecvHonoursCancellation(t *testing.T) {
 }
 
 func TestCancellingOneRecvLeavesAnotherWaiting(t *testing.T) {
+	eachWaitMode(t, cancellingOneRecvLeavesAnotherWaiting)
+}
+
+func cancellingOneRecvLeavesAnotherWaiting(t *testing.T, mode WaitMode) {
 	ch, f := connectEcho(t)
+	ch.SetWaitMode(mode)
 	got := make(chan error, 1)
 	go func() {
 		buf := make([]byte, 100)
@@ -244,7 +266,12 @@ func TestTooSmallBufferKeepsTheMessage(t *testing.T) {
 }
 
 func TestConcurrentSendAndRecvOnOneChannel(t *testing.T) {
+	eachWaitMode(t, concurrentSendAndRecvOnOneChannel)
+}
+
+func concurrentSendAndRecvOnOneChannel(t *testing.T, mode WaitMode) {
 	ch, f := connectEcho(t)
+	ch.SetWaitMode(mode)
 	const count, size = 2000, 10000
 	var wg sync.WaitGroup
 	sendErr := make(chan error, 1)

@@ -27,7 +27,7 @@ import (
 
 type sidecar struct{ socket, ip string }
 
-func sidecars(t *testing.T) []sidecar {
+func sidecars(t testing.TB) []sidecar {
 	t.Helper()
 	socks := strings.Split(os.Getenv("MACHNET_RAFT_SOCKETS"), ",")
 	ips := strings.Split(os.Getenv("MACHNET_RAFT_IPS"), ",")
@@ -66,7 +66,7 @@ var nextPort uint32 = 7000
 
 func port() uint16 { return uint16(atomic.AddUint32(&nextPort, 1)) }
 
-func newTransport(t *testing.T, sc sidecar) *Transport {
+func newTransport(t testing.TB, sc sidecar) *Transport {
 	t.Helper()
 	tr, err := NewTransport(Config{Socket: sc.socket, LocalIP: sc.ip, Port: port(), Timeout: 10 * time.Second})
 	if err != nil {
@@ -77,7 +77,7 @@ func newTransport(t *testing.T, sc sidecar) *Transport {
 }
 
 // serveRPCs answers every RPC reaching tr with fn until the test ends.
-func serveRPCs(t *testing.T, tr *Transport, fn func(rpc raft.RPC) (interface{}, error)) {
+func serveRPCs(t testing.TB, tr raft.Transport, fn func(rpc raft.RPC) (interface{}, error)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -3,7 +3,7 @@
 // reports the rate and RTT percentiles (same JSON fields as the Rust tool, mode "machnet-go").
 //
 //	machnet-echo-go --socket /run/machnet/machnet.sock --remote 10.0.0.1 --port 888 \
-//	    --size 64 --window 1 --duration 10 --warmup 1 [--json]
+//	    --size 64 --window 1 --duration 10 --warmup 1 [--wait netpoll|thread] [--json]
 package main
 
 import (
@@ -29,8 +29,15 @@ func main() {
 	duration := flag.Float64("duration", 10, "measured seconds (after the warm-up)")
 	warmup := flag.Float64("warmup", 1, "seconds of traffic before measuring")
 	asJSON := flag.Bool("json", false, "print the report as one JSON object")
+	wait := flag.String("wait", "netpoll", "how Recv waits: netpoll (Go's netpoller) or thread (in the library, on its OS thread)")
 	flag.Parse()
-	if err := run(*socket, *remote, uint16(*port), *size, *window, *duration, *warmup, *asJSON); err != nil {
+	modes := map[string]machnet.WaitMode{"netpoll": machnet.WaitNetpoll, "thread": machnet.WaitInThread}
+	mode, ok := modes[*wait]
+	if !ok {
+		fmt.Fprintln(os.Stderr, "machnet-echo-go: --wait must be netpoll or thread")
+		os.Exit(2)
+	}
+	if err := run(*socket, *remote, uint16(*port), *size, *window, *duration, *warmup, *asJSON, mode); err != nil {
 		fmt.Fprintln(os.Stderr, "machnet-echo-go:", err)
 		os.Exit(1)
 	}
@@ -41,7 +48,7 @@ type sent struct {
 	at  time.Time
 }
 
-func run(socket, remote string, port uint16, size, window int, duration, warmup float64, asJSON bool) error {
+func run(socket, remote string, port uint16, size, window int, duration, warmup float64, asJSON bool, mode machnet.WaitMode) error {
 	if remote == "" || port == 0 {
 		return fmt.Errorf("--remote and --port are required")
 	}
@@ -56,6 +63,7 @@ func run(socket, remote string, port uint16, size, window int, duration, warmup 
 		return err
 	}
 	defer ch.Close()
+	ch.SetWaitMode(mode)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	flow, err := ch.Connect(ctx, "0.0.0.0", remote, port)
 	cancel()
