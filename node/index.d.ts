@@ -7,6 +7,13 @@ export { attach, Machnet, Channel, Flow, Message } from './binding'
 declare module './binding' {
   interface Channel {
     /**
+     * Receives the next message on any flow of this channel, waiting at most `timeoutMs`
+     * milliseconds (an integer 0 ..= 2147483647): then it rejects with `ERR_MACHNET_TIMEOUT`,
+     * and a message that arrives later goes to the next receive. Without `timeoutMs` it waits
+     * until a message arrives or the channel closes.
+     */
+    recv(timeoutMs?: number): Promise<Message>
+    /**
      * Every message of the channel, in arrival order, until the channel is closed with
      * `channel.close()` (the iteration then ends); other errors are thrown.
      *

@@ -50,6 +50,31 @@ async function* messages() {
   }
 }
 
+const nativeRecv = binding.Channel.prototype.recv
+
+/**
+ * The next message on any flow of this channel. With `timeoutMs`, rejects with
+ * `ERR_MACHNET_TIMEOUT` if none arrives in time; a message arriving later is not lost (the next
+ * receive gets it). See README.md.
+ * @this {import('./binding').Channel}
+ * @param {number} [timeoutMs] an integer 0 ..= 2147483647
+ * @returns {Promise<import('./binding').Message>}
+ */
+function recv(timeoutMs) {
+  if (timeoutMs === undefined || timeoutMs === null) return nativeRecv.call(this)
+  // The native side validates timeoutMs and queues the receive; id 0: already settled.
+  const [promise, id] = this._recvCancelable(timeoutMs)
+  if (id === 0) return promise
+  const timer = setTimeout(() => this._cancelRecv(id, timeoutMs), timeoutMs)
+  return promise.finally(() => clearTimeout(timer))
+}
+
+Object.defineProperty(binding.Channel.prototype, 'recv', {
+  value: recv,
+  writable: true,
+  configurable: true,
+})
+
 Object.defineProperty(binding.Channel.prototype, Symbol.asyncIterator, {
   value: messages,
   writable: true,

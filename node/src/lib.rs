@@ -35,7 +35,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use napi::bindgen_prelude::{
-    validate_type_tag, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array, Unknown,
+    validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array,
+    Unknown,
 };
 use napi::{sys, Env, JsValue, ValueType};
 use napi_derive::napi;
@@ -817,6 +818,56 @@ impl Channel {
             }
         }
         Ok(PromiseRaw::new(env.raw(), self.rx.push()?))
+    }
+
+    /// `recv(timeoutMs)` (index.js): queues a receive like `recv()` and returns
+    /// `[promise, id]`; index.js cancels it by `id` when its timer fires (`id` 0: the promise is
+    /// already settled, e.g. a message was waiting or `timeoutMs` is invalid).
+    #[napi(
+        js_name = "_recvCancelable",
+        ts_args_type = "timeoutMs: number",
+        ts_return_type = "[Promise<Message>, number]"
+    )]
+    pub fn recv_cancelable<'env>(
+        &self,
+        env: &'env Env,
+        timeout_ms: Unknown,
+    ) -> napi::Result<Array<'env>> {
+        let (promise, id) = match int_arg(&timeout_ms, "timeoutMs", 0, i32::MAX as u32) {
+            Err(e) => (settled::<Raw>(env, Err(e))?.raw(), 0),
+            Ok(_) => {
+                let s = &self.shared;
+                let ready = if s.is_closed() {
+                    Some(settled::<Raw>(env, self.closed_err())?.raw())
+                } else {
+                    None
+                };
+                match ready {
+                    Some(p) => (p, 0),
+                    None => self.rx.push_cancelable()?,
+                }
+            }
+        };
+        let mut out = env.create_array(2)?;
+        // SAFETY: `promise` is a live value of this environment.
+        out.set(0, unsafe {
+            Unknown::from_raw_unchecked(env.raw(), promise)
+        })?;
+        out.set(1, id as f64)?;
+        Ok(out)
+    }
+
+    /// `recv(timeoutMs)` (index.js): its timer fired. Rejects receive `id` with
+    /// `ERR_MACHNET_TIMEOUT` if it still waits; returns whether it did.
+    #[napi(js_name = "_cancelRecv")]
+    pub fn cancel_recv(&self, id: f64, timeout_ms: f64) -> bool {
+        self.rx.cancel(
+            id as u64,
+            JsErr::new(
+                errors::TIMEOUT,
+                format!("no message arrived within {timeout_ms} ms"),
+            ),
+        )
     }
 
     /// The next message if one is waiting now, else `null` (also while another operation holds

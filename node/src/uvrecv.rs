@@ -173,8 +173,10 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) 
 
 #[derive(Default)]
 struct State {
-    /// Pending receives, oldest first.
-    pending: VecDeque<sys::napi_deferred>,
+    /// Pending receives, oldest first, with the id [`Receiver::cancel`] knows them by.
+    pending: VecDeque<(u64, sys::napi_deferred)>,
+    /// The id of the next pending receive (ids start at 1).
+    next_id: u64,
     polls: Option<(UvPoll, UvPoll)>,
     /// Whether the polls keep the process alive (a receive waits).
     alive: bool,
@@ -236,6 +238,12 @@ impl Receiver {
 
     /// Queues a receive; returns its promise.
     pub fn push(&self) -> napi::Result<sys::napi_value> {
+        self.push_cancelable().map(|(promise, _)| promise)
+    }
+
+    /// Queues a receive; returns its promise and the id [`Receiver::cancel`] takes (0: the
+    /// promise is already settled).
+    pub fn push_cancelable(&self) -> napi::Result<(sys::napi_value, u64)> {
         let mut deferred = ptr::null_mut();
         let mut promise = ptr::null_mut();
         // SAFETY: napi call on the JavaScript thread with valid out-pointers.
@@ -244,13 +252,41 @@ impl Receiver {
         })?;
         let dead = self.state.borrow().dead.clone();
         match dead {
-            Some(err) => self.settle(deferred, Err(err)),
+            Some(err) => {
+                self.settle(deferred, Err(err));
+                Ok((promise, 0))
+            }
             None => {
-                self.state.borrow_mut().pending.push_back(deferred);
+                let id = {
+                    let mut st = self.state.borrow_mut();
+                    st.next_id += 1;
+                    let id = st.next_id;
+                    st.pending.push_back((id, deferred));
+                    id
+                };
                 self.pump();
+                Ok((promise, id))
             }
         }
-        Ok(promise)
+    }
+
+    /// Rejects pending receive `id` with `err` if it still waits (a message that arrives later
+    /// goes to the next receive: none is lost). Returns whether it waited.
+    pub fn cancel(&self, id: u64, err: JsErr) -> bool {
+        let d = {
+            let mut st = self.state.borrow_mut();
+            let Some(i) = st.pending.iter().position(|&(p, _)| p == id) else {
+                return false;
+            };
+            st.pending.remove(i).map(|(_, d)| d)
+        };
+        if let Some(d) = d {
+            self.settle(d, Err(err));
+        }
+        if self.idle() {
+            self.stop_polling();
+        }
+        true
     }
 
     /// Ends receiving for good (the channel was closed, or the sidecar is gone): pending and
@@ -360,7 +396,7 @@ impl Receiver {
     }
 
     fn settle_front(&self, r: Result<(machnet::Flow, Vec<u8>), JsErr>) {
-        let Some(d) = self.state.borrow_mut().pending.pop_front() else {
+        let Some((_, d)) = self.state.borrow_mut().pending.pop_front() else {
             return;
         };
         self.settle(d, r);
@@ -390,7 +426,7 @@ impl Receiver {
     pub fn fail_all(&self, err: JsErr) {
         self.stop_polling();
         loop {
-            let Some(d) = self.state.borrow_mut().pending.pop_front() else {
+            let Some((_, d)) = self.state.borrow_mut().pending.pop_front() else {
                 break;
             };
             self.settle(d, Err(err.clone()));

@@ -22,6 +22,7 @@ async function client(): Promise<void> {
   await ch.send(flow, new Uint8Array([1, 2, 3]))
   const queued: boolean = ch.trySend(flow, Buffer.alloc(8))
   const { flow: from, data } = await ch.recv()
+  const late: Message = await ch.recv(250) // rejects with codes.TIMEOUT if nothing arrives
   const same: boolean = from.equals(flow)
   const bytes: Buffer = data
   const maybe: Message | null = ch.tryRecv()
