@@ -8,8 +8,9 @@
 #   ci/csharp.sh --update-bindings   regenerate csharp/src/NativeMethods.g.cs and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
-# control sockets in a temp dir, no root), and `machnet-echo server` and `machnet-kv server` on
-# the first; the tests attach to the second. The NUnit suite includes the cross-language
+# control sockets in a temp dir, no root), and `machnet-echo server`, `machnet-kv server` and a
+# 3-node Raft cluster (examples/raft `raft-node --kv-port`, built with Go) on the first; the
+# tests attach to the second. The NUnit suite includes the cross-language
 # conformance cases (conformance/cases.json, csharp/tests/ConformanceTests.cs). Builds into
 # $CARGO_TARGET_DIR (default target/). Ends with one line
 # `RESULT: <P> passed, <F> failed` (NUnit cases + checks) and exits non-zero if anything failed.
@@ -94,8 +95,13 @@ fi
 
 # ----- sidecars and apps (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
 . ci/lib/sidecars.sh
-if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT"; then
-    fail "sidecars, echo and kv servers start"
+# The Raft app of the conformance cases (examples/raft): exports MACHNET_CONFORMANCE_RAFT_PORT.
+if ! build_raft_node "$REL" "$DIR/raft-node"; then
+    fail "raft-node build (examples/raft, Go)"
+    finish
+fi
+if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT" "$DIR/raft-node"; then
+    fail "sidecars, echo, kv servers and raft cluster start"
     finish
 fi
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \

@@ -6,8 +6,9 @@
 #   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
-# control sockets in a temp dir, no root), and `machnet-echo server` and `machnet-kv server` on
-# the first; the tests attach to the second. The Go suite includes the cross-language
+# control sockets in a temp dir, no root), and `machnet-echo server`, `machnet-kv server` and a
+# 3-node Raft cluster (examples/raft `raft-node --kv-port`, built with Go) on the first; the
+# tests attach to the second. The Go suite includes the cross-language
 # conformance cases (conformance/cases.json, go/conformance_test.go). Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
 # `RESULT: <P> passed, <F> failed` (C cases + Go tests + checks) and exits non-zero if anything
 # failed. Set KEEP_LOGS=1 to keep the sidecar logs.
@@ -74,8 +75,13 @@ fi
 
 # ----- sidecars and apps (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
 . ci/lib/sidecars.sh
-if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT"; then
-    fail "sidecars, echo and kv servers start"
+# The Raft app of the conformance cases (examples/raft): exports MACHNET_CONFORMANCE_RAFT_PORT.
+if ! build_raft_node "$REL" "$DIR/raft-node"; then
+    fail "raft-node build (examples/raft, Go)"
+    finish
+fi
+if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT" "$DIR/raft-node"; then
+    fail "sidecars, echo, kv servers and raft cluster start"
     finish
 fi
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
@@ -134,18 +140,21 @@ if command -v go >/dev/null; then
     else
         fail "go_static_binary"
     fi
-    # The Go echo client against the Rust echo server, next to the Rust client (same run).
+    # The Go echo client against the Rust echo server, next to the Rust client (same run),
+    # once per Recv wait mode.
     DUR=${BENCH_DURATION:-2}
-    if go_json=$("$DIR/machnet-echo-go" --socket "$DIR/b.sock" --remote 127.0.0.1 \
-        --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
-        rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
-            --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
-        print_echo_pair go "$go_json" "$rust_json"
-    then
-        pass "go_echo_client (RTT report, every echo verified)"
-    else
-        fail "go_echo_client"
-    fi
+    for wait in netpoll thread; do
+        if go_json=$("$DIR/machnet-echo-go" --socket "$DIR/b.sock" --remote 127.0.0.1 \
+            --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --wait "$wait" --json) &&
+            rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
+                --port "$ECHO_PORT" --size 64 --duration "$DUR" --warmup 0.5 --json) &&
+            print_echo_pair "go ($wait)" "$go_json" "$rust_json"
+        then
+            pass "go_echo_client --wait $wait (RTT report, every echo verified)"
+        else
+            fail "go_echo_client --wait $wait"
+        fi
+    done
 else
     fail "go toolchain missing"
 fi

@@ -2,8 +2,9 @@
 # The Node.js package (node/): `npm ci`, builds the napi-rs addon, `npm pack`s it, installs the
 # tarball into a fresh project (no Rust needed there), type-checks a usage file with
 # `tsc --strict`, builds the sidecar, echo and KV binaries, starts two real sidecars (kernel UDP
-# on 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root), the Rust echo server
-# and `machnet-kv server`, runs the `node --test` suite from the installed package (including the
+# on 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root), the Rust echo server,
+# `machnet-kv server` and a 3-node Raft cluster (examples/raft `raft-node --kv-port`, built with
+# Go), runs the `node --test` suite from the installed package (including the
 # cross-language conformance cases of conformance/cases.json, test/conformance.test.js),
 # fmt + clippy on the addon crate, and a short Node-vs-Rust echo RTT comparison (64 B, window 1;
 # informational).
@@ -72,13 +73,17 @@ cargo clippy --quiet --release --manifest-path node/Cargo.toml --all-targets -- 
     && pass "clippy" || fail "clippy"
 
 echo "== sidecar, echo and KV binaries"
-cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
+cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv -p machnet-ffi || die "cargo build"
 BIN=$TARGET/release
 
 # Shared with the other scripts: sidecars on a free UDP port pool, the echo and KV apps.
 # shellcheck source=lib/sidecars.sh
 . ci/lib/sidecars.sh
-start_test_apps "$BIN" "$WORK" "$ECHO_PORT" "$KV_PORT" || die "sidecars, echo and kv servers start"
+# The Raft app of the conformance cases (examples/raft, Go; links libmachnet.a):
+# start_test_apps exports MACHNET_CONFORMANCE_RAFT_PORT.
+build_raft_node "$BIN" "$WORK/raft-node" || die "raft-node build (examples/raft, Go)"
+start_test_apps "$BIN" "$WORK" "$ECHO_PORT" "$KV_PORT" "$WORK/raft-node" ||
+    die "sidecars, echo, kv servers and raft cluster start"
 
 echo "== node --test (the installed package)"
 mkdir -p "$APP/test"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Python package (python/): builds the abi3 wheel with maturin, installs it with pip into a
-# fresh virtualenv, builds the sidecar, echo and KV binaries, then runs mypy, the pytest suite
-# against real sidecars (kernel UDP on 127.0.0.1 / 127.0.0.2, private sockets in a temp dir, no
-# root; the pytest fixtures start and stop them and the echo and KV servers; the suite includes
+# fresh virtualenv, builds the sidecar, echo and KV binaries and examples/raft's `raft-node` (Go),
+# then runs mypy, the pytest suite against real sidecars (kernel UDP on 127.0.0.1 / 127.0.0.2,
+# private sockets in a temp dir, no root; the pytest fixtures start and stop them, the echo and
+# KV servers and the Raft cluster; the suite includes
 # the cross-language conformance cases of conformance/cases.json, tests/test_conformance.py),
 # fmt + clippy on the extension crate, and a short Python-vs-Rust echo benchmark (informational).
 #
@@ -61,8 +62,13 @@ V=$WORK/venv/bin
     && pass "wheel installs and imports" || fail "wheel import"
 
 echo "== sidecar, echo and KV binaries"
-cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv || die "cargo build"
+cargo build --quiet --release -p machnet-sidecar -p machnet-echo -p machnet-kv -p machnet-ffi || die "cargo build"
 export MACHNET_BIN_DIR=$TARGET/release
+# The conformance cases' Raft app (examples/raft, Go; the raft_cluster fixture starts it).
+# shellcheck source=lib/sidecars.sh
+. ci/lib/sidecars.sh
+build_raft_node "$TARGET/release" "$WORK/raft-node" || die "raft-node build (examples/raft, Go)"
+export MACHNET_RAFT_NODE_BIN=$WORK/raft-node
 # tests/test_conformance.py: the cases (the fixtures start `machnet-kv server` on sidecar a).
 export MACHNET_CONFORMANCE_CASES=$ROOT/conformance/cases.json
 

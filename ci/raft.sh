@@ -9,7 +9,8 @@
 # examples/raft (transport RPCs, 3-node cluster: election, replication, leader killed -> new
 # leader, no committed entry lost; snapshot install; leader process SIGKILLed), then the latency
 # comparison (Apply -> committed on the leader of an 80 B command, Machnet transport vs raft's
-# TCP transport, same run). Ends with one line `RESULT: <P> passed, <F> failed` (Go tests
+# TCP transport, same run), then the Rust runner of the conformance cases of app `raft`
+# (conformance/cases.json) against three `raft-node --kv-port` processes on sidecar a. Ends with one line `RESULT: <P> passed, <F> failed` (Go tests
 # counted individually) and exits non-zero on failure. KEEP_LOGS=1 keeps the logs;
 # MACHNET_RAFT_SEED=N repeats the test data; LAT_COUNT (default 2000) sets the measured applies.
 set -uo pipefail
@@ -80,6 +81,24 @@ if timeout 300 "$DIR/raft-latency" --sockets "$MACHNET_RAFT_SOCKETS" --ips "$MAC
 else
     tail -20 "$DIR/latency.err" >&2
     fail "latency comparison"
+fi
+
+# ----- conformance cases of app `raft`, Rust runner, against a raft-node cluster -----
+echo "raft: conformance cases (Rust runner) against a 3-node raft-node cluster" >&2
+cd "$ROOT"
+if ! start_raft_cluster "$DIR/raft-node" "$DIR" "$DIR/a.sock" 127.0.0.1 "$RAFT_BASE_PORT"; then
+    fail "raft-node cluster with KV front ends start"
+    finish
+fi
+MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1 MACHNET_CONFORMANCE_CLIENT_SOCKET=$DIR/b.sock \
+    timeout 900 cargo test -p machnet-conformance --test conformance raft_cases -- --exact \
+    --nocapture 2>&1 | tee "$DIR/conformance.out"
+# The runner skips (passing) without a cluster: count it only if it ran the cases.
+if grep -q '^test raft_cases \.\.\. ok' "$DIR/conformance.out" &&
+    grep -q '^conformance: ran [1-9][0-9]* raft cases' "$DIR/conformance.out"; then
+    pass "conformance: $(grep -c '^conformance: "raft_' "$DIR/conformance.out") raft cases (Rust runner)"
+else
+    fail "conformance: raft cases (Rust runner)"
 fi
 
 finish

@@ -7,6 +7,7 @@ package machnet
 //   MACHNET_CONFORMANCE_SERVER_IP    the sidecar the apps are attached to (127.0.0.1)
 //   MACHNET_CONFORMANCE_ECHO_PORT    `machnet-echo server`
 //   MACHNET_CONFORMANCE_KV_PORT      `machnet-kv server`
+//   MACHNET_CONFORMANCE_RAFT_PORT    the KV port of the Raft cluster's leader (examples/raft)
 //   MACHNET_TEST_SOCK / MACHNET_TEST_PEER_SOCK  the client sidecar (TestMain attaches to it) and
 //                                    the server sidecar (peer_goes_away listens on it)
 // One subtest per case, in the file's order, named after the case.
@@ -68,6 +69,7 @@ type confEnv struct {
 	serverIP   string
 	echoPort   uint16
 	kvPort     uint16
+	raftPort   uint16
 	peerSock   string
 	clientSock string
 }
@@ -110,6 +112,7 @@ func TestConformance(t *testing.T) {
 		serverIP:   os.Getenv("MACHNET_CONFORMANCE_SERVER_IP"),
 		echoPort:   confPort(t, "MACHNET_CONFORMANCE_ECHO_PORT"),
 		kvPort:     confPort(t, "MACHNET_CONFORMANCE_KV_PORT"),
+		raftPort:   confPort(t, "MACHNET_CONFORMANCE_RAFT_PORT"),
 		peerSock:   os.Getenv("MACHNET_TEST_PEER_SOCK"),
 		clientSock: os.Getenv("MACHNET_TEST_SOCK"),
 	}
@@ -153,6 +156,8 @@ func runConfCase(t *testing.T, env confEnv, c confCase) {
 			return env.echoPort
 		case "kv":
 			return env.kvPort
+		case "raft": // the same request format as kv, served by the Raft cluster's leader
+			return env.raftPort
 		}
 		t.Fatalf("unknown app %q", *c.App)
 		return 0

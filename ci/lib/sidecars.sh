@@ -6,16 +6,33 @@
 #                                    starts BIN on IP with control socket DIR/NAME.sock and log
 #                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
 #   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
-#   start_test_apps BIN DIR ECHO_PORT KV_PORT
+#   start_test_apps BIN DIR ECHO_PORT KV_PORT [RAFT_NODE_BIN]
 #                                    the binding suites' set-up: sets POOL (free on 127.0.0.1-3),
 #                                    starts sidecars a (127.0.0.1) and b (127.0.0.2), then
 #                                    `machnet-echo server` and `machnet-kv server` on a; BIN holds
-#                                    the binaries. Prints what failed and returns 1 on failure
+#                                    the binaries. With RAFT_NODE_BIN, also the conformance Raft
+#                                    cluster on a (start_raft_cluster, base port RAFT_BASE_PORT).
+#                                    Prints what failed and returns 1 on failure
+#   build_raft_node REL OUT          builds examples/raft's `raft-node` (Go, cgo) into OUT,
+#                                    linking REL/libmachnet.a (`cargo build --release -p
+#                                    machnet-ffi` first); Go from PATH or /usr/local/go/bin
+#   start_raft_cluster NODE_BIN DIR SOCKET IP BASE_PORT
+#                                    starts three `raft-node` processes (examples/raft; ids
+#                                    n1..n3) on the one sidecar SOCKET at IP: raft transport on
+#                                    ports BASE_PORT+1..3, KV front end (--kv-port) on
+#                                    BASE_PORT+11..13; waits (60 s) until all three agree on a
+#                                    leader, then exports MACHNET_CONFORMANCE_RAFT_PORT (the
+#                                    leader's KV port). Logs in DIR/raft-n*.log. Returns 1 (and
+#                                    prints why) on failure
 #   print_echo_pair NAME JSON RUST_JSON
 #                                    prints a binding's echo client report next to the Rust
 #                                    client's (both JSON); fails unless both echoed everything
 #
 # Other jobs may share the machine, so never assume the default port pool is free.
+
+# Machnet ports of the conformance Raft cluster: transport BASE+1..3, KV front ends BASE+11..13
+# (clear of the echo and KV apps and of the port ranges the binding tests pick from).
+RAFT_BASE_PORT=30000
 
 free_udp_pool() {
     local count=${1:-8}
@@ -79,7 +96,7 @@ for label, raw in ((name, sys.argv[2]), ("rust", sys.argv[3])):
     r = json.loads(raw)
     t = r["rtt_us"]
     assert r["mismatches"] == 0 and r["messages"] > 0, r
-    print(f"echo 64 B window 1, {label:4}: {r['msgs_per_sec']:9.0f} msg/s  "
+    print(f"echo 64 B window 1, {label:12}: {r['msgs_per_sec']:9.0f} msg/s  "
           f"p50 {t['p50']:7.1f} us  p99 {t['p99']:7.1f} us  p99.9 {t['p999']:7.1f} us")
 PY
 }
@@ -99,5 +116,53 @@ start_test_apps() {
     # The KV app of the conformance cases (in-memory store).
     "$bin/machnet-kv" server --socket "$dir/a.sock" --port "$kv_port" 2>"$dir/kv.log" &
     PIDS+=($!)
-    wait_for_line "$dir/kv.log" "listening on"
+    wait_for_line "$dir/kv.log" "listening on" || return 1
+    # The Raft app of the conformance cases (examples/raft), if its binary is given.
+    [ -z "${5:-}" ] || start_raft_cluster "$5" "$dir" "$dir/a.sock" 127.0.0.1 "$RAFT_BASE_PORT"
+}
+
+build_raft_node() {
+    local rel=$1 out=$2
+    (
+        cd "$(dirname "${BASH_SOURCE[0]}")/../../examples/raft" &&
+            PATH="$PATH:/usr/local/go/bin" CGO_ENABLED=1 CGO_LDFLAGS="-L$rel" \
+                go build -o "$out" ./cmd/raft-node
+    )
+}
+
+start_raft_cluster() {
+    local node_bin=$1 dir=$2 socket=$3 ip=$4 base=$5 i peers=""
+    for i in 1 2 3; do peers+="${peers:+,}n$i=$ip:$((base + i))"; done
+    for i in 1 2 3; do
+        "$node_bin" --id "n$i" --socket "$socket" --ip "$ip" --port $((base + i)) \
+            --kv-port $((base + 10 + i)) --peers "$peers" --http 127.0.0.1:0 --election-timeout 2s \
+            >"$dir/raft-n$i.out" 2>"$dir/raft-n$i.log" &
+        PIDS+=($!)
+    done
+    for i in 1 2 3; do wait_for_line "$dir/raft-n$i.out" "^READY" || return 1; done
+    local port
+    port=$(python3 - "$dir" <<'PY'
+import json, sys, time, urllib.request
+d = sys.argv[1]
+urls = [open(f"{d}/raft-n{i}.out").readline().split()[1] for i in (1, 2, 3)]
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        st = [json.load(urllib.request.urlopen(f"http://{u}/status", timeout=2)) for u in urls]
+    except OSError:
+        st = []
+    leaders = [s for s in st if s["state"] == "Leader"]
+    if len(leaders) == 1 and all(s["leader"] == leaders[0]["id"] for s in st):
+        print(leaders[0]["kv_port"])
+        sys.exit(0)
+    time.sleep(0.1)
+print("no agreed raft leader after 60 s", file=sys.stderr)
+sys.exit(1)
+PY
+    ) || {
+        tail -n 20 "$dir"/raft-n*.log >&2
+        return 1
+    }
+    export MACHNET_CONFORMANCE_RAFT_PORT=$port
+    echo "raft cluster: leader's KV port $port" >&2
 }

@@ -6,6 +6,8 @@
 //   MACHNET_CONFORMANCE_SERVER_IP   the sidecar the apps are attached to (127.0.0.1)
 //   MACHNET_CONFORMANCE_ECHO_PORT   `machnet-echo server`
 //   MACHNET_CONFORMANCE_KV_PORT     `machnet-kv server`
+//   MACHNET_CONFORMANCE_RAFT_PORT   the KV port of the Raft cluster's leader (examples/raft; app
+//                                   `raft` speaks the KV app's request format)
 //   MACHNET_TEST_SOCK / MACHNET_TEST_PEER_SOCK  the client sidecar and the server sidecar
 // The test names are "NN_<case name>" so NUnit (which sorts by name) runs them in the file's order.
 //
@@ -139,6 +141,8 @@ namespace Machnet.Tests
                 return ushort.Parse(Env.Get("MACHNET_CONFORMANCE_ECHO_PORT"));
             if (app == "kv")
                 return ushort.Parse(Env.Get("MACHNET_CONFORMANCE_KV_PORT"));
+            if (app == "raft")
+                return ushort.Parse(Env.Get("MACHNET_CONFORMANCE_RAFT_PORT"));
             Assert.Fail("case {0}: unknown app {1}", caseName, app ?? "null");
             return 0;
         }

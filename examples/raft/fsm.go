@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -33,7 +34,11 @@ func NewKV() *KV { return &KV{data: make(map[string][]byte)} }
 
 var _ raft.FSM = (*KV)(nil)
 
-const opSet = 1
+// Command op codes (the first byte of every command).
+const (
+	opSet    = 1
+	opDelete = 2
+)
 
 // SetCommand encodes "set key = value": op byte, 16-bit key length, key, value.
 func SetCommand(key string, value []byte) []byte {
@@ -45,29 +50,54 @@ func SetCommand(key string, value []byte) []byte {
 	return out
 }
 
-func parseSet(cmd []byte) (string, []byte, error) {
-	if len(cmd) < 3 || cmd[0] != opSet {
-		return "", nil, errors.New("kv: unknown command")
+// DeleteCommand encodes "delete key": op byte, 16-bit key length, key. Applying it returns
+// DeleteResult.
+func DeleteCommand(key string) []byte {
+	out := make([]byte, 3+len(key))
+	out[0] = opDelete
+	binary.BigEndian.PutUint16(out[1:3], uint16(len(key)))
+	copy(out[3:], key)
+	return out
+}
+
+// DeleteResult is what applying a DeleteCommand returns (raft.ApplyFuture.Response).
+type DeleteResult struct {
+	Existed bool // the key was present before the delete
+}
+
+// parseCommand decodes a command made by SetCommand or DeleteCommand (a delete has no value:
+// trailing bytes are an error).
+func parseCommand(cmd []byte) (op byte, key string, value []byte, err error) {
+	if len(cmd) < 3 || (cmd[0] != opSet && cmd[0] != opDelete) {
+		return 0, "", nil, errors.New("kv: unknown command")
 	}
 	kl := int(binary.BigEndian.Uint16(cmd[1:3]))
 	if len(cmd) < 3+kl {
-		return "", nil, errors.New("kv: truncated command")
+		return 0, "", nil, errors.New("kv: truncated command")
 	}
-	return string(cmd[3 : 3+kl]), cmd[3+kl:], nil
+	if cmd[0] == opDelete && len(cmd) != 3+kl {
+		return 0, "", nil, errors.New("kv: trailing bytes after a delete")
+	}
+	return cmd[0], string(cmd[3 : 3+kl]), cmd[3+kl:], nil
 }
 
-// Apply implements raft.FSM. It returns nil or the decoding error.
+// Apply implements raft.FSM. It returns the decoding error, nil for a set, or a DeleteResult.
 func (kv *KV) Apply(l *raft.Log) interface{} {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
 	data := append([]byte(nil), l.Data...)
-	key, value, err := parseSet(data)
+	op, key, value, err := parseCommand(data)
 	kv.mu.Lock()
 	defer kv.mu.Unlock()
 	kv.applied = append(kv.applied, Entry{Index: l.Index, Term: l.Term, Data: data})
 	if err != nil {
 		return err
+	}
+	if op == opDelete {
+		_, existed := kv.data[key]
+		delete(kv.data, key)
+		return DeleteResult{Existed: existed}
 	}
 	kv.data[key] = value
 	return nil
@@ -79,6 +109,34 @@ func (kv *KV) Get(key string) ([]byte, bool) {
 	defer kv.mu.Unlock()
 	v, ok := kv.data[key]
 	return v, ok
+}
+
+// Pair is one key and its value, as Scan returns them.
+type Pair struct {
+	Key   string
+	Value []byte
+}
+
+// Scan returns up to limit entries whose key starts with prefix, in key order (byte-wise).
+// Values are shared with the state machine: callers must not modify them.
+func (kv *KV) Scan(prefix string, limit int) []Pair {
+	kv.mu.Lock()
+	keys := make([]string, 0)
+	for k := range kv.data {
+		if strings.HasPrefix(k, prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if len(keys) > limit {
+		keys = keys[:limit]
+	}
+	out := make([]Pair, len(keys))
+	for i, k := range keys {
+		out[i] = Pair{Key: k, Value: kv.data[k]}
+	}
+	kv.mu.Unlock()
+	return out
 }
 
 // Applied returns a copy of the applied entries in order.

@@ -77,6 +77,19 @@ func attach(socket string) (*machnet.Channel, error) {
 	return machnet.Attach()
 }
 
+// listenChannel attaches a channel to the sidecar at socket and listens on ip:port with it.
+func listenChannel(socket, ip string, port uint16) (*machnet.Channel, error) {
+	ch, err := attach(socket)
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Listen(ip, port); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	return ch, nil
+}
+
 // Config configures a Transport.
 type Config struct {
 	Socket  string        // the sidecar's control socket ("" = $MACHNET_SOCKET or the default)
@@ -128,12 +141,8 @@ func NewTransport(cfg Config) (*Transport, error) {
 	if net.ParseIP(cfg.LocalIP).To4() == nil {
 		return nil, fmt.Errorf("machnet raft transport: LocalIP %q is not an IPv4 address", cfg.LocalIP)
 	}
-	ch, err := attach(cfg.Socket)
+	ch, err := listenChannel(cfg.Socket, cfg.LocalIP, cfg.Port)
 	if err != nil {
-		return nil, err
-	}
-	if err := ch.Listen(cfg.LocalIP, cfg.Port); err != nil {
-		_ = ch.Close()
 		return nil, err
 	}
 	t := &Transport{

@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 import machnet
-from harness import IP_A, IP_B, KV_PORT, Sidecar, start_echo_server, start_kv_server
+from harness import IP_A, IP_B, KV_PORT, RaftCluster, Sidecar, start_echo_server, start_kv_server
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,19 @@ def kv_server(sidecar_a: Sidecar, tmp_dir: Path) -> Iterator[int]:
     kv = start_kv_server(sidecar_a, tmp_dir, KV_PORT)
     yield KV_PORT
     kv.stop()
+
+
+@pytest.fixture(scope="session")
+def raft_cluster(sidecar_a: Sidecar, tmp_dir: Path) -> Iterator[int]:
+    """The Raft cluster of ``examples/raft`` (three ``raft-node`` processes with KV front ends)
+    on sidecar a; yields the leader's KV port. The binary comes from ``$MACHNET_RAFT_NODE_BIN``
+    (ci/python.sh builds it); without it the cases that need the cluster fail."""
+    node_bin = os.environ.get("MACHNET_RAFT_NODE_BIN")
+    if not node_bin:
+        pytest.fail("MACHNET_RAFT_NODE_BIN is not set: run the tests through ci/python.sh")
+    cluster = RaftCluster(sidecar_a, tmp_dir, Path(node_bin))
+    yield cluster.kv_port
+    cluster.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Starting real sidecars and the Rust echo server (used by the tests and by bench/compare.py).
+"""Starting real sidecars, the Rust echo and KV servers and the Raft cluster (used by the tests
+and by bench/compare.py).
 
 Binaries come from ``$MACHNET_BIN_DIR`` (default: ``$CARGO_TARGET_DIR/release`` or the
 repository's ``target/release``); build them with
@@ -7,6 +8,7 @@ repository's ``target/release``); build them with
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
@@ -173,3 +176,64 @@ def start_kv_server(sidecar: Sidecar, tmp: Path, port: int = KV_PORT) -> Proc:
             raise RuntimeError(f"kv server did not start:\n{kv.log_text()}")
         time.sleep(0.02)
     return kv
+
+
+#: Machnet ports of the conformance Raft cluster: raft transport ``base+1..3``, KV front ends
+#: ``base+11..13`` (as ``ci/lib/sidecars.sh``'s ``RAFT_BASE_PORT``).
+RAFT_BASE_PORT = 30000
+
+
+class RaftCluster:
+    """Three ``raft-node`` processes (``examples/raft``, ids n1..n3) on ``sidecar``, each with a
+    KV front end (``--kv-port``): the conformance cases' Raft app. Once constructed all three
+    agree on a leader, whose KV port is :attr:`kv_port`."""
+
+    def __init__(self, sidecar: Sidecar, tmp: Path, node_bin: Path, base: int = RAFT_BASE_PORT) -> None:
+        ip = sidecar.ip
+        peers = ",".join(f"n{i}={ip}:{base + i}" for i in (1, 2, 3))
+        self.nodes: List[Proc] = []
+        try:
+            for i in (1, 2, 3):
+                argv = [
+                    str(node_bin), "--id", f"n{i}", "--socket", str(sidecar.sock), "--ip", ip,
+                    "--port", str(base + i), "--kv-port", str(base + 10 + i),
+                    "--peers", peers, "--http", "127.0.0.1:0", "--election-timeout", "2s",
+                ]  # fmt: skip
+                self.nodes.append(Proc(f"raft-n{i}", argv, tmp / f"raft-n{i}.log"))
+            self.kv_port = self._wait_leader([self._http_addr(n) for n in self.nodes])
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _http_addr(node: Proc) -> str:
+        """The HTTP address from the node's ``READY <addr> <raft addr>`` line."""
+        deadline = time.monotonic() + 20
+        while True:
+            for line in node.log_text().splitlines():
+                if line.startswith("READY "):
+                    return line.split()[1]
+            if not node.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name} did not start:\n{node.log_text()}")
+            time.sleep(0.02)
+
+    def _wait_leader(self, addrs: List[str], timeout: float = 60) -> int:
+        """Waits until exactly one node leads and all agree; returns its KV port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                st = [
+                    json.load(urllib.request.urlopen(f"http://{a}/status", timeout=2)) for a in addrs
+                ]
+            except OSError:
+                st = []
+            leaders = [s for s in st if s["state"] == "Leader"]
+            if len(leaders) == 1 and all(s["leader"] == leaders[0]["id"] for s in st):
+                return int(leaders[0]["kv_port"])
+            time.sleep(0.1)
+        logs = "\n".join(n.log_text()[-2000:] for n in self.nodes)
+        raise RuntimeError(f"no agreed raft leader after {timeout} s:\n{logs}")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -4,7 +4,9 @@ One test per case, in file order, against the apps the fixtures start: ``machnet
 (port 888) and ``machnet-kv server`` (port 900, the ``kv_server`` fixture) on sidecar a
 (127.0.0.1); the client channels are on sidecar b (127.0.0.2). ``$MACHNET_CONFORMANCE_CASES``
 overrides the path of the cases file. The README's environment variables map to fixtures here:
-server IP ``IP_A``, echo port ``ECHO_PORT``, KV port ``kv_server``, server sidecar ``ma``.
+server IP ``IP_A``, echo port ``ECHO_PORT``, KV port ``kv_server``, server sidecar ``ma``, and
+for app ``raft`` (the KV request format served by the leader of ``examples/raft``'s cluster)
+``MACHNET_CONFORMANCE_RAFT_PORT`` ``raft_cluster`` (which needs ``$MACHNET_RAFT_NODE_BIN``).
 
 Error names map to these exception classes (conformance/README.md, "Error names"):
 ``refused`` → :class:`machnet.ConnectionRefusedError`, ``invalid_argument`` →
@@ -44,6 +46,8 @@ ERRORS: Dict[str, Type[machnet.MachnetError]] = {
 
 KV_STATUS = {"ok": 0, "not_found": 1, "bad_request": 2, "server_error": 3}
 KV_SET, KV_GET = 2, 1
+#: The fixture that starts each KV-format app and yields its port.
+KV_APPS = {"kv": "kv_server", "raft": "raft_cluster"}
 
 
 def pattern(n: int) -> bytes:
@@ -238,8 +242,8 @@ def test_conformance(
         elif do == "peer_goes_away":
             do_peer_goes_away(ch, ma, case)
         elif do == "kv":
-            do_kv(ch, request.getfixturevalue("kv_server"), case)
+            do_kv(ch, request.getfixturevalue(KV_APPS[case["app"]]), case)
         elif do == "kv_pipelined":
-            do_kv_pipelined(ch, request.getfixturevalue("kv_server"), case)
+            do_kv_pipelined(ch, request.getfixturevalue(KV_APPS[case["app"]]), case)
         else:
             pytest.fail(f"case {case['name']}: unknown 'do' {do!r}")

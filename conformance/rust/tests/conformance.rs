@@ -1,7 +1,15 @@
 //! The Rust runner of `conformance/cases.json` (see `conformance/README.md`): two sidecars in
 //! this process on 127.0.0.1 (apps: an echo server and the KV server of `examples/kv`) and
 //! 127.0.0.2 (the client), every case on a fresh channel of the client sidecar.
+//!
+//! The cases of app `raft` need the Raft cluster of `examples/raft` (Go processes on real
+//! sidecars), which this test cannot start. `raft_cases` runs them against such a cluster when
+//! `MACHNET_CONFORMANCE_RAFT_PORT`, `MACHNET_CONFORMANCE_SERVER_IP` and
+//! `MACHNET_CONFORMANCE_CLIENT_SOCKET` (the control socket of a sidecar that can reach the
+//! cluster) are set, as `ci/raft.sh` does (which also checks that they ran); otherwise it prints
+//! `SKIPPED <n> raft cases` to the terminal. `every_conformance_case` never runs them.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,14 +74,71 @@ impl World {
         }
     }
 
-    fn server_socket(&self) -> PathBuf {
-        self.sidecars.socket(0)
+    /// Where the cases find the in-process apps.
+    fn target(&self) -> Target {
+        Target {
+            client_socket: self.sidecars.socket(1),
+            server_socket: Some(self.sidecars.socket(0)),
+            server_ip: SERVER_IP,
+            echo_port: Some(ECHO_PORT),
+            kv_port: Some(KV_PORT),
+            raft_port: None,
+        }
+    }
+}
+
+/// The sidecars and app ports one run of the cases uses (`None`: that app is not there).
+struct Target {
+    client_socket: PathBuf,
+    /// The apps' sidecar (for `peer_goes_away`).
+    server_socket: Option<PathBuf>,
+    server_ip: Ipv4Addr,
+    echo_port: Option<u16>,
+    kv_port: Option<u16>,
+    raft_port: Option<u16>,
+}
+
+impl Target {
+    /// An external Raft cluster described by the environment (see the file's header), or None
+    /// if `MACHNET_CONFORMANCE_RAFT_PORT` is unset. Panics if it is set but the rest is missing
+    /// or malformed.
+    fn raft_from_env() -> Option<Target> {
+        let port = std::env::var("MACHNET_CONFORMANCE_RAFT_PORT").ok()?;
+        let var = |name: &str| {
+            std::env::var(name)
+                .unwrap_or_else(|_| panic!("MACHNET_CONFORMANCE_RAFT_PORT is set, {name} is not"))
+        };
+        Some(Target {
+            client_socket: PathBuf::from(var("MACHNET_CONFORMANCE_CLIENT_SOCKET")),
+            server_socket: None,
+            server_ip: var("MACHNET_CONFORMANCE_SERVER_IP")
+                .parse()
+                .expect("MACHNET_CONFORMANCE_SERVER_IP: an IPv4 address"),
+            echo_port: None,
+            kv_port: None,
+            raft_port: Some(port.parse().expect("MACHNET_CONFORMANCE_RAFT_PORT: a port")),
+        })
     }
 
     fn client(&self) -> (Machnet, Channel) {
-        let m = Machnet::attach_at(self.sidecars.socket(1)).unwrap();
+        let m = Machnet::attach_at(&self.client_socket).unwrap();
         let ch = m.open_channel(None).unwrap();
         (m, ch)
+    }
+
+    /// The port of the case's app (`kv` and `raft` speak the same request format).
+    fn app_port(&self, case: &Value) -> u16 {
+        let app = case["app"].as_str();
+        let port = match app {
+            Some("echo") => self.echo_port,
+            Some("kv") => self.kv_port,
+            Some("raft") => self.raft_port,
+            other => panic!(
+                "{}: unknown app {other:?} (update this runner)",
+                case["name"]
+            ),
+        };
+        port.unwrap_or_else(|| panic!("{}: app {app:?} is not running here", case["name"]))
     }
 }
 
@@ -120,10 +185,14 @@ fn field(case: &Value, name: &str) -> u64 {
 }
 
 /// Runs one case; panics (naming it) on any mismatch.
-fn run(w: &World, case: &Value) {
+fn run(w: &Target, case: &Value) {
     let name = case["name"].as_str().unwrap();
     let (_m, mut ch) = w.client();
-    let echo = |ch: &mut Channel| ch.connect(SERVER_IP, ECHO_PORT).expect("connect to echo");
+    let server_ip = w.server_ip;
+    let echo = |ch: &mut Channel| {
+        ch.connect(server_ip, w.app_port(case))
+            .expect("connect to echo")
+    };
     match case["do"].as_str().unwrap() {
         "echo" => {
             let flow = echo(&mut ch);
@@ -183,7 +252,7 @@ fn run(w: &World, case: &Value) {
         }
         "connect_error" => {
             let port = field(case, "port") as u16;
-            match (ch.connect(SERVER_IP, port), case["error"].as_str().unwrap()) {
+            match (ch.connect(server_ip, port), case["error"].as_str().unwrap()) {
                 (Err(ConnectError::Failed(Some(CloseCode::Refused))), "refused") => {}
                 (other, want) => panic!("{name}: connect gave {other:?}, want {want}"),
             }
@@ -201,10 +270,11 @@ fn run(w: &World, case: &Value) {
         }
         "peer_goes_away" => {
             let port = field(case, "port") as u16;
-            let m = Machnet::attach_at(w.server_socket()).unwrap();
+            let m =
+                Machnet::attach_at(w.server_socket.as_ref().expect("the server sidecar")).unwrap();
             let mut server = m.open_channel(None).unwrap();
             server.listen(port).unwrap();
-            let flow = ch.connect(SERVER_IP, port).unwrap();
+            let flow = ch.connect(server_ip, port).unwrap();
             ch.send(&flow, b"hello").unwrap();
             assert_eq!(recv(&mut server).1, b"hello");
             server.close_channel().unwrap();
@@ -225,7 +295,9 @@ fn run(w: &World, case: &Value) {
             );
         }
         "kv" => {
-            let flow = ch.connect(SERVER_IP, KV_PORT).expect("connect to kv");
+            let flow = ch
+                .connect(server_ip, w.app_port(case))
+                .expect("connect to kv");
             for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
                 ch.send(&flow, &hex(step["request"].as_str().unwrap()))
                     .unwrap();
@@ -253,7 +325,9 @@ fn run(w: &World, case: &Value) {
         "kv_pipelined" => {
             let count = field(case, "count") as u32;
             let prefix = case["key_prefix"].as_str().unwrap();
-            let flow = ch.connect(SERVER_IP, KV_PORT).expect("connect to kv");
+            let flow = ch
+                .connect(server_ip, w.app_port(case))
+                .expect("connect to kv");
             let req = |op: u8, id: u32, value: &[u8]| {
                 let key = format!("{prefix}{id}");
                 let mut r = vec![op];
@@ -286,19 +360,53 @@ fn run(w: &World, case: &Value) {
     }
 }
 
-#[test]
-fn every_conformance_case() {
+/// The cases of `cases.json` (or `$MACHNET_CONFORMANCE_CASES`).
+fn cases() -> Vec<Value> {
     let path = std::env::var_os("MACHNET_CONFORMANCE_CASES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases.json"));
     let cases: Value =
         serde_json::from_slice(&std::fs::read(&path).expect("cases.json")).expect("valid JSON");
     assert_eq!(cases["version"], 1);
-    let w = World::start();
-    let list = cases["cases"].as_array().unwrap();
+    let list = cases["cases"].as_array().unwrap().clone();
     assert!(list.len() >= 10);
-    for case in list {
+    list
+}
+
+fn is_raft(case: &Value) -> bool {
+    case["app"].as_str() == Some("raft")
+}
+
+/// Every case except the Raft app's, against the in-process sidecars and apps.
+#[test]
+fn every_conformance_case() {
+    let w = World::start();
+    for case in cases().iter().filter(|c| !is_raft(c)) {
         eprintln!("conformance: {}", case["name"]);
-        run(&w, case);
+        run(&w.target(), case);
     }
+}
+
+/// The Raft app's cases, against the external cluster the environment names (or skipped,
+/// saying so).
+#[test]
+fn raft_cases() {
+    let list: Vec<Value> = cases().into_iter().filter(is_raft).collect();
+    let Some(target) = Target::raft_from_env() else {
+        // Straight to stderr: libtest captures `eprintln!` of passing tests, and a skip must
+        // be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "conformance: SKIPPED {} raft cases (no cluster: set MACHNET_CONFORMANCE_RAFT_PORT, \
+             MACHNET_CONFORMANCE_SERVER_IP and MACHNET_CONFORMANCE_CLIENT_SOCKET; ci/raft.sh does)",
+            list.len()
+        );
+        return;
+    };
+    assert!(!list.is_empty(), "no raft cases in cases.json");
+    for case in &list {
+        eprintln!("conformance: {}", case["name"]);
+        run(&target, case);
+    }
+    eprintln!("conformance: ran {} raft cases", list.len());
 }

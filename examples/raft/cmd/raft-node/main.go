@@ -6,7 +6,9 @@
 //	    --peers n1=127.0.0.1:7201,n2=127.0.0.2:7202,n3=127.0.0.3:7203 --http 127.0.0.1:0
 //
 // Every node bootstraps with the same --peers. Once serving it prints `READY <http address>`.
-// HTTP: GET /status (JSON: id, state, leader, applied, last_index, commit_index), POST /apply
+// With --kv-port P it also serves the request format of examples/kv over Machnet on port P of
+// its sidecar (writes through raft; see kvserver.go and the README).
+// HTTP: GET /status (JSON: id, state, leader, applied, last_index, commit_index, kv_port), POST /apply
 // (body: a command; only on the leader; answers once committed and applied), GET /applied
 // (JSON list of applied entries), GET /dump (the state's deterministic serialisation).
 package main
@@ -23,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	machnetraft "github.com/machnet-rs/machnet/examples/raft"
 )
@@ -34,6 +37,7 @@ type status struct {
 	Applied     int    `json:"applied"`
 	LastIndex   uint64 `json:"last_index"`
 	CommitIndex string `json:"commit_index"`
+	KVPort      int    `json:"kv_port"` // 0: no KV front end
 }
 
 func main() {
@@ -44,9 +48,16 @@ func main() {
 	peers := flag.String("peers", "", "id=ip:port,... for every server (this one included)")
 	httpAddr := flag.String("http", "127.0.0.1:0", "HTTP control address")
 	timeout := flag.Duration("rpc-timeout", 5*time.Second, "transport RPC timeout")
+	kvPort := flag.Int("kv-port", 0, "Machnet port of the KV front end (examples/kv request format); 0: none")
+	election := flag.Duration("election-timeout", time.Second,
+		"raft heartbeat and election timeout (the leader lease is half); longer rides out a loaded machine")
 	flag.Parse()
 	if *id == "" || *peers == "" || *port <= 0 || *port > 65535 {
 		fmt.Fprintln(os.Stderr, "raft-node: --id, --port and --peers are required")
+		os.Exit(2)
+	}
+	if *kvPort < 0 || *kvPort > 65535 || *kvPort == *port {
+		fmt.Fprintln(os.Stderr, "raft-node: --kv-port must be 1..65535 and differ from --port (0: no KV front end)")
 		os.Exit(2)
 	}
 	var servers []raft.Server
@@ -63,10 +74,27 @@ func main() {
 		fmt.Fprintf(os.Stderr, "raft-node: transport: %v\n", err)
 		os.Exit(1)
 	}
-	node, err := machnetraft.StartNode(machnetraft.RaftConfig(raft.ServerID(*id), os.Stderr), trans, servers, true)
+	conf := machnetraft.RaftConfig(raft.ServerID(*id), os.Stderr)
+	if *election < 10*time.Millisecond {
+		fmt.Fprintln(os.Stderr, "raft-node: --election-timeout must be at least 10ms")
+		os.Exit(2)
+	}
+	conf.HeartbeatTimeout, conf.ElectionTimeout, conf.LeaderLeaseTimeout = *election, *election, *election/2
+	if *kvPort != 0 {
+		conf.MaxAppendEntries = machnetraft.KVMaxAppendEntries
+	}
+	node, err := machnetraft.StartNode(conf, trans, servers, true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "raft-node: %v\n", err)
 		os.Exit(1)
+	}
+	if *kvPort != 0 {
+		kvLog := hclog.New(&hclog.LoggerOptions{Name: "kv-" + *id, Level: hclog.Warn, Output: os.Stderr})
+		cfg := machnetraft.KVServerConfig{Socket: *socket, LocalIP: *ip, Port: uint16(*kvPort), Logger: kvLog}
+		if _, err := machnetraft.ServeKV(cfg, node.Raft, node.FSM); err != nil {
+			fmt.Fprintf(os.Stderr, "raft-node: KV front end: %v\n", err)
+			os.Exit(1)
+		}
 	}
 
 	mux := http.NewServeMux()
@@ -75,7 +103,7 @@ func main() {
 		writeJSON(w, status{
 			ID: *id, State: node.Raft.State().String(), Leader: string(leader),
 			Applied: node.FSM.Len(), LastIndex: node.Raft.LastIndex(),
-			CommitIndex: node.Raft.Stats()["commit_index"],
+			CommitIndex: node.Raft.Stats()["commit_index"], KVPort: *kvPort,
 		})
 	})
 	mux.HandleFunc("/apply", func(w http.ResponseWriter, r *http.Request) {
