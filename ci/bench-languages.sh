@@ -24,7 +24,7 @@ TARGET=$CARGO_TARGET_DIR REL=$CARGO_TARGET_DIR/release
 DURATION=${DURATION:-3} WARMUP=${WARMUP:-0.5} ROUNDS=${ROUNDS:-2}
 PORT=888
 case ${1:-} in --json) JSON=/dev/stdout ;; "") ;; *) sed -n 2,18p "$0" >&2; exit 2 ;; esac
-LANGS=(rust go python node csharp)
+LANGS=(rust go go-thread python node csharp) # go-thread: the Go client with --wait thread
 declare -A SKIP=()  # language -> "skipped (why)" or "FAILED (why)"
 FAILED=0
 
@@ -52,6 +52,7 @@ else
     (cd go && CGO_LDFLAGS="-L$REL" build go build -o "$TARGET/bench-go/machnet-echo-go" ./cmd/machnet-echo-go) ||
         broken go "go build"
 fi
+[ -z "${SKIP[go]:-}" ] || SKIP[go-thread]=${SKIP[go]}
 
 VENV=$TARGET/bench-venv
 if ! command -v python3 >/dev/null; then SKIP[python]="skipped (no python3)"
@@ -101,6 +102,7 @@ client() { # lang args...: runs (execs) that language's echo client under a time
     case $lang in
         rust) exec "${t[@]}" "$REL/machnet-echo" client "$@" ;;
         go) exec "${t[@]}" "$TARGET/bench-go/machnet-echo-go" "$@" ;;
+        go-thread) exec "${t[@]}" "$TARGET/bench-go/machnet-echo-go" --wait thread "$@" ;;
         python) exec "${t[@]}" "$VENV/bin/python" python/bench/echo_client.py "$@" ;;
         node) exec "${t[@]}" node node/bench/echo-client.js "$@" ;;
         csharp) LD_LIBRARY_PATH=$REL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec "${t[@]}" mono "$CS/machnet-echo-cs.exe" "$@" ;;
@@ -149,13 +151,13 @@ if raw_path:
 out = sys.stderr if raw_path == "/dev/stdout" else sys.stdout
 base = rows["rust"] if isinstance(rows["rust"], list) else None
 print(f"echo RTT, 64 B, window 1, median of {rounds} round(s)", file=out)
-print(f"{'language':9} {'p50 us':>8} {'p99 us':>8} {'p50/rust':>9} {'p99/rust':>9}", file=out)
+print(f"{'language':10} {'p50 us':>8} {'p99 us':>8} {'p50/rust':>9} {'p99/rust':>9}", file=out)
 for lang, v in rows.items():
     if isinstance(v, str):
-        print(f"{lang:9} {v}", file=out)
+        print(f"{lang:10} {v}", file=out)
     else:
         ratio = [f"{a / b:.2f}x" if base else "n/a" for a, b in zip(v, base or v)]
-        print(f"{lang:9} {v[0]:8.1f} {v[1]:8.1f} {ratio[0]:>9} {ratio[1]:>9}", file=out)
+        print(f"{lang:10} {v[0]:8.1f} {v[1]:8.1f} {ratio[0]:>9} {ratio[1]:>9}", file=out)
 sys.exit(1 if bad else 0)
 PY
 exit "$FAILED"
