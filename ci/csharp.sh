@@ -95,12 +95,8 @@ fi
 
 # ----- sidecars and apps (helpers shared with the other scripts: ci/lib/sidecars.sh) -----
 . ci/lib/sidecars.sh
-# The Raft app of the conformance cases (examples/raft): exports MACHNET_CONFORMANCE_RAFT_PORT.
-if ! build_raft_node "$REL" "$DIR/raft-node"; then
-    fail "raft-node build (examples/raft, Go)"
-    finish
-fi
-if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT" "$DIR/raft-node"; then
+# With the Raft app of the conformance cases: exports MACHNET_CONFORMANCE_RAFT_PORT.
+if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT" raft; then
     fail "sidecars, echo, kv servers and raft cluster start"
     finish
 fi

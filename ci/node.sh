@@ -79,10 +79,9 @@ BIN=$TARGET/release
 # Shared with the other scripts: sidecars on a free UDP port pool, the echo and KV apps.
 # shellcheck source=lib/sidecars.sh
 . ci/lib/sidecars.sh
-# The Raft app of the conformance cases (examples/raft, Go; links libmachnet.a):
+# With the Raft app of the conformance cases (examples/raft, Go; links libmachnet.a):
 # start_test_apps exports MACHNET_CONFORMANCE_RAFT_PORT.
-build_raft_node "$BIN" "$WORK/raft-node" || die "raft-node build (examples/raft, Go)"
-start_test_apps "$BIN" "$WORK" "$ECHO_PORT" "$KV_PORT" "$WORK/raft-node" ||
+start_test_apps "$BIN" "$WORK" "$ECHO_PORT" "$KV_PORT" raft ||
     die "sidecars, echo, kv servers and raft cluster start"
 
 echo "== node --test (the installed package)"

@@ -6,12 +6,13 @@
 #                                    starts BIN on IP with control socket DIR/NAME.sock and log
 #                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
 #   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
-#   start_test_apps BIN DIR ECHO_PORT KV_PORT [RAFT_NODE_BIN]
+#   start_test_apps BIN DIR ECHO_PORT KV_PORT [raft]
 #                                    the binding suites' set-up: sets POOL (free on 127.0.0.1-3),
 #                                    starts sidecars a (127.0.0.1) and b (127.0.0.2), then
 #                                    `machnet-echo server` and `machnet-kv server` on a; BIN holds
-#                                    the binaries. With RAFT_NODE_BIN, also the conformance Raft
-#                                    cluster on a (start_raft_cluster, base port RAFT_BASE_PORT).
+#                                    the binaries. With `raft`, also builds raft-node into DIR
+#                                    (build_raft_node) and starts the conformance Raft cluster on
+#                                    a (start_raft_cluster, base port RAFT_BASE_PORT).
 #                                    Prints what failed and returns 1 on failure
 #   build_raft_node REL OUT          builds examples/raft's `raft-node` (Go, cgo) into OUT,
 #                                    linking REL/libmachnet.a (`cargo build --release -p
@@ -117,8 +118,13 @@ start_test_apps() {
     "$bin/machnet-kv" server --socket "$dir/a.sock" --port "$kv_port" 2>"$dir/kv.log" &
     PIDS+=($!)
     wait_for_line "$dir/kv.log" "listening on" || return 1
-    # The Raft app of the conformance cases (examples/raft), if its binary is given.
-    [ -z "${5:-}" ] || start_raft_cluster "$5" "$dir" "$dir/a.sock" 127.0.0.1 "$RAFT_BASE_PORT"
+    # The Raft app of the conformance cases (examples/raft), if asked for.
+    [ "${5:-}" = raft ] || return 0
+    if ! build_raft_node "$bin" "$dir/raft-node"; then
+        echo "raft-node build (examples/raft, Go) failed" >&2
+        return 1
+    fi
+    start_raft_cluster "$dir/raft-node" "$dir" "$dir/a.sock" 127.0.0.1 "$RAFT_BASE_PORT"
 }
 
 build_raft_node() {
