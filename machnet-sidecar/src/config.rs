@@ -76,6 +76,9 @@ pub enum IdleMode {
 #[command(
     name = "machnet",
     version,
+    // A flag given twice takes the last value (scripts append to a base command line);
+    // repeatable lists such as --allow-user still collect every value.
+    args_override_self = true,
     about = "machnet: the Machnet sidecar. Serves applications over shared-memory channels and \
              carries their messages over its own reliable transport on UDP.",
     after_long_help = "Every option can also be set in the --config file (TOML, same names with \
@@ -692,6 +695,15 @@ mod tests {
         let mut v = vec!["machnet"];
         v.extend_from_slice(args);
         SidecarConfig::from_cli(&Cli::try_parse_from(v).expect("flags parse"))
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value_and_lists_collect() {
+        let c = parse(&["--stats-interval", "0", "--stats-interval", "5"]).unwrap();
+        assert_eq!(c.stats_interval, Some(Duration::from_secs(5)));
+        let cli = Cli::try_parse_from(["machnet", "--allow-user", "0", "--allow-user", "1"])
+            .expect("flags parse");
+        assert_eq!(cli.allow_user, ["0", "1"]);
     }
 
     #[test]
