@@ -100,13 +100,7 @@ if ! start_test_apps "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT" raft; then
     fail "sidecars, echo, kv servers and raft cluster start"
     finish
 fi
-export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
-    MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1 \
-    MACHNET_TEST_ECHO_PORT=$ECHO_PORT MACHNET_TEST_BIN=$REL/machnet \
-    MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$DIR MACHNET_TEST_UID=$(id -u) \
-    MACHNET_CONFORMANCE_CASES=${MACHNET_CONFORMANCE_CASES:-$ROOT/conformance/cases.json} \
-    MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1 MACHNET_CONFORMANCE_ECHO_PORT=$ECHO_PORT \
-    MACHNET_CONFORMANCE_KV_PORT=$KV_PORT
+export_c_abi_test_env "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT"
 
 # ----- NUnit -----
 echo "csharp: nunit-console" >&2

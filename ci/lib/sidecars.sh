@@ -25,6 +25,11 @@
 #                                    leader, then exports MACHNET_CONFORMANCE_RAFT_PORT (the
 #                                    leader's KV port). Logs in DIR/raft-n*.log. Returns 1 (and
 #                                    prints why) on failure
+#   export_c_abi_test_env BIN DIR ECHO_PORT KV_PORT
+#                                    after start_test_apps: exports what the C ABI suites (C, Go
+#                                    in ci/ffi.sh; C# in ci/csharp.sh) read: MACHNET_TEST_* (client
+#                                    sidecar b, peer a, echo port, sidecar binary, UDP pool, work
+#                                    dir, uid) and MACHNET_CONFORMANCE_* (conformance/README.md)
 #   print_echo_pair NAME JSON RUST_JSON
 #                                    prints a binding's echo client report next to the Rust
 #                                    client's (both JSON); fails unless both echoed everything
@@ -87,6 +92,19 @@ wait_for_line() {
     echo "timed out waiting for '$2' in $1:" >&2
     cat "$1" >&2
     return 1
+}
+
+export_c_abi_test_env() {
+    local bin=$1 dir=$2 echo_port=$3 kv_port=$4
+    local root
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    export MACHNET_TEST_SOCK=$dir/b.sock MACHNET_TEST_PEER_SOCK=$dir/a.sock \
+        MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1 \
+        MACHNET_TEST_ECHO_PORT=$echo_port MACHNET_TEST_BIN=$bin/machnet \
+        MACHNET_TEST_UDP_BASE=$POOL MACHNET_TEST_DIR=$dir MACHNET_TEST_UID=$(id -u) \
+        MACHNET_CONFORMANCE_CASES=${MACHNET_CONFORMANCE_CASES:-$root/conformance/cases.json} \
+        MACHNET_CONFORMANCE_SERVER_IP=127.0.0.1 MACHNET_CONFORMANCE_ECHO_PORT=$echo_port \
+        MACHNET_CONFORMANCE_KV_PORT=$kv_port
 }
 
 print_echo_pair() {
