@@ -7,7 +7,7 @@
 //! machnet-echo udp-baseline server --bind 127.0.0.1:9000
 //! machnet-echo udp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9000 --size 64
 //! machnet-echo tcp-baseline server --bind 127.0.0.1:9001 --busy-poll
-//! machnet-echo tcp-baseline client --remote 127.0.0.1:9001 --size 64 --busy-poll
+//! machnet-echo tcp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9001 --size 64 --busy-poll
 //! ```
 
 mod payload;
@@ -162,6 +162,9 @@ enum TcpCmd {
     },
     /// Request/response over one connection to a tcp-baseline server.
     Client {
+        /// Local address to connect from (e.g. 127.0.0.2:0; default: the kernel chooses).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
         /// The server's address.
         #[arg(long)]
         remote: SocketAddr,
@@ -174,6 +177,7 @@ enum TcpCmd {
 }
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Server(a) => machnet_server(a).map(|()| None),
@@ -197,17 +201,19 @@ fn main() -> ExitCode {
             tcp::server(bind, busy_poll).map(|()| None)
         }
         Cmd::TcpBaseline(TcpCmd::Client {
+            bind,
             remote,
             busy_poll,
             load,
         }) => {
             let json = load.json;
-            tcp::client(remote, busy_poll, load).map(|r| Some((r, json)))
+            tcp::client(bind, remote, busy_poll, load).map(|r| Some((r, json)))
         }
     };
     match result {
         Ok(None) => ExitCode::SUCCESS,
-        Ok(Some((report, json))) => {
+        Ok(Some((mut report, json))) => {
+            report.finish(started);
             let text = if json {
                 report.json().to_string()
             } else {
@@ -325,7 +331,7 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         }
     }
     let mut rtt = new_histogram();
-    let (mut messages, mut mismatches) = (0u64, 0u64);
+    let (mut messages, mut mismatches, mut total_messages) = (0u64, 0u64, 0u64);
     let mut last_echo = Instant::now();
     let mut now = Instant::now();
     while now < end {
@@ -370,6 +376,7 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         if !payload.matches(i as u32, seq, &rbuf[..n]) {
             mismatches += 1;
         }
+        total_messages += 1;
         if now >= warm_end {
             messages += 1;
             let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
@@ -387,9 +394,14 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
             break;
         }
         match ch.recv_into_timeout(&mut rbuf, drain_end - now) {
-            Ok(Some((flow, _))) => {
+            Ok(Some((flow, n))) => {
                 if let Some(&i) = index.get(&flow.handle()) {
-                    flows[i].outstanding.pop_front();
+                    if let Some((seq, _)) = flows[i].outstanding.pop_front() {
+                        if !payload.matches(i as u32, seq, &rbuf[..n]) {
+                            mismatches += 1;
+                        }
+                        total_messages += 1;
+                    }
                 }
             }
             Ok(None) => break,
@@ -420,5 +432,8 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         mismatches,
         lost: 0,
         rtt,
+        total_messages,
+        cpu_s: 0.0,
+        wall_s: 0.0,
     })
 }

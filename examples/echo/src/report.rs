@@ -1,6 +1,6 @@
-//! The benchmark report shared by the Machnet and UDP modes.
+//! The benchmark report shared by the Machnet, UDP and TCP modes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -25,9 +25,34 @@ pub struct Report {
     /// Messages given up on (UDP only: lost datagrams).
     pub lost: u64,
     pub rtt: Histogram<u64>,
+    /// Echoes completed over the whole run: warm-up, measured interval and the drain at the
+    /// end (what was actually moved; `messages` counts the measured interval only).
+    pub total_messages: u64,
+    /// User + system CPU seconds of this process over its whole life (set by `finish`).
+    pub cpu_s: f64,
+    /// Wall-clock seconds of this process's whole run (set by `finish`).
+    pub wall_s: f64,
+}
+
+/// User + system CPU time this process has used so far (`getrusage(RUSAGE_SELF)`), in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            (u.user_time().num_microseconds() + u.system_time().num_microseconds()) as f64 / 1e6
+        }
+        Err(_) => f64::NAN,
+    }
 }
 
 impl Report {
+    /// Records the process's CPU time and the wall time since `started` (the start of `main`).
+    pub fn finish(&mut self, started: Instant) {
+        self.cpu_s = process_cpu_seconds();
+        self.wall_s = started.elapsed().as_secs_f64();
+    }
+
     fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
@@ -62,6 +87,9 @@ impl Report {
             "gbit_per_sec": self.gbits(),
             "mismatches": self.mismatches,
             "lost": self.lost,
+            "total_messages": self.total_messages,
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
             "rtt_us": {
                 "p50": self.us(0.5),
                 "p99": self.us(0.99),
@@ -79,6 +107,7 @@ impl Report {
             "{mode}: {size} B messages, window {window}, {flows} flow(s), {secs:.2} s measured\n  \
              {msgs} round trips: {rate:.0} msg/s, {gbits:.3} Gbit/s payload each way\n  \
              RTT us: p50 {p50:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}  mean {mean:.1}\n  \
+             {total} round trips in the whole run ({wall:.2} s wall, {cpu:.3} s CPU)\n  \
              mismatched echoes: {mm}{lost}",
             mode = self.mode,
             size = self.size,
@@ -97,6 +126,9 @@ impl Report {
                 self.rtt.max() as f64 / 1000.0
             },
             mean = self.rtt.mean() / 1000.0,
+            total = self.total_messages,
+            wall = self.wall_s,
+            cpu = self.cpu_s,
             mm = self.mismatches,
             lost = if self.mode == "udp" {
                 format!(", lost datagrams: {}", self.lost)

@@ -71,71 +71,205 @@ pub fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Connects to `remote`, from `bind` if given (e.g. 127.0.0.2:0, so the two ends use different
+/// loopback addresses like the Machnet sidecars do).
+fn connect(bind: Option<SocketAddr>, remote: SocketAddr) -> Result<TcpStream, String> {
+    let Some(bind) = bind else {
+        return TcpStream::connect_timeout(&remote, Duration::from_secs(5))
+            .map_err(|e| format!("connect {remote}: {e}"));
+    };
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let family = if bind.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(bind))
+        .map_err(|e| format!("bind {bind}: {e}"))?;
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(remote))
+        .map_err(|e| format!("connect {remote} from {bind}: {e}"))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// Waits until the socket is readable or, with `want_write`, writable, or `timeout` passes.
+fn wait(stream: &TcpStream, want_write: bool, timeout: Duration) -> Result<(), String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut events = PollFlags::POLLIN;
+    if want_write {
+        events |= PollFlags::POLLOUT;
+    }
+    let mut fds = [PollFd::new(stream.as_fd(), events)];
+    // Round up so a sub-millisecond remainder does not become a busy loop of zero timeouts.
+    let ms = timeout.as_micros().div_ceil(1000).min(1000) as u16;
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(format!("poll: {e}")),
+    }
+}
+
 /// Keeps `window` messages of `size` bytes outstanding on one connection and verifies every
 /// echo (TCP keeps them in order).
-pub fn client(remote: SocketAddr, busy: bool, load: LoadArgs) -> Result<Report, String> {
+///
+/// One thread, non-blocking socket: each turn writes what is queued and reads what has
+/// arrived, then waits in poll(2) for POLLIN (and POLLOUT while bytes are queued), or spins
+/// with `busy`. Reading while writing matters for messages larger than the socket buffers
+/// (8 MiB, window 2): a client that writes its whole window before reading deadlocks with the
+/// echo server, both blocked in `write`. A message's RTT runs from when it was queued.
+pub fn client(
+    bind: Option<SocketAddr>,
+    remote: SocketAddr,
+    busy: bool,
+    load: LoadArgs,
+) -> Result<Report, String> {
+    /// Bytes asked for per `read` beyond one message.
+    const READ_CHUNK: usize = 256 << 10;
     if load.size == 0 || load.size > 64 << 20 {
         return Err("--size must be 1 B ..= 64 MiB for TCP".into());
     }
     if load.window == 0 {
         return Err("--window must be at least 1".into());
     }
-    let stream = TcpStream::connect_timeout(&remote, Duration::from_secs(5))
-        .map_err(|e| format!("connect {remote}: {e}"))?;
-    let mut conn = Conn::new(stream, busy).map_err(|e| e.to_string())?;
-    let payload = Payload::new(load.size);
-    let mut sbuf = vec![0u8; load.size];
-    let mut rbuf = vec![0u8; load.size];
-    let mut outstanding: VecDeque<(u64, Instant)> = VecDeque::new();
+    let size = load.size;
+    let mut stream = connect(bind, remote)?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let payload = Payload::new(size);
+    // Bytes queued for sending: wbuf[woff..]. Messages are appended whole.
+    let mut wbuf: Vec<u8> = Vec::with_capacity(load.window * size);
+    let mut woff = 0usize;
+    // Bytes received but not yet checked: rbuf[rstart..rend].
+    let mut rbuf = vec![0u8; size + READ_CHUNK];
+    let (mut rstart, mut rend) = (0usize, 0usize);
+    let mut outstanding: VecDeque<(u64, Instant)> = VecDeque::with_capacity(load.window);
     let mut next_seq = 0u64;
-    let mut send_next = |conn: &mut Conn, outstanding: &mut VecDeque<(u64, Instant)>| {
-        payload.fill(0, next_seq, &mut sbuf);
+    let mut queue = |wbuf: &mut Vec<u8>, woff: &mut usize, outstanding: &mut VecDeque<_>| {
+        // Drop the sent prefix once it is at least half the buffer (amortised: each byte
+        // is moved at most about once).
+        if *woff > 0 && *woff * 2 >= wbuf.len() {
+            wbuf.drain(..*woff);
+            *woff = 0;
+        }
+        let at = wbuf.len();
+        wbuf.resize(at + size, 0);
+        payload.fill(0, next_seq, &mut wbuf[at..]);
         outstanding.push_back((next_seq, Instant::now()));
         next_seq += 1;
-        conn.write_all(&sbuf)
-            .map_err(|e| format!("send to {remote}: {e}"))
     };
+
     let (warmup, duration) = load.times()?;
     let start = Instant::now();
     let warm_end = start + warmup;
     let end = warm_end + duration;
+    // After `end` no new messages are queued; echoes still in flight are collected until
+    // `drain_end`, so `total_messages` counts what was moved.
+    let drain_end = end + Duration::from_secs(2);
     for _ in 0..load.window {
-        send_next(&mut conn, &mut outstanding)?;
+        queue(&mut wbuf, &mut woff, &mut outstanding);
     }
     let mut rtt = new_histogram();
-    let (mut messages, mut mismatches) = (0u64, 0u64);
-    let mut now = Instant::now();
-    while now < end {
-        let mut filled = 0;
-        while filled < load.size {
-            match conn.read_some(&mut rbuf[filled..]) {
-                Ok(0) => return Err(format!("{remote} closed the connection")),
-                Ok(n) => filled += n,
-                Err(e) => return Err(format!("recv from {remote}: {e}")),
+    let (mut messages, mut mismatches, mut total_messages) = (0u64, 0u64, 0u64);
+    let mut measured_until: Option<Instant> = None;
+    let mut last_progress = Instant::now();
+    loop {
+        let mut progress = false;
+        if woff < wbuf.len() {
+            match stream.write(&wbuf[woff..]) {
+                Ok(0) => return Err(format!("send to {remote}: wrote zero bytes")),
+                Ok(n) => {
+                    woff += n;
+                    progress = true;
+                    if woff == wbuf.len() {
+                        wbuf.clear();
+                        woff = 0;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(format!("send to {remote}: {e}")),
             }
         }
-        now = Instant::now();
-        let (seq, sent) = outstanding.pop_front().ok_or("an echo nobody asked for")?;
-        if !payload.matches(0, seq, &rbuf) {
-            mismatches += 1;
+        match stream.read(&mut rbuf[rend..]) {
+            Ok(0) => return Err(format!("{remote} closed the connection")),
+            Ok(n) => {
+                rend += n;
+                progress = true;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(format!("recv from {remote}: {e}")),
         }
-        if now >= warm_end {
-            messages += 1;
-            let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
+        let now = Instant::now();
+        while rend - rstart >= size {
+            let (seq, sent) = outstanding.pop_front().ok_or("an echo nobody asked for")?;
+            if !payload.matches(0, seq, &rbuf[rstart..rstart + size]) {
+                mismatches += 1;
+            }
+            rstart += size;
+            total_messages += 1;
+            if measured_until.is_none() {
+                if now >= warm_end {
+                    messages += 1;
+                    let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
+                }
+                if now < end {
+                    queue(&mut wbuf, &mut woff, &mut outstanding);
+                } else {
+                    measured_until = Some(now);
+                }
+            }
         }
-        if now < end {
-            send_next(&mut conn, &mut outstanding)?;
+        // Keep room for a full read chunk after the unchecked bytes (less than one message).
+        if rstart == rend {
+            (rstart, rend) = (0, 0);
+        } else if rbuf.len() - rend < READ_CHUNK / 4 {
+            rbuf.copy_within(rstart..rend, 0);
+            (rend, rstart) = (rend - rstart, 0);
+        }
+        if progress {
+            last_progress = now;
+        } else if now.duration_since(last_progress) > Duration::from_secs(5) {
+            return Err(format!(
+                "no progress with {remote} for 5 s: is the server running?"
+            ));
+        }
+        if measured_until.is_none() && now >= end {
+            measured_until = Some(now);
+        }
+        if measured_until.is_some() && (outstanding.is_empty() || now >= drain_end) {
+            break;
+        }
+        if !progress {
+            if busy {
+                std::hint::spin_loop();
+            } else {
+                let deadline = if measured_until.is_none() {
+                    end
+                } else {
+                    drain_end
+                };
+                wait(
+                    &stream,
+                    woff < wbuf.len(),
+                    deadline.saturating_duration_since(now),
+                )?;
+            }
         }
     }
+    let measured_until = measured_until.unwrap_or_else(Instant::now);
     Ok(Report {
         mode: "tcp",
-        size: load.size,
+        size,
         window: load.window,
         flows: 1,
-        elapsed: now.saturating_duration_since(warm_end),
+        elapsed: measured_until.saturating_duration_since(warm_end),
         messages,
         mismatches,
         lost: 0,
         rtt,
+        total_messages,
+        cpu_s: 0.0,
+        wall_s: 0.0,
     })
 }

@@ -102,7 +102,7 @@ pub fn client(
         send_next(&mut outstanding)?;
     }
     let mut rtt = new_histogram();
-    let (mut messages, mut mismatches, mut lost) = (0u64, 0u64, 0u64);
+    let (mut messages, mut mismatches, mut lost, mut total_messages) = (0u64, 0u64, 0u64, 0u64);
     let mut last_echo = Instant::now();
     let mut now = Instant::now();
     while now < end {
@@ -131,6 +131,7 @@ pub fn client(
         if !payload.matches(0, seq, &rbuf[..n]) {
             mismatches += 1;
         }
+        total_messages += 1;
         if now >= warm_end {
             messages += 1;
             let _ = rtt.record((now - sent).as_nanos().max(1) as u64);
@@ -149,5 +150,8 @@ pub fn client(
         mismatches,
         lost,
         rtt,
+        total_messages,
+        cpu_s: 0.0,
+        wall_s: 0.0,
     })
 }
