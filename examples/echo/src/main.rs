@@ -171,6 +171,10 @@ enum TcpCmd {
         /// Spin on a non-blocking socket instead of sleeping in recv.
         #[arg(long)]
         busy_poll: bool,
+        /// No read or write crosses a message boundary (at least one of each per message)
+        /// instead of reading and writing as many bytes as the socket takes.
+        #[arg(long)]
+        per_message_io: bool,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -204,10 +208,11 @@ fn main() -> ExitCode {
             bind,
             remote,
             busy_poll,
+            per_message_io,
             load,
         }) => {
             let json = load.json;
-            tcp::client(bind, remote, busy_poll, load).map(|r| Some((r, json)))
+            tcp::client(bind, remote, busy_poll, per_message_io, load).map(|r| Some((r, json)))
         }
     };
     match result {

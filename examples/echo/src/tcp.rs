@@ -119,10 +119,16 @@ fn wait(stream: &TcpStream, want_write: bool, timeout: Duration) -> Result<(), S
 /// with `busy`. Reading while writing matters for messages larger than the socket buffers
 /// (8 MiB, window 2): a client that writes its whole window before reading deadlocks with the
 /// echo server, both blocked in `write`. A message's RTT runs from when it was queued.
+///
+/// By default the byte stream is used as TCP apps do: a `read` takes up to 256 KiB of echoes
+/// and the messages queued in one turn leave in one `write`. With `per_message_io` no system
+/// call crosses a message boundary (at least one `write` and one `read` per message, like
+/// the client before the event loop).
 pub fn client(
     bind: Option<SocketAddr>,
     remote: SocketAddr,
     busy: bool,
+    per_message_io: bool,
     load: LoadArgs,
 ) -> Result<Report, String> {
     /// Bytes asked for per `read` beyond one message.
@@ -141,6 +147,8 @@ pub fn client(
     // Bytes queued for sending: wbuf[woff..]. Messages are appended whole.
     let mut wbuf: Vec<u8> = Vec::with_capacity(load.window * size);
     let mut woff = 0usize;
+    // Bytes written over the run, to find message boundaries for `per_message_io`.
+    let mut written = 0u64;
     // Bytes received but not yet checked: rbuf[rstart..rend].
     let mut rbuf = vec![0u8; size + READ_CHUNK];
     let (mut rstart, mut rend) = (0usize, 0usize);
@@ -177,10 +185,16 @@ pub fn client(
     loop {
         let mut progress = false;
         if woff < wbuf.len() {
-            match stream.write(&wbuf[woff..]) {
+            let mut upto = wbuf.len();
+            if per_message_io {
+                let in_msg = (written % size as u64) as usize;
+                upto = upto.min(woff + size - in_msg);
+            }
+            match stream.write(&wbuf[woff..upto]) {
                 Ok(0) => return Err(format!("send to {remote}: wrote zero bytes")),
                 Ok(n) => {
                     woff += n;
+                    written += n as u64;
                     progress = true;
                     if woff == wbuf.len() {
                         wbuf.clear();
@@ -191,7 +205,13 @@ pub fn client(
                 Err(e) => return Err(format!("send to {remote}: {e}")),
             }
         }
-        match stream.read(&mut rbuf[rend..]) {
+        // The unchecked bytes are less than one message here.
+        let read_end = if per_message_io {
+            rend + size - (rend - rstart)
+        } else {
+            rbuf.len()
+        };
+        match stream.read(&mut rbuf[rend..read_end]) {
             Ok(0) => return Err(format!("{remote} closed the connection")),
             Ok(n) => {
                 rend += n;
