@@ -61,7 +61,7 @@
 # Output in OUT: results.jsonl (one JSON line per client run: the client's report plus side,
 # repeat, side_cpu_s, sidecars_cpu_s, client_cpu_s, cpu_s, bytes_moved, cpu_s_per_gb,
 # cpu_s_per_mmsg, error if it failed), summary.json (median runs, ratios, the run's settings and
-# commit), table.md (the table printed on stdout), goodput.png (goodput against size, log-log;
+# commit), meta.json (those settings), table.md (the table printed on stdout), goodput.png (goodput against size, log-log;
 # matplotlib from a venv in ${XDG_CACHE_HOME:-$HOME/.cache}/machnet-bench-venv, created with
 # `pip install matplotlib` on first use; without it the plot is skipped), logs/.
 #
@@ -114,6 +114,7 @@ CLK_TCK=$(getconf CLK_TCK)
 
 DIR=$(mktemp -d) # control sockets (short paths) and logs
 PIDS=()
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -123,7 +124,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# shellcheck source=lib/sidecars.sh
+# shellcheck source=SCRIPTDIR/lib/sidecars.sh
 . ci/lib/sidecars.sh
 POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
 [ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
