@@ -61,8 +61,8 @@
 # Output in OUT: results.jsonl (one JSON line per client run: the client's report plus side,
 # repeat, side_cpu_s, sidecars_cpu_s, client_cpu_s, cpu_s, bytes_moved, cpu_s_per_gb,
 # cpu_s_per_mmsg, error if it failed), summary.json (median runs, ratios, the run's settings and
-# commit), meta.json (those settings), table.md (the table printed on stdout), goodput.png (goodput against size, log-log;
-# matplotlib from a venv in ${XDG_CACHE_HOME:-$HOME/.cache}/machnet-bench-venv, created with
+# commit), meta.json (those settings), table.md (the table printed on stdout), goodput.png
+# (goodput against size, log-log; matplotlib from a venv in ${XDG_CACHE_HOME:-$HOME/.cache}/machnet-bench-venv, created with
 # `pip install matplotlib` on first use; without it the plot is skipped), logs/.
 #
 # Exits non-zero if a client run failed or an echo differed (the table is printed anyway).
