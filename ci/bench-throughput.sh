@@ -51,9 +51,11 @@
 #   WARMUP        seconds before measuring (default 0.5)
 #   ENGINES       engines per sidecar (default 1)
 #   SIDECAR_ARGS  extra arguments for both sidecars (word-split), e.g. "--idle-mode busy"
-#   TCP_ARGS      extra arguments for the TCP client (word-split), e.g. "--per-message-io"
-#                 (no read/write crosses a message boundary; by default the client reads up
-#                 to 256 KiB per call and writes everything queued at once, as TCP apps do)
+#   TCP_ARGS      arguments for the TCP client (word-split; default "--per-message-io": one
+#                 write per message and no read crossing a message boundary, as a Machnet app
+#                 sends and receives one message per call, and as the baseline did).
+#                 TCP_ARGS= (empty) lets the client coalesce: reads of up to 256 KiB and
+#                 everything queued in one write, a streaming TCP app's best case
 #   MACHNET_ARGS  extra arguments for the Machnet client (word-split), e.g. "--busy-poll-us 50"
 #   OUT           output directory (default: a new mktemp -d, printed)
 #   PLOT          0: no plot (default 1)
@@ -75,7 +77,7 @@ DURATION=${DURATION:-2}
 WARMUP=${WARMUP:-0.5}
 ENGINES=${ENGINES:-1}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
-TCP_ARGS=${TCP_ARGS:-}
+TCP_ARGS=${TCP_ARGS---per-message-io}
 MACHNET_ARGS=${MACHNET_ARGS:-}
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 PLOT=${PLOT:-1}
