@@ -102,6 +102,12 @@ impl Default for RtoConfig {
     }
 }
 
+/// Payload bytes in a full DATA fragment of a flow whose datagrams are at most `datagram` bytes
+/// (PROTOCOL.md §6.4): minus the fixed header and a handshake block.
+pub fn fragment_payload(datagram: u16) -> usize {
+    usize::from(datagram).saturating_sub(wire::HEADER_LEN + wire::HANDSHAKE_LEN)
+}
+
 /// Everything one engine needs to know. One engine = one core = one RX/TX queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -177,7 +183,7 @@ impl EngineConfig {
     /// Payload bytes in a full DATA fragment: the UDP payload minus the largest header a data
     /// packet carries (fixed part plus a handshake block; data packets carry no SACK blocks).
     pub fn max_fragment_payload(&self) -> usize {
-        usize::from(self.max_udp_payload) - wire::HEADER_LEN - wire::HANDSHAKE_LEN
+        fragment_payload(self.max_udp_payload)
     }
 
     /// UDP ports assumed for a peer that has not advertised its own.
@@ -233,7 +239,7 @@ impl EngineConfig {
             "must be at least 1",
         )?;
         check(
-            (wire::MAX_HEADER_LEN + 64..=65507).contains(&usize::from(self.max_udp_payload)),
+            (wire::MIN_DATAGRAM..=65507).contains(&usize::from(self.max_udp_payload)),
             "max_udp_payload",
             "must leave room for the header and at least 64 payload bytes, and fit in UDP",
         )?;

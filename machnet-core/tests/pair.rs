@@ -34,14 +34,26 @@ struct Pair {
     sent: u64,
     events_a: Vec<Event>,
     events_b: Vec<Event>,
+    /// Largest datagram put on the wire so far, a → b and b → a.
+    largest: [usize; 2],
+    /// Rewrites datagrams in flight (direction a → b?, bytes), after `drop`.
+    rewrite: Box<dyn FnMut(bool, &mut Vec<u8>)>,
 }
 
 impl Pair {
     fn new(tweak: impl Fn(&mut EngineConfig)) -> Pair {
+        Pair::asymmetric(&tweak, &tweak)
+    }
+
+    /// A pair whose two hosts are configured differently.
+    fn asymmetric(
+        tweak_a: impl Fn(&mut EngineConfig),
+        tweak_b: impl Fn(&mut EngineConfig),
+    ) -> Pair {
         let mut ca = EngineConfig::new(A, 0, 1);
         let mut cb = EngineConfig::new(B, 0, 1);
-        tweak(&mut ca);
-        tweak(&mut cb);
+        tweak_a(&mut ca);
+        tweak_b(&mut cb);
         let a = Engine::new(ca, 1).unwrap();
         let mut b = Engine::new(cb, 2).unwrap();
         b.listen(PORT).unwrap();
@@ -54,12 +66,14 @@ impl Pair {
             sent: 0,
             events_a: Vec::new(),
             events_b: Vec::new(),
+            largest: [0; 2],
+            rewrite: Box::new(|_, _| {}),
         }
     }
 
     /// Moves packets and time until nothing is in flight and no timer is due before `limit`.
     fn run_until(&mut self, limit: Instant, mut stop: impl FnMut(&mut Pair) -> bool) {
-        let mut buf = vec![0u8; 1500];
+        let mut buf = vec![0u8; 65_507];
         loop {
             for from_a in [true, false] {
                 loop {
@@ -68,13 +82,17 @@ impl Pair {
                         break;
                     };
                     self.sent += 1;
+                    let dir = usize::from(!from_a);
+                    self.largest[dir] = self.largest[dir].max(t.len);
                     if !(self.drop)(self.sent) {
+                        let mut bytes = buf[..t.len].to_vec();
+                        (self.rewrite)(from_a, &mut bytes);
                         self.wire.push_back(InFlight {
                             at: self.now + LATENCY,
                             to_b: from_a,
                             src_port: t.src_port,
                             dst_port: t.dst_port,
-                            bytes: buf[..t.len].to_vec(),
+                            bytes,
                         });
                     }
                 }
@@ -608,4 +626,85 @@ fn lost_originals_keep_the_timeout() {
     assert_eq!(p.a.stats().spurious_timeouts, 0);
     assert_eq!(p.a.flow_stats(fa).unwrap().spurious_timeouts, 0);
     finish_and_check(&mut p, fb, &msg);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Datagram size agreement (PROTOCOL.md §4, §6.4)
+// ------------------------------------------------------------------------------------------------
+
+fn messages_of_every_size() -> Vec<usize> {
+    vec![1, 1400, 1500, 9000, 70_000, 1 << 20, 3, 65_000]
+}
+
+#[test]
+fn each_flow_uses_the_smaller_datagram_limit_of_its_two_ends() {
+    for (a_max, b_max) in [
+        (65_507, 8_972),
+        (8_972, 65_507),
+        (1_472, 65_507),
+        (65_507, 65_507),
+    ] {
+        let mut p = Pair::asymmetric(|c| c.max_udp_payload = a_max, |c| c.max_udp_payload = b_max);
+        transfer(&mut p, &messages_of_every_size());
+        let agreed = usize::from(a_max.min(b_max));
+        assert_eq!(
+            p.largest[0], agreed,
+            "a ({a_max}) -> b ({b_max}): large messages fill datagrams of the agreed size"
+        );
+        assert!(p.largest[1] <= agreed, "b -> a stays within the limit too");
+        assert_eq!(p.b.stats().drops_for(machnet_core::DropReason::Oversize), 0);
+    }
+}
+
+/// Offset of the handshake block's `max_datagram` in a SYN (no SACK blocks): header 40 + 18.
+const SYN_MAX_DATAGRAM: usize = 40 + 18;
+
+#[test]
+fn a_peer_that_announces_nothing_gets_the_default_1472() {
+    // A SYN whose limit field is 0 is what a peer predating the field sends.
+    let mut p = Pair::asymmetric(
+        |c| c.checksum = machnet_core::ChecksumMode::Datapath,
+        |c| c.checksum = machnet_core::ChecksumMode::Datapath,
+    );
+    p.rewrite = Box::new(|to_b, bytes| {
+        if to_b && bytes[3] == 1 {
+            bytes[SYN_MAX_DATAGRAM..SYN_MAX_DATAGRAM + 2].fill(0);
+            bytes[36..40].fill(0); // checksum absent: the datapath guards (§2.5)
+        }
+    });
+    transfer(&mut p, &messages_of_every_size());
+    assert!(
+        p.largest[1] <= 1472,
+        "b sends at most 1472 to a silent peer"
+    );
+}
+
+#[test]
+fn data_larger_than_the_agreed_datagram_is_dropped_and_counted_never_delivered() {
+    // a really accepts 9000 but its SYN is rewritten to announce 1472: b holds the flow to 1472
+    // while a, believing 9000, sends larger DATA — b must drop every such packet.
+    let cfg = |c: &mut EngineConfig| {
+        c.max_udp_payload = 9_000;
+        c.checksum = machnet_core::ChecksumMode::Datapath;
+    };
+    let mut p = Pair::asymmetric(cfg, cfg);
+    p.rewrite = Box::new(|to_b, bytes| {
+        if to_b && bytes[3] == 1 {
+            bytes[SYN_MAX_DATAGRAM..SYN_MAX_DATAGRAM + 2].copy_from_slice(&1472u16.to_be_bytes());
+            bytes[36..40].fill(0);
+        }
+    });
+    let (fa, fb) = p.connect();
+    p.a.send(p.now, fa, message(1, 50_000)).unwrap();
+    let limit = p.now + Duration::from_millis(20);
+    p.run_until(limit, |_| false);
+    assert!(p.b.stats().drops_for(machnet_core::DropReason::Oversize) > 0);
+    assert_eq!(p.b.recv(fb).unwrap(), None, "nothing oversize is delivered");
+    assert!(
+        !p.events_b
+            .iter()
+            .any(|e| matches!(e, Event::Readable { .. })),
+        "{:?}",
+        p.events_b
+    );
 }

@@ -31,8 +31,11 @@ pub const DEFAULT_FLOW_BUFFER: usize = 16 << 20;
 
 /// Smallest `--mtu` accepted (the IPv4 minimum every host must accept).
 pub const MIN_MTU: u16 = 576;
-/// Largest `--mtu` accepted (jumbo frames).
+/// Largest `--mtu` accepted on DPDK ports (jumbo frames).
 pub const MAX_MTU: u16 = 9216;
+/// Largest `--mtu` accepted on the kernel-UDP datapath (a loopback interface's 65,536 bytes
+/// carry the largest UDP datagram).
+pub const MAX_KERNEL_MTU: u16 = u16::MAX;
 
 /// Parses a MAC address `aa:bb:cc:dd:ee:ff` (or with `-`).
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
@@ -68,6 +71,32 @@ pub enum IdleMode {
     Busy,
     /// Spin for `--busy-poll-us` after the last work, then sleep in epoll until woken.
     Sleep,
+}
+
+/// Which of the kernel's UDP offloads the kernel-UDP datapath uses (where the kernel has them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UdpOffload {
+    /// Segmentation (GSO) on send and coalescing (GRO) on receive.
+    #[default]
+    On,
+    /// Neither: one system-call slot per datagram both ways.
+    Off,
+    /// GSO only.
+    GsoOnly,
+    /// GRO only.
+    GroOnly,
+}
+
+impl UdpOffload {
+    /// Whether GSO is used.
+    pub fn gso(self) -> bool {
+        matches!(self, UdpOffload::On | UdpOffload::GsoOnly)
+    }
+    /// Whether GRO is used.
+    pub fn gro(self) -> bool {
+        matches!(self, UdpOffload::On | UdpOffload::GroOnly)
+    }
 }
 
 /// `machnet`: the Machnet sidecar. Serves applications over shared-memory channels and carries
@@ -182,10 +211,17 @@ pub struct Cli {
     #[arg(long, value_name = "MAC")]
     pub local_mac: Option<String>,
 
-    /// DPDK only: MTU of the port (the IP packet); engines send UDP payloads of up to MTU - 28
-    /// bytes. [default: the port's MTU, engines use 1472-byte payloads]
+    /// MTU (the IP packet): engines send and accept UDP payloads of up to MTU - 28 bytes, and
+    /// each flow uses the smaller of its two ends' limits. [default: the MTU of the interface
+    /// holding --local-ip (65,536 on loopback), or of the DPDK port]
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u16>,
+
+    /// Kernel-UDP datapath: UDP segmentation/coalescing offloads to use where the kernel has
+    /// them (detected at start; a refused GSO send falls back to single datagrams).
+    /// [default: on]
+    #[arg(long, value_name = "MODE")]
+    pub udp_offload: Option<UdpOffload>,
 
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
@@ -240,6 +276,8 @@ pub struct FileConfig {
     pub local_mac: Option<String>,
     /// See [`Cli::mtu`].
     pub mtu: Option<u16>,
+    /// See [`Cli::udp_offload`].
+    pub udp_offload: Option<UdpOffload>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -303,8 +341,11 @@ pub struct SidecarConfig {
     pub dpdk_port: Option<String>,
     /// DPDK: our MAC (`None`: the port's).
     pub local_mac: Option<[u8; 6]>,
-    /// DPDK: MTU to set on the port; also bounds the engines' UDP payloads (MTU - 28).
+    /// MTU: bounds the engines' UDP payloads (MTU - 28); DPDK sets it on the port. `None`: the
+    /// interface's (kernel UDP) or the port's (DPDK).
     pub mtu: Option<u16>,
+    /// Kernel UDP: the offloads to use.
+    pub udp_offload: UdpOffload,
 }
 
 /// Why the configuration could not be built.
@@ -442,6 +483,7 @@ impl SidecarConfig {
             dpdk_port: None,
             local_mac: None,
             mtu: None,
+            udp_offload: UdpOffload::On,
         }
     }
 
@@ -571,6 +613,9 @@ impl SidecarConfig {
         if let Some(v) = pick!(mtu) {
             c.mtu = Some(v);
         }
+        if let Some(v) = pick!(udp_offload) {
+            c.udp_offload = v;
+        }
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -627,8 +672,12 @@ impl SidecarConfig {
             return Err(invalid("--flow-recv-buffer", "must be at least 1"));
         }
         if let Some(mtu) = self.mtu {
-            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-                return Err(invalid("--mtu", format!("must be {MIN_MTU}..={MAX_MTU}")));
+            let max = match self.datapath {
+                DatapathKind::KernelUdp => MAX_KERNEL_MTU,
+                _ => MAX_MTU,
+            };
+            if !(MIN_MTU..=max).contains(&mtu) {
+                return Err(invalid("--mtu", format!("must be {MIN_MTU}..={max}")));
             }
         }
         if let Some(mac) = self.local_mac {

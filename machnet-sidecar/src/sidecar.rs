@@ -7,9 +7,11 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::{DatapathKind, SidecarConfig};
 use crate::control::{ControlServer, ControlStartError};
-use crate::datapath::kernel::{probe_pool, KernelUdp, KernelUdpError};
+use crate::datapath::kernel::{
+    interface_max_datagram, probe_pool, KernelUdp, KernelUdpError, KernelUdpOptions,
+};
 use crate::datapath::lossy::Lossy;
-use crate::datapath::{Datapath, DEFAULT_MAX_DATAGRAM};
+use crate::datapath::Datapath;
 use crate::engine::{EngineClient, EngineHandle, EngineParams, Notifier, SpawnError};
 use crate::stats::EngineReport;
 
@@ -64,6 +66,17 @@ pub struct Sidecar {
     control: Option<ControlServer>,
 }
 
+/// Largest datagram of the kernel-UDP datapath: `--mtu` less the IPv4 and UDP headers, else
+/// what the interface holding the local address carries (65,507 bytes on loopback), else a
+/// 1500-byte MTU's 1,472.
+pub fn kernel_max_datagram(cfg: &SidecarConfig) -> usize {
+    match cfg.mtu {
+        Some(mtu) => usize::from(mtu.saturating_sub(28)),
+        None => interface_max_datagram(cfg.local_ip)
+            .unwrap_or(usize::from(machnet_core::wire::DEFAULT_MAX_DATAGRAM)),
+    }
+}
+
 /// Builds the configured kernel datapaths (wrapped in loss injection if configured).
 pub fn kernel_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, StartError> {
     match cfg.datapath {
@@ -71,13 +84,23 @@ pub fn kernel_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, S
         DatapathKind::KernelUdp => {}
     }
     probe_pool(cfg.local_ip, cfg.udp_ports)?;
+    let opts = KernelUdpOptions {
+        max_datagram: kernel_max_datagram(cfg),
+        gso: cfg.udp_offload.gso(),
+        gro: cfg.udp_offload.gro(),
+    };
     let mut out: Vec<Box<dyn Datapath>> = Vec::new();
     for _ in 0..cfg.engines {
-        out.push(Box::new(KernelUdp::new(
-            cfg.local_ip,
-            cfg.udp_ports,
-            DEFAULT_MAX_DATAGRAM,
-        )?));
+        let dp = KernelUdp::with_options(cfg.local_ip, cfg.udp_ports, opts)?;
+        if out.is_empty() {
+            tracing::info!(
+                max_datagram = dp.max_datagram(),
+                gso_segments = dp.gso_segments(),
+                gro = dp.gro(),
+                "kernel UDP datapath"
+            );
+        }
+        out.push(Box::new(dp));
     }
     Ok(out)
 }
@@ -128,8 +151,16 @@ impl Sidecar {
                 )),
                 None => dp,
             };
+            let mut core = cfg.engine_config(id);
+            if cfg.mtu.is_none() {
+                // Without --mtu, engines send datagrams as large as their datapath carries
+                // (each flow then uses the smaller of its two ends' limits).
+                core.max_udp_payload = u16::try_from(dp.max_datagram())
+                    .unwrap_or(u16::MAX)
+                    .clamp(machnet_core::wire::MIN_DATAGRAM as u16, 65_507);
+            }
             let params = EngineParams {
-                core: cfg.engine_config(id),
+                core,
                 seed: crate::random_seed(),
                 idle_mode: cfg.idle_mode,
                 busy_poll: cfg.busy_poll,

@@ -64,6 +64,8 @@ drop_reasons! {
     FlowClosing => "flow_closing",
     /// A SYN refused because the engine holds its maximum of flows or half-open flows.
     FlowLimit => "flow_limit",
+    /// A DATA packet larger than the datagram size agreed for its flow (PROTOCOL.md §6.4).
+    Oversize => "oversize",
 }
 
 #[cfg(test)]

@@ -133,6 +133,9 @@ pub struct Flow {
     pub peer_engines: u16,
     pub peer_engine_id: u16,
     pub peer_max_message: u32,
+    /// Largest datagram of this flow, both ways: the smaller of the two ends' limits, agreed in
+    /// the handshake (PROTOCOL.md §6.4). DATA with more payload than it allows is dropped.
+    pub datagram: u16,
     reply_hint: UdpPair,
     spray: Spray,
     /// When the last SYN/SYN-ACK batch started.
@@ -205,6 +208,7 @@ impl Flow {
             peer_engines: cfg.engine_count,
             peer_engine_id: 0,
             peer_max_message: cfg.max_message_len,
+            datagram: wire::agreed_datagram(cfg.max_udp_payload, 0),
             reply_hint: UdpPair::NONE,
             spray: Spray::default(),
             last_spray: None,
@@ -274,7 +278,7 @@ impl Flow {
         synack_path: Option<UdpPair>,
     ) -> Flow {
         let mut f = Flow::base(cfg, key, iss, syn.seq, now, false);
-        f.learn_peer(hs);
+        f.learn_peer(hs, cfg);
         f.ts_recent = syn.ts_val;
         f.peer_window = syn.window;
         f.window_ack = f.send.una;
@@ -301,7 +305,13 @@ impl Flow {
         };
     }
 
-    fn learn_peer(&mut self, hs: &Handshake) {
+    fn learn_peer(&mut self, hs: &Handshake, cfg: &EngineConfig) {
+        // Both ends compute the same limit from the two announcements (PROTOCOL.md §6.4); nothing
+        // has been cut into fragments yet, so the new size applies to every packet of the flow.
+        self.datagram = wire::agreed_datagram(cfg.max_udp_payload, hs.max_datagram);
+        let fragment = crate::config::fragment_payload(self.datagram);
+        self.send.set_fragment_payload(fragment);
+        self.recv.set_fragment_payload(fragment);
         self.peer_pool = PortPool {
             base: hs.udp_port_base,
             count: hs.udp_port_count,
@@ -354,6 +364,13 @@ impl Flow {
         path: UdpPair,
         ctx: &mut Ctx,
     ) -> Result<(), DropReason> {
+        // Larger than the two ends agreed (PROTOCOL.md §6.4): never delivered, whatever it
+        // carries, so a peer cannot make us hold more per window slot than the window allows.
+        if repr.packet_type == PacketType::Data
+            && repr.header_len() + payload.len() > usize::from(self.datagram)
+        {
+            return Err(DropReason::Oversize);
+        }
         match self.phase {
             Phase::SynSent { .. } => self.handle_syn_sent(now, repr, path, ctx),
             Phase::SynReceived {
@@ -400,9 +417,9 @@ impl Flow {
                     cfg.max_window_packets,
                     cfg.max_fragment_payload(),
                 );
+                self.learn_peer(&hs, cfg);
                 // The SYN advertised a full window relative to the peer's first sequence number.
                 self.recv.advertise();
-                self.learn_peer(&hs);
                 if self.send.largest_queued() > hs.max_message_len as usize {
                     // Queued before the peer's limit was known; it can never be delivered.
                     self.tx_path = hs.echo_path;
@@ -1005,6 +1022,7 @@ impl Flow {
                 },
                 attempt,
                 max_message_len: cfg.max_message_len,
+                max_datagram: cfg.max_udp_payload,
             }),
             payload_len: 0,
         };
@@ -1054,6 +1072,7 @@ impl Flow {
             reply_hint: UdpPair::NONE,
             attempt: 0,
             max_message_len: cfg.max_message_len,
+            max_datagram: cfg.max_udp_payload,
         });
         let mut f = 0;
         if self.probe_pending {

@@ -110,6 +110,12 @@ impl RecvState {
         }
     }
 
+    /// Sets the payload of a full fragment the peer sends (the flow's agreed datagram less
+    /// headers): the unit in which the window is counted (PROTOCOL.md §6.5).
+    pub fn set_fragment_payload(&mut self, bytes: usize) {
+        self.fragment_payload = bytes.max(1);
+    }
+
     /// Records the window sent in a packet and returns it: the right edge only moves forward.
     pub fn advertise(&mut self) -> u32 {
         let w = self.window();

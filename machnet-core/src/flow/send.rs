@@ -118,6 +118,12 @@ impl SendState {
         }
     }
 
+    /// Sets the payload of a full fragment (the flow's agreed datagram less headers). Applies to
+    /// packets cut from now on; called before anything is sent.
+    pub fn set_fragment_payload(&mut self, bytes: usize) {
+        self.fragment_payload = bytes.max(1);
+    }
+
     /// Takes a message into the send buffer.
     pub fn accept(&mut self, msg: Bytes) -> Result<(), AcceptError> {
         if self.fin_queued {

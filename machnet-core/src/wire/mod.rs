@@ -351,6 +351,29 @@ pub struct Handshake {
     pub attempt: u8,
     /// Largest message the sender is willing to receive.
     pub max_message_len: u32,
+    /// Largest UDP payload (a whole Machnet packet) the sender accepts, and so the largest the
+    /// peer may send it (§4, §6.4). 0: not announced; the peer assumes
+    /// [`DEFAULT_MAX_DATAGRAM`].
+    pub max_datagram: u16,
+}
+
+/// Smallest datagram limit a host may announce or configure: the largest header plus 64 payload
+/// bytes.
+pub const MIN_DATAGRAM: usize = MAX_HEADER_LEN + 64;
+
+/// Largest datagram assumed for a peer that does not announce one (§4): a 1500-byte MTU less
+/// the IPv4 and UDP headers.
+pub const DEFAULT_MAX_DATAGRAM: u16 = 1472;
+
+/// The largest datagram two ends may exchange on a flow: the smaller of what each accepts, a
+/// peer that announced nothing counting as [`DEFAULT_MAX_DATAGRAM`] (§6.4).
+pub fn agreed_datagram(own: u16, announced_by_peer: u16) -> u16 {
+    let peer = if announced_by_peer == 0 {
+        DEFAULT_MAX_DATAGRAM
+    } else {
+        announced_by_peer
+    };
+    own.min(peer)
 }
 
 impl Handshake {
@@ -370,6 +393,7 @@ impl Handshake {
                 dst: u16_at(14),
             },
             attempt: b[16],
+            max_datagram: u16_at(18),
             max_message_len: u32::from_be_bytes([b[20], b[21], b[22], b[23]]),
         }
     }
@@ -389,12 +413,14 @@ impl Handshake {
             b[2 * i..2 * i + 2].copy_from_slice(&v.to_be_bytes());
         }
         b[16] = self.attempt;
-        b[17..20].fill(0);
+        b[17] = 0;
+        b[18..20].copy_from_slice(&self.max_datagram.to_be_bytes());
         b[20..24].copy_from_slice(&self.max_message_len.to_be_bytes());
     }
 
     /// Semantic validity (§4): at least one engine, the engine id in range, a non-empty port pool
-    /// that does not wrap past 65535 and does not contain port 0.
+    /// that does not wrap past 65535 and does not contain port 0, a datagram limit that is absent
+    /// or leaves room for a header and some payload.
     pub fn is_valid(&self) -> bool {
         self.engine_count >= 1
             && self.engine_id < self.engine_count
@@ -402,6 +428,7 @@ impl Handshake {
             && self.udp_port_base >= 1
             && u32::from(self.udp_port_base) + u32::from(self.udp_port_count) <= 65536
             && self.max_message_len >= 1
+            && (self.max_datagram == 0 || usize::from(self.max_datagram) >= MIN_DATAGRAM)
     }
 }
 

@@ -28,6 +28,7 @@ fn hs() -> Handshake {
         reply_hint: UdpPair::NONE,
         attempt: 2,
         max_message_len: 1 << 20,
+        max_datagram: 8972,
     }
 }
 
@@ -242,6 +243,7 @@ mod model {
             && h.udp_port_count >= 1
             && u32::from(h.udp_port_base) + u32::from(h.udp_port_count) - 1 <= 65_535
             && h.max_message_len >= 1
+            && (h.max_datagram == 0 || usize::from(h.max_datagram) >= super::super::MIN_DATAGRAM)
     }
 
     /// Decodes and validates a structurally valid packet (§2.4).
@@ -278,6 +280,7 @@ mod model {
                 },
                 attempt: b[o + 16],
                 max_message_len: be32(b, o + 20),
+                max_datagram: be16(b, o + 18),
             };
             if !handshake_ok(&h) {
                 return bad;
@@ -490,6 +493,7 @@ fn protocol_worked_example() {
             },
             reply_hint: UdpPair::NONE,
             attempt: 0,
+            max_datagram: 0,
             max_message_len: 8 << 20,
         }),
         payload_len: 5,
@@ -541,6 +545,7 @@ fn golden_handshake_block() {
         },
         attempt: 7,
         max_message_len: 0x0010_0000,
+        max_datagram: 0x2300,
     };
     let repr = Repr {
         handshake: Some(h),
@@ -554,7 +559,7 @@ fn golden_handshake_block() {
     #[rustfmt::skip]
     let block: [u8; 24] = [
         0x01, 0x02, 0x00, 0x01, 0x27, 0x10, 0x00, 0x10, 0x11, 0x11, 0x22, 0x22,
-        0x33, 0x33, 0x44, 0x44, 0x07, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00,
+        0x33, 0x33, 0x44, 0x44, 0x07, 0x00, 0x23, 0x00, 0x00, 0x10, 0x00, 0x00,
     ];
     assert_eq!(bytes[48..], block);
     let p = Packet::new_checked(&bytes[..]).unwrap();
@@ -563,15 +568,30 @@ fn golden_handshake_block() {
 }
 
 #[test]
-fn handshake_reserved_bytes_are_written_as_zero_and_ignored_on_read() {
+fn handshake_reserved_byte_is_written_as_zero_and_ignored_on_read() {
     let mut b = [0xFFu8; HANDSHAKE_LEN];
     hs().write(&mut b);
-    assert_eq!(b[17..20], [0, 0, 0]);
+    assert_eq!(b[17], 0);
+    assert_eq!(b[18..20], 8972u16.to_be_bytes());
     assert_eq!(Handshake::read(&b), hs());
 
     let mut bytes = emit_plain(&syn());
-    bytes[40 + 17..40 + 20].copy_from_slice(&[0xAB, 0xCD, 0xEF]);
+    bytes[40 + 17] = 0xAB;
     assert_eq!(parse_bytes(&bytes), Ok(syn()));
+}
+
+#[test]
+fn handshake_datagram_limit_absent_or_at_least_the_minimum() {
+    let mut h = hs();
+    h.max_datagram = 0;
+    assert!(h.is_valid(), "absent (0) is valid: the peer assumes 1472");
+    h.max_datagram = MIN_DATAGRAM as u16;
+    assert!(h.is_valid());
+    h.max_datagram = MIN_DATAGRAM as u16 - 1;
+    assert!(!h.is_valid(), "too small for a header and payload");
+    assert_eq!(agreed_datagram(65507, 0), DEFAULT_MAX_DATAGRAM);
+    assert_eq!(agreed_datagram(65507, 8972), 8972);
+    assert_eq!(agreed_datagram(1472, 65507), 1472);
 }
 
 #[test]
@@ -1348,20 +1368,39 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
     let pool = prop_oneof![1..=u16::MAX, 65_000..=u16::MAX]
         .prop_flat_map(|base| (Just(base), 1..=((65_536 - u32::from(base)) as u16)));
     let max_msg = prop_oneof![1..=u32::MAX, Just(1u32), Just(u32::MAX)];
-    (engines, pool, arb_pair(), arb_pair(), any::<u8>(), max_msg).prop_map(
-        |((engine_count, engine_id), (udp_port_base, udp_port_count), echo, hint, attempt, max)| {
-            Handshake {
-                engine_count,
-                engine_id,
-                udp_port_base,
-                udp_port_count,
-                echo_path: echo,
-                reply_hint: hint,
-                attempt,
-                max_message_len: max,
-            }
-        },
+    let max_datagram = prop_oneof![Just(0u16), MIN_DATAGRAM as u16..=u16::MAX];
+    (
+        engines,
+        pool,
+        arb_pair(),
+        arb_pair(),
+        any::<u8>(),
+        max_msg,
+        max_datagram,
     )
+        .prop_map(
+            |(
+                (engine_count, engine_id),
+                (udp_port_base, udp_port_count),
+                echo,
+                hint,
+                attempt,
+                max,
+                max_datagram,
+            )| {
+                Handshake {
+                    max_datagram,
+                    engine_count,
+                    engine_id,
+                    udp_port_base,
+                    udp_port_count,
+                    echo_path: echo,
+                    reply_hint: hint,
+                    attempt,
+                    max_message_len: max,
+                }
+            },
+        )
 }
 
 fn arb_sack() -> impl Strategy<Value = SackList> {
@@ -1578,12 +1617,12 @@ fn check_any_input(b: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(repr.buffer_len(), b.len());
         let out = emit_vec(&repr, packet.payload(), false);
         // Re-emission reproduces the input except for the checksum field and the handshake
-        // block's reserved bytes, which emit writes as zero.
+        // block's reserved byte, which emit writes as zero.
         let mut expected = b.to_vec();
         expected[36..40].fill(0);
         if repr.handshake.is_some() {
             let o = HEADER_LEN + repr.sack.len() * SACK_BLOCK_LEN;
-            expected[o + 17..o + 20].fill(0);
+            expected[o + 17] = 0;
         }
         prop_assert_eq!(&out, &expected);
         prop_assert_eq!(parse_bytes(&out), Ok(repr));

@@ -3,25 +3,42 @@
 //! the sockets of that port (one per engine) with a hash we do not know and keeps each 4-tuple on
 //! one socket: an opaque RSS, which RSS-- copes with (PROTOCOL.md §1).
 //!
-//! Receiving uses one `epoll` over the engine's sockets (its descriptor is the readiness fd) and
-//! `recvmmsg` batches; sending uses `sendto` on the socket bound to the source port.
+//! Socket I/O goes through `quinn-udp`, which does Linux's batching and offloads:
+//! - **Receive**: one `epoll` over the engine's sockets (its descriptor is the readiness fd), then
+//!   `recvmmsg` batches; with UDP GRO the kernel hands over several datagrams of one 4-tuple in
+//!   one buffer with their segment size, which [`KernelUdp::recv`] splits again.
+//! - **Send**: the engine writes datagrams in place into a transmit area ([`Datapath::send_with`]);
+//!   consecutive datagrams to the same destination from the same socket, of the same size (the
+//!   last may be shorter), form one batch that leaves in one `sendmsg` with UDP GSO
+//!   (`UDP_SEGMENT`). Without GSO (old kernel, refused by a device, or switched off), each
+//!   datagram is its own batch.
+//!
+//! GSO and GRO are detected when the sockets are made; a GSO send the kernel refuses is resent
+//! datagram by datagram and GSO is switched off for that socket (counted in
+//! `tx_gso_fallbacks`).
 
-use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use machnet_core::PortPool;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{setsockopt, sockopt};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use super::{Datapath, DatapathStats, Received, RecvError, SendError, TxMeta};
 
-/// Datagrams taken per `recvmmsg` call.
-const BATCH: usize = 32;
-/// Socket buffer sizes requested (the kernel may cap them).
+/// Socket buffer sizes requested (the kernel caps them at `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
+/// A receive slot holds any UDP datagram, and any GRO aggregate (the kernel coalesces at most
+/// 64 KiB), so nothing is ever truncated.
+const RX_SLOT: usize = 1 << 16;
+/// Largest payload of one GSO send: an IPv4 packet's 65,535 bytes less the IP and UDP headers.
+const GSO_MAX_BYTES: usize = 65_507;
+/// Smallest transmit area: enough for a few full GSO batches per flush.
+const TX_AREA_MIN: usize = 256 << 10;
 
 /// Why the kernel datapath could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +65,29 @@ pub enum KernelUdpError {
     Epoll(io::Error),
 }
 
+/// How the kernel datapath uses the kernel's UDP offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelUdpOptions {
+    /// Largest datagram sent or received (UDP payload); larger ones received are dropped and
+    /// counted in `rx_oversize`.
+    pub max_datagram: usize,
+    /// Use UDP GSO when the kernel offers it.
+    pub gso: bool,
+    /// Use UDP GRO when the kernel offers it.
+    pub gro: bool,
+}
+
+impl KernelUdpOptions {
+    /// Offloads on where available, datagrams up to `max_datagram` bytes.
+    pub fn new(max_datagram: usize) -> Self {
+        KernelUdpOptions {
+            max_datagram,
+            gso: true,
+            gro: true,
+        }
+    }
+}
+
 /// Checks that no socket is bound to any port of `pool` on `ip` yet (a plain bind without
 /// `SO_REUSEPORT` fails if one is). Call once per host before building the engines' datapaths:
 /// sockets of the same user with `SO_REUSEPORT` would otherwise silently share our ports.
@@ -65,23 +105,62 @@ pub fn probe_pool(ip: Ipv4Addr, pool: PortPool) -> Result<(), KernelUdpError> {
     Ok(())
 }
 
-/// `recvmmsg` headers, preallocated once.
-struct Headers(MultiHeaders<SockaddrIn>);
+/// The largest UDP payload the interface holding `ip` carries without fragmentation (its MTU
+/// less the IPv4 and UDP headers), if the interface can be found. Every address of 127.0.0.0/8
+/// belongs to the loopback interface, whichever address it was configured with.
+pub fn interface_max_datagram(ip: Ipv4Addr) -> Option<usize> {
+    use nix::net::if_::InterfaceFlags;
+    let name = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let mine = a
+            .address
+            .and_then(|sa| sa.as_sockaddr_in().map(|sin| sin.ip() == ip))
+            .unwrap_or(false);
+        let loopback = ip.is_loopback() && a.flags.contains(InterfaceFlags::IFF_LOOPBACK);
+        (mine || loopback).then_some(a.interface_name)
+    })?;
+    let mtu: usize = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mtu.saturating_sub(28).min(super::MAX_UDP_PAYLOAD))
+}
 
-// SAFETY: the raw pointers inside `MultiHeaders` point into its own boxed address buffers (and,
-// during a `recvmmsg` call only, into buffers borrowed for that call). Nothing else aliases
-// them, so moving the whole structure to another thread is sound.
-unsafe impl Send for Headers {}
+/// One UDP socket of the pool and its quinn-udp state (offload support, fallbacks).
+struct PoolSocket {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    /// Datagrams per GSO send on this socket (1: no GSO).
+    gso_segments: usize,
+}
+
+/// Datagrams in the transmit area that leave in one send call.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    socket: usize,
+    dest: SocketAddrV4,
+    start: usize,
+    len: usize,
+    /// Size of every datagram but the last.
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the batch.
+    closed: bool,
+}
 
 /// The kernel UDP datapath of one engine.
 pub struct KernelUdp {
     pool: PortPool,
-    sockets: Vec<UdpSocket>,
+    sockets: Vec<PoolSocket>,
     epoll: Epoll,
     events: Vec<EpollEvent>,
-    headers: Headers,
-    buf: Vec<u8>,
+    rx: Vec<u8>,
+    rx_meta: [RecvMeta; BATCH_SIZE],
+    tx: Vec<u8>,
+    tx_used: usize,
+    batches: Vec<Batch>,
     max_datagram: usize,
+    gro: bool,
     stats: DatapathStats,
 }
 
@@ -90,11 +169,13 @@ impl std::fmt::Debug for KernelUdp {
         f.debug_struct("KernelUdp")
             .field("pool", &self.pool)
             .field("max_datagram", &self.max_datagram)
+            .field("gso_segments", &self.gso_segments())
+            .field("gro", &self.gro)
             .finish_non_exhaustive()
     }
 }
 
-fn bind_one(addr: SocketAddrV4) -> Result<UdpSocket, KernelUdpError> {
+fn bind_one(addr: SocketAddrV4, opts: &KernelUdpOptions) -> Result<PoolSocket, KernelUdpError> {
     let s = Socket::new(
         Domain::IPV4,
         Type::DGRAM.nonblocking().cloexec(),
@@ -107,106 +188,188 @@ fn bind_one(addr: SocketAddrV4) -> Result<UdpSocket, KernelUdpError> {
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.bind(&addr.into())
         .map_err(|source| KernelUdpError::Bind { addr, source })?;
-    Ok(s.into())
+    let socket: UdpSocket = s.into();
+    // Turns on GRO, packet info and don't-fragment, and probes GSO.
+    let state = UdpSocketState::new(UdpSockRef::from(&socket)).map_err(KernelUdpError::Socket)?;
+    if !opts.gro {
+        let _ = setsockopt(&socket, sockopt::UdpGroSegment, &false);
+    }
+    let gso_segments = if opts.gso {
+        state.max_gso_segments().max(1)
+    } else {
+        1
+    };
+    Ok(PoolSocket {
+        socket,
+        state,
+        gso_segments,
+    })
 }
 
 impl KernelUdp {
     /// Binds one socket per port of `pool` on `ip` (with `SO_REUSEPORT`, so every engine of the
-    /// host can do the same). Datagrams longer than `max_datagram` are neither sent nor received.
+    /// host can do the same), with GSO and GRO where the kernel has them.
     pub fn new(ip: Ipv4Addr, pool: PortPool, max_datagram: usize) -> Result<Self, KernelUdpError> {
-        let max_datagram = max_datagram.clamp(1, super::MAX_UDP_PAYLOAD);
+        Self::with_options(ip, pool, KernelUdpOptions::new(max_datagram))
+    }
+
+    /// [`KernelUdp::new`] with explicit offload choices.
+    pub fn with_options(
+        ip: Ipv4Addr,
+        pool: PortPool,
+        opts: KernelUdpOptions,
+    ) -> Result<Self, KernelUdpError> {
+        let max_datagram = opts.max_datagram.clamp(1, super::MAX_UDP_PAYLOAD);
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
             .map_err(|e| KernelUdpError::Epoll(e.into()))?;
         let mut sockets = Vec::with_capacity(usize::from(pool.count));
         for i in 0..pool.count {
-            let s = bind_one(SocketAddrV4::new(ip, pool.nth(i)))?;
+            let s = bind_one(SocketAddrV4::new(ip, pool.nth(i)), &opts)?;
             epoll
                 .add(
-                    s.as_fd(),
+                    s.socket.as_fd(),
                     EpollEvent::new(EpollFlags::EPOLLIN, u64::from(i)),
                 )
                 .map_err(|e| KernelUdpError::Epoll(e.into()))?;
             sockets.push(s);
         }
+        let gro = opts.gro && sockets.iter().all(|s| s.state.gro_segments() > 1);
         Ok(KernelUdp {
             pool,
             events: vec![EpollEvent::empty(); sockets.len()],
             sockets,
             epoll,
-            headers: Headers(MultiHeaders::preallocate(BATCH, None)),
-            buf: vec![0u8; BATCH * max_datagram],
+            rx: vec![0u8; BATCH_SIZE * RX_SLOT],
+            rx_meta: [RecvMeta::default(); BATCH_SIZE],
+            tx: vec![0u8; TX_AREA_MIN.max(4 * max_datagram)],
+            tx_used: 0,
+            batches: Vec::new(),
             max_datagram,
+            gro,
             stats: DatapathStats::default(),
         })
     }
 
-    /// Drains up to `max` datagrams from socket `idx`; returns how many were delivered and
-    /// whether the socket may hold more.
+    /// Datagrams per GSO send (1: GSO unavailable or off).
+    pub fn gso_segments(&self) -> usize {
+        self.sockets
+            .iter()
+            .map(|s| s.gso_segments)
+            .min()
+            .unwrap_or(1)
+    }
+
+    /// Whether every socket receives with GRO.
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// Reads one batch from socket `idx` and hands its datagrams to `sink`; returns how many
+    /// were delivered and whether the socket may hold more.
     fn drain(
         &mut self,
         idx: usize,
-        max: usize,
         sink: &mut dyn FnMut(Received<'_>),
     ) -> Result<(usize, bool), RecvError> {
-        let fd = self.sockets[idx].as_raw_fd();
-        let dst_port = self.pool.nth(idx as u16);
-        let slot = self.max_datagram;
-        let want = max.min(BATCH);
-        let mut meta: [(Ipv4Addr, u16, usize, bool); BATCH] =
-            [(Ipv4Addr::UNSPECIFIED, 0, 0, false); BATCH];
-        let got = {
-            let mut iovs: Vec<[io::IoSliceMut<'_>; 1]> = self
-                .buf
-                .chunks_mut(slot)
-                .take(want)
-                .map(|c| [io::IoSliceMut::new(c)])
-                .collect();
-            let res = recvmmsg(
-                fd,
-                &mut self.headers.0,
-                iovs.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            );
-            match res {
-                Ok(msgs) => {
-                    let mut n = 0;
-                    for m in msgs {
-                        let (ip, port) = m
-                            .address
-                            .map(|a| (a.ip(), a.port()))
-                            .unwrap_or((Ipv4Addr::UNSPECIFIED, 0));
-                        meta[n] = (ip, port, m.bytes, m.flags.contains(MsgFlags::MSG_TRUNC));
-                        n += 1;
-                    }
-                    n
-                }
-                Err(Errno::EAGAIN) => return Ok((0, false)),
-                Err(Errno::EINTR) => return Ok((0, true)),
+        let sock = &self.sockets[idx];
+        let mut slots = self.rx.chunks_mut(RX_SLOT);
+        let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+            std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
+        let got =
+            match sock
+                .state
+                .recv(UdpSockRef::from(&sock.socket), &mut bufs, &mut self.rx_meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((0, false)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok((0, true)),
                 Err(e) => {
                     self.stats.rx_errors += 1;
-                    return Err(RecvError::Io(e.into()));
+                    return Err(RecvError::Io(e));
                 }
-            }
-        };
+            };
+        let dst_port = self.pool.nth(idx as u16);
         let mut delivered = 0;
-        for (i, &(ip, port, len, truncated)) in meta[..got].iter().enumerate() {
-            if truncated || port == 0 {
-                self.stats.rx_oversize += u64::from(truncated);
+        for (i, meta) in self.rx_meta[..got].iter().enumerate() {
+            let SocketAddr::V4(from) = meta.addr else {
+                self.stats.rx_errors += 1;
+                continue;
+            };
+            if from.port() == 0 {
                 continue;
             }
-            let payload = &self.buf[i * slot..i * slot + len];
-            self.stats.rx_packets += 1;
-            self.stats.rx_bytes += len as u64;
-            delivered += 1;
-            sink(Received {
-                remote_ip: ip,
-                src_port: port,
-                dst_port,
-                payload,
-            });
+            let data = &self.rx[i * RX_SLOT..i * RX_SLOT + meta.len];
+            let stride = meta.stride.max(1);
+            if meta.len > stride {
+                self.stats.rx_gro_batches += 1;
+            }
+            for payload in data.chunks(stride) {
+                if payload.len() > self.max_datagram {
+                    self.stats.rx_oversize += 1;
+                    continue;
+                }
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += payload.len() as u64;
+                delivered += 1;
+                sink(Received {
+                    remote_ip: *from.ip(),
+                    src_port: from.port(),
+                    dst_port,
+                    payload,
+                });
+            }
         }
-        Ok((delivered, got == want))
+        Ok((delivered, got == BATCH_SIZE))
+    }
+
+    /// Sends every queued batch; failures are counted (the transport retransmits).
+    fn flush_tx(&mut self) {
+        for b in std::mem::take(&mut self.batches) {
+            let sock = &mut self.sockets[b.socket];
+            let contents = &self.tx[b.start..b.start + b.len];
+            let t = Transmit {
+                destination: SocketAddr::V4(b.dest),
+                ecn: None,
+                contents,
+                segment_size: (b.count > 1).then_some(b.segment),
+                src_ip: None,
+            };
+            match sock.state.try_send(UdpSockRef::from(&sock.socket), &t) {
+                Ok(()) => {
+                    self.stats.tx_packets += b.count as u64;
+                    self.stats.tx_bytes += b.len as u64;
+                    self.stats.tx_gso_batches += u64::from(b.count > 1);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stats.tx_dropped += b.count as u64;
+                }
+                Err(_) if b.count > 1 => {
+                    // The kernel or the device refused segmentation: quinn-udp has switched it
+                    // off for this socket; send these datagrams one by one.
+                    self.stats.tx_gso_fallbacks += 1;
+                    sock.gso_segments = 1;
+                    for one in contents.chunks(b.segment) {
+                        let t = Transmit {
+                            contents: one,
+                            segment_size: None,
+                            ..t
+                        };
+                        match sock.state.try_send(UdpSockRef::from(&sock.socket), &t) {
+                            Ok(()) => {
+                                self.stats.tx_packets += 1;
+                                self.stats.tx_bytes += one.len() as u64;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                self.stats.tx_dropped += 1
+                            }
+                            Err(_) => self.stats.tx_errors += 1,
+                        }
+                    }
+                }
+                Err(_) => self.stats.tx_errors += 1,
+            }
+        }
+        self.tx_used = 0;
     }
 }
 
@@ -226,11 +389,9 @@ impl Datapath for KernelUdp {
             if idx >= self.sockets.len() {
                 continue;
             }
-            loop {
-                if total >= max {
-                    return Ok(total);
-                }
-                let (n, more) = self.drain(idx, max - total, sink)?;
+            // One batch may split into more datagrams than `max` (GRO): the budget is soft.
+            while total < max {
+                let (n, more) = self.drain(idx, sink)?;
                 total += n;
                 if !more {
                     break;
@@ -240,24 +401,51 @@ impl Datapath for KernelUdp {
         Ok(total)
     }
 
-    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        d.check(self.max_datagram, self.pool, &mut self.stats)?;
-        let sock = &self.sockets[usize::from(d.src_port - self.pool.base)];
-        match sock.send_to(d.payload, SocketAddrV4::new(d.remote_ip, d.dst_port)) {
-            Ok(_) => {
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.stats.tx_dropped += 1;
-                Err(SendError::Full)
-            }
-            Err(e) => {
-                self.stats.tx_errors += 1;
-                Err(SendError::Io(e))
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError> {
+        if self.tx_used + self.max_datagram > self.tx.len() {
+            self.flush_tx();
+        }
+        let start = self.tx_used;
+        let Some(meta) = fill(&mut self.tx[start..start + self.max_datagram]) else {
+            return Ok(false);
+        };
+        meta.check(
+            self.max_datagram,
+            self.max_datagram,
+            self.pool,
+            &mut self.stats,
+        )?;
+        let socket = usize::from(meta.src_port - self.pool.base);
+        let dest = SocketAddrV4::new(meta.remote_ip, meta.dst_port);
+        let limit = self.sockets[socket].gso_segments;
+        self.tx_used += meta.len;
+        if let Some(b) = self.batches.last_mut() {
+            let joins = b.socket == socket
+                && b.dest == dest
+                && !b.closed
+                && b.count < limit
+                && meta.len <= b.segment
+                && b.len + meta.len <= GSO_MAX_BYTES;
+            if joins {
+                b.len += meta.len;
+                b.count += 1;
+                b.closed = meta.len < b.segment;
+                return Ok(true);
             }
         }
+        self.batches.push(Batch {
+            socket,
+            dest,
+            start,
+            len: meta.len,
+            segment: meta.len,
+            count: 1,
+            closed: false,
+        });
+        Ok(true)
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -270,5 +458,11 @@ impl Datapath for KernelUdp {
 
     fn max_datagram(&self) -> usize {
         self.max_datagram
+    }
+
+    fn flush(&mut self) {
+        if !self.batches.is_empty() {
+            self.flush_tx();
+        }
     }
 }

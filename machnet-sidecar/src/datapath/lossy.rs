@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use super::{Datapath, DatapathStats, Received, RecvError, SendError, TxMeta};
 
 /// Drops sent datagrams at random. See the module documentation.
 pub struct Lossy<D> {
@@ -52,12 +52,23 @@ impl<D: Datapath> Datapath for Lossy<D> {
         self.inner.recv(max, sink)
     }
 
-    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        if self.drop_rate > 0.0 && self.rng.random_bool(self.drop_rate) {
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError> {
+        let (rate, rng) = (self.drop_rate, &mut self.rng);
+        let mut dropped = false;
+        // A datagram the closure wrote but we drop is reported to the inner datapath as "nothing
+        // to send", so it never leaves; the caller still sees it as sent.
+        let queued = self.inner.send_with(&mut |buf| {
+            let meta = fill(buf)?;
+            dropped = rate > 0.0 && rng.random_bool(rate);
+            (!dropped).then_some(meta)
+        })?;
+        if dropped {
             self.dropped += 1;
-            return Ok(());
         }
-        self.inner.send(d)
+        Ok(queued || dropped)
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {

@@ -21,7 +21,7 @@ use machnet_core::rss::{RssOracle, UdpTuple};
 use machnet_core::PortPool;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use super::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError, TxMeta};
 
 /// Datagrams an engine queue holds before it drops (like a NIC ring).
 pub const DEFAULT_QUEUE_CAP: usize = 65536;
@@ -157,6 +157,7 @@ impl MemHub {
                 pool,
                 queue: q,
                 max_datagram,
+                scratch: vec![0u8; max_datagram],
                 stats: DatapathStats::default(),
             })
             .collect())
@@ -221,6 +222,8 @@ pub struct MemDatapath {
     pool: PortPool,
     queue: Arc<EngineQueue>,
     max_datagram: usize,
+    /// Where `send_with`'s closure writes; the hub copies from it.
+    scratch: Vec<u8>,
     stats: DatapathStats,
 }
 
@@ -264,19 +267,38 @@ impl Datapath for MemDatapath {
         Ok(n)
     }
 
-    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        d.check(self.max_datagram, self.pool, &mut self.stats)?;
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError> {
+        // The hub queues its own copy of each datagram, so the closure writes into a scratch
+        // buffer of ours.
+        let Some(meta) = fill(&mut self.scratch) else {
+            return Ok(false);
+        };
+        meta.check(
+            self.max_datagram,
+            self.scratch.len(),
+            self.pool,
+            &mut self.stats,
+        )?;
+        let d = Outgoing {
+            remote_ip: meta.remote_ip,
+            src_port: meta.src_port,
+            dst_port: meta.dst_port,
+            payload: &self.scratch[..meta.len],
+        };
         match self.hub.deliver(self.ip, d) {
             Ok(()) => {
                 self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                Ok(())
+                self.stats.tx_bytes += meta.len as u64;
+                Ok(true)
             }
             Err(SendError::Unreachable) => {
                 // Like UDP: the sender learns nothing; count it as sent.
                 self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                Ok(())
+                self.stats.tx_bytes += meta.len as u64;
+                Ok(true)
             }
             Err(SendError::Full) => {
                 self.stats.tx_dropped += 1;

@@ -54,18 +54,46 @@ pub struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// The checks every datapath makes before sending: the datagram fits and leaves from one of
-    /// our pool's ports. A refusal is counted in `stats.tx_errors`.
+    /// The datagram's addresses and length.
+    pub fn meta(&self) -> TxMeta {
+        TxMeta {
+            remote_ip: self.remote_ip,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            len: self.payload.len(),
+        }
+    }
+}
+
+/// A datagram written in place by the closure of [`Datapath::send_with`]: where it goes and how
+/// many bytes of the datapath's buffer it fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxMeta {
+    /// Destination address.
+    pub remote_ip: Ipv4Addr,
+    /// Our UDP source port (must be in our pool).
+    pub src_port: u16,
+    /// The destination UDP port.
+    pub dst_port: u16,
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+}
+
+impl TxMeta {
+    /// The checks every datapath makes before sending: the datagram fits (in `max_datagram`
+    /// and in the `room` the datapath offered) and leaves from one of our pool's ports. A
+    /// refusal is counted in `stats.tx_errors`.
     pub fn check(
         &self,
         max_datagram: usize,
+        room: usize,
         pool: machnet_core::PortPool,
         stats: &mut DatapathStats,
     ) -> Result<(), SendError> {
-        let refusal = if self.payload.len() > max_datagram {
+        let refusal = if self.len > max_datagram.min(room) || self.len == 0 {
             SendError::Oversize {
-                len: self.payload.len(),
-                max: max_datagram,
+                len: self.len,
+                max: max_datagram.min(room),
             }
         } else if !pool.contains(self.src_port) {
             SendError::NotOurPort(self.src_port)
@@ -98,6 +126,13 @@ pub struct DatapathStats {
     pub tx_errors: u64,
     /// Datagrams dropped on purpose by loss injection.
     pub injected_drops: u64,
+    /// Send calls that carried several datagrams with UDP segmentation offload (GSO).
+    pub tx_gso_batches: u64,
+    /// GSO sends the kernel refused; their datagrams were resent one by one and GSO was
+    /// switched off for the socket.
+    pub tx_gso_fallbacks: u64,
+    /// Receive buffers that held several datagrams coalesced by UDP GRO.
+    pub rx_gro_batches: u64,
 }
 
 /// Why a receive failed.
@@ -140,8 +175,30 @@ pub trait Datapath: Send {
     /// delivered (0: nothing waiting). Never blocks.
     fn recv(&mut self, max: usize, sink: &mut dyn FnMut(Received<'_>)) -> Result<usize, RecvError>;
 
-    /// Sends one datagram. Never blocks: a full buffer is [`SendError::Full`].
-    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError>;
+    /// Lets `fill` write the next datagram straight into the datapath's own transmit memory (a
+    /// buffer of at least [`Datapath::max_datagram`] bytes: a slot of a batch, a NIC buffer) and
+    /// queues it, as smoltcp's `TxToken` does: no intermediate copy. `fill` returns where the
+    /// datagram goes and how long it is, or `None` when it has nothing to send (then nothing is
+    /// queued and the result is `Ok(false)`). Never blocks. Queued datagrams leave at the latest
+    /// at [`Datapath::flush`]; failures found only then (a full socket buffer) are counted in
+    /// the stats, not returned: the transport recovers from the loss.
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError>;
+
+    /// Sends one datagram, copying it in (tests and control traffic; the engine writes in place
+    /// with [`Datapath::send_with`]).
+    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
+        self.send_with(&mut |buf| {
+            if let Some(dst) = buf.get_mut(..d.payload.len()) {
+                dst.copy_from_slice(d.payload);
+            }
+            // Too long for the buffer: the datapath's check refuses it unsent.
+            Some(d.meta())
+        })
+        .map(|_| ())
+    }
 
     /// A file descriptor that is readable whenever [`Datapath::recv`] may find datagrams
     /// (level-triggered). `None`: the datapath must be polled.
@@ -153,9 +210,7 @@ pub trait Datapath: Send {
     /// Largest datagram sent or received.
     fn max_datagram(&self) -> usize;
 
-    /// Hands datagrams buffered by [`Datapath::send`] to the network. The engine calls it after
-    /// each round of sends; datapaths that batch (DPDK) flush their TX burst here, the others
-    /// send immediately and need not implement it.
+    /// Hands queued datagrams to the network. The engine calls it after each round of sends.
     fn flush(&mut self) {}
 
     /// What the NIC reveals about its receive-side scaling, as an oracle telling on which
@@ -169,6 +224,12 @@ pub trait Datapath: Send {
 impl<T: Datapath + ?Sized> Datapath for Box<T> {
     fn recv(&mut self, max: usize, sink: &mut dyn FnMut(Received<'_>)) -> Result<usize, RecvError> {
         (**self).recv(max, sink)
+    }
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError> {
+        (**self).send_with(fill)
     }
     fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
         (**self).send(d)

@@ -174,6 +174,14 @@ pub enum SpawnError {
     /// A descriptor (epoll, eventfd, timerfd) could not be created.
     #[error("engine setup: {0}")]
     Io(#[from] std::io::Error),
+    /// The engine would send datagrams larger than its datapath carries.
+    #[error("engine datagrams of {engine} bytes exceed the datapath's maximum of {datapath}")]
+    DatagramTooLarge {
+        /// The engine's `max_udp_payload`.
+        engine: usize,
+        /// The datapath's `max_datagram`.
+        datapath: usize,
+    },
 }
 
 /// A cheap, clonable way to talk to an engine thread.

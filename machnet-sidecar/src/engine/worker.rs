@@ -19,7 +19,7 @@ use super::channel::{Chan, ChannelId, Ctx, Violation};
 use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
 use crate::clock::Clock;
 use crate::config::IdleMode;
-use crate::datapath::{Datapath, Outgoing};
+use crate::datapath::{Datapath, TxMeta};
 use crate::stats::{EngineReport, LoopStats};
 
 const TOKEN_DATAPATH: u64 = 0;
@@ -32,8 +32,6 @@ const TOKEN_CHANNEL_BASE: u64 = 16;
 const RX_BUDGET: usize = 256;
 /// Datagrams sent per loop iteration.
 const TX_BUDGET: usize = 256;
-/// Transmit buffer (larger than any `max_udp_payload`).
-const TX_BUF: usize = 65536;
 /// Longest nap of an idle engine whose datapath has no readiness fd (DPDK queues): short
 /// enough that a peer's tail-loss probe (≥ 100 µs, PROTOCOL.md §7) rarely fires spuriously.
 const POLLED_NAP: Duration = Duration::from_micros(50);
@@ -56,7 +54,6 @@ pub(super) struct Worker {
     busy_poll: Duration,
     stats_interval: Option<Duration>,
     next_stats: Option<Instant>,
-    tx_buf: Vec<u8>,
     counters: LoopStats,
     dp_registered: bool,
 }
@@ -79,6 +76,10 @@ impl Worker {
         notifier: Notifier,
     ) -> Result<Self, SpawnError> {
         let id = params.core.engine_id;
+        let (engine, datapath) = (usize::from(params.core.max_udp_payload), dp.max_datagram());
+        if engine > datapath {
+            return Err(SpawnError::DatagramTooLarge { engine, datapath });
+        }
         let mut core = Engine::new(params.core, params.seed)?;
         if let Some(oracle) = dp.rss_oracle() {
             tracing::debug!(
@@ -133,7 +134,6 @@ impl Worker {
             busy_poll: params.busy_poll,
             stats_interval: params.stats_interval,
             next_stats: params.stats_interval.map(|d| now + d),
-            tx_buf: vec![0u8; TX_BUF],
             counters: LoopStats::default(),
             dp_registered,
         })
@@ -439,20 +439,26 @@ impl Worker {
         }
     }
 
+    /// Moves the core's packets to the datapath: each is written straight into the datapath's
+    /// transmit memory (no intermediate buffer), and the whole round leaves in one flush, where
+    /// the datapath batches it (GSO, bursts).
     fn transmit(&mut self, now: Instant) -> bool {
+        let core = &mut self.core;
         let mut n = 0;
         while n < TX_BUDGET {
-            let Some(t) = self.core.poll_transmit(now, &mut self.tx_buf) else {
-                break;
-            };
-            n += 1;
-            // Failures are counted by the datapath; the transport recovers from the loss.
-            let _ = self.dp.send(Outgoing {
-                remote_ip: t.remote_ip,
-                src_port: t.src_port,
-                dst_port: t.dst_port,
-                payload: &self.tx_buf[..t.len],
+            let res = self.dp.send_with(&mut |buf| {
+                core.poll_transmit(now, buf).map(|t| TxMeta {
+                    remote_ip: t.remote_ip,
+                    src_port: t.src_port,
+                    dst_port: t.dst_port,
+                    len: t.len,
+                })
             });
+            match res {
+                Ok(false) => break,
+                // Failures are counted by the datapath; the transport recovers from the loss.
+                Ok(true) | Err(_) => n += 1,
+            }
         }
         if n > 0 {
             self.dp.flush();

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::config::SidecarConfig;
-use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError};
+use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError, TxMeta};
 use crate::netstack::neighbours::SharedNeighbours;
 use crate::netstack::wire::{DropReason, MacAddr};
 use crate::netstack::{
@@ -63,6 +63,9 @@ pub struct DpdkDatapath {
     tx_mbufs: Vec<Mbuf>,
     /// Frames out of `NetStack::poll_transmit`.
     scratch: Vec<u8>,
+    /// Where `send_with`'s closure writes a datagram before it is framed into an mbuf.
+    // TODO(zero-copy): let the closure write into the mbuf after the headers instead.
+    tx_payload: Vec<u8>,
     stats: DatapathStats,
     max_datagram: usize,
     /// The port's RSS, when it can be predicted.
@@ -112,9 +115,68 @@ impl DpdkDatapath {
             rx_mbufs: Vec::with_capacity(BURST),
             tx_mbufs: Vec::with_capacity(2 * BURST),
             scratch,
+            tx_payload: vec![0u8; max_datagram],
             stats: DatapathStats::default(),
             max_datagram,
             rss: None,
+        }
+    }
+
+    /// Frames one checked datagram into an mbuf of the TX burst.
+    fn send_frame(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
+        let now = self.clock.now();
+        let len = (HEADERS + d.payload.len()).max(MIN_FRAME);
+        let Some(mut m) = self.pool.alloc() else {
+            self.stats.tx_dropped += 1;
+            return Err(SendError::Full);
+        };
+        let Some(buf) = m.append(len) else {
+            self.stats.tx_errors += 1;
+            return Err(SendError::Oversize {
+                len: d.payload.len(),
+                max: self.max_datagram,
+            });
+        };
+        match self
+            .stack
+            .build_datagram(now, d.remote_ip, d.src_port, d.dst_port, d.payload, buf)
+        {
+            Outbound::Frame(n) => {
+                debug_assert_eq!(n, len);
+                if self.tx_offload {
+                    m.request_ipv4_udp_checksums(14, 20);
+                }
+                self.tx_mbufs.push(m);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += d.payload.len() as u64;
+                if self.tx_mbufs.len() >= BURST {
+                    self.flush_tx();
+                }
+                Ok(())
+            }
+            Outbound::Pending => {
+                // Copied into the ARP queue; the request goes out with the next flush.
+                drop(m);
+                self.drain_stack();
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += d.payload.len() as u64;
+                Ok(())
+            }
+            Outbound::Drop(DropReason::ArpQueueFull) => {
+                self.stats.tx_dropped += 1;
+                Err(SendError::Full)
+            }
+            Outbound::Drop(DropReason::TooLarge) => {
+                self.stats.tx_errors += 1;
+                Err(SendError::Oversize {
+                    len: d.payload.len(),
+                    max: self.max_datagram,
+                })
+            }
+            Outbound::Drop(_) => {
+                self.stats.tx_errors += 1;
+                Err(SendError::Unreachable)
+            }
         }
     }
 
@@ -215,66 +277,33 @@ impl Datapath for DpdkDatapath {
         Ok(delivered)
     }
 
-    fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        d.check(
-            self.max_datagram,
-            self.stack.config().udp_ports,
-            &mut self.stats,
-        )?;
-        let now = self.clock.now();
-        let len = (HEADERS + d.payload.len()).max(MIN_FRAME);
-        let Some(mut m) = self.pool.alloc() else {
-            self.stats.tx_dropped += 1;
-            return Err(SendError::Full);
+    fn send_with(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+    ) -> Result<bool, SendError> {
+        let mut payload = std::mem::take(&mut self.tx_payload);
+        let res = match fill(&mut payload) {
+            None => Ok(false),
+            Some(meta) => {
+                let res = match meta.check(
+                    self.max_datagram,
+                    payload.len(),
+                    self.stack.config().udp_ports,
+                    &mut self.stats,
+                ) {
+                    Ok(()) => self.send_frame(Outgoing {
+                        remote_ip: meta.remote_ip,
+                        src_port: meta.src_port,
+                        dst_port: meta.dst_port,
+                        payload: &payload[..meta.len],
+                    }),
+                    Err(e) => Err(e),
+                };
+                res.map(|()| true)
+            }
         };
-        let Some(buf) = m.append(len) else {
-            self.stats.tx_errors += 1;
-            return Err(SendError::Oversize {
-                len: d.payload.len(),
-                max: self.max_datagram,
-            });
-        };
-        match self
-            .stack
-            .build_datagram(now, d.remote_ip, d.src_port, d.dst_port, d.payload, buf)
-        {
-            Outbound::Frame(n) => {
-                debug_assert_eq!(n, len);
-                if self.tx_offload {
-                    m.request_ipv4_udp_checksums(14, 20);
-                }
-                self.tx_mbufs.push(m);
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                if self.tx_mbufs.len() >= BURST {
-                    self.flush_tx();
-                }
-                Ok(())
-            }
-            Outbound::Pending => {
-                // Copied into the ARP queue; the request goes out with the next flush.
-                drop(m);
-                self.drain_stack();
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                Ok(())
-            }
-            Outbound::Drop(DropReason::ArpQueueFull) => {
-                self.stats.tx_dropped += 1;
-                Err(SendError::Full)
-            }
-            Outbound::Drop(DropReason::TooLarge) => {
-                self.stats.tx_errors += 1;
-                Err(SendError::Oversize {
-                    len: d.payload.len(),
-                    max: self.max_datagram,
-                })
-            }
-            Outbound::Drop(_) => {
-                self.stats.tx_errors += 1;
-                Err(SendError::Unreachable)
-            }
-        }
+        self.tx_payload = payload;
+        res
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
