@@ -131,7 +131,7 @@ fn check(got: &[u8], seq: u64, tmpl: &[u8], full_every: u16) -> bool {
     {
         return false;
     }
-    if seq % u64::from(full_every.max(1)) == 0 {
+    if seq.is_multiple_of(u64::from(full_every.max(1))) {
         return got[STAMP_HEAD..n - STAMP_TAIL] == tmpl[STAMP_HEAD..n - STAMP_TAIL];
     }
     true
@@ -189,7 +189,7 @@ fn server(sock: PathBuf, tmpl: Arc<Vec<u8>>, stop: Arc<AtomicBool>) -> Result<()
             } else {
                 1
             };
-            if sink.1 % ack_every == 0 {
+            if sink.1.is_multiple_of(ack_every) {
                 let mut ack = [0u8; ACK_LEN];
                 ack[..8].copy_from_slice(&sink.1.to_le_bytes());
                 ack[8..].copy_from_slice(&sink.2.to_le_bytes());
@@ -301,7 +301,11 @@ fn run_oneway(ch: &mut Channel, l: &Load<'_>) -> Result<RunResult, String> {
     let flow = ch
         .connect_timeout(IP_SERVER, SINK_PORT, Duration::from_secs(10))
         .map_err(|e| format!("connect: {e}"))?;
-    let ack_every = if l.window % 2 == 0 { l.window / 2 } else { 1 };
+    let ack_every = if l.window.is_multiple_of(2) {
+        l.window / 2
+    } else {
+        1
+    };
     let ack_every16 = u16::try_from(ack_every).map_err(|_| "window too large")?;
     let mut sbuf = l.tmpl[..l.size].to_vec();
     let mut abuf = [0u8; ACK_LEN];
@@ -394,9 +398,9 @@ fn copies_one_way(size: usize, frag: usize) -> u32 {
 }
 
 fn human(size: usize) -> String {
-    if size >= 1 << 20 && size % (1 << 20) == 0 {
+    if size >= 1 << 20 && size.is_multiple_of(1 << 20) {
         format!("{} MiB", size >> 20)
-    } else if size >= 1024 && size % 1024 == 0 {
+    } else if size >= 1024 && size.is_multiple_of(1024) {
         format!("{} KiB", size >> 10)
     } else {
         format!("{size} B")
