@@ -4,7 +4,8 @@
 //! datapath ([`MemHub`]); an app thread on sidecar A serves, an app thread on sidecar B drives one
 //! flow through the real client library (`machnet`): app → request ring → engine → packets → hub
 //! → engine → notification ring → app, and back for the echo. Before each configuration the same
-//! process measures single-thread `copy_from_slice` bandwidth at the message size and at 8 MiB.
+//! process measures single-thread `copy_from_slice` bandwidth (best of five windows) at the
+//! message size and at 8 MiB.
 //!
 //! ```sh
 //! cargo run --release -p machnet-sidecar --example mem_pipeline            # all configs, both modes
@@ -72,7 +73,7 @@ struct Args {
     /// Warm-up seconds per configuration (not counted).
     #[arg(long, default_value_t = 0.3)]
     warmup: f64,
-    /// Seconds of copy_from_slice per memcpy figure.
+    /// Seconds of copy_from_slice per memcpy figure (best of five windows).
     #[arg(long, default_value_t = 0.25)]
     memcpy_secs: f64,
     /// Compare every N-th message byte for byte (stamps are checked on all); 1 = every message.
@@ -364,7 +365,8 @@ fn run_oneway(ch: &mut Channel, l: &Load<'_>) -> Result<RunResult, String> {
     })
 }
 
-/// Single-thread `copy_from_slice` bandwidth at `size` bytes per copy, Gbit/s.
+/// Single-thread `copy_from_slice` bandwidth at `size` bytes per copy, Gbit/s: the best of five
+/// windows of `secs / 5` (a window in which a neighbour preempted us does not count).
 fn memcpy_gbps(size: usize, tmpl: &[u8], secs: f64) -> f64 {
     let src = tmpl[..size].to_vec();
     let mut dst = vec![0u8; size];
@@ -374,16 +376,21 @@ fn memcpy_gbps(size: usize, tmpl: &[u8], secs: f64) -> f64 {
         dst.copy_from_slice(std::hint::black_box(&src));
         std::hint::black_box(&mut dst);
     }
-    let start = Instant::now();
-    let mut copies = 0u64;
-    while start.elapsed().as_secs_f64() < secs {
-        for _ in 0..batch {
-            dst.copy_from_slice(std::hint::black_box(&src));
-            std::hint::black_box(&mut dst);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut copies = 0u64;
+        while start.elapsed().as_secs_f64() < secs / 5.0 {
+            for _ in 0..batch {
+                dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+            }
+            copies += batch as u64;
         }
-        copies += batch as u64;
+        let gbps = copies as f64 * size as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9;
+        best = best.max(gbps);
     }
-    copies as f64 * size as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
+    best
 }
 
 /// Payload copies one message makes in one direction (see docs/PERFORMANCE.md §14): app →
