@@ -310,6 +310,25 @@ impl Consumer {
         self.ring.read_at(rec.payload_pos, dst);
     }
 
+    /// Copies the payload of `rec` into a new vector (one copy, no zero-fill first).
+    pub fn payload_to_vec(&self, rec: &Peeked) -> Vec<u8> {
+        let len = rec.header.len as usize;
+        let mut v = Vec::with_capacity(len);
+        let spare = v.spare_capacity_mut();
+        let off = (rec.payload_pos % self.ring.capacity) as usize;
+        let first = len.min(self.ring.capacity as usize - off);
+        // SAFETY: `spare` has room for `len` bytes; the ring reads stay inside its data area as in
+        // `read_at` (a record is never longer than the capacity); every one of the `len` bytes
+        // is written before `set_len`.
+        unsafe {
+            let dst = spare.as_mut_ptr().cast::<u8>();
+            ptr::copy_nonoverlapping(self.ring.data.add(off), dst, first);
+            ptr::copy_nonoverlapping(self.ring.data, dst.add(first), len - first);
+            v.set_len(len);
+        }
+        v
+    }
+
     /// Releases `rec` (the record most recently peeked) and publishes the new position.
     pub fn consume(&mut self, rec: &Peeked) {
         debug_assert_eq!(rec.payload_pos, self.head + RECORD_HEADER_LEN as u64);

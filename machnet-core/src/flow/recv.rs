@@ -26,6 +26,54 @@ impl Segment {
             Segment::Fin => 0,
         }
     }
+
+    fn into_arrived(self) -> Arrived<'static> {
+        match self {
+            Segment::Data {
+                flags,
+                msg_len,
+                bytes,
+            } => Arrived::Data {
+                flags,
+                msg_len,
+                bytes: Chunk::Owned(bytes),
+            },
+            Segment::Fin => Arrived::Fin,
+        }
+    }
+}
+
+/// A payload on its way to the assembler: still in the received datagram (in-order arrivals
+/// are never copied before reassembly) or stored from the reorder buffer.
+enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Bytes),
+}
+
+impl Chunk<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Chunk::Borrowed(b) => Bytes::copy_from_slice(b),
+            Chunk::Owned(b) => b,
+        }
+    }
+}
+
+/// An in-order sequenced packet, fed to the assembler.
+enum Arrived<'a> {
+    Data {
+        flags: u8,
+        msg_len: u32,
+        bytes: Chunk<'a>,
+    },
+    Fin,
 }
 
 /// What arriving sequenced packet was.
@@ -127,7 +175,9 @@ impl RecvState {
         w
     }
 
-    /// Handles a DATA fragment with sequence number `s`.
+    /// Handles a DATA fragment with sequence number `s`. In order, its payload goes straight
+    /// from the datagram into the message being reassembled; only out-of-order fragments are
+    /// copied into the reorder buffer.
     pub fn on_data(
         &mut self,
         s: u32,
@@ -135,23 +185,35 @@ impl RecvState {
         msg_len: u32,
         payload: &[u8],
     ) -> Result<Arrival, FramingViolation> {
-        let make = || Segment::Data {
-            flags: flag_bits,
-            msg_len,
-            bytes: Bytes::copy_from_slice(payload),
-        };
-        self.on_segment(s, make)
+        self.on_segment(s, payload.len(), |stored| {
+            if stored {
+                Arrived::Data {
+                    flags: flag_bits,
+                    msg_len,
+                    bytes: Chunk::Owned(Bytes::copy_from_slice(payload)),
+                }
+            } else {
+                Arrived::Data {
+                    flags: flag_bits,
+                    msg_len,
+                    bytes: Chunk::Borrowed(payload),
+                }
+            }
+        })
     }
 
     /// Handles a FIN with sequence number `s`.
     pub fn on_fin(&mut self, s: u32) -> Result<Arrival, FramingViolation> {
-        self.on_segment(s, || Segment::Fin)
+        self.on_segment(s, 0, |_| Arrived::Fin)
     }
 
-    fn on_segment(
+    /// `make(true)` builds the packet to store out of order (owning its payload), `make(false)`
+    /// the in-order one (which may borrow it); `len` is its payload length.
+    fn on_segment<'a>(
         &mut self,
         s: u32,
-        make: impl FnOnce() -> Segment,
+        len: usize,
+        make: impl FnOnce(bool) -> Arrived<'a>,
     ) -> Result<Arrival, FramingViolation> {
         if self.fin_received || seq::lt(s, self.nxt) {
             return Ok(Arrival::Duplicate);
@@ -164,11 +226,21 @@ impl RecvState {
             if self.reorder.len() > offset && self.reorder[offset].is_some() {
                 return Ok(Arrival::Duplicate);
             }
-            let seg = make();
-            let len = seg.len();
             if self.reorder_bytes + len > self.recv_buffer {
                 return Ok(Arrival::OutOfWindow);
             }
+            let seg = match make(true) {
+                Arrived::Data {
+                    flags,
+                    msg_len,
+                    bytes,
+                } => Segment::Data {
+                    flags,
+                    msg_len,
+                    bytes: bytes.into_bytes(),
+                },
+                Arrived::Fin => Segment::Fin,
+            };
             if self.reorder.len() <= offset {
                 self.reorder.resize_with(offset + 1, || None);
             }
@@ -178,7 +250,7 @@ impl RecvState {
             self.last_stored = Some(s);
             return Ok(Arrival::Buffered);
         }
-        self.deliver(make())?;
+        self.deliver(make(false))?;
         // reorder[0] stood for the old `nxt`; after popping it the front stands for the new one.
         self.nxt = self.nxt.wrapping_add(1);
         self.reorder.pop_front();
@@ -187,7 +259,7 @@ impl RecvState {
             self.buffered_segments -= 1;
             self.reorder_bytes -= seg.len();
             self.nxt = self.nxt.wrapping_add(1);
-            self.deliver(seg)?;
+            self.deliver(seg.into_arrived())?;
         }
         if self.buffered_segments == 0 {
             self.reorder.clear();
@@ -196,10 +268,10 @@ impl RecvState {
         Ok(Arrival::InOrder)
     }
 
-    /// Feeds one in-order segment to the message assembler.
-    fn deliver(&mut self, seg: Segment) -> Result<(), FramingViolation> {
+    /// Feeds one in-order packet to the message assembler.
+    fn deliver(&mut self, seg: Arrived<'_>) -> Result<(), FramingViolation> {
         match seg {
-            Segment::Fin => {
+            Arrived::Fin => {
                 if self.partial.is_some() {
                     return Err(FramingViolation);
                 }
@@ -210,7 +282,7 @@ impl RecvState {
                 self.reorder_bytes = 0;
                 Ok(())
             }
-            Segment::Data {
+            Arrived::Data {
                 flags: f,
                 msg_len,
                 bytes,
@@ -223,20 +295,24 @@ impl RecvState {
                     }
                     if last {
                         // One-fragment message: `Repr::parse` checked payload_len == msg_len.
-                        self.complete(bytes);
+                        self.complete(bytes.into_bytes());
                         return Ok(());
                     }
                     let expected = msg_len as usize;
-                    let mut buf = Vec::with_capacity(expected.min(1 << 20));
-                    buf.extend_from_slice(&bytes);
+                    // The whole message's capacity at once: no regrowth copies. It is only
+                    // address space until the fragments arrive (the allocator maps large
+                    // blocks lazily), and `max_message` bounds it.
+                    let mut buf = Vec::with_capacity(expected);
+                    buf.extend_from_slice(bytes.as_slice());
                     self.partial = Some(Partial { buf, expected });
                     return Ok(());
                 }
                 let p = self.partial.as_mut().ok_or(FramingViolation)?;
+                let bytes = bytes.as_slice();
                 if p.buf.len() + bytes.len() > p.expected {
                     return Err(FramingViolation);
                 }
-                p.buf.extend_from_slice(&bytes);
+                p.buf.extend_from_slice(bytes);
                 if last {
                     if p.buf.len() != p.expected {
                         return Err(FramingViolation);

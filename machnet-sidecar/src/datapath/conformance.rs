@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use machnet_core::PortPool;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use super::kernel::KernelUdp;
+use super::kernel::{KernelUdp, KernelUdpOptions};
 use super::lossy::Lossy;
 use super::mem::MemHub;
 use super::{Datapath, Outgoing, SendError};
@@ -27,7 +27,8 @@ trait Net {
     ) -> Vec<Box<dyn Datapath>>;
 }
 
-struct Kernel;
+/// Kernel UDP hosts with these offload choices (`max_datagram` is taken from each host).
+struct Kernel(KernelUdpOptions);
 
 impl Net for Kernel {
     fn pool(&mut self, ips: &[Ipv4Addr], count: u16) -> PortPool {
@@ -42,7 +43,12 @@ impl Net for Kernel {
     ) -> Vec<Box<dyn Datapath>> {
         (0..engines)
             .map(|_| {
-                Box::new(KernelUdp::new(ip, pool, max_datagram).expect("bind")) as Box<dyn Datapath>
+                let opts = KernelUdpOptions {
+                    max_datagram,
+                    ..self.0
+                };
+                Box::new(KernelUdp::with_options(ip, pool, opts).expect("bind"))
+                    as Box<dyn Datapath>
             })
             .collect()
     }
@@ -165,6 +171,7 @@ fn datagrams_arrive_intact_and_addressed(net: &mut dyn Net) {
         .expect("send");
         sent.push((src_port, dst_port, p));
     }
+    flush(&mut a);
     let got = collect(&mut b, sent.len(), WAIT);
     assert_eq!(got.len(), sent.len(), "every datagram arrives exactly once");
     for (src_port, dst_port, p) in &sent {
@@ -198,6 +205,7 @@ fn one_tuple_always_reaches_one_engine(net: &mut dyn Net) {
             })
             .expect("send");
         }
+        flush(&mut a);
         let got = collect(&mut b, 30, WAIT);
         assert_eq!(got.len(), 30);
         let engines: HashSet<usize> = got.iter().map(|g| g.engine).collect();
@@ -225,6 +233,7 @@ fn different_tuples_spread_over_engines(net: &mut dyn Net) {
             .expect("send");
         }
     }
+    flush(&mut a);
     let got = collect(&mut b, 256, WAIT);
     assert_eq!(got.len(), 256);
     let mut per_engine: HashMap<usize, usize> = HashMap::new();
@@ -253,6 +262,7 @@ fn every_port_of_the_peer_pool_is_reachable_both_ways(net: &mut dyn Net) {
             })
             .expect("send");
     }
+    flush(&mut a);
     let got = collect(&mut b, 8, WAIT);
     let ports: HashSet<u16> = got.iter().map(|g| g.dst_port).collect();
     assert_eq!(ports.len(), 8, "every pool port receives: {got:?}");
@@ -267,6 +277,7 @@ fn every_port_of_the_peer_pool_is_reachable_both_ways(net: &mut dyn Net) {
             })
             .expect("reply");
     }
+    flush(&mut b);
     let back = collect(&mut a, 8, WAIT);
     assert_eq!(back.len(), 8);
     for r in &back {
@@ -300,6 +311,7 @@ fn oversize_is_refused_on_send_and_dropped_on_receive(net: &mut dyn Net) {
     // Too large for the receiver: never delivered (not even truncated), counted.
     a[0].send(out(1)).expect("send");
     a[0].send(out(2)).expect("send");
+    flush(&mut a);
     let got = collect(&mut b, 1, WAIT);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload.len(), 1500);
@@ -312,7 +324,64 @@ fn oversize_is_refused_on_send_and_dropped_on_receive(net: &mut dyn Net) {
     assert!(matches!(a[0].send(bad), Err(SendError::NotOurPort(_))));
 }
 
+/// Hands every queued datagram of `hosts` to the network.
+fn flush(hosts: &mut [Box<dyn Datapath>]) {
+    for d in hosts {
+        d.flush();
+    }
+}
+
+/// Runs of equal-size datagrams on one 4-tuple (what a datapath may batch with GSO and the
+/// receiver may coalesce with GRO), broken by shorter and longer ones: they arrive one by one,
+/// byte-identical and in order (one 4-tuple stays on one socket and one engine). Returns the
+/// sender for datapath-specific checks.
+fn mixed_size_runs_arrive_in_order_byte_identical(net: &mut dyn Net) -> Box<dyn Datapath> {
+    let pa = net.pool(&[A], 1);
+    let pb = net.pool(&[B], 1);
+    let mut a = net.host(A, 1, pa, 9000);
+    let mut b = net.host(B, 1, pb, 9000);
+    let mut sizes = Vec::new();
+    for (count, len) in [
+        (60, 1400),
+        (1, 300),
+        (45, 1472),
+        (3, 9000),
+        (1, 1),
+        (70, 64),
+        (5, 8999),
+    ] {
+        sizes.extend(std::iter::repeat_n(len, count));
+    }
+    let sent: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| payload(i, len))
+        .collect();
+    for p in &sent {
+        a[0].send(Outgoing {
+            remote_ip: B,
+            src_port: pa.base,
+            dst_port: pb.base,
+            payload: p,
+        })
+        .expect("send");
+    }
+    flush(&mut a);
+    let got = collect(&mut b, sent.len(), WAIT);
+    assert_eq!(got.len(), sent.len(), "every datagram, exactly once");
+    for (i, (g, p)) in got.iter().zip(&sent).enumerate() {
+        assert!(
+            g.payload == *p,
+            "datagram {i} ({} bytes sent, {} received) differs or is out of order",
+            p.len(),
+            g.payload.len()
+        );
+    }
+    a.remove(0)
+}
+
 fn run_suite(make: &dyn Fn() -> Box<dyn Net>) {
+    mixed_size_runs_arrive_in_order_byte_identical(&mut *make());
     datagrams_arrive_intact_and_addressed(&mut *make());
     one_tuple_always_reaches_one_engine(&mut *make());
     different_tuples_spread_over_engines(&mut *make());
@@ -322,7 +391,47 @@ fn run_suite(make: &dyn Fn() -> Box<dyn Net>) {
 
 #[test]
 fn kernel_udp_conforms() {
-    run_suite(&|| Box::new(Kernel));
+    run_suite(&|| Box::new(Kernel(KernelUdpOptions::new(0))));
+}
+
+#[test]
+fn kernel_udp_conforms_with_every_offload_setting() {
+    for (gso, gro) in [(false, false), (true, false), (false, true)] {
+        let opts = KernelUdpOptions {
+            max_datagram: 0,
+            gso,
+            gro,
+        };
+        run_suite(&|| Box::new(Kernel(opts)));
+    }
+}
+
+#[test]
+fn kernel_udp_batches_with_gso_where_the_kernel_has_it() {
+    let sender =
+        mixed_size_runs_arrive_in_order_byte_identical(&mut Kernel(KernelUdpOptions::new(0)));
+    let probe = KernelUdp::new(A, crate::testing::free_udp_pool(&[A], 1), 1500).expect("bind");
+    let s = sender.stats();
+    if probe.gso_segments() > 1 {
+        assert!(
+            s.tx_gso_batches > 0,
+            "runs of equal sizes share sends: {s:?}"
+        );
+        assert!(s.tx_gso_batches < s.tx_packets, "{s:?}");
+    } else {
+        assert_eq!(s.tx_gso_batches, 0);
+    }
+    assert_eq!(s.tx_packets, 185, "every datagram counted once");
+    let off = mixed_size_runs_arrive_in_order_byte_identical(&mut Kernel(KernelUdpOptions {
+        max_datagram: 0,
+        gso: false,
+        gro: false,
+    }));
+    assert_eq!(
+        off.stats().tx_gso_batches,
+        0,
+        "GSO off: one datagram per send"
+    );
 }
 
 #[test]
@@ -361,6 +470,7 @@ fn lossy_wrapper_drops_the_configured_fraction_reproducibly() {
             })
             .unwrap();
         }
+        a.flush();
         let got = collect(&mut b, 2000, Duration::from_millis(200));
         assert_eq!(
             got.len() as u64 + a.stats().injected_drops,

@@ -359,9 +359,7 @@ impl Chan {
             self.request_failed(&h, CloseCode::UnknownFlow);
             return true;
         };
-        let mut buf = vec![0u8; h.len as usize];
-        self.requests.read_payload(rec, &mut buf);
-        let msg = Bytes::from(buf);
+        let msg = Bytes::from(self.requests.payload_to_vec(rec));
         match ctx.core.send(ctx.now, id, msg.clone()) {
             Ok(()) => true,
             Err(SendError::BufferFull) => {
