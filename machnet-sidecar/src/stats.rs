@@ -25,6 +25,10 @@ pub struct LoopStats {
     pub notifications: u64,
     /// Flows accepted for a port no channel listens on any more (aborted).
     pub orphan_accepts: u64,
+    /// Armed channels made active again by their app ringing the sidecar eventfd.
+    pub doorbells: u64,
+    /// Times a channel without work was armed and left the run list.
+    pub parks: u64,
 }
 
 /// A snapshot of one engine.
@@ -40,6 +44,8 @@ pub struct EngineReport {
     pub engine_loop: LoopStats,
     /// Open channels.
     pub channels: usize,
+    /// Channels on the run list (the others are armed: they wait for their doorbell).
+    pub active_channels: usize,
     /// Flows in the core (including half-open and lingering ones).
     pub flows: usize,
     /// Bytes the core holds for applications (unread, partial and out-of-order data).
@@ -56,12 +62,13 @@ impl fmt::Display for EngineReport {
         let d = &self.datapath;
         write!(
             f,
-            "engine {}: channels {} flows {} | rx {} pkts {} B, tx {} pkts {} B | \
+            "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
              held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
-             tx_errors {} injected {} | violations {} sleeps {}",
+             tx_errors {} injected {} | violations {} sleeps {} doorbells {} parks {}",
             self.engine,
             self.channels,
+            self.active_channels,
             self.flows,
             d.rx_packets,
             d.rx_bytes,
@@ -83,6 +90,8 @@ impl fmt::Display for EngineReport {
             d.injected_drops,
             self.engine_loop.channel_violations,
             self.engine_loop.sleeps,
+            self.engine_loop.doorbells,
+            self.engine_loop.parks,
         )?;
         let drops: Vec<String> = DropReason::ALL
             .iter()
@@ -110,6 +119,7 @@ mod tests {
             datapath: DatapathStats::default(),
             engine_loop: LoopStats::default(),
             channels: 1,
+            active_channels: 1,
             flows: 2,
             core_held_bytes: 0,
             sidecar_held_bytes: 0,

@@ -46,6 +46,22 @@ enum Cmd {
     /// Kernel TCP (TCP_NODELAY) echo with the same report, for comparison.
     #[command(subcommand)]
     TcpBaseline(TcpCmd),
+    /// Open CHANNELS channels and hold them, idle, until killed (benchmarks engines that
+    /// carry many idle channels, docs/PERFORMANCE.md §13).
+    #[command(hide = true)]
+    Idle(IdleArgs),
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// Channels to open.
+    #[arg(long)]
+    channels: usize,
+    /// Seconds to hold them (default: until killed).
+    #[arg(long)]
+    seconds: Option<f64>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args)]
@@ -185,6 +201,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Server(a) => machnet_server(a).map(|()| None),
+        Cmd::Idle(a) => idle(a).map(|()| None),
         Cmd::Client(a) => {
             let json = a.load.json;
             machnet_client(a).map(|r| Some((r, json)))
@@ -285,6 +302,31 @@ fn machnet_server(a: ServerArgs) -> Result<(), String> {
             Err(e) => return Err(format!("echo on {flow}: {e} (after {echoed} echoes)")),
         }
     }
+}
+
+fn idle(a: IdleArgs) -> Result<(), String> {
+    let machnet = match &a.common.socket {
+        Some(p) => Machnet::attach_at(p),
+        None => Machnet::attach(),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut chans = Vec::with_capacity(a.channels);
+    for i in 0..a.channels {
+        let ch = machnet
+            .open_channel(a.common.engine)
+            .map_err(|e| format!("channel {i} of {}: {e}", a.channels))?;
+        chans.push(ch);
+    }
+    // The line scripts wait for.
+    eprintln!("machnet-echo: holding {} idle channels", chans.len());
+    match a.seconds {
+        Some(s) => std::thread::sleep(Duration::from_secs_f64(s.max(0.0))),
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+    drop(chans);
+    Ok(())
 }
 
 struct FlowLoad {

@@ -130,6 +130,21 @@ pub struct Chan {
     blocked_need: Option<u64>,
     pushed: bool,
     counters: ChanCounters,
+    /// The worker's bookkeeping for this channel (run list, flush list; docs/CHANNEL.md §4).
+    pub(super) sched: Sched,
+}
+
+/// Where a channel stands in its engine's scheduling (docs/CHANNEL.md §4). Kept by the worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Sched {
+    /// In the engine's run list (looked at every iteration). Otherwise *armed*: its request
+    /// ring's `data_waiting` (and, if a notification waits for room, its notification ring's
+    /// `space_waiting`) is set, so the app rings the sidecar eventfd when it has work for us.
+    pub active: bool,
+    /// In the engine's flush list (notifications to write that are not known to be blocked).
+    pub queued: bool,
+    /// Last time the engine found work on this channel.
+    pub last_work: Instant,
 }
 
 impl std::fmt::Debug for Chan {
@@ -186,6 +201,7 @@ impl Chan {
             blocked_need: None,
             pushed: false,
             counters: ChanCounters::default(),
+            sched: Sched::default(),
         }
     }
 

@@ -1,5 +1,34 @@
 //! The engine loop: datagrams → core, requests → core, core events → notifications, core output
 //! → datapath, timers; sleeping in epoll when idle without losing wake-ups (docs/CHANNEL.md §4).
+//!
+//! # Finding channels with work in O(active)
+//!
+//! An engine may hold thousands of channels, most of them idle. It never walks them all in its
+//! loop (only [`Worker::report`] does). Each channel is either
+//!
+//! - **active**: on the run list (`Worker::active`). Every iteration consumes its requests and,
+//!   if a notification waits for room, checks whether the app made room; or
+//! - **armed**: it had no work for [`PARK_AFTER`], so the engine announced a wait on it exactly
+//!   as a sleeping consumer does (§4: `data_waiting` on its request ring — `space_waiting` on its
+//!   notification ring too if a notification waits for room —, full fence, re-check; a re-check
+//!   that finds work leaves it active) and took it off the run list.
+//!
+//! An armed channel becomes active again when (a) the app rings its sidecar eventfd — it does
+//! so for a request published while `data_waiting` was set, or for room freed while
+//! `space_waiting` was set; every sidecar eventfd is in the engine's epoll, which the loop polls
+//! with timeout 0 every iteration while any channel is armed, and waits on when sleeping — or
+//! (b) the engine routes a core event to it ([`Worker::route`]: messages, connects, closes,
+//! writable flows). Notifications are written only for channels on the flush list
+//! (`Worker::flush`), which `route` and the run list feed. Sleeping arms the active channels
+//! only: armed ones already are.
+//!
+//! No wake-up is lost: an armed channel's flag was set (SeqCst) and fenced before the re-check
+//! found nothing, and only the app clears it — by swapping it to 0, after which it writes the
+//! eventfd. So a request published after the re-check rings the eventfd, which stays readable
+//! (level-triggered epoll) until the engine activates the channel and drains it; activation is
+//! followed in the same iteration by a look at the rings. Work the engine itself creates (core
+//! events) activates the channel directly. A channel that cannot consume (a flow's send buffer
+//! is full) does not set `data_waiting`: what it waits for is a `Writable` core event.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -35,6 +64,11 @@ const TX_BUDGET: usize = 256;
 /// Longest nap of an idle engine whose datapath has no readiness fd (DPDK queues): short
 /// enough that a peer's tail-loss probe (≥ 100 µs, PROTOCOL.md §7) rarely fires spuriously.
 const POLLED_NAP: Duration = Duration::from_micros(50);
+/// A channel without work for this long is armed and leaves the run list. Arming makes the
+/// app's next request cost an eventfd write (and the engine an epoll report and a read), so a
+/// channel in a request/response exchange should stay active across one round trip; an idle
+/// channel costs an active engine a few ring reads per iteration until then.
+const PARK_AFTER: Duration = Duration::from_micros(200);
 
 pub(super) struct Worker {
     id: u16,
@@ -48,6 +82,12 @@ pub(super) struct Worker {
     timer: TimerFd,
     events: Vec<EpollEvent>,
     chans: HashMap<ChannelId, Chan>,
+    /// The run list: channels looked at every iteration (the others are armed).
+    active: Vec<ChannelId>,
+    /// Channels with notifications to write that are not known to be blocked.
+    flush: Vec<ChannelId>,
+    /// The flush list being worked through (kept to reuse its allocation).
+    flushing: Vec<ChannelId>,
     owners: HashMap<FlowId, (ChannelId, u32)>,
     listeners: HashMap<u16, ChannelId>,
     idle_mode: IdleMode,
@@ -128,6 +168,9 @@ impl Worker {
             timer,
             events: vec![EpollEvent::empty(); 64],
             chans: HashMap::new(),
+            active: Vec::new(),
+            flush: Vec::new(),
+            flushing: Vec::new(),
             owners: HashMap::new(),
             listeners: HashMap::new(),
             idle_mode: params.idle_mode,
@@ -160,9 +203,11 @@ impl Worker {
                 self.core.handle_timeout(now);
                 work = true;
             }
+            self.doorbells(now);
             work |= self.consume_requests(now);
             work |= self.deliver(now);
             work |= self.transmit(now);
+            self.park_idle(now);
             self.stats_tick(now);
             if work {
                 last_work = now;
@@ -209,7 +254,10 @@ impl Worker {
                 ) {
                     tracing::error!(engine = self.id, channel = id, "epoll add: {e}");
                 }
-                self.chans.insert(id, Chan::new(id, *mem));
+                let mut chan = Chan::new(id, *mem);
+                // Active until it has been idle for a while (its app may have pushed already).
+                activate(&mut chan, &mut self.active, now);
+                self.chans.insert(id, chan);
                 self.counters.channels_opened += 1;
                 let _ = reply.send(());
             }
@@ -276,6 +324,12 @@ impl Worker {
         let Some(mut chan) = self.chans.remove(&id) else {
             return;
         };
+        if chan.sched.active {
+            self.active.retain(|&c| c != id);
+        }
+        if chan.sched.queued {
+            self.flush.retain(|&c| c != id);
+        }
         for port in std::mem::take(&mut chan.ports) {
             self.core.unlisten(port);
             self.listeners.remove(&port);
@@ -331,19 +385,105 @@ impl Worker {
             now,
             owners: &mut self.owners,
         };
-        for (id, chan) in self.chans.iter_mut() {
+        for &id in &self.active {
+            let Some(chan) = self.chans.get_mut(&id) else {
+                continue;
+            };
             match chan.consume(&mut ctx) {
                 Ok(n) => {
                     self.counters.requests += n as u64;
-                    work |= n > 0;
+                    if n > 0 {
+                        work = true;
+                        chan.sched.last_work = now;
+                    }
+                    // Answers to requests, or room the app made for a blocked notification.
+                    if chan.wants_flush() || chan.has_room_for_blocked() {
+                        queue_flush(chan, &mut self.flush);
+                    }
                 }
-                Err(v) => bad.push((*id, v)),
+                Err(v) => bad.push((id, v)),
             }
         }
         for (id, v) in bad {
             self.violation(id, v, now);
         }
         work
+    }
+
+    /// Activates the armed channels whose app rang the sidecar eventfd (epoll, no waiting).
+    fn doorbells(&mut self, now: Instant) {
+        if self.active.len() >= self.chans.len() {
+            return;
+        }
+        match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
+            Ok(n) => self.ready(n, now),
+            Err(Errno::EINTR) => {}
+            Err(e) => tracing::error!(engine = self.id, "epoll_wait: {e}"),
+        }
+    }
+
+    /// Handles the first `n` epoll events: drains what was reported and activates the channels
+    /// whose eventfd rang.
+    fn ready(&mut self, n: usize, now: Instant) {
+        for i in 0..n {
+            match self.events[i].data() {
+                // The loop reads the datapath every iteration anyway.
+                TOKEN_DATAPATH => {}
+                // Commands are taken from the queue every iteration; the eventfd only wakes.
+                TOKEN_COMMAND => {
+                    let _ = self.wake.read();
+                }
+                TOKEN_TIMER => {
+                    let mut b = [0u8; 8];
+                    let _ = nix::unistd::read(self.timer.as_fd(), &mut b);
+                }
+                t => {
+                    let ch = (t - TOKEN_CHANNEL_BASE) as ChannelId;
+                    if let Some(c) = self.chans.get_mut(&ch) {
+                        // Drain first: a ring after this belongs to a later arming and must
+                        // stay readable. The rings are looked at after this in any case.
+                        c.mem().drain_sidecar_efd();
+                        if !c.sched.active {
+                            self.counters.doorbells += 1;
+                        }
+                        activate(c, &mut self.active, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Arms the channels of the run list that had no work for [`PARK_AFTER`] and takes them
+    /// off the list (those whose re-check finds work stay).
+    fn park_idle(&mut self, now: Instant) {
+        let chans = &mut self.chans;
+        let counters = &mut self.counters;
+        let mut bad = Vec::new();
+        self.active.retain(|&id| {
+            let Some(c) = chans.get_mut(&id) else {
+                return false;
+            };
+            if c.sched.queued || now - c.sched.last_work < PARK_AFTER {
+                return true;
+            }
+            match arm(c) {
+                Ok(true) => {
+                    counters.parks += 1;
+                    false
+                }
+                Ok(false) => {
+                    c.sched.last_work = now;
+                    true
+                }
+                Err(v) => {
+                    bad.push((id, v));
+                    true
+                }
+            }
+        });
+        for (id, v) in bad {
+            self.violation(id, v, now);
+        }
     }
 
     /// Routes core events to channels and writes notifications.
@@ -357,20 +497,31 @@ impl Worker {
                 self.route(ev, now);
             }
             let mut bad = Vec::new();
-            for (id, chan) in self.chans.iter_mut() {
-                if !chan.wants_flush() && !chan.has_room_for_blocked() {
+            std::mem::swap(&mut self.flush, &mut self.flushing);
+            for &id in &self.flushing {
+                let Some(chan) = self.chans.get_mut(&id) else {
                     continue;
-                }
+                };
+                chan.sched.queued = false;
                 let before = chan.counters().notifications;
                 match chan.flush(&mut self.core) {
                     Ok(_) => {
                         let n = chan.counters().notifications - before;
                         self.counters.notifications += n;
-                        work |= n > 0;
+                        if n > 0 {
+                            work = true;
+                            chan.sched.last_work = now;
+                        }
+                        // More than its turn allowed: again next round. Blocked: the run list
+                        // (or, once armed, the app's doorbell) notices the room.
+                        if chan.wants_flush() {
+                            queue_flush(chan, &mut self.flush);
+                        }
                     }
-                    Err(v) => bad.push((*id, v)),
+                    Err(v) => bad.push((id, v)),
                 }
             }
+            self.flushing.clear();
             for (id, v) in bad {
                 self.violation(id, v, now);
             }
@@ -382,60 +533,66 @@ impl Worker {
         work
     }
 
+    /// Hands a core event to the channel owning the flow, and makes that channel active and
+    /// queued for flushing: this is how channels learn of work the engine itself produced.
     fn route(&mut self, ev: Event, now: Instant) {
-        let owner = |w: &Self, flow: FlowId| w.owners.get(&flow).copied();
+        let (flow, listen_port) = match ev {
+            Event::Accepted { flow, listen_port } => (flow, Some(listen_port)),
+            Event::Connected { flow }
+            | Event::Readable { flow }
+            | Event::Writable { flow }
+            | Event::PeerClosed { flow }
+            | Event::Closed { flow, .. } => (flow, None),
+        };
+        if let Some(port) = listen_port {
+            let info = flow_info(&self.core, flow);
+            let chan = self
+                .listeners
+                .get(&port)
+                .and_then(|ch| self.chans.get_mut(ch));
+            let taken = match chan {
+                Some(c) => {
+                    let taken = c.on_accepted(flow, port, info, &mut self.owners);
+                    if taken {
+                        activate(c, &mut self.active, now);
+                        queue_flush(c, &mut self.flush);
+                    }
+                    taken
+                }
+                None => false,
+            };
+            if !taken {
+                self.counters.orphan_accepts += 1;
+                let _ = self.core.abort(now, flow);
+            }
+            return;
+        }
+        let owner = if matches!(ev, Event::Closed { .. }) {
+            self.owners.remove(&flow)
+        } else {
+            self.owners.get(&flow).copied()
+        };
+        let Some((ch, h)) = owner else {
+            return;
+        };
+        let info = matches!(ev, Event::Connected { .. })
+            .then(|| flow_info(&self.core, flow))
+            .flatten();
+        let Some(c) = self.chans.get_mut(&ch) else {
+            return;
+        };
         match ev {
-            Event::Connected { flow } => {
-                if let Some((ch, h)) = owner(self, flow) {
-                    let info = flow_info(&self.core, flow);
-                    if let Some(c) = self.chans.get_mut(&ch) {
-                        c.on_connected(h, info);
-                    }
-                }
-            }
-            Event::Accepted { flow, listen_port } => {
-                let info = flow_info(&self.core, flow);
-                let taken = match self
-                    .listeners
-                    .get(&listen_port)
-                    .and_then(|ch| self.chans.get_mut(ch))
-                {
-                    Some(c) => c.on_accepted(flow, listen_port, info, &mut self.owners),
-                    None => false,
-                };
-                if !taken {
-                    self.counters.orphan_accepts += 1;
-                    let _ = self.core.abort(now, flow);
-                }
-            }
-            Event::Readable { flow } => {
-                if let Some((ch, h)) = owner(self, flow) {
-                    if let Some(c) = self.chans.get_mut(&ch) {
-                        c.on_readable(h);
-                    }
-                }
-            }
-            Event::Writable { flow } => {
-                if let Some((ch, _)) = owner(self, flow) {
-                    if let Some(c) = self.chans.get_mut(&ch) {
-                        c.on_writable(flow);
-                    }
-                }
-            }
-            Event::PeerClosed { flow } => {
-                if let Some((ch, h)) = owner(self, flow) {
-                    if let Some(c) = self.chans.get_mut(&ch) {
-                        c.on_peer_closed(h);
-                    }
-                }
-            }
-            Event::Closed { flow, reason } => {
-                if let Some((ch, h)) = self.owners.remove(&flow) {
-                    if let Some(c) = self.chans.get_mut(&ch) {
-                        c.on_closed(h, flow, reason.into());
-                    }
-                }
-            }
+            Event::Connected { .. } => c.on_connected(h, info),
+            Event::Readable { .. } => c.on_readable(h),
+            // A stalled send to retry: the run list does it.
+            Event::Writable { .. } => c.on_writable(flow),
+            Event::PeerClosed { .. } => c.on_peer_closed(h),
+            Event::Closed { reason, .. } => c.on_closed(h, flow, reason.into()),
+            Event::Accepted { .. } => unreachable!("handled above"),
+        }
+        activate(c, &mut self.active, now);
+        if !matches!(ev, Event::Writable { .. }) {
+            queue_flush(c, &mut self.flush);
         }
     }
 
@@ -482,18 +639,34 @@ impl Worker {
     // ------------------------------------------------------------------------------------------
 
     /// Sleeps in epoll until a datagram, a request, room in a notification ring, a command or
-    /// a timer — after announcing the sleep on every channel so no wake-up is lost.
+    /// a timer — after arming the channels of the run list so no wake-up is lost (the others
+    /// are armed already; see the module documentation).
     fn sleep(&mut self) {
         let now = self.clock.now();
-        let mut abort = false;
+        let mut abort = !self.flush.is_empty();
         let mut bad = Vec::new();
-        for (id, chan) in self.chans.iter_mut() {
-            match chan.prepare_sleep() {
-                Ok(true) => {}
-                Ok(false) => abort = true,
-                Err(v) => bad.push((*id, v)),
+        let chans = &mut self.chans;
+        let counters = &mut self.counters;
+        self.active.retain(|&id| {
+            let Some(c) = chans.get_mut(&id) else {
+                return false;
+            };
+            match arm(c) {
+                Ok(true) => {
+                    counters.parks += 1;
+                    false
+                }
+                Ok(false) => {
+                    abort = true;
+                    c.sched.last_work = now;
+                    true
+                }
+                Err(v) => {
+                    bad.push((id, v));
+                    true
+                }
             }
-        }
+        });
         if !bad.is_empty() {
             for (id, v) in bad {
                 self.violation(id, v, now);
@@ -533,31 +706,12 @@ impl Worker {
                     0
                 }
             };
-            for i in 0..n {
-                let token = self.events[i].data();
-                match token {
-                    TOKEN_DATAPATH => {}
-                    TOKEN_COMMAND => {
-                        let _ = self.wake.read();
-                    }
-                    TOKEN_TIMER => {
-                        let mut b = [0u8; 8];
-                        let _ = nix::unistd::read(self.timer.as_fd(), &mut b);
-                    }
-                    t => {
-                        let ch = (t - TOKEN_CHANNEL_BASE) as ChannelId;
-                        if let Some(c) = self.chans.get(&ch) {
-                            c.mem().drain_sidecar_efd();
-                        }
-                    }
-                }
-            }
+            // Channels whose eventfd rang become active; the others stay armed.
+            let now = self.clock.now();
+            self.ready(n, now);
             if deadline.is_some() {
                 let _ = self.timer.unset();
             }
-        }
-        for chan in self.chans.values_mut() {
-            chan.cancel_sleep();
         }
     }
 
@@ -572,6 +726,7 @@ impl Worker {
             datapath: self.dp.stats(),
             engine_loop: self.counters,
             channels: self.chans.len(),
+            active_channels: self.active.len(),
             flows: self.core.flow_count(),
             core_held_bytes: self
                 .owners
@@ -592,5 +747,37 @@ impl Worker {
         // Let the peers know (RSTs for the aborted flows).
         while self.transmit(now) {}
         tracing::info!("final: {}", self.report());
+    }
+}
+
+/// Puts `chan` on the run list (withdrawing its wait announcements if it was armed) and notes
+/// that it has work now.
+fn activate(chan: &mut Chan, active: &mut Vec<ChannelId>, now: Instant) {
+    chan.sched.last_work = now;
+    if !chan.sched.active {
+        chan.sched.active = true;
+        chan.cancel_sleep();
+        active.push(chan.id());
+    }
+}
+
+/// Puts `chan` on the flush list.
+fn queue_flush(chan: &mut Chan, flush: &mut Vec<ChannelId>) {
+    if !chan.sched.queued {
+        chan.sched.queued = true;
+        flush.push(chan.id());
+    }
+}
+
+/// Arms an active channel (docs/CHANNEL.md §4: flags, fence, re-check). `Ok(true)`: armed, it
+/// may leave the run list; `Ok(false)`: the re-check found work, it stays active (its flags
+/// withdrawn).
+fn arm(chan: &mut Chan) -> Result<bool, Violation> {
+    if chan.prepare_sleep()? {
+        chan.sched.active = false;
+        Ok(true)
+    } else {
+        chan.cancel_sleep();
+        Ok(false)
     }
 }
