@@ -55,6 +55,17 @@ impl LoopbackSidecars {
     /// Starts one sidecar with `engines` engines on each of `ips` (panics if one cannot start).
     /// `tag` names the temporary directory.
     pub fn start(tag: &str, ips: &[Ipv4Addr], engines: u16) -> LoopbackSidecars {
+        Self::start_with(tag, ips, engines, |_, _| {})
+    }
+
+    /// [`LoopbackSidecars::start`], with `configure(i, config)` adjusting the `i`-th sidecar's
+    /// configuration before it starts.
+    pub fn start_with(
+        tag: &str,
+        ips: &[Ipv4Addr],
+        engines: u16,
+        configure: impl Fn(usize, &mut SidecarConfig),
+    ) -> LoopbackSidecars {
         let dir = std::env::temp_dir().join(format!(
             "machnet-{tag}-{}-{}",
             std::process::id(),
@@ -73,6 +84,7 @@ impl LoopbackSidecars {
                 c.control_socket = dir.join(format!("sidecar-{i}.sock"));
                 c.stats_interval = None;
                 c.udp_ports = pool;
+                configure(i, &mut c);
                 Some(Sidecar::start(c).unwrap_or_else(|e| panic!("sidecar on {ip}: {e}")))
             })
             .collect();
