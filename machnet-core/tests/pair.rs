@@ -24,6 +24,9 @@ struct InFlight {
     bytes: Vec<u8>,
 }
 
+/// Rewrites a datagram in flight: (whether it goes a → b, its bytes).
+type Rewrite = dyn FnMut(bool, &mut Vec<u8>);
+
 struct Pair {
     a: Engine,
     b: Engine,
@@ -36,8 +39,8 @@ struct Pair {
     events_b: Vec<Event>,
     /// Largest datagram put on the wire so far, a → b and b → a.
     largest: [usize; 2],
-    /// Rewrites datagrams in flight (direction a → b?, bytes), after `drop`.
-    rewrite: Box<dyn FnMut(bool, &mut Vec<u8>)>,
+    /// Rewrites datagrams in flight, after `drop`.
+    rewrite: Box<Rewrite>,
 }
 
 impl Pair {
