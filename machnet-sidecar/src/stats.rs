@@ -65,7 +65,7 @@ impl fmt::Display for EngineReport {
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
              held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
-             tx_errors {} injected {} | violations {} sleeps {} doorbells {} parks {}",
+             tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {}",
             self.engine,
             self.channels,
             self.active_channels,
@@ -88,6 +88,9 @@ impl fmt::Display for EngineReport {
             d.tx_dropped,
             d.tx_errors,
             d.injected_drops,
+            d.tx_gso_batches,
+            d.tx_gso_fallbacks,
+            d.rx_gro_batches,
             self.engine_loop.channel_violations,
             self.engine_loop.sleeps,
             self.engine_loop.doorbells,
