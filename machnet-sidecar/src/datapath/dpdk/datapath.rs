@@ -49,6 +49,9 @@ pub const BURST: usize = 32;
 const HEADERS: usize = 14 + 20 + 8;
 /// Smallest Ethernet frame without FCS.
 const MIN_FRAME: usize = 60;
+/// Mbufs `net_af_xdp` (DPDK 22.11) puts in each queue's UMEM fill ring at set-up
+/// (`XSK_RING_CONS__DEFAULT_NUM_DESCS`); they stay there, replaced one for one as frames arrive.
+const AF_XDP_FILL_MBUFS: u32 = 2048;
 
 /// The packet I/O of one engine on one queue pair of a DPDK port.
 pub struct DpdkDatapath {
@@ -405,9 +408,26 @@ pub fn dpdk_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, Dpd
     let data_room = u16::try_from(usize::from(HEADROOM) + mtu_hint + 14 + 4)
         .unwrap_or(u16::MAX)
         .max(DEFAULT_BUF_SIZE);
-    // Per queue: a full RX ring, a full TX ring, and bursts in flight.
-    let count = (u32::from(queues) * (2 * 1024 + 4 * BURST as u32)).max(4096) - 1;
-    let pool = Mempool::new(&eal, None, count, 256, data_room)?;
+    // Per queue: a full RX ring, a full TX ring, and bursts in flight. net_af_xdp also parks
+    // AF_XDP_FILL_MBUFS of the pool in each queue's UMEM fill ring for the kernel to receive
+    // into, and needs the pool packed (see Mempool::new_packed).
+    let af_xdp = info.driver == "net_af_xdp";
+    let per_queue = 2 * 1024 + 4 * BURST as u32 + if af_xdp { AF_XDP_FILL_MBUFS } else { 0 };
+    let count = (u32::from(queues) * per_queue).max(4096) - 1;
+    let pool = if af_xdp {
+        Mempool::new_packed(&eal, None, count, 256, data_room)?
+    } else {
+        Mempool::new(&eal, None, count, 256, data_room)?
+    };
+    let layout = pool.layout();
+    tracing::debug!(
+        objects = layout.objects,
+        stride = layout.stride,
+        span = layout.span,
+        chunks = layout.chunks,
+        packed = layout.is_packed(),
+        "mbuf pool layout"
+    );
     let setup = port.configure(&pc, &pool)?;
     port.start()?;
     let rss_table = match port.rss_config() {
