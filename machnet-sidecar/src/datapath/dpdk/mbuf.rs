@@ -413,6 +413,30 @@ impl Mbuf {
         Some(s)
     }
 
+    /// Like [`Mbuf::append`], without zeroing: the bytes hold whatever the buffer held before
+    /// (for a caller about to overwrite all of them, e.g. a frame built in place).
+    pub fn append_unzeroed(&mut self, len: usize) -> Option<&mut [u8]> {
+        let n = u16::try_from(len).ok()?;
+        // SAFETY: valid owned mbuf; rte_pktmbuf_append checks the tailroom.
+        let p = unsafe { sys::rte_pktmbuf_append(self.as_ptr(), n) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p points at len bytes inside the buffer, now part of the data, owned by us.
+        // The pool's memory was mapped zeroed by EAL and only ever written with bytes since, so
+        // every byte is initialised (any value is a valid u8).
+        Some(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+    }
+
+    /// Removes `len` bytes from the end of the data; false if shorter.
+    pub fn trim(&mut self, len: usize) -> bool {
+        let Ok(n) = u16::try_from(len) else {
+            return false;
+        };
+        // SAFETY: valid owned mbuf; rte_pktmbuf_trim checks the length.
+        unsafe { sys::rte_pktmbuf_trim(self.as_ptr(), n) == 0 }
+    }
+
     /// Removes `len` bytes from the start of the data (e.g. a parsed header); false if shorter.
     pub fn adj(&mut self, len: usize) -> bool {
         let Ok(n) = u16::try_from(len) else {
