@@ -13,8 +13,8 @@
 #   A_DATAPATH   dpdk (default) | kernel-udp       B_DATAPATH   kernel-udp (default) | dpdk
 #   A_ENGINES    engines = DPDK queues of A (1)    B_ENGINES    the same for B (1)
 #   A_PMD/B_PMD  af_packet (default) | af_xdp      DPDK poll-mode driver on the veth (af_xdp: one
-#                veth queue per engine, copy mode; the sidecar gives net_af_xdp a packed mbuf
-#                pool, as its UMEM must be: docs/PERFORMANCE.md §7)
+#                engine only: veths have no combined channels; copy mode; the sidecar gives
+#                net_af_xdp a packed mbuf pool, as its UMEM must be: docs/PERFORMANCE.md §7)
 #   SIZES        message sizes ("64 65536 1048576")   FLOWS  flows per size (1)
 #   DURATION     seconds per size (2)              IDLE_MODE  --idle-mode of kernel-UDP sidecars
 #   LOSS_PERMILLE=N  drop N/1000 of the packets each way with the tc BPF filter ci/bpf/drop.c
@@ -70,6 +70,13 @@ for side in A B; do
         exit 2
         ;;
     esac
+    eng_var=${side}_ENGINES
+    if [ "${!dp_var}" = dpdk ] && [ "${!pmd_var}" = af_xdp ] && [ "${!eng_var}" != 1 ]; then
+        # net_af_xdp (22.11) takes the queue count from ethtool's "combined" channels, which a
+        # veth reports as 0 (it has separate RX and TX channels): probing fails for > 1 queue.
+        echo "${side}_PMD=af_xdp runs one engine on a veth (net_af_xdp needs combined channels)" >&2
+        exit 2
+    fi
     if [ "$LOSS_PERMILLE" != 0 ] && [ "${!dp_var}" = dpdk ] && [ "${!pmd_var}" = af_xdp ]; then
         echo "LOSS_PERMILLE needs af_packet: af_xdp frames bypass the tc filter" >&2
         exit 2
