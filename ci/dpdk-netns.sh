@@ -2,8 +2,8 @@
 # Sidecars on DPDK and kernel UDP across a veth pair in two network namespaces (issue 4). Needs
 # root and DPDK >= 22.11.
 #
-#   mn-a (10.77.0.1, veth mn-va): sidecar A + the echo server
-#   mn-b (10.77.0.2, veth mn-vb): sidecar B + the echo client (verified echoes of each size)
+#   mn-a-PID (10.77.0.1, veth mn-va-PID): sidecar A + the echo server
+#   mn-b-PID (10.77.0.2, veth mn-vb-PID): sidecar B + the echo client (verified echoes of each size)
 #
 # Each side runs either the DPDK datapath on its veth (no kernel IP there: the sidecar answers
 # ARP itself) or the kernel-UDP datapath (the veth gets the IP). Exits non-zero on any failure
@@ -12,7 +12,9 @@
 # Environment:
 #   A_DATAPATH   dpdk (default) | kernel-udp       B_DATAPATH   kernel-udp (default) | dpdk
 #   A_ENGINES    engines = DPDK queues of A (1)    B_ENGINES    the same for B (1)
-#   A_PMD/B_PMD  af_packet (default) | af_xdp      DPDK poll-mode driver on the veth
+#   A_PMD/B_PMD  af_packet (default) | af_xdp      DPDK poll-mode driver on the veth (af_xdp: one
+#                engine only: veths have no combined channels; copy mode; the sidecar gives
+#                net_af_xdp a packed mbuf pool, as its UMEM must be: docs/PERFORMANCE.md §7)
 #   SIZES        message sizes ("64 65536 1048576")   FLOWS  flows per size (1)
 #   DURATION     seconds per size (2)              IDLE_MODE  --idle-mode of kernel-UDP sidecars
 #   LOSS_PERMILLE=N  drop N/1000 of the packets each way with the tc BPF filter ci/bpf/drop.c
@@ -41,10 +43,12 @@ A_PMD=${A_PMD:-af_packet}
 B_PMD=${B_PMD:-af_packet}
 LOSS_PERMILLE=${LOSS_PERMILLE:-0}
 BENCH=${BENCH:-0}
-NS_A=mn-a
-NS_B=mn-b
-VETH_A=mn-va
-VETH_B=mn-vb
+# Names unique to this run: runs on a shared machine (another worktree's CI) must not delete or
+# reuse each other's namespaces and veths.
+NS_A=mn-a-$$
+NS_B=mn-b-$$
+VETH_A=mn-va-$$
+VETH_B=mn-vb-$$
 IP_A=10.77.0.1
 IP_B=10.77.0.2
 PORT=888
@@ -66,6 +70,13 @@ for side in A B; do
         exit 2
         ;;
     esac
+    eng_var=${side}_ENGINES
+    if [ "${!dp_var}" = dpdk ] && [ "${!pmd_var}" = af_xdp ] && [ "${!eng_var}" != 1 ]; then
+        # net_af_xdp (22.11) takes the queue count from ethtool's "combined" channels, which a
+        # veth reports as 0 (it has separate RX and TX channels): probing fails for > 1 queue.
+        echo "${side}_PMD=af_xdp runs one engine on a veth (net_af_xdp needs combined channels)" >&2
+        exit 2
+    fi
     if [ "$LOSS_PERMILLE" != 0 ] && [ "${!dp_var}" = dpdk ] && [ "${!pmd_var}" = af_xdp ]; then
         echo "LOSS_PERMILLE needs af_packet: af_xdp frames bypass the tc filter" >&2
         exit 2
@@ -118,10 +129,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# Stale namespaces from an interrupted run.
-ip netns del "$NS_A" 2>/dev/null || true
-ip netns del "$NS_B" 2>/dev/null || true
 
 # Queues of each veth end: af_packet's queues are fanout sockets on any netdev (one queue
 # does); af_xdp binds one socket per netdev queue, so its end gets one per engine. (A veth

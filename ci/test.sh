@@ -57,6 +57,7 @@ if pkg-config --exists libdpdk 2>/dev/null; then
         netns "DPDK <-> kernel-UDP sidecars over a veth pair in two namespaces"
         netns "DPDK (af_packet, 2 queues, 2 engines) <-> DPDK (af_packet, 2 engines), 4 flows" \
             A_ENGINES=2 B_DATAPATH=dpdk B_ENGINES=2 FLOWS=4
+        netns "DPDK af_xdp <-> kernel-UDP over a veth pair" A_PMD=af_xdp
         netns "DPDK <-> kernel-UDP with 5 % random loss each way (tc BPF drop filter)" \
             LOSS_PERMILLE=50
         netns "DPDK (2 engines) <-> DPDK with 5 % random loss each way, 4 flows" \

@@ -6,7 +6,9 @@
 //!   ([`Inbound::Datagram`], payload as a range of the frame: zero copy), a frame to transmit in
 //!   answer (ARP reply, ICMP echo reply: [`Inbound::Reply`]), or a counted drop.
 //! - [`NetStack::build_datagram`] frames a datagram (Ethernet/IPv4/UDP, software checksums unless
-//!   offloaded) into the caller's buffer, or queues it while the next hop is being resolved.
+//!   offloaded) into the caller's buffer, or queues it while the next hop is being resolved;
+//!   [`NetStack::build_headers_in_place`] does the same around a payload already written at
+//!   [`DATAGRAM_HEADERS`] (zero-copy send into a packet buffer).
 //! - [`NetStack::poll_transmit`] yields ARP requests and datagrams released by a resolution.
 //! - [`NetStack::poll_timeout`] / [`NetStack::handle_timeout`] drive ARP retries and aging.
 //!
@@ -73,6 +75,8 @@ pub struct RxChecksums {
 pub const DEFAULT_MTU: usize = 1500;
 /// Default TTL of packets we send (RFC 1700's recommended 64).
 pub const DEFAULT_TTL: u8 = 64;
+/// Ethernet + IPv4 + UDP headers: where the payload starts in a frame we build.
+pub const DATAGRAM_HEADERS: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
 
 /// Configuration of a [`NetStack`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -541,13 +545,38 @@ impl NetStack {
         payload: &[u8],
         out: &mut [u8],
     ) -> Outbound {
+        // Copy the payload into place when it can be sent; build_headers_in_place repeats these
+        // checks (counting the drop) when it cannot.
+        let at = DATAGRAM_HEADERS;
+        if payload.len() <= self.cfg.max_payload() && out.len() >= at + payload.len() {
+            out[at..at + payload.len()].copy_from_slice(payload);
+        }
+        self.build_headers_in_place(now, remote_ip, src_port, dst_port, out, payload.len())
+    }
+
+    /// Like [`NetStack::build_datagram`], for a payload already in place: `frame[42..42 +
+    /// payload_len]` (after the Ethernet, IPv4 and UDP headers) holds it, and the headers are
+    /// written around it (the UDP checksum, unless offloaded, is computed over it in place), the
+    /// frame padded to 60 bytes. `frame` must be at least that long: the frame is
+    /// `frame[..max(42 + payload_len, 60)]`. Outcomes, drops and counters are those of
+    /// `build_datagram` (a datagram waiting for ARP is copied into the queue).
+    pub fn build_headers_in_place(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        src_port: u16,
+        dst_port: u16,
+        frame: &mut [u8],
+        payload_len: usize,
+    ) -> Outbound {
+        let out = frame;
         if !self.cfg.udp_ports.contains(src_port) {
             return self.drop_tx(DropReason::SrcPortNotOurs);
         }
-        if payload.len() > self.cfg.max_payload() {
+        if payload_len > self.cfg.max_payload() {
             return self.drop_tx(DropReason::TooLarge);
         }
-        let ip_len = IPV4_HEADER_LEN + UDP_HEADER_LEN + payload.len();
+        let ip_len = IPV4_HEADER_LEN + UDP_HEADER_LEN + payload_len;
         let len = (ETH_HEADER_LEN + ip_len).max(ETH_MIN_FRAME_LEN);
         if out.len() < len {
             return self.drop_tx(DropReason::BufferTooSmall);
@@ -575,7 +604,7 @@ impl NetStack {
             src: self.cfg.ip,
             dst: remote_ip,
             protocol: ip_protocol::UDP,
-            payload_len: UDP_HEADER_LEN + payload.len(),
+            payload_len: UDP_HEADER_LEN + payload_len,
             ttl: self.cfg.ttl,
             ident,
         }
@@ -585,11 +614,11 @@ impl NetStack {
         } else {
             UdpChecksum::Compute
         };
-        UdpRepr { src_port, dst_port }.emit(
+        UdpRepr { src_port, dst_port }.emit_header(
             &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..],
             self.cfg.ip,
             remote_ip,
-            payload,
+            payload_len,
             mode,
         );
         if mac.is_some() {

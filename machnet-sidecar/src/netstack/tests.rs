@@ -1024,3 +1024,79 @@ fn nic_checksum_verdicts_replace_software_verification() {
         Inbound::Datagram { .. }
     ));
 }
+
+/// The in-place path writes exactly the frame `build_datagram` writes (headers, checksums,
+/// padding), whatever was in the buffer before, with and without checksum offload; and it
+/// queues a copy while ARP is pending, as `build_datagram` does.
+#[test]
+fn headers_in_place_match_build_datagram() {
+    for offload in [false, true] {
+        let mk = || {
+            let mut cfg = NetConfig::new(MAC_A, IP_A, POOL);
+            cfg.offload.ipv4_tx = offload;
+            cfg.offload.udp_tx = offload;
+            let mut s = NetStack::new(cfg);
+            s.arp.learn(IP_B, MAC_B, Learn::Create, ms(0));
+            s
+        };
+        let (mut copy, mut in_place) = (mk(), mk());
+        for len in [0usize, 1, 17, 18, 19, 64, 255, 1000, 1471, 1472] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let mut expect = vec![0u8; 1600];
+            let Outbound::Frame(n) =
+                copy.build_datagram(ms(1), IP_B, 5001, 5002, &payload, &mut expect)
+            else {
+                panic!("build_datagram, {len} bytes")
+            };
+            // Garbage around the payload: headers and padding must all be written.
+            let mut frame = vec![0xa5u8; n.max(DATAGRAM_HEADERS + len)];
+            frame[DATAGRAM_HEADERS..DATAGRAM_HEADERS + len].copy_from_slice(&payload);
+            assert_eq!(
+                in_place.build_headers_in_place(ms(1), IP_B, 5001, 5002, &mut frame, len),
+                Outbound::Frame(n),
+                "{len} bytes"
+            );
+            assert_eq!(n, (DATAGRAM_HEADERS + len).max(ETH_MIN_FRAME_LEN));
+            assert_eq!(&frame[..n], &expect[..n], "{len} bytes, offload {offload}");
+            if !offload {
+                // The receiver's software checksums accept it.
+                let mut b = stack(MAC_B, IP_B);
+                match b.handle_frame(ms(1), &frame[..n]) {
+                    Inbound::Datagram { payload: r, .. } => assert_eq!(&frame[r], &payload[..]),
+                    other => panic!("{len} bytes: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(copy.stats(), in_place.stats());
+    }
+    // Errors are those of build_datagram, in the same order.
+    let mut a = stack(MAC_A, IP_A);
+    let mut f = vec![0u8; 2000];
+    assert_eq!(
+        a.build_headers_in_place(ms(0), IP_B, 4999, 5002, &mut f, 10),
+        Outbound::Drop(DropReason::SrcPortNotOurs)
+    );
+    assert_eq!(
+        a.build_headers_in_place(ms(0), IP_B, 5000, 5002, &mut f, 1473),
+        Outbound::Drop(DropReason::TooLarge)
+    );
+    assert_eq!(
+        a.build_headers_in_place(ms(0), IP_B, 5000, 5002, &mut f[..59], 10),
+        Outbound::Drop(DropReason::BufferTooSmall)
+    );
+    // Unresolved: a copy is queued and released with the resolved MAC, padded.
+    let mut b = stack(MAC_B, IP_B);
+    f[DATAGRAM_HEADERS..DATAGRAM_HEADERS + 5].copy_from_slice(b"early");
+    assert_eq!(
+        a.build_headers_in_place(ms(0), IP_B, 5000, 5002, &mut f, 5),
+        Outbound::Pending
+    );
+    f.fill(0xee); // the queue holds its own copy
+    let released = resolve_a_to_b(&mut a, &mut b, ms(1));
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].len(), ETH_MIN_FRAME_LEN);
+    match b.handle_frame(ms(2), &released[0]) {
+        Inbound::Datagram { payload, .. } => assert_eq!(&released[0][payload], b"early"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -709,13 +709,26 @@ impl UdpRepr {
         payload: &[u8],
         mode: UdpChecksum,
     ) {
-        let len = UDP_HEADER_LEN + payload.len();
+        buf[UDP_HEADER_LEN..UDP_HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.emit_header(buf, src, dst, payload.len(), mode);
+    }
+
+    /// Writes the header into `buf[..8]` for the `payload_len` bytes of payload already at
+    /// `buf[8..]` (the checksum covers them).
+    pub fn emit_header(
+        &self,
+        buf: &mut [u8],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        payload_len: usize,
+        mode: UdpChecksum,
+    ) {
+        let len = UDP_HEADER_LEN + payload_len;
         let b = &mut buf[..len];
         b[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         b[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         b[4..6].copy_from_slice(&(len as u16).to_be_bytes());
         b[6..8].copy_from_slice(&[0, 0]);
-        b[UDP_HEADER_LEN..].copy_from_slice(payload);
         let phdr = checksum::pseudo_header(src, dst, ip_protocol::UDP, len as u16);
         let c = match mode {
             UdpChecksum::None => 0,

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::config::SidecarConfig;
-use crate::datapath::{Datapath, DatapathStats, Outgoing, Received, RecvError, SendError, TxMeta};
+use crate::datapath::{Datapath, DatapathStats, Received, RecvError, SendError, TxMeta};
 use crate::netstack::neighbours::SharedNeighbours;
 use crate::netstack::wire::{DropReason, MacAddr};
 use crate::netstack::{
@@ -49,9 +49,15 @@ pub const BURST: usize = 32;
 const HEADERS: usize = 14 + 20 + 8;
 /// Smallest Ethernet frame without FCS.
 const MIN_FRAME: usize = 60;
+/// Mbufs `net_af_xdp` (DPDK 22.11) puts in each queue's UMEM fill ring at set-up
+/// (`XSK_RING_CONS__DEFAULT_NUM_DESCS`); they stay there, replaced one for one as frames arrive.
+const AF_XDP_FILL_MBUFS: u32 = 2048;
 
 /// The packet I/O of one engine on one queue pair of a DPDK port.
 pub struct DpdkDatapath {
+    /// An mbuf allocated for a `send_with` whose closure had nothing to send (or whose
+    /// datagram went nowhere): the next `send_with` writes into it. Empty (no data).
+    spare: Option<Mbuf>,
     rx: RxQueue,
     tx: TxQueue,
     pool: Mempool,
@@ -63,8 +69,8 @@ pub struct DpdkDatapath {
     tx_mbufs: Vec<Mbuf>,
     /// Frames out of `NetStack::poll_transmit`.
     scratch: Vec<u8>,
-    /// Where `send_with`'s closure writes a datagram before it is framed into an mbuf.
-    // TODO(zero-copy): let the closure write into the mbuf after the headers instead.
+    /// Where `send_with`'s closure writes when no mbuf is to be had (pool exhausted): the
+    /// datagram is then dropped and counted.
     tx_payload: Vec<u8>,
     stats: DatapathStats,
     max_datagram: usize,
@@ -106,6 +112,7 @@ impl DpdkDatapath {
         let max_datagram = stack.config().max_payload();
         let scratch = vec![0u8; stack.config().max_frame().max(MIN_FRAME)];
         DpdkDatapath {
+            spare: None,
             rx,
             tx,
             pool,
@@ -122,62 +129,47 @@ impl DpdkDatapath {
         }
     }
 
-    /// Frames one checked datagram into an mbuf of the TX burst.
-    fn send_frame(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
-        let now = self.clock.now();
-        let len = (HEADERS + d.payload.len()).max(MIN_FRAME);
-        let Some(mut m) = self.pool.alloc() else {
-            self.stats.tx_dropped += 1;
-            return Err(SendError::Full);
-        };
-        let Some(buf) = m.append(len) else {
-            self.stats.tx_errors += 1;
-            return Err(SendError::Oversize {
-                len: d.payload.len(),
-                max: self.max_datagram,
-            });
-        };
-        match self
-            .stack
-            .build_datagram(now, d.remote_ip, d.src_port, d.dst_port, d.payload, buf)
-        {
-            Outbound::Frame(n) => {
-                debug_assert_eq!(n, len);
-                if self.tx_offload {
-                    m.request_ipv4_udp_checksums(14, 20);
-                }
-                self.tx_mbufs.push(m);
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                if self.tx_mbufs.len() >= BURST {
-                    self.flush_tx();
-                }
-                Ok(())
-            }
-            Outbound::Pending => {
-                // Copied into the ARP queue; the request goes out with the next flush.
-                drop(m);
-                self.drain_stack();
-                self.stats.tx_packets += 1;
-                self.stats.tx_bytes += d.payload.len() as u64;
-                Ok(())
-            }
-            Outbound::Drop(DropReason::ArpQueueFull) => {
-                self.stats.tx_dropped += 1;
-                Err(SendError::Full)
-            }
-            Outbound::Drop(DropReason::TooLarge) => {
-                self.stats.tx_errors += 1;
-                Err(SendError::Oversize {
-                    len: d.payload.len(),
-                    max: self.max_datagram,
-                })
-            }
-            Outbound::Drop(_) => {
-                self.stats.tx_errors += 1;
-                Err(SendError::Unreachable)
-            }
+    /// Takes back an mbuf that carried nothing out, emptied, for the next `send_with`.
+    fn keep_spare(&mut self, mut m: Mbuf) {
+        let len = m.len();
+        if m.trim(len) {
+            self.spare = Some(m);
         }
+    }
+
+    /// `send_with` without an mbuf (the pool is exhausted, or its buffers cannot hold a frame:
+    /// `oversize`): the closure writes into the scratch buffer, and a datagram that passes the
+    /// checks is dropped and counted.
+    fn send_without_mbuf(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
+        oversize: bool,
+    ) -> Result<bool, SendError> {
+        let mut payload = std::mem::take(&mut self.tx_payload);
+        let res = match fill(&mut payload) {
+            None => Ok(false),
+            Some(meta) => match meta.check(
+                self.max_datagram,
+                payload.len(),
+                self.stack.config().udp_ports,
+                &mut self.stats,
+            ) {
+                Err(e) => Err(e),
+                Ok(()) if oversize => {
+                    self.stats.tx_errors += 1;
+                    Err(SendError::Oversize {
+                        len: meta.len,
+                        max: self.max_datagram,
+                    })
+                }
+                Ok(()) => {
+                    self.stats.tx_dropped += 1;
+                    Err(SendError::Full)
+                }
+            },
+        };
+        self.tx_payload = payload;
+        res
     }
 
     /// Lets the engine predict the queue of received datagrams with this table (see the module
@@ -277,33 +269,85 @@ impl Datapath for DpdkDatapath {
         Ok(delivered)
     }
 
+    /// Zero copy: the closure writes the payload straight into an mbuf, after room for the
+    /// headers, which the netstack then writes around it; the mbuf is trimmed to the frame.
     fn send_with(
         &mut self,
         fill: &mut dyn FnMut(&mut [u8]) -> Option<TxMeta>,
     ) -> Result<bool, SendError> {
-        let mut payload = std::mem::take(&mut self.tx_payload);
-        let res = match fill(&mut payload) {
-            None => Ok(false),
-            Some(meta) => {
-                let res = match meta.check(
-                    self.max_datagram,
-                    payload.len(),
-                    self.stack.config().udp_ports,
-                    &mut self.stats,
-                ) {
-                    Ok(()) => self.send_frame(Outgoing {
-                        remote_ip: meta.remote_ip,
-                        src_port: meta.src_port,
-                        dst_port: meta.dst_port,
-                        payload: &payload[..meta.len],
-                    }),
-                    Err(e) => Err(e),
-                };
-                res.map(|()| true)
-            }
+        let Some(mut m) = self.spare.take().or_else(|| self.pool.alloc()) else {
+            return self.send_without_mbuf(fill, false);
         };
-        self.tx_payload = payload;
-        res
+        let room = self.max_datagram;
+        let cap = (HEADERS + room).max(MIN_FRAME);
+        let Some(frame) = m.append_unzeroed(cap) else {
+            // The pool's buffers are smaller than a frame (its data room was sized for the MTU,
+            // so this does not happen).
+            self.keep_spare(m);
+            return self.send_without_mbuf(fill, true);
+        };
+        let Some(meta) = fill(&mut frame[HEADERS..HEADERS + room]) else {
+            self.keep_spare(m);
+            return Ok(false);
+        };
+        if let Err(e) = meta.check(room, room, self.stack.config().udp_ports, &mut self.stats) {
+            self.keep_spare(m);
+            return Err(e);
+        }
+        let now = self.clock.now();
+        let out = self.stack.build_headers_in_place(
+            now,
+            meta.remote_ip,
+            meta.src_port,
+            meta.dst_port,
+            frame,
+            meta.len,
+        );
+        match out {
+            Outbound::Frame(n) => {
+                debug_assert_eq!(n, (HEADERS + meta.len).max(MIN_FRAME));
+                let trimmed = m.trim(cap - n);
+                debug_assert!(trimmed);
+                if self.tx_offload {
+                    m.request_ipv4_udp_checksums(14, 20);
+                }
+                self.tx_mbufs.push(m);
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += meta.len as u64;
+                if self.tx_mbufs.len() >= BURST {
+                    self.flush_tx();
+                }
+                Ok(true)
+            }
+            Outbound::Pending => {
+                // Copied into the ARP queue; the request goes out with the next flush.
+                self.keep_spare(m);
+                self.drain_stack();
+                self.stats.tx_packets += 1;
+                self.stats.tx_bytes += meta.len as u64;
+                Ok(true)
+            }
+            Outbound::Drop(reason) => {
+                self.keep_spare(m);
+                Err(match reason {
+                    DropReason::ArpQueueFull => {
+                        self.stats.tx_dropped += 1;
+                        SendError::Full
+                    }
+                    DropReason::TooLarge => {
+                        self.stats.tx_errors += 1;
+                        SendError::Oversize {
+                            len: meta.len,
+                            max: room,
+                        }
+                    }
+                    _ => {
+                        self.stats.tx_errors += 1;
+                        SendError::Unreachable
+                    }
+                })
+            }
+        }
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -405,9 +449,26 @@ pub fn dpdk_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, Dpd
     let data_room = u16::try_from(usize::from(HEADROOM) + mtu_hint + 14 + 4)
         .unwrap_or(u16::MAX)
         .max(DEFAULT_BUF_SIZE);
-    // Per queue: a full RX ring, a full TX ring, and bursts in flight.
-    let count = (u32::from(queues) * (2 * 1024 + 4 * BURST as u32)).max(4096) - 1;
-    let pool = Mempool::new(&eal, None, count, 256, data_room)?;
+    // Per queue: a full RX ring, a full TX ring, and bursts in flight. net_af_xdp also parks
+    // AF_XDP_FILL_MBUFS of the pool in each queue's UMEM fill ring for the kernel to receive
+    // into, and needs the pool packed (see Mempool::new_packed).
+    let af_xdp = info.driver == "net_af_xdp";
+    let per_queue = 2 * 1024 + 4 * BURST as u32 + if af_xdp { AF_XDP_FILL_MBUFS } else { 0 };
+    let count = (u32::from(queues) * per_queue).max(4096) - 1;
+    let pool = if af_xdp {
+        Mempool::new_packed(&eal, None, count, 256, data_room)?
+    } else {
+        Mempool::new(&eal, None, count, 256, data_room)?
+    };
+    let layout = pool.layout();
+    tracing::debug!(
+        objects = layout.objects,
+        stride = layout.stride,
+        span = layout.span,
+        chunks = layout.chunks,
+        packed = layout.is_packed(),
+        "mbuf pool layout"
+    );
     let setup = port.configure(&pc, &pool)?;
     port.start()?;
     let rss_table = match port.rss_config() {

@@ -70,6 +70,43 @@ impl Mempool {
         cache: u32,
         data_room: u16,
     ) -> Result<Mempool, DpdkError> {
+        Self::create(eal, name, count, cache, data_room, false)
+    }
+
+    /// Like [`Mempool::new`], but with the objects packed back to back in one virtually
+    /// contiguous chunk (`RTE_MEMPOOL_F_NO_IOVA_CONTIG`: an object may straddle a page). This is
+    /// what `net_af_xdp` needs: it registers the pool as its UMEM assuming exactly this layout
+    /// (`objects * stride` bytes from the first object), while the default layout on 4 KiB
+    /// pages (`--no-huge`) starts every object larger than 2 KiB on a new page, leaving ~40% of
+    /// the mbufs outside the UMEM (the kernel drops frames sent from them and fill-queue
+    /// entries pointing at them, and those mbufs are never returned). Only for ports that do
+    /// not DMA by physical address (af_xdp, or IOVA-as-VA).
+    pub fn new_packed(
+        eal: &Eal,
+        name: Option<&str>,
+        count: u32,
+        cache: u32,
+        data_room: u16,
+    ) -> Result<Mempool, DpdkError> {
+        let pool = Self::create(eal, name, count, cache, data_room, true)?;
+        let layout = pool.layout();
+        if !layout.is_packed() {
+            return Err(DpdkError::InvalidArgument(format!(
+                "mempool {}: objects not packed ({layout:?})",
+                pool.name()
+            )));
+        }
+        Ok(pool)
+    }
+
+    fn create(
+        eal: &Eal,
+        name: Option<&str>,
+        count: u32,
+        cache: u32,
+        data_room: u16,
+        packed: bool,
+    ) -> Result<Mempool, DpdkError> {
         let name = name.map_or_else(
             || format!("machnet_mp{}", POOL_SEQ.fetch_add(1, Ordering::Relaxed)),
             str::to_owned,
@@ -81,11 +118,23 @@ impl Mempool {
                 "data room {data_room} must exceed the headroom {HEADROOM}"
             )));
         }
-        // SAFETY: EAL is initialised (we hold an Eal); c is NUL-terminated and copied by DPDK.
-        let pool = unsafe {
-            sys::rte_pktmbuf_pool_create(c.as_ptr(), count, cache, 0, data_room, sys::SOCKET_ID_ANY)
+        let pool = if packed {
+            // SAFETY: EAL is initialised; c is NUL-terminated and copied by DPDK.
+            unsafe { create_packed(&c, count, cache, data_room)? }
+        } else {
+            // SAFETY: EAL is initialised (we hold an Eal); c is NUL-terminated and copied by DPDK.
+            let pool = unsafe {
+                sys::rte_pktmbuf_pool_create(
+                    c.as_ptr(),
+                    count,
+                    cache,
+                    0,
+                    data_room,
+                    sys::SOCKET_ID_ANY,
+                )
+            };
+            NonNull::new(pool).ok_or_else(|| DpdkError::errno("rte_pktmbuf_pool_create"))?
         };
-        let pool = NonNull::new(pool).ok_or_else(|| DpdkError::errno("rte_pktmbuf_pool_create"))?;
         Ok(Mempool {
             inner: Arc::new(MempoolInner {
                 pool,
@@ -117,6 +166,51 @@ impl Mempool {
         unsafe { sys::rte_mempool_in_use_count(self.as_ptr()) }
     }
 
+    /// Where the pool's objects lie in memory (see [`PoolLayout`]).
+    pub fn layout(&self) -> PoolLayout {
+        struct Acc {
+            lo: usize,
+            hi: usize,
+        }
+        unsafe extern "C" fn visit(
+            _mp: *mut sys::rte_mempool,
+            opaque: *mut std::ffi::c_void,
+            obj: *mut std::ffi::c_void,
+            _idx: std::ffi::c_uint,
+        ) {
+            // SAFETY: opaque is the &mut Acc passed below, used by this one call at a time.
+            let acc = unsafe { &mut *opaque.cast::<Acc>() };
+            acc.lo = acc.lo.min(obj as usize);
+            acc.hi = acc.hi.max(obj as usize);
+        }
+        let mut acc = Acc {
+            lo: usize::MAX,
+            hi: 0,
+        };
+        // SAFETY: the pool is valid; the callback only updates `acc`.
+        let objects = unsafe {
+            sys::rte_mempool_obj_iter(self.as_ptr(), Some(visit), (&mut acc as *mut Acc).cast())
+        };
+        // SAFETY: the pool is valid; these fields are fixed after creation.
+        let (stride, chunks) = unsafe {
+            let mp = &*self.as_ptr();
+            (
+                (mp.header_size + mp.elt_size + mp.trailer_size) as usize,
+                mp.nb_mem_chunks,
+            )
+        };
+        PoolLayout {
+            objects,
+            stride,
+            span: if objects == 0 {
+                0
+            } else {
+                acc.hi - acc.lo + stride
+            },
+            chunks,
+        }
+    }
+
     /// Takes an empty mbuf (`None`: pool exhausted).
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is a valid pktmbuf pool.
@@ -129,6 +223,101 @@ impl Mempool {
         let mut m = self.alloc()?;
         m.append(data.len())?.copy_from_slice(data);
         Some(m)
+    }
+}
+
+/// `struct rte_pktmbuf_pool_private` (DPDK 22.11), the private area of a pktmbuf pool.
+#[repr(C)]
+struct PktmbufPoolPrivate {
+    mbuf_data_room_size: u16,
+    mbuf_priv_size: u16,
+    flags: u32,
+}
+
+/// `rte_pktmbuf_pool_create` with `RTE_MEMPOOL_F_NO_IOVA_CONTIG` (which it does not take).
+///
+/// # Safety
+/// EAL must be initialised.
+unsafe fn create_packed(
+    name: &CString,
+    count: u32,
+    cache: u32,
+    data_room: u16,
+) -> Result<NonNull<sys::rte_mempool>, DpdkError> {
+    let elt_size = std::mem::size_of::<sys::rte_mbuf>() as u32 + u32::from(data_room);
+    // SAFETY: EAL is initialised (caller); name is NUL-terminated and copied.
+    let mp = unsafe {
+        sys::rte_mempool_create_empty(
+            name.as_ptr(),
+            count,
+            elt_size,
+            cache,
+            std::mem::size_of::<PktmbufPoolPrivate>() as u32,
+            sys::SOCKET_ID_ANY,
+            sys::RTE_MEMPOOL_F_NO_IOVA_CONTIG,
+        )
+    };
+    let mp = NonNull::new(mp).ok_or_else(|| DpdkError::errno("rte_mempool_create_empty"))?;
+    let fail = |call: &'static str, ret: i32| {
+        // SAFETY: mp is a valid pool that no one else knows of yet.
+        unsafe { sys::rte_mempool_free(mp.as_ptr()) };
+        Err(DpdkError::call(call, ret))
+    };
+    // SAFETY: mp is valid and empty; the ops name is NUL-terminated (the default ring ops, as
+    // rte_pktmbuf_pool_create picks without a platform preference).
+    let ret = unsafe {
+        sys::rte_mempool_set_ops_byname(mp.as_ptr(), c"ring_mp_mc".as_ptr(), std::ptr::null_mut())
+    };
+    if ret != 0 {
+        return fail("rte_mempool_set_ops_byname", ret);
+    }
+    let mut private = PktmbufPoolPrivate {
+        mbuf_data_room_size: data_room,
+        mbuf_priv_size: 0,
+        flags: 0,
+    };
+    // SAFETY: mp is a valid empty pool with room for the private struct; DPDK copies it.
+    unsafe {
+        sys::rte_pktmbuf_pool_init(
+            mp.as_ptr(),
+            (&mut private as *mut PktmbufPoolPrivate).cast(),
+        )
+    };
+    // SAFETY: mp is valid, ops set.
+    let ret = unsafe { sys::rte_mempool_populate_default(mp.as_ptr()) };
+    if ret < 0 {
+        return fail("rte_mempool_populate_default", ret);
+    }
+    // SAFETY: mp is populated; rte_pktmbuf_init initialises each object as an mbuf.
+    unsafe {
+        sys::rte_mempool_obj_iter(
+            mp.as_ptr(),
+            Some(sys::rte_pktmbuf_init),
+            std::ptr::null_mut(),
+        )
+    };
+    Ok(mp)
+}
+
+/// The memory layout of a [`Mempool`]'s objects. `net_af_xdp` registers a pool as its UMEM
+/// assuming the objects are packed back to back from the first one: `objects * stride` bytes.
+/// Objects beyond that (`span` larger) are outside the UMEM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLayout {
+    /// Objects in the pool.
+    pub objects: u32,
+    /// Bytes per object (mempool header + mbuf + data room + trailer).
+    pub stride: usize,
+    /// Bytes from the start of the first object to the end of the last.
+    pub span: usize,
+    /// Memory chunks the pool was populated from.
+    pub chunks: u32,
+}
+
+impl PoolLayout {
+    /// Whether the objects are packed back to back (`span == objects * stride`).
+    pub fn is_packed(&self) -> bool {
+        self.span == self.objects as usize * self.stride
     }
 }
 
@@ -222,6 +411,30 @@ impl Mbuf {
         let s = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
         s.fill(0);
         Some(s)
+    }
+
+    /// Like [`Mbuf::append`], without zeroing: the bytes hold whatever the buffer held before
+    /// (for a caller about to overwrite all of them, e.g. a frame built in place).
+    pub fn append_unzeroed(&mut self, len: usize) -> Option<&mut [u8]> {
+        let n = u16::try_from(len).ok()?;
+        // SAFETY: valid owned mbuf; rte_pktmbuf_append checks the tailroom.
+        let p = unsafe { sys::rte_pktmbuf_append(self.as_ptr(), n) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p points at len bytes inside the buffer, now part of the data, owned by us.
+        // The pool's memory was mapped zeroed by EAL and only ever written with bytes since, so
+        // every byte is initialised (any value is a valid u8).
+        Some(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+    }
+
+    /// Removes `len` bytes from the end of the data; false if shorter.
+    pub fn trim(&mut self, len: usize) -> bool {
+        let Ok(n) = u16::try_from(len) else {
+            return false;
+        };
+        // SAFETY: valid owned mbuf; rte_pktmbuf_trim checks the length.
+        unsafe { sys::rte_pktmbuf_trim(self.as_ptr(), n) == 0 }
     }
 
     /// Removes `len` bytes from the start of the data (e.g. a parsed header); false if shorter.

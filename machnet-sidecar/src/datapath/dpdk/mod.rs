@@ -62,7 +62,7 @@ pub(crate) fn flag<T: Into<u64>>(v: T) -> u64 {
 
 pub use datapath::{default_eal_args, dpdk_datapaths, DpdkDatapath, BURST};
 pub use eal::{rte_errno, strerror, version, DpdkError, Eal};
-pub use mbuf::{ChecksumStatus, Mbuf, Mempool, DEFAULT_BUF_SIZE, HEADROOM};
+pub use mbuf::{ChecksumStatus, Mbuf, Mempool, PoolLayout, DEFAULT_BUF_SIZE, HEADROOM};
 pub use port::{
     ChecksumOffloads, Port, PortConfig, PortInfo, PortSetup, PortStats, RssConfig, RxQueue, TxQueue,
 };
