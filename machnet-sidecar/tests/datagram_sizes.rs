@@ -7,24 +7,12 @@ use std::time::Duration;
 
 use machnet::{Event, Machnet};
 use machnet_sidecar::config::{SidecarConfig, UdpOffload};
-use machnet_sidecar::testing::LoopbackSidecars;
+use machnet_sidecar::testing::{pattern, LoopbackSidecars};
 
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const PORT: u16 = 6100;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// (MTU or interface default, offloads) of sidecar A (server) and sidecar B (client).
 type Setup = [(Option<u16>, UdpOffload); 2];

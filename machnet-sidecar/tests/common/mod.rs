@@ -387,17 +387,8 @@ impl AppChannel {
 }
 
 /// Deterministic message content.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[allow(unused_imports)] // not every test file uses it
+pub use machnet_sidecar::testing::pattern;
 
 /// Runs an echo server on `ch` until `stop` is set: every message comes back on its flow; a
 /// peer close is answered with a close.
