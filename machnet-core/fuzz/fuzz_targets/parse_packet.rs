@@ -3,7 +3,7 @@
 //! For every input: `Packet::new_checked` must not panic; on success the accessors,
 //! `verify_checksum` and `Repr::parse` must not panic; and a packet that parses must re-emit to a
 //! packet that parses to the same `Repr`, with the same payload, a valid checksum, and the same
-//! bytes as the input apart from the checksum field and the handshake block's reserved bytes.
+//! bytes as the input apart from the checksum field and the handshake block's reserved byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,8 +13,9 @@ use machnet_core::wire::{
 
 /// Offset of the checksum field in the fixed header.
 const CHECKSUM_AT: usize = 36;
-/// Reserved bytes inside the handshake block, written as zero and ignored on read.
-const HANDSHAKE_RESERVED: core::ops::Range<usize> = 17..20;
+/// Reserved bytes inside the handshake block, written as zero and ignored on read (byte 17;
+/// bytes 18..20 carry `max_datagram`).
+const HANDSHAKE_RESERVED: core::ops::Range<usize> = 17..18;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packet) = Packet::new_checked(data) else {
