@@ -22,7 +22,8 @@ use machnet_core::rss::RssOracle;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 
-/// Default largest datagram a datapath sends or receives (a jumbo frame's UDP payload).
+/// A jumbo frame's UDP payload: the datagram limit examples and tests give in-memory hosts (the
+/// kernel datapath takes its limit from the interface MTU, see `sidecar::kernel_max_datagram`).
 pub const DEFAULT_MAX_DATAGRAM: usize = 9000;
 /// Largest UDP payload over IPv4.
 pub const MAX_UDP_PAYLOAD: usize = 65507;
