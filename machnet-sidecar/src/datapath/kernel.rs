@@ -194,6 +194,10 @@ fn bind_one(addr: SocketAddrV4, opts: &KernelUdpOptions) -> Result<PoolSocket, K
     if !opts.gro {
         let _ = setsockopt(&socket, sockopt::UdpGroSegment, &false);
     }
+    // quinn-udp also asks for each datagram's destination address and TOS byte; nothing here
+    // reads them, and every control message costs the kernel time per datagram.
+    let _ = setsockopt(&socket, sockopt::Ipv4PacketInfo, &false);
+    let _ = setsockopt(&socket, sockopt::IpRecvTos, &false);
     let gso_segments = if opts.gso {
         state.max_gso_segments().max(1)
     } else {
