@@ -84,8 +84,17 @@ pub fn kernel_datapaths(cfg: &SidecarConfig) -> Result<Vec<Box<dyn Datapath>>, S
         DatapathKind::KernelUdp => {}
     }
     probe_pool(cfg.local_ip, cfg.udp_ports)?;
+    let max_datagram = kernel_max_datagram(cfg);
+    if let Some(iface) = interface_max_datagram(cfg.local_ip).filter(|&i| i < max_datagram) {
+        // Sockets set don't-fragment: larger datagrams would fail to send (counted, lost).
+        tracing::warn!(
+            max_datagram,
+            interface_max_datagram = iface,
+            "--mtu is larger than the MTU of the interface holding --local-ip"
+        );
+    }
     let opts = KernelUdpOptions {
-        max_datagram: kernel_max_datagram(cfg),
+        max_datagram,
         gso: cfg.udp_offload.gso(),
         gro: cfg.udp_offload.gro(),
     };
