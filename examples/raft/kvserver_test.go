@@ -76,7 +76,17 @@ func (c *kvClient) expect(req KVRequest, status KVStatus, body []byte) {
 // BAD_REQUEST and the flow goes on.
 func TestKVFrontEnd(t *testing.T) {
 	sc := sidecars(t)
-	nodes := startMachnetCluster(t, sc, func(c *raft.Config) { c.MaxAppendEntries = KVMaxAppendEntries })
+	nodes := startMachnetCluster(t, sc, func(c *raft.Config) {
+		c.MaxAppendEntries = KVMaxAppendEntries
+		// The pipelined 1 MiB SETs below make all three nodes of this one -race process copy and
+		// decode ~21 MiB each on two cores; in one CI run a follower's heartbeat answers then
+		// took over 500 ms and the leader lost its lease mid-SET ("leadership lost while
+		// committing log"). This test is about the KV front end, not lease timing (as in
+		// TestSnapshotInstall).
+		c.HeartbeatTimeout = 3 * time.Second
+		c.ElectionTimeout = 3 * time.Second
+		c.LeaderLeaseTimeout = 3 * time.Second
+	})
 	kvPorts := make([]uint16, len(nodes))
 	for i, n := range nodes {
 		kvPorts[i] = port()
