@@ -91,17 +91,7 @@ struct Args {
 }
 
 fn template() -> Arc<Vec<u8>> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    Arc::new(
-        (0..MAX_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect(),
-    )
+    Arc::new(machnet_sidecar::testing::pattern(1, MAX_SIZE))
 }
 
 /// Writes the stamps of message `seq` into `buf` (the rest of `buf` holds the template).
