@@ -456,14 +456,22 @@ impl Worker {
     /// Arms the channels of the run list that had no work for [`PARK_AFTER`] and takes them
     /// off the list (those whose re-check finds work stay).
     fn park_idle(&mut self, now: Instant) {
+        self.park(now, false);
+    }
+
+    /// Arms channels of the run list and takes them off it: those idle for [`PARK_AFTER`], or
+    /// with `all` every one without notifications queued. Returns whether a channel stayed
+    /// because its re-check found work, or broke the protocol (and was closed).
+    fn park(&mut self, now: Instant, all: bool) -> bool {
         let chans = &mut self.chans;
         let counters = &mut self.counters;
+        let mut found_work = false;
         let mut bad = Vec::new();
         self.active.retain(|&id| {
             let Some(c) = chans.get_mut(&id) else {
                 return false;
             };
-            if c.sched.queued || now - c.sched.last_work < PARK_AFTER {
+            if c.sched.queued || (!all && now - c.sched.last_work < PARK_AFTER) {
                 return true;
             }
             match arm(c) {
@@ -472,6 +480,7 @@ impl Worker {
                     false
                 }
                 Ok(false) => {
+                    found_work = true;
                     c.sched.last_work = now;
                     true
                 }
@@ -481,9 +490,11 @@ impl Worker {
                 }
             }
         });
+        found_work |= !bad.is_empty();
         for (id, v) in bad {
             self.violation(id, v, now);
         }
+        found_work
     }
 
     /// Routes core events to channels and writes notifications.
@@ -643,36 +654,10 @@ impl Worker {
     /// are armed already; see the module documentation).
     fn sleep(&mut self) {
         let now = self.clock.now();
+        // Channels with notifications queued stay active: a non-empty flush list cancels the
+        // sleep anyway.
         let mut abort = !self.flush.is_empty();
-        let mut bad = Vec::new();
-        let chans = &mut self.chans;
-        let counters = &mut self.counters;
-        self.active.retain(|&id| {
-            let Some(c) = chans.get_mut(&id) else {
-                return false;
-            };
-            match arm(c) {
-                Ok(true) => {
-                    counters.parks += 1;
-                    false
-                }
-                Ok(false) => {
-                    abort = true;
-                    c.sched.last_work = now;
-                    true
-                }
-                Err(v) => {
-                    bad.push((id, v));
-                    true
-                }
-            }
-        });
-        if !bad.is_empty() {
-            for (id, v) in bad {
-                self.violation(id, v, now);
-            }
-            abort = true;
-        }
+        abort |= self.park(now, true);
         if !abort && !self.cmds.is_empty() {
             abort = true;
         }
