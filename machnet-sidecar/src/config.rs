@@ -29,6 +29,10 @@ pub const DEFAULT_BUSY_POLL_US: u64 = 50;
 /// Default per-flow send and receive buffers.
 pub const DEFAULT_FLOW_BUFFER: usize = 16 << 20;
 
+/// Default `--close-linger`: long enough for a peer on any sane network to take what an
+/// exiting app sent, short enough that a silent peer does not hold resources for long.
+pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(30);
+
 /// Smallest `--mtu` accepted (the IPv4 minimum every host must accept).
 pub const MIN_MTU: u16 = 576;
 /// Largest `--mtu` accepted on DPDK ports (jumbo frames).
@@ -196,6 +200,12 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<f64>,
 
+    /// Seconds the sidecar keeps delivering what an app sent after the app exited or detached
+    /// a channel (docs/CHANNEL.md §5); flows still open then are aborted. 0: abort at once.
+    /// [default: 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub close_linger: Option<f64>,
+
     /// DPDK only: EAL arguments, whitespace-separated, e.g. "--no-pci --no-huge -m 256
     /// --no-shconf --file-prefix=m1 --vdev=net_af_packet0,iface=veth0". [default: --no-pci
     /// --no-huge -m 256 --no-shconf --no-telemetry --file-prefix=machnet-<pid>]
@@ -268,6 +278,8 @@ pub struct FileConfig {
     pub flow_recv_buffer: Option<u64>,
     /// See [`Cli::stats_interval`].
     pub stats_interval: Option<f64>,
+    /// See [`Cli::close_linger`].
+    pub close_linger: Option<f64>,
     /// See [`Cli::dpdk_args`].
     pub dpdk_args: Option<String>,
     /// See [`Cli::dpdk_port`].
@@ -333,6 +345,9 @@ pub struct SidecarConfig {
     pub flow_recv_buffer: usize,
     /// Interval of statistics log lines (`None`: off).
     pub stats_interval: Option<Duration>,
+    /// How long a detached channel's flows may take to deliver what the app sent (zero:
+    /// abort them at once).
+    pub close_linger: Duration,
     /// Injected loss (tests only).
     pub test_loss: Option<TestLoss>,
     /// DPDK: EAL arguments (empty: defaults, see `--dpdk-args`).
@@ -478,6 +493,7 @@ impl SidecarConfig {
             flow_send_buffer: DEFAULT_FLOW_BUFFER,
             flow_recv_buffer: DEFAULT_FLOW_BUFFER,
             stats_interval: Some(Duration::from_secs(10)),
+            close_linger: DEFAULT_CLOSE_LINGER,
             test_loss: None,
             dpdk_args: Vec::new(),
             dpdk_port: None,
@@ -595,6 +611,12 @@ impl SidecarConfig {
                 return Err(invalid("--stats-interval", "must be 0..=86400 seconds"));
             }
             c.stats_interval = (v > 0.0).then(|| Duration::from_secs_f64(v));
+        }
+        if let Some(v) = pick!(close_linger) {
+            if !(v.is_finite() && (0.0..=3_600.0).contains(&v)) {
+                return Err(invalid("--close-linger", "must be 0..=3600 seconds"));
+            }
+            c.close_linger = Duration::from_secs_f64(v);
         }
         if let Some(v) = pick!(dpdk_args) {
             c.dpdk_args = v.split_whitespace().map(str::to_owned).collect();
@@ -750,6 +772,9 @@ mod tests {
     fn a_repeated_flag_takes_the_last_value_and_lists_collect() {
         let c = parse(&["--stats-interval", "0", "--stats-interval", "5"]).unwrap();
         assert_eq!(c.stats_interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.close_linger, DEFAULT_CLOSE_LINGER);
+        let c = parse(&["--close-linger", "0.5"]).unwrap();
+        assert_eq!(c.close_linger, Duration::from_millis(500));
         let cli = Cli::try_parse_from(["machnet", "--allow-user", "0", "--allow-user", "1"])
             .expect("flags parse");
         assert_eq!(cli.allow_user, ["0", "1"]);
@@ -832,6 +857,8 @@ mod tests {
             (&["--max-message-len", "1GiB"], "--max-message-len"),
             (&["--test-drop-rate", "1.5"], "--test-drop-rate"),
             (&["--stats-interval", "90000"], "--stats-interval"),
+            (&["--close-linger", "-1"], "--close-linger"),
+            (&["--close-linger", "inf"], "--close-linger"),
             (&["--flow-send-buffer", "1K"], "--flow-send-buffer"),
         ];
         for (args, flag) in cases {

@@ -29,6 +29,10 @@ pub struct LoopStats {
     pub doorbells: u64,
     /// Times a channel without work was armed and left the run list.
     pub parks: u64,
+    /// Channels detached gracefully (their app exited or closed them; docs/CHANNEL.md §5).
+    pub channels_detached: u64,
+    /// Flows of detached channels aborted because the linger expired before they closed.
+    pub linger_aborts: u64,
 }
 
 /// A snapshot of one engine.
@@ -54,6 +58,8 @@ pub struct EngineReport {
     pub sidecar_held_bytes: usize,
     /// Channels whose request ring is held up by a flow's full send buffer.
     pub stalled_channels: usize,
+    /// Flows of detached channels still delivering what their app sent (docs/CHANNEL.md §5).
+    pub orphan_flows: usize,
 }
 
 impl fmt::Display for EngineReport {
@@ -65,7 +71,7 @@ impl fmt::Display for EngineReport {
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
              held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
-             tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {}",
+             tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {}",
             self.engine,
             self.channels,
             self.active_channels,
@@ -95,6 +101,9 @@ impl fmt::Display for EngineReport {
             self.engine_loop.sleeps,
             self.engine_loop.doorbells,
             self.engine_loop.parks,
+            self.engine_loop.channels_detached,
+            self.orphan_flows,
+            self.engine_loop.linger_aborts,
         )?;
         let drops: Vec<String> = DropReason::ALL
             .iter()
@@ -127,6 +136,7 @@ mod tests {
             core_held_bytes: 0,
             sidecar_held_bytes: 0,
             stalled_channels: 0,
+            orphan_flows: 0,
         };
         assert!(!r.to_string().contains("drops"));
         r.core.drops[DropReason::WrongEngine as usize] = 5;

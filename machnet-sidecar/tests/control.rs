@@ -75,11 +75,17 @@ fn hello_then_open_channel_delivers_three_fds_and_a_valid_layout() {
     assert_eq!(err_code(&r), Some(ControlError::NoSuchEngine));
     // Closing a channel sets its header's closed word; its id is then unknown.
     assert_eq!(
-        c.request(&Request::CloseChannel { channel: d.id }),
+        c.request(&Request::CloseChannel {
+            channel: d.id,
+            abort: false
+        }),
         Response::Ok
     );
     assert_eq!(d.wait_closed(WAIT), Some(CloseCode::Detached as u32));
-    let r = c.request(&Request::CloseChannel { channel: d.id });
+    let r = c.request(&Request::CloseChannel {
+        channel: d.id,
+        abort: true,
+    });
     assert_eq!(err_code(&r), Some(ControlError::NoSuchChannel));
 }
 

@@ -424,7 +424,7 @@ fn an_app_that_stops_reading_slows_only_its_sender_with_bounded_memory() {
 }
 
 #[test]
-fn an_app_that_disconnects_resets_its_peers() {
+fn an_app_that_disconnects_has_its_messages_delivered_then_its_flows_closed() {
     let p = pair("disconnect", 2, |_| {});
     let mut server = p.cb.open_channel(None);
     assert_eq!(
@@ -434,11 +434,61 @@ fn an_app_that_disconnects_resets_its_peers() {
     let client = RawClient::connect(p.a.control_socket()).unwrap();
     client.hello();
     let mut app = client.open_channel(None);
-    let (_flow, _) = app.connect(IP_B, PORT);
+    let (flow, _) = app.connect(IP_B, PORT);
     let acc = server.expect_next();
     assert_eq!(acc.kind, RecordKind::Accepted);
-    // The app "exits": its control connection closes.
+    // The app sends and "exits" at once: its control connection closes with the messages
+    // still in its ring (docs/CHANNEL.md §5).
+    let msgs: Vec<Vec<u8>> = (0..32u8)
+        .map(|i| vec![i; 1 + 997 * usize::from(i)])
+        .collect();
+    for m in &msgs {
+        app.send(flow, m);
+    }
     drop(client);
+    assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Detached as u32));
+    for (i, m) in msgs.iter().enumerate() {
+        let n = server.expect_next();
+        assert_eq!(
+            (n.kind, n.flow),
+            (RecordKind::Message, acc.flow),
+            "message {i}"
+        );
+        assert!(n.payload == *m, "message {i} differs");
+    }
+    let n = server.expect_next();
+    assert_eq!(
+        (n.kind, n.flow),
+        (RecordKind::PeerClosed, acc.flow),
+        "{n:?}"
+    );
+    server.close_flow(acc.flow);
+    let n = server.expect_next();
+    assert_eq!((n.kind, n.flow), (RecordKind::Closed, acc.flow), "{n:?}");
+    assert_eq!(code(&n), Some(CloseCode::Graceful));
+}
+
+#[test]
+fn an_app_that_aborts_its_channel_resets_its_peers() {
+    let p = pair("abort", 2, |_| {});
+    let mut server = p.cb.open_channel(None);
+    assert_eq!(
+        p.cb.listen(server.id, PORT),
+        machnet_core::channel::control::Response::Ok
+    );
+    let client = RawClient::connect(p.a.control_socket()).unwrap();
+    client.hello();
+    let mut app = client.open_channel(None);
+    app.connect(IP_B, PORT);
+    let acc = server.expect_next();
+    assert_eq!(acc.kind, RecordKind::Accepted);
+    assert_eq!(
+        client.request(&machnet_core::channel::control::Request::CloseChannel {
+            channel: app.id,
+            abort: true,
+        }),
+        machnet_core::channel::control::Response::Ok
+    );
     assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Detached as u32));
     let n = server.expect_next();
     assert_eq!((n.kind, n.flow), (RecordKind::Closed, acc.flow), "{n:?}");

@@ -278,8 +278,10 @@ impl From<Fault> for PushFail {
 /// Open one channel per thread that does network I/O; flows belong to the channel that created
 /// or accepted them.
 ///
-/// Dropping the channel (or [`Channel::close_channel`]) detaches it: the sidecar aborts its
-/// flows and releases its memory.
+/// Dropping the channel (or [`Channel::close_channel`]) detaches it gracefully, as does the
+/// process exiting: the sidecar still delivers every message whose `send` returned, then
+/// closes the channel's flows (within its linger) and releases its memory
+/// (docs/CHANNEL.md §5). [`Channel::abort_channel`] aborts the flows instead.
 ///
 /// ```compile_fail
 /// fn shared_between_threads<T: Sync>() {}
@@ -507,11 +509,20 @@ impl Channel {
         self.machnet.unlisten(self.id, port)
     }
 
-    /// Detaches the channel: the sidecar aborts its flows and releases it. Dropping the channel
-    /// does the same but ignores errors.
+    /// Detaches the channel gracefully (docs/CHANNEL.md §5): the sidecar carries out what was
+    /// sent on it — every message whose `send` returned is delivered — then closes its flows
+    /// (FIN) and releases it; flows still open after the sidecar's linger are aborted. Dropping
+    /// the channel does the same but ignores errors.
     pub fn close_channel(mut self) -> Result<(), RequestError> {
         self.detached = true;
-        self.machnet.close_channel_id(self.id)
+        self.machnet.close_channel_id(self.id, false)
+    }
+
+    /// Detaches the channel and aborts its flows at once: peers see a reset, and messages not
+    /// yet delivered are discarded.
+    pub fn abort_channel(mut self) -> Result<(), RequestError> {
+        self.detached = true;
+        self.machnet.close_channel_id(self.id, true)
     }
 
     // ----- connecting and closing flows -----
@@ -1336,7 +1347,7 @@ impl AsRawFd for Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         if !self.detached {
-            let _ = self.machnet.close_channel_id(self.id);
+            let _ = self.machnet.close_channel_id(self.id, false);
         }
     }
 }

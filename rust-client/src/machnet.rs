@@ -270,7 +270,7 @@ impl Machnet {
         })();
         if result.is_err() {
             // Give the channel back; the sidecar may well be the reason this failed.
-            let _ = self.close_channel_id(channel);
+            let _ = self.close_channel_id(channel, true);
         }
         result
     }
@@ -279,8 +279,9 @@ impl Machnet {
         self.inner.fd.as_raw_fd()
     }
 
-    pub(crate) fn close_channel_id(&self, channel: u32) -> Result<(), RequestError> {
-        self.inner.expect_ok(&Request::CloseChannel { channel })
+    pub(crate) fn close_channel_id(&self, channel: u32, abort: bool) -> Result<(), RequestError> {
+        self.inner
+            .expect_ok(&Request::CloseChannel { channel, abort })
     }
 
     pub(crate) fn listen(&self, channel: u32, port: u16) -> Result<(), ListenError> {

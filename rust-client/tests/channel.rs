@@ -86,7 +86,10 @@ fn attach_reports_sidecar_info_and_opens_a_validated_channel() {
     drop(ch);
     assert_eq!(
         fake.requests.recv_timeout(T).unwrap(),
-        Request::CloseChannel { channel: id },
+        Request::CloseChannel {
+            channel: id,
+            abort: false
+        },
         "dropping a channel detaches it"
     );
 }

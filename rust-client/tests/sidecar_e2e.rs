@@ -207,7 +207,7 @@ fn async_client_against_real_sidecars() {
 }
 
 #[test]
-fn a_peer_that_closes_its_channel_resets_our_flow_and_sends_fail() {
+fn a_peer_that_aborts_its_channel_resets_our_flow_and_sends_fail() {
     let p = Pair::new(1);
     let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
     let mut server = server_machnet.open_channel(None).unwrap();
@@ -218,9 +218,8 @@ fn a_peer_that_closes_its_channel_resets_our_flow_and_sends_fail() {
     ch.send(&flow, b"hello").unwrap();
     let (_, got) = server.recv_timeout(T).unwrap().expect("request arrives");
     assert_eq!(got, b"hello");
-    // The server detaches its channel (like an app closing it): the sidecar aborts its flows,
-    // so ours is reset.
-    server.close_channel().unwrap();
+    // The server aborts its channel: the sidecar aborts its flows, so ours is reset.
+    server.abort_channel().unwrap();
     let deadline = Instant::now() + T;
     loop {
         match ch.next_event(Some(Duration::from_millis(50))).unwrap() {
@@ -239,5 +238,45 @@ fn a_peer_that_closes_its_channel_resets_our_flow_and_sends_fail() {
     match ch.send(&flow, b"anyone?") {
         Err(SendError::FlowClosed(Some(CloseCode::Reset))) => {}
         other => panic!("send on a reset flow: {other:?}"),
+    }
+}
+
+/// A channel closed right after sending (or dropped, or its process exiting) still delivers
+/// every message whose `send` returned, then the peer sees the flow close (docs/CHANNEL.md §5).
+#[test]
+fn a_channel_closed_right_after_sending_delivers_everything_then_closes_the_flow() {
+    let p = Pair::new(1);
+    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
+    let mut server = server_machnet.open_channel(None).unwrap();
+    server.listen(PORT).unwrap();
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let flow = ch.connect(IP_A, PORT).expect("connect");
+    let msgs: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| machnet_sidecar::testing::pattern(u64::from(i), i as usize * 4099 + 1))
+        .collect();
+    for msg in &msgs {
+        ch.send(&flow, msg).unwrap();
+    }
+    ch.close_channel().unwrap();
+    for (i, want) in msgs.iter().enumerate() {
+        let (_, got) = server
+            .recv_timeout(T)
+            .unwrap()
+            .unwrap_or_else(|| panic!("message {i} of {} never arrived", msgs.len()));
+        assert!(got == *want, "message {i} differs");
+    }
+    // The peer closed its side; closing ours ends the flow gracefully.
+    let deadline = Instant::now() + T;
+    loop {
+        match server.next_event(Some(Duration::from_millis(50))).unwrap() {
+            Some(machnet::Event::Closed { reason, .. }) => {
+                assert_eq!(reason, Some(CloseCode::Graceful));
+                break;
+            }
+            Some(machnet::Event::PeerClosed { flow }) => server.close(&flow).unwrap(),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => assert!(Instant::now() < deadline, "the flow never closed"),
+        }
     }
 }

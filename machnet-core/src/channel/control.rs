@@ -29,8 +29,19 @@ pub enum Request {
     Listen { channel: u32, port: u16 },
     /// Stop listening.
     Unlisten { channel: u32, port: u16 },
-    /// Detach a channel: its flows are aborted and its memory released.
-    CloseChannel { channel: u32 },
+    /// Detach a channel (docs/CHANNEL.md §5). By default gracefully: the requests already in
+    /// its ring are carried out, then its flows close (FIN) within the sidecar's linger. With
+    /// `abort`, its flows are aborted at once (peers see a reset). Its memory is released either
+    /// way.
+    CloseChannel {
+        channel: u32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        abort: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Sidecar → application.
@@ -127,8 +138,23 @@ mod tests {
                 channel: 1,
                 port: 80,
             },
-            Request::CloseChannel { channel: 2 },
+            Request::CloseChannel {
+                channel: 2,
+                abort: false,
+            },
+            Request::CloseChannel {
+                channel: 2,
+                abort: true,
+            },
         ];
+        // An old client's request (no `abort` field) is a graceful detach.
+        assert_eq!(
+            Request::decode(br#"{"op":"close_channel","channel":7}"#).unwrap(),
+            Request::CloseChannel {
+                channel: 7,
+                abort: false
+            }
+        );
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }

@@ -42,6 +42,15 @@ pub const MAX_CHANNELS_PER_CONNECTION: usize = 4096;
 /// Control connections served at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// How a channel is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detach {
+    /// Deliver what the app sent, then close its flows (within the linger).
+    Graceful,
+    /// Abort its flows at once.
+    Abort,
+}
+
 /// Why the control server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlStartError {
@@ -339,8 +348,9 @@ impl Server {
                     };
                     if let Err(e) = socket::send_packet(&c.fd, &reply.response.encode(), &raw) {
                         tracing::debug!(conn, "control send: {e}");
+                        // The app never got this channel: nothing of it to deliver.
                         if let Some(ch) = reply.channel {
-                            self.close_channel(conn, ch, CloseCode::Detached);
+                            self.close_channel(conn, ch, Detach::Abort);
                         }
                         return self.close_conn(conn, "cannot send reply");
                     }
@@ -392,9 +402,14 @@ impl Server {
             Request::OpenChannel { engine } => self.open_channel(conn, engine),
             Request::Listen { channel, port } => self.listen(conn, channel, port),
             Request::Unlisten { channel, port } => self.unlisten(conn, channel, port),
-            Request::CloseChannel { channel } => {
+            Request::CloseChannel { channel, abort } => {
                 self.owned(conn, channel)?;
-                self.close_channel(conn, channel, CloseCode::Detached);
+                let how = if abort {
+                    Detach::Abort
+                } else {
+                    Detach::Graceful
+                };
+                self.close_channel(conn, channel, how);
                 Ok(Response::Ok.into())
             }
         }
@@ -531,15 +546,21 @@ impl Server {
         }
     }
 
-    /// Closes one channel of `conn`: its engine aborts its flows; its ports are released.
-    fn close_channel(&mut self, conn: ConnId, channel: ChannelId, code: CloseCode) {
+    /// Closes one channel of `conn` (docs/CHANNEL.md §5): its engine delivers what the app
+    /// sent and closes its flows within the linger, or aborts them; its ports are released.
+    fn close_channel(&mut self, conn: ConnId, channel: ChannelId, how: Detach) {
         let Some(&(_, engine)) = self.channels.get(&channel) else {
             return;
+        };
+        let linger = match how {
+            Detach::Graceful => Some(self.cfg.close_linger),
+            Detach::Abort => None,
         };
         // The owning engine stops the channel's ports itself when it closes the channel.
         let _ = self.engines[usize::from(engine)].send(Command::CloseChannel {
             id: channel,
-            code,
+            code: CloseCode::Detached,
+            linger,
             reply: None,
         });
         self.release_ports(channel, engine, true);
@@ -562,8 +583,9 @@ impl Server {
             why,
             "app detached"
         );
+        // The app exited or hung up: what it sent is still delivered.
         for ch in c.channels {
-            self.close_channel(conn, ch, CloseCode::Detached);
+            self.close_channel(conn, ch, Detach::Graceful);
         }
     }
 }

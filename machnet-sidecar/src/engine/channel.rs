@@ -130,6 +130,10 @@ pub struct Chan {
     blocked_need: Option<u64>,
     pushed: bool,
     counters: ChanCounters,
+    /// Set once the channel is detached gracefully (docs/CHANNEL.md §5): the deadline by which
+    /// its flows must have closed. A detaching channel carries out the requests left in its ring
+    /// and writes no notifications.
+    detach_deadline: Option<Instant>,
     /// The worker's bookkeeping for this channel (run list, flush list; docs/CHANNEL.md §4).
     pub(super) sched: Sched,
 }
@@ -201,6 +205,7 @@ impl Chan {
             blocked_need: None,
             pushed: false,
             counters: ChanCounters::default(),
+            detach_deadline: None,
             sched: Sched::default(),
         }
     }
@@ -251,7 +256,10 @@ impl Chan {
 
     fn fail(&mut self, kind: RecordKind, flow: u32, aux: u32, code: CloseCode) {
         self.counters.request_errors += 1;
-        self.misc.push_back(note(kind, flow, aux, code as u8));
+        // Nobody reads the answers of a detaching channel.
+        if self.detach_deadline.is_none() {
+            self.misc.push_back(note(kind, flow, aux, code as u8));
+        }
     }
 
     fn request_failed(&mut self, req: &RecordHeader, code: CloseCode) {
@@ -309,6 +317,8 @@ impl Chan {
             }
             bytes += h.len as usize;
             let consumed = match h.kind {
+                // A detaching channel opens no flows: nobody would use them.
+                RecordKind::Connect if self.detach_deadline.is_some() => true,
                 RecordKind::Connect => {
                     self.connect(ctx, &rec);
                     true
@@ -693,6 +703,73 @@ impl Chan {
         (!self.misc.is_empty() || !self.dirty.is_empty()) && self.blocked_need.is_none()
     }
 
+    /// Starts a graceful detach (docs/CHANNEL.md §5): sets the header's `closed` word to `code`
+    /// and wakes the app; aborts the flows the app never saw (connects in progress, accepted
+    /// flows not yet announced) and forgets closed ones; drops queued notifications. The
+    /// requests still in the ring are carried out from now on ([`Chan::consume`]) and the
+    /// flows closed once it is drained ([`Chan::finish_detach`]), all by `deadline`.
+    pub fn detach(&mut self, ctx: &mut Ctx<'_>, code: CloseCode, deadline: Instant) {
+        self.detach_deadline = Some(deadline);
+        self.flows.retain(|_, e| {
+            let keep = e.announced && e.closed.is_none();
+            if !keep {
+                ctx.owners.remove(&e.id);
+                if e.closed.is_none() {
+                    let _ = ctx.core.abort(ctx.now, e.id);
+                }
+            }
+            keep
+        });
+        for e in self.flows.values_mut() {
+            e.pending = None;
+            e.dirty = false;
+        }
+        self.dirty.clear();
+        self.misc.clear();
+        self.blocked_need = None;
+        self.set_closed_word(code);
+    }
+
+    /// The deadline of a graceful detach, if the channel is detaching.
+    pub fn detach_deadline(&self) -> Option<Instant> {
+        self.detach_deadline
+    }
+
+    /// Whether a detaching channel has carried out every request its app published.
+    pub fn is_drained(&mut self) -> Result<bool, Violation> {
+        Ok(self.stalled.is_none() && self.requests.peek()?.is_none())
+    }
+
+    /// Ends a drained detach: closes each remaining flow gracefully (its FIN follows the
+    /// messages already queued) and hands them over; the caller keeps them as orphans until they
+    /// close or the deadline passes.
+    pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<FlowId> {
+        let mut orphans = Vec::with_capacity(self.flows.len());
+        for (_, e) in self.flows.drain() {
+            ctx.owners.remove(&e.id);
+            // Closing a flow the app closed already changes nothing; one the core no longer
+            // knows has ended.
+            let _ = ctx.core.close(ctx.now, e.id);
+            if ctx.core.flow_key(e.id).is_some() {
+                orphans.push(e.id);
+            }
+        }
+        orphans
+    }
+
+    /// A flow of a detaching channel ended: forget it.
+    pub fn forget(&mut self, handle: u32) {
+        self.flows.remove(&handle);
+    }
+
+    fn set_closed_word(&mut self, code: CloseCode) {
+        self.mem
+            .views()
+            .closed()
+            .store(code as u32, std::sync::atomic::Ordering::SeqCst);
+        self.mem.wake_app();
+    }
+
     /// Closes the channel: aborts its live flows (peers get RST), sets the header's `closed`
     /// word to `code` and wakes the app.
     pub fn close_all(&mut self, ctx: &mut Ctx<'_>, code: CloseCode) {
@@ -705,11 +782,7 @@ impl Chan {
         self.flows.clear();
         self.dirty.clear();
         self.stalled = None;
-        self.mem
-            .views()
-            .closed()
-            .store(code as u32, std::sync::atomic::Ordering::SeqCst);
-        self.mem.wake_app();
+        self.set_closed_word(code);
     }
 }
 

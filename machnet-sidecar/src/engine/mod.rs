@@ -36,12 +36,16 @@ pub enum Command {
         /// Answered once the engine serves the channel.
         reply: Sender<()>,
     },
-    /// Close a channel: abort its flows, stop listening on its ports, set its `closed` word.
+    /// Close a channel: stop listening on its ports, set its `closed` word, and either detach it
+    /// gracefully (`linger`: carry out the requests in its ring, close its flows, abort those
+    /// still open after the linger; docs/CHANNEL.md §5) or abort its flows at once (`None`).
     CloseChannel {
         /// The channel.
         id: ChannelId,
         /// The code written to the channel header.
         code: CloseCode,
+        /// Graceful detach with this linger, or abort (`None`).
+        linger: Option<Duration>,
         /// Answered once done (if given).
         reply: Option<Sender<()>>,
     },
@@ -229,11 +233,18 @@ impl EngineClient {
         })
     }
 
-    /// Closes a channel and waits until it is done.
-    pub fn close_channel(&self, id: ChannelId, code: CloseCode) -> Result<(), EngineGone> {
+    /// Closes a channel (gracefully with `linger`, else aborting its flows) and waits until the
+    /// engine has taken the command.
+    pub fn close_channel(
+        &self,
+        id: ChannelId,
+        code: CloseCode,
+        linger: Option<Duration>,
+    ) -> Result<(), EngineGone> {
         self.call(|reply| Command::CloseChannel {
             id,
             code,
+            linger,
             reply: Some(reply),
         })
     }

@@ -90,6 +90,13 @@ pub(super) struct Worker {
     flushing: Vec<ChannelId>,
     owners: HashMap<FlowId, (ChannelId, u32)>,
     listeners: HashMap<u16, ChannelId>,
+    /// Channels being detached gracefully (docs/CHANNEL.md §5); they stay on the run list.
+    detaching: Vec<ChannelId>,
+    /// Flows of detached channels, closing on their own, with the deadline after which they
+    /// are aborted. Messages that arrive for them are discarded.
+    orphans: HashMap<FlowId, Instant>,
+    /// The earliest deadline of `detaching` and `orphans`.
+    next_linger: Option<Instant>,
     idle_mode: IdleMode,
     busy_poll: Duration,
     stats_interval: Option<Duration>,
@@ -173,6 +180,9 @@ impl Worker {
             flushing: Vec::new(),
             owners: HashMap::new(),
             listeners: HashMap::new(),
+            detaching: Vec::new(),
+            orphans: HashMap::new(),
+            next_linger: None,
             idle_mode: params.idle_mode,
             busy_poll: params.busy_poll,
             stats_interval: params.stats_interval,
@@ -205,6 +215,8 @@ impl Worker {
             }
             self.doorbells(now);
             work |= self.consume_requests(now);
+            work |= self.finish_detaches(now);
+            self.expire_lingers(now);
             work |= self.deliver(now);
             work |= self.transmit(now);
             self.park_idle(now);
@@ -261,8 +273,16 @@ impl Worker {
                 self.counters.channels_opened += 1;
                 let _ = reply.send(());
             }
-            Command::CloseChannel { id, code, reply } => {
-                self.close_channel(id, code, now);
+            Command::CloseChannel {
+                id,
+                code,
+                linger,
+                reply,
+            } => {
+                match linger.filter(|l| !l.is_zero()) {
+                    Some(l) => self.detach_channel(id, code, now + l, now),
+                    None => self.close_channel(id, code, now),
+                }
                 if let Some(r) = reply {
                     let _ = r.send(());
                 }
@@ -320,27 +340,153 @@ impl Worker {
         }
     }
 
-    fn close_channel(&mut self, id: ChannelId, code: CloseCode, now: Instant) {
-        let Some(mut chan) = self.chans.remove(&id) else {
-            return;
-        };
+    /// Stops listening on every port of `chan`.
+    fn unlisten_all(&mut self, chan: &mut Chan) {
+        for port in std::mem::take(&mut chan.ports) {
+            self.core.unlisten(port);
+            self.listeners.remove(&port);
+        }
+    }
+
+    /// Removes a channel from the engine (its lists, epoll) and returns it.
+    fn remove_channel(&mut self, id: ChannelId) -> Option<Chan> {
+        let mut chan = self.chans.remove(&id)?;
         if chan.sched.active {
             self.active.retain(|&c| c != id);
         }
         if chan.sched.queued {
             self.flush.retain(|&c| c != id);
         }
-        for port in std::mem::take(&mut chan.ports) {
-            self.core.unlisten(port);
-            self.listeners.remove(&port);
+        if chan.detach_deadline().is_some() {
+            self.detaching.retain(|&c| c != id);
+        }
+        self.unlisten_all(&mut chan);
+        let _ = self.epoll.delete(chan.mem().sidecar_efd().as_fd());
+        Some(chan)
+    }
+
+    /// Detaches a channel gracefully (docs/CHANNEL.md §5): no more listening or notifications;
+    /// the requests in its ring are carried out, then its flows close, all by `deadline`.
+    fn detach_channel(&mut self, id: ChannelId, code: CloseCode, deadline: Instant, now: Instant) {
+        let Some(mut chan) = self.chans.remove(&id) else {
+            return;
+        };
+        if chan.detach_deadline().is_some() {
+            self.chans.insert(id, chan);
+            return;
+        }
+        self.unlisten_all(&mut chan);
+        if chan.sched.queued {
+            chan.sched.queued = false;
+            self.flush.retain(|&c| c != id);
         }
         let mut ctx = Ctx {
             core: &mut self.core,
             now,
             owners: &mut self.owners,
         };
+        chan.detach(&mut ctx, code, deadline);
+        // Active until drained: its app (gone, most likely) will not ring the doorbell.
+        activate(&mut chan, &mut self.active, now);
+        self.chans.insert(id, chan);
+        self.detaching.push(id);
+        self.next_linger = Some(self.next_linger.map_or(deadline, |d| d.min(deadline)));
+        self.counters.channels_detached += 1;
+        tracing::debug!(engine = self.id, channel = id, ?code, "channel detaching");
+    }
+
+    /// Ends the detaches whose ring is drained: their flows become orphans, their channel
+    /// memory is released. Returns whether any ended.
+    fn finish_detaches(&mut self, now: Instant) -> bool {
+        if self.detaching.is_empty() {
+            return false;
+        }
+        let mut done = Vec::new();
+        let mut bad = Vec::new();
+        for &id in &self.detaching {
+            let Some(chan) = self.chans.get_mut(&id) else {
+                continue;
+            };
+            match chan.is_drained() {
+                Ok(true) => done.push(id),
+                Ok(false) => {}
+                Err(v) => bad.push((id, v)),
+            }
+        }
+        for (id, v) in bad {
+            self.violation(id, v, now);
+        }
+        for &id in &done {
+            let Some(mut chan) = self.remove_channel(id) else {
+                continue;
+            };
+            let deadline = chan.detach_deadline().unwrap_or(now);
+            let mut ctx = Ctx {
+                core: &mut self.core,
+                now,
+                owners: &mut self.owners,
+            };
+            for flow in chan.finish_detach(&mut ctx) {
+                discard_received(&mut self.core, flow);
+                self.orphans.insert(flow, deadline);
+            }
+            self.counters.channels_closed += 1;
+            tracing::debug!(engine = self.id, channel = id, "channel detached");
+        }
+        !done.is_empty()
+    }
+
+    /// Aborts what is left of detaches whose linger expired: channels still draining (their
+    /// flows with them) and orphan flows still open.
+    fn expire_lingers(&mut self, now: Instant) {
+        if self.next_linger.is_none_or(|d| d > now) {
+            return;
+        }
+        let expired: Vec<ChannelId> = self
+            .detaching
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.chans
+                    .get(id)
+                    .and_then(Chan::detach_deadline)
+                    .is_some_and(|d| d <= now)
+            })
+            .collect();
+        for id in expired {
+            let flows = self.chans.get(&id).map_or(0, Chan::flow_count);
+            self.counters.linger_aborts += flows as u64;
+            tracing::debug!(engine = self.id, channel = id, flows, "linger expired");
+            self.close_channel(id, CloseCode::Detached, now);
+        }
+        let core = &mut self.core;
+        let counters = &mut self.counters;
+        self.orphans.retain(|&flow, &mut deadline| {
+            if deadline > now {
+                return true;
+            }
+            counters.linger_aborts += 1;
+            let _ = core.abort(now, flow);
+            false
+        });
+        self.next_linger = self
+            .detaching
+            .iter()
+            .filter_map(|id| self.chans.get(id).and_then(Chan::detach_deadline))
+            .chain(self.orphans.values().copied())
+            .min();
+    }
+
+    fn close_channel(&mut self, id: ChannelId, code: CloseCode, now: Instant) {
+        let Some(mut chan) = self.remove_channel(id) else {
+            return;
+        };
+        let mut ctx = Ctx {
+            core: &mut self.core,
+            now,
+            owners: &mut self.owners,
+        };
         chan.close_all(&mut ctx, code);
-        let _ = self.epoll.delete(chan.mem().sidecar_efd().as_fd());
         self.counters.channels_closed += 1;
         tracing::debug!(engine = self.id, channel = id, ?code, "channel closed");
     }
@@ -471,7 +617,11 @@ impl Worker {
             let Some(c) = chans.get_mut(&id) else {
                 return false;
             };
-            if c.sched.queued || (!all && now - c.sched.last_work < PARK_AFTER) {
+            // A detaching channel stays until drained: its app will not ring.
+            if c.sched.queued
+                || c.detach_deadline().is_some()
+                || (!all && now - c.sched.last_work < PARK_AFTER)
+            {
                 return true;
             }
             match arm(c) {
@@ -584,6 +734,7 @@ impl Worker {
             self.owners.get(&flow).copied()
         };
         let Some((ch, h)) = owner else {
+            self.orphan_event(ev);
             return;
         };
         let info = matches!(ev, Event::Connected { .. })
@@ -592,6 +743,19 @@ impl Worker {
         let Some(c) = self.chans.get_mut(&ch) else {
             return;
         };
+        if c.detach_deadline().is_some() {
+            // Nobody reads this channel's notifications any more.
+            match ev {
+                Event::Readable { flow } => discard_received(&mut self.core, flow),
+                Event::Writable { flow } => c.on_writable(flow),
+                Event::Closed { flow, .. } => {
+                    c.forget(h);
+                    c.on_writable(flow);
+                }
+                _ => {}
+            }
+            return;
+        }
         match ev {
             Event::Connected { .. } => c.on_connected(h, info),
             Event::Readable { .. } => c.on_readable(h),
@@ -604,6 +768,20 @@ impl Worker {
         activate(c, &mut self.active, now);
         if !matches!(ev, Event::Writable { .. }) {
             queue_flush(c, &mut self.flush);
+        }
+    }
+
+    /// A core event for a flow no channel owns: an orphan's messages are discarded, its end
+    /// is noted.
+    fn orphan_event(&mut self, ev: Event) {
+        match ev {
+            Event::Readable { flow } if self.orphans.contains_key(&flow) => {
+                discard_received(&mut self.core, flow)
+            }
+            Event::Closed { flow, .. } => {
+                self.orphans.remove(&flow);
+            }
+            _ => {}
         }
     }
 
@@ -663,10 +841,15 @@ impl Worker {
         }
         // A datapath without a readiness fd (DPDK) must be polled: nap at most POLLED_NAP.
         let poll_due = (!self.dp_registered).then(|| now + POLLED_NAP);
-        let deadline = [self.core.poll_timeout(), self.next_stats, poll_due]
-            .into_iter()
-            .flatten()
-            .min();
+        let deadline = [
+            self.core.poll_timeout(),
+            self.next_stats,
+            poll_due,
+            self.next_linger,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         if !abort {
             if let Some(d) = deadline {
                 let wait = d - now;
@@ -720,6 +903,7 @@ impl Worker {
                 .sum(),
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
+            orphan_flows: self.orphans.len(),
         }
     }
 
@@ -729,10 +913,18 @@ impl Worker {
         for id in ids {
             self.close_channel(id, CloseCode::Shutdown, now);
         }
+        for (flow, _) in self.orphans.drain() {
+            let _ = self.core.abort(now, flow);
+        }
         // Let the peers know (RSTs for the aborted flows).
         while self.transmit(now) {}
         tracing::info!("final: {}", self.report());
     }
+}
+
+/// Reads and drops every message the core holds for `flow` (its app is gone).
+fn discard_received(core: &mut Engine, flow: FlowId) {
+    while let Ok(Some(_)) = core.recv(flow) {}
 }
 
 /// Puts `chan` on the run list (withdrawing its wait announcements if it was armed) and notes
