@@ -12,6 +12,7 @@
 
 mod payload;
 mod report;
+mod sink;
 mod tcp;
 mod udp;
 
@@ -50,6 +51,24 @@ enum Cmd {
     /// carry many idle channels, docs/PERFORMANCE.md §13).
     #[command(hide = true)]
     Idle(IdleArgs),
+    /// Receive tagged messages and report how many arrived exactly once and intact (for
+    /// `send_then_exit.sh`; the format is in `src/sink.rs`). Prints one JSON object.
+    Sink(SinkArgs),
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Machnet port to listen on.
+    #[arg(long)]
+    port: u16,
+    /// Stop once this many distinct tags arrived.
+    #[arg(long)]
+    expect: Option<u64>,
+    /// Stop after this many seconds without a message.
+    #[arg(long, default_value_t = 10.0)]
+    idle_exit: f64,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Args)]
@@ -202,6 +221,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Server(a) => machnet_server(a).map(|()| None),
         Cmd::Idle(a) => idle(a).map(|()| None),
+        Cmd::Sink(a) => sink_cmd(a).map(|()| None),
         Cmd::Client(a) => {
             let json = a.load.json;
             machnet_client(a).map(|r| Some((r, json)))
@@ -302,6 +322,19 @@ fn machnet_server(a: ServerArgs) -> Result<(), String> {
             Err(e) => return Err(format!("echo on {flow}: {e} (after {echoed} echoes)")),
         }
     }
+}
+
+fn sink_cmd(a: SinkArgs) -> Result<(), String> {
+    if !(0.0..=86400.0).contains(&a.idle_exit) {
+        return Err("--idle-exit must be between 0 and 86400 seconds".into());
+    }
+    let (_machnet, mut ch) = attach(&a.common)?;
+    ch.listen(a.port).map_err(|e| e.to_string())?;
+    // The line scripts wait for.
+    eprintln!("machnet-echo: sink listening on port {}", a.port);
+    let r = sink::run(&mut ch, a.expect, Duration::from_secs_f64(a.idle_exit))?;
+    println!("{}", r.json(a.expect));
+    Ok(())
 }
 
 fn idle(a: IdleArgs) -> Result<(), String> {
