@@ -32,6 +32,9 @@ pub const DEFAULT_FLOW_BUFFER: usize = 16 << 20;
 /// Default `--close-linger`: long enough for a peer on any sane network to take what an
 /// exiting app sent, short enough that a silent peer does not hold resources for long.
 pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(30);
+/// Default `--shutdown-linger`: a restart waits at most this long for peers to take what apps
+/// sent (well inside systemd's default stop timeout).
+pub const DEFAULT_SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
 
 /// Smallest `--mtu` accepted (the IPv4 minimum every host must accept).
 pub const MIN_MTU: u16 = 576;
@@ -206,6 +209,11 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     pub close_linger: Option<f64>,
 
+    /// Seconds a stopping sidecar (SIGTERM, SIGINT) keeps delivering what apps sent before it
+    /// aborts the flows still open (docs/CHANNEL.md §5). 0: abort at once. [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub shutdown_linger: Option<f64>,
+
     /// DPDK only: EAL arguments, whitespace-separated, e.g. "--no-pci --no-huge -m 256
     /// --no-shconf --file-prefix=m1 --vdev=net_af_packet0,iface=veth0". [default: --no-pci
     /// --no-huge -m 256 --no-shconf --no-telemetry --file-prefix=machnet-<pid>]
@@ -280,6 +288,8 @@ pub struct FileConfig {
     pub stats_interval: Option<f64>,
     /// See [`Cli::close_linger`].
     pub close_linger: Option<f64>,
+    /// See [`Cli::shutdown_linger`].
+    pub shutdown_linger: Option<f64>,
     /// See [`Cli::dpdk_args`].
     pub dpdk_args: Option<String>,
     /// See [`Cli::dpdk_port`].
@@ -348,6 +358,8 @@ pub struct SidecarConfig {
     /// How long a detached channel's flows may take to deliver what the app sent (zero:
     /// abort them at once).
     pub close_linger: Duration,
+    /// How long a stopping sidecar keeps delivering what apps sent (zero: abort at once).
+    pub shutdown_linger: Duration,
     /// Injected loss (tests only).
     pub test_loss: Option<TestLoss>,
     /// DPDK: EAL arguments (empty: defaults, see `--dpdk-args`).
@@ -398,6 +410,14 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
+}
+
+/// A linger in seconds, 0..=3600.
+fn linger_secs(v: f64, option: &'static str) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && (0.0..=3_600.0).contains(&v)) {
+        return Err(invalid(option, "must be 0..=3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 fn invalid(option: &'static str, why: impl Into<String>) -> ConfigError {
@@ -494,6 +514,7 @@ impl SidecarConfig {
             flow_recv_buffer: DEFAULT_FLOW_BUFFER,
             stats_interval: Some(Duration::from_secs(10)),
             close_linger: DEFAULT_CLOSE_LINGER,
+            shutdown_linger: DEFAULT_SHUTDOWN_LINGER,
             test_loss: None,
             dpdk_args: Vec::new(),
             dpdk_port: None,
@@ -613,10 +634,10 @@ impl SidecarConfig {
             c.stats_interval = (v > 0.0).then(|| Duration::from_secs_f64(v));
         }
         if let Some(v) = pick!(close_linger) {
-            if !(v.is_finite() && (0.0..=3_600.0).contains(&v)) {
-                return Err(invalid("--close-linger", "must be 0..=3600 seconds"));
-            }
-            c.close_linger = Duration::from_secs_f64(v);
+            c.close_linger = linger_secs(v, "--close-linger")?;
+        }
+        if let Some(v) = pick!(shutdown_linger) {
+            c.shutdown_linger = linger_secs(v, "--shutdown-linger")?;
         }
         if let Some(v) = pick!(dpdk_args) {
             c.dpdk_args = v.split_whitespace().map(str::to_owned).collect();
@@ -859,6 +880,7 @@ mod tests {
             (&["--stats-interval", "90000"], "--stats-interval"),
             (&["--close-linger", "-1"], "--close-linger"),
             (&["--close-linger", "inf"], "--close-linger"),
+            (&["--shutdown-linger", "3601"], "--shutdown-linger"),
             (&["--flow-send-buffer", "1K"], "--flow-send-buffer"),
         ];
         for (args, flag) in cases {

@@ -174,6 +174,7 @@ impl Sidecar {
                 idle_mode: cfg.idle_mode,
                 busy_poll: cfg.busy_poll,
                 stats_interval: cfg.stats_interval,
+                shutdown_linger: cfg.shutdown_linger,
                 clock,
             };
             let h = EngineHandle::spawn(params, dp, notifier.clone())
@@ -224,13 +225,18 @@ impl Sidecar {
         self.engines.iter().all(|e| !e.is_finished())
     }
 
-    /// Stops the sidecar: engines close every channel with `Shutdown` (peers get RSTs), then the
-    /// control server drops its connections and removes the socket file.
+    /// Stops the sidecar: engines detach every channel with `Shutdown`, deliver what the apps
+    /// sent within the shutdown linger and abort what is left (peers get RSTs), then the control
+    /// server drops its connections and removes the socket file.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
+        // All engines drain at once.
+        for e in &self.engines {
+            e.request_shutdown();
+        }
         for e in &mut self.engines {
             e.shutdown();
         }

@@ -468,6 +468,51 @@ fn an_app_that_disconnects_has_its_messages_delivered_then_its_flows_closed() {
     assert_eq!(code(&n), Some(CloseCode::Graceful));
 }
 
+/// A sidecar told to stop (SIGTERM) delivers what its apps sent before it exits: the peer gets
+/// every message, then `PeerClosed` (docs/CHANNEL.md §5).
+#[test]
+fn a_stopping_sidecar_delivers_what_its_apps_sent() {
+    let Pair {
+        _hub,
+        a,
+        b: _b,
+        ca,
+        cb,
+    } = pair("stop", 2, |_| {});
+    let mut server = cb.open_channel(None);
+    assert_eq!(
+        cb.listen(server.id, PORT),
+        machnet_core::channel::control::Response::Ok
+    );
+    let mut app = ca.open_channel(None);
+    let (flow, _) = app.connect(IP_B, PORT);
+    let acc = server.expect_next();
+    assert_eq!(acc.kind, RecordKind::Accepted);
+    let msgs: Vec<Vec<u8>> = (0..32u8)
+        .map(|i| vec![i; 1 + 2039 * usize::from(i)])
+        .collect();
+    for m in &msgs {
+        app.send(flow, m);
+    }
+    a.shutdown();
+    assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Shutdown as u32));
+    for (i, m) in msgs.iter().enumerate() {
+        let n = server.expect_next();
+        assert_eq!(
+            (n.kind, n.flow),
+            (RecordKind::Message, acc.flow),
+            "message {i}"
+        );
+        assert!(n.payload == *m, "message {i} differs");
+    }
+    let n = server.expect_next();
+    assert_eq!(
+        (n.kind, n.flow),
+        (RecordKind::PeerClosed, acc.flow),
+        "{n:?}"
+    );
+}
+
 #[test]
 fn an_app_that_aborts_its_channel_resets_its_peers() {
     let p = pair("abort", 2, |_| {});

@@ -416,6 +416,12 @@ impl Engine {
         self.visible(flow).map(|i| self.flow_ref(i).key)
     }
 
+    /// Message bytes a live flow accepted from the application that the peer has not yet
+    /// acknowledged (0: the peer has every message sent on it).
+    pub fn flow_unacked_bytes(&self, flow: FlowId) -> Option<usize> {
+        self.visible(flow).map(|i| self.flow_ref(i).send.buffered())
+    }
+
     /// Bytes a live flow holds for the application: unread messages, partial messages and
     /// out-of-order packets (for memory accounting).
     pub fn flow_held_bytes(&self, flow: FlowId) -> Option<usize> {

@@ -81,7 +81,8 @@ pub enum Command {
         /// The report.
         reply: Sender<EngineReport>,
     },
-    /// Close every channel with [`CloseCode::Shutdown`] and exit the thread.
+    /// Detach every channel with [`CloseCode::Shutdown`], deliver what their apps sent within
+    /// the shutdown linger (aborting what is left then), and exit the thread.
     Shutdown,
 }
 
@@ -165,6 +166,8 @@ pub struct EngineParams {
     pub busy_poll: Duration,
     /// Statistics log interval.
     pub stats_interval: Option<Duration>,
+    /// How long a stopping engine keeps delivering what apps sent (zero: abort at once).
+    pub shutdown_linger: Duration,
     /// The sidecar's clock.
     pub clock: Clock,
 }
@@ -322,9 +325,14 @@ impl EngineHandle {
         &self.client
     }
 
-    /// Asks the engine to shut down (closing its channels) and waits for the thread.
-    pub fn shutdown(&mut self) {
+    /// Asks the engine to shut down (see [`Command::Shutdown`]) without waiting.
+    pub fn request_shutdown(&self) {
         let _ = self.client.send(Command::Shutdown);
+    }
+
+    /// Asks the engine to shut down and waits for the thread.
+    pub fn shutdown(&mut self) {
+        self.request_shutdown();
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!(engine = self.client.id, "engine thread panicked");

@@ -97,6 +97,10 @@ pub(super) struct Worker {
     orphans: HashMap<FlowId, Instant>,
     /// The earliest deadline of `detaching` and `orphans`.
     next_linger: Option<Instant>,
+    /// How long a stop may take to deliver what apps sent.
+    shutdown_linger: Duration,
+    /// Set once a stop began: the deadline by which the thread exits.
+    stopping: Option<Instant>,
     idle_mode: IdleMode,
     busy_poll: Duration,
     stats_interval: Option<Duration>,
@@ -183,6 +187,8 @@ impl Worker {
             detaching: Vec::new(),
             orphans: HashMap::new(),
             next_linger: None,
+            shutdown_linger: params.shutdown_linger,
+            stopping: None,
             idle_mode: params.idle_mode,
             busy_poll: params.busy_poll,
             stats_interval: params.stats_interval,
@@ -221,6 +227,9 @@ impl Worker {
             work |= self.transmit(now);
             self.park_idle(now);
             self.stats_tick(now);
+            if self.stop_done(now) {
+                break;
+            }
             if work {
                 last_work = now;
             } else if self.idle_mode == IdleMode::Sleep && now - last_work >= self.busy_poll {
@@ -241,11 +250,15 @@ impl Worker {
     // Steps of one iteration
     // ------------------------------------------------------------------------------------------
 
-    /// Runs queued commands. `None`: shut down.
+    /// Runs queued commands. `None`: exit now.
     fn commands(&mut self, now: Instant) -> Option<bool> {
         let mut work = false;
         loop {
             match self.cmds.try_recv() {
+                Ok(Command::Shutdown) if !self.shutdown_linger.is_zero() => {
+                    work = true;
+                    self.begin_stop(now);
+                }
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
                 Ok(cmd) => {
                     work = true;
@@ -271,6 +284,9 @@ impl Worker {
                 activate(&mut chan, &mut self.active, now);
                 self.chans.insert(id, chan);
                 self.counters.channels_opened += 1;
+                if self.stopping.is_some() {
+                    self.close_channel(id, CloseCode::Shutdown, now);
+                }
                 let _ = reply.send(());
             }
             Command::CloseChannel {
@@ -338,6 +354,38 @@ impl Worker {
                 chan.ports.retain(|&p| p != port);
             }
         }
+    }
+
+    /// Starts a graceful stop: every channel is detached (code `Shutdown`) with the shutdown
+    /// linger; the loop ends once they and their flows are done ([`Worker::stop_done`]).
+    fn begin_stop(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let deadline = now + self.shutdown_linger;
+        self.stopping = Some(deadline);
+        tracing::debug!(engine = self.id, "stopping: delivering what apps sent");
+        let ids: Vec<ChannelId> = self.chans.keys().copied().collect();
+        for id in ids {
+            self.detach_channel(id, CloseCode::Shutdown, deadline, now);
+        }
+    }
+
+    /// Whether a stop is complete: its deadline passed, or every ring is drained and the peers
+    /// acknowledged every message the orphans sent. (Their FINs and the peers' own closes are
+    /// not waited for: a peer that already went away would hold every stop for the whole
+    /// linger, and it has all our messages.)
+    fn stop_done(&self, now: Instant) -> bool {
+        self.stopping.is_some_and(|deadline| {
+            now >= deadline || (self.detaching.is_empty() && self.orphans_delivered())
+        })
+    }
+
+    /// Whether the peers have every message the orphan flows were given.
+    fn orphans_delivered(&self) -> bool {
+        self.orphans
+            .keys()
+            .all(|&f| self.core.flow_unacked_bytes(f).unwrap_or(0) == 0)
     }
 
     /// Stops listening on every port of `chan`.
@@ -846,6 +894,7 @@ impl Worker {
             self.next_stats,
             poll_due,
             self.next_linger,
+            self.stopping,
         ]
         .into_iter()
         .flatten()
@@ -913,8 +962,12 @@ impl Worker {
         for id in ids {
             self.close_channel(id, CloseCode::Shutdown, now);
         }
+        // Orphans whose peer has everything are left alone (a reset could make the peer's
+        // sidecar discard messages its app has not read yet); the others are aborted.
         for (flow, _) in self.orphans.drain() {
-            let _ = self.core.abort(now, flow);
+            if self.core.flow_unacked_bytes(flow).unwrap_or(0) > 0 {
+                let _ = self.core.abort(now, flow);
+            }
         }
         // Let the peers know (RSTs for the aborted flows).
         while self.transmit(now) {}
