@@ -12,6 +12,8 @@
 //! run one at a time (they are CPU-heavy and several measure time or memory).
 
 mod common;
+#[path = "processes/soak.rs"]
+mod soak;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};
@@ -421,6 +423,8 @@ fn app_role() {
         "streamer" => role_streamer(),
         "sink" => role_sink(),
         "scribbler" => role_scribbler(),
+        "soak_sender" => soak::role_soak_sender(),
+        "soak_sink" => soak::role_soak_sink(),
         other => panic!("unknown role {other:?}"),
     }
 }
