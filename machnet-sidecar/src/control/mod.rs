@@ -332,10 +332,7 @@ impl Server {
                     gid = peer.gid,
                     "unauthorised control connection refused"
                 );
-                let _ = send_response(
-                    &fd,
-                    &error(ControlError::Unauthorized, "this user may not attach"),
-                );
+                send_farewell(&fd, ControlError::Unauthorized, "this user may not attach");
                 continue;
             }
             if let Err(e) = self.ledger.charge(peer, Resource::Connection) {
@@ -345,7 +342,7 @@ impl Server {
                     uid = peer.uid,
                     "control connection refused: {e}"
                 );
-                let _ = send_response(&fd, &error(ControlError::ConnectionLimit, &e.to_string()));
+                send_farewell(&fd, ControlError::ConnectionLimit, &e.to_string());
                 continue;
             }
             let id = self.next_conn;
@@ -356,10 +353,7 @@ impl Server {
             ) {
                 limited!(warn, "control epoll add: {e}");
                 self.ledger.release(peer, Resource::Connection);
-                let _ = send_response(
-                    &fd,
-                    &error(ControlError::Exhausted, "sidecar out of memory"),
-                );
+                send_farewell(&fd, ControlError::Exhausted, "sidecar out of memory");
                 continue;
             }
             tracing::debug!(conn = id, pid = peer.pid, uid = peer.uid, "app connected");
@@ -437,7 +431,7 @@ impl Server {
                     pid = c.peer.pid,
                     "closing control connection: {why}"
                 );
-                let _ = send_response(&c.fd, &error(ControlError::TimedOut, &why));
+                send_farewell(&c.fd, ControlError::TimedOut, &why);
             }
             self.close_conn(id, "timed out");
         }
@@ -503,6 +497,7 @@ impl Server {
                         let sent = send_response(&c.fd, &error(f.code, &f.message));
                         if f.fatal || sent.is_err() {
                             tracing::debug!(conn, code = ?f.code, "closing control connection");
+                            socket::discard_pending(&c.fd);
                             return self.close_conn(conn, "protocol error");
                         }
                     }
@@ -787,4 +782,10 @@ fn error(code: ControlError, message: &str) -> Response {
 
 fn send_response(fd: &OwnedFd, r: &Response) -> std::io::Result<()> {
     socket::send_packet(fd, &r.encode(), &[])
+}
+
+/// Sends a last error on a connection about to be closed (see [`socket::discard_pending`]).
+fn send_farewell(fd: &OwnedFd, code: ControlError, message: &str) {
+    let _ = send_response(fd, &error(code, message));
+    socket::discard_pending(fd);
 }

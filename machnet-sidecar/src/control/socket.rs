@@ -177,6 +177,23 @@ pub fn recv_packet(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Packet> {
     }
 }
 
+/// Reads and drops what the peer sent so far (at most a few packets), so that closing the
+/// connection right after sending it an error does not turn into `ECONNRESET` on the peer's
+/// side, which would hide the error (Linux resets a Unix socket closed with unread data).
+pub fn discard_pending(fd: impl AsFd) {
+    let mut b = [0u8; 64];
+    for _ in 0..16 {
+        match recv(
+            fd.as_fd().as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
 /// Sends one packet, with `fds` attached as `SCM_RIGHTS` if non-empty. Never blocks: a peer that
 /// does not read its replies gets `WouldBlock`.
 pub fn send_packet(fd: impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
