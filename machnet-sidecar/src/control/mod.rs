@@ -745,14 +745,17 @@ impl Server {
     }
 }
 
-/// Channels the sidecar can hold within its descriptor limit (`RLIMIT_NOFILE`), after room for
-/// `max_connections` control connections and [`RESERVED_FDS`]: channels beyond it would make
-/// `accept` fail for everyone.
+/// Channels the sidecar can hold within its descriptor limit (`RLIMIT_NOFILE`), after
+/// [`RESERVED_FDS`] and room for `max_connections` control connections (at most a quarter of
+/// the rest, so that a low limit still leaves channels): channels beyond it would make `accept`
+/// fail for everyone.
 fn channel_capacity(max_connections: usize) -> usize {
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
         .unwrap_or(1024);
-    nofile.saturating_sub(max_connections + RESERVED_FDS) / FDS_PER_CHANNEL
+    let available = nofile.saturating_sub(RESERVED_FDS);
+    let connections = max_connections.min(available / 4);
+    (available - connections) / FDS_PER_CHANNEL
 }
 
 /// How often connections are checked for timeouts: a quarter of the shortest timeout, within
