@@ -14,6 +14,8 @@ use machnet_core::{EngineConfig, PortPool};
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::Deserialize;
 
+use crate::control::limits::{Caps, ControlLimits};
+
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/machnet/machnet.sock";
 /// Default first UDP port of the pool.
@@ -241,6 +243,53 @@ pub struct Cli {
     #[arg(long, value_name = "MODE")]
     pub udp_offload: Option<UdpOffload>,
 
+    /// Control connections one application (process) may hold. [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_app: Option<usize>,
+
+    /// Channels one application (process) may hold open. [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub max_channels_per_app: Option<usize>,
+
+    /// Machnet ports one application (process) may listen on. [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_ports_per_app: Option<usize>,
+
+    /// Flows (connected or accepted, not yet closed) one application (process) may hold; a
+    /// connect beyond it fails with `Exhausted`, an accepted flow beyond it is reset.
+    /// [default: 16384]
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_app: Option<usize>,
+
+    /// Control connections all processes of one user may hold together. [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+
+    /// Channels all processes of one user may hold together. [default: 8192]
+    #[arg(long, value_name = "N")]
+    pub max_channels_per_user: Option<usize>,
+
+    /// Listening ports all processes of one user may hold together. [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub max_ports_per_user: Option<usize>,
+
+    /// Flows all processes of one user may hold together. [default: 65536]
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_user: Option<usize>,
+
+    /// Control connections served at once, sidecar-wide. [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a new control connection has to send `hello` before it is closed. [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub control_hello_timeout: Option<f64>,
+
+    /// Seconds after which a control connection that holds no channel and sends nothing is
+    /// closed; 0 = never. A connection holding a channel is never idle. [default: 600]
+    #[arg(long, value_name = "SECONDS")]
+    pub control_idle_timeout: Option<f64>,
+
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
     pub test_drop_rate: Option<f64>,
@@ -300,6 +349,28 @@ pub struct FileConfig {
     pub mtu: Option<u16>,
     /// See [`Cli::udp_offload`].
     pub udp_offload: Option<UdpOffload>,
+    /// See [`Cli::max_connections_per_app`].
+    pub max_connections_per_app: Option<usize>,
+    /// See [`Cli::max_channels_per_app`].
+    pub max_channels_per_app: Option<usize>,
+    /// See [`Cli::max_ports_per_app`].
+    pub max_ports_per_app: Option<usize>,
+    /// See [`Cli::max_flows_per_app`].
+    pub max_flows_per_app: Option<usize>,
+    /// See [`Cli::max_connections_per_user`].
+    pub max_connections_per_user: Option<usize>,
+    /// See [`Cli::max_channels_per_user`].
+    pub max_channels_per_user: Option<usize>,
+    /// See [`Cli::max_ports_per_user`].
+    pub max_ports_per_user: Option<usize>,
+    /// See [`Cli::max_flows_per_user`].
+    pub max_flows_per_user: Option<usize>,
+    /// See [`Cli::max_connections`].
+    pub max_connections: Option<usize>,
+    /// See [`Cli::control_hello_timeout`].
+    pub control_hello_timeout: Option<f64>,
+    /// See [`Cli::control_idle_timeout`].
+    pub control_idle_timeout: Option<f64>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -373,6 +444,8 @@ pub struct SidecarConfig {
     pub mtu: Option<u16>,
     /// Kernel UDP: the offloads to use.
     pub udp_offload: UdpOffload,
+    /// Per-application and per-user limits, control connection timeouts.
+    pub limits: ControlLimits,
 }
 
 /// Why the configuration could not be built.
@@ -521,6 +594,7 @@ impl SidecarConfig {
             local_mac: None,
             mtu: None,
             udp_offload: UdpOffload::On,
+            limits: ControlLimits::default(),
         }
     }
 
@@ -659,6 +733,35 @@ impl SidecarConfig {
         if let Some(v) = pick!(udp_offload) {
             c.udp_offload = v;
         }
+        let caps = [
+            (
+                &mut c.limits.app.connections,
+                pick!(max_connections_per_app),
+            ),
+            (&mut c.limits.app.channels, pick!(max_channels_per_app)),
+            (&mut c.limits.app.ports, pick!(max_ports_per_app)),
+            (&mut c.limits.app.flows, pick!(max_flows_per_app)),
+            (
+                &mut c.limits.user.connections,
+                pick!(max_connections_per_user),
+            ),
+            (&mut c.limits.user.channels, pick!(max_channels_per_user)),
+            (&mut c.limits.user.ports, pick!(max_ports_per_user)),
+            (&mut c.limits.user.flows, pick!(max_flows_per_user)),
+            (&mut c.limits.max_connections, pick!(max_connections)),
+        ];
+        for (field, v) in caps {
+            if let Some(v) = v {
+                *field = v;
+            }
+        }
+        if let Some(v) = pick!(control_hello_timeout) {
+            c.limits.hello_timeout = seconds("--control-hello-timeout", v, 0.001, 3600.0)?;
+        }
+        if let Some(v) = pick!(control_idle_timeout) {
+            let d = seconds("--control-idle-timeout", v, 0.0, 7.0 * 86_400.0)?;
+            c.limits.idle_timeout = (!d.is_zero()).then_some(d);
+        }
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -740,6 +843,7 @@ impl SidecarConfig {
         if self.control_socket.as_os_str().len() > 107 {
             return Err(invalid("--control-socket", "path longer than 107 bytes"));
         }
+        validate_limits(&self.limits)?;
         machnet_core::channel::ChannelLayout::for_messages(self.max_message_len, 1 << 20)
             .map_err(|e| invalid("--max-message-len", e.to_string()))?;
         for id in 0..self.engines {
@@ -770,6 +874,63 @@ impl SidecarConfig {
             .map(|gs| gs.iter().any(|g| a.gids.contains(&g.as_raw())))
             .unwrap_or(false)
     }
+}
+
+/// A duration given in seconds, within `min..=max`.
+fn seconds(option: &'static str, v: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !(v.is_finite() && (min..=max).contains(&v)) {
+        return Err(invalid(option, format!("must be {min}..={max} seconds")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Every cap at least 1 (a per-application cap above its per-user one is allowed: the smaller
+/// applies). Caps at or above the sidecar-wide one leave no room for other users, so are
+/// refused for connections, where the sidecar-wide cap is configured.
+fn validate_limits(l: &ControlLimits) -> Result<(), ConfigError> {
+    let named = |c: &Caps, who: &'static str| {
+        [
+            (c.connections, who, "connections"),
+            (c.channels, who, "channels"),
+            (c.ports, who, "ports"),
+            (c.flows, who, "flows"),
+        ]
+    };
+    for (v, who, what) in named(&l.app, "app")
+        .into_iter()
+        .chain(named(&l.user, "user"))
+    {
+        if v == 0 {
+            let option = match (who, what) {
+                ("app", "connections") => "--max-connections-per-app",
+                ("app", "channels") => "--max-channels-per-app",
+                ("app", "ports") => "--max-ports-per-app",
+                ("app", _) => "--max-flows-per-app",
+                (_, "connections") => "--max-connections-per-user",
+                (_, "channels") => "--max-channels-per-user",
+                (_, "ports") => "--max-ports-per-user",
+                _ => "--max-flows-per-user",
+            };
+            return Err(invalid(option, "must be at least 1"));
+        }
+    }
+    if l.max_connections == 0 {
+        return Err(invalid("--max-connections", "must be at least 1"));
+    }
+    if l.user.connections > l.max_connections {
+        return Err(invalid(
+            "--max-connections-per-user",
+            format!(
+                "must not exceed --max-connections ({}); keep it lower to leave room for other \
+                 users",
+                l.max_connections
+            ),
+        ));
+    }
+    if l.hello_timeout.is_zero() {
+        return Err(invalid("--control-hello-timeout", "must be positive"));
+    }
+    Ok(())
 }
 
 impl Default for SidecarConfig {
@@ -882,6 +1043,24 @@ mod tests {
             (&["--close-linger", "inf"], "--close-linger"),
             (&["--shutdown-linger", "3601"], "--shutdown-linger"),
             (&["--flow-send-buffer", "1K"], "--flow-send-buffer"),
+            (&["--max-channels-per-app", "0"], "--max-channels-per-app"),
+            (&["--max-flows-per-user", "0"], "--max-flows-per-user"),
+            (&["--max-connections", "0"], "--max-connections"),
+            (
+                &[
+                    "--max-connections",
+                    "10",
+                    "--max-connections-per-user",
+                    "11",
+                ],
+                "--max-connections-per-user",
+            ),
+            (&["--control-hello-timeout", "0"], "--control-hello-timeout"),
+            (
+                &["--control-hello-timeout", "NaN"],
+                "--control-hello-timeout",
+            ),
+            (&["--control-idle-timeout=-1"], "--control-idle-timeout"),
         ];
         for (args, flag) in cases {
             match parse(args) {
@@ -961,6 +1140,40 @@ mod tests {
         let l =
             machnet_core::channel::ChannelLayout::for_messages(c.max_message_len, 1 << 20).unwrap();
         assert!(l.to_app_capacity >= (32 << 20) + 16 && l.to_sidecar_capacity >= (32 << 20) + 16);
+    }
+
+    #[test]
+    fn limits_have_documented_defaults_and_come_from_flags_or_file() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.limits, ControlLimits::default());
+        assert_eq!(c.limits.app.connections, 256);
+        assert_eq!(c.limits.user.connections, 1024);
+        assert_eq!(c.limits.max_connections, 4096);
+        assert_eq!(c.limits.hello_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(600)));
+        let c = parse(&[
+            "--max-connections-per-app",
+            "3",
+            "--max-channels-per-user",
+            "7",
+            "--max-flows-per-app",
+            "9",
+            "--control-hello-timeout",
+            "0.25",
+            "--control-idle-timeout",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.limits.app.connections, 3);
+        assert_eq!(c.limits.user.channels, 7);
+        assert_eq!(c.limits.app.flows, 9);
+        assert_eq!(c.limits.hello_timeout, Duration::from_millis(250));
+        assert_eq!(c.limits.idle_timeout, None, "0 = never");
+        let file: FileConfig =
+            toml::from_str("max_ports_per_app = 2\ncontrol_idle_timeout = 30\n").unwrap();
+        let c = SidecarConfig::merge(&Cli::try_parse_from(["machnet"]).unwrap(), file).unwrap();
+        assert_eq!(c.limits.app.ports, 2);
+        assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(30)));
     }
 
     #[test]

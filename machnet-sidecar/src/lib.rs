@@ -10,6 +10,7 @@
 //! - [`engine`]: one thread per engine driving a `machnet_core::Engine`.
 //! - [`control`]: the control socket server.
 //! - [`stats`]: per-engine counters.
+//! - [`ratelog`]: rate-limited logging for lines peers can trigger.
 //! - [`Sidecar`]: starts and stops all of it.
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod control;
 pub mod datapath;
 pub mod engine;
 pub mod netstack;
+pub mod ratelog;
 pub mod shm;
 mod sidecar;
 pub mod stats;
@@ -74,6 +76,7 @@ where
         eprintln!("machnet: cannot block signals: {e}");
         return 1;
     }
+    raise_nofile_limit();
     let sidecar = match Sidecar::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -88,6 +91,21 @@ where
     }
     sidecar.shutdown();
     0
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (each channel holds three descriptors and
+/// each control connection one; distributions start services with a soft limit of 1,024) and
+/// logs the result.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the descriptor limit"),
+            Err(e) => tracing::warn!(soft, hard, "cannot raise the descriptor limit: {e}"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "descriptor limit"),
+        Err(e) => tracing::warn!("cannot read the descriptor limit: {e}"),
+    }
 }
 
 /// 64 random bits from the operating system (for engine seeds and unseeded loss injection).

@@ -90,6 +90,20 @@ pub enum ControlError {
     Exhausted,
     #[error("internal sidecar error")]
     Internal,
+    /// The application, its user or the sidecar holds its maximum of control connections
+    /// (sent at accept, then the connection is closed).
+    #[error("control connection limit reached")]
+    ConnectionLimit,
+    /// The application, its user or the sidecar holds its maximum of channels.
+    #[error("channel limit reached")]
+    ChannelLimit,
+    /// The application or its user holds its maximum of listening ports.
+    #[error("listening port limit reached")]
+    PortLimit,
+    /// The connection sent no `hello` in time, or stayed idle without channels (sent before
+    /// the sidecar closes it).
+    #[error("control connection timed out")]
+    TimedOut,
 }
 
 impl Request {
@@ -163,6 +177,20 @@ mod tests {
             message: "x".into(),
         };
         assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+        // Codes are snake_case on the wire.
+        for (code, wire) in [
+            (ControlError::ConnectionLimit, "connection_limit"),
+            (ControlError::ChannelLimit, "channel_limit"),
+            (ControlError::PortLimit, "port_limit"),
+            (ControlError::TimedOut, "timed_out"),
+        ] {
+            let r = Response::Error {
+                code,
+                message: String::new(),
+            };
+            let text = String::from_utf8(r.encode()).unwrap();
+            assert!(text.contains(&format!("\"code\":\"{wire}\"")), "{text}");
+        }
         for bad in [
             &b"{"[..],
             b"{\"op\":\"listen\",\"channel\":1}",

@@ -5,7 +5,14 @@
 //! `machnet_core::channel::control`, creates channels and hands them to engines, keeps the
 //! host-wide port registry, and reclaims everything a connection opened when it closes. A
 //! malformed message closes the offending connection only.
+//!
+//! No application can lock the others out: each application (process) and each user has caps
+//! on connections, channels, ports and flows ([`limits`]); a connection that does not say
+//! `hello` in time, or that holds nothing and stays silent, is closed; running out of
+//! descriptors or memory pauses the listener instead of spinning on it; every log line a peer
+//! can cause is rate-limited ([`crate::limited!`]).
 
+pub mod limits;
 pub mod ports;
 pub mod socket;
 
@@ -14,6 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use machnet_core::channel::control::{
@@ -28,19 +36,28 @@ use crate::config::SidecarConfig;
 use crate::engine::{
     new_eventfd, ChannelId, Command, EngineClient, EngineGone, EngineListenError, Notice,
 };
+use crate::limited;
 use crate::shm::ChannelMem;
+use limits::{Ledger, LimitReached, Resource};
 use ports::{ClaimError, PortOwner, PortRegistry};
-use socket::{Packet, PeerCred};
+use socket::{AcceptError, Packet, PeerCred};
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_NOTICES: u64 = 1;
 const TOKEN_STOP: u64 = 2;
 const TOKEN_CONN_BASE: u64 = 16;
 
-/// Channels one connection may hold open.
-pub const MAX_CHANNELS_PER_CONNECTION: usize = 4096;
-/// Control connections served at once.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// How long the listener is left alone after `accept` failed for lack of descriptors or
+/// memory (pending connections wait in the backlog meanwhile).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted per wake-up, and requests served per connection per wake-up, before
+/// the others get their turn (epoll is level-triggered: the rest is reported again).
+const BATCH: usize = 32;
+/// Descriptors a channel holds in the sidecar (memfd, two eventfds).
+const FDS_PER_CHANNEL: usize = 3;
+/// Descriptors kept free of channels and connections: engines, datapaths, epoll, the three
+/// descriptors being passed to an app, logging.
+const RESERVED_FDS: usize = 256;
 
 /// How a channel is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +115,9 @@ impl ControlServer {
         add(notice_wake.as_fd(), TOKEN_NOTICES)?;
         add(stop.as_fd(), TOKEN_STOP)?;
         let registry = PortRegistry::new(cfg.engine_config(0).ephemeral_ports);
+        let max_channels = channel_capacity(cfg.limits.max_connections);
+        let ledger = Ledger::new(&cfg.limits, max_channels);
+        let sweep_every = sweep_interval(&cfg.limits);
         let server = Server {
             cfg,
             engines,
@@ -109,6 +129,10 @@ impl ControlServer {
             conns: HashMap::new(),
             channels: HashMap::new(),
             registry,
+            ledger,
+            listener_paused: None,
+            sweep_every,
+            next_sweep: Instant::now() + sweep_every,
             next_conn: 1,
             next_channel: 1,
             round_robin: 0,
@@ -117,7 +141,11 @@ impl ControlServer {
         let thread = std::thread::Builder::new()
             .name("machnet-control".into())
             .spawn(move || server.run())?;
-        tracing::info!(path = %path.display(), "control socket listening");
+        tracing::info!(
+            path = %path.display(),
+            max_channels,
+            "control socket listening"
+        );
         Ok(ControlServer {
             stop,
             thread: Some(thread),
@@ -155,6 +183,16 @@ struct Conn {
     peer: PeerCred,
     hello: bool,
     channels: Vec<ChannelId>,
+    /// When it was accepted, or last sent a request.
+    last_heard: Instant,
+}
+
+/// An open channel: its connection, engine and application.
+#[derive(Debug, Clone, Copy)]
+struct ChannelRec {
+    conn: ConnId,
+    engine: u16,
+    peer: PeerCred,
 }
 
 /// A request's failure: the error sent back, and whether the connection is then closed.
@@ -178,6 +216,17 @@ impl Failure {
             message: message.into(),
             fatal: true,
         }
+    }
+}
+
+impl From<LimitReached> for Failure {
+    fn from(e: LimitReached) -> Self {
+        let code = match e.resource {
+            Resource::Connection => ControlError::ConnectionLimit,
+            Resource::Channel => ControlError::ChannelLimit,
+            Resource::Port => ControlError::PortLimit,
+        };
+        Failure::new(code, e.to_string())
     }
 }
 
@@ -214,9 +263,16 @@ struct Server {
     epoll: Epoll,
     listener: OwnedFd,
     conns: HashMap<ConnId, Conn>,
-    /// Every open channel: its connection and engine.
-    channels: HashMap<ChannelId, (ConnId, u16)>,
+    /// Every open channel.
+    channels: HashMap<ChannelId, ChannelRec>,
     registry: PortRegistry,
+    /// What each application and user holds.
+    ledger: Ledger,
+    /// Accepting is paused until then (out of descriptors or memory).
+    listener_paused: Option<Instant>,
+    /// How often connections are checked for timeouts.
+    sweep_every: Duration,
+    next_sweep: Instant,
     next_conn: ConnId,
     next_channel: ChannelId,
     round_robin: usize,
@@ -227,9 +283,10 @@ impl Server {
     fn run(mut self) {
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let timeout = self.wait_timeout(Instant::now());
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
-                Err(Errno::EINTR) => continue,
+                Err(Errno::EINTR) => 0,
                 Err(e) => {
                     tracing::error!("control epoll_wait: {e}");
                     break;
@@ -246,37 +303,55 @@ impl Server {
                     t => self.readable(t - TOKEN_CONN_BASE),
                 }
             }
+            let now = Instant::now();
+            if self.listener_paused.is_some_and(|t| now >= t) {
+                self.resume_listener();
+            }
+            if now >= self.next_sweep {
+                self.sweep(now);
+                self.next_sweep = now + self.sweep_every;
+            }
         }
     }
 
+    /// Until the next timeout sweep or the end of an accept pause, rounded up to milliseconds.
+    fn wait_timeout(&self, now: Instant) -> EpollTimeout {
+        let due = self
+            .listener_paused
+            .map_or(self.next_sweep, |t| t.min(self.next_sweep));
+        let ms = due
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000);
+        EpollTimeout::try_from(ms.min(60_000) as u32).unwrap_or(EpollTimeout::NONE)
+    }
+
     fn accept(&mut self) {
-        loop {
+        for _ in 0..BATCH {
             let (fd, peer) = match socket::accept(&self.listener) {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!("control accept: {e}");
-                    return;
-                }
+                Err(e) => return self.pause_listener(e),
             };
             if !self.cfg.allows(peer.uid, peer.gid) {
-                tracing::warn!(
+                limited!(
+                    warn,
                     pid = peer.pid,
                     uid = peer.uid,
                     gid = peer.gid,
                     "unauthorised control connection refused"
                 );
-                let _ = send_response(
-                    &fd,
-                    &error(ControlError::Unauthorized, "this user may not attach"),
-                );
+                send_farewell(&fd, ControlError::Unauthorized, "this user may not attach");
                 continue;
             }
-            if self.conns.len() >= MAX_CONNECTIONS {
-                let _ = send_response(
-                    &fd,
-                    &error(ControlError::Exhausted, "too many control connections"),
+            if let Err(e) = self.ledger.charge(peer, Resource::Connection) {
+                limited!(
+                    warn,
+                    pid = peer.pid,
+                    uid = peer.uid,
+                    "control connection refused: {e}"
                 );
+                send_farewell(&fd, ControlError::ConnectionLimit, &e.to_string());
                 continue;
             }
             let id = self.next_conn;
@@ -285,7 +360,9 @@ impl Server {
                 fd.as_fd(),
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CONN_BASE + id),
             ) {
-                tracing::warn!("control epoll add: {e}");
+                limited!(warn, "control epoll add: {e}");
+                self.ledger.release(peer, Resource::Connection);
+                send_farewell(&fd, ControlError::Exhausted, "sidecar out of memory");
                 continue;
             }
             tracing::debug!(conn = id, pid = peer.pid, uid = peer.uid, "app connected");
@@ -296,8 +373,76 @@ impl Server {
                     peer,
                     hello: false,
                     channels: Vec::new(),
+                    last_heard: Instant::now(),
                 },
             );
+        }
+    }
+
+    /// Stops polling the listener for [`ACCEPT_BACKOFF`] after `accept` failed: retrying at
+    /// once would fail again (a level-triggered listener with a connection pending stays
+    /// readable) and spin.
+    fn pause_listener(&mut self, e: AcceptError) {
+        match e {
+            AcceptError::Exhausted(_) => limited!(
+                warn,
+                connections = self.conns.len(),
+                channels = self.channels.len(),
+                "control accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}"
+            ),
+            AcceptError::Failed(_) => limited!(
+                error,
+                "control accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}"
+            ),
+        }
+        if let Err(e) = self.epoll.delete(self.listener.as_fd()) {
+            limited!(error, "control epoll delete: {e}");
+        }
+        self.listener_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+    }
+
+    fn resume_listener(&mut self) {
+        match self.epoll.add(
+            self.listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+        ) {
+            Ok(()) => self.listener_paused = None,
+            Err(e) => {
+                limited!(error, "control epoll add (listener): {e}");
+                self.listener_paused = Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+        }
+    }
+
+    /// Closes connections that did not say `hello` in time, and idle ones (said `hello`, hold
+    /// no channel, sent nothing for the idle timeout).
+    fn sweep(&mut self, now: Instant) {
+        let limits = self.cfg.limits;
+        let expired: Vec<(ConnId, String)> = self
+            .conns
+            .iter()
+            .filter_map(|(&id, c)| {
+                let quiet = now.saturating_duration_since(c.last_heard);
+                if !c.hello && quiet >= limits.hello_timeout {
+                    Some((id, format!("no hello within {:?}", limits.hello_timeout)))
+                } else if c.hello && c.channels.is_empty() {
+                    let idle = limits.idle_timeout.filter(|&t| quiet >= t)?;
+                    Some((id, format!("idle (no channel, no request) for {idle:?}")))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, why) in expired {
+            if let Some(c) = self.conns.get(&id) {
+                tracing::debug!(
+                    conn = id,
+                    pid = c.peer.pid,
+                    "closing control connection: {why}"
+                );
+                send_farewell(&c.fd, ControlError::TimedOut, &why);
+            }
+            self.close_conn(id, "timed out");
         }
     }
 
@@ -307,11 +452,12 @@ impl Server {
             match n {
                 Notice::ChannelClosed { channel, code } => {
                     tracing::debug!(channel, ?code, "engine closed a channel");
-                    if let Some((conn, engine)) = self.channels.remove(&channel) {
-                        if let Some(c) = self.conns.get_mut(&conn) {
+                    if let Some(rec) = self.channels.remove(&channel) {
+                        if let Some(c) = self.conns.get_mut(&rec.conn) {
                             c.channels.retain(|&ch| ch != channel);
                         }
-                        self.release_ports(channel, engine, true);
+                        self.ledger.release(rec.peer, Resource::Channel);
+                        self.release_ports(channel, rec, true);
                     }
                 }
             }
@@ -319,10 +465,11 @@ impl Server {
     }
 
     fn readable(&mut self, conn: ConnId) {
-        loop {
-            let Some(c) = self.conns.get(&conn) else {
+        for _ in 0..BATCH {
+            let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            c.last_heard = Instant::now();
             let fd = c.fd.as_raw_fd();
             let n = match socket::recv_packet(fd, &mut self.buf) {
                 Ok(Packet::Data(n)) => n,
@@ -360,6 +507,7 @@ impl Server {
                         let sent = send_response(&c.fd, &error(f.code, &f.message));
                         if f.fatal || sent.is_err() {
                             tracing::debug!(conn, code = ?f.code, "closing control connection");
+                            socket::discard_pending(&c.fd);
                             return self.close_conn(conn, "protocol error");
                         }
                     }
@@ -378,7 +526,8 @@ impl Server {
                 ));
             }
             if !c.hello {
-                tracing::info!(
+                limited!(
+                    info,
                     conn,
                     pid = c.peer.pid,
                     client = %client.chars().take(64).collect::<String>(),
@@ -416,9 +565,9 @@ impl Server {
     }
 
     /// The engine of `channel` if `conn` opened it.
-    fn owned(&self, conn: ConnId, channel: ChannelId) -> Result<u16, Failure> {
+    fn owned(&self, conn: ConnId, channel: ChannelId) -> Result<ChannelRec, Failure> {
         match self.channels.get(&channel) {
-            Some(&(c, engine)) if c == conn => Ok(engine),
+            Some(&rec) if rec.conn == conn => Ok(rec),
             _ => Err(Failure::new(
                 ControlError::NoSuchChannel,
                 format!("channel {channel} is not open on this connection"),
@@ -444,12 +593,6 @@ impl Server {
                 e as u16
             }
         };
-        if self.conns[&conn].channels.len() >= MAX_CHANNELS_PER_CONNECTION {
-            return Err(Failure::new(
-                ControlError::Exhausted,
-                "too many channels on this connection",
-            ));
-        }
         let id = self.next_channel;
         if id == 0 {
             return Err(Failure::new(
@@ -457,15 +600,15 @@ impl Server {
                 "channel ids exhausted",
             ));
         }
-        let mem = ChannelMem::create(self.cfg.max_message_len)
-            .map_err(|e| Failure::new(ControlError::Exhausted, e.to_string()))?;
-        let len = mem.layout().total_len;
-        let fds = mem
-            .dup_app_fds()
-            .map_err(|e| Failure::new(ControlError::Exhausted, e.to_string()))?;
-        self.engines[usize::from(engine)].add_channel(id, mem)?;
+        let peer = self.conns[&conn].peer;
+        self.ledger.charge(peer, Resource::Channel)?;
+        let created = self.create_channel(id, engine, peer);
+        if created.is_err() {
+            self.ledger.release(peer, Resource::Channel);
+        }
+        let (len, fds) = created?;
         self.next_channel = self.next_channel.wrapping_add(1);
-        self.channels.insert(id, (conn, engine));
+        self.channels.insert(id, ChannelRec { conn, engine, peer });
         self.conns
             .get_mut(&conn)
             .expect("live connection")
@@ -483,9 +626,41 @@ impl Server {
         })
     }
 
+    /// Creates a channel's memory and hands it to `engine`; returns its length and the
+    /// descriptors for the app.
+    fn create_channel(
+        &mut self,
+        id: ChannelId,
+        engine: u16,
+        peer: PeerCred,
+    ) -> Result<(u64, [OwnedFd; 3]), Failure> {
+        let exhausted = |e: &dyn std::fmt::Display| {
+            limited!(warn, pid = peer.pid, "cannot create a channel: {e}");
+            Failure::new(ControlError::Exhausted, e.to_string())
+        };
+        let mem = ChannelMem::create(self.cfg.max_message_len).map_err(|e| exhausted(&e))?;
+        let len = mem.layout().total_len;
+        let fds = mem.dup_app_fds().map_err(|e| exhausted(&e))?;
+        let quota = self.ledger.flow_quota(peer);
+        self.engines[usize::from(engine)].add_channel(id, mem, quota)?;
+        Ok((len, fds))
+    }
+
     fn listen(&mut self, conn: ConnId, channel: ChannelId, port: u16) -> Result<Reply, Failure> {
-        let engine = self.owned(conn, channel)?;
+        let ChannelRec { engine, peer, .. } = self.owned(conn, channel)?;
         self.registry.check(port).map_err(claim_failure)?;
+        self.ledger.charge(peer, Resource::Port)?;
+        let res = self.listen_on(channel, engine, port);
+        if res.is_err() {
+            self.ledger.release(peer, Resource::Port);
+        }
+        res?;
+        tracing::debug!(conn, channel, port, engine, "listening");
+        Ok(Response::Ok.into())
+    }
+
+    /// Makes `engine` listen on `port` for `channel` and the other engines forward to it.
+    fn listen_on(&mut self, channel: ChannelId, engine: u16, port: u16) -> Result<(), Failure> {
         // Others first: once the owner accepts, a SYN reaching any other engine must be dropped
         // (it belongs to a sibling), not refused.
         let others: Vec<&EngineClient> = self.engines.iter().filter(|e| e.id() != engine).collect();
@@ -508,19 +683,18 @@ impl Server {
         }
         self.registry
             .claim(port, PortOwner { channel, engine })
-            .map_err(claim_failure)?;
-        tracing::debug!(conn, channel, port, engine, "listening");
-        Ok(Response::Ok.into())
+            .map_err(claim_failure)
     }
 
     fn unlisten(&mut self, conn: ConnId, channel: ChannelId, port: u16) -> Result<Reply, Failure> {
-        let engine = self.owned(conn, channel)?;
+        let ChannelRec { engine, peer, .. } = self.owned(conn, channel)?;
         if !self.registry.release(port, channel) {
             return Err(Failure::new(
                 ControlError::InvalidPort,
                 format!("channel {channel} does not listen on port {port}"),
             ));
         }
+        self.ledger.release(peer, Resource::Port);
         self.unlisten_on(port, engine, false)?;
         Ok(Response::Ok.into())
     }
@@ -536,12 +710,13 @@ impl Server {
         Ok(())
     }
 
-    /// Releases every port of a channel of `engine`. `owner_done`: that engine already stopped
-    /// them (it closed the channel).
-    fn release_ports(&mut self, channel: ChannelId, engine: u16, owner_done: bool) {
+    /// Releases every port of `channel`. `owner_done`: its engine already stopped them (it
+    /// closed the channel).
+    fn release_ports(&mut self, channel: ChannelId, rec: ChannelRec, owner_done: bool) {
         for port in self.registry.release_channel(channel) {
-            if let Err(e) = self.unlisten_on(port, engine, owner_done) {
-                tracing::error!("releasing port {port}: {e}");
+            self.ledger.release(rec.peer, Resource::Port);
+            if let Err(e) = self.unlisten_on(port, rec.engine, owner_done) {
+                limited!(error, "releasing port {port}: {e}");
             }
         }
     }
@@ -549,7 +724,7 @@ impl Server {
     /// Closes one channel of `conn` (docs/CHANNEL.md §5): its engine delivers what the app
     /// sent and closes its flows within the linger, or aborts them; its ports are released.
     fn close_channel(&mut self, conn: ConnId, channel: ChannelId, how: Detach) {
-        let Some(&(_, engine)) = self.channels.get(&channel) else {
+        let Some(&rec) = self.channels.get(&channel) else {
             return;
         };
         let linger = match how {
@@ -557,20 +732,22 @@ impl Server {
             Detach::Abort => None,
         };
         // The owning engine stops the channel's ports itself when it closes the channel.
-        let _ = self.engines[usize::from(engine)].send(Command::CloseChannel {
+        let _ = self.engines[usize::from(rec.engine)].send(Command::CloseChannel {
             id: channel,
             code: CloseCode::Detached,
             linger,
             reply: None,
         });
-        self.release_ports(channel, engine, true);
+        self.release_ports(channel, rec, true);
+        self.ledger.release(rec.peer, Resource::Channel);
         self.channels.remove(&channel);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.channels.retain(|&ch| ch != channel);
         }
     }
 
-    /// Drops a connection and everything it opened (flows aborted, ports released).
+    /// Drops a connection and everything it opened (channels detached gracefully, ports
+    /// released).
     fn close_conn(&mut self, conn: ConnId, why: &str) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
@@ -587,7 +764,30 @@ impl Server {
         for ch in c.channels {
             self.close_channel(conn, ch, Detach::Graceful);
         }
+        self.ledger.release(c.peer, Resource::Connection);
     }
+}
+
+/// Channels the sidecar can hold within its descriptor limit (`RLIMIT_NOFILE`), after
+/// [`RESERVED_FDS`] and room for `max_connections` control connections (at most a quarter of
+/// the rest, so that a low limit still leaves channels): channels beyond it would make `accept`
+/// fail for everyone.
+fn channel_capacity(max_connections: usize) -> usize {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX))
+        .unwrap_or(1024);
+    let available = nofile.saturating_sub(RESERVED_FDS);
+    let connections = max_connections.min(available / 4);
+    (available - connections) / FDS_PER_CHANNEL
+}
+
+/// How often connections are checked for timeouts: a quarter of the shortest timeout, within
+/// 10 ms ..= 1 s (a connection is closed at most that late).
+fn sweep_interval(l: &limits::ControlLimits) -> Duration {
+    let shortest = l
+        .idle_timeout
+        .map_or(l.hello_timeout, |i| i.min(l.hello_timeout));
+    (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 fn claim_failure(e: ClaimError) -> Failure {
@@ -608,4 +808,10 @@ fn error(code: ControlError, message: &str) -> Response {
 
 fn send_response(fd: &OwnedFd, r: &Response) -> std::io::Result<()> {
     socket::send_packet(fd, &r.encode(), &[])
+}
+
+/// Sends a last error on a connection about to be closed (see [`socket::discard_pending`]).
+fn send_farewell(fd: &OwnedFd, code: ControlError, message: &str) {
+    let _ = send_response(fd, &error(code, message));
+    socket::discard_pending(fd);
 }

@@ -107,8 +107,22 @@ pub struct PeerCred {
     pub gid: u32,
 }
 
-/// Accepts one pending connection (non-blocking, close-on-exec). `Ok(None)`: none pending.
-pub fn accept(listener: &OwnedFd) -> std::io::Result<Option<(OwnedFd, PeerCred)>> {
+/// Why `accept` failed: the listener should not be polled for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// The process or the system is out of descriptors or memory (`EMFILE`, `ENFILE`,
+    /// `ENOMEM`, `ENOBUFS`): pending connections stay queued until some are freed.
+    #[error("out of descriptors or memory: {0}")]
+    Exhausted(Errno),
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(Errno),
+}
+
+/// Accepts one pending connection (non-blocking, close-on-exec). `Ok(None)`: none pending now
+/// (or the one pending failed on its own — the peer left, its credentials could not be read;
+/// a level-triggered poll reports any further ones).
+pub fn accept(listener: &OwnedFd) -> Result<Option<(OwnedFd, PeerCred)>, AcceptError> {
     match accept4(
         listener.as_raw_fd(),
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
@@ -116,7 +130,9 @@ pub fn accept(listener: &OwnedFd) -> std::io::Result<Option<(OwnedFd, PeerCred)>
         Ok(raw) => {
             // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            let c = getsockopt(&fd, sockopt::PeerCredentials)?;
+            let Ok(c) = getsockopt(&fd, sockopt::PeerCredentials) else {
+                return Ok(None);
+            };
             Ok(Some((
                 fd,
                 PeerCred {
@@ -126,8 +142,13 @@ pub fn accept(listener: &OwnedFd) -> std::io::Result<Option<(OwnedFd, PeerCred)>
                 },
             )))
         }
-        Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR | Errno::EPROTO | Errno::EPERM) => {
+            Ok(None)
+        }
+        Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS)) => {
+            Err(AcceptError::Exhausted(e))
+        }
+        Err(e) => Err(AcceptError::Failed(e)),
     }
 }
 
@@ -153,6 +174,23 @@ pub fn recv_packet(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Packet> {
         Err(Errno::EAGAIN | Errno::EINTR) => Ok(Packet::Empty),
         Err(Errno::ECONNRESET) => Ok(Packet::Closed),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads and drops what the peer sent so far (at most a few packets), so that closing the
+/// connection right after sending it an error does not turn into `ECONNRESET` on the peer's
+/// side, which would hide the error (Linux resets a Unix socket closed with unread data).
+pub fn discard_pending(fd: impl AsFd) {
+    let mut b = [0u8; 64];
+    for _ in 0..16 {
+        match recv(
+            fd.as_fd().as_raw_fd(),
+            &mut b,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use machnet_core::channel::{
 };
 use machnet_core::{ConnectError, Engine, FlowId, Instant, SendError};
 
+use super::flow_quota::{FlowPermit, FlowQuota};
 use crate::shm::ChannelMem;
 
 /// Channel identifier, unique in the sidecar's lifetime (never 0).
@@ -74,13 +75,16 @@ struct FlowEntry {
     peer_closed_sent: bool,
     closed: Option<CloseCode>,
     dirty: bool,
+    /// The flow's slot in its application's flow limit, given back when the entry goes.
+    _permit: FlowPermit,
 }
 
 impl FlowEntry {
-    fn new(id: FlowId, origin: Origin) -> Self {
+    fn new(id: FlowId, origin: Origin, permit: FlowPermit) -> Self {
         FlowEntry {
             id,
             origin,
+            _permit: permit,
             info: None,
             established: false,
             announced: false,
@@ -134,6 +138,8 @@ pub struct Chan {
     /// its flows must have closed. A detaching channel carries out the requests left in its ring
     /// and writes no notifications.
     detach_deadline: Option<Instant>,
+    /// The flow limits of the channel's application.
+    quota: FlowQuota,
     /// The worker's bookkeeping for this channel (run list, flush list; docs/CHANNEL.md §4).
     pub(super) sched: Sched,
 }
@@ -187,8 +193,9 @@ enum Pushed {
 }
 
 impl Chan {
-    /// Takes over a freshly created channel (both rings at position 0).
-    pub fn new(id: ChannelId, mut mem: ChannelMem) -> Self {
+    /// Takes over a freshly created channel (both rings at position 0) whose flows count
+    /// against `quota`.
+    pub fn new(id: ChannelId, mut mem: ChannelMem, quota: FlowQuota) -> Self {
         let views = mem.views();
         let max = mem.layout().max_message_len;
         Chan {
@@ -206,6 +213,7 @@ impl Chan {
             pushed: false,
             counters: ChanCounters::default(),
             detach_deadline: None,
+            quota,
             sched: Sched::default(),
         }
     }
@@ -357,12 +365,16 @@ impl Chan {
         let Some(handle) = self.alloc_handle() else {
             return fail(self, CloseCode::Exhausted);
         };
+        // The application's flow limit (docs/CHANNEL.md §2).
+        let Ok(permit) = self.quota.acquire() else {
+            return fail(self, CloseCode::Exhausted);
+        };
         match ctx.core.connect(ctx.now, req.remote_ip, req.remote_port) {
             Ok(id) => {
                 ctx.owners.insert(id, (self.id, handle));
                 self.flows.insert(
                     handle,
-                    FlowEntry::new(id, Origin::Connect { request_id: h.aux }),
+                    FlowEntry::new(id, Origin::Connect { request_id: h.aux }, permit),
                 );
             }
             Err(ConnectError::NoEphemeralPort | ConnectError::TooManyFlows) => {
@@ -443,7 +455,7 @@ impl Chan {
     }
 
     /// A listener of this channel accepted `id` on `port`. Returns false if the channel cannot
-    /// take more flows (the caller aborts it).
+    /// take more flows, or its application holds its flow limit (the caller aborts it).
     pub fn on_accepted(
         &mut self,
         id: FlowId,
@@ -454,7 +466,10 @@ impl Chan {
         let Some(handle) = self.alloc_handle() else {
             return false;
         };
-        let mut e = FlowEntry::new(id, Origin::Accepted { port });
+        let Ok(permit) = self.quota.acquire() else {
+            return false;
+        };
+        let mut e = FlowEntry::new(id, Origin::Accepted { port }, permit);
         e.established = true;
         e.info = info;
         self.flows.insert(handle, e);
@@ -514,7 +529,12 @@ impl Chan {
             }
             Err(PushError::TooLarge(len)) => {
                 // Impossible by construction (rings hold a maximum-size message); never loop.
-                tracing::error!(channel = self.id, len, "notification larger than the ring");
+                crate::limited!(
+                    error,
+                    channel = self.id,
+                    len,
+                    "notification larger than the ring"
+                );
                 Ok(Pushed::Done)
             }
             Err(PushError::Corrupt(e)) => Err(Violation::Ring(e)),
@@ -847,7 +867,7 @@ mod tests {
             layout,
             _map: map,
         };
-        (Chan::new(id, mem), app)
+        (Chan::new(id, mem, FlowQuota::unlimited()), app)
     }
 
     fn engine(ip: Ipv4Addr, max: u32) -> Engine {

@@ -3,6 +3,7 @@
 //! commands, with an eventfd to wake it) and a notice queue back to the control thread.
 
 pub mod channel;
+pub mod flow_quota;
 mod worker;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use machnet_core::{EngineConfig, ListenError};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 pub use channel::ChannelId;
+pub use flow_quota::{FlowCounter, FlowQuota};
 
 use crate::clock::Clock;
 use crate::config::IdleMode;
@@ -33,6 +35,8 @@ pub enum Command {
         id: ChannelId,
         /// Its memory and eventfds.
         mem: Box<ChannelMem>,
+        /// The flow limits of its application.
+        quota: FlowQuota,
         /// Answered once the engine serves the channel.
         reply: Sender<()>,
     },
@@ -227,11 +231,18 @@ impl EngineClient {
             .map_err(|_| EngineGone(self.id))
     }
 
-    /// Hands a channel to the engine; returns once the engine serves it.
-    pub fn add_channel(&self, id: ChannelId, mem: ChannelMem) -> Result<(), EngineGone> {
+    /// Hands a channel, whose flows count against `quota`, to the engine; returns once the
+    /// engine serves it.
+    pub fn add_channel(
+        &self,
+        id: ChannelId,
+        mem: ChannelMem,
+        quota: FlowQuota,
+    ) -> Result<(), EngineGone> {
         self.call(|reply| Command::AddChannel {
             id,
             mem: Box::new(mem),
+            quota,
             reply,
         })
     }

@@ -271,15 +271,20 @@ impl Worker {
 
     fn command(&mut self, cmd: Command, now: Instant) {
         match cmd {
-            Command::AddChannel { id, mem, reply } => {
+            Command::AddChannel {
+                id,
+                mem,
+                quota,
+                reply,
+            } => {
                 let token = TOKEN_CHANNEL_BASE + u64::from(id);
                 if let Err(e) = self.epoll.add(
                     mem.sidecar_efd().as_fd(),
                     EpollEvent::new(EpollFlags::EPOLLIN, token),
                 ) {
-                    tracing::error!(engine = self.id, channel = id, "epoll add: {e}");
+                    crate::limited!(error, engine = self.id, channel = id, "epoll add: {e}");
                 }
-                let mut chan = Chan::new(id, *mem);
+                let mut chan = Chan::new(id, *mem, quota);
                 // Active until it has been idle for a while (its app may have pushed already).
                 activate(&mut chan, &mut self.active, now);
                 self.chans.insert(id, chan);
@@ -333,7 +338,7 @@ impl Worker {
             } => {
                 if listening {
                     if let Err(e) = self.core.add_host_listener(port, engine) {
-                        tracing::warn!(engine = self.id, port, "add_host_listener: {e}");
+                        crate::limited!(warn, engine = self.id, port, "add_host_listener: {e}");
                     }
                 } else {
                     self.core.remove_host_listener(port, engine);
@@ -541,7 +546,7 @@ impl Worker {
 
     /// Closes a channel whose app broke the protocol and tells the control thread.
     fn violation(&mut self, id: ChannelId, v: Violation, now: Instant) {
-        tracing::warn!(engine = self.id, channel = id, "closing channel: {v}");
+        crate::limited!(warn, engine = self.id, channel = id, "closing channel: {v}");
         self.counters.channel_violations += 1;
         self.close_channel(id, CloseCode::ChannelViolation, now);
         self.notifier.notify(Notice::ChannelClosed {
@@ -565,7 +570,7 @@ impl Worker {
         }) {
             Ok(n) => n > 0,
             Err(e) => {
-                tracing::warn!(engine = self.id, "datapath receive: {e}");
+                crate::limited!(warn, engine = self.id, "datapath receive: {e}");
                 false
             }
         }
@@ -612,7 +617,7 @@ impl Worker {
         match self.epoll.wait(&mut self.events, EpollTimeout::ZERO) {
             Ok(n) => self.ready(n, now),
             Err(Errno::EINTR) => {}
-            Err(e) => tracing::error!(engine = self.id, "epoll_wait: {e}"),
+            Err(e) => crate::limited!(error, engine = self.id, "epoll_wait: {e}"),
         }
     }
 
@@ -919,7 +924,7 @@ impl Worker {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
-                    tracing::error!(engine = self.id, "epoll_wait: {e}");
+                    crate::limited!(error, engine = self.id, "epoll_wait: {e}");
                     0
                 }
             };
