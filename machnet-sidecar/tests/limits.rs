@@ -161,7 +161,10 @@ fn one_app_over_its_limits_gets_clear_errors_another_still_attaches() {
     assert_eq!(code, ControlError::PortLimit, "{msg}");
     // Closing the channel gives back the channel and its port.
     assert_eq!(
-        c.request(&Request::CloseChannel { channel: a.id }),
+        c.request(&Request::CloseChannel {
+            channel: a.id,
+            abort: false,
+        }),
         Response::Ok
     );
     let d = c.open_channel(None);
