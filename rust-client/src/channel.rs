@@ -736,8 +736,9 @@ impl Channel {
         loop {
             match self.tx.push(h, parts) {
                 Ok(()) => {
+                    // Its SeqCst fence also orders the publication before the check below.
                     self.wake_sidecar()?;
-                    return Ok(());
+                    return self.check_published();
                 }
                 Err(PushError::Full) => match block {
                     Block::No => {
@@ -760,6 +761,23 @@ impl Channel {
                 }
                 Err(PushError::Corrupt(e)) => return Err(self.corrupt(e).into()),
             }
+        }
+    }
+
+    /// After publishing a record: if the sidecar has begun closing the channel, the record
+    /// counts only if the sidecar consumed it. The sidecar sets `closed` before it drains the
+    /// ring one last time (docs/CHANNEL.md §5), so a record published before `closed` was set
+    /// is consumed, and one published after it may never be: `send` must not return `Ok`
+    /// for it. (The sidecar may still consume it: the error means "not promised".)
+    fn check_published(&self) -> Result<(), PushFail> {
+        let Some(code) = self.closed_code() else {
+            return Ok(());
+        };
+        let head = self.tx.ring().control().head.load(Ordering::Acquire);
+        if head >= self.tx.position() {
+            Ok(())
+        } else {
+            Err(PushFail::Fault(Fault::Closed(code)))
         }
     }
 

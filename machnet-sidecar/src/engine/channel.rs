@@ -787,6 +787,10 @@ impl Chan {
             .views()
             .closed()
             .store(code as u32, std::sync::atomic::Ordering::SeqCst);
+        // Orders the store before the drain's reads of the ring's `tail`: a record the app
+        // published before it saw `closed` is consumed (docs/CHANNEL.md §5; the client's
+        // `check_published` is the other half).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         self.mem.wake_app();
     }
 
