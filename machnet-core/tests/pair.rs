@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use machnet_core::{
-    CloseReason, Datagram, Engine, EngineConfig, Event, FlowId, Instant, SendError,
+    CloseReason, Datagram, Engine, EngineConfig, Event, FlowId, Instant, RecvError, SendError,
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -386,6 +386,52 @@ fn abort_resets_the_peer() {
             reason: CloseReason::Reset
         }]
     );
+}
+
+/// Messages the receiver acknowledged stay readable after the flow is reset (they were
+/// accepted: the sender was told they arrived); a local abort discards them.
+#[test]
+fn messages_received_before_a_reset_stay_readable_until_read() {
+    let mut p = Pair::new(|_| {});
+    let (fa, fb) = p.connect();
+    let msgs: Vec<Bytes> = (0..5).map(|i| message(i, 3000 * i as usize + 1)).collect();
+    for m in &msgs {
+        p.a.send(p.now, fa, m.clone()).unwrap();
+    }
+    // Delivered and acknowledged, but not read by b's application.
+    p.run_until(p.now + Duration::from_secs(1), |p| {
+        p.a.flow_unacked_bytes(fa) == Some(0)
+    });
+    assert_eq!(p.a.flow_unacked_bytes(fa), Some(0));
+    p.a.abort(p.now, fa).unwrap();
+    p.run_until(p.now + Duration::from_secs(1), |p| {
+        p.events_b.iter().any(|e| matches!(e, Event::Closed { .. }))
+    });
+    assert!(p.events_b.contains(&Event::Closed {
+        flow: fb,
+        reason: CloseReason::Reset
+    }));
+    assert!(p.b.leftover_bytes() > 0);
+    let mut got = Vec::new();
+    drain(&mut p.b, fb, &mut got);
+    assert_eq!(got, msgs, "every acknowledged message, in order");
+    assert_eq!(
+        p.b.recv(fb),
+        Err(RecvError::UnknownFlow),
+        "then the handle is dead"
+    );
+    assert_eq!(p.b.leftover_bytes(), 0);
+
+    // The side that aborts keeps nothing.
+    let mut p = Pair::new(|_| {});
+    let (fa, fb) = p.connect();
+    p.b.send(p.now, fb, message(1, 100)).unwrap();
+    p.run_until(p.now + Duration::from_secs(1), |p| {
+        p.b.flow_unacked_bytes(fb) == Some(0)
+    });
+    p.a.abort(p.now, fa).unwrap();
+    assert_eq!(p.a.recv(fa), Err(RecvError::UnknownFlow));
+    assert_eq!(p.a.leftover_bytes(), 0);
 }
 
 #[test]

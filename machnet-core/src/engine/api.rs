@@ -65,7 +65,10 @@ pub enum Event {
     Writable { flow: FlowId },
     /// The peer closed its direction: no messages will follow those already readable.
     PeerClosed { flow: FlowId },
-    /// The flow is gone and its handle is dead. Messages not yet read are discarded with it.
+    /// The flow is gone: it can no longer send or be closed. Complete messages it received
+    /// before it ended stay readable with `recv` until it returns `None` (unless this side
+    /// aborted it: then they are discarded); after that, or after `Engine::discard`, the
+    /// handle is dead.
     Closed { flow: FlowId, reason: CloseReason },
 }
 

@@ -94,6 +94,9 @@ pub struct Engine {
     live: usize,
     half_open: usize,
     last_now: Instant,
+    /// Complete messages of flows that ended (not by a local abort) before the application
+    /// read them: the peer had them acknowledged, so they are still delivered (`recv`).
+    leftovers: HashMap<FlowId, VecDeque<Bytes>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -142,6 +145,7 @@ impl Engine {
             live: 0,
             half_open: 0,
             last_now: Instant::ZERO,
+            leftovers: HashMap::new(),
         })
     }
 
@@ -368,9 +372,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Takes the next complete message of `flow`, if any.
+    /// Takes the next complete message of `flow`, if any. Works on a flow that ended (after
+    /// [`Event::Closed`]) until its messages are all read.
     pub fn recv(&mut self, flow: FlowId) -> Result<Option<Bytes>, RecvError> {
-        let idx = self.visible(flow).ok_or(RecvError::UnknownFlow)?;
+        let Some(idx) = self.visible(flow) else {
+            return self.recv_leftover(flow);
+        };
         let now = self.last_now;
         let msg = self.flow_mut(idx).recv.read();
         if msg.is_some() {
@@ -383,8 +390,37 @@ impl Engine {
     /// Length of the next complete message of `flow`, if any, without taking it: lets the caller
     /// check that it fits where it must go (e.g. an application's ring) before calling `recv`.
     pub fn peek_len(&self, flow: FlowId) -> Result<Option<usize>, RecvError> {
-        let idx = self.visible(flow).ok_or(RecvError::UnknownFlow)?;
-        Ok(self.flow_ref(idx).recv.peek_len())
+        match self.visible(flow) {
+            Some(idx) => Ok(self.flow_ref(idx).recv.peek_len()),
+            None => match self.leftovers.get(&flow) {
+                Some(q) => Ok(q.front().map(Bytes::len)),
+                None => Err(RecvError::UnknownFlow),
+            },
+        }
+    }
+
+    fn recv_leftover(&mut self, flow: FlowId) -> Result<Option<Bytes>, RecvError> {
+        let q = self
+            .leftovers
+            .get_mut(&flow)
+            .ok_or(RecvError::UnknownFlow)?;
+        let msg = q.pop_front();
+        // The `None` that ends the reading is the last answer for this handle.
+        if msg.is_none() {
+            self.leftovers.remove(&flow);
+        }
+        Ok(msg)
+    }
+
+    /// Drops what an ended flow still holds for the application (nobody will read it).
+    pub fn discard(&mut self, flow: FlowId) {
+        self.leftovers.remove(&flow);
+    }
+
+    /// Bytes of messages held for flows that ended (see [`Event::Closed`]).
+    pub fn leftover_bytes(&self) -> usize {
+        // (An entry read to the end but not yet answered with `None` holds nothing.)
+        self.leftovers.values().flatten().map(Bytes::len).sum()
     }
 
     /// Closes the sending direction: a FIN follows the queued messages. The flow ends (with
@@ -805,6 +841,13 @@ impl Engine {
                     index: idx,
                     generation,
                 };
+                let mut flow = flow;
+                if death.reason != CloseReason::Aborted {
+                    let ready = flow.recv.take_ready();
+                    if !ready.is_empty() {
+                        self.leftovers.insert(id, ready);
+                    }
+                }
                 self.events.push_back(Event::Closed {
                     flow: id,
                     reason: death.reason,

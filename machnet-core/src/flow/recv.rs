@@ -338,6 +338,12 @@ impl RecvState {
         Some(m)
     }
 
+    /// Takes every complete unread message (the flow is ending; see `Engine::recv`).
+    pub fn take_ready(&mut self) -> VecDeque<Bytes> {
+        self.unread = 0;
+        std::mem::take(&mut self.ready)
+    }
+
     /// Length of the oldest complete message, if any.
     pub fn peek_len(&self) -> Option<usize> {
         self.ready.front().map(Bytes::len)

@@ -677,7 +677,10 @@ impl Chan {
             if let Pushed::Full = self.push(note(RecordKind::Closed, handle, 0, code as u8), &[])? {
                 return Ok(Flushed::Blocked);
             }
-            self.flows.remove(&handle);
+            if let Some(e) = self.flows.remove(&handle) {
+                // Normally all read by now (`readable` was set while any was left).
+                core.discard(e.id);
+            }
         }
         Ok(Flushed::Done)
     }
@@ -737,6 +740,7 @@ impl Chan {
                 if e.closed.is_none() {
                     let _ = ctx.core.abort(ctx.now, e.id);
                 }
+                ctx.core.discard(e.id);
             }
             keep
         });
@@ -777,9 +781,11 @@ impl Chan {
         orphans
     }
 
-    /// A flow of a detaching channel ended: forget it.
-    pub fn forget(&mut self, handle: u32) {
-        self.flows.remove(&handle);
+    /// A flow of a detaching channel ended: forget it and what it still holds.
+    pub fn forget(&mut self, handle: u32, core: &mut Engine) {
+        if let Some(e) = self.flows.remove(&handle) {
+            core.discard(e.id);
+        }
     }
 
     fn set_closed_word(&mut self, code: CloseCode) {
@@ -802,6 +808,7 @@ impl Chan {
             if e.closed.is_none() {
                 let _ = ctx.core.abort(ctx.now, e.id);
             }
+            ctx.core.discard(e.id);
         }
         self.flows.clear();
         self.dirty.clear();

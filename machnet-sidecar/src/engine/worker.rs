@@ -794,6 +794,7 @@ impl Worker {
             .then(|| flow_info(&self.core, flow))
             .flatten();
         let Some(c) = self.chans.get_mut(&ch) else {
+            self.core.discard(flow);
             return;
         };
         if c.detach_deadline().is_some() {
@@ -802,7 +803,7 @@ impl Worker {
                 Event::Readable { flow } => discard_received(&mut self.core, flow),
                 Event::Writable { flow } => c.on_writable(flow),
                 Event::Closed { flow, .. } => {
-                    c.forget(h);
+                    c.forget(h, &mut self.core);
                     c.on_writable(flow);
                 }
                 _ => {}
@@ -831,8 +832,10 @@ impl Worker {
             Event::Readable { flow } if self.orphans.contains_key(&flow) => {
                 discard_received(&mut self.core, flow)
             }
+            // Whether it was an orphan or a flow whose channel is gone, nobody reads it.
             Event::Closed { flow, .. } => {
                 self.orphans.remove(&flow);
+                self.core.discard(flow);
             }
             _ => {}
         }
@@ -954,7 +957,8 @@ impl Worker {
                 .owners
                 .keys()
                 .filter_map(|&f| self.core.flow_held_bytes(f))
-                .sum(),
+                .sum::<usize>()
+                + self.core.leftover_bytes(),
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
             orphan_flows: self.orphans.len(),
