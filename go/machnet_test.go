@@ -484,3 +484,78 @@ func TestListenAndAcceptFromAnotherProcess(t *testing.T) {
 		t.Fatalf("child: %v", err)
 	}
 }
+
+// startDoomedSidecar starts a sidecar on 127.0.0.3 with its own control socket (MACHNET_TEST_BIN,
+// MACHNET_TEST_UDP_BASE, MACHNET_TEST_DIR from ci/ffi.sh) and waits until it accepts attaches.
+func startDoomedSidecar(t *testing.T) (*exec.Cmd, string) {
+	t.Helper()
+	bin, base, dir := os.Getenv("MACHNET_TEST_BIN"), os.Getenv("MACHNET_TEST_UDP_BASE"), os.Getenv("MACHNET_TEST_DIR")
+	if bin == "" || base == "" || dir == "" {
+		t.Fatal("MACHNET_TEST_BIN, MACHNET_TEST_UDP_BASE and MACHNET_TEST_DIR are needed (ci/ffi.sh sets them)")
+	}
+	sock := dir + "/go-doomed-" + strconv.Itoa(os.Getpid()) + ".sock"
+	cmd := exec.Command(bin, "--local-ip", "127.0.0.3", "--control-socket", sock,
+		"--allow-user", strconv.Itoa(os.Getuid()), "--udp-port-base", base,
+		"--udp-port-count", "8", "--stats-interval", "0")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = os.Remove(sock) })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return cmd, sock
+		}
+		if i == 400 {
+			t.Fatal("the sidecar never created its control socket")
+		}
+		time.Sleep(25 * time.Millisecond) // waiting for a process to come up; nothing to wait on
+	}
+}
+
+// Issue 14: once the sidecar process is dead, Send into a ring with room fails with
+// ErrSidecarGone instead of returning nil and losing the message; so do Connect, Listen and
+// CloseFlow. Nothing is received in between.
+func TestEveryCallFailsWithErrSidecarGoneAfterTheSidecarDied(t *testing.T) {
+	cmd, doomed := startDoomedSidecar(t)
+	if err := Init(doomed); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := Attach()
+	if err := Init(os.Getenv("MACHNET_TEST_SOCK")); err != nil { // later attaches: back to b
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	f, err := ch.Connect(within(10*time.Second), "0.0.0.0", peerIP, echoPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Send(f, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	if n, _, err := ch.Recv(within(10*time.Second), buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("echo: %q %v", buf[:n], err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // reaped: the process is dead
+	if err := ch.Send(f, []byte("lost?")); !errors.Is(err, ErrSidecarGone) {
+		t.Fatalf("Send after the sidecar died: %v", err)
+	}
+	if _, err := ch.Connect(within(10*time.Second), "0.0.0.0", peerIP, echoPort); !errors.Is(err, ErrSidecarGone) {
+		t.Fatalf("Connect after the sidecar died: %v", err)
+	}
+	if err := ch.Listen("0.0.0.0", 7700); !errors.Is(err, ErrSidecarGone) {
+		t.Fatalf("Listen after the sidecar died: %v", err)
+	}
+	if err := ch.CloseFlow(f); !errors.Is(err, ErrSidecarGone) {
+		t.Fatalf("CloseFlow after the sidecar died: %v", err)
+	}
+	if _, _, err := ch.Recv(within(10*time.Second), buf); !errors.Is(err, ErrSidecarGone) {
+		t.Fatalf("Recv after the sidecar died: %v", err)
+	}
+}

@@ -61,7 +61,8 @@ namespace Machnet.Native
         ///  Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
         ///  address (or "0.0.0.0").
         ///
-        ///  Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`, ...).
+        ///  Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
+        ///  `ECONNRESET` if the sidecar is gone, ...).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_listen", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_listen(void* channel_ctx, byte* local_ip, ushort port);
@@ -70,7 +71,8 @@ namespace Machnet.Native
         ///  Opens a flow to `remote_ip`:`remote_port` and fills `*flow` (src = this sidecar, dst = the
         ///  peer). Returns as soon as the sidecar answers (at most 10 s).
         ///
-        ///  Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`, ...).
+        ///  Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
+        ///  `ECONNRESET` if the sidecar is gone, ...).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_connect", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_connect(void* channel_ctx, byte* local_ip, byte* remote_ip, ushort remote_port, MachnetFlow* flow);
@@ -86,7 +88,8 @@ namespace Machnet.Native
         ///  Extension: closes `flow` gracefully (messages already sent are delivered; the peer then
         ///  sees the flow end). Sends on it fail afterwards.
         ///
-        ///  Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open).
+        ///  Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+        ///  `ECONNRESET` if the sidecar is gone).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_close", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_close(void* channel_ctx, MachnetFlow flow);
@@ -95,7 +98,9 @@ namespace Machnet.Native
         ///  Sends `len` bytes at `buf` as one message on `flow` (either orientation), waiting for ring
         ///  space while the sidecar applies back-pressure.
         ///
-        ///  Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...).
+        ///  Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...). A call
+        ///  made after the sidecar process died fails with `ECONNRESET` (the message is not sent); 0
+        ///  means the sidecar was alive when the message was queued.
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_send", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_send(void* channel_ctx, MachnetFlow flow, void* buf, System.UIntPtr len);

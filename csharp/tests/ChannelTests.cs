@@ -397,11 +397,12 @@ namespace Machnet.Tests
                 again.Listen(port);
         }
 
-        [Test]
-        public void SidecarGoneWakesABlockedReceive()
+        /// <summary>Starts a third sidecar (127.0.0.3, control socket <paramref name="name"/> in
+        /// MACHNET_TEST_DIR) and points Sidecar.Init at it; returns once it accepts attaches (the
+        /// caller kills it).</summary>
+        private static System.Diagnostics.Process StartDoomedSidecar(string name)
         {
-            // A third sidecar (127.0.0.3) started here and killed under a blocked receive.
-            string sock = Env.Get("MACHNET_TEST_DIR") + "/doomed-cs.sock";
+            string sock = Env.Get("MACHNET_TEST_DIR") + "/" + name + ".sock";
             var psi = new System.Diagnostics.ProcessStartInfo(Env.Get("MACHNET_TEST_BIN"),
                 "--local-ip 127.0.0.3 --control-socket " + sock + " --allow-user " + Env.Get("MACHNET_TEST_UID") +
                 " --udp-port-base " + Env.Get("MACHNET_TEST_UDP_BASE") + " --udp-port-count 8 --stats-interval 0")
@@ -409,26 +410,36 @@ namespace Machnet.Tests
                 UseShellExecute = false,
                 RedirectStandardError = true,
             };
-            using (var sidecar = System.Diagnostics.Process.Start(psi))
+            var sidecar = System.Diagnostics.Process.Start(psi);
+            sidecar.ErrorDataReceived += (s, e) => { };
+            sidecar.BeginErrorReadLine();
+            for (int i = 0; i < 400; i++)
             {
                 try
                 {
-                    sidecar.ErrorDataReceived += (s, e) => { };
-                    sidecar.BeginErrorReadLine();
-                    bool up = false;
-                    for (int i = 0; i < 400 && !up; i++)
-                    {
-                        try
-                        {
-                            Sidecar.Init(sock);
-                            up = true;
-                        }
-                        catch (MachnetException)
-                        {
-                            Thread.Sleep(25); // waiting for a process to come up; nothing to wait on
-                        }
-                    }
-                    Assert.IsTrue(up, "the third sidecar came up");
+                    Sidecar.Init(sock);
+                    return sidecar;
+                }
+                catch (MachnetException)
+                {
+                    Thread.Sleep(25); // waiting for a process to come up; nothing to wait on
+                }
+            }
+            sidecar.Kill();
+            sidecar.WaitForExit();
+            sidecar.Dispose();
+            Assert.Fail("the third sidecar never came up");
+            return null;
+        }
+
+        [Test]
+        public void SidecarGoneWakesABlockedReceive()
+        {
+            // A third sidecar (127.0.0.3) started here and killed under a blocked receive.
+            using (var sidecar = StartDoomedSidecar("doomed-cs"))
+            {
+                try
+                {
                     using (var ch = new Channel())
                     {
                         ch.Listen("127.0.0.3", 7500);
@@ -451,6 +462,41 @@ namespace Machnet.Tests
                 {
                     if (!sidecar.HasExited)
                         sidecar.Kill();
+                }
+            }
+        }
+
+        /// <summary>Issue 14: a send into a ring with room used to succeed after the sidecar died
+        /// (the message was lost). Every call that hands something to the sidecar must throw
+        /// SidecarGoneException, with nothing received in between.</summary>
+        [Test]
+        public void EveryCallThrowsSidecarGoneAfterTheSidecarDied()
+        {
+            using (var sidecar = StartDoomedSidecar("doomed-send-cs"))
+            {
+                try
+                {
+                    using (var ch = new Channel())
+                    {
+                        Flow flow = ch.Connect("127.0.0.3", Env.PeerIp, Env.EchoPort);
+                        byte[] msg = Env.Pattern(64, 14);
+                        ch.Send(flow, msg);
+                        Env.AssertSameBytes(msg, 0, msg.Length, ch.Receive(Env.Long).Data);
+                        sidecar.Kill();
+                        sidecar.WaitForExit(); // reaped: the process is dead
+                        Assert.Throws<SidecarGoneException>(() => ch.Send(flow, msg));
+                        Assert.Throws<SidecarGoneException>(() => ch.Send(flow, new ArraySegment<byte>(msg, 1, 10)));
+                        Assert.Throws<SidecarGoneException>(() => ch.Connect("127.0.0.3", Env.PeerIp, Env.EchoPort));
+                        Assert.Throws<SidecarGoneException>(() => ch.Listen("127.0.0.3", 7601));
+                        Assert.Throws<SidecarGoneException>(() => ch.CloseFlow(flow));
+                        Assert.Throws<SidecarGoneException>(() => ch.Receive(Env.Guard));
+                    }
+                }
+                finally
+                {
+                    if (!sidecar.HasExited)
+                        sidecar.Kill();
+                    Sidecar.Init(Env.Sock);
                 }
             }
         }

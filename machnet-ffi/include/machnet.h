@@ -159,7 +159,8 @@ int machnet_detach(void *channel_ctx);
  * Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
  * address (or "0.0.0.0").
  *
- * Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`, ...).
+ * Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
+ * `ECONNRESET` if the sidecar is gone, ...).
  */
 int machnet_listen(void *channel_ctx, const char *local_ip, uint16_t port);
 
@@ -167,7 +168,8 @@ int machnet_listen(void *channel_ctx, const char *local_ip, uint16_t port);
  * Opens a flow to `remote_ip`:`remote_port` and fills `*flow` (src = this sidecar, dst = the
  * peer). Returns as soon as the sidecar answers (at most 10 s).
  *
- * Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`, ...).
+ * Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
+ * `ECONNRESET` if the sidecar is gone, ...).
  */
 int machnet_connect(void *channel_ctx, const char *local_ip, const char *remote_ip, uint16_t remote_port, MachnetFlow_t *flow);
 
@@ -181,7 +183,8 @@ int machnet_connect_timeout(void *channel_ctx, const char *local_ip, const char 
  * Extension: closes `flow` gracefully (messages already sent are delivered; the peer then
  * sees the flow end). Sends on it fail afterwards.
  *
- * Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open).
+ * Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+ * `ECONNRESET` if the sidecar is gone).
  */
 int machnet_close(const void *channel_ctx, MachnetFlow_t flow);
 
@@ -189,7 +192,9 @@ int machnet_close(const void *channel_ctx, MachnetFlow_t flow);
  * Sends `len` bytes at `buf` as one message on `flow` (either orientation), waiting for ring
  * space while the sidecar applies back-pressure.
  *
- * Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...).
+ * Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...). A call
+ * made after the sidecar process died fails with `ECONNRESET` (the message is not sent); 0
+ * means the sidecar was alive when the message was queued.
  */
 int machnet_send(const void *channel_ctx, MachnetFlow_t flow, const void *buf, size_t len);
 

@@ -12,6 +12,10 @@
 //!   `machnet_peek` (or `msg_size` of `machnet_recvmsg`) tells the size needed;
 //! * `machnet_connect` returns as soon as the sidecar answers (no `sleep(1)` polling);
 //! * `machnet_send` waits for ring space under back-pressure instead of failing;
+//! * once the sidecar process is dead, every call that hands it something (`machnet_send`,
+//!   `machnet_sendmsg`, `machnet_sendmmsg`, `machnet_connect`, `machnet_listen`,
+//!   `machnet_close`, `machnet_attach`, `machnet_detach`) fails with `ECONNRESET` instead of
+//!   queueing a request nobody will read (docs/CHANNEL.md §4, "A dead sidecar");
 //! * no Rust panic crosses the boundary (every function runs under `catch_unwind`).
 //!
 //! Flows: the client names a flow by a channel-local handle; C names it by its 4-tuple
@@ -491,7 +495,8 @@ pub extern "C" fn machnet_detach(channel_ctx: *mut c_void) -> c_int {
 /// Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
 /// address (or "0.0.0.0").
 ///
-/// Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`, ...).
+/// Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
+/// `ECONNRESET` if the sidecar is gone, ...).
 #[no_mangle]
 pub extern "C" fn machnet_listen(
     channel_ctx: *mut c_void,
@@ -515,7 +520,8 @@ pub extern "C" fn machnet_listen(
 /// Opens a flow to `remote_ip`:`remote_port` and fills `*flow` (src = this sidecar, dst = the
 /// peer). Returns as soon as the sidecar answers (at most 10 s).
 ///
-/// Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`, ...).
+/// Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
+/// `ECONNRESET` if the sidecar is gone, ...).
 #[no_mangle]
 pub extern "C" fn machnet_connect(
     channel_ctx: *mut c_void,
@@ -567,7 +573,8 @@ pub extern "C" fn machnet_connect_timeout(
 /// Extension: closes `flow` gracefully (messages already sent are delivered; the peer then
 /// sees the flow end). Sends on it fail afterwards.
 ///
-/// Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open).
+/// Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+/// `ECONNRESET` if the sidecar is gone).
 #[no_mangle]
 pub extern "C" fn machnet_close(channel_ctx: *const c_void, flow: MachnetFlow_t) -> c_int {
     guard(-1, || {
@@ -583,7 +590,9 @@ pub extern "C" fn machnet_close(channel_ctx: *const c_void, flow: MachnetFlow_t)
 /// Sends `len` bytes at `buf` as one message on `flow` (either orientation), waiting for ring
 /// space while the sidecar applies back-pressure.
 ///
-/// Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...).
+/// Returns 0 on success, -1 on failure (errno: `ENOTCONN`, `EMSGSIZE`, `EINVAL`, ...). A call
+/// made after the sidecar process died fails with `ECONNRESET` (the message is not sent); 0
+/// means the sidecar was alive when the message was queued.
 #[no_mangle]
 pub extern "C" fn machnet_send(
     channel_ctx: *const c_void,

@@ -111,3 +111,54 @@ fn the_client_library_talks_through_two_sidecar_processes() {
     server.join().unwrap();
     assert!(sb.terminate().success());
 }
+
+/// Issue 14: after the sidecar process is SIGKILLed, every call that hands something to it
+/// fails with `SidecarGone` at once — a send into a ring with room included (it used to return
+/// `Ok` and the message was lost).
+#[test]
+fn after_a_sigkill_of_the_sidecar_every_call_fails_with_sidecar_gone() {
+    use machnet::{
+        CloseError, ConnectError, ListenError, OpenChannelError, RequestError, SendError,
+    };
+    let pool = machnet_sidecar::testing::free_udp_pool(&[A, B], 8);
+    let dir = temp_dir("e2e-gone");
+    let mut sa = Proc::start(A, 1, pool, &dir, &[]);
+    let mut sb = Proc::start(B, 1, pool, &dir, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo(sb.sock.clone(), 6001, stop.clone());
+
+    let m = Machnet::attach_at(&sa.sock).expect("attach");
+    let mut ch = m.open_channel(None).expect("channel");
+    let flow = ch.connect(B, 6001).expect("connect");
+    ch.send(&flow, b"ping").expect("send while alive");
+    assert_eq!(ch.recv().expect("echo").1, b"ping");
+
+    let mut child = sa.child.take().unwrap();
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    // The process is dead; no receive has noticed it yet, and the request ring has room.
+    let e = ch.try_send(&flow, b"lost?").unwrap_err();
+    assert!(matches!(e, SendError::SidecarGone), "{e:?}");
+    let e = ch.send(&flow, b"lost?").unwrap_err();
+    assert!(matches!(e, SendError::SidecarGone), "{e:?}");
+    let e = ch.connect(B, 6001).unwrap_err();
+    assert!(matches!(e, ConnectError::SidecarGone), "{e:?}");
+    let e = ch.listen(6002).unwrap_err();
+    assert!(
+        matches!(e, ListenError::Request(RequestError::SidecarGone)),
+        "{e:?}"
+    );
+    let e = ch.close(&flow).unwrap_err();
+    assert!(matches!(e, CloseError::SidecarGone), "{e:?}");
+    let e = m.open_channel(None).unwrap_err();
+    assert!(
+        matches!(e, OpenChannelError::Request(RequestError::SidecarGone)),
+        "{e:?}"
+    );
+    assert!(matches!(ch.try_recv(), Err(RecvError::SidecarGone)));
+    assert!(m.is_sidecar_gone());
+
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert!(sb.terminate().success());
+}

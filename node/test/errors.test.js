@@ -126,7 +126,9 @@ test('a peer abort ends the flow: sends then fail with FLOW_CLOSED', async () =>
   }
 })
 
-test('a sidecar that dies fails pending and later operations with SIDECAR_GONE', async (t) => {
+/** Starts a sidecar of its own on 127.0.0.3 and attaches to it; `kill()` SIGKILLs it and
+ * resolves once it has exited. */
+async function doomedSidecar(t) {
   const bin = process.env.MACHNET_TEST_SIDECAR
   if (!bin) throw new Error('MACHNET_TEST_SIDECAR is not set: run the tests through ci/node.sh')
   const { spawn } = require('node:child_process')
@@ -156,13 +158,41 @@ test('a sidecar that dies fails pending and later operations with SIDECAR_GONE',
       await new Promise((r) => setTimeout(r, 20))
     }
   }
+  const kill = () => {
+    child.kill('SIGKILL')
+    return exited
+  }
+  return { m, kill }
+}
+
+test('a sidecar that dies fails pending and later operations with SIDECAR_GONE', async (t) => {
+  const { m, kill } = await doomedSidecar(t)
   const ch = await m.openChannel()
   await ch.listen(freshPort())
   const pending = rejectsWith(ch.recv(), codes.SIDECAR_GONE)
-  child.kill('SIGKILL')
-  await exited
+  await kill()
   await pending
   assert.equal(m.isSidecarGone(), true)
   await rejectsWith(m.openChannel(), codes.SIDECAR_GONE)
+  await ch.close()
+})
+
+// Issue 14: a send into a ring with room used to succeed after the sidecar died (the message
+// was lost). Every call that hands something to the sidecar must fail, nothing received first.
+test('after the sidecar died, send, trySend, connect, listen and closeFlow fail with SIDECAR_GONE', async (t) => {
+  const { m, kill } = await doomedSidecar(t)
+  const ch = await m.openChannel()
+  const flow = await ch.connect(ECHO_IP(), ECHO_PORT(), 10000)
+  const msg = payload(16)
+  await ch.send(flow, msg)
+  assert.ok((await ch.recv()).data.equals(msg))
+  await kill() // SIGKILLed and exited
+  await rejectsWith(ch.send(flow, msg), codes.SIDECAR_GONE)
+  throwsWith(() => ch.trySend(flow, msg), codes.SIDECAR_GONE)
+  await rejectsWith(ch.connect(ECHO_IP(), ECHO_PORT(), 10000), codes.SIDECAR_GONE)
+  await rejectsWith(ch.listen(freshPort()), codes.SIDECAR_GONE)
+  await rejectsWith(ch.closeFlow(flow), codes.SIDECAR_GONE)
+  await rejectsWith(ch.recv(), codes.SIDECAR_GONE)
+  assert.equal(m.isSidecarGone(), true)
   await ch.close()
 })

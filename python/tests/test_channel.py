@@ -244,6 +244,41 @@ def test_sidecar_gone(tmp_dir: object) -> None:
         s.stop()
 
 
+def test_every_call_fails_with_sidecar_gone_after_the_sidecar_died(
+    tmp_dir: object, sidecar_a: Sidecar
+) -> None:
+    """Issue 14: after a SIGKILL of the sidecar, a send into a ring with room raised nothing
+    and the message was lost. Every call that hands something to the sidecar must raise
+    SidecarGoneError, with no receive in between."""
+    from pathlib import Path
+
+    s = Sidecar("gone-send", IP_C, Path(str(tmp_dir)))
+    try:
+        m = machnet.attach(s.sock)
+        ch = m.open_channel()
+        flow = ch.connect(IP_A, ECHO_PORT)
+        assert echo(ch, flow, b"ping") == b"ping"
+        s.stop(9)  # SIGKILL, and reaped: the process is dead
+        calls: List[Callable[[], object]] = [
+            lambda: ch.send(flow, b"lost?"),
+            lambda: ch.try_send(flow, b"lost?"),
+            lambda: ch.connect(IP_A, ECHO_PORT),
+            lambda: ch.listen(7800),
+            lambda: ch.unlisten(7800),
+            lambda: ch.close_flow(flow),
+            lambda: ch.abort_flow(flow),
+            lambda: m.open_channel(),
+            lambda: ch.recv(timeout=0),
+        ]
+        for call in calls:
+            with pytest.raises(machnet.SidecarGoneError):
+                call()
+        assert m.is_sidecar_gone()
+        ch.close()  # closing a channel of a dead sidecar is fine
+    finally:
+        s.stop()
+
+
 def test_message_too_large(echo_channel: machnet.Channel) -> None:
     flow = echo_channel.connect(IP_A, ECHO_PORT)
     with pytest.raises(machnet.MessageTooLargeError) as e:

@@ -581,6 +581,7 @@ impl Channel {
         block: Block,
     ) -> Result<u32, PushFail> {
         self.check_usable()?;
+        self.check_sidecar()?;
         let id = self.next_request;
         self.next_request = self.next_request.wrapping_add(1).max(1);
         let mut h = RecordHeader::new(RecordKind::Connect, 0);
@@ -633,6 +634,7 @@ impl Channel {
             return Err(CloseError::WrongChannel);
         }
         self.check_usable()?;
+        self.check_sidecar()?;
         let state = match self.flows.get(&flow.handle) {
             None => return Ok(()),
             Some(e) => e.state,
@@ -708,6 +710,7 @@ impl Channel {
             });
         }
         self.check_usable()?;
+        self.check_sidecar()?;
         match self.flows.get(&flow.handle) {
             None => return Err(SendError::FlowClosed(self.close_reason(flow.handle))),
             Some(e) if e.state == FlowState::Closing => return Err(SendError::FlowClosing),
@@ -914,7 +917,7 @@ impl Channel {
             self.rx.cancel_wait();
             return Ok(true);
         }
-        if sys::hung_up(self.machnet.control_fd()) {
+        if !self.machnet.sidecar_alive() {
             self.rx.cancel_wait();
             return Err(RecvError::SidecarGone);
         }
@@ -1236,10 +1239,7 @@ impl Channel {
             deadline,
         );
         self.rx.cancel_wait();
-        match woken.map_err(Fault::Io)? {
-            Woken::SidecarGone => Err(Fault::SidecarGone),
-            Woken::Event | Woken::TimedOut => Ok(true),
-        }
+        self.woken(woken)
     }
 
     /// Called when the request ring lacks `need` bytes. Like [`Channel::wait_data`].
@@ -1286,10 +1286,7 @@ impl Channel {
             deadline,
         );
         clear(&self.tx);
-        match woken.map_err(Fault::Io)? {
-            Woken::SidecarGone => Err(Fault::SidecarGone),
-            Woken::Event | Woken::TimedOut => Ok(true),
-        }
+        self.woken(woken)
     }
 
     // ----- health -----
@@ -1321,21 +1318,46 @@ impl Channel {
         self.check_closed()
     }
 
+    /// Fails with `SidecarGone` if the sidecar is dead. Every call that hands something to the
+    /// sidecar makes this check (one zero-timeout `poll` of the control socket, none once the
+    /// death is known): a request written into the ring of a dead sidecar would be lost
+    /// silently (docs/CHANNEL.md §4, "A dead sidecar").
+    pub(crate) fn check_sidecar(&self) -> Result<(), Fault> {
+        if self.machnet.sidecar_alive() {
+            Ok(())
+        } else {
+            Err(Fault::SidecarGone)
+        }
+    }
+
+    /// Translates the outcome of a sleep on the eventfd and the control socket.
+    fn woken(&self, woken: std::io::Result<Woken>) -> Result<bool, Fault> {
+        match woken.map_err(Fault::Io)? {
+            Woken::SidecarGone => {
+                self.machnet.mark_gone();
+                Err(Fault::SidecarGone)
+            }
+            Woken::Event | Woken::TimedOut => Ok(true),
+        }
+    }
+
     fn liveness_check(&mut self) -> Result<(), Fault> {
         self.liveness_check_at(Instant::now())
     }
 
-    /// Polls the control socket for hang-up, at most every [`LIVENESS_INTERVAL`] (non-blocking
-    /// calls never sleep, so they would otherwise never notice a dead sidecar).
+    /// For calls that found nothing to do: polls the control socket for hang-up, at most every
+    /// [`LIVENESS_INTERVAL`] (non-blocking receives never sleep, so they would otherwise never
+    /// notice a dead sidecar; polling on every empty look would slow busy-polling receivers).
+    /// A death already known fails at once.
     fn liveness_check_at(&mut self, now: Instant) -> Result<(), Fault> {
+        if self.machnet.is_known_gone() {
+            return Err(Fault::SidecarGone);
+        }
         if now.duration_since(self.last_liveness) < LIVENESS_INTERVAL {
             return Ok(());
         }
         self.last_liveness = now;
-        if sys::hung_up(self.machnet.control_fd()) {
-            return Err(Fault::SidecarGone);
-        }
-        Ok(())
+        self.check_sidecar()
     }
 
     pub(crate) fn corrupt(&mut self, e: RingError) -> Fault {

@@ -57,8 +57,11 @@
 //! the blocked call returns `SidecarGone` instead of hanging. The channel header's `closed`
 //! word is checked before every sleep: a channel closed by the sidecar yields `ChannelClosed`
 //! with the sidecar's reason (after every notification already queued has been delivered).
-//! Non-blocking calls (`try_*`) that find nothing also check the control socket, at most every
-//! 10 ms.
+//! Non-blocking receives that find nothing also check the control socket, at most every
+//! 10 ms. Every call that hands something to the sidecar (any send, `connect`, `close`,
+//! `abort`, `listen`, ...) checks it first, so such a call made after the sidecar died fails
+//! with `SidecarGone` instead of queueing a request nobody will read; once seen, the death is
+//! remembered and later calls fail without a system call (docs/CHANNEL.md §4).
 //!
 //! [`Channel::set_busy_poll`] adds a bounded spin before sleeping, for latency-critical
 //! threads that can afford a core.

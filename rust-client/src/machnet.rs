@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ struct Inner {
     lock: Mutex<Option<String>>,
     timeout_ns: AtomicU64,
     info: SidecarInfo,
+    /// Set once the control connection was seen hung up: the sidecar is gone for good, and
+    /// every later call fails with `SidecarGone` without a system call.
+    gone: AtomicBool,
 }
 
 impl std::fmt::Debug for Machnet {
@@ -125,6 +128,7 @@ impl Machnet {
                 engines: 0,
                 max_message_len: 0,
             },
+            gone: AtomicBool::new(false),
         };
         let hello = Request::Hello {
             version: CONTROL_VERSION,
@@ -213,9 +217,25 @@ impl Machnet {
         );
     }
 
-    /// Whether the control connection hung up (the sidecar is gone). Never blocks.
+    /// Whether the control connection hung up (the sidecar is gone). Never blocks. Once it
+    /// returned `true` it always does.
     pub fn is_sidecar_gone(&self) -> bool {
-        sys::hung_up(self.inner.fd.as_raw_fd())
+        !self.sidecar_alive()
+    }
+
+    /// `false` if the sidecar is gone: known already, or the control socket hung up now (one
+    /// zero-timeout `poll`). The sidecar's end of the socket is closed by the kernel when its
+    /// process dies, however it dies, so a call made after the death always sees the hang-up
+    /// (docs/CHANNEL.md §4, "A dead sidecar").
+    pub(crate) fn sidecar_alive(&self) -> bool {
+        if self.inner.gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        if sys::hung_up(self.inner.fd.as_raw_fd()) {
+            self.inner.gone.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Opens a channel on `engine` (`None`: the sidecar picks one round-robin).
@@ -275,6 +295,16 @@ impl Machnet {
         result
     }
 
+    /// Whether the sidecar's death is already known (no system call).
+    pub(crate) fn is_known_gone(&self) -> bool {
+        self.inner.gone.load(Ordering::Relaxed)
+    }
+
+    /// Records that the control connection was seen hung up (by a wait that polled it).
+    pub(crate) fn mark_gone(&self) {
+        self.inner.gone.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn control_fd(&self) -> RawFd {
         self.inner.fd.as_raw_fd()
     }
@@ -326,7 +356,15 @@ impl Inner {
         // A panic while holding the lock cannot leave the connection half-used in a way the
         // `broken` marker does not cover, so a poisoned lock is simply taken over.
         let mut broken = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(RequestError::SidecarGone);
+        }
         if let Some(why) = broken.as_ref() {
+            // A connection broken by a timeout, say, whose sidecar has died since.
+            if sys::hung_up(self.fd.as_raw_fd()) {
+                self.gone.store(true, Ordering::Relaxed);
+                return Err(RequestError::SidecarGone);
+            }
             return Err(RequestError::Broken(why.clone()));
         }
         let timeout = self.timeout();
@@ -355,6 +393,7 @@ impl Inner {
         let (n, fds) = match received {
             Ok(r) => r,
             Err(PacketError::Closed) => {
+                self.gone.store(true, Ordering::Relaxed);
                 // The sidecar may have said why before hanging up (it refuses an unauthorised
                 // peer at once, before reading anything).
                 let err = fail(&mut broken, PacketError::Closed);

@@ -88,6 +88,9 @@ impl Channel {
                 None => Ok(()),
             }
         };
+        if matches!(result, Err(Fault::SidecarGone)) {
+            self.machnet().mark_gone();
+        }
         match what {
             Wait::Data => self.rx.cancel_wait(),
             Wait::Space(_) => self

@@ -639,6 +639,72 @@ fn a_dead_sidecar_ends_blocked_calls_instead_of_hanging() {
     drop(side);
 }
 
+/// The bug of issue 14: a send into a ring with room returned `Ok` after the sidecar died (the
+/// message was lost). Every call that hands something to the sidecar must fail at once, with no
+/// receive in between to notice the death first.
+#[test]
+fn after_the_sidecar_died_every_call_fails_at_once_even_with_room_in_the_ring() {
+    let (m, mut fake, mut ch, mut side) = open(Config::default());
+    side.accept(1, 5000, 80);
+    side.message(1, b"sent before the death");
+    let Some(Event::Accepted { flow, .. }) = ch.next_event(Some(T)).unwrap() else {
+        panic!()
+    };
+    assert!(!m.is_sidecar_gone());
+    ch.try_send(&flow, b"while alive")
+        .expect("a live sidecar takes a send");
+    fake.kill();
+    // No receive, no sleep: the ring has room for every one of these.
+    for e in [
+        ch.try_send(&flow, b"x").unwrap_err(),
+        ch.send(&flow, b"x").unwrap_err(),
+        ch.try_send_vectored(&flow, &[IoSlice::new(b"a"), IoSlice::new(b"b")])
+            .unwrap_err(),
+        ch.send_vectored(&flow, &[IoSlice::new(b"a")]).unwrap_err(),
+    ] {
+        assert!(matches!(e, SendError::SidecarGone), "{e:?}");
+    }
+    let e = ch.connect(REMOTE, 888).unwrap_err();
+    assert!(matches!(e, ConnectError::SidecarGone), "{e:?}");
+    let e = ch.close(&flow).unwrap_err();
+    assert!(matches!(e, machnet::CloseError::SidecarGone), "{e:?}");
+    let e = ch.abort(&flow).unwrap_err();
+    assert!(matches!(e, machnet::CloseError::SidecarGone), "{e:?}");
+    for e in [ch.listen(81).unwrap_err(), ch.unlisten(80).unwrap_err()] {
+        assert!(
+            matches!(e, ListenError::Request(machnet::RequestError::SidecarGone)),
+            "{e:?}"
+        );
+    }
+    let e = m.open_channel(None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OpenChannelError::Request(machnet::RequestError::SidecarGone)
+        ),
+        "{e:?}"
+    );
+    assert!(m.is_sidecar_gone());
+    // What the sidecar delivered before it died is still handed over; then the death shows.
+    let (f, data) = ch
+        .try_recv()
+        .unwrap()
+        .expect("the message queued before the death");
+    assert_eq!((f, data.as_slice()), (flow, &b"sent before the death"[..]));
+    assert!(matches!(ch.try_recv(), Err(RecvError::SidecarGone)));
+    // Nothing was written into the request ring after the death.
+    let (h, payload) = side
+        .request(Duration::ZERO)
+        .expect("the send made while alive");
+    assert_eq!(
+        (h.kind, payload.as_slice()),
+        (RecordKind::Send, &b"while alive"[..])
+    );
+    assert!(side.request(Duration::ZERO).is_none());
+    let e = ch.close_channel().unwrap_err();
+    assert!(matches!(e, machnet::RequestError::SidecarGone), "{e:?}");
+}
+
 #[test]
 fn a_corrupt_ring_is_an_error_that_sticks() {
     let (_m, _fake, mut ch, side) = open(Config::default());

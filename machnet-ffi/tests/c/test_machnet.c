@@ -629,17 +629,15 @@ static int t_detach(void) {
     return 0;
 }
 
-/* A third sidecar started here and killed under a blocked receive: every call ends with an
- * error instead of hanging. Runs last: it re-points machnet_init_at at that sidecar. */
-static int t_sidecar_gone(void) {
+/* Starts a third sidecar (127.0.0.3, control socket `path`) and points machnet_init_at at it.
+ * Returns its pid, or -1. */
+static pid_t start_doomed_sidecar(const char *path) {
     const char *bin = getenv("MACHNET_TEST_BIN"), *base = getenv("MACHNET_TEST_UDP_BASE");
-    const char *dir = getenv("MACHNET_TEST_DIR");
-    CHECK(bin && base && dir);
-    char path[512], uid[32];
-    snprintf(path, sizeof path, "%s/doomed-%d.sock", dir, (int)getpid());
+    if (!bin || !base) return -1;
+    char uid[32];
     snprintf(uid, sizeof uid, "%d", (int)getuid());
     pid_t pid = fork();
-    CHECK(pid >= 0);
+    if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives this test */
         int devnull = open("/dev/null", O_WRONLY);
@@ -654,8 +652,23 @@ static int t_sidecar_gone(void) {
         up = access(path, F_OK) == 0 && machnet_init_at(path) == 0;
         if (!up) usleep(25000); /* waiting for a process to come up; nothing to wait on */
     }
-    if (!up) kill(pid, SIGKILL);
-    CHECK(up);
+    if (!up) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    return pid;
+}
+
+/* A third sidecar started here and killed under a blocked receive: every call ends with an
+ * error instead of hanging. Runs last: it re-points machnet_init_at at that sidecar. */
+static int t_sidecar_gone(void) {
+    const char *dir = getenv("MACHNET_TEST_DIR");
+    CHECK(dir);
+    char path[512];
+    snprintf(path, sizeof path, "%s/doomed-%d.sock", dir, (int)getpid());
+    pid_t pid = start_doomed_sidecar(path);
+    CHECK(pid > 0);
     void *c = machnet_attach();
     CHECK(c != NULL);
     CHECK(machnet_listen(c, "127.0.0.3", 7500) == 0);
@@ -680,6 +693,44 @@ static int t_sidecar_gone(void) {
     errno = 0;
     CHECK(machnet_detach(c) == -1 && errno == ECONNRESET); /* gone, but the context is freed */
     FAILS(machnet_detach(c), EBADF);
+    unlink(path);
+    return 0;
+}
+
+/* Issue 14: once the sidecar process is dead, a send into a ring with room fails (ECONNRESET)
+ * instead of returning 0 and losing the message; so do connect, listen and close. Nothing
+ * received in between (which used to be how a dead sidecar was noticed). Runs last. */
+static int t_send_after_sidecar_death_fails(void) {
+    const char *dir = getenv("MACHNET_TEST_DIR");
+    CHECK(dir);
+    char path[512];
+    snprintf(path, sizeof path, "%s/doomed-send-%d.sock", dir, (int)getpid());
+    pid_t pid = start_doomed_sidecar(path);
+    CHECK(pid > 0);
+    void *c = machnet_attach();
+    CHECK(c != NULL);
+    MachnetFlow_t f;
+    CHECK(machnet_connect(c, "127.0.0.3", peer_ip, echo_port, &f) == 0);
+    CHECK(echo_once(c, f, 100, 14) == 0);
+    CHECK(kill(pid, SIGKILL) == 0);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    FAILS(machnet_send(c, f, "lost?", 5), ECONNRESET);
+    MachnetIovec_t iov = {(void *)"lost?", 5};
+    MachnetMsgHdr_t h;
+    memset(&h, 0, sizeof h);
+    h.msg_size = 5;
+    h.flow_info = f;
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    FAILS(machnet_sendmsg(c, &h), ECONNRESET);
+    errno = 0;
+    CHECK(machnet_sendmmsg(c, &h, 1) == 0 && errno == ECONNRESET);
+    MachnetFlow_t f2;
+    FAILS(machnet_connect(c, "127.0.0.3", peer_ip, echo_port, &f2), ECONNRESET);
+    FAILS(machnet_listen(c, "127.0.0.3", 7600), ECONNRESET);
+    FAILS(machnet_close(c, f), ECONNRESET);
+    FAILS(machnet_detach(c), ECONNRESET); /* gone, but the context is freed */
     unlink(path);
     return 0;
 }
@@ -782,6 +833,7 @@ int main(void) {
         {"close_a_flow", t_close_a_flow, 1},
         {"detach", t_detach, 1},
         {"sidecar_gone", t_sidecar_gone, 0},
+        {"send_after_sidecar_death_fails", t_send_after_sidecar_death_fails, 0},
     };
     int passed = 0, failed = 0, have_channel = 0, have_flow = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
