@@ -422,8 +422,10 @@ fn slow_reader_gets_back_pressure_not_loss() {
         "steady state: no room at the sender"
     );
     assert_eq!(p.a.flow_stats(fa).unwrap().peer_window, 0);
+    // Unread messages reach the buffer size plus at most the message that crossed it, and a
+    // partial message counts with its buffer's full capacity (here the message length).
     let held = p.b.flow_held_bytes(fb).unwrap();
-    assert!(held <= (64 << 10) + 10_000, "receiver holds {held} bytes");
+    assert!(held <= (64 << 10) + 2 * 10_000, "receiver holds {held} bytes");
     // Still alive after seconds of zero window: probes keep the flow up.
     p.events_a.clear();
     p.run_until(p.now + Duration::from_secs(20), |_| false);
