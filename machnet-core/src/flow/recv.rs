@@ -146,9 +146,7 @@ fn grown_capacity(cap: usize, needed: usize, expected: usize, room: usize) -> Op
         return Some(cap);
     }
     let doubled = needed.max(2 * cap).max(PARTIAL_MIN_CAPACITY).min(expected);
-    [doubled, needed]
-        .into_iter()
-        .find(|&c| c - cap <= room)
+    [doubled, needed].into_iter().find(|&c| c - cap <= room)
 }
 
 #[derive(Debug)]
@@ -473,7 +471,9 @@ impl RecvState {
         if room == 0 {
             return 0;
         }
-        (room.div_ceil(self.fragment_payload).min(self.max_window as usize)) as u32
+        (room
+            .div_ceil(self.fragment_payload)
+            .min(self.max_window as usize)) as u32
     }
 
     /// Whether out-of-order packets are buffered (SACK blocks are due).
@@ -607,5 +607,99 @@ mod tests {
                 .unwrap(),
             Arrival::OutOfWindow
         );
+    }
+
+    fn limited(share: usize, free: usize) -> RecvState {
+        let mut r = RecvState::new(10, 8 << 20, 1 << 20, 4096, 1000);
+        r.advertise();
+        r.set_memory(MemoryView { share, free });
+        r
+    }
+
+    #[test]
+    fn a_claimed_message_length_costs_nothing_until_the_data_arrives() {
+        let mut r = limited(100_000, 100_000);
+        // An 8 MiB claim with 10 bytes of data: the buffer starts small.
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 8 << 20, &[7; 10]).unwrap(),
+            Arrival::InOrder
+        );
+        assert!(r.held_bytes() <= PARTIAL_MIN_CAPACITY, "{}", r.held_bytes());
+        // It grows with the data, never past the share: then the data is refused.
+        let mut s = 11;
+        loop {
+            match r.on_data(s, 0, 0, &[7; 1000]).unwrap() {
+                Arrival::InOrder => s += 1,
+                Arrival::OverBudget { engine_full } => {
+                    assert!(!engine_full, "the flow's own share ran out");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(r.held_bytes() <= 100_000, "{}", r.held_bytes());
+        }
+        assert!(
+            r.held_bytes() > 99_000,
+            "grew up to the share: {}",
+            r.held_bytes()
+        );
+        assert!(
+            r.window() <= 1,
+            "less than a fragment of room left: {}",
+            r.window()
+        );
+    }
+
+    #[test]
+    fn out_of_order_data_is_refused_beyond_the_share_or_the_engines_free_bytes() {
+        let mut r = limited(5_000, 1_000_000);
+        for s in 11..16 {
+            assert_eq!(r.on_data(s, 0, 0, &[1; 1000]).unwrap(), Arrival::Buffered);
+        }
+        assert_eq!(
+            r.on_data(16, 0, 0, &[1; 1]).unwrap(),
+            Arrival::OverBudget { engine_full: false }
+        );
+        assert_eq!(r.held_bytes(), 5_000);
+        // Within its share, but the engine has only 500 bytes free.
+        r.set_memory(MemoryView {
+            share: 1_000_000,
+            free: 500,
+        });
+        assert_eq!(
+            r.on_data(17, 0, 0, &[1; 501]).unwrap(),
+            Arrival::OverBudget { engine_full: true }
+        );
+        assert_eq!(r.on_data(17, 0, 0, &[1; 500]).unwrap(), Arrival::Buffered);
+    }
+
+    #[test]
+    fn stored_fragments_move_into_the_message_without_new_memory() {
+        // Fragments 11..=14 arrive first and fill the share; the first one then completes the
+        // message: the stored bytes become the message, nothing more is needed.
+        let mut r = limited(4_100, 4_100);
+        for s in 11..15 {
+            let f = if s == 14 { flags::LAST } else { 0 };
+            assert_eq!(r.on_data(s, f, 0, &[2; 1000]).unwrap(), Arrival::Buffered);
+        }
+        r.set_memory(MemoryView {
+            share: 10_000,
+            free: 100,
+        });
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 5_000, &[2; 1000]).unwrap(),
+            Arrival::OverBudget { engine_full: true },
+            "the first fragment itself needs 1000 more bytes"
+        );
+        r.set_memory(MemoryView {
+            share: 5_000,
+            free: 1_000,
+        });
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 5_000, &[2; 1000]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(r.read().unwrap().len(), 5_000);
+        assert_eq!(r.held_bytes(), 0);
     }
 }
