@@ -713,11 +713,8 @@ impl Worker {
             channels: self.chans.len(),
             active_channels: self.active.len(),
             flows: self.core.flow_count(),
-            core_held_bytes: self
-                .owners
-                .keys()
-                .filter_map(|&f| self.core.flow_held_bytes(f))
-                .sum(),
+            core_held_bytes: self.core.held_bytes(),
+            memory_budget: self.core.config().memory_budget,
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
         }
