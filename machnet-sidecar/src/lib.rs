@@ -10,6 +10,7 @@
 //! - [`engine`]: one thread per engine driving a `machnet_core::Engine`.
 //! - [`control`]: the control socket server.
 //! - [`stats`]: per-engine counters.
+//! - [`memory`]: returning freed memory to the operating system.
 //! - [`Sidecar`]: starts and stops all of it.
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod memory;
 pub mod netstack;
 pub mod shm;
 mod sidecar;

@@ -292,3 +292,92 @@ fn attacker_flows_stay_within_the_sidecar_budget_and_a_legit_echo_still_works() 
     ch.close(&flow).expect("close");
     server.shutdown();
 }
+
+/// Resident set size of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb << 10
+}
+
+/// A measurement, not a check (run with `--ignored --nocapture`): RSS of a `machnet` process
+/// before, during and after 32 attacker flows, and after the flows are gone.
+#[test]
+#[ignore]
+fn rss_before_during_and_after_an_attack() {
+    let budget = std::env::var("MEMORY_BUDGET").unwrap_or_else(|_| "256MiB".into());
+    let dir = std::env::temp_dir().join(format!("machnet-rss-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER], 8);
+    let sock = dir.join("s.sock");
+    let log = std::fs::File::create(dir.join("s.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_machnet"))
+        .args(["--local-ip", "127.0.0.1", "--engines", "1"])
+        .args(["--udp-port-base", &pool.base.to_string()])
+        .args(["--udp-port-count", &pool.count.to_string()])
+        .args(["--memory-budget", &budget, "--stats-interval", "0"])
+        .arg("--control-socket")
+        .arg(&sock)
+        .stderr(log)
+        .spawn()
+        .expect("spawn machnet");
+    let pid = child.id();
+    let deadline = Instant::now() + WAIT;
+    let app = loop {
+        if let Ok(m) = Machnet::attach_at(&sock) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "sidecar did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut ch = app.open_channel(None).expect("channel");
+    ch.listen(PORT).expect("listen");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid);
+    let attackers: Vec<AttackFlow> = (0..32u16)
+        .map(|i| {
+            let how = if i % 2 == 0 {
+                Attack::OutOfOrder
+            } else {
+                Attack::Partial
+            };
+            AttackFlow::connect(SERVER, (pool.base, pool.count), 41_000 + i, how)
+        })
+        .collect();
+    let mut peak = 0;
+    for _ in 0..8 {
+        for a in &attackers {
+            a.blast();
+        }
+        let _ = ch.next_event(Some(Duration::from_millis(50)));
+        peak = peak.max(rss(pid));
+    }
+    drop(attackers);
+    // The flows die of the idle timeout (10 s) and linger; then RSS is sampled.
+    let end = Instant::now() + Duration::from_secs(13);
+    while Instant::now() < end {
+        let _ = ch.next_event(Some(Duration::from_millis(200)));
+    }
+    let after = rss(pid);
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    eprintln!(
+        "budget {budget}: RSS before {:.1} MiB, peak during {:.1} MiB, after {:.1} MiB",
+        mib(before),
+        mib(peak),
+        mib(after)
+    );
+    drop(ch);
+    drop(app);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -96,6 +96,7 @@ pub(super) struct Worker {
     next_stats: Option<Instant>,
     counters: LoopStats,
     dp_registered: bool,
+    trimmer: crate::memory::Trimmer,
 }
 
 fn flow_info(core: &Engine, id: FlowId) -> Option<FlowInfo> {
@@ -179,6 +180,7 @@ impl Worker {
             next_stats: params.stats_interval.map(|d| now + d),
             counters: LoopStats::default(),
             dp_registered,
+            trimmer: crate::memory::Trimmer::default(),
         })
     }
 
@@ -209,6 +211,7 @@ impl Worker {
             work |= self.transmit(now);
             self.park_idle(now);
             self.stats_tick(now);
+            self.trimmer.tick(self.core.held_bytes());
             if work {
                 last_work = now;
             } else if self.idle_mode == IdleMode::Sleep && now - last_work >= self.busy_poll {
