@@ -134,6 +134,10 @@ pub struct EngineConfig {
     pub recv_buffer: usize,
     /// Largest receive window advertised, in packets (bounds the reassembly buffer).
     pub max_window_packets: u32,
+    /// Bytes of received data (unread messages, partial messages, out-of-order packets) all
+    /// flows of this engine may hold together; each flow gets a fair share (PROTOCOL.md §6.5).
+    /// At least `max_message_len`.
+    pub memory_budget: usize,
     pub rto: RtoConfig,
     pub handshake: HandshakeConfig,
     /// Probe an idle peer this often.
@@ -169,6 +173,7 @@ impl EngineConfig {
             send_buffer: 16 << 20,
             recv_buffer: 16 << 20,
             max_window_packets: 4096,
+            memory_budget: 1 << 30,
             rto: RtoConfig::default(),
             handshake: HandshakeConfig::default(),
             keepalive_interval: Duration::from_secs(1),
@@ -246,6 +251,11 @@ impl EngineConfig {
         check(
             self.send_buffer >= self.max_message_len as usize,
             "send_buffer",
+            "must hold at least one maximum-size message",
+        )?;
+        check(
+            self.memory_budget >= self.max_message_len as usize,
+            "memory_budget",
             "must hold at least one maximum-size message",
         )?;
         check(

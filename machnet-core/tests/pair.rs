@@ -468,8 +468,13 @@ fn slow_reader_gets_back_pressure_not_loss() {
         "steady state: no room at the sender"
     );
     assert_eq!(p.a.flow_stats(fa).unwrap().peer_window, 0);
+    // Unread messages reach the buffer size plus at most the message that crossed it, and a
+    // partial message counts with its buffer's full capacity (here the message length).
     let held = p.b.flow_held_bytes(fb).unwrap();
-    assert!(held <= (64 << 10) + 10_000, "receiver holds {held} bytes");
+    assert!(
+        held <= (64 << 10) + 2 * 10_000,
+        "receiver holds {held} bytes"
+    );
     // Still alive after seconds of zero window: probes keep the flow up.
     p.events_a.clear();
     p.run_until(p.now + Duration::from_secs(20), |_| false);
@@ -756,4 +761,160 @@ fn data_larger_than_the_agreed_datagram_is_dropped_and_counted_never_delivered()
         "{:?}",
         p.events_b
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Memory budget (PROTOCOL.md §6.5)
+// ------------------------------------------------------------------------------------------------
+
+/// What an attacker flow's link withholds from b, forever.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Withheld {
+    /// Every FIRST fragment: b only ever holds out-of-order data.
+    First,
+    /// Every LAST fragment: b only ever holds partial messages.
+    Last,
+}
+
+const BUDGET: usize = 4 << 20;
+const ATTACK_MSG: usize = 512 << 10;
+
+/// `attackers` flows from a send messages whose FIRST or LAST fragments the link drops (so b
+/// holds out-of-order data or partial messages that can never complete); then returns the pair
+/// and the attackers' a-side flows, with b's memory as full as the attack can make it.
+/// `staggered`: each attacker sends before the next connects (early ones take large shares);
+/// else all connect first.
+fn attacked_pair(attackers: usize, datagram: u16, staggered: bool) -> (Pair, Vec<FlowId>) {
+    let mut p = Pair::asymmetric(
+        |c| {
+            c.max_udp_payload = datagram;
+            c.max_message_len = ATTACK_MSG as u32;
+            c.send_buffer = 4 * ATTACK_MSG;
+            // Attackers ignore congestion: a window that losses do not shrink.
+            c.congestion = machnet_core::cc::CongestionConfig::Fixed { window: 4096 };
+        },
+        |c| {
+            c.max_udp_payload = datagram;
+            c.max_message_len = ATTACK_MSG as u32;
+            c.memory_budget = BUDGET;
+        },
+    );
+    let mut flows = Vec::new();
+    let withheld = std::rc::Rc::new(std::cell::RefCell::new(std::collections::HashMap::new()));
+    let w = withheld.clone();
+    p.rewrite = Box::new(move |to_b, bytes| {
+        let port = u16::from_be_bytes([bytes[6], bytes[7]]);
+        let w = w.borrow();
+        let (Some(how), true) = (w.get(&port), to_b) else {
+            return;
+        };
+        let is_data = bytes[3] == machnet_core::wire::PacketType::Data as u8;
+        let f = bytes[4];
+        let drop = match how {
+            Withheld::First => f & machnet_core::wire::flags::FIRST != 0,
+            Withheld::Last => f & machnet_core::wire::flags::LAST != 0,
+        };
+        if is_data && drop {
+            bytes[0] = 0; // bad magic: b drops it
+        }
+    });
+    let attack = |p: &mut Pair, i: usize, fa: FlowId| {
+        for m in 0..3 {
+            p.a.send(p.now, fa, message((i * 10 + m) as u32, ATTACK_MSG))
+                .unwrap();
+        }
+        p.run_until(p.now + Duration::from_millis(200), |_| false);
+    };
+    for i in 0..attackers {
+        let (fa, _) = p.connect();
+        let port = p.a.flow_key(fa).unwrap().local_port;
+        let how = if i % 2 == 0 {
+            Withheld::First
+        } else {
+            Withheld::Last
+        };
+        withheld.borrow_mut().insert(port, how);
+        flows.push(fa);
+        if staggered {
+            attack(&mut p, i, fa);
+        }
+    }
+    if !staggered {
+        for (i, &fa) in flows.clone().iter().enumerate() {
+            attack(&mut p, i, fa);
+        }
+    }
+    (p, flows)
+}
+
+/// b's memory never went beyond its budget.
+fn assert_within_budget(p: &Pair) {
+    let peak = p.b.stats().held_bytes_peak as usize;
+    assert!(
+        peak <= BUDGET,
+        "b held {peak} bytes at its peak, budget {BUDGET}"
+    );
+    assert!(p.b.held_bytes() <= BUDGET);
+}
+
+#[test]
+fn attacker_flows_cannot_exceed_the_budget_whatever_the_datagram_size() {
+    for datagram in [1_472u16, 9_000, 65_507] {
+        let attackers = 12;
+        let (p, _) = attacked_pair(attackers, datagram, false);
+        assert_within_budget(&p);
+        assert!(
+            p.b.held_bytes() > BUDGET / 2,
+            "{datagram}: the attack should fill b's memory, held {}",
+            p.b.held_bytes()
+        );
+        assert!(
+            p.b.stats()
+                .drops_for(machnet_core::DropReason::MemoryBudget)
+                > 0,
+            "{datagram}: packets beyond the shares are refused and counted"
+        );
+        assert_eq!(p.b.flow_count(), attackers);
+    }
+}
+
+#[test]
+fn a_legit_flow_completes_byte_identical_while_attackers_hold_the_budget() {
+    for datagram in [1_472u16, 65_507] {
+        let (mut p, _) = attacked_pair(8, datagram, true);
+        let full = p.b.held_bytes();
+        assert!(full > BUDGET * 2 / 3, "b is mostly full: {full}");
+        let reclaims = p.b.stats().memory_reclaims;
+        let (fa, fb) = p.connect();
+        let sizes: Vec<usize> = (0..30).map(|i| 1 + (i * 7_919) % (128 << 10)).collect();
+        let msgs: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| message(1000 + i as u32, n))
+            .collect();
+        for m in &msgs {
+            p.a.send(p.now, fa, m.clone()).unwrap();
+        }
+        let mut got = Vec::new();
+        let deadline = p.now + Duration::from_secs(5);
+        while got.len() < msgs.len() {
+            p.run_until(deadline, |p| p.b.peek_len(fb).unwrap().is_some());
+            drain(&mut p.b, fb, &mut got);
+            assert!(
+                p.now < deadline,
+                "{datagram}: stalled at {}/{}",
+                got.len(),
+                msgs.len()
+            );
+        }
+        assert!(
+            got == msgs,
+            "{datagram}: delivered byte-identical and in order"
+        );
+        assert_within_budget(&p);
+        assert!(
+            p.b.stats().memory_reclaims > reclaims,
+            "{datagram}: the newcomer's share was taken from an attacker above its own"
+        );
+    }
 }

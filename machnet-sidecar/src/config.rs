@@ -38,6 +38,34 @@ pub const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(30);
 /// sent (well inside systemd's default stop timeout).
 pub const DEFAULT_SHUTDOWN_LINGER: Duration = Duration::from_secs(5);
 
+/// Default `--memory-budget`: this fraction of the host's physical memory...
+pub const DEFAULT_MEMORY_BUDGET_FRACTION: u64 = 4;
+/// ...but at least this much...
+pub const DEFAULT_MEMORY_BUDGET_FLOOR: u64 = 256 << 20;
+/// ...and at most this much (then raised to one `--max-message-len` per engine if smaller).
+pub const DEFAULT_MEMORY_BUDGET_CAP: u64 = 16 << 30;
+
+/// The default `--memory-budget` for a host with `physical` bytes of memory (`None`: unknown,
+/// the floor is used): a quarter of it, within [`DEFAULT_MEMORY_BUDGET_FLOOR`] and
+/// [`DEFAULT_MEMORY_BUDGET_CAP`].
+pub fn default_memory_budget(physical: Option<u64>) -> u64 {
+    physical
+        .map_or(DEFAULT_MEMORY_BUDGET_FLOOR, |p| {
+            p / DEFAULT_MEMORY_BUDGET_FRACTION
+        })
+        .clamp(DEFAULT_MEMORY_BUDGET_FLOOR, DEFAULT_MEMORY_BUDGET_CAP)
+}
+
+/// The host's physical memory in bytes, if the system tells.
+pub fn physical_memory() -> Option<u64> {
+    use nix::unistd::{sysconf, SysconfVar};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok()??;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??;
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
 /// Smallest `--mtu` accepted (the IPv4 minimum every host must accept).
 pub const MIN_MTU: u16 = 576;
 /// Largest `--mtu` accepted on DPDK ports (jumbo frames).
@@ -201,6 +229,14 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub flow_recv_buffer: Option<u64>,
 
+    /// Bytes of received data (unread and partial messages, out-of-order packets) all flows
+    /// together may hold; split evenly between engines, and within an engine fairly between its
+    /// flows. Data beyond it is refused (the sender resends it later). At least one
+    /// --max-message-len per engine. [default: a quarter of physical memory, at least 256MiB,
+    /// at most 16GiB, raised to one --max-message-len per engine]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+
     /// Seconds between per-engine statistics log lines; 0 disables them. [default: 10]
     #[arg(long, value_name = "SECONDS")]
     pub stats_interval: Option<f64>,
@@ -333,6 +369,8 @@ pub struct FileConfig {
     pub flow_send_buffer: Option<u64>,
     /// See [`Cli::flow_recv_buffer`].
     pub flow_recv_buffer: Option<u64>,
+    /// See [`Cli::memory_budget`].
+    pub memory_budget: Option<u64>,
     /// See [`Cli::stats_interval`].
     pub stats_interval: Option<f64>,
     /// See [`Cli::close_linger`].
@@ -424,6 +462,8 @@ pub struct SidecarConfig {
     pub flow_send_buffer: usize,
     /// Per-flow receive buffer in bytes.
     pub flow_recv_buffer: usize,
+    /// Bytes of received data all flows may hold; each engine gets `memory_budget / engines`.
+    pub memory_budget: usize,
     /// Interval of statistics log lines (`None`: off).
     pub stats_interval: Option<Duration>,
     /// How long a detached channel's flows may take to deliver what the app sent (zero:
@@ -585,6 +625,8 @@ impl SidecarConfig {
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             flow_send_buffer: DEFAULT_FLOW_BUFFER,
             flow_recv_buffer: DEFAULT_FLOW_BUFFER,
+            memory_budget: usize::try_from(default_memory_budget(physical_memory()))
+                .unwrap_or(usize::MAX),
             stats_interval: Some(Duration::from_secs(10)),
             close_linger: DEFAULT_CLOSE_LINGER,
             shutdown_linger: DEFAULT_SHUTDOWN_LINGER,
@@ -701,6 +743,14 @@ impl SidecarConfig {
             c.flow_recv_buffer =
                 usize::try_from(v).map_err(|_| invalid("--flow-recv-buffer", "too large"))?;
         }
+        if let Some(v) = pick!(memory_budget) {
+            c.memory_budget =
+                usize::try_from(v).map_err(|_| invalid("--memory-budget", "too large"))?;
+        } else {
+            // The host-sized default still lets every engine receive one maximum-size message.
+            let least = usize::from(c.engines).saturating_mul(c.max_message_len as usize);
+            c.memory_budget = c.memory_budget.max(least);
+        }
         if let Some(v) = pick!(stats_interval) {
             if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
                 return Err(invalid("--stats-interval", "must be 0..=86400 seconds"));
@@ -777,6 +827,7 @@ impl SidecarConfig {
         e.max_message_len = self.max_message_len;
         e.send_buffer = self.flow_send_buffer;
         e.recv_buffer = self.flow_recv_buffer;
+        e.memory_budget = self.memory_budget / usize::from(self.engines.max(1));
         e.checksum = machnet_core::ChecksumMode::Datapath;
         if let Some(mtu) = self.mtu {
             e.max_udp_payload = mtu.saturating_sub(28);
@@ -816,6 +867,15 @@ impl SidecarConfig {
         }
         if self.flow_recv_buffer == 0 {
             return Err(invalid("--flow-recv-buffer", "must be at least 1"));
+        }
+        if self.memory_budget / usize::from(self.engines.max(1)) < self.max_message_len as usize {
+            return Err(invalid(
+                "--memory-budget",
+                format!(
+                    "must hold one message of --max-message-len ({} bytes) per engine ({})",
+                    self.max_message_len, self.engines
+                ),
+            ));
         }
         if let Some(mtu) = self.mtu {
             let max = match self.datapath {
@@ -987,6 +1047,7 @@ mod tests {
             "--idle-mode",
             "--busy-poll-us",
             "--max-message-len",
+            "--memory-budget",
             "--stats-interval",
             "--config",
         ] {
@@ -1061,6 +1122,11 @@ mod tests {
                 "--control-hello-timeout",
             ),
             (&["--control-idle-timeout=-1"], "--control-idle-timeout"),
+            (&["--memory-budget", "1MiB"], "--memory-budget"),
+            (
+                &["--memory-budget", "24MiB", "--engines", "4"],
+                "--memory-budget",
+            ),
         ];
         for (args, flag) in cases {
             match parse(args) {
@@ -1072,6 +1138,25 @@ mod tests {
             parse(&["--allow-user", "no-such-user-hopefully"]),
             Err(ConfigError::UnknownName { kind: "user", .. })
         ));
+    }
+
+    #[test]
+    fn memory_budget_is_sized_from_the_host_and_split_between_engines() {
+        assert_eq!(default_memory_budget(None), DEFAULT_MEMORY_BUDGET_FLOOR);
+        assert_eq!(default_memory_budget(Some(8 << 30)), 2 << 30);
+        assert_eq!(default_memory_budget(Some(1 << 30)), 256 << 20, "floor");
+        assert_eq!(default_memory_budget(Some(1 << 40)), 16 << 30, "cap");
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.memory_budget as u64,
+            default_memory_budget(physical_memory())
+        );
+        // The default grows to one maximum-size message per engine.
+        let c = parse(&["--engines", "64", "--max-message-len", "64MiB"]).unwrap();
+        assert!(c.memory_budget >= 64 * (64 << 20));
+        let c = parse(&["--memory-budget", "1GiB", "--engines", "4"]).unwrap();
+        assert_eq!(c.memory_budget, 1 << 30);
+        assert_eq!(c.engine_config(3).memory_budget, 256 << 20);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`control`]: the control socket server.
 //! - [`stats`]: per-engine counters.
 //! - [`ratelog`]: rate-limited logging for lines peers can trigger.
+//! - [`memory`]: returning freed memory to the operating system.
 //! - [`Sidecar`]: starts and stops all of it.
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod memory;
 pub mod netstack;
 pub mod ratelog;
 pub mod shm;

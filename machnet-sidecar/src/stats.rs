@@ -52,8 +52,11 @@ pub struct EngineReport {
     pub active_channels: usize,
     /// Flows in the core (including half-open and lingering ones).
     pub flows: usize,
-    /// Bytes the core holds for applications (unread, partial and out-of-order data).
+    /// Bytes the core holds for all flows (unread, partial and out-of-order data), counted
+    /// against `memory_budget`; the peak is `core.held_bytes_peak`.
     pub core_held_bytes: usize,
+    /// This engine's part of `--memory-budget`.
+    pub memory_budget: usize,
     /// Message bytes held by the sidecar outside the core and the rings.
     pub sidecar_held_bytes: usize,
     /// Channels whose request ring is held up by a flow's full send buffer.
@@ -70,7 +73,7 @@ impl fmt::Display for EngineReport {
             f,
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
-             held core {} B sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
+             held core {} B (peak {} B, budget {} B, reclaims {}) sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
              tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {}",
             self.engine,
             self.channels,
@@ -88,6 +91,9 @@ impl fmt::Display for EngineReport {
             c.accepts_completed,
             c.rsts_sent,
             self.core_held_bytes,
+            c.held_bytes_peak,
+            self.memory_budget,
+            c.memory_reclaims,
             self.sidecar_held_bytes,
             self.stalled_channels,
             d.rx_oversize,
@@ -134,6 +140,7 @@ mod tests {
             active_channels: 1,
             flows: 2,
             core_held_bytes: 0,
+            memory_budget: 1 << 30,
             sidecar_held_bytes: 0,
             stalled_channels: 0,
             orphan_flows: 0,

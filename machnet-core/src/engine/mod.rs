@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
+use crate::flow::recv::MemoryView;
 use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, Phase, CTRL_QUEUE_CAP};
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
@@ -93,6 +94,8 @@ pub struct Engine {
     answer_budget: SprayBudget,
     live: usize,
     half_open: usize,
+    /// Bytes all flows hold against `cfg.memory_budget` (sum of `RecvState::held_bytes`).
+    held: usize,
     last_now: Instant,
     /// Complete messages of flows that ended (not by a local abort) before the application
     /// read them: the peer had them acknowledged, so they are still delivered (`recv`).
@@ -144,6 +147,7 @@ impl Engine {
             answer_budget,
             live: 0,
             half_open: 0,
+            held: 0,
             last_now: Instant::ZERO,
             leftovers: HashMap::new(),
         })
@@ -166,6 +170,18 @@ impl Engine {
     /// Flows this engine holds, including half-open and lingering ones.
     pub fn flow_count(&self) -> usize {
         self.live
+    }
+
+    /// Bytes of received data all flows hold (unread and partial messages, out-of-order
+    /// packets); never above [`EngineConfig::memory_budget`] (PROTOCOL.md §6.5).
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// A flow's fair share of the memory budget: the budget divided among the flows that are
+    /// not half-open (those hold no data yet).
+    fn fair_share(&self) -> usize {
+        self.cfg.memory_budget / (self.live - self.half_open).max(1)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -379,9 +395,14 @@ impl Engine {
             return self.recv_leftover(flow);
         };
         let now = self.last_now;
-        let msg = self.flow_mut(idx).recv.read();
+        let msg = self.run(idx, |f, ctx| {
+            let msg = f.recv.read();
+            if msg.is_some() {
+                f.on_read(now, ctx);
+            }
+            msg
+        });
         if msg.is_some() {
-            self.run(idx, |f, ctx| f.on_read(now, ctx));
             self.settle(idx, now);
         }
         Ok(msg)
@@ -785,14 +806,21 @@ impl Engine {
         self.slots[idx as usize].flow.as_ref().expect("live flow")
     }
 
-    /// Runs `f` on a live flow with access to the engine's shared pieces.
+    /// Runs `f` on a live flow with access to the engine's shared pieces, and keeps the
+    /// engine's count of held bytes up to date with what the flow holds afterwards.
     fn run<R>(&mut self, idx: u32, f: impl FnOnce(&mut Flow, &mut Ctx) -> R) -> R {
+        let share = self.fair_share();
         let slot = &mut self.slots[idx as usize];
         let id = FlowId {
             index: idx,
             generation: slot.generation,
         };
         let flow = slot.flow.as_mut().expect("live flow");
+        let before = flow.recv.held_bytes();
+        flow.recv.set_memory(MemoryView {
+            share,
+            free: self.cfg.memory_budget.saturating_sub(self.held),
+        });
         let mut ctx = Ctx {
             cfg: &self.cfg,
             rng: &mut self.rng,
@@ -802,8 +830,40 @@ impl Engine {
             ctrl: &mut self.ctrl,
             answer_budget: &mut self.answer_budget,
             id,
+            memory_starved: false,
         };
-        f(flow, &mut ctx)
+        let r = f(flow, &mut ctx);
+        let starved = ctx.memory_starved;
+        self.held = self.held - before + flow.recv.held_bytes();
+        self.stats.held_bytes_peak = self.stats.held_bytes_peak.max(self.held as u64);
+        if starved {
+            self.reclaim(idx, share);
+        }
+        r
+    }
+
+    /// A flow within its fair share was refused data because the engine's budget is spent:
+    /// the flow holding the most, if above its share, is aborted so that the refused data
+    /// fits when the peer resends it (PROTOCOL.md §6.5). Held data cannot be given back
+    /// otherwise: out-of-order packets were selectively acknowledged (the peer will not resend
+    /// them) and partial messages cumulatively.
+    fn reclaim(&mut self, starved: u32, share: usize) {
+        let victim = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i as u32 != starved)
+            .filter_map(|(i, s)| Some((i as u32, s.flow.as_ref()?.recv.held_bytes())))
+            .max_by_key(|&(_, held)| held);
+        let Some((idx, held)) = victim else { return };
+        if held <= share {
+            return;
+        }
+        self.stats.memory_reclaims += 1;
+        let f = self.flow_mut(idx);
+        let visible = f.is_visible();
+        f.die(CloseReason::Aborted, visible, true);
+        self.settle(idx, self.last_now);
     }
 
     /// After any change to a flow: reap it if it died, else re-arm its timers, register its
@@ -822,6 +882,7 @@ impl Engine {
         }
         if let Some(death) = flow.death {
             let flow = slot.flow.take().expect("checked");
+            self.held -= flow.recv.held_bytes();
             slot.generation = slot.generation.wrapping_add(1);
             self.free.push(idx);
             self.by_key.remove(&(

@@ -66,6 +66,9 @@ drop_reasons! {
     FlowLimit => "flow_limit",
     /// A DATA packet larger than the datagram size agreed for its flow (PROTOCOL.md §6.4).
     Oversize => "oversize",
+    /// A DATA packet refused because its flow holds its fair share of the engine's memory
+    /// budget, or the engine holds all of it (PROTOCOL.md §6.5).
+    MemoryBudget => "memory_budget",
 }
 
 #[cfg(test)]
@@ -125,6 +128,11 @@ pub struct EngineStats {
     pub tail_probes: u64,
     pub flows_opened: u64,
     pub flows_closed: u64,
+    /// Flows aborted to give their memory to flows within their fair share (PROTOCOL.md §6.5).
+    pub memory_reclaims: u64,
+    /// Bytes the engine's flows held for applications at most so far (received data: unread,
+    /// partial and out-of-order; see [`crate::Engine::held_bytes`]).
+    pub held_bytes_peak: u64,
 }
 
 impl EngineStats {

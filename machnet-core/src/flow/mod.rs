@@ -110,6 +110,9 @@ pub struct Ctx<'a> {
     pub ctrl: &'a mut VecDeque<CtrlPacket>,
     pub answer_budget: &'a mut crate::engine::budget::SprayBudget,
     pub id: FlowId,
+    /// Set by the flow when it refused data within its fair share because the engine's memory
+    /// budget is exhausted: the engine then reclaims memory from a flow above its share.
+    pub memory_starved: bool,
 }
 
 pub struct Flow {
@@ -326,7 +329,7 @@ impl Flow {
         matches!(self.phase, Phase::SynSent { .. } | Phase::Established)
     }
 
-    fn die(&mut self, reason: CloseReason, notify: bool, send_rst: bool) {
+    pub(crate) fn die(&mut self, reason: CloseReason, notify: bool, send_rst: bool) {
         if self.death.is_none() {
             self.death = Some(Death {
                 reason,
@@ -410,6 +413,7 @@ impl Flow {
                     return Err(DropReason::StaleHandshake);
                 }
                 self.irs = repr.seq;
+                let memory = self.recv.memory();
                 self.recv = RecvState::new(
                     repr.seq.wrapping_add(1),
                     cfg.max_message_len as usize,
@@ -417,6 +421,7 @@ impl Flow {
                     cfg.max_window_packets,
                     cfg.max_fragment_payload(),
                 );
+                self.recv.set_memory(memory);
                 self.learn_peer(&hs, cfg);
                 // The SYN advertised a full window relative to the peer's first sequence number.
                 self.recv.advertise();
@@ -657,6 +662,10 @@ impl Flow {
                     drop = Some(DropReason::Duplicate);
                 }
                 Ok(Arrival::OutOfWindow) => drop = Some(DropReason::OutOfWindow),
+                Ok(Arrival::OverBudget { engine_full }) => {
+                    ctx.memory_starved |= engine_full;
+                    drop = Some(DropReason::MemoryBudget);
+                }
             }
             self.stats.messages_received = self.recv.messages_completed;
             if !had_ready && self.recv.has_ready() {

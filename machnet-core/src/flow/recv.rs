@@ -87,16 +87,66 @@ pub enum Arrival {
     Duplicate,
     /// Beyond the window.
     OutOfWindow,
+    /// Storing it would exceed the memory this flow may use now (PROTOCOL.md §6.5): its fair
+    /// share of the engine's budget, or the engine's free budget (`engine_full`: the flow was
+    /// within its share, so another flow holds more than its own).
+    OverBudget { engine_full: bool },
+}
+
+/// The memory a flow may use, set by the engine before each operation on the flow
+/// (PROTOCOL.md §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryView {
+    /// The flow's fair share of the engine's budget, in bytes.
+    pub share: usize,
+    /// Bytes of the engine's budget no flow holds.
+    pub free: usize,
+}
+
+impl MemoryView {
+    /// No limit (for tests of the reassembly logic alone).
+    pub const UNLIMITED: MemoryView = MemoryView {
+        share: usize::MAX,
+        free: usize::MAX,
+    };
+}
+
+/// Why an in-order packet was not delivered.
+enum Refusal {
+    Violation,
+    OverBudget,
+}
+
+impl From<FramingViolation> for Refusal {
+    fn from(_: FramingViolation) -> Self {
+        Refusal::Violation
+    }
 }
 
 /// The peer broke message framing (PROTOCOL.md §6.4); the flow must be reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramingViolation;
 
+/// A message being reassembled. Its buffer grows as fragments arrive (never to more than the
+/// length the peer claimed), so a claimed length costs nothing until the data is there.
 #[derive(Debug)]
 struct Partial {
     buf: Vec<u8>,
     expected: usize,
+}
+
+/// Smallest capacity a partial message starts with (fewer regrowths for mid-size messages).
+const PARTIAL_MIN_CAPACITY: usize = 64 << 10;
+
+/// Capacity to grow a buffer of capacity `cap` to so that it holds `needed` bytes of a message
+/// of `expected` bytes: doubling (amortised copies) capped at `expected`, or just `needed` when
+/// doubling would take more than `room` more bytes. `None` if even that exceeds `room`.
+fn grown_capacity(cap: usize, needed: usize, expected: usize, room: usize) -> Option<usize> {
+    if needed <= cap {
+        return Some(cap);
+    }
+    let doubled = needed.max(2 * cap).max(PARTIAL_MIN_CAPACITY).min(expected);
+    [doubled, needed].into_iter().find(|&c| c - cap <= room)
 }
 
 #[derive(Debug)]
@@ -126,6 +176,8 @@ pub struct RecvState {
     right_edge: u32,
     /// Payload bytes held in the reorder buffer; capped at `recv_buffer`.
     reorder_bytes: usize,
+    /// What the engine lets this flow hold (set before every operation).
+    memory: MemoryView,
     /// Messages completed since creation.
     pub messages_completed: u64,
 }
@@ -154,7 +206,36 @@ impl RecvState {
             last_advertised: 0,
             right_edge: initial_seq,
             reorder_bytes: 0,
+            memory: MemoryView::UNLIMITED,
             messages_completed: 0,
+        }
+    }
+
+    /// Sets the memory this flow may use: its fair share of the engine's budget and what the
+    /// engine has free (PROTOCOL.md §6.5).
+    pub fn set_memory(&mut self, view: MemoryView) {
+        self.memory = view;
+    }
+
+    /// The memory view last set.
+    pub fn memory(&self) -> MemoryView {
+        self.memory
+    }
+
+    /// Bytes this flow may add now: within its share and the engine's free budget.
+    fn room(&self) -> usize {
+        self.memory
+            .share
+            .saturating_sub(self.held_bytes())
+            .min(self.memory.free)
+    }
+
+    /// What a refusal for want of memory is: the engine ran out although the flow was within
+    /// its share (`needed` more bytes), or the flow is at its share.
+    fn over_budget(&self, needed: usize) -> Arrival {
+        let within_share = self.held_bytes().saturating_add(needed) <= self.memory.share;
+        Arrival::OverBudget {
+            engine_full: within_share,
         }
     }
 
@@ -229,6 +310,9 @@ impl RecvState {
             if self.reorder_bytes + len > self.recv_buffer {
                 return Ok(Arrival::OutOfWindow);
             }
+            if len > self.room() {
+                return Ok(self.over_budget(len));
+            }
             let seg = match make(true) {
                 Arrived::Data {
                     flags,
@@ -250,16 +334,25 @@ impl RecvState {
             self.last_stored = Some(s);
             return Ok(Arrival::Buffered);
         }
-        self.deliver(make(false))?;
+        match self.deliver(make(false), self.room()) {
+            Ok(()) => {}
+            Err(Refusal::Violation) => return Err(FramingViolation),
+            Err(Refusal::OverBudget) => return Ok(self.over_budget(len)),
+        }
         // reorder[0] stood for the old `nxt`; after popping it the front stands for the new one.
         self.nxt = self.nxt.wrapping_add(1);
         self.reorder.pop_front();
         while let Some(Some(_)) = self.reorder.front() {
             let seg = self.reorder.pop_front().flatten().expect("checked");
             self.buffered_segments -= 1;
-            self.reorder_bytes -= seg.len();
+            let len = seg.len();
+            self.reorder_bytes -= len;
             self.nxt = self.nxt.wrapping_add(1);
-            self.deliver(seg.into_arrived())?;
+            // Its bytes were counted while stored: moving them into the message may take at
+            // most as many again (exact growth when doubling would not fit).
+            if let Err(Refusal::Violation) = self.deliver(seg.into_arrived(), self.room() + len) {
+                return Err(FramingViolation);
+            }
         }
         if self.buffered_segments == 0 {
             self.reorder.clear();
@@ -268,12 +361,13 @@ impl RecvState {
         Ok(Arrival::InOrder)
     }
 
-    /// Feeds one in-order packet to the message assembler.
-    fn deliver(&mut self, seg: Arrived<'_>) -> Result<(), FramingViolation> {
+    /// Feeds one in-order packet to the message assembler, taking at most `room` more bytes of
+    /// memory; refuses it (changing nothing) if it needs more.
+    fn deliver(&mut self, seg: Arrived<'_>, room: usize) -> Result<(), Refusal> {
         match seg {
             Arrived::Fin => {
                 if self.partial.is_some() {
-                    return Err(FramingViolation);
+                    return Err(Refusal::Violation);
                 }
                 self.fin_received = true;
                 // Nothing may follow a FIN.
@@ -289,34 +383,44 @@ impl RecvState {
             } => {
                 let first = f & flags::FIRST != 0;
                 let last = f & flags::LAST != 0;
+                let len = bytes.as_slice().len();
                 if first {
                     if self.partial.is_some() || msg_len as usize > self.max_message {
-                        return Err(FramingViolation);
+                        return Err(Refusal::Violation);
                     }
                     if last {
                         // One-fragment message: `Repr::parse` checked payload_len == msg_len.
+                        // Stored ones are counted already (`room` includes them).
+                        if len > room {
+                            return Err(Refusal::OverBudget);
+                        }
                         self.complete(bytes.into_bytes());
                         return Ok(());
                     }
                     let expected = msg_len as usize;
-                    // The whole message's capacity at once: no regrowth copies. It is only
-                    // address space until the fragments arrive (the allocator maps large
-                    // blocks lazily), and `max_message` bounds it.
-                    let mut buf = Vec::with_capacity(expected);
+                    if len > expected {
+                        return Err(Refusal::Violation);
+                    }
+                    let cap = grown_capacity(0, len, expected, room).ok_or(Refusal::OverBudget)?;
+                    let mut buf = Vec::with_capacity(cap);
                     buf.extend_from_slice(bytes.as_slice());
                     self.partial = Some(Partial { buf, expected });
                     return Ok(());
                 }
-                let p = self.partial.as_mut().ok_or(FramingViolation)?;
+                let p = self.partial.as_mut().ok_or(Refusal::Violation)?;
                 let bytes = bytes.as_slice();
-                if p.buf.len() + bytes.len() > p.expected {
-                    return Err(FramingViolation);
+                let needed = p.buf.len() + bytes.len();
+                if needed > p.expected {
+                    return Err(Refusal::Violation);
                 }
+                if last && needed != p.expected {
+                    return Err(Refusal::Violation);
+                }
+                let cap = grown_capacity(p.buf.capacity(), needed, p.expected, room)
+                    .ok_or(Refusal::OverBudget)?;
+                p.buf.reserve_exact(cap - p.buf.len());
                 p.buf.extend_from_slice(bytes);
                 if last {
-                    if p.buf.len() != p.expected {
-                        return Err(FramingViolation);
-                    }
                     let p = self.partial.take().expect("checked");
                     self.complete(Bytes::from(p.buf));
                 }
@@ -356,20 +460,26 @@ impl RecvState {
         self.ready.len()
     }
 
-    /// Bytes held for this flow: unread messages, the partial message and the reorder buffer.
+    /// Bytes held for this flow, as counted against the engine's memory budget: unread
+    /// messages, the partial message's buffer capacity and the reorder buffer's payloads.
     pub fn held_bytes(&self) -> usize {
-        self.unread + self.partial.as_ref().map_or(0, |p| p.buf.len()) + self.reorder_bytes
+        self.unread + self.partial.as_ref().map_or(0, |p| p.buf.capacity()) + self.reorder_bytes
     }
 
     /// The receive window to advertise, in packets beyond `nxt` (PROTOCOL.md §6.5): zero once
     /// unread messages fill the receive buffer, so an application that stops reading stops its
-    /// sender instead of growing our memory.
+    /// sender instead of growing our memory; never more than the room left in the flow's fair
+    /// share of the engine's memory budget.
     pub fn window(&self) -> u32 {
-        if self.unread >= self.recv_buffer {
+        let by_buffer = self.recv_buffer.saturating_sub(self.unread);
+        let by_share = self.memory.share.saturating_sub(self.held_bytes());
+        let room = by_buffer.min(by_share);
+        if room == 0 {
             return 0;
         }
-        let room = (self.recv_buffer - self.unread).div_ceil(self.fragment_payload);
-        (room.min(self.max_window as usize)) as u32
+        (room
+            .div_ceil(self.fragment_payload)
+            .min(self.max_window as usize)) as u32
     }
 
     /// Whether out-of-order packets are buffered (SACK blocks are due).
@@ -503,5 +613,99 @@ mod tests {
                 .unwrap(),
             Arrival::OutOfWindow
         );
+    }
+
+    fn limited(share: usize, free: usize) -> RecvState {
+        let mut r = RecvState::new(10, 8 << 20, 1 << 20, 4096, 1000);
+        r.advertise();
+        r.set_memory(MemoryView { share, free });
+        r
+    }
+
+    #[test]
+    fn a_claimed_message_length_costs_nothing_until_the_data_arrives() {
+        let mut r = limited(100_000, 100_000);
+        // An 8 MiB claim with 10 bytes of data: the buffer starts small.
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 8 << 20, &[7; 10]).unwrap(),
+            Arrival::InOrder
+        );
+        assert!(r.held_bytes() <= PARTIAL_MIN_CAPACITY, "{}", r.held_bytes());
+        // It grows with the data, never past the share: then the data is refused.
+        let mut s = 11;
+        loop {
+            match r.on_data(s, 0, 0, &[7; 1000]).unwrap() {
+                Arrival::InOrder => s += 1,
+                Arrival::OverBudget { engine_full } => {
+                    assert!(!engine_full, "the flow's own share ran out");
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(r.held_bytes() <= 100_000, "{}", r.held_bytes());
+        }
+        assert!(
+            r.held_bytes() > 99_000,
+            "grew up to the share: {}",
+            r.held_bytes()
+        );
+        assert!(
+            r.window() <= 1,
+            "less than a fragment of room left: {}",
+            r.window()
+        );
+    }
+
+    #[test]
+    fn out_of_order_data_is_refused_beyond_the_share_or_the_engines_free_bytes() {
+        let mut r = limited(5_000, 1_000_000);
+        for s in 11..16 {
+            assert_eq!(r.on_data(s, 0, 0, &[1; 1000]).unwrap(), Arrival::Buffered);
+        }
+        assert_eq!(
+            r.on_data(16, 0, 0, &[1; 1]).unwrap(),
+            Arrival::OverBudget { engine_full: false }
+        );
+        assert_eq!(r.held_bytes(), 5_000);
+        // Within its share, but the engine has only 500 bytes free.
+        r.set_memory(MemoryView {
+            share: 1_000_000,
+            free: 500,
+        });
+        assert_eq!(
+            r.on_data(17, 0, 0, &[1; 501]).unwrap(),
+            Arrival::OverBudget { engine_full: true }
+        );
+        assert_eq!(r.on_data(17, 0, 0, &[1; 500]).unwrap(), Arrival::Buffered);
+    }
+
+    #[test]
+    fn stored_fragments_move_into_the_message_without_new_memory() {
+        // Fragments 11..=14 arrive first and fill the share; the first one then completes the
+        // message: the stored bytes become the message, nothing more is needed.
+        let mut r = limited(4_100, 4_100);
+        for s in 11..15 {
+            let f = if s == 14 { flags::LAST } else { 0 };
+            assert_eq!(r.on_data(s, f, 0, &[2; 1000]).unwrap(), Arrival::Buffered);
+        }
+        r.set_memory(MemoryView {
+            share: 10_000,
+            free: 100,
+        });
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 5_000, &[2; 1000]).unwrap(),
+            Arrival::OverBudget { engine_full: true },
+            "the first fragment itself needs 1000 more bytes"
+        );
+        r.set_memory(MemoryView {
+            share: 5_000,
+            free: 1_000,
+        });
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 5_000, &[2; 1000]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(r.read().unwrap().len(), 5_000);
+        assert_eq!(r.held_bytes(), 0);
     }
 }

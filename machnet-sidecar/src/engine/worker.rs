@@ -107,6 +107,7 @@ pub(super) struct Worker {
     next_stats: Option<Instant>,
     counters: LoopStats,
     dp_registered: bool,
+    trimmer: crate::memory::Trimmer,
 }
 
 fn flow_info(core: &Engine, id: FlowId) -> Option<FlowInfo> {
@@ -195,6 +196,7 @@ impl Worker {
             next_stats: params.stats_interval.map(|d| now + d),
             counters: LoopStats::default(),
             dp_registered,
+            trimmer: crate::memory::Trimmer::default(),
         })
     }
 
@@ -227,6 +229,7 @@ impl Worker {
             work |= self.transmit(now);
             self.park_idle(now);
             self.stats_tick(now);
+            self.trimmer.tick(self.core.held_bytes());
             if self.stop_done(now) {
                 break;
             }
@@ -953,12 +956,8 @@ impl Worker {
             channels: self.chans.len(),
             active_channels: self.active.len(),
             flows: self.core.flow_count(),
-            core_held_bytes: self
-                .owners
-                .keys()
-                .filter_map(|&f| self.core.flow_held_bytes(f))
-                .sum::<usize>()
-                + self.core.leftover_bytes(),
+            core_held_bytes: self.core.held_bytes() + self.core.leftover_bytes(),
+            memory_budget: self.core.config().memory_budget,
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
             orphan_flows: self.orphans.len(),
