@@ -398,11 +398,14 @@ fn messages_received_before_a_reset_stay_readable_until_read() {
     for m in &msgs {
         p.a.send(p.now, fa, m.clone()).unwrap();
     }
+    let total: usize = msgs.iter().map(Bytes::len).sum();
+    assert_eq!(p.a.send_buffered_bytes(), total);
     // Delivered and acknowledged, but not read by b's application.
     p.run_until(p.now + Duration::from_secs(1), |p| {
         p.a.flow_unacked_bytes(fa) == Some(0)
     });
     assert_eq!(p.a.flow_unacked_bytes(fa), Some(0));
+    assert_eq!(p.a.send_buffered_bytes(), 0);
     p.a.abort(p.now, fa).unwrap();
     p.run_until(p.now + Duration::from_secs(1), |p| {
         p.events_b.iter().any(|e| matches!(e, Event::Closed { .. }))

@@ -14,6 +14,8 @@
 
 /// Bytes the engine's held data must fall by, from its high-water mark, before a trim.
 pub const TRIM_STEP: usize = 16 << 20;
+/// Bytes released since the last trim that make an engine going idle trim.
+pub const IDLE_TRIM_STEP: usize = 1 << 20;
 
 /// Returns free allocator memory to the operating system (all arenas).
 pub fn release_free_memory() {
@@ -40,10 +42,26 @@ impl Trimmer {
         if self.high_water - held < TRIM_STEP {
             return false;
         }
+        self.trim(held);
+        true
+    }
+
+    /// The engine is going to sleep (no work for a while) holding `held` bytes: trims if at
+    /// least [`IDLE_TRIM_STEP`] were released since the high-water mark, so memory freed by
+    /// the last of a load (below [`TRIM_STEP`]) goes back too. Costs nothing on a busy engine.
+    pub fn idle(&mut self, held: usize) -> bool {
+        self.high_water = self.high_water.max(held);
+        if self.high_water - held < IDLE_TRIM_STEP {
+            return false;
+        }
+        self.trim(held);
+        true
+    }
+
+    fn trim(&mut self, held: usize) {
         release_free_memory();
         self.high_water = held;
         self.trims += 1;
-        true
     }
 }
 
@@ -61,5 +79,17 @@ mod tests {
         assert!(!t.tick(TRIM_STEP * 4), "growing never trims");
         assert!(t.tick(0));
         assert_eq!(t.trims, 2);
+        // Going idle trims smaller releases too.
+        assert!(!t.tick(IDLE_TRIM_STEP * 2));
+        assert!(
+            !t.idle(IDLE_TRIM_STEP + 1),
+            "released less than an idle step"
+        );
+        assert!(t.idle(IDLE_TRIM_STEP));
+        assert!(
+            !t.idle(1),
+            "released less than an idle step since the last trim"
+        );
+        assert_eq!(t.trims, 3);
     }
 }

@@ -96,6 +96,9 @@ pub struct Engine {
     half_open: usize,
     /// Bytes all flows hold against `cfg.memory_budget` (sum of `RecvState::held_bytes`).
     held: usize,
+    /// Message bytes accepted from applications and not yet acknowledged, all flows (kept up to
+    /// date by `settle`).
+    send_buffered: usize,
     last_now: Instant,
     /// Complete messages of flows that ended (not by a local abort) before the application
     /// read them: the peer had them acknowledged, so they are still delivered (`recv`).
@@ -148,6 +151,7 @@ impl Engine {
             live: 0,
             half_open: 0,
             held: 0,
+            send_buffered: 0,
             last_now: Instant::ZERO,
             leftovers: HashMap::new(),
         })
@@ -431,6 +435,12 @@ impl Engine {
             self.leftovers.remove(&flow);
         }
         Ok(msg)
+    }
+
+    /// Message bytes all flows accepted from applications that their peers have not yet
+    /// acknowledged.
+    pub fn send_buffered_bytes(&self) -> usize {
+        self.send_buffered
     }
 
     /// Drops what an ended flow still holds for the application (nobody will read it).
@@ -874,6 +884,8 @@ impl Engine {
         let Some(flow) = slot.flow.as_mut() else {
             return;
         };
+        self.send_buffered = self.send_buffered - flow.counted_send_bytes + flow.send.buffered();
+        flow.counted_send_bytes = flow.send.buffered();
         if flow.counted_half_open
             && (flow.death.is_some() || !matches!(flow.phase, Phase::SynReceived { .. }))
         {
@@ -883,6 +895,7 @@ impl Engine {
         if let Some(death) = flow.death {
             let flow = slot.flow.take().expect("checked");
             self.held -= flow.recv.held_bytes();
+            self.send_buffered -= flow.counted_send_bytes;
             slot.generation = slot.generation.wrapping_add(1);
             self.free.push(idx);
             self.by_key.remove(&(

@@ -172,6 +172,8 @@ pub struct Flow {
     pub in_ready: bool,
     /// Counted in the engine's half-open total (server flows until they leave `SynReceived`).
     pub counted_half_open: bool,
+    /// This flow's share of the engine's total of send-buffered bytes, as last counted.
+    pub counted_send_bytes: usize,
     pub death: Option<Death>,
     pub peer_closed_reported: bool,
     pub stats: FlowStats,
@@ -234,6 +236,7 @@ impl Flow {
             scheduled: None,
             in_ready: false,
             counted_half_open: false,
+            counted_send_bytes: 0,
             death: None,
             peer_closed_reported: false,
             stats: FlowStats::default(),

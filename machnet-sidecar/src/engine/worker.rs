@@ -229,7 +229,7 @@ impl Worker {
             work |= self.transmit(now);
             self.park_idle(now);
             self.stats_tick(now);
-            self.trimmer.tick(self.core.held_bytes());
+            self.trimmer.tick(self.memory_in_use());
             if self.stop_done(now) {
                 break;
             }
@@ -890,6 +890,7 @@ impl Worker {
     /// a timer — after arming the channels of the run list so no wake-up is lost (the others
     /// are armed already; see the module documentation).
     fn sleep(&mut self) {
+        self.trimmer.idle(self.memory_in_use());
         let now = self.clock.now();
         // Channels with notifications queued stay active: a non-empty flush list cancels the
         // sleep anyway.
@@ -946,6 +947,12 @@ impl Worker {
     // ------------------------------------------------------------------------------------------
     // Reports and shutdown
     // ------------------------------------------------------------------------------------------
+
+    /// Message bytes this engine holds (received, and sent but unacknowledged), for the
+    /// trimmer: a sender's buffers are as large as a receiver's.
+    fn memory_in_use(&self) -> usize {
+        self.core.held_bytes() + self.core.send_buffered_bytes() + self.core.leftover_bytes()
+    }
 
     fn report(&self) -> EngineReport {
         EngineReport {
