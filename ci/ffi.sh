@@ -111,6 +111,16 @@ for variant in test_machnet test_machnet_static; do
     fi
 done
 
+# ----- send, then exit (docs/CHANNEL.md §5): the original hello_world client pattern -----
+# 1,000 processes each connect, send one message and return from main; every message must arrive
+# exactly once and intact (the full 10,000-run measurement: docs/PERFORMANCE.md §15).
+if ste=$(RUNS=${STE_RUNS:-1000} SIDECAR=$REL/machnet ECHO=$REL/machnet-echo \
+    examples/echo/send_then_exit.sh 30); then
+    pass "send_then_exit: $ste"
+else
+    fail "send_then_exit: $ste"
+fi
+
 # ----- Go -----
 if command -v go >/dev/null; then
     export CGO_ENABLED=1 CGO_LDFLAGS="-L$REL"

@@ -49,6 +49,7 @@ for linger in "${LINGERS[@]}"; do
     sink=$!
     wait_for_line "$DIR/sink.log" "listening" >/dev/null
     start=$(date +%s.%N)
+    # shellcheck disable=SC2016 # $1..$3 are expanded by the inner sh
     failed=$(seq 1 "$RUNS" | MACHNET_SOCKET=$DIR/a.sock xargs -P "$PARALLEL" -I{} \
         sh -c '"$1" 127.0.0.1 127.0.0.2 "$2" {} "$3" >/dev/null 2>&1 || echo x' _ \
         "$DIR/send_then_exit" "$PORT" "$SIZE" | wc -l)

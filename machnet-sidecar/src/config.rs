@@ -1100,7 +1100,7 @@ mod tests {
             (&["--max-message-len", "1GiB"], "--max-message-len"),
             (&["--test-drop-rate", "1.5"], "--test-drop-rate"),
             (&["--stats-interval", "90000"], "--stats-interval"),
-            (&["--close-linger", "-1"], "--close-linger"),
+            (&["--close-linger=-1"], "--close-linger"),
             (&["--close-linger", "inf"], "--close-linger"),
             (&["--shutdown-linger", "3601"], "--shutdown-linger"),
             (&["--flow-send-buffer", "1K"], "--flow-send-buffer"),

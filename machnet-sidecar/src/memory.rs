@@ -14,8 +14,8 @@
 
 /// Bytes the engine's held data must fall by, from its high-water mark, before a trim.
 pub const TRIM_STEP: usize = 16 << 20;
-/// Bytes released since the last trim that make an engine going idle trim.
-pub const IDLE_TRIM_STEP: usize = 1 << 20;
+/// Shortest time between two trims of an engine going idle.
+pub const IDLE_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Returns free allocator memory to the operating system (all arenas).
 pub fn release_free_memory() {
@@ -30,6 +30,7 @@ pub fn release_free_memory() {
 #[derive(Debug, Default)]
 pub struct Trimmer {
     high_water: usize,
+    last_idle_trim: Option<machnet_core::Instant>,
     /// Trims done (for reports and tests).
     pub trims: u64,
 }
@@ -46,14 +47,19 @@ impl Trimmer {
         true
     }
 
-    /// The engine is going to sleep (no work for a while) holding `held` bytes: trims if at
-    /// least [`IDLE_TRIM_STEP`] were released since the high-water mark, so memory freed by
-    /// the last of a load (below [`TRIM_STEP`]) goes back too. Costs nothing on a busy engine.
-    pub fn idle(&mut self, held: usize) -> bool {
+    /// The engine is going to sleep (no work for a while) holding `held` bytes: trims if
+    /// anything was released since the high-water mark and the last idle trim is
+    /// [`IDLE_TRIM_INTERVAL`] old, so what the tail of a load freed (less than [`TRIM_STEP`])
+    /// goes back too. Costs a busy engine nothing, an idle one at most a trim a second.
+    pub fn idle(&mut self, held: usize, now: machnet_core::Instant) -> bool {
         self.high_water = self.high_water.max(held);
-        if self.high_water - held < IDLE_TRIM_STEP {
+        let recent = self
+            .last_idle_trim
+            .is_some_and(|t| now - t < IDLE_TRIM_INTERVAL);
+        if self.high_water == held || recent {
             return false;
         }
+        self.last_idle_trim = Some(now);
         self.trim(held);
         true
     }
@@ -79,17 +85,14 @@ mod tests {
         assert!(!t.tick(TRIM_STEP * 4), "growing never trims");
         assert!(t.tick(0));
         assert_eq!(t.trims, 2);
-        // Going idle trims smaller releases too.
-        assert!(!t.tick(IDLE_TRIM_STEP * 2));
-        assert!(
-            !t.idle(IDLE_TRIM_STEP + 1),
-            "released less than an idle step"
-        );
-        assert!(t.idle(IDLE_TRIM_STEP));
-        assert!(
-            !t.idle(1),
-            "released less than an idle step since the last trim"
-        );
-        assert_eq!(t.trims, 3);
+        // Going idle trims smaller releases too, at most once per interval.
+        let t0 = machnet_core::Instant::ZERO + IDLE_TRIM_INTERVAL;
+        assert!(!t.tick(1000));
+        assert!(!t.idle(1000, t0), "nothing released");
+        assert!(t.idle(999, t0));
+        assert!(!t.tick(5000));
+        assert!(!t.idle(0, t0 + IDLE_TRIM_INTERVAL / 2), "too soon");
+        assert!(t.idle(0, t0 + IDLE_TRIM_INTERVAL));
+        assert_eq!(t.trims, 4);
     }
 }

@@ -12,7 +12,6 @@ use machnet_sidecar::testing::{pattern, LoopbackSidecars};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const PORT: u16 = 6200;
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -63,7 +62,10 @@ impl AttackFlow {
     /// Connects to `PORT` on `server` (UDP pool starting at `udp_port`), or panics.
     /// `pool`: the server's UDP ports (first, count).
     pub fn connect(server: Ipv4Addr, udp_port: (u16, u16), machnet_port: u16, how: Attack) -> Self {
-        let sock = UdpSocket::bind((ATTACKER, 0)).expect("attacker socket");
+        // Each attacker flow from its own address: a sidecar keeps one peer entry (engines, UDP
+        // ports) per address, and these "hosts" each announce a different single UDP port.
+        let me = Ipv4Addr::new(127, 0, 10 + (machnet_port % 64) as u8, 3);
+        let sock = UdpSocket::bind((me, 0)).expect("attacker socket");
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let my_udp = sock.local_addr().unwrap().port();
@@ -144,6 +146,11 @@ impl AttackFlow {
     /// Sends a window's worth of DATA (4096 packets) as the attack says; the receiver's budget
     /// and window decide what it keeps. Answers nothing.
     pub fn blast(&self) {
+        self.blast_n(4096);
+    }
+
+    /// Like [`AttackFlow::blast`] with the first `count` packets of the window.
+    pub fn blast_n(&self, count: u32) {
         let mut buf = vec![0u8; usize::from(DATAGRAM)];
         let payload = vec![0xA5u8; FRAGMENT];
         let hs = Handshake {
@@ -158,7 +165,7 @@ impl AttackFlow {
             max_datagram: DATAGRAM,
         };
         let message_fragments = ((8 << 20) / FRAGMENT) as u32;
-        for i in 0..4096u32 {
+        for i in 0..count.min(4096) {
             let mut r = repr(
                 PacketType::Data,
                 self.machnet_port,
@@ -379,5 +386,153 @@ fn rss_before_during_and_after_an_attack() {
     )
     .unwrap();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Lines in a log file.
+fn log_lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// A measurement, not a check (run with `--ignored --nocapture`; docs/PERFORMANCE.md §17): a
+/// 64-byte echo between two `machnet` processes (client app on 127.0.0.2, server app on
+/// 127.0.0.1) undisturbed, while 32 attacker flows hold and keep flooding the server sidecar's
+/// memory, and after the flood stops; the server sidecar's RSS sampled every 10 ms against its
+/// budget, and its log lines. Env: `MEMORY_BUDGET` (256MiB), `PHASE_SECS` (5).
+#[test]
+#[ignore]
+fn echo_rate_and_rss_during_a_memory_attack() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let budget = std::env::var("MEMORY_BUDGET").unwrap_or_else(|_| "256MiB".into());
+    let budget_bytes = machnet_sidecar::config::parse_size(&budget).expect("MEMORY_BUDGET");
+    let phase: f64 = std::env::var("PHASE_SECS").map_or(5.0, |v| v.parse().expect("PHASE_SECS"));
+    let phase = Duration::from_secs_f64(phase);
+    let dir = std::env::temp_dir().join(format!("machnet-memattack-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER, CLIENT], 8);
+    let start = |ip: Ipv4Addr, name: &str| {
+        let log = dir.join(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_machnet"))
+            .args(["--local-ip", &ip.to_string(), "--engines", "1"])
+            .args(["--udp-port-base", &pool.base.to_string()])
+            .args(["--udp-port-count", &pool.count.to_string()])
+            .args(["--memory-budget", &budget, "--stats-interval", "0"])
+            .arg("--control-socket")
+            .arg(dir.join(format!("{name}.sock")))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn machnet");
+        let deadline = Instant::now() + WAIT;
+        let m = loop {
+            if let Ok(m) = Machnet::attach_at(dir.join(format!("{name}.sock"))) {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "sidecar {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (child, m, log)
+    };
+    let (mut server_proc, server_m, server_log) = start(SERVER, "server");
+    let (mut client_proc, client_m, _) = start(CLIENT, "client");
+    let mut sch = server_m.open_channel(None).expect("server channel");
+    sch.listen(PORT).expect("listen");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while !stop2.load(Ordering::Relaxed) {
+            if let Ok(Some((flow, n))) = sch.recv_into_timeout(&mut buf, Duration::from_millis(50))
+            {
+                let _ = sch.send(&flow, &buf[..n]);
+            }
+        }
+    });
+    let mut ch = client_m.open_channel(None).expect("client channel");
+    let flow = ch.connect(SERVER, PORT).expect("connect");
+    let echo_rate = |ch: &mut machnet::Channel| {
+        let end = Instant::now() + phase;
+        let mut n = 0u64;
+        let msg = [7u8; 64];
+        while Instant::now() < end {
+            ch.send(&flow, &msg).expect("send");
+            let (_, got) = ch.recv_timeout(WAIT).expect("recv").expect("echo");
+            assert_eq!(got, msg);
+            n += 1;
+        }
+        n as f64 / phase.as_secs_f64()
+    };
+    // RSS sampler.
+    let peak = Arc::new(AtomicU64::new(0));
+    let (peak2, stop3, pid) = (peak.clone(), stop.clone(), server_proc.id());
+    let sampler = std::thread::spawn(move || {
+        while !stop3.load(Ordering::Relaxed) {
+            peak2.fetch_max(rss(pid), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let lines0 = log_lines(&server_log);
+    let before = echo_rate(&mut ch);
+    let rss_before = rss(pid);
+    let lines1 = log_lines(&server_log);
+    // The attack: 32 flows fill the server's memory, then keep flooding (64 packets of 9,000
+    // bytes per flow in turn every 10 ms, ~58 MB/s) while the echo is measured.
+    let attackers: Vec<AttackFlow> = (0..32u16)
+        .map(|i| {
+            let how = if i % 2 == 0 {
+                Attack::OutOfOrder
+            } else {
+                Attack::Partial
+            };
+            AttackFlow::connect(SERVER, (pool.base, pool.count), 42_000 + i, how)
+        })
+        .collect();
+    for a in &attackers {
+        a.blast();
+    }
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flooding2 = flooding.clone();
+    let flood = std::thread::spawn(move || {
+        let mut i = 0;
+        while flooding2.load(Ordering::Relaxed) {
+            attackers[i % attackers.len()].blast_n(64);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        attackers
+    });
+    let during = echo_rate(&mut ch);
+    let lines2 = log_lines(&server_log);
+    flooding.store(false, Ordering::Relaxed);
+    let attackers = flood.join().unwrap();
+    let rss_held = rss(pid);
+    let after = echo_rate(&mut ch);
+    drop(attackers);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    sampler.join().unwrap();
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    eprintln!(
+        "memory attack (budget {budget}, phases of {phase:?}): echo msgs/s before {before:.0}, \
+         during {during:.0} ({:.2}x), after the flood {after:.0} ({:.2}x); server RSS before \
+         {:.1} MiB, peak {:.1} MiB ({:.2} of the budget), while held {:.1} MiB; server log lines \
+         {} before, {} during",
+        during / before,
+        after / before,
+        mib(rss_before),
+        mib(peak.load(Ordering::Relaxed)),
+        peak.load(Ordering::Relaxed) as f64 / budget_bytes as f64,
+        mib(rss_held),
+        lines1 - lines0,
+        lines2 - lines1,
+    );
+    for p in [&mut server_proc, &mut client_proc] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = p.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

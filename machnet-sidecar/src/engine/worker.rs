@@ -890,8 +890,8 @@ impl Worker {
     /// a timer — after arming the channels of the run list so no wake-up is lost (the others
     /// are armed already; see the module documentation).
     fn sleep(&mut self) {
-        self.trimmer.idle(self.memory_in_use());
         let now = self.clock.now();
+        self.trimmer.idle(self.memory_in_use(), now);
         // Channels with notifications queued stay active: a non-empty flush list cancels the
         // sleep anyway.
         let mut abort = !self.flush.is_empty();

@@ -381,8 +381,9 @@ fn soak_with_kills_stops_a_sidecar_restart_and_loss_loses_no_accepted_message() 
     // Memory: back to where it started once the flows are gone.
     wait_engine_totals(&sa, 2, "A at the end", |c, f, _| c == 0 && f == 0);
     wait_engine_totals(&sb, 2, "B at the end", |c, f, _| c == 0 && f == 0);
-    // (Trims happen when an engine goes idle; the statistics line above may come first.)
-    std::thread::sleep(Duration::from_millis(200));
+    // (Engines trim when they go idle, at most once a second; the statistics line above may
+    // come first.)
+    std::thread::sleep(Duration::from_millis(1200));
     let rss_end = (rss_kib(&sa), rss_kib(&sb));
     println!(
         "soak: {:?}, {} senders ({kills} SIGKILLed), {stops} SIGSTOPs, 1 restart; {} messages \
