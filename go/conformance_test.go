@@ -9,7 +9,8 @@ package machnet
 //   MACHNET_CONFORMANCE_KV_PORT      `machnet-kv server`
 //   MACHNET_CONFORMANCE_RAFT_PORT    the KV port of the Raft cluster's leader (examples/raft)
 //   MACHNET_TEST_SOCK / MACHNET_TEST_PEER_SOCK  the client sidecar (TestMain attaches to it) and
-//                                    the server sidecar (peer_goes_away listens on it)
+//                                    the server sidecar (peer_goes_away and
+//                                    peer_closes_after_sending listen on it)
 // One subtest per case, in the file's order, named after the case.
 //
 // Error names (conformance/README.md) as this binding reports them:
@@ -20,6 +21,9 @@ package machnet
 //                    has no flow events, so a receive does not report the reset (it returns
 //                    nothing); the sidecar drops the flow and the next send fails because the
 //                    flow is no longer open ("no open flow ... on this channel").
+//   closed           errors.Is(err, ErrFlowClosed)         (ENOTCONN, or EPIPE while this side's
+//                    close is under way; never ErrSidecarGone): a receive that passes the
+//                    peer's graceful close closes this side (no flow events here either).
 
 import (
 	"bytes"
@@ -284,6 +288,9 @@ func runConfCase(t *testing.T, env confEnv, c confCase) {
 	case "peer_goes_away":
 		confPeerGoesAway(t, env, c, ch, connect, buf)
 
+	case "peer_closes_after_sending":
+		confPeerClosesAfterSending(t, env, c, ch, connect, buf)
+
 	case "kv":
 		f := connect(appPort())
 		for i, s := range c.Steps {
@@ -372,6 +379,8 @@ func confWantError(t *testing.T, what, name string, err error) {
 		ok = errors.Is(err, ErrMessageSize)
 	case "reset":
 		ok = errors.Is(err, ErrFlowClosed)
+	case "closed":
+		ok = errors.Is(err, ErrFlowClosed) && !errors.Is(err, ErrSidecarGone)
 	default:
 		t.Fatalf("%s: unknown error name %q", what, name)
 	}
@@ -412,11 +421,11 @@ func confKVResponse(t *testing.T, what string, s confStep, got []byte) {
 	}
 }
 
-// confPeerGoesAway: a second channel on the server sidecar listens; the client connects and
-// exchanges one message; then the listening channel is closed and the client's flow must end.
-// Init is process-wide, but a channel keeps the sidecar it was attached to, so the listener is
-// attached after Init(server sidecar) and Init(client sidecar) is restored at once.
-func confPeerGoesAway(t *testing.T, env confEnv, c confCase, ch *Channel, connect func(uint16) Flow, buf []byte) {
+// confListener attaches a channel to the server sidecar and listens on port. Init is
+// process-wide, but a channel keeps the sidecar it was attached to, so the listener is attached
+// after Init(server sidecar) and Init(client sidecar) is restored at once.
+func confListener(t *testing.T, env confEnv, port uint16) *Channel {
+	t.Helper()
 	if env.peerSock == "" || env.clientSock == "" {
 		t.Fatal("MACHNET_TEST_PEER_SOCK / MACHNET_TEST_SOCK are not set (run the suite with ci/ffi.sh)")
 	}
@@ -430,15 +439,23 @@ func confPeerGoesAway(t *testing.T, env confEnv, c confCase, ch *Channel, connec
 	if err != nil {
 		t.Fatalf("attach on the server sidecar: %v", err)
 	}
+	if err := server.Listen("0.0.0.0", port); err != nil {
+		_ = server.Close()
+		t.Fatalf("listen on the server sidecar's port %d: %v", port, err)
+	}
+	return server
+}
+
+// confPeerGoesAway: a second channel on the server sidecar listens; the client connects and
+// exchanges one message; then the listening channel is aborted and the client's flow must end.
+func confPeerGoesAway(t *testing.T, env confEnv, c confCase, ch *Channel, connect func(uint16) Flow, buf []byte) {
+	server := confListener(t, env, c.Port)
 	serverOpen := true
 	defer func() {
 		if serverOpen {
 			_ = server.Close()
 		}
 	}()
-	if err := server.Listen("0.0.0.0", c.Port); err != nil {
-		t.Fatalf("listen on the server sidecar's port %d: %v", c.Port, err)
-	}
 	f := connect(c.Port)
 	ask := confPayload(100)
 	if err := ch.Send(f, ask); err != nil {
@@ -461,12 +478,63 @@ func confPeerGoesAway(t *testing.T, env confEnv, c confCase, ch *Channel, connec
 	confSame(t, "the listener's answer", answer, buf[:m])
 
 	serverOpen = false
+	if err := server.Abort(); err != nil {
+		t.Fatalf("aborting the listening channel: %v", err)
+	}
+	confFlowEnds(t, c, ch, f, buf)
+}
+
+// confPeerClosesAfterSending: the listener receives one message, sends one message of each
+// size and at once closes its channel gracefully; the client receives them all, then its flow
+// ends.
+func confPeerClosesAfterSending(t *testing.T, env confEnv, c confCase, ch *Channel, connect func(uint16) Flow, buf []byte) {
+	server := confListener(t, env, c.Port)
+	serverOpen := true
+	defer func() {
+		if serverOpen {
+			_ = server.Close()
+		}
+	}()
+	f := connect(c.Port)
+	if err := ch.Send(f, []byte("ping")); err != nil {
+		t.Fatalf("send to the listener: %v", err)
+	}
+	sbuf := make([]byte, 16)
+	n, sf, err := server.Recv(within(10*time.Second), sbuf)
+	if err != nil {
+		t.Fatalf("listener's receive: %v", err)
+	}
+	confSame(t, "message at the listener", []byte("ping"), sbuf[:n])
+	for _, size := range c.Sizes {
+		if err := server.Send(sf, confPayload(size)); err != nil {
+			t.Fatalf("listener's message of %d bytes: %v", size, err)
+		}
+	}
+	serverOpen = false
 	if err := server.Close(); err != nil {
 		t.Fatalf("closing the listening channel: %v", err)
 	}
-	// The binding has no flow events: a receive either reports the end of the flow or, as
-	// libmachnet does, returns nothing once the flow is gone. Then a send must fail.
-	n, _, err = ch.Recv(within(500*time.Millisecond), buf)
+	for _, size := range c.Sizes {
+		what := fmt.Sprintf("the listener's message of %d bytes", size)
+		m, from, err := ch.Recv(within(30*time.Second), buf)
+		if err != nil {
+			t.Fatalf("receive of %s: %v", what, err)
+		}
+		if from.Src() != f.Dst() || from.Dst() != f.Src() {
+			t.Fatalf("%s arrived on %v, the flow is %v", what, from, f)
+		}
+		confSame(t, what, confPayload(size), buf[:m])
+	}
+	confFlowEnds(t, c, ch, f, buf)
+}
+
+// confFlowEnds: after the peer went away, no message arrives on the client's flow and a send
+// fails with the case's error. The binding has no flow events: a receive either reports the end
+// of the flow or, as libmachnet does, returns nothing once the flow is gone (or closes this side
+// once the peer closed). Then a send must fail.
+func confFlowEnds(t *testing.T, c confCase, ch *Channel, f Flow, buf []byte) {
+	t.Helper()
+	n, _, err := ch.Recv(within(500*time.Millisecond), buf)
 	switch {
 	case n > 0:
 		t.Fatalf("a %d-byte message arrived after the peer went away", n)

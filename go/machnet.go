@@ -174,7 +174,7 @@ type Channel struct {
 	mode int32          // a WaitMode (atomic)
 }
 
-// Attach opens a channel. Close it when done (a finalizer closes a lost one).
+// Attach opens a channel. Close it when done (a finalizer closes a lost one, gracefully).
 func Attach() (*Channel, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -187,14 +187,30 @@ func Attach() (*Channel, error) {
 	return ch, nil
 }
 
-// Close detaches the channel: the sidecar aborts its flows; calls blocked on it return
+// Close detaches the channel gracefully, as the process exiting does (docs/CHANNEL.md §5):
+// the sidecar still delivers every message whose Send returned, then closes the channel's flows
+// (the peers see each flow end after its last message). Calls blocked on the channel return
 // ErrClosed, and so does every later call.
 func (c *Channel) Close() error {
+	return c.detach(false)
+}
+
+// Abort detaches the channel like Close, but aborts its flows at once: messages not yet
+// delivered are discarded and the peers see a reset.
+func (c *Channel) Abort() error {
+	return c.detach(true)
+}
+
+func (c *Channel) detach(abort bool) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	runtime.SetFinalizer(c, nil)
 	c.rx.close()
-	if r, err := C.machnet_detach(c.ctx); r != 0 {
+	if abort {
+		if r, err := C.machnet_detach_abort(c.ctx); r != 0 {
+			return fail("machnet_detach_abort", err)
+		}
+	} else if r, err := C.machnet_detach(c.ctx); r != 0 {
 		return fail("machnet_detach", err)
 	}
 	return nil

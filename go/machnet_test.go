@@ -435,6 +435,22 @@ func TestCloseFlowAndChannel(t *testing.T) {
 	}
 }
 
+func TestAbortChannel(t *testing.T) {
+	ch, f := connectEcho(t)
+	if err := ch.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Send(f, []byte("x")); !errors.Is(err, ErrClosed) {
+		t.Fatalf("send after Abort: %v", err)
+	}
+	if err := ch.Abort(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("second Abort: %v", err)
+	}
+	if err := ch.Close(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Close after Abort: %v", err)
+	}
+}
+
 func TestListenAndAcceptFromAnotherProcess(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {

@@ -13,9 +13,12 @@ namespace Machnet
     /// <remarks>
     /// Methods may be called from several threads at once (libmachnet serialises them per channel
     /// and does not hold its lock while a call waits); one channel per busy thread is fastest.
-    /// Dispose the channel when done: the sidecar then aborts its flows, and calls still blocked
-    /// on it throw <see cref="ObjectDisposedException"/>. A channel that is never disposed is
-    /// detached by its finalizer.
+    /// Dispose the channel when done: calls still blocked on it throw
+    /// <see cref="ObjectDisposedException"/>, and the sidecar closes its flows gracefully (every
+    /// message whose <see cref="Send(Flow, byte[])"/> returned is still delivered, then the
+    /// peers see the flows end; docs/CHANNEL.md §5), as it does when the process exits. A
+    /// channel that is never disposed is detached by its finalizer (gracefully too).
+    /// <see cref="Abort"/> aborts the flows instead.
     /// </remarks>
     public sealed unsafe class Channel : IDisposable
     {
@@ -51,14 +54,30 @@ namespace Machnet
         }
 
         /// <summary>
-        /// Closes the channel: the sidecar aborts its flows; calls blocked on it and every later call
-        /// throw <see cref="ObjectDisposedException"/>. Calling it again does nothing.
+        /// Closes the channel gracefully: the sidecar still delivers every message whose send
+        /// returned, then closes the channel's flows (the peers see them end after their last
+        /// message). Calls blocked on the channel and every later call throw
+        /// <see cref="ObjectDisposedException"/>. Calling it again does nothing.
         /// </summary>
         public void Dispose()
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
             {
                 NativeMethods.machnet_detach((void*)ctx);
+                GC.SuppressFinalize(this);
+            }
+        }
+
+        /// <summary>
+        /// Closes the channel and aborts its flows at once: messages not yet delivered are
+        /// discarded and the peers see their flows reset. Otherwise like <see cref="Dispose"/>
+        /// (afterwards the channel is disposed); calling it on a disposed channel does nothing.
+        /// </summary>
+        public void Abort()
+        {
+            if (Interlocked.Exchange(ref disposed, 1) == 0)
+            {
+                NativeMethods.machnet_detach_abort((void*)ctx);
                 GC.SuppressFinalize(this);
             }
         }

@@ -49,13 +49,25 @@ namespace Machnet.Native
         internal static extern void* machnet_attach();
 
         /// <summary>
-        ///  Extension: closes a channel: the sidecar aborts its flows. Threads blocked on it return -1
-        ///  with `EBADF`; the context is invalid afterwards (`EBADF`).
+        ///  Extension: closes a channel gracefully (docs/CHANNEL.md §5): every message whose
+        ///  `machnet_send` returned is still delivered, then the sidecar closes the channel's flows
+        ///  (the peers see them end after their last message); flows still open after the sidecar's
+        ///  linger are aborted. Exiting without detaching does the same. Threads blocked on the channel
+        ///  return -1 with `EBADF`; the context is invalid afterwards (`EBADF`), even if this fails.
         ///
         ///  Returns 0 on success, -1 on failure (errno set).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_detach", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_detach(void* channel_ctx);
+
+        /// <summary>
+        ///  Extension: like `machnet_detach`, but aborts the channel's flows at once: messages not yet
+        ///  delivered are discarded and the peers see their flows reset.
+        ///
+        ///  Returns 0 on success, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_detach_abort", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_detach_abort(void* channel_ctx);
 
         /// <summary>
         ///  Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's

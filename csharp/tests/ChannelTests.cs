@@ -356,6 +356,19 @@ namespace Machnet.Tests
         }
 
         [Test]
+        public void AbortDisposesAndLaterCallsThrow()
+        {
+            Channel ch = Env.Open();
+            Flow flow = ch.Connect(Env.LocalIp, Env.PeerIp, Env.EchoPort);
+            ch.Abort();
+            Assert.IsTrue(ch.IsDisposed);
+            ch.Abort();
+            ch.Dispose();
+            Assert.Throws<ObjectDisposedException>(() => ch.Send(flow, new byte[] { 1 }));
+            Assert.Throws<ObjectDisposedException>(() => ch.Peek());
+        }
+
+        [Test]
         public void DisposeWakesABlockedReceive()
         {
             Channel ch = Env.Open();

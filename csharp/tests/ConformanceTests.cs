@@ -19,6 +19,9 @@
 //                     ABI has no flow events, so a receive does not report the reset (it returns
 //                     nothing); the sidecar drops the flow and the next send fails because the
 //                     flow is no longer open.
+//   closed            FlowClosedException (ENOTCONN, or EPIPE while this side's close is under
+//                     way): a receive that passes the peer's graceful close closes this side
+//                     (no flow events here either), and the next send fails.
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -183,6 +186,7 @@ namespace Machnet.Tests
                 case "invalid_argument": ok = e is ArgumentException; break;
                 case "too_large": ok = e is MessageSizeException; break;
                 case "reset": ok = e is FlowClosedException; break;
+                case "closed": ok = e is FlowClosedException; break;
                 default: Assert.Fail("{0}: unknown error name {1}", what, name); return;
             }
             if (!ok)
@@ -271,6 +275,7 @@ namespace Machnet.Tests
                 case "connect_error": ConnectError(c); break;
                 case "send_error": SendError(c); break;
                 case "peer_goes_away": PeerGoesAway(c); break;
+                case "peer_closes_after_sending": PeerClosesAfterSending(c); break;
                 case "kv": Kv(c); break;
                 case "kv_pipelined": KvPipelined(c); break;
                 default: Assert.Fail("case {0}: unknown do \"{1}\"", c.Name, c.Do); break;
@@ -375,7 +380,8 @@ namespace Machnet.Tests
             Same("1-byte echo after the failed send (nothing of the failed send may arrive)", one, Recv("1-byte echo").Data);
         }
 
-        private void PeerGoesAway(ConformanceCase c)
+        /// <summary>A channel of the server sidecar listening on <paramref name="port"/>.</summary>
+        private static Channel Listener(int port)
         {
             // A channel keeps the sidecar it was opened on: open the listener after
             // Init(server sidecar), then go back to the client sidecar.
@@ -383,10 +389,16 @@ namespace Machnet.Tests
             Channel server;
             try { server = new Channel(); }
             finally { Sidecar.Init(Env.Sock); }
-            bool serverOpen = true;
+            try { server.Listen((ushort)port); }
+            catch { server.Dispose(); throw; }
+            return server;
+        }
+
+        private void PeerGoesAway(ConformanceCase c)
+        {
+            Channel server = Listener(c.Port);
             try
             {
-                server.Listen((ushort)c.Port);
                 Flow f = Connect((ushort)c.Port);
                 byte[] ask = Payload(100);
                 ch.Send(f, ask);
@@ -398,33 +410,70 @@ namespace Machnet.Tests
                 server.Send(atServer.Flow, answer);
                 Same("the listener's answer", answer, Recv("the listener's answer").Data);
 
-                server.Dispose();
-                serverOpen = false;
-                // No flow events in this binding: a receive reports the end or returns nothing.
-                Message late = null;
-                Exception re = Catch(() => ch.TryReceive(TimeSpan.FromMilliseconds(500), out late));
-                if (late != null)
-                    Assert.Fail("a {0}-byte message arrived after the peer went away", late.Data.Length);
-                if (re != null)
-                    WantError("receive after the peer went away", c.Error, re);
-                DateTime deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-                while (true)
-                {
-                    Exception e = Catch(() => ch.Send(f, new byte[] { 1 }));
-                    if (e != null)
-                    {
-                        WantError("send after the peer went away", c.Error, e);
-                        break;
-                    }
-                    if (DateTime.UtcNow > deadline)
-                        Assert.Fail("sends still succeed 10 s after the peer's channel was closed");
-                    Thread.Sleep(20);
-                }
+                server.Abort();
+                FlowEnds(c, f);
             }
             finally
             {
-                if (serverOpen)
-                    server.Dispose();
+                server.Dispose();
+            }
+        }
+
+        private void PeerClosesAfterSending(ConformanceCase c)
+        {
+            Channel server = Listener(c.Port);
+            Flow f;
+            try
+            {
+                f = Connect((ushort)c.Port);
+                byte[] ask = Encoding.ASCII.GetBytes("ping");
+                ch.Send(f, ask);
+                Message atServer;
+                if (!server.TryReceive(Env.Long, out atServer))
+                    Assert.Fail("the listener received nothing");
+                Same("message at the listener", ask, atServer.Data);
+                foreach (int size in c.Sizes)
+                    server.Send(atServer.Flow, Payload(size));
+            }
+            finally
+            {
+                server.Dispose(); // graceful, right after the sends
+            }
+            foreach (int size in c.Sizes)
+            {
+                string what = "the listener's message of " + size + " bytes";
+                Message got = Recv(what);
+                Assert.AreEqual(f.Reversed, got.Flow, "{0}: on the flow", what);
+                Same(what, Payload(size), got.Data);
+            }
+            FlowEnds(c, f);
+        }
+
+        /// <summary>
+        /// After the peer went away: no message arrives on <paramref name="f"/> and a send fails
+        /// with the case's error. No flow events in this binding: a receive reports the end or
+        /// returns nothing (closing this side once the peer closed).
+        /// </summary>
+        private void FlowEnds(ConformanceCase c, Flow f)
+        {
+            Message late = null;
+            Exception re = Catch(() => ch.TryReceive(TimeSpan.FromMilliseconds(500), out late));
+            if (late != null)
+                Assert.Fail("a {0}-byte message arrived after the peer went away", late.Data.Length);
+            if (re != null)
+                WantError("receive after the peer went away", c.Error, re);
+            DateTime deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (true)
+            {
+                Exception e = Catch(() => ch.Send(f, new byte[] { 1 }));
+                if (e != null)
+                {
+                    WantError("send after the peer went away", c.Error, e);
+                    break;
+                }
+                if (DateTime.UtcNow > deadline)
+                    Assert.Fail("sends still succeed 10 s after the peer's channel was closed");
+                Thread.Sleep(20);
             }
         }
 

@@ -183,7 +183,8 @@ func (t *Transport) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
 	t.hbMu.Unlock()
 }
 
-// Close stops serving, closes every channel (the sidecar aborts their flows) and waits for the
+// Close stops serving, closes every channel (the sidecar delivers what was sent, then closes
+// their flows: docs/CHANNEL.md §5) and waits for the
 // receiving goroutines. Idempotent.
 func (t *Transport) Close() error {
 	t.mu.Lock()

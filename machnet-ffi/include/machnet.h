@@ -148,12 +148,23 @@ int machnet_init_at(const char *socket_path);
 void *machnet_attach(void);
 
 /**
- * Extension: closes a channel: the sidecar aborts its flows. Threads blocked on it return -1
- * with `EBADF`; the context is invalid afterwards (`EBADF`).
+ * Extension: closes a channel gracefully (docs/CHANNEL.md §5): every message whose
+ * `machnet_send` returned is still delivered, then the sidecar closes the channel's flows
+ * (the peers see them end after their last message); flows still open after the sidecar's
+ * linger are aborted. Exiting without detaching does the same. Threads blocked on the channel
+ * return -1 with `EBADF`; the context is invalid afterwards (`EBADF`), even if this fails.
  *
  * Returns 0 on success, -1 on failure (errno set).
  */
 int machnet_detach(void *channel_ctx);
+
+/**
+ * Extension: like `machnet_detach`, but aborts the channel's flows at once: messages not yet
+ * delivered are discarded and the peers see their flows reset.
+ *
+ * Returns 0 on success, -1 on failure (errno set).
+ */
+int machnet_detach_abort(void *channel_ctx);
 
 /**
  * Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's

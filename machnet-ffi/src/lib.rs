@@ -38,7 +38,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use machnet_client::{Channel, Flow, Machnet, RecvError, SendError};
+use machnet_client::{Channel, Flow, Machnet, RecvError, RequestError, SendError};
 
 use chan::{Ctx, Want};
 use error::{guard, Error, Result};
@@ -475,21 +475,40 @@ pub extern "C" fn machnet_attach() -> *mut c_void {
     })
 }
 
-/// Extension: closes a channel: the sidecar aborts its flows. Threads blocked on it return -1
-/// with `EBADF`; the context is invalid afterwards (`EBADF`).
+/// Extension: closes a channel gracefully (docs/CHANNEL.md §5): every message whose
+/// `machnet_send` returned is still delivered, then the sidecar closes the channel's flows
+/// (the peers see them end after their last message); flows still open after the sidecar's
+/// linger are aborted. Exiting without detaching does the same. Threads blocked on the channel
+/// return -1 with `EBADF`; the context is invalid afterwards (`EBADF`), even if this fails.
 ///
 /// Returns 0 on success, -1 on failure (errno set).
 #[no_mangle]
 pub extern "C" fn machnet_detach(channel_ctx: *mut c_void) -> c_int {
-    guard(-1, || {
-        let ctx = handle::remove(channel_ctx)?;
-        let ch = ctx.lock().ch.take();
-        ctx.kick();
-        match ch {
-            Some(ch) => ch.close_channel().map(|()| 0).map_err(Error::from),
-            None => Err(chan::bad_ctx()),
-        }
-    })
+    guard(-1, || detach(channel_ctx, Channel::close_channel))
+}
+
+/// Extension: like `machnet_detach`, but aborts the channel's flows at once: messages not yet
+/// delivered are discarded and the peers see their flows reset.
+///
+/// Returns 0 on success, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_detach_abort(channel_ctx: *mut c_void) -> c_int {
+    guard(-1, || detach(channel_ctx, Channel::abort_channel))
+}
+
+/// Unregisters a channel context, wakes its blocked threads and gives the channel back to the
+/// sidecar with `release` (graceful or abort).
+fn detach(
+    channel_ctx: *mut c_void,
+    release: fn(Channel) -> std::result::Result<(), RequestError>,
+) -> Result<c_int> {
+    let ctx = handle::remove(channel_ctx)?;
+    let ch = ctx.lock().ch.take();
+    ctx.kick();
+    match ch {
+        Some(ch) => release(ch).map(|()| 0).map_err(Error::from),
+        None => Err(chan::bad_ctx()),
+    }
 }
 
 /// Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's

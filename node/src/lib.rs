@@ -312,7 +312,8 @@ pub fn attach<'env>(
 
 /// A process's attachment to the sidecar (one control connection). Open a {@link Channel} with
 /// {@link Machnet.openChannel}. When this object, and every channel opened from it, is garbage
-/// collected (or the process exits), the sidecar aborts the process's flows.
+/// collected (or the process exits), the sidecar detaches the process's channels gracefully
+/// (see {@link Channel.close}).
 #[napi]
 pub struct Machnet {
     inner: machnet::Machnet,
@@ -920,11 +921,34 @@ impl Channel {
         self.end_flow(env, &flow, machnet::Channel::abort)
     }
 
-    /// Closes the channel: the sidecar aborts its flows and releases it. Pending and later
-    /// operations fail with `ERR_MACHNET_CHANNEL_CLOSED`; an async iteration over the channel
-    /// ends. Closing twice does nothing.
+    /// Closes the channel gracefully, as the process exiting does (docs/CHANNEL.md §5): the
+    /// sidecar still delivers every message whose `send` resolved, then closes the channel's
+    /// flows (the peers see each flow end after its last message) and releases the channel.
+    /// Pending and later operations fail with `ERR_MACHNET_CHANNEL_CLOSED`; an async iteration
+    /// over the channel ends. Closing twice does nothing.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.detach(env, false)
+    }
+
+    /// Closes the channel and aborts its flows at once: messages not yet delivered are
+    /// discarded and the peers see a reset. Otherwise like {@link Channel.close}; on a closed
+    /// channel it does nothing.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn abort<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        self.detach(env, true)
+    }
+}
+
+impl Channel {
+    /// `close` / `abort`: fails pending operations, then detaches the channel (`abort`: its
+    /// flows are aborted).
+    fn detach<'env>(&self, env: &'env Env, abort: bool) -> napi::Result<PromiseRaw<'env, ()>> {
+        let release = if abort {
+            machnet::Channel::abort_channel
+        } else {
+            machnet::Channel::close_channel
+        };
         self.shared.closed.send_replace(true);
         self.rx.shutdown(JsErr::channel_closed(None));
         let s = self.shared.clone();
@@ -934,7 +958,7 @@ impl Channel {
                 let ch = s.ch.lock().await.take();
                 if let Some(ch) = ch {
                     let m = ch.machnet().clone();
-                    tokio::task::spawn_blocking(move || ch.close_channel())
+                    tokio::task::spawn_blocking(move || release(ch))
                         .await
                         .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
                         .or_else(|e| match gone_or(&m, e) {

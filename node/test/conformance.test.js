@@ -12,6 +12,8 @@
 //   too_large        → ERR_MACHNET_MESSAGE_TOO_LARGE
 //   reset            → ERR_MACHNET_FLOW_CLOSED (a later send; the binding has no event API and
 //                      its receives do not report flow ends, so the send is what reports it)
+//   closed           → ERR_MACHNET_FLOW_CLOSED (likewise: a receive that passes the peer's
+//                      graceful close closes this side, and the next send fails)
 const { test, before } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -50,6 +52,7 @@ const ERRORS = {
   invalid_argument: { code: codes.EMPTY_MESSAGE },
   too_large: { code: codes.MESSAGE_TOO_LARGE },
   reset: { code: codes.FLOW_CLOSED },
+  closed: { code: codes.FLOW_CLOSED },
   timeout: { code: codes.TIMEOUT }, // not an error name of cases.json: recv_timeout uses it
 }
 const KV_STATUS = { ok: 0, not_found: 1, bad_request: 2, server_error: 3 }
@@ -182,23 +185,31 @@ const run = {
       await server.send(sflow, Buffer.from('pong'))
       assert.equal((await recvOn(ch, flow, 'reply')).toString(), 'pong')
     } finally {
-      await server.close()
+      await server.abort()
     }
-    // The client flow ends: a later send fails (tryRecv reads the notifications meanwhile and
-    // must not deliver anything).
-    const deadline = Date.now() + WAIT_MS
-    let err = null
-    while (err === null) {
-      assert.ok(Date.now() < deadline, 'the client flow never ended')
-      assert.equal(ch.tryRecv(), null, 'a message arrived after the peer went away')
-      try {
-        await ch.send(flow, Buffer.from('x'))
-        await sleep(5)
-      } catch (e) {
-        err = e
-      }
+    await flowEnds(ch, flow, c.error)
+  },
+
+  async peer_closes_after_sending(ch, c) {
+    const ma = await attach(SOCKET_A())
+    const server = await ma.openChannel()
+    let flow
+    try {
+      await server.listen(c.port)
+      flow = await ch.connect(SERVER_IP(), c.port, WAIT_MS)
+      await ch.send(flow, Buffer.from('ping'))
+      const { flow: sflow, data } = await within(server.recv(), 'server recv')
+      assert.equal(data.toString(), 'ping')
+      for (const n of c.sizes) await server.send(sflow, pattern(n))
+    } finally {
+      await server.close() // graceful, right after the sends
     }
-    checkError(err, c.error)
+    for (const n of c.sizes) {
+      const got = await recvOn(ch, flow, `message of ${n} bytes`)
+      assert.equal(got.length, n, `message of ${n} bytes: ${got.length} received`)
+      assert.ok(got.equals(pattern(n)), `message of ${n} bytes differs`)
+    }
+    await flowEnds(ch, flow, c.error)
   },
 
   async kv(ch, c) {
@@ -244,6 +255,24 @@ const run = {
       assert.equal(r.body.toString('hex'), u32(i).toString('hex'), `GET ${i}: value`)
     }
   },
+}
+
+/** The client flow ends: a later send fails with `name` (tryRecv reads the notifications
+ * meanwhile and must not deliver anything). */
+async function flowEnds(ch, flow, name) {
+  const deadline = Date.now() + WAIT_MS
+  let err = null
+  while (err === null) {
+    assert.ok(Date.now() < deadline, 'the client flow never ended')
+    assert.equal(ch.tryRecv(), null, 'a message arrived after the peer went away')
+    try {
+      await ch.send(flow, Buffer.from('x'))
+      await sleep(5)
+    } catch (e) {
+      err = e
+    }
+  }
+  checkError(err, name)
 }
 
 function kvResponse(data, what) {

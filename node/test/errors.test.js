@@ -103,6 +103,19 @@ test('close: pending receive rejects, later calls fail, closing twice is fine', 
   await ch.close()
 })
 
+test('abort: pending receive rejects, later calls fail, aborting or closing again is fine', async () => {
+  const m = await attach(SOCKET_B())
+  const ch = await m.openChannel()
+  const flow = await ch.connect(ECHO_IP(), ECHO_PORT())
+  const pending = rejectsWith(ch.recv(), codes.CHANNEL_CLOSED)
+  await ch.abort()
+  assert.equal(ch.closed, true)
+  await pending
+  await rejectsWith(ch.send(flow, Buffer.from('x')), codes.CHANNEL_CLOSED)
+  await ch.abort()
+  await ch.close()
+})
+
 test('a peer abort ends the flow: sends then fail with FLOW_CLOSED', async () => {
   const { server, client, flow, close } = await linkedPair()
   try {

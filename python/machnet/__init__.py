@@ -153,8 +153,9 @@ class Machnet:
 
     Create it with :func:`attach`. Open one :class:`Channel` per thread with
     :meth:`open_channel`. The control connection closes when this object *and* every channel
-    opened from it are closed or garbage-collected; the sidecar then aborts this process's flows.
-    Usable as a context manager (closing it on exit).
+    opened from it are closed or garbage-collected (or the process exits); the sidecar then
+    detaches the channels gracefully (see :meth:`Channel.close`). Usable as a context manager
+    (closing it on exit).
     """
 
     def __init__(self, path: Optional[PathLike] = None) -> None:
@@ -287,7 +288,9 @@ class Channel:
     Open it with :meth:`Machnet.open_channel`. A channel serves one thread at a time (another
     thread gets :class:`ChannelBusyError`); within one thread, any number of asyncio tasks may
     share it. Flows belong to the channel that created or accepted them. Closing the channel (or
-    leaving its ``with`` block) aborts its remaining flows.
+    leaving its ``with`` block, or the process exiting) is graceful: every message whose
+    :meth:`send` returned is still delivered, then its flows close (docs/CHANNEL.md §5).
+    :meth:`abort` aborts them instead.
 
     Blocking calls (:meth:`recv`, :meth:`next_event`, :meth:`connect`, and :meth:`send` under
     back-pressure) release the GIL while they wait, and :meth:`recv` and :meth:`next_event`
@@ -589,10 +592,20 @@ class Channel:
     # ----- lifetime -----
 
     def close(self) -> None:
-        """Detaches the channel: the sidecar aborts its flows and releases it. Closing twice
-        does nothing; later calls raise :class:`ChannelClosedError`."""
+        """Detaches the channel gracefully: the sidecar still delivers every message whose
+        :meth:`send` returned, then closes the channel's flows (the peers see each flow end after
+        its last message; flows still open after the sidecar's linger are aborted) and releases
+        the channel. Closing twice does nothing; later calls raise :class:`ChannelClosedError`."""
         self._unregister()
         self._ch.close()
+        self._kick()
+
+    def abort(self) -> None:
+        """Detaches the channel and aborts its flows at once: messages not yet delivered are
+        discarded and the peers see a reset (:class:`ConnectionResetError`). Otherwise like
+        :meth:`close`; on a closed channel it does nothing."""
+        self._unregister()
+        self._ch.close(abort=True)
         self._kick()
 
     def __enter__(self) -> "Channel":

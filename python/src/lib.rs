@@ -869,8 +869,16 @@ impl PyChannel {
         Ok(())
     }
 
-    /// Detaches the channel (the sidecar aborts its flows). Closing twice does nothing.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
+    /// Detaches the channel: gracefully (the sidecar delivers what was sent, then closes its
+    /// flows; docs/CHANNEL.md §5), or with `abort` its flows are aborted at once. Closing twice
+    /// does nothing.
+    #[pyo3(signature = (abort = false))]
+    fn close(&self, py: Python<'_>, abort: bool) -> PyResult<()> {
+        let release = if abort {
+            machnet::Channel::abort_channel
+        } else {
+            machnet::Channel::close_channel
+        };
         let ch = match self.ch.try_lock() {
             Ok(mut g) => g.take(),
             Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
@@ -886,7 +894,7 @@ impl PyChannel {
         match ch {
             None => Ok(()),
             Some(ch) => py
-                .detach(|| ch.close_channel())
+                .detach(|| release(ch))
                 .or_else(|e| match e {
                     // Closing a channel of a dead sidecar (or over a control connection that
                     // already failed) has nothing left to do: the sidecar releases the channel

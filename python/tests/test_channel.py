@@ -186,6 +186,25 @@ def test_reset_flow_raises_connection_reset(
         assert machnet.describe_close_code("reset") == "reset by the remote host"
 
 
+def test_channel_abort_resets_the_peers_flow(
+    ma: machnet.Machnet, mb: machnet.Machnet, port: int
+) -> None:
+    with mb.open_channel() as client:
+        server = ma.open_channel()
+        server.listen(port)
+        flow = client.connect(IP_A, port)
+        client.send(flow, b"x")
+        assert server.recv(timeout=30)[1] == b"x"
+        server.abort()
+        assert server.closed
+        server.abort()  # twice: nothing happens
+        server.close()
+        with pytest.raises(machnet.ChannelClosedError):
+            server.listen(port)
+        ev = client.next_event(timeout=30)
+        assert ev is not None and (ev.kind, ev.flow, ev.reason) == ("closed", flow, "reset")
+
+
 def test_port_in_use(ma: machnet.Machnet, port: int) -> None:
     with ma.open_channel() as a, ma.open_channel() as b:
         a.listen(port)

@@ -12,7 +12,8 @@ Error names map to these exception classes (conformance/README.md, "Error names"
 ``refused`` → :class:`machnet.ConnectionRefusedError`, ``invalid_argument`` →
 :class:`machnet.InvalidArgumentError` (exactly: not its subclass MessageTooLargeError),
 ``too_large`` → :class:`machnet.MessageTooLargeError`, ``reset`` →
-:class:`machnet.ConnectionResetError` (whose ``reason`` is also checked to be ``"reset"``).
+:class:`machnet.ConnectionResetError` (whose ``reason`` is also checked to be ``"reset"``),
+``closed`` → :class:`machnet.FlowClosedError` (``reason`` ``"graceful"``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ ERRORS: Dict[str, Type[machnet.MachnetError]] = {
     "invalid_argument": machnet.InvalidArgumentError,
     "too_large": machnet.MessageTooLargeError,
     "reset": machnet.ConnectionResetError,
+    "closed": machnet.FlowClosedError,
 }
+#: The close reason a FlowError of each error name carries.
+REASONS = {"reset": "reset", "closed": "graceful"}
 
 KV_STATUS = {"ok": 0, "not_found": 1, "bad_request": 2, "server_error": 3}
 KV_SET, KV_GET = 2, 1
@@ -62,7 +66,8 @@ def check_error(err: BaseException, name: str) -> None:
     if name == "invalid_argument":
         assert not isinstance(err, machnet.MessageTooLargeError), f"{name}: got {err!r}"
     if isinstance(err, machnet.FlowError):
-        assert err.reason == name, f"{name}: reason {err.reason!r} ({err})"
+        want = REASONS.get(name, name)
+        assert err.reason == want, f"{name}: reason {err.reason!r} ({err})"
 
 
 def recv_on(ch: machnet.Channel, flow: machnet.Flow, what: str) -> bytes:
@@ -155,7 +160,7 @@ def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, 
         server.send(sflow, b"pong")
         assert recv_on(ch, flow, "reply") == b"pong"
     finally:
-        server.close()
+        server.abort()
     # The client flow ends: an event reports it with the close reason...
     deadline = time.monotonic() + WAIT
     ev: Optional[machnet.Event] = None
@@ -171,6 +176,38 @@ def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, 
     with pytest.raises(machnet.MachnetError) as e:
         ch.send(flow, b"x")
     check_error(e.value, name)
+
+
+def do_peer_closes_after_sending(
+    ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, Any]
+) -> None:
+    port, sizes = case["port"], case["sizes"]
+    # Leaving the block closes the server's channel gracefully, right after the sends.
+    with ma.open_channel() as server:
+        server.listen(port)
+        flow = ch.connect(IP_A, port, timeout=WAIT)
+        ch.send(flow, b"ping")
+        sflow, data = server.recv(timeout=WAIT)
+        assert data == b"ping"
+        for n in sizes:
+            server.send(sflow, pattern(n))
+    # Every message, in order and intact; then the peer's close; nothing else.
+    for n in sizes:
+        ev = ch.next_event(timeout=WAIT)
+        assert ev is not None, f"no message of {n} bytes"
+        assert (ev.kind, ev.flow) == ("message", flow), f"{ev} instead of the message of {n} bytes"
+        assert ev.data == pattern(n), f"the message of {n} bytes differs"
+    ev = ch.next_event(timeout=WAIT)
+    assert ev is not None and (ev.kind, ev.flow) == ("peer_closed", flow), f"{ev} instead of peer_closed"
+    assert ch.flow_status(flow) == machnet.FlowStatus("peer_closed")
+    # Closing our side ends the flow gracefully; a later send fails with the error.
+    ch.close_flow(flow)
+    ev = ch.next_event(timeout=WAIT)
+    assert ev is not None and (ev.kind, ev.flow) == ("closed", flow), f"{ev} instead of closed"
+    assert ev.reason == "graceful", f"closed with reason {ev.reason!r}"
+    with pytest.raises(machnet.MachnetError) as e:
+        ch.send(flow, b"x")
+    check_error(e.value, case["error"])
 
 
 def kv_response(ch: machnet.Channel, flow: machnet.Flow, what: str) -> Tuple[int, int, bytes]:
@@ -241,6 +278,8 @@ def test_conformance(
             do_send_error(ch, case)
         elif do == "peer_goes_away":
             do_peer_goes_away(ch, ma, case)
+        elif do == "peer_closes_after_sending":
+            do_peer_closes_after_sending(ch, ma, case)
         elif do == "kv":
             do_kv(ch, request.getfixturevalue(KV_APPS[case["app"]]), case)
         elif do == "kv_pipelined":

@@ -90,7 +90,7 @@ impl World {
 /// The sidecars and app ports one run of the cases uses (`None`: that app is not there).
 struct Target {
     client_socket: PathBuf,
-    /// The apps' sidecar (for `peer_goes_away`).
+    /// The apps' sidecar (for `peer_goes_away` and `peer_closes_after_sending`).
     server_socket: Option<PathBuf>,
     server_ip: Ipv4Addr,
     echo_port: Option<u16>,
@@ -176,6 +176,17 @@ fn recv(ch: &mut Channel) -> (Flow, Vec<u8>) {
     ch.recv_timeout(T)
         .expect("recv")
         .expect("a message in time")
+}
+
+/// A channel of the server sidecar listening on `port`, and a flow of `ch` to it that has
+/// carried one message (`hello`, not received yet).
+fn peer(w: &Target, ch: &mut Channel, port: u16) -> (Channel, Flow) {
+    let m = Machnet::attach_at(w.server_socket.as_ref().expect("the server sidecar")).unwrap();
+    let mut server = m.open_channel(None).unwrap();
+    server.listen(port).unwrap();
+    let flow = ch.connect(w.server_ip, port).unwrap();
+    ch.send(&flow, b"hello").unwrap();
+    (server, flow)
 }
 
 fn field(case: &Value, name: &str) -> u64 {
@@ -270,14 +281,9 @@ fn run(w: &Target, case: &Value) {
         }
         "peer_goes_away" => {
             let port = field(case, "port") as u16;
-            let m =
-                Machnet::attach_at(w.server_socket.as_ref().expect("the server sidecar")).unwrap();
-            let mut server = m.open_channel(None).unwrap();
-            server.listen(port).unwrap();
-            let flow = ch.connect(server_ip, port).unwrap();
-            ch.send(&flow, b"hello").unwrap();
+            let (mut server, flow) = peer(w, &mut ch, port);
             assert_eq!(recv(&mut server).1, b"hello");
-            server.close_channel().unwrap();
+            server.abort_channel().unwrap();
             let deadline = Instant::now() + T;
             loop {
                 match ch.next_event(Some(Duration::from_millis(50))).unwrap() {
@@ -293,6 +299,47 @@ fn run(w: &Target, case: &Value) {
                 matches!(ch.send(&flow, b"more"), Err(SendError::FlowClosed(_))),
                 "{name}: send after the reset"
             );
+        }
+        "peer_closes_after_sending" => {
+            let port = field(case, "port") as u16;
+            let sizes: Vec<usize> = case["sizes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap() as usize)
+                .collect();
+            let (mut server, flow) = peer(w, &mut ch, port);
+            let (sflow, hello) = recv(&mut server);
+            assert_eq!(hello, b"hello");
+            for &n in &sizes {
+                server.send(&sflow, &payload(n)).unwrap();
+            }
+            server.close_channel().unwrap();
+            let mut next = || ch.next_event(Some(T)).unwrap();
+            for &n in &sizes {
+                match next() {
+                    Some(Event::Message { flow: f, data }) => {
+                        assert_eq!(f, flow, "{name}: on the flow");
+                        assert!(data == payload(n), "{name}: message of {n} bytes differs");
+                    }
+                    other => panic!("{name}: {other:?} instead of the message of {n} bytes"),
+                }
+            }
+            match next() {
+                Some(Event::PeerClosed { flow: f }) if f == flow => {}
+                other => panic!("{name}: {other:?} instead of PeerClosed"),
+            }
+            ch.close(&flow).unwrap();
+            match ch.next_event(Some(T)).unwrap() {
+                Some(Event::Closed { flow: f, reason }) if f == flow => {
+                    assert_eq!(reason, Some(CloseCode::Graceful), "{name}")
+                }
+                other => panic!("{name}: {other:?} instead of Closed"),
+            }
+            match (ch.send(&flow, b"more"), case["error"].as_str().unwrap()) {
+                (Err(SendError::FlowClosed(Some(CloseCode::Graceful))), "closed") => {}
+                (other, want) => panic!("{name}: send after the end gave {other:?}, want {want}"),
+            }
         }
         "kv" => {
             let flow = ch

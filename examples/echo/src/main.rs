@@ -491,7 +491,8 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
     for fl in &flows {
         let _ = ch.close(&fl.flow);
     }
-    // Let the closes complete before the channel is detached (which would abort the flows).
+    // Let the closes complete before the channel is detached (which would otherwise leave the
+    // sidecar to finish them within its linger).
     let close_end = Instant::now() + Duration::from_secs(1);
     let mut open = flows.len();
     while open > 0 {

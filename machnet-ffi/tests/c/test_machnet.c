@@ -513,8 +513,7 @@ static int t_threads_share_a_channel(void) {
 }
 
 /* A server in a child process on the other sidecar: listen, accept, echo reversed, then wait
- * for the parent's word on `done_fd` before detaching (detaching aborts the flows, which could
- * drop the last echo before it left). */
+ * for the parent's word on `done_fd` before detaching. */
 static int child_server(uint16_t port, int done_fd) {
     if (machnet_init_at(peer_sock) != 0) return 10;
     void *c = machnet_attach();
@@ -757,8 +756,8 @@ static int t_channel_keeps_its_sidecar_after_reinit(void) {
     return 0;
 }
 
-/* A peer that detaches its channel resets our flow: sends fail (ECONNRESET) soon after. */
-static int t_peer_detach_resets_the_flow(void) {
+/* A peer that detaches its channel with abort resets our flow: sends fail soon after. */
+static int t_peer_detach_abort_resets_the_flow(void) {
     CHECK(machnet_init_at(peer_sock) == 0);
     void *srv = machnet_attach();
     CHECK(machnet_init_at(sock) == 0);
@@ -772,7 +771,8 @@ static int t_peer_detach_resets_the_flow(void) {
     char buf[16];
     MachnetFlow_t from;
     CHECK(machnet_recv_timeout(srv, buf, sizeof buf, &from, 10000) == 4);
-    CHECK(machnet_detach(srv) == 0);
+    CHECK(machnet_detach_abort(srv) == 0);
+    FAILS(machnet_detach_abort(srv), EBADF);
     int reset = 0;
     for (int i = 0; i < 200 && !reset; i++) {
         (void)machnet_recv_timeout(c, buf, sizeof buf, &from, 50);
@@ -783,6 +783,52 @@ static int t_peer_detach_resets_the_flow(void) {
         }
     }
     CHECK(reset);
+    CHECK(machnet_detach(c) == 0);
+    return 0;
+}
+
+/* A peer that sends and at once detaches (gracefully, as an exiting app does): every message
+ * arrives, in order and intact, then the flow ends (sends fail with ENOTCONN, or EPIPE once the
+ * receive has closed our side), never with a reset. */
+static int t_peer_detach_delivers_then_closes(void) {
+    static const size_t sizes[] = {1, 9000, 1 << 20};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    CHECK(machnet_init_at(peer_sock) == 0);
+    void *srv = machnet_attach();
+    CHECK(machnet_init_at(sock) == 0);
+    CHECK(srv != NULL);
+    CHECK(machnet_listen(srv, peer_ip, 4301) == 0);
+    void *c = machnet_attach();
+    CHECK(c != NULL);
+    MachnetFlow_t f, sf;
+    CHECK(machnet_connect(c, local_ip, peer_ip, 4301, &f) == 0);
+    CHECK(machnet_send(c, f, "ping", 4) == 0);
+    uint8_t *buf = malloc(1 << 20);
+    CHECK(buf);
+    CHECK(machnet_recv_timeout(srv, buf, 16, &sf, 10000) == 4);
+    for (int i = 0; i < N; i++) {
+        fill(buf, sizes[i], (unsigned)i);
+        CHECK(machnet_send(srv, sf, buf, sizes[i]) == 0);
+    }
+    CHECK(machnet_detach(srv) == 0);
+    for (int i = 0; i < N; i++) {
+        MachnetFlow_t from;
+        memset(buf, 0, sizes[i]);
+        CHECK(machnet_recv_timeout(c, buf, 1 << 20, &from, 10000) == (ssize_t)sizes[i]);
+        CHECK(matches(buf, sizes[i], (unsigned)i));
+    }
+    int closed = 0;
+    for (int i = 0; i < 200 && !closed; i++) {
+        MachnetFlow_t from;
+        CHECK(machnet_recv_timeout(c, buf, 1 << 20, &from, 50) == 0);
+        errno = 0;
+        if (machnet_send(c, f, "more", 4) == -1) {
+            CHECK(errno == ENOTCONN || errno == EPIPE);
+            closed = 1;
+        }
+    }
+    free(buf);
+    CHECK(closed);
     CHECK(machnet_detach(c) == 0);
     return 0;
 }
@@ -829,7 +875,8 @@ int main(void) {
         {"interrupt_wakes_a_blocked_receive", t_interrupt_wakes_a_blocked_receive, 2},
         {"threads_share_a_channel", t_threads_share_a_channel, 2},
         {"channel_keeps_its_sidecar_after_reinit", t_channel_keeps_its_sidecar_after_reinit, 1},
-        {"peer_detach_resets_the_flow", t_peer_detach_resets_the_flow, 1},
+        {"peer_detach_abort_resets_the_flow", t_peer_detach_abort_resets_the_flow, 1},
+        {"peer_detach_delivers_then_closes", t_peer_detach_delivers_then_closes, 1},
         {"close_a_flow", t_close_a_flow, 1},
         {"detach", t_detach, 1},
         {"sidecar_gone", t_sidecar_gone, 0},
