@@ -184,8 +184,7 @@ func (t *Transport) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
 }
 
 // Close stops serving, closes every channel (the sidecar delivers what was sent, then closes
-// their flows: docs/CHANNEL.md §5) and waits for the
-// receiving goroutines. Idempotent.
+// their flows: docs/CHANNEL.md §5) and waits for the receiving goroutines. Idempotent.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed {
