@@ -43,27 +43,13 @@ fn raise_fd_limit() {
 }
 
 fn spawn_sidecar(bin: &Path, ip: Ipv4Addr, pool: PortPool, dir: &Path) -> Proc {
-    let sock = dir.join(format!("{ip}.sock"));
-    let log = dir.join(format!("{ip}.log"));
-    let child = Command::new(bin)
-        .args(["--local-ip", &ip.to_string()])
-        .args(["--udp-port-base", &pool.base.to_string()])
-        .args(["--udp-port-count", &pool.count.to_string()])
-        .arg("--control-socket")
-        .arg(&sock)
-        .args(["--stats-interval", "0", "--log-level", "info"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn machnet");
-    let mut p = Proc {
-        child: Some(child),
-        sock,
-        log,
-    };
-    p.wait_ready();
-    p
+    Proc::start_bin(
+        bin,
+        ip,
+        pool,
+        dir,
+        &["--stats-interval", "0", "--log-level", "info"],
+    )
 }
 
 fn role(name: &str, sock: &Path) -> Child {

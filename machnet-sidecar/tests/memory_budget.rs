@@ -62,14 +62,29 @@ impl AttackFlow {
     /// Connects to `PORT` on `server` (UDP pool starting at `udp_port`), or panics.
     /// `pool`: the server's UDP ports (first, count).
     pub fn connect(server: Ipv4Addr, udp_port: (u16, u16), machnet_port: u16, how: Attack) -> Self {
+        Self::try_connect(server, udp_port, machnet_port, how)
+            .unwrap_or_else(|| panic!("no SYN-ACK for {machnet_port} within {WAIT:?}"))
+    }
+
+    /// Like [`AttackFlow::connect`], `None` if no SYN-ACK came within `WAIT`.
+    pub fn try_connect(
+        server: Ipv4Addr,
+        udp_port: (u16, u16),
+        machnet_port: u16,
+        how: Attack,
+    ) -> Option<Self> {
         // Each attacker flow from its own address: a sidecar keeps one peer entry (engines, UDP
         // ports) per address, and these "hosts" each announce a different single UDP port.
         let me = Ipv4Addr::new(127, 0, 10 + (machnet_port % 64) as u8, 3);
-        let sock = UdpSocket::bind((me, 0)).expect("attacker socket");
-        sock.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let my_udp = sock.local_addr().unwrap().port();
-        let hs = |echo: UdpPair| Handshake {
+        let bind = || {
+            let sock = UdpSocket::bind((me, 0)).expect("attacker socket");
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let port = sock.local_addr().unwrap().port();
+            (sock, port)
+        };
+        let (mut sock, mut my_udp) = bind();
+        let hs = |my_udp: u16, echo: UdpPair| Handshake {
             engine_count: 1,
             engine_id: 0,
             udp_port_base: my_udp,
@@ -84,13 +99,21 @@ impl AttackFlow {
         let mut buf = vec![0u8; 65536];
         let deadline = Instant::now() + WAIT;
         for attempt in 0u16.. {
-            assert!(Instant::now() < deadline, "no SYN-ACK for {machnet_port}");
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // The kernel hashes (our address and port, theirs) to one of the server's engines:
+            // after a round over its ports, try from another port of ours (all of a round's
+            // ports may hash to engines that do not listen).
+            if attempt > 0 && attempt % udp_port.1 == 0 {
+                (sock, my_udp) = bind();
+            }
             let syn = repr(
                 PacketType::Syn,
                 machnet_port,
                 iss,
                 0,
-                Some(hs(UdpPair::NONE)),
+                Some(hs(my_udp, UdpPair::NONE)),
             );
             let n = syn.emit(&mut buf, &[], false);
             // Another port of the pool each time: the kernel's hash picks the engine, and only
@@ -124,8 +147,8 @@ impl AttackFlow {
                     dst: my_udp,
                 },
             };
-            flow.hs_ack(hs(flow.echo));
-            return flow;
+            flow.hs_ack(hs(my_udp, flow.echo));
+            return Some(flow);
         }
         unreachable!()
     }
@@ -237,7 +260,10 @@ fn attacker_flows_stay_within_the_sidecar_budget_and_a_legit_echo_still_works() 
             } else {
                 Attack::Partial
             };
-            AttackFlow::connect(SERVER, udp_base, 40_000 + i, how)
+            AttackFlow::try_connect(SERVER, udp_base, 40_000 + i, how).unwrap_or_else(|| {
+                let reports: Vec<String> = server.reports().iter().map(|r| r.to_string()).collect();
+                panic!("no SYN-ACK for attacker {i}:\n{}", reports.join("\n"))
+            })
         })
         .collect();
 
@@ -321,27 +347,8 @@ fn rss_before_during_and_after_an_attack() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER], 8);
-    let sock = dir.join("s.sock");
-    let log = std::fs::File::create(dir.join("s.log")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_machnet"))
-        .args(["--local-ip", "127.0.0.1", "--engines", "1"])
-        .args(["--udp-port-base", &pool.base.to_string()])
-        .args(["--udp-port-count", &pool.count.to_string()])
-        .args(["--memory-budget", &budget, "--stats-interval", "0"])
-        .arg("--control-socket")
-        .arg(&sock)
-        .stderr(log)
-        .spawn()
-        .expect("spawn machnet");
+    let (mut child, app, _) = start_sidecar_process(&dir, "s", SERVER, pool, &budget);
     let pid = child.id();
-    let deadline = Instant::now() + WAIT;
-    let app = loop {
-        if let Ok(m) = Machnet::attach_at(&sock) {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "sidecar did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
     let mut ch = app.open_channel(None).expect("channel");
     ch.listen(PORT).expect("listen");
     std::thread::sleep(Duration::from_millis(300));
@@ -389,6 +396,38 @@ fn rss_before_during_and_after_an_attack() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts a `machnet` process on `ip` (one engine, `budget`) with its socket and log in `dir`
+/// named after `name`, and attaches to it.
+fn start_sidecar_process(
+    dir: &std::path::Path,
+    name: &str,
+    ip: Ipv4Addr,
+    pool: machnet_core::PortPool,
+    budget: &str,
+) -> (std::process::Child, Machnet, std::path::PathBuf) {
+    let log = dir.join(format!("{name}.log"));
+    let sock = dir.join(format!("{name}.sock"));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_machnet"))
+        .args(["--local-ip", &ip.to_string(), "--engines", "1"])
+        .args(["--udp-port-base", &pool.base.to_string()])
+        .args(["--udp-port-count", &pool.count.to_string()])
+        .args(["--memory-budget", budget, "--stats-interval", "0"])
+        .arg("--control-socket")
+        .arg(&sock)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn machnet");
+    let deadline = Instant::now() + WAIT;
+    let m = loop {
+        if let Ok(m) = Machnet::attach_at(&sock) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "sidecar {name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (child, m, log)
+}
+
 /// Lines in a log file.
 fn log_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
@@ -412,30 +451,10 @@ fn echo_rate_and_rss_during_a_memory_attack() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER, CLIENT], 8);
-    let start = |ip: Ipv4Addr, name: &str| {
-        let log = dir.join(format!("{name}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_machnet"))
-            .args(["--local-ip", &ip.to_string(), "--engines", "1"])
-            .args(["--udp-port-base", &pool.base.to_string()])
-            .args(["--udp-port-count", &pool.count.to_string()])
-            .args(["--memory-budget", &budget, "--stats-interval", "0"])
-            .arg("--control-socket")
-            .arg(dir.join(format!("{name}.sock")))
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn machnet");
-        let deadline = Instant::now() + WAIT;
-        let m = loop {
-            if let Ok(m) = Machnet::attach_at(dir.join(format!("{name}.sock"))) {
-                break m;
-            }
-            assert!(Instant::now() < deadline, "sidecar {name} did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (child, m, log)
-    };
-    let (mut server_proc, server_m, server_log) = start(SERVER, "server");
-    let (mut client_proc, client_m, _) = start(CLIENT, "client");
+    let (mut server_proc, server_m, server_log) =
+        start_sidecar_process(&dir, "server", SERVER, pool, &budget);
+    let (mut client_proc, client_m, _) =
+        start_sidecar_process(&dir, "client", CLIENT, pool, &budget);
     let mut sch = server_m.open_channel(None).expect("server channel");
     sch.listen(PORT).expect("listen");
     let stop = Arc::new(AtomicBool::new(false));

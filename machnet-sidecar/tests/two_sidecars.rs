@@ -439,29 +439,10 @@ fn an_app_that_disconnects_has_its_messages_delivered_then_its_flows_closed() {
     assert_eq!(acc.kind, RecordKind::Accepted);
     // The app sends and "exits" at once: its control connection closes with the messages
     // still in its ring (docs/CHANNEL.md §5).
-    let msgs: Vec<Vec<u8>> = (0..32u8)
-        .map(|i| vec![i; 1 + 997 * usize::from(i)])
-        .collect();
-    for m in &msgs {
-        app.send(flow, m);
-    }
+    let msgs = send_32_messages(&mut app, flow, 997);
     drop(client);
     assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Detached as u32));
-    for (i, m) in msgs.iter().enumerate() {
-        let n = server.expect_next();
-        assert_eq!(
-            (n.kind, n.flow),
-            (RecordKind::Message, acc.flow),
-            "message {i}"
-        );
-        assert!(n.payload == *m, "message {i} differs");
-    }
-    let n = server.expect_next();
-    assert_eq!(
-        (n.kind, n.flow),
-        (RecordKind::PeerClosed, acc.flow),
-        "{n:?}"
-    );
+    expect_messages_then_peer_closed(&mut server, acc.flow, &msgs);
     server.close_flow(acc.flow);
     let n = server.expect_next();
     assert_eq!((n.kind, n.flow), (RecordKind::Closed, acc.flow), "{n:?}");
@@ -488,29 +469,32 @@ fn a_stopping_sidecar_delivers_what_its_apps_sent() {
     let (flow, _) = app.connect(IP_B, PORT);
     let acc = server.expect_next();
     assert_eq!(acc.kind, RecordKind::Accepted);
+    let msgs = send_32_messages(&mut app, flow, 2039);
+    a.shutdown();
+    assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Shutdown as u32));
+    expect_messages_then_peer_closed(&mut server, acc.flow, &msgs);
+}
+
+/// Sends 32 messages on `flow`, message `i` of `1 + step * i` bytes `i`; returns them.
+fn send_32_messages(app: &mut AppChannel, flow: u32, step: usize) -> Vec<Vec<u8>> {
     let msgs: Vec<Vec<u8>> = (0..32u8)
-        .map(|i| vec![i; 1 + 2039 * usize::from(i)])
+        .map(|i| vec![i; 1 + step * usize::from(i)])
         .collect();
     for m in &msgs {
         app.send(flow, m);
     }
-    a.shutdown();
-    assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Shutdown as u32));
+    msgs
+}
+
+/// The next notifications of `server` are `msgs` on `flow`, in order, then `PeerClosed`.
+fn expect_messages_then_peer_closed(server: &mut AppChannel, flow: u32, msgs: &[Vec<u8>]) {
     for (i, m) in msgs.iter().enumerate() {
         let n = server.expect_next();
-        assert_eq!(
-            (n.kind, n.flow),
-            (RecordKind::Message, acc.flow),
-            "message {i}"
-        );
+        assert_eq!((n.kind, n.flow), (RecordKind::Message, flow), "message {i}");
         assert!(n.payload == *m, "message {i} differs");
     }
     let n = server.expect_next();
-    assert_eq!(
-        (n.kind, n.flow),
-        (RecordKind::PeerClosed, acc.flow),
-        "{n:?}"
-    );
+    assert_eq!((n.kind, n.flow), (RecordKind::PeerClosed, flow), "{n:?}");
 }
 
 #[test]

@@ -422,17 +422,25 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(ip: Ipv4Addr, engines: u16, pool: PortPool, dir: &Path, extra: &[&str]) -> Proc {
+        let engines = engines.to_string();
+        let mut args = vec!["--engines", engines.as_str()];
+        args.extend_from_slice(&["--stats-interval", "1", "--log-level", "debug"]);
+        args.extend_from_slice(extra);
+        Proc::start_bin(Path::new(MACHNET_BIN), ip, pool, dir, &args)
+    }
+
+    /// Starts sidecar binary `bin` on `ip` with `args` (later flags override earlier ones), its
+    /// socket and log in `dir`, and waits until it listens.
+    pub fn start_bin(bin: &Path, ip: Ipv4Addr, pool: PortPool, dir: &Path, args: &[&str]) -> Proc {
         let sock = dir.join(format!("{ip}.sock"));
         let log = dir.join(format!("{ip}.log"));
-        let child = Command::new(MACHNET_BIN)
+        let child = Command::new(bin)
             .args(["--local-ip", &ip.to_string()])
-            .args(["--engines", &engines.to_string()])
             .args(["--udp-port-base", &pool.base.to_string()])
             .args(["--udp-port-count", &pool.count.to_string()])
             .arg("--control-socket")
             .arg(&sock)
-            .args(["--stats-interval", "1", "--log-level", "debug"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
