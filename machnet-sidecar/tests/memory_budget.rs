@@ -353,16 +353,7 @@ fn rss_before_during_and_after_an_attack() {
     ch.listen(PORT).expect("listen");
     std::thread::sleep(Duration::from_millis(300));
     let before = rss(pid);
-    let attackers: Vec<AttackFlow> = (0..32u16)
-        .map(|i| {
-            let how = if i % 2 == 0 {
-                Attack::OutOfOrder
-            } else {
-                Attack::Partial
-            };
-            AttackFlow::connect(SERVER, (pool.base, pool.count), 41_000 + i, how)
-        })
-        .collect();
+    let attackers = attack_flows(pool, 41_000);
     let mut peak = 0;
     for _ in 0..8 {
         for a in &attackers {
@@ -394,6 +385,20 @@ fn rss_before_during_and_after_an_attack() {
     .unwrap();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 32 attacker flows to `SERVER` (half of each kind) on Machnet ports `first_port..`.
+fn attack_flows(pool: machnet_core::PortPool, first_port: u16) -> Vec<AttackFlow> {
+    (0..32u16)
+        .map(|i| {
+            let how = if i % 2 == 0 {
+                Attack::OutOfOrder
+            } else {
+                Attack::Partial
+            };
+            AttackFlow::connect(SERVER, (pool.base, pool.count), first_port + i, how)
+        })
+        .collect()
 }
 
 /// Starts a `machnet` process on `ip` (one engine, `budget`) with its socket and log in `dir`
@@ -497,16 +502,7 @@ fn echo_rate_and_rss_during_a_memory_attack() {
     let lines1 = log_lines(&server_log);
     // The attack: 32 flows fill the server's memory, then keep flooding (64 packets of 9,000
     // bytes per flow in turn every 10 ms, ~58 MB/s) while the echo is measured.
-    let attackers: Vec<AttackFlow> = (0..32u16)
-        .map(|i| {
-            let how = if i % 2 == 0 {
-                Attack::OutOfOrder
-            } else {
-                Attack::Partial
-            };
-            AttackFlow::connect(SERVER, (pool.base, pool.count), 42_000 + i, how)
-        })
-        .collect();
+    let attackers = attack_flows(pool, 42_000);
     for a in &attackers {
         a.blast();
     }
