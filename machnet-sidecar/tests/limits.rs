@@ -370,3 +370,58 @@ fn out_of_descriptors_the_sidecar_backs_off_logs_little_and_serves_again_once_fr
     assert!(p.child.as_mut().unwrap().try_wait().unwrap().is_none());
     assert!(p.terminate().success());
 }
+
+/// Flows an application left behind (its channel detached, the peer not yet closed: orphans,
+/// docs/CHANNEL.md §5) still count against its flow limit until they end — here by the linger.
+#[test]
+fn orphan_flows_count_against_the_app_limit_until_the_linger_ends() {
+    let hub = MemHub::new(1);
+    let a = sidecar(&hub, IP_A, "lim-orphans-a", |c| {
+        c.limits.app.flows = 2;
+        c.close_linger = Duration::from_millis(500);
+    });
+    let b = sidecar(&hub, IP_B, "lim-orphans-b", |_| {});
+    let (ca, cb) = (
+        RawClient::connect(a.control_socket()).unwrap(),
+        RawClient::connect(b.control_socket()).unwrap(),
+    );
+    for x in [&ca, &cb] {
+        assert!(matches!(x.hello(), Response::Hello { .. }));
+    }
+    let mut on_b = cb.open_channel(None);
+    assert_eq!(cb.listen(on_b.id, PORT), Response::Ok);
+    let mut client = ca.open_channel(None);
+    client.connect(IP_B, PORT);
+    client.connect(IP_B, PORT);
+    for _ in 0..2 {
+        assert_eq!(on_b.expect_next().kind, RecordKind::Accepted);
+    }
+    // Detach: B's app never closes its side, so both flows live on as orphans.
+    assert_eq!(
+        ca.request(&machnet_core::channel::control::Request::CloseChannel {
+            channel: client.id,
+            abort: false,
+        }),
+        Response::Ok
+    );
+    for _ in 0..2 {
+        assert_eq!(on_b.expect_next().kind, RecordKind::PeerClosed);
+    }
+    let mut again = ca.open_channel(None);
+    let id = again.connect_request(IP_B, PORT);
+    let n = connect_outcome(&mut again, id);
+    assert_eq!(
+        (n.kind, code(&n)),
+        (RecordKind::ConnectFailed, Some(CloseCode::Exhausted)),
+        "the orphans still hold the app's two flows: {n:?}"
+    );
+    // The linger ends: B sees resets, and the app's slots come back.
+    for _ in 0..2 {
+        let n = on_b.expect_next();
+        assert_eq!(
+            (n.kind, code(&n)),
+            (RecordKind::Closed, Some(CloseCode::Reset))
+        );
+    }
+    again.connect(IP_B, PORT);
+}

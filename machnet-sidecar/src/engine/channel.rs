@@ -76,7 +76,7 @@ struct FlowEntry {
     closed: Option<CloseCode>,
     dirty: bool,
     /// The flow's slot in its application's flow limit, given back when the entry goes.
-    _permit: FlowPermit,
+    permit: FlowPermit,
 }
 
 impl FlowEntry {
@@ -84,7 +84,7 @@ impl FlowEntry {
         FlowEntry {
             id,
             origin,
-            _permit: permit,
+            permit,
             info: None,
             established: false,
             announced: false,
@@ -765,9 +765,10 @@ impl Chan {
     }
 
     /// Ends a drained detach: closes each remaining flow gracefully (its FIN follows the
-    /// messages already queued) and hands them over; the caller keeps them as orphans until they
+    /// messages already queued) and hands them over with their permits (an orphan still counts
+    /// against its application's flow limits); the caller keeps them as orphans until they
     /// close or the deadline passes.
-    pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<FlowId> {
+    pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<(FlowId, FlowPermit)> {
         let mut orphans = Vec::with_capacity(self.flows.len());
         for (_, e) in self.flows.drain() {
             ctx.owners.remove(&e.id);
@@ -775,7 +776,7 @@ impl Chan {
             // knows has ended.
             let _ = ctx.core.close(ctx.now, e.id);
             if ctx.core.flow_key(e.id).is_some() {
-                orphans.push(e.id);
+                orphans.push((e.id, e.permit));
             }
         }
         orphans

@@ -45,6 +45,7 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use super::channel::{Chan, ChannelId, Ctx, Violation};
+use super::flow_quota::FlowPermit;
 use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
 use crate::clock::Clock;
 use crate::config::IdleMode;
@@ -93,8 +94,9 @@ pub(super) struct Worker {
     /// Channels being detached gracefully (docs/CHANNEL.md §5); they stay on the run list.
     detaching: Vec<ChannelId>,
     /// Flows of detached channels, closing on their own, with the deadline after which they
-    /// are aborted. Messages that arrive for them are discarded.
-    orphans: HashMap<FlowId, Instant>,
+    /// are aborted (and their place in their application's flow limits). Messages that arrive
+    /// for them are discarded.
+    orphans: HashMap<FlowId, (Instant, FlowPermit)>,
     /// The earliest deadline of `detaching` and `orphans`.
     next_linger: Option<Instant>,
     /// How long a stop may take to deliver what apps sent.
@@ -482,9 +484,9 @@ impl Worker {
                 now,
                 owners: &mut self.owners,
             };
-            for flow in chan.finish_detach(&mut ctx) {
+            for (flow, permit) in chan.finish_detach(&mut ctx) {
                 discard_received(&mut self.core, flow);
-                self.orphans.insert(flow, deadline);
+                self.orphans.insert(flow, (deadline, permit));
             }
             self.counters.channels_closed += 1;
             tracing::debug!(engine = self.id, channel = id, "channel detached");
@@ -517,8 +519,8 @@ impl Worker {
         }
         let core = &mut self.core;
         let counters = &mut self.counters;
-        self.orphans.retain(|&flow, &mut deadline| {
-            if deadline > now {
+        self.orphans.retain(|&flow, (deadline, _)| {
+            if *deadline > now {
                 return true;
             }
             counters.linger_aborts += 1;
@@ -529,7 +531,7 @@ impl Worker {
             .detaching
             .iter()
             .filter_map(|id| self.chans.get(id).and_then(Chan::detach_deadline))
-            .chain(self.orphans.values().copied())
+            .chain(self.orphans.values().map(|(d, _)| *d))
             .min();
     }
 
