@@ -58,10 +58,13 @@ if pkg-config --exists libdpdk 2>/dev/null; then
         netns "DPDK (af_packet, 2 queues, 2 engines) <-> DPDK (af_packet, 2 engines), 4 flows" \
             A_ENGINES=2 B_DATAPATH=dpdk B_ENGINES=2 FLOWS=4
         netns "DPDK af_xdp <-> kernel-UDP over a veth pair" A_PMD=af_xdp
+        # Under 5 % loss a 1 MiB echo (window 1) now and then waits out a retransmission
+        # timeout with backoff: p99 reached 0.3-1.0 s in runs before and after issue 14, and a
+        # 1 s window once measured nothing. 3 s windows.
         netns "DPDK <-> kernel-UDP with 5 % random loss each way (tc BPF drop filter)" \
-            LOSS_PERMILLE=50
+            LOSS_PERMILLE=50 DURATION=3
         netns "DPDK (2 engines) <-> DPDK with 5 % random loss each way, 4 flows" \
-            A_ENGINES=2 B_DATAPATH=dpdk FLOWS=4 LOSS_PERMILLE=50
+            A_ENGINES=2 B_DATAPATH=dpdk FLOWS=4 LOSS_PERMILLE=50 DURATION=3
     else
         echo "skipped the namespace interop test: needs root and jq"
     fi
