@@ -563,6 +563,45 @@ class Channel:
             if not await self._wait(deadline):
                 raise TimeoutError(f"no message within {timeout} seconds")
 
+    async def connect_async(
+        self, ip: Union[str, ipaddress.IPv4Address], port: int, timeout: Timeout = None
+    ) -> Flow:
+        """Awaits a new flow to ``ip``:``port`` (at most ``timeout`` seconds, default
+        :data:`DEFAULT_CONNECT_TIMEOUT`), waiting through the running event loop like
+        :meth:`recv_async`. Raises like :meth:`connect`; if the wait times out or the task is
+        cancelled, a flow established later is aborted. Messages and events that arrive
+        meanwhile are kept for the receiving calls.
+        """
+        deadline = self._deadline(DEFAULT_CONNECT_TIMEOUT if timeout is None else timeout)
+        loop = asyncio.get_running_loop()
+        ticket = self._ch.connect_start(ip, port)
+        while ticket is None:
+            # The request ring is full (rare: it holds a maximum-size message): retry shortly.
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"connect timed out after {timeout} seconds")
+            await asyncio.sleep(0.001)
+            ticket = self._ch.connect_start(ip, port)
+        self._kick()
+        answered = False
+        try:
+            while True:
+                try:
+                    flow = self._ch.connect_poll(ticket)
+                except BaseException:
+                    answered = True
+                    raise
+                if flow is not None:
+                    answered = True
+                    return flow
+                if self._ch.arm_wakeup():
+                    continue
+                if not await self._wait(deadline):
+                    raise TimeoutError(f"connect timed out after {timeout} seconds")
+        finally:
+            if not answered:
+                self._ch.connect_abandon(ticket)
+            self._kick()
+
     async def next_event_async(self, timeout: Timeout = None) -> Optional[Event]:
         """Awaits the next :class:`Event` (``None`` when ``timeout`` seconds passed first)."""
         deadline = self._deadline(timeout)

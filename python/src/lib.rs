@@ -666,6 +666,40 @@ impl PyChannel {
             .map_err(|e| connect_err(py, e))
     }
 
+    /// Starts a connect without waiting: the request's ticket, or `None` if the ring is full.
+    fn connect_start(
+        &self,
+        py: Python<'_>,
+        ip: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<u32>> {
+        let ip = ip_arg(py, ip)?;
+        let port = port_arg(py, port)?;
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        ch.start_connect(ip, port)
+            .map(|t| t.map(machnet::ConnectTicket::id))
+            .map_err(|e| connect_err(py, e))
+    }
+
+    /// The flow of connect `ticket` once established, `None` while unanswered; raises if it
+    /// failed. Never waits.
+    fn connect_poll(&self, py: Python<'_>, ticket: u32) -> PyResult<Option<PyFlow>> {
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        ch.poll_connect(machnet::ConnectTicket::from_id(ticket))
+            .map(|f| f.map(PyFlow))
+            .map_err(|e| connect_err(py, e))
+    }
+
+    /// Gives up on connect `ticket`: a flow established later is aborted.
+    fn connect_abandon(&self, py: Python<'_>, ticket: u32) -> PyResult<()> {
+        let mut g = self.lock(py)?;
+        let ch = g.as_mut().expect("checked by lock");
+        ch.abandon_connect(machnet::ConnectTicket::from_id(ticket));
+        Ok(())
+    }
+
     fn send(
         &self,
         py: Python<'_>,

@@ -195,6 +195,46 @@ def test_asyncio_timeout_events_and_server(
     asyncio.run(main())
 
 
+def test_connect_async_waits_in_the_event_loop_and_fails_like_connect(
+    ma: machnet.Machnet, mb: machnet.Machnet, port: int
+) -> None:
+    """connect_async: established through the event loop while another task keeps running,
+    refused like connect, and a cancelled connect leaves the channel usable."""
+
+    async def main() -> None:
+        with mb.open_channel() as server, ma.open_channel() as client:
+            server.listen(port)
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            t = asyncio.create_task(ticker())
+            flow = await client.connect_async(IP_B, port, timeout=60)
+            t.cancel()
+            assert ticks > 0, "the event loop was blocked during connect_async"
+            client.send(flow, b"hi")
+            got_flow, data = await server.recv_async(timeout=60)
+            assert data == b"hi"
+            with pytest.raises(machnet.ConnectionRefusedError):
+                await client.connect_async(IP_B, port + 1, timeout=60)
+            # Cancelled before the answer: the request is abandoned, the channel goes on.
+            task = asyncio.create_task(client.connect_async(IP_B, port, timeout=60))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            client.send(flow, b"still")
+            assert (await server.recv_async(timeout=60))[1] == b"still"
+            with pytest.raises(machnet.ArgumentTypeError):
+                await client.connect_async(IP_B, port, timeout="soon")  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
 def test_asyncio_iteration_ends_when_the_channel_closes(mb: machnet.Machnet) -> None:
     async def main() -> int:
         ch = mb.open_channel()

@@ -271,6 +271,22 @@ impl From<Fault> for PushFail {
     }
 }
 
+/// A connect in progress, from [`Channel::start_connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectTicket(u32);
+
+impl ConnectTicket {
+    /// The request's id (what bindings hand to their callers).
+    pub fn id(self) -> u32 {
+        self.0
+    }
+
+    /// The ticket of request `id` (as returned by [`ConnectTicket::id`]).
+    pub fn from_id(id: u32) -> Self {
+        ConnectTicket(id)
+    }
+}
+
 /// A shared-memory channel to one sidecar engine.
 ///
 /// Opened with [`Machnet::open_channel`]. A channel is used by one thread at a time: it is
@@ -571,6 +587,35 @@ impl Channel {
                 }
             }
         }
+    }
+
+    /// Starts opening a flow to `ip`:`port` without waiting, for event loops that wait on the
+    /// channel's fd themselves (Python asyncio, other reactors). `Ok(None)`: the request ring is
+    /// full now; try again later. Follow with [`Channel::poll_connect`] whenever the channel's
+    /// fd turns readable, and [`Channel::abandon_connect`] if you give up.
+    pub fn start_connect(
+        &mut self,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Result<Option<ConnectTicket>, ConnectError> {
+        match self.connect_start(ip, port, Block::No) {
+            Ok(id) => Ok(Some(ConnectTicket(id))),
+            Err(PushFail::WouldBlock | PushFail::TimedOut) => Ok(None),
+            Err(PushFail::Fault(f)) => Err(f.into()),
+        }
+    }
+
+    /// Reads notifications until the answer to `ticket`: `Some(flow)` once established,
+    /// `None` if it has not come yet (other notifications are kept for [`Channel::recv`] and
+    /// [`Channel::next_event`]), `Err` if the connect failed. Never waits.
+    pub fn poll_connect(&mut self, ticket: ConnectTicket) -> Result<Option<Flow>, ConnectError> {
+        self.connect_poll(ticket.0)
+    }
+
+    /// Gives up on a connect started with [`Channel::start_connect`] that has not been
+    /// answered: should the flow be established later, it is aborted.
+    pub fn abandon_connect(&mut self, ticket: ConnectTicket) {
+        self.abandon(ticket.0);
     }
 
     /// Writes a `Connect` record; returns its request id.

@@ -93,7 +93,9 @@ mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_support;
 
-pub use channel::{Channel, Event, Flow, FlowStatus, RequestKind, DEFAULT_CONNECT_TIMEOUT};
+pub use channel::{
+    Channel, ConnectTicket, Event, Flow, FlowStatus, RequestKind, DEFAULT_CONNECT_TIMEOUT,
+};
 pub use error::{
     describe_close_code, AttachError, CloseError, ConnectError, ListenError, OpenChannelError,
     RecvError, RequestError, SendError,

@@ -280,3 +280,40 @@ fn a_channel_closed_right_after_sending_delivers_everything_then_closes_the_flow
         }
     }
 }
+
+/// The non-blocking connect for event loops: start, poll until answered; a refusal comes back
+/// as an error from `poll_connect`; messages that arrive meanwhile are kept.
+#[test]
+fn start_and_poll_connect_without_waiting() {
+    let p = Pair::new(1);
+    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
+    let mut server = server_machnet.open_channel(None).unwrap();
+    server.listen(PORT).unwrap();
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let poll = |ch: &mut machnet::Channel, t| {
+        let deadline = Instant::now() + T;
+        loop {
+            match ch.poll_connect(t) {
+                Ok(None) => {
+                    assert!(Instant::now() < deadline, "no answer within {T:?}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => return other,
+            }
+        }
+    };
+    let ticket = ch
+        .start_connect(IP_A, PORT)
+        .unwrap()
+        .expect("room in the ring");
+    let flow = poll(&mut ch, ticket).expect("connected").expect("a flow");
+    ch.send(&flow, b"ping").unwrap();
+    let (_, got) = server.recv_timeout(T).unwrap().expect("arrives");
+    assert_eq!(got, b"ping");
+    let refused = ch.start_connect(IP_A, PORT + 1).unwrap().expect("room");
+    match poll(&mut ch, refused) {
+        Err(ConnectError::Failed(Some(CloseCode::Refused))) => {}
+        other => panic!("connect to a port nobody listens on: {other:?}"),
+    }
+}
