@@ -22,6 +22,11 @@ declare module './binding' {
      * ```
      */
     [Symbol.asyncIterator](): AsyncGenerator<Message, void, undefined>
+    /**
+     * `await using ch = await m.openChannel()`: closes the channel gracefully when the block
+     * ends, like `channel.close()` (where the runtime has `Symbol.asyncDispose`).
+     */
+    [Symbol.asyncDispose](): Promise<void>
   }
 }
 

@@ -81,6 +81,18 @@ Object.defineProperty(binding.Channel.prototype, Symbol.asyncIterator, {
   configurable: true,
 })
 
+// `await using ch = await m.openChannel()` (explicit resource management) closes the channel
+// gracefully when the block ends, like `ch.close()`; closing a closed channel does nothing.
+if (typeof Symbol.asyncDispose === 'symbol') {
+  Object.defineProperty(binding.Channel.prototype, Symbol.asyncDispose, {
+    value: function asyncDispose() {
+      return this.close()
+    },
+    writable: true,
+    configurable: true,
+  })
+}
+
 module.exports = {
   attach: binding.attach,
   Machnet: binding.Machnet,

@@ -116,6 +116,23 @@ test('abort: pending receive rejects, later calls fail, aborting or closing agai
   await ch.close()
 })
 
+test('Symbol.asyncDispose closes the channel gracefully (await using)', async () => {
+  assert.equal(typeof Symbol.asyncDispose, 'symbol', 'this Node.js has explicit resource management symbols')
+  const { server, client, flow, close } = await linkedPair()
+  try {
+    await client.send(flow, Buffer.from('last words'))
+    await client[Symbol.asyncDispose]()
+    assert.equal(client.closed, true)
+    await rejectsWith(client.send(flow, Buffer.from('x')), codes.CHANNEL_CLOSED)
+    // Graceful: what was sent before still arrives.
+    const { data } = await server.recv(20000)
+    assert.equal(data.toString(), 'last words')
+    await client[Symbol.asyncDispose]()
+  } finally {
+    await close()
+  }
+})
+
 test('a peer abort ends the flow: sends then fail with FLOW_CLOSED', async () => {
   const { server, client, flow, close } = await linkedPair()
   try {

@@ -37,6 +37,7 @@ async function client(): Promise<void> {
   await ch.closeFlow(flow)
   await ch.abortFlow(flow)
   await ch.close()
+  await ch[Symbol.asyncDispose]()
   await ch.abort()
   console.log(ip, port, queued, same, bytes.length, await echoServer(ch), ch.closed, machnet.isSidecarGone())
 }
