@@ -82,18 +82,46 @@ pub fn bind_listener(path: &Path, group: Option<u32>) -> Result<OwnedFd, Control
             }
         }
     }
+    // Bound, chmodded and listening under a temporary name, then renamed into place: an app
+    // that sees the file can connect (no `ECONNREFUSED` between `bind` and `listen`), and never
+    // with the wrong mode. (A path too long for a temporary name is bound in place.)
+    let staged = staging_path(path);
+    let (bind_path, bind_addr) = match staged.as_deref().map(UnixAddr::new) {
+        Some(Ok(a)) => (staged.clone().expect("checked"), a),
+        _ => (path.to_owned(), addr),
+    };
+    if bind_path != path {
+        // A leftover of a sidecar with our pid that died while starting.
+        let _ = std::fs::remove_file(&bind_path);
+    }
     let fd = seqpacket().map_err(sys("socket"))?;
-    bind(fd.as_raw_fd(), &addr).map_err(sys("bind"))?;
+    bind(fd.as_raw_fd(), &bind_addr).map_err(sys("bind"))?;
     let io = |op: &'static str| {
         let path = path.to_owned();
         move |source: std::io::Error| ControlSocketError::Sys { op, path, source }
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("chmod"))?;
-    if let Some(g) = group {
-        std::os::unix::fs::chown(path, None, Some(g)).map_err(io("chown"))?;
+    let staged_result = (|| {
+        std::fs::set_permissions(&bind_path, std::fs::Permissions::from_mode(0o660))
+            .map_err(io("chmod"))?;
+        if let Some(g) = group {
+            std::os::unix::fs::chown(&bind_path, None, Some(g)).map_err(io("chown"))?;
+        }
+        listen(&fd, Backlog::new(128).map_err(sys("listen"))?).map_err(sys("listen"))?;
+        if bind_path != path {
+            std::fs::rename(&bind_path, path).map_err(io("rename"))?;
+        }
+        Ok(())
+    })();
+    if staged_result.is_err() && bind_path != path {
+        let _ = std::fs::remove_file(&bind_path);
     }
-    listen(&fd, Backlog::new(128).map_err(sys("listen"))?).map_err(sys("listen"))?;
-    Ok(fd)
+    staged_result.map(|()| fd)
+}
+
+/// A temporary name next to `path` for binding before the socket is ready.
+fn staging_path(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    Some(path.with_file_name(format!(".{name}.{}.tmp", std::process::id())))
 }
 
 /// The credentials of a connected peer.
@@ -214,4 +242,33 @@ pub fn send_packet(fd: impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io::Result
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket appears under its name already listening, with its mode, and the staging
+    /// name is gone; a second sidecar on the same path is refused.
+    #[test]
+    fn the_socket_appears_ready_and_nothing_else_is_left() {
+        let dir = std::env::temp_dir().join(format!("machnet-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("c.sock");
+        let _fd = bind_listener(&path, None).expect("bind");
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["c.sock".to_string()]);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        let probe = seqpacket().unwrap();
+        connect(probe.as_raw_fd(), &UnixAddr::new(&path).unwrap()).expect("listening");
+        assert!(matches!(
+            bind_listener(&path, None),
+            Err(ControlSocketError::AlreadyRunning(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
