@@ -2,7 +2,10 @@
 # The C ABI (machnet-ffi: libmachnet.so/.a, include/machnet.h) and the Go module (go/), tested
 # against real sidecars:
 #
-#   ci/ffi.sh                   build, check the header is fresh, run the C/C++ and Go tests
+#   ci/ffi.sh                   build, check the header is fresh, run the C/C++ and Go tests,
+#                               and build and run the original Machnet's examples/hello_world.cc
+#                               (machnet-ffi/tests/c/original/) against the header and
+#                               libmachnet_shim.so (a link to libmachnet.so made here)
 #   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
@@ -49,6 +52,9 @@ if ! cargo build --release -p machnet-ffi -p machnet-sidecar -p machnet-echo -p 
     fail "cargo build"
     finish
 fi
+# The original Machnet's name for the library (its Rust, JS and C# bindings load it, its
+# examples link -lmachnet_shim): the same file under a second name.
+ln -sfn libmachnet.so "$REL/libmachnet_shim.so"
 if gen_header "$DIR/machnet.h" && diff -u "$HEADER" "$DIR/machnet.h"; then
     pass "header_fresh ($HEADER matches cbindgen's output)"
 else
@@ -65,6 +71,37 @@ if $CC -std=c11 "${FLAGS[@]}" -c "$CDIR/test_machnet.c" -o "$DIR/test_machnet.o"
     pass "c_build (C11 and C++17 with -Wall -Wextra -Werror against libmachnet.so)"
 else
     fail "c_build"
+fi
+# machnet.h is self-contained like the original's (tests/c/self_contained.c uses only it).
+if $CC -x c -std=c11 "${FLAGS[@]}" -c "$CDIR/self_contained.c" -o "$DIR/self_contained.o" &&
+    $CXX -x c++ -std=c++17 "${FLAGS[@]}" -c "$CDIR/self_contained.c" -o "$DIR/self_contained_cxx.o"; then
+    pass "header_self_contained (standard declarations through machnet.h alone, C11 and C++17)"
+else
+    fail "header_self_contained"
+fi
+if $CC -std=c11 "${FLAGS[@]}" "$CDIR/init_paths.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
+    -o "$DIR/init_paths" &&
+    $CC -std=c11 "${FLAGS[@]}" "$CDIR/shim_dlopen.c" -ldl -o "$DIR/shim_dlopen"; then
+    pass "c_build_extra (init_paths.c, shim_dlopen.c)"
+else
+    fail "c_build_extra"
+fi
+# The original Machnet's examples/hello_world.cc, unmodified (the part after the vendoring note
+# must hash to the original's git blob), built as its examples/Makefile does: -lmachnet_shim.
+ORIG=$CDIR/original
+ORIG_BLOB=ed34735227a65333ccfe05172b76d5ea987e60f0
+if [ "$(sed '1,/^\/\* ===== end of the vendoring note/d' "$ORIG/hello_world.cc" |
+    git hash-object --stdin)" = $ORIG_BLOB ]; then
+    pass "original_hello_world_unmodified (git blob $ORIG_BLOB)"
+else
+    fail "original_hello_world_unmodified: $ORIG/hello_world.cc differs from the original"
+fi
+if $CXX -std=c++17 -Wall -Wextra -Werror -O2 -I machnet-ffi/include -I "$ORIG/shim" \
+    "$ORIG/hello_world.cc" -o "$DIR/hello_world" -L "$REL" -lmachnet_shim -lrt \
+    -Wl,-rpath,"$REL"; then
+    pass "original_hello_world_build (C++17 -Wall -Wextra -Werror, -lmachnet_shim)"
+else
+    fail "original_hello_world_build"
 fi
 if $CXX "$DIR/test_machnet.o" "$DIR/header_check.o" "$REL/libmachnet.a" "${NATIVE[@]}" \
     -o "$DIR/test_machnet_static" && ! ldd "$DIR/test_machnet_static" | grep -q libmachnet; then
@@ -110,6 +147,53 @@ for variant in test_machnet test_machnet_static; do
         fail "c_tests_static"
     fi
 done
+
+# ----- the library under the original's name; machnet_init's choice of socket -----
+if [ -x "$DIR/shim_dlopen" ]; then
+    LD_LIBRARY_PATH=$REL MACHNET_SOCKET=$DIR/b.sock timeout 60 "$DIR/shim_dlopen" \
+        >"$DIR/shim_dlopen.out"
+    cat "$DIR/shim_dlopen.out"
+    count_c "$DIR/shim_dlopen.out"
+    grep -q '^c-tests: ' "$DIR/shim_dlopen.out" || fail "shim_dlopen did not finish"
+fi
+# init_paths links the default socket paths to sidecar b, so it needs a private /run: a user and
+# mount namespace (unshare -rm, no root needed) with a tmpfs there.
+if [ -x "$DIR/init_paths" ]; then
+    if unshare -rm true 2>/dev/null; then
+        MACHNET_TEST_PRIVATE_RUN=1 timeout 120 unshare -rm sh -c \
+            'mount -t tmpfs tmpfs /run && exec "$0" "$1"' "$DIR/init_paths" "$DIR/b.sock" \
+            >"$DIR/init_paths.out"
+        cat "$DIR/init_paths.out"
+        count_c "$DIR/init_paths.out"
+        grep -q '^c-tests: ' "$DIR/init_paths.out" || fail "init_paths did not finish"
+    else
+        fail "init_paths: needs user namespaces (unshare -rm) for a private /run"
+    fi
+fi
+
+# ----- the original's hello_world, unmodified: a server on a, two clients on b -----
+if [ -x "$DIR/hello_world" ]; then
+    MACHNET_SOCKET=$DIR/a.sock stdbuf -oL "$DIR/hello_world" --local=127.0.0.1 \
+        >"$DIR/hello_server.out" 2>&1 &
+    PIDS+=($!)
+    hw_ok=1
+    wait_for_line "$DIR/hello_server.out" "Waiting for message from client" || hw_ok=0
+    for n in 0 1; do
+        [ $hw_ok = 1 ] || break
+        MACHNET_SOCKET=$DIR/b.sock timeout 60 "$DIR/hello_world" --local=127.0.0.2 \
+            --remote=127.0.0.1 >"$DIR/hello_client.out" 2>&1 || hw_ok=0
+        grep -q "Sending message to 127.0.0.1:31580" "$DIR/hello_client.out" || hw_ok=0
+        wait_for_line "$DIR/hello_server.out" "Received message: Hello World!, count = $n" ||
+            hw_ok=0
+    done
+    kill "${PIDS[-1]}" 2>/dev/null
+    cat "$DIR/hello_server.out" "$DIR/hello_client.out"
+    if [ $hw_ok = 1 ]; then
+        pass "original_hello_world_runs (server on a, two clients on b: both messages arrive)"
+    else
+        fail "original_hello_world_runs"
+    fi
+fi
 
 # ----- send, then exit (docs/CHANNEL.md §5): the original hello_world client pattern -----
 # 1,000 processes each connect, send one message and return from main; every message must arrive

@@ -12,6 +12,10 @@
  * machnet_recv_timeout, machnet_peek, machnet_channel_fd, machnet_interrupt, machnet_strerror,
  * machnet_last_error, machnet_version).
  *
+ * Self-contained like the original: it includes the standard headers the original's machnet.h
+ * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
+ * <sys/types.h>, ...), so programs written for the original compile unmodified.
+ *
  * Errors: every function that fails returns -1 (NULL for machnet_attach) and sets errno;
  * machnet_strerror(errno) explains the code in Machnet's terms and machnet_last_error() gives
  * the detailed message of this thread's last failure.
@@ -24,9 +28,17 @@
 #ifndef MACHNET_H_
 #define MACHNET_H_
 
+#include <assert.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 /**
  * Largest message Machnet carries, in bytes (8 MiB).
@@ -125,10 +137,12 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * Attaches this process to the Machnet sidecar (control socket `$MACHNET_SOCKET`, default
- * `/run/machnet/machnet.sock`). Calling it again while attached does nothing.
+ * Attaches this process to the Machnet sidecar: control socket `$MACHNET_SOCKET` if set,
+ * else `/run/machnet/machnet.sock`, else (no socket there) the original Machnet's
+ * `/var/run/machnet/machnet_ctrl.sock`. Calling it again while attached does nothing.
  *
- * Returns 0 on success, -1 on failure (errno set).
+ * Returns 0 on success, -1 on failure (errno set; `machnet_last_error()` tells why, and with
+ * the environment variable `MACHNET_LOG` set to anything but "" or "0" so does stderr).
  */
 int machnet_init(void);
 
@@ -136,7 +150,8 @@ int machnet_init(void);
  * Extension: like `machnet_init` with an explicit control socket path (replaces an earlier
  * attachment; channels attached before keep the old one).
  *
- * Returns 0 on success, -1 on failure (errno set).
+ * Returns 0 on success, -1 on failure (errno set; stderr too with `MACHNET_LOG`, as
+ * `machnet_init`).
  */
 int machnet_init_at(const char *socket_path);
 

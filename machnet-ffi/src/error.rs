@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CString};
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use machnet_client::{
@@ -43,6 +44,28 @@ pub(crate) fn set(e: &Error) {
 /// This thread's last error message (valid until the thread's next failing call).
 pub(crate) fn last_message() -> *const c_char {
     LAST.with(|l| l.borrow().as_ptr())
+}
+
+/// Environment variable: when set to anything but "" or "0", `machnet_init` failures are also
+/// printed on stderr (a library stays silent unless asked; `machnet_last_error` always tells).
+pub(crate) const LOG_ENV: &str = "MACHNET_LOG";
+
+/// Prints this thread's last error on stderr, prefixed with `what`, if [`LOG_ENV`] asks for it.
+/// Keeps `errno` as the failed call set it.
+pub(crate) fn log_if_asked(what: &str) {
+    let asked = std::env::var_os(LOG_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if !asked {
+        return;
+    }
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    // Not eprintln!: it panics when stderr is closed; and no panic may cross the boundary.
+    let _ = catch_unwind(|| {
+        let msg = LAST.with(|l| l.borrow().to_string_lossy().into_owned());
+        let _ = writeln!(std::io::stderr(), "libmachnet: {what} failed: {msg}");
+    });
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// Runs `f`, turning an error into `errno` + last message + `fail`, and a panic into `EIO`:

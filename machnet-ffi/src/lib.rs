@@ -38,7 +38,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use machnet_client::{Channel, Flow, Machnet, RecvError, RequestError, SendError};
+use machnet_client::{
+    AttachError, Channel, Flow, Machnet, RecvError, RequestError, SendError, DEFAULT_SOCKET_PATH,
+    SOCKET_ENV,
+};
 
 use chan::{Ctx, Want};
 use error::{guard, Error, Result};
@@ -48,6 +51,11 @@ pub const MACHNET_MSG_MAX_LEN: u32 = 8 * 1024 * 1024;
 
 /// Version of this C ABI (bumped on incompatible changes; see `machnet_version`).
 pub const MACHNET_ABI_VERSION: u32 = 1;
+
+/// The original Machnet's control socket: `machnet_init` tries it when nothing is at ours
+/// ([`DEFAULT_SOCKET_PATH`]) and `$MACHNET_SOCKET` is unset, so apps deployed for the original
+/// find a sidecar started at the original's path.
+pub(crate) const ORIGINAL_SOCKET_PATH: &str = "/var/run/machnet/machnet_ctrl.sock";
 
 /// How long `machnet_connect` waits for the sidecar's answer at most. The sidecar itself
 /// answers after its handshake retries, much earlier.
@@ -132,11 +140,37 @@ fn init(path: Option<&str>) -> Result<c_int> {
         return Ok(0);
     }
     let m = match path {
-        Some(p) => Machnet::attach_at(p),
-        None => Machnet::attach(),
-    }?;
+        Some(p) => Machnet::attach_at(p)?,
+        None => attach_default()?,
+    };
     *g = Some(m);
     Ok(0)
+}
+
+/// `$MACHNET_SOCKET` if set, else our default path, else (no socket there) the original's.
+fn attach_default() -> Result<Machnet> {
+    if std::env::var_os(SOCKET_ENV).is_some_and(|p| !p.is_empty()) {
+        return Ok(Machnet::attach()?);
+    }
+    match Machnet::attach_at(DEFAULT_SOCKET_PATH) {
+        Err(e) if no_socket(&e) => match Machnet::attach_at(ORIGINAL_SOCKET_PATH) {
+            Err(e) if no_socket(&e) => Err(Error::new(
+                libc::ENOENT,
+                format!(
+                    "no Machnet sidecar socket at {DEFAULT_SOCKET_PATH} nor at the original \
+                     Machnet's {ORIGINAL_SOCKET_PATH} (is the sidecar running? set \
+                     {SOCKET_ENV} to its control socket)"
+                ),
+            )),
+            r => Ok(r?),
+        },
+        r => Ok(r?),
+    }
+}
+
+/// Whether attaching failed because nothing exists at the socket path.
+fn no_socket(e: &AttachError) -> bool {
+    matches!(e, AttachError::Connect { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 // ----- argument checks -----
@@ -444,22 +478,33 @@ fn recvmsg(ctx: *const c_void, h: *mut MachnetMsgHdr) -> Result<c_int> {
 
 // ===== the C API =====
 
-/// Attaches this process to the Machnet sidecar (control socket `$MACHNET_SOCKET`, default
-/// `/run/machnet/machnet.sock`). Calling it again while attached does nothing.
+/// Attaches this process to the Machnet sidecar: control socket `$MACHNET_SOCKET` if set,
+/// else `/run/machnet/machnet.sock`, else (no socket there) the original Machnet's
+/// `/var/run/machnet/machnet_ctrl.sock`. Calling it again while attached does nothing.
 ///
-/// Returns 0 on success, -1 on failure (errno set).
+/// Returns 0 on success, -1 on failure (errno set; `machnet_last_error()` tells why, and with
+/// the environment variable `MACHNET_LOG` set to anything but "" or "0" so does stderr).
 #[no_mangle]
 pub extern "C" fn machnet_init() -> c_int {
-    guard(-1, || init(None))
+    let r = guard(-1, || init(None));
+    if r != 0 {
+        error::log_if_asked("machnet_init");
+    }
+    r
 }
 
 /// Extension: like `machnet_init` with an explicit control socket path (replaces an earlier
 /// attachment; channels attached before keep the old one).
 ///
-/// Returns 0 on success, -1 on failure (errno set).
+/// Returns 0 on success, -1 on failure (errno set; stderr too with `MACHNET_LOG`, as
+/// `machnet_init`).
 #[no_mangle]
 pub extern "C" fn machnet_init_at(socket_path: *const c_char) -> c_int {
-    guard(-1, || init(Some(c_str(socket_path, "socket_path")?)))
+    let r = guard(-1, || init(Some(c_str(socket_path, "socket_path")?)));
+    if r != 0 {
+        error::log_if_asked("machnet_init_at");
+    }
+    r
 }
 
 /// Creates a channel (shared memory to one sidecar engine) and returns its context, or NULL

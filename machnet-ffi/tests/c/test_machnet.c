@@ -137,6 +137,48 @@ static int t_init_errors(void) {
     return 0;
 }
 
+/* Runs machnet_init_at(path), which must fail with ENOENT; returns what it wrote on stderr
+ * (captured in a temporary file; "" if nothing) in `out`. */
+static int init_stderr(const char *path, char *out, size_t cap) {
+    FILE *tmp = tmpfile();
+    CHECK(tmp != NULL);
+    fflush(stderr);
+    int saved = dup(2);
+    CHECK(saved >= 0 && dup2(fileno(tmp), 2) == 2);
+    errno = 0;
+    int r = machnet_init_at(path);
+    int e = errno;
+    CHECK(dup2(saved, 2) == 2);
+    close(saved);
+    CHECK(r == -1 && e == ENOENT); /* errno survives the logging */
+    rewind(tmp);
+    size_t n = fread(out, 1, cap - 1, tmp);
+    out[n] = '\0';
+    fclose(tmp);
+    return 0;
+}
+
+/* machnet_init failures are silent on stderr unless MACHNET_LOG asks; machnet_last_error
+ * always has the reason. */
+static int t_init_failure_on_stderr_only_when_asked(void) {
+    const char *bad = "/nonexistent/machnet-log-test.sock";
+    char out[1024];
+    unsetenv("MACHNET_LOG");
+    CHECK(init_stderr(bad, out, sizeof out) == 0);
+    CHECK(out[0] == '\0');
+    CHECK(strstr(machnet_last_error(), bad) != NULL);
+    setenv("MACHNET_LOG", "0", 1);
+    CHECK(init_stderr(bad, out, sizeof out) == 0);
+    CHECK(out[0] == '\0');
+    setenv("MACHNET_LOG", "1", 1);
+    CHECK(init_stderr(bad, out, sizeof out) == 0);
+    unsetenv("MACHNET_LOG");
+    CHECK(strstr(out, "libmachnet: machnet_init_at failed: ") == out);
+    CHECK(strstr(out, machnet_last_error()) != NULL);
+    CHECK(strstr(out, bad) != NULL);
+    return 0;
+}
+
 static int t_init(void) {
     CHECK(machnet_init_at(sock) == 0);
     CHECK(machnet_init() == 0); /* already attached: nothing to do */
@@ -854,6 +896,7 @@ int main(void) {
         {"cxx_translation_unit", t_cxx_translation_unit, 0},
         {"attach_before_init_fails", t_attach_before_init_fails, 0},
         {"init_errors", t_init_errors, 0},
+        {"init_failure_on_stderr_only_when_asked", t_init_failure_on_stderr_only_when_asked, 0},
         {"init", t_init, 0},
         /* forks: runs while this process has no other threads yet */
         {"listen_and_accept_in_another_process", t_listen_and_accept_in_another_process, 1},
