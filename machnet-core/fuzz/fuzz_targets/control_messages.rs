@@ -11,12 +11,26 @@ use machnet_core::channel::control::{Request, Response, MAX_CONTROL_MESSAGE};
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = Request::decode(data) {
         let again = req.encode();
-        assert!(again.len() <= MAX_CONTROL_MESSAGE, "re-encoded request too long");
-        assert_eq!(Request::decode(&again), Ok(req), "request re-decodes differently");
+        assert!(
+            again.len() <= MAX_CONTROL_MESSAGE,
+            "re-encoded request too long"
+        );
+        assert_eq!(
+            Request::decode(&again),
+            Ok(req),
+            "request re-decodes differently"
+        );
     }
     if let Ok(resp) = Response::decode(data) {
         let again = resp.encode();
-        assert!(again.len() <= MAX_CONTROL_MESSAGE, "re-encoded response too long");
-        assert_eq!(Response::decode(&again), Ok(resp), "response re-decodes differently");
+        assert!(
+            again.len() <= MAX_CONTROL_MESSAGE,
+            "re-encoded response too long"
+        );
+        assert_eq!(
+            Response::decode(&again),
+            Ok(resp),
+            "response re-decodes differently"
+        );
     }
 });

@@ -55,7 +55,8 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
             // Publish a tail near the consumer's position (mostly plausible values).
             1 => {
                 let ahead = u64::from(u.int_in_range(0u16..=2 * capacity as u16)?);
-                ctrl.tail.store(consumer.position() + ahead, Ordering::Release);
+                ctrl.tail
+                    .store(consumer.position() + ahead, Ordering::Release);
             }
             // Publish any tail at all (behind the consumer, far ahead, near u64::MAX).
             2 => ctrl.tail.store(u.arbitrary()?, Ordering::Release),
@@ -69,13 +70,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
 }
 
 /// Reads records until the consumer reports none or an error, checking each one.
-fn drain(
-    consumer: &mut Consumer,
-    area: &[u8],
-    capacity: u64,
-    bound: &mut u64,
-    ctrl: &RingControl,
-) {
+fn drain(consumer: &mut Consumer, area: &[u8], capacity: u64, bound: &mut u64, ctrl: &RingControl) {
     // Each record is at least one header long, and one drain reads at most the rest of the tail
     // the consumer held plus one re-read tail (each within a capacity of where it was read):
     // more iterations than this is a loop.
@@ -94,11 +89,18 @@ fn drain(
         let at = |pos: u64| area[(pos % capacity) as usize];
         // The header is the one stored at the consumer's position.
         let raw: [u8; RECORD_HEADER_LEN] = std::array::from_fn(|i| at(head + i as u64));
-        assert_eq!(RecordHeader::decode(&raw), Ok(rec.header), "header at {head}");
+        assert_eq!(
+            RecordHeader::decode(&raw),
+            Ok(rec.header),
+            "header at {head}"
+        );
         let len = rec.header.len as usize;
         let footprint = record_footprint(len as u64);
         assert!(footprint <= capacity, "record longer than the ring");
-        assert!(head + footprint <= *bound, "record passes the published tail");
+        assert!(
+            head + footprint <= *bound,
+            "record passes the published tail"
+        );
         // Both copies are the wrapped bytes after the header.
         let expected: Vec<u8> = (0..len as u64)
             .map(|i| at(head + RECORD_HEADER_LEN as u64 + i))
@@ -106,7 +108,11 @@ fn drain(
         let mut copy = vec![0u8; len];
         consumer.read_payload(&rec, &mut copy);
         assert_eq!(copy, expected, "read_payload at {head}");
-        assert_eq!(consumer.payload_to_vec(&rec), expected, "payload_to_vec at {head}");
+        assert_eq!(
+            consumer.payload_to_vec(&rec),
+            expected,
+            "payload_to_vec at {head}"
+        );
         consumer.consume(&rec);
         assert_eq!(consumer.position(), head + footprint);
         assert_eq!(ctrl.head.load(Ordering::Acquire), head + footprint);

@@ -77,14 +77,21 @@ impl App {
     }
 
     fn publish(&self, tail: u64) {
-        self.views.to_sidecar.control().tail.store(tail, Ordering::Release);
+        self.views
+            .to_sidecar
+            .control()
+            .tail
+            .store(tail, Ordering::Release);
     }
 
     /// Writes a record: `header` as raw bytes, then `payload`, then advances the app's tail by
     /// the footprint of the length the header declares (capped at the ring) and publishes it.
     fn record(&mut self, header: [u8; RECORD_HEADER_LEN], payload: &[u8]) {
         self.write_at(self.tail, &header);
-        self.write_at(self.tail + RECORD_HEADER_LEN as u64, &payload[..payload.len().min(RING as usize)]);
+        self.write_at(
+            self.tail + RECORD_HEADER_LEN as u64,
+            &payload[..payload.len().min(RING as usize)],
+        );
         let declared = u32::from_le_bytes(header[0..4].try_into().unwrap());
         self.tail += record_footprint(u64::from(declared)).min(RING);
         self.publish(self.tail);
@@ -159,8 +166,7 @@ impl Harness {
         let [memfd, _, _] = mem.dup_app_fds().ok()?;
         // SAFETY: the memfd is sealed against shrinking; the app's accesses go through raw
         // pointers and the validating ring code, as in a real application.
-        let mut map = unsafe { MmapOptions::new().map_mut(&std::fs::File::from(memfd)) }
-            .ok()?;
+        let mut map = unsafe { MmapOptions::new().map_mut(&std::fs::File::from(memfd)) }.ok()?;
         // SAFETY: the mapping has the layout's length and lives in `App` as long as the views.
         let layout = unsafe { ChannelLayout::read(map.as_ptr(), map.len() as u64) }.ok()?;
         let views = unsafe { layout.views(map.as_mut_ptr()) };
@@ -232,14 +238,23 @@ impl Harness {
                 let flow = u.int_in_range(0u32..=6)?;
                 let len = u.int_in_range(0u32..=MAX_MESSAGE)?;
                 let payload = vec![u.arbitrary::<u8>()?; len as usize];
-                self.app.record(header(len, kind, 0, [0, 0], flow, 0), &payload);
+                self.app
+                    .record(header(len, kind, 0, [0, 0], flow, 0), &payload);
             }
             // A connect to the peer (or to a port nobody listens on).
             1 => {
-                let port = if u.arbitrary()? { PEER_PORT } else { u.arbitrary()? };
-                let req = ConnectRequest { remote_ip: B, remote_port: port };
+                let port = if u.arbitrary()? {
+                    PEER_PORT
+                } else {
+                    u.arbitrary()?
+                };
+                let req = ConnectRequest {
+                    remote_ip: B,
+                    remote_port: port,
+                };
                 let aux = u.arbitrary()?;
-                self.app.record(header(6, 1, 0, [0, 0], 0, aux), &req.encode());
+                self.app
+                    .record(header(6, 1, 0, [0, 0], 0, aux), &req.encode());
             }
             // Anything at all in a header, and a payload of any length.
             2 => {
@@ -284,14 +299,24 @@ impl Harness {
                 } else {
                     u.arbitrary()?
                 };
-                self.app.views.to_app.control().head.store(head, Ordering::Release);
+                self.app
+                    .views
+                    .to_app
+                    .control()
+                    .head
+                    .store(head, Ordering::Release);
                 self.app.scribbled_notes = true;
             }
             // The wait flags, which the app may set or clear at will.
             8 => {
                 let c = self.app.views.to_sidecar.control();
                 c.space_waiting.store(u.arbitrary()?, Ordering::SeqCst);
-                self.app.views.to_app.control().data_waiting.store(u.arbitrary()?, Ordering::SeqCst);
+                self.app
+                    .views
+                    .to_app
+                    .control()
+                    .data_waiting
+                    .store(u.arbitrary()?, Ordering::SeqCst);
             }
             // The engine consumes requests (a detaching channel drains its ring).
             9 | 10 => {
@@ -391,7 +416,10 @@ impl Harness {
             // The worker keeps the orphans until they close; dropping them gives back permits.
             let orphans = self.chan.finish_detach(&mut ctx);
             for (flow, _permit) in orphans {
-                assert!(self.core.flow_key(flow).is_some(), "an orphan the core does not know");
+                assert!(
+                    self.core.flow_key(flow).is_some(),
+                    "an orphan the core does not know"
+                );
             }
             self.state = State::Gone;
         }
@@ -406,14 +434,24 @@ impl Harness {
                 moved = true;
                 self.peer.handle_datagram(
                     self.now,
-                    Datagram { remote_ip: A, src_port: t.src_port, dst_port: t.dst_port, payload: &buf[..t.len] },
+                    Datagram {
+                        remote_ip: A,
+                        src_port: t.src_port,
+                        dst_port: t.dst_port,
+                        payload: &buf[..t.len],
+                    },
                 );
             }
             while let Some(t) = self.peer.poll_transmit(self.now, &mut buf) {
                 moved = true;
                 self.core.handle_datagram(
                     self.now,
-                    Datagram { remote_ip: B, src_port: t.src_port, dst_port: t.dst_port, payload: &buf[..t.len] },
+                    Datagram {
+                        remote_ip: B,
+                        src_port: t.src_port,
+                        dst_port: t.dst_port,
+                        payload: &buf[..t.len],
+                    },
                 );
             }
             self.peer_events();
@@ -428,7 +466,9 @@ impl Harness {
     fn peer_events(&mut self) {
         while let Some(ev) = self.peer.poll_event() {
             match ev {
-                Event::Accepted { flow, .. } | Event::Connected { flow } => self.peer_flows.push(flow),
+                Event::Accepted { flow, .. } | Event::Connected { flow } => {
+                    self.peer_flows.push(flow)
+                }
                 Event::Readable { flow } => while let Ok(Some(_)) = self.peer.recv(flow) {},
                 Event::Closed { flow, .. } => {
                     self.peer_flows.retain(|&f| f != flow);
@@ -447,7 +487,9 @@ impl Harness {
                 let info = None;
                 let taken = !gone
                     && self.state == State::Open
-                    && self.chan.on_accepted(flow, listen_port, info, &mut self.owners);
+                    && self
+                        .chan
+                        .on_accepted(flow, listen_port, info, &mut self.owners);
                 if !taken {
                     let _ = self.core.abort(self.now, flow);
                 }
@@ -492,12 +534,15 @@ impl Harness {
             }
             match ev {
                 Event::Connected { flow } => {
-                    let info = self.core.flow_key(flow).map(|k| machnet_core::channel::FlowInfo {
-                        local_ip: k.local_ip,
-                        local_port: k.local_port,
-                        remote_ip: k.remote_ip,
-                        remote_port: k.remote_port,
-                    });
+                    let info = self
+                        .core
+                        .flow_key(flow)
+                        .map(|k| machnet_core::channel::FlowInfo {
+                            local_ip: k.local_ip,
+                            local_port: k.local_port,
+                            remote_ip: k.remote_ip,
+                            remote_port: k.remote_port,
+                        });
                     self.chan.on_connected(h, info)
                 }
                 Event::Readable { .. } => self.chan.on_readable(h),
