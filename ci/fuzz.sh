@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# Fuzz the machnet-core wire-format parser (cargo-fuzz target `parse_packet`, libFuzzer).
+# Fuzz the untrusted-input parsers and the channel (cargo-fuzz, libFuzzer), one target after the
+# other:
+#   parse_packet      machnet-core/fuzz      the wire-format parser (datagrams from the network)
+#   ring_consumer     machnet-core/fuzz      a channel ring's consumer over hostile ring memory,
+#                                            indices and records (AddressSanitizer by default:
+#                                            the ring code uses raw pointers)
+#   control_messages  machnet-core/fuzz      control-socket requests and responses (decode never
+#                                            panics; what decodes re-encodes to the same value)
+#   channel_engine    machnet-sidecar/fuzz   the sidecar's half of a channel (`Chan` over real
+#                                            channel memory and a real engine) driven by a hostile
+#                                            application: records, lengths, indices, flags, detach
 #
 # Usage:
-#   ci/fuzz.sh                          # 30 seconds
-#   FUZZ_SECONDS=600 ci/fuzz.sh         # longer run; FUZZ_SECONDS=0 only replays the corpus
-#   FUZZ_SANITIZER=address ci/fuzz.sh   # AddressSanitizer build (about 7x slower)
+#   ci/fuzz.sh                          # every target, 30 seconds each
+#   FUZZ_SECONDS=600 ci/fuzz.sh         # longer runs; FUZZ_SECONDS=0 only replays the corpora
+#   FUZZ_TARGETS="ring_consumer" ci/fuzz.sh
+#   FUZZ_SANITIZER=address ci/fuzz.sh   # AddressSanitizer for every target (about 7x slower)
 #
 # Environment:
-#   FUZZ_SECONDS    fuzzing time in seconds (default 30; the build before it is not counted)
-#   FUZZ_SANITIZER  none (default) | address | leak | memory | thread
+#   FUZZ_SECONDS    fuzzing time per target in seconds (default 30; builds are not counted)
+#   FUZZ_TARGETS    targets to run, space-separated (default: all four, in the order above)
+#   FUZZ_SANITIZER  none | address | leak | memory | thread; default: address for ring_consumer,
+#                   none for the others (safe Rust, where speed buys more than ASan)
 #   FUZZ_JOBS       parallel fuzzing processes (default 1)
 #   FUZZ_ARGS       extra libFuzzer arguments, e.g. "-max_len=2048"
 #
@@ -17,29 +30,30 @@
 # nightly compiler". Checked on rustc 1.95.0 (stable) with cargo-fuzz 0.13.2:
 #   * `cargo fuzz run --sanitizer none` passes no -Z flag at all (only stable -C flags: sancov
 #     instrumentation, --cfg fuzzing, debug assertions) and works on plain stable. ~1.5M exec/s
-#     here. This is the default: the wire code is safe Rust, so speed buys more than ASan.
+#     for parse_packet here.
 #   * With a sanitizer, `RUSTC_BOOTSTRAP=1` makes stable rustc accept the -Z flag: ASan works,
-#     ~170k exec/s. The script sets it only in that case (it can change what some build scripts
-#     detect, so it is not set for the default build).
+#     ~170k exec/s for parse_packet. The script sets it only for such a build (it can change what
+#     some build scripts detect), and builds each sanitizer in its own target directory
+#     (target/sanitizer-<name>) so that switching does not rebuild everything.
 # Nothing here needs a nightly toolchain or a download other than `cargo install` from crates.io.
 #
-# Inputs and outputs (relative to machnet-core/fuzz/):
-#   seeds/               committed seed packets (kept current by wire::tests::fuzz_seeds_are_current;
-#                        regenerate with `MACHNET_REGEN_FUZZ_SEEDS=1 cargo test -p machnet-core --lib
-#                        fuzz_seeds`)
-#   parse_packet.dict    libFuzzer dictionary
-#   corpus/parse_packet/ working corpus, grows across runs (gitignored)
-#   artifacts/parse_packet/  crashing inputs (gitignored); reproduce one with
-#                        `cargo fuzz run --sanitizer none parse_packet <file>` in machnet-core/fuzz
+# Inputs and outputs (relative to each target's fuzz project directory):
+#   seeds/               parse_packet's committed seed packets (kept current by
+#                        wire::tests::fuzz_seeds_are_current; regenerate with
+#                        `MACHNET_REGEN_FUZZ_SEEDS=1 cargo test -p machnet-core --lib fuzz_seeds`)
+#   seeds-<target>/      the other targets' committed seeds (written by `python3 ci/fuzz-seeds.py`)
+#   <target>.dict        libFuzzer dictionary, where there is one
+#   corpus/<target>/     working corpus, grows across runs (gitignored)
+#   artifacts/<target>/  crashing inputs (gitignored); reproduce one with
+#                        `cargo fuzz run --sanitizer <s> --target-dir target/sanitizer-<s> <target> <file>`
+#                        in the project directory
 #
-# Exit status: 0 if no crash was found, non-zero otherwise.
+# Exit status: 0 if no crash was found, non-zero otherwise (every target runs regardless).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-fuzz_dir="$root/machnet-core/fuzz"
-target=parse_packet
 seconds="${FUZZ_SECONDS:-30}"
-sanitizer="${FUZZ_SANITIZER:-none}"
+targets="${FUZZ_TARGETS:-parse_packet ring_consumer control_messages channel_engine}"
 jobs="${FUZZ_JOBS:-1}"
 
 case "$seconds" in '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number" >&2; exit 2 ;; esac
@@ -49,44 +63,62 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-if [ "$sanitizer" != none ]; then
-    export RUSTC_BOOTSTRAP=1
-fi
+# fuzz_one TARGET: builds and runs one target; returns libFuzzer's status.
+fuzz_one() {
+    local target="$1" fuzz_dir sanitizer
+    case "$target" in
+        parse_packet | control_messages) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
+        ring_consumer) fuzz_dir="$root/machnet-core/fuzz" sanitizer=address ;;
+        channel_engine) fuzz_dir="$root/machnet-sidecar/fuzz" sanitizer=none ;;
+        *) echo "unknown fuzz target: $target" >&2; return 2 ;;
+    esac
+    sanitizer="${FUZZ_SANITIZER:-$sanitizer}"
+    local seeds="$fuzz_dir/seeds-$target"
+    [ -d "$seeds" ] || seeds="$fuzz_dir/seeds"
+    local dict=()
+    [ -f "$fuzz_dir/$target.dict" ] && dict=(-dict="$fuzz_dir/$target.dict")
+    local corpus="$fuzz_dir/corpus/$target" artifacts="$fuzz_dir/artifacts/$target"
+    local target_dir="$fuzz_dir/target/sanitizer-$sanitizer"
+    local log="$fuzz_dir/target/fuzz-$target.log"
+    mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"
+    local bootstrap=()
+    [ "$sanitizer" != none ] && bootstrap=(env RUSTC_BOOTSTRAP=1)
 
-corpus="$fuzz_dir/corpus/$target"
-artifacts="$fuzz_dir/artifacts/$target"
-mkdir -p "$corpus" "$artifacts"
-log="$fuzz_dir/target/fuzz-$target.log"
-mkdir -p "$(dirname "$log")"
+    cd "$fuzz_dir"
+    echo "==> $target: $(cargo fuzz --version), $(rustc --version), sanitizer=$sanitizer"
+    "${bootstrap[@]}" cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir" "$target"
 
-cd "$fuzz_dir"
-echo "==> $(cargo fuzz --version), $(rustc --version), sanitizer=$sanitizer"
-echo "==> building $target"
-cargo fuzz build --sanitizer "$sanitizer" "$target"
+    local limit=(-max_total_time="$seconds")
+    [ "$seconds" -eq 0 ] && limit=(-runs=0)
+    echo "==> fuzzing $target for ${seconds}s (corpus: $corpus, seeds: $seeds)"
+    local status=0
+    # The first corpus directory receives new inputs; the seeds are only read.
+    # shellcheck disable=SC2086  # FUZZ_ARGS is a list of arguments
+    "${bootstrap[@]}" cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" \
+        --jobs "$jobs" "$target" "$corpus" "$seeds" -- \
+        "${limit[@]}" \
+        "${dict[@]}" \
+        -artifact_prefix="$artifacts/" \
+        -timeout=10 \
+        -print_final_stats=1 \
+        ${FUZZ_ARGS:-} 2>&1 | tee "$log" || status=$?
 
-if [ "$seconds" -eq 0 ]; then
-    limit=(-runs=0)
-else
-    limit=(-max_total_time="$seconds")
-fi
-echo "==> fuzzing $target for ${seconds}s (corpus: $corpus, seeds: $fuzz_dir/seeds)"
-status=0
-# The first corpus directory receives new inputs; seeds/ is only read.
-# shellcheck disable=SC2086  # FUZZ_ARGS is a list of arguments
-cargo fuzz run --sanitizer "$sanitizer" --jobs "$jobs" "$target" "$corpus" "$fuzz_dir/seeds" -- \
-    "${limit[@]}" \
-    -dict="$fuzz_dir/$target.dict" \
-    -artifact_prefix="$artifacts/" \
-    -timeout=10 \
-    -print_final_stats=1 \
-    ${FUZZ_ARGS:-} 2>&1 | tee "$log" || status=$?
+    local runs rate
+    runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
+    rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
+    summary+=("$target: ${runs:-?} executions, ${rate:-?} exec/s, corpus $(find "$corpus" -type f | wc -l) files, $( [ "$status" -eq 0 ] && echo "no crash" || echo "FAILED (exit $status)")")
+    if [ "$status" -ne 0 ]; then
+        echo "==> $target FAILED (exit $status); crashing inputs in $artifacts:" >&2
+        ls -l "$artifacts" >&2 || true
+    fi
+    return "$status"
+}
 
-runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
-rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
-echo "==> $target: ${runs:-?} executions, ${rate:-?} exec/s, corpus $(find "$corpus" -type f | wc -l) files"
-if [ "$status" -ne 0 ]; then
-    echo "==> FAILED (exit $status); crashing inputs in $artifacts:" >&2
-    ls -l "$artifacts" >&2 || true
-    exit "$status"
-fi
-echo "==> $target: no crash"
+summary=()
+failed=0
+for target in $targets; do
+    fuzz_one "$target" || failed=1
+done
+echo "==> fuzzing summary"
+printf '    %s\n' "${summary[@]}"
+exit "$failed"

@@ -58,7 +58,12 @@ impl ChannelMem {
     /// layout and sealed against shrinking and growing, mapped, header written, and two
     /// non-blocking eventfds.
     pub fn create(max_message_len: u32) -> Result<Self, ChannelCreateError> {
-        let layout = ChannelLayout::for_messages(max_message_len, RING_SLACK)?;
+        Self::with_layout(ChannelLayout::for_messages(max_message_len, RING_SLACK)?)
+    }
+
+    /// [`ChannelMem::create`] with a given layout (e.g. small rings, so that tests and fuzzers
+    /// reach full rings and wrapped records quickly).
+    pub fn with_layout(layout: ChannelLayout) -> Result<Self, ChannelCreateError> {
         let fd = memfd_create(
             c"machnet-channel",
             MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
