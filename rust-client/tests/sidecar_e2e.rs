@@ -209,11 +209,7 @@ fn async_client_against_real_sidecars() {
 #[test]
 fn a_peer_that_aborts_its_channel_resets_our_flow_and_sends_fail() {
     let p = Pair::new(1);
-    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
-    let mut server = server_machnet.open_channel(None).unwrap();
-    server.listen(PORT).unwrap();
-    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
-    let mut ch = m.open_channel(None).unwrap();
+    let (_server_machnet, mut server, _m, mut ch) = listener_and_client(&p);
     let flow = ch.connect(IP_A, PORT).expect("connect");
     ch.send(&flow, b"hello").unwrap();
     let (_, got) = server.recv_timeout(T).unwrap().expect("request arrives");
@@ -246,11 +242,7 @@ fn a_peer_that_aborts_its_channel_resets_our_flow_and_sends_fail() {
 #[test]
 fn a_channel_closed_right_after_sending_delivers_everything_then_closes_the_flow() {
     let p = Pair::new(1);
-    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
-    let mut server = server_machnet.open_channel(None).unwrap();
-    server.listen(PORT).unwrap();
-    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
-    let mut ch = m.open_channel(None).unwrap();
+    let (_server_machnet, mut server, _m, mut ch) = listener_and_client(&p);
     let flow = ch.connect(IP_A, PORT).expect("connect");
     let msgs: Vec<Vec<u8>> = (0..64u32)
         .map(|i| machnet_sidecar::testing::pattern(u64::from(i), i as usize * 4099 + 1))
@@ -286,11 +278,7 @@ fn a_channel_closed_right_after_sending_delivers_everything_then_closes_the_flow
 #[test]
 fn start_and_poll_connect_without_waiting() {
     let p = Pair::new(1);
-    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
-    let mut server = server_machnet.open_channel(None).unwrap();
-    server.listen(PORT).unwrap();
-    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
-    let mut ch = m.open_channel(None).unwrap();
+    let (_server_machnet, mut server, _m, mut ch) = listener_and_client(&p);
     let poll = |ch: &mut machnet::Channel, t| {
         let deadline = Instant::now() + T;
         loop {
@@ -316,4 +304,15 @@ fn start_and_poll_connect_without_waiting() {
         Err(ConnectError::Failed(Some(CloseCode::Refused))) => {}
         other => panic!("connect to a port nobody listens on: {other:?}"),
     }
+}
+
+/// A channel listening on `PORT` on sidecar a and a client channel on sidecar b (with their
+/// attachments, which must outlive them).
+fn listener_and_client(p: &Pair) -> (Machnet, machnet::Channel, Machnet, machnet::Channel) {
+    let server_machnet = Machnet::attach_at(p.sock("a.sock")).unwrap();
+    let mut server = server_machnet.open_channel(None).unwrap();
+    server.listen(PORT).unwrap();
+    let m = Machnet::attach_at(p.sock("b.sock")).unwrap();
+    let ch = m.open_channel(None).unwrap();
+    (server_machnet, server, m, ch)
 }
