@@ -18,15 +18,23 @@ namespace Machnet.Native
         ///  Version of this C ABI (bumped on incompatible changes; see `machnet_version`).
         /// </summary>
         internal const uint MACHNET_ABI_VERSION = 1;
+        /// <summary>
+        ///  The original Machnet's control socket: `machnet_init` tries it when nothing is at ours
+        ///  ([`DEFAULT_SOCKET_PATH`]) and `$MACHNET_SOCKET` is unset, so apps deployed for the original
+        ///  find a sidecar started at the original's path.
+        /// </summary>
+        internal const string ORIGINAL_SOCKET_PATH = "/var/run/machnet/machnet_ctrl.sock";
 
 
 
 
         /// <summary>
-        ///  Attaches this process to the Machnet sidecar (control socket `$MACHNET_SOCKET`, default
-        ///  `/run/machnet/machnet.sock`). Calling it again while attached does nothing.
+        ///  Attaches this process to the Machnet sidecar: control socket `$MACHNET_SOCKET` if set,
+        ///  else `/run/machnet/machnet.sock`, else (no socket there) the original Machnet's
+        ///  `/var/run/machnet/machnet_ctrl.sock`. Calling it again while attached does nothing.
         ///
-        ///  Returns 0 on success, -1 on failure (errno set).
+        ///  Returns 0 on success, -1 on failure (errno set; `machnet_last_error()` tells why, and with
+        ///  the environment variable `MACHNET_LOG` set to anything but "" or "0" so does stderr).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_init", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_init();
@@ -35,7 +43,8 @@ namespace Machnet.Native
         ///  Extension: like `machnet_init` with an explicit control socket path (replaces an earlier
         ///  attachment; channels attached before keep the old one).
         ///
-        ///  Returns 0 on success, -1 on failure (errno set).
+        ///  Returns 0 on success, -1 on failure (errno set; stderr too with `MACHNET_LOG`, as
+        ///  `machnet_init`).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_init_at", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_init_at(byte* socket_path);
