@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed inputs of the channel fuzz targets (ci/fuzz.sh):
 
-  machnet-core/fuzz/seeds-ring_consumer/     ring memory with valid, wrapped and bad records
-  machnet-core/fuzz/seeds-control_messages/  every control request and response
+  machnet-channel/fuzz/seeds-ring_consumer/     ring memory with valid, wrapped and bad records
+  machnet-channel/fuzz/seeds-control_messages/  every control request and response
   machnet-sidecar/fuzz/seeds-channel_engine/ operation sequences: connect, send, receive, close,
                                              accept, detach, full rings, hostile indices
 
@@ -16,7 +16,7 @@ import struct
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Record kinds (machnet-core/src/channel/record.rs).
+# Record kinds (machnet-channel/src/record.rs).
 CONNECT, SEND, CLOSE, ABORT, MESSAGE = 1, 2, 3, 4, 67
 
 
@@ -50,11 +50,11 @@ def publish_ahead(n):  # step 1: tail = position + n (two bytes for rings of 128
 
 
 recs = record(5, SEND, b"hello", flow=1) + record(6, CONNECT, b"\x0a\0\0\x02\x50\0", aux=7) + record(0, CLOSE, flow=1)
-write("machnet-core/fuzz/seeds-ring_consumer", "three_records", ring_input(16, 0, recs, publish_ahead(len(recs))))
+write("machnet-channel/fuzz/seeds-ring_consumer", "three_records", ring_input(16, 0, recs, publish_ahead(len(recs))))
 wrapped = record(20, SEND, bytes(range(20)), flow=2) + record(0, ABORT, flow=2)
-write("machnet-core/fuzz/seeds-ring_consumer", "wrapped_record", ring_input(16, 100, wrapped, publish_ahead(len(wrapped))))
+write("machnet-channel/fuzz/seeds-ring_consumer", "wrapped_record", ring_input(16, 100, wrapped, publish_ahead(len(wrapped))))
 bad = record(4000, SEND, flow=1)
-write("machnet-core/fuzz/seeds-ring_consumer", "bad_length_then_bad_tail",
+write("machnet-channel/fuzz/seeds-ring_consumer", "bad_length_then_bad_tail",
       ring_input(16, 0, bad, publish_ahead(16) + bytes([2]) + struct.pack("<Q", 1 << 63)))
 
 # --- control_messages: JSON text ---
@@ -71,7 +71,7 @@ controls = {
     "resp_error": {"op": "error", "code": "port_in_use", "message": "port 80 is in use"},
 }
 for name, msg in controls.items():
-    write("machnet-core/fuzz/seeds-control_messages", name, json.dumps(msg, separators=(",", ":")).encode())
+    write("machnet-channel/fuzz/seeds-control_messages", name, json.dumps(msg, separators=(",", ":")).encode())
 
 # --- channel_engine: operations (see `Harness::op`) ---
 def connect(aux=11):

@@ -2,10 +2,10 @@
 # Fuzz the untrusted-input parsers and the channel (cargo-fuzz, libFuzzer), one target after the
 # other:
 #   parse_packet      machnet-core/fuzz      the wire-format parser (datagrams from the network)
-#   ring_consumer     machnet-core/fuzz      a channel ring's consumer over hostile ring memory,
+#   ring_consumer     machnet-channel/fuzz   a channel ring's consumer over hostile ring memory,
 #                                            indices and records (AddressSanitizer by default:
 #                                            the ring code uses raw pointers)
-#   control_messages  machnet-core/fuzz      control-socket requests and responses (decode never
+#   control_messages  machnet-channel/fuzz   control-socket requests and responses (decode never
 #                                            panics; what decodes re-encodes to the same value)
 #   channel_engine    machnet-sidecar/fuzz   the sidecar's half of a channel (`Chan` over real
 #                                            channel memory and a real engine) driven by a hostile
@@ -67,8 +67,9 @@ fi
 fuzz_one() {
     local target="$1" fuzz_dir sanitizer
     case "$target" in
-        parse_packet | control_messages) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
-        ring_consumer) fuzz_dir="$root/machnet-core/fuzz" sanitizer=address ;;
+        parse_packet) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
+        control_messages) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=none ;;
+        ring_consumer) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=address ;;
         channel_engine) fuzz_dir="$root/machnet-sidecar/fuzz" sanitizer=none ;;
         *) echo "unknown fuzz target: $target" >&2; return 2 ;;
     esac

@@ -42,7 +42,6 @@
 //! ```
 
 pub mod cc;
-pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod flow;

@@ -904,7 +904,7 @@ impl SidecarConfig {
             return Err(invalid("--control-socket", "path longer than 107 bytes"));
         }
         validate_limits(&self.limits)?;
-        machnet_core::channel::ChannelLayout::for_messages(self.max_message_len, 1 << 20)
+        machnet_channel::ChannelLayout::for_messages(self.max_message_len, 1 << 20)
             .map_err(|e| invalid("--max-message-len", e.to_string()))?;
         for id in 0..self.engines {
             self.engine_config(id)
@@ -1222,8 +1222,7 @@ mod tests {
         let c = parse(&["--max-message-len", "32MiB"]).unwrap();
         assert_eq!(c.max_message_len, 32 << 20);
         assert!(c.flow_send_buffer >= 32 << 20);
-        let l =
-            machnet_core::channel::ChannelLayout::for_messages(c.max_message_len, 1 << 20).unwrap();
+        let l = machnet_channel::ChannelLayout::for_messages(c.max_message_len, 1 << 20).unwrap();
         assert!(l.to_app_capacity >= (32 << 20) + 16 && l.to_sidecar_capacity >= (32 << 20) + 16);
     }
 

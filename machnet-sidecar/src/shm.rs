@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use machnet_core::channel::{ChannelLayout, ChannelViews, LayoutError};
+use machnet_channel::{ChannelLayout, ChannelViews, LayoutError};
 use memmap2::{MmapMut, MmapOptions};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -155,7 +155,7 @@ impl ChannelMem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use machnet_core::channel::{Consumer, Producer, RecordHeader, RecordKind};
+    use machnet_channel::{Consumer, Producer, RecordHeader, RecordKind};
 
     #[test]
     fn channel_is_sealed_sized_and_readable_through_a_second_mapping() {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use machnet_core::channel::control::Response;
-use machnet_core::channel::{CloseCode, RecordKind};
+use machnet_channel::control::Response;
+use machnet_channel::{CloseCode, RecordKind};
 
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use machnet_core::channel::control::{ControlError, Request, Response, MAX_CONTROL_MESSAGE};
-use machnet_core::channel::{CloseCode, HEADER_PAGE};
+use machnet_channel::control::{ControlError, Request, Response, MAX_CONTROL_MESSAGE};
+use machnet_channel::{CloseCode, HEADER_PAGE};
 use machnet_sidecar::config::AccessPolicy;
 use machnet_sidecar::datapath::mem::MemHub;
 use machnet_sidecar::{Sidecar, SidecarConfig, StartError};

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use machnet::{Event, Machnet};
-use machnet_core::channel::control::{Request, Response};
+use machnet_channel::control::{Request, Response};
 use machnet_core::PortPool;
 
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);

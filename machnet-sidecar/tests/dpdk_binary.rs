@@ -18,7 +18,7 @@ mod common;
 #[test]
 fn dpdk_binary() {
     use common::*;
-    use machnet_core::channel::control::Response;
+    use machnet_channel::control::Response;
     use std::net::Ipv4Addr;
     use std::process::Command;
 

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use machnet_core::channel::control::{ControlError, Request, Response};
-use machnet_core::channel::{CloseCode, RecordKind};
+use machnet_channel::control::{ControlError, Request, Response};
+use machnet_channel::{CloseCode, RecordKind};
 use machnet_sidecar::datapath::mem::MemHub;
 use machnet_sidecar::{Sidecar, SidecarConfig};
 
@@ -398,7 +398,7 @@ fn orphan_flows_count_against_the_app_limit_until_the_linger_ends() {
     }
     // Detach: B's app never closes its side, so both flows live on as orphans.
     assert_eq!(
-        ca.request(&machnet_core::channel::control::Request::CloseChannel {
+        ca.request(&machnet_channel::control::Request::CloseChannel {
             channel: client.id,
             abort: false,
         }),

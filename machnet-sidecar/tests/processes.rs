@@ -927,7 +927,7 @@ fn role_scribbler() {
 
     // Garbage over everything: header, both rings' indices and flags, both data areas.
     let mut rng = SmallRng::seed_from_u64(seed);
-    let closed_at = std::mem::offset_of!(machnet_core::channel::ChannelHeader, closed);
+    let closed_at = std::mem::offset_of!(machnet_channel::ChannelHeader, closed);
     assert_eq!(closed_at % 8, 0);
     let violation = CloseCode::ChannelViolation as u32;
     // Ascending order: the `closed` word (offset 56) gets its garbage before the ring indices

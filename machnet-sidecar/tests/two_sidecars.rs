@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use machnet_core::channel::{CloseCode, RecordHeader, RecordKind};
+use machnet_channel::{CloseCode, RecordHeader, RecordKind};
 use machnet_sidecar::config::IdleMode;
 use machnet_sidecar::datapath::mem::MemHub;
 use machnet_sidecar::Sidecar;
@@ -64,7 +64,7 @@ fn start_echo(p: &Pair) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let ch = p.cb.open_channel(None);
     assert_eq!(
         p.cb.listen(ch.id, PORT),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
@@ -280,7 +280,7 @@ fn garbage_over_a_request_ring_closes_only_that_channel() {
     let (bflow, _) = bad.connect(IP_B, PORT);
     assert_eq!(
         p.ca.listen(bad.id, 7100),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
 
     // Scribble over the bad channel's request ring: a record header with an unknown kind,
@@ -339,7 +339,7 @@ fn an_app_that_stops_reading_slows_only_its_sender_with_bounded_memory() {
     let mut server = p.cb.open_channel(None);
     assert_eq!(
         p.cb.listen(server.id, PORT),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     let mut app = p.ca.open_channel(None);
     let (flow, _) = app.connect(IP_B, PORT);
@@ -429,7 +429,7 @@ fn an_app_that_disconnects_has_its_messages_delivered_then_its_flows_closed() {
     let mut server = p.cb.open_channel(None);
     assert_eq!(
         p.cb.listen(server.id, PORT),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     let client = RawClient::connect(p.a.control_socket()).unwrap();
     client.hello();
@@ -463,7 +463,7 @@ fn a_stopping_sidecar_delivers_what_its_apps_sent() {
     let mut server = cb.open_channel(None);
     assert_eq!(
         cb.listen(server.id, PORT),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     let mut app = ca.open_channel(None);
     let (flow, _) = app.connect(IP_B, PORT);
@@ -503,7 +503,7 @@ fn an_app_that_aborts_its_channel_resets_its_peers() {
     let mut server = p.cb.open_channel(None);
     assert_eq!(
         p.cb.listen(server.id, PORT),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     let client = RawClient::connect(p.a.control_socket()).unwrap();
     client.hello();
@@ -512,11 +512,11 @@ fn an_app_that_aborts_its_channel_resets_its_peers() {
     let acc = server.expect_next();
     assert_eq!(acc.kind, RecordKind::Accepted);
     assert_eq!(
-        client.request(&machnet_core::channel::control::Request::CloseChannel {
+        client.request(&machnet_channel::control::Request::CloseChannel {
             channel: app.id,
             abort: true,
         }),
-        machnet_core::channel::control::Response::Ok
+        machnet_channel::control::Response::Ok
     );
     assert_eq!(app.wait_closed(WAIT), Some(CloseCode::Detached as u32));
     let n = server.expect_next();

@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use machnet_core::channel::ring::record_footprint;
-use machnet_core::channel::{
+use machnet_channel::ring::record_footprint;
+use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, ConnectRequest, Consumer, FlowInfo, Producer,
     PushError, RecordHeader, RecordKind, RingError, HEADER_PAGE,
 };

@@ -10,8 +10,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use machnet_core::channel::control::ControlError;
-use machnet_core::channel::{CloseCode, LayoutError};
+use machnet_channel::control::ControlError;
+use machnet_channel::{CloseCode, LayoutError};
 
 /// A human-readable description of a [`CloseCode`] (same as its `Display`).
 pub fn describe_close_code(code: CloseCode) -> &'static str {

@@ -105,8 +105,8 @@ pub use machnet::{
     SOCKET_ENV,
 };
 /// Error codes of the control protocol (shared with the sidecar).
-pub use machnet_core::channel::control::ControlError as ControlErrorCode;
+pub use machnet_channel::control::ControlError as ControlErrorCode;
 /// Why a flow, a request or a channel ended (shared with the sidecar).
-pub use machnet_core::channel::CloseCode;
+pub use machnet_channel::CloseCode;
 /// A flow's 4-tuple (shared with the sidecar).
-pub use machnet_core::channel::FlowInfo;
+pub use machnet_channel::FlowInfo;

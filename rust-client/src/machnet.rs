@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use machnet_core::channel::control::{
+use machnet_channel::control::{
     ControlError, Request, Response, CONTROL_VERSION, MAX_CONTROL_MESSAGE,
 };
 

@@ -173,7 +173,7 @@ impl Channel {
                 Ok(id) => break id,
                 Err(PushFail::Fault(f)) => return Err(f.into()),
                 Err(PushFail::WouldBlock | PushFail::TimedOut) => {
-                    let need = Channel::footprint(machnet_core::channel::ConnectRequest::LEN);
+                    let need = Channel::footprint(machnet_channel::ConnectRequest::LEN);
                     self.wait_async(Wait::Space(need)).await?
                 }
             }

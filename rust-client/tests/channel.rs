@@ -12,8 +12,8 @@ use machnet::{
     AttachError, Channel, CloseCode, ConnectError, ControlErrorCode, Event, ListenError, Machnet,
     OpenChannelError, RecvError, SendError,
 };
-use machnet_core::channel::control::{Request, Response};
-use machnet_core::channel::{ChannelLayout, ConnectRequest, FlowInfo, RecordKind};
+use machnet_channel::control::{Request, Response};
+use machnet_channel::{ChannelLayout, ConnectRequest, FlowInfo, RecordKind};
 use support::{Config, Fake, FakeChannel};
 
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use machnet_core::channel::ring::record_footprint;
-use machnet_core::channel::{
+use machnet_channel::ring::record_footprint;
+use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, ConnectRequest, Consumer, RECORD_HEADER_LEN,
 };
 use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
@@ -537,7 +537,7 @@ impl Harness {
                     let info = self
                         .core
                         .flow_key(flow)
-                        .map(|k| machnet_core::channel::FlowInfo {
+                        .map(|k| machnet_channel::FlowInfo {
                             local_ip: k.local_ip,
                             local_port: k.local_port,
                             remote_ip: k.remote_ip,

@@ -2,7 +2,7 @@
 //! connection on the Unix `SOCK_SEQPACKET` socket.
 //!
 //! It authorises peers at accept (`SO_PEERCRED`), answers the JSON requests of
-//! `machnet_core::channel::control`, creates channels and hands them to engines, keeps the
+//! `machnet_channel::control`, creates channels and hands them to engines, keeps the
 //! host-wide port registry, and reclaims everything a connection opened when it closes. A
 //! malformed message closes the offending connection only.
 //!
@@ -24,10 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use machnet_core::channel::control::{
+use machnet_channel::control::{
     ControlError, Request, Response, CONTROL_VERSION, MAX_CONTROL_MESSAGE,
 };
-use machnet_core::channel::CloseCode;
+use machnet_channel::CloseCode;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;

@@ -13,11 +13,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use machnet_core::channel::{
+use machnet_channel::{
     ring::record_footprint, CloseCode, ConnectRequest, Consumer, FlowInfo, Peeked, Producer,
     PushError, RecordHeader, RecordKind, RingError,
 };
-use machnet_core::{ConnectError, Engine, FlowId, Instant, SendError};
+use machnet_core::{CloseReason, ConnectError, Engine, FlowId, Instant, SendError};
 
 use super::flow_quota::{FlowPermit, FlowQuota};
 use crate::shm::ChannelMem;
@@ -828,10 +828,24 @@ fn send_error_code(e: SendError) -> CloseCode {
     }
 }
 
+/// The channel's name for why a core flow ended.
+pub(crate) fn close_code(reason: CloseReason) -> CloseCode {
+    use CloseReason as R;
+    match reason {
+        R::Graceful => CloseCode::Graceful,
+        R::Refused => CloseCode::Refused,
+        R::Reset => CloseCode::Reset,
+        R::TimedOut => CloseCode::TimedOut,
+        R::ProtocolViolation => CloseCode::ProtocolViolation,
+        R::Aborted => CloseCode::Aborted,
+        R::MessageTooLarge => CloseCode::MessageTooLarge,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use machnet_core::channel::{ChannelLayout, ChannelViews};
+    use machnet_channel::{ChannelLayout, ChannelViews};
     use machnet_core::{Datagram, EngineConfig, Event};
     use memmap2::{MmapMut, MmapOptions};
     use std::net::Ipv4Addr;
@@ -956,7 +970,7 @@ mod tests {
                 }
                 Event::Closed { flow, reason } => {
                     if let Some((_, h)) = owners.remove(&flow) {
-                        chan.on_closed(h, flow, reason.into());
+                        chan.on_closed(h, flow, close_code(reason));
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use machnet_core::channel::CloseCode;
+use machnet_channel::CloseCode;
 use machnet_core::{EngineConfig, ListenError};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 

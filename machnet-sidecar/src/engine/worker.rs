@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use machnet_core::channel::{CloseCode, FlowInfo};
+use machnet_channel::{CloseCode, FlowInfo};
 use machnet_core::{Datagram, Engine, Event, FlowId, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -821,7 +821,9 @@ impl Worker {
             // A stalled send to retry: the run list does it.
             Event::Writable { .. } => c.on_writable(flow),
             Event::PeerClosed { .. } => c.on_peer_closed(h),
-            Event::Closed { reason, .. } => c.on_closed(h, flow, reason.into()),
+            Event::Closed { reason, .. } => {
+                c.on_closed(h, flow, super::channel::close_code(reason))
+            }
             Event::Accepted { .. } => unreachable!("handled above"),
         }
         activate(c, &mut self.active, now);

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use machnet_core::channel::control::{Request, Response, MAX_CONTROL_MESSAGE};
-use machnet_core::channel::{
+use machnet_channel::control::{Request, Response, MAX_CONTROL_MESSAGE};
+use machnet_channel::{
     ChannelLayout, CloseCode, ConnectRequest, Consumer, FlowInfo, Producer, PushError,
     RecordHeader, RecordKind,
 };
@@ -287,7 +287,7 @@ impl AppChannel {
             match self.try_push(h, payload) {
                 Ok(()) => return,
                 Err(PushError::Full) => {
-                    let need = machnet_core::channel::ring::record_footprint(payload.len() as u64);
+                    let need = machnet_channel::ring::record_footprint(payload.len() as u64);
                     if self.requests.prepare_wait().unwrap() >= need {
                         continue;
                     }

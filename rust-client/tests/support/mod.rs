@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use machnet::Machnet;
-use machnet_core::channel::control::{ControlError, Request, Response, CONTROL_VERSION};
-use machnet_core::channel::{
+use machnet_channel::control::{ControlError, Request, Response, CONTROL_VERSION};
+use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, Consumer, FlowInfo, Producer, PushError, RecordHeader,
     RecordKind,
 };
@@ -310,7 +310,7 @@ impl FakeChannel {
             match self.try_notify(kind, flow, 0, 0, payload) {
                 Ok(()) => return,
                 Err(PushError::Full) => {
-                    let need = machnet_core::channel::ring::record_footprint(payload.len() as u64);
+                    let need = machnet_channel::ring::record_footprint(payload.len() as u64);
                     if self.to_app.prepare_wait().unwrap() < need {
                         wait_fd(self.sidecar_efd.as_raw_fd(), Duration::from_secs(10));
                     }

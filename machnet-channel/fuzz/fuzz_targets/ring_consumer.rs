@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use machnet_core::channel::ring::record_footprint;
-use machnet_core::channel::{Consumer, RecordHeader, RingControl, RingView, RECORD_HEADER_LEN};
+use machnet_channel::ring::record_footprint;
+use machnet_channel::{Consumer, RecordHeader, RingControl, RingView, RECORD_HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
     let _ = run(&mut Unstructured::new(data));

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use machnet_core::channel::{ChannelLayout, Consumer, Producer, RecordHeader, RecordKind};
+use machnet_channel::{ChannelLayout, Consumer, Producer, RecordHeader, RecordKind};
 
 const ROUNDS: usize = 200_000;
 const WARMUP: usize = 20_000;

@@ -1,5 +1,9 @@
+//! # machnet-channel
+//!
 //! The shared-memory channel between one application thread and one sidecar engine
-//! (docs/CHANNEL.md). Defined once here; the sidecar and the client library both use it.
+//! (docs/CHANNEL.md), and the JSON control protocol ([`control`]). Defined once here; the
+//! sidecar and the client library both use it, and neither side's engine or I/O lives here, so
+//! a client does not pull in the transport (`machnet-core`).
 //!
 //! A channel is one memory region (a sealed memfd in practice): a header page, then the data of
 //! two rings — requests app → sidecar and notifications sidecar → app — each large enough for
@@ -114,21 +118,6 @@ impl CloseCode {
 impl std::fmt::Display for CloseCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.description())
-    }
-}
-
-impl From<crate::CloseReason> for CloseCode {
-    fn from(r: crate::CloseReason) -> Self {
-        use crate::CloseReason as R;
-        match r {
-            R::Graceful => CloseCode::Graceful,
-            R::Refused => CloseCode::Refused,
-            R::Reset => CloseCode::Reset,
-            R::TimedOut => CloseCode::TimedOut,
-            R::ProtocolViolation => CloseCode::ProtocolViolation,
-            R::Aborted => CloseCode::Aborted,
-            R::MessageTooLarge => CloseCode::MessageTooLarge,
-        }
     }
 }
 

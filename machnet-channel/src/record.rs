@@ -19,7 +19,7 @@ pub enum RecordKind {
     // --- sidecar → app ---
     /// A `Connect` succeeded. `aux` = request id; `flow` = the new flow; payload: [`FlowInfo`].
     Connected = 64,
-    /// A `Connect` failed. `aux` = request id; `flags` = [`crate::channel::CloseCode`].
+    /// A `Connect` failed. `aux` = request id; `flags` = [`crate::CloseCode`].
     ConnectFailed = 65,
     /// A listener of this channel accepted `flow`. Payload: [`FlowInfo`].
     Accepted = 66,
@@ -27,9 +27,9 @@ pub enum RecordKind {
     Message = 67,
     /// The peer closed `flow`: no message follows.
     PeerClosed = 68,
-    /// `flow` is gone; `flags` = [`crate::channel::CloseCode`].
+    /// `flow` is gone; `flags` = [`crate::CloseCode`].
     Closed = 69,
-    /// A request on `flow` failed; `flags` = [`crate::channel::CloseCode`], `aux` = the kind of
+    /// A request on `flow` failed; `flags` = [`crate::CloseCode`], `aux` = the kind of
     /// the failed request.
     RequestFailed = 70,
 }

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use machnet_core::channel::control::{Request, Response, MAX_CONTROL_MESSAGE};
+use machnet_channel::control::{Request, Response, MAX_CONTROL_MESSAGE};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = Request::decode(data) {
