@@ -1,10 +1,43 @@
 // The API of the `machnet` package: the declarations napi-rs generates from the Rust sources
 // (binding.d.ts), plus the async iteration and error codes that index.js adds.
+import type { EventEmitter } from 'node:events'
 import type { Message } from './binding'
 
 export { attach, Machnet, Channel, Flow, Message } from './binding'
 
 declare module './binding' {
+  /**
+   * A flow is an `EventEmitter` with the events of a `net.Socket` (emitted while the channel's
+   * receive side reads its notifications: while a `recv()` or `for await` is pending, or on
+   * `tryRecv()`, in order with the messages):
+   *
+   * - `'end'`: the peer closed the flow gracefully; every message it sent was delivered
+   *   before. This side is closed too (like `allowHalfOpen: false`): later sends reject with
+   *   `ERR_MACHNET_FLOW_CLOSED`.
+   * - `'error'` `(err)`: the flow ended abnormally; `err.code` is `ECONNRESET` (the peer reset
+   *   or went away), `ETIMEDOUT` (it stopped answering), `ECONNREFUSED`, `EMSGSIZE`, `ENOBUFS`,
+   *   `ESHUTDOWN` (the sidecar is shutting down), `EPROTO`, `ECONNABORTED` (unknown reason) or
+   *   `ERR_MACHNET_SIDECAR_GONE`, and `err.flow` is the flow. Unlike on a socket, it is only
+   *   emitted to `'error'` listeners: an unhandled flow error does not throw.
+   * - `'close'` `(hadError, err?)`: the flow is gone (always the last event): after `'end'`, an
+   *   abnormal end (`hadError` true, with the error), `closeFlow`/`abortFlow`, or when its channel
+   *   closes.
+   */
+  interface Flow extends EventEmitter {
+    on(event: 'end', listener: () => void): this
+    on(event: 'error', listener: (err: FlowError) => void): this
+    on(event: 'close', listener: (hadError: boolean, err?: FlowError) => void): this
+    once(event: 'end', listener: () => void): this
+    once(event: 'error', listener: (err: FlowError) => void): this
+    once(event: 'close', listener: (hadError: boolean, err?: FlowError) => void): this
+  }
+  interface Machnet {
+    /**
+     * `await using m = await attach()`: closes the attachment and its channels when the block
+     * ends, like `machnet.close()` (where the runtime has `Symbol.asyncDispose`).
+     */
+    [Symbol.asyncDispose](): Promise<void>
+  }
   interface Channel {
     /**
      * Receives the next message on any flow of this channel, waiting at most `timeoutMs`
@@ -54,8 +87,10 @@ export declare const codes: {
   readonly EMPTY_MESSAGE: 'ERR_MACHNET_EMPTY_MESSAGE'
   /** The message exceeds the channel's `maxMessageLen`. */
   readonly MESSAGE_TOO_LARGE: 'ERR_MACHNET_MESSAGE_TOO_LARGE'
-  /** The channel was closed (by `close()` or by the sidecar). */
+  /** The channel was closed (by `close()`, its Machnet's `close()`, or by the sidecar). */
   readonly CHANNEL_CLOSED: 'ERR_MACHNET_CHANNEL_CLOSED'
+  /** The Machnet (attachment) was closed with `close()`. */
+  readonly CLOSED: 'ERR_MACHNET_CLOSED'
   /** The sidecar broke the channel or control protocol. */
   readonly PROTOCOL: 'ERR_MACHNET_PROTOCOL'
   /** A system call failed. */
@@ -74,4 +109,23 @@ export type ErrorCode = (typeof codes)[keyof typeof codes]
 /** The errors this package throws or rejects with: `Error`, `TypeError` or `RangeError`. */
 export interface MachnetError extends Error {
   readonly code: ErrorCode
+}
+
+/** The errno-style codes of a flow's `'error'` (see {@link Flow}). */
+export type FlowErrorCode =
+  | 'ECONNRESET'
+  | 'ETIMEDOUT'
+  | 'ECONNREFUSED'
+  | 'EMSGSIZE'
+  | 'ENOBUFS'
+  | 'ESHUTDOWN'
+  | 'EPROTO'
+  | 'ECONNABORTED'
+  | 'ERR_MACHNET_SIDECAR_GONE'
+
+/** Why a flow ended abnormally: emitted with `'error'` and `'close'` on the flow. */
+export interface FlowError extends Error {
+  readonly code: FlowErrorCode
+  /** The flow that ended. */
+  readonly flow: import('./binding').Flow
 }

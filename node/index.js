@@ -4,7 +4,12 @@
  * binding.d.ts) plus what is simplest in JavaScript: `for await (const msg of channel)` and the
  * table of error codes. See README.md.
  */
+const { EventEmitter } = require('node:events')
 const binding = require('./binding.js')
+
+// A flow is an EventEmitter: 'end' (the peer closed gracefully), 'error' (only emitted when
+// listened to) and 'close' (hadError, error), emitted by the native receive side.
+Object.setPrototypeOf(binding.Flow.prototype, EventEmitter.prototype)
 
 /**
  * The stable `code` values of the errors this package throws or rejects with.
@@ -23,6 +28,7 @@ const codes = Object.freeze({
   EMPTY_MESSAGE: 'ERR_MACHNET_EMPTY_MESSAGE',
   MESSAGE_TOO_LARGE: 'ERR_MACHNET_MESSAGE_TOO_LARGE',
   CHANNEL_CLOSED: 'ERR_MACHNET_CHANNEL_CLOSED',
+  CLOSED: 'ERR_MACHNET_CLOSED',
   PROTOCOL: 'ERR_MACHNET_PROTOCOL',
   IO: 'ERR_MACHNET_IO',
   INVALID_ARG_TYPE: 'ERR_INVALID_ARG_TYPE',
@@ -83,14 +89,17 @@ Object.defineProperty(binding.Channel.prototype, Symbol.asyncIterator, {
 
 // `await using ch = await m.openChannel()` (explicit resource management) closes the channel
 // gracefully when the block ends, like `ch.close()`; closing a closed channel does nothing.
+// The same for `await using m = await attach()`: closes the attachment and its channels.
 if (typeof Symbol.asyncDispose === 'symbol') {
-  Object.defineProperty(binding.Channel.prototype, Symbol.asyncDispose, {
-    value: function asyncDispose() {
-      return this.close()
-    },
-    writable: true,
-    configurable: true,
-  })
+  for (const cls of [binding.Channel, binding.Machnet]) {
+    Object.defineProperty(cls.prototype, Symbol.asyncDispose, {
+      value: function asyncDispose() {
+        return this.close()
+      },
+      writable: true,
+      configurable: true,
+    })
+  }
 }
 
 module.exports = {

@@ -37,6 +37,8 @@ pub const EMPTY_MESSAGE: &str = "ERR_MACHNET_EMPTY_MESSAGE";
 pub const MESSAGE_TOO_LARGE: &str = "ERR_MACHNET_MESSAGE_TOO_LARGE";
 /// The channel was closed (by `close()`, or by the sidecar).
 pub const CHANNEL_CLOSED: &str = "ERR_MACHNET_CHANNEL_CLOSED";
+/// The `Machnet` (the attachment) was closed with `close()`.
+pub const CLOSED: &str = "ERR_MACHNET_CLOSED";
 /// The sidecar broke the channel or control protocol.
 pub const PROTOCOL: &str = "ERR_MACHNET_PROTOCOL";
 /// A system call failed.
@@ -117,6 +119,11 @@ impl JsErr {
             Some(c) => format!("closed by the sidecar: {}", c.description()),
         };
         JsErr::new(CHANNEL_CLOSED, format!("the channel is {why}"))
+    }
+
+    /// The `Machnet` was closed.
+    pub fn machnet_closed() -> Self {
+        JsErr::new(CLOSED, "this Machnet was closed (close() was called)")
     }
 
     /// Creates the JavaScript error object.

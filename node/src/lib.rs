@@ -22,16 +22,19 @@
 #![deny(clippy::all)]
 
 mod errors;
+mod events;
 mod uvrecv;
 mod wait;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::ptr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
 use std::time::Duration;
 
 use napi::bindgen_prelude::{
@@ -306,17 +309,46 @@ pub fn attach<'env>(
             .map_err(|e| JsErr::new(errors::IO, e.to_string()))?;
             Ok(r?)
         },
-        |_, inner| Machnet { inner },
+        |_, inner| Machnet::new(inner),
     )
 }
 
 /// A process's attachment to the sidecar (one control connection). Open a {@link Channel} with
-/// {@link Machnet.openChannel}. When this object, and every channel opened from it, is garbage
-/// collected (or the process exits), the sidecar detaches the process's channels gracefully
-/// (see {@link Channel.close}).
+/// {@link Machnet.openChannel}. {@link Machnet.close} closes the attachment and its channels;
+/// when this object, and every channel opened from it, is garbage collected (or the process
+/// exits), the sidecar detaches the process's channels gracefully (see {@link Channel.close}).
 #[napi]
 pub struct Machnet {
-    inner: machnet::Machnet,
+    /// The control connection; `None` once {@link Machnet.close} was called.
+    inner: RefCell<Option<machnet::Machnet>>,
+    local_ip: Ipv4Addr,
+    engines: u16,
+    max_message_len: u32,
+    /// The channels opened from this attachment (for `close`); `None` once closed.
+    channels: Rc<RefCell<Option<ChannelList>>>,
+}
+
+/// The channels of a [`Machnet`], weakly (a channel lives as long as its JavaScript object).
+type ChannelList = Vec<(std::sync::Weak<Shared>, Weak<uvrecv::Receiver>)>;
+
+impl Machnet {
+    fn new(inner: machnet::Machnet) -> Machnet {
+        Machnet {
+            local_ip: inner.local_ip(),
+            engines: inner.engines(),
+            max_message_len: inner.max_message_len(),
+            inner: RefCell::new(Some(inner)),
+            channels: Rc::new(RefCell::new(Some(Vec::new()))),
+        }
+    }
+
+    /// The control connection, or the error of a closed attachment.
+    fn attached(&self) -> JsResult<machnet::Machnet> {
+        self.inner
+            .borrow()
+            .clone()
+            .ok_or_else(JsErr::machnet_closed)
+    }
 }
 
 #[napi]
@@ -324,41 +356,55 @@ impl Machnet {
     /// The sidecar's IPv4 address (the local address of every flow).
     #[napi(getter)]
     pub fn local_ip(&self) -> String {
-        self.inner.local_ip().to_string()
+        self.local_ip.to_string()
     }
 
     /// Number of sidecar engines (valid engine indices are `0 … engines - 1`).
     #[napi(getter)]
     pub fn engines(&self) -> u32 {
-        u32::from(self.inner.engines())
+        u32::from(self.engines)
     }
 
     /// Largest message the sidecar carries, in bytes.
     #[napi(getter)]
     pub fn max_message_len(&self) -> u32 {
-        self.inner.max_message_len()
+        self.max_message_len
     }
 
-    /// Whether the sidecar has gone away (its control connection hung up).
+    /// Whether {@link Machnet.close} was called.
+    #[napi(getter)]
+    pub fn closed(&self) -> bool {
+        self.inner.borrow().is_none()
+    }
+
+    /// Whether the sidecar has gone away (its control connection hung up). Throws
+    /// `ERR_MACHNET_CLOSED` after {@link Machnet.close}.
     #[napi]
-    pub fn is_sidecar_gone(&self) -> bool {
-        self.inner.is_sidecar_gone()
+    pub fn is_sidecar_gone(&self, env: &Env) -> napi::Result<bool> {
+        self.attached()
+            .map(|m| m.is_sidecar_gone())
+            .map_err(|e| e.into_napi(env))
     }
 
     /// Opens a channel on `engine` (default: the sidecar picks one round-robin). Rejects with
-    /// `ERR_MACHNET_REFUSED` for an engine that does not exist.
+    /// `ERR_MACHNET_REFUSED` for an engine that does not exist, `ERR_MACHNET_CLOSED` after
+    /// {@link Machnet.close}.
     #[napi(ts_args_type = "engine?: number", ts_return_type = "Promise<Channel>")]
     pub fn open_channel<'env>(
         &self,
         env: &'env Env,
         engine: Option<Unknown>,
-    ) -> napi::Result<PromiseRaw<'env, Channel>> {
+    ) -> napi::Result<PromiseRaw<'env, Raw>> {
         let engine = match optional(&engine).map(|v| int_arg(v, "engine", 0, 65535)) {
             Some(Err(e)) => return settled(env, Err(e)),
             Some(Ok(e)) => Some(e as u16),
             None => None,
         };
-        let m = self.inner.clone();
+        let m = match self.attached() {
+            Ok(m) => m,
+            Err(e) => return settled(env, Err(e)),
+        };
+        let channels = self.channels.clone();
         spawn(
             env,
             async move {
@@ -369,7 +415,56 @@ impl Machnet {
                 .map_err(|e| JsErr::new(errors::IO, e.to_string()))?;
                 r
             },
-            Channel::new,
+            move |env, ch| {
+                // `close()` ran while the channel was being opened: it must not outlive it
+                // (dropping it detaches it gracefully).
+                let mut list = channels.borrow_mut();
+                let Some(list) = list.as_mut() else {
+                    drop(ch);
+                    return Raw(Err(JsErr::machnet_closed().into_napi(env)));
+                };
+                let ch = Channel::new(env, ch);
+                list.retain(|(s, _)| s.strong_count() > 0);
+                list.push((Arc::downgrade(&ch.shared), Rc::downgrade(&ch.rx)));
+                // SAFETY: converts on the JavaScript thread, in the callback's scope.
+                Raw(unsafe { Channel::to_napi_value(env.raw(), ch) })
+            },
+        )
+    }
+
+    /// Closes this attachment: every channel opened from it is closed gracefully (as by
+    /// {@link Channel.close}: messages whose `send` resolved are still delivered, pending and
+    /// later operations of those channels reject with `ERR_MACHNET_CHANNEL_CLOSED`), then the
+    /// control connection. Later calls of this object fail with `ERR_MACHNET_CLOSED`. Closing
+    /// twice does nothing.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
+        let Some(m) = self.inner.borrow_mut().take() else {
+            return settled(env, Ok(()));
+        };
+        let why = JsErr::new(
+            errors::CHANNEL_CLOSED,
+            "the channel is closed: its Machnet was closed",
+        );
+        let closing: Vec<_> = (self.channels.borrow_mut().take())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(s, rx)| Some(detach(&s.upgrade()?, &*rx.upgrade()?, false, why.clone())))
+            .collect();
+        spawn(
+            env,
+            async move {
+                let mut first_err = None;
+                for done in closing {
+                    if let Err(e) = done.await {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                // The last handle of the control connection (the channels' went with them).
+                drop(m);
+                first_err.map_or(Ok(()), Err)
+            },
+            keep,
         )
     }
 }
@@ -424,7 +519,11 @@ pub(crate) struct Shared {
     pub(crate) ch: Mutex<Option<machnet::Channel>>,
     closed: watch::Sender<bool>,
     send_turn: Turnstile,
-    send_waiter: OnceLock<Waiter>,
+    /// The send side's registrations with tokio's reactor (made on first use); dropped when
+    /// the channel is closed, with the duplicates of the eventfd and control socket they hold.
+    send_waiter: std::sync::Mutex<Option<Arc<Waiter>>>,
+    /// Why the channel was closed (set once, with `closed`).
+    closed_why: OnceLock<JsErr>,
     /// Signalled when the receive side drained the app eventfd while a send waits for room: the
     /// drain may have swallowed the wake-up meant for the send (one eventfd serves both).
     drained: Notify,
@@ -464,7 +563,7 @@ impl Shared {
     async fn send(&self, ticket: u64, flow: machnet::Flow, data: Vec<u8>) -> JsResult<()> {
         let _turn = self.send_turn.turn(ticket).await;
         loop {
-            {
+            let waiter = {
                 let mut g = self.ch.lock().await;
                 let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
                 match ch.try_send(&flow, &data) {
@@ -475,10 +574,9 @@ impl Shared {
                 if ch.arm_send_wakeup(data.len())? {
                     continue;
                 }
-                register(&self.send_waiter, ch)?;
-            }
-            self.sleep(self.send_waiter.get().expect("registered"))
-                .await?;
+                register(&self.send_waiter, ch)?
+            };
+            self.sleep(&waiter).await?;
         }
     }
 
@@ -524,13 +622,18 @@ impl Shared {
     }
 }
 
-/// Registers `slot`'s waiter on first use (inside the runtime).
-fn register(slot: &OnceLock<Waiter>, ch: &machnet::Channel) -> JsResult<()> {
-    if slot.get().is_none() {
-        let w = Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd())?;
-        let _ = slot.set(w);
+/// `slot`'s waiter, registered on first use (inside the runtime).
+fn register(
+    slot: &std::sync::Mutex<Option<Arc<Waiter>>>,
+    ch: &machnet::Channel,
+) -> JsResult<Arc<Waiter>> {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = slot.as_ref() {
+        return Ok(w.clone());
     }
-    Ok(())
+    let w = Arc::new(Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd())?);
+    *slot = Some(w.clone());
+    Ok(w)
 }
 
 /// A channel: this thread's data path to one sidecar engine, carrying any number of flows.
@@ -565,7 +668,8 @@ impl Channel {
             ch: Mutex::new(Some(ch)),
             closed: watch::Sender::new(false),
             send_turn: Turnstile::new(),
-            send_waiter: OnceLock::new(),
+            send_waiter: std::sync::Mutex::new(None),
+            closed_why: OnceLock::new(),
             drained: Notify::new(),
         });
         Channel {
@@ -578,7 +682,12 @@ impl Channel {
     }
 
     fn closed_err<T>(&self) -> JsResult<T> {
-        Err(JsErr::channel_closed(None))
+        Err(self
+            .shared
+            .closed_why
+            .get()
+            .cloned()
+            .unwrap_or_else(|| JsErr::channel_closed(None)))
     }
 
     /// `listen` / `unlisten`: validates the port, then runs `op` once the channel is free.
@@ -807,9 +916,12 @@ impl Channel {
                 let Some(ch) = g.as_mut() else {
                     return settled(env, self.closed_err());
                 };
-                match ch.try_recv() {
+                let mut evs = Vec::new();
+                let next = events::next_message(ch, &mut evs);
+                drop(g);
+                self.rx.queue_events(evs);
+                match next {
                     Ok(Some(m)) => {
-                        drop(g);
                         let v = settled(env, Ok(Raw(self.rx.message_value(m))))?;
                         return Ok(PromiseRaw::new(env.raw(), v.raw()));
                     }
@@ -883,7 +995,13 @@ impl Channel {
                 Err(_) => Ok(None),
                 Ok(mut g) => match g.as_mut() {
                     None => self.closed_err(),
-                    Some(ch) => ch.try_recv().map_err(JsErr::from),
+                    Some(ch) => {
+                        let mut evs = Vec::new();
+                        let next = events::next_message(ch, &mut evs);
+                        drop(g);
+                        self.rx.queue_events(evs);
+                        next.map_err(JsErr::from)
+                    }
                 },
             }
         };
@@ -944,32 +1062,47 @@ impl Channel {
     /// `close` / `abort`: fails pending operations, then detaches the channel (`abort`: its
     /// flows are aborted).
     fn detach<'env>(&self, env: &'env Env, abort: bool) -> napi::Result<PromiseRaw<'env, ()>> {
-        let release = if abort {
-            machnet::Channel::abort_channel
-        } else {
-            machnet::Channel::close_channel
-        };
-        self.shared.closed.send_replace(true);
-        self.rx.shutdown(JsErr::channel_closed(None));
-        let s = self.shared.clone();
-        spawn(
-            env,
-            async move {
-                let ch = s.ch.lock().await.take();
-                if let Some(ch) = ch {
-                    let m = ch.machnet().clone();
-                    tokio::task::spawn_blocking(move || release(ch))
-                        .await
-                        .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
-                        .or_else(|e| match gone_or(&m, e) {
-                            // Nothing left to close.
-                            e if e.code() == errors::SIDECAR_GONE => Ok(()),
-                            e => Err(e),
-                        })?;
-                }
-                Ok(())
-            },
-            keep,
-        )
+        let done = detach(&self.shared, &self.rx, abort, JsErr::channel_closed(None));
+        spawn(env, done, keep)
+    }
+}
+
+/// Closes a channel (`abort`: aborting its flows): pending and later operations fail with
+/// `why` (receives at once, on this thread); the returned future detaches the channel from the
+/// sidecar. Closing a closed channel does nothing.
+fn detach(
+    shared: &Arc<Shared>,
+    rx: &uvrecv::Receiver,
+    abort: bool,
+    why: JsErr,
+) -> impl Future<Output = JsResult<()>> + Send + 'static {
+    let release = if abort {
+        machnet::Channel::abort_channel
+    } else {
+        machnet::Channel::close_channel
+    };
+    let _ = shared.closed_why.set(why.clone());
+    shared.closed.send_replace(true);
+    rx.shutdown(why);
+    let s = shared.clone();
+    async move {
+        let ch = s.ch.lock().await.take();
+        // No send can register again (the channel is gone): release the reactor's duplicates.
+        s.send_waiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(ch) = ch {
+            let m = ch.machnet().clone();
+            tokio::task::spawn_blocking(move || release(ch))
+                .await
+                .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
+                .or_else(|e| match gone_or(&m, e) {
+                    // Nothing left to close.
+                    e if e.code() == errors::SIDECAR_GONE => Ok(()),
+                    e => Err(e),
+                })?;
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@
 //! tokio runtime. This thread only `try_lock`s it; if another operation holds it, the receiver
 //! has a tokio task wait for the lock, then pumps again ("kick").
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_int, c_void};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,6 +26,7 @@ use napi::bindgen_prelude::ToNapiValue;
 use napi::{sys, Env};
 
 use crate::errors::{JsErr, SIDECAR_GONE};
+use crate::events::{self, FlowEvent};
 use crate::{Bytes, Flow, Shared};
 
 #[allow(non_camel_case_types)]
@@ -197,6 +198,10 @@ pub struct Receiver {
     /// The JavaScript `Flow` object of each flow handle (weak references): every message of a
     /// flow carries the same object, the one `connect` returned.
     flows: RefCell<HashMap<u32, sys::napi_ref>>,
+    /// Flow events read from the ring, not emitted yet (module [`events`]).
+    events: RefCell<Vec<FlowEvent>>,
+    /// Emitting [`Receiver::events`] is scheduled.
+    emit_scheduled: Cell<bool>,
 }
 
 impl Receiver {
@@ -220,6 +225,8 @@ impl Receiver {
                 ..State::default()
             }),
             flows: RefCell::new(HashMap::new()),
+            events: RefCell::new(Vec::new()),
+            emit_scheduled: Cell::new(false),
         })
     }
 
@@ -302,6 +309,9 @@ impl Receiver {
         };
         // Closing (uv_close) happens on drop; callbacks already queued find no receiver work.
         drop(polls);
+        // The flows still open end with the channel (with an error if the sidecar died).
+        let flow_err = (err.code() == SIDECAR_GONE).then(|| err.clone());
+        self.queue_events(vec![FlowEvent::ChannelEnded(flow_err)]);
         self.fail_all(err);
     }
 
@@ -498,7 +508,10 @@ impl Receiver {
                 self.fail_all(JsErr::channel_closed(None));
                 return;
             };
-            match ch.try_recv() {
+            let mut evs = Vec::new();
+            let next = events::next_message(ch, &mut evs);
+            self.queue_events(evs);
+            match next {
                 Ok(Some(m)) => {
                     drop(g);
                     self.settle_front(Ok(m));
@@ -530,6 +543,106 @@ impl Receiver {
                     return;
                 }
             }
+        }
+    }
+
+    /// Queues flow events read from the ring; they are emitted soon after, on this thread but
+    /// outside the current call (listeners never run inside a `recv()` or `tryRecv()` call).
+    pub fn queue_events(&self, evs: Vec<FlowEvent>) {
+        if evs.is_empty() {
+            return;
+        }
+        self.events.borrow_mut().extend(evs);
+        if self.emit_scheduled.replace(true) {
+            return;
+        }
+        let Some(me) = self.this.upgrade() else {
+            return;
+        };
+        let env = self.env();
+        let r = env.spawn_future_with_callback(async { Ok(()) }, move |_, ()| {
+            me.emit_scheduled.set(false);
+            me.emit_events();
+            Ok(())
+        });
+        if r.is_err() {
+            // Without a runtime nothing can be emitted: do not keep the events.
+            self.emit_scheduled.set(false);
+            self.events.borrow_mut().clear();
+        }
+    }
+
+    /// The JavaScript object of flow `handle`, if the application still holds one (nobody can
+    /// listen on a flow object that does not exist).
+    fn cached_flow(&self, handle: u32) -> Option<sys::napi_value> {
+        let r = *self.flows.borrow().get(&handle)?;
+        let mut v = ptr::null_mut();
+        // SAFETY: a reference created by `flow_value` on this environment.
+        unsafe { sys::napi_get_reference_value(self.env, r, &mut v) };
+        (!v.is_null()).then_some(v)
+    }
+
+    /// Forgets the object of a flow that is gone (its handle may name a new flow later).
+    fn forget_flow(&self, handle: u32) {
+        if let Some(r) = self.flows.borrow_mut().remove(&handle) {
+            // SAFETY: a reference created by `flow_value` on this environment.
+            unsafe { sys::napi_delete_reference(self.env, r) };
+        }
+    }
+
+    /// Emits the queued flow events on the flows' objects (module [`events`]).
+    fn emit_events(&self) {
+        let evs = std::mem::take(&mut *self.events.borrow_mut());
+        for ev in evs {
+            match ev {
+                FlowEvent::End(flow) => {
+                    if let Some(v) = self.cached_flow(flow.handle()) {
+                        // SAFETY: on the JavaScript thread, in the callback's handle scope.
+                        unsafe { events::emit(self.env, v, c"end", &[]) };
+                    }
+                }
+                FlowEvent::Closed(flow, reason) => {
+                    let v = self.cached_flow(flow.handle());
+                    self.forget_flow(flow.handle());
+                    if let Some(v) = v {
+                        self.emit_close(v, events::flow_error(&flow, reason));
+                    }
+                }
+                FlowEvent::ChannelEnded(err) => {
+                    let handles: Vec<u32> = self.flows.borrow().keys().copied().collect();
+                    for h in handles {
+                        let v = self.cached_flow(h);
+                        self.forget_flow(h);
+                        if let Some(v) = v {
+                            self.emit_close(v, err.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `'error'` (if listened to) and `'close'` `(hadError, error)` on flow object `flow`.
+    fn emit_close(&self, flow: sys::napi_value, err: Option<JsErr>) {
+        let env = self.env;
+        // SAFETY: napi calls on the JavaScript thread, in the callback's handle scope.
+        unsafe {
+            let mut undefined = ptr::null_mut();
+            sys::napi_get_undefined(env, &mut undefined);
+            let errv = match err {
+                None => None,
+                Some(e) => e.into_value(&self.env()).ok().inspect(|&v| {
+                    sys::napi_set_named_property(env, v, c"flow".as_ptr(), flow);
+                }),
+            };
+            let mut had_error = ptr::null_mut();
+            sys::napi_get_boolean(env, errv.is_some(), &mut had_error);
+            if let Some(e) = errv {
+                if events::has_listeners(env, flow, c"error") {
+                    events::emit(env, flow, c"error", &[e]);
+                }
+            }
+            events::emit(env, flow, c"close", &[had_error, errv.unwrap_or(undefined)]);
         }
     }
 

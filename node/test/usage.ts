@@ -1,5 +1,5 @@
 // Type-checked with `tsc --strict` in CI (ci/node.sh): the public API as a TypeScript user sees it.
-import { attach, codes, Channel, Flow, Machnet, Message, MachnetError, ErrorCode } from 'machnet'
+import { attach, codes, Channel, Flow, FlowError, Machnet, Message, MachnetError, ErrorCode } from 'machnet'
 
 async function echoServer(ch: Channel): Promise<number> {
   let n = 0
@@ -18,6 +18,9 @@ async function client(): Promise<void> {
   await ch.listen(900)
   const flow: Flow = await ch.connect('10.0.0.2', 888, 5000)
   const port: number = flow.remotePort
+  flow.on('end', () => console.log('peer closed'))
+  flow.on('error', (err: FlowError) => console.log(err.code === 'ECONNRESET', err.flow.equals(flow)))
+  flow.once('close', (hadError: boolean, err?: FlowError) => console.log(hadError, err?.message))
   await ch.send(flow, Buffer.from('hello'))
   await ch.send(flow, new Uint8Array([1, 2, 3]))
   const queued: boolean = ch.trySend(flow, Buffer.alloc(8))
@@ -39,8 +42,14 @@ async function client(): Promise<void> {
   await ch.close()
   await ch[Symbol.asyncDispose]()
   await ch.abort()
+  await machnet.close()
+  await machnet[Symbol.asyncDispose]()
+  if (!machnet.closed) throw new Error('not closed')
   console.log(ip, port, queued, same, bytes.length, await echoServer(ch), ch.closed, machnet.isSidecarGone())
 }
+
+// @ts-expect-error: a flow has no 'data' event (messages come from the channel)
+void ((f: Flow) => f.on('data', (d: Buffer) => d))
 
 // @ts-expect-error: a string is not a message
 void (async (ch: Channel, f: Flow) => ch.send(f, 'text'))

@@ -1,0 +1,166 @@
+//! Flow events: what the receive side learns about flows besides their messages, and how it
+//! reaches JavaScript.
+//!
+//! Every read of the notification ring goes through [`next_message`], which returns the next
+//! message and collects the flow events it passes over (in ring order: a flow's end comes after
+//! its last message). The receiver emits them on the flows' JavaScript objects, which index.js
+//! makes `EventEmitter`s, following `net.Socket`:
+//!
+//! * `'end'`: the peer closed its side gracefully (every message it sent was delivered before).
+//!   This side is then closed too, as a `net.Socket` with `allowHalfOpen: false` does;
+//! * `'error'` (only if the flow has an `'error'` listener; an unhandled flow error does not
+//!   throw): the flow ended abnormally, with an `Error` whose `code` is the errno name of the
+//!   reason (`ECONNRESET`, `ETIMEDOUT`, …) and whose `flow` is the flow;
+//! * `'close'` `(hadError, error?)`: the flow is gone (always last).
+
+use std::ptr;
+use std::time::Duration;
+
+use machnet::{CloseCode, Event, RecvError};
+use napi::sys;
+
+use crate::errors::JsErr;
+
+/// A flow event waiting to be emitted.
+pub(crate) enum FlowEvent {
+    /// The peer closed its side gracefully (`'end'`).
+    End(machnet::Flow),
+    /// The flow is gone (`'close'`, after `'error'` for an abnormal end).
+    Closed(machnet::Flow, Option<CloseCode>),
+    /// The channel was closed or the sidecar is gone: every flow of the channel that is still
+    /// open ends (`'close'`; with an error for the sidecar's death).
+    ChannelEnded(Option<JsErr>),
+}
+
+/// The next message waiting in the channel (without waiting); the flow events passed over on
+/// the way are appended to `events`.
+pub(crate) fn next_message(
+    ch: &mut machnet::Channel,
+    events: &mut Vec<FlowEvent>,
+) -> Result<Option<(machnet::Flow, Vec<u8>)>, RecvError> {
+    loop {
+        match ch.next_event(Some(Duration::ZERO))? {
+            None => return Ok(None),
+            Some(Event::Message { flow, data }) => return Ok(Some((flow, data))),
+            Some(Event::PeerClosed { flow }) => {
+                // Close this side too (`allowHalfOpen: false`; the Rust client's receives do
+                // the same): otherwise the flow would stay half-closed, held by the sidecar.
+                // A failure means the channel is closing, which the next read reports.
+                let _ = ch.close(&flow);
+                events.push(FlowEvent::End(flow));
+            }
+            Some(Event::Closed { flow, reason }) => events.push(FlowEvent::Closed(flow, reason)),
+            // Accepted flows are named by their first message; a failed request ends with its
+            // flow's `Closed`.
+            Some(_) => {}
+        }
+    }
+}
+
+/// The error of a flow that ended for `reason`, or `None` for an orderly end (graceful, or
+/// closed / aborted by this application).
+pub(crate) fn flow_error(flow: &machnet::Flow, reason: Option<CloseCode>) -> Option<JsErr> {
+    use CloseCode as C;
+    let code = match reason {
+        None => "ECONNABORTED",
+        Some(C::Graceful | C::Aborted | C::Detached) => return None,
+        Some(C::Reset) => "ECONNRESET",
+        Some(C::TimedOut) => "ETIMEDOUT",
+        Some(C::Refused) => "ECONNREFUSED",
+        Some(C::MessageTooLarge) => "EMSGSIZE",
+        Some(C::Exhausted) => "ENOBUFS",
+        Some(C::Shutdown) => "ESHUTDOWN",
+        Some(C::ProtocolViolation | C::UnknownFlow | C::InvalidRequest | C::ChannelViolation) => {
+            "EPROTO"
+        }
+    };
+    let why = reason.map_or(
+        "closed for a reason this library does not know",
+        C::description,
+    );
+    Some(JsErr::new(code, format!("{flow}: {why}")))
+}
+
+/// Calls `target[method](...args)` if it is a function; returns its result. An exception thrown
+/// by the method (an event listener) is reported as uncaught, as Node does for listeners of
+/// I/O events.
+///
+/// # Safety
+/// On the JavaScript thread, inside a handle scope, with values of `env`.
+pub(crate) unsafe fn call_method(
+    env: sys::napi_env,
+    target: sys::napi_value,
+    method: &std::ffi::CStr,
+    args: &[sys::napi_value],
+) -> Option<sys::napi_value> {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let mut f = ptr::null_mut();
+        if sys::napi_get_named_property(env, target, method.as_ptr(), &mut f)
+            != sys::Status::napi_ok
+        {
+            return None;
+        }
+        let mut t = 0;
+        if sys::napi_typeof(env, f, &mut t) != sys::Status::napi_ok
+            || t != sys::ValueType::napi_function
+        {
+            return None;
+        }
+        let mut out = ptr::null_mut();
+        let status = sys::napi_call_function(env, target, f, args.len(), args.as_ptr(), &mut out);
+        if status == sys::Status::napi_ok {
+            return Some(out);
+        }
+        let mut pending = false;
+        sys::napi_is_exception_pending(env, &mut pending);
+        if pending {
+            let mut exc = ptr::null_mut();
+            sys::napi_get_and_clear_last_exception(env, &mut exc);
+            sys::napi_fatal_exception(env, exc);
+        }
+        None
+    }
+}
+
+/// `target.emit(name, ...args)`.
+///
+/// # Safety
+/// As [`call_method`].
+pub(crate) unsafe fn emit(
+    env: sys::napi_env,
+    target: sys::napi_value,
+    name: &std::ffi::CStr,
+    args: &[sys::napi_value],
+) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let mut argv = Vec::with_capacity(args.len() + 1);
+        let mut n = ptr::null_mut();
+        sys::napi_create_string_utf8(env, name.as_ptr(), name.count_bytes() as isize, &mut n);
+        argv.push(n);
+        argv.extend_from_slice(args);
+        call_method(env, target, c"emit", &argv);
+    }
+}
+
+/// Whether `target` has listeners for `name` (`target.listenerCount(name) > 0`).
+///
+/// # Safety
+/// As [`call_method`].
+pub(crate) unsafe fn has_listeners(
+    env: sys::napi_env,
+    target: sys::napi_value,
+    name: &std::ffi::CStr,
+) -> bool {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let mut n = ptr::null_mut();
+        sys::napi_create_string_utf8(env, name.as_ptr(), name.count_bytes() as isize, &mut n);
+        let Some(count) = call_method(env, target, c"listenerCount", &[n]) else {
+            return false;
+        };
+        let mut c = 0.0;
+        sys::napi_get_value_double(env, count, &mut c) == sys::Status::napi_ok && c > 0.0
+    }
+}
