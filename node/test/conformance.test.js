@@ -10,10 +10,13 @@
 //                      names the refusal, which is checked too)
 //   invalid_argument → ERR_MACHNET_EMPTY_MESSAGE
 //   too_large        → ERR_MACHNET_MESSAGE_TOO_LARGE
-//   reset            → ERR_MACHNET_FLOW_CLOSED (a later send; the binding has no event API and
-//                      its receives do not report flow ends, so the send is what reports it)
-//   closed           → ERR_MACHNET_FLOW_CLOSED (likewise: a receive that passes the peer's
-//                      graceful close closes this side, and the next send fails)
+//   reset            → ERR_MACHNET_FLOW_CLOSED (a later send on the flow)
+//   closed           → ERR_MACHNET_FLOW_CLOSED (a later send: the receive side that passes the
+//                      peer's graceful close closes this side too)
+//
+// Event names (a case's `event`) → the Flow's events (node/README.md, "Flow events"):
+//   reset            → 'error' with code ECONNRESET (naming the flow), then 'close'(true, err)
+//   peer_closed      → 'end' after the last message, then 'close'(false)
 const { test, before } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
@@ -55,6 +58,46 @@ const ERRORS = {
   closed: { code: codes.FLOW_CLOSED },
   timeout: { code: codes.TIMEOUT }, // not an error name of cases.json: recv_timeout uses it
 }
+/** What each event name of cases.json looks like on a Flow: the events in order, checked. */
+const EVENTS = {
+  reset(seen, flow) {
+    assert.deepEqual(seen.map((e) => e[0]), ['error', 'close'], 'reset: events')
+    const err = seen[0][1]
+    assert.equal(err.code, 'ECONNRESET', `reset: ${err.message}`)
+    assert.equal(err.flow, flow, 'reset: the error names another flow')
+    assert.deepEqual(seen[1].slice(1), [true, err], 'reset: close(hadError, err)')
+  },
+  peer_closed(seen) {
+    assert.deepEqual(seen, [['end'], ['close', false, undefined]], 'peer_closed: events')
+  },
+}
+
+/** Records the events of `flow` ([name, ...args] in order); `closed` resolves on 'close'. */
+function flowEvents(flow) {
+  const seen = []
+  flow.on('error', (err) => seen.push(['error', err]))
+  flow.on('end', () => seen.push(['end']))
+  const closed = new Promise((resolve) => flow.once('close', (...args) => resolve(seen.push(['close', ...args]))))
+  return { seen, closed }
+}
+
+/** Checks the case's `event` (if it names one) once the flow closed. Events are read by the
+ * receive side: tryRecv reads the notifications meanwhile (and must not deliver anything). */
+async function checkEvent(c, ch, flow, events) {
+  if (c.event === undefined) return
+  const check = EVENTS[c.event]
+  assert.ok(check, `case ${c.name}: unknown event ${JSON.stringify(c.event)} (update this runner)`)
+  let closed = false
+  events.closed.then(() => (closed = true))
+  const deadline = Date.now() + WAIT_MS
+  while (!closed) {
+    assert.ok(Date.now() < deadline, `the flow's 'close' event never came (${c.event})`)
+    assert.equal(ch.tryRecv(), null, 'a message arrived after the flow ended')
+    await sleep(5)
+  }
+  check(events.seen, flow)
+}
+
 const KV_STATUS = { ok: 0, not_found: 1, bad_request: 2, server_error: 3 }
 const KV_GET = 1
 const KV_SET = 2
@@ -175,10 +218,11 @@ const run = {
   async peer_goes_away(ch, c) {
     const ma = await attach(SOCKET_A())
     const server = await ma.openChannel()
-    let flow
+    let flow, events
     try {
       await server.listen(c.port)
       flow = await ch.connect(SERVER_IP(), c.port, WAIT_MS)
+      events = flowEvents(flow)
       await ch.send(flow, Buffer.from('ping'))
       const { flow: sflow, data } = await within(server.recv(), 'server recv')
       assert.equal(data.toString(), 'ping')
@@ -188,15 +232,17 @@ const run = {
       await server.abort()
     }
     await flowEnds(ch, flow, c.error)
+    await checkEvent(c, ch, flow, events)
   },
 
   async peer_closes_after_sending(ch, c) {
     const ma = await attach(SOCKET_A())
     const server = await ma.openChannel()
-    let flow
+    let flow, events
     try {
       await server.listen(c.port)
       flow = await ch.connect(SERVER_IP(), c.port, WAIT_MS)
+      events = flowEvents(flow)
       await ch.send(flow, Buffer.from('ping'))
       const { flow: sflow, data } = await within(server.recv(), 'server recv')
       assert.equal(data.toString(), 'ping')
@@ -208,8 +254,10 @@ const run = {
       const got = await recvOn(ch, flow, `message of ${n} bytes`)
       assert.equal(got.length, n, `message of ${n} bytes: ${got.length} received`)
       assert.ok(got.equals(pattern(n)), `message of ${n} bytes differs`)
+      assert.deepEqual(events.seen, [], `an event before the message of ${n} bytes was received`)
     }
     await flowEnds(ch, flow, c.error)
+    await checkEvent(c, ch, flow, events)
   },
 
   async kv(ch, c) {
