@@ -20,7 +20,7 @@ namespace Machnet
     /// channel that is never disposed is detached by its finalizer (gracefully too).
     /// <see cref="Abort"/> aborts the flows instead.
     /// </remarks>
-    public sealed unsafe class Channel : IDisposable
+    public sealed unsafe partial class Channel : IDisposable
     {
         /// <summary>Receive buffer for small messages, per thread (larger ones get an exact array).</summary>
         [ThreadStatic] private static byte[] scratch;
@@ -50,7 +50,10 @@ namespace Machnet
         ~Channel()
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
+            {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach((void*)ctx);
+            }
         }
 
         /// <summary>
@@ -63,6 +66,7 @@ namespace Machnet
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
             {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach((void*)ctx);
                 GC.SuppressFinalize(this);
             }
@@ -77,6 +81,7 @@ namespace Machnet
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
             {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach_abort((void*)ctx);
                 GC.SuppressFinalize(this);
             }
@@ -364,38 +369,6 @@ namespace Machnet
             return n > 0;
         }
 
-        /// <summary>
-        /// Waits for the next message. A message already waiting completes the task at once;
-        /// otherwise the wait blocks a thread-pool thread inside libmachnet (no spinning).
-        /// Cancelling <paramref name="cancellationToken"/> wakes the wait (libmachnet's
-        /// <c>machnet_interrupt</c>, repeated every few milliseconds until the wait has returned)
-        /// and cancels the task; nothing is consumed then.
-        /// </summary>
-        /// <param name="cancellationToken">Cancels the wait.</param>
-        /// <returns>A task that completes with the message, is cancelled, or faults with a
-        /// <see cref="MachnetException"/> / <see cref="ObjectDisposedException"/>.</returns>
-        public Task<Message> ReceiveAsync(CancellationToken cancellationToken = default(CancellationToken))
-        {
-            if (cancellationToken.IsCancellationRequested)
-                return Task.FromCanceled<Message>(cancellationToken);
-            try
-            {
-                Message m;
-                if (ReceiveCore(0, CancellationToken.None, out m))
-                    return Task.FromResult(m);
-            }
-            catch (Exception e)
-            {
-                return Task.FromException<Message>(e);
-            }
-            return Task.Factory.StartNew(() =>
-            {
-                Message m;
-                ReceiveCore(-1, cancellationToken, out m);
-                return m;
-            }, cancellationToken, TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
-        }
-
         /// <summary>Receives one message into an exact-size array; false if <paramref name="timeoutMs"/> passed.</summary>
         private bool ReceiveCore(int timeoutMs, CancellationToken ct, out Message message)
         {
@@ -525,6 +498,17 @@ namespace Machnet
                 }
                 GC.KeepAlive(this);
             }
+        }
+
+        /// <summary>The channel's pollable descriptor (<c>machnet_channel_fd</c>; from now on an empty
+        /// <c>machnet_recv</c> arms it).</summary>
+        private int ChannelFd()
+        {
+            int fd = NativeMethods.machnet_channel_fd(Handle);
+            if (fd < 0)
+                throw Fail("machnet_channel_fd", Interop.LastErrno());
+            GC.KeepAlive(this);
+            return fd;
         }
 
         /// <summary>Wakes every call blocked on this channel right now (they retry or see cancellation).</summary>
