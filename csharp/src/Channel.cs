@@ -355,6 +355,7 @@ namespace Machnet
             if (buffer.Count == 0)
                 throw new ArgumentException("the buffer is empty", "buffer");
             int ms = Interop.TimeoutMs(timeout, "timeout");
+            RaiseFlowEvents();
             MachnetFlow f;
             long n;
             fixed (byte* p = &buffer.Array[buffer.Offset])
@@ -369,9 +370,64 @@ namespace Machnet
             return n > 0;
         }
 
+        /// <summary>
+        /// Raised for each flow event (a peer closed or reset a flow, it timed out, ...) on the
+        /// thread of a receive call, before that call takes a message and before it waits or
+        /// reports a timeout. A pending <see cref="ReceiveAsync"/> wakes for events, so they are
+        /// raised promptly; a thread blocked in <see cref="Receive()"/> raises the events that came
+        /// meanwhile when its call returns. Several receiving threads may raise events at once.
+        /// An exception thrown by a handler propagates out of the receive call (no message is
+        /// lost: none was taken yet). Without a handler, events stay queued in libmachnet (up to
+        /// 1024, then counted in <see cref="FlowEventsDropped"/>) for <see cref="TryGetFlowEvent"/>.
+        /// </summary>
+        public event EventHandler<FlowEventArgs> FlowEvent;
+
+        /// <summary>
+        /// Takes the next flow event without waiting (the pull form of <see cref="FlowEvent"/>,
+        /// which takes them itself while it has handlers).
+        /// </summary>
+        /// <param name="flowEvent">The event, or null.</param>
+        /// <returns>Whether an event was waiting.</returns>
+        public bool TryGetFlowEvent(out FlowEventArgs flowEvent)
+        {
+            MachnetFlowEvent ev;
+            int r = NativeMethods.machnet_next_event(Handle, &ev);
+            if (r < 0)
+                throw Fail("machnet_next_event", Interop.LastErrno());
+            GC.KeepAlive(this);
+            flowEvent = r == 0 ? null : new FlowEventArgs(new Flow(ev.flow), (FlowEventKind)ev.kind, ev.err);
+            return r != 0;
+        }
+
+        /// <summary>How many flow events libmachnet did not keep because nobody took them (its
+        /// queue holds 1024 per channel).</summary>
+        public long FlowEventsDropped
+        {
+            get
+            {
+                long n = NativeMethods.machnet_events_dropped(Handle);
+                if (n < 0)
+                    throw Fail("machnet_events_dropped", Interop.LastErrno());
+                GC.KeepAlive(this);
+                return n;
+            }
+        }
+
+        /// <summary>Hands the queued flow events to the <see cref="FlowEvent"/> handlers, if any.</summary>
+        private void RaiseFlowEvents()
+        {
+            EventHandler<FlowEventArgs> handlers = Volatile.Read(ref FlowEvent);
+            if (handlers == null)
+                return;
+            FlowEventArgs ev;
+            while (TryGetFlowEvent(out ev))
+                handlers(this, ev);
+        }
+
         /// <summary>Receives one message into an exact-size array; false if <paramref name="timeoutMs"/> passed.</summary>
         private bool ReceiveCore(int timeoutMs, CancellationToken ct, out Message message)
         {
+            RaiseFlowEvents();
             byte[] buf = scratch ?? (scratch = new byte[ScratchSize]);
             long deadline = timeoutMs < 0 ? long.MaxValue : Stopwatch.GetTimestamp() + timeoutMs * Stopwatch.Frequency / 1000;
             while (true)
@@ -391,6 +447,7 @@ namespace Machnet
                 }
                 if (n == 0)
                 {
+                    RaiseFlowEvents();
                     message = null;
                     return false;
                 }

@@ -173,10 +173,33 @@ namespace Machnet
         public NotInitializedException(string operation, int errno, string message) : base(operation, errno, message) { }
     }
 
-    /// <summary>The flow is not open on this channel, or this side closed it (ENOTCONN, EPIPE).</summary>
+    /// <summary>
+    /// The flow is not open on this channel, or this side closed it (ENOTCONN, EPIPE); or, made by
+    /// <see cref="FlowEventArgs.ToException"/>, a flow event: then <see cref="Flow"/> and
+    /// <see cref="Kind"/> say which flow and what happened.
+    /// </summary>
     public class FlowClosedException : MachnetException
     {
+        /// <summary>The flow, when known (from a flow event); null for a failed call.</summary>
+        public Flow? Flow { get; }
+
+        /// <summary>What ended the flow, when known (from a flow event); null for a failed call.</summary>
+        public FlowEventKind? Kind { get; }
+
         /// <summary>See <see cref="MachnetException"/>.</summary>
         public FlowClosedException(string operation, int errno, string message) : base(operation, errno, message) { }
+
+        /// <summary>An exception for a flow event.</summary>
+        /// <param name="operation">The libmachnet function.</param>
+        /// <param name="errno">The errno value.</param>
+        /// <param name="message">The explanation.</param>
+        /// <param name="flow">The flow.</param>
+        /// <param name="kind">What happened to it.</param>
+        public FlowClosedException(string operation, int errno, string message, Flow flow, FlowEventKind kind)
+            : base(operation, errno, message)
+        {
+            Flow = flow;
+            Kind = kind;
+        }
     }
 }

@@ -668,6 +668,78 @@ namespace Machnet.Tests
             }
         }
 
+        /// <summary>The client aborts its channel: the server's pending ReceiveAsync wakes and
+        /// raises FlowEvent with Reset for that flow (before: nothing until the next send failed).</summary>
+        [Test]
+        public void PeerAbortIsAResetEventDuringReceiveAsync()
+        {
+            const ushort port = 7305;
+            using (Channel server = Env.Open(peer: true))
+            using (Channel client = Env.Open())
+            {
+                server.Listen(port);
+                Flow flow = client.Connect(Env.LocalIp, Env.PeerIp, port);
+                client.Send(flow, new byte[] { 7 });
+                Message first = server.Receive(Env.Long);
+                var seen = new TaskCompletionSource<FlowEventArgs>();
+                server.FlowEvent += (sender, ev) =>
+                {
+                    Assert.AreSame(server, sender);
+                    seen.TrySetResult(ev);
+                };
+                Task<Message> pending = server.ReceiveAsync();
+                client.Abort();
+                Assert.IsTrue(seen.Task.Wait(Env.Guard), "the reset was raised while ReceiveAsync waited");
+                FlowEventArgs e = seen.Task.Result;
+                Assert.AreEqual(FlowEventKind.Reset, e.Kind, e.ToString());
+                Assert.AreEqual(first.Flow, e.Flow, "the event names the flow (Source = the peer)");
+                Assert.AreEqual(104, e.Errno);
+                Assert.AreEqual("ECONNRESET", e.CodeName);
+                Assert.IsTrue(e.IsTerminal);
+                Assert.IsFalse(pending.IsCompleted, "an event is not a message");
+                FlowClosedException ex = e.ToException();
+                Assert.AreEqual(e.Flow, ex.Flow);
+                Assert.AreEqual(FlowEventKind.Reset, ex.Kind);
+                Assert.Throws<FlowClosedException>(() => server.Send(first.Flow, new byte[] { 1 }));
+                Assert.AreEqual(0, server.FlowEventsDropped);
+            }
+        }
+
+        /// <summary>Without a handler, events wait for TryGetFlowEvent: a graceful close by the peer
+        /// gives PeerClosed, then Closed with errno 0, after the peer's last message.</summary>
+        [Test]
+        public void PeerCloseIsPeerClosedThenClosedForTryGetFlowEvent()
+        {
+            const ushort port = 7306;
+            using (Channel server = Env.Open(peer: true))
+            using (Channel client = Env.Open())
+            {
+                server.Listen(port);
+                Flow flow = client.Connect(Env.LocalIp, Env.PeerIp, port);
+                client.Send(flow, new byte[] { 1, 2, 3 });
+                client.CloseFlow(flow);
+                Message last = server.Receive(Env.Long);
+                Assert.AreEqual(new byte[] { 1, 2, 3 }, last.Data);
+                var kinds = new System.Collections.Generic.List<FlowEventKind>();
+                var deadline = DateTime.UtcNow + Env.Guard;
+                while (!kinds.Contains(FlowEventKind.Closed) && DateTime.UtcNow < deadline)
+                {
+                    FlowEventArgs ev;
+                    if (server.TryGetFlowEvent(out ev))
+                    {
+                        Assert.AreEqual(last.Flow, ev.Flow);
+                        kinds.Add(ev.Kind);
+                        if (ev.Kind == FlowEventKind.Closed)
+                            Assert.AreEqual(0, ev.Errno, "a graceful end");
+                        continue;
+                    }
+                    Message m;
+                    Assert.IsFalse(server.TryReceive(TimeSpan.FromMilliseconds(20), out m), "no message after the last one");
+                }
+                CollectionAssert.AreEqual(new[] { FlowEventKind.PeerClosed, FlowEventKind.Closed }, kinds);
+            }
+        }
+
         [Test]
         public void ConcurrentSendAndReceiveOnOneChannel()
         {
