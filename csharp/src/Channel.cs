@@ -20,7 +20,7 @@ namespace Machnet
     /// channel that is never disposed is detached by its finalizer (gracefully too).
     /// <see cref="Abort"/> aborts the flows instead.
     /// </remarks>
-    public sealed unsafe class Channel : IDisposable
+    public sealed unsafe partial class Channel : IDisposable
     {
         /// <summary>Receive buffer for small messages, per thread (larger ones get an exact array).</summary>
         [ThreadStatic] private static byte[] scratch;
@@ -50,7 +50,10 @@ namespace Machnet
         ~Channel()
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
+            {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach((void*)ctx);
+            }
         }
 
         /// <summary>
@@ -63,6 +66,7 @@ namespace Machnet
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
             {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach((void*)ctx);
                 GC.SuppressFinalize(this);
             }
@@ -77,6 +81,7 @@ namespace Machnet
         {
             if (Interlocked.Exchange(ref disposed, 1) == 0)
             {
+                ReleaseAsyncResources();
                 NativeMethods.machnet_detach_abort((void*)ctx);
                 GC.SuppressFinalize(this);
             }
@@ -350,6 +355,7 @@ namespace Machnet
             if (buffer.Count == 0)
                 throw new ArgumentException("the buffer is empty", "buffer");
             int ms = Interop.TimeoutMs(timeout, "timeout");
+            RaiseFlowEvents();
             MachnetFlow f;
             long n;
             fixed (byte* p = &buffer.Array[buffer.Offset])
@@ -365,40 +371,63 @@ namespace Machnet
         }
 
         /// <summary>
-        /// Waits for the next message. A message already waiting completes the task at once;
-        /// otherwise the wait blocks a thread-pool thread inside libmachnet (no spinning).
-        /// Cancelling <paramref name="cancellationToken"/> wakes the wait (libmachnet's
-        /// <c>machnet_interrupt</c>, repeated every few milliseconds until the wait has returned)
-        /// and cancels the task; nothing is consumed then.
+        /// Raised for each flow event (a peer closed or reset a flow, it timed out, ...) on the
+        /// thread of a receive call, before that call takes a message and before it waits or
+        /// reports a timeout. A pending <see cref="ReceiveAsync"/> wakes for events, so they are
+        /// raised promptly; a thread blocked in <see cref="Receive()"/> raises the events that came
+        /// meanwhile when its call returns. Several receiving threads may raise events at once.
+        /// An exception thrown by a handler propagates out of the receive call (no message is
+        /// lost: none was taken yet). Without a handler, events stay queued in libmachnet (up to
+        /// 1024, then counted in <see cref="FlowEventsDropped"/>) for <see cref="TryGetFlowEvent"/>.
         /// </summary>
-        /// <param name="cancellationToken">Cancels the wait.</param>
-        /// <returns>A task that completes with the message, is cancelled, or faults with a
-        /// <see cref="MachnetException"/> / <see cref="ObjectDisposedException"/>.</returns>
-        public Task<Message> ReceiveAsync(CancellationToken cancellationToken = default(CancellationToken))
+        public event EventHandler<FlowEventArgs> FlowEvent;
+
+        /// <summary>
+        /// Takes the next flow event without waiting (the pull form of <see cref="FlowEvent"/>,
+        /// which takes them itself while it has handlers).
+        /// </summary>
+        /// <param name="flowEvent">The event, or null.</param>
+        /// <returns>Whether an event was waiting.</returns>
+        public bool TryGetFlowEvent(out FlowEventArgs flowEvent)
         {
-            if (cancellationToken.IsCancellationRequested)
-                return Task.FromCanceled<Message>(cancellationToken);
-            try
+            MachnetFlowEvent ev;
+            int r = NativeMethods.machnet_next_event(Handle, &ev);
+            if (r < 0)
+                throw Fail("machnet_next_event", Interop.LastErrno());
+            GC.KeepAlive(this);
+            flowEvent = r == 0 ? null : new FlowEventArgs(new Flow(ev.flow), (FlowEventKind)ev.kind, ev.err);
+            return r != 0;
+        }
+
+        /// <summary>How many flow events libmachnet did not keep because nobody took them (its
+        /// queue holds 1024 per channel).</summary>
+        public long FlowEventsDropped
+        {
+            get
             {
-                Message m;
-                if (ReceiveCore(0, CancellationToken.None, out m))
-                    return Task.FromResult(m);
+                long n = NativeMethods.machnet_events_dropped(Handle);
+                if (n < 0)
+                    throw Fail("machnet_events_dropped", Interop.LastErrno());
+                GC.KeepAlive(this);
+                return n;
             }
-            catch (Exception e)
-            {
-                return Task.FromException<Message>(e);
-            }
-            return Task.Factory.StartNew(() =>
-            {
-                Message m;
-                ReceiveCore(-1, cancellationToken, out m);
-                return m;
-            }, cancellationToken, TaskCreationOptions.DenyChildAttach, TaskScheduler.Default);
+        }
+
+        /// <summary>Hands the queued flow events to the <see cref="FlowEvent"/> handlers, if any.</summary>
+        private void RaiseFlowEvents()
+        {
+            EventHandler<FlowEventArgs> handlers = Volatile.Read(ref FlowEvent);
+            if (handlers == null)
+                return;
+            FlowEventArgs ev;
+            while (TryGetFlowEvent(out ev))
+                handlers(this, ev);
         }
 
         /// <summary>Receives one message into an exact-size array; false if <paramref name="timeoutMs"/> passed.</summary>
         private bool ReceiveCore(int timeoutMs, CancellationToken ct, out Message message)
         {
+            RaiseFlowEvents();
             byte[] buf = scratch ?? (scratch = new byte[ScratchSize]);
             long deadline = timeoutMs < 0 ? long.MaxValue : Stopwatch.GetTimestamp() + timeoutMs * Stopwatch.Frequency / 1000;
             while (true)
@@ -418,6 +447,7 @@ namespace Machnet
                 }
                 if (n == 0)
                 {
+                    RaiseFlowEvents();
                     message = null;
                     return false;
                 }
@@ -525,6 +555,17 @@ namespace Machnet
                 }
                 GC.KeepAlive(this);
             }
+        }
+
+        /// <summary>The channel's pollable descriptor (<c>machnet_channel_fd</c>; from now on an empty
+        /// <c>machnet_recv</c> arms it).</summary>
+        private int ChannelFd()
+        {
+            int fd = NativeMethods.machnet_channel_fd(Handle);
+            if (fd < 0)
+                throw Fail("machnet_channel_fd", Interop.LastErrno());
+            GC.KeepAlive(this);
+            return fd;
         }
 
         /// <summary>Wakes every call blocked on this channel right now (they retry or see cancellation).</summary>

@@ -4,16 +4,40 @@ using Machnet.Native;
 namespace Machnet
 {
     /// <summary>
-    /// A failed Machnet call: the C function, the <c>errno</c> value libmachnet set and its detailed
-    /// message. Subclasses name the conditions an application usually handles.
+    /// What every exception libmachnet's failures become has: the C function, the <c>errno</c> value
+    /// and its symbolic name. Implemented by <see cref="MachnetException"/> and by
+    /// <see cref="MachnetTimeoutException"/> (which derives from <see cref="TimeoutException"/>
+    /// instead, so <c>catch (TimeoutException)</c> sees Machnet's timeouts); catch
+    /// <c>Exception e when e is IMachnetError</c> (C# 6) to handle both.
     /// </summary>
-    public class MachnetException : Exception
+    public interface IMachnetError
+    {
+        /// <summary>The libmachnet function that failed, e.g. <c>machnet_send</c>.</summary>
+        string Operation { get; }
+
+        /// <summary>The Linux <c>errno</c> value libmachnet reported (e.g. 111 for ECONNREFUSED).</summary>
+        int Errno { get; }
+
+        /// <summary>The symbolic name of <see cref="Errno"/>, e.g. <c>"ECONNREFUSED"</c> (<c>"errno 123"</c> for one libmachnet does not document).</summary>
+        string CodeName { get; }
+    }
+
+    /// <summary>
+    /// A failed Machnet call: the C function, the <c>errno</c> value libmachnet set and its detailed
+    /// message. Subclasses name the conditions an application usually handles; a timeout is a
+    /// <see cref="MachnetTimeoutException"/>, which is a <see cref="TimeoutException"/> and not
+    /// one of these (both are <see cref="IMachnetError"/>).
+    /// </summary>
+    public class MachnetException : Exception, IMachnetError
     {
         /// <summary>The libmachnet function that failed, e.g. <c>machnet_send</c>.</summary>
         public string Operation { get; }
 
         /// <summary>The Linux <c>errno</c> value libmachnet reported (e.g. 111 for ECONNREFUSED).</summary>
         public int Errno { get; }
+
+        /// <summary>The symbolic name of <see cref="Errno"/>, e.g. <c>"ECONNREFUSED"</c>.</summary>
+        public string CodeName { get { return LinuxErrno.Name(Errno); } }
 
         /// <summary>Creates an exception for <paramref name="operation"/> failing with <paramref name="errno"/>.</summary>
         /// <param name="operation">The libmachnet function.</param>
@@ -29,9 +53,10 @@ namespace Machnet
         /// <summary>
         /// Builds the exception for the current thread's failed call to <paramref name="operation"/>:
         /// the most specific subclass for <paramref name="errno"/>, with libmachnet's detailed message.
-        /// Must run on the thread that made the call (the detail is thread-local).
+        /// Must run on the thread that made the call (the detail is thread-local). ETIMEDOUT gives a
+        /// <see cref="MachnetTimeoutException"/> (not a MachnetException: see there).
         /// </summary>
-        internal static MachnetException FromErrno(string operation, int errno, long needed = 0)
+        internal static Exception FromErrno(string operation, int errno, long needed = 0)
         {
             string detail = Interop.LastError();
             if (string.IsNullOrEmpty(detail))
@@ -73,10 +98,33 @@ namespace Machnet
     /// A wait ran out of time: a connection attempt (ETIMEDOUT from libmachnet) or a
     /// <see cref="Channel.Receive(TimeSpan)"/> with no message in time.
     /// </summary>
-    public class MachnetTimeoutException : MachnetException
+    /// <remarks>
+    /// A <see cref="TimeoutException"/>, as .NET code expects of a timeout; C# has single
+    /// inheritance, so it is not a <see cref="MachnetException"/>: both implement
+    /// <see cref="IMachnetError"/> (<see cref="Operation"/>, <see cref="Errno"/> 110,
+    /// <see cref="CodeName"/> "ETIMEDOUT").
+    /// </remarks>
+    public class MachnetTimeoutException : TimeoutException, IMachnetError
     {
-        /// <summary>See <see cref="MachnetException"/>.</summary>
-        public MachnetTimeoutException(string operation, int errno, string message) : base(operation, errno, message) { }
+        /// <summary>The libmachnet function (or binding operation) that timed out.</summary>
+        public string Operation { get; }
+
+        /// <summary>ETIMEDOUT (110).</summary>
+        public int Errno { get; }
+
+        /// <summary>"ETIMEDOUT".</summary>
+        public string CodeName { get { return LinuxErrno.Name(Errno); } }
+
+        /// <summary>Creates a timeout exception for <paramref name="operation"/>.</summary>
+        /// <param name="operation">The libmachnet function.</param>
+        /// <param name="errno">The errno value (ETIMEDOUT).</param>
+        /// <param name="message">The explanation shown to people.</param>
+        public MachnetTimeoutException(string operation, int errno, string message)
+            : base(message)
+        {
+            Operation = operation;
+            Errno = errno;
+        }
     }
 
     /// <summary>Another channel already listens on the port (EADDRINUSE).</summary>
@@ -125,10 +173,33 @@ namespace Machnet
         public NotInitializedException(string operation, int errno, string message) : base(operation, errno, message) { }
     }
 
-    /// <summary>The flow is not open on this channel, or this side closed it (ENOTCONN, EPIPE).</summary>
+    /// <summary>
+    /// The flow is not open on this channel, or this side closed it (ENOTCONN, EPIPE); or, made by
+    /// <see cref="FlowEventArgs.ToException"/>, a flow event: then <see cref="Flow"/> and
+    /// <see cref="Kind"/> say which flow and what happened.
+    /// </summary>
     public class FlowClosedException : MachnetException
     {
+        /// <summary>The flow, when known (from a flow event); null for a failed call.</summary>
+        public Flow? Flow { get; }
+
+        /// <summary>What ended the flow, when known (from a flow event); null for a failed call.</summary>
+        public FlowEventKind? Kind { get; }
+
         /// <summary>See <see cref="MachnetException"/>.</summary>
         public FlowClosedException(string operation, int errno, string message) : base(operation, errno, message) { }
+
+        /// <summary>An exception for a flow event.</summary>
+        /// <param name="operation">The libmachnet function.</param>
+        /// <param name="errno">The errno value.</param>
+        /// <param name="message">The explanation.</param>
+        /// <param name="flow">The flow.</param>
+        /// <param name="kind">What happened to it.</param>
+        public FlowClosedException(string operation, int errno, string message, Flow flow, FlowEventKind kind)
+            : base(operation, errno, message)
+        {
+            Flow = flow;
+            Kind = kind;
+        }
     }
 }

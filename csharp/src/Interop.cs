@@ -18,6 +18,35 @@ namespace Machnet
         internal const int ENOTCONN = 107;
         internal const int ETIMEDOUT = 110;
         internal const int ECONNREFUSED = 111;
+        internal const int EIO = 5;
+        internal const int EAGAIN = 11;
+        internal const int ENOMEM = 12;
+        internal const int EADDRNOTAVAIL = 99;
+        internal const int ENOBUFS = 105;
+
+        /// <summary>The symbolic name of an errno value libmachnet reports ("errno N" otherwise).</summary>
+        internal static string Name(int errno)
+        {
+            switch (errno)
+            {
+                case EINTR: return "EINTR";
+                case EIO: return "EIO";
+                case EBADF: return "EBADF";
+                case EAGAIN: return "EAGAIN";
+                case ENOMEM: return "ENOMEM";
+                case EINVAL: return "EINVAL";
+                case EPIPE: return "EPIPE";
+                case EMSGSIZE: return "EMSGSIZE";
+                case EADDRINUSE: return "EADDRINUSE";
+                case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+                case ECONNRESET: return "ECONNRESET";
+                case ENOBUFS: return "ENOBUFS";
+                case ENOTCONN: return "ENOTCONN";
+                case ETIMEDOUT: return "ETIMEDOUT";
+                case ECONNREFUSED: return "ECONNREFUSED";
+                default: return "errno " + errno;
+            }
+        }
     }
 
     /// <summary>Marshalling helpers around the generated <see cref="NativeMethods"/>.</summary>

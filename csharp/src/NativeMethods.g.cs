@@ -24,6 +24,42 @@ namespace Machnet.Native
         ///  find a sidecar started at the original's path.
         /// </summary>
         internal const string ORIGINAL_SOCKET_PATH = "/var/run/machnet/machnet_ctrl.sock";
+        /// <summary>
+        ///  The peer closed the flow: no further message will arrive on it. This side of the flow is
+        ///  closed too (as the receive calls always did), so sends on it fail (`EPIPE`, then
+        ///  `ENOTCONN`). A terminal event (`MACHNET_EVENT_CLOSED`) follows once the flow is gone.
+        /// </summary>
+        internal const uint MACHNET_EVENT_PEER_CLOSED = 1;
+        /// <summary>
+        ///  The peer reset the flow (it aborted, or its application went away without closing): the
+        ///  flow is gone; messages it had not delivered are lost. `err` is `ECONNRESET`.
+        /// </summary>
+        internal const uint MACHNET_EVENT_RESET = 2;
+        /// <summary>
+        ///  The peer stopped answering: the flow is gone. `err` is `ETIMEDOUT`.
+        /// </summary>
+        internal const uint MACHNET_EVENT_TIMED_OUT = 3;
+        /// <summary>
+        ///  The peer refused the flow: it is gone. `err` is `ECONNREFUSED`.
+        /// </summary>
+        internal const uint MACHNET_EVENT_REFUSED = 4;
+        /// <summary>
+        ///  The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
+        ///  otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
+        ///  `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+        /// </summary>
+        internal const uint MACHNET_EVENT_CLOSED = 5;
+        /// <summary>
+        ///  The sidecar could not carry out a request this channel made on the flow (a send that raced
+        ///  with the flow's end, for instance): that message was not sent. `err` says why (as for
+        ///  `MACHNET_EVENT_CLOSED`; `ENOTCONN` if the sidecar gave no known reason).
+        /// </summary>
+        internal const uint MACHNET_EVENT_REQUEST_FAILED = 6;
+        /// <summary>
+        ///  How many events a channel context keeps by default before it counts further ones as
+        ///  dropped (`machnet_set_event_limit` changes it; `machnet_events_dropped` tells the count).
+        /// </summary>
+        internal const uint MACHNET_EVENT_LIMIT_DEFAULT = 1024;
 
 
 
@@ -199,6 +235,53 @@ namespace Machnet.Native
         internal static extern int machnet_interrupt(void* channel_ctx);
 
         /// <summary>
+        ///  Extension: the next flow event of this channel, without waiting. Flow events are what
+        ///  happens to the channel's flows besides messages: the peer closed a flow
+        ///  (`MACHNET_EVENT_PEER_CLOSED`), a flow was reset (`MACHNET_EVENT_RESET`), timed out
+        ///  (`MACHNET_EVENT_TIMED_OUT`), was refused (`MACHNET_EVENT_REFUSED`) or ended
+        ///  (`MACHNET_EVENT_CLOSED`, `err` 0 after a graceful end), or a request on it failed
+        ///  (`MACHNET_EVENT_REQUEST_FAILED`). Each flow that ends yields one terminal event (reset,
+        ///  timed out, refused or closed), after every message that arrived on it and possibly after a
+        ///  `MACHNET_EVENT_PEER_CLOSED`.
+        ///
+        ///  The receive calls (`machnet_recv`, `machnet_recv_timeout`, `machnet_recvmsg`,
+        ///  `machnet_peek`) keep the events they come across, in order, for this call: up to
+        ///  `MACHNET_EVENT_LIMIT_DEFAULT` (1024) per channel context unless `machnet_set_event_limit`
+        ///  says otherwise; further ones are not kept and are counted (`machnet_events_dropped`). A
+        ///  program that never calls this function behaves as before: the receives skip the events
+        ///  (closing this side of a flow whose peer closed) and the queue stops at its limit. When no
+        ///  event is queued this call looks at the channel itself, up to the next message (which then
+        ///  waits for the next receive call: events behind it follow once it is received).
+        ///
+        ///  With `machnet_channel_fd`: the descriptor becomes readable when an event arrives, as for a
+        ///  message. Before sleeping on it, call `machnet_recv` until it returns 0 and this function
+        ///  until it returns 0.
+        ///
+        ///  Returns 1 if an event was copied to `*ev`, 0 if none is waiting, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_next_event", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_next_event(void* channel_ctx, MachnetFlowEvent* ev);
+
+        /// <summary>
+        ///  Extension: sets how many flow events this channel context keeps for `machnet_next_event`
+        ///  (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
+        ///  queued ones beyond a lowered limit (the newest first), are dropped and counted.
+        ///
+        ///  Returns 0 on success, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_set_event_limit", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_set_event_limit(void* channel_ctx, System.UIntPtr limit);
+
+        /// <summary>
+        ///  Extension: how many flow events this channel context dropped because its event queue was
+        ///  full (see `machnet_next_event`).
+        ///
+        ///  Returns the count, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_events_dropped", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern long machnet_events_dropped(void* channel_ctx);
+
+        /// <summary>
         ///  Extension: Machnet's explanation of an errno value set by this library (a static string).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_strerror", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
@@ -291,6 +374,26 @@ namespace Machnet.Native
         ///  Flags (none defined; 0).
         /// </summary>
         public ushort flags;
+    }
+
+    /// <summary>
+    ///  One flow event (`machnet_next_event`).
+    /// </summary>
+    [StructLayout(LayoutKind.Sequential)]
+    internal unsafe partial struct MachnetFlowEvent
+    {
+        /// <summary>
+        ///  The flow, oriented as a received message's: `src` = the peer, `dst` = this sidecar.
+        /// </summary>
+        public MachnetFlow flow;
+        /// <summary>
+        ///  What happened: one of the `MACHNET_EVENT_` constants.
+        /// </summary>
+        public uint kind;
+        /// <summary>
+        ///  The reason as an errno value (0 for a graceful end; see each kind).
+        /// </summary>
+        public int err;
     }
 
 

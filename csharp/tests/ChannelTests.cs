@@ -216,6 +216,15 @@ namespace Machnet.Tests
             Assert.IsFalse(ch.TryReceive(TimeSpan.FromMilliseconds(30), out m));
             var ex = Assert.Throws<MachnetTimeoutException>(() => ch.Receive(TimeSpan.FromMilliseconds(30)));
             Assert.AreEqual(110, ex.Errno);
+            Assert.AreEqual("ETIMEDOUT", ex.CodeName);
+            // A System.TimeoutException (what .NET code catches for timeouts) and an IMachnetError.
+            Assert.IsInstanceOf<TimeoutException>(ex);
+            Assert.IsInstanceOf<IMachnetError>(ex);
+            Assert.Throws<MachnetTimeoutException>(() =>
+            {
+                try { ch.Receive(TimeSpan.FromMilliseconds(1)); }
+                catch (MachnetException) { Assert.Fail("a timeout is not a MachnetException"); }
+            });
             // The channel still works afterwards.
             ch.Send(flow, new byte[] { 42 });
             Assert.AreEqual(new byte[] { 42 }, ch.Receive(Env.Long).Data);
@@ -239,6 +248,101 @@ namespace Machnet.Tests
             byte[] sent = Env.Pattern(777, 6);
             ch.Send(flow, sent);
             Env.AssertSameBytes(sent, ch.Receive(Env.Long).Data);
+        }
+
+        /// <summary>Pending ReceiveAsync calls wait on the channel fd in the process's poller thread:
+        /// none holds a thread-pool thread (with a pool thread blocked per receive, as before, the
+        /// probe queued behind them would not run on a 2-thread pool, or would see fewer free threads).</summary>
+        [Test]
+        public void PendingReceiveAsyncHoldsNoPoolThread()
+        {
+            const int count = 64;
+            int workers, io;
+            ThreadPool.GetAvailableThreads(out workers, out io);
+            var pending = new Task<Message>[count];
+            for (int i = 0; i < count; i++)
+                pending[i] = ch.ReceiveAsync();
+            int probeWorkers = -1;
+            Task probe = Task.Run(() =>
+            {
+                int w, o;
+                ThreadPool.GetAvailableThreads(out w, out o);
+                probeWorkers = w;
+            });
+            Assert.IsTrue(probe.Wait(Env.Guard), "a pool work item runs while 64 receives are pending");
+            Assert.GreaterOrEqual(probeWorkers, workers - 1, "only the probe itself uses a pool thread");
+            foreach (var t in pending)
+                Assert.IsFalse(t.IsCompleted, "nothing was sent yet");
+            // Each echo completes exactly one receive; together they get all messages.
+            var want = new System.Collections.Generic.HashSet<byte>();
+            for (int i = 0; i < count; i++)
+            {
+                want.Add((byte)i);
+                ch.Send(flow, new byte[] { (byte)i });
+            }
+            Assert.IsTrue(Task.WaitAll(pending, Env.Long), "every receive completed");
+            var got = new System.Collections.Generic.HashSet<byte>();
+            foreach (var t in pending)
+            {
+                Assert.AreEqual(1, t.Result.Data.Length);
+                Assert.IsTrue(got.Add(t.Result.Data[0]), "message {0} received twice", t.Result.Data[0]);
+            }
+            CollectionAssert.AreEquivalent(want, got);
+        }
+
+        [Test]
+        public void SendAsyncKeepsCallOrderAndDelivers()
+        {
+            const int count = 200;
+            var sends = new Task[count];
+            for (int i = 0; i < count; i++)
+                sends[i] = ch.SendAsync(flow, Env.Pattern(1 + (i * 7919) % 30000, (uint)i + 100));
+            for (int i = 0; i < count; i++)
+                Env.AssertSameBytes(Env.Pattern(1 + (i * 7919) % 30000, (uint)i + 100), ch.Receive(Env.Long).Data);
+            Assert.IsTrue(Task.WaitAll(sends, Env.Long));
+            byte[] seg = Env.Pattern(500, 99);
+            Assert.IsTrue(ch.SendAsync(flow, new ArraySegment<byte>(seg, 10, 90)).Wait(Env.Long));
+            Env.AssertSameBytes(seg, 10, 90, ch.Receive(Env.Long).Data);
+            Assert.Throws<ArgumentException>(() => ch.SendAsync(flow, new byte[0]));
+            Assert.Throws<ArgumentNullException>(() => ch.SendAsync(flow, (byte[])null));
+            var cts = new CancellationTokenSource();
+            cts.Cancel();
+            Assert.IsTrue(ch.SendAsync(flow, seg, cts.Token).IsCanceled);
+        }
+
+        [Test]
+        public void SendAsyncFaultsOnAClosedFlowAndAfterDispose()
+        {
+            ch.CloseFlow(flow);
+            var agg = Assert.Throws<AggregateException>(() => ch.SendAsync(flow, new byte[] { 1 }).Wait(Env.Guard));
+            Assert.IsInstanceOf<FlowClosedException>(agg.InnerException);
+            ch.Dispose();
+            Task t = ch.SendAsync(flow, new byte[] { 1 });
+            agg = Assert.Throws<AggregateException>(() => t.Wait(Env.Guard));
+            Assert.IsInstanceOf<ObjectDisposedException>(agg.InnerException);
+        }
+
+        [Test]
+        public void ConnectAsyncOpensAFlowOrFaults()
+        {
+            Task<Flow> t = ch.ConnectAsync(Env.LocalIp, Env.PeerIp, Env.EchoPort, Timeout.InfiniteTimeSpan);
+            Assert.IsTrue(t.Wait(Env.Long));
+            Flow f = t.Result;
+            Assert.AreEqual(Env.EchoPort, f.DestinationPort);
+            byte[] sent = Env.Pattern(321, 77);
+            ch.Send(f, sent);
+            Message m = ch.Receive(Env.Long);
+            Env.AssertSameBytes(sent, m.Data);
+            Assert.AreEqual(f, m.Flow.Reversed);
+
+            Task<Flow> refused = ch.ConnectAsync(Env.LocalIp, Env.PeerIp, 4445, Timeout.InfiniteTimeSpan);
+            var agg = Assert.Throws<AggregateException>(() => refused.Wait(Env.Long));
+            Assert.IsTrue(agg.InnerException is ConnectionRefusedException || agg.InnerException is MachnetTimeoutException,
+                agg.InnerException.ToString());
+            Assert.Throws<ArgumentException>(() => ch.ConnectAsync("nonsense", 1));
+            var cts = new CancellationTokenSource();
+            cts.Cancel();
+            Assert.IsTrue(ch.ConnectAsync(Env.PeerIp, Env.EchoPort, cts.Token).IsCanceled);
         }
 
         [Test]
@@ -463,10 +567,14 @@ namespace Machnet.Tests
                             catch (Exception e) { seen = e; }
                         });
                         t.Start();
+                        Task<Message> pending = ch.ReceiveAsync();
                         sidecar.Kill();
                         sidecar.WaitForExit();
                         Assert.IsTrue(t.Join(Env.Guard), "the blocked receive returned");
                         Assert.IsInstanceOf<SidecarGoneException>(seen, seen == null ? "no exception" : seen.ToString());
+                        // The pending ReceiveAsync notices too (the poller's liveness round).
+                        var agg = Assert.Throws<AggregateException>(() => pending.Wait(Env.Guard));
+                        Assert.IsInstanceOf<SidecarGoneException>(agg.InnerException, agg.InnerException.ToString());
                         Assert.Throws<SidecarGoneException>(() => ch.Listen("127.0.0.3", 7501));
                         Assert.Throws<SidecarGoneException>(() => new Channel());
                     }
@@ -519,9 +627,9 @@ namespace Machnet.Tests
         {
             using (Channel ch = Env.Open())
             {
-                var refused = Assert.Catch<MachnetException>(() => ch.Connect(Env.LocalIp, Env.PeerIp, 4444));
+                var refused = Assert.Catch<Exception>(() => ch.Connect(Env.LocalIp, Env.PeerIp, 4444));
                 Assert.IsTrue(refused is ConnectionRefusedException || refused is MachnetTimeoutException, refused.ToString());
-                Assert.AreEqual("machnet_connect", refused.Operation);
+                Assert.AreEqual("machnet_connect", ((IMachnetError)refused).Operation);
                 ch.Listen(7302);
                 using (var other = new Channel())
                 {
@@ -557,6 +665,78 @@ namespace Machnet.Tests
                 Message back = client.Receive(Env.Long);
                 Env.AssertSameBytes(answer, back.Data);
                 Assert.AreEqual(flow, back.Flow.Reversed);
+            }
+        }
+
+        /// <summary>The client aborts its channel: the server's pending ReceiveAsync wakes and
+        /// raises FlowEvent with Reset for that flow (before: nothing until the next send failed).</summary>
+        [Test]
+        public void PeerAbortIsAResetEventDuringReceiveAsync()
+        {
+            const ushort port = 7305;
+            using (Channel server = Env.Open(peer: true))
+            using (Channel client = Env.Open())
+            {
+                server.Listen(port);
+                Flow flow = client.Connect(Env.LocalIp, Env.PeerIp, port);
+                client.Send(flow, new byte[] { 7 });
+                Message first = server.Receive(Env.Long);
+                var seen = new TaskCompletionSource<FlowEventArgs>();
+                server.FlowEvent += (sender, ev) =>
+                {
+                    Assert.AreSame(server, sender);
+                    seen.TrySetResult(ev);
+                };
+                Task<Message> pending = server.ReceiveAsync();
+                client.Abort();
+                Assert.IsTrue(seen.Task.Wait(Env.Guard), "the reset was raised while ReceiveAsync waited");
+                FlowEventArgs e = seen.Task.Result;
+                Assert.AreEqual(FlowEventKind.Reset, e.Kind, e.ToString());
+                Assert.AreEqual(first.Flow, e.Flow, "the event names the flow (Source = the peer)");
+                Assert.AreEqual(104, e.Errno);
+                Assert.AreEqual("ECONNRESET", e.CodeName);
+                Assert.IsTrue(e.IsTerminal);
+                Assert.IsFalse(pending.IsCompleted, "an event is not a message");
+                FlowClosedException ex = e.ToException();
+                Assert.AreEqual(e.Flow, ex.Flow);
+                Assert.AreEqual(FlowEventKind.Reset, ex.Kind);
+                Assert.Throws<FlowClosedException>(() => server.Send(first.Flow, new byte[] { 1 }));
+                Assert.AreEqual(0, server.FlowEventsDropped);
+            }
+        }
+
+        /// <summary>Without a handler, events wait for TryGetFlowEvent: a graceful close by the peer
+        /// gives PeerClosed, then Closed with errno 0, after the peer's last message.</summary>
+        [Test]
+        public void PeerCloseIsPeerClosedThenClosedForTryGetFlowEvent()
+        {
+            const ushort port = 7306;
+            using (Channel server = Env.Open(peer: true))
+            using (Channel client = Env.Open())
+            {
+                server.Listen(port);
+                Flow flow = client.Connect(Env.LocalIp, Env.PeerIp, port);
+                client.Send(flow, new byte[] { 1, 2, 3 });
+                client.CloseFlow(flow);
+                Message last = server.Receive(Env.Long);
+                Assert.AreEqual(new byte[] { 1, 2, 3 }, last.Data);
+                var kinds = new System.Collections.Generic.List<FlowEventKind>();
+                var deadline = DateTime.UtcNow + Env.Guard;
+                while (!kinds.Contains(FlowEventKind.Closed) && DateTime.UtcNow < deadline)
+                {
+                    FlowEventArgs ev;
+                    if (server.TryGetFlowEvent(out ev))
+                    {
+                        Assert.AreEqual(last.Flow, ev.Flow);
+                        kinds.Add(ev.Kind);
+                        if (ev.Kind == FlowEventKind.Closed)
+                            Assert.AreEqual(0, ev.Errno, "a graceful end");
+                        continue;
+                    }
+                    Message m;
+                    Assert.IsFalse(server.TryReceive(TimeSpan.FromMilliseconds(20), out m), "no message after the last one");
+                }
+                CollectionAssert.AreEqual(new[] { FlowEventKind.PeerClosed, FlowEventKind.Closed }, kinds);
             }
         }
 

@@ -15,13 +15,14 @@
 //   refused           ConnectionRefusedException (ECONNREFUSED)
 //   invalid_argument  ArgumentException (thrown by the binding before calling libmachnet)
 //   too_large         MessageSizeException (EMSGSIZE)
-//   reset             FlowClosedException (ENOTCONN, not ECONNRESET/SidecarGoneException): the C
-//                     ABI has no flow events, so a receive does not report the reset (it returns
-//                     nothing); the sidecar drops the flow and the next send fails because the
-//                     flow is no longer open.
+//   reset             FlowClosedException (ENOTCONN, not ECONNRESET/SidecarGoneException): a
+//                     receive does not throw for the reset (it returns nothing); the sidecar
+//                     drops the flow and the next send fails because the flow is no longer open.
 //   closed            FlowClosedException (ENOTCONN, or EPIPE while this side's close is under
-//                     way): a receive that passes the peer's graceful close closes this side
-//                     (no flow events here either), and the next send fails.
+//                     way): a receive that passes the peer's graceful close closes this side,
+//                     and the next send fails.
+// Events (a case's "event": peer_closed, reset, timed_out, refused, closed, request_failed) are
+// checked as flow events (Channel.TryGetFlowEvent, FlowEventKind) naming the case's flow.
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -56,6 +57,7 @@ namespace Machnet.Tests
         [DataMember(Name = "timeout_ms")] public int TimeoutMs { get; set; }
         [DataMember(Name = "port")] public int Port { get; set; }
         [DataMember(Name = "error")] public string Error { get; set; }
+        [DataMember(Name = "event")] public string Event { get; set; }
         [DataMember(Name = "steps")] public ConformanceStep[] Steps { get; set; }
         [DataMember(Name = "key_prefix")] public string KeyPrefix { get; set; }
 
@@ -451,8 +453,8 @@ namespace Machnet.Tests
 
         /// <summary>
         /// After the peer went away: no message arrives on <paramref name="f"/> and a send fails
-        /// with the case's error. No flow events in this binding: a receive reports the end or
-        /// returns nothing (closing this side once the peer closed).
+        /// with the case's error, and the case's flow event (if it names one) arrives. A receive
+        /// does not throw for the end: it returns nothing (closing this side once the peer closed).
         /// </summary>
         private void FlowEnds(ConformanceCase c, Flow f)
         {
@@ -462,6 +464,7 @@ namespace Machnet.Tests
                 Assert.Fail("a {0}-byte message arrived after the peer went away", late.Data.Length);
             if (re != null)
                 WantError("receive after the peer went away", c.Error, re);
+            WantEvent(c, f);
             DateTime deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
             while (true)
             {
@@ -475,6 +478,44 @@ namespace Machnet.Tests
                     Assert.Fail("sends still succeed 10 s after the peer's channel was closed");
                 Thread.Sleep(20);
             }
+        }
+
+        /// <summary>
+        /// The case's "event" (if it names one) arrives for <paramref name="f"/> as a flow event
+        /// (Channel.TryGetFlowEvent; events of other flows and earlier cases are skipped).
+        /// </summary>
+        private void WantEvent(ConformanceCase c, Flow f)
+        {
+            if (string.IsNullOrEmpty(c.Event))
+                return;
+            FlowEventKind want;
+            switch (c.Event)
+            {
+                case "peer_closed": want = FlowEventKind.PeerClosed; break;
+                case "reset": want = FlowEventKind.Reset; break;
+                case "timed_out": want = FlowEventKind.TimedOut; break;
+                case "refused": want = FlowEventKind.Refused; break;
+                case "closed": want = FlowEventKind.Closed; break;
+                case "request_failed": want = FlowEventKind.RequestFailed; break;
+                default: Assert.Fail("unknown event name \"{0}\" in case {1}", c.Event, c.Name); return;
+            }
+            var seen = new List<string>();
+            DateTime deadline = DateTime.UtcNow + Env.Guard;
+            while (DateTime.UtcNow < deadline)
+            {
+                FlowEventArgs ev;
+                if (ch.TryGetFlowEvent(out ev))
+                {
+                    if (ev.Flow.Equals(f.Reversed) && ev.Kind == want)
+                        return;
+                    seen.Add(ev.ToString());
+                    continue;
+                }
+                Message late;
+                if (ch.TryReceive(TimeSpan.FromMilliseconds(20), out late))
+                    Assert.Fail("a {0}-byte message arrived after the peer went away", late.Data.Length);
+            }
+            Assert.Fail("no {0} event for {1} (events seen: {2})", c.Event, f.Reversed, string.Join("; ", seen));
         }
 
         private void Kv(ConformanceCase c)

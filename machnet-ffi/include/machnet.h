@@ -10,7 +10,8 @@
  * MACHNET_MSG_MAX_LEN), with safe behaviour where the original was unsafe, plus extensions
  * (machnet_init_at, machnet_detach, machnet_close, machnet_connect_timeout,
  * machnet_recv_timeout, machnet_peek, machnet_channel_fd, machnet_interrupt, machnet_strerror,
- * machnet_last_error, machnet_version).
+ * machnet_last_error, machnet_version; flow events: machnet_next_event, MachnetFlowEvent_t,
+ * machnet_set_event_limit, machnet_events_dropped).
  *
  * Self-contained like the original: it includes the standard headers the original's machnet.h
  * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
@@ -49,6 +50,49 @@
  * Version of this C ABI (bumped on incompatible changes; see `machnet_version`).
  */
 #define MACHNET_ABI_VERSION 1
+
+/**
+ * The peer closed the flow: no further message will arrive on it. This side of the flow is
+ * closed too (as the receive calls always did), so sends on it fail (`EPIPE`, then
+ * `ENOTCONN`). A terminal event (`MACHNET_EVENT_CLOSED`) follows once the flow is gone.
+ */
+#define MACHNET_EVENT_PEER_CLOSED 1
+
+/**
+ * The peer reset the flow (it aborted, or its application went away without closing): the
+ * flow is gone; messages it had not delivered are lost. `err` is `ECONNRESET`.
+ */
+#define MACHNET_EVENT_RESET 2
+
+/**
+ * The peer stopped answering: the flow is gone. `err` is `ETIMEDOUT`.
+ */
+#define MACHNET_EVENT_TIMED_OUT 3
+
+/**
+ * The peer refused the flow: it is gone. `err` is `ECONNREFUSED`.
+ */
+#define MACHNET_EVENT_REFUSED 4
+
+/**
+ * The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
+ * otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
+ * `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+ */
+#define MACHNET_EVENT_CLOSED 5
+
+/**
+ * The sidecar could not carry out a request this channel made on the flow (a send that raced
+ * with the flow's end, for instance): that message was not sent. `err` says why (as for
+ * `MACHNET_EVENT_CLOSED`; `ENOTCONN` if the sidecar gave no known reason).
+ */
+#define MACHNET_EVENT_REQUEST_FAILED 6
+
+/**
+ * How many events a channel context keeps by default before it counts further ones as
+ * dropped (`machnet_set_event_limit` changes it; `machnet_events_dropped` tells the count).
+ */
+#define MACHNET_EVENT_LIMIT_DEFAULT 1024
 
 /**
  * A flow's 4-tuple, IPv4 addresses and Machnet ports in host byte order (see the crate
@@ -131,6 +175,29 @@ typedef struct MachnetMsgHdr {
  * The original's name for [`MachnetMsgHdr`].
  */
 typedef struct MachnetMsgHdr MachnetMsgHdr_t;
+
+/**
+ * One flow event (`machnet_next_event`).
+ */
+typedef struct MachnetFlowEvent {
+  /**
+   * The flow, oriented as a received message's: `src` = the peer, `dst` = this sidecar.
+   */
+  struct MachnetFlow flow;
+  /**
+   * What happened: one of the `MACHNET_EVENT_` constants.
+   */
+  uint32_t kind;
+  /**
+   * The reason as an errno value (0 for a graceful end; see each kind).
+   */
+  int32_t err;
+} MachnetFlowEvent;
+
+/**
+ * The original-style name for [`MachnetFlowEvent`].
+ */
+typedef struct MachnetFlowEvent MachnetFlowEvent_t;
 
 #ifdef __cplusplus
 extern "C" {
@@ -287,6 +354,50 @@ int machnet_channel_fd(const void *channel_ctx);
  * Returns 0 on success, -1 on failure (errno set).
  */
 int machnet_interrupt(const void *channel_ctx);
+
+/**
+ * Extension: the next flow event of this channel, without waiting. Flow events are what
+ * happens to the channel's flows besides messages: the peer closed a flow
+ * (`MACHNET_EVENT_PEER_CLOSED`), a flow was reset (`MACHNET_EVENT_RESET`), timed out
+ * (`MACHNET_EVENT_TIMED_OUT`), was refused (`MACHNET_EVENT_REFUSED`) or ended
+ * (`MACHNET_EVENT_CLOSED`, `err` 0 after a graceful end), or a request on it failed
+ * (`MACHNET_EVENT_REQUEST_FAILED`). Each flow that ends yields one terminal event (reset,
+ * timed out, refused or closed), after every message that arrived on it and possibly after a
+ * `MACHNET_EVENT_PEER_CLOSED`.
+ *
+ * The receive calls (`machnet_recv`, `machnet_recv_timeout`, `machnet_recvmsg`,
+ * `machnet_peek`) keep the events they come across, in order, for this call: up to
+ * `MACHNET_EVENT_LIMIT_DEFAULT` (1024) per channel context unless `machnet_set_event_limit`
+ * says otherwise; further ones are not kept and are counted (`machnet_events_dropped`). A
+ * program that never calls this function behaves as before: the receives skip the events
+ * (closing this side of a flow whose peer closed) and the queue stops at its limit. When no
+ * event is queued this call looks at the channel itself, up to the next message (which then
+ * waits for the next receive call: events behind it follow once it is received).
+ *
+ * With `machnet_channel_fd`: the descriptor becomes readable when an event arrives, as for a
+ * message. Before sleeping on it, call `machnet_recv` until it returns 0 and this function
+ * until it returns 0.
+ *
+ * Returns 1 if an event was copied to `*ev`, 0 if none is waiting, -1 on failure (errno set).
+ */
+int machnet_next_event(const void *channel_ctx, MachnetFlowEvent_t *ev);
+
+/**
+ * Extension: sets how many flow events this channel context keeps for `machnet_next_event`
+ * (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
+ * queued ones beyond a lowered limit (the newest first), are dropped and counted.
+ *
+ * Returns 0 on success, -1 on failure (errno set).
+ */
+int machnet_set_event_limit(const void *channel_ctx, size_t limit);
+
+/**
+ * Extension: how many flow events this channel context dropped because its event queue was
+ * full (see `machnet_next_event`).
+ *
+ * Returns the count, -1 on failure (errno set).
+ */
+int64_t machnet_events_dropped(const void *channel_ctx);
 
 /**
  * Extension: Machnet's explanation of an errno value set by this library (a static string).

@@ -32,6 +32,7 @@ use std::time::Instant;
 use machnet_client::{Channel, Machnet};
 
 use crate::error::{Error, Result};
+use crate::events::EventQueue;
 
 /// One attached channel.
 pub(crate) struct Ctx {
@@ -63,6 +64,10 @@ pub(crate) struct State {
     interrupts: u64,
     /// The application asked for the channel fd: an empty `machnet_recv` arms it.
     external: bool,
+    /// Flow events the receive calls came across, for `machnet_next_event`, and a message
+    /// taken off the ring but not delivered yet (it did not fit, or `machnet_next_event` met
+    /// it while looking for events).
+    pub events: EventQueue,
 }
 
 /// What a blocking call waits for.
@@ -102,6 +107,7 @@ impl Ctx {
                 ext_armed: false,
                 interrupts: 0,
                 external: false,
+                events: EventQueue::default(),
             }),
         })
     }
@@ -128,18 +134,31 @@ impl Ctx {
         r
     }
 
+    /// Runs `f` on the channel and its event queue (the receive paths).
+    pub fn with_events<T>(
+        &self,
+        f: impl FnOnce(&mut Channel, &mut EventQueue) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        f(st.ch.as_mut().ok_or_else(bad_ctx)?, &mut st.events)
+    }
+
     /// Drains the eventfd and re-arms every flag some sleeper needs (see the module docs).
     /// Returns `(data ready, space ready for the smallest waiting sender)`.
     fn arm_all(&self, st: &mut State) -> Result<(bool, bool)> {
         let ch = st.ch.as_mut().ok_or_else(bad_ctx)?;
-        let data = ch.arm_wakeup().map_err(Error::from)?;
+        let data = st.events.holds_message() || ch.arm_wakeup().map_err(Error::from)?;
         let space = match st.tx_needs.iter().min() {
             Some(&need) => ch.arm_send_wakeup(need).map_err(Error::from)?,
             None => false,
         };
+        // Events another thread's receive queued since the external poller armed: it is told
+        // as it is told of a message (it then calls machnet_next_event).
+        let news = st.ext_armed && st.events.take_news();
         let wanted_data = data && (st.rx_waiters > 0 || st.ext_armed);
-        if wanted_data || space {
-            if wanted_data {
+        if wanted_data || space || news {
+            if wanted_data || news {
                 // The external poller is told once; it re-arms with its next machnet_recv.
                 st.ext_armed = false;
             }
@@ -169,6 +188,9 @@ impl Ctx {
             return Ok(false);
         }
         st.ext_armed = true;
+        // The application's own receive found nothing: it learns of the events it queued by
+        // calling machnet_next_event next (the documented loop), not by another wake-up.
+        st.events.take_news();
         let (data, _) = self.arm_all(&mut st)?;
         if data {
             st.ext_armed = false;
@@ -190,7 +212,7 @@ impl Ctx {
         &self,
         want: Want,
         deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Channel) -> Result<Option<T>>,
+        mut attempt: impl FnMut(&mut Channel, &mut EventQueue) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let mut st = self.lock();
         let started = st.interrupts;
@@ -199,10 +221,11 @@ impl Ctx {
             Want::Space(n) => st.tx_needs.push(n),
         }
         let result = loop {
-            let Some(ch) = st.ch.as_mut() else {
+            let st_ = &mut *st;
+            let Some(ch) = st_.ch.as_mut() else {
                 break Err(bad_ctx());
             };
-            match attempt(ch) {
+            match attempt(ch, &mut st_.events) {
                 Ok(None) => {}
                 other => break other,
             }

@@ -30,6 +30,7 @@
 
 mod chan;
 mod error;
+mod events;
 mod handle;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -45,6 +46,7 @@ use machnet_client::{
 
 use chan::{Ctx, Want};
 use error::{guard, Error, Result};
+use events::{EventQueue, Incoming};
 
 /// Largest message Machnet carries, in bytes (8 MiB).
 pub const MACHNET_MSG_MAX_LEN: u32 = 8 * 1024 * 1024;
@@ -117,6 +119,48 @@ pub struct MachnetMsgHdr {
 /// The original's name for [`MachnetMsgHdr`].
 #[allow(non_camel_case_types)]
 pub type MachnetMsgHdr_t = MachnetMsgHdr;
+
+// ----- flow events (`machnet_next_event`; the queue: `events.rs`) -----
+
+/// The peer closed the flow: no further message will arrive on it. This side of the flow is
+/// closed too (as the receive calls always did), so sends on it fail (`EPIPE`, then
+/// `ENOTCONN`). A terminal event (`MACHNET_EVENT_CLOSED`) follows once the flow is gone.
+pub const MACHNET_EVENT_PEER_CLOSED: u32 = 1;
+/// The peer reset the flow (it aborted, or its application went away without closing): the
+/// flow is gone; messages it had not delivered are lost. `err` is `ECONNRESET`.
+pub const MACHNET_EVENT_RESET: u32 = 2;
+/// The peer stopped answering: the flow is gone. `err` is `ETIMEDOUT`.
+pub const MACHNET_EVENT_TIMED_OUT: u32 = 3;
+/// The peer refused the flow: it is gone. `err` is `ECONNREFUSED`.
+pub const MACHNET_EVENT_REFUSED: u32 = 4;
+/// The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
+/// otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
+/// `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+pub const MACHNET_EVENT_CLOSED: u32 = 5;
+/// The sidecar could not carry out a request this channel made on the flow (a send that raced
+/// with the flow's end, for instance): that message was not sent. `err` says why (as for
+/// `MACHNET_EVENT_CLOSED`; `ENOTCONN` if the sidecar gave no known reason).
+pub const MACHNET_EVENT_REQUEST_FAILED: u32 = 6;
+
+/// How many events a channel context keeps by default before it counts further ones as
+/// dropped (`machnet_set_event_limit` changes it; `machnet_events_dropped` tells the count).
+pub const MACHNET_EVENT_LIMIT_DEFAULT: u32 = 1024;
+
+/// One flow event (`machnet_next_event`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachnetFlowEvent {
+    /// The flow, oriented as a received message's: `src` = the peer, `dst` = this sidecar.
+    pub flow: MachnetFlow,
+    /// What happened: one of the `MACHNET_EVENT_` constants.
+    pub kind: u32,
+    /// The reason as an errno value (0 for a graceful end; see each kind).
+    pub err: i32,
+}
+
+/// The original-style name for [`MachnetFlowEvent`].
+#[allow(non_camel_case_types)]
+pub type MachnetFlowEvent_t = MachnetFlowEvent;
 
 /// The process's attachment (`machnet_init`).
 static MACHNET: Mutex<Option<Machnet>> = Mutex::new(None);
@@ -272,7 +316,7 @@ fn iovecs<'a>(h: &MachnetMsgHdr) -> Result<&'a [MachnetIovec]> {
 
 // ----- flows -----
 
-fn to_c(local: SocketAddrV4, remote: SocketAddrV4, sending: bool) -> MachnetFlow {
+pub(crate) fn to_c(local: SocketAddrV4, remote: SocketAddrV4, sending: bool) -> MachnetFlow {
     let (src, dst) = if sending {
         (local, remote)
     } else {
@@ -324,7 +368,7 @@ fn send_parts(ctx: *const c_void, flow: &MachnetFlow, parts: &[&[u8]]) -> Result
         ));
     }
     let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    ctx.wait(Want::Space(total), None, |ch| {
+    ctx.wait(Want::Space(total), None, |ch, _| {
         let f = find_flow(ch, flow)?;
         match ch.try_send_vectored(&f, &slices) {
             Ok(()) => Ok(Some(())),
@@ -377,10 +421,10 @@ fn recv_into(
     buf: &mut [u8],
     deadline: Option<Instant>,
 ) -> Result<Option<(MachnetFlow, usize)>> {
-    let grab = |ch: &mut Channel| match ch.try_recv_into(buf) {
-        Ok(Some((f, n))) => Ok(Some((to_c(f.local_addr(), f.remote_addr(), false), n))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(Error::from(e)),
+    let grab = |ch: &mut Channel, ev: &mut EventQueue| match ev.next_message(ch, buf)? {
+        Incoming::Message(f, n) => Ok(Some((to_c(f.local_addr(), f.remote_addr(), false), n))),
+        Incoming::Empty => Ok(None),
+        Incoming::TooSmall(needed) => Err(too_small(needed, buf.len())),
     };
     let nonblocking = deadline.is_some_and(|d| d <= Instant::now());
     if !nonblocking {
@@ -388,13 +432,17 @@ fn recv_into(
     }
     let mut grab = grab;
     loop {
-        if let Some(r) = ctx.with(false, &mut grab)? {
+        if let Some(r) = ctx.with_events(&mut grab)? {
             return Ok(Some(r));
         }
         if !ctx.arm_external()? {
             return Ok(None);
         }
     }
+}
+
+fn too_small(needed: usize, available: usize) -> Error {
+    Error::from(RecvError::BufferTooSmall { needed, available })
 }
 
 fn recv(
@@ -427,26 +475,21 @@ fn recvmsg(ctx: *const c_void, h: *mut MachnetMsgHdr) -> Result<c_int> {
         room = room.saturating_add(v.len);
     }
     let got = loop {
-        let r = ctx.with(false, |ch| {
-            // The size of the next message, without consuming it.
-            let needed = match ch.try_recv_into(&mut []) {
-                Ok(_) => return Ok(None),
-                Err(RecvError::BufferTooSmall { needed, .. }) => needed,
-                Err(e) => return Err(Error::from(e)),
+        let r = ctx.with_events(|ch, ev| {
+            let Some((f, data)) = ev.take_message(ch)? else {
+                return Ok(None);
             };
-            if needed > room {
+            if data.len() > room {
+                let needed = data.len();
+                ev.hold((f, data));
                 return Ok(Some(Err(needed)));
             }
-            let mut tmp = vec![0u8; needed];
-            match ch.try_recv_into(&mut tmp) {
-                Ok(Some((f, n))) => Ok(Some(Ok((
-                    to_c(f.local_addr(), f.remote_addr(), false),
-                    tmp,
-                    n,
-                )))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(Error::from(e)),
-            }
+            let n = data.len();
+            Ok(Some(Ok((
+                to_c(f.local_addr(), f.remote_addr(), false),
+                data,
+                n,
+            ))))
         })?;
         match r {
             Some(r) => break r,
@@ -768,10 +811,9 @@ pub extern "C" fn machnet_recvmsg(
 pub extern "C" fn machnet_peek(channel_ctx: *const c_void) -> libc::ssize_t {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        ctx.with(false, |ch| match ch.try_recv_into(&mut []) {
-            Err(RecvError::BufferTooSmall { needed, .. }) => Ok(needed as isize),
-            Ok(_) => Ok(0),
-            Err(e) => Err(e.into()),
+        ctx.with_events(|ch, ev| match ev.next_message(ch, &mut [])? {
+            Incoming::TooSmall(needed) => Ok(needed as isize),
+            Incoming::Message(..) | Incoming::Empty => Ok(0),
         })
     })
 }
@@ -800,6 +842,74 @@ pub extern "C" fn machnet_interrupt(channel_ctx: *const c_void) -> c_int {
     guard(-1, || {
         handle::get(channel_ctx)?.interrupt();
         Ok(0)
+    })
+}
+
+/// Extension: the next flow event of this channel, without waiting. Flow events are what
+/// happens to the channel's flows besides messages: the peer closed a flow
+/// (`MACHNET_EVENT_PEER_CLOSED`), a flow was reset (`MACHNET_EVENT_RESET`), timed out
+/// (`MACHNET_EVENT_TIMED_OUT`), was refused (`MACHNET_EVENT_REFUSED`) or ended
+/// (`MACHNET_EVENT_CLOSED`, `err` 0 after a graceful end), or a request on it failed
+/// (`MACHNET_EVENT_REQUEST_FAILED`). Each flow that ends yields one terminal event (reset,
+/// timed out, refused or closed), after every message that arrived on it and possibly after a
+/// `MACHNET_EVENT_PEER_CLOSED`.
+///
+/// The receive calls (`machnet_recv`, `machnet_recv_timeout`, `machnet_recvmsg`,
+/// `machnet_peek`) keep the events they come across, in order, for this call: up to
+/// `MACHNET_EVENT_LIMIT_DEFAULT` (1024) per channel context unless `machnet_set_event_limit`
+/// says otherwise; further ones are not kept and are counted (`machnet_events_dropped`). A
+/// program that never calls this function behaves as before: the receives skip the events
+/// (closing this side of a flow whose peer closed) and the queue stops at its limit. When no
+/// event is queued this call looks at the channel itself, up to the next message (which then
+/// waits for the next receive call: events behind it follow once it is received).
+///
+/// With `machnet_channel_fd`: the descriptor becomes readable when an event arrives, as for a
+/// message. Before sleeping on it, call `machnet_recv` until it returns 0 and this function
+/// until it returns 0.
+///
+/// Returns 1 if an event was copied to `*ev`, 0 if none is waiting, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_next_event(
+    channel_ctx: *const c_void,
+    ev: *mut MachnetFlowEvent_t,
+) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        let ev = out(ev, "ev")?;
+        match ctx.with_events(|ch, q| q.next_event(ch))? {
+            Some(e) => {
+                *ev = e;
+                Ok(1)
+            }
+            None => Ok(0),
+        }
+    })
+}
+
+/// Extension: sets how many flow events this channel context keeps for `machnet_next_event`
+/// (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
+/// queued ones beyond a lowered limit (the newest first), are dropped and counted.
+///
+/// Returns 0 on success, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_set_event_limit(channel_ctx: *const c_void, limit: usize) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        ctx.lock().events.set_limit(limit);
+        Ok(0)
+    })
+}
+
+/// Extension: how many flow events this channel context dropped because its event queue was
+/// full (see `machnet_next_event`).
+///
+/// Returns the count, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_events_dropped(channel_ctx: *const c_void) -> i64 {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        let n = ctx.lock().events.dropped();
+        Ok(i64::try_from(n).unwrap_or(i64::MAX))
     })
 }
 
