@@ -940,3 +940,535 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChannelLayout, HEADER_PAGE};
+    use std::net::Ipv4Addr;
+
+    type Handle = u32;
+    type Flow = u32;
+    /// A permit names the flow-limit slot it holds (tests check they come back).
+    type Permit = u32;
+
+    /// A transport flow of the fake.
+    #[derive(Default)]
+    struct FakeFlow {
+        inbox: VecDeque<Bytes>,
+        sent: Vec<Bytes>,
+        closed: bool,
+        aborted: bool,
+    }
+
+    /// A transport that does what it is told and records what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        next: Flow,
+        flows: HashMap<Flow, FakeFlow>,
+        owners: HashMap<Flow, Handle>,
+        discarded: Vec<Flow>,
+        /// Flow-limit slots left.
+        permits: u32,
+        refuse_connect: Option<CloseCode>,
+        /// Messages `send` takes before answering `BufferFull`.
+        send_room: usize,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Fake {
+                permits: 100,
+                send_room: usize::MAX,
+                ..Fake::default()
+            }
+        }
+
+        fn open_flow(&mut self) -> Flow {
+            self.next += 1;
+            self.flows.insert(self.next, FakeFlow::default());
+            self.next
+        }
+
+        fn deliver(&mut self, flow: Flow, msg: &[u8]) {
+            let f = self.flows.get_mut(&flow).unwrap();
+            f.inbox.push_back(Bytes::copy_from_slice(msg));
+        }
+    }
+
+    impl Transport for Fake {
+        type Flow = Flow;
+        type Permit = Permit;
+
+        fn admit(&mut self) -> Option<Permit> {
+            self.permits = self.permits.checked_sub(1)?;
+            Some(self.permits)
+        }
+        fn connect(&mut self, req: ConnectRequest) -> Result<Flow, CloseCode> {
+            assert_eq!(req.remote_ip, Ipv4Addr::new(10, 0, 0, 2));
+            match self.refuse_connect {
+                Some(code) => Err(code),
+                None => Ok(self.open_flow()),
+            }
+        }
+        fn send(&mut self, flow: Flow, msg: Bytes) -> Result<(), SendRefused> {
+            let f = self
+                .flows
+                .get_mut(&flow)
+                .ok_or(SendRefused::Failed(CloseCode::UnknownFlow))?;
+            if self.send_room == 0 {
+                return Err(SendRefused::BufferFull);
+            }
+            self.send_room -= 1;
+            f.sent.push(msg);
+            Ok(())
+        }
+        fn peek_len(&mut self, flow: Flow) -> Option<usize> {
+            self.flows.get(&flow)?.inbox.front().map(Bytes::len)
+        }
+        fn recv(&mut self, flow: Flow) -> Option<Bytes> {
+            self.flows.get_mut(&flow)?.inbox.pop_front()
+        }
+        fn close(&mut self, flow: Flow) -> Result<(), UnknownFlow> {
+            self.flows.get_mut(&flow).ok_or(UnknownFlow)?.closed = true;
+            Ok(())
+        }
+        fn abort(&mut self, flow: Flow) -> Result<(), UnknownFlow> {
+            self.flows.get_mut(&flow).ok_or(UnknownFlow)?.aborted = true;
+            Ok(())
+        }
+        fn discard(&mut self, flow: Flow) {
+            self.flows.remove(&flow);
+            self.discarded.push(flow);
+        }
+        fn exists(&self, flow: Flow) -> bool {
+            self.flows.get(&flow).is_some_and(|f| !f.aborted)
+        }
+        fn adopt(&mut self, flow: Flow, handle: Handle) {
+            assert!(self.owners.insert(flow, handle).is_none(), "adopted twice");
+        }
+        fn release(&mut self, flow: Flow) {
+            self.owners.remove(&flow);
+        }
+    }
+
+    /// Page-aligned zeroed memory standing in for the channel's mapping.
+    struct Region {
+        ptr: *mut u8,
+        layout: std::alloc::Layout,
+    }
+
+    impl Drop for Region {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `rig` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    /// A channel with rings of `ring` bytes, its engine half and the app's ends of the rings.
+    struct Rig {
+        chan: Channel<Flow, Permit>,
+        req: Producer,
+        notes: Consumer,
+        views: ChannelViews,
+        _mem: Region,
+    }
+
+    const MAX: u32 = 1000;
+
+    fn rig(ring: u64) -> Rig {
+        let l = ChannelLayout::new(ring, ring, MAX).unwrap();
+        let layout =
+            std::alloc::Layout::from_size_align(l.total_len as usize, HEADER_PAGE as usize)
+                .unwrap();
+        // SAFETY: non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        // SAFETY: zeroed, page-aligned, `total_len` bytes; the region outlives the views (both
+        // live in `Rig`).
+        let views = unsafe {
+            l.init(ptr);
+            l.views(ptr)
+        };
+        Rig {
+            chan: Channel::new(views, MAX),
+            req: Producer::new(views.to_sidecar, 0),
+            notes: Consumer::new(views.to_app, 0, MAX),
+            views,
+            _mem: Region { ptr, layout },
+        }
+    }
+
+    impl Rig {
+        fn push(&mut self, kind: RecordKind, flow: Handle, aux: u32, flags: u8, payload: &[u8]) {
+            let mut h = RecordHeader::new(kind, flow);
+            h.aux = aux;
+            h.flags = flags;
+            self.req.push(h, &[payload]).expect("room for the request");
+        }
+
+        fn connect(&mut self, request_id: u32) {
+            let req = ConnectRequest {
+                remote_ip: Ipv4Addr::new(10, 0, 0, 2),
+                remote_port: 80,
+            };
+            self.push(RecordKind::Connect, 0, request_id, 0, &req.encode());
+        }
+
+        /// Every notification the app can read now.
+        fn read(&mut self) -> Vec<(RecordHeader, Vec<u8>)> {
+            let mut out = Vec::new();
+            while let Some(rec) = self.notes.peek().unwrap() {
+                out.push((rec.header, self.notes.payload_to_vec(&rec)));
+                self.notes.consume(&rec);
+            }
+            out
+        }
+
+        fn kinds(&mut self) -> Vec<(RecordKind, Handle, u32, u8)> {
+            self.read()
+                .into_iter()
+                .map(|(h, _)| (h.kind, h.flow, h.aux, h.flags))
+                .collect()
+        }
+
+        /// An accepted, announced flow: its transport id and handle.
+        fn accepted(&mut self, t: &mut Fake) -> (Flow, Handle) {
+            let f = t.open_flow();
+            assert!(self.chan.on_accepted(t, f, 81, None));
+            self.chan.flush(t).unwrap();
+            let notes = self.read();
+            assert_eq!(notes.len(), 1);
+            assert_eq!(
+                (notes[0].0.kind, notes[0].0.aux),
+                (RecordKind::Accepted, 81)
+            );
+            (f, notes[0].0.flow)
+        }
+    }
+
+    #[test]
+    fn a_flows_notifications_follow_its_lifecycle() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        r.connect(7);
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 1);
+        let (&f, &h) = t.owners.iter().next().expect("the connect adopted a flow");
+        // Connecting: nothing to tell, and the handle is not usable yet.
+        r.chan.flush(&mut t).unwrap();
+        assert!(r.read().is_empty());
+        r.push(RecordKind::Send, h, 0, 0, b"early");
+        r.chan.consume(&mut t).unwrap();
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(
+            r.kinds(),
+            [(
+                RecordKind::RequestFailed,
+                h,
+                2,
+                CloseCode::UnknownFlow as u8
+            )]
+        );
+        assert!(t.flows[&f].sent.is_empty());
+
+        // Everything happens before the next flush: it still comes out in lifecycle order.
+        let info = FlowInfo {
+            local_ip: Ipv4Addr::new(10, 0, 0, 1),
+            local_port: 5000,
+            remote_ip: Ipv4Addr::new(10, 0, 0, 2),
+            remote_port: 80,
+        };
+        r.chan.on_connected(h, Some(info));
+        for m in [b"one", b"two", b"six"] {
+            t.deliver(f, m);
+        }
+        r.chan.on_readable(h);
+        r.chan.on_peer_closed(h);
+        r.chan.on_closed(h, f, CloseCode::Reset);
+        r.chan.flush(&mut t).unwrap();
+        let notes = r.read();
+        let kinds: Vec<_> = notes.iter().map(|(n, _)| (n.kind, n.flow)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (RecordKind::Connected, h),
+                (RecordKind::Message, h),
+                (RecordKind::Message, h),
+                (RecordKind::Message, h),
+                (RecordKind::PeerClosed, h),
+                (RecordKind::Closed, h),
+            ]
+        );
+        assert_eq!(notes[0].0.aux, 7);
+        assert_eq!(FlowInfo::decode(&notes[0].1), Some(info));
+        let msgs: Vec<&[u8]> = notes[1..4].iter().map(|(_, p)| &p[..]).collect();
+        assert_eq!(msgs, [b"one", b"two", b"six"]);
+        assert_eq!(notes[5].0.flags, CloseCode::Reset as u8);
+        // The entry is gone, the transport told to forget the flow; the handle is dead.
+        assert_eq!(r.chan.flow_count(), 0);
+        assert_eq!(t.discarded, [f]);
+        r.push(RecordKind::Close, h, 0, 0, &[]);
+        r.chan.consume(&mut t).unwrap();
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(
+            r.kinds(),
+            [(
+                RecordKind::RequestFailed,
+                h,
+                3,
+                CloseCode::UnknownFlow as u8
+            )]
+        );
+    }
+
+    #[test]
+    fn peer_closed_is_told_once_and_before_closed() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        let (f, h) = r.accepted(&mut t);
+        r.chan.on_peer_closed(h);
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(r.kinds(), [(RecordKind::PeerClosed, h, 0, 0)]);
+        // Told already: the close says only Closed.
+        r.chan.on_peer_closed(h);
+        r.chan.on_closed(h, f, CloseCode::Graceful);
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(
+            r.kinds(),
+            [(RecordKind::Closed, h, 0, CloseCode::Graceful as u8)]
+        );
+    }
+
+    #[test]
+    fn a_connect_that_never_established_is_answered_with_connect_failed() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        r.connect(42);
+        r.chan.consume(&mut t).unwrap();
+        let (&f, &h) = t.owners.iter().next().unwrap();
+        r.chan.on_peer_closed(h); // meaningless before establishment; ignored
+        r.chan.on_closed(h, f, CloseCode::Refused);
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(
+            r.kinds(),
+            [(RecordKind::ConnectFailed, 0, 42, CloseCode::Refused as u8)]
+        );
+        assert_eq!(r.chan.flow_count(), 0);
+        // A late event for the gone handle changes nothing.
+        r.chan.on_connected(h, None);
+        r.chan.flush(&mut t).unwrap();
+        assert!(r.read().is_empty());
+    }
+
+    #[test]
+    fn a_message_stays_in_the_transport_until_it_fits() {
+        // One page per ring: three 1000-byte messages fit at a time.
+        let (mut r, mut t) = (rig(4096), Fake::new());
+        let (f, h) = r.accepted(&mut t);
+        let msgs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; MAX as usize]).collect();
+        for m in &msgs {
+            t.deliver(f, m);
+        }
+        r.chan.on_readable(h);
+        r.chan.on_closed(h, f, CloseCode::Graceful);
+        let mut got = Vec::new();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 20, "no progress");
+            r.chan.flush(&mut t).unwrap();
+            let notes = r.read();
+            let done = notes.iter().any(|(n, _)| n.kind == RecordKind::Closed);
+            got.extend(
+                notes
+                    .into_iter()
+                    .filter(|(n, _)| n.kind == RecordKind::Message)
+                    .map(|(_, p)| p),
+            );
+            if done {
+                break;
+            }
+            // What did not fit is still in the transport, not held here; the channel waits for
+            // room (which the app made by reading).
+            assert_eq!(got.len() + t.flows[&f].inbox.len(), msgs.len());
+            assert_eq!(r.chan.held_bytes(), 0);
+            assert!(!r.chan.wants_flush());
+            assert!(r.chan.has_room_for_blocked());
+        }
+        // A 1000-byte message takes 1016 bytes of ring: four fit in a page, so ten take three
+        // rounds.
+        assert_eq!(rounds, 3);
+        assert!(got == msgs, "all messages, in order");
+        assert_eq!(t.discarded, [f]);
+    }
+
+    #[test]
+    fn hostile_requests_are_answered_not_obeyed() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        let (f, h) = r.accepted(&mut t);
+        let good = ConnectRequest {
+            remote_ip: Ipv4Addr::new(10, 0, 0, 2),
+            remote_port: 80,
+        }
+        .encode();
+        use RecordKind::{Abort, Close, Connect, ConnectFailed, RequestFailed, Send};
+        let (bad, unknown) = (
+            CloseCode::InvalidRequest as u8,
+            CloseCode::UnknownFlow as u8,
+        );
+        r.push(Send, 99, 0, 0, b"x");
+        r.push(Send, h, 0, 1, b"flags");
+        r.push(Send, h, 5, 0, b"aux");
+        r.push(Send, h, 0, 0, b"");
+        r.push(Connect, 0, 1, 0, &good[..3]);
+        r.push(Connect, 3, 2, 0, &good);
+        r.push(Connect, 0, 3, 9, &good);
+        r.push(Close, h, 0, 0, b"payload");
+        r.push(Abort, 0, 0, 0, &[]);
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 9);
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(
+            r.kinds(),
+            [
+                (RequestFailed, 99, Send as u32, unknown),
+                (RequestFailed, h, Send as u32, bad),
+                (RequestFailed, h, Send as u32, bad),
+                (RequestFailed, h, Send as u32, bad),
+                (ConnectFailed, 0, 1, bad),
+                (ConnectFailed, 0, 2, bad),
+                (ConnectFailed, 0, 3, bad),
+                (RequestFailed, h, Close as u32, bad),
+                (RequestFailed, 0, Abort as u32, unknown),
+            ]
+        );
+        assert_eq!(r.chan.counters().request_errors, 9);
+        let ff = &t.flows[&f];
+        assert!(ff.sent.is_empty() && !ff.closed && !ff.aborted);
+        assert_eq!(t.flows.len(), 1, "no flow opened");
+
+        // Resources: the flow limit, then the transport's own refusal.
+        t.permits = 0;
+        r.connect(4);
+        t.permits = 1;
+        t.refuse_connect = Some(CloseCode::Exhausted);
+        r.connect(5);
+        r.chan.consume(&mut t).unwrap();
+        r.chan.flush(&mut t).unwrap();
+        let exhausted = CloseCode::Exhausted as u8;
+        assert_eq!(
+            r.kinds(),
+            [
+                (ConnectFailed, 0, 4, exhausted),
+                (ConnectFailed, 0, 5, exhausted)
+            ]
+        );
+
+        // A notification kind from the app breaks the channel protocol.
+        r.push(RecordKind::Closed, h, 0, 0, &[]);
+        assert_eq!(
+            r.chan.consume(&mut t),
+            Err(Violation::NotARequest(RecordKind::Closed))
+        );
+    }
+
+    #[test]
+    fn answers_beyond_the_cap_stop_consumption_until_the_app_reads() {
+        let (mut r, mut t) = (rig(1 << 20), Fake::new());
+        for _ in 0..MISC_CAP + 10 {
+            r.push(RecordKind::Close, 7, 0, 0, &[]);
+        }
+        let mut consumed = 0;
+        while let n @ 1.. = r.chan.consume(&mut t).unwrap() {
+            consumed += n;
+        }
+        assert_eq!(consumed, MISC_CAP, "no more answers queued than the cap");
+        r.chan.flush(&mut t).unwrap();
+        assert_eq!(r.read().len(), MISC_CAP);
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 10);
+    }
+
+    #[test]
+    fn a_send_the_transport_cannot_take_stays_in_the_ring_until_writable() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        let (f, h) = r.accepted(&mut t);
+        t.send_room = 0;
+        r.push(RecordKind::Send, h, 0, 0, b"hello");
+        r.push(RecordKind::Send, h, 0, 0, b"world");
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 0);
+        assert!(r.chan.is_stalled());
+        assert_eq!(r.chan.held_bytes(), 5);
+        // Not retried before the transport says so, even with room.
+        t.send_room = 10;
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 0);
+        r.chan.on_writable(f + 1); // another flow: not ours
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 0);
+        r.chan.on_writable(f);
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 2);
+        assert!(!r.chan.is_stalled());
+        assert_eq!(t.flows[&f].sent, [&b"hello"[..], &b"world"[..]]);
+    }
+
+    #[test]
+    fn detach_carries_out_published_requests_then_hands_the_flows_over() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        let (f, h) = r.accepted(&mut t);
+        r.connect(1); // in progress at detach: the app never saw it
+        r.chan.consume(&mut t).unwrap();
+        let connecting = *t.owners.keys().find(|&&k| k != f).unwrap();
+        t.deliver(f, b"unread");
+        r.chan.on_readable(h);
+        // Published before the detach: carried out after it.
+        r.push(RecordKind::Send, h, 0, 0, b"last words");
+        r.connect(2);
+        r.push(RecordKind::Send, 77, 0, 0, b"nobody");
+        assert!(!r.chan.take_wake_app());
+
+        r.chan.detach(&mut t, CloseCode::Detached);
+        assert!(r.chan.take_wake_app());
+        assert_eq!(
+            r.views.closed().load(Ordering::SeqCst),
+            CloseCode::Detached as u32
+        );
+        assert!(t.discarded.contains(&connecting), "unannounced flows go");
+        assert!(!t.owners.contains_key(&connecting));
+        assert!(!r.chan.is_drained().unwrap());
+        assert_eq!(r.chan.consume(&mut t).unwrap(), 3);
+        assert!(r.chan.is_drained().unwrap());
+        assert_eq!(t.flows[&f].sent, [&b"last words"[..]]);
+        assert_eq!(t.flows.len(), 1, "a detaching channel opens no flows");
+        r.chan.flush(&mut t).unwrap();
+        assert!(r.read().is_empty(), "a detaching channel writes nothing");
+        assert!(!r.chan.on_accepted(&mut t, 99, 81, None));
+
+        let orphans = r.chan.finish_detach(&mut t);
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].0, f);
+        assert!(t.flows[&f].closed && !t.flows[&f].aborted);
+        assert!(t.owners.is_empty());
+        assert_eq!(r.chan.flow_count(), 0);
+    }
+
+    #[test]
+    fn close_all_aborts_open_flows_and_forgets_them() {
+        let (mut r, mut t) = (rig(16384), Fake::new());
+        let (f, _) = r.accepted(&mut t);
+        let (g, hg) = r.accepted(&mut t);
+        r.chan.on_closed(hg, g, CloseCode::Reset);
+        r.chan.close_all(&mut t, CloseCode::Shutdown);
+        assert!(r.chan.take_wake_app());
+        assert_eq!(
+            r.views.closed().load(Ordering::SeqCst),
+            CloseCode::Shutdown as u32
+        );
+        assert_eq!(t.discarded.len(), 2);
+        assert!(t.owners.is_empty());
+        assert_eq!((r.chan.flow_count(), t.flows.len()), (0, 0));
+        let _ = f;
+    }
+
+    #[test]
+    fn a_scribbled_notification_head_is_a_violation() {
+        let (mut r, _t) = (rig(4096), Fake::new());
+        r.views.to_app.control().head.store(4096, Ordering::SeqCst);
+        // The producer re-reads the shared head only when it looks for room.
+        r.chan.notes.blocked_need = Some(32);
+        assert!(matches!(r.chan.prepare_sleep(), Err(Violation::Ring(_))));
+    }
+}
