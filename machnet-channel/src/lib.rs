@@ -11,6 +11,7 @@
 //! the two ends.
 
 pub mod control;
+pub mod engine;
 pub mod record;
 pub mod ring;
 

@@ -6,7 +6,8 @@
 //! peer engine. The input is a sequence of operations: the application writes records with any
 //! kind byte, flags, flow, aux, declared length and payload, rewrites data bytes and publishes
 //! arbitrary ring indices (the request ring's tail, the notification ring's head); the engine
-//! consumes, routes core events the way the worker does, flushes notifications, prepares to
+//! consumes, routes core events with the worker's own router (`machnet_sidecar::engine::route`),
+//! flushes notifications, prepares to
 //! sleep, detaches, drains and finishes the detach, or closes the channel.
 //!
 //! Invariants: no panic and no hang (libFuzzer's `-timeout`); a `Violation` is an acceptable
@@ -27,7 +28,8 @@ use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, ConnectRequest, Consumer, RECORD_HEADER_LEN,
 };
 use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
-use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Violation};
+use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Owners, Violation};
+use machnet_sidecar::engine::route::{discard_received, route, Routed};
 use machnet_sidecar::engine::{FlowCounter, FlowQuota};
 use machnet_sidecar::shm::ChannelMem;
 use memmap2::{MmapMut, MmapOptions};
@@ -147,14 +149,21 @@ enum State {
     Gone,
 }
 
+/// The channel's id.
+const CHAN: ChannelId = 1;
+
 struct Harness {
-    chan: Chan,
+    /// The engine's channels, as the worker keeps them: the one channel while it is open or
+    /// detaching, none once it is gone.
+    chans: HashMap<ChannelId, Chan>,
+    /// The engine's listeners (the channel's port while it is open).
+    listeners: HashMap<u16, ChannelId>,
     app: App,
     core: Engine,
     peer: Engine,
     /// The peer's flows (accepted from the channel or connected to it).
     peer_flows: Vec<FlowId>,
-    owners: HashMap<FlowId, (ChannelId, u32)>,
+    owners: Owners,
     now: Instant,
     state: State,
 }
@@ -174,14 +183,15 @@ impl Harness {
         let requests = unsafe { map.as_mut_ptr().add(layout.to_sidecar_offset as usize) };
         // A small flow limit, so that `Exhausted` answers are reached too.
         let quota = FlowQuota::new(FlowCounter::new(4), FlowCounter::new(6));
-        let mut chan = Chan::new(1, mem, quota);
+        let mut chan = Chan::new(CHAN, mem, quota);
         let mut core = engine(A);
         let mut peer = engine(B);
         peer.listen(PEER_PORT).ok()?;
         core.listen(CHAN_PORT).ok()?;
         chan.ports.push(CHAN_PORT);
         Some(Harness {
-            chan,
+            chans: HashMap::from([(CHAN, chan)]),
+            listeners: HashMap::from([(CHAN_PORT, CHAN)]),
             app: App {
                 _map: map,
                 requests,
@@ -210,14 +220,32 @@ impl Harness {
         }
     }
 
+    /// The channel (open or detaching).
+    fn chan(&mut self) -> &mut Chan {
+        self.chans.get_mut(&CHAN).expect("the channel is not gone")
+    }
+
+    /// The worker's `remove_channel`: no listening any more, the channel leaves the engine.
+    fn remove(&mut self) -> Chan {
+        self.unlisten();
+        self.state = State::Gone;
+        self.chans.remove(&CHAN).expect("the channel is not gone")
+    }
+
+    fn unlisten(&mut self) {
+        if self.listeners.remove(&CHAN_PORT).is_some() {
+            self.core.unlisten(CHAN_PORT);
+        }
+    }
+
     fn close(&mut self, code: CloseCode) {
+        let mut chan = self.remove();
         let mut ctx = Ctx {
             core: &mut self.core,
             now: self.now,
             owners: &mut self.owners,
         };
-        self.chan.close_all(&mut ctx, code);
-        self.state = State::Gone;
+        chan.close_all(&mut ctx, code);
     }
 
     fn run(mut self, u: &mut Unstructured<'_>) -> Result<()> {
@@ -325,7 +353,8 @@ impl Harness {
                     now: self.now,
                     owners: &mut self.owners,
                 };
-                let res = self.chan.consume(&mut ctx);
+                let chan = self.chans.get_mut(&CHAN).expect("not gone");
+                let res = chan.consume(&mut ctx);
                 self.check(res);
                 if self.state == State::Detaching {
                     self.finish_detach_if_drained();
@@ -335,7 +364,13 @@ impl Harness {
             11 => self.shuttle(),
             12 => {
                 if self.state == State::Open {
-                    let res = self.chan.flush(&mut self.core);
+                    let mut ctx = Ctx {
+                        core: &mut self.core,
+                        now: self.now,
+                        owners: &mut self.owners,
+                    };
+                    let chan = self.chans.get_mut(&CHAN).expect("open");
+                    let res = chan.flush(&mut ctx);
                     self.check(res);
                 }
             }
@@ -371,30 +406,34 @@ impl Harness {
             // The sleep protocol.
             16 => {
                 if self.state == State::Open {
-                    let res = self.chan.prepare_sleep();
-                    self.check(res);
-                    let _ = self.chan.has_room_for_blocked();
-                    let _ = self.chan.wants_flush();
-                    self.chan.cancel_sleep();
+                    let res = self.chan().prepare_sleep();
+                    if self.check(res).is_some() {
+                        let chan = self.chan();
+                        let _ = chan.has_room_for_blocked();
+                        let _ = chan.wants_flush();
+                        chan.cancel_sleep();
+                    }
                 }
             }
             // The app detaches (gracefully or not), or the sidecar shuts the channel.
             _ => match (u.int_in_range(0u8..=2)?, &self.state) {
                 (0, State::Open) => {
                     let deadline = self.now + Duration::from_secs(5);
+                    self.unlisten();
                     let mut ctx = Ctx {
                         core: &mut self.core,
                         now: self.now,
                         owners: &mut self.owners,
                     };
-                    self.chan.detach(&mut ctx, CloseCode::Detached, deadline);
+                    let chan = self.chans.get_mut(&CHAN).expect("open");
+                    chan.detach(&mut ctx, CloseCode::Detached, deadline);
                     self.state = State::Detaching;
                     self.finish_detach_if_drained();
                 }
                 (1, _) => self.close(CloseCode::Detached),
                 (_, State::Detaching) => {
                     // The linger expired.
-                    if self.chan.detach_deadline().is_some_and(|d| d <= self.now) {
+                    if self.chan().detach_deadline().is_some_and(|d| d <= self.now) {
                         self.close(CloseCode::Detached);
                     }
                 }
@@ -406,22 +445,25 @@ impl Harness {
 
     /// What the worker does for a detaching channel after consuming.
     fn finish_detach_if_drained(&mut self) {
-        let res = self.chan.is_drained();
+        if self.state == State::Gone {
+            return;
+        }
+        let res = self.chan().is_drained();
         if self.check(res) == Some(true) {
+            let mut chan = self.remove();
             let mut ctx = Ctx {
                 core: &mut self.core,
                 now: self.now,
                 owners: &mut self.owners,
             };
             // The worker keeps the orphans until they close; dropping them gives back permits.
-            let orphans = self.chan.finish_detach(&mut ctx);
+            let orphans = chan.finish_detach(&mut ctx);
             for (flow, _permit) in orphans {
                 assert!(
                     self.core.flow_key(flow).is_some(),
                     "an orphan the core does not know"
                 );
             }
-            self.state = State::Gone;
         }
     }
 
@@ -479,77 +521,22 @@ impl Harness {
         }
     }
 
-    /// The worker's `route` for a single channel (machnet-sidecar/src/engine/worker.rs).
+    /// The engine's events, through the worker's router; what no channel owns is read and
+    /// dropped (the worker's orphan handling).
     fn route(&mut self) {
         while let Some(ev) = self.core.poll_event() {
-            let gone = self.state == State::Gone;
-            if let Event::Accepted { flow, listen_port } = ev {
-                let info = None;
-                let taken = !gone
-                    && self.state == State::Open
-                    && self
-                        .chan
-                        .on_accepted(flow, listen_port, info, &mut self.owners);
-                if !taken {
-                    let _ = self.core.abort(self.now, flow);
-                }
-                continue;
-            }
-            let flow = match ev {
-                Event::Connected { flow }
-                | Event::Readable { flow }
-                | Event::Writable { flow }
-                | Event::PeerClosed { flow }
-                | Event::Closed { flow, .. } => flow,
-                Event::Accepted { .. } => unreachable!(),
+            let mut ctx = Ctx {
+                core: &mut self.core,
+                now: self.now,
+                owners: &mut self.owners,
             };
-            let owner = if matches!(ev, Event::Closed { .. }) {
-                self.owners.remove(&flow)
-            } else {
-                self.owners.get(&flow).copied()
-            };
-            let Some((_, h)) = owner else {
-                match ev {
-                    Event::Readable { flow } => while let Ok(Some(_)) = self.core.recv(flow) {},
-                    Event::Closed { flow, .. } => self.core.discard(flow),
-                    _ => {}
-                }
-                continue;
-            };
-            if gone {
-                self.core.discard(flow);
-                continue;
-            }
-            if self.state == State::Detaching {
-                match ev {
-                    Event::Readable { flow } => while let Ok(Some(_)) = self.core.recv(flow) {},
-                    Event::Writable { flow } => self.chan.on_writable(flow),
-                    Event::Closed { flow, .. } => {
-                        self.chan.forget(h, &mut self.core);
-                        self.chan.on_writable(flow);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            match ev {
-                Event::Connected { flow } => {
-                    let info = self
-                        .core
-                        .flow_key(flow)
-                        .map(|k| machnet_channel::FlowInfo {
-                            local_ip: k.local_ip,
-                            local_port: k.local_port,
-                            remote_ip: k.remote_ip,
-                            remote_port: k.remote_port,
-                        });
-                    self.chan.on_connected(h, info)
-                }
-                Event::Readable { .. } => self.chan.on_readable(h),
-                Event::Writable { flow } => self.chan.on_writable(flow),
-                Event::PeerClosed { .. } => self.chan.on_peer_closed(h),
-                Event::Closed { flow, reason } => self.chan.on_closed(h, flow, reason.into()),
-                Event::Accepted { .. } => unreachable!(),
+            match route(ev, &mut ctx, &self.listeners, &mut self.chans) {
+                Routed::Unowned(Event::Readable { flow }) => discard_received(&mut self.core, flow),
+                Routed::Unowned(Event::Closed { flow, .. }) => self.core.discard(flow),
+                Routed::Unowned(_)
+                | Routed::Delivered { .. }
+                | Routed::Absorbed
+                | Routed::AcceptRefused => {}
             }
         }
     }

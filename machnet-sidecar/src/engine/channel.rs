@@ -1,50 +1,26 @@
-//! One channel as its engine sees it (docs/CHANNEL.md §3): the request ring it consumes, the
-//! notification ring it fills, and the flows the channel owns.
-//!
-//! Everything read from the shared memory is untrusted and validated by the ring code; a
-//! ring-level violation is returned as [`Violation`] and the engine closes the channel. Request
-//! errors are answered on the notification ring.
-//!
-//! Notifications of a flow are written in order: `Connected`/`Accepted`, its messages, then
-//! `PeerClosed`, then `Closed`. A message is taken from the core only when the notification ring
-//! has room for it (back-pressure, §3.4); otherwise it stays in the core and the flow's receive
-//! window closes (the engine checks the size with `Engine::peek_len` before `recv`).
+//! One channel as its engine thread sees it: the channel's engine half
+//! ([`machnet_channel::engine::Channel`], where the request handling, the flow lifecycle and
+//! the notification rules live) over this engine's `machnet_core::Engine`, plus what only the
+//! sidecar has: the channel's memory and eventfds, its application's flow limit, its listening
+//! ports and its place in the worker's scheduling.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use bytes::Bytes;
-use machnet_channel::{
-    ring::record_footprint, CloseCode, ConnectRequest, Consumer, FlowInfo, Peeked, Producer,
-    PushError, RecordHeader, RecordKind, RingError,
-};
+use machnet_channel::engine::{self, SendRefused, Transport, UnknownFlow};
+use machnet_channel::{CloseCode, ConnectRequest, FlowInfo};
 use machnet_core::{CloseReason, ConnectError, Engine, FlowId, Instant, SendError};
 
 use super::flow_quota::{FlowPermit, FlowQuota};
 use crate::shm::ChannelMem;
 
+pub use machnet_channel::engine::{Counters as ChanCounters, Violation};
+
 /// Channel identifier, unique in the sidecar's lifetime (never 0).
 pub type ChannelId = u32;
 
-/// Requests consumed from one channel per engine iteration (fairness between channels).
-const REQUEST_BUDGET: usize = 64;
-/// Payload bytes consumed from one channel per engine iteration.
-const REQUEST_BYTES_BUDGET: usize = 4 << 20;
-/// Payload-less notifications (`ConnectFailed`, `RequestFailed`) queued before the engine stops
-/// consuming the channel's requests until the app reads its notifications.
-const MISC_CAP: usize = 1024;
-/// Messages delivered from one flow before the channel's other flows get their turn.
-const MESSAGES_PER_TURN: usize = 16;
-
-/// The app broke the channel protocol; the channel must be closed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Violation {
-    /// The shared ring indices or a record header are inconsistent.
-    #[error("ring violation: {0}")]
-    Ring(#[from] RingError),
-    /// A record of a kind apps may not send.
-    #[error("record kind {0:?} is not a request")]
-    NotARequest(RecordKind),
-}
+/// Engine-wide map from core flows to the (channel, handle) owning them.
+pub type Owners = HashMap<FlowId, (ChannelId, u32)>;
 
 /// What the engine needs from the outside while handling a channel.
 pub struct Ctx<'a> {
@@ -53,90 +29,100 @@ pub struct Ctx<'a> {
     /// Now.
     pub now: Instant,
     /// Engine-wide map from core flows to (channel, handle).
-    pub owners: &'a mut HashMap<FlowId, (ChannelId, u32)>,
+    pub owners: &'a mut Owners,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Connect { request_id: u32 },
-    Accepted { port: u16 },
+/// The core as one channel's transport: the [`Transport`] the engine half drives.
+struct CoreTransport<'a, 'c> {
+    ctx: &'a mut Ctx<'c>,
+    channel: ChannelId,
+    quota: &'a FlowQuota,
 }
 
-#[derive(Debug)]
-struct FlowEntry {
-    id: FlowId,
-    origin: Origin,
-    info: Option<FlowInfo>,
-    established: bool,
-    announced: bool,
-    readable: bool,
-    pending: Option<Bytes>,
-    peer_closed: bool,
-    peer_closed_sent: bool,
-    closed: Option<CloseCode>,
-    dirty: bool,
-    /// The flow's slot in its application's flow limit, given back when the entry goes.
-    permit: FlowPermit,
-}
+impl Transport for CoreTransport<'_, '_> {
+    type Flow = FlowId;
+    type Permit = FlowPermit;
 
-impl FlowEntry {
-    fn new(id: FlowId, origin: Origin, permit: FlowPermit) -> Self {
-        FlowEntry {
-            id,
-            origin,
-            permit,
-            info: None,
-            established: false,
-            announced: false,
-            readable: false,
-            pending: None,
-            peer_closed: false,
-            peer_closed_sent: false,
-            closed: None,
-            dirty: false,
-        }
+    fn admit(&mut self) -> Option<FlowPermit> {
+        self.quota.acquire().ok()
     }
-}
 
-/// A `Send` the core refused for lack of buffer space; retried when the flow becomes writable.
-#[derive(Debug)]
-struct Stall {
-    flow: FlowId,
-    msg: Bytes,
-    rec: Peeked,
-    retry: bool,
-}
+    fn connect(&mut self, req: ConnectRequest) -> Result<FlowId, CloseCode> {
+        let ctx = &mut *self.ctx;
+        ctx.core
+            .connect(ctx.now, req.remote_ip, req.remote_port)
+            .map_err(|e| match e {
+                ConnectError::NoEphemeralPort | ConnectError::TooManyFlows => CloseCode::Exhausted,
+                ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort => {
+                    CloseCode::InvalidRequest
+                }
+            })
+    }
 
-/// Counters of one channel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ChanCounters {
-    /// Requests consumed.
-    pub requests: u64,
-    /// Notifications written.
-    pub notifications: u64,
-    /// Requests answered with `ConnectFailed` / `RequestFailed`.
-    pub request_errors: u64,
+    fn send(&mut self, flow: FlowId, msg: Bytes) -> Result<(), SendRefused> {
+        self.ctx
+            .core
+            .send(self.ctx.now, flow, msg)
+            .map_err(|e| match e {
+                SendError::BufferFull => SendRefused::BufferFull,
+                SendError::UnknownFlow => SendRefused::Failed(CloseCode::UnknownFlow),
+                SendError::MessageTooLarge { .. } => {
+                    SendRefused::Failed(CloseCode::MessageTooLarge)
+                }
+                SendError::Closed | SendError::EmptyMessage => {
+                    SendRefused::Failed(CloseCode::InvalidRequest)
+                }
+            })
+    }
+
+    fn peek_len(&mut self, flow: FlowId) -> Option<usize> {
+        self.ctx.core.peek_len(flow).ok().flatten()
+    }
+
+    fn recv(&mut self, flow: FlowId) -> Option<Bytes> {
+        self.ctx.core.recv(flow).ok().flatten()
+    }
+
+    fn close(&mut self, flow: FlowId) -> Result<(), UnknownFlow> {
+        self.ctx
+            .core
+            .close(self.ctx.now, flow)
+            .map_err(|_| UnknownFlow)
+    }
+
+    fn abort(&mut self, flow: FlowId) -> Result<(), UnknownFlow> {
+        self.ctx
+            .core
+            .abort(self.ctx.now, flow)
+            .map_err(|_| UnknownFlow)
+    }
+
+    fn discard(&mut self, flow: FlowId) {
+        self.ctx.core.discard(flow);
+    }
+
+    fn exists(&self, flow: FlowId) -> bool {
+        self.ctx.core.flow_key(flow).is_some()
+    }
+
+    fn adopt(&mut self, flow: FlowId, handle: u32) {
+        self.ctx.owners.insert(flow, (self.channel, handle));
+    }
+
+    fn release(&mut self, flow: FlowId) {
+        self.ctx.owners.remove(&flow);
+    }
 }
 
 /// One channel's engine-side state.
 pub struct Chan {
     id: ChannelId,
     mem: ChannelMem,
-    requests: Consumer,
-    notes: Producer,
-    flows: HashMap<u32, FlowEntry>,
-    next_handle: u32,
-    dirty: VecDeque<u32>,
-    misc: VecDeque<RecordHeader>,
-    stalled: Option<Stall>,
+    half: engine::Channel<FlowId, FlowPermit>,
     /// Machnet ports this channel listens on (on this engine).
     pub ports: Vec<u16>,
-    blocked_need: Option<u64>,
-    pushed: bool,
-    counters: ChanCounters,
     /// Set once the channel is detached gracefully (docs/CHANNEL.md §5): the deadline by which
-    /// its flows must have closed. A detaching channel carries out the requests left in its ring
-    /// and writes no notifications.
+    /// its flows must have closed.
     detach_deadline: Option<Instant>,
     /// The flow limits of the channel's application.
     quota: FlowQuota,
@@ -161,60 +147,46 @@ impl std::fmt::Debug for Chan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chan")
             .field("id", &self.id)
-            .field("flows", &self.flows.len())
+            .field("half", &self.half)
             .finish_non_exhaustive()
     }
-}
-
-fn note(kind: RecordKind, flow: u32, aux: u32, flags: u8) -> RecordHeader {
-    RecordHeader {
-        len: 0,
-        kind,
-        flags,
-        flow,
-        aux,
-    }
-}
-
-/// Outcome of flushing one flow.
-enum Flushed {
-    /// Nothing left for now.
-    Done,
-    /// The ring is full.
-    Blocked,
-    /// Delivered its share of messages; more may be waiting.
-    Yield,
-}
-
-/// Outcome of trying to write a record.
-enum Pushed {
-    Done,
-    Full,
 }
 
 impl Chan {
     /// Takes over a freshly created channel (both rings at position 0) whose flows count
     /// against `quota`.
     pub fn new(id: ChannelId, mut mem: ChannelMem, quota: FlowQuota) -> Self {
-        let views = mem.views();
-        let max = mem.layout().max_message_len;
+        let half = engine::Channel::new(mem.views(), mem.layout().max_message_len);
         Chan {
             id,
-            requests: Consumer::new(views.to_sidecar, 0, max),
-            notes: Producer::new(views.to_app, 0),
             mem,
-            flows: HashMap::new(),
-            next_handle: 1,
-            dirty: VecDeque::new(),
-            misc: VecDeque::new(),
-            stalled: None,
+            half,
             ports: Vec::new(),
-            blocked_need: None,
-            pushed: false,
-            counters: ChanCounters::default(),
             detach_deadline: None,
             quota,
             sched: Sched::default(),
+        }
+    }
+
+    /// Runs `f` on the engine half over the core, then wakes the app if it asked to be.
+    fn with<R>(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        f: impl FnOnce(&mut engine::Channel<FlowId, FlowPermit>, &mut CoreTransport<'_, '_>) -> R,
+    ) -> R {
+        let mut t = CoreTransport {
+            ctx,
+            channel: self.id,
+            quota: &self.quota,
+        };
+        let r = f(&mut self.half, &mut t);
+        self.wake_if_asked();
+        r
+    }
+
+    fn wake_if_asked(&mut self) {
+        if self.half.take_wake_app() {
+            self.mem.wake_app();
         }
     }
 
@@ -230,528 +202,100 @@ impl Chan {
 
     /// Counters.
     pub fn counters(&self) -> ChanCounters {
-        self.counters
+        self.half.counters()
     }
 
     /// Live flows of this channel.
     pub fn flow_count(&self) -> usize {
-        self.flows.len()
+        self.half.flow_count()
     }
 
     /// Whether a refused `Send` holds up the request ring.
     pub fn is_stalled(&self) -> bool {
-        self.stalled.is_some()
+        self.half.is_stalled()
     }
 
     /// Message bytes held in the sidecar for this channel (outside the core and the rings).
     pub fn held_bytes(&self) -> usize {
-        self.flows
-            .values()
-            .filter_map(|e| e.pending.as_ref().map(Bytes::len))
-            .sum::<usize>()
-            + self.stalled.as_ref().map_or(0, |s| s.msg.len())
+        self.half.held_bytes()
     }
-
-    fn can_consume(&self) -> bool {
-        self.stalled.as_ref().is_none_or(|s| s.retry) && self.misc.len() < MISC_CAP
-    }
-
-    fn alloc_handle(&mut self) -> Option<u32> {
-        let h = self.next_handle;
-        self.next_handle = h.checked_add(1)?;
-        Some(h)
-    }
-
-    fn fail(&mut self, kind: RecordKind, flow: u32, aux: u32, code: CloseCode) {
-        self.counters.request_errors += 1;
-        // Nobody reads the answers of a detaching channel.
-        if self.detach_deadline.is_none() {
-            self.misc.push_back(note(kind, flow, aux, code as u8));
-        }
-    }
-
-    fn request_failed(&mut self, req: &RecordHeader, code: CloseCode) {
-        self.fail(
-            RecordKind::RequestFailed,
-            req.flow,
-            u32::from(req.kind as u8),
-            code,
-        );
-    }
-
-    fn mark_dirty(&mut self, handle: u32) {
-        if let Some(e) = self.flows.get_mut(&handle) {
-            if !e.dirty {
-                e.dirty = true;
-                self.dirty.push_back(handle);
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Requests
-    // ------------------------------------------------------------------------------------------
 
     /// Consumes requests (within a budget) and applies them to the core. Returns how many were
     /// consumed.
     pub fn consume(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Violation> {
-        let mut n = 0;
-        if let Some(stall) = self.stalled.as_mut() {
-            if !stall.retry {
-                return Ok(0);
-            }
-            stall.retry = false;
-            match ctx.core.send(ctx.now, stall.flow, stall.msg.clone()) {
-                Err(SendError::BufferFull) => return Ok(0),
-                res => {
-                    let stall = self.stalled.take().expect("checked");
-                    let req = stall.rec.header;
-                    self.requests.consume(&stall.rec);
-                    n += 1;
-                    if let Err(e) = res {
-                        self.request_failed(&req, send_error_code(e));
-                    }
-                }
-            }
-        }
-        let mut bytes = 0usize;
-        while n < REQUEST_BUDGET && bytes < REQUEST_BYTES_BUDGET && self.can_consume() {
-            let Some(rec) = self.requests.peek()? else {
-                break;
-            };
-            let h = rec.header;
-            if !h.kind.is_request() {
-                return Err(Violation::NotARequest(h.kind));
-            }
-            bytes += h.len as usize;
-            let consumed = match h.kind {
-                // A detaching channel opens no flows: nobody would use them.
-                RecordKind::Connect if self.detach_deadline.is_some() => true,
-                RecordKind::Connect => {
-                    self.connect(ctx, &rec);
-                    true
-                }
-                RecordKind::Send => self.send(ctx, &rec),
-                RecordKind::Close | RecordKind::Abort => {
-                    self.close(ctx, &h);
-                    true
-                }
-                _ => return Err(Violation::NotARequest(h.kind)),
-            };
-            if !consumed {
-                break;
-            }
-            self.requests.consume(&rec);
-            n += 1;
-        }
-        self.counters.requests += n as u64;
-        if n > 0 && self.requests.producer_needs_wakeup() {
-            self.mem.wake_app();
-        }
-        Ok(n)
+        self.with(ctx, |half, t| half.consume(t))
     }
-
-    fn connect(&mut self, ctx: &mut Ctx<'_>, rec: &Peeked) {
-        let h = rec.header;
-        let fail = |this: &mut Self, code| this.fail(RecordKind::ConnectFailed, 0, h.aux, code);
-        if h.flow != 0 || h.flags != 0 || h.len as usize != ConnectRequest::LEN {
-            return fail(self, CloseCode::InvalidRequest);
-        }
-        let mut buf = [0u8; ConnectRequest::LEN];
-        self.requests.read_payload(rec, &mut buf);
-        let Some(req) = ConnectRequest::decode(&buf) else {
-            return fail(self, CloseCode::InvalidRequest);
-        };
-        let Some(handle) = self.alloc_handle() else {
-            return fail(self, CloseCode::Exhausted);
-        };
-        // The application's flow limit (docs/CHANNEL.md §2).
-        let Ok(permit) = self.quota.acquire() else {
-            return fail(self, CloseCode::Exhausted);
-        };
-        match ctx.core.connect(ctx.now, req.remote_ip, req.remote_port) {
-            Ok(id) => {
-                ctx.owners.insert(id, (self.id, handle));
-                self.flows.insert(
-                    handle,
-                    FlowEntry::new(id, Origin::Connect { request_id: h.aux }, permit),
-                );
-            }
-            Err(ConnectError::NoEphemeralPort | ConnectError::TooManyFlows) => {
-                fail(self, CloseCode::Exhausted)
-            }
-            Err(ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort) => {
-                fail(self, CloseCode::InvalidRequest)
-            }
-        }
-    }
-
-    /// Returns false if the record must stay in the ring (the core's send buffer is full).
-    fn send(&mut self, ctx: &mut Ctx<'_>, rec: &Peeked) -> bool {
-        let h = rec.header;
-        if h.flags != 0 || h.aux != 0 || h.len == 0 {
-            self.request_failed(&h, CloseCode::InvalidRequest);
-            return true;
-        }
-        let Some(id) = self.live_flow(h.flow) else {
-            self.request_failed(&h, CloseCode::UnknownFlow);
-            return true;
-        };
-        let msg = Bytes::from(self.requests.payload_to_vec(rec));
-        match ctx.core.send(ctx.now, id, msg.clone()) {
-            Ok(()) => true,
-            Err(SendError::BufferFull) => {
-                self.stalled = Some(Stall {
-                    flow: id,
-                    msg,
-                    rec: *rec,
-                    retry: false,
-                });
-                false
-            }
-            Err(e) => {
-                self.request_failed(&h, send_error_code(e));
-                true
-            }
-        }
-    }
-
-    fn close(&mut self, ctx: &mut Ctx<'_>, h: &RecordHeader) {
-        if h.flags != 0 || h.aux != 0 || h.len != 0 {
-            return self.request_failed(h, CloseCode::InvalidRequest);
-        }
-        let Some(id) = self.live_flow(h.flow) else {
-            return self.request_failed(h, CloseCode::UnknownFlow);
-        };
-        let res = if h.kind == RecordKind::Abort {
-            ctx.core.abort(ctx.now, id)
-        } else {
-            ctx.core.close(ctx.now, id)
-        };
-        if res.is_err() {
-            self.request_failed(h, CloseCode::UnknownFlow);
-        }
-    }
-
-    /// The core flow of a handle the app may still use.
-    fn live_flow(&self, handle: u32) -> Option<FlowId> {
-        self.flows
-            .get(&handle)
-            .filter(|e| e.closed.is_none() && e.announced)
-            .map(|e| e.id)
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Core events (routed here by the engine)
-    // ------------------------------------------------------------------------------------------
 
     /// The core established a flow this channel connected.
     pub fn on_connected(&mut self, handle: u32, info: Option<FlowInfo>) {
-        if let Some(e) = self.flows.get_mut(&handle) {
-            e.established = true;
-            e.info = info;
-            self.mark_dirty(handle);
-        }
+        self.half.on_connected(handle, info);
     }
 
     /// A listener of this channel accepted `id` on `port`. Returns false if the channel cannot
     /// take more flows, or its application holds its flow limit (the caller aborts it).
     pub fn on_accepted(
         &mut self,
+        ctx: &mut Ctx<'_>,
         id: FlowId,
         port: u16,
         info: Option<FlowInfo>,
-        owners: &mut HashMap<FlowId, (ChannelId, u32)>,
     ) -> bool {
-        let Some(handle) = self.alloc_handle() else {
-            return false;
-        };
-        let Ok(permit) = self.quota.acquire() else {
-            return false;
-        };
-        let mut e = FlowEntry::new(id, Origin::Accepted { port }, permit);
-        e.established = true;
-        e.info = info;
-        self.flows.insert(handle, e);
-        owners.insert(id, (self.id, handle));
-        self.mark_dirty(handle);
-        true
+        self.with(ctx, |half, t| half.on_accepted(t, id, port, info))
     }
 
     /// Messages are waiting in the core for `handle`.
     pub fn on_readable(&mut self, handle: u32) {
-        if let Some(e) = self.flows.get_mut(&handle) {
-            e.readable = true;
-            self.mark_dirty(handle);
-        }
+        self.half.on_readable(handle);
     }
 
     /// The peer closed its direction of `handle`.
     pub fn on_peer_closed(&mut self, handle: u32) {
-        if let Some(e) = self.flows.get_mut(&handle) {
-            e.peer_closed = true;
-            self.mark_dirty(handle);
-        }
+        self.half.on_peer_closed(handle);
     }
 
     /// The core flow behind `handle` is gone.
     pub fn on_closed(&mut self, handle: u32, id: FlowId, code: CloseCode) {
-        if let Some(e) = self.flows.get_mut(&handle) {
-            e.closed = Some(code);
-            self.mark_dirty(handle);
-        }
-        self.on_writable(id);
+        self.half.on_closed(handle, id, code);
     }
 
     /// The core can take more data on `id`: retry a stalled send.
     pub fn on_writable(&mut self, id: FlowId) {
-        if let Some(s) = self.stalled.as_mut() {
-            if s.flow == id {
-                s.retry = true;
-            }
-        }
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Notifications
-    // ------------------------------------------------------------------------------------------
-
-    fn push(&mut self, h: RecordHeader, payload: &[u8]) -> Result<Pushed, Violation> {
-        match self.notes.push(h, &[payload]) {
-            Ok(()) => {
-                self.pushed = true;
-                self.counters.notifications += 1;
-                Ok(Pushed::Done)
-            }
-            Err(PushError::Full) => {
-                self.blocked_need = Some(record_footprint(payload.len() as u64));
-                Ok(Pushed::Full)
-            }
-            Err(PushError::TooLarge(len)) => {
-                // Impossible by construction (rings hold a maximum-size message); never loop.
-                crate::limited!(
-                    error,
-                    channel = self.id,
-                    len,
-                    "notification larger than the ring"
-                );
-                Ok(Pushed::Done)
-            }
-            Err(PushError::Corrupt(e)) => Err(Violation::Ring(e)),
-        }
+        self.half.on_writable(id);
     }
 
     /// Writes pending notifications while they fit, taking messages from the core as room
     /// allows. Returns whether anything was written.
-    pub fn flush(&mut self, core: &mut Engine) -> Result<bool, Violation> {
-        self.pushed = false;
-        self.blocked_need = None;
-        let mut blocked = false;
-        let mut yields = 0;
-        while let Some(&h) = self.misc.front() {
-            if let Pushed::Full = self.push(h, &[])? {
-                blocked = true;
-                break;
-            }
-            self.misc.pop_front();
-        }
-        while !blocked {
-            let Some(&handle) = self.dirty.front() else {
-                break;
-            };
-            match self.flush_flow(handle, core)? {
-                Flushed::Done => {
-                    self.dirty.pop_front();
-                    if let Some(e) = self.flows.get_mut(&handle) {
-                        e.dirty = false;
-                    }
-                }
-                Flushed::Yield => {
-                    // Its turn is over: let the other flows of the channel deliver too.
-                    self.dirty.pop_front();
-                    self.dirty.push_back(handle);
-                    yields += 1;
-                    if yields > self.dirty.len() * 64 {
-                        break;
-                    }
-                }
-                Flushed::Blocked => blocked = true,
-            }
-        }
-        let pushed = self.pushed;
-        if pushed && self.notes.consumer_needs_wakeup() {
-            self.mem.wake_app();
-        }
-        Ok(pushed)
+    pub fn flush(&mut self, ctx: &mut Ctx<'_>) -> Result<bool, Violation> {
+        self.with(ctx, |half, t| half.flush(t))
     }
-
-    /// Flushes one flow: everything it has, up to [`MESSAGES_PER_TURN`] messages.
-    fn flush_flow(&mut self, handle: u32, core: &mut Engine) -> Result<Flushed, Violation> {
-        let Some(e) = self.flows.get(&handle) else {
-            return Ok(Flushed::Done);
-        };
-        if !e.announced {
-            if e.established {
-                let (kind, aux) = match e.origin {
-                    Origin::Connect { request_id } => (RecordKind::Connected, request_id),
-                    Origin::Accepted { port } => (RecordKind::Accepted, u32::from(port)),
-                };
-                let info = e.info.map(|i| i.encode()).unwrap_or([0u8; FlowInfo::LEN]);
-                if let Pushed::Full = self.push(note(kind, handle, aux, 0), &info)? {
-                    return Ok(Flushed::Blocked);
-                }
-                self.flows.get_mut(&handle).expect("present").announced = true;
-            } else if let Some(code) = e.closed {
-                // Never established: a failed connect (accepted flows are established at birth).
-                if let Origin::Connect { request_id } = e.origin {
-                    if let Pushed::Full = self.push(
-                        note(RecordKind::ConnectFailed, 0, request_id, code as u8),
-                        &[],
-                    )? {
-                        return Ok(Flushed::Blocked);
-                    }
-                }
-                self.flows.remove(&handle);
-                return Ok(Flushed::Done);
-            } else {
-                return Ok(Flushed::Done);
-            }
-        }
-        // Messages: the one held here first, then from the core while they fit.
-        let e = self.flows.get_mut(&handle).expect("present");
-        if let Some(m) = e.pending.take() {
-            if let Pushed::Full = self.push(note(RecordKind::Message, handle, 0, 0), &m)? {
-                self.flows.get_mut(&handle).expect("present").pending = Some(m);
-                return Ok(Flushed::Blocked);
-            }
-        }
-        let mut delivered = 0;
-        loop {
-            let e = self.flows.get_mut(&handle).expect("present");
-            if !e.readable {
-                break;
-            }
-            if delivered == MESSAGES_PER_TURN {
-                return Ok(Flushed::Yield);
-            }
-            delivered += 1;
-            let id = e.id;
-            // Take a message from the core only if it fits in the ring now (§3.4): otherwise it
-            // stays there and the flow's receive window closes.
-            let len = match core.peek_len(id) {
-                Ok(Some(len)) => len,
-                Ok(None) | Err(_) => {
-                    self.flows.get_mut(&handle).expect("present").readable = false;
-                    break;
-                }
-            };
-            let need = record_footprint(len as u64);
-            if self.notes.free()? < need {
-                self.blocked_need = Some(need);
-                return Ok(Flushed::Blocked);
-            }
-            match core.recv(id) {
-                Ok(Some(m)) => {
-                    if let Pushed::Full = self.push(note(RecordKind::Message, handle, 0, 0), &m)? {
-                        self.flows.get_mut(&handle).expect("present").pending = Some(m);
-                        return Ok(Flushed::Blocked);
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    self.flows.get_mut(&handle).expect("present").readable = false;
-                }
-            }
-        }
-        let e = self.flows.get(&handle).expect("present");
-        if e.peer_closed && !e.peer_closed_sent {
-            if let Pushed::Full = self.push(note(RecordKind::PeerClosed, handle, 0, 0), &[])? {
-                return Ok(Flushed::Blocked);
-            }
-            self.flows
-                .get_mut(&handle)
-                .expect("present")
-                .peer_closed_sent = true;
-        }
-        let e = self.flows.get(&handle).expect("present");
-        if let Some(code) = e.closed {
-            if let Pushed::Full = self.push(note(RecordKind::Closed, handle, 0, code as u8), &[])? {
-                return Ok(Flushed::Blocked);
-            }
-            if let Some(e) = self.flows.remove(&handle) {
-                // Normally all read by now (`readable` was set while any was left).
-                core.discard(e.id);
-            }
-        }
-        Ok(Flushed::Done)
-    }
-
-    // ------------------------------------------------------------------------------------------
-    // Sleeping and closing
-    // ------------------------------------------------------------------------------------------
 
     /// Announces that the engine is about to sleep (docs/CHANNEL.md §4). Returns `Ok(false)` if
     /// there is work after all (a request to consume, or room for a blocked notification).
     pub fn prepare_sleep(&mut self) -> Result<bool, Violation> {
-        if self.can_consume() && self.requests.prepare_wait()? {
-            return Ok(false);
-        }
-        if let Some(need) = self.blocked_need {
-            if self.notes.prepare_wait()? >= need {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        self.half.prepare_sleep()
     }
 
     /// Withdraws the announcements of [`Chan::prepare_sleep`] after waking.
     pub fn cancel_sleep(&mut self) {
-        self.requests.cancel_wait();
-        self.notes
-            .ring()
-            .control()
-            .space_waiting
-            .store(0, std::sync::atomic::Ordering::SeqCst);
+        self.half.cancel_sleep();
     }
 
     /// Whether a notification waits for room that the app has since made.
     pub fn has_room_for_blocked(&mut self) -> bool {
-        match self.blocked_need {
-            Some(need) => self.notes.free().map(|f| f >= need).unwrap_or(true),
-            None => false,
-        }
+        self.half.has_room_for_blocked()
     }
 
     /// Whether flushing could make progress (something queued and not known to be blocked).
     pub fn wants_flush(&self) -> bool {
-        (!self.misc.is_empty() || !self.dirty.is_empty()) && self.blocked_need.is_none()
+        self.half.wants_flush()
     }
 
-    /// Starts a graceful detach (docs/CHANNEL.md §5): sets the header's `closed` word to `code`
-    /// and wakes the app; aborts the flows the app never saw (connects in progress, accepted
-    /// flows not yet announced) and forgets closed ones; drops queued notifications. The
-    /// requests still in the ring are carried out from now on ([`Chan::consume`]) and the
-    /// flows closed once it is drained ([`Chan::finish_detach`]), all by `deadline`.
+    /// Starts a graceful detach (docs/CHANNEL.md §5; [`engine::Channel::detach`]): the requests
+    /// still in the ring are carried out ([`Chan::consume`]) and the flows closed once it is
+    /// drained ([`Chan::finish_detach`]), all by `deadline`.
     pub fn detach(&mut self, ctx: &mut Ctx<'_>, code: CloseCode, deadline: Instant) {
         self.detach_deadline = Some(deadline);
-        self.flows.retain(|_, e| {
-            let keep = e.announced && e.closed.is_none();
-            if !keep {
-                ctx.owners.remove(&e.id);
-                if e.closed.is_none() {
-                    let _ = ctx.core.abort(ctx.now, e.id);
-                }
-                ctx.core.discard(e.id);
-            }
-            keep
-        });
-        for e in self.flows.values_mut() {
-            e.pending = None;
-            e.dirty = false;
-        }
-        self.dirty.clear();
-        self.misc.clear();
-        self.blocked_need = None;
-        self.set_closed_word(code);
+        self.with(ctx, |half, t| half.detach(t, code));
     }
 
     /// The deadline of a graceful detach, if the channel is detaching.
@@ -761,75 +305,29 @@ impl Chan {
 
     /// Whether a detaching channel has carried out every request its app published.
     pub fn is_drained(&mut self) -> Result<bool, Violation> {
-        Ok(self.stalled.is_none() && self.requests.peek()?.is_none())
+        self.half.is_drained()
     }
 
-    /// Ends a drained detach: closes each remaining flow gracefully (its FIN follows the
-    /// messages already queued) and hands them over with their permits (an orphan still counts
-    /// against its application's flow limits); the caller keeps them as orphans until they
-    /// close or the deadline passes.
+    /// Ends a drained detach: closes each remaining flow gracefully and hands them over with
+    /// their permits; the caller keeps them as orphans until they close or the deadline passes.
     pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<(FlowId, FlowPermit)> {
-        let mut orphans = Vec::with_capacity(self.flows.len());
-        for (_, e) in self.flows.drain() {
-            ctx.owners.remove(&e.id);
-            // Closing a flow the app closed already changes nothing; one the core no longer
-            // knows has ended.
-            let _ = ctx.core.close(ctx.now, e.id);
-            if ctx.core.flow_key(e.id).is_some() {
-                orphans.push((e.id, e.permit));
-            }
-        }
-        orphans
+        self.with(ctx, |half, t| half.finish_detach(t))
     }
 
     /// A flow of a detaching channel ended: forget it and what it still holds.
-    pub fn forget(&mut self, handle: u32, core: &mut Engine) {
-        if let Some(e) = self.flows.remove(&handle) {
-            core.discard(e.id);
-        }
-    }
-
-    fn set_closed_word(&mut self, code: CloseCode) {
-        self.mem
-            .views()
-            .closed()
-            .store(code as u32, std::sync::atomic::Ordering::SeqCst);
-        // Orders the store before the drain's reads of the ring's `tail`: a record the app
-        // published before it saw `closed` is consumed (docs/CHANNEL.md §5; the client's
-        // `check_published` is the other half).
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.mem.wake_app();
+    pub fn forget(&mut self, ctx: &mut Ctx<'_>, handle: u32) {
+        self.with(ctx, |half, t| half.forget(t, handle));
     }
 
     /// Closes the channel: aborts its live flows (peers get RST), sets the header's `closed`
     /// word to `code` and wakes the app.
     pub fn close_all(&mut self, ctx: &mut Ctx<'_>, code: CloseCode) {
-        for e in self.flows.values() {
-            ctx.owners.remove(&e.id);
-            if e.closed.is_none() {
-                let _ = ctx.core.abort(ctx.now, e.id);
-            }
-            ctx.core.discard(e.id);
-        }
-        self.flows.clear();
-        self.dirty.clear();
-        self.stalled = None;
-        self.set_closed_word(code);
-    }
-}
-
-fn send_error_code(e: SendError) -> CloseCode {
-    match e {
-        SendError::UnknownFlow => CloseCode::UnknownFlow,
-        SendError::MessageTooLarge { .. } => CloseCode::MessageTooLarge,
-        SendError::Closed | SendError::EmptyMessage | SendError::BufferFull => {
-            CloseCode::InvalidRequest
-        }
+        self.with(ctx, |half, t| half.close_all(t, code));
     }
 }
 
 /// The channel's name for why a core flow ended.
-pub(crate) fn close_code(reason: CloseReason) -> CloseCode {
+pub fn close_code(reason: CloseReason) -> CloseCode {
     use CloseReason as R;
     match reason {
         R::Graceful => CloseCode::Graceful,
@@ -844,9 +342,11 @@ pub(crate) fn close_code(reason: CloseReason) -> CloseCode {
 
 #[cfg(test)]
 mod tests {
+    use super::super::route::Routed;
     use super::*;
     use machnet_channel::{ChannelLayout, ChannelViews};
-    use machnet_core::{Datagram, EngineConfig, Event};
+    use machnet_channel::{Consumer, Producer, RecordHeader, RecordKind};
+    use machnet_core::{Datagram, EngineConfig};
     use memmap2::{MmapMut, MmapOptions};
     use std::net::Ipv4Addr;
 
@@ -938,43 +438,34 @@ mod tests {
         panic!("the engines never went quiet");
     }
 
-    /// What the worker does with events, for one channel.
-    fn route(core: &mut Engine, chan: &mut Chan, owners: &mut HashMap<FlowId, (ChannelId, u32)>) {
+    /// What the worker does with events: [`route::route`] to the engine's channels.
+    fn route(
+        core: &mut Engine,
+        chans: &mut HashMap<ChannelId, Chan>,
+        listeners: &HashMap<u16, ChannelId>,
+        owners: &mut Owners,
+    ) {
         while let Some(ev) = core.poll_event() {
-            let h = |f: FlowId| owners.get(&f).map(|&(_, h)| h);
-            match ev {
-                Event::Connected { flow } => {
-                    let info = core.flow_key(flow).map(|k| FlowInfo {
-                        local_ip: k.local_ip,
-                        local_port: k.local_port,
-                        remote_ip: k.remote_ip,
-                        remote_port: k.remote_port,
-                    });
-                    if let Some(h) = h(flow) {
-                        chan.on_connected(h, info);
-                    }
-                }
-                Event::Accepted { flow, listen_port } => {
-                    assert!(chan.on_accepted(flow, listen_port, None, owners));
-                }
-                Event::Readable { flow } => {
-                    if let Some(h) = h(flow) {
-                        chan.on_readable(h)
-                    }
-                }
-                Event::Writable { flow } => chan.on_writable(flow),
-                Event::PeerClosed { flow } => {
-                    if let Some(h) = h(flow) {
-                        chan.on_peer_closed(h)
-                    }
-                }
-                Event::Closed { flow, reason } => {
-                    if let Some((_, h)) = owners.remove(&flow) {
-                        chan.on_closed(h, flow, close_code(reason));
-                    }
-                }
-            }
+            let mut ctx = Ctx {
+                core: &mut *core,
+                now: Instant::ZERO,
+                owners: &mut *owners,
+            };
+            let routed = super::super::route::route(ev, &mut ctx, listeners, chans);
+            assert!(
+                !matches!(routed, Routed::AcceptRefused | Routed::Unowned(_)),
+                "{ev:?}: {routed:?}"
+            );
         }
+    }
+
+    fn flush(chan: &mut Chan, core: &mut Engine, owners: &mut Owners) {
+        let mut ctx = Ctx {
+            core,
+            now: Instant::ZERO,
+            owners,
+        };
+        chan.flush(&mut ctx).unwrap();
     }
 
     #[test]
@@ -992,7 +483,7 @@ mod tests {
             owners: &mut owners,
         };
         assert_eq!(chan.consume(&mut ctx).unwrap(), 3);
-        chan.flush(&mut core).unwrap();
+        flush(&mut chan, &mut core, &mut owners);
         let (h, _) = app.next().unwrap();
         assert_eq!((h.kind, h.flow, h.aux), (RecordKind::RequestFailed, 9, 2));
         assert_eq!(h.flags, CloseCode::UnknownFlow as u8);
@@ -1036,16 +527,6 @@ mod tests {
             owners: &mut owners,
         };
         assert!(matches!(chan.consume(&mut ctx), Err(Violation::Ring(_))));
-        // And a notification ring head moved past what was written, seen when the engine
-        // looks for room (the producer re-reads the shared head only then).
-        let (mut chan, app) = channel(3, 1 << 16);
-        app.views
-            .to_app
-            .control()
-            .head
-            .store(4096, std::sync::atomic::Ordering::SeqCst);
-        chan.blocked_need = Some(32);
-        assert!(matches!(chan.prepare_sleep(), Err(Violation::Ring(_))));
     }
 
     #[test]
@@ -1053,8 +534,10 @@ mod tests {
         let max = 600 << 10;
         let (mut a, mut b) = (engine(A, max), engine(B, max));
         b.listen(80).unwrap();
-        let (mut ca, mut app_a) = channel(1, max);
-        let (mut cb, mut app_b) = channel(2, max);
+        let (ca, mut app_a) = channel(1, max);
+        let (cb, mut app_b) = channel(2, max);
+        let (mut chans_a, mut chans_b) = (HashMap::from([(1, ca)]), HashMap::from([(2, cb)]));
+        let (no_listeners, listeners_b) = (HashMap::new(), HashMap::from([(80u16, 2)]));
         let (mut oa, mut ob) = (HashMap::new(), HashMap::new());
         let now = Instant::ZERO;
         let req = ConnectRequest {
@@ -1062,17 +545,20 @@ mod tests {
             remote_port: 80,
         };
         app_a.push(RecordKind::Connect, 0, 11, &req.encode());
-        let ctx = &mut Ctx {
-            core: &mut a,
-            now,
-            owners: &mut oa,
+        let consume = |chans: &mut HashMap<ChannelId, Chan>, core: &mut Engine, o: &mut Owners| {
+            let ctx = &mut Ctx {
+                core,
+                now,
+                owners: o,
+            };
+            chans.get_mut(&1).unwrap().consume(ctx).unwrap()
         };
-        assert_eq!(ca.consume(ctx).unwrap(), 1);
+        assert_eq!(consume(&mut chans_a, &mut a, &mut oa), 1);
         shuttle(&mut a, &mut b, now);
-        route(&mut a, &mut ca, &mut oa);
-        route(&mut b, &mut cb, &mut ob);
-        ca.flush(&mut a).unwrap();
-        cb.flush(&mut b).unwrap();
+        route(&mut a, &mut chans_a, &no_listeners, &mut oa);
+        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        flush(chans_a.get_mut(&1).unwrap(), &mut a, &mut oa);
+        flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, p) = app_a.next().expect("connected");
         assert_eq!((h.kind, h.aux), (RecordKind::Connected, 11));
         assert_eq!(FlowInfo::decode(&p).unwrap().remote_ip, B);
@@ -1086,23 +572,13 @@ mod tests {
         let msgs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; max as usize]).collect();
         for m in &msgs {
             app_a.push(RecordKind::Send, flow, 0, m);
-            let ctx = &mut Ctx {
-                core: &mut a,
-                now,
-                owners: &mut oa,
-            };
-            ca.consume(ctx).unwrap();
+            consume(&mut chans_a, &mut a, &mut oa);
         }
         app_a.push(RecordKind::Close, flow, 0, &[]);
-        let ctx = &mut Ctx {
-            core: &mut a,
-            now,
-            owners: &mut oa,
-        };
-        ca.consume(ctx).unwrap();
+        consume(&mut chans_a, &mut a, &mut oa);
         shuttle(&mut a, &mut b, now);
-        route(&mut b, &mut cb, &mut ob);
-        cb.flush(&mut b).unwrap();
+        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let fid = *ob.keys().next().unwrap();
         // Two messages fit in the ring (1.6 MiB); the third stays in the core, with the FIN
         // behind it: no PeerClosed yet.
@@ -1114,18 +590,18 @@ mod tests {
             got.push(p);
         }
         assert_eq!(got.len(), 2);
-        assert!(cb.blocked_need.is_some());
+        let cb = chans_b.get_mut(&2).unwrap();
+        assert!(!cb.wants_flush(), "blocked on the full ring");
         // The app made room: the last message, then PeerClosed.
-        route(&mut b, &mut cb, &mut ob);
         assert!(cb.has_room_for_blocked());
-        cb.flush(&mut b).unwrap();
+        flush(cb, &mut b, &mut ob);
         shuttle(&mut a, &mut b, now);
         let (h, p) = app_b.next().unwrap();
         assert_eq!(h.kind, RecordKind::Message);
         got.push(p);
         assert!(got == msgs, "messages intact and in order");
-        route(&mut b, &mut cb, &mut ob);
-        cb.flush(&mut b).unwrap();
+        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, _) = app_b.next().unwrap();
         assert_eq!((h.kind, h.flow), (RecordKind::PeerClosed, bflow));
         assert_eq!(b.flow_held_bytes(fid), Some(0));

@@ -4,6 +4,7 @@
 
 pub mod channel;
 pub mod flow_quota;
+pub mod route;
 mod worker;
 
 use std::sync::Arc;

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use machnet_channel::{CloseCode, FlowInfo};
+use machnet_channel::CloseCode;
 use machnet_core::{Datagram, Engine, Event, FlowId, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -46,6 +46,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 
 use super::channel::{Chan, ChannelId, Ctx, Violation};
 use super::flow_quota::FlowPermit;
+use super::route::{self, discard_received, Routed};
 use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
 use crate::clock::Clock;
 use crate::config::IdleMode;
@@ -110,15 +111,6 @@ pub(super) struct Worker {
     counters: LoopStats,
     dp_registered: bool,
     trimmer: crate::memory::Trimmer,
-}
-
-fn flow_info(core: &Engine, id: FlowId) -> Option<FlowInfo> {
-    core.flow_key(id).map(|k| FlowInfo {
-        local_ip: k.local_ip,
-        local_port: k.local_port,
-        remote_ip: k.remote_ip,
-        remote_port: k.remote_port,
-    })
 }
 
 impl Worker {
@@ -723,7 +715,12 @@ impl Worker {
                 };
                 chan.sched.queued = false;
                 let before = chan.counters().notifications;
-                match chan.flush(&mut self.core) {
+                let mut ctx = Ctx {
+                    core: &mut self.core,
+                    now,
+                    owners: &mut self.owners,
+                };
+                match chan.flush(&mut ctx) {
                     Ok(_) => {
                         let n = chan.counters().notifications - before;
                         self.counters.notifications += n;
@@ -752,83 +749,27 @@ impl Worker {
         work
     }
 
-    /// Hands a core event to the channel owning the flow, and makes that channel active and
-    /// queued for flushing: this is how channels learn of work the engine itself produced.
+    /// Hands a core event to the channel owning the flow ([`route::route`]), and makes that
+    /// channel active and queued for flushing: this is how channels learn of work the engine
+    /// itself produced.
     fn route(&mut self, ev: Event, now: Instant) {
-        let (flow, listen_port) = match ev {
-            Event::Accepted { flow, listen_port } => (flow, Some(listen_port)),
-            Event::Connected { flow }
-            | Event::Readable { flow }
-            | Event::Writable { flow }
-            | Event::PeerClosed { flow }
-            | Event::Closed { flow, .. } => (flow, None),
+        let mut ctx = Ctx {
+            core: &mut self.core,
+            now,
+            owners: &mut self.owners,
         };
-        if let Some(port) = listen_port {
-            let info = flow_info(&self.core, flow);
-            let chan = self
-                .listeners
-                .get(&port)
-                .and_then(|ch| self.chans.get_mut(ch));
-            let taken = match chan {
-                Some(c) => {
-                    let taken = c.on_accepted(flow, port, info, &mut self.owners);
-                    if taken {
-                        activate(c, &mut self.active, now);
+        match route::route(ev, &mut ctx, &self.listeners, &mut self.chans) {
+            Routed::Delivered { channel, flush } => {
+                if let Some(c) = self.chans.get_mut(&channel) {
+                    activate(c, &mut self.active, now);
+                    if flush {
                         queue_flush(c, &mut self.flush);
                     }
-                    taken
                 }
-                None => false,
-            };
-            if !taken {
-                self.counters.orphan_accepts += 1;
-                let _ = self.core.abort(now, flow);
             }
-            return;
-        }
-        let owner = if matches!(ev, Event::Closed { .. }) {
-            self.owners.remove(&flow)
-        } else {
-            self.owners.get(&flow).copied()
-        };
-        let Some((ch, h)) = owner else {
-            self.orphan_event(ev);
-            return;
-        };
-        let info = matches!(ev, Event::Connected { .. })
-            .then(|| flow_info(&self.core, flow))
-            .flatten();
-        let Some(c) = self.chans.get_mut(&ch) else {
-            self.core.discard(flow);
-            return;
-        };
-        if c.detach_deadline().is_some() {
-            // Nobody reads this channel's notifications any more.
-            match ev {
-                Event::Readable { flow } => discard_received(&mut self.core, flow),
-                Event::Writable { flow } => c.on_writable(flow),
-                Event::Closed { flow, .. } => {
-                    c.forget(h, &mut self.core);
-                    c.on_writable(flow);
-                }
-                _ => {}
-            }
-            return;
-        }
-        match ev {
-            Event::Connected { .. } => c.on_connected(h, info),
-            Event::Readable { .. } => c.on_readable(h),
-            // A stalled send to retry: the run list does it.
-            Event::Writable { .. } => c.on_writable(flow),
-            Event::PeerClosed { .. } => c.on_peer_closed(h),
-            Event::Closed { reason, .. } => {
-                c.on_closed(h, flow, super::channel::close_code(reason))
-            }
-            Event::Accepted { .. } => unreachable!("handled above"),
-        }
-        activate(c, &mut self.active, now);
-        if !matches!(ev, Event::Writable { .. }) {
-            queue_flush(c, &mut self.flush);
+            Routed::Absorbed => {}
+            Routed::AcceptRefused => self.counters.orphan_accepts += 1,
+            Routed::Unowned(ev) => self.orphan_event(ev),
         }
     }
 
@@ -992,11 +933,6 @@ impl Worker {
         while self.transmit(now) {}
         tracing::info!("final: {}", self.report());
     }
-}
-
-/// Reads and drops every message the core holds for `flow` (its app is gone).
-fn discard_received(core: &mut Engine, flow: FlowId) {
-    while let Ok(Some(_)) = core.recv(flow) {}
 }
 
 /// Puts `chan` on the run list (withdrawing its wait announcements if it was armed) and notes
