@@ -10,6 +10,7 @@
 //! the largest message. Nothing here performs a syscall: mapping, eventfds and sockets belong to
 //! the two ends.
 
+pub mod app;
 pub mod control;
 pub mod record;
 pub mod ring;
