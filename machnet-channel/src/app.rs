@@ -466,6 +466,7 @@ impl AppChannel {
     }
 
     /// Whether `flow` was created or accepted by this channel.
+    #[inline]
     pub fn owns(&self, flow: &Flow) -> bool {
         flow.channel == self.token
     }
@@ -500,6 +501,7 @@ impl AppChannel {
     }
 
     /// The bytes a message of `len` bytes takes in the request ring.
+    #[inline]
     pub fn footprint(len: usize) -> u64 {
         record_footprint(len as u64)
     }
@@ -507,6 +509,7 @@ impl AppChannel {
     /// Whether the sidecar must be woken (its eventfd written) since the last call; clears the
     /// request. The I/O layer calls this after every operation that may have published or
     /// consumed a record, whatever its result.
+    #[inline]
     pub fn take_sidecar_wakeup(&mut self) -> bool {
         std::mem::take(&mut self.wake_sidecar)
     }
@@ -514,6 +517,7 @@ impl AppChannel {
     // ----- health -----
 
     /// The header's `closed` word, if set (`Some(None)`: a code this library does not know).
+    #[inline]
     pub fn closed_code(&self) -> Option<Option<CloseCode>> {
         match self.views.closed().load(Ordering::Acquire) {
             0 => None,
@@ -522,6 +526,7 @@ impl AppChannel {
     }
 
     /// Fails if the sidecar closed the channel.
+    #[inline]
     pub fn check_closed(&self) -> Result<(), ChannelFault> {
         match self.closed_code() {
             None => Ok(()),
@@ -530,6 +535,7 @@ impl AppChannel {
     }
 
     /// Fails if the sidecar broke the protocol earlier.
+    #[inline]
     pub fn check_poisoned(&self) -> Result<(), ChannelFault> {
         match &self.poisoned {
             None => Ok(()),
@@ -538,6 +544,7 @@ impl AppChannel {
     }
 
     /// Both checks: the channel is usable.
+    #[inline]
     pub fn check_usable(&self) -> Result<(), ChannelFault> {
         self.check_poisoned()?;
         self.check_closed()
@@ -546,6 +553,7 @@ impl AppChannel {
     // ----- waiting (docs/CHANNEL.md §4) -----
 
     /// Whether `cond` holds now (for busy polling; announces nothing).
+    #[inline]
     pub fn is_ready(&mut self, cond: WaitFor) -> Result<bool, ChannelFault> {
         let r = match cond {
             WaitFor::Data => self.rx.has_data(),
@@ -559,6 +567,7 @@ impl AppChannel {
     /// not sleep). `Ok(false)`: sleep on the app eventfd, then call [`AppChannel::disarm`].
     /// If the sidecar has closed the channel meanwhile, the flag is withdrawn and the fault
     /// returned (it will never write the eventfd again).
+    #[inline]
     pub fn arm(&mut self, cond: WaitFor) -> Result<bool, ChannelFault> {
         let ready = match cond {
             WaitFor::Data => self.rx.prepare_wait(),
@@ -581,6 +590,7 @@ impl AppChannel {
     }
 
     /// Withdraws the announcement of [`AppChannel::arm`] (after waking up).
+    #[inline]
     pub fn disarm(&mut self, cond: WaitFor) {
         match cond {
             WaitFor::Data => self.rx.cancel_wait(),
@@ -653,6 +663,7 @@ impl AppChannel {
 
     /// The checks [`AppChannel::send`] makes before touching the ring, for I/O layers that
     /// must check something of their own (the sidecar's liveness) before writing.
+    #[inline]
     pub fn check_send(&self, flow: &Flow, len: usize) -> Result<(), SubmitError> {
         if !self.owns(flow) {
             return Err(SubmitError::WrongChannel);
@@ -670,6 +681,7 @@ impl AppChannel {
     }
 
     /// Writes a `Send` request carrying the concatenation of `parts` as one message.
+    #[inline]
     pub fn send(&mut self, flow: &Flow, parts: &[&[u8]]) -> Result<(), SubmitError> {
         self.check_send(flow, parts.iter().map(|p| p.len()).sum())?;
         match self.flows.get(&flow.handle) {
@@ -706,7 +718,9 @@ impl AppChannel {
 
     /// Pushes one request record (after any deferred ones).
     fn push(&mut self, h: RecordHeader, parts: &[&[u8]]) -> Result<(), SubmitError> {
-        self.flush_deferred()?;
+        if !self.deferred.is_empty() {
+            self.flush_deferred()?;
+        }
         match self.tx.push(h, parts) {
             Ok(()) => {
                 // Its SeqCst fence also orders the publication before `check_published`.
@@ -765,6 +779,7 @@ impl AppChannel {
     /// The next thing `want` asks for: buffered events first, then the ring. `Ok(None)`: the
     /// ring is empty (wait for [`WaitFor::Data`] and call again). Events a message-only
     /// receive passes over still update the channel's state.
+    #[inline]
     pub fn poll(&mut self, want: &mut Want<'_>) -> Result<Option<Got>, PollError> {
         self.check_poisoned()?;
         while let Some(ev) = self.pending.pop_front() {
@@ -1002,6 +1017,7 @@ impl AppChannel {
         }
     }
 
+    #[inline]
     fn flow(&self, handle: u32) -> Option<Flow> {
         self.flows.get(&handle).map(|e| Flow {
             channel: self.token,
