@@ -9,7 +9,11 @@
 //! two rings — requests app → sidecar and notifications sidecar → app — each large enough for
 //! the largest message. Nothing here performs a syscall: mapping, eventfds and sockets belong to
 //! the two ends.
+//!
+//! [`app`] is the application half of the channel protocol as a sans-IO state machine (the
+//! client library wraps it with mapping, waiting and liveness checks).
 
+pub mod app;
 pub mod control;
 pub mod engine;
 pub mod record;

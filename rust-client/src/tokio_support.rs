@@ -9,12 +9,13 @@
 use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use machnet_channel::app::{AppChannel, ConnectTicket, WaitFor};
 
 use crate::channel::{Block, Channel, Flow, Got, PushFail, Want};
 use crate::error::{ConnectError, Fault, RecvError, SendError};
@@ -34,11 +35,6 @@ pub(crate) struct AsyncFds {
     efd: AsyncFd<Borrowed>,
     /// A duplicate of the control socket (watched for hang-up only).
     ctl: AsyncFd<OwnedFd>,
-}
-
-enum Wait {
-    Data,
-    Space(u64),
 }
 
 impl Channel {
@@ -71,35 +67,20 @@ impl Channel {
     }
 
     /// Announces the wait, re-checks, and awaits a wake-up.
-    async fn wait_async(&mut self, what: Wait) -> Result<(), Fault> {
+    async fn wait_async(&mut self, cond: WaitFor) -> Result<(), Fault> {
         self.ensure_async()?;
-        let armed_ready = match what {
-            Wait::Data => self.rx.prepare_wait().map_err(|e| self.corrupt(e))?,
-            Wait::Space(need) => self.tx.prepare_wait().map_err(|e| self.corrupt(e))? >= need,
-        };
-        let result = if armed_ready {
-            Ok(())
-        } else if let Err(f) = self.check_closed() {
-            Err(f)
-        } else {
-            let ctl_raw = self.control_fd();
-            match &self.async_fds {
-                Some(fds) => std::future::poll_fn(|cx| poll_wake(fds, ctl_raw, cx)).await,
-                None => Ok(()),
-            }
+        if self.app.arm(cond)? {
+            return Ok(());
+        }
+        let ctl_raw = self.control_fd();
+        let result = match &self.async_fds {
+            Some(fds) => std::future::poll_fn(|cx| poll_wake(fds, ctl_raw, cx)).await,
+            None => Ok(()),
         };
         if matches!(result, Err(Fault::SidecarGone)) {
             self.machnet().mark_gone();
         }
-        match what {
-            Wait::Data => self.rx.cancel_wait(),
-            Wait::Space(_) => self
-                .tx
-                .ring()
-                .control()
-                .space_waiting
-                .store(0, Ordering::SeqCst),
-        }
+        self.app.disarm(cond);
         result
     }
 
@@ -116,7 +97,7 @@ impl Channel {
             {
                 return Ok((flow, data));
             }
-            self.wait_async(Wait::Data).await?;
+            self.wait_async(WaitFor::Data).await?;
         }
     }
 
@@ -129,7 +110,7 @@ impl Channel {
             if let Some(Got::Event(ev)) = self.receive(Want::Event, Some(Instant::now()))? {
                 return Ok(ev);
             }
-            self.wait_async(Wait::Data).await?;
+            self.wait_async(WaitFor::Data).await?;
         }
     }
 
@@ -152,10 +133,10 @@ impl Channel {
         parts: &[IoSlice<'_>],
     ) -> Result<(), SendError> {
         let slices: Vec<&[u8]> = parts.iter().map(|p| &**p).collect();
-        let need = Channel::footprint(slices.iter().map(|p| p.len()).sum());
+        let need = AppChannel::footprint(slices.iter().map(|p| p.len()).sum());
         loop {
             match self.send_parts(flow, &slices, Block::No) {
-                Err(SendError::WouldBlock) => self.wait_async(Wait::Space(need)).await?,
+                Err(SendError::WouldBlock) => self.wait_async(WaitFor::Space(need)).await?,
                 other => return other,
             }
         }
@@ -168,23 +149,23 @@ impl Channel {
     /// # Panics
     /// As [`Channel::recv_async`].
     pub async fn connect_async(&mut self, ip: Ipv4Addr, port: u16) -> Result<Flow, ConnectError> {
-        let id = loop {
+        let ticket = loop {
             match self.connect_start(ip, port, Block::No) {
-                Ok(id) => break id,
+                Ok(ticket) => break ticket,
                 Err(PushFail::Fault(f)) => return Err(f.into()),
-                Err(PushFail::WouldBlock | PushFail::TimedOut) => {
-                    let need = Channel::footprint(machnet_channel::ConnectRequest::LEN);
-                    self.wait_async(Wait::Space(need)).await?
+                Err(PushFail::WouldBlock | PushFail::TimedOut | PushFail::Rejected(_)) => {
+                    let need = AppChannel::footprint(machnet_channel::ConnectRequest::LEN);
+                    self.wait_async(WaitFor::Space(need)).await?
                 }
             }
         };
         let mut guard = AbandonOnDrop {
             channel: self,
-            id,
+            ticket,
             done: false,
         };
         loop {
-            match guard.channel.connect_poll(id) {
+            match guard.channel.connect_poll(ticket) {
                 Ok(Some(flow)) => {
                     guard.done = true;
                     return Ok(flow);
@@ -192,7 +173,7 @@ impl Channel {
                 Ok(None) => {}
                 Err(e) => return Err(e),
             }
-            guard.channel.wait_async(Wait::Data).await?;
+            guard.channel.wait_async(WaitFor::Data).await?;
         }
     }
 }
@@ -200,14 +181,14 @@ impl Channel {
 /// Marks a connect request abandoned unless its answer was received.
 struct AbandonOnDrop<'a> {
     channel: &'a mut Channel,
-    id: u32,
+    ticket: ConnectTicket,
     done: bool,
 }
 
 impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.channel.abandon(self.id);
+            self.channel.app.abandon_connect(self.ticket);
         }
     }
 }
