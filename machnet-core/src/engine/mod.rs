@@ -99,7 +99,8 @@ pub struct Engine {
     ctrl: VecDeque<CtrlPacket>,
     ready: VecDeque<u32>,
     events: VecDeque<Event>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Flow deadlines; an entry is stale unless it matches its slot's `scheduled`.
+    timers: BinaryHeap<Reverse<(Instant, FlowId)>>,
     stats: EngineStats,
     answer_budget: SprayBudget,
     live: usize,
@@ -711,8 +712,8 @@ impl Engine {
 
     /// The earliest instant at which [`Engine::handle_timeout`] has work (may be early).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
-            if self.scheduled_at(idx, gen) == Some(t) {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if self.scheduled_at(id) == Some(t) {
                 return Some(t);
             }
             self.timers.pop();
@@ -720,9 +721,9 @@ impl Engine {
         None
     }
 
-    fn scheduled_at(&self, idx: u32, gen: u32) -> Option<Instant> {
-        let slot = &self.slots[idx as usize];
-        if slot.generation != gen || slot.flow.is_none() {
+    fn scheduled_at(&self, id: FlowId) -> Option<Instant> {
+        let slot = &self.slots[id.index as usize];
+        if slot.generation != id.generation || slot.flow.is_none() {
             return None;
         }
         slot.scheduled
@@ -731,14 +732,15 @@ impl Engine {
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            if self.scheduled_at(idx, gen) != Some(t) {
+            if self.scheduled_at(id) != Some(t) {
                 continue;
             }
+            let idx = id.index;
             self.slots[idx as usize].scheduled = None;
             self.run(idx, |f, ctx| f.on_timeout(now, ctx));
             self.settle(idx, now);
@@ -916,7 +918,11 @@ impl Engine {
         if let Some(d) = flow.next_deadline() {
             if slot.scheduled.is_none_or(|s| d < s) {
                 slot.scheduled = Some(d);
-                self.timers.push(Reverse((d, idx, generation)));
+                let id = FlowId {
+                    index: idx,
+                    generation,
+                };
+                self.timers.push(Reverse((d, id)));
             }
         }
         if !slot.in_ready && flow.has_output() {
