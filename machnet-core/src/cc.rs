@@ -21,9 +21,11 @@ pub trait CongestionControl: Send + std::fmt::Debug {
 /// Which controller new flows get.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CongestionConfig {
+    /// The Swift-like delay-based controller (the default).
     Swift(SwiftConfig),
     /// A constant window, as in the C++ original (which used 32). Flow control still applies.
     Fixed {
+        /// Packets allowed in flight.
         window: u32,
     },
 }
@@ -59,7 +61,9 @@ impl CongestionConfig {
 /// Static dispatch over the built-in controllers (no allocation or virtual call per ACK).
 #[derive(Debug, Clone)]
 pub enum Controller {
+    /// See [`Swift`].
     Swift(Swift),
+    /// See [`FixedWindow`].
     Fixed(FixedWindow),
 }
 
@@ -93,6 +97,7 @@ impl CongestionControl for Controller {
 /// A constant window.
 #[derive(Debug, Clone)]
 pub struct FixedWindow {
+    /// Packets allowed in flight.
     pub window: u32,
 }
 
@@ -116,8 +121,11 @@ pub struct SwiftConfig {
     pub beta: f64,
     /// Largest fraction of the window removed by one decrease.
     pub max_decrease: f64,
+    /// Window of a new flow, in packets.
     pub initial_window: f64,
+    /// The window never shrinks below this many packets.
     pub min_window: f64,
+    /// The window never grows beyond this many packets.
     pub max_window: f64,
     /// Consecutive timeouts after which the window collapses to `min_window`.
     pub timeouts_to_reset: u32,
@@ -168,6 +176,7 @@ pub struct Swift {
 }
 
 impl Swift {
+    /// A controller starting at `cfg.initial_window`.
     pub fn new(cfg: SwiftConfig) -> Self {
         Swift {
             cwnd: cfg.initial_window,

@@ -10,7 +10,9 @@ use crate::wire;
 /// A contiguous range of UDP ports, `base .. base + count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortPool {
+    /// First port of the range.
     pub base: u16,
+    /// Number of ports in the range.
     pub count: u16,
 }
 
@@ -82,7 +84,9 @@ impl Default for HandshakeConfig {
 pub struct RtoConfig {
     /// RTO before the first RTT sample.
     pub initial: Duration,
+    /// Lower bound of the RTO.
     pub min: Duration,
+    /// Upper bound of the RTO, backoff included.
     pub max: Duration,
     /// Consecutive timeouts without progress after which the peer is declared dead.
     pub max_retries: u32,
@@ -138,7 +142,9 @@ pub struct EngineConfig {
     /// flows of this engine may hold together; each flow gets a fair share (PROTOCOL.md §6.5).
     /// At least `max_message_len`.
     pub memory_budget: usize,
+    /// Retransmission timeout bounds and retries.
     pub rto: RtoConfig,
+    /// Connection setup (SYN spraying) parameters.
     pub handshake: HandshakeConfig,
     /// Probe an idle peer this often.
     pub keepalive_interval: Duration,
@@ -148,7 +154,9 @@ pub struct EngineConfig {
     pub linger: Duration,
     /// Flows an engine holds at most (any phase); beyond it `connect` fails and SYNs are dropped.
     pub max_flows: usize,
+    /// Whether outgoing packets carry a checksum and incoming ones must.
     pub checksum: ChecksumMode,
+    /// Congestion controller of new flows.
     pub congestion: CongestionConfig,
 }
 
@@ -338,9 +346,12 @@ impl EngineConfig {
 /// A configuration value is out of range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    /// A field has a value it cannot take.
     #[error("invalid configuration value `{field}`: {why}")]
     Invalid {
+        /// The field's name.
         field: &'static str,
+        /// What is wrong with its value.
         why: &'static str,
     },
 }

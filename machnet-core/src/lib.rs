@@ -44,10 +44,10 @@
 pub mod cc;
 pub mod config;
 pub mod engine;
-pub mod flow;
+mod flow;
 pub mod rss;
-pub mod rtt;
-pub mod seq;
+mod rtt;
+mod seq;
 pub mod time;
 pub mod wire;
 

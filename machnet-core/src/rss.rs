@@ -34,9 +34,13 @@ pub fn spray_batch_for_attempt(
 /// The 4-tuple of one UDP datagram, as the receiving NIC hashes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UdpTuple {
+    /// Sender's IPv4 address.
     pub src_ip: Ipv4Addr,
+    /// Receiver's IPv4 address.
     pub dst_ip: Ipv4Addr,
+    /// Sender's UDP port.
     pub src_port: u16,
+    /// Receiver's UDP port.
     pub dst_port: u16,
 }
 
@@ -94,6 +98,7 @@ pub trait RssOracle: Send {
 /// A NIC's RSS configuration: Toeplitz key and redirection table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RssTable {
+    /// Toeplitz hash key.
     pub key: Vec<u8>,
     /// Redirection table: hash % len → queue (= engine).
     pub reta: Vec<u16>,
@@ -119,7 +124,9 @@ impl RssTable {
 /// hosts (e.g. VMs of one provider that all use the same fixed key).
 #[derive(Debug, Clone, Default)]
 pub struct ToeplitzOracle {
+    /// This host's table, if known.
     pub local: Option<RssTable>,
+    /// Tables of remote hosts, by address.
     pub remotes: HashMap<Ipv4Addr, RssTable>,
 }
 

@@ -6,26 +6,23 @@ use crate::config::RtoConfig;
 
 /// Smoothed RTT, RTT variance, minimum RTT and the resulting RTO.
 #[derive(Debug, Clone)]
-pub struct RttEstimator {
+pub(crate) struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
     min_rtt: Option<Duration>,
-    latest: Option<Duration>,
 }
 
 impl RttEstimator {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RttEstimator {
             srtt: None,
             rttvar: Duration::ZERO,
             min_rtt: None,
-            latest: None,
         }
     }
 
     /// Feeds one RTT sample.
-    pub fn update(&mut self, sample: Duration) {
-        self.latest = Some(sample);
+    pub(crate) fn update(&mut self, sample: Duration) {
         self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
         match self.srtt {
             None => {
@@ -42,29 +39,23 @@ impl RttEstimator {
 
     /// A retransmission timeout proved spurious and `sample` is the RTT that caused it: make the
     /// next RTO outlast such a delay (RFC 4015 §4.2: SRTT ≥ sample, RTTVAR ≥ sample / 2).
-    pub fn on_spurious_timeout(&mut self, sample: Duration) {
-        self.latest = Some(sample);
+    pub(crate) fn on_spurious_timeout(&mut self, sample: Duration) {
         self.srtt = Some(self.srtt.map_or(sample, |s| s.max(sample)));
         self.rttvar = self.rttvar.max(sample / 2);
     }
 
     /// Smoothed RTT, if any sample was taken.
-    pub fn smoothed(&self) -> Option<Duration> {
+    pub(crate) fn smoothed(&self) -> Option<Duration> {
         self.srtt
     }
 
     /// Lowest RTT seen.
-    pub fn min(&self) -> Option<Duration> {
+    pub(crate) fn min(&self) -> Option<Duration> {
         self.min_rtt
     }
 
-    /// Most recent sample.
-    pub fn latest(&self) -> Option<Duration> {
-        self.latest
-    }
-
     /// The retransmission timeout before backoff: `srtt + 4 * rttvar`, clamped to `[min, max]`.
-    pub fn rto(&self, cfg: &RtoConfig) -> Duration {
+    pub(crate) fn rto(&self, cfg: &RtoConfig) -> Duration {
         match self.srtt {
             None => cfg.initial,
             Some(srtt) => (srtt + self.rttvar * 4).clamp(cfg.min, cfg.max),

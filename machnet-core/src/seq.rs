@@ -2,25 +2,25 @@
 
 /// `a < b` in sequence space.
 #[inline]
-pub fn lt(a: u32, b: u32) -> bool {
+pub(crate) fn lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
 /// `a <= b` in sequence space.
 #[inline]
-pub fn le(a: u32, b: u32) -> bool {
+pub(crate) fn le(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) <= 0
 }
 
 /// `a > b` in sequence space.
 #[inline]
-pub fn gt(a: u32, b: u32) -> bool {
+pub(crate) fn gt(a: u32, b: u32) -> bool {
     lt(b, a)
 }
 
 /// Distance from `from` to `to` (`to - from`, wrapping).
 #[inline]
-pub fn dist(from: u32, to: u32) -> u32 {
+pub(crate) fn dist(from: u32, to: u32) -> u32 {
     to.wrapping_sub(from)
 }
 

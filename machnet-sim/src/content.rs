@@ -91,8 +91,11 @@ impl fmt::Display for MessageId {
 /// What a received message's header claims it is (when it is long enough to carry one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodedHeader {
+    /// Identifies the flow the message was generated for.
     pub flow_tag: u32,
+    /// Which side sent it.
     pub direction: Direction,
+    /// Index of the message in its flow and direction.
     pub index: u64,
 }
 
@@ -148,11 +151,19 @@ pub fn fill(run_seed: u64, id: MessageId, buf: &mut [u8]) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentError {
     /// The length is wrong.
-    Length { expected: usize, got: usize },
+    Length {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
     /// The bytes differ first at `offset`.
     Bytes {
+        /// Position of the first differing byte.
         offset: usize,
+        /// The expected byte.
         expected: u8,
+        /// The byte received.
         got: u8,
     },
 }

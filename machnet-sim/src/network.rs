@@ -71,7 +71,9 @@ pub enum BuildError {
     TooManyHosts(usize),
     /// An engine rejected its configuration.
     Engine {
+        /// The engine.
         addr: EngineAddr,
+        /// What its configuration check said.
         error: ConfigError,
     },
     /// The link configuration is invalid.

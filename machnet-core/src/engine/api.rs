@@ -2,6 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::wire::UdpPair;
+
 /// Handle of a flow inside one engine. Stale handles (of closed flows) are detected, never
 /// confused with a newer flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,15 +21,35 @@ impl FlowId {
 }
 
 /// A flow's identity: Machnet ports, independent of the UDP ports the packets travel on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
+    /// This engine's IPv4 address.
     pub local_ip: Ipv4Addr,
+    /// Our Machnet port.
     pub local_port: u16,
+    /// The peer's IPv4 address.
     pub remote_ip: Ipv4Addr,
+    /// The peer's Machnet port.
     pub remote_port: u16,
 }
 
+// The engine looks up a flow for every packet: hash the key as one 16-byte word rather than
+// field by field (fewer hasher calls; consistent with `Eq`, which compares the same fields).
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let ips =
+            u128::from(self.local_ip.to_bits()) << 64 | u128::from(self.remote_ip.to_bits()) << 32;
+        let ports = u128::from(self.local_port) << 16 | u128::from(self.remote_port);
+        state.write_u128(ips | ports);
+    }
+}
+
 /// A UDP datagram handed to [`crate::Engine::handle_datagram`].
+///
+/// Its counterpart for output is [`Transmit`]; the two stay separate types because they differ
+/// in more than direction: a `Datagram` borrows bytes the caller received, a `Transmit` only
+/// says how many bytes the engine wrote into the caller's buffer, and their port fields are
+/// named from the sender's point of view.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<'a> {
     /// Sender's IPv4 address.
@@ -40,9 +62,20 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
 }
 
+impl Datagram<'_> {
+    /// The UDP (source, destination) ports as received.
+    pub(crate) fn path(&self) -> UdpPair {
+        UdpPair {
+            src: self.src_port,
+            dst: self.dst_port,
+        }
+    }
+}
+
 /// A datagram written by [`crate::Engine::poll_transmit`] into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
+    /// The peer's IPv4 address.
     pub remote_ip: Ipv4Addr,
     /// Our UDP source port.
     pub src_port: u16,
@@ -52,24 +85,58 @@ pub struct Transmit {
     pub len: usize,
 }
 
+impl Transmit {
+    /// `len` bytes for `remote_ip` on the UDP `path` (our source port, their destination port).
+    pub(crate) fn new(remote_ip: Ipv4Addr, path: UdpPair, len: usize) -> Transmit {
+        Transmit {
+            remote_ip,
+            src_port: path.src,
+            dst_port: path.dst,
+            len,
+        }
+    }
+}
+
 /// Something the application side must learn about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A flow created by `connect` is established; it can send and receive.
-    Connected { flow: FlowId },
+    Connected {
+        /// The flow.
+        flow: FlowId,
+    },
     /// A listener on `listen_port` accepted a new flow.
-    Accepted { flow: FlowId, listen_port: u16 },
+    Accepted {
+        /// The new flow.
+        flow: FlowId,
+        /// The port it was accepted on.
+        listen_port: u16,
+    },
     /// The flow's receive queue went from empty to non-empty; call `recv` until it returns `None`.
-    Readable { flow: FlowId },
+    Readable {
+        /// The flow.
+        flow: FlowId,
+    },
     /// `send` returned `BufferFull` earlier and there is room again.
-    Writable { flow: FlowId },
+    Writable {
+        /// The flow.
+        flow: FlowId,
+    },
     /// The peer closed its direction: no messages will follow those already readable.
-    PeerClosed { flow: FlowId },
+    PeerClosed {
+        /// The flow.
+        flow: FlowId,
+    },
     /// The flow is gone: it can no longer send or be closed. Complete messages it received
     /// before it ended stay readable with `recv` until it returns `None` (unless this side
     /// aborted it: then they are discarded); after that, or after `Engine::discard`, the
     /// handle is dead.
-    Closed { flow: FlowId, reason: CloseReason },
+    Closed {
+        /// The flow.
+        flow: FlowId,
+        /// Why it ended.
+        reason: CloseReason,
+    },
 }
 
 /// Why a flow ended.
@@ -103,12 +170,16 @@ pub enum CloseReason {
 /// Errors of [`crate::Engine::connect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
+    /// The remote address is unspecified, broadcast or multicast.
     #[error("remote address must be a unicast IPv4 address")]
     InvalidRemoteAddress,
+    /// The remote port is 0.
     #[error("remote port must not be 0")]
     InvalidRemotePort,
+    /// Every ephemeral port is in use towards this destination.
     #[error("no free ephemeral port for this destination")]
     NoEphemeralPort,
+    /// The engine holds `max_flows` flows.
     #[error("the engine holds its maximum number of flows")]
     TooManyFlows,
 }
@@ -116,12 +187,16 @@ pub enum ConnectError {
 /// Errors of [`crate::Engine::listen`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ListenError {
+    /// Port 0 was given.
     #[error("port 0 cannot be listened on")]
     PortZero,
+    /// The port belongs to the ephemeral range.
     #[error("port {0} is in the ephemeral range reserved for outgoing flows")]
     EphemeralPort(u16),
+    /// This engine already listens on the port.
     #[error("port {0} is already listened on by this engine")]
     AlreadyListening(u16),
+    /// The engine id is not below the engine count.
     #[error("engine id {0} is out of range")]
     BadEngine(u16),
 }
@@ -129,14 +204,23 @@ pub enum ListenError {
 /// Errors of [`crate::Engine::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
+    /// The handle does not name a live flow.
     #[error("unknown or closed flow")]
     UnknownFlow,
+    /// The flow was closed for sending (`close`): it sends nothing more.
     #[error("the flow was closed for sending")]
     Closed,
+    /// Empty messages are not allowed.
     #[error("messages must be at least 1 byte long")]
     EmptyMessage,
+    /// The message is longer than this side's or the peer's maximum message size.
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
-    MessageTooLarge { len: usize, max: usize },
+    MessageTooLarge {
+        /// The message's length.
+        len: usize,
+        /// The largest length allowed.
+        max: usize,
+    },
     /// Back-pressure: the flow's send buffer is full. Retry after [`Event::Writable`].
     #[error("send buffer full; wait for the flow to become writable")]
     BufferFull,
@@ -145,6 +229,7 @@ pub enum SendError {
 /// Errors of [`crate::Engine::recv`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RecvError {
+    /// The handle does not name a live flow or one with unread messages.
     #[error("unknown or closed flow")]
     UnknownFlow,
 }
@@ -152,6 +237,7 @@ pub enum RecvError {
 /// Errors of [`crate::Engine::close`] and [`crate::Engine::abort`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CloseError {
+    /// The handle does not name a live flow.
     #[error("unknown or closed flow")]
     UnknownFlow,
 }

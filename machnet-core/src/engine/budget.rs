@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::time::Instant;
 
 #[derive(Debug, Clone)]
-pub struct SprayBudget {
+pub(crate) struct SprayBudget {
     tokens: f64,
     rate_per_sec: f64,
     burst: f64,
@@ -18,7 +18,7 @@ pub struct SprayBudget {
 }
 
 impl SprayBudget {
-    pub fn new(rate_per_sec: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate_per_sec: u32, burst: u32) -> Self {
         SprayBudget {
             tokens: f64::from(burst),
             rate_per_sec: f64::from(rate_per_sec),
@@ -28,12 +28,12 @@ impl SprayBudget {
     }
 
     /// Takes one token if available.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         self.try_take(now).is_ok()
     }
 
     /// Takes one token, or says how long until one is available.
-    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);

@@ -8,8 +8,8 @@
 //! simulator and in benchmarks.
 
 pub mod api;
-pub mod budget;
-pub mod ports;
+pub(crate) mod budget;
+pub(crate) mod ports;
 pub mod stats;
 
 use std::cmp::Reverse;
@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 use crate::flow::recv::MemoryView;
-use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, Phase, CTRL_QUEUE_CAP};
+use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, CTRL_QUEUE_CAP};
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
@@ -66,10 +66,20 @@ struct PeerInfo {
     pool: PortPool,
 }
 
+/// A place in the flow table, reused by later flows under a new generation. Besides the flow it
+/// holds the engine's bookkeeping about it.
 #[derive(Default)]
 struct Slot {
     generation: u32,
     flow: Option<Box<Flow>>,
+    /// Earliest deadline of the flow registered with the engine's timer heap.
+    scheduled: Option<Instant>,
+    /// The flow is queued in `Engine::ready`.
+    in_ready: bool,
+    /// Counted in the engine's half-open total (server flows until they leave `SynReceived`).
+    counted_half_open: bool,
+    /// The flow's share of the engine's total of send-buffered bytes, as last counted.
+    counted_send_bytes: usize,
 }
 
 /// One engine: the protocol state of one core. See the module documentation.
@@ -79,8 +89,8 @@ pub struct Engine {
     oracle: Option<Box<dyn RssOracle>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// (remote ip, remote Machnet port, local Machnet port) → slot.
-    by_key: HashMap<(Ipv4Addr, u16, u16), u32>,
+    /// Flows by identity (the local IP is always ours) → slot.
+    by_key: HashMap<FlowKey, u32>,
     ports: PortMap,
     ephemeral_cursor: u32,
     peers: HashMap<Ipv4Addr, PeerInfo>,
@@ -89,7 +99,8 @@ pub struct Engine {
     ctrl: VecDeque<CtrlPacket>,
     ready: VecDeque<u32>,
     events: VecDeque<Event>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Flow deadlines; an entry is stale unless it matches its slot's `scheduled`.
+    timers: BinaryHeap<Reverse<(Instant, FlowId)>>,
     stats: EngineStats,
     answer_budget: SprayBudget,
     live: usize,
@@ -163,10 +174,12 @@ impl Engine {
         self.oracle = Some(oracle);
     }
 
+    /// The configuration the engine was built with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
 
+    /// The engine's counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
@@ -228,6 +241,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Forgets that engine `engine_id` of this host listens on `port` (see [`Engine::add_host_listener`]).
     pub fn remove_host_listener(&mut self, port: u16, engine_id: u16) {
         if engine_id < self.cfg.engine_count {
             self.ports.remove(port, engine_id);
@@ -260,12 +274,7 @@ impl Engine {
         let local_port = self
             .pick_ephemeral(remote_ip, remote_port)
             .ok_or(ConnectError::NoEphemeralPort)?;
-        let key = FlowKey {
-            local_ip: self.cfg.local_ip,
-            local_port,
-            remote_ip,
-            remote_port,
-        };
+        let key = self.key(remote_ip, remote_port, local_port);
         let peer = self.peers.get(&remote_ip).copied().unwrap_or(PeerInfo {
             engines: self.cfg.engine_count,
             pool: self.cfg.remote_udp_ports(),
@@ -295,7 +304,10 @@ impl Engine {
             let i = self.ephemeral_cursor % n;
             self.ephemeral_cursor = (i + 1) % n;
             let port = self.ports.my_ephemeral(i);
-            if !self.by_key.contains_key(&(remote_ip, remote_port, port)) {
+            if !self
+                .by_key
+                .contains_key(&self.key(remote_ip, remote_port, port))
+            {
                 return Some(port);
             }
         }
@@ -376,18 +388,7 @@ impl Engine {
             return Err(SendError::EmptyMessage);
         }
         let limit = self.cfg.max_message_len;
-        let f = self.flow_mut(idx);
-        let max = f.peer_max_message.min(limit) as usize;
-        if msg.len() > max {
-            return Err(SendError::MessageTooLarge {
-                len: msg.len(),
-                max,
-            });
-        }
-        f.send.accept(msg).map_err(|e| match e {
-            crate::flow::send::AcceptError::Closed => SendError::Closed,
-            crate::flow::send::AcceptError::BufferFull => SendError::BufferFull,
-        })?;
+        self.flow_mut(idx).queue_message(msg, limit)?;
         self.settle(idx, now);
         Ok(())
     }
@@ -399,13 +400,7 @@ impl Engine {
             return self.recv_leftover(flow);
         };
         let now = self.last_now;
-        let msg = self.run(idx, |f, ctx| {
-            let msg = f.recv.read();
-            if msg.is_some() {
-                f.on_read(now, ctx);
-            }
-            msg
-        });
+        let msg = self.run(idx, |f, ctx| f.read(now, ctx));
         if msg.is_some() {
             self.settle(idx, now);
         }
@@ -416,7 +411,7 @@ impl Engine {
     /// check that it fits where it must go (e.g. an application's ring) before calling `recv`.
     pub fn peek_len(&self, flow: FlowId) -> Result<Option<usize>, RecvError> {
         match self.visible(flow) {
-            Some(idx) => Ok(self.flow_ref(idx).recv.peek_len()),
+            Some(idx) => Ok(self.flow_ref(idx).peek_len()),
             None => match self.leftovers.get(&flow) {
                 Some(q) => Ok(q.front().map(Bytes::len)),
                 None => Err(RecvError::UnknownFlow),
@@ -480,20 +475,19 @@ impl Engine {
 
     /// Identity of a live flow.
     pub fn flow_key(&self, flow: FlowId) -> Option<FlowKey> {
-        self.visible(flow).map(|i| self.flow_ref(i).key)
+        self.visible(flow).map(|i| self.flow_ref(i).key())
     }
 
     /// Message bytes a live flow accepted from the application that the peer has not yet
     /// acknowledged (0: the peer has every message sent on it).
     pub fn flow_unacked_bytes(&self, flow: FlowId) -> Option<usize> {
-        self.visible(flow).map(|i| self.flow_ref(i).send.buffered())
+        self.visible(flow).map(|i| self.flow_ref(i).send_buffered())
     }
 
     /// Bytes a live flow holds for the application: unread messages, partial messages and
     /// out-of-order packets (for memory accounting).
     pub fn flow_held_bytes(&self, flow: FlowId) -> Option<usize> {
-        self.visible(flow)
-            .map(|i| self.flow_ref(i).recv.held_bytes())
+        self.visible(flow).map(|i| self.flow_ref(i).held_bytes())
     }
 
     // ----------------------------------------------------------------------------------------
@@ -525,14 +519,9 @@ impl Engine {
         }
         let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
         let repr = Repr::parse(&packet).map_err(DropReason::from_parse)?;
-        let path = UdpPair {
-            src: d.src_port,
-            dst: d.dst_port,
-        };
-        if let Some(&idx) = self
-            .by_key
-            .get(&(d.remote_ip, repr.src_port, repr.dst_port))
-        {
+        let path = d.path();
+        let key = self.key(d.remote_ip, repr.src_port, repr.dst_port);
+        if let Some(&idx) = self.by_key.get(&key) {
             let payload = packet.payload();
             let result = self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx));
             // Learn about the peer only from a SYN-ACK our flow accepted, never from unchecked input.
@@ -661,12 +650,7 @@ impl Engine {
         if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
             return Err(DropReason::FlowLimit);
         }
-        let key = FlowKey {
-            local_ip: self.cfg.local_ip,
-            local_port: syn.dst_port,
-            remote_ip,
-            remote_port: syn.src_port,
-        };
+        let key = self.key(remote_ip, syn.src_port, syn.dst_port);
         let synack_path = if !hs.reply_hint.is_none() {
             Some(hs.reply_hint)
         } else {
@@ -677,10 +661,7 @@ impl Engine {
             self.path_to_remote_engine(remote_ip, pool, hs.engine_id)
         };
         let iss = self.rng.random();
-        let mut flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
-        flow.listen_port = Some(syn.dst_port);
-        flow.counted_half_open = true;
-        self.half_open += 1;
+        let flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
         self.learn_peer(remote_ip, syn.src_port, false, &hs);
         self.insert(flow, now);
         Ok(())
@@ -704,24 +685,17 @@ impl Engine {
 
     fn next_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if let Some(c) = self.ctrl.pop_front() {
-            let len = c
-                .repr
-                .emit(buf, &[], self.cfg.checksum == ChecksumMode::Always);
             if c.repr.packet_type == PacketType::Rst {
                 self.stats.rsts_sent += 1;
             }
-            return Some(Transmit {
-                remote_ip: c.remote_ip,
-                src_port: c.path.src,
-                dst_port: c.path.dst,
-                len,
-            });
+            return Some(c.emit(buf, self.cfg.checksum == ChecksumMode::Always));
         }
         while let Some(idx) = self.ready.pop_front() {
-            let Some(f) = self.slots[idx as usize].flow.as_mut() else {
+            let slot = &mut self.slots[idx as usize];
+            if slot.flow.is_none() {
                 continue;
-            };
-            f.in_ready = false;
+            }
+            slot.in_ready = false;
             let t = self.run(idx, |f, ctx| f.poll_transmit(now, buf, ctx));
             self.settle(idx, now);
             if t.is_some() {
@@ -738,8 +712,8 @@ impl Engine {
 
     /// The earliest instant at which [`Engine::handle_timeout`] has work (may be early).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
-            if self.scheduled_at(idx, gen) == Some(t) {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if self.scheduled_at(id) == Some(t) {
                 return Some(t);
             }
             self.timers.pop();
@@ -747,26 +721,27 @@ impl Engine {
         None
     }
 
-    fn scheduled_at(&self, idx: u32, gen: u32) -> Option<Instant> {
-        let slot = &self.slots[idx as usize];
-        if slot.generation != gen {
+    fn scheduled_at(&self, id: FlowId) -> Option<Instant> {
+        let slot = &self.slots[id.index as usize];
+        if slot.generation != id.generation || slot.flow.is_none() {
             return None;
         }
-        slot.flow.as_ref()?.scheduled
+        slot.scheduled
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = now;
-        while let Some(&Reverse((t, idx, gen))) = self.timers.peek() {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
-            if self.scheduled_at(idx, gen) != Some(t) {
+            if self.scheduled_at(id) != Some(t) {
                 continue;
             }
-            self.flow_mut(idx).scheduled = None;
+            let idx = id.index;
+            self.slots[idx as usize].scheduled = None;
             self.run(idx, |f, ctx| f.on_timeout(now, ctx));
             self.settle(idx, now);
         }
@@ -776,12 +751,19 @@ impl Engine {
     // Flow table
     // ----------------------------------------------------------------------------------------
 
+    /// The identity of the flow between our `local_port` and `remote_ip:remote_port`.
+    fn key(&self, remote_ip: Ipv4Addr, remote_port: u16, local_port: u16) -> FlowKey {
+        FlowKey {
+            local_ip: self.cfg.local_ip,
+            local_port,
+            remote_ip,
+            remote_port,
+        }
+    }
+
     fn insert(&mut self, flow: Flow, now: Instant) -> FlowId {
-        let key = (
-            flow.key.remote_ip,
-            flow.key.remote_port,
-            flow.key.local_port,
-        );
+        let key = flow.key();
+        let half_open = flow.is_half_open();
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -789,7 +771,16 @@ impl Engine {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.slots[idx as usize].flow = Some(Box::new(flow));
+        let slot = &mut self.slots[idx as usize];
+        *slot = Slot {
+            generation: slot.generation,
+            flow: Some(Box::new(flow)),
+            counted_half_open: half_open,
+            ..Slot::default()
+        };
+        if half_open {
+            self.half_open += 1;
+        }
         self.by_key.insert(key, idx);
         self.live += 1;
         self.stats.flows_opened += 1;
@@ -804,7 +795,7 @@ impl Engine {
     fn visible(&self, id: FlowId) -> Option<u32> {
         let slot = self.slots.get(id.index as usize)?;
         let f = slot.flow.as_ref()?;
-        (slot.generation == id.generation && f.is_visible() && f.death.is_none())
+        (slot.generation == id.generation && f.is_visible() && f.death().is_none())
             .then_some(id.index)
     }
 
@@ -826,15 +817,14 @@ impl Engine {
             generation: slot.generation,
         };
         let flow = slot.flow.as_mut().expect("live flow");
-        let before = flow.recv.held_bytes();
-        flow.recv.set_memory(MemoryView {
+        let before = flow.held_bytes();
+        flow.set_memory(MemoryView {
             share,
             free: self.cfg.memory_budget.saturating_sub(self.held),
         });
         let mut ctx = Ctx {
             cfg: &self.cfg,
             rng: &mut self.rng,
-            oracle: self.oracle.as_deref(),
             events: &mut self.events,
             stats: &mut self.stats,
             ctrl: &mut self.ctrl,
@@ -844,7 +834,7 @@ impl Engine {
         };
         let r = f(flow, &mut ctx);
         let starved = ctx.memory_starved;
-        self.held = self.held - before + flow.recv.held_bytes();
+        self.held = self.held - before + flow.held_bytes();
         self.stats.held_bytes_peak = self.stats.held_bytes_peak.max(self.held as u64);
         if starved {
             self.reclaim(idx, share);
@@ -863,7 +853,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter(|&(i, _)| i as u32 != starved)
-            .filter_map(|(i, s)| Some((i as u32, s.flow.as_ref()?.recv.held_bytes())))
+            .filter_map(|(i, s)| Some((i as u32, s.flow.as_ref()?.held_bytes())))
             .max_by_key(|&(_, held)| held);
         let Some((idx, held)) = victim else { return };
         if held <= share {
@@ -884,25 +874,21 @@ impl Engine {
         let Some(flow) = slot.flow.as_mut() else {
             return;
         };
-        self.send_buffered = self.send_buffered - flow.counted_send_bytes + flow.send.buffered();
-        flow.counted_send_bytes = flow.send.buffered();
-        if flow.counted_half_open
-            && (flow.death.is_some() || !matches!(flow.phase, Phase::SynReceived { .. }))
-        {
-            flow.counted_half_open = false;
+        let send_bytes = flow.send_buffered();
+        self.send_buffered = self.send_buffered - slot.counted_send_bytes + send_bytes;
+        slot.counted_send_bytes = send_bytes;
+        if slot.counted_half_open && (flow.death().is_some() || !flow.is_half_open()) {
+            slot.counted_half_open = false;
             self.half_open -= 1;
         }
-        if let Some(death) = flow.death {
-            let flow = slot.flow.take().expect("checked");
-            self.held -= flow.recv.held_bytes();
-            self.send_buffered -= flow.counted_send_bytes;
+        if let Some(death) = flow.death() {
+            let mut flow = slot.flow.take().expect("checked");
+            self.held -= flow.held_bytes();
+            self.send_buffered -= slot.counted_send_bytes;
+            slot.counted_send_bytes = 0;
             slot.generation = slot.generation.wrapping_add(1);
             self.free.push(idx);
-            self.by_key.remove(&(
-                flow.key.remote_ip,
-                flow.key.remote_port,
-                flow.key.local_port,
-            ));
+            self.by_key.remove(&flow.key());
             self.live -= 1;
             self.stats.flows_closed += 1;
             if death.send_rst {
@@ -915,9 +901,8 @@ impl Engine {
                     index: idx,
                     generation,
                 };
-                let mut flow = flow;
                 if death.reason != CloseReason::Aborted {
-                    let ready = flow.recv.take_ready();
+                    let ready = flow.take_unread();
                     if !ready.is_empty() {
                         self.leftovers.insert(id, ready);
                     }
@@ -930,14 +915,18 @@ impl Engine {
             return;
         }
         flow.arm_timers(now, &self.cfg);
-        if let Some(d) = flow.next_deadline(&self.cfg) {
-            if flow.scheduled.is_none_or(|s| d < s) {
-                flow.scheduled = Some(d);
-                self.timers.push(Reverse((d, idx, generation)));
+        if let Some(d) = flow.next_deadline() {
+            if slot.scheduled.is_none_or(|s| d < s) {
+                slot.scheduled = Some(d);
+                let id = FlowId {
+                    index: idx,
+                    generation,
+                };
+                self.timers.push(Reverse((d, id)));
             }
         }
-        if !flow.in_ready && flow.has_output() {
-            flow.in_ready = true;
+        if !slot.in_ready && flow.has_output() {
+            slot.in_ready = true;
             self.ready.push_back(idx);
         }
     }

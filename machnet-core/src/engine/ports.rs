@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use crate::config::PortPool;
 
 /// Bit set of engine ids (engines are limited to 64).
-pub type EngineMask = u64;
+pub(crate) type EngineMask = u64;
 
 /// Who owns a port, from one engine's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     /// This engine (listens on it, or it is one of this engine's ephemeral ports).
     Me,
     /// Another engine of this host.
@@ -27,7 +27,7 @@ pub enum Owner {
 }
 
 #[derive(Debug)]
-pub struct PortMap {
+pub(crate) struct PortMap {
     me: u16,
     engines: u16,
     ephemeral: PortPool,
@@ -35,7 +35,7 @@ pub struct PortMap {
 }
 
 impl PortMap {
-    pub fn new(me: u16, engines: u16, ephemeral: PortPool) -> Self {
+    pub(crate) fn new(me: u16, engines: u16, ephemeral: PortPool) -> Self {
         PortMap {
             me,
             engines,
@@ -45,16 +45,16 @@ impl PortMap {
     }
 
     /// Engines listening on `port`.
-    pub fn listeners(&self, port: u16) -> EngineMask {
+    pub(crate) fn listeners(&self, port: u16) -> EngineMask {
         self.listeners.get(&port).copied().unwrap_or(0)
     }
 
-    pub fn is_ephemeral(&self, port: u16) -> bool {
+    pub(crate) fn is_ephemeral(&self, port: u16) -> bool {
         self.ephemeral.contains(port)
     }
 
     /// Records that `engine` listens on `port`. Returns false if it already did.
-    pub fn add(&mut self, port: u16, engine: u16) -> bool {
+    pub(crate) fn add(&mut self, port: u16, engine: u16) -> bool {
         let m = self.listeners.entry(port).or_insert(0);
         let bit = 1u64 << engine;
         let fresh = *m & bit == 0;
@@ -62,7 +62,7 @@ impl PortMap {
         fresh
     }
 
-    pub fn remove(&mut self, port: u16, engine: u16) {
+    pub(crate) fn remove(&mut self, port: u16, engine: u16) {
         if let Some(m) = self.listeners.get_mut(&port) {
             *m &= !(1u64 << engine);
             if *m == 0 {
@@ -72,12 +72,12 @@ impl PortMap {
     }
 
     /// Whether this engine accepts SYNs for `port`.
-    pub fn i_listen(&self, port: u16) -> bool {
+    pub(crate) fn i_listen(&self, port: u16) -> bool {
         self.listeners(port) & (1u64 << self.me) != 0
     }
 
     /// The owner of `port` for packets other than SYN.
-    pub fn owner(&self, port: u16) -> Owner {
+    pub(crate) fn owner(&self, port: u16) -> Owner {
         let l = self.listeners(port);
         if l != 0 {
             let mine = 1u64 << self.me;
@@ -99,14 +99,14 @@ impl PortMap {
     }
 
     /// The `i`-th ephemeral port this engine owns, for `i` in `0..self.ephemeral_count()`.
-    pub fn my_ephemeral(&self, i: u32) -> u16 {
+    pub(crate) fn my_ephemeral(&self, i: u32) -> u16 {
         let port =
             u32::from(self.ephemeral.base) + i * u32::from(self.engines) + u32::from(self.me);
         port as u16
     }
 
     /// How many ephemeral ports this engine owns.
-    pub fn ephemeral_count(&self) -> u32 {
+    pub(crate) fn ephemeral_count(&self) -> u32 {
         let count = u32::from(self.ephemeral.count);
         let engines = u32::from(self.engines);
         let me = u32::from(self.me);

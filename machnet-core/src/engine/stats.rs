@@ -105,14 +105,21 @@ impl DropReason {
 /// Per-engine counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Datagrams handed to `handle_datagram`.
     pub packets_received: u64,
+    /// Datagrams returned by `poll_transmit`.
     pub packets_sent: u64,
+    /// Bytes of datagrams handed to `handle_datagram`.
     pub bytes_received: u64,
+    /// Bytes of datagrams returned by `poll_transmit`.
     pub bytes_sent: u64,
     /// Drops indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
+    /// SYNs sent.
     pub syns_sent: u64,
+    /// SYN-ACKs sent.
     pub syn_acks_sent: u64,
+    /// RSTs sent.
     pub rsts_sent: u64,
     /// Connections this engine initiated that became established.
     pub connects_completed: u64,
@@ -120,13 +127,17 @@ pub struct EngineStats {
     pub accepts_completed: u64,
     /// SYN batches sent by `connect` (first batches and retries).
     pub syn_batches: u64,
+    /// Packets retransmitted after loss detection (SACK or time based).
     pub fast_retransmits: u64,
+    /// Packets retransmitted after a retransmission timeout.
     pub timeout_retransmits: u64,
     /// Retransmission timeouts found spurious and undone (PROTOCOL.md §6.3).
     pub spurious_timeouts: u64,
     /// Tail-loss probes sent (retransmissions that elicit SACK information, PROTOCOL.md §6.2).
     pub tail_probes: u64,
+    /// Flows created (connected or accepted, half-open included).
     pub flows_opened: u64,
+    /// Flows removed from the flow table.
     pub flows_closed: u64,
     /// Flows aborted to give their memory to flows within their fair share (PROTOCOL.md §6.5).
     pub memory_reclaims: u64,
@@ -152,23 +163,38 @@ impl EngineStats {
 /// Per-flow counters and estimates.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlowStats {
+    /// Packets sent (every kind, retransmissions included).
     pub packets_sent: u64,
+    /// Packets accepted from the peer (handshake and invalid acknowledgements excluded).
     pub packets_received: u64,
+    /// Messages the peer has acknowledged completely.
     pub messages_sent: u64,
+    /// Messages received completely.
     pub messages_received: u64,
+    /// Payload bytes sent, retransmissions included.
     pub bytes_sent: u64,
+    /// Payload bytes received, duplicates excluded.
     pub bytes_received: u64,
+    /// Packets retransmitted after loss detection.
     pub fast_retransmits: u64,
+    /// Packets retransmitted after a retransmission timeout.
     pub timeout_retransmits: u64,
     /// Retransmission timeouts found spurious and undone.
     pub spurious_timeouts: u64,
+    /// Tail-loss probes sent.
     pub tail_probes: u64,
+    /// Data or FIN packets received again.
     pub duplicates_received: u64,
     /// Packets this flow's handshake cost on this side (SYNs or SYN-ACKs sprayed).
     pub handshake_packets: u64,
+    /// Smoothed RTT, once there is a sample.
     pub srtt: Option<Duration>,
+    /// Lowest RTT seen.
     pub min_rtt: Option<Duration>,
+    /// Congestion window, in packets.
     pub congestion_window: u32,
+    /// Receive window the peer last announced, in packets.
     pub peer_window: u32,
+    /// Packets sent and not yet acknowledged.
     pub packets_in_flight: u32,
 }

@@ -1,10 +1,13 @@
 //! One connection: handshake phases, reliable delivery, flow and congestion control, timers
 //! (PROTOCOL.md §5–§8). The engine demultiplexes packets to flows and drives their output.
 
-pub mod recv;
-pub mod send;
+pub(crate) mod recv;
+pub(crate) mod send;
+mod timer;
 
 use std::collections::VecDeque;
+
+use bytes::Bytes;
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,50 +15,61 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::cc::{CongestionControl, Controller};
 use crate::config::{EngineConfig, PortPool};
-use crate::engine::api::{CloseReason, Event, FlowId, FlowKey, Transmit};
+use crate::engine::api::{CloseReason, Event, FlowId, FlowKey, SendError, Transmit};
 use crate::engine::stats::{DropReason, EngineStats, FlowStats};
-use crate::rss::{self, RssOracle};
+use crate::rss;
 use crate::rtt::RttEstimator;
 use crate::seq;
 use crate::time::Instant;
 use crate::wire::{self, flags, Handshake, PacketType, Repr, SackList, UdpPair};
 
-use recv::{Arrival, RecvState};
-use send::{Payload, SendState};
+use recv::{Arrival, MemoryView, RecvState};
+use send::{AcceptError, Payload, SendState};
+use timer::{Timer, TimerTable};
 
-/// Where a flow is in its life (PROTOCOL.md §8).
+/// Where a flow is in its life (PROTOCOL.md §8). The deadlines of each phase are in the flow's
+/// [`TimerTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Client: SYN batches sent, waiting for a SYN-ACK on this engine.
-    SynSent { attempt: u8, deadline: Instant },
+pub(crate) enum Phase {
+    /// Client: SYN batch `attempt` sent, waiting for a SYN-ACK on this engine.
+    SynSent { attempt: u8 },
     /// Server: SYN accepted, SYN-ACKs sprayed, waiting for the client's handshake ACK, which
     /// tells us which of our SYN-ACK paths reached the client's engine.
-    SynReceived {
-        expires: Instant,
-        answered_attempt: u8,
-    },
+    SynReceived { answered_attempt: u8 },
     /// Data flows both ways (also while either side is closing).
     Established,
     /// Finished; kept briefly to acknowledge a retransmitted FIN. Invisible to the application.
-    Lingering { until: Instant },
+    Lingering,
 }
 
 /// How the flow ends; set by the flow, acted on by the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Death {
-    pub reason: CloseReason,
+pub(crate) struct Death {
+    /// Reported in `Event::Closed`.
+    pub(crate) reason: CloseReason,
     /// Report `Event::Closed` (false for flows the application never saw or already closed).
-    pub notify: bool,
+    pub(crate) notify: bool,
     /// Send an RST to the peer.
-    pub send_rst: bool,
+    pub(crate) send_rst: bool,
 }
 
 /// A control packet queued by the engine or a flow: no payload, sent ahead of flow output.
 #[derive(Debug, Clone, Copy)]
-pub struct CtrlPacket {
-    pub remote_ip: std::net::Ipv4Addr,
-    pub path: UdpPair,
-    pub repr: Repr,
+pub(crate) struct CtrlPacket {
+    /// The peer host.
+    pub(crate) remote_ip: std::net::Ipv4Addr,
+    /// UDP ports to send it on (ours, theirs).
+    pub(crate) path: UdpPair,
+    /// The header to emit.
+    pub(crate) repr: Repr,
+}
+
+impl CtrlPacket {
+    /// Writes the packet into `buf`; the datagram to send.
+    pub(crate) fn emit(&self, buf: &mut [u8], with_checksum: bool) -> Transmit {
+        let len = self.repr.emit(buf, &[], with_checksum);
+        Transmit::new(self.remote_ip, self.path, len)
+    }
 }
 
 /// Batch of SYNs or SYN-ACKs still to be sprayed.
@@ -64,8 +78,6 @@ struct Spray {
     remaining: u32,
     /// Size of the batch.
     total: u32,
-    /// Waiting for the answer budget to refill.
-    paused_until: Option<Instant>,
     /// Paths to use, one packet each, instead of random ones (RSS hint or oracle); empty: spray.
     fixed_paths: Vec<UdpPair>,
 }
@@ -76,7 +88,6 @@ impl Spray {
         Spray {
             remaining: count,
             total: count,
-            paused_until: None,
             fixed_paths: Vec::new(),
         }
     }
@@ -87,7 +98,6 @@ impl Spray {
         Spray {
             remaining: count,
             total: count,
-            paused_until: None,
             fixed_paths: paths,
         }
     }
@@ -95,50 +105,50 @@ impl Spray {
 
 /// Control packets (RSTs) waiting to be sent are capped so that a flood of packets for unknown
 /// flows cannot grow memory; beyond the cap, replies are simply not sent.
-pub const CTRL_QUEUE_CAP: usize = 4096;
+pub(crate) const CTRL_QUEUE_CAP: usize = 4096;
 
 /// Tail-loss probes sent without progress before only the retransmission timer remains.
 const MAX_TAIL_PROBES: u32 = 2;
 
 /// Everything a flow needs from its engine while it runs.
-pub struct Ctx<'a> {
-    pub cfg: &'a EngineConfig,
-    pub rng: &'a mut ChaCha8Rng,
-    pub oracle: Option<&'a dyn RssOracle>,
-    pub events: &'a mut VecDeque<Event>,
-    pub stats: &'a mut EngineStats,
-    pub ctrl: &'a mut VecDeque<CtrlPacket>,
-    pub answer_budget: &'a mut crate::engine::budget::SprayBudget,
-    pub id: FlowId,
+pub(crate) struct Ctx<'a> {
+    pub(crate) cfg: &'a EngineConfig,
+    pub(crate) rng: &'a mut ChaCha8Rng,
+    pub(crate) events: &'a mut VecDeque<Event>,
+    pub(crate) stats: &'a mut EngineStats,
+    pub(crate) ctrl: &'a mut VecDeque<CtrlPacket>,
+    pub(crate) answer_budget: &'a mut crate::engine::budget::SprayBudget,
+    pub(crate) id: FlowId,
     /// Set by the flow when it refused data within its fair share because the engine's memory
     /// budget is exhausted: the engine then reclaims memory from a flow above its share.
-    pub memory_starved: bool,
+    pub(crate) memory_starved: bool,
 }
 
-pub struct Flow {
-    pub key: FlowKey,
-    pub phase: Phase,
-    pub is_client: bool,
-    pub listen_port: Option<u16>,
+/// One connection's protocol state. Only the engine drives it; its fields are private and the
+/// engine reads what it needs through methods.
+pub(crate) struct Flow {
+    key: FlowKey,
+    phase: Phase,
+    is_client: bool,
     iss: u32,
     irs: u32,
-    pub send: SendState,
-    pub recv: RecvState,
+    send: SendState,
+    recv: RecvState,
     cc: Controller,
     rtt: RttEstimator,
     /// UDP (our source, their destination) pair known to reach the peer's engine.
-    pub tx_path: UdpPair,
+    tx_path: UdpPair,
     /// Client: the server has shown it knows our path; until then our packets carry a
     /// handshake block echoing `confirm_echo`.
     path_confirmed: bool,
     confirm_echo: UdpPair,
-    pub peer_pool: PortPool,
-    pub peer_engines: u16,
-    pub peer_engine_id: u16,
-    pub peer_max_message: u32,
+    peer_pool: PortPool,
+    peer_engines: u16,
+    /// Largest message the peer accepts (from its handshake block).
+    peer_max_message: u32,
     /// Largest datagram of this flow, both ways: the smaller of the two ends' limits, agreed in
     /// the handshake (PROTOCOL.md §6.4). DATA with more payload than it allows is dropped.
-    pub datagram: u16,
+    datagram: u16,
     reply_hint: UdpPair,
     spray: Spray,
     /// When the last SYN/SYN-ACK batch started.
@@ -150,14 +160,11 @@ pub struct Flow {
     /// New data arrived since we last sent a packet: `ts_recent` holds the `ts_val` of the first
     /// such packet and stays until we send.
     echo_held: bool,
-    pub peer_window: u32,
+    peer_window: u32,
     window_ack: u32,
     window_ts: u32,
-    rto_deadline: Option<Instant>,
-    /// Time-based loss detection re-runs then (a suspect packet becomes due).
-    loss_deadline: Option<Instant>,
-    /// Tail-loss probe timer, and probes sent since the last progress.
-    probe_deadline: Option<Instant>,
+    timers: TimerTable,
+    /// Tail-loss probes sent since the last progress.
     tail_probes: u32,
     backoff: u32,
     consecutive_timeouts: u32,
@@ -165,35 +172,18 @@ pub struct Flow {
     /// acknowledgement of new data tells whether it was spurious (PROTOCOL.md §6.3): packets
     /// sent before it carry older timestamps.
     timeout_ts: Option<u32>,
-    last_heard: Instant,
-    next_keepalive: Instant,
-    /// Earliest deadline registered with the engine's timer heap.
-    pub scheduled: Option<Instant>,
-    pub in_ready: bool,
-    /// Counted in the engine's half-open total (server flows until they leave `SynReceived`).
-    pub counted_half_open: bool,
-    /// This flow's share of the engine's total of send-buffered bytes, as last counted.
-    pub counted_send_bytes: usize,
-    pub death: Option<Death>,
-    pub peer_closed_reported: bool,
-    pub stats: FlowStats,
+    death: Option<Death>,
+    peer_closed_reported: bool,
+    stats: FlowStats,
 }
 
 impl Flow {
-    fn base(
-        cfg: &EngineConfig,
-        key: FlowKey,
-        iss: u32,
-        irs: u32,
-        now: Instant,
-        is_client: bool,
-    ) -> Flow {
+    fn base(cfg: &EngineConfig, key: FlowKey, iss: u32, irs: u32, is_client: bool) -> Flow {
         let frag = cfg.max_fragment_payload();
         Flow {
             key,
             phase: Phase::Established,
             is_client,
-            listen_port: None,
             iss,
             irs,
             send: SendState::new(iss.wrapping_add(1), cfg.send_buffer, frag),
@@ -211,7 +201,6 @@ impl Flow {
             confirm_echo: UdpPair::NONE,
             peer_pool: cfg.remote_udp_ports(),
             peer_engines: cfg.engine_count,
-            peer_engine_id: 0,
             peer_max_message: cfg.max_message_len,
             datagram: wire::agreed_datagram(cfg.max_udp_payload, 0),
             reply_hint: UdpPair::NONE,
@@ -224,19 +213,11 @@ impl Flow {
             peer_window: 1,
             window_ack: iss.wrapping_add(1),
             window_ts: 0,
-            rto_deadline: None,
-            loss_deadline: None,
-            probe_deadline: None,
+            timers: TimerTable::default(),
             tail_probes: 0,
             backoff: 0,
             timeout_ts: None,
             consecutive_timeouts: 0,
-            last_heard: now,
-            next_keepalive: now,
-            scheduled: None,
-            in_ready: false,
-            counted_half_open: false,
-            counted_send_bytes: 0,
             death: None,
             peer_closed_reported: false,
             stats: FlowStats::default(),
@@ -245,7 +226,7 @@ impl Flow {
 
     /// A client flow that sprays its first SYN batch (PROTOCOL.md §5.1).
     #[allow(clippy::too_many_arguments)]
-    pub fn new_client(
+    pub(crate) fn new_client(
         cfg: &EngineConfig,
         key: FlowKey,
         iss: u32,
@@ -255,14 +236,13 @@ impl Flow {
         syn_paths: Vec<UdpPair>,
         reply_hint: UdpPair,
     ) -> Flow {
-        let mut f = Flow::base(cfg, key, iss, 0, now, true);
+        let mut f = Flow::base(cfg, key, iss, 0, true);
         f.peer_pool = peer_pool;
         f.peer_engines = peer_engines;
         f.reply_hint = reply_hint;
-        f.phase = Phase::SynSent {
-            attempt: 0,
-            deadline: now + cfg.handshake.syn_timeout,
-        };
+        f.phase = Phase::SynSent { attempt: 0 };
+        f.timers
+            .set(Timer::Handshake, now + cfg.handshake.syn_timeout);
         f.spray = if syn_paths.is_empty() {
             Spray::random(Self::batch(cfg, peer_engines, 0))
         } else {
@@ -273,7 +253,7 @@ impl Flow {
 
     /// A server flow for an accepted SYN: sprays SYN-ACKs (PROTOCOL.md §5.1).
     #[allow(clippy::too_many_arguments)]
-    pub fn new_server(
+    pub(crate) fn new_server(
         cfg: &EngineConfig,
         key: FlowKey,
         iss: u32,
@@ -283,16 +263,17 @@ impl Flow {
         now: Instant,
         synack_path: Option<UdpPair>,
     ) -> Flow {
-        let mut f = Flow::base(cfg, key, iss, syn.seq, now, false);
+        let mut f = Flow::base(cfg, key, iss, syn.seq, false);
         f.learn_peer(hs, cfg);
         f.ts_recent = syn.ts_val;
         f.peer_window = syn.window;
         f.window_ack = f.send.una;
         f.window_ts = syn.ts_val;
         f.phase = Phase::SynReceived {
-            expires: now + cfg.handshake.half_open_timeout,
             answered_attempt: hs.attempt,
         };
+        f.timers
+            .set(Timer::Handshake, now + cfg.handshake.half_open_timeout);
         // SYN-ACKs echo the SYN's path: it is known to reach this engine.
         f.confirm_echo = syn_path;
         f.start_synack_spray(cfg, hs.attempt, synack_path);
@@ -323,12 +304,74 @@ impl Flow {
             count: hs.udp_port_count,
         };
         self.peer_engines = hs.engine_count;
-        self.peer_engine_id = hs.engine_id;
         self.peer_max_message = hs.max_message_len;
     }
 
+    /// The flow's identity.
+    pub(crate) fn key(&self) -> FlowKey {
+        self.key
+    }
+
+    /// How the flow ends, once it has.
+    pub(crate) fn death(&self) -> Option<Death> {
+        self.death
+    }
+
+    /// A server flow still waiting for the client's handshake ACK.
+    pub(crate) fn is_half_open(&self) -> bool {
+        matches!(self.phase, Phase::SynReceived { .. })
+    }
+
+    /// Message bytes accepted from the application and not yet acknowledged.
+    pub(crate) fn send_buffered(&self) -> usize {
+        self.send.buffered()
+    }
+
+    /// Bytes held for the application (unread, partial and out-of-order data).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.recv.held_bytes()
+    }
+
+    /// Tells the receive side how much of the engine's memory budget it may use.
+    pub(crate) fn set_memory(&mut self, view: MemoryView) {
+        self.recv.set_memory(view);
+    }
+
+    /// Length of the next complete message, if any.
+    pub(crate) fn peek_len(&self) -> Option<usize> {
+        self.recv.peek_len()
+    }
+
+    /// Takes every complete message not yet read (the flow is ending).
+    pub(crate) fn take_unread(&mut self) -> VecDeque<Bytes> {
+        self.recv.take_ready()
+    }
+
+    /// Takes the next complete message; a window that reopens is announced.
+    pub(crate) fn read(&mut self, now: Instant, ctx: &mut Ctx) -> Option<Bytes> {
+        let msg = self.recv.read()?;
+        self.on_read(now, ctx);
+        Some(msg)
+    }
+
+    /// Queues one non-empty message from the application; `engine_limit` is this side's
+    /// maximum message length, the peer's announced maximum applies too.
+    pub(crate) fn queue_message(&mut self, msg: Bytes, engine_limit: u32) -> Result<(), SendError> {
+        let max = self.peer_max_message.min(engine_limit) as usize;
+        if msg.len() > max {
+            return Err(SendError::MessageTooLarge {
+                len: msg.len(),
+                max,
+            });
+        }
+        self.send.accept(msg).map_err(|e| match e {
+            AcceptError::Closed => SendError::Closed,
+            AcceptError::BufferFull => SendError::BufferFull,
+        })
+    }
+
     /// Whether the application may use this flow (not half-open, not finished).
-    pub fn is_visible(&self) -> bool {
+    pub(crate) fn is_visible(&self) -> bool {
         matches!(self.phase, Phase::SynSent { .. } | Phase::Established)
     }
 
@@ -343,13 +386,13 @@ impl Flow {
     }
 
     /// Aborts the flow on the application's request.
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         let established = self.phase == Phase::Established;
         self.die(CloseReason::Aborted, true, established);
     }
 
     /// Graceful close: FIN after the queued data (idempotent).
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         match self.phase {
             Phase::SynSent { .. } => self.die(CloseReason::Aborted, true, false),
             Phase::Established => self.send.fin_queued = true,
@@ -362,7 +405,7 @@ impl Flow {
     // ----------------------------------------------------------------------------------------
 
     /// Handles a packet routed to this flow. `path` is the datagram's UDP (src, dst) as received.
-    pub fn handle(
+    pub(crate) fn handle(
         &mut self,
         now: Instant,
         repr: &Repr,
@@ -383,7 +426,7 @@ impl Flow {
                 answered_attempt, ..
             } => self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx),
             Phase::Established => self.handle_established(now, repr, payload, path, ctx),
-            Phase::Lingering { .. } => self.handle_lingering(repr, ctx.cfg),
+            Phase::Lingering => self.handle_lingering(repr, ctx.cfg),
         }
     }
 
@@ -442,15 +485,13 @@ impl Flow {
                 self.window_ack = repr.ack;
                 self.window_ts = repr.ts_val;
                 self.ts_recent = repr.ts_val;
-                self.last_heard = now;
-                self.next_keepalive = now;
                 if let Some(sample) = rtt_sample(now, repr.ts_ecr) {
                     self.rtt.update(sample);
                 }
                 self.spray = Spray::default();
-                self.phase = Phase::Established;
+                self.establish(now, ctx.cfg);
                 self.probe_pending = true;
-                self.rto_deadline = Some(now + self.rto(ctx.cfg));
+                self.timers.set(Timer::Rto, now + self.rto(ctx.cfg));
                 ctx.stats.connects_completed += 1;
                 ctx.events.push_back(Event::Connected { flow: ctx.id });
                 Ok(())
@@ -491,9 +532,10 @@ impl Flow {
                 self.ts_recent = repr.ts_val;
                 // The client retried: its SYN-ACKs missed. Answer the new attempt.
                 self.phase = Phase::SynReceived {
-                    expires: now + ctx.cfg.handshake.half_open_timeout,
                     answered_attempt: hs.attempt,
                 };
+                self.timers
+                    .set(Timer::Handshake, now + ctx.cfg.handshake.half_open_timeout);
                 self.confirm_echo = path;
                 let hint = (!hs.reply_hint.is_none()).then_some(hs.reply_hint);
                 self.start_synack_spray(ctx.cfg, hs.attempt, hint);
@@ -517,13 +559,12 @@ impl Flow {
                 }
                 self.tx_path = hs.echo_path;
                 self.spray = Spray::default();
-                self.phase = Phase::Established;
-                self.last_heard = now;
-                self.next_keepalive = now;
+                self.establish(now, ctx.cfg);
                 ctx.stats.accepts_completed += 1;
                 ctx.events.push_back(Event::Accepted {
                     flow: ctx.id,
-                    listen_port: self.listen_port.unwrap_or(self.key.local_port),
+                    // A server flow's local port is the listening port that accepted it.
+                    listen_port: self.key.local_port,
                 });
                 self.handle_established(now, repr, payload, path, ctx)
             }
@@ -579,9 +620,9 @@ impl Flow {
                 if self.recv.fin_received && self.send.fin_acked_by_reset() {
                     // Both directions were finished; the peer just forgot the flow before our
                     // last ACK reached it. Not a failure: finish as a graceful close.
-                    self.rto_deadline = None;
+                    self.timers.stop(Timer::Rto);
                     self.check_finished(now, ctx);
-                    if matches!(self.phase, Phase::Lingering { .. }) {
+                    if self.phase == Phase::Lingering {
                         self.die(CloseReason::Graceful, false, false);
                     }
                     return Ok(());
@@ -598,7 +639,7 @@ impl Flow {
         let Some(out) = self.send.on_ack(repr.ack, repr.sack.as_slice()) else {
             return Err(DropReason::InvalidAck);
         };
-        self.last_heard = now;
+        self.heard(now, ctx.cfg);
         self.consecutive_timeouts = 0;
         self.path_confirmed = true;
         self.stats.packets_received += 1;
@@ -622,8 +663,8 @@ impl Flow {
             }
             self.cc.on_ack(now, out.newly_acked, sample);
             self.backoff = 0;
-            self.rto_deadline = None;
-            self.probe_deadline = None;
+            self.timers.stop(Timer::Rto);
+            self.timers.stop(Timer::Probe);
             self.tail_probes = 0;
             self.detect_losses(now, ctx);
         }
@@ -690,16 +731,16 @@ impl Flow {
     }
 
     /// Moves to `Lingering` once both directions are finished and every message was read.
-    pub fn check_finished(&mut self, now: Instant, ctx: &mut Ctx) {
+    pub(crate) fn check_finished(&mut self, now: Instant, ctx: &mut Ctx) {
         if self.phase == Phase::Established
             && self.send.is_done()
             && self.recv.fin_received
             && !self.recv.has_ready()
         {
-            self.phase = Phase::Lingering {
-                until: now + ctx.cfg.linger,
-            };
-            self.rto_deadline = None;
+            self.phase = Phase::Lingering;
+            // Only the linger timer runs from now on.
+            self.timers = TimerTable::default();
+            self.timers.set(Timer::Linger, now + ctx.cfg.linger);
             ctx.events.push_back(Event::Closed {
                 flow: ctx.id,
                 reason: CloseReason::Graceful,
@@ -708,7 +749,7 @@ impl Flow {
     }
 
     /// The application read a message; a window that reopens is announced.
-    pub fn on_read(&mut self, now: Instant, ctx: &mut Ctx) {
+    fn on_read(&mut self, now: Instant, ctx: &mut Ctx) {
         let w = self.recv.window();
         if self.recv.last_advertised < w / 2 || (self.recv.last_advertised == 0 && w > 0) {
             self.ack_pending = true;
@@ -758,7 +799,10 @@ impl Flow {
     fn detect_losses(&mut self, now: Instant, ctx: &mut Ctx) {
         let srtt = self.rtt.smoothed().unwrap_or(ctx.cfg.rto.initial);
         let (lost, next) = self.send.detect_losses(now, srtt + srtt / 4);
-        self.loss_deadline = next;
+        match next {
+            Some(t) => self.timers.set(Timer::Loss, t),
+            None => self.timers.stop(Timer::Loss),
+        }
         if lost > 0 {
             self.cc.on_loss(now);
             self.stats.fast_retransmits += u64::from(lost);
@@ -785,136 +829,142 @@ impl Flow {
     }
 
     /// Arms the retransmission timer if something needs it and it is not running.
-    pub fn arm_timers(&mut self, now: Instant, cfg: &EngineConfig) {
+    pub(crate) fn arm_timers(&mut self, now: Instant, cfg: &EngineConfig) {
         if self.phase != Phase::Established {
             return;
         }
         if self.send.has_unacked() || self.needs_probe_timer() {
-            if self.rto_deadline.is_none() {
-                self.rto_deadline = Some(now + self.rto(cfg));
+            if self.timers.get(Timer::Rto).is_none() {
+                self.timers.set(Timer::Rto, now + self.rto(cfg));
             }
         } else {
-            self.rto_deadline = None;
+            self.timers.stop(Timer::Rto);
         }
         if self.send.has_unacked() {
-            if self.probe_deadline.is_none() && self.tail_probes < MAX_TAIL_PROBES {
-                self.probe_deadline = Some(now + self.probe_timeout(cfg));
+            if self.timers.get(Timer::Probe).is_none() && self.tail_probes < MAX_TAIL_PROBES {
+                self.timers.set(Timer::Probe, now + self.probe_timeout(cfg));
             }
         } else {
-            self.probe_deadline = None;
-            self.loss_deadline = None;
+            self.timers.stop(Timer::Probe);
+            self.timers.stop(Timer::Loss);
         }
+    }
+
+    /// Leaves the handshake: the handshake timers stop, the idle and keepalive timers start.
+    fn establish(&mut self, now: Instant, cfg: &EngineConfig) {
+        self.phase = Phase::Established;
+        self.timers.stop(Timer::Handshake);
+        self.timers.stop(Timer::SprayPause);
+        self.heard(now, cfg);
+    }
+
+    /// The peer proved alive at `now`: the idle timeout restarts, and the next keepalive comes
+    /// one interval after `now` at the earliest.
+    fn heard(&mut self, now: Instant, cfg: &EngineConfig) {
+        self.timers.set(Timer::Idle, now + cfg.idle_timeout);
+        let keepalive = now + cfg.keepalive_interval;
+        let next = self
+            .timers
+            .get(Timer::Keepalive)
+            .map_or(keepalive, |k| k.max(keepalive));
+        self.timers.set(Timer::Keepalive, next);
     }
 
     /// The earliest instant at which [`Flow::on_timeout`] has work.
-    pub fn next_deadline(&self, cfg: &EngineConfig) -> Option<Instant> {
-        match self.phase {
-            Phase::SynSent { deadline, .. } => Some(deadline),
-            Phase::SynReceived { expires, .. } => {
-                Some(self.spray.paused_until.map_or(expires, |p| p.min(expires)))
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.next_expiry()
+    }
+
+    /// Runs every timer that is due at `now`, in the order of [`Timer`].
+    pub(crate) fn on_timeout(&mut self, now: Instant, ctx: &mut Ctx) {
+        for timer in self.timers.expired(now) {
+            // An earlier handler may have stopped or moved this timer.
+            if !self.timers.is_expired(timer, now) {
+                continue;
             }
-            Phase::Lingering { until } => Some(until),
-            Phase::Established => {
-                let idle = self.last_heard + cfg.idle_timeout;
-                let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
-                let t = [self.rto_deadline, self.loss_deadline, self.probe_deadline]
-                    .into_iter()
-                    .flatten()
-                    .fold(idle.min(keepalive), Instant::min);
-                Some(t)
+            self.timers.stop(timer);
+            self.fire(timer, now, ctx);
+            if self.death.is_some() {
+                return;
             }
         }
     }
 
-    /// Runs every timer that is due at `now`.
-    pub fn on_timeout(&mut self, now: Instant, ctx: &mut Ctx) {
+    fn fire(&mut self, timer: Timer, now: Instant, ctx: &mut Ctx) {
         let cfg = ctx.cfg;
-        match self.phase {
-            Phase::SynSent { attempt, deadline } if now >= deadline => {
-                let next = attempt.saturating_add(1);
-                if next >= cfg.handshake.max_syn_attempts {
-                    self.die(CloseReason::TimedOut, true, false);
-                    return;
-                }
-                let wait = cfg
-                    .handshake
-                    .syn_timeout
-                    .checked_mul(1 << next.min(16))
-                    .unwrap_or(Duration::MAX);
-                self.phase = Phase::SynSent {
-                    attempt: next,
-                    deadline: now + wait,
-                };
-                if next >= 2 {
-                    // A predicted reply path that did not work: let the server spray.
-                    self.reply_hint = UdpPair::NONE;
-                }
-                let paths = std::mem::take(&mut self.spray.fixed_paths);
-                self.spray = if paths.is_empty() || next >= 2 {
-                    // Predicted paths that failed twice: fall back to spraying.
-                    Spray::random(Self::batch(cfg, self.peer_engines, next))
-                } else {
-                    Spray::fixed(paths)
-                };
-                ctx.stats.syn_batches += 1;
-            }
-            Phase::SynReceived { expires, .. } if now >= expires => {
-                self.die(CloseReason::TimedOut, false, false);
-            }
-            Phase::SynReceived { .. } if self.spray.paused_until.is_some_and(|p| now >= p) => {
-                self.spray.paused_until = None;
-            }
-            Phase::Lingering { until } if now >= until => {
-                self.die(CloseReason::Graceful, false, false);
-            }
-            Phase::Established => {
-                if now >= self.last_heard + cfg.idle_timeout {
+        match timer {
+            Timer::Handshake => match self.phase {
+                Phase::SynSent { attempt } => self.retry_syn(attempt, now, ctx),
+                _ => self.die(CloseReason::TimedOut, false, false),
+            },
+            Timer::SprayPause => {}
+            Timer::Linger => self.die(CloseReason::Graceful, false, false),
+            Timer::Idle => self.die(CloseReason::TimedOut, true, true),
+            Timer::Rto => {
+                self.consecutive_timeouts += 1;
+                if self.consecutive_timeouts > cfg.rto.max_retries {
                     self.die(CloseReason::TimedOut, true, true);
                     return;
                 }
-                if self.rto_deadline.is_some_and(|d| now >= d) {
-                    self.consecutive_timeouts += 1;
-                    if self.consecutive_timeouts > cfg.rto.max_retries {
-                        self.die(CloseReason::TimedOut, true, true);
-                        return;
-                    }
-                    if self.send.has_unacked() {
-                        self.timeout_ts.get_or_insert(now_ts(now));
-                        let n = self.send.on_timeout();
-                        self.cc.on_timeout(now);
-                        self.stats.timeout_retransmits += u64::from(n);
-                        ctx.stats.timeout_retransmits += u64::from(n);
-                    } else {
-                        self.probe_pending = true;
-                    }
-                    self.backoff = (self.backoff + 1).min(16);
-                    self.rto_deadline = None;
-                    self.tail_probes = 0;
-                    self.probe_deadline = None;
-                    if self.send.has_unacked() || self.needs_probe_timer() {
-                        self.rto_deadline = Some(now + self.rto(cfg));
-                    }
-                }
-                if self.loss_deadline.is_some_and(|d| now >= d) {
-                    self.loss_deadline = None;
-                    self.detect_losses(now, ctx);
-                }
-                if self.probe_deadline.is_some_and(|d| now >= d) {
-                    self.probe_deadline = None;
-                    if self.send.probe() {
-                        self.tail_probes += 1;
-                        self.stats.tail_probes += 1;
-                        ctx.stats.tail_probes += 1;
-                    }
-                }
-                let keepalive = (self.last_heard + cfg.keepalive_interval).max(self.next_keepalive);
-                if now >= keepalive {
+                if self.send.has_unacked() {
+                    self.timeout_ts.get_or_insert(now_ts(now));
+                    let n = self.send.on_timeout();
+                    self.cc.on_timeout(now);
+                    self.stats.timeout_retransmits += u64::from(n);
+                    ctx.stats.timeout_retransmits += u64::from(n);
+                } else {
                     self.probe_pending = true;
-                    self.next_keepalive = now + cfg.keepalive_interval;
+                }
+                self.backoff = (self.backoff + 1).min(16);
+                self.tail_probes = 0;
+                self.timers.stop(Timer::Probe);
+                if self.send.has_unacked() || self.needs_probe_timer() {
+                    self.timers.set(Timer::Rto, now + self.rto(cfg));
                 }
             }
-            _ => {}
+            Timer::Loss => self.detect_losses(now, ctx),
+            Timer::Probe => {
+                if self.send.probe() {
+                    self.tail_probes += 1;
+                    self.stats.tail_probes += 1;
+                    ctx.stats.tail_probes += 1;
+                }
+            }
+            Timer::Keepalive => {
+                self.probe_pending = true;
+                self.timers
+                    .set(Timer::Keepalive, now + cfg.keepalive_interval);
+            }
         }
+    }
+
+    /// The SYN batch `attempt` went unanswered: spray the next one, or give up.
+    fn retry_syn(&mut self, attempt: u8, now: Instant, ctx: &mut Ctx) {
+        let cfg = ctx.cfg;
+        let next = attempt.saturating_add(1);
+        if next >= cfg.handshake.max_syn_attempts {
+            self.die(CloseReason::TimedOut, true, false);
+            return;
+        }
+        let wait = cfg
+            .handshake
+            .syn_timeout
+            .checked_mul(1 << next.min(16))
+            .unwrap_or(Duration::MAX);
+        self.phase = Phase::SynSent { attempt: next };
+        self.timers.set(Timer::Handshake, now + wait);
+        if next >= 2 {
+            // A predicted reply path that did not work: let the server spray.
+            self.reply_hint = UdpPair::NONE;
+        }
+        let paths = std::mem::take(&mut self.spray.fixed_paths);
+        self.spray = if paths.is_empty() || next >= 2 {
+            // Predicted paths that failed twice: fall back to spraying.
+            Spray::random(Self::batch(cfg, self.peer_engines, next))
+        } else {
+            Spray::fixed(paths)
+        };
+        ctx.stats.syn_batches += 1;
     }
 
     // ----------------------------------------------------------------------------------------
@@ -922,15 +972,15 @@ impl Flow {
     // ----------------------------------------------------------------------------------------
 
     /// Whether [`Flow::poll_transmit`] would produce a packet now.
-    pub fn has_output(&self) -> bool {
+    pub(crate) fn has_output(&self) -> bool {
         if self.death.is_some() {
             return false;
         }
         match self.phase {
             Phase::SynSent { .. } | Phase::SynReceived { .. } => {
-                self.spray.remaining > 0 && self.spray.paused_until.is_none()
+                self.spray.remaining > 0 && self.timers.get(Timer::SprayPause).is_none()
             }
-            Phase::Lingering { .. } => self.ack_pending,
+            Phase::Lingering => self.ack_pending,
             Phase::Established => {
                 self.ack_pending
                     || self.probe_pending
@@ -948,7 +998,7 @@ impl Flow {
     }
 
     /// Writes this flow's next packet into `buf`.
-    pub fn poll_transmit(
+    pub(crate) fn poll_transmit(
         &mut self,
         now: Instant,
         buf: &mut [u8],
@@ -964,8 +1014,8 @@ impl Flow {
             Phase::SynReceived {
                 answered_attempt, ..
             } => self.transmit_spray(now, buf, ctx, PacketType::SynAck, answered_attempt),
-            Phase::Lingering { .. } if self.ack_pending => Some(self.transmit_ack(now, buf, ctx)),
-            Phase::Lingering { .. } => None,
+            Phase::Lingering if self.ack_pending => Some(self.transmit_ack(now, buf, ctx)),
+            Phase::Lingering => None,
             Phase::Established => self.transmit_established(now, buf, ctx),
         }
     }
@@ -984,7 +1034,7 @@ impl Flow {
         if ty == PacketType::SynAck {
             if let Err(wait) = ctx.answer_budget.try_take(now) {
                 // Over the answer budget: pace the batch instead of dropping it.
-                self.spray.paused_until = Some(now + wait);
+                self.timers.set(Timer::SprayPause, now + wait);
                 return None;
             }
         }
@@ -1130,8 +1180,8 @@ impl Flow {
         };
         let mut repr = self.header(now, ty, ctx.cfg);
         repr.seq = s;
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rto(ctx.cfg));
+        if self.timers.get(Timer::Rto).is_none() {
+            self.timers.set(Timer::Rto, now + self.rto(ctx.cfg));
         }
         // Borrow the payload in place: no copy or refcount traffic per packet.
         let bytes: &[u8] = match self.send.payload(s) {
@@ -1154,12 +1204,7 @@ impl Flow {
             bytes,
             ctx.cfg.checksum == crate::config::ChecksumMode::Always,
         );
-        Transmit {
-            remote_ip: self.key.remote_ip,
-            src_port: self.tx_path.src,
-            dst_port: self.tx_path.dst,
-            len,
-        }
+        Transmit::new(self.key.remote_ip, self.tx_path, len)
     }
 
     fn finish(
@@ -1173,16 +1218,11 @@ impl Flow {
         let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
         let len = repr.emit(buf, payload, with_checksum);
         self.stats.packets_sent += 1;
-        Transmit {
-            remote_ip: self.key.remote_ip,
-            src_port: path.src,
-            dst_port: path.dst,
-            len,
-        }
+        Transmit::new(self.key.remote_ip, path, len)
     }
 
     /// A snapshot of this flow's counters and estimates.
-    pub fn snapshot(&self) -> FlowStats {
+    pub(crate) fn snapshot(&self) -> FlowStats {
         let mut s = self.stats.clone();
         s.srtt = self.rtt.smoothed();
         s.min_rtt = self.rtt.min();
@@ -1193,7 +1233,7 @@ impl Flow {
     }
 
     /// The RST to send when this flow dies with `send_rst`.
-    pub fn rst(&self) -> Option<CtrlPacket> {
+    pub(crate) fn rst(&self) -> Option<CtrlPacket> {
         (!self.tx_path.is_none()).then(|| CtrlPacket {
             remote_ip: self.key.remote_ip,
             path: self.tx_path,
@@ -1208,7 +1248,7 @@ impl Flow {
 }
 
 /// An RST carrying `seq` and `ack`.
-pub fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr {
+pub(crate) fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr {
     Repr {
         packet_type: PacketType::Rst,
         flags: 0,
@@ -1227,7 +1267,7 @@ pub fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr {
 }
 
 /// A uniformly random port of `pool`.
-pub fn random_port(rng: &mut ChaCha8Rng, pool: PortPool) -> u16 {
+pub(crate) fn random_port(rng: &mut ChaCha8Rng, pool: PortPool) -> u16 {
     pool.nth(rng.random_range(0..pool.count))
 }
 
@@ -1244,6 +1284,3 @@ fn rtt_sample(now: Instant, ts_ecr: u32) -> Option<Duration> {
     let us = now_ts(now).wrapping_sub(ts_ecr);
     (us < 60_000_000).then(|| Duration::from_micros(u64::from(us.max(1))))
 }
-
-/// Bytes a data packet's header occupies at most (for buffer sizing by callers).
-pub const MAX_DATA_HEADER: usize = wire::HEADER_LEN + wire::HANDSHAKE_LEN;

@@ -78,7 +78,7 @@ enum Arrived<'a> {
 
 /// What arriving sequenced packet was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     /// New; advanced the cumulative ACK (possibly draining the reorder buffer).
     InOrder,
     /// New; stored out of order.
@@ -96,16 +96,16 @@ pub enum Arrival {
 /// The memory a flow may use, set by the engine before each operation on the flow
 /// (PROTOCOL.md §6.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryView {
+pub(crate) struct MemoryView {
     /// The flow's fair share of the engine's budget, in bytes.
-    pub share: usize,
+    pub(crate) share: usize,
     /// Bytes of the engine's budget no flow holds.
-    pub free: usize,
+    pub(crate) free: usize,
 }
 
 impl MemoryView {
     /// No limit (for tests of the reassembly logic alone).
-    pub const UNLIMITED: MemoryView = MemoryView {
+    pub(crate) const UNLIMITED: MemoryView = MemoryView {
         share: usize::MAX,
         free: usize::MAX,
     };
@@ -125,7 +125,7 @@ impl From<FramingViolation> for Refusal {
 
 /// The peer broke message framing (PROTOCOL.md §6.4); the flow must be reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FramingViolation;
+pub(crate) struct FramingViolation;
 
 /// A message being reassembled. Its buffer grows as fragments arrive (never to more than the
 /// length the peer claimed), so a claimed length costs nothing until the data is there.
@@ -150,9 +150,9 @@ fn grown_capacity(cap: usize, needed: usize, expected: usize, room: usize) -> Op
 }
 
 #[derive(Debug)]
-pub struct RecvState {
+pub(crate) struct RecvState {
     /// Next sequence number expected (the cumulative ACK we send).
-    pub nxt: u32,
+    pub(crate) nxt: u32,
     /// `reorder[i]` holds sequence number `nxt + i`; `reorder[0]` is always empty.
     reorder: VecDeque<Option<Segment>>,
     buffered_segments: usize,
@@ -163,13 +163,13 @@ pub struct RecvState {
     ready: VecDeque<Bytes>,
     unread: usize,
     /// In-order FIN received: the peer sends nothing more.
-    pub fin_received: bool,
+    pub(crate) fin_received: bool,
     max_message: usize,
     recv_buffer: usize,
     max_window: u32,
     fragment_payload: usize,
     /// Window in the last packet we sent.
-    pub last_advertised: u32,
+    pub(crate) last_advertised: u32,
     /// One past the highest sequence number we ever allowed the peer to send (`nxt + window` of
     /// our advertisements; never moves back). Packets at or beyond it are dropped, so a sender
     /// that ignores our window cannot grow our memory (PROTOCOL.md §6.5).
@@ -179,11 +179,11 @@ pub struct RecvState {
     /// What the engine lets this flow hold (set before every operation).
     memory: MemoryView,
     /// Messages completed since creation.
-    pub messages_completed: u64,
+    pub(crate) messages_completed: u64,
 }
 
 impl RecvState {
-    pub fn new(
+    pub(crate) fn new(
         initial_seq: u32,
         max_message: usize,
         recv_buffer: usize,
@@ -213,12 +213,12 @@ impl RecvState {
 
     /// Sets the memory this flow may use: its fair share of the engine's budget and what the
     /// engine has free (PROTOCOL.md §6.5).
-    pub fn set_memory(&mut self, view: MemoryView) {
+    pub(crate) fn set_memory(&mut self, view: MemoryView) {
         self.memory = view;
     }
 
     /// The memory view last set.
-    pub fn memory(&self) -> MemoryView {
+    pub(crate) fn memory(&self) -> MemoryView {
         self.memory
     }
 
@@ -241,12 +241,12 @@ impl RecvState {
 
     /// Sets the payload of a full fragment the peer sends (the flow's agreed datagram less
     /// headers): the unit in which the window is counted (PROTOCOL.md §6.5).
-    pub fn set_fragment_payload(&mut self, bytes: usize) {
+    pub(crate) fn set_fragment_payload(&mut self, bytes: usize) {
         self.fragment_payload = bytes.max(1);
     }
 
     /// Records the window sent in a packet and returns it: the right edge only moves forward.
-    pub fn advertise(&mut self) -> u32 {
+    pub(crate) fn advertise(&mut self) -> u32 {
         let w = self.window();
         self.last_advertised = w;
         let edge = self.nxt.wrapping_add(w);
@@ -259,7 +259,7 @@ impl RecvState {
     /// Handles a DATA fragment with sequence number `s`. In order, its payload goes straight
     /// from the datagram into the message being reassembled; only out-of-order fragments are
     /// copied into the reorder buffer.
-    pub fn on_data(
+    pub(crate) fn on_data(
         &mut self,
         s: u32,
         flag_bits: u8,
@@ -284,7 +284,7 @@ impl RecvState {
     }
 
     /// Handles a FIN with sequence number `s`.
-    pub fn on_fin(&mut self, s: u32) -> Result<Arrival, FramingViolation> {
+    pub(crate) fn on_fin(&mut self, s: u32) -> Result<Arrival, FramingViolation> {
         self.on_segment(s, 0, |_| Arrived::Fin)
     }
 
@@ -436,33 +436,30 @@ impl RecvState {
     }
 
     /// Takes the oldest complete message.
-    pub fn read(&mut self) -> Option<Bytes> {
+    pub(crate) fn read(&mut self) -> Option<Bytes> {
         let m = self.ready.pop_front()?;
         self.unread -= m.len();
         Some(m)
     }
 
     /// Takes every complete unread message (the flow is ending; see `Engine::recv`).
-    pub fn take_ready(&mut self) -> VecDeque<Bytes> {
+    pub(crate) fn take_ready(&mut self) -> VecDeque<Bytes> {
         self.unread = 0;
         std::mem::take(&mut self.ready)
     }
 
     /// Length of the oldest complete message, if any.
-    pub fn peek_len(&self) -> Option<usize> {
+    pub(crate) fn peek_len(&self) -> Option<usize> {
         self.ready.front().map(Bytes::len)
     }
 
-    pub fn has_ready(&self) -> bool {
+    pub(crate) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
-    }
-    pub fn ready_count(&self) -> usize {
-        self.ready.len()
     }
 
     /// Bytes held for this flow, as counted against the engine's memory budget: unread
     /// messages, the partial message's buffer capacity and the reorder buffer's payloads.
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.unread + self.partial.as_ref().map_or(0, |p| p.buf.capacity()) + self.reorder_bytes
     }
 
@@ -470,7 +467,7 @@ impl RecvState {
     /// unread messages fill the receive buffer, so an application that stops reading stops its
     /// sender instead of growing our memory; never more than the room left in the flow's fair
     /// share of the engine's memory budget.
-    pub fn window(&self) -> u32 {
+    pub(crate) fn window(&self) -> u32 {
         let by_buffer = self.recv_buffer.saturating_sub(self.unread);
         let by_share = self.memory.share.saturating_sub(self.held_bytes());
         let room = by_buffer.min(by_share);
@@ -483,13 +480,13 @@ impl RecvState {
     }
 
     /// Whether out-of-order packets are buffered (SACK blocks are due).
-    pub fn has_holes(&self) -> bool {
+    pub(crate) fn has_holes(&self) -> bool {
         self.buffered_segments > 0
     }
 
     /// Up to [`MAX_SACK_BLOCKS`] blocks: the one holding the most recently stored packet first,
     /// then the lowest others (PROTOCOL.md §3).
-    pub fn sack_blocks(&self) -> SackList {
+    pub(crate) fn sack_blocks(&self) -> SackList {
         let mut list = SackList::new();
         if self.buffered_segments == 0 {
             return list;

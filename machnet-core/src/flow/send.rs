@@ -13,11 +13,11 @@ use crate::wire::{flags, SackBlock};
 
 /// A packet is deemed lost once this many packets sent after it have been acknowledged
 /// (PROTOCOL.md §6.2).
-pub const DUP_THRESHOLD: u32 = 3;
+pub(crate) const DUP_THRESHOLD: u32 = 3;
 
 /// What a sequenced packet carries.
 #[derive(Debug, Clone)]
-pub enum Payload {
+pub(crate) enum Payload {
     Data {
         bytes: Bytes,
         flags: u8,
@@ -28,46 +28,46 @@ pub enum Payload {
 
 /// One sequenced packet sent and not yet cumulatively acknowledged.
 #[derive(Debug, Clone)]
-pub struct Sent {
-    pub payload: Payload,
+pub(crate) struct Sent {
+    pub(crate) payload: Payload,
     /// Selectively acknowledged: delivered, only waiting for the cumulative ACK.
-    pub sacked: bool,
+    pub(crate) sacked: bool,
     /// Deemed lost and queued for retransmission.
-    pub lost: bool,
+    pub(crate) lost: bool,
     /// Deemed lost by a retransmission timeout and not retransmitted since: the mark
     /// [`SendState::undo_timeout`] takes back when the timeout proves spurious.
-    pub lost_by_timeout: bool,
+    pub(crate) lost_by_timeout: bool,
     /// Highest sequence number sent when this packet was last (re)transmitted; it is lost once
     /// `DUP_THRESHOLD` packets beyond that mark are acknowledged.
-    pub sent_mark: u32,
+    pub(crate) sent_mark: u32,
     /// When this packet was last (re)transmitted (time-based loss detection).
-    pub sent_at: Instant,
-    pub transmissions: u32,
+    pub(crate) sent_at: Instant,
+    pub(crate) transmissions: u32,
 }
 
 /// What an acknowledgement changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct AckOutcome {
+pub(crate) struct AckOutcome {
     /// Packets newly acknowledged, cumulatively or selectively.
-    pub newly_acked: u32,
+    pub(crate) newly_acked: u32,
     /// Whether the cumulative ACK advanced.
-    pub advanced: bool,
+    pub(crate) advanced: bool,
 
     /// Whole messages fully acknowledged.
-    pub messages_acked: u32,
+    pub(crate) messages_acked: u32,
     /// Whether our FIN is now acknowledged.
-    pub fin_acked: bool,
+    pub(crate) fin_acked: bool,
 }
 
 /// Why `accept` refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptError {
+pub(crate) enum AcceptError {
     Closed,
     BufferFull,
 }
 
 #[derive(Debug)]
-pub struct SendState {
+pub(crate) struct SendState {
     /// Messages not yet completely packetized; the front one from `front_offset` on.
     queue: VecDeque<Bytes>,
     front_offset: usize,
@@ -75,11 +75,11 @@ pub struct SendState {
     buffered: usize,
     limit: usize,
     /// Size of the last message refused for lack of room; `Writable` fires once it fits.
-    pub wants: Option<usize>,
+    pub(crate) wants: Option<usize>,
     /// Sequenced packets `una .. nxt`.
     inflight: VecDeque<Sent>,
-    pub una: u32,
-    pub nxt: u32,
+    pub(crate) una: u32,
+    pub(crate) nxt: u32,
     /// End (exclusive) of the highest SACK block seen, if any packet beyond `una` was SACKed.
     highest_sacked: Option<u32>,
     /// Sequence numbers to retransmit, oldest first (entries may be stale; checked on use).
@@ -90,14 +90,14 @@ pub struct SendState {
     /// packet sent before it and still unacknowledged is suspect).
     rack_time: Option<Instant>,
     /// `close` was called: a FIN follows the queued data.
-    pub fin_queued: bool,
-    pub fin_sent: bool,
-    pub fin_acked: bool,
+    pub(crate) fin_queued: bool,
+    pub(crate) fin_sent: bool,
+    pub(crate) fin_acked: bool,
     fragment_payload: usize,
 }
 
 impl SendState {
-    pub fn new(initial_seq: u32, limit: usize, fragment_payload: usize) -> Self {
+    pub(crate) fn new(initial_seq: u32, limit: usize, fragment_payload: usize) -> Self {
         SendState {
             queue: VecDeque::new(),
             front_offset: 0,
@@ -120,12 +120,12 @@ impl SendState {
 
     /// Sets the payload of a full fragment (the flow's agreed datagram less headers). Applies to
     /// packets cut from now on; called before anything is sent.
-    pub fn set_fragment_payload(&mut self, bytes: usize) {
+    pub(crate) fn set_fragment_payload(&mut self, bytes: usize) {
         self.fragment_payload = bytes.max(1);
     }
 
     /// Takes a message into the send buffer.
-    pub fn accept(&mut self, msg: Bytes) -> Result<(), AcceptError> {
+    pub(crate) fn accept(&mut self, msg: Bytes) -> Result<(), AcceptError> {
         if self.fin_queued {
             return Err(AcceptError::Closed);
         }
@@ -139,7 +139,7 @@ impl SendState {
     }
 
     /// Whether a refused message would now fit (the trigger for `Event::Writable`).
-    pub fn take_writable(&mut self) -> bool {
+    pub(crate) fn take_writable(&mut self) -> bool {
         match self.wants {
             Some(n) if self.buffered + n <= self.limit || self.buffered == 0 => {
                 self.wants = None;
@@ -150,35 +150,31 @@ impl SendState {
     }
 
     /// The largest queued (not yet packetized) message, for checks against the peer's limit.
-    pub fn largest_queued(&self) -> usize {
+    pub(crate) fn largest_queued(&self) -> usize {
         self.queue.iter().map(Bytes::len).max().unwrap_or(0)
     }
 
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.buffered
     }
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.pipe
     }
-    pub fn has_unacked(&self) -> bool {
+    pub(crate) fn has_unacked(&self) -> bool {
         !self.inflight.is_empty()
     }
-    /// Packets sent and not yet cumulatively acknowledged.
-    pub fn outstanding(&self) -> u32 {
-        self.inflight.len() as u32
-    }
     /// Whether anything (data or FIN) is waiting to be sent for the first time.
-    pub fn has_new(&self) -> bool {
+    pub(crate) fn has_new(&self) -> bool {
         !self.queue.is_empty() || (self.fin_queued && !self.fin_sent)
     }
     /// Whether lost packets are waiting for retransmission.
-    pub fn has_retransmit(&self) -> bool {
+    pub(crate) fn has_retransmit(&self) -> bool {
         self.retransmit
             .iter()
             .any(|&s| self.get(s).is_some_and(|p| p.lost && !p.sacked))
     }
     /// All data sent and acknowledged and the FIN, if queued, acknowledged too.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.fin_acked
     }
 
@@ -191,12 +187,12 @@ impl SendState {
     }
 
     /// The payload of outstanding packet `s`. Panics if `s` is not outstanding.
-    pub fn payload(&self, s: u32) -> &Payload {
+    pub(crate) fn payload(&self, s: u32) -> &Payload {
         &self.get(s).expect("outstanding sequence number").payload
     }
 
     /// Pops the next lost packet to retransmit, marking it in flight again.
-    pub fn next_retransmit(&mut self, now: Instant) -> Option<u32> {
+    pub(crate) fn next_retransmit(&mut self, now: Instant) -> Option<u32> {
         while let Some(s) = self.retransmit.pop_front() {
             let mark = self.nxt.wrapping_sub(1);
             if let Some(i) = self.index(s) {
@@ -217,7 +213,7 @@ impl SendState {
 
     /// Cuts the next new packet (a fragment of the front message, or the FIN), records it in
     /// flight and returns its sequence number.
-    pub fn next_new(&mut self, now: Instant) -> Option<u32> {
+    pub(crate) fn next_new(&mut self, now: Instant) -> Option<u32> {
         let payload = if let Some(msg) = self.queue.front() {
             let remaining = msg.len() - self.front_offset;
             let take = remaining.min(self.fragment_payload);
@@ -274,7 +270,7 @@ impl SendState {
 
     /// Applies a cumulative ACK and SACK blocks from the peer. Returns `None` if `ack` acknowledges
     /// sequence numbers never sent.
-    pub fn on_ack(&mut self, ack: u32, sacks: &[SackBlock]) -> Option<AckOutcome> {
+    pub(crate) fn on_ack(&mut self, ack: u32, sacks: &[SackBlock]) -> Option<AckOutcome> {
         if seq::gt(ack, self.nxt) {
             return None;
         }
@@ -355,7 +351,7 @@ impl SendState {
     /// sent after it was acknowledged and `reorder_wait` has passed since it was sent (time-based,
     /// RACK-style: catches losses near the tail and lost retransmissions). Returns the number of
     /// packets newly deemed lost and when the next suspect packet becomes due.
-    pub fn detect_losses(
+    pub(crate) fn detect_losses(
         &mut self,
         now: Instant,
         reorder_wait: Duration,
@@ -398,7 +394,7 @@ impl SendState {
     /// Tail-loss probe (PROTOCOL.md §6.2): queue the newest outstanding, unacknowledged packet for
     /// retransmission so that the peer's answer carries fresh SACK information. Returns whether
     /// there was such a packet.
-    pub fn probe(&mut self) -> bool {
+    pub(crate) fn probe(&mut self) -> bool {
         let Some(i) = self.inflight.iter().rposition(|p| !p.sacked && !p.lost) else {
             return false;
         };
@@ -411,7 +407,7 @@ impl SendState {
     /// The peer reset the flow while only our FIN was outstanding: it can only have forgotten
     /// the flow after receiving that FIN, so the RST acknowledges it (PROTOCOL.md §8.1).
     /// Returns whether that was the case.
-    pub fn fin_acked_by_reset(&mut self) -> bool {
+    pub(crate) fn fin_acked_by_reset(&mut self) -> bool {
         let only_fin = self.inflight.len() == 1 && matches!(self.inflight[0].payload, Payload::Fin);
         if self.fin_sent && !self.fin_acked && only_fin && self.queue.is_empty() {
             self.inflight.clear();
@@ -426,7 +422,7 @@ impl SendState {
 
     /// Retransmission timeout: every unacknowledged packet is deemed lost, oldest first.
     /// Returns how many were queued.
-    pub fn on_timeout(&mut self) -> u32 {
+    pub(crate) fn on_timeout(&mut self) -> u32 {
         self.retransmit.clear();
         let mut n = 0;
         for (i, p) in self.inflight.iter_mut().enumerate() {
@@ -446,7 +442,7 @@ impl SendState {
     /// A retransmission timeout proved spurious (PROTOCOL.md §6.3): packets it deemed lost and
     /// that were not retransmitted yet are in flight again (their retransmit-queue entries go
     /// stale). Returns how many.
-    pub fn undo_timeout(&mut self) -> u32 {
+    pub(crate) fn undo_timeout(&mut self) -> u32 {
         let mut n = 0;
         for p in &mut self.inflight {
             if p.lost_by_timeout && p.lost && !p.sacked {

@@ -31,22 +31,22 @@ pub const MAX_HEADER_LEN: usize = HEADER_LEN + MAX_SACK_BLOCKS * SACK_BLOCK_LEN 
 pub const MAX_WIRE_MESSAGE_LEN: u32 = u32::MAX;
 
 mod field {
-    pub type Field = core::ops::Range<usize>;
-    pub const MAGIC: Field = 0..2;
-    pub const VERSION: usize = 2;
-    pub const TYPE: usize = 3;
-    pub const FLAGS: usize = 4;
-    pub const SACK_COUNT: usize = 5;
-    pub const SRC_PORT: Field = 6..8;
-    pub const DST_PORT: Field = 8..10;
-    pub const PAYLOAD_LEN: Field = 10..12;
-    pub const SEQ: Field = 12..16;
-    pub const ACK: Field = 16..20;
-    pub const WINDOW: Field = 20..24;
-    pub const TS_VAL: Field = 24..28;
-    pub const TS_ECR: Field = 28..32;
-    pub const MSG_LEN: Field = 32..36;
-    pub const CHECKSUM: Field = 36..40;
+    pub(super) type Field = core::ops::Range<usize>;
+    pub(super) const MAGIC: Field = 0..2;
+    pub(super) const VERSION: usize = 2;
+    pub(super) const TYPE: usize = 3;
+    pub(super) const FLAGS: usize = 4;
+    pub(super) const SACK_COUNT: usize = 5;
+    pub(super) const SRC_PORT: Field = 6..8;
+    pub(super) const DST_PORT: Field = 8..10;
+    pub(super) const PAYLOAD_LEN: Field = 10..12;
+    pub(super) const SEQ: Field = 12..16;
+    pub(super) const ACK: Field = 16..20;
+    pub(super) const WINDOW: Field = 20..24;
+    pub(super) const TS_VAL: Field = 24..28;
+    pub(super) const TS_ECR: Field = 28..32;
+    pub(super) const MSG_LEN: Field = 32..36;
+    pub(super) const CHECKSUM: Field = 36..40;
 }
 
 /// Packet types (§2.1).
@@ -104,22 +104,31 @@ pub mod flags {
 /// Why a buffer is not a valid Machnet packet. Each variant is a drop reason the engine counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum ParseError {
+    /// The buffer is shorter than the fixed header.
     #[error("packet shorter than the fixed header")]
     Truncated,
+    /// The magic number is wrong.
     #[error("bad magic number")]
     BadMagic,
+    /// The version is not ours.
     #[error("unsupported protocol version")]
     BadVersion,
+    /// The type byte names no packet type.
     #[error("unknown packet type")]
     BadType,
+    /// Unknown flag bits are set.
     #[error("unknown flag bits set")]
     BadFlags,
+    /// More SACK blocks than allowed.
     #[error("more SACK blocks than allowed")]
     TooManySackBlocks,
+    /// Lengths in the header disagree with the buffer.
     #[error("header and payload lengths disagree with the datagram length")]
     LengthMismatch,
+    /// The checksum does not match.
     #[error("checksum mismatch")]
     BadChecksum,
+    /// Fields contradict the packet type.
     #[error("fields are inconsistent with the packet type")]
     Malformed,
 }
@@ -183,9 +192,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         u32::from_be_bytes(self.buffer.as_ref()[f].try_into().unwrap())
     }
 
+    /// The magic number field.
     pub fn magic(&self) -> u16 {
         self.read_u16(field::MAGIC)
     }
+    /// The version field.
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VERSION]
     }
@@ -193,9 +204,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn packet_type(&self) -> PacketType {
         PacketType::from_u8(self.buffer.as_ref()[field::TYPE]).expect("checked packet")
     }
+    /// The flag bits.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
+    /// Number of SACK blocks.
     pub fn sack_count(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::SACK_COUNT])
     }
@@ -207,30 +220,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn dst_port(&self) -> u16 {
         self.read_u16(field::DST_PORT)
     }
+    /// Payload bytes after the header.
     pub fn payload_len(&self) -> u16 {
         self.read_u16(field::PAYLOAD_LEN)
     }
+    /// Sequence number.
     pub fn seq(&self) -> u32 {
         self.read_u32(field::SEQ)
     }
+    /// Cumulative acknowledgement: next sequence number expected.
     pub fn ack(&self) -> u32 {
         self.read_u32(field::ACK)
     }
+    /// Receive window, in packets.
     pub fn window(&self) -> u32 {
         self.read_u32(field::WINDOW)
     }
+    /// The sender's timestamp (µs).
     pub fn ts_val(&self) -> u32 {
         self.read_u32(field::TS_VAL)
     }
+    /// The timestamp echoed back to the peer (µs), 0 if none.
     pub fn ts_ecr(&self) -> u32 {
         self.read_u32(field::TS_ECR)
     }
+    /// Length of the whole message this packet belongs to.
     pub fn msg_len(&self) -> u32 {
         self.read_u32(field::MSG_LEN)
     }
+    /// The checksum field (0: none).
     pub fn checksum(&self) -> u32 {
         self.read_u32(field::CHECKSUM)
     }
+    /// Whether a handshake block follows the fixed header.
     pub fn has_handshake(&self) -> bool {
         self.flags() & flags::HANDSHAKE != 0
     }
@@ -281,7 +303,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// A run of received sequence numbers `[start, end)` above the cumulative ACK (§3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SackBlock {
+    /// First sequence number of the run.
     pub start: u32,
+    /// One past the last sequence number of the run.
     pub end: u32,
 }
 
@@ -290,6 +314,7 @@ impl SackBlock {
     pub fn len(&self) -> u32 {
         self.end.wrapping_sub(self.start)
     }
+    /// Whether the block covers nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -303,6 +328,7 @@ pub struct SackList {
 }
 
 impl SackList {
+    /// An empty list.
     pub const fn new() -> Self {
         SackList {
             blocks: [SackBlock { start: 0, end: 0 }; MAX_SACK_BLOCKS],
@@ -318,12 +344,15 @@ impl SackList {
         self.len += 1;
         true
     }
+    /// The blocks, in order.
     pub fn as_slice(&self) -> &[SackBlock] {
         &self.blocks[..usize::from(self.len)]
     }
+    /// Number of blocks.
     pub fn len(&self) -> usize {
         usize::from(self.len)
     }
+    /// Whether there are no blocks.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -436,12 +465,16 @@ impl Handshake {
 /// `UdpPair::NONE` (both zero) means "absent".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct UdpPair {
+    /// Our UDP source port.
     pub src: u16,
+    /// The peer's UDP destination port.
     pub dst: u16,
 }
 
 impl UdpPair {
+    /// No path.
     pub const NONE: UdpPair = UdpPair { src: 0, dst: 0 };
+    /// Whether this is [`UdpPair::NONE`] (either port zero).
     pub fn is_none(&self) -> bool {
         self.src == 0 || self.dst == 0
     }
@@ -457,19 +490,31 @@ impl UdpPair {
 /// The typed form of a packet header (everything but the payload bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// Packet type.
     pub packet_type: PacketType,
     /// FIRST / LAST / ACK_REQ (the HANDSHAKE bit is derived from `handshake`).
     pub flags: u8,
+    /// Sender's Machnet port.
     pub src_port: u16,
+    /// Receiver's Machnet port.
     pub dst_port: u16,
+    /// Sequence number.
     pub seq: u32,
+    /// Cumulative acknowledgement: next sequence number expected.
     pub ack: u32,
+    /// Receive window, in packets.
     pub window: u32,
+    /// The sender's timestamp (µs).
     pub ts_val: u32,
+    /// The timestamp echoed back to the peer (µs), 0 if none.
     pub ts_ecr: u32,
+    /// Length of the whole message (DATA).
     pub msg_len: u32,
+    /// Selective acknowledgements (ACK).
     pub sack: SackList,
+    /// Handshake block, if present.
     pub handshake: Option<Handshake>,
+    /// Payload bytes after the header.
     pub payload_len: u16,
 }
 

@@ -210,7 +210,7 @@ mod model {
     use crate::wire::{Handshake, PacketType, ParseError, Repr, SackBlock, SackList, UdpPair};
 
     /// Structural checks of §2.3, in the documented order.
-    pub fn check(b: &[u8]) -> Result<(), ParseError> {
+    pub(super) fn check(b: &[u8]) -> Result<(), ParseError> {
         if b.len() < 40 {
             return Err(ParseError::Truncated);
         }
@@ -247,7 +247,7 @@ mod model {
     }
 
     /// Decodes and validates a structurally valid packet (§2.4).
-    pub fn parse(b: &[u8]) -> Result<Repr, ParseError> {
+    pub(super) fn parse(b: &[u8]) -> Result<Repr, ParseError> {
         check(b)?;
         let bad = Err(ParseError::Malformed);
         let packet_type = PacketType::from_u8(b[3]).unwrap();

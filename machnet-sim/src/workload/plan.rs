@@ -9,8 +9,11 @@ use crate::seed;
 /// Sizes drawn log-uniformly from `min ..= max` with relative weight `weight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeClass {
+    /// Relative weight of the class in the mix.
     pub weight: u32,
+    /// Smallest size, in bytes.
     pub min: u32,
+    /// Largest size, in bytes.
     pub max: u32,
 }
 

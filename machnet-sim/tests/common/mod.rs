@@ -10,7 +10,7 @@ use machnet_sim::{
 };
 
 /// Drop reasons that only a damaged datagram can cause (the engines emit well-formed packets).
-pub const DAMAGE_REASONS: &[DropReason] = &[
+pub(crate) const DAMAGE_REASONS: &[DropReason] = &[
     DropReason::Truncated,
     DropReason::BadMagic,
     DropReason::BadVersion,
@@ -24,7 +24,7 @@ pub const DAMAGE_REASONS: &[DropReason] = &[
 ];
 
 /// A two-host network: host 0 with `client_engines`, host 1 with `server_engines`.
-pub fn two_hosts(
+pub(crate) fn two_hosts(
     seed: u64,
     client_engines: u16,
     server_engines: u16,
@@ -41,7 +41,7 @@ pub fn two_hosts(
 
 /// Runs `config` on `net` to completion, printing the report and the wall time; panics with the
 /// workload's error (which names the seed) on any violation.
-pub fn run(name: &str, net: &mut Network, config: WorkloadConfig) -> Report {
+pub(crate) fn run(name: &str, net: &mut Network, config: WorkloadConfig) -> Report {
     let started = WallInstant::now();
     let mut workload = Workload::new(config, net);
     let planned = workload.plan().total_messages();
@@ -64,12 +64,12 @@ pub fn run(name: &str, net: &mut Network, config: WorkloadConfig) -> Report {
 }
 
 /// Sum of drops that only damaged datagrams cause.
-pub fn damage_drops(report: &Report) -> u64 {
+pub(crate) fn damage_drops(report: &Report) -> u64 {
     DAMAGE_REASONS.iter().map(|&r| report.drops(r)).sum()
 }
 
 /// Asserts that no packet was dropped for a reason only damage explains, unless the link damaged it.
-pub fn assert_no_unexplained_damage(name: &str, report: &Report) {
+pub(crate) fn assert_no_unexplained_damage(name: &str, report: &Report) {
     assert_eq!(
         damage_drops(report),
         report.net.corrupted_delivered,
@@ -79,7 +79,7 @@ pub fn assert_no_unexplained_damage(name: &str, report: &Report) {
 }
 
 /// Generous engine settings for very lossy links: more retries before declaring the peer dead.
-pub fn lossy_tweak(_: EngineAddr, c: &mut EngineConfig) {
+pub(crate) fn lossy_tweak(_: EngineAddr, c: &mut EngineConfig) {
     c.rto.max_retries = 40;
     c.handshake.max_syn_attempts = 12;
     c.idle_timeout = Duration::from_secs(60);
@@ -87,7 +87,7 @@ pub fn lossy_tweak(_: EngineAddr, c: &mut EngineConfig) {
 
 /// Simulator bookkeeping: every packet an engine sent was offered to a link, and every copy a
 /// link scheduled was delivered, dropped at a down host, or is still in flight.
-pub fn assert_conservation(name: &str, net: &Network) {
+pub(crate) fn assert_conservation(name: &str, net: &Network) {
     let engines = net.total_engine_stats();
     let links = net.total_link_stats();
     let sim = net.stats();
