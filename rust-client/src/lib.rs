@@ -89,6 +89,7 @@
 mod channel;
 mod error;
 mod machnet;
+mod shared;
 mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_support;
@@ -110,3 +111,4 @@ pub use machnet_channel::control::ControlError as ControlErrorCode;
 pub use machnet_channel::CloseCode;
 /// A flow's 4-tuple (shared with the sidecar).
 pub use machnet_channel::FlowInfo;
+pub use shared::{Detached, SharedChannel, SharedError, DEFAULT_EVENT_LIMIT};

@@ -25,6 +25,20 @@ fn timespec(d: Duration) -> libc::timespec {
 
 /// Blocks until `efd` is readable, `ctl` hangs up, or `deadline` passes. Drains `efd`.
 pub(crate) fn wait(efd: RawFd, ctl: RawFd, deadline: Option<Instant>) -> io::Result<Woken> {
+    let woken = wait_undrained(efd, ctl, deadline)?;
+    if woken == Woken::Event {
+        drain_eventfd(efd)?;
+    }
+    Ok(woken)
+}
+
+/// [`wait`] leaving `efd` readable: for sleepers sharing one eventfd, where only the thread
+/// that then re-arms every sleeper's flags may drain it (`shared.rs`).
+pub(crate) fn wait_undrained(
+    efd: RawFd,
+    ctl: RawFd,
+    deadline: Option<Instant>,
+) -> io::Result<Woken> {
     let mut fds = [
         libc::pollfd {
             fd: efd,
@@ -65,10 +79,6 @@ pub(crate) fn wait(efd: RawFd, ctl: RawFd, deadline: Option<Instant>) -> io::Res
     }
     if fds[0].revents & libc::POLLNVAL != 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    if fds[0].revents & libc::POLLIN != 0 {
-        drain_eventfd(efd)?;
-        return Ok(Woken::Event);
     }
     if r == 0 {
         return Ok(Woken::TimedOut);
