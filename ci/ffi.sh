@@ -81,8 +81,10 @@ else
 fi
 if $CC -std=c11 "${FLAGS[@]}" "$CDIR/init_paths.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
     -o "$DIR/init_paths" &&
+    $CC -std=c11 "${FLAGS[@]}" "$CDIR/test_events.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
+        -lpthread -o "$DIR/test_events" &&
     $CC -std=c11 "${FLAGS[@]}" "$CDIR/shim_dlopen.c" -ldl -o "$DIR/shim_dlopen"; then
-    pass "c_build_extra (init_paths.c, shim_dlopen.c)"
+    pass "c_build_extra (init_paths.c, shim_dlopen.c, test_events.c)"
 else
     fail "c_build_extra"
 fi
@@ -147,6 +149,15 @@ for variant in test_machnet test_machnet_static; do
         fail "c_tests_static"
     fi
 done
+
+# ----- flow events (machnet_next_event) -----
+if [ -x "$DIR/test_events" ]; then
+    echo "ffi: running test_events" >&2
+    timeout 300 "$DIR/test_events" >"$DIR/test_events.out"
+    cat "$DIR/test_events.out"
+    count_c "$DIR/test_events.out"
+    grep -q '^c-tests: ' "$DIR/test_events.out" || fail "test_events did not finish"
+fi
 
 # ----- the library under the original's name; machnet_init's choice of socket -----
 if [ -x "$DIR/shim_dlopen" ]; then
