@@ -555,11 +555,58 @@ pub extern "C" fn machnet_init_at(socket_path: *const c_char) -> c_int {
 /// `machnet_detach`.
 #[no_mangle]
 pub extern "C" fn machnet_attach() -> *mut c_void {
+    guard(std::ptr::null_mut(), || attach_on(&machnet()?))
+}
+
+/// A new channel on sidecar `m`, registered.
+fn attach_on(m: &Machnet) -> Result<*mut c_void> {
+    let ch = m.open_channel(None)?;
+    let ctx = Arc::new(Ctx::new(m, ch)?);
+    handle::insert(ctx)
+}
+
+/// Extension: attaches to one sidecar without touching the process-wide attachment of
+/// `machnet_init`, so that one process can use several sidecars. `socket_path` is the
+/// sidecar's control socket; NULL chooses it as `machnet_init` does (`$MACHNET_SOCKET`, our
+/// default path, the original's).
+///
+/// Returns a sidecar handle for `machnet_attach_to` (close it with `machnet_close_sidecar`),
+/// or NULL on failure (errno set; stderr too with `MACHNET_LOG`, as `machnet_init`).
+#[no_mangle]
+pub extern "C" fn machnet_open(socket_path: *const c_char) -> *mut c_void {
+    let r = guard(std::ptr::null_mut(), || {
+        let m = if socket_path.is_null() {
+            attach_default()?
+        } else {
+            Machnet::attach_at(c_str(socket_path, "socket_path")?)?
+        };
+        handle::insert_sidecar(m)
+    });
+    if r.is_null() {
+        error::log_if_asked("machnet_open");
+    }
+    r
+}
+
+/// Extension: `machnet_attach` on the sidecar of a `machnet_open` handle: a new channel
+/// context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
+#[no_mangle]
+pub extern "C" fn machnet_attach_to(sidecar: *mut c_void) -> *mut c_void {
     guard(std::ptr::null_mut(), || {
-        let m = machnet()?;
-        let ch = m.open_channel(None)?;
-        let ctx = Arc::new(Ctx::new(&m, ch)?);
-        handle::insert(ctx)
+        attach_on(&handle::get_sidecar(sidecar)?)
+    })
+}
+
+/// Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
+/// they are detached (each keeps its own connection to the sidecar); the handle is invalid
+/// afterwards (`EBADF`).
+///
+/// Returns 0 on success, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_close_sidecar(sidecar: *mut c_void) -> c_int {
+    guard(-1, || {
+        drop(handle::remove_sidecar(sidecar)?);
+        Ok(0)
     })
 }
 
