@@ -292,6 +292,19 @@ namespace Machnet.Native
         internal static extern int machnet_next_event(void* channel_ctx, MachnetFlowEvent* ev);
 
         /// <summary>
+        ///  Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+        ///  (negative: without limit; 0: not at all) without spinning. It sleeps as
+        ///  `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+        ///  held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+        ///  `machnet_interrupt`.
+        ///
+        ///  Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+        ///  set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_next_event_timeout", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_next_event_timeout(void* channel_ctx, MachnetFlowEvent* ev, int timeout_ms);
+
+        /// <summary>
         ///  Extension: sets how many flow events this channel context keeps for `machnet_next_event`
         ///  (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
         ///  queued ones beyond a lowered limit (the newest first), are dropped and counted.

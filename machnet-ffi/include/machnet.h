@@ -11,8 +11,9 @@
  * (machnet_init_at, machnet_open, machnet_attach_to, machnet_close_sidecar, machnet_detach,
  * machnet_close, machnet_connect_timeout,
  * machnet_recv_timeout, machnet_peek, machnet_channel_fd, machnet_interrupt, machnet_strerror,
- * machnet_last_error, machnet_version; flow events: machnet_next_event, MachnetFlowEvent_t,
- * machnet_set_event_limit, machnet_events_dropped).
+ * machnet_last_error, machnet_version; flow events: machnet_next_event,
+ * machnet_next_event_timeout, MachnetFlowEvent_t, machnet_set_event_limit,
+ * machnet_events_dropped).
  *
  * Self-contained like the original: it includes the standard headers the original's machnet.h
  * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
@@ -408,6 +409,18 @@ int machnet_interrupt(const void *channel_ctx);
  * Returns 1 if an event was copied to `*ev`, 0 if none is waiting, -1 on failure (errno set).
  */
 int machnet_next_event(const void *channel_ctx, MachnetFlowEvent_t *ev);
+
+/**
+ * Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+ * (negative: without limit; 0: not at all) without spinning. It sleeps as
+ * `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+ * held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+ * `machnet_interrupt`.
+ *
+ * Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+ * set).
+ */
+int machnet_next_event_timeout(const void *channel_ctx, MachnetFlowEvent_t *ev, int timeout_ms);
 
 /**
  * Extension: sets how many flow events this channel context keeps for `machnet_next_event`

@@ -920,10 +920,34 @@ pub extern "C" fn machnet_next_event(
     channel_ctx: *const c_void,
     ev: *mut MachnetFlowEvent_t,
 ) -> c_int {
+    machnet_next_event_timeout(channel_ctx, ev, 0)
+}
+
+/// Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+/// (negative: without limit; 0: not at all) without spinning. It sleeps as
+/// `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+/// held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+/// `machnet_interrupt`.
+///
+/// Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+/// set).
+#[no_mangle]
+pub extern "C" fn machnet_next_event_timeout(
+    channel_ctx: *const c_void,
+    ev: *mut MachnetFlowEvent_t,
+    timeout_ms: c_int,
+) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
         let ev = out(ev, "ev")?;
-        match ctx.with_events(|ch, q| q.next_event(ch))? {
+        let got = if timeout_ms == 0 {
+            ctx.with_events(|ch, q| q.next_event(ch))?
+        } else {
+            ctx.wait(Want::Event, deadline_ms(timeout_ms), |ch, q| {
+                q.next_event(ch)
+            })?
+        };
+        match got {
             Some(e) => {
                 *ev = e;
                 Ok(1)

@@ -275,6 +275,42 @@ static int t_event_while_another_thread_receives(void) {
     return 0;
 }
 
+struct ev_waiter {
+    void *c;
+    int ret;
+    MachnetFlowEvent_t ev;
+};
+
+static void *wait_event_thread(void *arg) {
+    struct ev_waiter *w = arg;
+    w->ret = machnet_next_event_timeout(w->c, &w->ev, 20000);
+    return NULL;
+}
+
+/* machnet_next_event_timeout sleeps until an event comes (0 when the timeout passes), also
+ * while another thread receives the messages in front of it. */
+static int t_next_event_timeout(void) {
+    struct pair p;
+    CHECK(open_pair(&p, 4408, 1) == 0);
+    MachnetFlowEvent_t ev;
+    CHECK(machnet_next_event_timeout(p.c, &ev, 50) == 0);
+    struct ev_waiter w = {p.c, -2, {{0, 0, 0, 0}, 0, 0}};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, wait_event_thread, &w) == 0);
+    MachnetFlow_t sf = {p.flows[0].dst_ip, p.flows[0].src_ip, p.flows[0].dst_port,
+                        p.flows[0].src_port};
+    CHECK(machnet_send(p.srv, sf, "msg", 3) == 0);
+    char buf[16];
+    MachnetFlow_t from;
+    CHECK(machnet_recv_timeout(p.c, buf, sizeof buf, &from, 10000) == 3);
+    CHECK(machnet_detach_abort(p.srv) == 0);
+    pthread_join(t, NULL);
+    CHECK(w.ret == 1);
+    CHECK(w.ev.kind == MACHNET_EVENT_RESET && same_flow(w.ev.flow, p.flows[0]));
+    CHECK(machnet_detach(p.c) == 0);
+    return 0;
+}
+
 /* The channel fd becomes readable for an event as for a message. */
 static int t_channel_fd_wakes_for_an_event(void) {
     struct pair p;
@@ -394,6 +430,7 @@ int main(void) {
         {"events_while_another_thread_receives", t_event_while_another_thread_receives},
         {"events_channel_fd_wakes_for_an_event", t_channel_fd_wakes_for_an_event},
         {"events_queue_is_bounded", t_queue_is_bounded},
+        {"events_next_event_timeout", t_next_event_timeout},
         {"two_sidecars_in_one_process", t_two_sidecars_in_one_process},
     };
     int passed = 0, failed = 0;
