@@ -182,9 +182,13 @@ func Attach() (*Channel, error) {
 	if p == nil {
 		return nil, fail("machnet_attach", err)
 	}
+	return newChannel(p), nil
+}
+
+func newChannel(p unsafe.Pointer) *Channel {
 	ch := &Channel{ctx: p}
 	runtime.SetFinalizer(ch, func(c *Channel) { C.machnet_detach(c.ctx) })
-	return ch, nil
+	return ch
 }
 
 // Close detaches the channel gracefully, as the process exiting does (docs/CHANNEL.md §5):
@@ -214,6 +218,15 @@ func (c *Channel) detach(abort bool) error {
 		return fail("machnet_detach", err)
 	}
 	return nil
+}
+
+// ListenContext is Listen honouring ctx the Go way: a ctx already done fails at once with
+// ctx.Err(). The call itself is one round trip to the local sidecar.
+func (c *Channel) ListenContext(ctx context.Context, localIP string, port uint16) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.Listen(localIP, port)
 }
 
 // Listen accepts flows to Machnet port `port`; localIP is the sidecar's address or "0.0.0.0".

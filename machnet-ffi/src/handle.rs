@@ -118,9 +118,14 @@ fn lookup(handle: *const c_void, what: &str) -> Result<Entry> {
 }
 
 fn not_live(handle: *const c_void, what: &str) -> Error {
+    let why = if what == "sidecar handle" {
+        "closed, or never opened"
+    } else {
+        "detached, or never attached"
+    };
     Error::new(
         libc::EBADF,
-        format!("{handle:p} is not a live {what} (closed, or never opened)"),
+        format!("{handle:p} is not a live {what} ({why})"),
     )
 }
 
