@@ -2,7 +2,9 @@
 // the C ABI (libmachnet, machnet-ffi/include/machnet.h), linked statically, so a built program
 // has no libmachnet.so dependency.
 //
-// Build the static library first, from the repository root:
+// The package carries its copy of the C header (machnet.h, regenerated with the library's by
+// ci/ffi.sh --update-header), so `go mod vendor` vendors a buildable package. Build the static
+// library first, from the repository root:
 //
 //	cargo build --release -p machnet-ffi
 //
@@ -25,7 +27,6 @@
 package machnet
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../machnet-ffi/include
 #cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libmachnet.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include "machnet.h"
