@@ -17,13 +17,17 @@ package machnet
 //   refused          errors.Is(err, ErrRefused)            (ECONNREFUSED)
 //   invalid_argument errors.Is(err, syscall.EINVAL)
 //   too_large        errors.Is(err, ErrMessageSize)        (EMSGSIZE)
-//   reset            errors.Is(err, ErrFlowClosed)         (ENOTCONN, not ECONNRESET): the C ABI
-//                    has no flow events, so a receive does not report the reset (it returns
-//                    nothing); the sidecar drops the flow and the next send fails because the
-//                    flow is no longer open ("no open flow ... on this channel").
+//   reset            errors.Is(err, ErrFlowClosed)         (ENOTCONN, not ECONNRESET): a send
+//                    fails because the flow is no longer open ("no open flow ... on this
+//                    channel"); the reset itself is the flow event (below).
 //   closed           errors.Is(err, ErrFlowClosed)         (ENOTCONN, or EPIPE while this side's
 //                    close is under way; never ErrSidecarGone): a receive that passes the
-//                    peer's graceful close closes this side (no flow events here either).
+//                    peer's graceful close closes this side.
+//
+// Event names (the "event" field) are FlowEvent.Kind.String() of the first event NextEvent
+// returns for the flow: "reset" (EventReset, Errno ECONNRESET, errors.Is(ev.Err(),
+// ErrFlowReset)), "peer_closed" (EventPeerClosed, errors.Is(ev.Err(), ErrPeerClosed); an
+// EventClosed with Errno 0 follows, since a receive closes this side).
 
 import (
 	"bytes"
@@ -60,6 +64,7 @@ type confCase struct {
 	TimeoutMs int        `json:"timeout_ms"`
 	Port      uint16     `json:"port"`
 	Error     string     `json:"error"`
+	Event     string     `json:"event"`
 	Steps     []confStep `json:"steps"`
 	KeyPrefix string     `json:"key_prefix"`
 }
@@ -528,12 +533,25 @@ func confPeerClosesAfterSending(t *testing.T, env confEnv, c confCase, ch *Chann
 	confFlowEnds(t, c, ch, f, buf)
 }
 
-// confFlowEnds: after the peer went away, no message arrives on the client's flow and a send
-// fails with the case's error. The binding has no flow events: a receive either reports the end
-// of the flow or, as libmachnet does, returns nothing once the flow is gone (or closes this side
-// once the peer closed). Then a send must fail.
+// confFlowEnds: after the peer went away, no message arrives on the client's flow, the flow
+// event of the case comes (NextEvent), and a send fails with the case's error. A receive returns
+// nothing once the flow is gone (it keeps the events for NextEvent).
 func confFlowEnds(t *testing.T, c confCase, ch *Channel, f Flow, buf []byte) {
 	t.Helper()
+	if c.Event != "" {
+		ev, err := ch.NextEvent(within(10 * time.Second))
+		if err != nil {
+			t.Fatalf("no %q event: %v", c.Event, err)
+		}
+		if ev.Kind.String() != c.Event || ev.Flow.Src() != f.Dst() || ev.Flow.Dst() != f.Src() {
+			t.Fatalf("event %v; want %s on %v", ev, c.Event, f)
+		}
+		want := map[string]error{"reset": ErrFlowReset, "peer_closed": ErrPeerClosed}[c.Event]
+		if want != nil && !errors.Is(ev.Err(), want) {
+			t.Fatalf("event %v does not match %v", ev.Err(), want)
+		}
+		t.Logf("event: %v", ev)
+	}
 	n, _, err := ch.Recv(within(500*time.Millisecond), buf)
 	switch {
 	case n > 0:

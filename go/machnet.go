@@ -2,7 +2,9 @@
 // the C ABI (libmachnet, machnet-ffi/include/machnet.h), linked statically, so a built program
 // has no libmachnet.so dependency.
 //
-// Build the static library first, from the repository root:
+// The package carries its copy of the C header (machnet.h, regenerated with the library's by
+// ci/ffi.sh --update-header), so `go mod vendor` vendors a buildable package. Build the static
+// library first, from the repository root:
 //
 //	cargo build --release -p machnet-ffi
 //
@@ -25,7 +27,6 @@
 package machnet
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../machnet-ffi/include
 #cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libmachnet.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include "machnet.h"
@@ -182,9 +183,13 @@ func Attach() (*Channel, error) {
 	if p == nil {
 		return nil, fail("machnet_attach", err)
 	}
+	return newChannel(p), nil
+}
+
+func newChannel(p unsafe.Pointer) *Channel {
 	ch := &Channel{ctx: p}
 	runtime.SetFinalizer(ch, func(c *Channel) { C.machnet_detach(c.ctx) })
-	return ch, nil
+	return ch
 }
 
 // Close detaches the channel gracefully, as the process exiting does (docs/CHANNEL.md §5):
@@ -214,6 +219,15 @@ func (c *Channel) detach(abort bool) error {
 		return fail("machnet_detach", err)
 	}
 	return nil
+}
+
+// ListenContext is Listen honouring ctx the Go way: a ctx already done fails at once with
+// ctx.Err(). The call itself is one round trip to the local sidecar.
+func (c *Channel) ListenContext(ctx context.Context, localIP string, port uint16) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.Listen(localIP, port)
 }
 
 // Listen accepts flows to Machnet port `port`; localIP is the sidecar's address or "0.0.0.0".

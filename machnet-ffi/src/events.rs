@@ -44,6 +44,8 @@ pub(crate) struct EventQueue {
     held: Option<(Flow, Vec<u8>)>,
     /// Events were queued since the external poller was last told (see `Ctx::arm_all`).
     news: bool,
+    /// A receive took the held message: events behind it may now be pulled.
+    released: bool,
 }
 
 impl Default for EventQueue {
@@ -54,6 +56,7 @@ impl Default for EventQueue {
             dropped: 0,
             held: None,
             news: false,
+            released: false,
         }
     }
 }
@@ -154,7 +157,10 @@ impl EventQueue {
     /// The next message, taken (the caller puts it back with [`EventQueue::hold`] if needed).
     pub fn take_message(&mut self, ch: &mut Channel) -> Result<Option<(Flow, Vec<u8>)>> {
         match self.held.take() {
-            Some(m) => Ok(Some(m)),
+            Some(m) => {
+                self.released = true;
+                Ok(Some(m))
+            }
             None => self.pull(ch),
         }
     }
@@ -173,9 +179,19 @@ impl EventQueue {
         Ok(self.queue.pop_front())
     }
 
+    /// Whether events are queued.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// Whether a message is held back for the next receive.
     pub fn holds_message(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Whether a receive took the held message since the last call.
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// Whether events were queued since the last call.

@@ -148,6 +148,13 @@ def do_send_error(ch: machnet.Channel, case: Dict[str, Any]) -> None:
     assert ch.try_recv() is None, "the failed send was echoed"
 
 
+def event_name(ev: machnet.Event) -> str:
+    """The conformance name of a flow event (the ``event`` field of cases.json)."""
+    if ev.kind == "closed" and ev.reason in ("reset", "timed_out", "refused"):
+        return str(ev.reason)
+    return str(ev.kind)
+
+
 def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, Any]) -> None:
     port, name = case["port"], case["error"]
     server = ma.open_channel()
@@ -171,6 +178,7 @@ def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, 
         assert ev is None or ev.kind in ("closed", "peer_closed"), f"unexpected event {ev}"
     assert ev.flow == flow
     assert ev.reason == name, f"closed with reason {ev.reason!r}, expected {name!r}"
+    assert event_name(ev) == case["event"], f"event {ev}, expected {case['event']!r}"
     assert ch.flow_status(flow) == machnet.FlowStatus("closed", name)
     # ... and a later send fails with the error.
     with pytest.raises(machnet.MachnetError) as e:
@@ -198,7 +206,9 @@ def do_peer_closes_after_sending(
         assert (ev.kind, ev.flow) == ("message", flow), f"{ev} instead of the message of {n} bytes"
         assert ev.data == pattern(n), f"the message of {n} bytes differs"
     ev = ch.next_event(timeout=WAIT)
-    assert ev is not None and (ev.kind, ev.flow) == ("peer_closed", flow), f"{ev} instead of peer_closed"
+    assert ev is not None and ev.flow == flow and event_name(ev) == case["event"], (
+        f"{ev} instead of {case['event']}"
+    )
     assert ch.flow_status(flow) == machnet.FlowStatus("peer_closed")
     # Closing our side ends the flow gracefully; a later send fails with the error.
     ch.close_flow(flow)
