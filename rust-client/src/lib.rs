@@ -94,7 +94,7 @@ mod sys;
 mod tokio_support;
 
 pub use channel::{
-    Channel, ConnectTicket, Event, Flow, FlowStatus, RequestKind, DEFAULT_CONNECT_TIMEOUT,
+    Channel, ConnectTicket, Event, Flow, FlowStatus, Received, RequestKind, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use error::{
     describe_close_code, AttachError, CloseError, ConnectError, ListenError, OpenChannelError,
