@@ -61,7 +61,10 @@ fn exception(
 fn takes_reason(class: &str) -> bool {
     matches!(
         class,
-        "FlowClosedError" | "ConnectionRefusedError" | "ConnectionResetError" | "ChannelClosedError"
+        "FlowClosedError"
+            | "ConnectionRefusedError"
+            | "ConnectionResetError"
+            | "ChannelClosedError"
     )
 }
 
@@ -98,7 +101,13 @@ fn class_of(kind: ErrorKind, reason: Option<CloseCode>) -> &'static str {
 
 /// The exception for an error of `kind`.
 fn from_kind(py: Python<'_>, kind: ErrorKind, msg: String, reason: Option<CloseCode>) -> PyErr {
-    exception(py, class_of(kind, reason), Some(kind.code_name()), msg, reason)
+    exception(
+        py,
+        class_of(kind, reason),
+        Some(kind.code_name()),
+        msg,
+        reason,
+    )
 }
 
 /// The exception for any client error.
@@ -572,8 +581,7 @@ impl PyChannel {
         let port = port_arg(py, port)?;
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.unlisten(port))
-            .map_err(|e| to_py(py, e))
+        py.detach(|| ch.unlisten(port)).map_err(|e| to_py(py, e))
     }
 
     #[pyo3(signature = (ip, port, timeout=None))]
