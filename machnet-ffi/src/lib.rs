@@ -999,6 +999,15 @@ pub extern "C" fn machnet_last_error() -> *const c_char {
     guard(c"".as_ptr(), || Ok(error::last_message()))
 }
 
+/// Extension: the stable code name of the calling thread's last failure, e.g.
+/// "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+/// bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+/// until the thread's next failing call.
+#[no_mangle]
+pub extern "C" fn machnet_last_error_code() -> *const c_char {
+    guard(c"".as_ptr(), || Ok(error::last_code_name()))
+}
+
 /// Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).
 #[no_mangle]
 pub extern "C" fn machnet_version() -> *const c_char {

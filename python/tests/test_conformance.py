@@ -13,7 +13,8 @@ Error names map to these exception classes (conformance/README.md, "Error names"
 :class:`machnet.InvalidArgumentError` (exactly: not its subclass MessageTooLargeError),
 ``too_large`` → :class:`machnet.MessageTooLargeError`, ``reset`` →
 :class:`machnet.ConnectionResetError` (whose ``reason`` is also checked to be ``"reset"``),
-``closed`` → :class:`machnet.FlowClosedError` (``reason`` ``"graceful"``).
+``closed`` → :class:`machnet.FlowClosedError` (``reason`` ``"graceful"``). Every error's
+``code`` is checked too: the code name each binding reports for the same condition.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ ERRORS: Dict[str, Type[machnet.MachnetError]] = {
     "reset": machnet.ConnectionResetError,
     "closed": machnet.FlowClosedError,
 }
+#: The code name of each error name, the same in every binding (conformance/README.md).
+CODES = {
+    "refused": "ERR_MACHNET_CONNECTION_REFUSED",
+    "invalid_argument": "ERR_MACHNET_INVALID_ARGUMENT",
+    "too_large": "ERR_MACHNET_MESSAGE_TOO_LARGE",
+    "reset": "ERR_MACHNET_FLOW_CLOSED",
+    "closed": "ERR_MACHNET_FLOW_CLOSED",
+}
 #: The close reason a FlowError of each error name carries.
 REASONS = {"reset": "reset", "closed": "graceful"}
 
@@ -63,6 +72,7 @@ def pattern(n: int) -> bytes:
 def check_error(err: BaseException, name: str) -> None:
     cls = ERRORS[name]
     assert isinstance(err, cls), f"expected {cls.__name__} ({name}), got {type(err).__name__}: {err}"
+    assert err.code == CODES[name], f"{name}: code {err.code!r} ({err})"
     if name == "invalid_argument":
         assert not isinstance(err, machnet.MessageTooLargeError), f"{name}: got {err!r}"
     if isinstance(err, machnet.FlowError):
