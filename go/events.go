@@ -57,7 +57,8 @@ func (k EventKind) String() string {
 var (
 	// ErrPeerClosed: the peer closed the flow (EventPeerClosed, or a graceful EventClosed).
 	ErrPeerClosed = errors.New("machnet: flow closed by the peer")
-	// ErrFlowReset: the flow was reset (EventReset, or ECONNRESET).
+	// ErrFlowReset: the flow was reset (EventReset, an event with ECONNRESET, or an *Error with
+	// code ERR_MACHNET_FLOW_RESET, e.g. a Connect the peer reset).
 	ErrFlowReset = errors.New("machnet: flow reset")
 	// ErrFlowTimedOut: the peer stopped answering (EventTimedOut).
 	ErrFlowTimedOut = errors.New("machnet: flow timed out")
@@ -170,7 +171,7 @@ func (c *Channel) nextEvent(timeoutMs C.int) (FlowEvent, bool, error) {
 // keeps none). Events beyond it are dropped and counted (EventsDropped).
 func (c *Channel) SetEventLimit(limit int) error {
 	if limit < 0 {
-		return &Error{Op: "machnet_set_event_limit", Errno: syscall.EINVAL, Msg: "negative limit"}
+		return newError("machnet_set_event_limit", syscall.EINVAL, "negative limit")
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

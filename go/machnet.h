@@ -451,6 +451,14 @@ const char *machnet_strerror(int errnum);
 const char *machnet_last_error(void);
 
 /**
+ * Extension: the stable code name of the calling thread's last failure, e.g.
+ * "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+ * bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+ * until the thread's next failing call.
+ */
+const char *machnet_last_error_code(void);
+
+/**
  * Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).
  */
 const char *machnet_version(void);

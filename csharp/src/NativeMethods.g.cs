@@ -337,6 +337,15 @@ namespace Machnet.Native
         internal static extern byte* machnet_last_error();
 
         /// <summary>
+        ///  Extension: the stable code name of the calling thread's last failure, e.g.
+        ///  "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+        ///  bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+        ///  until the thread's next failing call.
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_last_error_code", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern byte* machnet_last_error_code();
+
+        /// <summary>
         ///  Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_version", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]

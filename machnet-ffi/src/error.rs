@@ -122,6 +122,8 @@ fn kind_of_own_errno(code: c_int) -> ErrorKind {
         libc::ETIMEDOUT => ErrorKind::TimedOut,
         libc::EMFILE | libc::EAGAIN => ErrorKind::Exhausted,
         libc::ENOENT => ErrorKind::SidecarUnreachable,
+        // A wait that sees the control connection hang up: the sidecar is gone.
+        libc::ECONNRESET => ErrorKind::SidecarGone,
         _ => ErrorKind::Io,
     }
 }
