@@ -24,7 +24,9 @@ TARGET=$CARGO_TARGET_DIR REL=$CARGO_TARGET_DIR/release
 DURATION=${DURATION:-3} WARMUP=${WARMUP:-0.5} ROUNDS=${ROUNDS:-2}
 PORT=888
 case ${1:-} in --json) JSON=/dev/stdout ;; "") ;; *) sed -n 2,18p "$0" >&2; exit 2 ;; esac
-LANGS=(rust go go-thread python node csharp) # go-thread: the Go client with --wait thread
+# Each binding in its default wait mode, plus the alternatives the goals name: go-thread (the Go
+# client with --wait thread), python-asyncio (the Python client with --asyncio: await recv_async()).
+LANGS=(rust go go-thread python python-asyncio node csharp)
 declare -A SKIP=()  # language -> "skipped (why)" or "FAILED (why)"
 FAILED=0
 
@@ -66,6 +68,7 @@ elif ! "$VENV/bin/python" -c 'import machnet' 2>/dev/null; then
         rm -rf "$VENV"; broken python "wheel build / install"
     fi
 fi
+[ -z "${SKIP[python]:-}" ] || SKIP[python-asyncio]=${SKIP[python]}
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then SKIP[node]="skipped (no node/npm)"
 elif ! ls node/*.node >/dev/null 2>&1; then
@@ -104,6 +107,7 @@ client() { # lang args...: runs (execs) that language's echo client under a time
         go) exec "${t[@]}" "$TARGET/bench-go/machnet-echo-go" "$@" ;;
         go-thread) exec "${t[@]}" "$TARGET/bench-go/machnet-echo-go" --wait thread "$@" ;;
         python) exec "${t[@]}" "$VENV/bin/python" python/bench/echo_client.py "$@" ;;
+        python-asyncio) exec "${t[@]}" "$VENV/bin/python" python/bench/echo_client.py --asyncio "$@" ;;
         node) exec "${t[@]}" node node/bench/echo-client.js "$@" ;;
         csharp) LD_LIBRARY_PATH=$REL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec "${t[@]}" mono "$CS/machnet-echo-cs.exe" "$@" ;;
     esac
@@ -151,13 +155,13 @@ if raw_path:
 out = sys.stderr if raw_path == "/dev/stdout" else sys.stdout
 base = rows["rust"] if isinstance(rows["rust"], list) else None
 print(f"echo RTT, 64 B, window 1, median of {rounds} round(s)", file=out)
-print(f"{'language':10} {'p50 us':>8} {'p99 us':>8} {'p50/rust':>9} {'p99/rust':>9}", file=out)
+print(f"{'language':14} {'p50 us':>8} {'p99 us':>8} {'p50/rust':>9} {'p99/rust':>9}", file=out)
 for lang, v in rows.items():
     if isinstance(v, str):
-        print(f"{lang:10} {v}", file=out)
+        print(f"{lang:14} {v}", file=out)
     else:
         ratio = [f"{a / b:.2f}x" if base else "n/a" for a, b in zip(v, base or v)]
-        print(f"{lang:10} {v[0]:8.1f} {v[1]:8.1f} {ratio[0]:>9} {ratio[1]:>9}", file=out)
+        print(f"{lang:14} {v[0]:8.1f} {v[1]:8.1f} {ratio[0]:>9} {ratio[1]:>9}", file=out)
 sys.exit(1 if bad else 0)
 PY
 exit "$FAILED"

@@ -6,7 +6,9 @@
 #                               and build and run the original Machnet's examples/hello_world.cc
 #                               (machnet-ffi/tests/c/original/) against the header and
 #                               libmachnet_shim.so (a link to libmachnet.so made here)
-#   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and exit
+#   ci/ffi.sh --update-header   regenerate machnet-ffi/include/machnet.h (cbindgen 0.29) and its
+#                               copy go/machnet.h (the Go package's, so that `go mod vendor`
+#                               carries it), and exit
 #
 # Starts two `machnet` sidecars on the kernel-UDP datapath (127.0.0.1 and 127.0.0.2, private
 # control sockets in a temp dir, no root), and `machnet-echo server`, `machnet-kv server` and a
@@ -21,6 +23,7 @@ ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 REL=$TARGET/release
 HEADER=machnet-ffi/include/machnet.h
+GO_HEADER=go/machnet.h
 CC=${CC:-cc}
 CXX=${CXX:-c++}
 ECHO_PORT=888
@@ -42,7 +45,8 @@ gen_header() { # output path
     (cd machnet-ffi && cbindgen --quiet --config cbindgen.toml --crate machnet-ffi --output "$1" .)
 }
 if [ "${1:-}" = "--update-header" ]; then
-    gen_header "$ROOT/$HEADER" && echo "regenerated $HEADER"
+    gen_header "$ROOT/$HEADER" && cp "$ROOT/$HEADER" "$ROOT/$GO_HEADER" &&
+        echo "regenerated $HEADER and $GO_HEADER"
     exit
 fi
 
@@ -55,8 +59,9 @@ fi
 # The original Machnet's name for the library (its Rust, JS and C# bindings load it, its
 # examples link -lmachnet_shim): the same file under a second name.
 ln -sfn libmachnet.so "$REL/libmachnet_shim.so"
-if gen_header "$DIR/machnet.h" && diff -u "$HEADER" "$DIR/machnet.h"; then
-    pass "header_fresh ($HEADER matches cbindgen's output)"
+if gen_header "$DIR/machnet.h" && diff -u "$HEADER" "$DIR/machnet.h" &&
+    diff -u "$GO_HEADER" "$DIR/machnet.h"; then
+    pass "header_fresh ($HEADER and its copy $GO_HEADER match cbindgen's output)"
 else
     fail "header_fresh: $HEADER is stale; run ci/ffi.sh --update-header"
 fi
@@ -81,8 +86,10 @@ else
 fi
 if $CC -std=c11 "${FLAGS[@]}" "$CDIR/init_paths.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
     -o "$DIR/init_paths" &&
+    $CC -std=c11 "${FLAGS[@]}" "$CDIR/test_events.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
+        -lpthread -o "$DIR/test_events" &&
     $CC -std=c11 "${FLAGS[@]}" "$CDIR/shim_dlopen.c" -ldl -o "$DIR/shim_dlopen"; then
-    pass "c_build_extra (init_paths.c, shim_dlopen.c)"
+    pass "c_build_extra (init_paths.c, shim_dlopen.c, test_events.c)"
 else
     fail "c_build_extra"
 fi
@@ -147,6 +154,15 @@ for variant in test_machnet test_machnet_static; do
         fail "c_tests_static"
     fi
 done
+
+# ----- flow events (machnet_next_event) -----
+if [ -x "$DIR/test_events" ]; then
+    echo "ffi: running test_events" >&2
+    timeout 300 "$DIR/test_events" >"$DIR/test_events.out"
+    cat "$DIR/test_events.out"
+    count_c "$DIR/test_events.out"
+    grep -q '^c-tests: ' "$DIR/test_events.out" || fail "test_events did not finish"
+fi
 
 # ----- the library under the original's name; machnet_init's choice of socket -----
 if [ -x "$DIR/shim_dlopen" ]; then
@@ -217,6 +233,20 @@ if command -v go >/dev/null; then
     while read -r line; do FAILURES+=("Go: $line"); done < <(grep -E '^\s*--- FAIL' "$DIR/go.out")
     if grep -qE '^(FAIL|panic:)' "$DIR/go.out" && [ "$gofail" -eq 0 ]; then
         fail "go test (failed outside a test: build error, panic or timeout)"
+    fi
+    # A program using the module through `go mod vendor` (the module replaced by this
+    # directory) builds: the vendored package carries its header (go/machnet.h).
+    VEND=$DIR/go-vendor-user
+    mkdir -p "$VEND"
+    printf 'module example.invalid/vendoruser\n\ngo 1.19\n\nrequire example.invalid/machnet-rs/go v0.0.0\n\nreplace example.invalid/machnet-rs/go => %s/go\n' \
+        "$ROOT" >"$VEND/go.mod"
+    printf 'package main\n\nimport (\n\t"fmt"\n\n\tmachnet "example.invalid/machnet-rs/go"\n)\n\nfunc main() { fmt.Println(machnet.Version()) }\n' \
+        >"$VEND/main.go"
+    if (cd "$VEND" && go mod vendor && go build -mod=vendor -o vendoruser . && ./vendoruser |
+        grep -q '^machnet-rs '); then
+        pass "go_mod_vendor_build (a program vendoring the module builds and runs)"
+    else
+        fail "go_mod_vendor_build"
     fi
     if (cd go && go build -o "$DIR/machnet-echo-go" ./cmd/machnet-echo-go) &&
         ! ldd "$DIR/machnet-echo-go" 2>&1 | grep -q libmachnet; then

@@ -13,17 +13,22 @@ package machnet
 //                                    peer_closes_after_sending listen on it)
 // One subtest per case, in the file's order, named after the case.
 //
-// Error names (conformance/README.md) as this binding reports them:
-//   refused          errors.Is(err, ErrRefused)            (ECONNREFUSED)
-//   invalid_argument errors.Is(err, syscall.EINVAL)
-//   too_large        errors.Is(err, ErrMessageSize)        (EMSGSIZE)
-//   reset            errors.Is(err, ErrFlowClosed)         (ENOTCONN, not ECONNRESET): the C ABI
-//                    has no flow events, so a receive does not report the reset (it returns
-//                    nothing); the sidecar drops the flow and the next send fails because the
-//                    flow is no longer open ("no open flow ... on this channel").
-//   closed           errors.Is(err, ErrFlowClosed)         (ENOTCONN, or EPIPE while this side's
-//                    close is under way; never ErrSidecarGone): a receive that passes the
-//                    peer's graceful close closes this side (no flow events here either).
+// Error names (conformance/README.md) as this binding reports them; every one is an *Error
+// whose Code is the README's code name (confCodes), as the Python and Node.js runners check:
+//   refused          errors.Is(err, ErrRefused)            ERR_MACHNET_CONNECTION_REFUSED
+//   invalid_argument errors.Is(err, syscall.EINVAL)        ERR_MACHNET_INVALID_ARGUMENT
+//   too_large        errors.Is(err, ErrMessageSize)        ERR_MACHNET_MESSAGE_TOO_LARGE
+//   reset            errors.Is(err, ErrFlowClosed)         ERR_MACHNET_FLOW_CLOSED (ENOTCONN, not
+//                    ECONNRESET): a send fails because the flow is no longer open ("no open
+//                    flow ... on this channel"); the reset itself is the flow event (below).
+//   closed           errors.Is(err, ErrFlowClosed)         ERR_MACHNET_FLOW_CLOSED (ENOTCONN, or
+//                    EPIPE while this side's close is under way; never ErrSidecarGone): a
+//                    receive that passes the peer's graceful close closes this side.
+//
+// Event names (the "event" field) are FlowEvent.Kind.String() of the first event NextEvent
+// returns for the flow: "reset" (EventReset, Errno ECONNRESET, errors.Is(ev.Err(),
+// ErrFlowReset)), "peer_closed" (EventPeerClosed, errors.Is(ev.Err(), ErrPeerClosed); an
+// EventClosed with Errno 0 follows, since a receive closes this side).
 
 import (
 	"bytes"
@@ -60,6 +65,7 @@ type confCase struct {
 	TimeoutMs int        `json:"timeout_ms"`
 	Port      uint16     `json:"port"`
 	Error     string     `json:"error"`
+	Event     string     `json:"event"`
 	Steps     []confStep `json:"steps"`
 	KeyPrefix string     `json:"key_prefix"`
 }
@@ -387,6 +393,23 @@ func confWantError(t *testing.T, what, name string, err error) {
 	if !ok {
 		t.Fatalf("%s failed with %v (%T); want %s", what, err, err, name)
 	}
+	var e *Error
+	if !errors.As(err, &e) {
+		t.Fatalf("%s failed with %v (%T), not an *Error; want %s", what, err, err, name)
+	}
+	if e.Code != confCodes[name] {
+		t.Fatalf("%s: code %q (%v); want %s (%s)", what, e.Code, err, confCodes[name], name)
+	}
+}
+
+// confCodes is the code name of each error name, the same in every binding
+// (conformance/README.md).
+var confCodes = map[string]string{
+	"refused":          "ERR_MACHNET_CONNECTION_REFUSED",
+	"invalid_argument": "ERR_MACHNET_INVALID_ARGUMENT",
+	"too_large":        "ERR_MACHNET_MESSAGE_TOO_LARGE",
+	"reset":            "ERR_MACHNET_FLOW_CLOSED",
+	"closed":           "ERR_MACHNET_FLOW_CLOSED",
 }
 
 var confStatus = map[string]byte{"ok": 0, "not_found": 1, "bad_request": 2, "server_error": 3}
@@ -528,12 +551,25 @@ func confPeerClosesAfterSending(t *testing.T, env confEnv, c confCase, ch *Chann
 	confFlowEnds(t, c, ch, f, buf)
 }
 
-// confFlowEnds: after the peer went away, no message arrives on the client's flow and a send
-// fails with the case's error. The binding has no flow events: a receive either reports the end
-// of the flow or, as libmachnet does, returns nothing once the flow is gone (or closes this side
-// once the peer closed). Then a send must fail.
+// confFlowEnds: after the peer went away, no message arrives on the client's flow, the flow
+// event of the case comes (NextEvent), and a send fails with the case's error. A receive returns
+// nothing once the flow is gone (it keeps the events for NextEvent).
 func confFlowEnds(t *testing.T, c confCase, ch *Channel, f Flow, buf []byte) {
 	t.Helper()
+	if c.Event != "" {
+		ev, err := ch.NextEvent(within(10 * time.Second))
+		if err != nil {
+			t.Fatalf("no %q event: %v", c.Event, err)
+		}
+		if ev.Kind.String() != c.Event || ev.Flow.Src() != f.Dst() || ev.Flow.Dst() != f.Src() {
+			t.Fatalf("event %v; want %s on %v", ev, c.Event, f)
+		}
+		want := map[string]error{"reset": ErrFlowReset, "peer_closed": ErrPeerClosed}[c.Event]
+		if want != nil && !errors.Is(ev.Err(), want) {
+			t.Fatalf("event %v does not match %v", ev.Err(), want)
+		}
+		t.Logf("event: %v", ev)
+	}
 	n, _, err := ch.Recv(within(500*time.Millisecond), buf)
 	switch {
 	case n > 0:
@@ -549,7 +585,7 @@ func confFlowEnds(t *testing.T, c confCase, ch *Channel, f Flow, buf []byte) {
 		if err != nil {
 			var e *Error
 			if errors.As(err, &e) {
-				t.Logf("send after the peer went away: %v (errno %d, %v)", err, int(e.Errno), e.Errno)
+				t.Logf("send after the peer went away: %v (errno %d, %v, %s)", err, int(e.Errno), e.Errno, e.Code)
 			}
 			confWantError(t, "send after the peer went away", c.Error, err)
 			break

@@ -2,7 +2,9 @@
 // the C ABI (libmachnet, machnet-ffi/include/machnet.h), linked statically, so a built program
 // has no libmachnet.so dependency.
 //
-// Build the static library first, from the repository root:
+// The package carries its copy of the C header (machnet.h, regenerated with the library's by
+// ci/ffi.sh --update-header), so `go mod vendor` vendors a buildable package. Build the static
+// library first, from the repository root:
 //
 //	cargo build --release -p machnet-ffi
 //
@@ -25,7 +27,6 @@
 package machnet
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../machnet-ffi/include
 #cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libmachnet.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include "machnet.h"
@@ -34,8 +35,6 @@ import "C"
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/netip"
 	"runtime"
 	"syscall"
@@ -45,76 +44,6 @@ import (
 
 // MaxMessageLen is the largest message Machnet carries (8 MiB).
 const MaxMessageLen = C.MACHNET_MSG_MAX_LEN
-
-// Sentinel errors; an *Error matches them with errors.Is.
-var (
-	// ErrClosed: the channel was closed (Close), or was never attached. (EBADF)
-	ErrClosed = errors.New("machnet: channel closed")
-	// ErrNotInitialized: Init was not called (or failed). (ENOTCONN without a flow)
-	ErrNotInitialized = errors.New("machnet: not initialised")
-	// ErrSidecarGone: the sidecar exited or crashed, or the flow was reset. (ECONNRESET)
-	ErrSidecarGone = errors.New("machnet: sidecar gone or flow reset")
-	// ErrRefused: the remote host refused the connection. (ECONNREFUSED)
-	ErrRefused = errors.New("machnet: connection refused")
-	// ErrFlowClosed: the flow is not open on this channel, or this side closed it. (ENOTCONN, EPIPE)
-	ErrFlowClosed = errors.New("machnet: flow not open")
-	// ErrMessageSize: the message is too large, or does not fit the receive buffer (it stays
-	// queued; Error.Needed tells the size). (EMSGSIZE)
-	ErrMessageSize = errors.New("machnet: message size")
-	// ErrPortInUse: another channel listens on the port. (EADDRINUSE)
-	ErrPortInUse = errors.New("machnet: port in use")
-)
-
-// Error is a failed Machnet call.
-type Error struct {
-	Op     string        // the C function
-	Errno  syscall.Errno // errno as set by libmachnet
-	Msg    string        // libmachnet's detailed message (machnet_last_error)
-	Needed int           // for ErrMessageSize on receive: the size of the waiting message
-}
-
-func (e *Error) Error() string {
-	if e.Msg != "" {
-		return fmt.Sprintf("%s: %s", e.Op, e.Msg)
-	}
-	return fmt.Sprintf("%s: %s", e.Op, C.GoString(C.machnet_strerror(C.int(e.Errno))))
-}
-
-// Unwrap returns the errno, so errors.Is(err, syscall.EINVAL) works.
-func (e *Error) Unwrap() error { return e.Errno }
-
-// Is matches the package's sentinel errors.
-func (e *Error) Is(target error) bool {
-	switch target {
-	case ErrClosed:
-		return e.Errno == syscall.EBADF
-	case ErrNotInitialized:
-		return e.Errno == syscall.ENOTCONN && (e.Op == "machnet_attach")
-	case ErrSidecarGone:
-		return e.Errno == syscall.ECONNRESET
-	case ErrRefused:
-		return e.Errno == syscall.ECONNREFUSED
-	case ErrFlowClosed:
-		return (e.Errno == syscall.ENOTCONN && e.Op != "machnet_attach") || e.Errno == syscall.EPIPE
-	case ErrMessageSize:
-		return e.Errno == syscall.EMSGSIZE
-	case ErrPortInUse:
-		return e.Errno == syscall.EADDRINUSE
-	}
-	return false
-}
-
-// fail builds an *Error; it must run on the OS thread that made the failing call (callers hold
-// runtime.LockOSThread) because the detailed message is thread-local.
-func fail(op string, err error) *Error {
-	e := &Error{Op: op, Msg: C.GoString(C.machnet_last_error())}
-	if errno, ok := err.(syscall.Errno); ok {
-		e.Errno = errno
-	} else {
-		e.Errno = syscall.EIO
-	}
-	return e
-}
 
 // Version is the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)".
 func Version() string { return C.GoString(C.machnet_version()) }
@@ -182,9 +111,13 @@ func Attach() (*Channel, error) {
 	if p == nil {
 		return nil, fail("machnet_attach", err)
 	}
+	return newChannel(p), nil
+}
+
+func newChannel(p unsafe.Pointer) *Channel {
 	ch := &Channel{ctx: p}
 	runtime.SetFinalizer(ch, func(c *Channel) { C.machnet_detach(c.ctx) })
-	return ch, nil
+	return ch
 }
 
 // Close detaches the channel gracefully, as the process exiting does (docs/CHANNEL.md §5):
@@ -214,6 +147,15 @@ func (c *Channel) detach(abort bool) error {
 		return fail("machnet_detach", err)
 	}
 	return nil
+}
+
+// ListenContext is Listen honouring ctx the Go way: a ctx already done fails at once with
+// ctx.Err(). The call itself is one round trip to the local sidecar.
+func (c *Channel) ListenContext(ctx context.Context, localIP string, port uint16) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return c.Listen(localIP, port)
 }
 
 // Listen accepts flows to Machnet port `port`; localIP is the sidecar's address or "0.0.0.0".

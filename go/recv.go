@@ -77,7 +77,7 @@ func (r *receiver) conn(c *Channel) (syscall.RawConn, error) {
 		// library's alone. The eventfd is non-blocking, so os.NewFile puts it in the netpoller.
 		dup, err := syscall.Dup(int(fd))
 		if err != nil {
-			r.err = &Error{Op: "dup", Errno: err.(syscall.Errno), Msg: err.Error()}
+			r.err = newError("dup", err.(syscall.Errno), err.Error())
 			return
 		}
 		syscall.CloseOnExec(dup)

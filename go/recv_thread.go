@@ -10,7 +10,6 @@ import (
 	"errors"
 	"sync/atomic"
 	"syscall"
-	"time"
 )
 
 // WaitMode says how Recv waits for a message (Channel.SetWaitMode).
@@ -39,33 +38,11 @@ func (c *Channel) SetWaitMode(m WaitMode) {
 // cancellation interrupts it (machnet_interrupt) until it has returned, since the interrupt
 // only reaches a call that is already waiting.
 func (c *Channel) recvInThread(ctx context.Context, buf []byte) (int, Flow, error) {
-	if ctx.Done() != nil {
-		returned := make(chan struct{})
-		defer close(returned)
-		stop := afterCancel(ctx, func() {
-			t := time.NewTicker(5 * time.Millisecond)
-			defer t.Stop()
-			for {
-				C.machnet_interrupt(c.ctx)
-				select {
-				case <-returned:
-					return
-				case <-t.C:
-				}
-			}
-		})
-		defer stop()
-	}
+	defer c.interruptOnCancel(ctx)()
 	for {
-		timeout := C.int(-1)
-		if dl, ok := ctx.Deadline(); ok {
-			left := time.Until(dl)
-			if left <= 0 {
-				return 0, Flow{}, context.DeadlineExceeded
-			}
-			if ms := (left + time.Millisecond - 1) / time.Millisecond; ms < 1<<30 {
-				timeout = C.int(ms)
-			}
+		timeout, err := timeoutMs(ctx)
+		if err != nil {
+			return 0, Flow{}, err
 		}
 		n, f, err := c.recv(buf, timeout)
 		if n > 0 {

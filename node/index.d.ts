@@ -65,36 +65,46 @@ declare module './binding' {
 
 /** The stable `code` values of the errors this package throws or rejects with. */
 export declare const codes: {
-  /** The sidecar's control socket could not be reached. */
-  readonly SIDECAR_UNREACHABLE: 'ERR_MACHNET_SIDECAR_UNREACHABLE'
-  /** The sidecar refused the request (unauthorised user, unknown engine, no resources). */
-  readonly REFUSED: 'ERR_MACHNET_REFUSED'
-  /** The sidecar exited or crashed. */
-  readonly SIDECAR_GONE: 'ERR_MACHNET_SIDECAR_GONE'
-  /** Another channel already listens on the port. */
-  readonly PORT_IN_USE: 'ERR_MACHNET_PORT_IN_USE'
-  /** The port cannot be listened on (zero or in the ephemeral range). */
-  readonly INVALID_PORT: 'ERR_MACHNET_INVALID_PORT'
-  /** The flow could not be established. */
-  readonly CONNECT_FAILED: 'ERR_MACHNET_CONNECT_FAILED'
+  /** try_send only: the request ring is full now. */
+  readonly WOULD_BLOCK: 'ERR_MACHNET_WOULD_BLOCK'
   /** The operation did not complete within its timeout. */
   readonly TIMEOUT: 'ERR_MACHNET_TIMEOUT'
-  /** The flow is closed, or this application closed it. */
-  readonly FLOW_CLOSED: 'ERR_MACHNET_FLOW_CLOSED'
-  /** The flow belongs to another channel. */
-  readonly WRONG_CHANNEL: 'ERR_MACHNET_WRONG_CHANNEL'
-  /** Messages must hold at least one byte. */
-  readonly EMPTY_MESSAGE: 'ERR_MACHNET_EMPTY_MESSAGE'
+  /** A wait was interrupted. */
+  readonly INTERRUPTED: 'ERR_MACHNET_INTERRUPTED'
+  /** The sidecar or library rejected an argument (empty message, port 0, unknown engine, a flow of another channel). */
+  readonly INVALID_ARGUMENT: 'ERR_MACHNET_INVALID_ARGUMENT'
   /** The message exceeds the channel's `maxMessageLen`. */
   readonly MESSAGE_TOO_LARGE: 'ERR_MACHNET_MESSAGE_TOO_LARGE'
+  /** The next message does not fit the buffer (it stays queued). */
+  readonly BUFFER_TOO_SMALL: 'ERR_MACHNET_BUFFER_TOO_SMALL'
+  /** The flow is closed (by the peer, the sidecar, or this application). */
+  readonly FLOW_CLOSED: 'ERR_MACHNET_FLOW_CLOSED'
+  /** The flow was reset or aborted. */
+  readonly FLOW_RESET: 'ERR_MACHNET_FLOW_RESET'
+  /** The remote host refused the connection (nothing listens on the port). */
+  readonly CONNECTION_REFUSED: 'ERR_MACHNET_CONNECTION_REFUSED'
   /** The channel was closed (by `close()`, its Machnet's `close()`, or by the sidecar). */
   readonly CHANNEL_CLOSED: 'ERR_MACHNET_CHANNEL_CLOSED'
-  /** The Machnet (attachment) was closed with `close()`. */
-  readonly CLOSED: 'ERR_MACHNET_CLOSED'
+  /** The sidecar's control socket could not be reached. */
+  readonly SIDECAR_UNREACHABLE: 'ERR_MACHNET_SIDECAR_UNREACHABLE'
+  /** The sidecar exited or crashed. */
+  readonly SIDECAR_GONE: 'ERR_MACHNET_SIDECAR_GONE'
+  /** The sidecar refused the request for another reason. */
+  readonly REFUSED: 'ERR_MACHNET_REFUSED'
+  /** The sidecar does not allow this user or group. */
+  readonly PERMISSION_DENIED: 'ERR_MACHNET_PERMISSION_DENIED'
+  /** The sidecar speaks another control protocol version. */
+  readonly VERSION_MISMATCH: 'ERR_MACHNET_VERSION_MISMATCH'
+  /** The sidecar ran out of channels, ports, connections or ephemeral ports. */
+  readonly EXHAUSTED: 'ERR_MACHNET_EXHAUSTED'
+  /** Another channel already listens on the port. */
+  readonly PORT_IN_USE: 'ERR_MACHNET_PORT_IN_USE'
   /** The sidecar broke the channel or control protocol. */
   readonly PROTOCOL: 'ERR_MACHNET_PROTOCOL'
   /** A system call failed. */
   readonly IO: 'ERR_MACHNET_IO'
+  /** The Machnet (attachment) was closed with `close()` (Node.js only). */
+  readonly CLOSED: 'ERR_MACHNET_CLOSED'
   /** An argument has the wrong type (a `TypeError`). */
   readonly INVALID_ARG_TYPE: 'ERR_INVALID_ARG_TYPE'
   /** An argument has an unusable value, e.g. an IP that is not dotted IPv4 (a `TypeError`). */

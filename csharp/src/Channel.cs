@@ -275,7 +275,7 @@ namespace Machnet
         private void SendCore(Flow flow, byte[] data, int offset, int count, string paramName)
         {
             if (count == 0)
-                throw new ArgumentException("a message has at least 1 byte", paramName);
+                throw new MachnetArgumentException("machnet_send", "a message has at least 1 byte", paramName);
             MachnetFlow f = flow.ToNative();
             fixed (byte* p = &data[offset])
             {
@@ -364,7 +364,8 @@ namespace Machnet
             }
             if (n < 0)
                 throw new MessageSizeException("machnet_recv", LinuxErrno.EMSGSIZE,
-                    "machnet_recv: the waiting message (" + (-n) + " bytes) does not fit the buffer (" + buffer.Count + " bytes)", -n);
+                    "machnet_recv: the waiting message (" + (-n) + " bytes) does not fit the buffer (" + buffer.Count + " bytes)", -n)
+                { CodeName = ErrorCodes.BufferTooSmall };
             length = (int)n;
             flow = new Flow(f);
             return n > 0;

@@ -135,7 +135,7 @@ namespace Machnet
             if (data.Length - offset < count)
                 throw new ArgumentException("offset + count is past the end of the array");
             if (count == 0)
-                throw new ArgumentException("a message has at least 1 byte", "count");
+                throw new MachnetArgumentException("machnet_send", "a message has at least 1 byte", "count");
             if (cancellationToken.IsCancellationRequested)
                 return Task.FromCanceled(cancellationToken);
             var done = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);

@@ -37,8 +37,9 @@ namespace Machnet
         /// <summary>The reason as a Linux errno value (0 for a graceful end).</summary>
         public int Errno { get; }
 
-        /// <summary>The symbolic name of <see cref="Errno"/> ("" for 0).</summary>
-        public string CodeName { get { return Errno == 0 ? string.Empty : LinuxErrno.Name(Errno); } }
+        /// <summary>The code name of the reason, e.g. <c>"ERR_MACHNET_FLOW_RESET"</c> ("" for 0; the names
+        /// of <see cref="IMachnetError.CodeName"/>).</summary>
+        public string CodeName { get { return Errno == 0 ? string.Empty : ErrorCodes.OfErrno(Errno); } }
 
         /// <summary>Creates the event (applications receive them; tests may build them).</summary>
         /// <param name="flow">The flow (Source = the peer).</param>

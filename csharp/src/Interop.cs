@@ -8,45 +8,23 @@ namespace Machnet
     /// <summary>Linux errno values libmachnet reports.</summary>
     internal static class LinuxErrno
     {
+        internal const int EPERM = 1;
+        internal const int ENOENT = 2;
         internal const int EINTR = 4;
+        internal const int EIO = 5;
         internal const int EBADF = 9;
+        internal const int EAGAIN = 11;
+        internal const int EACCES = 13;
         internal const int EINVAL = 22;
         internal const int EPIPE = 32;
+        internal const int EPROTO = 71;
         internal const int EMSGSIZE = 90;
         internal const int EADDRINUSE = 98;
+        internal const int ECONNABORTED = 103;
         internal const int ECONNRESET = 104;
         internal const int ENOTCONN = 107;
         internal const int ETIMEDOUT = 110;
         internal const int ECONNREFUSED = 111;
-        internal const int EIO = 5;
-        internal const int EAGAIN = 11;
-        internal const int ENOMEM = 12;
-        internal const int EADDRNOTAVAIL = 99;
-        internal const int ENOBUFS = 105;
-
-        /// <summary>The symbolic name of an errno value libmachnet reports ("errno N" otherwise).</summary>
-        internal static string Name(int errno)
-        {
-            switch (errno)
-            {
-                case EINTR: return "EINTR";
-                case EIO: return "EIO";
-                case EBADF: return "EBADF";
-                case EAGAIN: return "EAGAIN";
-                case ENOMEM: return "ENOMEM";
-                case EINVAL: return "EINVAL";
-                case EPIPE: return "EPIPE";
-                case EMSGSIZE: return "EMSGSIZE";
-                case EADDRINUSE: return "EADDRINUSE";
-                case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
-                case ECONNRESET: return "ECONNRESET";
-                case ENOBUFS: return "ENOBUFS";
-                case ENOTCONN: return "ENOTCONN";
-                case ETIMEDOUT: return "ETIMEDOUT";
-                case ECONNREFUSED: return "ECONNREFUSED";
-                default: return "errno " + errno;
-            }
-        }
     }
 
     /// <summary>Marshalling helpers around the generated <see cref="NativeMethods"/>.</summary>
@@ -72,6 +50,9 @@ namespace Machnet
         }
 
         internal static string LastError() { return FromUtf8z(NativeMethods.machnet_last_error()); }
+
+        /// <summary>The code name of this thread's last libmachnet failure ("" if none).</summary>
+        internal static string LastErrorCode() { return FromUtf8z(NativeMethods.machnet_last_error_code()); }
 
         internal static string StrError(int errno) { return FromUtf8z(NativeMethods.machnet_strerror(errno)); }
 

@@ -94,6 +94,35 @@ namespace Machnet.Native
         internal static extern void* machnet_attach();
 
         /// <summary>
+        ///  Extension: attaches to one sidecar without touching the process-wide attachment of
+        ///  `machnet_init`, so that one process can use several sidecars. `socket_path` is the
+        ///  sidecar's control socket; NULL chooses it as `machnet_init` does (`$MACHNET_SOCKET`, our
+        ///  default path, the original's).
+        ///
+        ///  Returns a sidecar handle for `machnet_attach_to` (close it with `machnet_close_sidecar`),
+        ///  or NULL on failure (errno set; stderr too with `MACHNET_LOG`, as `machnet_init`).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_open", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern void* machnet_open(byte* socket_path);
+
+        /// <summary>
+        ///  Extension: `machnet_attach` on the sidecar of a `machnet_open` handle: a new channel
+        ///  context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_attach_to", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern void* machnet_attach_to(void* sidecar);
+
+        /// <summary>
+        ///  Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
+        ///  they are detached (each keeps its own connection to the sidecar); the handle is invalid
+        ///  afterwards (`EBADF`).
+        ///
+        ///  Returns 0 on success, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_close_sidecar", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_close_sidecar(void* sidecar);
+
+        /// <summary>
         ///  Extension: closes a channel gracefully (docs/CHANNEL.md §5): every message whose
         ///  `machnet_send` returned is still delivered, then the sidecar closes the channel's flows
         ///  (the peers see them end after their last message); flows still open after the sidecar's
@@ -263,6 +292,19 @@ namespace Machnet.Native
         internal static extern int machnet_next_event(void* channel_ctx, MachnetFlowEvent* ev);
 
         /// <summary>
+        ///  Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+        ///  (negative: without limit; 0: not at all) without spinning. It sleeps as
+        ///  `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+        ///  held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+        ///  `machnet_interrupt`.
+        ///
+        ///  Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+        ///  set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_next_event_timeout", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_next_event_timeout(void* channel_ctx, MachnetFlowEvent* ev, int timeout_ms);
+
+        /// <summary>
         ///  Extension: sets how many flow events this channel context keeps for `machnet_next_event`
         ///  (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
         ///  queued ones beyond a lowered limit (the newest first), are dropped and counted.
@@ -293,6 +335,15 @@ namespace Machnet.Native
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_last_error", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern byte* machnet_last_error();
+
+        /// <summary>
+        ///  Extension: the stable code name of the calling thread's last failure, e.g.
+        ///  "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+        ///  bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+        ///  until the thread's next failing call.
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_last_error_code", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern byte* machnet_last_error_code();
 
         /// <summary>
         ///  Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).

@@ -184,6 +184,7 @@ namespace Machnet.Tests
             var ex = Assert.Throws<MessageSizeException>(() =>
                 ch.TryReceive(new ArraySegment<byte>(new byte[100]), Env.Long, out n, out from));
             Assert.AreEqual(3000, ex.Needed);
+            Assert.AreEqual("ERR_MACHNET_BUFFER_TOO_SMALL", ex.CodeName);
             Assert.AreEqual(3000, ch.Peek());
             Env.AssertSameBytes(sent, ch.Receive(Env.Long).Data);
             Assert.AreEqual(0, ch.Peek());
@@ -216,7 +217,7 @@ namespace Machnet.Tests
             Assert.IsFalse(ch.TryReceive(TimeSpan.FromMilliseconds(30), out m));
             var ex = Assert.Throws<MachnetTimeoutException>(() => ch.Receive(TimeSpan.FromMilliseconds(30)));
             Assert.AreEqual(110, ex.Errno);
-            Assert.AreEqual("ETIMEDOUT", ex.CodeName);
+            Assert.AreEqual("ERR_MACHNET_TIMEOUT", ex.CodeName);
             // A System.TimeoutException (what .NET code catches for timeouts) and an IMachnetError.
             Assert.IsInstanceOf<TimeoutException>(ex);
             Assert.IsInstanceOf<IMachnetError>(ex);
@@ -303,7 +304,7 @@ namespace Machnet.Tests
             byte[] seg = Env.Pattern(500, 99);
             Assert.IsTrue(ch.SendAsync(flow, new ArraySegment<byte>(seg, 10, 90)).Wait(Env.Long));
             Env.AssertSameBytes(seg, 10, 90, ch.Receive(Env.Long).Data);
-            Assert.Throws<ArgumentException>(() => ch.SendAsync(flow, new byte[0]));
+            Assert.Throws<MachnetArgumentException>(() => ch.SendAsync(flow, new byte[0]));
             Assert.Throws<ArgumentNullException>(() => ch.SendAsync(flow, (byte[])null));
             var cts = new CancellationTokenSource();
             cts.Cancel();
@@ -375,6 +376,7 @@ namespace Machnet.Tests
         {
             var ex = Assert.Throws<MessageSizeException>(() => ch.Send(flow, new byte[Sidecar.MaxMessageLength + 1]));
             Assert.AreEqual(90, ex.Errno);
+            Assert.AreEqual("ERR_MACHNET_MESSAGE_TOO_LARGE", ex.CodeName);
             Assert.AreEqual("machnet_send", ex.Operation);
         }
     }
@@ -401,8 +403,8 @@ namespace Machnet.Tests
             Assert.Throws<ArgumentNullException>(() => ch.Send(flow, (byte[])null));
             Assert.Throws<ArgumentNullException>(() => ch.Send(flow, null, 0, 1));
             Assert.Throws<ArgumentNullException>(() => ch.Send(flow, default(ArraySegment<byte>)));
-            Assert.Throws<ArgumentException>(() => ch.Send(flow, new byte[0]));
-            Assert.Throws<ArgumentException>(() => ch.Send(flow, new ArraySegment<byte>(new byte[4], 4, 0)));
+            Assert.Throws<MachnetArgumentException>(() => ch.Send(flow, new byte[0]));
+            Assert.Throws<MachnetArgumentException>(() => ch.Send(flow, new ArraySegment<byte>(new byte[4], 4, 0)));
             Assert.Throws<ArgumentOutOfRangeException>(() => ch.Send(flow, new byte[4], -1, 2));
             Assert.Throws<ArgumentOutOfRangeException>(() => ch.Send(flow, new byte[4], 0, -2));
             Assert.Throws<ArgumentException>(() => ch.Send(flow, new byte[4], 3, 2));
@@ -605,7 +607,9 @@ namespace Machnet.Tests
                         Env.AssertSameBytes(msg, 0, msg.Length, ch.Receive(Env.Long).Data);
                         sidecar.Kill();
                         sidecar.WaitForExit(); // reaped: the process is dead
-                        Assert.Throws<SidecarGoneException>(() => ch.Send(flow, msg));
+                        var gone = Assert.Throws<SidecarGoneException>(() => ch.Send(flow, msg));
+                        Assert.AreEqual("ERR_MACHNET_SIDECAR_GONE", gone.CodeName, "the code tells a gone sidecar from a reset flow");
+                        Assert.AreEqual(104, gone.Errno);
                         Assert.Throws<SidecarGoneException>(() => ch.Send(flow, new ArraySegment<byte>(msg, 1, 10)));
                         Assert.Throws<SidecarGoneException>(() => ch.Connect("127.0.0.3", Env.PeerIp, Env.EchoPort));
                         Assert.Throws<SidecarGoneException>(() => ch.Listen("127.0.0.3", 7601));
@@ -635,12 +639,19 @@ namespace Machnet.Tests
                 {
                     var inUse = Assert.Throws<PortInUseException>(() => other.Listen(Env.LocalIp, 7302));
                     Assert.AreEqual(98, inUse.Errno);
+                    Assert.AreEqual("ERR_MACHNET_PORT_IN_USE", inUse.CodeName);
                     StringAssert.StartsWith("machnet_listen: ", inUse.Message);
                 }
                 var notMine = Assert.Catch<MachnetException>(() => ch.Listen("10.255.255.1", 7303));
                 Assert.AreEqual(99, notMine.Errno); // EADDRNOTAVAIL
+                Assert.AreEqual("ERR_MACHNET_INVALID_ARGUMENT", notMine.CodeName);
+                var empty = Assert.Throws<MachnetArgumentException>(() => ch.Send(default(Flow), new byte[0]));
+                Assert.IsInstanceOf<ArgumentException>(empty);
+                Assert.AreEqual("ERR_MACHNET_INVALID_ARGUMENT", empty.CodeName);
+                Assert.AreEqual(22, empty.Errno);
             }
-            Assert.Catch<MachnetException>(() => Sidecar.Init("/nonexistent/machnet.sock"));
+            var unreachable = Assert.Catch<MachnetException>(() => Sidecar.Init("/nonexistent/machnet.sock"));
+            Assert.AreEqual("ERR_MACHNET_SIDECAR_UNREACHABLE", unreachable.CodeName);
         }
 
         [Test]
@@ -694,10 +705,11 @@ namespace Machnet.Tests
                 Assert.AreEqual(FlowEventKind.Reset, e.Kind, e.ToString());
                 Assert.AreEqual(first.Flow, e.Flow, "the event names the flow (Source = the peer)");
                 Assert.AreEqual(104, e.Errno);
-                Assert.AreEqual("ECONNRESET", e.CodeName);
+                Assert.AreEqual("ERR_MACHNET_FLOW_RESET", e.CodeName);
                 Assert.IsTrue(e.IsTerminal);
                 Assert.IsFalse(pending.IsCompleted, "an event is not a message");
                 FlowClosedException ex = e.ToException();
+                Assert.AreEqual("ERR_MACHNET_FLOW_RESET", ex.CodeName);
                 Assert.AreEqual(e.Flow, ex.Flow);
                 Assert.AreEqual(FlowEventKind.Reset, ex.Kind);
                 Assert.Throws<FlowClosedException>(() => server.Send(first.Flow, new byte[] { 1 }));

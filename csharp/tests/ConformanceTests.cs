@@ -11,16 +11,20 @@
 //   MACHNET_TEST_SOCK / MACHNET_TEST_PEER_SOCK  the client sidecar and the server sidecar
 // The test names are "NN_<case name>" so NUnit (which sorts by name) runs them in the file's order.
 //
-// Error names (conformance/README.md) as this binding reports them:
-//   refused           ConnectionRefusedException (ECONNREFUSED)
-//   invalid_argument  ArgumentException (thrown by the binding before calling libmachnet)
-//   too_large         MessageSizeException (EMSGSIZE)
-//   reset             FlowClosedException (ENOTCONN, not ECONNRESET/SidecarGoneException): a
-//                     receive does not throw for the reset (it returns nothing); the sidecar
-//                     drops the flow and the next send fails because the flow is no longer open.
-//   closed            FlowClosedException (ENOTCONN, or EPIPE while this side's close is under
-//                     way): a receive that passes the peer's graceful close closes this side,
-//                     and the next send fails.
+// Error names (conformance/README.md) as this binding reports them; every one is an
+// IMachnetError whose CodeName is the README's code name (Codes), as the Python and Node.js
+// runners check:
+//   refused           ConnectionRefusedException   ERR_MACHNET_CONNECTION_REFUSED
+//   invalid_argument  MachnetArgumentException     ERR_MACHNET_INVALID_ARGUMENT (an
+//                     ArgumentException, thrown by the binding before calling libmachnet)
+//   too_large         MessageSizeException         ERR_MACHNET_MESSAGE_TOO_LARGE
+//   reset             FlowClosedException          ERR_MACHNET_FLOW_CLOSED (ENOTCONN, not
+//                     ECONNRESET/SidecarGoneException): a receive does not throw for the reset
+//                     (it returns nothing); the sidecar drops the flow and the next send fails
+//                     because the flow is no longer open.
+//   closed            FlowClosedException          ERR_MACHNET_FLOW_CLOSED (ENOTCONN, or EPIPE
+//                     while this side's close is under way): a receive that passes the peer's
+//                     graceful close closes this side, and the next send fails.
 // Events (a case's "event": peer_closed, reset, timed_out, refused, closed, request_failed) are
 // checked as flow events (Channel.TryGetFlowEvent, FlowEventKind) naming the case's flow.
 using System;
@@ -185,7 +189,7 @@ namespace Machnet.Tests
             switch (name)
             {
                 case "refused": ok = e is ConnectionRefusedException; break;
-                case "invalid_argument": ok = e is ArgumentException; break;
+                case "invalid_argument": ok = e is MachnetArgumentException; break;
                 case "too_large": ok = e is MessageSizeException; break;
                 case "reset": ok = e is FlowClosedException; break;
                 case "closed": ok = e is FlowClosedException; break;
@@ -193,7 +197,21 @@ namespace Machnet.Tests
             }
             if (!ok)
                 Assert.Fail("{0} failed with {1}; want {2}", what, e, name);
+            var me = e as IMachnetError;
+            if (me == null)
+                Assert.Fail("{0} failed with {1}, not an IMachnetError; want {2}", what, e, name);
+            Assert.AreEqual(Codes[name], me.CodeName, "{0}: code name of {1}", what, e);
         }
+
+        /// <summary>The code name of each error name, the same in every binding (conformance/README.md).</summary>
+        private static readonly Dictionary<string, string> Codes = new Dictionary<string, string>
+        {
+            { "refused", "ERR_MACHNET_CONNECTION_REFUSED" },
+            { "invalid_argument", "ERR_MACHNET_INVALID_ARGUMENT" },
+            { "too_large", "ERR_MACHNET_MESSAGE_TOO_LARGE" },
+            { "reset", "ERR_MACHNET_FLOW_CLOSED" },
+            { "closed", "ERR_MACHNET_FLOW_CLOSED" },
+        };
 
         private static Exception Catch(Action a)
         {

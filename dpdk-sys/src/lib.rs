@@ -42,4 +42,11 @@ and rebuild with --features dpdk"
 ));
 
 #[cfg(not(dpdk_unavailable))]
-include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+pub use bindings::*;
+
+/// The bindgen output: DPDK's own names and layouts, undocumented here (see DPDK's API docs).
+#[cfg(not(dpdk_unavailable))]
+mod bindings {
+    #![allow(missing_docs, unreachable_pub)]
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}

@@ -314,16 +314,20 @@ pub enum Want<'b> {
     Message,
     /// The next message, copied into the buffer; other events are applied and passed over.
     Into(&'b mut [u8]),
+    /// The next message copied into the buffer, or the next other event, whichever comes first
+    /// (one copy for messages, and no event passed over).
+    IntoOrEvent(&'b mut [u8]),
 }
 
 /// What a receive found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Got {
-    /// An event (for [`Want::Event`]).
+    /// An event (for [`Want::Event`], and non-message events for [`Want::IntoOrEvent`]).
     Event(Event),
     /// A message (for [`Want::Message`]).
     Message(Flow, Vec<u8>),
-    /// A message of this many bytes copied into the buffer (for [`Want::Into`]).
+    /// A message of this many bytes copied into the buffer (for [`Want::Into`] and
+    /// [`Want::IntoOrEvent`]).
     Into(Flow, usize),
 }
 
@@ -788,7 +792,7 @@ impl AppChannel {
                 (Want::Message, Event::Message { flow, data }) => {
                     return Ok(Some(Got::Message(flow, data)))
                 }
-                (Want::Into(buf), Event::Message { flow, data }) => {
+                (Want::Into(buf) | Want::IntoOrEvent(buf), Event::Message { flow, data }) => {
                     if data.len() > buf.len() {
                         let (needed, available) = (data.len(), buf.len());
                         self.pending.push_front(Event::Message { flow, data });
@@ -797,12 +801,13 @@ impl AppChannel {
                     buf[..data.len()].copy_from_slice(&data);
                     return Ok(Some(Got::Into(flow, data.len())));
                 }
+                (Want::IntoOrEvent(_), ev) => return Ok(Some(Got::Event(ev))),
                 (_, ev) => self.skipped(&ev),
             }
         }
         loop {
             let into = match want {
-                Want::Into(b) => Some(&mut **b),
+                Want::Into(b) | Want::IntoOrEvent(b) => Some(&mut **b),
                 _ => None,
             };
             let available = into.as_ref().map_or(0, |b| b.len());
@@ -815,7 +820,7 @@ impl AppChannel {
                 }
                 Step::Into(flow, n) => return Ok(Some(Got::Into(flow, n))),
                 Step::Event(ev) => match (&*want, ev) {
-                    (Want::Event, ev) => return Ok(Some(Got::Event(ev))),
+                    (Want::Event | Want::IntoOrEvent(_), ev) => return Ok(Some(Got::Event(ev))),
                     (Want::Message, Event::Message { flow, data }) => {
                         return Ok(Some(Got::Message(flow, data)))
                     }

@@ -20,21 +20,42 @@ pub const MAX_CONTROL_MESSAGE: usize = 16 * 1024;
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// First message on a connection.
-    Hello { version: u32, client: String },
+    Hello {
+        /// The protocol version the application speaks ([`CONTROL_VERSION`]).
+        version: u32,
+        /// Free-form name of the application or client library, for the sidecar's log only.
+        client: String,
+    },
     /// Open a channel on `engine` (or the next engine round-robin). Answered by `ChannelOpened`
     /// with three descriptors: memfd, app eventfd (sidecar → app), sidecar eventfd (app → sidecar).
-    OpenChannel { engine: Option<u16> },
+    OpenChannel {
+        /// Index of the engine (`0..engines` from the `Hello` response); `None` lets the sidecar
+        /// choose.
+        engine: Option<u16>,
+    },
     /// Accept connections to Machnet `port` on `channel`'s engine; accepted flows are announced
     /// on that channel.
-    Listen { channel: u32, port: u16 },
-    /// Stop listening.
-    Unlisten { channel: u32, port: u16 },
+    Listen {
+        /// A channel this connection opened.
+        channel: u32,
+        /// The Machnet port to accept connections on.
+        port: u16,
+    },
+    /// Stop listening; flows already accepted are not affected.
+    Unlisten {
+        /// The channel that called `Listen`.
+        channel: u32,
+        /// The port it listens on.
+        port: u16,
+    },
     /// Detach a channel (docs/CHANNEL.md §5). By default gracefully: the requests already in
     /// its ring are carried out, then its flows close (FIN) within the sidecar's linger. With
     /// `abort`, its flows are aborted at once (peers see a reset). Its memory is released either
     /// way.
     CloseChannel {
+        /// A channel this connection opened.
         channel: u32,
+        /// Abort the channel's flows instead of closing them gracefully (omitted when false).
         #[serde(default, skip_serializing_if = "is_false")]
         abort: bool,
     },
@@ -48,20 +69,34 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Response {
+    /// Answer to `Hello`: the sidecar's parameters.
     Hello {
+        /// The protocol version the sidecar speaks ([`CONTROL_VERSION`]).
         version: u32,
+        /// The sidecar's IPv4 address: the address of this host's Machnet flows.
         local_ip: Ipv4Addr,
+        /// Number of engines; valid engine indices are `0..engines`.
         engines: u16,
+        /// Largest message, in bytes, that a channel carries in one `Send` or delivery.
         max_message_len: u32,
     },
+    /// Answer to `OpenChannel`; the packet carries the channel's memfd, the app eventfd and the
+    /// sidecar eventfd as `SCM_RIGHTS`.
     ChannelOpened {
+        /// The channel's id, valid on this connection only.
         channel: u32,
+        /// The engine that serves the channel.
         engine: u16,
+        /// Size of the channel's shared memory (the memfd) in bytes: the length to map.
         len: u64,
     },
+    /// The request succeeded and has no result (`Listen`, `Unlisten`, `CloseChannel`).
     Ok,
+    /// The request failed.
     Error {
+        /// Why, as a stable code.
         code: ControlError,
+        /// Human-readable details, for logs.
         message: String,
     },
 }
@@ -70,24 +105,36 @@ pub enum Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlError {
+    /// Not one JSON request of at most [`MAX_CONTROL_MESSAGE`] bytes (the connection is closed).
     #[error("malformed request")]
     Malformed,
+    /// The peer's user or group may not use the sidecar (sent at accept, then the connection is
+    /// closed).
     #[error("this user or group may not use the sidecar")]
     Unauthorized,
+    /// `Hello` carried a version other than [`CONTROL_VERSION`] (the connection is closed).
     #[error("protocol version not supported")]
     Version,
+    /// A request other than `Hello` came first (the connection is closed).
     #[error("Hello must come first")]
     NoHello,
+    /// `OpenChannel` named an engine index the sidecar does not have.
     #[error("no such engine")]
     NoSuchEngine,
+    /// The channel id is not one this connection opened, or the channel is closed.
     #[error("no such channel on this connection")]
     NoSuchChannel,
+    /// Another channel on this host already listens on the port.
     #[error("port is already in use")]
     PortInUse,
+    /// The port cannot be listened on (e.g. 0 or in the ephemeral range), or `Unlisten` named a
+    /// port the channel does not listen on.
     #[error("invalid port")]
     InvalidPort,
+    /// The sidecar ran out of a resource (memory, descriptors, channel ids).
     #[error("resource limit reached")]
     Exhausted,
+    /// The sidecar failed for a reason that is not the request's fault.
     #[error("internal sidecar error")]
     Internal,
     /// The application, its user or the sidecar holds its maximum of control connections
@@ -107,6 +154,7 @@ pub enum ControlError {
 }
 
 impl Request {
+    /// Serialises the request as one control packet.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("requests always serialise")
     }
@@ -120,9 +168,11 @@ impl Request {
 }
 
 impl Response {
+    /// Serialises the response as one control packet.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("responses always serialise")
     }
+    /// Parses an untrusted message.
     pub fn decode(b: &[u8]) -> Result<Self, ControlError> {
         if b.len() > MAX_CONTROL_MESSAGE {
             return Err(ControlError::Malformed);

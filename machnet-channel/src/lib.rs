@@ -35,18 +35,28 @@ pub const HEADER_PAGE: u64 = 4096;
 /// and never reads them back (an app may scribble over them; the sidecar keeps its own copy).
 #[repr(C)]
 pub struct ChannelHeader {
+    /// [`CHANNEL_MAGIC`].
     pub magic: u64,
+    /// [`CHANNEL_VERSION`].
     pub version: u32,
+    /// Largest message payload, in bytes, either ring carries.
     pub max_message_len: u32,
+    /// Size of the whole channel memory in bytes (header page and both rings).
     pub total_len: u64,
+    /// Byte offset, from the start of the channel, of the request ring's data.
     pub to_sidecar_offset: u64,
+    /// Size in bytes of the request ring's data (a multiple of [`HEADER_PAGE`]).
     pub to_sidecar_capacity: u64,
+    /// Byte offset, from the start of the channel, of the notification ring's data.
     pub to_app_offset: u64,
+    /// Size in bytes of the notification ring's data (a multiple of [`HEADER_PAGE`]).
     pub to_app_capacity: u64,
     /// Non-zero once the sidecar closed the channel; the value is a [`CloseCode`].
     pub closed: AtomicU32,
     _pad: [u8; 4],
+    /// Indices and wake-up flags of the request ring (app → sidecar).
     pub to_sidecar: RingControl,
+    /// Indices and wake-up flags of the notification ring (sidecar → app).
     pub to_app: RingControl,
 }
 
@@ -56,12 +66,19 @@ const _: () = assert!(std::mem::size_of::<ChannelHeader>() as u64 <= HEADER_PAGE
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum CloseCode {
+    /// Both sides closed and every message was acknowledged.
     Graceful = 1,
+    /// Nobody listens on the remote port.
     Refused = 2,
+    /// The remote host aborted the flow.
     Reset = 3,
+    /// The remote host stopped answering (connect or retransmissions gave up, or idle timeout).
     TimedOut = 4,
+    /// The remote host sent packets that break the Machnet protocol; the flow was reset.
     ProtocolViolation = 5,
+    /// This side aborted the flow (an `Abort` request, or the channel was aborted).
     Aborted = 6,
+    /// The message is longer than this sidecar's or the remote host's maximum message size.
     MessageTooLarge = 7,
     /// The request named a flow this channel does not own (or that is gone).
     UnknownFlow = 16,
@@ -99,6 +116,7 @@ impl CloseCode {
         }
     }
 
+    /// The code with wire value `v`, or `None` for a value no code has.
     pub fn from_u8(v: u8) -> Option<Self> {
         use CloseCode::*;
         Some(match v {
@@ -129,23 +147,34 @@ impl std::fmt::Display for CloseCode {
 /// The geometry of a channel: where the rings are and how big.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelLayout {
+    /// Size of the whole channel memory in bytes.
     pub total_len: u64,
+    /// Byte offset of the request ring's data (page-aligned, after the header page).
     pub to_sidecar_offset: u64,
+    /// Size in bytes of the request ring's data (a multiple of [`HEADER_PAGE`]).
     pub to_sidecar_capacity: u64,
+    /// Byte offset of the notification ring's data (page-aligned, after the header page).
     pub to_app_offset: u64,
+    /// Size in bytes of the notification ring's data (a multiple of [`HEADER_PAGE`]).
     pub to_app_capacity: u64,
+    /// Largest message payload in bytes; each ring holds at least one record this large.
     pub max_message_len: u32,
 }
 
 /// A layout is impossible or a header does not describe a valid one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
+    /// The mapping (this many bytes) is smaller than the header page.
     #[error("channel memory is {0} bytes, smaller than its header")]
     TooSmall(u64),
+    /// The header does not start with [`CHANNEL_MAGIC`].
     #[error("not a Machnet channel (bad magic)")]
     BadMagic,
+    /// The header carries this version instead of [`CHANNEL_VERSION`].
     #[error("channel layout version {0} is not supported (expected {CHANNEL_VERSION})")]
     BadVersion(u32),
+    /// The geometry is inconsistent (rings outside the region, misaligned, overlapping or too
+    /// small for one message, or a zero message size); the text says which.
     #[error("invalid channel layout: {0}")]
     Invalid(&'static str),
 }
@@ -288,7 +317,9 @@ impl ChannelLayout {
 #[derive(Clone, Copy)]
 pub struct ChannelViews {
     header: *const ChannelHeader,
+    /// The request ring (app → sidecar).
     pub to_sidecar: RingView,
+    /// The notification ring (sidecar → app).
     pub to_app: RingView,
 }
 

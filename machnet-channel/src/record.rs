@@ -35,6 +35,7 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// The kind with wire value `v`, or `None` for a value no kind has.
     pub fn from_u8(v: u8) -> Option<Self> {
         use RecordKind::*;
         Some(match v {
@@ -64,7 +65,9 @@ impl RecordKind {
 pub struct RecordHeader {
     /// Payload bytes following the header.
     pub len: u32,
+    /// What the record means.
     pub kind: RecordKind,
+    /// A [`crate::CloseCode`] for `ConnectFailed`, `Closed` and `RequestFailed`; 0 otherwise.
     pub flags: u8,
     /// Channel-local flow handle (0 = none).
     pub flow: u32,
@@ -73,6 +76,7 @@ pub struct RecordHeader {
 }
 
 impl RecordHeader {
+    /// A header of `kind` on `flow` with no payload and zero `flags` and `aux`.
     pub fn new(kind: RecordKind, flow: u32) -> Self {
         RecordHeader {
             len: 0,
@@ -83,6 +87,7 @@ impl RecordHeader {
         }
     }
 
+    /// The header's 16 bytes as they sit in the ring (reserved bytes zero).
     pub fn encode(&self) -> [u8; RECORD_HEADER_LEN] {
         let mut b = [0u8; RECORD_HEADER_LEN];
         b[0..4].copy_from_slice(&self.len.to_le_bytes());
@@ -93,6 +98,8 @@ impl RecordHeader {
         b
     }
 
+    /// Parses untrusted header bytes. Fails on an unknown kind or non-zero reserved bytes; does
+    /// not check `len` or whether the kind suits the direction.
     pub fn decode(b: &[u8; RECORD_HEADER_LEN]) -> Result<Self, &'static str> {
         let kind = RecordKind::from_u8(b[4]).ok_or("unknown record kind")?;
         if b[6] != 0 || b[7] != 0 {
@@ -111,13 +118,17 @@ impl RecordHeader {
 /// Payload of a `Connect` request: remote IPv4 address and Machnet port (6 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectRequest {
+    /// Address of the remote sidecar.
     pub remote_ip: std::net::Ipv4Addr,
+    /// The Machnet port the remote application listens on.
     pub remote_port: u16,
 }
 
 impl ConnectRequest {
+    /// Encoded size in bytes.
     pub const LEN: usize = 6;
 
+    /// The payload bytes: address octets, then the port little-endian.
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[0..4].copy_from_slice(&self.remote_ip.octets());
@@ -125,6 +136,7 @@ impl ConnectRequest {
         b
     }
 
+    /// Parses an untrusted payload; `None` unless it is exactly [`Self::LEN`] bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() != Self::LEN {
             return None;
@@ -139,15 +151,22 @@ impl ConnectRequest {
 /// Payload of `Connected` / `Accepted`: the flow's 4-tuple (12 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowInfo {
+    /// This sidecar's address.
     pub local_ip: std::net::Ipv4Addr,
+    /// This end's Machnet port (the listening port for an accepted flow, else an ephemeral one).
     pub local_port: u16,
+    /// The remote sidecar's address.
     pub remote_ip: std::net::Ipv4Addr,
+    /// The remote end's Machnet port.
     pub remote_port: u16,
 }
 
 impl FlowInfo {
+    /// Encoded size in bytes.
     pub const LEN: usize = 12;
 
+    /// The payload bytes: local address and port, then remote address and port (ports
+    /// little-endian).
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[0..4].copy_from_slice(&self.local_ip.octets());
@@ -157,6 +176,7 @@ impl FlowInfo {
         b
     }
 
+    /// Parses an untrusted payload; `None` unless it is exactly [`Self::LEN`] bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() != Self::LEN {
             return None;

@@ -39,10 +39,21 @@ pub const RING_CONTROL_LEN: usize = std::mem::size_of::<RingControl>();
 /// The shared memory of a ring was found inconsistent: the peer wrote nonsense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RingError {
+    /// The peer's published index moved backwards or out of range (a consumer past what was
+    /// produced, a producer more than `capacity` bytes ahead of the consumer).
     #[error(
         "ring index out of range (peer position {peer}, own position {own}, capacity {capacity})"
     )]
-    BadIndex { peer: u64, own: u64, capacity: u64 },
+    BadIndex {
+        /// The peer's index as read from shared memory (bytes ever produced or consumed).
+        peer: u64,
+        /// This end's own index.
+        own: u64,
+        /// The ring's data capacity in bytes.
+        capacity: u64,
+    },
+    /// A record header is malformed, too long, or reaches past the published bytes; the text
+    /// says which.
     #[error("record header is invalid: {0}")]
     BadRecord(&'static str),
 }
@@ -50,10 +61,13 @@ pub enum RingError {
 /// Why a record could not be pushed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
+    /// The record fits the ring but not its free space now; retry after the consumer advances.
     #[error("not enough free space in the ring now")]
     Full,
+    /// The record (this many bytes, header and padding included) exceeds the ring's capacity.
     #[error("record of {0} bytes can never fit in this ring")]
     TooLarge(u64),
+    /// The consumer's index in shared memory is inconsistent.
     #[error(transparent)]
     Corrupt(#[from] RingError),
 }
@@ -77,6 +91,8 @@ pub struct RingView {
 unsafe impl Send for RingView {}
 
 impl RingView {
+    /// A view of the ring whose control block is at `ctrl` and data area at `data`.
+    ///
     /// # Safety
     /// `ctrl` must point to a valid, suitably aligned `RingControl` and `data` to `capacity`
     /// writable bytes, both staying mapped for as long as the view (and copies of it) is used.
@@ -90,11 +106,13 @@ impl RingView {
         }
     }
 
+    /// The ring's shared control block (indices and wake-up flags).
     pub fn control(&self) -> &RingControl {
         // SAFETY: guaranteed by the constructor's contract.
         unsafe { &*self.ctrl }
     }
 
+    /// Size of the data area in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -142,6 +160,7 @@ impl Producer {
         }
     }
 
+    /// The ring this end works on.
     pub fn ring(&self) -> &RingView {
         &self.ring
     }
@@ -223,6 +242,7 @@ impl Producer {
 /// A record read from the ring: its header and where its payload starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peeked {
+    /// The record's validated header.
     pub header: RecordHeader,
     payload_pos: u64,
 }
@@ -239,6 +259,8 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// Takes the consuming end, starting at position `start` (a fresh ring: 0); records whose
+    /// payload exceeds `max_payload` bytes are rejected as [`RingError::BadRecord`].
     pub fn new(ring: RingView, start: u64, max_payload: u32) -> Self {
         Consumer {
             ring,
@@ -248,6 +270,7 @@ impl Consumer {
         }
     }
 
+    /// The ring this end works on.
     pub fn ring(&self) -> &RingView {
         &self.ring
     }

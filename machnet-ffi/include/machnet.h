@@ -8,10 +8,12 @@
  * machnet_listen, machnet_connect, machnet_send, machnet_sendmsg, machnet_sendmmsg,
  * machnet_recv, machnet_recvmsg; MachnetFlow_t, MachnetIovec_t, MachnetMsgHdr_t,
  * MACHNET_MSG_MAX_LEN), with safe behaviour where the original was unsafe, plus extensions
- * (machnet_init_at, machnet_detach, machnet_close, machnet_connect_timeout,
+ * (machnet_init_at, machnet_open, machnet_attach_to, machnet_close_sidecar, machnet_detach,
+ * machnet_close, machnet_connect_timeout,
  * machnet_recv_timeout, machnet_peek, machnet_channel_fd, machnet_interrupt, machnet_strerror,
- * machnet_last_error, machnet_version; flow events: machnet_next_event, MachnetFlowEvent_t,
- * machnet_set_event_limit, machnet_events_dropped).
+ * machnet_last_error, machnet_version; flow events: machnet_next_event,
+ * machnet_next_event_timeout, MachnetFlowEvent_t, machnet_set_event_limit,
+ * machnet_events_dropped).
  *
  * Self-contained like the original: it includes the standard headers the original's machnet.h
  * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
@@ -230,6 +232,32 @@ int machnet_init_at(const char *socket_path);
 void *machnet_attach(void);
 
 /**
+ * Extension: attaches to one sidecar without touching the process-wide attachment of
+ * `machnet_init`, so that one process can use several sidecars. `socket_path` is the
+ * sidecar's control socket; NULL chooses it as `machnet_init` does (`$MACHNET_SOCKET`, our
+ * default path, the original's).
+ *
+ * Returns a sidecar handle for `machnet_attach_to` (close it with `machnet_close_sidecar`),
+ * or NULL on failure (errno set; stderr too with `MACHNET_LOG`, as `machnet_init`).
+ */
+void *machnet_open(const char *socket_path);
+
+/**
+ * Extension: `machnet_attach` on the sidecar of a `machnet_open` handle: a new channel
+ * context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
+ */
+void *machnet_attach_to(void *sidecar);
+
+/**
+ * Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
+ * they are detached (each keeps its own connection to the sidecar); the handle is invalid
+ * afterwards (`EBADF`).
+ *
+ * Returns 0 on success, -1 on failure (errno set).
+ */
+int machnet_close_sidecar(void *sidecar);
+
+/**
  * Extension: closes a channel gracefully (docs/CHANNEL.md §5): every message whose
  * `machnet_send` returned is still delivered, then the sidecar closes the channel's flows
  * (the peers see them end after their last message); flows still open after the sidecar's
@@ -383,6 +411,18 @@ int machnet_interrupt(const void *channel_ctx);
 int machnet_next_event(const void *channel_ctx, MachnetFlowEvent_t *ev);
 
 /**
+ * Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+ * (negative: without limit; 0: not at all) without spinning. It sleeps as
+ * `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+ * held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+ * `machnet_interrupt`.
+ *
+ * Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+ * set).
+ */
+int machnet_next_event_timeout(const void *channel_ctx, MachnetFlowEvent_t *ev, int timeout_ms);
+
+/**
  * Extension: sets how many flow events this channel context keeps for `machnet_next_event`
  * (default `MACHNET_EVENT_LIMIT_DEFAULT`; 0 keeps none). Events beyond the limit, including
  * queued ones beyond a lowered limit (the newest first), are dropped and counted.
@@ -409,6 +449,14 @@ const char *machnet_strerror(int errnum);
  * until the thread's next failing call.
  */
 const char *machnet_last_error(void);
+
+/**
+ * Extension: the stable code name of the calling thread's last failure, e.g.
+ * "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+ * bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+ * until the thread's next failing call.
+ */
+const char *machnet_last_error_code(void);
 
 /**
  * Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).

@@ -56,6 +56,8 @@ pub(crate) struct State {
     /// `None` once detached.
     pub ch: Option<Channel>,
     rx_waiters: u32,
+    /// Threads blocked in `machnet_next_event_timeout`.
+    ev_waiters: u32,
     /// Message sizes the threads waiting for ring space need.
     tx_needs: Vec<usize>,
     /// An application may be polling the channel fd after `machnet_recv` returned 0.
@@ -75,6 +77,15 @@ pub(crate) struct State {
 pub(crate) enum Want {
     Data,
     Space(usize),
+    /// A flow event (`machnet_next_event_timeout`).
+    Event,
+}
+
+/// What `Ctx::arm_all` found ready.
+struct Ready {
+    data: bool,
+    space: bool,
+    event: bool,
 }
 
 fn dup(fd: i32, what: &str) -> Result<OwnedFd> {
@@ -103,6 +114,7 @@ impl Ctx {
             state: Mutex::new(State {
                 ch: Some(ch),
                 rx_waiters: 0,
+                ev_waiters: 0,
                 tx_needs: Vec::new(),
                 ext_armed: false,
                 interrupts: 0,
@@ -128,7 +140,9 @@ impl Ctx {
     pub fn with<T>(&self, rearm: bool, f: impl FnOnce(&mut Channel) -> Result<T>) -> Result<T> {
         let mut st = self.lock();
         let r = f(st.ch.as_mut().ok_or_else(bad_ctx)?);
-        if rearm && (st.rx_waiters > 0 || !st.tx_needs.is_empty() || st.ext_armed) {
+        if rearm
+            && (st.rx_waiters > 0 || st.ev_waiters > 0 || !st.tx_needs.is_empty() || st.ext_armed)
+        {
             let _ = self.arm_all(&mut st);
         }
         r
@@ -140,13 +154,26 @@ impl Ctx {
         f: impl FnOnce(&mut Channel, &mut EventQueue) -> Result<T>,
     ) -> Result<T> {
         let mut st = self.lock();
-        let st = &mut *st;
-        f(st.ch.as_mut().ok_or_else(bad_ctx)?, &mut st.events)
+        let r = {
+            let st = &mut *st;
+            f(st.ch.as_mut().ok_or_else(bad_ctx)?, &mut st.events)
+        };
+        self.release_event_waiters(&mut st);
+        r
+    }
+
+    /// A receive took the message `machnet_next_event` held back: a thread waiting for an
+    /// event may now pull the events behind it (it cannot see that on its own: those records
+    /// were on the ring when it went to sleep).
+    fn release_event_waiters(&self, st: &mut State) {
+        if st.events.take_released() && st.ev_waiters > 0 {
+            self.kick();
+        }
     }
 
     /// Drains the eventfd and re-arms every flag some sleeper needs (see the module docs).
-    /// Returns `(data ready, space ready for the smallest waiting sender)`.
-    fn arm_all(&self, st: &mut State) -> Result<(bool, bool)> {
+    /// Returns what is ready: data, space for the smallest waiting sender, a queued event.
+    fn arm_all(&self, st: &mut State) -> Result<Ready> {
         let ch = st.ch.as_mut().ok_or_else(bad_ctx)?;
         let data = st.events.holds_message() || ch.arm_wakeup().map_err(Error::from)?;
         let space = match st.tx_needs.iter().min() {
@@ -156,15 +183,17 @@ impl Ctx {
         // Events another thread's receive queued since the external poller armed: it is told
         // as it is told of a message (it then calls machnet_next_event).
         let news = st.ext_armed && st.events.take_news();
+        // An event waiter can use a queued event, or ring records when no message blocks them.
+        let event = st.events.has_queued() || (data && !st.events.holds_message());
         let wanted_data = data && (st.rx_waiters > 0 || st.ext_armed);
-        if wanted_data || space || news {
+        if wanted_data || space || news || (event && st.ev_waiters > 0) {
             if wanted_data || news {
                 // The external poller is told once; it re-arms with its next machnet_recv.
                 st.ext_armed = false;
             }
             self.kick();
         }
-        Ok((data, space))
+        Ok(Ready { data, space, event })
     }
 
     /// Makes the eventfd readable: wakes every thread polling it.
@@ -191,7 +220,7 @@ impl Ctx {
         // The application's own receive found nothing: it learns of the events it queued by
         // calling machnet_next_event next (the documented loop), not by another wake-up.
         st.events.take_news();
-        let (data, _) = self.arm_all(&mut st)?;
+        let data = self.arm_all(&mut st)?.data;
         if data {
             st.ext_armed = false;
         }
@@ -219,6 +248,7 @@ impl Ctx {
         match want {
             Want::Data => st.rx_waiters += 1,
             Want::Space(n) => st.tx_needs.push(n),
+            Want::Event => st.ev_waiters += 1,
         }
         let result = loop {
             let st_ = &mut *st;
@@ -235,13 +265,14 @@ impl Ctx {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Ok(None);
             }
-            let (data, space) = match self.arm_all(&mut st) {
+            let r = match self.arm_all(&mut st) {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };
             let ready = match want {
-                Want::Data => data,
-                Want::Space(_) => space,
+                Want::Data => r.data,
+                Want::Space(_) => r.space,
+                Want::Event => r.event,
             };
             if ready {
                 continue;
@@ -253,8 +284,10 @@ impl Ctx {
                 break Err(e);
             }
         };
+        self.release_event_waiters(&mut st);
         match want {
             Want::Data => st.rx_waiters -= 1,
+            Want::Event => st.ev_waiters -= 1,
             Want::Space(n) => {
                 if let Some(i) = st.tx_needs.iter().position(|&x| x == n) {
                     st.tx_needs.swap_remove(i);

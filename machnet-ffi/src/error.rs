@@ -6,24 +6,25 @@ use std::ffi::{c_char, c_int, CString};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use machnet_client::{
-    AttachError, CloseCode, CloseError, ConnectError, ListenError, OpenChannelError, RecvError,
-    RequestError, SendError,
-};
+use machnet_client::{ClientError, ErrorKind};
 
-/// A failed operation: the errno value to report and a human-readable explanation.
+/// A failed operation: the errno value to report, its kind (whose code name
+/// `machnet_last_error_code` reports) and a human-readable explanation.
 #[derive(Debug)]
 pub(crate) struct Error {
     pub code: c_int,
+    pub kind: ErrorKind,
     pub msg: String,
 }
 
 pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// A failure this library detected itself, reported as `code`.
     pub fn new(code: c_int, msg: impl Into<String>) -> Error {
         Error {
             code,
+            kind: kind_of_own_errno(code),
             msg: msg.into(),
         }
     }
@@ -31,12 +32,15 @@ impl Error {
 
 thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_CODE: RefCell<CString> = RefCell::new(CString::default());
 }
 
 /// Records `e` as this thread's last error and sets `errno`.
 pub(crate) fn set(e: &Error) {
     let text = CString::new(e.msg.replace('\0', " ")).unwrap_or_default();
     LAST.with(|l| *l.borrow_mut() = text);
+    let code = CString::new(e.kind.code_name()).unwrap_or_default();
+    LAST_CODE.with(|l| *l.borrow_mut() = code);
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e.code };
 }
@@ -44,6 +48,11 @@ pub(crate) fn set(e: &Error) {
 /// This thread's last error message (valid until the thread's next failing call).
 pub(crate) fn last_message() -> *const c_char {
     LAST.with(|l| l.borrow().as_ptr())
+}
+
+/// The code name of this thread's last error ("" if none; valid until its next failing call).
+pub(crate) fn last_code_name() -> *const c_char {
+    LAST_CODE.with(|l| l.borrow().as_ptr())
 }
 
 /// Environment variable: when set to anything but "" or "0", `machnet_init` failures are also
@@ -92,119 +101,32 @@ pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Result<T>) -> T {
     }
 }
 
-fn io(e: &std::io::Error) -> c_int {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
-
-fn close_code(c: Option<CloseCode>) -> c_int {
-    match c {
-        Some(CloseCode::Refused) => libc::ECONNREFUSED,
-        Some(CloseCode::TimedOut) => libc::ETIMEDOUT,
-        Some(CloseCode::Reset) | Some(CloseCode::Aborted) => libc::ECONNRESET,
-        Some(CloseCode::Exhausted) => libc::EAGAIN,
-        Some(CloseCode::MessageTooLarge) => libc::EMSGSIZE,
-        Some(CloseCode::ProtocolViolation) => libc::EPROTO,
-        _ => libc::ECONNABORTED,
-    }
-}
-
-impl From<RequestError> for Error {
-    fn from(e: RequestError) -> Self {
-        let code = match &e {
-            RequestError::SidecarGone | RequestError::Broken(_) => libc::ECONNRESET,
-            RequestError::TimedOut(_) => libc::ETIMEDOUT,
-            RequestError::Refused { .. } => libc::EPERM,
-            RequestError::Protocol(_) => libc::EPROTO,
-            RequestError::Io(io_err) => io(io_err),
-            _ => libc::EIO,
-        };
-        Error::new(code, e.to_string())
-    }
-}
-
-impl From<AttachError> for Error {
-    fn from(e: AttachError) -> Self {
-        let code = match &e {
-            AttachError::Connect { source, .. } => io(source),
-            AttachError::Refused { .. } => libc::EACCES,
-            AttachError::Version { .. } => libc::EPROTO,
-            AttachError::Request(r) => Error::from(clone_request(r)).code,
-            _ => libc::EIO,
-        };
-        Error::new(code, e.to_string())
-    }
-}
-
-/// `RequestError` is not `Clone`; rebuild one carrying the same errno.
-fn clone_request(r: &RequestError) -> RequestError {
-    match r {
-        RequestError::SidecarGone => RequestError::SidecarGone,
-        RequestError::TimedOut(t) => RequestError::TimedOut(*t),
-        RequestError::Io(e) => RequestError::Io(std::io::Error::from_raw_os_error(io(e))),
-        RequestError::Protocol(s) => RequestError::Protocol(s.clone()),
-        other => RequestError::Broken(other.to_string()),
-    }
-}
-
-impl From<OpenChannelError> for Error {
-    fn from(e: OpenChannelError) -> Self {
-        let code = match &e {
-            OpenChannelError::Request(RequestError::Refused { .. }) => libc::ENOSPC,
-            OpenChannelError::Request(r) => Error::from(clone_request(r)).code,
-            OpenChannelError::Map(io_err) => io(io_err),
-            _ => libc::EPROTO,
-        };
-        Error::new(code, e.to_string())
-    }
-}
-
-impl From<ListenError> for Error {
-    fn from(e: ListenError) -> Self {
-        let code = match &e {
-            ListenError::PortInUse(_) => libc::EADDRINUSE,
-            ListenError::InvalidPort(_) => libc::EINVAL,
-            ListenError::Request(r) => Error::from(clone_request(r)).code,
-            _ => libc::EIO,
-        };
-        Error::new(code, e.to_string())
-    }
-}
-
-macro_rules! data_path_error {
-    ($t:ident { $($pat:pat => $code:expr),* $(,)? }) => {
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                let code = match &e {
-                    $($pat => $code,)*
-                    $t::ChannelClosed(_) => libc::ECONNABORTED,
-                    $t::SidecarGone => libc::ECONNRESET,
-                    $t::Corrupt(_) => libc::EPROTO,
-                    $t::Io(io_err) => io(io_err),
-                    _ => libc::EIO,
-                };
-                Error::new(code, e.to_string())
-            }
+impl<E: ClientError> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error {
+            code: e.errno(),
+            kind: e.kind(),
+            msg: e.to_string(),
         }
-    };
+    }
 }
 
-data_path_error!(RecvError {
-    RecvError::BufferTooSmall { .. } => libc::EMSGSIZE,
-});
-data_path_error!(SendError {
-    SendError::WouldBlock => libc::EAGAIN,
-    SendError::Empty => libc::EINVAL,
-    SendError::TooLarge { .. } => libc::EMSGSIZE,
-    SendError::FlowClosed(_) | SendError::WrongChannel => libc::ENOTCONN,
-    SendError::FlowClosing => libc::EPIPE,
-});
-data_path_error!(CloseError {
-    CloseError::WrongChannel => libc::ENOTCONN,
-});
-data_path_error!(ConnectError {
-    ConnectError::Failed(c) => close_code(*c),
-    ConnectError::TimedOut(_) => libc::ETIMEDOUT,
-});
+/// The kind of a failure this library detects itself (argument checks, handles, waits).
+fn kind_of_own_errno(code: c_int) -> ErrorKind {
+    match code {
+        libc::EINVAL | libc::EADDRNOTAVAIL => ErrorKind::InvalidArgument,
+        libc::EBADF => ErrorKind::ChannelClosed,
+        libc::ENOTCONN | libc::EPIPE => ErrorKind::FlowClosed,
+        libc::EMSGSIZE => ErrorKind::MessageTooLarge,
+        libc::EINTR => ErrorKind::Interrupted,
+        libc::ETIMEDOUT => ErrorKind::TimedOut,
+        libc::EMFILE | libc::EAGAIN => ErrorKind::Exhausted,
+        libc::ENOENT => ErrorKind::SidecarUnreachable,
+        // A wait that sees the control connection hang up: the sidecar is gone.
+        libc::ECONNRESET => ErrorKind::SidecarGone,
+        _ => ErrorKind::Io,
+    }
+}
 
 /// Machnet's explanation of an errno value as this library uses it.
 pub(crate) fn describe(code: c_int) -> &'static std::ffi::CStr {
@@ -222,12 +144,11 @@ pub(crate) fn describe(code: c_int) -> &'static std::ffi::CStr {
         libc::ECONNABORTED => c"the channel or flow was closed by the sidecar",
         libc::EPIPE => c"this application already closed the flow",
         libc::EPROTO => c"the sidecar broke the Machnet protocol, or speaks another version",
-        libc::EAGAIN => c"resource temporarily unavailable (try again)",
+        libc::EAGAIN => c"resource temporarily unavailable, or the sidecar ran out of channels, ports or connections (try again)",
         libc::EINTR => c"interrupted by machnet_interrupt",
         libc::EACCES => c"the sidecar refused this user or group",
         libc::EPERM => c"the sidecar refused the request",
         libc::ENOENT => c"no Machnet sidecar socket at that path (is the sidecar running? see MACHNET_SOCKET)",
-        libc::ENOSPC => c"the sidecar has no channel to give (resource limit)",
         libc::EIO => c"internal or I/O error (machnet_last_error tells more)",
         _ => c"unknown error code",
     }

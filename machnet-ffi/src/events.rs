@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use machnet_client::{Channel, CloseCode, Event, Flow};
+use machnet_client::{Channel, CloseCode, Event, Flow, Received, RecvError};
 
 use crate::error::Result;
 use crate::{
@@ -44,6 +44,8 @@ pub(crate) struct EventQueue {
     held: Option<(Flow, Vec<u8>)>,
     /// Events were queued since the external poller was last told (see `Ctx::arm_all`).
     news: bool,
+    /// A receive took the held message: events behind it may now be pulled.
+    released: bool,
 }
 
 impl Default for EventQueue {
@@ -54,6 +56,7 @@ impl Default for EventQueue {
             dropped: 0,
             held: None,
             news: false,
+            released: false,
         }
     }
 }
@@ -115,15 +118,19 @@ impl EventQueue {
             };
             match ev {
                 Event::Message { flow, data } => return Ok(Some((flow, data))),
-                Event::PeerClosed { ref flow } => {
-                    // As the client's auto-close: nobody else would close it. A failure here
-                    // (sidecar gone) is reported by the application's next call.
-                    let _ = ch.close(flow);
-                    self.push(&ev);
-                }
-                ev => self.push(&ev),
+                ev => self.note(ch, ev),
             }
         }
+    }
+
+    /// Queues a flow event met on the ring. A flow whose peer closed is closed on this side:
+    /// as with the client's auto-close, nobody else would close it. A failure here (sidecar
+    /// gone) is reported by the application's next call.
+    fn note(&mut self, ch: &mut Channel, ev: Event) {
+        if let Event::PeerClosed { ref flow } = ev {
+            let _ = ch.close(flow);
+        }
+        self.push(&ev);
     }
 
     fn push(&mut self, ev: &Event) {
@@ -136,25 +143,40 @@ impl EventQueue {
         self.news = true;
     }
 
-    /// The next message into `buf`; one that does not fit stays first in line.
+    /// The next message into `buf`; one that does not fit stays first in line. Without a held
+    /// message, the ring's next message is copied straight into `buf` (one copy), and the
+    /// events before it are queued.
     pub fn next_message(&mut self, ch: &mut Channel, buf: &mut [u8]) -> Result<Incoming> {
-        let (flow, data) = match self.take_message(ch)? {
-            Some(m) => m,
-            None => return Ok(Incoming::Empty),
-        };
-        let n = data.len();
-        if n > buf.len() {
-            self.held = Some((flow, data));
-            return Ok(Incoming::TooSmall(n));
+        if let Some((flow, data)) = self.held.take() {
+            self.released = true;
+            let n = data.len();
+            if n > buf.len() {
+                self.held = Some((flow, data));
+                return Ok(Incoming::TooSmall(n));
+            }
+            buf[..n].copy_from_slice(&data);
+            return Ok(Incoming::Message(flow, n));
         }
-        buf[..n].copy_from_slice(&data);
-        Ok(Incoming::Message(flow, n))
+        loop {
+            match ch.try_recv_into_or_event(buf) {
+                Ok(Some(Received::Message(flow, n))) => return Ok(Incoming::Message(flow, n)),
+                Ok(Some(Received::Event(ev))) => self.note(ch, ev),
+                Ok(None) => return Ok(Incoming::Empty),
+                Err(RecvError::BufferTooSmall { needed, .. }) => {
+                    return Ok(Incoming::TooSmall(needed))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The next message, taken (the caller puts it back with [`EventQueue::hold`] if needed).
     pub fn take_message(&mut self, ch: &mut Channel) -> Result<Option<(Flow, Vec<u8>)>> {
         match self.held.take() {
-            Some(m) => Ok(Some(m)),
+            Some(m) => {
+                self.released = true;
+                Ok(Some(m))
+            }
             None => self.pull(ch),
         }
     }
@@ -173,9 +195,19 @@ impl EventQueue {
         Ok(self.queue.pop_front())
     }
 
+    /// Whether events are queued.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// Whether a message is held back for the next receive.
     pub fn holds_message(&self) -> bool {
         self.held.is_some()
+    }
+
+    /// Whether a receive took the held message since the last call.
+    pub fn take_released(&mut self) -> bool {
+        std::mem::take(&mut self.released)
     }
 
     /// Whether events were queued since the last call.

@@ -555,11 +555,58 @@ pub extern "C" fn machnet_init_at(socket_path: *const c_char) -> c_int {
 /// `machnet_detach`.
 #[no_mangle]
 pub extern "C" fn machnet_attach() -> *mut c_void {
+    guard(std::ptr::null_mut(), || attach_on(&machnet()?))
+}
+
+/// A new channel on sidecar `m`, registered.
+fn attach_on(m: &Machnet) -> Result<*mut c_void> {
+    let ch = m.open_channel(None)?;
+    let ctx = Arc::new(Ctx::new(m, ch)?);
+    handle::insert(ctx)
+}
+
+/// Extension: attaches to one sidecar without touching the process-wide attachment of
+/// `machnet_init`, so that one process can use several sidecars. `socket_path` is the
+/// sidecar's control socket; NULL chooses it as `machnet_init` does (`$MACHNET_SOCKET`, our
+/// default path, the original's).
+///
+/// Returns a sidecar handle for `machnet_attach_to` (close it with `machnet_close_sidecar`),
+/// or NULL on failure (errno set; stderr too with `MACHNET_LOG`, as `machnet_init`).
+#[no_mangle]
+pub extern "C" fn machnet_open(socket_path: *const c_char) -> *mut c_void {
+    let r = guard(std::ptr::null_mut(), || {
+        let m = if socket_path.is_null() {
+            attach_default()?
+        } else {
+            Machnet::attach_at(c_str(socket_path, "socket_path")?)?
+        };
+        handle::insert_sidecar(m)
+    });
+    if r.is_null() {
+        error::log_if_asked("machnet_open");
+    }
+    r
+}
+
+/// Extension: `machnet_attach` on the sidecar of a `machnet_open` handle: a new channel
+/// context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
+#[no_mangle]
+pub extern "C" fn machnet_attach_to(sidecar: *mut c_void) -> *mut c_void {
     guard(std::ptr::null_mut(), || {
-        let m = machnet()?;
-        let ch = m.open_channel(None)?;
-        let ctx = Arc::new(Ctx::new(&m, ch)?);
-        handle::insert(ctx)
+        attach_on(&handle::get_sidecar(sidecar)?)
+    })
+}
+
+/// Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
+/// they are detached (each keeps its own connection to the sidecar); the handle is invalid
+/// afterwards (`EBADF`).
+///
+/// Returns 0 on success, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_close_sidecar(sidecar: *mut c_void) -> c_int {
+    guard(-1, || {
+        drop(handle::remove_sidecar(sidecar)?);
+        Ok(0)
     })
 }
 
@@ -873,10 +920,34 @@ pub extern "C" fn machnet_next_event(
     channel_ctx: *const c_void,
     ev: *mut MachnetFlowEvent_t,
 ) -> c_int {
+    machnet_next_event_timeout(channel_ctx, ev, 0)
+}
+
+/// Extension: `machnet_next_event` waiting up to `timeout_ms` milliseconds for an event
+/// (negative: without limit; 0: not at all) without spinning. It sleeps as
+/// `machnet_recv_timeout` does, alongside receivers on other threads: a message it meets is
+/// held for them (events behind it follow once a receive took it). -1 with `EINTR` after
+/// `machnet_interrupt`.
+///
+/// Returns 1 if an event was copied to `*ev`, 0 if the timeout passed, -1 on failure (errno
+/// set).
+#[no_mangle]
+pub extern "C" fn machnet_next_event_timeout(
+    channel_ctx: *const c_void,
+    ev: *mut MachnetFlowEvent_t,
+    timeout_ms: c_int,
+) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
         let ev = out(ev, "ev")?;
-        match ctx.with_events(|ch, q| q.next_event(ch))? {
+        let got = if timeout_ms == 0 {
+            ctx.with_events(|ch, q| q.next_event(ch))?
+        } else {
+            ctx.wait(Want::Event, deadline_ms(timeout_ms), |ch, q| {
+                q.next_event(ch)
+            })?
+        };
+        match got {
             Some(e) => {
                 *ev = e;
                 Ok(1)
@@ -926,6 +997,15 @@ pub extern "C" fn machnet_strerror(errnum: c_int) -> *const c_char {
 #[no_mangle]
 pub extern "C" fn machnet_last_error() -> *const c_char {
     guard(c"".as_ptr(), || Ok(error::last_message()))
+}
+
+/// Extension: the stable code name of the calling thread's last failure, e.g.
+/// "ERR_MACHNET_FLOW_RESET" ("" if none): the same names the Python, Node.js, C# and Go
+/// bindings report, finer than errno (ECONNRESET is a reset flow or a gone sidecar). Valid
+/// until the thread's next failing call.
+#[no_mangle]
+pub extern "C" fn machnet_last_error_code() -> *const c_char {
+    guard(c"".as_ptr(), || Ok(error::last_code_name()))
 }
 
 /// Extension: the library version, e.g. "machnet-rs 0.1.0 (C ABI 1)" (a static string).

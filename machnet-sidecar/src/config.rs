@@ -256,6 +256,8 @@ pub struct Cli {
     /// --no-shconf --file-prefix=m1 --vdev=net_af_packet0,iface=veth0". [default: --no-pci
     /// --no-huge -m 256 --no-shconf --no-telemetry --file-prefix=machnet-<pid>]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    // The text above is also the `--help` text, so `<pid>` stays unescaped.
+    #[allow(rustdoc::invalid_html_tags)]
     pub dpdk_args: Option<String>,
 
     /// DPDK only: the port (name such as `net_af_packet0`, or index). [default: the first port]

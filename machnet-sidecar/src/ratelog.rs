@@ -1,6 +1,6 @@
 //! Rate-limited logging: every log line that an application or a remote host can trigger goes
-//! through [`limited!`], so a flood of bad requests or packets cannot flood the log (or burn
-//! the CPU formatting it).
+//! through [`limited!`](crate::limited!), so a flood of bad requests or packets cannot flood the
+//! log (or burn the CPU formatting it).
 //!
 //! Each call site has its own budget of [`LINES_PER_SECOND`] lines per one-second window; lines
 //! beyond it are counted, and the first line let through in a later window carries
@@ -23,7 +23,7 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// The budget of one call site (a `static` made by [`limited!`]).
+/// The budget of one call site (a `static` made by [`limited!`](crate::limited!)).
 #[derive(Debug)]
 pub struct LogLimiter {
     /// The current window (seconds since [`epoch`], high 32 bits) and the lines written in it

@@ -69,7 +69,7 @@ pub struct Sidecar {
 /// Largest datagram of the kernel-UDP datapath: `--mtu` less the IPv4 and UDP headers, else
 /// what the interface holding the local address carries (65,507 bytes on loopback), else a
 /// 1500-byte MTU's 1,472.
-pub fn kernel_max_datagram(cfg: &SidecarConfig) -> usize {
+pub(crate) fn kernel_max_datagram(cfg: &SidecarConfig) -> usize {
     match cfg.mtu {
         Some(mtu) => usize::from(mtu.saturating_sub(28)),
         None => interface_max_datagram(cfg.local_ip)

@@ -2,47 +2,28 @@
 //!
 //! Every failure is first described by a [`JsErr`] (plain data, `Send`, built on any thread) and
 //! turned into a JavaScript error on the JavaScript thread: `Error`, `TypeError` or `RangeError`
-//! with `code` set through `napi_create_error`, so `err.code` is one of the constants below.
+//! with `code` set through `napi_create_error`: a client error's `ErrorKind::code_name` (the same
+//! in every binding), or one of this package's own codes below.
 
 use std::ptr;
 
-use machnet::{
-    AttachError, CloseCode, CloseError, ConnectError, ListenError, OpenChannelError, RecvError,
-    RequestError, SendError,
-};
+use machnet::{ClientError, CloseCode, ErrorKind};
 use napi::bindgen_prelude::{ToNapiValue, Unknown};
 use napi::{sys, Env};
 
-/// The sidecar's control socket could not be reached (not running, wrong path, permissions).
-pub const SIDECAR_UNREACHABLE: &str = "ERR_MACHNET_SIDECAR_UNREACHABLE";
-/// The sidecar refused the request (unauthorised user, unknown engine, out of resources...).
-pub const REFUSED: &str = "ERR_MACHNET_REFUSED";
+// The codes of the error model (`ErrorKind::code_name`, the same in every binding) that this
+// package names itself.
 /// The sidecar exited or crashed (its control connection hung up).
-pub const SIDECAR_GONE: &str = "ERR_MACHNET_SIDECAR_GONE";
-/// Another channel already listens on the port.
-pub const PORT_IN_USE: &str = "ERR_MACHNET_PORT_IN_USE";
-/// The port cannot be listened on (zero, or in the sidecar's ephemeral range).
-pub const INVALID_PORT: &str = "ERR_MACHNET_INVALID_PORT";
-/// The flow could not be established (refused, no answer, no ephemeral port left...).
-pub const CONNECT_FAILED: &str = "ERR_MACHNET_CONNECT_FAILED";
+pub const SIDECAR_GONE: &str = ErrorKind::SidecarGone.code_name();
 /// The operation did not complete within its timeout.
-pub const TIMEOUT: &str = "ERR_MACHNET_TIMEOUT";
-/// The flow is closed, or this application already closed it.
-pub const FLOW_CLOSED: &str = "ERR_MACHNET_FLOW_CLOSED";
-/// The flow belongs to another channel.
-pub const WRONG_CHANNEL: &str = "ERR_MACHNET_WRONG_CHANNEL";
-/// Messages must hold at least one byte.
-pub const EMPTY_MESSAGE: &str = "ERR_MACHNET_EMPTY_MESSAGE";
-/// The message is larger than the channel's `maxMessageLen`.
-pub const MESSAGE_TOO_LARGE: &str = "ERR_MACHNET_MESSAGE_TOO_LARGE";
+pub const TIMEOUT: &str = ErrorKind::TimedOut.code_name();
 /// The channel was closed (by `close()`, or by the sidecar).
-pub const CHANNEL_CLOSED: &str = "ERR_MACHNET_CHANNEL_CLOSED";
+pub const CHANNEL_CLOSED: &str = ErrorKind::ChannelClosed.code_name();
+/// A system call failed.
+pub const IO: &str = ErrorKind::Io.code_name();
+// This package's own codes.
 /// The `Machnet` (the attachment) was closed with `close()`.
 pub const CLOSED: &str = "ERR_MACHNET_CLOSED";
-/// The sidecar broke the channel or control protocol.
-pub const PROTOCOL: &str = "ERR_MACHNET_PROTOCOL";
-/// A system call failed.
-pub const IO: &str = "ERR_MACHNET_IO";
 /// An argument has the wrong type (Node's own code; a `TypeError`).
 pub const INVALID_ARG_TYPE: &str = "ERR_INVALID_ARG_TYPE";
 /// An argument has the right type but an unusable value (Node's own code; a `TypeError`).
@@ -121,6 +102,11 @@ impl JsErr {
         JsErr::new(CHANNEL_CLOSED, format!("the channel is {why}"))
     }
 
+    /// A system call failed.
+    pub fn io(e: std::io::Error) -> Self {
+        JsErr::new(IO, e.to_string())
+    }
+
     /// The `Machnet` was closed.
     pub fn machnet_closed() -> Self {
         JsErr::new(CLOSED, "this Machnet was closed (close() was called)")
@@ -167,115 +153,13 @@ impl JsErr {
     }
 }
 
-fn request(e: RequestError) -> JsErr {
-    let msg = e.to_string();
-    match e {
-        RequestError::SidecarGone => JsErr::new(SIDECAR_GONE, msg),
-        RequestError::TimedOut(_) => JsErr::new(TIMEOUT, msg),
-        RequestError::Refused { .. } => JsErr::new(REFUSED, msg),
-        RequestError::Io(_) => JsErr::new(IO, msg),
-        _ => JsErr::new(PROTOCOL, msg),
-    }
-}
-
-impl From<RequestError> for JsErr {
-    fn from(e: RequestError) -> Self {
-        request(e)
-    }
-}
-
-impl From<AttachError> for JsErr {
-    fn from(e: AttachError) -> Self {
-        let msg = e.to_string();
-        match e {
-            AttachError::Connect { .. } => JsErr::new(SIDECAR_UNREACHABLE, msg),
-            AttachError::Refused { .. } | AttachError::Version { .. } => JsErr::new(REFUSED, msg),
-            AttachError::Request(r) => request(r),
-            _ => JsErr::new(PROTOCOL, msg),
+/// Every client error: `code` is its kind's code name (`ChannelClosed` keeps this package's
+/// wording of who closed the channel).
+impl<E: ClientError> From<E> for JsErr {
+    fn from(e: E) -> Self {
+        match e.kind() {
+            ErrorKind::ChannelClosed => JsErr::channel_closed(e.close_code()),
+            kind => JsErr::new(kind.code_name(), e.to_string()),
         }
-    }
-}
-
-impl From<OpenChannelError> for JsErr {
-    fn from(e: OpenChannelError) -> Self {
-        let msg = e.to_string();
-        match e {
-            OpenChannelError::Request(r) => request(r),
-            OpenChannelError::Map(_) => JsErr::new(IO, msg),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<ListenError> for JsErr {
-    fn from(e: ListenError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ListenError::PortInUse(_) => JsErr::new(PORT_IN_USE, msg),
-            ListenError::InvalidPort(_) => JsErr::new(INVALID_PORT, msg),
-            ListenError::Request(r) => request(r),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<ConnectError> for JsErr {
-    fn from(e: ConnectError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ConnectError::Failed(_) => JsErr::new(CONNECT_FAILED, msg),
-            ConnectError::TimedOut(_) => JsErr::new(TIMEOUT, msg),
-            ConnectError::ChannelClosed(c) => JsErr::channel_closed(c),
-            ConnectError::SidecarGone => JsErr::new(SIDECAR_GONE, msg),
-            ConnectError::Io(_) => JsErr::new(IO, msg),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<SendError> for JsErr {
-    fn from(e: SendError) -> Self {
-        let msg = e.to_string();
-        match e {
-            SendError::Empty => JsErr::new(EMPTY_MESSAGE, msg),
-            SendError::TooLarge { .. } => JsErr::new(MESSAGE_TOO_LARGE, msg),
-            SendError::FlowClosed(_) | SendError::FlowClosing => JsErr::new(FLOW_CLOSED, msg),
-            SendError::WrongChannel => JsErr::new(WRONG_CHANNEL, msg),
-            SendError::ChannelClosed(c) => JsErr::channel_closed(c),
-            SendError::SidecarGone => JsErr::new(SIDECAR_GONE, msg),
-            SendError::Io(_) => JsErr::new(IO, msg),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<CloseError> for JsErr {
-    fn from(e: CloseError) -> Self {
-        let msg = e.to_string();
-        match e {
-            CloseError::WrongChannel => JsErr::new(WRONG_CHANNEL, msg),
-            CloseError::ChannelClosed(c) => JsErr::channel_closed(c),
-            CloseError::SidecarGone => JsErr::new(SIDECAR_GONE, msg),
-            CloseError::Io(_) => JsErr::new(IO, msg),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<RecvError> for JsErr {
-    fn from(e: RecvError) -> Self {
-        let msg = e.to_string();
-        match e {
-            RecvError::ChannelClosed(c) => JsErr::channel_closed(c),
-            RecvError::SidecarGone => JsErr::new(SIDECAR_GONE, msg),
-            RecvError::Io(_) => JsErr::new(IO, msg),
-            _ => JsErr::new(PROTOCOL, msg),
-        }
-    }
-}
-
-impl From<std::io::Error> for JsErr {
-    fn from(e: std::io::Error) -> Self {
-        JsErr::new(IO, e.to_string())
     }
 }

@@ -549,7 +549,7 @@ impl Shared {
         let mut closed = self.closed.subscribe();
         tokio::select! {
             _ = self.drained.notified() => Ok(()),
-            r = waiter.wake() => match r? {
+            r = waiter.wake() => match r.map_err(JsErr::io)? {
                 Woken::Event => Ok(()),
                 Woken::SidecarGone => Err(JsErr::new(
                     errors::SIDECAR_GONE,
@@ -631,7 +631,7 @@ fn register(
     if let Some(w) = slot.as_ref() {
         return Ok(w.clone());
     }
-    let w = Arc::new(Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd())?);
+    let w = Arc::new(Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd()).map_err(JsErr::io)?);
     *slot = Some(w.clone());
     Ok(w)
 }
@@ -760,7 +760,7 @@ impl Channel {
 
     /// Accepts flows to Machnet `port` on this channel (one owner per port and host). Accepted
     /// flows show up as the `flow` of the messages they carry. Rejects with
-    /// `ERR_MACHNET_PORT_IN_USE` or `ERR_MACHNET_INVALID_PORT`.
+    /// `ERR_MACHNET_PORT_IN_USE` or `ERR_MACHNET_INVALID_ARGUMENT`.
     #[napi(ts_args_type = "port: number", ts_return_type = "Promise<void>")]
     pub fn listen<'env>(
         &self,
@@ -781,7 +781,7 @@ impl Channel {
     }
 
     /// Opens a flow to `ip`:`port` (dotted IPv4, Machnet port). Resolves once the peer accepted;
-    /// rejects with `ERR_MACHNET_CONNECT_FAILED` (refused, unreachable) or, after `timeoutMs`,
+    /// rejects with `ERR_MACHNET_CONNECTION_REFUSED` (or another code of the flow's close reason) or, after `timeoutMs`,
     /// `ERR_MACHNET_TIMEOUT` (a flow established later is aborted).
     #[napi(
         ts_args_type = "ip: string, port: number, timeoutMs?: number",
@@ -835,8 +835,8 @@ impl Channel {
     /// ring has room, else when the sidecar has made room (back-pressure). Sends of a channel
     /// keep their call order. The bytes are copied: `data` may be reused right away.
     ///
-    /// Rejects with `ERR_MACHNET_EMPTY_MESSAGE`, `ERR_MACHNET_MESSAGE_TOO_LARGE`,
-    /// `ERR_MACHNET_FLOW_CLOSED`, `ERR_MACHNET_WRONG_CHANNEL`, `ERR_MACHNET_CHANNEL_CLOSED`.
+    /// Rejects with `ERR_MACHNET_INVALID_ARGUMENT` (empty, or a flow of another channel),
+    /// `ERR_MACHNET_MESSAGE_TOO_LARGE`, `ERR_MACHNET_FLOW_CLOSED`, `ERR_MACHNET_CHANNEL_CLOSED`.
     #[napi(
         ts_args_type = "flow: Flow, data: Buffer | Uint8Array",
         ts_return_type = "Promise<void>"

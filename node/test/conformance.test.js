@@ -6,9 +6,8 @@
 // (the KV port of the Raft cluster's leader; app `raft` speaks the KV app's request format).
 //
 // Error names → `.code` (conformance/README.md, "Error names"):
-//   refused          → ERR_MACHNET_CONNECT_FAILED (Node has no refused-specific code; the message
-//                      names the refusal, which is checked too)
-//   invalid_argument → ERR_MACHNET_EMPTY_MESSAGE
+//   refused          → ERR_MACHNET_CONNECTION_REFUSED
+//   invalid_argument → ERR_MACHNET_INVALID_ARGUMENT
 //   too_large        → ERR_MACHNET_MESSAGE_TOO_LARGE
 //   reset            → ERR_MACHNET_FLOW_CLOSED (a later send on the flow)
 //   closed           → ERR_MACHNET_FLOW_CLOSED (a later send: the receive side that passes the
@@ -51,8 +50,8 @@ function kvAppPort(c) {
 const WAIT_MS = 60000
 
 const ERRORS = {
-  refused: { code: codes.CONNECT_FAILED, message: /refused/i },
-  invalid_argument: { code: codes.EMPTY_MESSAGE },
+  refused: { code: codes.CONNECTION_REFUSED, message: /refused/i },
+  invalid_argument: { code: codes.INVALID_ARGUMENT },
   too_large: { code: codes.MESSAGE_TOO_LARGE },
   reset: { code: codes.FLOW_CLOSED },
   closed: { code: codes.FLOW_CLOSED },

@@ -35,7 +35,7 @@ async function client(): Promise<void> {
   } catch (e) {
     const err = e as MachnetError
     const code: ErrorCode = err.code
-    if (code === codes.EMPTY_MESSAGE) console.log('empty')
+    if (code === codes.INVALID_ARGUMENT) console.log('empty')
   }
   await ch.closeFlow(flow)
   await ch.abortFlow(flow)

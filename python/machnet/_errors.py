@@ -1,6 +1,7 @@
 """The exception hierarchy of :mod:`machnet`.
 
-Everything the package raises on purpose derives from :class:`MachnetError`. Several classes also
+Everything the package raises on purpose derives from :class:`MachnetError`, whose ``code`` names
+the error's kind as every Machnet binding does (see there). Several classes also
 derive from the matching built-in exception, so generic handlers keep working::
 
     MachnetError
@@ -47,7 +48,15 @@ __all__ = [
 
 
 class MachnetError(Exception):
-    """Base class of every error raised by :mod:`machnet`."""
+    """Base class of every error raised by :mod:`machnet`.
+
+    ``code`` is the stable name of the failure's kind, the same in every Machnet binding
+    (``"ERR_MACHNET_CONNECTION_REFUSED"``, ``"ERR_MACHNET_FLOW_CLOSED"``...; Node.js ``err.code``,
+    C# ``CodeName``, Go ``Error.Code``), or ``None`` for conditions of this package alone
+    (:class:`ChannelBusyError`, :class:`ArgumentTypeError`).
+    """
+
+    code: Optional[str] = None
 
 
 class InvalidArgumentError(MachnetError, ValueError):

@@ -8,7 +8,8 @@
 //!   classes (defined in Python, `machnet/_errors.py`) rather than pyo3's `OverflowError`s;
 //! - releases the GIL (`Python::detach`) whenever a call may block: `recv`, `connect`,
 //!   `next_event`, a `send` that meets back-pressure, and the embedded sidecar;
-//! - maps each per-operation Rust error enum to one exception class.
+//! - maps every Rust error to an exception class by its `ErrorKind` (`class_of`, one table),
+//!   setting the exception's `code` to the kind's code name.
 //!
 //! A `Channel` is used by one thread at a time (its Rust operations take `&mut self`); the
 //! Python object keeps it behind a mutex taken with `try_lock`, so a second thread gets
@@ -20,9 +21,8 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use machnet::{
-    AttachError, Channel, CloseCode, CloseError, ConnectError, ControlErrorCode, Event, Flow,
-    FlowStatus, ListenError, Machnet, OpenChannelError, RecvError, RequestError, RequestKind,
-    SendError,
+    Channel, ClientError, CloseCode, ErrorKind, Event, Flow, FlowStatus, Machnet, RequestError,
+    RequestKind, SendError,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
@@ -32,18 +32,87 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
 // ----- exceptions -----
 
-/// Builds an instance of `machnet._errors.<class>` (`reason`: a close code's name, for the
-/// classes that take one).
-fn error(py: Python<'_>, class: &str, msg: String, reason: Option<CloseCode>) -> PyErr {
+/// Builds an instance of `machnet._errors.<class>` with `code` (the error kind's code name, or
+/// `None` for the binding's own conditions) and `reason` (a close code's name, for the classes
+/// that take one).
+fn exception(
+    py: Python<'_>,
+    class: &str,
+    code: Option<&str>,
+    msg: String,
+    reason: Option<CloseCode>,
+) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let cls = py.import("machnet._errors")?.getattr(class)?;
         let value = match reason {
-            Some(c) => cls.call1((msg.clone(), code_name(c)))?,
-            None => cls.call1((msg.clone(),))?,
+            Some(c) if takes_reason(class) => cls.call1((msg.clone(), code_name(c)))?,
+            _ => cls.call1((msg.clone(),))?,
         };
+        if let Some(code) = code {
+            value.setattr("code", code)?;
+        }
         Ok(PyErr::from_value(value))
     };
     build().unwrap_or_else(|e| e)
+}
+
+/// Whether the exception class takes a `reason` argument (`FlowError` and its subclasses,
+/// `ChannelClosedError`).
+fn takes_reason(class: &str) -> bool {
+    matches!(
+        class,
+        "FlowClosedError"
+            | "ConnectionRefusedError"
+            | "ConnectionResetError"
+            | "ChannelClosedError"
+    )
+}
+
+/// The one table from the error model to the package's exception classes (`reason` refines a
+/// closed flow: a send on a reset flow raises `ConnectionResetError`).
+fn class_of(kind: ErrorKind, reason: Option<CloseCode>) -> &'static str {
+    match kind {
+        ErrorKind::TimedOut => "TimeoutError",
+        ErrorKind::InvalidArgument | ErrorKind::BufferTooSmall => "InvalidArgumentError",
+        ErrorKind::MessageTooLarge => "MessageTooLargeError",
+        ErrorKind::FlowClosed => match reason {
+            Some(CloseCode::Refused) => "ConnectionRefusedError",
+            Some(
+                CloseCode::Reset
+                | CloseCode::Aborted
+                | CloseCode::TimedOut
+                | CloseCode::ProtocolViolation,
+            ) => "ConnectionResetError",
+            Some(CloseCode::MessageTooLarge) => "MessageTooLargeError",
+            Some(CloseCode::Shutdown) => "SidecarGoneError",
+            _ => "FlowClosedError",
+        },
+        ErrorKind::FlowReset => "ConnectionResetError",
+        ErrorKind::ConnectionRefused => "ConnectionRefusedError",
+        ErrorKind::ChannelClosed => "ChannelClosedError",
+        ErrorKind::SidecarUnreachable => "SidecarNotFoundError",
+        ErrorKind::SidecarGone => "SidecarGoneError",
+        ErrorKind::PermissionDenied | ErrorKind::VersionMismatch => "AttachRefusedError",
+        ErrorKind::AddressInUse => "PortInUseError",
+        ErrorKind::Protocol => "ProtocolError",
+        _ => "MachnetError",
+    }
+}
+
+/// The exception for an error of `kind`.
+fn from_kind(py: Python<'_>, kind: ErrorKind, msg: String, reason: Option<CloseCode>) -> PyErr {
+    exception(
+        py,
+        class_of(kind, reason),
+        Some(kind.code_name()),
+        msg,
+        reason,
+    )
+}
+
+/// The exception for any client error.
+fn to_py(py: Python<'_>, e: impl ClientError) -> PyErr {
+    from_kind(py, e.kind(), e.to_string(), e.close_code())
 }
 
 /// The snake_case name of a close code (`"refused"`, `"reset"`, ...).
@@ -64,143 +133,11 @@ fn code_name(c: CloseCode) -> String {
 }
 
 fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
-    error(py, "InvalidArgumentError", msg.into(), None)
+    from_kind(py, ErrorKind::InvalidArgument, msg.into(), None)
 }
 
 fn wrong_type(py: Python<'_>, msg: impl Into<String>) -> PyErr {
-    error(py, "ArgumentTypeError", msg.into(), None)
-}
-
-/// The class for a flow that ended (or could not be set up) with `code`.
-fn flow_class(code: Option<CloseCode>) -> &'static str {
-    match code {
-        Some(CloseCode::Refused) => "ConnectionRefusedError",
-        Some(
-            CloseCode::Reset
-            | CloseCode::Aborted
-            | CloseCode::TimedOut
-            | CloseCode::ProtocolViolation,
-        ) => "ConnectionResetError",
-        Some(CloseCode::MessageTooLarge) => "MessageTooLargeError",
-        Some(CloseCode::Shutdown) => "SidecarGoneError",
-        _ => "FlowClosedError",
-    }
-}
-
-fn flow_error(py: Python<'_>, msg: String, code: Option<CloseCode>) -> PyErr {
-    match flow_class(code) {
-        // These two take no reason argument.
-        c @ ("MessageTooLargeError" | "SidecarGoneError") => error(py, c, msg, None),
-        c => error(py, c, msg, code),
-    }
-}
-
-fn channel_closed(py: Python<'_>, msg: String, code: Option<CloseCode>) -> PyErr {
-    error(py, "ChannelClosedError", msg, code)
-}
-
-fn request_err(py: Python<'_>, e: RequestError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        RequestError::SidecarGone => error(py, "SidecarGoneError", msg, None),
-        RequestError::TimedOut(_) => error(py, "TimeoutError", msg, None),
-        RequestError::Refused { code, .. } => match code {
-            ControlErrorCode::PortInUse => error(py, "PortInUseError", msg, None),
-            ControlErrorCode::NoSuchEngine
-            | ControlErrorCode::InvalidPort
-            | ControlErrorCode::NoSuchChannel => invalid(py, msg),
-            ControlErrorCode::Unauthorized => error(py, "AttachRefusedError", msg, None),
-            _ => error(py, "MachnetError", msg, None),
-        },
-        RequestError::Broken(_) | RequestError::Protocol(_) => {
-            error(py, "ProtocolError", msg, None)
-        }
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn attach_err(py: Python<'_>, e: AttachError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        AttachError::Connect { .. } => error(py, "SidecarNotFoundError", msg, None),
-        AttachError::Refused { .. } | AttachError::Version { .. } => {
-            error(py, "AttachRefusedError", msg, None)
-        }
-        AttachError::Request(r) => request_err(py, r),
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn open_err(py: Python<'_>, e: OpenChannelError) -> PyErr {
-    match e {
-        OpenChannelError::Request(r) => request_err(py, r),
-        e => error(py, "ProtocolError", e.to_string(), None),
-    }
-}
-
-fn listen_err(py: Python<'_>, e: ListenError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        ListenError::PortInUse(_) => error(py, "PortInUseError", msg, None),
-        ListenError::InvalidPort(_) => invalid(py, msg),
-        ListenError::Request(r) => request_err(py, r),
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn connect_err(py: Python<'_>, e: ConnectError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        ConnectError::Failed(Some(CloseCode::TimedOut)) | ConnectError::TimedOut(_) => {
-            error(py, "TimeoutError", msg, None)
-        }
-        ConnectError::Failed(Some(CloseCode::Exhausted)) => error(py, "MachnetError", msg, None),
-        ConnectError::Failed(Some(CloseCode::InvalidRequest)) => invalid(py, msg),
-        ConnectError::Failed(code) => match flow_class(code) {
-            "FlowClosedError" => error(py, "ConnectionRefusedError", msg, code),
-            _ => flow_error(py, msg, code),
-        },
-        ConnectError::ChannelClosed(c) => channel_closed(py, msg, c),
-        ConnectError::SidecarGone => error(py, "SidecarGoneError", msg, None),
-        ConnectError::Corrupt(_) => error(py, "ProtocolError", msg, None),
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn send_err(py: Python<'_>, e: SendError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        SendError::Empty | SendError::WrongChannel => invalid(py, msg),
-        SendError::TooLarge { .. } => error(py, "MessageTooLargeError", msg, None),
-        SendError::FlowClosed(code) => flow_error(py, msg, code),
-        SendError::FlowClosing => error(py, "FlowClosedError", msg, None),
-        SendError::ChannelClosed(c) => channel_closed(py, msg, c),
-        SendError::SidecarGone => error(py, "SidecarGoneError", msg, None),
-        SendError::Corrupt(_) => error(py, "ProtocolError", msg, None),
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn close_err(py: Python<'_>, e: CloseError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        CloseError::WrongChannel => invalid(py, msg),
-        CloseError::ChannelClosed(c) => channel_closed(py, msg, c),
-        CloseError::SidecarGone => error(py, "SidecarGoneError", msg, None),
-        CloseError::Corrupt(_) => error(py, "ProtocolError", msg, None),
-        _ => error(py, "MachnetError", msg, None),
-    }
-}
-
-fn recv_err(py: Python<'_>, e: RecvError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        RecvError::BufferTooSmall { .. } => invalid(py, msg),
-        RecvError::ChannelClosed(c) => channel_closed(py, msg, c),
-        RecvError::SidecarGone => error(py, "SidecarGoneError", msg, None),
-        RecvError::Corrupt(_) => error(py, "ProtocolError", msg, None),
-        _ => error(py, "MachnetError", msg, None),
-    }
+    exception(py, "ArgumentTypeError", None, msg.into(), None)
 }
 
 // ----- argument validation -----
@@ -403,7 +340,7 @@ impl PyMachnet {
         let shown = path.display().to_string();
         let inner = py
             .detach(|| Machnet::attach_at(&path))
-            .map_err(|e| attach_err(py, e))?;
+            .map_err(|e| to_py(py, e))?;
         Ok(PyMachnet { inner, path: shown })
     }
 
@@ -456,7 +393,7 @@ impl PyMachnet {
         };
         let ch = py
             .detach(|| self.inner.open_channel(engine))
-            .map_err(|e| open_err(py, e))?;
+            .map_err(|e| to_py(py, e))?;
         Ok(PyChannel {
             id: ch.id(),
             engine: ch.engine(),
@@ -503,9 +440,10 @@ impl PyChannel {
             match self.ch.try_lock() {
                 Ok(g) => g,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return Err(error(
+                Err(TryLockError::WouldBlock) => return Err(exception(
                     py,
                     "ChannelBusyError",
+                    None,
                     "the channel is in use by another thread (a channel serves one thread at a \
                      time: open one channel per thread)"
                         .into(),
@@ -513,9 +451,9 @@ impl PyChannel {
                 )),
             };
         if guard.is_none() {
-            return Err(error(
+            return Err(from_kind(
                 py,
-                "ChannelClosedError",
+                ErrorKind::ChannelClosed,
                 "the channel is closed".into(),
                 Some(CloseCode::Detached),
             ));
@@ -542,7 +480,7 @@ impl PyChannel {
             Ok(()) => return Ok(true),
             Err(SendError::WouldBlock) if !block => return Ok(false),
             Err(SendError::WouldBlock) => {}
-            Err(e) => return Err(send_err(py, e)),
+            Err(e) => return Err(to_py(py, e)),
         }
         // Back-pressure: wait for ring space with the GIL released. A bytearray may change
         // meanwhile, so send a copy of it.
@@ -556,7 +494,7 @@ impl PyChannel {
                 py.detach(|| ch.send(&flow, &copy))
             }
         };
-        result.map(|()| true).map_err(|e| send_err(py, e))
+        result.map(|()| true).map_err(|e| to_py(py, e))
     }
 
     fn with_data(
@@ -636,15 +574,14 @@ impl PyChannel {
         let port = port_arg(py, port)?;
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.listen(port)).map_err(|e| listen_err(py, e))
+        py.detach(|| ch.listen(port)).map_err(|e| to_py(py, e))
     }
 
     fn unlisten(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
         let port = port_arg(py, port)?;
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.unlisten(port))
-            .map_err(|e| listen_err(py, e))
+        py.detach(|| ch.unlisten(port)).map_err(|e| to_py(py, e))
     }
 
     #[pyo3(signature = (ip, port, timeout=None))]
@@ -663,7 +600,7 @@ impl PyChannel {
         let ch = g.as_mut().expect("checked by lock");
         py.detach(|| ch.connect_timeout(ip, port, timeout))
             .map(PyFlow)
-            .map_err(|e| connect_err(py, e))
+            .map_err(|e| to_py(py, e))
     }
 
     /// Starts a connect without waiting: the request's ticket, or `None` if the ring is full.
@@ -679,7 +616,7 @@ impl PyChannel {
         let ch = g.as_mut().expect("checked by lock");
         ch.start_connect(ip, port)
             .map(|t| t.map(machnet::ConnectTicket::id))
-            .map_err(|e| connect_err(py, e))
+            .map_err(|e| to_py(py, e))
     }
 
     /// The flow of connect `ticket` once established, `None` while unanswered; raises if it
@@ -689,7 +626,7 @@ impl PyChannel {
         let ch = g.as_mut().expect("checked by lock");
         ch.poll_connect(machnet::ConnectTicket::from_id(ticket))
             .map(|f| f.map(PyFlow))
-            .map_err(|e| connect_err(py, e))
+            .map_err(|e| to_py(py, e))
     }
 
     /// Gives up on connect `ticket`: a flow established later is aborted.
@@ -729,7 +666,7 @@ impl PyChannel {
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
         // Fast path: a message is already waiting.
-        if let Some((flow, data)) = ch.try_recv().map_err(|e| recv_err(py, e))? {
+        if let Some((flow, data)) = ch.try_recv().map_err(|e| to_py(py, e))? {
             return Self::message(py, flow, &data);
         }
         loop {
@@ -740,12 +677,12 @@ impl PyChannel {
                     .min(SIGNAL_CHECK),
             };
             let got = py.detach(|| ch.recv_timeout(slice));
-            match got.map_err(|e| recv_err(py, e))? {
+            match got.map_err(|e| to_py(py, e))? {
                 Some((flow, data)) => return Self::message(py, flow, &data),
                 None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Err(error(
+                    return Err(from_kind(
                         py,
-                        "TimeoutError",
+                        ErrorKind::TimedOut,
                         format!(
                             "no message within {:?} seconds",
                             timeout.unwrap_or_default().as_secs_f64()
@@ -761,7 +698,7 @@ impl PyChannel {
     fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        match ch.try_recv().map_err(|e| recv_err(py, e))? {
+        match ch.try_recv().map_err(|e| to_py(py, e))? {
             Some((flow, data)) => Self::message(py, flow, &data).map(Some),
             None => Ok(None),
         }
@@ -790,7 +727,7 @@ impl PyChannel {
             } else {
                 py.detach(|| ch.next_event(Some(slice)))
             };
-            match got.map_err(|e| recv_err(py, e))? {
+            match got.map_err(|e| to_py(py, e))? {
                 Some(ev) => break ev,
                 None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
                 None => py.check_signals()?,
@@ -827,9 +764,10 @@ impl PyChannel {
                 ("request_failed", PyFlow(flow), detail).into_pyobject(py)?
             }
             other => {
-                return Err(error(
+                return Err(exception(
                     py,
                     "MachnetError",
+                    None,
                     format!("unknown event {other:?}"),
                     None,
                 ))
@@ -842,21 +780,21 @@ impl PyChannel {
     fn arm_wakeup(&self, py: Python<'_>) -> PyResult<bool> {
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        ch.arm_wakeup().map_err(|e| recv_err(py, e))
+        ch.arm_wakeup().map_err(|e| to_py(py, e))
     }
 
     fn close_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
         let flow = flow_arg(py, flow)?;
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.close(&flow)).map_err(|e| close_err(py, e))
+        py.detach(|| ch.close(&flow)).map_err(|e| to_py(py, e))
     }
 
     fn abort_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
         let flow = flow_arg(py, flow)?;
         let mut g = self.lock(py)?;
         let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.abort(&flow)).map_err(|e| close_err(py, e))
+        py.detach(|| ch.abort(&flow)).map_err(|e| to_py(py, e))
     }
 
     /// `"open"`, `"peer_closed"`, `"closing"` or `"closed"`, plus the close reason if known.
@@ -917,9 +855,10 @@ impl PyChannel {
             Ok(mut g) => g.take(),
             Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
             Err(TryLockError::WouldBlock) => {
-                return Err(error(
+                return Err(exception(
                     py,
                     "ChannelBusyError",
+                    None,
                     "the channel is in use by another thread and cannot be closed now".into(),
                     None,
                 ))
@@ -936,7 +875,7 @@ impl PyChannel {
                     RequestError::SidecarGone | RequestError::Broken(_) => Ok(()),
                     e => Err(e),
                 })
-                .map_err(|e| request_err(py, e)),
+                .map_err(|e| to_py(py, e)),
         }
     }
 

@@ -13,7 +13,8 @@ Error names map to these exception classes (conformance/README.md, "Error names"
 :class:`machnet.InvalidArgumentError` (exactly: not its subclass MessageTooLargeError),
 ``too_large`` → :class:`machnet.MessageTooLargeError`, ``reset`` →
 :class:`machnet.ConnectionResetError` (whose ``reason`` is also checked to be ``"reset"``),
-``closed`` → :class:`machnet.FlowClosedError` (``reason`` ``"graceful"``).
+``closed`` → :class:`machnet.FlowClosedError` (``reason`` ``"graceful"``). Every error's
+``code`` is checked too: the code name each binding reports for the same condition.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ ERRORS: Dict[str, Type[machnet.MachnetError]] = {
     "reset": machnet.ConnectionResetError,
     "closed": machnet.FlowClosedError,
 }
+#: The code name of each error name, the same in every binding (conformance/README.md).
+CODES = {
+    "refused": "ERR_MACHNET_CONNECTION_REFUSED",
+    "invalid_argument": "ERR_MACHNET_INVALID_ARGUMENT",
+    "too_large": "ERR_MACHNET_MESSAGE_TOO_LARGE",
+    "reset": "ERR_MACHNET_FLOW_CLOSED",
+    "closed": "ERR_MACHNET_FLOW_CLOSED",
+}
 #: The close reason a FlowError of each error name carries.
 REASONS = {"reset": "reset", "closed": "graceful"}
 
@@ -63,6 +72,7 @@ def pattern(n: int) -> bytes:
 def check_error(err: BaseException, name: str) -> None:
     cls = ERRORS[name]
     assert isinstance(err, cls), f"expected {cls.__name__} ({name}), got {type(err).__name__}: {err}"
+    assert err.code == CODES[name], f"{name}: code {err.code!r} ({err})"
     if name == "invalid_argument":
         assert not isinstance(err, machnet.MessageTooLargeError), f"{name}: got {err!r}"
     if isinstance(err, machnet.FlowError):
@@ -148,6 +158,13 @@ def do_send_error(ch: machnet.Channel, case: Dict[str, Any]) -> None:
     assert ch.try_recv() is None, "the failed send was echoed"
 
 
+def event_name(ev: machnet.Event) -> str:
+    """The conformance name of a flow event (the ``event`` field of cases.json)."""
+    if ev.kind == "closed" and ev.reason in ("reset", "timed_out", "refused"):
+        return str(ev.reason)
+    return str(ev.kind)
+
+
 def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, Any]) -> None:
     port, name = case["port"], case["error"]
     server = ma.open_channel()
@@ -171,6 +188,7 @@ def do_peer_goes_away(ch: machnet.Channel, ma: machnet.Machnet, case: Dict[str, 
         assert ev is None or ev.kind in ("closed", "peer_closed"), f"unexpected event {ev}"
     assert ev.flow == flow
     assert ev.reason == name, f"closed with reason {ev.reason!r}, expected {name!r}"
+    assert event_name(ev) == case["event"], f"event {ev}, expected {case['event']!r}"
     assert ch.flow_status(flow) == machnet.FlowStatus("closed", name)
     # ... and a later send fails with the error.
     with pytest.raises(machnet.MachnetError) as e:
@@ -198,7 +216,9 @@ def do_peer_closes_after_sending(
         assert (ev.kind, ev.flow) == ("message", flow), f"{ev} instead of the message of {n} bytes"
         assert ev.data == pattern(n), f"the message of {n} bytes differs"
     ev = ch.next_event(timeout=WAIT)
-    assert ev is not None and (ev.kind, ev.flow) == ("peer_closed", flow), f"{ev} instead of peer_closed"
+    assert ev is not None and ev.flow == flow and event_name(ev) == case["event"], (
+        f"{ev} instead of {case['event']}"
+    )
     assert ch.flow_status(flow) == machnet.FlowStatus("peer_closed")
     # Closing our side ends the flow gracefully; a later send fails with the error.
     ch.close_flow(flow)

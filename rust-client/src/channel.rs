@@ -98,6 +98,15 @@ impl From<PushFail> for SendError {
     }
 }
 
+/// What [`Channel::try_recv_into_or_event`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A message of this many bytes, copied into the caller's buffer.
+    Message(Flow, usize),
+    /// Any other event (never [`Event::Message`]).
+    Event(Event),
+}
+
 /// A shared-memory channel to one sidecar engine.
 ///
 /// Opened with [`Machnet::open_channel`]. A channel is used by one thread at a time: it is
@@ -572,6 +581,25 @@ impl Channel {
             Some(Got::Into(flow, n)) => Ok(Some((flow, n))),
             _ => Ok(None),
         }
+    }
+
+    /// The next message copied into `buf`, or the next other event, whichever comes first in
+    /// the channel, if one is waiting now. A message is copied once (no allocation); a message
+    /// longer than `buf` is not consumed ([`RecvError::BufferTooSmall`]). Unlike
+    /// [`Channel::try_recv_into`], no event is passed over, and unlike
+    /// [`Channel::next_event`], a message is not copied into a new vector.
+    pub fn try_recv_into_or_event(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<Received>, RecvError> {
+        Ok(
+            match self.receive(Want::IntoOrEvent(buf), Some(Instant::now()))? {
+                Some(Got::Into(flow, n)) => Some(Received::Message(flow, n)),
+                Some(Got::Event(ev)) => Some(Received::Event(ev)),
+                Some(Got::Message(..)) => unreachable!("IntoOrEvent yields Into or Event"),
+                None => None,
+            },
+        )
     }
 
     /// The next event of any kind, waiting up to `timeout` (`None`: wait as long as needed;

@@ -77,7 +77,8 @@
 //!
 //! Each operation has its own error enum ([`AttachError`], [`OpenChannelError`],
 //! [`ListenError`], [`ConnectError`], [`SendError`], [`CloseError`], [`RecvError`],
-//! [`RequestError`]). Nothing the sidecar writes into shared memory is followed blindly: ring
+//! [`RequestError`]). Each also names an [`ErrorKind`] through the [`ClientError`] trait
+//! (`kind()`, `errno()`, `code_name()`): the one error model every language binding maps. Nothing the sidecar writes into shared memory is followed blindly: ring
 //! indices and record headers are validated (by `machnet-core`), the channel memory must be a
 //! memfd sealed against shrinking and exactly as large as announced. A sidecar that breaks the
 //! protocol makes the channel report `Corrupt` from then on; this library never panics because
@@ -88,6 +89,7 @@
 
 mod channel;
 mod error;
+mod error_kind;
 mod machnet;
 mod shared;
 mod sys;
@@ -95,12 +97,13 @@ mod sys;
 mod tokio_support;
 
 pub use channel::{
-    Channel, ConnectTicket, Event, Flow, FlowStatus, RequestKind, DEFAULT_CONNECT_TIMEOUT,
+    Channel, ConnectTicket, Event, Flow, FlowStatus, Received, RequestKind, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use error::{
     describe_close_code, AttachError, CloseError, ConnectError, ListenError, OpenChannelError,
     RecvError, RequestError, SendError,
 };
+pub use error_kind::{ClientError, ErrorKind};
 pub use machnet::{
     default_socket_path, Machnet, SidecarInfo, DEFAULT_CONTROL_TIMEOUT, DEFAULT_SOCKET_PATH,
     SOCKET_ENV,

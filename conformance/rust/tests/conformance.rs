@@ -287,8 +287,8 @@ fn run(w: &Target, case: &Value) {
             let deadline = Instant::now() + T;
             loop {
                 match ch.next_event(Some(Duration::from_millis(50))).unwrap() {
-                    Some(Event::Closed { reason, .. }) => {
-                        assert_eq!(reason, Some(CloseCode::Reset), "{name}");
+                    Some(ev @ Event::Closed { .. }) => {
+                        assert_eq!(event_name(&ev), case["event"].as_str().unwrap(), "{name}");
                         break;
                     }
                     Some(other) => panic!("{name}: unexpected {other:?}"),
@@ -326,7 +326,9 @@ fn run(w: &Target, case: &Value) {
                 }
             }
             match next() {
-                Some(Event::PeerClosed { flow: f }) if f == flow => {}
+                Some(ev @ Event::PeerClosed { .. }) if *ev.flow() == flow => {
+                    assert_eq!(event_name(&ev), case["event"].as_str().unwrap(), "{name}");
+                }
                 other => panic!("{name}: {other:?} instead of PeerClosed"),
             }
             ch.close(&flow).unwrap();
@@ -456,4 +458,18 @@ fn raft_cases() {
         run(&target, case);
     }
     eprintln!("conformance: ran {} raft cases", list.len());
+}
+
+/// The conformance name of a flow event (the `event` field of cases.json).
+fn event_name(ev: &Event) -> &'static str {
+    match ev {
+        Event::PeerClosed { .. } => "peer_closed",
+        Event::Closed { reason, .. } => match reason {
+            Some(CloseCode::Reset) => "reset",
+            Some(CloseCode::TimedOut) => "timed_out",
+            Some(CloseCode::Refused) => "refused",
+            _ => "closed",
+        },
+        _ => "other",
+    }
 }

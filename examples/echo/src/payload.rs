@@ -2,7 +2,7 @@
 //! number, so every echo can be checked byte for byte without keeping copies.
 
 /// Generates message contents and checks echoes.
-pub struct Payload {
+pub(crate) struct Payload {
     template: Vec<u8>,
 }
 
@@ -11,7 +11,7 @@ const STAMP: usize = 12;
 
 impl Payload {
     /// A template of `size` bytes.
-    pub fn new(size: usize) -> Self {
+    pub(crate) fn new(size: usize) -> Self {
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let template = (0..size)
             .map(|_| {
@@ -32,7 +32,7 @@ impl Payload {
     }
 
     /// Writes message `seq` of `flow` into `buf` (which must be `len()` bytes).
-    pub fn fill(&self, flow: u32, seq: u64, buf: &mut [u8]) {
+    pub(crate) fn fill(&self, flow: u32, seq: u64, buf: &mut [u8]) {
         buf.copy_from_slice(&self.template);
         let s = Self::stamp(flow, seq);
         let n = STAMP.min(buf.len());
@@ -40,7 +40,7 @@ impl Payload {
     }
 
     /// Whether `got` is exactly message `seq` of `flow`.
-    pub fn matches(&self, flow: u32, seq: u64, got: &[u8]) -> bool {
+    pub(crate) fn matches(&self, flow: u32, seq: u64, got: &[u8]) -> bool {
         if got.len() != self.template.len() {
             return false;
         }
@@ -50,7 +50,7 @@ impl Payload {
     }
 
     /// The sequence number stamped into a message (as much of it as the message holds).
-    pub fn seq_of(got: &[u8]) -> u64 {
+    pub(crate) fn seq_of(got: &[u8]) -> u64 {
         let mut b = [0u8; 8];
         let n = got.len().min(8);
         b[..n].copy_from_slice(&got[..n]);

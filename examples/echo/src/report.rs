@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 /// Round-trip times in nanoseconds, 1 ns .. 100 s, 3 significant digits.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// What one client run measured.
-pub struct Report {
+pub(crate) struct Report {
     /// "machnet" or "udp".
     pub mode: &'static str,
     pub size: usize,
@@ -35,7 +35,7 @@ pub struct Report {
 }
 
 /// User + system CPU time this process has used so far (`getrusage(RUSAGE_SELF)`), in seconds.
-pub fn process_cpu_seconds() -> f64 {
+pub(crate) fn process_cpu_seconds() -> f64 {
     use nix::sys::resource::{getrusage, UsageWho};
     use nix::sys::time::TimeValLike;
     match getrusage(UsageWho::RUSAGE_SELF) {
@@ -48,7 +48,7 @@ pub fn process_cpu_seconds() -> f64 {
 
 impl Report {
     /// Records the process's CPU time and the wall time since `started` (the start of `main`).
-    pub fn finish(&mut self, started: Instant) {
+    pub(crate) fn finish(&mut self, started: Instant) {
         self.cpu_s = process_cpu_seconds();
         self.wall_s = started.elapsed().as_secs_f64();
     }
@@ -75,7 +75,7 @@ impl Report {
     }
 
     /// JSON object (one line).
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         serde_json::json!({
             "mode": self.mode,
             "size": self.size,
@@ -102,7 +102,7 @@ impl Report {
     }
 
     /// Human-readable summary.
-    pub fn human(&self) -> String {
+    pub(crate) fn human(&self) -> String {
         format!(
             "{mode}: {size} B messages, window {window}, {flows} flow(s), {secs:.2} s measured\n  \
              {msgs} round trips: {rate:.0} msg/s, {gbits:.3} Gbit/s payload each way\n  \

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use machnet::Channel;
 
 /// The payload byte at offset `i` (≥ 8) of a message tagged `tag`.
-pub fn tagged_byte(tag: u64, i: usize) -> u8 {
+pub(crate) fn tagged_byte(tag: u64, i: usize) -> u8 {
     (tag.wrapping_mul(31).wrapping_add(i as u64)) as u8
 }
 
 /// What a sink saw.
 #[derive(Debug, Default)]
-pub struct SinkReport {
+pub(crate) struct SinkReport {
     /// Messages received.
     pub received: u64,
     /// Distinct tags received intact.
@@ -30,7 +30,7 @@ pub struct SinkReport {
 
 impl SinkReport {
     /// The report as one JSON object; `expected` adds the count of missing tags.
-    pub fn json(&self, expected: Option<u64>) -> serde_json::Value {
+    pub(crate) fn json(&self, expected: Option<u64>) -> serde_json::Value {
         let mut v = serde_json::json!({
             "received": self.received,
             "distinct": self.distinct,
@@ -46,7 +46,11 @@ impl SinkReport {
 }
 
 /// Receives on `ch` until `expect` distinct tags arrived, or nothing arrived for `idle`.
-pub fn run(ch: &mut Channel, expect: Option<u64>, idle: Duration) -> Result<SinkReport, String> {
+pub(crate) fn run(
+    ch: &mut Channel,
+    expect: Option<u64>,
+    idle: Duration,
+) -> Result<SinkReport, String> {
     let mut seen = HashSet::new();
     let mut r = SinkReport::default();
     let mut last = Instant::now();

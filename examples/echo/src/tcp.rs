@@ -51,7 +51,7 @@ impl Conn {
 }
 
 /// Echoes every byte back, one thread per connection.
-pub fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
+pub(crate) fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
     let listener = TcpListener::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
     eprintln!("machnet-echo: TCP echo on {bind}");
     for stream in listener.incoming() {
@@ -124,7 +124,7 @@ fn wait(stream: &TcpStream, want_write: bool, timeout: Duration) -> Result<(), S
 /// and the messages queued in one turn leave in one `write`. With `per_message_io` no system
 /// call crosses a message boundary (at least one `write` and one `read` per message, like
 /// the client before the event loop).
-pub fn client(
+pub(crate) fn client(
     bind: Option<SocketAddr>,
     remote: SocketAddr,
     busy: bool,

@@ -49,7 +49,7 @@ fn socket(bind: SocketAddr, busy: bool, timeout: Duration) -> Result<UdpSocket, 
     Ok(sock)
 }
 
-pub fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
+pub(crate) fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
     let sock = socket(bind, busy, Duration::from_secs(3600))?;
     eprintln!("machnet-echo: UDP echo on {bind}");
     let mut buf = vec![0u8; 65536];
@@ -62,7 +62,7 @@ pub fn server(bind: SocketAddr, busy: bool) -> Result<(), String> {
     }
 }
 
-pub fn client(
+pub(crate) fn client(
     bind: SocketAddr,
     remote: SocketAddr,
     busy: bool,

@@ -57,19 +57,35 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     /// Read `key`.
-    Get { id: u32, key: &'a [u8] },
+    Get {
+        /// Chosen by the client, echoed in the response.
+        id: u32,
+        /// 1 ..= [`MAX_KEY`] bytes.
+        key: &'a [u8],
+    },
     /// Write `key` = `value`.
     Set {
+        /// Chosen by the client, echoed in the response.
         id: u32,
+        /// 1 ..= [`MAX_KEY`] bytes.
         key: &'a [u8],
+        /// At most [`MAX_VALUE`] bytes (may be empty).
         value: &'a [u8],
     },
     /// Remove `key`.
-    Delete { id: u32, key: &'a [u8] },
+    Delete {
+        /// Chosen by the client, echoed in the response.
+        id: u32,
+        /// 1 ..= [`MAX_KEY`] bytes.
+        key: &'a [u8],
+    },
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     Scan {
+        /// Chosen by the client, echoed in the response.
         id: u32,
+        /// At most [`MAX_KEY`] bytes; empty matches every key.
         prefix: &'a [u8],
+        /// 1 ..= [`MAX_SCAN`] entries.
         limit: u32,
     },
 }

@@ -169,6 +169,48 @@ fn events_and_messages_come_in_ring_order() {
 }
 
 #[test]
+fn into_or_event_copies_messages_once_and_passes_no_event_over() {
+    let mut h = Harness::new();
+    let flow = h.accept(5);
+    h.notify(RecordKind::Message, 5, 0, 0, b"one");
+    h.notify(RecordKind::Message, 5, 0, 0, b"a longer message");
+    h.notify(RecordKind::PeerClosed, 5, 0, 0, &[]);
+    h.notify(RecordKind::Closed, 5, 0, CloseCode::Reset as u8, &[]);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        h.app.poll(&mut Want::IntoOrEvent(&mut buf)).unwrap(),
+        Some(Got::Into(flow, 3))
+    );
+    assert_eq!(&buf[..3], b"one");
+    // Too long for the buffer: left first in line, nothing behind it is taken.
+    assert_eq!(
+        h.app.poll(&mut Want::IntoOrEvent(&mut buf)),
+        Err(PollError::BufferTooSmall {
+            needed: 16,
+            available: 8
+        })
+    );
+    let mut big = [0u8; 32];
+    assert_eq!(
+        h.app.poll(&mut Want::IntoOrEvent(&mut big)).unwrap(),
+        Some(Got::Into(flow, 16))
+    );
+    assert_eq!(&big[..16], b"a longer message");
+    assert_eq!(
+        h.app.poll(&mut Want::IntoOrEvent(&mut buf)).unwrap(),
+        Some(Got::Event(Event::PeerClosed { flow }))
+    );
+    assert_eq!(
+        h.app.poll(&mut Want::IntoOrEvent(&mut buf)).unwrap(),
+        Some(Got::Event(Event::Closed {
+            flow,
+            reason: Some(CloseCode::Reset)
+        }))
+    );
+    assert_eq!(h.app.poll(&mut Want::IntoOrEvent(&mut buf)).unwrap(), None);
+}
+
+#[test]
 fn message_only_receives_apply_events_and_auto_close() {
     let mut h = Harness::new();
     let flow = h.accept(7);

@@ -243,6 +243,9 @@ static int t_connect_errors(void) {
     errno = 0;
     CHECK(machnet_connect(ch, local_ip, peer_ip, 4444, &f) == -1);
     CHECK(errno == ECONNREFUSED || errno == ETIMEDOUT);
+    /* The code name every binding reports for this condition. */
+    CHECK(strcmp(machnet_last_error_code(), errno == ECONNREFUSED ? "ERR_MACHNET_CONNECTION_REFUSED"
+                                                                  : "ERR_MACHNET_TIMEOUT") == 0);
     CHECK(now_s() - t0 < 5.0);
     return 0;
 }
@@ -286,6 +289,7 @@ static int t_send_errors(void) {
     FAILS(machnet_send(ch, echo_flow, NULL, 10), EINVAL);
     FAILS(machnet_send(ch, echo_flow, "x", 0), EINVAL);
     FAILS(machnet_send(ch, echo_flow, &big_dummy, (size_t)MACHNET_MSG_MAX_LEN + 1), EMSGSIZE);
+    CHECK(strcmp(machnet_last_error_code(), "ERR_MACHNET_MESSAGE_TOO_LARGE") == 0);
     FAILS(machnet_send(ch, echo_flow, &big_dummy, SIZE_MAX), EMSGSIZE);
     MachnetFlow_t unknown = echo_flow;
     unknown.src_port ^= 0x5555;
@@ -334,6 +338,8 @@ static int t_too_small_buffer_keeps_the_message(void) {
     FAILS(machnet_recv_timeout(ch, small, sizeof small, &f, 10000), EMSGSIZE);
     CHECK(machnet_peek(ch) == (ssize_t)sizeof out);
     FAILS(machnet_recv(ch, small, sizeof small, &f), EMSGSIZE);
+    /* Same errno as a message too large to send; the code name tells them apart. */
+    CHECK(strcmp(machnet_last_error_code(), "ERR_MACHNET_BUFFER_TOO_SMALL") == 0);
     FAILS(machnet_recv(ch, NULL, 0, &f), EMSGSIZE);
     CHECK(machnet_recv(ch, in, sizeof in, &f) == (ssize_t)sizeof in);
     CHECK(memcmp(in, out, sizeof in) == 0);

@@ -28,12 +28,12 @@ use nix::sys::socket::{
 };
 
 /// Default wait for anything in these tests (generous: CI machines are slow).
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 static DIRS: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh temporary directory for control sockets.
-pub fn temp_dir(tag: &str) -> PathBuf {
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "machnet-{tag}-{}-{}",
         std::process::id(),
@@ -45,7 +45,7 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// A test configuration: quiet, no stats, socket in a temp dir.
-pub fn test_config(ip: Ipv4Addr, engines: u16, sock: &Path) -> SidecarConfig {
+pub(crate) fn test_config(ip: Ipv4Addr, engines: u16, sock: &Path) -> SidecarConfig {
     let mut c = SidecarConfig::new();
     c.local_ip = ip;
     c.engines = engines;
@@ -59,7 +59,7 @@ pub fn test_config(ip: Ipv4Addr, engines: u16, sock: &Path) -> SidecarConfig {
 }
 
 /// Starts a sidecar on the in-memory hub.
-pub fn mem_sidecar(hub: &MemHub, cfg: SidecarConfig) -> Sidecar {
+pub(crate) fn mem_sidecar(hub: &MemHub, cfg: SidecarConfig) -> Sidecar {
     let dps: Vec<Box<dyn Datapath>> = hub
         .add_host(cfg.local_ip, cfg.engines, cfg.udp_ports, 9000)
         .expect("add host")
@@ -70,7 +70,7 @@ pub fn mem_sidecar(hub: &MemHub, cfg: SidecarConfig) -> Sidecar {
 }
 
 /// Waits until `fd` is readable or `timeout` passes; returns whether it is readable.
-pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
+pub(crate) fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -85,12 +85,12 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> bool {
 }
 
 /// A raw control connection.
-pub struct RawClient {
+pub(crate) struct RawClient {
     pub fd: OwnedFd,
 }
 
 impl RawClient {
-    pub fn connect(path: &Path) -> std::io::Result<RawClient> {
+    pub(crate) fn connect(path: &Path) -> std::io::Result<RawClient> {
         let fd = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -101,7 +101,7 @@ impl RawClient {
         Ok(RawClient { fd })
     }
 
-    pub fn send_raw(&self, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn send_raw(&self, data: &[u8]) -> std::io::Result<()> {
         sendmsg::<UnixAddr>(
             self.fd.as_raw_fd(),
             &[IoSlice::new(data)],
@@ -113,7 +113,7 @@ impl RawClient {
     }
 
     /// The next packet and the descriptors that came with it; `None` on timeout or hang-up.
-    pub fn recv(&self, timeout: Duration) -> Option<(Response, Vec<OwnedFd>)> {
+    pub(crate) fn recv(&self, timeout: Duration) -> Option<(Response, Vec<OwnedFd>)> {
         if !wait_readable(&self.fd, timeout) {
             return None;
         }
@@ -143,12 +143,12 @@ impl RawClient {
         Some((Response::decode(&buf[..n]).expect("valid response"), fds))
     }
 
-    pub fn request(&self, req: &Request) -> Response {
+    pub(crate) fn request(&self, req: &Request) -> Response {
         self.send_raw(&req.encode()).expect("send request");
         self.recv(WAIT).expect("response").0
     }
 
-    pub fn hello(&self) -> Response {
+    pub(crate) fn hello(&self) -> Response {
         self.request(&Request::Hello {
             version: 1,
             client: "raw-test".into(),
@@ -156,7 +156,7 @@ impl RawClient {
     }
 
     /// Whether the sidecar hung up (reads EOF) within `timeout`.
-    pub fn hung_up(&self, timeout: Duration) -> bool {
+    pub(crate) fn hung_up(&self, timeout: Duration) -> bool {
         if !wait_readable(&self.fd, timeout) {
             return false;
         }
@@ -167,7 +167,7 @@ impl RawClient {
         )
     }
 
-    pub fn open_channel(&self, engine: Option<u16>) -> AppChannel {
+    pub(crate) fn open_channel(&self, engine: Option<u16>) -> AppChannel {
         self.send_raw(&Request::OpenChannel { engine }.encode())
             .unwrap();
         let (resp, fds) = self.recv(WAIT).expect("channel_opened");
@@ -183,14 +183,14 @@ impl RawClient {
         AppChannel::map(channel, engine, len, fds)
     }
 
-    pub fn listen(&self, channel: u32, port: u16) -> Response {
+    pub(crate) fn listen(&self, channel: u32, port: u16) -> Response {
         self.request(&Request::Listen { channel, port })
     }
 }
 
 /// A notification read from a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
+pub(crate) struct Note {
     pub kind: RecordKind,
     pub flags: u8,
     pub flow: u32,
@@ -199,13 +199,13 @@ pub struct Note {
 }
 
 impl Note {
-    pub fn info(&self) -> FlowInfo {
+    pub(crate) fn info(&self) -> FlowInfo {
         FlowInfo::decode(&self.payload).expect("flow info payload")
     }
 }
 
 /// The app side of a channel, used raw.
-pub struct AppChannel {
+pub(crate) struct AppChannel {
     pub id: u32,
     pub engine: u16,
     pub layout: ChannelLayout,
@@ -247,13 +247,13 @@ impl AppChannel {
     }
 
     /// The header's `closed` word.
-    pub fn closed(&mut self) -> u32 {
+    pub(crate) fn closed(&mut self) -> u32 {
         let v = unsafe { self.layout.views(self.map.as_mut_ptr()) };
         v.closed().load(Ordering::SeqCst)
     }
 
     /// Waits until the sidecar closed the channel; returns the code.
-    pub fn wait_closed(&mut self, timeout: Duration) -> Option<u32> {
+    pub(crate) fn wait_closed(&mut self, timeout: Duration) -> Option<u32> {
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.closed();
@@ -271,7 +271,11 @@ impl AppChannel {
     }
 
     /// Pushes one request without waiting; wakes the sidecar if it sleeps.
-    pub fn try_push(&mut self, mut h: RecordHeader, payload: &[u8]) -> Result<(), PushError> {
+    pub(crate) fn try_push(
+        &mut self,
+        mut h: RecordHeader,
+        payload: &[u8],
+    ) -> Result<(), PushError> {
         h.len = 0;
         self.requests.push(h, &[payload])?;
         if self.requests.consumer_needs_wakeup() {
@@ -281,7 +285,7 @@ impl AppChannel {
     }
 
     /// Pushes one request, waiting for room (up to `WAIT`, reading nothing meanwhile).
-    pub fn push(&mut self, h: RecordHeader, payload: &[u8]) {
+    pub(crate) fn push(&mut self, h: RecordHeader, payload: &[u8]) {
         let deadline = Instant::now() + WAIT;
         loop {
             match self.try_push(h, payload) {
@@ -305,7 +309,7 @@ impl AppChannel {
     }
 
     /// The next notification, if one is waiting (no wait).
-    pub fn try_next(&mut self) -> Option<Note> {
+    pub(crate) fn try_next(&mut self) -> Option<Note> {
         let rec = self.notes.peek().expect("valid notification ring")?;
         let mut payload = vec![0u8; rec.header.len as usize];
         self.notes.read_payload(&rec, &mut payload);
@@ -323,7 +327,7 @@ impl AppChannel {
     }
 
     /// The next notification, waiting up to `timeout` (on the app eventfd, per §4).
-    pub fn next(&mut self, timeout: Duration) -> Option<Note> {
+    pub(crate) fn next(&mut self, timeout: Duration) -> Option<Note> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(n) = self.try_next() {
@@ -346,12 +350,12 @@ impl AppChannel {
     }
 
     /// The next notification, which must come within `WAIT`.
-    pub fn expect_next(&mut self) -> Note {
+    pub(crate) fn expect_next(&mut self) -> Note {
         self.next(WAIT).expect("a notification within the wait")
     }
 
     /// Sends a Connect request; returns its request id.
-    pub fn connect_request(&mut self, ip: Ipv4Addr, port: u16) -> u32 {
+    pub(crate) fn connect_request(&mut self, ip: Ipv4Addr, port: u16) -> u32 {
         let id = self.next_request;
         self.next_request += 1;
         let mut h = RecordHeader::new(RecordKind::Connect, 0);
@@ -365,7 +369,7 @@ impl AppChannel {
     }
 
     /// Connects and waits for `Connected`; returns the flow handle.
-    pub fn connect(&mut self, ip: Ipv4Addr, port: u16) -> (u32, FlowInfo) {
+    pub(crate) fn connect(&mut self, ip: Ipv4Addr, port: u16) -> (u32, FlowInfo) {
         let id = self.connect_request(ip, port);
         let n = self.expect_next();
         assert_eq!(n.kind, RecordKind::Connected, "{n:?}");
@@ -373,26 +377,26 @@ impl AppChannel {
         (n.flow, n.info())
     }
 
-    pub fn send(&mut self, flow: u32, msg: &[u8]) {
+    pub(crate) fn send(&mut self, flow: u32, msg: &[u8]) {
         self.push(RecordHeader::new(RecordKind::Send, flow), msg);
     }
 
-    pub fn close_flow(&mut self, flow: u32) {
+    pub(crate) fn close_flow(&mut self, flow: u32) {
         self.push(RecordHeader::new(RecordKind::Close, flow), &[]);
     }
 
-    pub fn abort_flow(&mut self, flow: u32) {
+    pub(crate) fn abort_flow(&mut self, flow: u32) {
         self.push(RecordHeader::new(RecordKind::Abort, flow), &[]);
     }
 }
 
 /// Deterministic message content.
 #[allow(unused_imports)] // not every test file uses it
-pub use machnet_sidecar::testing::pattern;
+pub(crate) use machnet_sidecar::testing::pattern;
 
 /// Runs an echo server on `ch` until `stop` is set: every message comes back on its flow; a
 /// peer close is answered with a close.
-pub fn echo_server(mut ch: AppChannel, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) fn echo_server(mut ch: AppChannel, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         let Some(n) = ch.next(Duration::from_millis(50)) else {
             continue;
@@ -406,22 +410,28 @@ pub fn echo_server(mut ch: AppChannel, stop: std::sync::Arc<std::sync::atomic::A
 }
 
 /// The close code of a notification's flags.
-pub fn code(n: &Note) -> Option<CloseCode> {
+pub(crate) fn code(n: &Note) -> Option<CloseCode> {
     CloseCode::from_u8(n.flags)
 }
 
 /// The sidecar binary built by cargo for these tests.
-pub const MACHNET_BIN: &str = env!("CARGO_BIN_EXE_machnet");
+pub(crate) const MACHNET_BIN: &str = env!("CARGO_BIN_EXE_machnet");
 
 /// A sidecar process, killed if the test fails.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Option<Child>,
     pub sock: PathBuf,
     pub log: PathBuf,
 }
 
 impl Proc {
-    pub fn start(ip: Ipv4Addr, engines: u16, pool: PortPool, dir: &Path, extra: &[&str]) -> Proc {
+    pub(crate) fn start(
+        ip: Ipv4Addr,
+        engines: u16,
+        pool: PortPool,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Proc {
         let engines = engines.to_string();
         let mut args = vec!["--engines", engines.as_str()];
         args.extend_from_slice(&["--stats-interval", "1", "--log-level", "debug"]);
@@ -431,7 +441,13 @@ impl Proc {
 
     /// Starts sidecar binary `bin` on `ip` with `args` (later flags override earlier ones), its
     /// socket and log in `dir`, and waits until it listens.
-    pub fn start_bin(bin: &Path, ip: Ipv4Addr, pool: PortPool, dir: &Path, args: &[&str]) -> Proc {
+    pub(crate) fn start_bin(
+        bin: &Path,
+        ip: Ipv4Addr,
+        pool: PortPool,
+        dir: &Path,
+        args: &[&str],
+    ) -> Proc {
         let sock = dir.join(format!("{ip}.sock"));
         let log = dir.join(format!("{ip}.log"));
         let child = Command::new(bin)
@@ -455,7 +471,7 @@ impl Proc {
         p
     }
 
-    pub fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + WAIT;
         while RawClient::connect(&self.sock).is_err() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -470,12 +486,12 @@ impl Proc {
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),

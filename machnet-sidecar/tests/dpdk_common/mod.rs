@@ -6,7 +6,7 @@ use machnet_sidecar::datapath::dpdk::Eal;
 /// EAL arguments for a test process with the given virtual devices. No hugepages:
 /// `--in-memory` is refused with `--no-huge` on DPDK 22.11 (it implies legacy memory), so use no
 /// shared config and a private runtime directory instead.
-pub fn eal_args(vdevs: &[&str]) -> Vec<String> {
+pub(crate) fn eal_args(vdevs: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["--no-pci", "--no-huge", "-m", "256", "--no-shconf"]
         .into_iter()
         .map(String::from)
@@ -19,7 +19,7 @@ pub fn eal_args(vdevs: &[&str]) -> Vec<String> {
 
 /// Initialises EAL with [`eal_args`]. Fails the test if EAL cannot start, unless
 /// `MACHNET_SKIP_DPDK_EAL` is set (then `None`: the caller returns, the test is skipped).
-pub fn init_eal(vdevs: &[&str]) -> Option<Eal> {
+pub(crate) fn init_eal(vdevs: &[&str]) -> Option<Eal> {
     match Eal::init(eal_args(vdevs)) {
         Ok(e) => Some(e),
         Err(e) if std::env::var_os("MACHNET_SKIP_DPDK_EAL").is_some() => {

@@ -1,0 +1,60 @@
+package machnet
+
+/*
+#include <stdlib.h>
+#include "machnet.h"
+*/
+import "C"
+
+import (
+	"runtime"
+	"unsafe"
+)
+
+// Sidecar is one attachment to a Machnet sidecar (Open). Unlike Init, it is not process-wide:
+// a program may open several sidecars and attach channels to each. Safe for concurrent use.
+type Sidecar struct {
+	h unsafe.Pointer // a libmachnet sidecar handle: never dereferenced, checked by the library
+}
+
+// Open attaches to the sidecar whose control socket is socketPath ("" = $MACHNET_SOCKET, else
+// /run/machnet/machnet.sock, else the original Machnet's /var/run/machnet/machnet_ctrl.sock).
+// Close it when done; channels attached through it stay usable until they are closed.
+func Open(socketPath string) (*Sidecar, error) {
+	var p *C.char
+	if socketPath != "" {
+		p = C.CString(socketPath)
+		defer C.free(unsafe.Pointer(p))
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	h, err := C.machnet_open(p)
+	if h == nil {
+		return nil, fail("machnet_open", err)
+	}
+	s := &Sidecar{h: h}
+	runtime.SetFinalizer(s, func(s *Sidecar) { C.machnet_close_sidecar(s.h) })
+	return s, nil
+}
+
+// Attach opens a channel on this sidecar (as the package-level Attach does on Init's).
+func (s *Sidecar) Attach() (*Channel, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	p, err := C.machnet_attach_to(s.h)
+	if p == nil {
+		return nil, fail("machnet_attach_to", err)
+	}
+	return newChannel(p), nil
+}
+
+// Close releases the sidecar handle; its channels stay usable. Later calls fail with ErrClosed.
+func (s *Sidecar) Close() error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	runtime.SetFinalizer(s, nil)
+	if r, err := C.machnet_close_sidecar(s.h); r != 0 {
+		return fail("machnet_close_sidecar", err)
+	}
+	return nil
+}
