@@ -34,19 +34,17 @@ mod events;
 mod handle;
 
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::io::IoSlice;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use machnet_client::{
-    AttachError, Channel, Flow, Machnet, RecvError, RequestError, SendError, DEFAULT_SOCKET_PATH,
+    AttachError, Channel, Flow, Machnet, RecvError, RequestError, SharedError, DEFAULT_SOCKET_PATH,
     SOCKET_ENV,
 };
 
-use chan::{Ctx, Want};
+use chan::{shared_err, Ctx};
 use error::{guard, Error, Result};
-use events::{EventQueue, Incoming};
 
 /// Largest message Machnet carries, in bytes (8 MiB).
 pub const MACHNET_MSG_MAX_LEN: u32 = 8 * 1024 * 1024;
@@ -367,16 +365,8 @@ fn send_parts(ctx: *const c_void, flow: &MachnetFlow, parts: &[&[u8]]) -> Result
             format!("message of {total} bytes exceeds MACHNET_MSG_MAX_LEN"),
         ));
     }
-    let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    ctx.wait(Want::Space(total), None, |ch, _| {
-        let f = find_flow(ch, flow)?;
-        match ch.try_send_vectored(&f, &slices) {
-            Ok(()) => Ok(Some(())),
-            Err(SendError::WouldBlock) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    })
-    .map(|_| ())
+    let f = chan::with(&ctx, |ch| find_flow(ch, flow))?;
+    ctx.send(&f, parts, None).map_err(shared_err)
 }
 
 fn sendmsg(ctx: *const c_void, h: *const MachnetMsgHdr) -> Result<()> {
@@ -421,28 +411,8 @@ fn recv_into(
     buf: &mut [u8],
     deadline: Option<Instant>,
 ) -> Result<Option<(MachnetFlow, usize)>> {
-    let grab = |ch: &mut Channel, ev: &mut EventQueue| match ev.next_message(ch, buf)? {
-        Incoming::Message(f, n) => Ok(Some((to_c(f.local_addr(), f.remote_addr(), false), n))),
-        Incoming::Empty => Ok(None),
-        Incoming::TooSmall(needed) => Err(too_small(needed, buf.len())),
-    };
-    let nonblocking = deadline.is_some_and(|d| d <= Instant::now());
-    if !nonblocking {
-        return ctx.wait(Want::Data, deadline, grab);
-    }
-    let mut grab = grab;
-    loop {
-        if let Some(r) = ctx.with_events(&mut grab)? {
-            return Ok(Some(r));
-        }
-        if !ctx.arm_external()? {
-            return Ok(None);
-        }
-    }
-}
-
-fn too_small(needed: usize, available: usize) -> Error {
-    Error::from(RecvError::BufferTooSmall { needed, available })
+    let got = ctx.recv_into(buf, deadline).map_err(shared_err)?;
+    Ok(got.map(|(f, n)| (to_c(f.local_addr(), f.remote_addr(), false), n)))
 }
 
 fn recv(
@@ -474,48 +444,38 @@ fn recvmsg(ctx: *const c_void, h: *mut MachnetMsgHdr) -> Result<c_int> {
         pieces.push(bytes_mut(v.base, v.len, &format!("msg_iov[{i}].base"))?);
         room = room.saturating_add(v.len);
     }
-    let got = loop {
-        let r = ctx.with_events(|ch, ev| {
-            let Some((f, data)) = ev.take_message(ch)? else {
-                return Ok(None);
+    let got = ctx.recv_with(Some(Instant::now()), |f, data| {
+        let n = data.len();
+        if n > room {
+            let e = RecvError::BufferTooSmall {
+                needed: n,
+                available: room,
             };
-            if data.len() > room {
-                let needed = data.len();
-                ev.hold((f, data));
-                return Ok(Some(Err(needed)));
-            }
-            let n = data.len();
-            Ok(Some(Ok((
-                to_c(f.local_addr(), f.remote_addr(), false),
-                data,
-                n,
-            ))))
-        })?;
-        match r {
-            Some(r) => break r,
-            None if ctx.arm_external()? => continue,
-            None => return Ok(0),
+            return Err(((f, data), e));
         }
-    };
+        let mut rest = &data[..];
+        for p in pieces.iter_mut() {
+            let k = p.len().min(rest.len());
+            p[..k].copy_from_slice(&rest[..k]);
+            rest = &rest[k..];
+        }
+        Ok((to_c(f.local_addr(), f.remote_addr(), false), n))
+    });
     match got {
-        Err(needed) => {
+        Ok(None) => Ok(0),
+        Ok(Some((f, n))) => {
+            h.msg_size = n as u32;
+            h.flow_info = f;
+            Ok(1)
+        }
+        Err(SharedError::Op(RecvError::BufferTooSmall { needed, .. })) => {
             h.msg_size = u32::try_from(needed).unwrap_or(u32::MAX);
             Err(Error::new(
                 libc::EMSGSIZE,
                 format!("the next message has {needed} bytes; the iovecs hold {room}"),
             ))
         }
-        Ok((f, data, n)) => {
-            let mut rest = &data[..n];
-            for p in pieces.iter_mut() {
-                let k = p.len().min(rest.len());
-                p[..k].copy_from_slice(&rest[..k]);
-                rest = &rest[k..];
-            }
-            h.msg_size = n as u32;
-            h.flow_info = f;
-            Ok(1)
-        }
+        Err(e) => Err(shared_err(e)),
     }
 }
 
@@ -561,7 +521,7 @@ pub extern "C" fn machnet_attach() -> *mut c_void {
 /// A new channel on sidecar `m`, registered.
 fn attach_on(m: &Machnet) -> Result<*mut c_void> {
     let ch = m.open_channel(None)?;
-    let ctx = Arc::new(Ctx::new(m, ch)?);
+    let ctx = Arc::new(chan::new(m, ch)?);
     handle::insert(ctx)
 }
 
@@ -638,9 +598,7 @@ fn detach(
     release: fn(Channel) -> std::result::Result<(), RequestError>,
 ) -> Result<c_int> {
     let ctx = handle::remove(channel_ctx)?;
-    let ch = ctx.lock().ch.take();
-    ctx.kick();
-    match ch {
+    match ctx.detach() {
         Some(ch) => release(ch).map(|()| 0).map_err(Error::from),
         None => Err(chan::bad_ctx()),
     }
@@ -663,7 +621,7 @@ pub extern "C" fn machnet_listen(
             return Err(Error::new(libc::EINVAL, "port 0 cannot be listened on"));
         }
         // The channel's own sidecar, not the one the latest machnet_init_at named.
-        ctx.with(false, |ch| {
+        chan::with(&ctx, |ch| {
             check_local(ch.machnet(), local_ip)?;
             ch.listen(port).map_err(Error::from)
         })?;
@@ -701,7 +659,7 @@ pub extern "C" fn machnet_connect_timeout(
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
         // Checked against the channel's own sidecar (see machnet_listen).
-        ctx.with(false, |ch| check_local(ch.machnet(), local_ip))?;
+        chan::with(&ctx, |ch| check_local(ch.machnet(), local_ip))?;
         let remote = ip(remote_ip, "remote_ip")?;
         if remote.is_unspecified() || remote_port == 0 {
             return Err(Error::new(
@@ -715,7 +673,7 @@ pub extern "C" fn machnet_connect_timeout(
         } else {
             Duration::from_millis(timeout_ms as u64)
         };
-        let f = ctx.with(true, |ch| {
+        let f = chan::with(&ctx, |ch| {
             ch.connect_timeout(remote, remote_port, timeout)
                 .map_err(Error::from)
         })?;
@@ -733,7 +691,7 @@ pub extern "C" fn machnet_connect_timeout(
 pub extern "C" fn machnet_close(channel_ctx: *const c_void, flow: MachnetFlow_t) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        ctx.with(true, |ch| {
+        chan::with(&ctx, |ch| {
             let f = find_flow(ch, &flow)?;
             ch.close(&f).map_err(Error::from)
         })?;
@@ -858,10 +816,8 @@ pub extern "C" fn machnet_recvmsg(
 pub extern "C" fn machnet_peek(channel_ctx: *const c_void) -> libc::ssize_t {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        ctx.with_events(|ch, ev| match ev.next_message(ch, &mut [])? {
-            Incoming::TooSmall(needed) => Ok(needed as isize),
-            Incoming::Message(..) | Incoming::Empty => Ok(0),
-        })
+        let n = ctx.peek_len().map_err(shared_err)?;
+        Ok(n.map_or(0, |n| n as isize))
     })
 }
 
@@ -875,8 +831,7 @@ pub extern "C" fn machnet_peek(channel_ctx: *const c_void) -> libc::ssize_t {
 pub extern "C" fn machnet_channel_fd(channel_ctx: *const c_void) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        ctx.enable_external();
-        Ok(ctx.fd())
+        Ok(ctx.wait_fd())
     })
 }
 
@@ -940,14 +895,11 @@ pub extern "C" fn machnet_next_event_timeout(
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
         let ev = out(ev, "ev")?;
-        let got = if timeout_ms == 0 {
-            ctx.with_events(|ch, q| q.next_event(ch))?
-        } else {
-            ctx.wait(Want::Event, deadline_ms(timeout_ms), |ch, q| {
-                q.next_event(ch)
-            })?
-        };
-        match got {
+        let got = ctx
+            .next_event(deadline_ms(timeout_ms))
+            .map_err(shared_err)?;
+        // The queue keeps only the events the C ABI reports.
+        match got.as_ref().and_then(events::flow_event) {
             Some(e) => {
                 *ev = e;
                 Ok(1)
@@ -966,7 +918,7 @@ pub extern "C" fn machnet_next_event_timeout(
 pub extern "C" fn machnet_set_event_limit(channel_ctx: *const c_void, limit: usize) -> c_int {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        ctx.lock().events.set_limit(limit);
+        ctx.set_event_limit(limit);
         Ok(0)
     })
 }
@@ -979,7 +931,7 @@ pub extern "C" fn machnet_set_event_limit(channel_ctx: *const c_void, limit: usi
 pub extern "C" fn machnet_events_dropped(channel_ctx: *const c_void) -> i64 {
     guard(-1, || {
         let ctx = handle::get(channel_ctx)?;
-        let n = ctx.lock().events.dropped();
+        let n = ctx.events_dropped();
         Ok(i64::try_from(n).unwrap_or(i64::MAX))
     })
 }

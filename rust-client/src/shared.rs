@@ -42,6 +42,7 @@ use machnet_channel::app::{AppChannel, ChannelFault, WaitFor};
 
 use crate::channel::{Channel, Event, Flow, Got, Want};
 use crate::error::{Fault, RecvError, SendError};
+use crate::error_kind::{ClientError, ErrorKind};
 use crate::machnet::Machnet;
 use crate::sys::{self, Woken};
 
@@ -579,6 +580,30 @@ impl FlowEvents {
         while self.queue.len() > limit {
             self.queue.pop_back();
             self.dropped += 1;
+        }
+    }
+}
+
+impl<E: ClientError> ClientError for SharedError<E> {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SharedError::Interrupted => ErrorKind::Interrupted,
+            SharedError::Detached => ErrorKind::ChannelClosed,
+            SharedError::Op(e) => e.kind(),
+        }
+    }
+
+    fn os_error(&self) -> Option<&std::io::Error> {
+        match self {
+            SharedError::Op(e) => e.os_error(),
+            _ => None,
+        }
+    }
+
+    fn close_code(&self) -> Option<machnet_channel::CloseCode> {
+        match self {
+            SharedError::Op(e) => e.close_code(),
+            _ => None,
         }
     }
 }
