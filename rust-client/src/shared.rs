@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use machnet_channel::app::{AppChannel, ChannelFault, WaitFor};
 
-use crate::channel::{Channel, Event, Flow, Got, Want};
+use crate::channel::{Channel, Event, Flow, Got, Received, Want};
 use crate::error::{Fault, RecvError, SendError};
 use crate::error_kind::{ClientError, ErrorKind};
 use crate::machnet::Machnet;
@@ -193,27 +193,15 @@ impl SharedChannel {
         self.recv_with(deadline, |flow, data| Ok((flow, data)))
     }
 
-    /// Like [`SharedChannel::recv`], copying the message into `buf`. A message longer than
-    /// `buf` is not consumed: [`RecvError::BufferTooSmall`] tells its size.
+    /// Like [`SharedChannel::recv`], copying the message into `buf` (straight from the ring:
+    /// one copy). A message longer than `buf` is not consumed: [`RecvError::BufferTooSmall`]
+    /// tells its size.
     pub fn recv_into(
         &self,
         buf: &mut [u8],
         deadline: Option<Instant>,
     ) -> Result<Option<(Flow, usize)>, SharedError<RecvError>> {
-        self.recv_with(deadline, |flow, data| {
-            let n = data.len();
-            let Some(dst) = buf.get_mut(..n) else {
-                return Err((
-                    (flow, data),
-                    RecvError::BufferTooSmall {
-                        needed: n,
-                        available: buf.len(),
-                    },
-                ));
-            };
-            dst.copy_from_slice(&data);
-            Ok((flow, n))
-        })
+        self.receive(deadline, |ch, q| q.take_message_into(ch, &mut *buf))
     }
 
     /// The next message, handed to `accept` under the lock. `accept` may refuse it (give it back
@@ -225,7 +213,7 @@ impl SharedChannel {
         deadline: Option<Instant>,
         mut accept: impl FnMut(Flow, Vec<u8>) -> Result<T, ((Flow, Vec<u8>), RecvError)>,
     ) -> Result<Option<T>, SharedError<RecvError>> {
-        let mut attempt = |ch: &mut Channel, q: &mut FlowEvents| -> Result<Option<T>, RecvError> {
+        self.receive(deadline, |ch, q| {
             let Some((flow, data)) = q.take_message(ch)? else {
                 return Ok(None);
             };
@@ -236,7 +224,16 @@ impl SharedChannel {
                     Err(e)
                 }
             }
-        };
+        })
+    }
+
+    /// The receive loop of every receive flavour: `attempt` until it finds something, waiting
+    /// until `deadline` (a passed deadline: one look, and an empty look arms the wait fd).
+    fn receive<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(&mut Channel, &mut FlowEvents) -> Result<Option<T>, RecvError>,
+    ) -> Result<Option<T>, SharedError<RecvError>> {
         if deadline.is_none_or(|d| d > Instant::now()) {
             return self.wait(Need::Data, deadline, attempt);
         }
@@ -522,15 +519,53 @@ impl FlowEvents {
             let Got::Event(ev) = got else { continue };
             match ev {
                 Event::Message { flow, data } => return Ok(Some((flow, data))),
-                Event::Accepted { .. } => {}
-                Event::PeerClosed { ref flow } => {
-                    // Nobody else would close it. A failure here (sidecar gone) is reported by
-                    // the application's next call.
-                    let _ = ch.close(flow);
-                    self.push(ev);
-                }
-                ev => self.push(ev),
+                ev => self.note(ch, ev),
             }
+        }
+    }
+
+    /// The next message copied into `buf`: the held one, else the ring's next message straight
+    /// from the ring (one copy), queueing the flow events before it. A message that does not fit
+    /// stays first in line.
+    fn take_message_into(
+        &mut self,
+        ch: &mut Channel,
+        buf: &mut [u8],
+    ) -> Result<Option<(Flow, usize)>, RecvError> {
+        if let Some((flow, data)) = self.held.take() {
+            let n = data.len();
+            if n > buf.len() {
+                let available = buf.len();
+                self.held = Some((flow, data));
+                return Err(RecvError::BufferTooSmall {
+                    needed: n,
+                    available,
+                });
+            }
+            self.released = true;
+            buf[..n].copy_from_slice(&data);
+            return Ok(Some((flow, n)));
+        }
+        loop {
+            match ch.try_recv_into_or_event(buf)? {
+                None => return Ok(None),
+                Some(Received::Message(flow, n)) => return Ok(Some((flow, n))),
+                Some(Received::Event(ev)) => self.note(ch, ev),
+            }
+        }
+    }
+
+    /// Queues a flow event met on the ring (accepts are not flow events here). A flow whose
+    /// peer closed is closed on this side: nobody else would close it. A failure here (sidecar
+    /// gone) is reported by the application's next call.
+    fn note(&mut self, ch: &mut Channel, ev: Event) {
+        match ev {
+            Event::Accepted { .. } => {}
+            Event::PeerClosed { ref flow } => {
+                let _ = ch.close(flow);
+                self.push(ev);
+            }
+            ev => self.push(ev),
         }
     }
 
