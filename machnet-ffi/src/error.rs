@@ -21,7 +21,7 @@ pub(crate) type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// A failure this library detected itself, reported as `code`.
-    pub fn new(code: c_int, msg: impl Into<String>) -> Error {
+    pub(crate) fn new(code: c_int, msg: impl Into<String>) -> Error {
         Error {
             code,
             kind: kind_of_own_errno(code),

@@ -2,7 +2,7 @@
 //! in ring order next to the messages, a message held back for the next receive) is the
 //! client's `SharedChannel`.
 
-use machnet_client::{CloseCode, Event, DEFAULT_EVENT_LIMIT};
+use machnet_client::{CloseCode, ErrorKind, Event, DEFAULT_EVENT_LIMIT};
 
 use crate::{
     MachnetFlowEvent, MACHNET_EVENT_CLOSED, MACHNET_EVENT_LIMIT_DEFAULT, MACHNET_EVENT_PEER_CLOSED,
@@ -13,19 +13,13 @@ use crate::{
 // The header documents the client's default.
 const _: () = assert!(MACHNET_EVENT_LIMIT_DEFAULT as usize == DEFAULT_EVENT_LIMIT);
 
-/// The errno value for a close reason.
+/// The errno value for a close reason: 0 for a graceful end, else the client's one table
+/// (`ErrorKind::of_close_code`), so an event's `err` is what a call failing for the same reason
+/// returns.
 fn reason_errno(reason: Option<CloseCode>) -> i32 {
     match reason {
         Some(CloseCode::Graceful) => 0,
-        Some(CloseCode::Refused) => libc::ECONNREFUSED,
-        Some(CloseCode::TimedOut) => libc::ETIMEDOUT,
-        Some(CloseCode::Reset) | Some(CloseCode::Aborted) => libc::ECONNRESET,
-        Some(CloseCode::MessageTooLarge) => libc::EMSGSIZE,
-        Some(CloseCode::ProtocolViolation) => libc::EPROTO,
-        Some(CloseCode::UnknownFlow) | None => libc::ENOTCONN,
-        Some(CloseCode::InvalidRequest) => libc::EINVAL,
-        Some(CloseCode::Exhausted) => libc::EAGAIN,
-        Some(_) => libc::ECONNABORTED,
+        r => ErrorKind::of_close_code(r).errno(),
     }
 }
 

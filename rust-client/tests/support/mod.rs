@@ -23,12 +23,12 @@ use nix::sys::socket::{
     SockType, UnixAddr,
 };
 
-pub const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub(crate) const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// A port the fake refuses with `PortInUse`.
-pub const BUSY_PORT: u16 = 7;
+pub(crate) const BUSY_PORT: u16 = 7;
 
 #[derive(Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// Answer to `hello` (default: version 1, 2 engines).
     pub hello: Option<Response>,
     pub layout: ChannelLayout,
@@ -54,7 +54,7 @@ impl Default for Config {
     }
 }
 
-pub struct Fake {
+pub(crate) struct Fake {
     pub channels: mpsc::Receiver<FakeChannel>,
     pub requests: mpsc::Receiver<Request>,
     /// A duplicate of the server's socket, to shut it down (an fd number would be reused by
@@ -65,7 +65,7 @@ pub struct Fake {
 
 impl Fake {
     /// Starts the fake and returns the client's end of the control connection.
-    pub fn start(cfg: Config) -> (OwnedFd, Fake) {
+    pub(crate) fn start(cfg: Config) -> (OwnedFd, Fake) {
         let (client, server) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -89,7 +89,7 @@ impl Fake {
     }
 
     /// Starts the fake and attaches to it.
-    pub fn attach(cfg: Config) -> (Machnet, Fake) {
+    pub(crate) fn attach(cfg: Config) -> (Machnet, Fake) {
         let (fd, fake) = Fake::start(cfg);
         let m = Machnet::attach_fd(fd).expect("attach to the fake sidecar");
         m.set_control_timeout(Duration::from_secs(5));
@@ -97,14 +97,14 @@ impl Fake {
     }
 
     /// The sidecar's end of the next channel opened.
-    pub fn channel(&self) -> FakeChannel {
+    pub(crate) fn channel(&self) -> FakeChannel {
         self.channels
             .recv_timeout(Duration::from_secs(5))
             .expect("a channel was opened")
     }
 
     /// Simulates the sidecar's death: its control connection hangs up.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(fd) = self.server.take() {
             let _ = shutdown(fd.as_raw_fd(), Shutdown::Both);
         }
@@ -219,7 +219,7 @@ fn serve(
 }
 
 /// The sidecar's end of a channel.
-pub struct FakeChannel {
+pub(crate) struct FakeChannel {
     pub id: u32,
     pub to_app: Producer,
     pub from_app: Consumer,
@@ -276,7 +276,7 @@ impl FakeChannel {
     }
 
     /// Publishes one notification (waking the app if it waits).
-    pub fn try_notify(
+    pub(crate) fn try_notify(
         &mut self,
         kind: RecordKind,
         flow: u32,
@@ -299,13 +299,20 @@ impl FakeChannel {
     }
 
     /// Publishes one notification, panicking if the ring is full.
-    pub fn notify(&mut self, kind: RecordKind, flow: u32, aux: u32, flags: u8, payload: &[u8]) {
+    pub(crate) fn notify(
+        &mut self,
+        kind: RecordKind,
+        flow: u32,
+        aux: u32,
+        flags: u8,
+        payload: &[u8],
+    ) {
         self.try_notify(kind, flow, aux, flags, payload)
             .expect("notification ring has room");
     }
 
     /// Publishes one notification, waiting for room (wait protocol on `space_waiting`).
-    pub fn notify_blocking(&mut self, kind: RecordKind, flow: u32, payload: &[u8]) {
+    pub(crate) fn notify_blocking(&mut self, kind: RecordKind, flow: u32, payload: &[u8]) {
         loop {
             match self.try_notify(kind, flow, 0, 0, payload) {
                 Ok(()) => return,
@@ -325,7 +332,7 @@ impl FakeChannel {
         }
     }
 
-    pub fn accept(&mut self, flow: u32, remote_port: u16, listen_port: u16) -> FlowInfo {
+    pub(crate) fn accept(&mut self, flow: u32, remote_port: u16, listen_port: u16) -> FlowInfo {
         let info = flow_info(listen_port, remote_port);
         self.notify(
             RecordKind::Accepted,
@@ -337,12 +344,12 @@ impl FakeChannel {
         info
     }
 
-    pub fn message(&mut self, flow: u32, data: &[u8]) {
+    pub(crate) fn message(&mut self, flow: u32, data: &[u8]) {
         self.notify(RecordKind::Message, flow, 0, 0, data);
     }
 
     /// The next request from the app, waiting up to `timeout` with the wait protocol.
-    pub fn request(&mut self, timeout: Duration) -> Option<(RecordHeader, Vec<u8>)> {
+    pub(crate) fn request(&mut self, timeout: Duration) -> Option<(RecordHeader, Vec<u8>)> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(rec) = self.from_app.peek().unwrap() {
@@ -366,7 +373,7 @@ impl FakeChannel {
     }
 
     /// Closes the channel as the sidecar does: `closed` word, then a wake-up.
-    pub fn close(&self, code: CloseCode) {
+    pub(crate) fn close(&self, code: CloseCode) {
         self.views.closed().store(code as u32, Ordering::SeqCst);
         self.wake_app();
     }
@@ -383,7 +390,7 @@ fn eventfd() -> OwnedFd {
 }
 
 /// Waits for a non-blocking eventfd and drains it.
-pub fn wait_fd(fd: RawFd, timeout: Duration) {
+pub(crate) fn wait_fd(fd: RawFd, timeout: Duration) {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -397,7 +404,7 @@ pub fn wait_fd(fd: RawFd, timeout: Duration) {
     unsafe { libc::read(fd, v.as_mut_ptr().cast(), 8) };
 }
 
-pub fn flow_info(local_port: u16, remote_port: u16) -> FlowInfo {
+pub(crate) fn flow_info(local_port: u16, remote_port: u16) -> FlowInfo {
     FlowInfo {
         local_ip: LOCAL_IP,
         local_port,
