@@ -78,8 +78,9 @@
 
 /**
  * The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
- * otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
- * `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+ * otherwise the reason as an errno value, the one a call failing for that reason returns
+ * (`ECONNRESET` for a flow this side aborted or a sidecar that shut down, `ECONNABORTED` for
+ * a flow the sidecar closed with its channel, `EPROTO`, `EMSGSIZE`, ...).
  */
 #define MACHNET_EVENT_CLOSED 5
 

@@ -45,8 +45,9 @@ namespace Machnet.Native
         internal const uint MACHNET_EVENT_REFUSED = 4;
         /// <summary>
         ///  The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
-        ///  otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
-        ///  `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+        ///  otherwise the reason as an errno value, the one a call failing for that reason returns
+        ///  (`ECONNRESET` for a flow this side aborted or a sidecar that shut down, `ECONNABORTED` for
+        ///  a flow the sidecar closed with its channel, `EPROTO`, `EMSGSIZE`, ...).
         /// </summary>
         internal const uint MACHNET_EVENT_CLOSED = 5;
         /// <summary>

@@ -132,8 +132,9 @@ pub const MACHNET_EVENT_TIMED_OUT: u32 = 3;
 /// The peer refused the flow: it is gone. `err` is `ECONNREFUSED`.
 pub const MACHNET_EVENT_REFUSED: u32 = 4;
 /// The flow ended for another reason: `err` is 0 after a graceful end (both sides closed),
-/// otherwise the reason as an errno value (`ECONNRESET` for a flow this side aborted,
-/// `ECONNABORTED` for a flow the sidecar closed, `EPROTO`, `EMSGSIZE`, ...).
+/// otherwise the reason as an errno value, the one a call failing for that reason returns
+/// (`ECONNRESET` for a flow this side aborted or a sidecar that shut down, `ECONNABORTED` for
+/// a flow the sidecar closed with its channel, `EPROTO`, `EMSGSIZE`, ...).
 pub const MACHNET_EVENT_CLOSED: u32 = 5;
 /// The sidecar could not carry out a request this channel made on the flow (a send that raced
 /// with the flow's end, for instance): that message was not sent. `err` says why (as for
