@@ -235,6 +235,19 @@ namespace Machnet
             SendCore(flow, data, 0, data.Length, "data");
         }
 
+        /// <summary>Checks a send's buffer range (the same rules for every send form).</summary>
+        internal static void CheckRange(byte[] data, int offset, int count)
+        {
+            if (data == null)
+                throw new ArgumentNullException("data");
+            if (offset < 0)
+                throw new ArgumentOutOfRangeException("offset", "must be non-negative");
+            if (count < 0)
+                throw new ArgumentOutOfRangeException("count", "must be non-negative");
+            if (data.Length - offset < count)
+                throw new ArgumentException("offset + count is past the end of the array");
+        }
+
         /// <summary>Sends <paramref name="count"/> bytes of <paramref name="data"/> from <paramref name="offset"/> as one message.</summary>
         /// <param name="flow">The flow (either orientation).</param>
         /// <param name="data">The buffer.</param>
@@ -247,14 +260,7 @@ namespace Machnet
         /// <exception cref="FlowClosedException">The flow is not open.</exception>
         public void Send(Flow flow, byte[] data, int offset, int count)
         {
-            if (data == null)
-                throw new ArgumentNullException("data");
-            if (offset < 0)
-                throw new ArgumentOutOfRangeException("offset", "must be non-negative");
-            if (count < 0)
-                throw new ArgumentOutOfRangeException("count", "must be non-negative");
-            if (data.Length - offset < count)
-                throw new ArgumentException("offset + count is past the end of the array");
+            CheckRange(data, offset, count);
             SendCore(flow, data, offset, count, "count");
         }
 

@@ -126,14 +126,7 @@ namespace Machnet
         /// <exception cref="ArgumentException">The range is outside <paramref name="data"/>, or empty.</exception>
         public Task SendAsync(Flow flow, byte[] data, int offset, int count, CancellationToken cancellationToken = default(CancellationToken))
         {
-            if (data == null)
-                throw new ArgumentNullException("data");
-            if (offset < 0)
-                throw new ArgumentOutOfRangeException("offset", "must be non-negative");
-            if (count < 0)
-                throw new ArgumentOutOfRangeException("count", "must be non-negative");
-            if (data.Length - offset < count)
-                throw new ArgumentException("offset + count is past the end of the array");
+            CheckRange(data, offset, count);
             if (count == 0)
                 throw new MachnetArgumentException("machnet_send", "a message has at least 1 byte", "count");
             if (cancellationToken.IsCancellationRequested)
