@@ -21,19 +21,10 @@
 #include <unistd.h>
 
 #include "machnet.h"
+#include "check.h"
 
 #define OURS "/run/machnet/machnet.sock"
 #define ORIGINAL "/var/run/machnet/machnet_ctrl.sock"
-
-#define CHECK(c)                                                                           \
-    do {                                                                                   \
-        if (!(c)) {                                                                        \
-            int e_ = errno;                                                                \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed (errno %d: %s; last error: %s)\n", \
-                    __FILE__, __LINE__, #c, e_, machnet_strerror(e_), machnet_last_error()); \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
 
 static const char *sidecar;
 
@@ -146,9 +137,7 @@ int main(int argc, char **argv) {
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int r = in_child(cases[i].fn);
-        printf("%s - %s\n", r ? "not ok" : "ok", cases[i].name);
-        r ? failed++ : passed++;
+        report(cases[i].name, r, &passed, &failed);
     }
-    printf("c-tests: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return summary(passed, failed);
 }

@@ -19,35 +19,9 @@
 #include <unistd.h>
 
 #include "machnet.h"
-
-#define CHECK(c)                                                                           \
-    do {                                                                                   \
-        if (!(c)) {                                                                        \
-            int e_ = errno;                                                                \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed (errno %d: %s; last error: %s)\n", \
-                    __FILE__, __LINE__, #c, e_, machnet_strerror(e_), machnet_last_error()); \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
-
-#define FAILS(call, code)                                                                  \
-    do {                                                                                   \
-        errno = 0;                                                                         \
-        long r_ = (long)(call);                                                            \
-        int e_ = errno;                                                                    \
-        if (r_ != -1 || e_ != (code)) {                                                    \
-            fprintf(stderr, "  %s:%d: %s returned %ld errno %d, expected -1 errno %d\n",   \
-                    __FILE__, __LINE__, #call, r_, e_, (code));                            \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
+#include "check.h"
 
 static const char *sock, *peer_sock, *local_ip, *peer_ip;
-
-static const char *env(const char *name, const char *dflt) {
-    const char *v = getenv(name);
-    return v && *v ? v : dflt;
-}
 
 /* A channel on the peer's sidecar (machnet_init_at is process-global: switch and back). */
 static void *attach_peer(void) {
@@ -436,10 +410,7 @@ int main(void) {
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int r = cases[i].fn();
-        printf("%s - %s\n", r ? "not ok" : "ok", cases[i].name);
-        fflush(stdout);
-        r ? failed++ : passed++;
+        report(cases[i].name, r, &passed, &failed);
     }
-    printf("c-tests: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return summary(passed, failed);
 }

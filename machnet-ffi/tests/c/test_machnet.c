@@ -27,39 +27,12 @@
 #include <unistd.h>
 
 #include "machnet.h"
-
-#define CHECK(c)                                                                           \
-    do {                                                                                   \
-        if (!(c)) {                                                                        \
-            int e_ = errno;                                                                \
-            fprintf(stderr, "  %s:%d: CHECK(%s) failed (errno %d: %s; last error: %s)\n", \
-                    __FILE__, __LINE__, #c, e_, machnet_strerror(e_), machnet_last_error()); \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
-
-/* A call that must fail with -1 (or NULL) and errno `code`. */
-#define FAILS(call, code)                                                                  \
-    do {                                                                                   \
-        errno = 0;                                                                         \
-        long r_ = (long)(call);                                                            \
-        int e_ = errno;                                                                    \
-        if (r_ != -1 || e_ != (code)) {                                                    \
-            fprintf(stderr, "  %s:%d: %s returned %ld errno %d (%s), expected -1 errno %d\n", \
-                    __FILE__, __LINE__, #call, r_, e_, machnet_strerror(e_), (code));      \
-            return 1;                                                                      \
-        }                                                                                  \
-    } while (0)
+#include "check.h"
 
 static const char *sock, *peer_sock, *local_ip, *peer_ip;
 static uint16_t echo_port;
 static void *ch; /* the main channel, connected to the echo server */
 static MachnetFlow_t echo_flow;
-
-static const char *env(const char *name, const char *dflt) {
-    const char *v = getenv(name);
-    return v && *v ? v : dflt;
-}
 
 static uint32_t ip_u32(const char *s) {
     unsigned a, b, c, d;
@@ -939,11 +912,8 @@ int main(void) {
         else r = cases[i].fn();
         if (cases[i].fn == t_init && r == 0) have_channel = 1;
         if (cases[i].fn == t_connect && r == 0) have_flow = 1;
-        printf("%s - %s\n", r ? "not ok" : "ok", cases[i].name);
-        fflush(stdout);
-        r ? failed++ : passed++;
+        report(cases[i].name, r, &passed, &failed);
     }
     if (ch) machnet_detach(ch);
-    printf("c-tests: %d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return summary(passed, failed);
 }
