@@ -1,9 +1,9 @@
 //! Flow events: what the receive side learns about flows besides their messages, and how it
 //! reaches JavaScript.
 //!
-//! Every read of the notification ring goes through [`next_message`], which returns the next
-//! message and collects the flow events it passes over (in ring order: a flow's end comes after
-//! its last message). The receiver emits them on the flows' JavaScript objects, which index.js
+//! The shared channel queues the flow events its receives pass over (in ring order: a flow's
+//! end comes after its last message); the receiver takes them after each look ([`flow_event`])
+//! and emits them on the flows' JavaScript objects, which index.js
 //! makes `EventEmitter`s, following `net.Socket`:
 //!
 //! * `'end'`: the peer closed its side gracefully (every message it sent was delivered before).
@@ -14,9 +14,8 @@
 //! * `'close'` `(hadError, error?)`: the flow is gone (always last).
 
 use std::ptr;
-use std::time::Duration;
 
-use machnet::{CloseCode, Event, RecvError};
+use machnet::{CloseCode, Event};
 use napi::sys;
 
 use crate::errors::JsErr;
@@ -32,28 +31,15 @@ pub(crate) enum FlowEvent {
     ChannelEnded(Option<JsErr>),
 }
 
-/// The next message waiting in the channel (without waiting); the flow events passed over on
-/// the way are appended to `events`.
-pub(crate) fn next_message(
-    ch: &mut machnet::Channel,
-    events: &mut Vec<FlowEvent>,
-) -> Result<Option<(machnet::Flow, Vec<u8>)>, RecvError> {
-    loop {
-        match ch.next_event(Some(Duration::ZERO))? {
-            None => return Ok(None),
-            Some(Event::Message { flow, data }) => return Ok(Some((flow, data))),
-            Some(Event::PeerClosed { flow }) => {
-                // Close this side too (`allowHalfOpen: false`; the Rust client's receives do
-                // the same): otherwise the flow would stay half-closed, held by the sidecar.
-                // A failure means the channel is closing, which the next read reports.
-                let _ = ch.close(&flow);
-                events.push(FlowEvent::End(flow));
-            }
-            Some(Event::Closed { flow, reason }) => events.push(FlowEvent::Closed(flow, reason)),
-            // Accepted flows are named by their first message; a failed request ends with its
-            // flow's `Closed`.
-            Some(_) => {}
-        }
+/// The flow event JavaScript sees for `ev`, if any. The shared channel has already closed this
+/// side of a flow the peer closed (as a `net.Socket` with `allowHalfOpen: false` does).
+/// Accepted flows are named by their first message; a failed request ends with its flow's
+/// `Closed`.
+pub(crate) fn flow_event(ev: Event) -> Option<FlowEvent> {
+    match ev {
+        Event::PeerClosed { flow } => Some(FlowEvent::End(flow)),
+        Event::Closed { flow, reason } => Some(FlowEvent::Closed(flow, reason)),
+        _ => None,
     }
 }
 

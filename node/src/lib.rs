@@ -4,38 +4,32 @@
 //! JavaScript sees `attach()`, `Machnet`, `Channel`, `Flow` and `Message` (see `index.d.ts`,
 //! generated from this file). Nothing here blocks the JavaScript thread:
 //!
-//! * a pending `recv` waits on the channel's eventfd through Node's own event loop (a libuv
+//! * a channel is a [`machnet::SharedChannel`] (the client's thread-safe channel: the wait
+//!   protocol, interrupts and flow events live there, once for every binding);
+//! * a pending `recv` waits on the channel's wait fd through Node's own event loop (a libuv
 //!   poll, module [`uvrecv`]): the sidecar's wake-up reaches the JavaScript thread directly;
 //! * operations that may wait otherwise (`send` under back-pressure, `connect`, control
-//!   requests) return promises settled from napi's tokio runtime; a waiting send sleeps on the
-//!   eventfd through tokio's reactor (module [`wait`]), without holding the channel;
+//!   requests) run the client's blocking calls on tokio's blocking threads and settle their
+//!   promises from there; a waiting send does not hold the channel;
 //! * `recv` and `send` first try the ring on the JavaScript thread and settle their promise at
 //!   once when that suffices;
 //! * receives are served in call order, and so are sends (a send never overtakes an earlier
 //!   one of the same channel).
-//!
-//! A Rust [`machnet::Channel`] is `Send` but not `Sync`: it lives in a `tokio::sync::Mutex`,
-//! held only for short, non-waiting steps (and for the whole of a `connect`, which the Rust
-//! client performs with exclusive access). Calls made on the JavaScript thread only
-//! `try_lock` it, never block on it.
 
 #![deny(clippy::all)]
 
 mod errors;
 mod events;
 mod uvrecv;
-mod wait;
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::ptr;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use napi::bindgen_prelude::{
     validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array,
@@ -43,10 +37,9 @@ use napi::bindgen_prelude::{
 };
 use napi::{sys, Env, JsValue, ValueType};
 use napi_derive::napi;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::oneshot;
 
 use errors::{JsErr, JsResult};
-use wait::{Waiter, Woken};
 
 // ----- promises -----
 
@@ -423,7 +416,10 @@ impl Machnet {
                     drop(ch);
                     return Raw(Err(JsErr::machnet_closed().into_napi(env)));
                 };
-                let ch = Channel::new(env, ch);
+                let ch = match Channel::new(env, ch) {
+                    Ok(ch) => ch,
+                    Err(e) => return Raw(Err(e.into_napi(env))),
+                };
                 list.retain(|(s, _)| s.strong_count() > 0);
                 list.push((Arc::downgrade(&ch.shared), Rc::downgrade(&ch.rx)));
                 // SAFETY: converts on the JavaScript thread, in the callback's scope.
@@ -469,171 +465,94 @@ impl Machnet {
     }
 }
 
-// ----- ordering -----
-
-/// Serves operations of one kind in the order the JavaScript thread issued them.
-struct Turnstile {
-    /// Next ticket to hand out (JavaScript thread only).
-    next: AtomicU64,
-    /// Ticket being served.
-    serving: watch::Sender<u64>,
-}
-
-/// Advances the turnstile when the operation ends, however it ends.
-struct Turn<'a>(&'a Turnstile);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.0.serving.send_modify(|s| *s += 1);
-    }
-}
-
-impl Turnstile {
-    fn new() -> Self {
-        Turnstile {
-            next: AtomicU64::new(0),
-            serving: watch::Sender::new(0),
-        }
-    }
-
-    /// No operation of this kind is queued or running.
-    fn idle(&self) -> bool {
-        *self.serving.borrow() == self.next.load(Ordering::Acquire)
-    }
-
-    fn ticket(&self) -> u64 {
-        self.next.fetch_add(1, Ordering::AcqRel)
-    }
-
-    async fn turn(&self, ticket: u64) -> Turn<'_> {
-        let mut rx = self.serving.subscribe();
-        // The sender lives as long as `self`: this cannot fail.
-        let _ = rx.wait_for(|s| *s == ticket).await;
-        Turn(self)
-    }
-}
-
 // ----- Channel -----
 
+/// What the JavaScript thread and napi's blocking threads share about one channel.
+///
+/// The channel itself is a [`machnet::SharedChannel`], owned by the receiver (module
+/// [`uvrecv`]; released when the channel is closed, with the control connection it holds) and
+/// lent to the operations under way: the JavaScript thread receives with its
+/// one-look calls and waits on its wait fd through libuv (module [`uvrecv`]); a send under
+/// back-pressure waits in a blocking `send` on one of tokio's blocking threads, without holding
+/// the channel. Calls that wait *inside* the channel (connect, listen, closing a flow) hold its
+/// lock while they wait: they also hold `gate`, which the JavaScript thread only `try_lock`s
+/// before touching the channel, so that it never blocks behind them.
 pub(crate) struct Shared {
-    pub(crate) ch: Mutex<Option<machnet::Channel>>,
-    closed: watch::Sender<bool>,
-    send_turn: Turnstile,
-    /// The send side's registrations with tokio's reactor (made on first use); dropped when
-    /// the channel is closed, with the duplicates of the eventfd and control socket they hold.
-    send_waiter: std::sync::Mutex<Option<Arc<Waiter>>>,
-    /// Why the channel was closed (set once, with `closed`).
+    pub(crate) gate: std::sync::Mutex<()>,
+    closed: AtomicBool,
+    /// Why the channel was closed (set once, before `closed`).
     closed_why: OnceLock<JsErr>,
-    /// Signalled when the receive side drained the app eventfd while a send waits for room: the
-    /// drain may have swallowed the wake-up meant for the send (one eventfd serves both).
-    drained: Notify,
+    /// Sends waiting on a blocking thread (incremented on the JavaScript thread): while one
+    /// waits, later sends queue behind it, so that sends keep their call order.
+    sends_waiting: AtomicUsize,
+    /// Ends when the latest waiting send has finished (the next one waits for it).
+    send_tail: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Shared {
-    /// Called after every drain of the app eventfd by the receive side.
-    pub(crate) fn after_drain(&self) {
-        if !self.send_turn.idle() {
-            self.drained.notify_one();
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The error of an operation on the closed channel.
+    pub(crate) fn closed_err(&self) -> JsErr {
+        self.closed_why
+            .get()
+            .cloned()
+            .unwrap_or_else(|| JsErr::channel_closed(None))
+    }
+
+    /// `e` as the error JavaScript sees (a detached channel fails with why it was closed).
+    pub(crate) fn err<E: machnet::ClientError>(&self, e: machnet::SharedError<E>) -> JsErr {
+        match e {
+            machnet::SharedError::Detached => self.closed_err(),
+            e => e.into(),
         }
+    }
+
+    /// Runs `op` on the channel on a blocking thread, holding the gate (`op` may wait inside
+    /// the channel).
+    async fn with<T: Send + 'static>(
+        self: Arc<Self>,
+        sc: Option<Arc<machnet::SharedChannel>>,
+        op: impl FnOnce(&mut machnet::Channel) -> JsResult<T> + Send + 'static,
+    ) -> JsResult<T> {
+        let sc = sc.ok_or_else(|| self.closed_err())?;
+        blocking(move || {
+            let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+            sc.with(op).map_err(|_| self.closed_err())?
+        })
+        .await
+    }
+
+    /// A send that waits for ring space, after every send queued before it.
+    async fn send_waiting(
+        self: Arc<Self>,
+        sc: Arc<machnet::SharedChannel>,
+        prev: Option<oneshot::Receiver<()>>,
+        done: oneshot::Sender<()>,
+        flow: machnet::Flow,
+        data: Vec<u8>,
+    ) -> JsResult<()> {
+        if let Some(prev) = prev {
+            // Dropped (not sent) when the previous send finished: either way it is done.
+            let _ = prev.await;
+        }
+        let s = self.clone();
+        let r = blocking(move || sc.send(&flow, &[&data], None).map_err(|e| s.err(e))).await;
+        self.sends_waiting.fetch_sub(1, Ordering::AcqRel);
+        drop(done);
+        r
     }
 }
 
-impl Shared {
-    fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
-    /// Sleeps until `waiter` is woken, the receive side drained the eventfd, the sidecar is
-    /// gone or the channel is closed.
-    async fn sleep(&self, waiter: &Waiter) -> JsResult<()> {
-        let mut closed = self.closed.subscribe();
-        tokio::select! {
-            _ = self.drained.notified() => Ok(()),
-            r = waiter.wake() => match r.map_err(JsErr::io)? {
-                Woken::Event => Ok(()),
-                Woken::SidecarGone => Err(JsErr::new(
-                    errors::SIDECAR_GONE,
-                    "the Machnet sidecar is gone (control connection closed)",
-                )),
-            },
-            _ = closed.wait_for(|c| *c) => Err(JsErr::channel_closed(None)),
-        }
-    }
-
-    async fn send(&self, ticket: u64, flow: machnet::Flow, data: Vec<u8>) -> JsResult<()> {
-        let _turn = self.send_turn.turn(ticket).await;
-        loop {
-            let waiter = {
-                let mut g = self.ch.lock().await;
-                let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
-                match ch.try_send(&flow, &data) {
-                    Ok(()) => return Ok(()),
-                    Err(machnet::SendError::WouldBlock) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                if ch.arm_send_wakeup(data.len())? {
-                    continue;
-                }
-                register(&self.send_waiter, ch)?
-            };
-            self.sleep(&waiter).await?;
-        }
-    }
-
-    /// Runs `f` on the channel once it is free (or fails if the channel closes first).
-    async fn with<T>(&self, f: impl FnOnce(&mut machnet::Channel) -> JsResult<T>) -> JsResult<T> {
-        let mut closed = self.closed.subscribe();
-        let mut g = tokio::select! {
-            g = self.ch.lock() => g,
-            _ = closed.wait_for(|c| *c) => return Err(JsErr::channel_closed(None)),
-        };
-        f(g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?)
-    }
-
-    async fn connect(
-        &self,
-        ip: Ipv4Addr,
-        port: u16,
-        timeout: Option<Duration>,
-    ) -> JsResult<machnet::Flow> {
-        let mut closed = self.closed.subscribe();
-        let mut g = tokio::select! {
-            g = self.ch.lock() => g,
-            _ = closed.wait_for(|c| *c) => return Err(JsErr::channel_closed(None)),
-        };
-        let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
-        let attempt = async {
-            match timeout {
-                None => ch.connect_async(ip, port).await.map_err(JsErr::from),
-                Some(t) => match tokio::time::timeout(t, ch.connect_async(ip, port)).await {
-                    Ok(r) => r.map_err(JsErr::from),
-                    Err(_) => Err(JsErr::new(
-                        errors::TIMEOUT,
-                        format!("connect to {ip}:{port} timed out after {t:?}"),
-                    )),
-                },
-            }
-        };
-        // Dropping the attempt abandons the request: a flow established later is aborted.
-        tokio::select! {
-            r = attempt => r,
-            _ = closed.wait_for(|c| *c) => Err(JsErr::channel_closed(None)),
-        }
-    }
-}
-
-/// `slot`'s waiter, registered on first use (inside the runtime).
-fn register(
-    slot: &std::sync::Mutex<Option<Arc<Waiter>>>,
-    ch: &machnet::Channel,
-) -> JsResult<Arc<Waiter>> {
-    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(w) = slot.as_ref() {
-        return Ok(w.clone());
-    }
-    let w = Arc::new(Waiter::new(ch.as_raw_fd(), ch.machnet().as_raw_fd()).map_err(JsErr::io)?);
-    *slot = Some(w.clone());
-    Ok(w)
+/// Runs `f` on one of tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> JsResult<T> + Send + 'static,
+) -> JsResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
 }
 
 /// A channel: this thread's data path to one sidecar engine, carrying any number of flows.
@@ -662,32 +581,28 @@ pub struct Channel {
 }
 
 impl Channel {
-    fn new(env: &Env, ch: machnet::Channel) -> Channel {
+    fn new(env: &Env, ch: machnet::Channel) -> JsResult<Channel> {
         let (id, engine, max_message_len) = (ch.id(), u32::from(ch.engine()), ch.max_message_len());
+        let machnet = ch.machnet().clone();
+        let sc = Arc::new(machnet::SharedChannel::new(ch).map_err(JsErr::io)?);
         let shared = Arc::new(Shared {
-            ch: Mutex::new(Some(ch)),
-            closed: watch::Sender::new(false),
-            send_turn: Turnstile::new(),
-            send_waiter: std::sync::Mutex::new(None),
+            gate: std::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
             closed_why: OnceLock::new(),
-            drained: Notify::new(),
+            sends_waiting: AtomicUsize::new(0),
+            send_tail: std::sync::Mutex::new(None),
         });
-        Channel {
-            rx: uvrecv::Receiver::new(env, shared.clone()),
+        Ok(Channel {
+            rx: uvrecv::Receiver::new(env, shared.clone(), sc, machnet),
             shared,
             id,
             engine,
             max_message_len,
-        }
+        })
     }
 
     fn closed_err<T>(&self) -> JsResult<T> {
-        Err(self
-            .shared
-            .closed_why
-            .get()
-            .cloned()
-            .unwrap_or_else(|| JsErr::channel_closed(None)))
+        Err(self.shared.closed_err())
     }
 
     /// `listen` / `unlisten`: validates the port, then runs `op` once the channel is free.
@@ -704,10 +619,9 @@ impl Channel {
         let s = self.shared.clone();
         spawn(
             env,
-            async move {
-                s.with(|ch| op(ch, port).map_err(|e| gone_or(ch.machnet(), e)))
-                    .await
-            },
+            s.with(self.rx.sc(), move |ch| {
+                op(ch, port).map_err(|e| gone_or(ch.machnet(), e))
+            }),
             keep,
         )
     }
@@ -726,7 +640,7 @@ impl Channel {
         let s = self.shared.clone();
         spawn(
             env,
-            async move { s.with(|ch| Ok(op(ch, &flow)?)).await },
+            s.with(self.rx.sc(), move |ch| Ok(op(ch, &flow)?)),
             keep,
         )
     }
@@ -819,15 +733,19 @@ impl Channel {
             Err(e) => return settled(env, Err(e)),
         };
         let (s, rx) = (self.shared.clone(), self.rx.clone());
-        spawn(
-            env,
-            async move { s.connect(ip, port, timeout).await },
-            move |_, inner| {
-                // The connect may have read notifications meant for pending receives.
-                rx.pump();
-                Raw(rx.flow_value(inner))
-            },
-        )
+        let connect = s.clone().with(rx.sc(), move |ch| {
+            let t = timeout.unwrap_or(machnet::DEFAULT_CONNECT_TIMEOUT);
+            Ok(ch.connect_timeout(ip, port, t)?)
+        });
+        spawn(env, connect, move |env, inner| {
+            if s.is_closed() {
+                // Closed meanwhile: the flow went with the channel.
+                return Raw(Err(s.closed_err().into_napi(env)));
+            }
+            // The connect may have read notifications meant for pending receives.
+            rx.pump();
+            Raw(rx.flow_value(inner))
+        })
     }
 
     /// Sends `data` as one message on `flow`. The promise resolves once the message is in the
@@ -851,26 +769,25 @@ impl Channel {
             Ok(a) => a,
             Err(e) => return settled(env, Err(e)),
         };
+        match self.send_now(&flow, &data) {
+            Ok(true) => return settled(env, Ok(())),
+            Ok(false) => {}
+            Err(e) => return settled(env, Err(e)),
+        }
+        // Wait for room on a blocking thread, after the sends queued before this one.
         let s = &self.shared;
-        if s.is_closed() {
+        let Some(sc) = self.rx.sc() else {
             return settled(env, self.closed_err());
-        }
-        // Fast path: nothing queued before us and the ring has room now.
-        if s.send_turn.idle() {
-            if let Ok(mut g) = s.ch.try_lock() {
-                let Some(ch) = g.as_mut() else {
-                    return settled(env, self.closed_err());
-                };
-                match ch.try_send(&flow, &data) {
-                    Ok(()) => return settled(env, Ok(())),
-                    Err(machnet::SendError::WouldBlock) => {}
-                    Err(e) => return settled(env, Err(e.into())),
-                }
-            }
-        }
-        let ticket = s.send_turn.ticket();
-        let (s, data) = (s.clone(), data.to_vec());
-        spawn(env, async move { s.send(ticket, flow, data).await }, keep)
+        };
+        let (done, tail) = oneshot::channel();
+        let prev = s
+            .send_tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(tail);
+        s.sends_waiting.fetch_add(1, Ordering::AcqRel);
+        let waiting = s.clone().send_waiting(sc, prev, done, flow, data.to_vec());
+        spawn(env, waiting, keep)
     }
 
     /// Sends `data` on `flow` if that is possible without waiting: `true` if the message was
@@ -878,27 +795,9 @@ impl Channel {
     /// channel is busy (a `connect` in progress). Throws like {@link Channel.send} rejects.
     #[napi(ts_args_type = "flow: Flow, data: Buffer | Uint8Array")]
     pub fn try_send(&self, env: &Env, flow: Unknown, data: Unknown) -> napi::Result<bool> {
-        let r = (|| {
-            let flow = flow_arg(&flow)?;
-            let data = data_arg(&data)?;
-            let s = &self.shared;
-            if s.is_closed() {
-                return self.closed_err();
-            }
-            if !s.send_turn.idle() {
-                return Ok(false);
-            }
-            let Ok(mut g) = s.ch.try_lock() else {
-                return Ok(false);
-            };
-            let ch = g.as_mut().ok_or_else(|| JsErr::channel_closed(None))?;
-            match ch.try_send(&flow, &data) {
-                Ok(()) => Ok(true),
-                Err(machnet::SendError::WouldBlock) => Ok(false),
-                Err(e) => Err(e.into()),
-            }
-        })();
-        r.map_err(|e| e.into_napi(env))
+        flow_arg(&flow)
+            .and_then(|f| self.send_now(&f, &data_arg(&data)?))
+            .map_err(|e| e.into_napi(env))
     }
 
     /// Receives the next message on any flow of this channel. Never blocks the event loop: a
@@ -907,28 +806,8 @@ impl Channel {
     /// Rejects with `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
     #[napi(ts_return_type = "Promise<Message>")]
     pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Message>> {
-        let s = &self.shared;
-        if s.is_closed() {
+        if self.shared.is_closed() {
             return settled(env, self.closed_err());
-        }
-        if self.rx.idle() {
-            if let Ok(mut g) = s.ch.try_lock() {
-                let Some(ch) = g.as_mut() else {
-                    return settled(env, self.closed_err());
-                };
-                let mut evs = Vec::new();
-                let next = events::next_message(ch, &mut evs);
-                drop(g);
-                self.rx.queue_events(evs);
-                match next {
-                    Ok(Some(m)) => {
-                        let v = settled(env, Ok(Raw(self.rx.message_value(m))))?;
-                        return Ok(PromiseRaw::new(env.raw(), v.raw()));
-                    }
-                    Ok(None) => {}
-                    Err(e) => return settled(env, Err(e.into())),
-                }
-            }
         }
         Ok(PromiseRaw::new(env.raw(), self.rx.push()?))
     }
@@ -987,23 +866,10 @@ impl Channel {
     /// the channel for a moment). Throws `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
     #[napi(ts_return_type = "Message | null")]
     pub fn try_recv<'env>(&self, env: &'env Env) -> napi::Result<Unknown<'env>> {
-        let s = &self.shared;
-        let r = if s.is_closed() {
+        let r = if self.shared.is_closed() {
             self.closed_err()
         } else {
-            match s.ch.try_lock() {
-                Err(_) => Ok(None),
-                Ok(mut g) => match g.as_mut() {
-                    None => self.closed_err(),
-                    Some(ch) => {
-                        let mut evs = Vec::new();
-                        let next = events::next_message(ch, &mut evs);
-                        drop(g);
-                        self.rx.queue_events(evs);
-                        next.map_err(JsErr::from)
-                    }
-                },
-            }
+            self.rx.try_recv()
         };
         let v = match r.map_err(|e| e.into_napi(env))? {
             Some(m) => self.rx.message_value(m)?,
@@ -1059,6 +925,30 @@ impl Channel {
 }
 
 impl Channel {
+    /// Sends `data` on `flow` if that is possible without waiting, on this thread: `Ok(false)`
+    /// if the ring is full, a send waits before this one, or the channel is busy (a connect).
+    fn send_now(&self, flow: &machnet::Flow, data: &[u8]) -> JsResult<bool> {
+        let s = &self.shared;
+        if s.is_closed() {
+            return self.closed_err();
+        }
+        if s.sends_waiting.load(Ordering::Acquire) > 0 {
+            return Ok(false);
+        }
+        let Ok(_gate) = s.gate.try_lock() else {
+            return Ok(false);
+        };
+        let sent = self
+            .rx
+            .with_sc(|sc| sc.send(flow, &[data], Some(Instant::now())));
+        match sent {
+            None => self.closed_err(),
+            Some(Ok(())) => Ok(true),
+            Some(Err(machnet::SharedError::Op(machnet::SendError::WouldBlock))) => Ok(false),
+            Some(Err(e)) => Err(s.err(e)),
+        }
+    }
+
     /// `close` / `abort`: fails pending operations, then detaches the channel (`abort`: its
     /// flows are aborted).
     fn detach<'env>(&self, env: &'env Env, abort: bool) -> napi::Result<PromiseRaw<'env, ()>> {
@@ -1082,27 +972,22 @@ fn detach(
         machnet::Channel::close_channel
     };
     let _ = shared.closed_why.set(why.clone());
-    shared.closed.send_replace(true);
+    shared.closed.store(true, Ordering::Release);
     rx.shutdown(why);
+    let sc = rx.take_channel();
     let s = shared.clone();
-    async move {
-        let ch = s.ch.lock().await.take();
-        // No send can register again (the channel is gone): release the reactor's duplicates.
-        s.send_waiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(ch) = ch {
-            let m = ch.machnet().clone();
-            tokio::task::spawn_blocking(move || release(ch))
-                .await
-                .map_err(|e| JsErr::new(errors::IO, e.to_string()))?
-                .or_else(|e| match gone_or(&m, e) {
-                    // Nothing left to close.
-                    e if e.code() == errors::SIDECAR_GONE => Ok(()),
-                    e => Err(e),
-                })?;
-        }
-        Ok(())
-    }
+    blocking(move || {
+        // After a connect or another call waiting inside the channel; blocked sends fail.
+        let ch = {
+            let _gate = s.gate.lock().unwrap_or_else(|p| p.into_inner());
+            sc.and_then(|sc| sc.detach())
+        };
+        let Some(ch) = ch else { return Ok(()) };
+        let m = ch.machnet().clone();
+        release(ch).or_else(|e| match gone_or(&m, e) {
+            // Nothing left to close.
+            e if e.code() == errors::SIDECAR_GONE => Ok(()),
+            e => Err(e),
+        })
+    })
 }

@@ -1,18 +1,19 @@
 //! Receiving on the JavaScript thread: libuv (Node's event loop) polls the channel's eventfd.
 //!
-//! A pending `recv()` is a deferred promise in a queue owned by the JavaScript thread. When the
-//! notification ring is empty, the receiver arms the channel's wake-up (`Channel::arm_wakeup`,
-//! docs/CHANNEL.md §4) and starts a `uv_poll` on a duplicate of the app eventfd (and one on a
-//! duplicate of the control socket, for hang-ups): Node's own `epoll` wakes the JavaScript
-//! thread directly when the sidecar writes, without a thread hop, and the callback settles the
-//! promises inside a callback scope, so their continuations run right away. The polls stay
-//! registered once started (level-triggered; the callback drains the eventfd, which the sidecar
-//! writes only when the channel is armed), but are unreferenced while no receive is pending:
-//! an idle channel does not keep the process alive.
+//! A pending `recv()` is a deferred promise in a queue owned by the JavaScript thread. The
+//! receiver takes messages with the shared channel's one-look receive (a passed deadline); a
+//! look that finds nothing arms the channel's wait fd (`SharedChannel::wait_fd`,
+//! docs/CHANNEL.md §4), and a `uv_poll` on a duplicate of it (and one on a duplicate of the
+//! control socket, for hang-ups) wakes this thread through Node's own `epoll` when the sidecar
+//! writes, without a thread hop. The callback settles the promises inside a callback scope, so
+//! their continuations run right away. The wait fd is level-triggered and drained by the shared
+//! channel's next empty look, never here: its poll is stopped when it fires with no receive
+//! pending. The polls are unreferenced while no receive is pending: an idle channel does not
+//! keep the process alive.
 //!
-//! The channel lives in a `tokio::sync::Mutex` shared with the operations that run on napi's
-//! tokio runtime. This thread only `try_lock`s it; if another operation holds it, the receiver
-//! has a tokio task wait for the lock, then pumps again ("kick").
+//! This thread only `try_lock`s the channel's gate (held by calls that wait inside the channel,
+//! such as a connect); if it is taken, a blocking thread waits for it, then this thread pumps
+//! again ("kick").
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::time::Instant;
 
 use napi::bindgen_prelude::ToNapiValue;
 use napi::{sys, Env};
@@ -39,6 +41,7 @@ extern "C" {
     fn uv_handle_size(kind: c_int) -> usize;
     fn uv_poll_init(lp: *mut sys::uv_loop_s, handle: *mut c_void, fd: c_int) -> c_int;
     fn uv_poll_start(handle: *mut c_void, events: c_int, cb: uv_poll_cb) -> c_int;
+    fn uv_poll_stop(handle: *mut c_void) -> c_int;
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
     fn uv_close(handle: *mut c_void, cb: uv_close_cb);
@@ -112,6 +115,11 @@ impl UvPoll {
         unsafe { uv_poll_start(self.handle, events, on_poll) == 0 }
     }
 
+    fn stop(&self) {
+        // SAFETY: an initialised, open handle.
+        unsafe { uv_poll_stop(self.handle) };
+    }
+
     /// Whether the poll keeps the event loop (the process) alive.
     fn keep_alive(&self, on: bool) {
         // SAFETY: an initialised, open handle.
@@ -152,15 +160,14 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) 
         return;
     };
     let hangup = data.watch == Watch::Control && (status < 0 || events & UV_DISCONNECT != 0);
-    if data.watch == Watch::EventFd {
-        // Level-triggered: drain the eventfd so that it does not fire again for this write.
-        let mut buf = [0u8; 8];
-        // SAFETY: a non-blocking read of 8 bytes from our eventfd into a local buffer.
-        unsafe { libc::read(data._fd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-        rx.shared.after_drain();
+    if data.watch == Watch::EventFd && rx.idle() {
+        // Level-triggered, and only the next look drains it: stop until a receive waits.
+        rx.stop_efd_poll();
+        return;
     }
     rx.in_callback_scope(|| {
-        if hangup && crate::wait::hung_up(rx.control_fd()) {
+        let gone = || (rx.machnet.borrow().as_ref()).is_none_or(|m| m.is_sidecar_gone());
+        if hangup && gone() {
             // A hang-up stays readable: close the polls for good.
             rx.shutdown(JsErr::new(
                 SIDECAR_GONE,
@@ -179,19 +186,26 @@ struct State {
     /// The id of the next pending receive (ids start at 1).
     next_id: u64,
     polls: Option<(UvPoll, UvPoll)>,
+    /// Whether the wait fd's poll is started.
+    efd_polled: bool,
     /// Whether the polls keep the process alive (a receive waits).
     alive: bool,
-    /// A tokio task is waiting for the channel lock on our behalf.
+    /// A blocking thread is waiting for the channel's gate on our behalf.
     kicking: bool,
     /// Set by [`Receiver::shutdown`]: receives fail with this from now on.
     dead: Option<JsErr>,
-    control_fd: RawFd,
 }
 
 /// The receive side of one channel, on the JavaScript thread.
 pub struct Receiver {
     env: sys::napi_env,
     shared: Arc<Shared>,
+    /// The channel; taken out when it is closed ([`Receiver::shutdown`]).
+    sc: RefCell<Option<Arc<machnet::SharedChannel>>>,
+    /// For the control socket (hang-ups); dropped with the channel.
+    machnet: RefCell<Option<machnet::Machnet>>,
+    /// The shared channel's wait fd.
+    wait_fd: RawFd,
     async_ctx: sys::napi_async_context,
     this: Weak<Receiver>,
     state: RefCell<State>,
@@ -205,7 +219,12 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(env: &Env, shared: Arc<Shared>) -> Rc<Receiver> {
+    pub fn new(
+        env: &Env,
+        shared: Arc<Shared>,
+        sc: Arc<machnet::SharedChannel>,
+        machnet: machnet::Machnet,
+    ) -> Rc<Receiver> {
         let raw = env.raw();
         let mut async_ctx = ptr::null_mut();
         // SAFETY: napi calls on the JavaScript thread; a failure leaves `async_ctx` null, and
@@ -217,25 +236,32 @@ impl Receiver {
         }
         Rc::new_cyclic(|this| Receiver {
             env: raw,
+            // Asked for before the first look: from then on an empty look arms it.
+            wait_fd: sc.wait_fd(),
+            sc: RefCell::new(Some(sc)),
             shared,
+            machnet: RefCell::new(Some(machnet)),
             async_ctx,
             this: this.clone(),
-            state: RefCell::new(State {
-                control_fd: -1,
-                ..State::default()
-            }),
+            state: RefCell::new(State::default()),
             flows: RefCell::new(HashMap::new()),
             events: RefCell::new(Vec::new()),
             emit_scheduled: Cell::new(false),
         })
     }
 
-    fn env(&self) -> Env {
-        Env::from_raw(self.env)
+    /// The channel, unless it was closed.
+    pub fn sc(&self) -> Option<Arc<machnet::SharedChannel>> {
+        self.sc.borrow().clone()
     }
 
-    fn control_fd(&self) -> RawFd {
-        self.state.borrow().control_fd
+    /// `f` on the channel, unless it was closed.
+    pub fn with_sc<T>(&self, f: impl FnOnce(&machnet::SharedChannel) -> T) -> Option<T> {
+        self.sc.borrow().as_deref().map(f)
+    }
+
+    fn env(&self) -> Env {
+        Env::from_raw(self.env)
     }
 
     /// Whether no receive is queued.
@@ -313,6 +339,13 @@ impl Receiver {
         let flow_err = (err.code() == SIDECAR_GONE).then(|| err.clone());
         self.queue_events(vec![FlowEvent::ChannelEnded(flow_err)]);
         self.fail_all(err);
+    }
+
+    /// The channel is being closed: takes it out (to detach it; the first time), with the
+    /// control connection this side holds.
+    pub fn take_channel(&self) -> Option<Arc<machnet::SharedChannel>> {
+        self.machnet.borrow_mut().take();
+        self.sc.borrow_mut().take()
     }
 
     /// Runs `f` in a handle scope and a callback scope: promise continuations run when it ends.
@@ -454,9 +487,21 @@ impl Receiver {
         }
     }
 
-    /// A receive waits: the polls (started on first use) keep the process alive. `false` if
+    fn stop_efd_poll(&self) {
+        let mut st = self.state.borrow_mut();
+        if let (Some((efd, _)), true) = (&st.polls, st.efd_polled) {
+            efd.stop();
+            st.efd_polled = false;
+        }
+    }
+
+    /// A receive waits: the polls (created on first use) keep the process alive. `false` if
     /// libuv refused.
-    fn start_polling(&self, efd: RawFd, ctl: RawFd) -> bool {
+    fn start_polling(&self) -> bool {
+        let Some(ctl) = self.machnet.borrow().as_ref().map(|m| m.as_raw_fd()) else {
+            return false;
+        };
+        let efd = self.wait_fd;
         let mut st = self.state.borrow_mut();
         if st.dead.is_some() {
             return false;
@@ -476,11 +521,16 @@ impl Receiver {
             let (Some(a), Some(b)) = (a, b) else {
                 return false;
             };
-            if !(a.start() && b.start()) {
+            if !b.start() {
                 return false;
             }
             st.polls = Some((a, b));
-            st.control_fd = ctl;
+        }
+        if !st.efd_polled {
+            match &st.polls {
+                Some((a, _)) if a.start() => st.efd_polled = true,
+                _ => return false,
+            }
         }
         if let Some((a, b)) = &st.polls {
             a.keep_alive(true);
@@ -490,60 +540,68 @@ impl Receiver {
         true
     }
 
-    /// Serves pending receives from the ring; arms the wake-up and polls when it is empty.
+    /// Serves pending receives from the ring; polls the wait fd when it is empty (the empty
+    /// look armed it).
     pub fn pump(&self) {
+        let Ok(_gate) = self.shared.gate.try_lock() else {
+            // A call waiting inside the channel holds it: wait for it off this thread.
+            self.kick();
+            return;
+        };
         loop {
             if self.idle() {
                 self.stop_polling();
-                return;
+                break;
             }
-            let shared = self.shared.clone();
-            let Ok(mut g) = shared.ch.try_lock() else {
-                // Another operation holds the channel: wait for it off this thread.
-                self.kick();
-                return;
-            };
-            let Some(ch) = g.as_mut() else {
-                drop(g);
-                self.fail_all(JsErr::channel_closed(None));
-                return;
-            };
-            let mut evs = Vec::new();
-            let next = events::next_message(ch, &mut evs);
-            self.queue_events(evs);
-            match next {
-                Ok(Some(m)) => {
-                    drop(g);
-                    self.settle_front(Ok(m));
+            match self.with_sc(|sc| sc.recv(Some(Instant::now()))) {
+                None => {
+                    self.fail_all(self.shared.closed_err());
+                    break;
                 }
-                Ok(None) => match ch.arm_wakeup().inspect(|_| self.shared.after_drain()) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        let (efd, ctl) = (ch.as_raw_fd(), ch.machnet().as_raw_fd());
-                        drop(g);
-                        if !self.start_polling(efd, ctl) {
+                Some(r) => match r {
+                    Ok(Some(m)) => self.settle_front(Ok(m)),
+                    Ok(None) => {
+                        if !self.start_polling() {
                             self.fail_all(JsErr::new(
                                 crate::errors::IO,
                                 "cannot poll the channel's eventfd on the event loop",
                             ));
                         }
-                        return;
+                        break;
                     }
+                    // Errors of a receive are final for the channel (closed, sidecar gone,
+                    // corrupt): every pending receive gets them.
                     Err(e) => {
-                        drop(g);
-                        self.fail_all(e.into());
-                        return;
+                        self.fail_all(self.shared.err(e));
+                        break;
                     }
                 },
-                // Errors of a receive are final for the channel (closed, sidecar gone,
-                // corrupt): every pending receive gets them.
-                Err(e) => {
-                    drop(g);
-                    self.fail_all(e.into());
-                    return;
-                }
             }
         }
+        self.take_events();
+    }
+
+    /// The next message if one is waiting now (`None` also while the gate is taken).
+    pub fn try_recv(&self) -> Result<Option<(machnet::Flow, Vec<u8>)>, JsErr> {
+        let Ok(_gate) = self.shared.gate.try_lock() else {
+            return Ok(None);
+        };
+        let r = self.with_sc(|sc| sc.recv(Some(Instant::now())));
+        self.take_events();
+        r.ok_or_else(|| self.shared.closed_err())?
+            .map_err(|e| self.shared.err(e))
+    }
+
+    /// Takes the flow events the receives queued (the caller holds the gate). A failure is
+    /// reported by the next receive.
+    fn take_events(&self) {
+        let mut evs = Vec::new();
+        self.with_sc(|sc| {
+            while let Ok(Some(ev)) = sc.next_event(Some(Instant::now())) {
+                evs.extend(events::flow_event(ev));
+            }
+        });
+        self.queue_events(evs);
     }
 
     /// Queues flow events read from the ring; they are emitted soon after, on this thread but
@@ -646,7 +704,7 @@ impl Receiver {
         }
     }
 
-    /// Has a tokio task wait until the channel is free, then pumps again on this thread.
+    /// Has a blocking thread wait until the gate is free, then pumps again on this thread.
     fn kick(&self) {
         {
             let mut st = self.state.borrow_mut();
@@ -662,7 +720,7 @@ impl Receiver {
         let env = self.env();
         let r = env.spawn_future_with_callback(
             async move {
-                drop(shared.ch.lock().await);
+                let _ = tokio::task::spawn_blocking(move || drop(shared.gate.lock())).await;
                 Ok(())
             },
             move |_, ()| {
