@@ -241,9 +241,9 @@ class Machnet:
 # ----- asyncio: waiting for descriptors through the event loop -----
 #
 # The native channel does the waiting protocol: an empty one-look receive (``try_recv``,
-# ``next_event(0)``) arms its wait fd. A channel waiting in an event loop keeps one reader on
-# that fd while tasks wait (the callback wakes them to look again; with nobody waiting it removes
-# itself, as the fd stays readable until the next look). The control socket (shared by the
+# ``next_event(0)``) arms its wait fd. A channel that waited in an event loop keeps one reader on
+# that fd there (until closed or used from another loop: no epoll_ctl per message); the callback
+# quiets the fd and wakes the waiting tasks to look again. The control socket (shared by the
 # channels of one attachment, readable only when the sidecar hangs up) has one reader per loop,
 # kept while any channel of the attachment is registered in that loop.
 
@@ -302,9 +302,8 @@ class Channel:
         self._machnet = machnet
         # Futures of asyncio tasks waiting on this channel (woken together to look again).
         self._waiters: Set[asyncio.Future[None]] = set()
-        # The loop whose reader watches the wait fd (None: no reader), and the control watch.
+        # The loop whose reader watches the wait fd, and the control socket's watch.
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._reading = False
         self._control: Optional[_ControlWatch] = None
         self._efd = -1
 
@@ -453,37 +452,38 @@ class Channel:
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
         """Makes ``loop`` watch this channel's wait fd and its attachment's control socket."""
-        if self._loop is not loop or self._control is None:
-            self._unregister()
-            self._loop = loop
-            self._efd = self._ch.fileno()
-            cfd = self._ch.control_fileno()
-            table = _controls.setdefault(loop, {})
-            watch = table.get(cfd)
-            if watch is None:
-                watch = table[cfd] = _ControlWatch(loop, cfd)
-            watch.channels.add(self)
-            self._control = watch
-        if not self._reading:
-            loop.add_reader(self._efd, self._on_wait_fd)
-            self._reading = True
+        if self._loop is loop and self._control is not None:
+            return
+        self._unregister()
+        self._efd = self._ch.fileno()
+        loop.add_reader(self._efd, self._on_wait_fd)
+        self._loop = loop
+        cfd = self._ch.control_fileno()
+        table = _controls.setdefault(loop, {})
+        watch = table.get(cfd)
+        if watch is None:
+            watch = table[cfd] = _ControlWatch(loop, cfd)
+        watch.channels.add(self)
+        self._control = watch
 
     def _unregister(self) -> None:
         if self._loop is not None:
-            if self._reading and not self._loop.is_closed():
+            if not self._loop.is_closed():
                 self._loop.remove_reader(self._efd)
-            self._reading = False
             self._loop = None
         if self._control is not None:
             self._control.release(self)
             self._control = None
 
     def _on_wait_fd(self) -> None:
-        # The fd stays readable until the next look: without waiters, stop watching it.
-        if not self._waiters and self._loop is not None:
-            self._loop.remove_reader(self._efd)
-            self._reading = False
-        self._kick()
+        # Quiet the fd (the native side drains and re-arms it) and wake the waiters only if
+        # there is something to look at: no stale readiness, no spurious task wake-ups.
+        try:
+            ready = self._ch.arm_wakeup()
+        except MachnetError:
+            ready = True  # the waiters see the error themselves
+        if ready:
+            self._kick()
 
     async def _wait(self, deadline: Optional[float]) -> bool:
         """Waits until the wait fd or the control socket turns readable; ``False`` if

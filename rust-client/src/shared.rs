@@ -274,14 +274,14 @@ impl SharedChannel {
         if !st.external {
             return Ok(false);
         }
-        st.ext_armed = true;
         // The caller's own receive queued these events: it learns of them by asking for events
         // next (the documented loop), not by another wake-up.
         st.events.take_news();
+        // Not armed while re-checking: the caller looks again if data raced in, so the eventfd
+        // need not be written for it (an event loop would see a stale readiness).
+        st.ext_armed = false;
         let data = self.arm_all(st).map_err(RecvError::from)?.data;
-        if data {
-            st.ext_armed = false;
-        }
+        st.ext_armed = !data;
         Ok(data)
     }
 
@@ -323,15 +323,17 @@ impl SharedChannel {
     }
 
     /// Announces that an event loop is about to poll [`SharedChannel::wait_fd`] without having
-    /// just made an empty `try_` receive. Returns `true` if a receive or an event look would
-    /// make progress now (do not wait: look again).
+    /// just made an empty `try_` receive, or quiets the fd after it turned readable (it drains
+    /// and re-arms it). Returns `true` if a receive or an event look would make progress now
+    /// (do not wait: look again).
     pub fn arm_wait_fd(&self) -> Result<bool, SharedError<RecvError>> {
         let mut st = self.lock();
         st.external = true;
         if st.ch.is_none() {
             return Err(SharedError::Detached);
         }
-        Ok(!st.events.queue.is_empty() || self.arm_external(&mut st)?)
+        let data = self.arm_external(&mut st)?;
+        Ok(data || !st.events.queue.is_empty())
     }
 
     /// Sets how many flow events are kept (default [`DEFAULT_EVENT_LIMIT`]); events beyond a
