@@ -287,7 +287,9 @@ class Channel:
     """A shared-memory channel to one sidecar engine: connect, listen, send and receive.
 
     Open it with :meth:`Machnet.open_channel`. Any number of threads and asyncio tasks may use
-    a channel at once; each message is delivered to exactly one receiver. Flows belong to the channel that created or accepted them. Closing the channel (or
+    a channel at once; each message is delivered to exactly one receiver. Its ``*_async``
+    methods are meant for one event loop at a time (the channel's reader moves to the loop
+    that waited last). Flows belong to the channel that created or accepted them. Closing the channel (or
     leaving its ``with`` block, or the process exiting) is graceful: every message whose
     :meth:`send` returned is still delivered, then its flows close (docs/CHANNEL.md §5).
     :meth:`abort` aborts them instead.

@@ -17,6 +17,7 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use machnet::{
@@ -398,6 +399,7 @@ impl PyMachnet {
             engine: ch.engine(),
             max_message_len: ch.max_message_len(),
             control_fd: self.inner.as_raw_fd(),
+            busy_poll_ns: AtomicU64::new(0),
             shared: SharedChannel::new(ch).map_err(|e| {
                 exception(
                     py,
@@ -433,6 +435,8 @@ struct PyChannel {
     engine: u16,
     max_message_len: u32,
     control_fd: RawFd,
+    /// `set_busy_poll`, in nanoseconds (0: sleep at once).
+    busy_poll_ns: AtomicU64,
 }
 
 /// What the payload of `send` is.
@@ -460,18 +464,22 @@ fn shared_err<E: ClientError>(py: Python<'_>, e: SharedError<E>) -> PyErr {
     }
 }
 
-/// Runs a waiting call: one look with the GIL held, then (unless `deadline` is now) sleeps in
-/// slices with the GIL released, checking for signals (Ctrl-C) between slices. `Ok(None)`:
-/// `deadline` passed.
+/// Runs a waiting call: one look with the GIL held, then (unless `deadline` is now) busy-polls
+/// for up to `spin` and sleeps in slices with the GIL released, checking for signals (Ctrl-C)
+/// between slices. `call(until)` looks once if `until` passed, else waits until then.
+/// `Ok(None)`: `deadline` passed.
 fn blocking<T: Send, E: ClientError + Send>(
     py: Python<'_>,
     deadline: Option<Instant>,
+    spin: Duration,
     call: impl Fn(Instant) -> Result<Option<T>, SharedError<E>> + Sync,
 ) -> PyResult<Option<T>> {
     let now = Instant::now();
     if let Some(t) = call(now).map_err(|e| shared_err(py, e))? {
         return Ok(Some(t));
     }
+    // Forever if it does not fit an Instant.
+    let spin_until = now.checked_add(spin);
     loop {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -479,7 +487,19 @@ fn blocking<T: Send, E: ClientError + Send>(
         }
         let slice = now + SIGNAL_CHECK;
         let until = deadline.map_or(slice, |d| d.min(slice));
-        if let Some(t) = py.detach(|| call(until)).map_err(|e| shared_err(py, e))? {
+        let got = if spin_until.is_none_or(|s| now < s) {
+            let until = spin_until.map_or(until, |s| s.min(until));
+            py.detach(|| loop {
+                let now = Instant::now();
+                match call(now) {
+                    Ok(None) if now < until => std::thread::yield_now(),
+                    r => break r,
+                }
+            })
+        } else {
+            py.detach(|| call(until))
+        };
+        if let Some(t) = got.map_err(|e| shared_err(py, e))? {
             return Ok(Some(t));
         }
         py.check_signals()?;
@@ -487,6 +507,11 @@ fn blocking<T: Send, E: ClientError + Send>(
 }
 
 impl PyChannel {
+    /// How long blocking receives busy-poll before sleeping (`set_busy_poll`).
+    fn spin(&self) -> Duration {
+        Duration::from_nanos(self.busy_poll_ns.load(Ordering::Relaxed))
+    }
+
     /// Runs `f` on the channel (calls that do not sleep between the channel's records).
     fn with<T>(&self, py: Python<'_>, f: impl FnOnce(&mut Channel) -> T) -> PyResult<T> {
         self.shared.with(f).map_err(|_| closed_error(py))
@@ -534,7 +559,7 @@ impl PyChannel {
                 &copy[..]
             }
         };
-        blocking(py, None, |until| {
+        blocking(py, None, Duration::ZERO, |until| {
             match self.shared.send(&flow, &[bytes], Some(until)) {
                 Ok(()) => Ok(Some(true)),
                 Err(SharedError::Op(SendError::WouldBlock)) => Ok(None),
@@ -742,7 +767,9 @@ impl PyChannel {
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = timeout_arg(py, timeout, "timeout")?;
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        match blocking(py, deadline, |until| self.shared.recv(Some(until)))? {
+        match blocking(py, deadline, self.spin(), |until| {
+            self.shared.recv(Some(until))
+        })? {
             Some((flow, data)) => Self::message(py, flow, &data),
             None => Err(from_kind(
                 py,
@@ -777,7 +804,9 @@ impl PyChannel {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let timeout = timeout_arg(py, timeout, "timeout")?;
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        match blocking(py, deadline, |until| self.shared.next_any(Some(until)))? {
+        match blocking(py, deadline, self.spin(), |until| {
+            self.shared.next_any(Some(until))
+        })? {
             Some(ev) => Self::event(py, ev).map(Some),
             None => Ok(None),
         }
@@ -819,8 +848,10 @@ impl PyChannel {
     }
 
     fn set_busy_poll(&self, py: Python<'_>, seconds: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let spin = timeout_arg(py, seconds, "seconds")?;
-        self.with(py, |ch| ch.set_busy_poll(spin))
+        let spin = timeout_arg(py, seconds, "seconds")?.unwrap_or_default();
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_poll_ns.store(ns, Ordering::Relaxed);
+        Ok(())
     }
 
     fn set_auto_close(&self, py: Python<'_>, on: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -367,3 +367,22 @@ def test_asyncio_channel_reused_across_event_loops(echo_channel: machnet.Channel
     # Synchronous use in between and after is unaffected.
     echo_channel.send(flow, b"sync")
     assert echo_channel.recv(timeout=60) == (flow, b"sync")
+
+
+def test_busy_poll_receives_events_and_times_out(echo_channel: machnet.Channel) -> None:
+    """With busy polling on, blocking receives still get every echo and still time out."""
+    ch = echo_channel
+    ch.set_busy_poll(0.01)
+    flow = ch.connect(IP_A, ECHO_PORT)
+    for i in range(50):
+        msg = payload(i, 1 + i * 37)
+        ch.send(flow, msg)
+        assert ch.recv(timeout=60) == (flow, msg)
+    ch.send(flow, b"event")
+    assert ch.next_event(timeout=60) == machnet.Event("message", flow, data=b"event")
+    with pytest.raises(machnet.TimeoutError):
+        ch.recv(timeout=0.05)
+    assert ch.next_event(timeout=0.05) is None
+    ch.set_busy_poll(None)
+    ch.send(flow, b"sleeping")
+    assert ch.recv(timeout=60) == (flow, b"sleeping")
