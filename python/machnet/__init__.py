@@ -454,8 +454,6 @@ class Channel:
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
         """Makes ``loop`` watch this channel's wait fd and its attachment's control socket."""
-        if self._loop is loop and self._control is not None:
-            return
         self._unregister()
         self._efd = self._ch.fileno()
         loop.add_reader(self._efd, self._on_wait_fd)
@@ -492,7 +490,8 @@ class Channel:
         ``deadline`` (loop time) passed first. Call after an empty one-look receive."""
         loop = asyncio.get_running_loop()
         first = self._efd < 0
-        self._register(loop)
+        if self._loop is not loop or self._control is None:
+            self._register(loop)
         if first:
             # Empty looks arm the wait fd only once it was asked for: look again first.
             return True
@@ -534,7 +533,7 @@ class Channel:
         the control socket), not on a thread. Raises :class:`TimeoutError` after ``timeout``
         seconds. Several tasks may await the same channel; each message goes to one of them.
         """
-        deadline = self._deadline(timeout)
+        deadline = None if timeout is None else self._deadline(timeout)
         while True:
             msg = self._ch.try_recv()
             if msg is not None:
