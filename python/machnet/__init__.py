@@ -6,7 +6,7 @@ A sidecar process owns the network interface and serves applications over shared
     import machnet
 
     with machnet.attach() as m:                  # $MACHNET_SOCKET or /run/machnet/machnet.sock
-        with m.open_channel() as ch:             # one channel per thread
+        with m.open_channel() as ch:             # usable from many threads
             flow = ch.connect("10.0.0.2", 888)
             ch.send(flow, b"hello")              # bytes, bytearray or memoryview
             flow, reply = ch.recv(timeout=1.0)   # releases the GIL while it waits
@@ -14,7 +14,7 @@ A sidecar process owns the network interface and serves applications over shared
 Servers ``listen`` on a port; accepted flows show up as the flow of the messages they receive
 (or as ``"accepted"`` events with :meth:`Channel.next_event`). With :mod:`asyncio`, use
 ``await ch.recv_async()`` or ``async for flow, data in ch`` — they wait on the channel's
-eventfd through the event loop (``loop.add_reader``), never on a thread.
+wait fd through the event loop (``loop.add_reader``), never on a thread.
 
 Messages are delivered whole (1 byte to ``max_message_len``, 8 MiB by default), in order and
 exactly once per flow. Errors are subclasses of :class:`MachnetError` (see :mod:`machnet._errors`).
@@ -151,8 +151,8 @@ def _event(raw: Tuple[str, Flow, object]) -> Event:
 class Machnet:
     """A process's attachment to the sidecar (one control connection).
 
-    Create it with :func:`attach`. Open one :class:`Channel` per thread with
-    :meth:`open_channel`. The control connection closes when this object *and* every channel
+    Create it with :func:`attach`. Open channels with :meth:`open_channel` (a channel may be
+    shared by threads). The control connection closes when this object *and* every channel
     opened from it are closed or garbage-collected (or the process exits); the sidecar then
     detaches the channels gracefully (see :meth:`Channel.close`). Usable as a context manager
     (closing it on exit).
@@ -240,11 +240,12 @@ class Machnet:
 
 # ----- asyncio: waiting for descriptors through the event loop -----
 #
-# A channel that waits in an event loop registers a reader on its eventfd there once and keeps it
-# until the channel is closed or used from another loop; the callback drains the eventfd and wakes
-# the channel's waiters, so a steady stream of messages costs no epoll_ctl calls. The control
-# socket (shared by the channels of one attachment, readable only when the sidecar hangs up) has
-# one reader per loop, kept while any channel of the attachment is registered in that loop.
+# The native channel does the waiting protocol: an empty one-look receive (``try_recv``,
+# ``next_event(0)``) arms its wait fd. A channel that waited in an event loop keeps one reader on
+# that fd there (until closed or used from another loop: no epoll_ctl per message); the callback
+# quiets the fd and wakes the waiting tasks to look again. The control socket (shared by the
+# channels of one attachment, readable only when the sidecar hangs up) has one reader per loop,
+# kept while any channel of the attachment is registered in that loop.
 
 
 class _ControlWatch:
@@ -285,9 +286,10 @@ _controls: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[int, _Cont
 class Channel:
     """A shared-memory channel to one sidecar engine: connect, listen, send and receive.
 
-    Open it with :meth:`Machnet.open_channel`. A channel serves one thread at a time (another
-    thread gets :class:`ChannelBusyError`); within one thread, any number of asyncio tasks may
-    share it. Flows belong to the channel that created or accepted them. Closing the channel (or
+    Open it with :meth:`Machnet.open_channel`. Any number of threads and asyncio tasks may use
+    a channel at once; each message is delivered to exactly one receiver. Its ``*_async``
+    methods are meant for one event loop at a time (the channel's reader moves to the loop
+    that waited last). Flows belong to the channel that created or accepted them. Closing the channel (or
     leaving its ``with`` block, or the process exiting) is graceful: every message whose
     :meth:`send` returned is still delivered, then its flows close (docs/CHANNEL.md §5).
     :meth:`abort` aborts them instead.
@@ -300,13 +302,12 @@ class Channel:
     def __init__(self, native: _machnet.Channel, machnet: Machnet) -> None:
         self._ch = native
         self._machnet = machnet
-        # Futures of asyncio waiters on this channel: any other call on the channel may consume
-        # what they wait for or cancel their wake-up, so each call wakes them to look again.
+        # Futures of asyncio tasks waiting on this channel (woken together to look again).
         self._waiters: Set[asyncio.Future[None]] = set()
-        # Where the eventfd reader is registered (asyncio), and the control socket's watch.
+        # The loop whose reader watches the wait fd, and the control socket's watch.
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._control: Optional[_ControlWatch] = None
-        self._efd = native.fileno()
+        self._efd = -1
 
     def _kick(self) -> None:
         for fut in self._waiters:
@@ -341,14 +342,15 @@ class Channel:
         return self._ch.closed
 
     def fileno(self) -> int:
-        """The channel's eventfd, for your own poll loop: call :meth:`arm_wakeup` first; if it
-        returns ``False``, wait for this descriptor (and :meth:`Machnet.fileno` for hang-up)."""
+        """The channel's wait fd, for your own poll loop: an empty :meth:`try_recv` or
+        ``next_event(0)`` arms it, as does :meth:`arm_wakeup` when it returns ``False``; then
+        wait for this descriptor (and :meth:`Machnet.fileno` for hang-up). Do not read it."""
         return self._ch.fileno()
 
     def arm_wakeup(self) -> bool:
         """Prepares to wait on :meth:`fileno`. Returns ``True`` if notifications are already
-        waiting (do not wait: call :meth:`try_recv`/:meth:`next_event`), ``False`` if the eventfd
-        will turn readable when something arrives. Any other call on the channel cancels this."""
+        waiting (do not wait: call :meth:`try_recv`/:meth:`next_event`), ``False`` if the wait fd
+        will turn readable when something arrives."""
         return self._ch.arm_wakeup()
 
     def flows(self) -> List[Flow]:
@@ -376,12 +378,10 @@ class Channel:
         """Accepts connections to Machnet ``port`` (1..65535, outside the sidecar's ephemeral
         range) on this channel. Raises :class:`PortInUseError` if another channel owns it."""
         self._ch.listen(port)
-        self._kick()
 
     def unlisten(self, port: int) -> None:
         """Stops listening on ``port``; flows already accepted are unaffected."""
         self._ch.unlisten(port)
-        self._kick()
 
     def connect(self, ip: Union[str, ipaddress.IPv4Address], port: int, timeout: Timeout = None) -> Flow:
         """Opens a flow to ``ip``:``port`` and waits until it is established (at most
@@ -391,21 +391,16 @@ class Channel:
         if no answer came in time (a flow established later is aborted). ``ip`` may be a str or
         an :class:`ipaddress.IPv4Address`.
         """
-        try:
-            return self._ch.connect(ip, port, timeout)
-        finally:
-            self._kick()
+        return self._ch.connect(ip, port, timeout)
 
     def close_flow(self, flow: Flow) -> None:
         """Closes this side of ``flow`` gracefully: messages already sent are delivered first.
         Closing a closed flow does nothing."""
         self._ch.close_flow(flow)
-        self._kick()
 
     def abort_flow(self, flow: Flow) -> None:
         """Aborts ``flow`` at once (the peer sees a reset). Aborting a closed flow does nothing."""
         self._ch.abort_flow(flow)
-        self._kick()
 
     # ----- data -----
 
@@ -417,20 +412,12 @@ class Channel:
         :class:`InvalidArgumentError` for an empty message, :class:`MessageTooLargeError`,
         :class:`FlowError` subclasses if the flow is closed or reset.
         """
-        try:
-            self._ch.send(flow, data)
-        finally:
-            if self._waiters:
-                self._kick()
+        self._ch.send(flow, data)
 
     def try_send(self, flow: Flow, data: Buffer) -> bool:
         """Like :meth:`send`, but returns ``False`` instead of waiting when the request ring is
         full."""
-        try:
-            return self._ch.try_send(flow, data)
-        finally:
-            if self._waiters:
-                self._kick()
+        return self._ch.try_send(flow, data)
 
     def recv(self, timeout: Timeout = None) -> Message:
         """Waits for the next message on any flow of this channel; returns ``(flow, data)``.
@@ -439,29 +426,17 @@ class Channel:
         pass first (``None``: wait as long as needed). Accepted flows appear as the flow of
         their first message; flows that end are reflected in :meth:`flow_status`.
         """
-        try:
-            return self._ch.recv(timeout)
-        finally:
-            if self._waiters:
-                self._kick()
+        return self._ch.recv(timeout)
 
     def try_recv(self) -> Optional[Message]:
         """The next message if one is waiting now, else ``None``."""
-        try:
-            return self._ch.try_recv()
-        finally:
-            if self._waiters:
-                self._kick()
+        return self._ch.try_recv()
 
     def next_event(self, timeout: Timeout = None) -> Optional[Event]:
         """The next :class:`Event` of any kind (messages, accepted flows, closes), waiting up to
         ``timeout`` seconds (``None``: as long as needed; 0: do not wait). Returns ``None`` when
         the timeout passed."""
-        try:
-            raw = self._ch.next_event(timeout)
-        finally:
-            if self._waiters:
-                self._kick()
+        raw = self._ch.next_event(timeout)
         return None if raw is None else _event(raw)
 
     def __iter__(self) -> Iterator[Message]:
@@ -478,11 +453,10 @@ class Channel:
     # ----- asyncio -----
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Makes ``loop`` watch this channel's eventfd and its attachment's control socket."""
-        if self._loop is loop and self._control is not None:
-            return
+        """Makes ``loop`` watch this channel's wait fd and its attachment's control socket."""
         self._unregister()
-        loop.add_reader(self._efd, self._on_eventfd)
+        self._efd = self._ch.fileno()
+        loop.add_reader(self._efd, self._on_wait_fd)
         self._loop = loop
         cfd = self._ch.control_fileno()
         table = _controls.setdefault(loop, {})
@@ -501,20 +475,26 @@ class Channel:
             self._control.release(self)
             self._control = None
 
-    def _on_eventfd(self) -> None:
-        # Drain the eventfd (non-blocking) so that it stops being readable, then let the waiters
-        # look at the ring: a wake-up only ever causes a re-check, so none is lost.
+    def _on_wait_fd(self) -> None:
+        # Quiet the fd (the native side drains and re-arms it) and wake the waiters only if
+        # there is something to look at: no stale readiness, no spurious task wake-ups.
         try:
-            os.read(self._efd, 8)
-        except OSError:
-            pass
-        self._kick()
+            ready = self._ch.arm_wakeup()
+        except MachnetError:
+            ready = True  # the waiters see the error themselves
+        if ready:
+            self._kick()
 
     async def _wait(self, deadline: Optional[float]) -> bool:
-        """Waits until the channel's eventfd or the control socket turns readable, or another
-        call on the channel happened; ``False`` if ``deadline`` (loop time) passed first."""
+        """Waits until the wait fd or the control socket turns readable; ``False`` if
+        ``deadline`` (loop time) passed first. Call after an empty one-look receive."""
         loop = asyncio.get_running_loop()
-        self._register(loop)
+        first = self._efd < 0
+        if self._loop is not loop or self._control is None:
+            self._register(loop)
+        if first:
+            # Empty looks arm the wait fd only once it was asked for: look again first.
+            return True
         fut: asyncio.Future[None] = loop.create_future()
         self._waiters.add(fut)
         try:
@@ -549,17 +529,15 @@ class Channel:
     async def recv_async(self, timeout: Timeout = None) -> Message:
         """Awaits the next message: ``flow, data = await ch.recv_async()``.
 
-        Waits through the running event loop (``loop.add_reader`` on the channel's eventfd and on
+        Waits through the running event loop (``loop.add_reader`` on the channel's wait fd and on
         the control socket), not on a thread. Raises :class:`TimeoutError` after ``timeout``
         seconds. Several tasks may await the same channel; each message goes to one of them.
         """
-        deadline = self._deadline(timeout)
+        deadline = None if timeout is None else self._deadline(timeout)
         while True:
             msg = self._ch.try_recv()
             if msg is not None:
                 return msg
-            if self._ch.arm_wakeup():
-                continue
             if not await self._wait(deadline):
                 raise TimeoutError(f"no message within {timeout} seconds")
 
@@ -581,7 +559,6 @@ class Channel:
                 raise TimeoutError(f"connect timed out after {timeout} seconds")
             await asyncio.sleep(0.001)
             ticket = self._ch.connect_start(ip, port)
-        self._kick()
         answered = False
         try:
             while True:
@@ -594,13 +571,13 @@ class Channel:
                     answered = True
                     return flow
                 if self._ch.arm_wakeup():
-                    continue
-                if not await self._wait(deadline):
+                    # Something other than the answer is waiting for the receivers.
+                    await asyncio.sleep(0)
+                elif not await self._wait(deadline):
                     raise TimeoutError(f"connect timed out after {timeout} seconds")
         finally:
             if not answered:
                 self._ch.connect_abandon(ticket)
-            self._kick()
 
     async def next_event_async(self, timeout: Timeout = None) -> Optional[Event]:
         """Awaits the next :class:`Event` (``None`` when ``timeout`` seconds passed first)."""
@@ -609,8 +586,6 @@ class Channel:
             raw = self._ch.next_event(0)
             if raw is not None:
                 return _event(raw)
-            if self._ch.arm_wakeup():
-                continue
             if not await self._wait(deadline):
                 return None
 

@@ -17,7 +17,7 @@ derive from the matching built-in exception, so generic handlers keep working::
     │   ├── ConnectionResetError (builtins.ConnectionResetError)   reset, aborted, peer timed out
     │   └── FlowClosedError                     the flow is closed (gracefully, or by this app)
     ├── ChannelClosedError                      the channel was closed (``reason`` says why)
-    ├── ChannelBusyError (RuntimeError)         another thread is using the channel
+    ├── ChannelBusyError (RuntimeError)         no longer raised (channels are thread-safe)
     ├── PortInUseError                          listen: another channel owns the port
     └── ProtocolError                           the sidecar broke the protocol
 """
@@ -123,7 +123,8 @@ class ChannelClosedError(MachnetError):
 
 
 class ChannelBusyError(MachnetError, builtins.RuntimeError):
-    """Another thread is using the channel (a channel serves one thread at a time)."""
+    """No longer raised: a channel may be used by many threads at once. Kept so that code
+    catching it still imports."""
 
 
 class PortInUseError(MachnetError):

@@ -11,18 +11,18 @@
 //! - maps every Rust error to an exception class by its `ErrorKind` (`class_of`, one table),
 //!   setting the exception's `code` to the kind's code name.
 //!
-//! A `Channel` is used by one thread at a time (its Rust operations take `&mut self`); the
-//! Python object keeps it behind a mutex taken with `try_lock`, so a second thread gets
-//! `ChannelBusyError` instead of waiting behind a blocked `recv`.
+//! A `Channel` is the client's `SharedChannel`: any number of Python threads may use it at once
+//! (`ChannelBusyError` is no longer raised), and the waiting (blocking and the asyncio wait fd)
+//! is the client's, not this module's.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use machnet::{
     Channel, ClientError, CloseCode, ErrorKind, Event, Flow, FlowStatus, Machnet, RequestError,
-    RequestKind, SendError,
+    RequestKind, SendError, SharedChannel, SharedError,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
@@ -398,9 +398,17 @@ impl PyMachnet {
             id: ch.id(),
             engine: ch.engine(),
             max_message_len: ch.max_message_len(),
-            efd: ch.as_raw_fd(),
             control_fd: self.inner.as_raw_fd(),
-            ch: Mutex::new(Some(ch)),
+            busy_poll_ns: AtomicU64::new(0),
+            shared: SharedChannel::new(ch).map_err(|e| {
+                exception(
+                    py,
+                    "MachnetError",
+                    None,
+                    format!("cannot share the channel: {e}"),
+                    None,
+                )
+            })?,
         })
     }
     fn __repr__(&self) -> String {
@@ -416,14 +424,19 @@ impl PyMachnet {
 // ----- Channel -----
 
 /// A shared-memory channel to one sidecar engine (native; wrapped by `machnet.Channel`).
+///
+/// Any number of Python threads may use it at once: it is the client's `SharedChannel`
+/// (exactly-once delivery across threads, no lock held while a call sleeps). Blocking calls
+/// release the GIL and sleep in slices of `SIGNAL_CHECK`, checking for signals in between.
 #[pyclass(module = "machnet._machnet", name = "Channel", frozen)]
 struct PyChannel {
-    ch: Mutex<Option<Channel>>,
+    shared: SharedChannel,
     id: u32,
     engine: u16,
     max_message_len: u32,
-    efd: RawFd,
     control_fd: RawFd,
+    /// `set_busy_poll`, in nanoseconds (0: sleep at once).
+    busy_poll_ns: AtomicU64,
 }
 
 /// What the payload of `send` is.
@@ -433,32 +446,87 @@ enum Data<'a, 'py> {
     ByteArray(&'a Bound<'py, PyByteArray>),
 }
 
-impl PyChannel {
-    /// The channel, for the calling thread only.
-    fn lock(&self, py: Python<'_>) -> PyResult<MutexGuard<'_, Option<Channel>>> {
-        let guard =
-            match self.ch.try_lock() {
-                Ok(g) => g,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(TryLockError::WouldBlock) => return Err(exception(
-                    py,
-                    "ChannelBusyError",
-                    None,
-                    "the channel is in use by another thread (a channel serves one thread at a \
-                     time: open one channel per thread)"
-                        .into(),
-                    None,
-                )),
-            };
-        if guard.is_none() {
-            return Err(from_kind(
-                py,
-                ErrorKind::ChannelClosed,
-                "the channel is closed".into(),
-                Some(CloseCode::Detached),
-            ));
+/// The exception for a detached (closed) channel.
+fn closed_error(py: Python<'_>) -> PyErr {
+    from_kind(
+        py,
+        ErrorKind::ChannelClosed,
+        "the channel is closed".into(),
+        Some(CloseCode::Detached),
+    )
+}
+
+/// The exception for a failed shared-channel call.
+fn shared_err<E: ClientError>(py: Python<'_>, e: SharedError<E>) -> PyErr {
+    match e {
+        SharedError::Detached => closed_error(py),
+        e => to_py(py, e),
+    }
+}
+
+/// Runs a waiting call: one look with the GIL held, then (unless `deadline` is now) busy-polls
+/// for up to `spin` and sleeps in slices with the GIL released, checking for signals (Ctrl-C)
+/// between slices. `call(until)` looks once if `until` passed, else waits until then.
+/// `Ok(None)`: `deadline` passed.
+fn blocking<T: Send, E: ClientError + Send>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    spin: Duration,
+    call: impl Fn(Instant) -> Result<Option<T>, SharedError<E>> + Sync,
+) -> PyResult<Option<T>> {
+    let now = Instant::now();
+    if let Some(t) = call(now).map_err(|e| shared_err(py, e))? {
+        return Ok(Some(t));
+    }
+    // Forever if it does not fit an Instant.
+    let spin_until = now.checked_add(spin);
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(None);
         }
-        Ok(guard)
+        let slice = now + SIGNAL_CHECK;
+        let until = deadline.map_or(slice, |d| d.min(slice));
+        let got = if spin_until.is_none_or(|s| now < s) {
+            let until = spin_until.map_or(until, |s| s.min(until));
+            py.detach(|| loop {
+                let now = Instant::now();
+                match call(now) {
+                    Ok(None) if now < until => std::thread::yield_now(),
+                    r => break r,
+                }
+            })
+        } else {
+            py.detach(|| call(until))
+        };
+        if let Some(t) = got.map_err(|e| shared_err(py, e))? {
+            return Ok(Some(t));
+        }
+        py.check_signals()?;
+    }
+}
+
+impl PyChannel {
+    /// How long blocking receives busy-poll before sleeping (`set_busy_poll`).
+    fn spin(&self) -> Duration {
+        Duration::from_nanos(self.busy_poll_ns.load(Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the channel (calls that do not sleep between the channel's records).
+    fn with<T>(&self, py: Python<'_>, f: impl FnOnce(&mut Channel) -> T) -> PyResult<T> {
+        self.shared.with(f).map_err(|_| closed_error(py))
+    }
+
+    /// Like `with`, with the GIL released (for calls that wait for the sidecar).
+    fn with_detached<T: Send, E: ClientError + Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Channel) -> Result<T, E> + Send,
+    ) -> PyResult<T> {
+        match py.detach(|| self.shared.with(f)) {
+            Ok(r) => r.map_err(|e| to_py(py, e)),
+            Err(_) => Err(closed_error(py)),
+        }
     }
 
     fn send_data(
@@ -468,33 +536,37 @@ impl PyChannel {
         data: Data<'_, '_>,
         block: bool,
     ) -> PyResult<bool> {
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
         // First without waiting, holding the GIL (no copy, no GIL round trip).
+        let now = Some(Instant::now());
         let first = match &data {
-            Data::Bytes(b) => ch.try_send(&flow, b.as_bytes()),
+            Data::Bytes(b) => self.shared.send(&flow, &[b.as_bytes()], now),
             // SAFETY: the GIL is held and no Python code runs while the slice is used.
-            Data::ByteArray(b) => ch.try_send(&flow, unsafe { b.as_bytes() }),
+            Data::ByteArray(b) => self.shared.send(&flow, &[unsafe { b.as_bytes() }], now),
         };
         match first {
             Ok(()) => return Ok(true),
-            Err(SendError::WouldBlock) if !block => return Ok(false),
-            Err(SendError::WouldBlock) => {}
-            Err(e) => return Err(to_py(py, e)),
+            Err(SharedError::Op(SendError::WouldBlock)) if !block => return Ok(false),
+            Err(SharedError::Op(SendError::WouldBlock)) => {}
+            Err(e) => return Err(shared_err(py, e)),
         }
         // Back-pressure: wait for ring space with the GIL released. A bytearray may change
         // meanwhile, so send a copy of it.
-        let result = match data {
-            Data::Bytes(b) => {
-                let bytes = b.as_bytes();
-                py.detach(|| ch.send(&flow, bytes))
-            }
+        let copy;
+        let bytes = match &data {
+            Data::Bytes(b) => b.as_bytes(),
             Data::ByteArray(b) => {
-                let copy = b.to_vec();
-                py.detach(|| ch.send(&flow, &copy))
+                copy = b.to_vec();
+                &copy[..]
             }
         };
-        result.map(|()| true).map_err(|e| to_py(py, e))
+        blocking(py, None, Duration::ZERO, |until| {
+            match self.shared.send(&flow, &[bytes], Some(until)) {
+                Ok(()) => Ok(Some(true)),
+                Err(SharedError::Op(SendError::WouldBlock)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map(|sent| sent.unwrap_or(false))
     }
 
     fn with_data(
@@ -533,206 +605,9 @@ impl PyChannel {
             .into_pyobject(py)
             .map(|t| t.into_any())
     }
-}
 
-#[pymethods]
-impl PyChannel {
-    /// The sidecar's id of this channel.
-    #[getter]
-    fn id(&self) -> u32 {
-        self.id
-    }
-    /// The engine serving this channel.
-    #[getter]
-    fn engine(&self) -> u16 {
-        self.engine
-    }
-    /// Largest message this channel carries, in bytes.
-    #[getter]
-    fn max_message_len(&self) -> u32 {
-        self.max_message_len
-    }
-    /// Whether `close()` was called.
-    #[getter]
-    fn closed(&self) -> bool {
-        match self.ch.try_lock() {
-            Ok(g) => g.is_none(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().is_none(),
-            Err(TryLockError::WouldBlock) => false,
-        }
-    }
-    /// The channel's app eventfd (readable when notifications may be waiting; see arm_wakeup).
-    fn fileno(&self) -> RawFd {
-        self.efd
-    }
-    /// The control socket's descriptor (readable/hang-up when the sidecar is gone).
-    fn control_fileno(&self) -> RawFd {
-        self.control_fd
-    }
-
-    fn listen(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
-        let port = port_arg(py, port)?;
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.listen(port)).map_err(|e| to_py(py, e))
-    }
-
-    fn unlisten(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
-        let port = port_arg(py, port)?;
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.unlisten(port)).map_err(|e| to_py(py, e))
-    }
-
-    #[pyo3(signature = (ip, port, timeout=None))]
-    fn connect(
-        &self,
-        py: Python<'_>,
-        ip: &Bound<'_, PyAny>,
-        port: &Bound<'_, PyAny>,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyFlow> {
-        let ip = ip_arg(py, ip)?;
-        let port = port_arg(py, port)?;
-        let timeout =
-            timeout_arg(py, timeout, "timeout")?.unwrap_or(machnet::DEFAULT_CONNECT_TIMEOUT);
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.connect_timeout(ip, port, timeout))
-            .map(PyFlow)
-            .map_err(|e| to_py(py, e))
-    }
-
-    /// Starts a connect without waiting: the request's ticket, or `None` if the ring is full.
-    fn connect_start(
-        &self,
-        py: Python<'_>,
-        ip: &Bound<'_, PyAny>,
-        port: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<u32>> {
-        let ip = ip_arg(py, ip)?;
-        let port = port_arg(py, port)?;
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        ch.start_connect(ip, port)
-            .map(|t| t.map(machnet::ConnectTicket::id))
-            .map_err(|e| to_py(py, e))
-    }
-
-    /// The flow of connect `ticket` once established, `None` while unanswered; raises if it
-    /// failed. Never waits.
-    fn connect_poll(&self, py: Python<'_>, ticket: u32) -> PyResult<Option<PyFlow>> {
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        ch.poll_connect(machnet::ConnectTicket::from_id(ticket))
-            .map(|f| f.map(PyFlow))
-            .map_err(|e| to_py(py, e))
-    }
-
-    /// Gives up on connect `ticket`: a flow established later is aborted.
-    fn connect_abandon(&self, py: Python<'_>, ticket: u32) -> PyResult<()> {
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        ch.abandon_connect(machnet::ConnectTicket::from_id(ticket));
-        Ok(())
-    }
-
-    fn send(
-        &self,
-        py: Python<'_>,
-        flow: &Bound<'_, PyAny>,
-        data: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        self.with_data(py, flow, data, true).map(|_| ())
-    }
-
-    fn try_send(
-        &self,
-        py: Python<'_>,
-        flow: &Bound<'_, PyAny>,
-        data: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        self.with_data(py, flow, data, false)
-    }
-
-    #[pyo3(signature = (timeout=None))]
-    fn recv<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let timeout = timeout_arg(py, timeout, "timeout")?;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        // Fast path: a message is already waiting.
-        if let Some((flow, data)) = ch.try_recv().map_err(|e| to_py(py, e))? {
-            return Self::message(py, flow, &data);
-        }
-        loop {
-            let slice = match deadline {
-                None => SIGNAL_CHECK,
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK),
-            };
-            let got = py.detach(|| ch.recv_timeout(slice));
-            match got.map_err(|e| to_py(py, e))? {
-                Some((flow, data)) => return Self::message(py, flow, &data),
-                None if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Err(from_kind(
-                        py,
-                        ErrorKind::TimedOut,
-                        format!(
-                            "no message within {:?} seconds",
-                            timeout.unwrap_or_default().as_secs_f64()
-                        ),
-                        None,
-                    ))
-                }
-                None => py.check_signals()?,
-            }
-        }
-    }
-
-    fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        match ch.try_recv().map_err(|e| to_py(py, e))? {
-            Some((flow, data)) => Self::message(py, flow, &data).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// `(kind, flow, detail)` or `None` when the timeout passed; see machnet.Event.
-    #[pyo3(signature = (timeout=None))]
-    fn next_event<'py>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let timeout = timeout_arg(py, timeout, "timeout")?;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        let ev = loop {
-            let slice = match deadline {
-                None => SIGNAL_CHECK,
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK),
-            };
-            let got = if slice.is_zero() {
-                ch.next_event(Some(Duration::ZERO))
-            } else {
-                py.detach(|| ch.next_event(Some(slice)))
-            };
-            match got.map_err(|e| to_py(py, e))? {
-                Some(ev) => break ev,
-                None if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(None),
-                None => py.check_signals()?,
-            }
-        };
+    /// An event as `(kind, flow, detail)`; see machnet.Event.
+    fn event<'py>(py: Python<'py>, ev: Event) -> PyResult<Bound<'py, PyAny>> {
         let none = py.None().into_bound(py);
         let reason = |r: Option<CloseCode>| r.map(code_name);
         let t = match ev {
@@ -773,28 +648,183 @@ impl PyChannel {
                 ))
             }
         };
-        Ok(Some(t.into_any()))
+        Ok(t.into_any())
+    }
+}
+
+#[pymethods]
+impl PyChannel {
+    /// The sidecar's id of this channel.
+    #[getter]
+    fn id(&self) -> u32 {
+        self.id
+    }
+    /// The engine serving this channel.
+    #[getter]
+    fn engine(&self) -> u16 {
+        self.engine
+    }
+    /// Largest message this channel carries, in bytes.
+    #[getter]
+    fn max_message_len(&self) -> u32 {
+        self.max_message_len
+    }
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.shared.with(|_| ()).is_err()
+    }
+    /// The channel's wait fd: readable when a receive or `next_event` may make progress. An
+    /// empty `try_recv`/`next_event(0)` (or `arm_wakeup`) arms it.
+    fn fileno(&self) -> RawFd {
+        self.shared.wait_fd()
+    }
+    /// The control socket's descriptor (readable/hang-up when the sidecar is gone).
+    fn control_fileno(&self) -> RawFd {
+        self.control_fd
     }
 
-    /// True if notifications are waiting (do not wait); else the eventfd fires when they come.
+    fn listen(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
+        let port = port_arg(py, port)?;
+        self.with_detached(py, |ch| ch.listen(port))
+    }
+
+    fn unlisten(&self, py: Python<'_>, port: &Bound<'_, PyAny>) -> PyResult<()> {
+        let port = port_arg(py, port)?;
+        self.with_detached(py, |ch| ch.unlisten(port))
+    }
+
+    #[pyo3(signature = (ip, port, timeout=None))]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        ip: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyFlow> {
+        let ip = ip_arg(py, ip)?;
+        let port = port_arg(py, port)?;
+        let timeout =
+            timeout_arg(py, timeout, "timeout")?.unwrap_or(machnet::DEFAULT_CONNECT_TIMEOUT);
+        self.with_detached(py, |ch| ch.connect_timeout(ip, port, timeout))
+            .map(PyFlow)
+    }
+
+    /// Starts a connect without waiting: the request's ticket, or `None` if the ring is full.
+    fn connect_start(
+        &self,
+        py: Python<'_>,
+        ip: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<u32>> {
+        let ip = ip_arg(py, ip)?;
+        let port = port_arg(py, port)?;
+        self.with(py, |ch| ch.start_connect(ip, port))?
+            .map(|t| t.map(machnet::ConnectTicket::id))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The flow of connect `ticket` once established, `None` while unanswered; raises if it
+    /// failed. Never waits.
+    fn connect_poll(&self, py: Python<'_>, ticket: u32) -> PyResult<Option<PyFlow>> {
+        self.with(py, |ch| {
+            ch.poll_connect(machnet::ConnectTicket::from_id(ticket))
+        })?
+        .map(|f| f.map(PyFlow))
+        .map_err(|e| to_py(py, e))
+    }
+
+    /// Gives up on connect `ticket`: a flow established later is aborted.
+    fn connect_abandon(&self, py: Python<'_>, ticket: u32) -> PyResult<()> {
+        self.with(py, |ch| {
+            ch.abandon_connect(machnet::ConnectTicket::from_id(ticket))
+        })
+    }
+
+    fn send(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.with_data(py, flow, data, true).map(|_| ())
+    }
+
+    fn try_send(
+        &self,
+        py: Python<'_>,
+        flow: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.with_data(py, flow, data, false)
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        match blocking(py, deadline, self.spin(), |until| {
+            self.shared.recv(Some(until))
+        })? {
+            Some((flow, data)) => Self::message(py, flow, &data),
+            None => Err(from_kind(
+                py,
+                ErrorKind::TimedOut,
+                format!(
+                    "no message within {:?} seconds",
+                    timeout.unwrap_or_default().as_secs_f64()
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// The next message if one is waiting, else `None` (and the wait fd is armed).
+    fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self
+            .shared
+            .recv(Some(Instant::now()))
+            .map_err(|e| shared_err(py, e))?
+        {
+            Some((flow, data)) => Self::message(py, flow, &data).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `(kind, flow, detail)` or `None` when the timeout passed; see machnet.Event.
+    #[pyo3(signature = (timeout=None))]
+    fn next_event<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        match blocking(py, deadline, self.spin(), |until| {
+            self.shared.next_any(Some(until))
+        })? {
+            Some(ev) => Self::event(py, ev).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// True if something is waiting (do not wait); else the wait fd fires when it comes.
     fn arm_wakeup(&self, py: Python<'_>) -> PyResult<bool> {
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        ch.arm_wakeup().map_err(|e| to_py(py, e))
+        self.shared.arm_wait_fd().map_err(|e| shared_err(py, e))
     }
 
     fn close_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
         let flow = flow_arg(py, flow)?;
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.close(&flow)).map_err(|e| to_py(py, e))
+        self.with_detached(py, |ch| ch.close(&flow))
     }
 
     fn abort_flow(&self, py: Python<'_>, flow: &Bound<'_, PyAny>) -> PyResult<()> {
         let flow = flow_arg(py, flow)?;
-        let mut g = self.lock(py)?;
-        let ch = g.as_mut().expect("checked by lock");
-        py.detach(|| ch.abort(&flow)).map_err(|e| to_py(py, e))
+        self.with_detached(py, |ch| ch.abort(&flow))
     }
 
     /// `"open"`, `"peer_closed"`, `"closing"` or `"closed"`, plus the close reason if known.
@@ -804,9 +834,7 @@ impl PyChannel {
         flow: &Bound<'_, PyAny>,
     ) -> PyResult<(String, Option<String>)> {
         let flow = flow_arg(py, flow)?;
-        let g = self.lock(py)?;
-        let ch = g.as_ref().expect("checked by lock");
-        Ok(match ch.flow_status(&flow) {
+        self.with(py, |ch| match ch.flow_status(&flow) {
             FlowStatus::Open => ("open".into(), None),
             FlowStatus::PeerClosed => ("peer_closed".into(), None),
             FlowStatus::Closing => ("closing".into(), None),
@@ -816,15 +844,13 @@ impl PyChannel {
     }
 
     fn flows(&self, py: Python<'_>) -> PyResult<Vec<PyFlow>> {
-        let g = self.lock(py)?;
-        let ch = g.as_ref().expect("checked by lock");
-        Ok(ch.flows().map(PyFlow).collect())
+        self.with(py, |ch| ch.flows().map(PyFlow).collect())
     }
 
     fn set_busy_poll(&self, py: Python<'_>, seconds: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let spin = timeout_arg(py, seconds, "seconds")?;
-        let mut g = self.lock(py)?;
-        g.as_mut().expect("checked by lock").set_busy_poll(spin);
+        let spin = timeout_arg(py, seconds, "seconds")?.unwrap_or_default();
+        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_poll_ns.store(ns, Ordering::Relaxed);
         Ok(())
     }
 
@@ -836,14 +862,14 @@ impl PyChannel {
             ));
         }
         let on: bool = on.extract()?;
-        let mut g = self.lock(py)?;
-        g.as_mut().expect("checked by lock").set_auto_close(on);
+        self.with(py, |ch| ch.set_auto_close(on))?;
+        self.shared.set_auto_close(on);
         Ok(())
     }
 
     /// Detaches the channel: gracefully (the sidecar delivers what was sent, then closes its
     /// flows; docs/CHANNEL.md §5), or with `abort` its flows are aborted at once. Closing twice
-    /// does nothing.
+    /// does nothing. Calls sleeping on the channel in other threads raise `ChannelClosedError`.
     #[pyo3(signature = (abort = false))]
     fn close(&self, py: Python<'_>, abort: bool) -> PyResult<()> {
         let release = if abort {
@@ -851,32 +877,17 @@ impl PyChannel {
         } else {
             machnet::Channel::close_channel
         };
-        let ch = match self.ch.try_lock() {
-            Ok(mut g) => g.take(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().take(),
-            Err(TryLockError::WouldBlock) => {
-                return Err(exception(
-                    py,
-                    "ChannelBusyError",
-                    None,
-                    "the channel is in use by another thread and cannot be closed now".into(),
-                    None,
-                ))
-            }
-        };
-        match ch {
+        py.detach(|| match self.shared.detach() {
             None => Ok(()),
-            Some(ch) => py
-                .detach(|| release(ch))
-                .or_else(|e| match e {
-                    // Closing a channel of a dead sidecar (or over a control connection that
-                    // already failed) has nothing left to do: the sidecar releases the channel
-                    // when the connection closes.
-                    RequestError::SidecarGone | RequestError::Broken(_) => Ok(()),
-                    e => Err(e),
-                })
-                .map_err(|e| to_py(py, e)),
-        }
+            Some(ch) => release(ch).or_else(|e| match e {
+                // Closing a channel of a dead sidecar (or over a control connection that
+                // already failed) has nothing left to do: the sidecar releases the channel
+                // when the connection closes.
+                RequestError::SidecarGone | RequestError::Broken(_) => Ok(()),
+                e => Err(e),
+            }),
+        })
+        .map_err(|e| to_py(py, e))
     }
 
     fn __repr__(&self) -> String {

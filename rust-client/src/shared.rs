@@ -274,14 +274,14 @@ impl SharedChannel {
         if !st.external {
             return Ok(false);
         }
-        st.ext_armed = true;
         // The caller's own receive queued these events: it learns of them by asking for events
         // next (the documented loop), not by another wake-up.
         st.events.take_news();
+        // Not armed while re-checking: the caller looks again if data raced in, so the eventfd
+        // need not be written for it (an event loop would see a stale readiness).
+        st.ext_armed = false;
         let data = self.arm_all(st).map_err(RecvError::from)?.data;
-        if data {
-            st.ext_armed = false;
-        }
+        st.ext_armed = !data;
         Ok(data)
     }
 
@@ -302,6 +302,38 @@ impl SharedChannel {
             return Ok(attempt(ch, &mut st.events)?);
         }
         self.wait(Need::Event, deadline, attempt)
+    }
+
+    /// The next message (as [`Event::Message`]) or event of any kind (accepts included),
+    /// whichever comes first in the channel, waiting until `deadline` as [`SharedChannel::recv`]
+    /// does (a passed deadline: one look, and an empty look arms the wait fd). Events found this
+    /// way are handed over as they are: a flow whose peer closed stays half-open for the caller
+    /// to close (the Python binding's `next_event`, like [`Channel::next_event`]).
+    pub fn next_any(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Event>, SharedError<RecvError>> {
+        self.receive(deadline, |ch, q| q.next_any(ch))
+    }
+
+    /// Whether a receive that passes over a flow's [`Event::PeerClosed`] closes the flow
+    /// (default: `true`; see [`Channel::set_auto_close`]).
+    pub fn set_auto_close(&self, on: bool) {
+        self.lock().events.auto_close = on;
+    }
+
+    /// Announces that an event loop is about to poll [`SharedChannel::wait_fd`] without having
+    /// just made an empty `try_` receive, or quiets the fd after it turned readable (it drains
+    /// and re-arms it). Returns `true` if a receive or an event look would make progress now
+    /// (do not wait: look again).
+    pub fn arm_wait_fd(&self) -> Result<bool, SharedError<RecvError>> {
+        let mut st = self.lock();
+        st.external = true;
+        if st.ch.is_none() {
+            return Err(SharedError::Detached);
+        }
+        let data = self.arm_external(&mut st)?;
+        Ok(data || !st.events.queue.is_empty())
     }
 
     /// Sets how many flow events are kept (default [`DEFAULT_EVENT_LIMIT`]); events beyond a
@@ -492,6 +524,8 @@ struct FlowEvents {
     news: bool,
     /// A receive took the held message: events behind it may now be pulled.
     released: bool,
+    /// A receive passing over a peer's close closes the flow.
+    auto_close: bool,
 }
 
 impl Default for FlowEvents {
@@ -503,6 +537,7 @@ impl Default for FlowEvents {
             held: None,
             news: false,
             released: false,
+            auto_close: true,
         }
     }
 }
@@ -512,6 +547,16 @@ impl FlowEvents {
     /// flow events met on the way. A flow whose peer closed is closed on this side, as the
     /// client's message-only receives do.
     fn pull(&mut self, ch: &mut Channel) -> Result<Option<(Flow, Vec<u8>)>, RecvError> {
+        self.pull_as(ch, false)
+    }
+
+    /// [`FlowEvents::pull`]; `handed_over`: the events go to the caller as they are (accepts
+    /// kept, peer-closed flows left open: [`SharedChannel::next_any`]).
+    fn pull_as(
+        &mut self,
+        ch: &mut Channel,
+        handed_over: bool,
+    ) -> Result<Option<(Flow, Vec<u8>)>, RecvError> {
         loop {
             let Some(got) = ch.receive(Want::Event, Some(Instant::now()))? else {
                 return Ok(None);
@@ -519,9 +564,30 @@ impl FlowEvents {
             let Got::Event(ev) = got else { continue };
             match ev {
                 Event::Message { flow, data } => return Ok(Some((flow, data))),
+                ev if handed_over => self.push(ev),
                 ev => self.note(ch, ev),
             }
         }
+    }
+
+    /// The next queued event, else the next message, for [`SharedChannel::next_any`].
+    fn next_any(&mut self, ch: &mut Channel) -> Result<Option<Event>, RecvError> {
+        if let Some(ev) = self.queue.pop_front() {
+            return Ok(Some(ev));
+        }
+        let m = match self.held.take() {
+            Some(m) => {
+                self.released = true;
+                Some(m)
+            }
+            None => self.pull_as(ch, true)?,
+        };
+        if let Some(ev) = self.queue.pop_front() {
+            // Events came before the message: it waits, first in line.
+            self.held = m;
+            return Ok(Some(ev));
+        }
+        Ok(m.map(|(flow, data)| Event::Message { flow, data }))
     }
 
     /// The next message copied into `buf`: the held one, else the ring's next message straight
@@ -562,7 +628,9 @@ impl FlowEvents {
         match ev {
             Event::Accepted { .. } => {}
             Event::PeerClosed { ref flow } => {
-                let _ = ch.close(flow);
+                if self.auto_close {
+                    let _ = ch.close(flow);
+                }
                 self.push(ev);
             }
             ev => self.push(ev),

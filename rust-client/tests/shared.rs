@@ -338,3 +338,98 @@ fn a_blocked_sender_and_receiver_end_when_the_sidecar_dies_or_the_channel_is_det
     assert!(matches!(sh.recv(None), Err(SharedError::Detached)));
     assert!(sh.with(|_| ()).is_err());
 }
+
+#[test]
+fn next_any_hands_over_messages_and_every_event_in_ring_order_and_leaves_peer_closed_flows_open() {
+    let (_m, _fake, sh, mut side) = open(Config::default());
+    let fd = sh.wait_fd();
+    // Nothing yet: the one look arms the wait fd.
+    assert!(sh.next_any(Some(Instant::now())).unwrap().is_none());
+    assert!(!readable(fd, Duration::ZERO));
+    side.accept(1, 5001, 80);
+    side.message(1, b"one");
+    side.notify(RecordKind::PeerClosed, 1, 0, 0, &[]);
+    assert!(readable(fd, T));
+    let flow = match sh.next_any(Some(Instant::now())).unwrap() {
+        Some(Event::Accepted { flow, port: 80 }) => flow,
+        other => panic!("{other:?}"),
+    };
+    match sh.next_any(Some(Instant::now())).unwrap() {
+        Some(Event::Message { flow: f, data }) => assert_eq!((f, &data[..]), (flow, &b"one"[..])),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        sh.next_any(Some(Instant::now())).unwrap(),
+        Some(Event::PeerClosed { flow: f }) if f == flow
+    ));
+    // Handed over as it is: the caller decides when to close.
+    assert_eq!(
+        sh.with(|ch| ch.flow_status(&flow)).unwrap(),
+        machnet::FlowStatus::PeerClosed
+    );
+    assert!(sh.next_any(Some(Instant::now())).unwrap().is_none());
+    // A blocking next_any wakes for a message as for an event.
+    side.accept(2, 5002, 80);
+    let waiter = {
+        let sh = sh.clone();
+        std::thread::spawn(move || sh.next_any(Some(Instant::now() + T)))
+    };
+    assert!(matches!(
+        waiter.join().unwrap().unwrap(),
+        Some(Event::Accepted { .. })
+    ));
+    let waiter = {
+        let sh = sh.clone();
+        std::thread::spawn(move || sh.next_any(Some(Instant::now() + T)))
+    };
+    side.message(2, b"two");
+    assert!(matches!(
+        waiter.join().unwrap().unwrap(),
+        Some(Event::Message { .. })
+    ));
+}
+
+#[test]
+fn a_receive_closes_a_peer_closed_flow_only_with_auto_close() {
+    let (_m, _fake, sh, mut side) = open(Config::default());
+    let flows = accept_flows(&sh, &mut side, 2);
+    sh.set_auto_close(false);
+    side.notify(RecordKind::PeerClosed, 1, 0, 0, &[]);
+    side.message(2, b"x");
+    assert!(sh.recv(Some(Instant::now() + T)).unwrap().is_some());
+    assert_eq!(
+        sh.with(|ch| ch.flow_status(&flows[0])).unwrap(),
+        machnet::FlowStatus::PeerClosed
+    );
+    sh.set_auto_close(true);
+    side.notify(RecordKind::PeerClosed, 2, 0, 0, &[]);
+    side.message(1, b"y");
+    assert!(sh.recv(Some(Instant::now() + T)).unwrap().is_some());
+    assert_eq!(
+        sh.with(|ch| ch.flow_status(&flows[1])).unwrap(),
+        machnet::FlowStatus::Closing
+    );
+    // Both events were queued for next_event.
+    for f in &flows {
+        assert!(matches!(
+            sh.next_event(Some(Instant::now())).unwrap(),
+            Some(Event::PeerClosed { flow }) if flow == *f
+        ));
+    }
+}
+
+#[test]
+fn arm_wait_fd_reports_what_is_waiting_or_arms_the_fd() {
+    let (_m, _fake, sh, mut side) = open(Config::default());
+    let fd = sh.wait_fd();
+    accept_flows(&sh, &mut side, 1);
+    assert!(!sh.arm_wait_fd().unwrap());
+    assert!(!readable(fd, Duration::ZERO));
+    side.message(1, b"m");
+    assert!(readable(fd, T));
+    assert!(sh.arm_wait_fd().unwrap());
+    assert!(sh.recv(Some(Instant::now())).unwrap().is_some());
+    assert!(!sh.arm_wait_fd().unwrap());
+    sh.detach();
+    assert!(matches!(sh.arm_wait_fd(), Err(SharedError::Detached)));
+}
