@@ -224,6 +224,13 @@ fn sink_report(sink: &mut App) -> (u64, HashMap<u64, u64>) {
     (errors.expect("errors="), counts)
 }
 
+/// Slack on top of 10 % for the end-of-soak RSS check (KiB).
+const RSS_SLACK_KIB: u64 = 4096;
+
+fn within_rss_bound(start_kib: u64, end_kib: u64) -> bool {
+    end_kib * 10 <= start_kib * 11 + RSS_SLACK_KIB * 10
+}
+
 fn rss_kib(p: &Proc) -> u64 {
     proc_status_kib(pid(p), "VmRSS")
 }
@@ -399,15 +406,19 @@ fn soak_with_kills_stops_a_sidecar_restart_and_loss_loses_no_accepted_message() 
         rss_start.1,
         rss_end.1
     );
-    // A's second process is compared with its first after the same warm-up traffic.
+    // A's second process is compared with its first after the same warm-up traffic. The bound
+    // is 10 % plus RSS_SLACK_KIB: what this guards against is data kept after the flows are
+    // gone (tens to hundreds of MiB when trimming or freeing broke), while a ~9 MiB process
+    // varies by about a MiB between runs (allocator arenas, stacks touched), which a bare 10 %
+    // turned into failures.
     assert!(
-        rss_end.0 * 10 <= rss_start.0 * 11,
+        within_rss_bound(rss_start.0, rss_end.0),
         "A's RSS grew from {} KiB to {} KiB",
         rss_start.0,
         rss_end.0
     );
     assert!(
-        rss_end.1 * 10 <= rss_start.1 * 11,
+        within_rss_bound(rss_start.1, rss_end.1),
         "B's RSS grew from {} KiB to {} KiB",
         rss_start.1,
         rss_end.1
