@@ -63,6 +63,17 @@ async function* messages() {
   }
 }
 
+// Received messages are built here, not in the native code: it copies each message from the
+// channel's ring into `scratch` and calls `makeMessage`, which copies it into a (pooled) Buffer
+// of its own. Both are private to this module; messages above 64 KiB are built natively.
+const scratch = Buffer.allocUnsafeSlow(64 * 1024)
+function makeMessage(flow, length) {
+  const data = Buffer.allocUnsafe(length)
+  scratch.copy(data, 0, 0, length)
+  return { flow, data }
+}
+binding._setupReceive(scratch, makeMessage)
+
 const nativeRecv = binding.Channel.prototype.recv
 
 /**

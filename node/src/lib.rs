@@ -29,11 +29,11 @@ use std::ptr;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use napi::bindgen_prelude::{
-    validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array,
-    Unknown,
+    validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag,
+    Uint8ArraySlice, Unknown,
 };
 use napi::{sys, Env, JsValue, ValueType};
 use napi_derive::napi;
@@ -167,13 +167,15 @@ fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
     }
 }
 
-fn data_arg(v: &Unknown) -> JsResult<Uint8Array> {
+/// The bytes of a `Buffer`/`Uint8Array` argument, borrowed for the call (no reference is
+/// created: sends copy them before returning).
+fn data_arg<'a>(v: &Unknown<'a>) -> JsResult<Uint8ArraySlice<'a>> {
     let bad = || JsErr::arg_type("data", "an instance of Buffer or Uint8Array");
     if v.get_type().ok() != Some(ValueType::Object) {
         return Err(bad());
     }
     // SAFETY: a value of the current environment; napi checks it is a Uint8Array.
-    unsafe { Uint8Array::from_napi_value(v.value().env, v.raw()) }.map_err(|_| bad())
+    unsafe { Uint8ArraySlice::from_napi_value(v.value().env, v.raw()) }.map_err(|_| bad())
 }
 
 // ----- Flow and Message -----
@@ -269,6 +271,18 @@ impl ToNapiValue for Bytes {
         })?;
         Ok(out)
     }
+}
+
+/// Called once by index.js: `scratch` (a `Buffer`) receives each message straight from the
+/// ring, then `make(flow, length)` builds the `Message` in JavaScript (a pooled `Buffer` copy
+/// and an object literal are much cheaper there than through napi). Without it (binding.js used
+/// directly) messages are built here.
+#[napi(
+    js_name = "_setupReceive",
+    ts_args_type = "scratch: Buffer, make: (flow: Flow, length: number) => Message"
+)]
+pub fn setup_receive(env: &Env, scratch: Unknown, make: Unknown) -> napi::Result<()> {
+    uvrecv::MessageFactory::install(env, &scratch, &make)
 }
 
 // ----- attaching -----
@@ -940,7 +954,7 @@ impl Channel {
         };
         let sent = self
             .rx
-            .with_sc(|sc| sc.send(flow, &[data], Some(Instant::now())));
+            .with_sc(|sc| sc.send(flow, &[data], Some(self.rx.past())));
         match sent {
             None => self.closed_err(),
             Some(Ok(())) => Ok(true),
