@@ -74,7 +74,14 @@ function makeMessage(flow, length) {
 }
 binding._setupReceive(scratch, makeMessage)
 
-const nativeRecv = binding.Channel.prototype.recv
+// recv() and trySend() without napi-rs's per-call glue (the same native code behind them).
+const fast = binding._fastMethods()
+Object.defineProperty(binding.Channel.prototype, 'trySend', {
+  value: fast.trySend,
+  writable: true,
+  configurable: true,
+})
+const nativeRecv = fast.recv
 
 /**
  * The next message on any flow of this channel. With `timeoutMs`, rejects with

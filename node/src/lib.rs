@@ -20,6 +20,7 @@
 
 mod errors;
 mod events;
+mod fastpath;
 mod uvrecv;
 
 use std::cell::RefCell;
@@ -149,7 +150,7 @@ fn string_arg(v: &Unknown, name: &str) -> JsResult<String> {
         .map_err(|_| JsErr::arg_type(name, "of type string"))
 }
 
-fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
+pub(crate) fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
     let bad = || JsErr::arg_type("flow", "an instance of Flow");
     if v.get_type().ok() != Some(ValueType::Object) {
         return Err(bad());
@@ -283,6 +284,13 @@ impl ToNapiValue for Bytes {
 )]
 pub fn setup_receive(env: &Env, scratch: Unknown, make: Unknown) -> napi::Result<()> {
     uvrecv::MessageFactory::install(env, &scratch, &make)
+}
+
+/// `{ recv, trySend }` for `Channel.prototype` without napi-rs's per-call glue (module
+/// [`fastpath`]); index.js installs them.
+#[napi(js_name = "_fastMethods", ts_return_type = "Record<string, Function>")]
+pub fn fast_methods(env: &Env) -> napi::Result<Raw> {
+    Ok(Raw(fastpath::methods(env)))
 }
 
 // ----- attaching -----
@@ -809,8 +817,7 @@ impl Channel {
     /// channel is busy (a `connect` in progress). Throws like {@link Channel.send} rejects.
     #[napi(ts_args_type = "flow: Flow, data: Buffer | Uint8Array")]
     pub fn try_send(&self, env: &Env, flow: Unknown, data: Unknown) -> napi::Result<bool> {
-        flow_arg(&flow)
-            .and_then(|f| self.send_now(&f, &data_arg(&data)?))
+        self.try_send_now(&flow, &data)
             .map_err(|e| e.into_napi(env))
     }
 
@@ -820,10 +827,7 @@ impl Channel {
     /// Rejects with `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
     #[napi(ts_return_type = "Promise<Message>")]
     pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Message>> {
-        if self.shared.is_closed() {
-            return settled(env, self.closed_err());
-        }
-        Ok(PromiseRaw::new(env.raw(), self.rx.push()?))
+        Ok(PromiseRaw::new(env.raw(), self.recv_raw(env)?))
     }
 
     /// `recv(timeoutMs)` (index.js): queues a receive like `recv()` and returns
@@ -939,6 +943,20 @@ impl Channel {
 }
 
 impl Channel {
+    /// `recv()`: the promise of the next message (module [`fastpath`] calls this too).
+    pub(crate) fn recv_raw(&self, env: &Env) -> napi::Result<sys::napi_value> {
+        if self.shared.is_closed() {
+            return settled::<Raw>(env, self.closed_err()).map(|p| p.raw());
+        }
+        self.rx.push()
+    }
+
+    /// `trySend(flow, data)` (module [`fastpath`] calls this too).
+    pub(crate) fn try_send_now(&self, flow: &Unknown, data: &Unknown) -> JsResult<bool> {
+        let flow = self.rx.flow_arg(flow)?;
+        self.send_now(&flow, &data_arg(data)?)
+    }
+
     /// Sends `data` on `flow` if that is possible without waiting, on this thread: `Ok(false)`
     /// if the ring is full, a send waits before this one, or the channel is busy (a connect).
     fn send_now(&self, flow: &machnet::Flow, data: &[u8]) -> JsResult<bool> {

@@ -28,7 +28,7 @@ use napi::bindgen_prelude::ToNapiValue;
 use napi::bindgen_prelude::Unknown;
 use napi::{sys, Env, JsValue};
 
-use crate::errors::{JsErr, SIDECAR_GONE};
+use crate::errors::{JsErr, JsResult, SIDECAR_GONE};
 use crate::events::{self, FlowEvent};
 use crate::{Bytes, Flow, Shared};
 
@@ -303,6 +303,9 @@ pub struct Receiver {
     events: RefCell<Vec<FlowEvent>>,
     /// Emitting [`Receiver::events`] is scheduled.
     emit_scheduled: Cell<bool>,
+    /// The flow object last passed to a send (a weak reference of our own) and its flow: sends
+    /// on the same object skip unwrapping and type-checking it again.
+    last_flow: Cell<Option<(sys::napi_ref, machnet::Flow)>>,
 }
 
 impl Receiver {
@@ -343,6 +346,7 @@ impl Receiver {
             flows: RefCell::new(HashMap::new()),
             events: RefCell::new(Vec::new()),
             emit_scheduled: Cell::new(false),
+            last_flow: Cell::new(None),
         })
     }
 
@@ -478,6 +482,36 @@ impl Receiver {
                 sys::napi_close_handle_scope(env, hs);
             }
         }
+    }
+
+    /// The flow a send's `flow` argument names: the one of the object last passed, if `v` is
+    /// that object, else checked by [`crate::flow_arg`] (and remembered).
+    pub fn flow_arg(&self, v: &Unknown) -> JsResult<machnet::Flow> {
+        let env = self.env;
+        if let Some((r, flow)) = self.last_flow.get() {
+            let mut last = ptr::null_mut();
+            let mut same = false;
+            // SAFETY: a reference this receiver owns, on its environment; `v` is a live value.
+            unsafe {
+                sys::napi_get_reference_value(env, r, &mut last);
+                if !last.is_null() {
+                    sys::napi_strict_equals(env, last, v.raw(), &mut same);
+                }
+            }
+            if same {
+                return Ok(flow);
+            }
+        }
+        let flow = crate::flow_arg(v)?;
+        let mut r = ptr::null_mut();
+        // SAFETY: as above; a weak reference (count 0) does not keep the object alive.
+        if unsafe { sys::napi_create_reference(env, v.raw(), 0, &mut r) } == sys::Status::napi_ok {
+            if let Some((old, _)) = self.last_flow.replace(Some((r, flow))) {
+                // SAFETY: the reference replaced, created here.
+                unsafe { sys::napi_delete_reference(env, old) };
+            }
+        }
+        Ok(flow)
     }
 
     /// The JavaScript object of `flow`: the cached one while it lives, else a new one.
@@ -918,6 +952,10 @@ impl Drop for Receiver {
             unsafe { sys::napi_delete_reference(self.env, r) };
         }
         // The polls (closed through libuv) go with `state`.
+        if let Some((r, _)) = self.last_flow.take() {
+            // SAFETY: created by `flow_arg` on this environment.
+            unsafe { sys::napi_delete_reference(self.env, r) };
+        }
         if !self.resource.is_null() {
             // SAFETY: the reference was created by `new` on this environment.
             unsafe { sys::napi_delete_reference(self.env, self.resource) };
