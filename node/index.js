@@ -63,7 +63,25 @@ async function* messages() {
   }
 }
 
-const nativeRecv = binding.Channel.prototype.recv
+// Received messages are built here, not in the native code: it copies each message from the
+// channel's ring into `scratch` and calls `makeMessage`, which copies it into a (pooled) Buffer
+// of its own. Both are private to this module; messages above 64 KiB are built natively.
+const scratch = Buffer.allocUnsafeSlow(64 * 1024)
+function makeMessage(flow, length) {
+  const data = Buffer.allocUnsafe(length)
+  scratch.copy(data, 0, 0, length)
+  return { flow, data }
+}
+binding._setupReceive(scratch, makeMessage)
+
+// recv() and trySend() without napi-rs's per-call glue (the same native code behind them).
+const fast = binding._fastMethods()
+Object.defineProperty(binding.Channel.prototype, 'trySend', {
+  value: fast.trySend,
+  writable: true,
+  configurable: true,
+})
+const nativeRecv = fast.recv
 
 /**
  * The next message on any flow of this channel. With `timeoutMs`, rejects with

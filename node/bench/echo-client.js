@@ -48,6 +48,7 @@ async function main() {
   let received = 0
   let counted = 0
   let expectSeq = 0
+  let cpuAtWarmup = null // process.cpuUsage() when the measured interval began
   for (;;) {
     const { data } = await ch.recv()
     const now = process.hrtime.bigint()
@@ -63,6 +64,7 @@ async function main() {
     sentAt[received] = undefined
     received++
     if (now >= warmupEnd) {
+      if (cpuAtWarmup === null) cpuAtWarmup = process.cpuUsage()
       rtts.push(Number(now - t0) / 1000)
       counted++
     }
@@ -70,6 +72,7 @@ async function main() {
     await send()
   }
   const elapsed = Number(process.hrtime.bigint() - warmupEnd) / 1e9
+  const cpu = process.cpuUsage(cpuAtWarmup ?? undefined)
   await ch.close()
   rtts.sort((a, b) => a - b)
   const report = {
@@ -80,6 +83,8 @@ async function main() {
     messages: counted,
     msgs_per_sec: counted / elapsed,
     gbit_per_sec: (counted * o.size * 8) / elapsed / 1e9,
+    // User + system CPU of this process per message over the measured interval.
+    cpu_us_per_msg: (cpu.user + cpu.system) / counted,
     rtt_us: { p50: percentile(rtts, 50), p99: percentile(rtts, 99), p999: percentile(rtts, 99.9), max: rtts[rtts.length - 1] },
   }
   if (o.json) console.log(JSON.stringify(report))

@@ -20,6 +20,7 @@
 
 mod errors;
 mod events;
+mod fastpath;
 mod uvrecv;
 
 use std::cell::RefCell;
@@ -29,11 +30,11 @@ use std::ptr;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use napi::bindgen_prelude::{
-    validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag, Uint8Array,
-    Unknown,
+    validate_type_tag, Array, Buffer, FromNapiValue, PromiseRaw, ToNapiValue, TypeTag,
+    Uint8ArraySlice, Unknown,
 };
 use napi::{sys, Env, JsValue, ValueType};
 use napi_derive::napi;
@@ -149,7 +150,7 @@ fn string_arg(v: &Unknown, name: &str) -> JsResult<String> {
         .map_err(|_| JsErr::arg_type(name, "of type string"))
 }
 
-fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
+pub(crate) fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
     let bad = || JsErr::arg_type("flow", "an instance of Flow");
     if v.get_type().ok() != Some(ValueType::Object) {
         return Err(bad());
@@ -167,13 +168,15 @@ fn flow_arg(v: &Unknown) -> JsResult<machnet::Flow> {
     }
 }
 
-fn data_arg(v: &Unknown) -> JsResult<Uint8Array> {
+/// The bytes of a `Buffer`/`Uint8Array` argument, borrowed for the call (no reference is
+/// created: sends copy them before returning).
+fn data_arg<'a>(v: &Unknown<'a>) -> JsResult<Uint8ArraySlice<'a>> {
     let bad = || JsErr::arg_type("data", "an instance of Buffer or Uint8Array");
     if v.get_type().ok() != Some(ValueType::Object) {
         return Err(bad());
     }
     // SAFETY: a value of the current environment; napi checks it is a Uint8Array.
-    unsafe { Uint8Array::from_napi_value(v.value().env, v.raw()) }.map_err(|_| bad())
+    unsafe { Uint8ArraySlice::from_napi_value(v.value().env, v.raw()) }.map_err(|_| bad())
 }
 
 // ----- Flow and Message -----
@@ -269,6 +272,25 @@ impl ToNapiValue for Bytes {
         })?;
         Ok(out)
     }
+}
+
+/// Called once by index.js: `scratch` (a `Buffer`) receives each message straight from the
+/// ring, then `make(flow, length)` builds the `Message` in JavaScript (a pooled `Buffer` copy
+/// and an object literal are much cheaper there than through napi). Without it (binding.js used
+/// directly) messages are built here.
+#[napi(
+    js_name = "_setupReceive",
+    ts_args_type = "scratch: Buffer, make: (flow: Flow, length: number) => Message"
+)]
+pub fn setup_receive(env: &Env, scratch: Unknown, make: Unknown) -> napi::Result<()> {
+    uvrecv::MessageFactory::install(env, &scratch, &make)
+}
+
+/// `{ recv, trySend }` for `Channel.prototype` without napi-rs's per-call glue (module
+/// [`fastpath`]); index.js installs them.
+#[napi(js_name = "_fastMethods", ts_return_type = "Record<string, Function>")]
+pub fn fast_methods(env: &Env) -> napi::Result<Raw> {
+    Ok(Raw(fastpath::methods(env)))
 }
 
 // ----- attaching -----
@@ -795,8 +817,7 @@ impl Channel {
     /// channel is busy (a `connect` in progress). Throws like {@link Channel.send} rejects.
     #[napi(ts_args_type = "flow: Flow, data: Buffer | Uint8Array")]
     pub fn try_send(&self, env: &Env, flow: Unknown, data: Unknown) -> napi::Result<bool> {
-        flow_arg(&flow)
-            .and_then(|f| self.send_now(&f, &data_arg(&data)?))
+        self.try_send_now(&flow, &data)
             .map_err(|e| e.into_napi(env))
     }
 
@@ -806,10 +827,7 @@ impl Channel {
     /// Rejects with `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
     #[napi(ts_return_type = "Promise<Message>")]
     pub fn recv<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Message>> {
-        if self.shared.is_closed() {
-            return settled(env, self.closed_err());
-        }
-        Ok(PromiseRaw::new(env.raw(), self.rx.push()?))
+        Ok(PromiseRaw::new(env.raw(), self.recv_raw(env)?))
     }
 
     /// `recv(timeoutMs)` (index.js): queues a receive like `recv()` and returns
@@ -925,6 +943,20 @@ impl Channel {
 }
 
 impl Channel {
+    /// `recv()`: the promise of the next message (module [`fastpath`] calls this too).
+    pub(crate) fn recv_raw(&self, env: &Env) -> napi::Result<sys::napi_value> {
+        if self.shared.is_closed() {
+            return settled::<Raw>(env, self.closed_err()).map(|p| p.raw());
+        }
+        self.rx.push()
+    }
+
+    /// `trySend(flow, data)` (module [`fastpath`] calls this too).
+    pub(crate) fn try_send_now(&self, flow: &Unknown, data: &Unknown) -> JsResult<bool> {
+        let flow = self.rx.flow_arg(flow)?;
+        self.send_now(&flow, &data_arg(data)?)
+    }
+
     /// Sends `data` on `flow` if that is possible without waiting, on this thread: `Ok(false)`
     /// if the ring is full, a send waits before this one, or the channel is busy (a connect).
     fn send_now(&self, flow: &machnet::Flow, data: &[u8]) -> JsResult<bool> {
@@ -940,7 +972,7 @@ impl Channel {
         };
         let sent = self
             .rx
-            .with_sc(|sc| sc.send(flow, &[data], Some(Instant::now())));
+            .with_sc(|sc| sc.send(flow, &[data], Some(self.rx.past())));
         match sent {
             None => self.closed_err(),
             Some(Ok(())) => Ok(true),

@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use napi::bindgen_prelude::ToNapiValue;
-use napi::{sys, Env};
+use napi::bindgen_prelude::Unknown;
+use napi::{sys, Env, JsValue};
 
-use crate::errors::{JsErr, SIDECAR_GONE};
+use crate::errors::{JsErr, JsResult, SIDECAR_GONE};
 use crate::events::{self, FlowEvent};
 use crate::{Bytes, Flow, Shared};
 
@@ -196,6 +197,86 @@ struct State {
     dead: Option<JsErr>,
 }
 
+/// How messages become JavaScript values, set up once per environment by index.js
+/// (`_setupReceive`): a receive copies the message from the ring into `scratch` (a `Buffer` only
+/// index.js and this module see), then `make(flow, length)` builds the `Message` in JavaScript.
+/// Kept as the environment's instance data; its references live as long as the environment.
+#[derive(Clone, Copy)]
+pub struct MessageFactory {
+    make: sys::napi_ref,
+    scratch: *mut u8,
+    scratch_len: usize,
+}
+
+impl MessageFactory {
+    /// Validates and installs `scratch` and `make` for this environment.
+    pub fn install(env: &Env, scratch: &Unknown, make: &Unknown) -> napi::Result<()> {
+        let raw = env.raw();
+        if make.get_type()? != napi::ValueType::Function {
+            return Err(napi::Error::new(
+                napi::Status::InvalidArg,
+                "make must be a function",
+            ));
+        }
+        let (mut kind, mut len, mut data) = (0, 0, ptr::null_mut());
+        let (mut ab, mut offset) = (ptr::null_mut(), 0);
+        // SAFETY: napi calls on the JavaScript thread with valid out-pointers.
+        napi::check_status!(unsafe {
+            sys::napi_get_typedarray_info(
+                raw,
+                scratch.raw(),
+                &mut kind,
+                &mut len,
+                &mut data,
+                &mut ab,
+                &mut offset,
+            )
+        })?;
+        if kind != sys::TypedarrayType::uint8_array || len == 0 || data.is_null() {
+            return Err(napi::Error::new(
+                napi::Status::InvalidArg,
+                "scratch must be a non-empty Buffer",
+            ));
+        }
+        let (mut make_ref, mut scratch_ref) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: as above; strong references (count 1) keep both alive with the environment.
+        unsafe {
+            napi::check_status!(sys::napi_create_reference(
+                raw,
+                make.raw(),
+                1,
+                &mut make_ref
+            ))?;
+            napi::check_status!(sys::napi_create_reference(
+                raw,
+                scratch.raw(),
+                1,
+                &mut scratch_ref
+            ))?;
+        }
+        let factory = MessageFactory {
+            make: make_ref,
+            scratch: data.cast(),
+            scratch_len: len,
+        };
+        // The references are freed with the environment (napi deletes what is left).
+        env.set_instance_data(factory, (), |_| {})
+    }
+
+    fn get(env: &Env) -> Option<MessageFactory> {
+        env.get_instance_data::<MessageFactory>()
+            .ok()
+            .flatten()
+            .map(|f| *f)
+    }
+}
+
+/// A message taken off the ring: in the factory's scratch buffer, or owned.
+pub enum Taken {
+    Scratch(machnet::Flow, usize),
+    Owned(machnet::Flow, Vec<u8>),
+}
+
 /// The receive side of one channel, on the JavaScript thread.
 pub struct Receiver {
     env: sys::napi_env,
@@ -207,6 +288,12 @@ pub struct Receiver {
     /// The shared channel's wait fd.
     wait_fd: RawFd,
     async_ctx: sys::napi_async_context,
+    /// The resource object of the callback scopes (a strong reference, made once).
+    resource: sys::napi_ref,
+    /// Set up by index.js (else messages are built here).
+    factory: Option<MessageFactory>,
+    /// A deadline that has passed: one-look receives and sends without reading the clock.
+    past: Instant,
     this: Weak<Receiver>,
     state: RefCell<State>,
     /// The JavaScript `Flow` object of each flow handle (weak references): every message of a
@@ -216,6 +303,9 @@ pub struct Receiver {
     events: RefCell<Vec<FlowEvent>>,
     /// Emitting [`Receiver::events`] is scheduled.
     emit_scheduled: Cell<bool>,
+    /// The flow object last passed to a send (a weak reference of our own) and its flow: sends
+    /// on the same object skip unwrapping and type-checking it again.
+    last_flow: Cell<Option<(sys::napi_ref, machnet::Flow)>>,
 }
 
 impl Receiver {
@@ -227,12 +317,18 @@ impl Receiver {
     ) -> Rc<Receiver> {
         let raw = env.raw();
         let mut async_ctx = ptr::null_mut();
-        // SAFETY: napi calls on the JavaScript thread; a failure leaves `async_ctx` null, and
-        // callbacks then run without an async context (their continuations still run).
+        let mut resource = ptr::null_mut();
+        // SAFETY: napi calls on the JavaScript thread; a failure leaves `async_ctx` or
+        // `resource` null, and callbacks then run without an async context (their continuations
+        // still run).
         unsafe {
             let mut name = ptr::null_mut();
             sys::napi_create_string_utf8(raw, c"machnet.recv".as_ptr(), 12, &mut name);
             sys::napi_async_init(raw, ptr::null_mut(), name, &mut async_ctx);
+            let mut obj = ptr::null_mut();
+            if sys::napi_create_object(raw, &mut obj) == sys::Status::napi_ok {
+                sys::napi_create_reference(raw, obj, 1, &mut resource);
+            }
         }
         Rc::new_cyclic(|this| Receiver {
             env: raw,
@@ -242,11 +338,15 @@ impl Receiver {
             shared,
             machnet: RefCell::new(Some(machnet)),
             async_ctx,
+            resource,
+            factory: MessageFactory::get(env),
+            past: Instant::now(),
             this: this.clone(),
             state: RefCell::new(State::default()),
             flows: RefCell::new(HashMap::new()),
             events: RefCell::new(Vec::new()),
             emit_scheduled: Cell::new(false),
+            last_flow: Cell::new(None),
         })
     }
 
@@ -258,6 +358,11 @@ impl Receiver {
     /// `f` on the channel, unless it was closed.
     pub fn with_sc<T>(&self, f: impl FnOnce(&machnet::SharedChannel) -> T) -> Option<T> {
         self.sc.borrow().as_deref().map(f)
+    }
+
+    /// A deadline that has passed (for one-look calls).
+    pub fn past(&self) -> Instant {
+        self.past
     }
 
     fn env(&self) -> Env {
@@ -357,7 +462,12 @@ impl Receiver {
         unsafe {
             sys::napi_open_handle_scope(env, &mut hs);
             let mut resource = ptr::null_mut();
-            sys::napi_create_object(env, &mut resource);
+            if !self.resource.is_null() {
+                sys::napi_get_reference_value(env, self.resource, &mut resource);
+            }
+            if resource.is_null() {
+                sys::napi_create_object(env, &mut resource);
+            }
             if !self.async_ctx.is_null() {
                 sys::napi_open_callback_scope(env, resource, self.async_ctx, &mut cs);
             }
@@ -372,6 +482,36 @@ impl Receiver {
                 sys::napi_close_handle_scope(env, hs);
             }
         }
+    }
+
+    /// The flow a send's `flow` argument names: the one of the object last passed, if `v` is
+    /// that object, else checked by [`crate::flow_arg`] (and remembered).
+    pub fn flow_arg(&self, v: &Unknown) -> JsResult<machnet::Flow> {
+        let env = self.env;
+        if let Some((r, flow)) = self.last_flow.get() {
+            let mut last = ptr::null_mut();
+            let mut same = false;
+            // SAFETY: a reference this receiver owns, on its environment; `v` is a live value.
+            unsafe {
+                sys::napi_get_reference_value(env, r, &mut last);
+                if !last.is_null() {
+                    sys::napi_strict_equals(env, last, v.raw(), &mut same);
+                }
+            }
+            if same {
+                return Ok(flow);
+            }
+        }
+        let flow = crate::flow_arg(v)?;
+        let mut r = ptr::null_mut();
+        // SAFETY: as above; a weak reference (count 0) does not keep the object alive.
+        if unsafe { sys::napi_create_reference(env, v.raw(), 0, &mut r) } == sys::Status::napi_ok {
+            if let Some((old, _)) = self.last_flow.replace(Some((r, flow))) {
+                // SAFETY: the reference replaced, created here.
+                unsafe { sys::napi_delete_reference(env, old) };
+            }
+        }
+        Ok(flow)
     }
 
     /// The JavaScript object of `flow`: the cached one while it lives, else a new one.
@@ -411,11 +551,16 @@ impl Receiver {
     }
 
     /// A `Message` object: `{ flow, data }`.
-    pub fn message_value(
-        &self,
-        (flow, data): (machnet::Flow, Vec<u8>),
-    ) -> napi::Result<sys::napi_value> {
+    pub fn message_value(&self, m: Taken) -> napi::Result<sys::napi_value> {
         let env = self.env;
+        let (flow, data) = match m {
+            Taken::Owned(flow, data) => (flow, data),
+            Taken::Scratch(flow, len) => {
+                let flow = self.flow_value(flow)?;
+                let f = self.factory.expect("a scratch message without a factory");
+                return self.make_message(&f, flow, len);
+            }
+        };
         let flow = self.flow_value(flow)?;
         let mut obj = ptr::null_mut();
         // SAFETY: napi calls on the JavaScript thread.
@@ -438,14 +583,70 @@ impl Receiver {
         Ok(obj)
     }
 
-    fn settle_front(&self, r: Result<(machnet::Flow, Vec<u8>), JsErr>) {
+    /// `make(flow, len)` of index.js: the message, copied out of the scratch buffer.
+    fn make_message(
+        &self,
+        f: &MessageFactory,
+        flow: sys::napi_value,
+        len: usize,
+    ) -> napi::Result<sys::napi_value> {
+        let env = self.env;
+        let mut make = ptr::null_mut();
+        let mut undefined = ptr::null_mut();
+        let mut n = ptr::null_mut();
+        let mut out = ptr::null_mut();
+        // SAFETY: napi calls on the JavaScript thread; `make` is a function (checked when
+        // installed) held by a strong reference.
+        unsafe {
+            napi::check_status!(sys::napi_get_reference_value(env, f.make, &mut make))?;
+            napi::check_status!(sys::napi_get_undefined(env, &mut undefined))?;
+            napi::check_status!(sys::napi_create_uint32(env, len as u32, &mut n))?;
+            let args = [flow, n];
+            let status = sys::napi_call_function(env, undefined, make, 2, args.as_ptr(), &mut out);
+            if status != sys::Status::napi_ok {
+                // Do not leave the exception pending: the receive is rejected instead.
+                let mut exc = ptr::null_mut();
+                sys::napi_get_and_clear_last_exception(env, &mut exc);
+                return Err(napi::Error::new(
+                    napi::Status::GenericFailure,
+                    "building the received message failed",
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The next message of the channel, one look: into the scratch buffer when it fits there
+    /// (one copy, no allocation), else owned.
+    fn take(
+        &self,
+        sc: &machnet::SharedChannel,
+    ) -> Result<Option<Taken>, machnet::SharedError<machnet::RecvError>> {
+        if let Some(f) = &self.factory {
+            // SAFETY: the scratch buffer lives as long as the environment (a strong reference);
+            // only this (the JavaScript) thread touches it, and nothing holds on to it between
+            // a receive and `make` copying the message out.
+            let buf = unsafe { std::slice::from_raw_parts_mut(f.scratch, f.scratch_len) };
+            match sc.recv_into(buf, Some(self.past)) {
+                Ok(r) => return Ok(r.map(|(flow, n)| Taken::Scratch(flow, n))),
+                // Larger than the scratch buffer: it stays first in line.
+                Err(machnet::SharedError::Op(machnet::RecvError::BufferTooSmall { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sc
+            .recv(Some(self.past))?
+            .map(|(flow, data)| Taken::Owned(flow, data)))
+    }
+
+    fn settle_front(&self, r: Result<Taken, JsErr>) {
         let Some((_, d)) = self.state.borrow_mut().pending.pop_front() else {
             return;
         };
         self.settle(d, r);
     }
 
-    fn settle(&self, d: sys::napi_deferred, r: Result<(machnet::Flow, Vec<u8>), JsErr>) {
+    fn settle(&self, d: sys::napi_deferred, r: Result<Taken, JsErr>) {
         let env = self.env;
         let value = match r {
             Ok(m) => self
@@ -548,18 +749,23 @@ impl Receiver {
             self.kick();
             return;
         };
+        let mut look_for_events = false;
         loop {
             if self.idle() {
                 self.stop_polling();
                 break;
             }
-            match self.with_sc(|sc| sc.recv(Some(Instant::now()))) {
+            match self.with_sc(|sc| self.take(sc)) {
                 None => {
                     self.fail_all(self.shared.closed_err());
                     break;
                 }
                 Some(r) => match r {
-                    Ok(Some(m)) => self.settle_front(Ok(m)),
+                    Ok(Some(m)) => {
+                        self.settle_front(Ok(m));
+                        // Records behind it may be flow events: look for them below.
+                        look_for_events = true;
+                    }
                     Ok(None) => {
                         if !self.start_polling() {
                             self.fail_all(JsErr::new(
@@ -578,15 +784,18 @@ impl Receiver {
                 },
             }
         }
-        self.take_events();
+        // After an empty look the ring has nothing behind: only queued events are left.
+        if look_for_events || self.with_sc(|sc| sc.has_events()) == Some(true) {
+            self.take_events();
+        }
     }
 
     /// The next message if one is waiting now (`None` also while the gate is taken).
-    pub fn try_recv(&self) -> Result<Option<(machnet::Flow, Vec<u8>)>, JsErr> {
+    pub fn try_recv(&self) -> Result<Option<Taken>, JsErr> {
         let Ok(_gate) = self.shared.gate.try_lock() else {
             return Ok(None);
         };
-        let r = self.with_sc(|sc| sc.recv(Some(Instant::now())));
+        let r = self.with_sc(|sc| self.take(sc));
         self.take_events();
         r.ok_or_else(|| self.shared.closed_err())?
             .map_err(|e| self.shared.err(e))
@@ -597,7 +806,7 @@ impl Receiver {
     fn take_events(&self) {
         let mut evs = Vec::new();
         self.with_sc(|sc| {
-            while let Ok(Some(ev)) = sc.next_event(Some(Instant::now())) {
+            while let Ok(Some(ev)) = sc.next_event(Some(self.past)) {
                 evs.extend(events::flow_event(ev));
             }
         });
@@ -743,6 +952,14 @@ impl Drop for Receiver {
             unsafe { sys::napi_delete_reference(self.env, r) };
         }
         // The polls (closed through libuv) go with `state`.
+        if let Some((r, _)) = self.last_flow.take() {
+            // SAFETY: created by `flow_arg` on this environment.
+            unsafe { sys::napi_delete_reference(self.env, r) };
+        }
+        if !self.resource.is_null() {
+            // SAFETY: the reference was created by `new` on this environment.
+            unsafe { sys::napi_delete_reference(self.env, self.resource) };
+        }
         if !self.async_ctx.is_null() {
             // SAFETY: the context was created by `new` on this environment.
             unsafe { sys::napi_async_destroy(self.env, self.async_ctx) };

@@ -50,6 +50,17 @@ test('the largest message is exactly maxMessageLen', async () => {
   assert.ok(data.equals(sent))
 })
 
+test('a received message keeps its bytes while later messages arrive', async () => {
+  // Messages pass through one scratch buffer on their way to their own Buffers.
+  const sent = [payload(64), Buffer.alloc(64, 0xee), payload(3000), Buffer.alloc(5, 1)]
+  const got = []
+  for (const m of sent) {
+    await ch.send(flow, m)
+    got.push((await ch.recv()).data)
+  }
+  got.forEach((data, i) => assert.ok(data.equals(sent[i]), `message ${i} changed`))
+})
+
 test('a Uint8Array view is sent from its own offset and length', async () => {
   const backing = payload(1000)
   const view = new Uint8Array(backing.buffer, backing.byteOffset + 100, 300)

@@ -336,6 +336,13 @@ impl SharedChannel {
         Ok(data || !st.events.queue.is_empty())
     }
 
+    /// Whether flow events are queued (taken off the ring by receives, not yet asked for with
+    /// [`SharedChannel::next_event`]). O(1), no look at the ring: lets an event loop skip the
+    /// `next_event` pass after its receives when they queued nothing.
+    pub fn has_events(&self) -> bool {
+        !self.lock().events.queue.is_empty()
+    }
+
     /// Sets how many flow events are kept (default [`DEFAULT_EVENT_LIMIT`]); events beyond a
     /// lowered limit (the newest first) are dropped and counted.
     pub fn set_event_limit(&self, limit: usize) {

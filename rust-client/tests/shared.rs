@@ -218,7 +218,9 @@ fn the_wait_fd_fires_for_messages_and_events_and_rearms_on_an_empty_try_receive(
     // A flow event wakes it too; the try-receive takes it off the ring and queues it.
     side.notify(RecordKind::Closed, 1, 0, CloseCode::Reset as u8, &[]);
     assert!(readable(fd, T));
+    assert!(!sh.has_events(), "still on the ring: not queued yet");
     assert!(sh.recv(Some(Instant::now())).unwrap().is_none());
+    assert!(sh.has_events());
     match sh.next_event(Some(Instant::now())).unwrap() {
         Some(Event::Closed { flow: f, reason }) => {
             assert_eq!((f, reason), (flow, Some(CloseCode::Reset)))
@@ -226,6 +228,7 @@ fn the_wait_fd_fires_for_messages_and_events_and_rearms_on_an_empty_try_receive(
         other => panic!("{other:?}"),
     }
     assert!(sh.next_event(Some(Instant::now())).unwrap().is_none());
+    assert!(!sh.has_events());
     assert!(!readable(fd, Duration::ZERO));
     // Events another thread's blocking receive queued wake the event loop.
     side.accept(2, 6000, 80);
