@@ -944,7 +944,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ChannelLayout, HEADER_PAGE};
+    use crate::test_memory::Region;
+    use crate::ChannelLayout;
     use std::net::Ipv4Addr;
 
     type Handle = u32;
@@ -1052,19 +1053,6 @@ mod tests {
         }
     }
 
-    /// Page-aligned zeroed memory standing in for the channel's mapping.
-    struct Region {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-    }
-
-    impl Drop for Region {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `rig` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-        }
-    }
-
     /// A channel with rings of `ring` bytes, its engine half and the app's ends of the rings.
     struct Rig {
         chan: Channel<Flow, Permit>,
@@ -1078,12 +1066,8 @@ mod tests {
 
     fn rig(ring: u64) -> Rig {
         let l = ChannelLayout::new(ring, ring, MAX).unwrap();
-        let layout =
-            std::alloc::Layout::from_size_align(l.total_len as usize, HEADER_PAGE as usize)
-                .unwrap();
-        // SAFETY: non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
+        let mut mem = Region::zeroed(l.total_len);
+        let ptr = mem.as_mut_ptr();
         // SAFETY: zeroed, page-aligned, `total_len` bytes; the region outlives the views (both
         // live in `Rig`).
         let views = unsafe {
@@ -1095,7 +1079,7 @@ mod tests {
             req: Producer::new(views.to_sidecar, 0),
             notes: Consumer::new(views.to_app, 0, MAX),
             views,
-            _mem: Region { ptr, layout },
+            _mem: mem,
         }
     }
 

@@ -334,37 +334,49 @@ impl ChannelViews {
     }
 }
 
+/// Channel memory for the crate's tests: what the mapping is in production.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::Ordering;
+pub(crate) mod test_memory {
+    use super::HEADER_PAGE;
 
-    /// Page-aligned zeroed memory for tests (a mapping is page-aligned too).
-    struct Region {
+    /// Page-aligned zeroed memory (a mapping is page-aligned too), freed on drop.
+    pub(crate) struct Region {
         ptr: *mut u8,
         layout: std::alloc::Layout,
     }
 
     impl Region {
-        fn as_mut_ptr(&mut self) -> *mut u8 {
+        /// `len` zeroed bytes, aligned to a page.
+        pub(crate) fn zeroed(len: u64) -> Region {
+            let layout =
+                std::alloc::Layout::from_size_align(len as usize, HEADER_PAGE as usize).unwrap();
+            // SAFETY: non-zero size (every channel layout has a header page).
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Region { ptr, layout }
+        }
+
+        /// The start of the memory.
+        pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
             self.ptr
         }
     }
 
     impl Drop for Region {
         fn drop(&mut self) {
-            // SAFETY: allocated in `region` with this layout.
+            // SAFETY: allocated in `zeroed` with this layout.
             unsafe { std::alloc::dealloc(self.ptr, self.layout) }
         }
     }
+}
 
-    fn region(len: u64) -> Region {
-        let layout =
-            std::alloc::Layout::from_size_align(len as usize, HEADER_PAGE as usize).unwrap();
-        // SAFETY: non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null());
-        Region { ptr, layout }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn region(len: u64) -> test_memory::Region {
+        test_memory::Region::zeroed(len)
     }
 
     #[test]

@@ -4,22 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::test_memory::Region;
 use crate::{ChannelLayout, Peeked, RECORD_HEADER_LEN};
 
 const MAX_MSG: u32 = 1000;
-
-/// Page-aligned zeroed memory standing in for the mapping.
-struct Region {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `Harness::new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
-}
 
 /// One channel: the app half under test and the engine's ends of both rings.
 struct Harness {
@@ -37,16 +25,13 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let layout = ChannelLayout::new(8192, 8192, MAX_MSG).unwrap();
-        let alloc = std::alloc::Layout::from_size_align(layout.total_len as usize, 4096).unwrap();
-        // SAFETY: non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(alloc) };
-        assert!(!ptr.is_null());
-        let mem = Region { ptr, layout: alloc };
+        let mut mem = Region::zeroed(layout.total_len);
+        let ptr = mem.as_mut_ptr();
         // SAFETY: `mem` holds `total_len` zeroed bytes, page-aligned, and outlives the views
         // (field order).
         let views = unsafe {
-            layout.init(mem.ptr);
-            layout.views(mem.ptr)
+            layout.init(ptr);
+            layout.views(ptr)
         };
         Harness {
             app: AppChannel::new(&layout, views).unwrap(),
@@ -101,7 +86,7 @@ impl Harness {
         unsafe {
             let dst = self
                 .mem
-                .ptr
+                .as_mut_ptr()
                 .add((self.layout.to_app_offset + pos % cap) as usize);
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
         }
