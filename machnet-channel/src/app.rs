@@ -1419,3 +1419,5 @@ impl AppChannel {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zero_copy_tests;

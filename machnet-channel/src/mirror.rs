@@ -7,6 +7,11 @@
 //! over both halves of its part. The header page is mapped once. Nothing in the shared memory
 //! changes: the sidecar maps the channel plainly and copies wrapped records in two pieces.
 //!
+//! The compiler treats the two addresses of a byte as two locations: within one thread, a
+//! write through one half and a read through the other must be separated by the ring's
+//! atomics (as the ring protocol always does: a record is published by a release store of the
+//! tail and read after an acquire load of it), or the read may see a stale value.
+//!
 //! The one mapping helper both the client library and this crate's tests use (the tests build
 //! mirrored regions from a memfd the same way), hence here rather than in the client.
 
@@ -191,4 +196,69 @@ fn page_size() -> usize {
         .flatten()
         .and_then(|p| usize::try_from(p).ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::os::fd::AsFd;
+
+    fn memfd(layout: &ChannelLayout) -> std::os::fd::OwnedFd {
+        let fd = memfd_create(c"mirror-test", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, layout.total_len as i64).unwrap();
+        fd
+    }
+
+    #[test]
+    fn both_halves_of_a_ring_are_the_same_memory() {
+        let l = ChannelLayout::new(8192, 4096, 1000).unwrap();
+        let fd = memfd(&l);
+        let m = MirroredMap::map_layout(fd.as_fd(), &l).unwrap();
+        // SAFETY: the header page is mapped writable.
+        unsafe { l.init(m.header_ptr()) };
+        let v = m.views();
+        for (ring, cap) in [(v.to_sidecar, 8192usize), (v.to_app, 4096)] {
+            for i in [0usize, 1, cap / 2, cap - 1] {
+                // Volatile: the compiler assumes two addresses are two locations and would
+                // forward a stored value past a store through the mirror (the ring code crosses
+                // an atomic between a write through one address and a read through the other).
+                // SAFETY: `2 * cap` bytes are mapped at the ring's data.
+                unsafe {
+                    ring.data.add(i).write_volatile(i as u8 ^ 0x5a);
+                    assert_eq!(ring.data.add(cap + i).read_volatile(), i as u8 ^ 0x5a);
+                    ring.data.add(cap + i).write_volatile(0x33);
+                    assert_eq!(ring.data.add(i).read_volatile(), 0x33);
+                }
+            }
+        }
+        // A second, plain mapping of the file sees the header and the rings at the layout's
+        // offsets (what the sidecar sees).
+        let m2 = MirroredMap::map(fd.as_fd(), l.total_len).unwrap();
+        assert_eq!(m2.layout(), &l);
+        // SAFETY: as above.
+        unsafe { assert_eq!(m2.views().to_app.data.add(4095).read_volatile(), 0x33) };
+    }
+
+    #[test]
+    fn a_bad_header_or_length_is_refused() {
+        let l = ChannelLayout::new(4096, 4096, 1000).unwrap();
+        let fd = memfd(&l);
+        assert!(matches!(
+            MirroredMap::map(fd.as_fd(), l.total_len),
+            Err(MirrorError::Layout(LayoutError::BadMagic))
+        ));
+        assert!(matches!(
+            MirroredMap::map(fd.as_fd(), 100),
+            Err(MirrorError::Layout(LayoutError::TooSmall(100)))
+        ));
+        let m = MirroredMap::map_layout(fd.as_fd(), &l).unwrap();
+        // SAFETY: the header page is mapped writable.
+        unsafe { l.init(m.header_ptr()) };
+        assert!(matches!(
+            MirroredMap::map(fd.as_fd(), l.total_len + 4096),
+            Err(MirrorError::Layout(LayoutError::Invalid(_)))
+        ));
+        assert!(MirroredMap::map(fd.as_fd(), l.total_len).is_ok());
+    }
 }

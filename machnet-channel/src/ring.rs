@@ -85,7 +85,7 @@ pub fn record_footprint(payload_len: u64) -> u64 {
 #[derive(Clone, Copy)]
 pub struct RingView {
     ctrl: *const RingControl,
-    data: *mut u8,
+    pub(crate) data: *mut u8,
     capacity: u64,
     /// The data area is followed by a second mapping of itself (`2 * capacity` bytes visible).
     mirrored: bool,
