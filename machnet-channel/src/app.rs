@@ -1150,7 +1150,7 @@ impl AppChannel {
             let (dst, available) = match want {
                 Want::Into(b) | Want::IntoOrEvent(b) => {
                     let n = b.len();
-                    (Dst::Into(&mut **b), n)
+                    (Dst::Into(b), n)
                 }
                 _ => (Dst::Vec, 0),
             };
