@@ -150,9 +150,16 @@ struct State {
     /// An event loop polls the wait fd after a try-receive found nothing.
     ext_armed: bool,
     events: FlowEvents,
-    /// The send loan out, and the thread that took it.
+    /// The loan and the borrowed message out.
+    out: Outstanding,
+}
+
+/// The send loan and the borrowed message out on a shared channel, each with the thread that
+/// took it. Recorded by the attempt that takes them, under the lock, so no other thread can
+/// see the channel's ring reserved or held without seeing who holds it.
+#[derive(Debug, Default)]
+struct Outstanding {
     loan: Option<(Loan, ThreadId)>,
-    /// The borrowed message out, and the thread that took it.
     lent: Option<(Lent, ThreadId)>,
 }
 
@@ -190,8 +197,7 @@ impl SharedChannel {
                 external: false,
                 ext_armed: false,
                 events: FlowEvents::default(),
-                loan: None,
-                lent: None,
+                out: Outstanding::default(),
             }),
         })
     }
@@ -295,7 +301,7 @@ impl SharedChannel {
         mut attempt: impl FnMut(&mut Channel, &mut FlowEvents) -> Result<Option<T>, RecvError>,
     ) -> Result<Option<T>, SharedError<RecvError>> {
         if deadline.is_none_or(|d| d > Instant::now()) {
-            return self.wait(Need::Data, deadline, attempt);
+            return self.wait(Need::Data, deadline, |ch, q, _| attempt(ch, q));
         }
         loop {
             let mut st = self.lock();
@@ -354,12 +360,12 @@ impl SharedChannel {
         &self,
         deadline: Option<Instant>,
     ) -> Result<Option<Event>, SharedError<RecvError>> {
-        let attempt = |ch: &mut Channel, q: &mut FlowEvents| q.next_event(ch);
+        let attempt = |ch: &mut Channel, q: &mut FlowEvents, _: &mut Outstanding| q.next_event(ch);
         if deadline.is_some_and(|d| d <= Instant::now()) {
             let mut st = self.lock();
             let st = &mut *st;
             let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
-            return Ok(attempt(ch, &mut st.events)?);
+            return Ok(attempt(ch, &mut st.events, &mut st.out)?);
         }
         self.wait(Need::Event, deadline, attempt)
     }
@@ -425,11 +431,9 @@ impl SharedChannel {
         deadline: Option<Instant>,
     ) -> Result<(), SharedError<SendError>> {
         let len = parts.iter().map(|p| p.len()).sum();
-        let attempt = |ch: &mut Channel, _: &mut FlowEvents| match ch.send_parts(
-            flow,
-            parts,
-            crate::channel::Block::No,
-        ) {
+        let attempt = |ch: &mut Channel, _: &mut FlowEvents, _: &mut Outstanding| match ch
+            .send_parts(flow, parts, crate::channel::Block::No)
+        {
             Ok(()) => Ok(Some(())),
             Err(SendError::WouldBlock) => Ok(None),
             Err(e) => Err(e),
@@ -455,34 +459,23 @@ impl SharedChannel {
         deadline: Option<Instant>,
     ) -> Result<LoanBuf, SharedError<SendError>> {
         let me = std::thread::current().id();
-        let mut out = None;
-        let attempt = |ch: &mut Channel, _: &mut FlowEvents| match ch.loan_raw(
-            flow,
-            len,
-            crate::channel::Block::No,
-        ) {
+        let attempt = |ch: &mut Channel, _: &mut FlowEvents, out: &mut Outstanding| match ch
+            .loan_raw(flow, len, crate::channel::Block::No)
+        {
             Ok(loan) => {
-                out = Some(loan);
-                Ok(Some(()))
-            }
-            Err(SendError::WouldBlock) => Ok(None),
-            Err(e) => Err(e),
-        };
-        let got = self.wait(Need::Space(AppChannel::footprint(len)), deadline, attempt);
-        // A loan taken is recorded even if the wait ended otherwise (it cannot: `attempt`
-        // succeeding ends the wait with `Ok(Some)`).
-        match got {
-            Ok(Some(())) => {
-                let loan = out.take().expect("loan taken");
                 let buf = LoanBuf {
                     ptr: loan.as_mut_ptr(),
                     len: loan.len(),
                 };
-                self.lock().loan = Some((loan, me));
-                Ok(buf)
+                out.loan = Some((loan, me));
+                Ok(Some(buf))
             }
-            Ok(None) => Err(SendError::WouldBlock.into()),
+            Err(SendError::WouldBlock) => Ok(None),
             Err(e) => Err(e),
+        };
+        match self.wait(Need::Space(AppChannel::footprint(len)), deadline, attempt)? {
+            Some(buf) => Ok(buf),
+            None => Err(SendError::WouldBlock.into()),
         }
     }
 
@@ -491,7 +484,7 @@ impl SharedChannel {
     /// [`SharedError::NoneOutstanding`] if no loan is out.
     pub fn commit(&self, used: usize) -> Result<(), SharedError<SendError>> {
         let mut st = self.lock();
-        let Some((loan, _)) = st.loan.take() else {
+        let Some((loan, _)) = st.out.loan.take() else {
             return Err(SharedError::NoneOutstanding);
         };
         let r = match st.ch.as_mut() {
@@ -505,7 +498,7 @@ impl SharedChannel {
     /// Ends the outstanding loan without sending ([`SharedError::NoneOutstanding`] if none).
     pub fn cancel_loan(&self) -> Result<(), SharedError<SendError>> {
         let mut st = self.lock();
-        let Some((loan, _)) = st.loan.take() else {
+        let Some((loan, _)) = st.out.loan.take() else {
             return Err(SharedError::NoneOutstanding);
         };
         if let Some(ch) = st.ch.as_mut() {
@@ -532,40 +525,40 @@ impl SharedChannel {
         deadline: Option<Instant>,
     ) -> Result<Option<ViewBuf>, SharedError<RecvError>> {
         let me = std::thread::current().id();
-        let attempt = |ch: &mut Channel, q: &mut FlowEvents| q.take_view(ch);
-        let got = if deadline.is_none_or(|d| d > Instant::now()) {
-            self.wait(Need::View, deadline, attempt)?
-        } else {
-            let mut st = self.lock();
-            if st.lent.is_some() {
-                return Err(SharedError::Busy);
-            }
-            let got = {
-                let st = &mut *st;
-                let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
-                attempt(ch, &mut st.events)?
+        let attempt = |ch: &mut Channel, q: &mut FlowEvents, out: &mut Outstanding| {
+            let Some((flow, lent)) = q.take_view(ch)? else {
+                return Ok(None);
             };
-            self.release_event_waiters(&mut st);
-            if got.is_none() {
-                self.arm_external(&mut st)?;
-            }
-            got
+            let (ptr, len) = match &lent {
+                Lent::Ring(v) => (v.as_ptr(), v.len()),
+                Lent::Held(d) => (d.as_ptr(), d.len()),
+            };
+            out.lent = Some((lent, me));
+            Ok(Some(ViewBuf { flow, ptr, len }))
         };
-        let Some((flow, lent)) = got else {
-            return Ok(None);
+        if deadline.is_none_or(|d| d > Instant::now()) {
+            return self.wait(Need::View, deadline, attempt);
+        }
+        let mut st = self.lock();
+        if st.out.lent.is_some() {
+            return Err(SharedError::Busy);
+        }
+        let got = {
+            let st = &mut *st;
+            let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
+            attempt(ch, &mut st.events, &mut st.out)?
         };
-        let (ptr, len) = match &lent {
-            Lent::Ring(v) => (v.as_ptr(), v.len()),
-            Lent::Held(d) => (d.as_ptr(), d.len()),
-        };
-        self.lock().lent = Some((lent, me));
-        Ok(Some(ViewBuf { flow, ptr, len }))
+        self.release_event_waiters(&mut st);
+        if got.is_none() {
+            self.arm_external(&mut st)?;
+        }
+        Ok(got)
     }
 
     /// Gives the borrowed message back ([`SharedError::NoneOutstanding`] if none is out).
     pub fn release(&self) -> Result<(), SharedError<RecvError>> {
         let mut st = self.lock();
-        let Some((lent, _)) = st.lent.take() else {
+        let Some((lent, _)) = st.out.lent.take() else {
             return Err(SharedError::NoneOutstanding);
         };
         if let (Lent::Ring(view), Some(ch)) = (lent, st.ch.as_mut()) {
@@ -602,7 +595,7 @@ impl SharedChannel {
         let data = st.events.held.is_some() || ch.app.has_pending() || arm(ch, WaitFor::Data)?;
         let space = match st.tx_needs.iter().min() {
             // Senders wait for the loan to end (its end wakes them), not for space.
-            Some(_) if st.loan.is_some() => false,
+            Some(_) if st.out.loan.is_some() => false,
             Some(&need) => arm(ch, WaitFor::Space(need))?,
             None => false,
         };
@@ -633,7 +626,7 @@ impl SharedChannel {
         &self,
         need: Need,
         deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Channel, &mut FlowEvents) -> Result<Option<T>, E>,
+        mut attempt: impl FnMut(&mut Channel, &mut FlowEvents, &mut Outstanding) -> Result<Option<T>, E>,
     ) -> Result<Option<T>, SharedError<E>> {
         let mut st = self.lock();
         let started = st.interrupts;
@@ -646,8 +639,8 @@ impl SharedChannel {
         let result = loop {
             // A loan out holds back sends; a borrowed message holds back borrowed receives.
             let holder = match need {
-                Need::Space(_) => st.loan.as_ref().map(|l| l.1),
-                Need::View => st.lent.as_ref().map(|l| l.1),
+                Need::Space(_) => st.out.loan.as_ref().map(|l| l.1),
+                Need::View => st.out.lent.as_ref().map(|l| l.1),
                 _ => None,
             };
             let got = {
@@ -660,7 +653,7 @@ impl SharedChannel {
                         break Err(SharedError::Busy)
                     }
                     (Some(_), Some(_)) => Ok(None),
-                    (Some(ch), None) => attempt(ch, &mut st.events),
+                    (Some(ch), None) => attempt(ch, &mut st.events, &mut st.out),
                 }
             };
             match got {
@@ -680,7 +673,7 @@ impl SharedChannel {
             };
             let ready = match need {
                 Need::Data => ready.data,
-                Need::View => ready.data && st.lent.is_none(),
+                Need::View => ready.data && st.out.lent.is_none(),
                 Need::Space(_) => ready.space,
                 Need::Event => ready.event,
             };

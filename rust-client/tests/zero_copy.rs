@@ -256,3 +256,106 @@ fn loans_and_views_outstanding_at_detach_stay_mapped() {
     assert!(matches!(sh.commit(100), Err(SharedError::Detached)));
     sh.release().unwrap();
 }
+
+#[test]
+fn many_threads_loan_send_borrow_and_receive_exactly_once_in_order() {
+    const SENDERS: u32 = 3;
+    const PER_SENDER: u32 = 300;
+    const RECEIVERS: u32 = 3;
+    const MESSAGES: u32 = 900;
+    let (_m, _fake, sh, mut side, flow) = shared(small_rings());
+    let engine = std::thread::spawn(move || {
+        let mut next = 0u32;
+        let mut stops = 0;
+        let mut expect = [0u32; SENDERS as usize];
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while next < MESSAGES || stops < RECEIVERS || received < SENDERS * PER_SENDER {
+            assert!(Instant::now() < deadline, "engine stalled");
+            loop {
+                let data = if next < MESSAGES {
+                    next.to_le_bytes().repeat(1 + (next % 300) as usize)
+                } else if stops < RECEIVERS {
+                    b"stop".to_vec()
+                } else {
+                    break;
+                };
+                match side.try_notify(RecordKind::Message, 1, 0, 0, &data) {
+                    Ok(()) if next < MESSAGES => next += 1,
+                    Ok(()) => stops += 1,
+                    Err(_) => break,
+                }
+            }
+            while let Some((h, d)) = side.request(Duration::from_millis(1)) {
+                assert_eq!(h.kind, RecordKind::Send);
+                let sender = u32::from_le_bytes(d[..4].try_into().unwrap());
+                let seq = u32::from_le_bytes(d[4..8].try_into().unwrap());
+                assert_eq!(seq, expect[sender as usize], "sender {sender}");
+                assert!(
+                    d[8..].iter().all(|&b| b == seq as u8),
+                    "payload of {sender}/{seq}"
+                );
+                expect[sender as usize] += 1;
+                received += 1;
+            }
+        }
+    });
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let sh = sh.clone();
+            std::thread::spawn(move || {
+                for seq in 0..PER_SENDER {
+                    let mut msg = [s.to_le_bytes(), seq.to_le_bytes()].concat();
+                    msg.resize(8 + (seq as usize * 7) % 2000, seq as u8);
+                    if seq % 2 == 0 {
+                        let b = sh.loan(&flow, msg.len() + 100, None).unwrap();
+                        // SAFETY: the loan's bytes, ours until commit.
+                        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), b.ptr, msg.len()) };
+                        sh.commit(msg.len()).unwrap();
+                    } else {
+                        sh.send(&flow, &[&msg], None).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    let receivers: Vec<_> = (0..RECEIVERS)
+        .map(|r| {
+            let sh = sh.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let data = if r == 0 {
+                        sh.recv(None).unwrap().unwrap().1
+                    } else {
+                        let v = sh.recv_zc(None).unwrap().unwrap();
+                        // SAFETY: the view is ours until released.
+                        let d = unsafe { std::slice::from_raw_parts(v.ptr, v.len) }.to_vec();
+                        sh.release().unwrap();
+                        d
+                    };
+                    if data == b"stop" {
+                        return got;
+                    }
+                    let n = u32::from_le_bytes(data[..4].try_into().unwrap());
+                    assert_eq!(data, n.to_le_bytes().repeat(1 + (n % 300) as usize));
+                    got.push(n);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let mut all: Vec<u32> = receivers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    engine.join().unwrap();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
+}
