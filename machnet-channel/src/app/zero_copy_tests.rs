@@ -388,3 +388,36 @@ fn views_of_events_and_messages_read_during_a_connect_are_handled() {
         .collect();
     assert_eq!(kinds, vec![RecordKind::Connect, RecordKind::Close]);
 }
+
+#[test]
+fn a_committed_header_the_app_scribbles_over_is_rejected_by_the_engine() {
+    // The app owns the memory around its loan: after a commit it can rewrite the record's
+    // header (16 bytes before the payload). The engine's reader validates it like any other.
+    for (at, value) in [(0usize, 4000u32), (0, 1 << 31), (4, 200), (6, 1)] {
+        let mut h = Harness::new();
+        let flow = h.accept(1);
+        // Put the record across the wrap point: the header at the end, the payload after it.
+        for len in [2000usize, 2032] {
+            h.app.send(&flow, &[&vec![0u8; len]]).unwrap();
+            h.request().unwrap();
+        }
+        assert_eq!(h.app.tx.position() % RING, RING - 32);
+        let loan = h.app.loan(&flow, 64).unwrap();
+        let header = loan.as_mut_ptr().wrapping_sub(RECORD_HEADER_LEN);
+        h.app.commit(loan, 64).unwrap();
+        // SAFETY: the header slot lies inside the mirrored request ring.
+        unsafe {
+            let p = header.add(at);
+            if at == 0 {
+                p.cast::<[u8; 4]>().write_volatile(value.to_le_bytes());
+            } else {
+                p.write_volatile(value as u8);
+            }
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        assert!(
+            matches!(h.rx.peek(), Err(crate::RingError::BadRecord(_))),
+            "scribbled byte {at} = {value}"
+        );
+    }
+}
