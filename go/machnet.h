@@ -337,7 +337,8 @@ int machnet_sendmmsg(const void *channel_ctx, const MachnetMsgHdr_t *msghdrs, in
 /**
  * Extension: loans room for one message of up to `len` bytes on `flow` (either orientation)
  * directly in the channel's shared memory, waiting for ring space like `machnet_send`. On
- * success `*buf` points to `len` writable bytes: write the message there, then
+ * success `*buf` points to `len` writable bytes (their initial contents are unspecified):
+ * write the message there, then
  * `machnet_commit` it (or `machnet_loan_cancel`). No copy is made on the application's side.
  *
  * Rules: one loan per channel at a time. While it is out, sends and loans from other threads

@@ -915,8 +915,8 @@ impl Drop for Channel {
 }
 
 /// Room for one message in the channel memory, from [`Channel::loan`]: derefs to exactly the
-/// `len` bytes loaned. [`SendLoan::commit`] sends the first `used` of them; dropping the loan
-/// sends nothing.
+/// `len` bytes loaned, whose initial contents are unspecified (earlier records' bytes).
+/// [`SendLoan::commit`] sends the first `used` of them; dropping the loan sends nothing.
 ///
 /// ```compile_fail
 /// # fn f(ch: &mut machnet::Channel, flow: machnet::Flow) {
