@@ -359,3 +359,19 @@ fn many_threads_loan_send_borrow_and_receive_exactly_once_in_order() {
         "each message exactly once"
     );
 }
+
+#[test]
+fn a_commit_after_the_sidecar_died_fails_and_publishes_nothing() {
+    let (_m, mut fake, mut ch, mut side) = open(small_rings());
+    let flow = accept(&mut ch, &mut side, 1);
+    let mut loan = ch.loan(&flow, 4).unwrap();
+    loan.copy_from_slice(b"lost");
+    fake.kill();
+    assert!(matches!(loan.commit(4), Err(SendError::SidecarGone)));
+    assert!(
+        side.request(Duration::ZERO).is_none(),
+        "nothing was published"
+    );
+    // As for a send: every later call reports it.
+    assert!(matches!(ch.send(&flow, b"x"), Err(SendError::SidecarGone)));
+}
