@@ -3,6 +3,7 @@ borrowed receives (``Channel.recv_zc`` → ``RecvView``), echoed by the Rust ech
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import threading
@@ -67,6 +68,8 @@ def test_loan_without_commit_sends_nothing(echo_channel: machnet.Channel) -> Non
     loan.cancel()
     assert loan.done
     ch.loan(flow, 10)  # dropped at once: cancelled
+    ch.loan(flow, 10).data[:3] = b"abc"  # a cycle (loan <-> its .data): the collector cancels it
+    gc.collect()
     with pytest.raises(KeyError):
         with ch.loan(flow, 10) as loan:  # an exception leaves the block: cancelled
             raise KeyError("x")
@@ -276,3 +279,21 @@ def test_closing_the_channel_with_a_loan_and_a_view_out(mb: machnet.Machnet) -> 
     for op in (lambda: ch.loan(flow, 1), lambda: ch.recv_zc(timeout=0), ch.try_recv_zc):
         with pytest.raises(machnet.ChannelClosedError):
             op()
+
+
+def test_recv_zc_async(echo_channel: machnet.Channel) -> None:
+    ch = echo_channel
+    flow = ch.connect(IP_A, ECHO_PORT)
+
+    async def main() -> None:
+        ch.send(flow, b"async")
+        view = await ch.recv_zc_async(timeout=30)
+        with pytest.raises(machnet.MachnetError) as e:
+            await ch.recv_zc_async(timeout=30)  # one out, held by this thread: no waiting
+        assert e.value.code == WOULD_BLOCK
+        with view as (f, data):
+            assert f == flow and bytes(data) == b"async"
+        with pytest.raises(machnet.TimeoutError):
+            await ch.recv_zc_async(timeout=0.05)
+
+    asyncio.run(main())
