@@ -538,7 +538,8 @@ mod tests {
         let (ca, mut app_a) = channel(1, max);
         let (cb, mut app_b) = channel(2, max);
         let (mut chans_a, mut chans_b) = (HashMap::from([(1, ca)]), HashMap::from([(2, cb)]));
-        let (mut no_listeners, mut listeners_b) = (Listeners::new(), Listeners::from_pairs([(80, 2)]));
+        let (mut no_listeners, mut listeners_b) =
+            (Listeners::new(), Listeners::from_pairs([(80, 2)]));
         let (mut oa, mut ob) = (HashMap::new(), HashMap::new());
         let now = Instant::ZERO;
         let req = ConnectRequest {
