@@ -35,9 +35,10 @@ fn err_code(r: &Response) -> Option<ControlError> {
     }
 }
 
-/// The other application: a separate process (so another pid), optionally running as another
-/// user, that attaches, opens a channel and tries to listen on `MACHNET_GROUPS_PORT`. Does
-/// nothing unless run by [`other_app_listen`].
+/// The other application: a separate process (so another pid) that attaches, opens a channel
+/// and tries to listen on `MACHNET_GROUPS_PORT`. With `MACHNET_GROUPS_USER`, it first listens
+/// on the port as itself (root), then becomes that user and tries again over a new connection:
+/// same pid, another uid. Does nothing unless run by [`other_app_listen`].
 #[test]
 #[ignore = "an application role, run in a child process by another test of this file"]
 fn other_app_role() {
@@ -45,7 +46,18 @@ fn other_app_role() {
         return;
     };
     let port: u16 = std::env::var(PORT_ENV).unwrap().parse().unwrap();
+    let attach_and_listen = || {
+        let c = RawClient::connect(sock.as_ref()).expect("connect");
+        assert!(matches!(c.hello(), Response::Hello { .. }), "hello");
+        let ch = c.open_channel(None);
+        let r = c.listen(ch.id, port);
+        (c, r)
+    };
+    let mut kept = None;
     if let Ok(name) = std::env::var(USER_ENV) {
+        let (c, r) = attach_and_listen();
+        assert_eq!(r, Response::Ok, "the first listen, as root");
+        kept = Some(c);
         let user = nix::unistd::User::from_name(&name)
             .unwrap()
             .expect("the user exists");
@@ -53,17 +65,16 @@ fn other_app_role() {
         nix::unistd::setgid(user.gid).unwrap();
         nix::unistd::setuid(user.uid).unwrap();
     }
-    let c = RawClient::connect(sock.as_ref()).expect("connect");
-    assert!(matches!(c.hello(), Response::Hello { .. }), "hello");
-    let ch = c.open_channel(None);
-    match c.listen(ch.id, port) {
+    let (_c, r) = attach_and_listen();
+    match r {
         Response::Ok => println!("OTHER-APP listen ok"),
         r => println!("OTHER-APP listen {:?}", err_code(&r)),
     }
+    drop(kept);
 }
 
-/// Runs [`other_app_role`] (as `user` if given); returns what its listen got: `None` for
-/// success, else the error.
+/// Runs [`other_app_role`] (switching to `user` after a first listen if given); returns what
+/// its (last) listen got: `None` for success, else the error.
 fn other_app_listen(sock: &std::path::Path, port: u16, user: Option<&str>) -> Option<ControlError> {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.args(["other_app_role", "--exact", "--ignored", "--nocapture"])
@@ -99,7 +110,11 @@ fn other_user() -> Option<nix::unistd::User> {
         eprintln!("not root: the other-user case is skipped");
         return None;
     }
-    nix::unistd::User::from_name("nobody").ok().flatten()
+    let user = nix::unistd::User::from_name("nobody").ok().flatten();
+    if user.is_none() {
+        eprintln!("no user `nobody`: the other-user case is skipped");
+    }
+    user
 }
 
 #[test]
@@ -131,14 +146,16 @@ fn a_port_belongs_to_one_application_other_processes_and_users_are_refused() {
         Some(ControlError::PortLimit),
         "a second port is over the cap"
     );
-    // Another process, and another user, are refused.
+    // Another process is refused.
     assert_eq!(
         other_app_listen(&sock, PORT, None),
         Some(ControlError::PortInUse)
     );
+    // So is another user, even from the same process: a child listens on a free port as root,
+    // then becomes `nobody` and tries to join over a new connection.
     if nobody.is_some() {
         assert_eq!(
-            other_app_listen(&sock, PORT, Some("nobody")),
+            other_app_listen(&sock, PORT + 2, Some("nobody")),
             Some(ControlError::PortInUse)
         );
     }
@@ -156,9 +173,6 @@ fn a_port_belongs_to_one_application_other_processes_and_users_are_refused() {
     while other_app_listen(&sock, PORT, None).is_some() {
         assert!(Instant::now() < deadline, "the port was never released");
         std::thread::sleep(Duration::from_millis(20));
-    }
-    if nobody.is_some() {
-        assert_eq!(other_app_listen(&sock, PORT, Some("nobody")), None);
     }
     // And its cap is free again.
     assert_eq!(c.listen(a.id, PORT + 1), Response::Ok);
