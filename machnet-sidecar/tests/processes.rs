@@ -1164,7 +1164,8 @@ fn an_app_killed_mid_transfer_has_its_messages_delivered_and_releases_its_resour
         ],
     );
     streamer.expect("holding", WAIT);
-    // The streamer holds the port.
+    // The streamer holds the port: another process (this one) is refused it (a channel of the
+    // streamer itself would join its listen group, docs/CHANNEL.md §2).
     {
         let ma = Machnet::attach_at(&a_sock).unwrap();
         let mut ch = ma.open_channel(None).unwrap();

@@ -29,6 +29,7 @@ use machnet_channel::{
 };
 use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
 use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Owners, Violation};
+use machnet_sidecar::engine::listen::Listeners;
 use machnet_sidecar::engine::route::{discard_received, route, Routed};
 use machnet_sidecar::engine::{FlowCounter, FlowQuota};
 use machnet_sidecar::shm::ChannelMem;
@@ -157,7 +158,7 @@ struct Harness {
     /// detaching, none once it is gone.
     chans: HashMap<ChannelId, Chan>,
     /// The engine's listeners (the channel's port while it is open).
-    listeners: HashMap<u16, ChannelId>,
+    listeners: Listeners,
     app: App,
     core: Engine,
     peer: Engine,
@@ -191,7 +192,7 @@ impl Harness {
         chan.ports.push(CHAN_PORT);
         Some(Harness {
             chans: HashMap::from([(CHAN, chan)]),
-            listeners: HashMap::from([(CHAN_PORT, CHAN)]),
+            listeners: Listeners::from_pairs([(CHAN_PORT, CHAN)]),
             app: App {
                 _map: map,
                 requests,
@@ -233,7 +234,7 @@ impl Harness {
     }
 
     fn unlisten(&mut self) {
-        if self.listeners.remove(&CHAN_PORT).is_some() {
+        if self.listeners.leave(CHAN_PORT, CHAN) {
             self.core.unlisten(CHAN_PORT);
         }
     }
@@ -530,7 +531,7 @@ impl Harness {
                 now: self.now,
                 owners: &mut self.owners,
             };
-            match route(ev, &mut ctx, &self.listeners, &mut self.chans) {
+            match route(ev, &mut ctx, &mut self.listeners, &mut self.chans) {
                 Routed::Unowned(Event::Readable { flow }) => discard_received(&mut self.core, flow),
                 Routed::Unowned(Event::Closed { flow, .. }) => self.core.discard(flow),
                 Routed::Unowned(_)

@@ -342,6 +342,7 @@ pub fn close_code(reason: CloseReason) -> CloseCode {
 
 #[cfg(test)]
 mod tests {
+    use super::super::listen::Listeners;
     use super::super::route::Routed;
     use super::*;
     use machnet_channel::{ChannelLayout, ChannelViews};
@@ -442,7 +443,7 @@ mod tests {
     fn route(
         core: &mut Engine,
         chans: &mut HashMap<ChannelId, Chan>,
-        listeners: &HashMap<u16, ChannelId>,
+        listeners: &mut Listeners,
         owners: &mut Owners,
     ) {
         while let Some(ev) = core.poll_event() {
@@ -537,7 +538,8 @@ mod tests {
         let (ca, mut app_a) = channel(1, max);
         let (cb, mut app_b) = channel(2, max);
         let (mut chans_a, mut chans_b) = (HashMap::from([(1, ca)]), HashMap::from([(2, cb)]));
-        let (no_listeners, listeners_b) = (HashMap::new(), HashMap::from([(80u16, 2)]));
+        let (mut no_listeners, mut listeners_b) =
+            (Listeners::new(), Listeners::from_pairs([(80, 2)]));
         let (mut oa, mut ob) = (HashMap::new(), HashMap::new());
         let now = Instant::ZERO;
         let req = ConnectRequest {
@@ -555,8 +557,8 @@ mod tests {
         };
         assert_eq!(consume(&mut chans_a, &mut a, &mut oa), 1);
         shuttle(&mut a, &mut b, now);
-        route(&mut a, &mut chans_a, &no_listeners, &mut oa);
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut a, &mut chans_a, &mut no_listeners, &mut oa);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_a.get_mut(&1).unwrap(), &mut a, &mut oa);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, p) = app_a.next().expect("connected");
@@ -577,7 +579,7 @@ mod tests {
         app_a.push(RecordKind::Close, flow, 0, &[]);
         consume(&mut chans_a, &mut a, &mut oa);
         shuttle(&mut a, &mut b, now);
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let fid = *ob.keys().next().unwrap();
         // Two messages fit in the ring (1.6 MiB); the third stays in the core, with the FIN
@@ -600,7 +602,7 @@ mod tests {
         assert_eq!(h.kind, RecordKind::Message);
         got.push(p);
         assert!(got == msgs, "messages intact and in order");
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, _) = app_b.next().unwrap();
         assert_eq!((h.kind, h.flow), (RecordKind::PeerClosed, bflow));

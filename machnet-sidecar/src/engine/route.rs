@@ -7,6 +7,7 @@ use machnet_channel::FlowInfo;
 use machnet_core::{Engine, Event, FlowId};
 
 use super::channel::{close_code, Chan, ChannelId, Ctx};
+use super::listen::Listeners;
 
 /// What became of a core event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,20 +30,21 @@ pub enum Routed {
     Unowned(Event),
 }
 
-/// Hands `ev` to the channel owning its flow (`ctx.owners`; for an accepted flow, the channel
-/// listening on its port).
+/// Hands `ev` to the channel owning its flow (`ctx.owners`; for an accepted flow, a member of
+/// this engine's listen group of its port: [`Listeners::pick_listener`]).
 pub fn route(
     ev: Event,
     ctx: &mut Ctx<'_>,
-    listeners: &HashMap<u16, ChannelId>,
+    listeners: &mut Listeners,
     chans: &mut HashMap<ChannelId, Chan>,
 ) -> Routed {
     if let Event::Accepted { flow, listen_port } = ev {
         let info = flow_info(ctx.core, flow);
-        let taken = listeners
-            .get(&listen_port)
-            .and_then(|ch| chans.get_mut(ch))
-            .and_then(|c: &mut Chan| c.on_accepted(ctx, flow, listen_port, info).then(|| c.id()));
+        let taken = listeners.pick_listener(listen_port, |ch| {
+            chans.get_mut(&ch).is_some_and(|c| {
+                c.detach_deadline().is_none() && c.on_accepted(ctx, flow, listen_port, info)
+            })
+        });
         return match taken {
             Some(channel) => Routed::Delivered {
                 channel,

@@ -46,6 +46,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 
 use super::channel::{Chan, ChannelId, Ctx, Violation};
 use super::flow_quota::FlowPermit;
+use super::listen::{Joined, Listeners};
 use super::route::{self, discard_received, Routed};
 use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
 use crate::clock::Clock;
@@ -91,7 +92,8 @@ pub(super) struct Worker {
     /// The flush list being worked through (kept to reuse its allocation).
     flushing: Vec<ChannelId>,
     owners: HashMap<FlowId, (ChannelId, u32)>,
-    listeners: HashMap<u16, ChannelId>,
+    /// Port → the channels of this engine listening on it.
+    listeners: Listeners,
     /// Channels being detached gracefully (docs/CHANNEL.md §5); they stay on the run list.
     detaching: Vec<ChannelId>,
     /// Flows of detached channels, closing on their own, with the deadline after which they
@@ -178,7 +180,7 @@ impl Worker {
             flush: Vec::new(),
             flushing: Vec::new(),
             owners: HashMap::new(),
-            listeners: HashMap::new(),
+            listeners: Listeners::new(),
             detaching: Vec::new(),
             orphans: HashMap::new(),
             next_linger: None,
@@ -310,21 +312,15 @@ impl Worker {
                 port,
                 reply,
             } => {
-                let res = match self.chans.get_mut(&channel) {
-                    None => Err(EngineListenError::NoSuchChannel),
-                    Some(chan) => match self.core.listen(port) {
-                        Ok(()) => {
-                            chan.ports.push(port);
-                            self.listeners.insert(port, channel);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.into()),
-                    },
-                };
+                let res = self.listen(channel, port);
                 let _ = reply.send(res);
             }
-            Command::Unlisten { port, reply } => {
-                self.unlisten(port);
+            Command::Unlisten {
+                channel,
+                port,
+                reply,
+            } => {
+                self.unlisten(channel, port);
                 let _ = reply.send(());
             }
             Command::HostListener {
@@ -349,12 +345,35 @@ impl Worker {
         }
     }
 
-    fn unlisten(&mut self, port: u16) {
-        self.core.unlisten(port);
-        if let Some(ch) = self.listeners.remove(&port) {
-            if let Some(chan) = self.chans.get_mut(&ch) {
-                chan.ports.retain(|&p| p != port);
+    /// `channel` joins the listen group of `port`; the core listens from the first member on.
+    fn listen(&mut self, channel: ChannelId, port: u16) -> Result<(), EngineListenError> {
+        let Some(chan) = self.chans.get_mut(&channel) else {
+            return Err(EngineListenError::NoSuchChannel);
+        };
+        if chan.detach_deadline().is_some() {
+            return Err(EngineListenError::NoSuchChannel);
+        }
+        match self.listeners.join(port, channel) {
+            Joined::Already => return Ok(()),
+            Joined::Another => {}
+            Joined::First => {
+                if let Err(e) = self.core.listen(port) {
+                    self.listeners.leave(port, channel);
+                    return Err(e.into());
+                }
             }
+        }
+        chan.ports.push(port);
+        Ok(())
+    }
+
+    /// `channel` leaves the listen group of `port`; the core stops with the last member.
+    fn unlisten(&mut self, channel: ChannelId, port: u16) {
+        if self.listeners.leave(port, channel) {
+            self.core.unlisten(port);
+        }
+        if let Some(chan) = self.chans.get_mut(&channel) {
+            chan.ports.retain(|&p| p != port);
         }
     }
 
@@ -393,8 +412,9 @@ impl Worker {
     /// Stops listening on every port of `chan`.
     fn unlisten_all(&mut self, chan: &mut Chan) {
         for port in std::mem::take(&mut chan.ports) {
-            self.core.unlisten(port);
-            self.listeners.remove(&port);
+            if self.listeners.leave(port, chan.id()) {
+                self.core.unlisten(port);
+            }
         }
     }
 
@@ -758,7 +778,7 @@ impl Worker {
             now,
             owners: &mut self.owners,
         };
-        match route::route(ev, &mut ctx, &self.listeners, &mut self.chans) {
+        match route::route(ev, &mut ctx, &mut self.listeners, &mut self.chans) {
             Routed::Delivered { channel, flush } => {
                 if let Some(c) = self.chans.get_mut(&channel) {
                     activate(c, &mut self.active, now);
