@@ -212,13 +212,7 @@ impl Transport for CoreTransport<'_, '_> {
                 .core
                 .close(self.ctx.now, id)
                 .map_err(|_| UnknownFlow),
-            Flow::Local(end) => self
-                .ctx
-                .local
-                .ok_or(UnknownFlow)?
-                .hub
-                .close(end)
-                .map_err(|()| UnknownFlow),
+            Flow::Local(end) => self.ctx.local.ok_or(UnknownFlow)?.hub.close(end),
         }
     }
 
@@ -229,13 +223,7 @@ impl Transport for CoreTransport<'_, '_> {
                 .core
                 .abort(self.ctx.now, id)
                 .map_err(|_| UnknownFlow),
-            Flow::Local(end) => self
-                .ctx
-                .local
-                .ok_or(UnknownFlow)?
-                .hub
-                .abort(end)
-                .map_err(|()| UnknownFlow),
+            Flow::Local(end) => self.ctx.local.ok_or(UnknownFlow)?.hub.abort(end),
         }
     }
 

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use machnet_channel::engine::SendRefused;
+use machnet_channel::engine::{SendRefused, UnknownFlow};
 use machnet_channel::{CloseCode, FlowInfo};
 use machnet_core::PortPool;
 use nix::sys::eventfd::EventFd;
@@ -484,14 +484,14 @@ impl LocalHub {
 
     /// Closes `end`'s direction after what it sent: the peer gets `PeerClosed` (after its
     /// messages); once both ends closed, both get `Closed(Graceful)`. `Err` if it ended.
-    pub fn close(&self, end: LocalEnd) -> Result<(), ()> {
+    pub fn close(&self, end: LocalEnd) -> Result<(), UnknownFlow> {
         let mut hub = self.lock();
         let Some(f) = hub.flows.get_mut(&end.flow) else {
-            return Err(());
+            return Err(UnknownFlow);
         };
         let mine = f.end(end.side);
         if mine.closed || mine.discarded {
-            return Err(());
+            return Err(UnknownFlow);
         }
         if mine.fin {
             return Ok(());
@@ -523,14 +523,14 @@ impl LocalHub {
 
     /// Aborts `end`: it gets `Closed(Aborted)`, its peer `Closed(Reset)`; what either end had
     /// not read is dropped. `Err` if it ended.
-    pub fn abort(&self, end: LocalEnd) -> Result<(), ()> {
+    pub fn abort(&self, end: LocalEnd) -> Result<(), UnknownFlow> {
         let mut hub = self.lock();
         let Some(f) = hub.flows.get_mut(&end.flow) else {
-            return Err(());
+            return Err(UnknownFlow);
         };
         let mine = f.end(end.side);
         if mine.closed || mine.discarded {
-            return Err(());
+            return Err(UnknownFlow);
         }
         mine.closed = true;
         mine.clear_rx();
@@ -636,7 +636,7 @@ mod tests {
     fn messages_arrive_whole_in_order_and_the_cap_holds_the_writer_back() {
         let h = hub(10);
         let (c, s) = open(&h);
-        assert!(h.has_events(1) == false);
+        assert!(!h.has_events(1));
         h.send(c, Bytes::from_static(b"12345")).unwrap();
         assert_eq!(events(&h, 1), vec![(s, LocalEventKind::Readable)]);
         h.send(c, Bytes::from_static(b"678")).unwrap();
