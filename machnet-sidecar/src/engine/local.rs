@@ -521,8 +521,9 @@ impl LocalHub {
         Ok(())
     }
 
-    /// Aborts `end`: it gets `Closed(Aborted)`, its peer `Closed(Reset)`; what either end had
-    /// not read is dropped. `Err` if it ended.
+    /// Aborts `end`: it gets `Closed(Aborted)` and what it had not read is dropped; its peer
+    /// gets `Closed(Reset)` after the messages already queued for it (as a receiving sidecar
+    /// delivers what it acknowledged before a reset, docs/CHANNEL.md §5). `Err` if it ended.
     pub fn abort(&self, end: LocalEnd) -> Result<(), UnknownFlow> {
         let mut hub = self.lock();
         let Some(f) = hub.flows.get_mut(&end.flow) else {
@@ -542,7 +543,6 @@ impl LocalHub {
 
     fn reset_peer(&self, f: &mut LocalFlow, end: LocalEnd, me: u16) {
         let peer = f.end(end.side.peer());
-        peer.clear_rx();
         if !peer.closed {
             peer.closed = true;
             let to = peer.engine;
@@ -702,11 +702,15 @@ mod tests {
         assert!(h.lock().flows.is_empty() && h.lock().ports_in_use.is_empty());
 
         let (c, s) = open(&h);
-        h.send(c, Bytes::from_static(b"lost")).unwrap();
+        h.send(c, Bytes::from_static(b"kept")).unwrap();
+        h.send(s, Bytes::from_static(b"lost")).unwrap();
         h.abort(c).unwrap();
         assert_eq!(
             events(&h, 0),
-            vec![(c, LocalEventKind::Closed(CloseCode::Aborted))]
+            vec![
+                (c, LocalEventKind::Readable),
+                (c, LocalEventKind::Closed(CloseCode::Aborted))
+            ]
         );
         assert_eq!(
             events(&h, 1),
@@ -715,6 +719,9 @@ mod tests {
                 (s, LocalEventKind::Closed(CloseCode::Reset))
             ]
         );
+        // The aborting end's unread messages are gone; what it sent is still delivered.
+        assert_eq!(h.recv(c), None);
+        assert_eq!(h.recv(s).unwrap(), &b"kept"[..]);
         assert_eq!(h.recv(s), None);
         assert!(h.abort(c).is_err() && h.close(s).is_err());
     }
