@@ -314,8 +314,8 @@ fn a_connect_to_an_unlistened_local_port_is_refused() {
 }
 
 /// Either side closes after sending: the other gets every message, then `PeerClosed`; it
-/// closes too and both see `Closed(Graceful)`. An abort resets the peer; so does an aborted
-/// channel.
+/// closes too and both see `Closed(Graceful)`. An abort resets the peer (after what was sent
+/// before it); so does an aborted channel.
 #[test]
 fn local_flows_close_and_reset_as_network_flows_do() {
     let seed = seed("local_close");
@@ -381,7 +381,15 @@ fn local_flows_close_and_reset_as_network_flows_do() {
         Event::Accepted { flow, .. } => flow,
         other => panic!("expected Accepted, got {other:?}"),
     };
+    // What was sent before the abort still arrives, then the reset.
+    cli.send(&cflow, b"before the abort").unwrap();
     cli.abort(&cflow).unwrap();
+    expect_message(
+        &mut srv,
+        &sflow,
+        b"before the abort",
+        "sent before the abort",
+    );
     match next_event(&mut srv, "reset") {
         Event::Closed { flow, reason } => {
             assert_eq!(flow, sflow);
