@@ -28,7 +28,7 @@ use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, ConnectRequest, Consumer, RECORD_HEADER_LEN,
 };
 use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
-use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Owners, Violation};
+use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Flow, Owners, Violation};
 use machnet_sidecar::engine::listen::Listeners;
 use machnet_sidecar::engine::route::{discard_received, route, Routed};
 use machnet_sidecar::engine::{FlowCounter, FlowQuota};
@@ -245,6 +245,7 @@ impl Harness {
             core: &mut self.core,
             now: self.now,
             owners: &mut self.owners,
+            local: None,
         };
         chan.close_all(&mut ctx, code);
     }
@@ -353,6 +354,7 @@ impl Harness {
                     core: &mut self.core,
                     now: self.now,
                     owners: &mut self.owners,
+                    local: None,
                 };
                 let chan = self.chans.get_mut(&CHAN).expect("not gone");
                 let res = chan.consume(&mut ctx);
@@ -369,6 +371,7 @@ impl Harness {
                         core: &mut self.core,
                         now: self.now,
                         owners: &mut self.owners,
+                        local: None,
                     };
                     let chan = self.chans.get_mut(&CHAN).expect("open");
                     let res = chan.flush(&mut ctx);
@@ -425,6 +428,7 @@ impl Harness {
                         core: &mut self.core,
                         now: self.now,
                         owners: &mut self.owners,
+                        local: None,
                     };
                     let chan = self.chans.get_mut(&CHAN).expect("open");
                     chan.detach(&mut ctx, CloseCode::Detached, deadline);
@@ -456,10 +460,14 @@ impl Harness {
                 core: &mut self.core,
                 now: self.now,
                 owners: &mut self.owners,
+                local: None,
             };
             // The worker keeps the orphans until they close; dropping them gives back permits.
             let orphans = chan.finish_detach(&mut ctx);
             for (flow, _permit) in orphans {
+                let Flow::Net(flow) = flow else {
+                    panic!("a local flow without same-host flows");
+                };
                 assert!(
                     self.core.flow_key(flow).is_some(),
                     "an orphan the core does not know"
@@ -530,14 +538,16 @@ impl Harness {
                 core: &mut self.core,
                 now: self.now,
                 owners: &mut self.owners,
+                local: None,
             };
-            match route(ev, &mut ctx, &mut self.listeners, &mut self.chans) {
+            match route(ev, &mut ctx, &self.listeners, &mut self.chans) {
                 Routed::Unowned(Event::Readable { flow }) => discard_received(&mut self.core, flow),
                 Routed::Unowned(Event::Closed { flow, .. }) => self.core.discard(flow),
                 Routed::Unowned(_)
                 | Routed::Delivered { .. }
                 | Routed::Absorbed
-                | Routed::AcceptRefused => {}
+                | Routed::AcceptRefused
+                | Routed::UnownedLocal(_) => {}
             }
         }
     }

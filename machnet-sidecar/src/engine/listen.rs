@@ -4,15 +4,17 @@
 //! The control thread decides who may join a group (one application per port); an engine only
 //! sees its own members. The core listens on a port while it has at least one member here.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use super::channel::ChannelId;
 
-/// One port's members on this engine, and where the round-robin resumes.
+/// One port's members on this engine, and where the round-robin resumes (a `Cell`, so that
+/// picking needs only a shared borrow: the same-host connect path reads the map while routing).
 #[derive(Debug, Default)]
 struct Group {
     members: Vec<ChannelId>,
-    next: usize,
+    next: Cell<usize>,
 }
 
 /// Port → the channels of this engine listening on it.
@@ -72,8 +74,9 @@ impl Listeners {
         };
         g.members.remove(i);
         // Keep the rotation where it was: the member after the removed one is next.
-        if g.next > i {
-            g.next -= 1;
+        let next = g.next.get_mut();
+        if *next > i {
+            *next -= 1;
         }
         if g.members.is_empty() {
             self.ports.remove(&port);
@@ -93,17 +96,17 @@ impl Listeners {
     /// for a member that cannot take it: detaching, closed, out of handles or flow quota).
     /// `None` if no member took it (the caller aborts the flow).
     pub fn pick_listener(
-        &mut self,
+        &self,
         port: u16,
         mut takes: impl FnMut(ChannelId) -> bool,
     ) -> Option<ChannelId> {
-        let g = self.ports.get_mut(&port)?;
+        let g = self.ports.get(&port)?;
         let n = g.members.len();
         for k in 0..n {
-            let i = (g.next + k) % n;
+            let i = (g.next.get() + k) % n;
             let ch = g.members[i];
             if takes(ch) {
-                g.next = (i + 1) % n;
+                g.next.set((i + 1) % n);
                 return Some(ch);
             }
         }

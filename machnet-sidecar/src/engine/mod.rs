@@ -5,6 +5,7 @@
 pub mod channel;
 pub mod flow_quota;
 pub mod listen;
+pub mod local;
 pub mod route;
 mod worker;
 
@@ -180,6 +181,8 @@ pub struct EngineParams {
     pub shutdown_linger: Duration,
     /// The sidecar's clock.
     pub clock: Clock,
+    /// The sidecar's same-host flows (`None`: `--same-host-flows false`).
+    pub local: Option<Arc<local::LocalHub>>,
 }
 
 /// Why an engine could not start.
