@@ -697,9 +697,12 @@ impl Channel {
         self.shared.is_closed()
     }
 
-    /// Accepts flows to Machnet `port` on this channel (one owner per port and host). Accepted
-    /// flows show up as the `flow` of the messages they carry. Rejects with
-    /// `ERR_MACHNET_PORT_IN_USE` or `ERR_MACHNET_INVALID_ARGUMENT`.
+    /// Accepts flows to Machnet `port` on this channel. Accepted flows show up as the `flow` of
+    /// the messages they carry. Other channels of this process may listen on the same port: they
+    /// form a listen group, and each new flow is accepted by a member on the sidecar engine that
+    /// owns it (docs/CHANNEL.md §2). Rejects with `ERR_MACHNET_PORT_IN_USE` (another
+    /// application owns the port, or this channel listens on it already) or
+    /// `ERR_MACHNET_INVALID_ARGUMENT`.
     #[napi(ts_args_type = "port: number", ts_return_type = "Promise<void>")]
     pub fn listen<'env>(
         &self,

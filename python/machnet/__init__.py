@@ -384,7 +384,11 @@ class Channel:
 
     def listen(self, port: int) -> None:
         """Accepts connections to Machnet ``port`` (1..65535, outside the sidecar's ephemeral
-        range) on this channel. Raises :class:`PortInUseError` if another channel owns it."""
+        range) on this channel. Other channels of this process may listen on the same port: they
+        form a listen group, and each new flow is accepted by a member on the sidecar engine
+        that owns the flow (docs/CHANNEL.md §2; open one channel per engine to use them all).
+        Raises :class:`PortInUseError` if another application owns the port or this channel
+        listens on it already."""
         self._ch.listen(port)
 
     def unlisten(self, port: int) -> None:
