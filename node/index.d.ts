@@ -3,7 +3,7 @@
 import type { EventEmitter } from 'node:events'
 import type { Message } from './binding'
 
-export { attach, Machnet, Channel, Flow, Message } from './binding'
+export { attach, Machnet, Channel, Flow, Message, Loan, ZcMessage } from './binding'
 
 declare module './binding' {
   /**

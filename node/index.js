@@ -132,5 +132,7 @@ module.exports = {
   Machnet: binding.Machnet,
   Channel: binding.Channel,
   Flow: binding.Flow,
+  Loan: binding.Loan,
+  ZcMessage: binding.ZcMessage,
   codes,
 }

@@ -22,6 +22,7 @@ mod errors;
 mod events;
 mod fastpath;
 mod uvrecv;
+mod zerocopy;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -41,6 +42,8 @@ use napi_derive::napi;
 use tokio::sync::oneshot;
 
 use errors::{JsErr, JsResult};
+use zerocopy::SendSlot;
+pub use zerocopy::{Loan, ZcMessage};
 
 // ----- promises -----
 
@@ -506,9 +509,9 @@ pub(crate) struct Shared {
     closed_why: OnceLock<JsErr>,
     /// Sends waiting on a blocking thread (incremented on the JavaScript thread): while one
     /// waits, later sends queue behind it, so that sends keep their call order.
-    sends_waiting: AtomicUsize,
+    pub(crate) sends_waiting: AtomicUsize,
     /// Ends when the latest waiting send has finished (the next one waits for it).
-    send_tail: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    pub(crate) send_tail: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl Shared {
@@ -694,9 +697,12 @@ impl Channel {
         self.shared.is_closed()
     }
 
-    /// Accepts flows to Machnet `port` on this channel (one owner per port and host). Accepted
-    /// flows show up as the `flow` of the messages they carry. Rejects with
-    /// `ERR_MACHNET_PORT_IN_USE` or `ERR_MACHNET_INVALID_ARGUMENT`.
+    /// Accepts flows to Machnet `port` on this channel. Accepted flows show up as the `flow` of
+    /// the messages they carry. Other channels of this process may listen on the same port: they
+    /// form a listen group, and each new flow is accepted by a member on the sidecar engine that
+    /// owns it (docs/CHANNEL.md §2). Rejects with `ERR_MACHNET_PORT_IN_USE` (another
+    /// application owns the port, or this channel listens on it already) or
+    /// `ERR_MACHNET_INVALID_ARGUMENT`.
     #[napi(ts_args_type = "port: number", ts_return_type = "Promise<void>")]
     pub fn listen<'env>(
         &self,
@@ -902,6 +908,114 @@ impl Channel {
         Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
     }
 
+    /// Loans room for one message of `length` bytes on `flow` in the channel's request ring:
+    /// write it into the loan's `data` (an external `Buffer`), then `commit` it — no copy (see
+    /// {@link Loan} for the lifetime rules). Resolves at once if the ring has room, else when
+    /// the sidecar has made room; the loan takes its place in the channel's send order (sends
+    /// made after it wait until it is committed or cancelled). Rejects like {@link Channel.send}.
+    #[napi(
+        ts_args_type = "flow: Flow, length: number",
+        ts_return_type = "Promise<Loan>"
+    )]
+    pub fn loan<'env>(
+        &self,
+        env: &'env Env,
+        flow: Unknown,
+        length: Unknown,
+    ) -> napi::Result<PromiseRaw<'env, Raw>> {
+        let (flow, len) = match loan_args(&flow, &length) {
+            Ok(a) => a,
+            Err(e) => return settled(env, Err(e)),
+        };
+        match self.loan_now(env, &flow, len) {
+            Ok(Some(loan)) => {
+                // SAFETY: converts on the JavaScript thread.
+                let v = unsafe { Loan::to_napi_value(env.raw(), loan) };
+                return settled(env, Ok(Raw(v)));
+            }
+            Ok(None) => {}
+            Err(e) => return settled(env, Err(e)),
+        }
+        let Some(sc) = self.rx.sc() else {
+            return settled(env, self.closed_err());
+        };
+        // After the sends (and loans) queued before it, on a blocking thread.
+        let (slot, prev) = SendSlot::take(&self.shared);
+        let (s, lsc) = (self.shared.clone(), sc.clone());
+        let waiting = async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let b = blocking(move || {
+                lsc.loan(&flow, len, None)
+                    .map(SendLoanBuf)
+                    .map_err(|e| s.err(e))
+            })
+            .await?;
+            Ok((b, slot))
+        };
+        spawn(env, waiting, move |env, (b, slot)| {
+            Raw(Loan::new(env.raw(), sc, b.0, slot)
+                // SAFETY: converts on the JavaScript thread, in the callback's scope.
+                .and_then(|l| unsafe { Loan::to_napi_value(env.raw(), l) }))
+        })
+    }
+
+    /// {@link Channel.loan} if that is possible without waiting: the loan, or `null` if the
+    /// request ring is full, an earlier send or loan is waiting or out, or the channel is busy
+    /// (a `connect` in progress). Throws like {@link Channel.send} rejects.
+    #[napi(
+        ts_args_type = "flow: Flow, length: number",
+        ts_return_type = "Loan | null"
+    )]
+    pub fn try_loan(
+        &self,
+        env: &Env,
+        flow: Unknown,
+        length: Unknown,
+    ) -> napi::Result<Option<Loan>> {
+        loan_args(&flow, &length)
+            .and_then(|(flow, len)| self.loan_now(env, &flow, len))
+            .map_err(|e| e.into_napi(env))
+    }
+
+    /// The next message, lent in place (no copy): `{ flow, data, release() }` with `data` an
+    /// external `Buffer` over the channel memory, valid until `release()` (see
+    /// {@link ZcMessage}). Waits like {@link Channel.recv}, in the same call order; while a
+    /// borrowed message is out, it waits for its release (and receives queued after it wait
+    /// too). Rejects with `ERR_MACHNET_CHANNEL_CLOSED` once the channel is closed.
+    #[napi(ts_return_type = "Promise<ZcMessage>")]
+    pub fn recv_zc<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Raw>> {
+        if self.shared.is_closed() {
+            return settled(env, self.closed_err());
+        }
+        Ok(PromiseRaw::new(env.raw(), self.rx.push_zc()?))
+    }
+
+    /// The next message lent in place if one is waiting now, else `null` (also while another
+    /// operation holds the channel for a moment). Throws `ERR_MACHNET_WOULD_BLOCK` while
+    /// another borrowed message of the channel is out, `ERR_MACHNET_CHANNEL_CLOSED` once the
+    /// channel is closed.
+    #[napi(ts_return_type = "ZcMessage | null")]
+    pub fn try_recv_zc<'env>(&self, env: &'env Env) -> napi::Result<Unknown<'env>> {
+        let r = if self.shared.is_closed() {
+            self.closed_err()
+        } else {
+            self.rx.try_recv_zc()
+        };
+        let v = match r.map_err(|e| e.into_napi(env))? {
+            Some(m) => self.rx.message_value(m)?,
+            None => {
+                let mut null = ptr::null_mut();
+                // SAFETY: napi call on the JavaScript thread.
+                napi::check_status!(unsafe { sys::napi_get_null(env.raw(), &mut null) })?;
+                null
+            }
+        };
+        // SAFETY: a value of this environment, returned at once.
+        Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), v) })
+    }
+
     /// Closes this side of `flow` gracefully: messages already sent are delivered first; the
     /// peer's messages still arrive. Closing a closed flow does nothing.
     #[napi(ts_args_type = "flow: Flow", ts_return_type = "Promise<void>")]
@@ -981,6 +1095,37 @@ impl Channel {
         }
     }
 
+    /// A loan taken on this thread if that is possible without waiting (nothing queued before
+    /// it, room in the ring, the channel not busy).
+    fn loan_now(&self, env: &Env, flow: &machnet::Flow, len: usize) -> JsResult<Option<Loan>> {
+        let s = &self.shared;
+        if s.is_closed() {
+            return self.closed_err();
+        }
+        if s.sends_waiting.load(Ordering::Acquire) > 0 {
+            return Ok(None);
+        }
+        let Ok(_gate) = s.gate.try_lock() else {
+            return Ok(None);
+        };
+        let Some(sc) = self.rx.sc() else {
+            return self.closed_err();
+        };
+        match sc.loan(flow, len, Some(self.rx.past())) {
+            Ok(b) => {
+                let (slot, _) = SendSlot::take(s);
+                Loan::new(env.raw(), sc, b, slot)
+                    .map(Some)
+                    .map_err(|e| JsErr::new(errors::IO, e.reason.clone()))
+            }
+            Err(
+                machnet::SharedError::Op(machnet::SendError::WouldBlock)
+                | machnet::SharedError::Busy,
+            ) => Ok(None),
+            Err(e) => Err(s.err(e)),
+        }
+    }
+
     /// `close` / `abort`: fails pending operations, then detaches the channel (`abort`: its
     /// flows are aborted).
     fn detach<'env>(&self, env: &'env Env, abort: bool) -> napi::Result<PromiseRaw<'env, ()>> {
@@ -988,6 +1133,19 @@ impl Channel {
         spawn(env, done, keep)
     }
 }
+
+/// `flow, length` of `loan` / `tryLoan`.
+fn loan_args(flow: &Unknown, length: &Unknown) -> JsResult<(machnet::Flow, usize)> {
+    let flow = flow_arg(flow)?;
+    let len = int_arg(length, "length", 0, u32::MAX)? as usize;
+    Ok((flow, len))
+}
+
+/// A loan on its way from a blocking thread (the pointer crosses threads, the memory stays).
+struct SendLoanBuf(machnet::LoanBuf);
+
+// SAFETY: only the pointer moves; the room stays reserved for this loan.
+unsafe impl Send for SendLoanBuf {}
 
 /// Closes a channel (`abort`: aborting its flows): pending and later operations fail with
 /// `why` (receives at once, on this thread); the returned future detaches the channel from the

@@ -182,8 +182,9 @@ unsafe extern "C" fn on_poll(handle: *mut c_void, status: c_int, events: c_int) 
 
 #[derive(Default)]
 struct State {
-    /// Pending receives, oldest first, with the id [`Receiver::cancel`] knows them by.
-    pending: VecDeque<(u64, sys::napi_deferred)>,
+    /// Pending receives, oldest first, with the id [`Receiver::cancel`] knows them by and
+    /// whether they borrow the message (`recvZc`).
+    pending: VecDeque<(u64, sys::napi_deferred, bool)>,
     /// The id of the next pending receive (ids start at 1).
     next_id: u64,
     polls: Option<(UvPoll, UvPoll)>,
@@ -271,10 +272,11 @@ impl MessageFactory {
     }
 }
 
-/// A message taken off the ring: in the factory's scratch buffer, or owned.
+/// A message taken off the ring: in the factory's scratch buffer, owned, or borrowed.
 pub enum Taken {
     Scratch(machnet::Flow, usize),
     Owned(machnet::Flow, Vec<u8>),
+    View(machnet::ViewBuf),
 }
 
 /// The receive side of one channel, on the JavaScript thread.
@@ -376,12 +378,21 @@ impl Receiver {
 
     /// Queues a receive; returns its promise.
     pub fn push(&self) -> napi::Result<sys::napi_value> {
-        self.push_cancelable().map(|(promise, _)| promise)
+        self.push_kind(false).map(|(promise, _)| promise)
+    }
+
+    /// Queues a borrowed receive (`recvZc`); returns its promise.
+    pub fn push_zc(&self) -> napi::Result<sys::napi_value> {
+        self.push_kind(true).map(|(promise, _)| promise)
     }
 
     /// Queues a receive; returns its promise and the id [`Receiver::cancel`] takes (0: the
     /// promise is already settled).
     pub fn push_cancelable(&self) -> napi::Result<(sys::napi_value, u64)> {
+        self.push_kind(false)
+    }
+
+    fn push_kind(&self, zc: bool) -> napi::Result<(sys::napi_value, u64)> {
         let mut deferred = ptr::null_mut();
         let mut promise = ptr::null_mut();
         // SAFETY: napi call on the JavaScript thread with valid out-pointers.
@@ -399,7 +410,7 @@ impl Receiver {
                     let mut st = self.state.borrow_mut();
                     st.next_id += 1;
                     let id = st.next_id;
-                    st.pending.push_back((id, deferred));
+                    st.pending.push_back((id, deferred, zc));
                     id
                 };
                 self.pump();
@@ -413,10 +424,10 @@ impl Receiver {
     pub fn cancel(&self, id: u64, err: JsErr) -> bool {
         let d = {
             let mut st = self.state.borrow_mut();
-            let Some(i) = st.pending.iter().position(|&(p, _)| p == id) else {
+            let Some(i) = st.pending.iter().position(|&(p, _, _)| p == id) else {
                 return false;
             };
-            st.pending.remove(i).map(|(_, d)| d)
+            st.pending.remove(i).map(|(_, d, _)| d)
         };
         if let Some(d) = d {
             self.settle(d, Err(err));
@@ -555,6 +566,18 @@ impl Receiver {
         let env = self.env;
         let (flow, data) = match m {
             Taken::Owned(flow, data) => (flow, data),
+            Taken::View(v) => {
+                let flow = self.flow_value(v.flow)?;
+                let Some(sc) = self.sc() else {
+                    return Err(napi::Error::new(
+                        napi::Status::GenericFailure,
+                        "the channel is closed",
+                    ));
+                };
+                let msg = crate::ZcMessage::new(env, sc, flow, &v, self.this.clone())?;
+                // SAFETY: converts on the JavaScript thread.
+                return unsafe { crate::ZcMessage::to_napi_value(env, msg) };
+            }
             Taken::Scratch(flow, len) => {
                 let flow = self.flow_value(flow)?;
                 let f = self.factory.expect("a scratch message without a factory");
@@ -639,8 +662,21 @@ impl Receiver {
             .map(|(flow, data)| Taken::Owned(flow, data)))
     }
 
+    /// The next message of the channel, one look, lent in place.
+    fn take_zc(
+        &self,
+        sc: &machnet::SharedChannel,
+    ) -> Result<Option<Taken>, machnet::SharedError<machnet::RecvError>> {
+        Ok(sc.recv_zc(Some(self.past))?.map(Taken::View))
+    }
+
+    /// Whether the oldest pending receive borrows its message.
+    fn front_is_zc(&self) -> bool {
+        self.state.borrow().pending.front().is_some_and(|p| p.2)
+    }
+
     fn settle_front(&self, r: Result<Taken, JsErr>) {
-        let Some((_, d)) = self.state.borrow_mut().pending.pop_front() else {
+        let Some((_, d, _)) = self.state.borrow_mut().pending.pop_front() else {
             return;
         };
         self.settle(d, r);
@@ -670,7 +706,7 @@ impl Receiver {
     pub fn fail_all(&self, err: JsErr) {
         self.stop_polling();
         loop {
-            let Some((_, d)) = self.state.borrow_mut().pending.pop_front() else {
+            let Some((_, d, _)) = self.state.borrow_mut().pending.pop_front() else {
                 break;
             };
             self.settle(d, Err(err.clone()));
@@ -755,9 +791,18 @@ impl Receiver {
                 self.stop_polling();
                 break;
             }
-            match self.with_sc(|sc| self.take(sc)) {
+            let zc = self.front_is_zc();
+            let taken = self.with_sc(|sc| if zc { self.take_zc(sc) } else { self.take(sc) });
+            match taken {
                 None => {
                     self.fail_all(self.shared.closed_err());
+                    break;
+                }
+                Some(Err(machnet::SharedError::Busy)) if zc => {
+                    // A borrowed message is out: its release pumps again. Meanwhile do not
+                    // poll (the wait fd would stay readable with nobody draining it).
+                    self.stop_polling();
+                    self.stop_efd_poll();
                     break;
                 }
                 Some(r) => match r {
@@ -788,6 +833,18 @@ impl Receiver {
         if look_for_events || self.with_sc(|sc| sc.has_events()) == Some(true) {
             self.take_events();
         }
+    }
+
+    /// The next message lent in place if one is waiting now (`None` also while the gate is
+    /// taken).
+    pub fn try_recv_zc(&self) -> Result<Option<Taken>, JsErr> {
+        let Ok(_gate) = self.shared.gate.try_lock() else {
+            return Ok(None);
+        };
+        let r = self.with_sc(|sc| self.take_zc(sc));
+        self.take_events();
+        r.ok_or_else(|| self.shared.closed_err())?
+            .map_err(|e| self.shared.err(e))
     }
 
     /// The next message if one is waiting now (`None` also while the gate is taken).

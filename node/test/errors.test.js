@@ -19,10 +19,11 @@ test('openChannel: engine validated, unknown engine refused', async () => {
   await rejectsWith(m.openChannel(m.engines + 100), codes.INVALID_ARGUMENT)
 })
 
-test('listen: ports validated (no wrapping of negatives), port in use', async () => {
+test('listen: ports validated (no wrapping of negatives), port in use, listen groups', async () => {
   const m = await attach(SOCKET_A())
   const ch1 = await m.openChannel()
   const ch2 = await m.openChannel()
+  let serving = []
   try {
     await rejectsWith(ch1.listen(-1), codes.OUT_OF_RANGE, RangeError)
     await rejectsWith(ch1.listen(-65535), codes.OUT_OF_RANGE, RangeError)
@@ -37,11 +38,42 @@ test('listen: ports validated (no wrapping of negatives), port in use', async ()
     // group (docs/CHANNEL.md §2); only another process would get PORT_IN_USE.
     await rejectsWith(ch1.listen(port), codes.PORT_IN_USE)
     await ch2.listen(port)
+    await rejectsWith(ch2.listen(ECHO_PORT()), codes.PORT_IN_USE) // the echo server's
+    // The group serves: every flow connected from sidecar B is accepted by one member and
+    // exchanges a message with it (which member takes which flow is the sidecar's business).
+    const served = new Map([[ch1.id, []], [ch2.id, []]])
+    serving = [ch1, ch2].map(async (ch) => {
+      for await (const { flow, data } of ch) {
+        served.get(ch.id).push(flow.handle)
+        await ch.send(flow, Buffer.concat([Buffer.from(`${ch.id}:`), data]))
+      }
+    })
+    const client = await (await attach(SOCKET_B())).openChannel()
+    try {
+      const flows = []
+      for (let i = 0; i < 8; i++) flows.push(await client.connect('127.0.0.1', port))
+      for (const [i, f] of flows.entries()) await client.send(f, Buffer.from(`hello ${i}`))
+      const replies = new Map()
+      for (let i = 0; i < flows.length; i++) {
+        const { flow, data } = await client.recv(30000)
+        replies.set(flow.handle, String(data))
+      }
+      for (const [i, f] of flows.entries()) {
+        const [member, text] = replies.get(f.handle).split(':')
+        assert.equal(text, `hello ${i}`)
+        assert.ok(served.has(Number(member)), `reply from channel ${member}`)
+      }
+      const accepted = [...served.values()].flat().length
+      assert.equal(accepted, flows.length, 'each flow accepted by one member, once')
+    } finally {
+      await client.close()
+    }
     await ch1.unlisten(port)
     await ch2.unlisten(port)
   } finally {
     await ch1.close()
     await ch2.close()
+    await Promise.all(serving)
   }
 })
 

@@ -1,5 +1,5 @@
 // Type-checked with `tsc --strict` in CI (ci/node.sh): the public API as a TypeScript user sees it.
-import { attach, codes, Channel, Flow, FlowError, Machnet, Message, MachnetError, ErrorCode } from 'machnet'
+import { attach, codes, Channel, Flow, FlowError, Machnet, Message, MachnetError, ErrorCode, Loan, ZcMessage } from 'machnet'
 
 async function echoServer(ch: Channel): Promise<number> {
   let n = 0
@@ -37,6 +37,19 @@ async function client(): Promise<void> {
     const code: ErrorCode = err.code
     if (code === codes.INVALID_ARGUMENT) console.log('empty')
   }
+  // Zero-copy: a loan written in place and committed; a received message lent in place.
+  const loan: Loan = await ch.loan(flow, 4096)
+  const n: number = loan.data.write('hello')
+  loan.commit(n)
+  const loaned: Loan | null = ch.tryLoan(flow, 8)
+  if (loaned !== null && !loaned.done) loaned.cancel()
+  const zc: ZcMessage = await ch.recvZc()
+  const view: Buffer = zc.data
+  const zcFlow: Flow = zc.flow
+  zc.release()
+  const zc2: ZcMessage | null = ch.tryRecvZc()
+  if (zc2 !== null && !zc2.released) zc2.release()
+  console.log(view.length, zcFlow.equals(flow), loan.length)
   await ch.closeFlow(flow)
   await ch.abortFlow(flow)
   await ch.close()

@@ -16,6 +16,12 @@ Servers ``listen`` on a port; accepted flows show up as the flow of the messages
 ``await ch.recv_async()`` or ``async for flow, data in ch`` — they wait on the channel's
 wait fd through the event loop (``loop.add_reader``), never on a thread.
 
+Zero-copy: :meth:`Channel.loan` lends room in the channel's ring to write a message in place
+(``with ch.loan(flow, n) as loan: memoryview(loan)[:k] = ...; loan.commit(k)``; leaving the
+block without committing cancels it), and :meth:`Channel.recv_zc` lends a received message in
+place (``with ch.recv_zc() as (flow, data): ...``, ``data`` a read-only memoryview released with
+the block). See :class:`SendLoan` and :class:`RecvView` for the lifetime rules.
+
 Messages are delivered whole (1 byte to ``max_message_len``, 8 MiB by default), in order and
 exactly once per flow. Errors are subclasses of :class:`MachnetError` (see :mod:`machnet._errors`).
 
@@ -46,7 +52,7 @@ from typing import (
 from . import _errors, _machnet
 from ._errors import *  # noqa: F403 - the exception classes (listed in _errors.__all__)
 from ._errors import ArgumentTypeError, ChannelClosedError, InvalidArgumentError, MachnetError, TimeoutError
-from ._machnet import Flow
+from ._machnet import Flow, RecvView, SendLoan
 
 __version__: str = _machnet.VERSION
 
@@ -71,6 +77,8 @@ __all__ = [
     "Machnet",
     "Channel",
     "Flow",
+    "SendLoan",
+    "RecvView",
     "Event",
     "FlowStatus",
     "Buffer",
@@ -376,7 +384,11 @@ class Channel:
 
     def listen(self, port: int) -> None:
         """Accepts connections to Machnet ``port`` (1..65535, outside the sidecar's ephemeral
-        range) on this channel. Raises :class:`PortInUseError` if another channel owns it."""
+        range) on this channel. Other channels of this process may listen on the same port: they
+        form a listen group, and each new flow is accepted by a member on the sidecar engine
+        that owns the flow (docs/CHANNEL.md §2; open one channel per engine to use them all).
+        Raises :class:`PortInUseError` if another application owns the port or this channel
+        listens on it already."""
         self._ch.listen(port)
 
     def unlisten(self, port: int) -> None:
@@ -408,7 +420,9 @@ class Channel:
         """Sends ``data`` (``bytes``, ``bytearray`` or ``memoryview``; 1 byte to
         :attr:`max_message_len`) as one message on ``flow``.
 
-        Waits (GIL released) while the sidecar applies back-pressure. Raises
+        Waits (GIL released) while the sidecar applies back-pressure, or while another thread
+        has a :meth:`loan` out (from the thread holding it, raises :class:`MachnetError`
+        ``ERR_MACHNET_WOULD_BLOCK``). Raises
         :class:`InvalidArgumentError` for an empty message, :class:`MessageTooLargeError`,
         :class:`FlowError` subclasses if the flow is closed or reset.
         """
@@ -416,7 +430,8 @@ class Channel:
 
     def try_send(self, flow: Flow, data: Buffer) -> bool:
         """Like :meth:`send`, but returns ``False`` instead of waiting when the request ring is
-        full."""
+        full (and raises :class:`MachnetError` ``ERR_MACHNET_WOULD_BLOCK`` while a loan of the
+        channel is out, see :meth:`loan`)."""
         return self._ch.try_send(flow, data)
 
     def recv(self, timeout: Timeout = None) -> Message:
@@ -431,6 +446,49 @@ class Channel:
     def try_recv(self) -> Optional[Message]:
         """The next message if one is waiting now, else ``None``."""
         return self._ch.try_recv()
+
+    # ----- zero-copy -----
+
+    def loan(self, flow: Flow, size: int, timeout: Timeout = None) -> SendLoan:
+        """Lends room for one message of ``size`` bytes (1 to :attr:`max_message_len`) on
+        ``flow`` in the channel's request ring: write it in place, then commit it::
+
+            with ch.loan(flow, 4096) as loan:
+                n = fill(memoryview(loan))      # or loan.data; at most len(loan) bytes
+                loan.commit(n)                  # sends the first n bytes; no copy
+            # leaving the block without commit() cancels: nothing is sent
+
+        Waits (GIL released) for ring space, and for a loan another thread has out, at most
+        ``timeout`` seconds (``None``: as long as needed), then raises :class:`TimeoutError`.
+        One loan per channel is out at a time: other sends wait for it, and a send or loan from
+        the thread holding it raises :class:`MachnetError` (code ``ERR_MACHNET_WOULD_BLOCK``).
+        Raises like :meth:`send` for a bad size or a closed flow. See :class:`SendLoan`.
+        """
+        return self._ch.loan(flow, size, timeout)
+
+    def try_loan(self, flow: Flow, size: int) -> Optional[SendLoan]:
+        """Like :meth:`loan`, but ``None`` instead of waiting when the request ring is full
+        (and :class:`MachnetError` ``ERR_MACHNET_WOULD_BLOCK`` while another loan is out)."""
+        return self._ch.try_loan(flow, size)
+
+    def recv_zc(self, timeout: Timeout = None) -> RecvView:
+        """Waits for the next message like :meth:`recv` and lends it in place (no copy)::
+
+            with ch.recv_zc() as (flow, data):  # data: a read-only memoryview
+                handle(flow, data)               # copy what must outlive the block
+            # released here
+
+        One borrowed message per channel is out at a time: a second ``recv_zc`` waits for it
+        to be released (from the thread holding it: :class:`MachnetError`
+        ``ERR_MACHNET_WOULD_BLOCK``); other receives go on meanwhile. Raises
+        :class:`TimeoutError` after ``timeout`` seconds. See :class:`RecvView`.
+        """
+        return self._ch.recv_zc(timeout)
+
+    def try_recv_zc(self) -> Optional[RecvView]:
+        """Like :meth:`recv_zc`, but ``None`` if no message is waiting now (and
+        :class:`MachnetError` ``ERR_MACHNET_WOULD_BLOCK`` while another borrowed message is out)."""
+        return self._ch.try_recv_zc()
 
     def next_event(self, timeout: Timeout = None) -> Optional[Event]:
         """The next :class:`Event` of any kind (messages, accepted flows, closes), waiting up to
@@ -538,6 +596,19 @@ class Channel:
             msg = self._ch.try_recv()
             if msg is not None:
                 return msg
+            if not await self._wait(deadline):
+                raise TimeoutError(f"no message within {timeout} seconds")
+
+    async def recv_zc_async(self, timeout: Timeout = None) -> RecvView:
+        """Awaits the next message like :meth:`recv_async` and lends it in place (see
+        :meth:`recv_zc`). Tasks of one thread share the channel's one borrowed message: while
+        it is out, this raises :class:`MachnetError` (``ERR_MACHNET_WOULD_BLOCK``) rather than
+        waiting for a release that could only come from this thread."""
+        deadline = None if timeout is None else self._deadline(timeout)
+        while True:
+            view = self._ch.try_recv_zc()
+            if view is not None:
+                return view
             if not await self._wait(deadline):
                 raise TimeoutError(f"no message within {timeout} seconds")
 

@@ -18,7 +18,7 @@ derive from the matching built-in exception, so generic handlers keep working::
     │   └── FlowClosedError                     the flow is closed (gracefully, or by this app)
     ├── ChannelClosedError                      the channel was closed (``reason`` says why)
     ├── ChannelBusyError (RuntimeError)         no longer raised (channels are thread-safe)
-    ├── PortInUseError                          listen: another channel owns the port
+    ├── PortInUseError                          listen: another application owns the port
     └── ProtocolError                           the sidecar broke the protocol
 """
 
@@ -128,7 +128,9 @@ class ChannelBusyError(MachnetError, builtins.RuntimeError):
 
 
 class PortInUseError(MachnetError):
-    """Another channel (of any process on this host) already listens on the port."""
+    """The port is taken: by another application (process or user) on this host, or this very
+    channel already listens on it. Other channels of this process may share a port (a listen
+    group, see :meth:`machnet.Channel.listen`)."""
 
 
 class ProtocolError(MachnetError):

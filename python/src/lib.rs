@@ -27,6 +27,10 @@ use machnet::{
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyMemoryView, PyString};
 
+mod zerocopy;
+
+use zerocopy::{RecvView, Region, SendLoan};
+
 /// While a blocking call waits, it wakes up this often to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(200);
 
@@ -547,6 +551,8 @@ impl PyChannel {
             Ok(()) => return Ok(true),
             Err(SharedError::Op(SendError::WouldBlock)) if !block => return Ok(false),
             Err(SharedError::Op(SendError::WouldBlock)) => {}
+            // A loan is out: wait for it below (where the caller's own loan is reported).
+            Err(SharedError::Busy) if block => {}
             Err(e) => return Err(shared_err(py, e)),
         }
         // Back-pressure: wait for ring space with the GIL released. A bytearray may change
@@ -563,6 +569,8 @@ impl PyChannel {
             match self.shared.send(&flow, &[bytes], Some(until)) {
                 Ok(()) => Ok(Some(true)),
                 Err(SharedError::Op(SendError::WouldBlock)) => Ok(None),
+                // Another thread's loan, at the end of a slice (see `loan`).
+                Err(SharedError::Busy) if Instant::now() >= until => Ok(None),
                 Err(e) => Err(e),
             }
         })
@@ -795,6 +803,104 @@ impl PyChannel {
         }
     }
 
+    /// Loans room for one message of `size` bytes on `flow` (see `SendLoan`), waiting for
+    /// ring space (and for another thread's loan) up to `timeout` seconds (`None`: as long as
+    /// needed): `TimeoutError` after that.
+    #[pyo3(signature = (flow, size, timeout=None))]
+    fn loan(
+        slf: &Bound<'_, Self>,
+        flow: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<SendLoan> {
+        let py = slf.py();
+        let flow = flow_arg(py, flow)?;
+        let size = int_arg(py, size, "size", 0, i64::MAX)? as usize;
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let ch = slf.get();
+        let got = blocking(py, deadline, Duration::ZERO, |until| {
+            match ch.shared.loan(&flow, size, Some(until)) {
+                Ok(b) => Ok(Some(Region::from(b))),
+                Err(SharedError::Op(SendError::WouldBlock)) => Ok(None),
+                // Another thread's loan, at the end of a slice; the caller's own loan makes
+                // `Busy` at once, before its deadline (and is reported).
+                Err(SharedError::Busy) if Instant::now() >= until => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        match got {
+            Some(region) => Ok(SendLoan::new(slf.clone().unbind(), flow, region)),
+            None => Err(from_kind(
+                py,
+                ErrorKind::TimedOut,
+                format!(
+                    "no room for a loan within {:?} seconds",
+                    timeout.unwrap_or_default().as_secs_f64()
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// `loan` if the request ring has room now, else `None`; raises `MachnetError`
+    /// (`ERR_MACHNET_WOULD_BLOCK`) while another loan of the channel is out.
+    fn try_loan(
+        slf: &Bound<'_, Self>,
+        flow: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<SendLoan>> {
+        let py = slf.py();
+        let flow = flow_arg(py, flow)?;
+        let size = int_arg(py, size, "size", 0, i64::MAX)? as usize;
+        match slf.get().shared.loan(&flow, size, Some(Instant::now())) {
+            Ok(b) => Ok(Some(SendLoan::new(slf.clone().unbind(), flow, b.into()))),
+            Err(SharedError::Op(SendError::WouldBlock)) => Ok(None),
+            Err(e) => Err(shared_err(py, e)),
+        }
+    }
+
+    /// The next message lent in place (see `RecvView`), waiting like `recv` (and for another
+    /// thread's borrowed message to be released).
+    #[pyo3(signature = (timeout=None))]
+    fn recv_zc(slf: &Bound<'_, Self>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<RecvView> {
+        let py = slf.py();
+        let timeout = timeout_arg(py, timeout, "timeout")?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let ch = slf.get();
+        let got = blocking(py, deadline, ch.spin(), |until| {
+            match ch.shared.recv_zc(Some(until)) {
+                Ok(v) => Ok(v.map(ViewRegion)),
+                // As in `loan`: another thread's message at the end of a slice.
+                Err(SharedError::Busy) if Instant::now() >= until => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        match got {
+            Some(ViewRegion(v)) => Ok(RecvView::new(slf.clone().unbind(), v)),
+            None => Err(from_kind(
+                py,
+                ErrorKind::TimedOut,
+                format!(
+                    "no message within {:?} seconds",
+                    timeout.unwrap_or_default().as_secs_f64()
+                ),
+                None,
+            )),
+        }
+    }
+
+    /// The next message lent in place if one is waiting now, else `None` (and the wait fd is
+    /// armed); raises `MachnetError` (`ERR_MACHNET_WOULD_BLOCK`) while another borrowed message
+    /// of the channel is out.
+    fn try_recv_zc(slf: &Bound<'_, Self>) -> PyResult<Option<RecvView>> {
+        let py = slf.py();
+        match slf.get().shared.recv_zc(Some(Instant::now())) {
+            Ok(v) => Ok(v.map(|v| RecvView::new(slf.clone().unbind(), v))),
+            Err(e) => Err(shared_err(py, e)),
+        }
+    }
+
     /// `(kind, flow, detail)` or `None` when the timeout passed; see machnet.Event.
     #[pyo3(signature = (timeout=None))]
     fn next_event<'py>(
@@ -900,6 +1006,12 @@ impl PyChannel {
     }
 }
 
+/// A borrowed message on its way out of a blocking call (the pointer crosses threads).
+struct ViewRegion(machnet::ViewBuf);
+
+// SAFETY: the message stays where it is until released; only the pointer moves.
+unsafe impl Send for ViewRegion {}
+
 // ----- the sidecar -----
 
 /// Runs the `machnet` sidecar command line (`args` without the program name) until SIGINT or
@@ -924,6 +1036,8 @@ fn _machnet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMachnet>()?;
     m.add_class::<PyChannel>()?;
     m.add_class::<PyFlow>()?;
+    m.add_class::<SendLoan>()?;
+    m.add_class::<RecvView>()?;
     m.add_function(wrap_pyfunction!(run_sidecar, m)?)?;
     m.add_function(wrap_pyfunction!(describe_close_code, m)?)?;
     m.add("DEFAULT_SOCKET_PATH", machnet::DEFAULT_SOCKET_PATH)?;

@@ -5,7 +5,8 @@ from __future__ import annotations
 import array
 import builtins
 import random
-from typing import Callable, List, Type
+import threading
+from typing import Callable, Dict, List, Type
 
 import pytest
 
@@ -205,7 +206,7 @@ def test_channel_abort_resets_the_peers_flow(
         assert ev is not None and (ev.kind, ev.flow, ev.reason) == ("closed", flow, "reset")
 
 
-def test_port_in_use(ma: machnet.Machnet, port: int) -> None:
+def test_listen_group_and_port_in_use(ma: machnet.Machnet, mb: machnet.Machnet, port: int) -> None:
     with ma.open_channel() as a, ma.open_channel() as b:
         a.listen(port)
         # The same channel twice: in use. Another channel of this process joins the port's
@@ -215,6 +216,48 @@ def test_port_in_use(ma: machnet.Machnet, port: int) -> None:
         b.listen(port)
         with pytest.raises(machnet.PortInUseError):
             b.listen(ECHO_PORT)  # the Rust echo server's
+    # A listen group on sidecar b (2 engines), one member per engine: every flow connected from
+    # sidecar a is accepted by one member and exchanges a message with it (which engine takes
+    # which flow is the sidecar suite's business).
+    members = [mb.open_channel(engine=e) for e in range(mb.engines)]
+    served: Dict[int, List[machnet.Flow]] = {m.id: [] for m in members}
+    errors: List[BaseException] = []
+
+    def serve(ch: machnet.Channel) -> None:
+        try:
+            for flow, data in ch:  # until the channel is closed
+                served[ch.id].append(flow)
+                ch.send(flow, b"%d:" % ch.id + data)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=serve, args=(m,)) for m in members]
+    try:
+        for m in members:
+            m.listen(port)
+        for t in threads:
+            t.start()
+        with ma.open_channel() as client:
+            flows = [client.connect(IP_B, port) for _ in range(8)]
+            for i, f in enumerate(flows):
+                client.send(f, b"hello %d" % i)
+            replies = {}
+            for _ in flows:
+                f, data = client.recv(timeout=30)
+                replies[f] = data
+            for i, f in enumerate(flows):
+                member, _, text = replies[f].partition(b":")
+                assert text == b"hello %d" % i
+                assert int(member) in served
+    finally:
+        for m in members:
+            m.close()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors
+    assert sum(len(v) for v in served.values()) == len(flows)  # each flow accepted once
+    for m_flows in served.values():
+        assert len(set(m_flows)) == len(m_flows)
 
 
 def test_channel_context_manager_and_close(mb: machnet.Machnet) -> None:
