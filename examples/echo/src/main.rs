@@ -1,5 +1,5 @@
 //! `machnet-echo`: echo server and load-generating client over Machnet (like the original's
-//! `msg_gen`), plus a kernel UDP ping-pong baseline with the same report.
+//! `msg_gen`), plus kernel UDP, TCP and Unix-domain-socket baselines with the same report.
 //!
 //! ```text
 //! machnet-echo server --port 888 [--socket PATH] [--engine E]
@@ -8,6 +8,8 @@
 //! machnet-echo udp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9000 --size 64
 //! machnet-echo tcp-baseline server --bind 127.0.0.1:9001 --busy-poll
 //! machnet-echo tcp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9001 --size 64 --busy-poll
+//! machnet-echo uds-baseline server --path /tmp/echo.sock
+//! machnet-echo uds-baseline client --path /tmp/echo.sock --size 64
 //! ```
 
 mod payload;
@@ -15,6 +17,7 @@ mod report;
 mod sink;
 mod tcp;
 mod udp;
+mod uds;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,6 +50,10 @@ enum Cmd {
     /// Kernel TCP (TCP_NODELAY) echo with the same report, for comparison.
     #[command(subcommand)]
     TcpBaseline(TcpCmd),
+    /// Unix-domain-socket (SOCK_STREAM, blocking) echo with the same report, for comparison
+    /// with same-host flows.
+    #[command(subcommand)]
+    UdsBaseline(UdsCmd),
     /// Open CHANNELS channels and hold them, idle, until killed (benchmarks engines that
     /// carry many idle channels, docs/PERFORMANCE.md §13).
     #[command(hide = true)]
@@ -215,6 +222,24 @@ enum TcpCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum UdsCmd {
+    /// Echo every byte back on its connection.
+    Server {
+        /// Socket path to listen on (a stale socket file there is replaced).
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Blocking ping-pong over one connection to a uds-baseline server.
+    Client {
+        /// The server's socket path.
+        #[arg(long)]
+        path: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
@@ -250,6 +275,11 @@ fn main() -> ExitCode {
         }) => {
             let json = load.json;
             tcp::client(bind, remote, busy_poll, per_message_io, load).map(|r| Some((r, json)))
+        }
+        Cmd::UdsBaseline(UdsCmd::Server { path }) => uds::server(&path).map(|()| None),
+        Cmd::UdsBaseline(UdsCmd::Client { path, load }) => {
+            let json = load.json;
+            uds::client(&path, load).map(|r| Some((r, json)))
         }
     };
     match result {
