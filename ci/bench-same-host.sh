@@ -97,6 +97,7 @@ POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
 [ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
 PORT=888
 declare -A SIDECAR SERVER
+declare -A IP=([local]=127.0.0.1 [transport]=127.0.0.2)
 start_echo() { # name ip [sidecar args...]
     local name=$1 ip=$2
     shift 2
@@ -113,15 +114,13 @@ start_echo() { # name ip [sidecar args...]
 SIDES_RTT="transport uds tcp"
 SIDES_BULK="transport tcp"
 if [ "$HAVE_LOCAL" = 1 ]; then
-    start_echo local 127.0.0.1 --same-host-flows true
-    start_echo transport 127.0.0.2 --same-host-flows false
+    start_echo local "${IP[local]}" --same-host-flows true
+    start_echo transport "${IP[transport]}" --same-host-flows false
     SIDES_RTT="local $SIDES_RTT"
     SIDES_BULK="local $SIDES_BULK"
 else
-    start_echo transport 127.0.0.2
+    start_echo transport "${IP[transport]}"
 fi
-IP_local=127.0.0.1
-IP_transport=127.0.0.2
 
 "$BIN/machnet-echo" uds-baseline server --path "$DIR/uds.sock" 2>"$DIR/uds-server.log" &
 PIDS+=($!)
@@ -147,16 +146,15 @@ cpu_ticks() {
 # run SIDE ROUND SIZE WINDOW: one client run, appended to results.jsonl.
 run() {
     local side=$1 round=$2 size=$3 window=$4 rc=0 before after sc_before=0 sc_after=0
-    local procs=() sidecars=() cmd ip_var
+    local procs=() sidecars=() cmd
     local out=$DIR/client.out limit
     limit=$(python3 -c "print(int($DURATION + $WARMUP + 30))")
     case $side in
     local | transport)
-        ip_var=IP_$side
         procs=("${SIDECAR[$side]}" "${SERVER[$side]}")
         sidecars=("${SIDECAR[$side]}")
         # shellcheck disable=SC2206 # MACHNET_ARGS is a list of words
-        cmd=("$BIN/machnet-echo" client --socket "$DIR/$side.sock" --remote "${!ip_var}"
+        cmd=("$BIN/machnet-echo" client --socket "$DIR/$side.sock" --remote "${IP[$side]}"
             --port "$PORT" $MACHNET_ARGS)
         ;;
     uds)
