@@ -139,3 +139,80 @@ pub(crate) fn client(path: &Path, load: LoadArgs) -> Result<Report, String> {
         wall_s: 0.0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(size: usize, window: usize) -> LoadArgs {
+        LoadArgs {
+            size,
+            window,
+            duration: 0.2,
+            warmup: 0.05,
+            json: false,
+        }
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("machnet-echo-uds-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn echoes_verified_and_drained() {
+        let dir = temp_dir("echo");
+        let path = dir.join("s.sock");
+        // A stale socket file from an earlier server is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        let p = path.clone();
+        std::thread::spawn(move || server(&p));
+        let mut connected = false;
+        for _ in 0..200 {
+            if UnixStream::connect(&path).is_ok() {
+                connected = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(connected, "the server did not come up");
+        for (size, window) in [(1, 1), (100, 4), (MAX_IN_FLIGHT, 1)] {
+            let r = client(&path, load(size, window)).unwrap();
+            assert_eq!(r.mismatches, 0, "size {size} window {window}");
+            assert_eq!(r.mode, "uds");
+            // Everything sent came back: at least the first window, and the drain collects
+            // what was in flight when the measurement ended.
+            assert!(r.total_messages >= window as u64, "{}", r.total_messages);
+            assert!(r.messages <= r.total_messages);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refuses_what_could_deadlock_or_is_empty() {
+        let path = Path::new("/nonexistent/never-connected.sock");
+        for (size, window) in [
+            (MAX_IN_FLIGHT + 1, 1),
+            (MAX_IN_FLIGHT / 2 + 1, 2),
+            (0, 1),
+            (8, 0),
+        ] {
+            let e = client(path, load(size, window)).map(|_| ()).unwrap_err();
+            assert!(!e.contains("connect"), "size {size} window {window}: {e}");
+        }
+    }
+
+    #[test]
+    fn server_leaves_other_files_alone() {
+        let dir = temp_dir("file");
+        let path = dir.join("not-a-socket");
+        std::fs::write(&path, b"keep me").unwrap();
+        let e = server(&path).unwrap_err();
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
