@@ -27,6 +27,9 @@
 # UDS/TCP) plus the client's own, per GB moved (total_messages × size × 2).
 # Ratios: local p50 ÷ UDS p50 (goal ≤ 0.5), local Gbit/s ÷ TCP Gbit/s (goal ≥ 2); the same for
 # the transport row; "per round" lists the ratio within each round (same-round pairs).
+# On a small VM the scheduler's placement dominates blocking RTTs (a UDS ping-pong whose two
+# ends share a CPU: ~4 µs p50; on two CPUs: 30-40 µs): read the per-round ratios, and use
+# ROUNDS of 5 or more before quoting a median.
 #
 # Knobs (environment):
 #   BIN           directory with `machnet` and `machnet-echo` (default: build target/release)
@@ -185,9 +188,10 @@ done
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 status=0
-python3 - "$RESULTS" "$RTT_SIZE" "$BULK_SIZE" "$COMMIT" "$ROUNDS" "$DURATION" "$ENGINES" \
+python3 - "$RESULTS" "$RTT_SIZE" "$BULK_SIZE" "$COMMIT" "$ROUNDS" "$DURATION" "$ENGINES" "$BIN" \
     <<'PY' | tee "$OUT/table.md" || status=1
 import json, sys
+bindir = sys.argv.pop()
 results, rtt_size, bulk_size, commit, rounds, duration, engines = sys.argv[1:]
 rows = [json.loads(l) for l in open(results) if l.strip()]
 rtt_size, bulk_size = int(rtt_size), int(bulk_size)
@@ -213,7 +217,7 @@ def f(v, spec):
 
 label = {"local": "Machnet same-host flow", "transport": "Machnet via transport (UDP)",
          "uds": "Unix socket (blocking)", "tcp": "TCP loopback"}
-print(f"commit {commit}, {rounds} round(s) x {duration} s, {engines} engine(s); medians\n")
+print(f"commit {commit} (script; binaries: {bindir}), {rounds} round(s) x {duration} s, {engines} engine(s); medians\n")
 print(f"| path | {rtt_size} B RTT p50 / p99 µs | p50 ÷ UDS p50 (per round) "
       f"| {bulk_size >> 20} MiB Gbit/s | ÷ TCP Gbit/s (per round) | CPU s/GB |")
 print("|---|---|---|---|---|---|")

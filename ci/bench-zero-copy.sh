@@ -158,9 +158,10 @@ done
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 status=0
-python3 - "$RESULTS" "$COMMIT" "$ROUNDS" "$DURATION" "$ENGINES" "$TOPOLOGY" \
+python3 - "$RESULTS" "$COMMIT" "$ROUNDS" "$DURATION" "$ENGINES" "$TOPOLOGY" "$BIN" \
     <<'PY' | tee "$OUT/table.md" || status=1
 import json, sys
+bindir = sys.argv.pop()
 results, commit, rounds, duration, engines, topology = sys.argv[1:]
 rows = [json.loads(l) for l in open(results) if l.strip()]
 ok = [r for r in rows if "error" not in r]
@@ -186,7 +187,7 @@ def human(n):
 def f(v, spec):
     return "-" if v is None else format(v, spec)
 
-print(f"commit {commit}; {topology}; {engines} engine(s); {rounds} round(s) x {duration} s; "
+print(f"commit {commit} (script; binaries: {bindir}); {topology}; {engines} engine(s); {rounds} round(s) x {duration} s; "
       f"medians\n")
 print("| size | window | mode | Gbit/s | client CPU s/GB | client+sidecar CPU s/GB "
       "| all CPU s/GB | zero-copy ÷ copy: Gbit/s, client+sidecar CPU/GB |")

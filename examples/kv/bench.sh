@@ -147,8 +147,9 @@ done
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$RESULTS" "$COMMIT" "$ENGINES" "${SERVER_THREADS:-default}" "$ROUNDS" "$DURATION" \
-    "$VALUE" <<'PY' | tee "$OUT/table.md"
+    "$VALUE" "$BIN" <<'PY' | tee "$OUT/table.md"
 import json, sys
+bindir = sys.argv.pop()
 results, commit, engines, threads, rounds, duration, value = sys.argv[1:]
 rows = [json.loads(l) for l in open(results) if l.strip()]
 ok = [r for r in rows if "error" not in r]
@@ -163,7 +164,7 @@ def median(t, c, d):
                  and r["depth"] == d), key=lambda r: r["requests_per_sec"])
     return rs[(len(rs) - 1) // 2] if rs else None
 
-print(f"commit {commit}; {engines} engines per sidecar; server threads {threads}; "
+print(f"commit {commit} (script; binaries: {bindir}); {engines} engines per sidecar; server threads {threads}; "
       f"{rounds} round(s) x {duration} s; {value} B values, GETs; medians\n")
 print("| connections × depth | Machnet req/s | TCP req/s | ratio | per round "
       "| Machnet p50 / p99 µs | TCP p50 / p99 µs |")
