@@ -88,8 +88,10 @@ if $CC -std=c11 "${FLAGS[@]}" "$CDIR/init_paths.c" -L "$REL" -Wl,-rpath,"$REL" -
     -o "$DIR/init_paths" &&
     $CC -std=c11 "${FLAGS[@]}" "$CDIR/test_events.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
         -lpthread -o "$DIR/test_events" &&
+    $CC -std=c11 "${FLAGS[@]}" "$CDIR/test_zero_copy.c" -L "$REL" -Wl,-rpath,"$REL" -lmachnet \
+        -lpthread -o "$DIR/test_zero_copy" &&
     $CC -std=c11 "${FLAGS[@]}" "$CDIR/shim_dlopen.c" -ldl -o "$DIR/shim_dlopen"; then
-    pass "c_build_extra (init_paths.c, shim_dlopen.c, test_events.c)"
+    pass "c_build_extra (init_paths.c, shim_dlopen.c, test_events.c, test_zero_copy.c)"
 else
     fail "c_build_extra"
 fi
@@ -162,6 +164,15 @@ if [ -x "$DIR/test_events" ]; then
     cat "$DIR/test_events.out"
     count_c "$DIR/test_events.out"
     grep -q '^c-tests: ' "$DIR/test_events.out" || fail "test_events did not finish"
+fi
+
+# ----- zero-copy (machnet_loan / machnet_commit, machnet_recv_zc / machnet_release) -----
+if [ -x "$DIR/test_zero_copy" ]; then
+    echo "ffi: running test_zero_copy" >&2
+    timeout 300 "$DIR/test_zero_copy" >"$DIR/test_zero_copy.out"
+    cat "$DIR/test_zero_copy.out"
+    count_c "$DIR/test_zero_copy.out"
+    grep -q '^c-tests: ' "$DIR/test_zero_copy.out" || fail "test_zero_copy did not finish"
 fi
 
 # ----- the library under the original's name; machnet_init's choice of socket -----

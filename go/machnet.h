@@ -281,6 +281,14 @@ int machnet_detach_abort(void *channel_ctx);
  * Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
  * address (or "0.0.0.0").
  *
+ * Listen groups: a port belongs to one application (process) host-wide; other channels of the
+ * same process may listen on it too (on any engine) and share its flows: each new flow is
+ * accepted on one engine that has such a channel and delivered to a channel of that engine
+ * (round-robin among several), never moved between engines. To use every engine, attach as
+ * many channels as the sidecar has engines (it places new channels round-robin over them),
+ * listen on each and serve each from its own thread. Another process gets
+ * `EADDRINUSE`, as does the same channel listening twice (docs/CHANNEL.md §2).
+ *
  * Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
  * `ECONNRESET` if the sidecar is gone, ...).
  */
@@ -333,6 +341,86 @@ int machnet_sendmsg(const void *channel_ctx, const MachnetMsgHdr_t *msghdr);
  * one failed (errno says why). -1 (errno `EINVAL`) for a NULL array or a negative `vlen`.
  */
 int machnet_sendmmsg(const void *channel_ctx, const MachnetMsgHdr_t *msghdrs, int vlen);
+
+/**
+ * Extension: loans room for one message of up to `len` bytes on `flow` (either orientation)
+ * directly in the channel's shared memory, waiting for ring space like `machnet_send`. On
+ * success `*buf` points to `len` writable bytes (their initial contents are unspecified):
+ * write the message there, then
+ * `machnet_commit` it (or `machnet_loan_cancel`). No copy is made on the application's side.
+ *
+ * Rules: one loan per channel at a time. While it is out, sends and loans from other threads
+ * wait for it to end; a send or loan from the thread holding it fails with `EBUSY` (it
+ * would wait for itself); `machnet_connect` fails. Any thread may commit or cancel it.
+ * Closes requested meanwhile are carried out after the loaned message. `*buf` is valid until
+ * the loan is committed or cancelled; do not use it afterwards. The memory stays mapped until
+ * `machnet_detach`.
+ *
+ * Returns 0 on success, -1 on failure (errno: `EINVAL` for `len` 0, a NULL `buf` or flow not
+ * given; `EMSGSIZE` for `len` > `MACHNET_MSG_MAX_LEN` or the channel's maximum; `ENOTCONN`
+ * if the flow is not open; `EBUSY` as above; `ECONNRESET` if the sidecar is gone; `EINTR`
+ * after `machnet_interrupt`). `*buf` is untouched on failure.
+ */
+int machnet_loan(const void *channel_ctx, MachnetFlow_t flow, size_t len, void **buf);
+
+/**
+ * Extension: `machnet_loan` without waiting: -1 with `EAGAIN` if the request ring lacks room
+ * now, `EBUSY` if another thread's loan is out.
+ */
+int machnet_try_loan(const void *channel_ctx, MachnetFlow_t flow, size_t len, void **buf);
+
+/**
+ * Extension: sends the first `len` bytes of the loan taken with `machnet_loan` as one message
+ * (1 ≤ `len` ≤ the length loaned; the rest of the room is given back). The loan is over
+ * whatever the result: on failure nothing is sent (a bad `len` is `EINVAL` and cancels the
+ * loan, so a mistake never leaves the channel blocked). 0 promises what a returned
+ * `machnet_send` promises.
+ *
+ * Returns 0 on success, -1 on failure (errno: `EINVAL` if no loan is out or `len` is 0 or
+ * larger than the loan; `ENOTCONN`/`EPIPE` if the flow ended meanwhile; `ECONNRESET` if the
+ * sidecar is gone; ...).
+ */
+int machnet_commit(const void *channel_ctx, size_t len);
+
+/**
+ * Extension: ends the loan taken with `machnet_loan` without sending anything.
+ *
+ * Returns 0 on success, -1 with `EINVAL` if no loan is out.
+ */
+int machnet_loan_cancel(const void *channel_ctx);
+
+/**
+ * Extension: receives the next message without copying it and without waiting: on 1, `*data`
+ * points to its `*len` bytes in the channel's shared memory and `*flow` is its flow (src =
+ * the peer). The message stays borrowed — its ring space is not reused — until
+ * `machnet_release`; read it only until then. Flow events met on the way are queued as
+ * `machnet_recv` queues them.
+ *
+ * Rules: one borrowed message per channel at a time. While it is out, other receives
+ * (`machnet_recv`, ...) go on and return the messages after it; another `machnet_recv_zc`
+ * fails with `EBUSY` (this one does not wait). Any thread may release it. Releasing it twice
+ * fails with `EINVAL` (no crash). Do not write through `*data`.
+ *
+ * Returns 1 if a message is borrowed, 0 if none is waiting, -1 on failure (errno: `EINVAL`
+ * for NULL pointers, `EBUSY`, `ECONNRESET` if the sidecar is gone, ...).
+ */
+int machnet_recv_zc(const void *channel_ctx, const void **data, size_t *len, MachnetFlow_t *flow);
+
+/**
+ * Extension: `machnet_recv_zc` waiting up to `timeout_ms` milliseconds (negative: without
+ * limit) for a message, and for another thread's borrowed message to be released. Returns 0
+ * if the timeout passed; -1 with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once
+ * if the calling thread itself holds a borrowed message.
+ */
+int machnet_recv_zc_timeout(const void *channel_ctx, const void **data, size_t *len, MachnetFlow_t *flow, int timeout_ms);
+
+/**
+ * Extension: gives back the message borrowed with `machnet_recv_zc` (its bytes must not be
+ * read afterwards); the sidecar may reuse its space.
+ *
+ * Returns 0 on success, -1 with `EINVAL` if no message is borrowed (e.g. released twice).
+ */
+int machnet_release(const void *channel_ctx);
 
 /**
  * Receives the next message into `buf` (at most `len` bytes) without waiting and fills

@@ -273,6 +273,22 @@ pub enum SubmitError {
         /// Bytes the record takes in the ring.
         need: u64,
     },
+    /// A loan ([`AppChannel::loan`]) is outstanding: the request ring's tail is reserved for
+    /// it until it is committed or cancelled.
+    #[error("a send loan is outstanding on this channel (commit or cancel it first)")]
+    LoanOutstanding,
+    /// [`AppChannel::commit`] with 0 bytes or more than were loaned (nothing was published).
+    #[error("commit of {used} bytes; the loan was for 1 to {loaned} bytes")]
+    BadCommitLength {
+        /// The length given to commit.
+        used: usize,
+        /// The length loaned.
+        loaned: usize,
+    },
+    /// A loan needs a channel whose rings are mirrored (`mirror::MirroredMap`), or a loan
+    /// or view of another channel was handed in.
+    #[error("zero-copy operations need a channel mapped with mirrored rings")]
+    NotMirrored,
     /// The channel is unusable.
     #[error(transparent)]
     Fault(#[from] ChannelFault),
@@ -281,6 +297,10 @@ pub enum SubmitError {
 /// Why a receive did not return anything.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PollError {
+    /// [`AppChannel::poll_view`] only: a borrowed message ([`View`]) is still out; release it
+    /// first.
+    #[error("a borrowed message is still out on this channel (release it first)")]
+    ViewOutstanding,
     /// The next message does not fit the caller's buffer; it was not consumed.
     #[error("the next message has {needed} bytes, the buffer {available}")]
     BufferTooSmall {
@@ -331,6 +351,105 @@ pub enum Got {
     Into(Flow, usize),
 }
 
+/// Room reserved at the request ring's tail for one `Send` record of up to [`Loan::len`]
+/// payload bytes (from [`AppChannel::loan`]). Write the message at [`Loan::as_mut_ptr`], then
+/// [`AppChannel::commit`]; or [`AppChannel::cancel`] to publish nothing. Hand it back to the
+/// channel that issued it, exactly once: while it is out, the channel refuses other sends.
+#[derive(Debug)]
+#[must_use = "a loan must be committed or cancelled, or the channel refuses further sends"]
+pub struct Loan {
+    token: u32,
+    flow: Flow,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a pointer into the channel memory, reserved for the loan's holder alone.
+unsafe impl Send for Loan {}
+
+impl Loan {
+    /// Where the payload goes: `len()` writable bytes in the channel memory, valid until the
+    /// loan is committed or cancelled (and while the mapping lives).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// The number of bytes loaned.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true (loans are of at least one byte); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The flow the message goes to.
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+}
+
+/// A received message left in place (from [`AppChannel::poll_view`]): its bytes are read from
+/// the notification ring, whose space the sidecar cannot reuse until [`AppChannel::release`].
+/// Receives of later messages may go on meanwhile. Hand it back exactly once.
+#[derive(Debug)]
+#[must_use = "a view must be released, or its ring space is never given back"]
+pub struct View {
+    token: u32,
+    data: ViewData,
+}
+
+#[derive(Debug)]
+enum ViewData {
+    /// In the ring (held by the consumer).
+    Ring { ptr: *const u8, len: usize },
+    /// A message that was already copied out (read while a connect waited, or wrapped in a
+    /// ring that is not mirrored).
+    Owned(Vec<u8>),
+}
+
+// SAFETY: a pointer into the channel memory, which the sidecar does not write until released.
+unsafe impl Send for View {}
+
+impl View {
+    /// The message's first byte, valid until the view is released (and while the mapping
+    /// lives).
+    pub fn as_ptr(&self) -> *const u8 {
+        match &self.data {
+            ViewData::Ring { ptr, .. } => *ptr,
+            ViewData::Owned(v) => v.as_ptr(),
+        }
+    }
+
+    /// The message's length.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            ViewData::Ring { len, .. } => *len,
+            ViewData::Owned(v) => v.len(),
+        }
+    }
+
+    /// Never true (messages hold at least one byte); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the bytes are in the channel memory (not a copy).
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.data, ViewData::Ring { .. })
+    }
+}
+
+/// What [`AppChannel::poll_view_or_event`] found.
+#[derive(Debug)]
+pub enum Viewed {
+    /// A message, borrowed.
+    Message(Flow, View),
+    /// Any other event (never [`Event::Message`]).
+    Event(Event),
+}
+
 /// A condition the I/O layer can wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitFor {
@@ -353,6 +472,16 @@ struct FlowEntry {
     peer_closed: bool,
 }
 
+/// Where [`AppChannel::step`] puts a message.
+enum Dst<'b> {
+    /// A new vector ([`Event::Message`]).
+    Vec,
+    /// The caller's buffer.
+    Into(&'b mut [u8]),
+    /// Left in the ring ([`View`]).
+    Borrow,
+}
+
 /// One consumed notification, translated.
 enum Step {
     /// The ring is empty.
@@ -362,6 +491,8 @@ enum Step {
     Event(Event),
     /// A message copied into the caller's buffer.
     Into(Flow, usize),
+    /// A message left in the ring (held) or copied because it wraps.
+    Borrowed(Flow, View),
     /// The next message does not fit the caller's buffer (not consumed).
     TooSmall(usize),
     /// The answer to a connect request.
@@ -398,6 +529,10 @@ pub struct AppChannel {
     poisoned: Option<String>,
     /// The sidecar asked to be woken (it sleeps on a ring this side changed).
     wake_sidecar: bool,
+    /// A [`Loan`] is out: the request ring's tail is reserved.
+    loan_out: bool,
+    /// A [`View`] is out.
+    view_out: bool,
 }
 
 impl std::fmt::Debug for AppChannel {
@@ -445,6 +580,8 @@ impl AppChannel {
             auto_close: true,
             poisoned: None,
             wake_sidecar: false,
+            loan_out: false,
+            view_out: false,
         })
     }
 
@@ -634,7 +771,7 @@ impl AppChannel {
             }
         }
         loop {
-            match self.step(None)? {
+            match self.step(Dst::Vec)? {
                 Step::Connect { id, result }
                     if id == ticket.0 && self.connects.get(&id) == Some(&None) =>
                 {
@@ -644,7 +781,7 @@ impl AppChannel {
                 Step::Connect { id, result } => self.settle_connect(id, result),
                 Step::Event(ev) => self.pending.push_back(ev),
                 Step::Empty => return Ok(None),
-                Step::Skipped | Step::Into(..) | Step::TooSmall(_) => {}
+                Step::Skipped | Step::Into(..) | Step::TooSmall(_) | Step::Borrowed(..) => {}
             }
         }
     }
@@ -713,15 +850,215 @@ impl AppChannel {
             Some(e) if e.state == FlowState::Closing && !abort => return Ok(()),
             Some(_) => {}
         }
-        self.push(RecordHeader::new(kind, flow.handle), &[])?;
+        if self.loan_out {
+            // Written after the loaned record (commit or cancel flushes it).
+            self.deferred.push_back((kind, flow.handle));
+        } else {
+            self.push(RecordHeader::new(kind, flow.handle), &[])?;
+        }
         if let Some(e) = self.flows.get_mut(&flow.handle) {
             e.state = FlowState::Closing;
         }
         Ok(())
     }
 
+    // ----- zero-copy -----
+
+    /// Reserves room at the request ring's tail for one message of up to `len` bytes on `flow`
+    /// (a loaned send: iceoryx2's `loan_uninit`, Aeron's `try_claim`). Write the message at
+    /// [`Loan::as_mut_ptr`], then [`AppChannel::commit`] it (or [`AppChannel::cancel`]). Until
+    /// then other sends and connects fail with [`SubmitError::LoanOutstanding`]; closes and
+    /// aborts are queued behind the loan. Fails as [`AppChannel::send`] does, with
+    /// [`SubmitError::Full`] when the ring lacks room now; needs mirrored rings.
+    pub fn loan(&mut self, flow: &Flow, len: usize) -> Result<Loan, SubmitError> {
+        if self.loan_out {
+            return Err(SubmitError::LoanOutstanding);
+        }
+        self.check_send(flow, len)?;
+        if !self.views.to_sidecar.is_mirrored() {
+            return Err(SubmitError::NotMirrored);
+        }
+        self.check_flow_sendable(flow)?;
+        if !self.deferred.is_empty() {
+            self.flush_deferred()?;
+            if !self.deferred.is_empty() {
+                // Queued closes go first; they need the ring too.
+                let queued = self.deferred.len() as u64 * Self::footprint(0);
+                return Err(SubmitError::Full {
+                    need: Self::footprint(len) + queued,
+                });
+            }
+        }
+        match self.tx.reserve(len as u64) {
+            Ok(Some(ptr)) => {
+                self.loan_out = true;
+                Ok(Loan {
+                    token: self.token,
+                    flow: *flow,
+                    ptr,
+                    len,
+                })
+            }
+            Ok(None) => Err(SubmitError::NotMirrored),
+            Err(PushError::Full) => Err(SubmitError::Full {
+                need: Self::footprint(len),
+            }),
+            Err(PushError::TooLarge(n)) => Err(self
+                .poison(format!(
+                    "a record of {n} bytes does not fit the request ring, \
+                     although the layout promised room for the largest message"
+                ))
+                .into()),
+            Err(PushError::Corrupt(e)) => Err(self.corrupt(e).into()),
+        }
+    }
+
+    /// Publishes the first `used` bytes of `loan` as one message (1 ≤ `used` ≤ its length; the
+    /// rest of the room is given back). On any error nothing is published and the loan is
+    /// over (as if cancelled): [`SubmitError::BadCommitLength`], the flow ended meanwhile
+    /// ([`SubmitError::FlowClosed`]), the channel closed. A returned commit promises what a
+    /// returned [`AppChannel::send`] does (docs/CHANNEL.md §5).
+    pub fn commit(&mut self, loan: Loan, used: usize) -> Result<(), SubmitError> {
+        if loan.token != self.token || !self.loan_out {
+            return Err(SubmitError::NotMirrored);
+        }
+        self.loan_out = false;
+        let r = self.commit_checked(&loan, used);
+        // Closes queued behind the loan; a fault here shows on the next call.
+        let _ = self.flush_deferred();
+        r
+    }
+
+    fn commit_checked(&mut self, loan: &Loan, used: usize) -> Result<(), SubmitError> {
+        if used == 0 || used > loan.len {
+            return Err(SubmitError::BadCommitLength {
+                used,
+                loaned: loan.len,
+            });
+        }
+        self.check_usable()?;
+        self.check_flow_sendable(&loan.flow)?;
+        let mut h = RecordHeader::new(RecordKind::Send, loan.flow.handle);
+        h.len = used as u32;
+        self.tx.commit_reserved(h);
+        self.wake_sidecar |= self.tx.consumer_needs_wakeup();
+        Ok(self.check_published()?)
+    }
+
+    /// Ends `loan` without publishing anything (its room is simply not taken).
+    pub fn cancel(&mut self, loan: Loan) {
+        if loan.token == self.token && self.loan_out {
+            self.loan_out = false;
+            let _ = self.flush_deferred();
+        }
+    }
+
+    /// Whether a loan is outstanding.
+    pub fn has_loan(&self) -> bool {
+        self.loan_out
+    }
+
+    /// The bytes of `loan` (of this channel), to fill.
+    pub fn loan_bytes(&mut self, loan: &Loan) -> &mut [u8] {
+        assert!(
+            loan.token == self.token && self.loan_out,
+            "a loan of another channel"
+        );
+        // SAFETY: the loan's room is reserved in the (mirrored) request ring, which the
+        // views' contract keeps mapped; only the loan's holder writes it until commit.
+        unsafe { std::slice::from_raw_parts_mut(loan.ptr, loan.len) }
+    }
+
+    /// The next message left in place in the notification ring (a borrowed receive), or
+    /// `Ok(None)` if none is waiting. Flow events met on the way are handled as a
+    /// message-only [`AppChannel::poll`] handles them. The view must be given back with
+    /// [`AppChannel::release`]; until then its ring space stays taken, and another
+    /// `poll_view` fails with [`PollError::ViewOutstanding`] (other receives go on).
+    pub fn poll_view(&mut self) -> Result<Option<(Flow, View)>, PollError> {
+        loop {
+            match self.poll_view_or_event()? {
+                None => return Ok(None),
+                Some(Viewed::Message(flow, view)) => return Ok(Some((flow, view))),
+                Some(Viewed::Event(ev)) => self.skipped(&ev),
+            }
+        }
+    }
+
+    /// [`AppChannel::poll_view`], returning the other events met first instead of passing over
+    /// them (each call returns one thing).
+    pub fn poll_view_or_event(&mut self) -> Result<Option<Viewed>, PollError> {
+        self.check_poisoned()?;
+        if self.view_out {
+            return Err(PollError::ViewOutstanding);
+        }
+        if let Some(ev) = self.pending.pop_front() {
+            return Ok(Some(match ev {
+                Event::Message { flow, data } => {
+                    self.view_out = true;
+                    let view = View {
+                        token: self.token,
+                        data: ViewData::Owned(data),
+                    };
+                    Viewed::Message(flow, view)
+                }
+                ev => Viewed::Event(ev),
+            }));
+        }
+        loop {
+            match self.step(Dst::Borrow)? {
+                Step::Empty => return Ok(None),
+                Step::Borrowed(flow, view) => {
+                    self.view_out = true;
+                    return Ok(Some(Viewed::Message(flow, view)));
+                }
+                Step::Connect { id, result } => self.settle_connect(id, result),
+                Step::Event(ev) => return Ok(Some(Viewed::Event(ev))),
+                Step::Skipped | Step::Into(..) | Step::TooSmall(_) => {}
+            }
+        }
+    }
+
+    /// Gives `view` back: its ring space is released to the sidecar (woken if it waits).
+    pub fn release(&mut self, view: View) {
+        if view.token != self.token || !self.view_out {
+            return;
+        }
+        self.view_out = false;
+        if view.is_in_place() {
+            self.rx.release_held();
+            self.wake_sidecar |= self.rx.producer_needs_wakeup();
+        }
+    }
+
+    /// Whether a view is outstanding.
+    pub fn has_view(&self) -> bool {
+        self.view_out
+    }
+
+    /// The bytes of `view` (of this channel).
+    pub fn view_bytes<'a>(&'a self, view: &'a View) -> &'a [u8] {
+        assert!(view.token == self.token, "a view of another channel");
+        match &view.data {
+            // SAFETY: the record is held: the sidecar cannot reuse its bytes before release,
+            // and the views' contract keeps them mapped.
+            ViewData::Ring { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            ViewData::Owned(v) => v,
+        }
+    }
+
+    fn check_flow_sendable(&self, flow: &Flow) -> Result<(), SubmitError> {
+        match self.flows.get(&flow.handle) {
+            None => Err(SubmitError::FlowClosed(self.close_reason(flow.handle))),
+            Some(e) if e.state == FlowState::Closing => Err(SubmitError::FlowClosing),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Pushes one request record (after any deferred ones).
     fn push(&mut self, h: RecordHeader, parts: &[&[u8]]) -> Result<(), SubmitError> {
+        if self.loan_out {
+            return Err(SubmitError::LoanOutstanding);
+        }
         if !self.deferred.is_empty() {
             self.flush_deferred()?;
         }
@@ -762,6 +1099,10 @@ impl AppChannel {
     }
 
     fn flush_deferred(&mut self) -> Result<(), ChannelFault> {
+        if self.loan_out {
+            // The tail is reserved: they go after the loaned record.
+            return Ok(());
+        }
         while let Some(&(kind, handle)) = self.deferred.front() {
             match self.tx.push(RecordHeader::new(kind, handle), &[]) {
                 Ok(()) => {
@@ -806,12 +1147,14 @@ impl AppChannel {
             }
         }
         loop {
-            let into = match want {
-                Want::Into(b) | Want::IntoOrEvent(b) => Some(&mut **b),
-                _ => None,
+            let (dst, available) = match want {
+                Want::Into(b) | Want::IntoOrEvent(b) => {
+                    let n = b.len();
+                    (Dst::Into(b), n)
+                }
+                _ => (Dst::Vec, 0),
             };
-            let available = into.as_ref().map_or(0, |b| b.len());
-            match self.step(into)? {
+            match self.step(dst)? {
                 Step::Empty => return Ok(None),
                 Step::Skipped => {}
                 Step::Connect { id, result } => self.settle_connect(id, result),
@@ -819,6 +1162,7 @@ impl AppChannel {
                     return Err(PollError::BufferTooSmall { needed, available })
                 }
                 Step::Into(flow, n) => return Ok(Some(Got::Into(flow, n))),
+                Step::Borrowed(..) => unreachable!("only poll_view borrows"),
                 Step::Event(ev) => match (&*want, ev) {
                     (Want::Event | Want::IntoOrEvent(_), ev) => return Ok(Some(Got::Event(ev))),
                     (Want::Message, Event::Message { flow, data }) => {
@@ -830,9 +1174,10 @@ impl AppChannel {
         }
     }
 
-    /// Consumes and translates the next notification. With `into`, a message for a known
-    /// flow is copied there instead of into a new vector (or left in place if it does not fit).
-    fn step(&mut self, into: Option<&mut [u8]>) -> Result<Step, ChannelFault> {
+    /// Consumes and translates the next notification. A message for a known flow goes where
+    /// `dst` says: a new vector, the caller's buffer (left in place if it does not fit), or
+    /// borrowed in the ring.
+    fn step(&mut self, dst: Dst<'_>) -> Result<Step, ChannelFault> {
         if !self.deferred.is_empty() {
             self.flush_deferred()?;
         }
@@ -848,16 +1193,38 @@ impl AppChannel {
             RecordKind::Message => match self.flow(h.flow) {
                 // A message for a flow we gave up on (or never knew): nobody can take it.
                 None => Step::Skipped,
-                Some(flow) => match into {
-                    Some(buf) if len > buf.len() => return Ok(Step::TooSmall(len)),
-                    Some(buf) => {
+                Some(flow) => match dst {
+                    Dst::Into(buf) if len > buf.len() => return Ok(Step::TooSmall(len)),
+                    Dst::Into(buf) => {
                         self.rx.read_payload(&rec, &mut buf[..len]);
                         Step::Into(flow, len)
                     }
-                    None => {
+                    Dst::Vec => {
                         let mut data = vec![0u8; len];
                         self.rx.read_payload(&rec, &mut data);
                         Step::Event(Event::Message { flow, data })
+                    }
+                    Dst::Borrow => {
+                        let data = match self.rx.payload_ptr(&rec) {
+                            Some(ptr) if self.rx.consume_held(&rec) => {
+                                // Consumed, but its bytes stay ours until `release`.
+                                return Ok(Step::Borrowed(
+                                    flow,
+                                    View {
+                                        token: self.token,
+                                        data: ViewData::Ring { ptr, len },
+                                    },
+                                ));
+                            }
+                            _ => ViewData::Owned(self.rx.payload_to_vec(&rec)),
+                        };
+                        Step::Borrowed(
+                            flow,
+                            View {
+                                token: self.token,
+                                data,
+                            },
+                        )
                     }
                 },
             },
@@ -1052,3 +1419,5 @@ impl AppChannel {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod zero_copy_tests;

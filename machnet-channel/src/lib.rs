@@ -16,6 +16,8 @@
 pub mod app;
 pub mod control;
 pub mod engine;
+#[cfg(any(test, feature = "mirror"))]
+pub mod mirror;
 pub mod record;
 pub mod ring;
 
@@ -316,7 +318,7 @@ impl ChannelLayout {
 /// Raw views into a mapped channel.
 #[derive(Clone, Copy)]
 pub struct ChannelViews {
-    header: *const ChannelHeader,
+    pub(crate) header: *const ChannelHeader,
     /// The request ring (app → sidecar).
     pub to_sidecar: RingView,
     /// The notification ring (sidecar → app).
@@ -332,6 +334,20 @@ impl ChannelViews {
         // SAFETY: `views`' contract keeps the header mapped.
         unsafe { &(*self.header).closed }
     }
+
+    /// Whether both rings are mirrored (every record contiguous: `mirror::MirroredMap`).
+    pub fn is_mirrored(&self) -> bool {
+        self.to_sidecar.is_mirrored() && self.to_app.is_mirrored()
+    }
+
+    /// The same memory seen as plain rings (what the sidecar's view would be).
+    pub fn unmirrored(self) -> Self {
+        ChannelViews {
+            to_sidecar: self.to_sidecar.unmirrored(),
+            to_app: self.to_app.unmirrored(),
+            ..self
+        }
+    }
 }
 
 /// Channel memory for the crate's tests: what the mapping is in production.
@@ -339,10 +355,17 @@ impl ChannelViews {
 pub(crate) mod test_memory {
     use super::HEADER_PAGE;
 
-    /// Page-aligned zeroed memory (a mapping is page-aligned too), freed on drop.
-    pub(crate) struct Region {
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
+    use super::{ChannelLayout, ChannelViews};
+    use crate::mirror::MirroredMap;
+
+    /// Page-aligned zeroed memory (a mapping is page-aligned too), freed on drop; or a memfd
+    /// mapped with mirrored rings as the client maps it ([`Region::mirrored`]).
+    pub(crate) enum Region {
+        Heap {
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+        },
+        Mirrored(MirroredMap),
     }
 
     impl Region {
@@ -353,19 +376,49 @@ pub(crate) mod test_memory {
             // SAFETY: non-zero size (every channel layout has a header page).
             let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
             assert!(!ptr.is_null());
-            Region { ptr, layout }
+            Region::Heap { ptr, layout }
         }
 
-        /// The start of the memory.
+        /// A fresh channel of `layout` in a memfd, header written, mapped with mirrored rings
+        /// (the mapping code the client uses); [`Region::views`] are mirrored.
+        pub(crate) fn mirrored(layout: &ChannelLayout) -> Region {
+            use nix::sys::memfd::{memfd_create, MFdFlags};
+            use std::os::fd::AsFd;
+            let fd = memfd_create(c"machnet-test", MFdFlags::MFD_CLOEXEC).unwrap();
+            nix::unistd::ftruncate(&fd, layout.total_len as i64).unwrap();
+            let map = MirroredMap::map_layout(fd.as_fd(), layout).unwrap();
+            // SAFETY: the header page is mapped writable, zero-filled, page-aligned.
+            unsafe { layout.init(map.header_ptr()) };
+            Region::Mirrored(map)
+        }
+
+        /// The start of the memory (heap regions only: a mirrored region's rings are not at
+        /// the layout's offsets from it).
         pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
-            self.ptr
+            match self {
+                Region::Heap { ptr, .. } => *ptr,
+                Region::Mirrored(_) => panic!("a mirrored region has no flat layout"),
+            }
+        }
+
+        /// Views of a channel of `layout` in this region (header already written for
+        /// mirrored regions; heap regions must have been `init`ed by the caller).
+        pub(crate) fn views(&mut self, layout: &ChannelLayout) -> ChannelViews {
+            match self {
+                // SAFETY: the region holds `total_len` bytes and outlives the views (callers
+                // keep it last).
+                Region::Heap { ptr, .. } => unsafe { layout.views(*ptr) },
+                Region::Mirrored(m) => m.views(),
+            }
         }
     }
 
     impl Drop for Region {
         fn drop(&mut self) {
-            // SAFETY: allocated in `zeroed` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+            if let Region::Heap { ptr, layout } = self {
+                // SAFETY: allocated in `zeroed` with this layout.
+                unsafe { std::alloc::dealloc(*ptr, *layout) }
+            }
         }
     }
 }

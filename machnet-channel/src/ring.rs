@@ -4,7 +4,9 @@
 //! Positions are monotonically increasing byte counters (`u64`, never wrapping in practice); the
 //! byte at position `p` lives at offset `p % capacity` of the data area. Records are a 16-byte
 //! [`RecordHeader`] followed by the payload, padded to 8 bytes; a record may wrap around the end
-//! of the data area (it is copied in two pieces).
+//! of the data area (it is copied in two pieces). A view of a ring whose data area is mapped
+//! twice back-to-back ([`RingView::new_mirrored`], the app side: `crate::mirror`) sees every
+//! record contiguously, which is what loaned sends and borrowed receives hand out.
 //!
 //! **Trust.** Each side keeps the index it owns (the producer's tail, the consumer's head) in
 //! private memory and only *publishes* it; the other side's index is read from shared memory and
@@ -67,6 +69,7 @@ pub enum PushError {
     /// The record (this many bytes, header and padding included) exceeds the ring's capacity.
     #[error("record of {0} bytes can never fit in this ring")]
     TooLarge(u64),
+
     /// The consumer's index in shared memory is inconsistent.
     #[error(transparent)]
     Corrupt(#[from] RingError),
@@ -82,8 +85,10 @@ pub fn record_footprint(payload_len: u64) -> u64 {
 #[derive(Clone, Copy)]
 pub struct RingView {
     ctrl: *const RingControl,
-    data: *mut u8,
+    pub(crate) data: *mut u8,
     capacity: u64,
+    /// The data area is followed by a second mapping of itself (`2 * capacity` bytes visible).
+    mirrored: bool,
 }
 
 // SAFETY: the view points into a shared mapping that both threads/processes access through
@@ -103,7 +108,44 @@ impl RingView {
             ctrl,
             data,
             capacity,
+            mirrored: false,
         }
+    }
+
+    /// A view of a ring whose data area is mapped twice back-to-back at `data`: the bytes at
+    /// `data + i` and `data + capacity + i` are the same memory, so any `capacity` bytes from
+    /// any position are one contiguous slice.
+    ///
+    /// # Safety
+    /// As [`RingView::new`], with `2 * capacity` bytes mapped at `data` as described.
+    pub unsafe fn new_mirrored(ctrl: *const RingControl, data: *mut u8, capacity: u64) -> Self {
+        RingView {
+            mirrored: true,
+            ..Self::new(ctrl, data, capacity)
+        }
+    }
+
+    /// Whether the data area is mirrored (see [`RingView::new_mirrored`]).
+    pub fn is_mirrored(&self) -> bool {
+        self.mirrored
+    }
+
+    /// This view without the mirror property (the same memory, accessed as a plain ring).
+    pub fn unmirrored(self) -> Self {
+        RingView {
+            mirrored: false,
+            ..self
+        }
+    }
+
+    /// Where the `len` bytes at position `pos` start, if they are contiguous in this view (a
+    /// mirrored view: always; otherwise unless they wrap). `len` must not exceed the capacity.
+    fn contiguous(&self, pos: u64, len: u64) -> Option<*mut u8> {
+        debug_assert!(len <= self.capacity);
+        let off = pos % self.capacity;
+        // SAFETY: off < capacity; with a mirror, off + len <= 2 * capacity bytes are mapped.
+        (self.mirrored || off + len <= self.capacity)
+            .then(|| unsafe { self.data.add(off as usize) })
     }
 
     /// The ring's shared control block (indices and wake-up flags).
@@ -119,6 +161,11 @@ impl RingView {
 
     /// Copies `src` into the data area starting at position `pos` (wrapping).
     fn write_at(&self, pos: u64, src: &[u8]) {
+        if let Some(dst) = self.contiguous(pos, src.len() as u64) {
+            // SAFETY: `contiguous` vouches for `src.len()` bytes at `dst`.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            return;
+        }
         let off = (pos % self.capacity) as usize;
         let first = src.len().min(self.capacity as usize - off);
         // SAFETY: off < capacity and first <= capacity - off; the rest starts at 0 and is at most
@@ -131,6 +178,11 @@ impl RingView {
 
     /// Copies bytes at position `pos` (wrapping) into `dst`.
     fn read_at(&self, pos: u64, dst: &mut [u8]) {
+        if let Some(src) = self.contiguous(pos, dst.len() as u64) {
+            // SAFETY: `contiguous` vouches for `dst.len()` bytes at `src`.
+            unsafe { ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+            return;
+        }
         let off = (pos % self.capacity) as usize;
         let first = dst.len().min(self.capacity as usize - off);
         // SAFETY: as in `write_at`; callers never read more than `capacity` bytes.
@@ -211,6 +263,33 @@ impl Producer {
         Ok(())
     }
 
+    /// Finds room for one record of up to `len` payload bytes at the tail without writing or
+    /// publishing anything, and returns where its payload goes (`len` contiguous writable
+    /// bytes), for the caller to fill and then publish with [`Producer::commit_reserved`].
+    /// The room stays free until then: only this end moves the tail, and the consumer never
+    /// passes it. `Ok(None)` if the payload would wrap in a view that is not mirrored.
+    pub fn reserve(&mut self, len: u64) -> Result<Option<*mut u8>, PushError> {
+        let need = record_footprint(len);
+        if need > self.ring.capacity || u32::try_from(len).is_err() {
+            return Err(PushError::TooLarge(len));
+        }
+        if self.ring.capacity - (self.tail - self.head) < need && self.free()? < need {
+            return Err(PushError::Full);
+        }
+        Ok(self
+            .ring
+            .contiguous(self.tail + RECORD_HEADER_LEN as u64, len))
+    }
+
+    /// Publishes the record reserved with [`Producer::reserve`] (whose payload the caller wrote
+    /// in place): writes `header` (its `len` no more than the reserved length) and moves the
+    /// tail by the footprint of `header.len` only, giving back the rest.
+    pub fn commit_reserved(&mut self, header: RecordHeader) {
+        self.ring.write_at(self.tail, &header.encode());
+        self.tail += record_footprint(u64::from(header.len));
+        self.ring.control().tail.store(self.tail, Ordering::Release);
+    }
+
     /// After publishing: whether the consumer asked to be woken (and clears its request). The
     /// SeqCst fence pairs with the consumer's in [`Consumer::prepare_wait`] (docs/CHANNEL.md §4).
     pub fn consumer_needs_wakeup(&self) -> bool {
@@ -250,8 +329,11 @@ pub struct Peeked {
 /// The consuming end of a ring.
 pub struct Consumer {
     ring: RingView,
-    /// Our position; the shared `head` is only ever a copy of it.
+    /// Our position. The shared `head` is a copy of it, or of `held` while a record is held.
     head: u64,
+    /// Start of the record handed out by [`Consumer::consume_held`] and not yet released: the
+    /// published position stops there so the producer cannot reuse its bytes.
+    held: Option<u64>,
     /// Last producer position seen (validated).
     tail: u64,
     /// Largest payload accepted in one record.
@@ -265,6 +347,7 @@ impl Consumer {
         Consumer {
             ring,
             head: start,
+            held: None,
             tail: start,
             max_payload,
         }
@@ -278,10 +361,12 @@ impl Consumer {
     /// Reads and validates the producer's position.
     fn refresh_tail(&mut self) -> Result<(), RingError> {
         let tail = self.ring.control().tail.load(Ordering::Acquire);
-        if tail < self.tail || tail - self.head > self.ring.capacity {
+        // The producer may be `capacity` bytes ahead of what we published, not of `head`.
+        let published = self.published();
+        if tail < self.tail || tail - published > self.ring.capacity {
             return Err(RingError::BadIndex {
                 peer: tail,
-                own: self.head,
+                own: published,
                 capacity: self.ring.capacity,
             });
         }
@@ -352,11 +437,54 @@ impl Consumer {
         v
     }
 
-    /// Releases `rec` (the record most recently peeked) and publishes the new position.
+    /// Releases `rec` (the record most recently peeked) and publishes the new position (or,
+    /// while a record is held, keeps the published position at the held record).
     pub fn consume(&mut self, rec: &Peeked) {
         debug_assert_eq!(rec.payload_pos, self.head + RECORD_HEADER_LEN as u64);
         self.head += record_footprint(u64::from(rec.header.len));
+        self.ring
+            .control()
+            .head
+            .store(self.published(), Ordering::Release);
+    }
+
+    /// Where the payload of `rec` starts if it is contiguous in this view (a mirrored view:
+    /// always; otherwise unless it wraps). The bytes stay valid until `rec` is consumed, or
+    /// released after [`Consumer::consume_held`].
+    pub fn payload_ptr(&self, rec: &Peeked) -> Option<*const u8> {
+        self.ring
+            .contiguous(rec.payload_pos, u64::from(rec.header.len))
+            .map(|p| p.cast_const())
+    }
+
+    /// Moves past `rec` (the record most recently peeked) like [`Consumer::consume`], but keeps
+    /// its bytes: the published position stays at its start until [`Consumer::release_held`].
+    /// Later records may be consumed meanwhile. At most one record is held; `false` (and
+    /// nothing done) if one already is.
+    pub fn consume_held(&mut self, rec: &Peeked) -> bool {
+        if self.held.is_some() {
+            return false;
+        }
+        debug_assert_eq!(rec.payload_pos, self.head + RECORD_HEADER_LEN as u64);
+        self.held = Some(self.head);
+        self.head += record_footprint(u64::from(rec.header.len));
+        true
+    }
+
+    /// Gives the held record's bytes back to the producer (publishes the position).
+    pub fn release_held(&mut self) {
+        self.held = None;
         self.ring.control().head.store(self.head, Ordering::Release);
+    }
+
+    /// Whether a record is held ([`Consumer::consume_held`]).
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The position published to the producer.
+    fn published(&self) -> u64 {
+        self.held.unwrap_or(self.head)
     }
 
     /// After consuming: whether the producer asked to be woken when space frees up.

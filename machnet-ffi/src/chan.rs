@@ -30,6 +30,12 @@ pub(crate) fn bad_ctx() -> Error {
 pub(crate) fn shared_err<E: ClientError>(e: SharedError<E>) -> Error {
     match e {
         SharedError::Interrupted => Error::new(libc::EINTR, "interrupted by machnet_interrupt"),
+        e @ SharedError::Busy => Error {
+            code: libc::EBUSY,
+            kind: e.kind(),
+            msg: e.to_string(),
+        },
+        e @ SharedError::NoneOutstanding => Error::new(libc::EINVAL, e.to_string()),
         SharedError::Op(e) => e.into(),
         _ => bad_ctx(),
     }

@@ -146,6 +146,7 @@ pub(crate) fn describe(code: c_int) -> &'static std::ffi::CStr {
         libc::EPROTO => c"the sidecar broke the Machnet protocol, or speaks another version",
         libc::EAGAIN => c"resource temporarily unavailable, or the sidecar ran out of channels, ports or connections (try again)",
         libc::EINTR => c"interrupted by machnet_interrupt",
+        libc::EBUSY => c"a send loan or borrowed message is out on this channel (commit, cancel or release it first)",
         libc::EACCES => c"the sidecar refused this user or group",
         libc::EPERM => c"the sidecar refused the request",
         libc::ENOENT => c"no Machnet sidecar socket at that path (is the sidecar running? see MACHNET_SOCKET)",

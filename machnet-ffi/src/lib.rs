@@ -404,6 +404,57 @@ fn sendmsg(ctx: *const c_void, h: *const MachnetMsgHdr) -> Result<()> {
     send_parts(ctx, &h.flow_info, &parts)
 }
 
+// ----- zero-copy -----
+
+fn loan(
+    ctx: *const c_void,
+    flow: &MachnetFlow,
+    len: usize,
+    buf: *mut *mut c_void,
+    deadline: Option<Instant>,
+) -> Result<c_int> {
+    let ctx = handle::get(ctx)?;
+    let buf = out(buf, "buf")?;
+    if len == 0 {
+        return Err(Error::new(
+            libc::EINVAL,
+            "a loan must be of at least one byte",
+        ));
+    }
+    if len > MACHNET_MSG_MAX_LEN as usize {
+        return Err(Error::new(
+            libc::EMSGSIZE,
+            format!("loan of {len} bytes exceeds MACHNET_MSG_MAX_LEN"),
+        ));
+    }
+    let f = chan::with(&ctx, |ch| find_flow(ch, flow))?;
+    let got = ctx.loan(&f, len, deadline).map_err(shared_err)?;
+    *buf = got.ptr.cast();
+    Ok(0)
+}
+
+fn recv_zc(
+    ctx: *const c_void,
+    data: *mut *const c_void,
+    len: *mut usize,
+    flow: *mut MachnetFlow,
+    deadline: Option<Instant>,
+) -> Result<c_int> {
+    let ctx = handle::get(ctx)?;
+    let data = out(data, "data")?;
+    let len = out(len, "len")?;
+    let flow = out(flow, "flow")?;
+    match ctx.recv_zc(deadline).map_err(shared_err)? {
+        Some(v) => {
+            *data = v.ptr.cast();
+            *len = v.len;
+            *flow = to_c(v.flow.local_addr(), v.flow.remote_addr(), false);
+            Ok(1)
+        }
+        None => Ok(0),
+    }
+}
+
 // ----- receiving -----
 
 /// Receives into `buf`, waiting until `deadline` (`Some(now)`: do not wait).
@@ -608,6 +659,14 @@ fn detach(
 /// Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
 /// address (or "0.0.0.0").
 ///
+/// Listen groups: a port belongs to one application (process) host-wide; other channels of the
+/// same process may listen on it too (on any engine) and share its flows: each new flow is
+/// accepted on one engine that has such a channel and delivered to a channel of that engine
+/// (round-robin among several), never moved between engines. To use every engine, attach as
+/// many channels as the sidecar has engines (it places new channels round-robin over them),
+/// listen on each and serve each from its own thread. Another process gets
+/// `EADDRINUSE`, as does the same channel listening twice (docs/CHANNEL.md §2).
+///
 /// Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
 /// `ECONNRESET` if the sidecar is gone, ...).
 #[no_mangle]
@@ -761,6 +820,134 @@ pub extern "C" fn machnet_sendmmsg(
             }
         }
         Ok(vlen)
+    })
+}
+
+// ----- zero-copy -----
+
+/// Extension: loans room for one message of up to `len` bytes on `flow` (either orientation)
+/// directly in the channel's shared memory, waiting for ring space like `machnet_send`. On
+/// success `*buf` points to `len` writable bytes (their initial contents are unspecified):
+/// write the message there, then
+/// `machnet_commit` it (or `machnet_loan_cancel`). No copy is made on the application's side.
+///
+/// Rules: one loan per channel at a time. While it is out, sends and loans from other threads
+/// wait for it to end; a send or loan from the thread holding it fails with `EBUSY` (it
+/// would wait for itself); `machnet_connect` fails. Any thread may commit or cancel it.
+/// Closes requested meanwhile are carried out after the loaned message. `*buf` is valid until
+/// the loan is committed or cancelled; do not use it afterwards. The memory stays mapped until
+/// `machnet_detach`.
+///
+/// Returns 0 on success, -1 on failure (errno: `EINVAL` for `len` 0, a NULL `buf` or flow not
+/// given; `EMSGSIZE` for `len` > `MACHNET_MSG_MAX_LEN` or the channel's maximum; `ENOTCONN`
+/// if the flow is not open; `EBUSY` as above; `ECONNRESET` if the sidecar is gone; `EINTR`
+/// after `machnet_interrupt`). `*buf` is untouched on failure.
+#[no_mangle]
+pub extern "C" fn machnet_loan(
+    channel_ctx: *const c_void,
+    flow: MachnetFlow_t,
+    len: usize,
+    buf: *mut *mut c_void,
+) -> c_int {
+    guard(-1, || loan(channel_ctx, &flow, len, buf, None))
+}
+
+/// Extension: `machnet_loan` without waiting: -1 with `EAGAIN` if the request ring lacks room
+/// now, `EBUSY` if another thread's loan is out.
+#[no_mangle]
+pub extern "C" fn machnet_try_loan(
+    channel_ctx: *const c_void,
+    flow: MachnetFlow_t,
+    len: usize,
+    buf: *mut *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        loan(channel_ctx, &flow, len, buf, Some(Instant::now()))
+    })
+}
+
+/// Extension: sends the first `len` bytes of the loan taken with `machnet_loan` as one message
+/// (1 ≤ `len` ≤ the length loaned; the rest of the room is given back). The loan is over
+/// whatever the result: on failure nothing is sent (a bad `len` is `EINVAL` and cancels the
+/// loan, so a mistake never leaves the channel blocked). 0 promises what a returned
+/// `machnet_send` promises.
+///
+/// Returns 0 on success, -1 on failure (errno: `EINVAL` if no loan is out or `len` is 0 or
+/// larger than the loan; `ENOTCONN`/`EPIPE` if the flow ended meanwhile; `ECONNRESET` if the
+/// sidecar is gone; ...).
+#[no_mangle]
+pub extern "C" fn machnet_commit(channel_ctx: *const c_void, len: usize) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        ctx.commit(len).map_err(shared_err)?;
+        Ok(0)
+    })
+}
+
+/// Extension: ends the loan taken with `machnet_loan` without sending anything.
+///
+/// Returns 0 on success, -1 with `EINVAL` if no loan is out.
+#[no_mangle]
+pub extern "C" fn machnet_loan_cancel(channel_ctx: *const c_void) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        ctx.cancel_loan().map_err(shared_err)?;
+        Ok(0)
+    })
+}
+
+/// Extension: receives the next message without copying it and without waiting: on 1, `*data`
+/// points to its `*len` bytes in the channel's shared memory and `*flow` is its flow (src =
+/// the peer). The message stays borrowed — its ring space is not reused — until
+/// `machnet_release`; read it only until then. Flow events met on the way are queued as
+/// `machnet_recv` queues them.
+///
+/// Rules: one borrowed message per channel at a time. While it is out, other receives
+/// (`machnet_recv`, ...) go on and return the messages after it; another `machnet_recv_zc`
+/// fails with `EBUSY` (this one does not wait). Any thread may release it. Releasing it twice
+/// fails with `EINVAL` (no crash). Do not write through `*data`.
+///
+/// Returns 1 if a message is borrowed, 0 if none is waiting, -1 on failure (errno: `EINVAL`
+/// for NULL pointers, `EBUSY`, `ECONNRESET` if the sidecar is gone, ...).
+#[no_mangle]
+pub extern "C" fn machnet_recv_zc(
+    channel_ctx: *const c_void,
+    data: *mut *const c_void,
+    len: *mut usize,
+    flow: *mut MachnetFlow_t,
+) -> c_int {
+    guard(-1, || {
+        recv_zc(channel_ctx, data, len, flow, Some(Instant::now()))
+    })
+}
+
+/// Extension: `machnet_recv_zc` waiting up to `timeout_ms` milliseconds (negative: without
+/// limit) for a message, and for another thread's borrowed message to be released. Returns 0
+/// if the timeout passed; -1 with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once
+/// if the calling thread itself holds a borrowed message.
+#[no_mangle]
+pub extern "C" fn machnet_recv_zc_timeout(
+    channel_ctx: *const c_void,
+    data: *mut *const c_void,
+    len: *mut usize,
+    flow: *mut MachnetFlow_t,
+    timeout_ms: c_int,
+) -> c_int {
+    guard(-1, || {
+        recv_zc(channel_ctx, data, len, flow, deadline_ms(timeout_ms))
+    })
+}
+
+/// Extension: gives back the message borrowed with `machnet_recv_zc` (its bytes must not be
+/// read afterwards); the sidecar may reuse its space.
+///
+/// Returns 0 on success, -1 with `EINVAL` if no message is borrowed (e.g. released twice).
+#[no_mangle]
+pub extern "C" fn machnet_release(channel_ctx: *const c_void) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        ctx.release().map_err(shared_err)?;
+        Ok(0)
     })
 }
 

@@ -10,13 +10,18 @@ use std::cell::Cell;
 use std::io::IoSlice;
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use machnet_channel::app::{self, AppChannel, ChannelFault, PollError, SubmitError, WaitFor};
+use machnet_channel::app::{
+    self, AppChannel, ChannelFault, Loan, PollError, SubmitError, View, WaitFor,
+};
 pub use machnet_channel::app::{ConnectTicket, Event, Flow, FlowStatus, RequestKind};
 pub(crate) use machnet_channel::app::{Got, Want};
-use machnet_channel::{ChannelLayout, HEADER_PAGE};
+use machnet_channel::mirror::{MirrorError, MirroredMap};
+use machnet_channel::HEADER_PAGE;
 
 use crate::error::{
     CloseError, ConnectError, Fault, ListenError, OpenChannelError, RecvError, RequestError,
@@ -69,6 +74,7 @@ impl From<PollError> for RecvError {
             PollError::BufferTooSmall { needed, available } => {
                 RecvError::BufferTooSmall { needed, available }
             }
+            PollError::ViewOutstanding => RecvError::ViewOutstanding,
             PollError::Fault(f) => Fault::from(f).into(),
         }
     }
@@ -83,6 +89,12 @@ impl From<SubmitError> for SendError {
             SubmitError::FlowClosed(c) => SendError::FlowClosed(c),
             SubmitError::FlowClosing => SendError::FlowClosing,
             SubmitError::Full { .. } => SendError::WouldBlock,
+            SubmitError::LoanOutstanding => SendError::LoanOutstanding,
+            SubmitError::BadCommitLength { used, loaned } => {
+                SendError::BadCommitLength { used, loaned }
+            }
+            // Channels are always mapped mirrored here, and loans never leave their channel.
+            SubmitError::NotMirrored => SendError::Io(std::io::Error::other(e.to_string())),
             SubmitError::Fault(f) => Fault::from(f).into(),
         }
     }
@@ -137,7 +149,9 @@ pub struct Channel {
     // Keep the descriptors and the mapping after everything that refers to them.
     pub(crate) app_efd: OwnedFd,
     sidecar_efd: OwnedFd,
-    _map: memmap2::MmapRaw,
+    /// The channel memory, rings mirrored (loans and views point into it; a shared channel
+    /// keeps it mapped while a C caller may still hold such a pointer).
+    pub(crate) map: Arc<MirroredMap>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -180,18 +194,17 @@ impl Channel {
         if seals & libc::F_SEAL_SHRINK == 0 {
             return Err(bad("channel memory is not sealed against shrinking".into()));
         }
-        let map = memmap2::MmapOptions::new()
-            .len(len as usize)
-            .map_raw(&memfd)
-            .map_err(OpenChannelError::Map)?;
+        // Each ring's data is mapped twice back-to-back, so that every record is contiguous
+        // (loaned sends, borrowed receives); the header is validated on the way.
+        let map = MirroredMap::map(memfd.as_fd(), len).map_err(|e| match e {
+            MirrorError::Sys { source, .. } => OpenChannelError::Map(source),
+            MirrorError::Layout(l) => OpenChannelError::Layout(l),
+            e @ MirrorError::PageSize(_) => bad(e.to_string()),
+        })?;
         drop(memfd);
-        let mem = map.as_mut_ptr();
-        // SAFETY: `mem` is a page-aligned shared mapping of `len` readable bytes that `map` keeps
-        // alive for as long as the channel.
-        let layout = unsafe { ChannelLayout::read(mem, len) }.map_err(OpenChannelError::Layout)?;
-        // SAFETY: as above; the views are stored next to `map` and never outlive it.
-        let views = unsafe { layout.views(mem) };
-        let app = AppChannel::new(&layout, views).map_err(|e| bad(e.to_string()))?;
+        // The views point into `map`, stored next to them and dropped after them.
+        let views = map.views();
+        let app = AppChannel::new(map.layout(), views).map_err(|e| bad(e.to_string()))?;
         sys::set_nonblocking(app_efd.as_raw_fd()).map_err(|e| bad(format!("app eventfd: {e}")))?;
         Ok(Channel {
             machnet,
@@ -205,7 +218,7 @@ impl Channel {
             async_fds: None,
             app_efd,
             sidecar_efd,
-            _map: map,
+            map: Arc::new(map),
             _not_sync: PhantomData,
         })
     }
@@ -271,7 +284,17 @@ impl Channel {
     // ----- control -----
 
     /// Accepts connections to Machnet `port` on this channel: accepted flows appear as
-    /// [`Event::Accepted`] (and implicitly in [`Channel::recv`]). One owner per port per host.
+    /// [`Event::Accepted`] (and implicitly in [`Channel::recv`]).
+    ///
+    /// A port belongs to one application (process) host-wide: another application gets
+    /// [`ListenError::PortInUse`]. Other channels of this application may listen on the same
+    /// port too and form its *listen group* (docs/CHANNEL.md §2): each new flow is accepted on
+    /// one engine with a member and announced on a member channel of that engine (round-robin
+    /// among several), never moved between engines. To serve a port from every engine, open one
+    /// channel per engine (`Machnet::open_channel(Some(e))` for `e` in `0..Machnet::engines()`),
+    /// listen on each and serve each from its own thread. Engines without a member leave the
+    /// flow to one that has; a connect succeeds while any member listens. A member that
+    /// unlistens or closes ends only its own flows' listening; the others go on.
     pub fn listen(&mut self, port: u16) -> Result<(), ListenError> {
         self.machnet.listen(self.id, port)
     }
@@ -318,6 +341,9 @@ impl Channel {
         let ticket = match self.connect_start(ip, port, Block::Until(deadline)) {
             Ok(ticket) => ticket,
             Err(PushFail::Fault(f)) => return Err(f.into()),
+            Err(PushFail::Rejected(e @ SubmitError::LoanOutstanding)) => {
+                return Err(ConnectError::Io(std::io::Error::other(e.to_string())))
+            }
             Err(PushFail::WouldBlock | PushFail::TimedOut | PushFail::Rejected(_)) => {
                 return Err(ConnectError::TimedOut(timeout))
             }
@@ -470,6 +496,122 @@ impl Channel {
             .check_send(flow, parts.iter().map(|p| p.len()).sum())?;
         self.check_sidecar()?;
         Ok(self.submit(block, |app| app.send(flow, parts))?)
+    }
+
+    // ----- zero-copy -----
+
+    /// Loans room for one message of up to `len` bytes on `flow` in the channel memory, waiting
+    /// for ring space as [`Channel::send`] does: write the message into the returned
+    /// [`SendLoan`] (a `&mut [u8]` of exactly `len` bytes) and [`SendLoan::commit`] it — no
+    /// copy on the application's side. Dropping the loan sends nothing and gives the room back.
+    /// The loan borrows the channel: nothing else can use it meanwhile.
+    pub fn loan(&mut self, flow: &Flow, len: usize) -> Result<SendLoan<'_>, SendError> {
+        let loan = self.loan_raw(flow, len, Block::Until(None))?;
+        Ok(SendLoan::new(self, loan))
+    }
+
+    /// [`Channel::loan`] if the request ring has room now; [`SendError::WouldBlock`] otherwise.
+    pub fn try_loan(&mut self, flow: &Flow, len: usize) -> Result<SendLoan<'_>, SendError> {
+        let loan = self.loan_raw(flow, len, Block::No)?;
+        Ok(SendLoan::new(self, loan))
+    }
+
+    /// [`Channel::loan`] waiting at most `timeout` for room ([`SendError::WouldBlock`] after).
+    pub fn loan_timeout(
+        &mut self,
+        flow: &Flow,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<SendLoan<'_>, SendError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let loan = self.loan_raw(flow, len, Block::Until(deadline))?;
+        Ok(SendLoan::new(self, loan))
+    }
+
+    pub(crate) fn loan_raw(
+        &mut self,
+        flow: &Flow,
+        len: usize,
+        block: Block,
+    ) -> Result<Loan, SendError> {
+        // No liveness check here (a loan publishes nothing): `commit_raw` makes the one a
+        // send makes, so a loaned send costs the same system calls as a copying one.
+        self.app.check_send(flow, len)?;
+        Ok(self.submit(block, |app| app.loan(flow, len))?)
+    }
+
+    /// Publishes `used` bytes of `loan`; checks the sidecar's liveness first, as a send does
+    /// (a commit that returns promises what a returned send promises). On error nothing is
+    /// published and the loan is over.
+    pub(crate) fn commit_raw(&mut self, loan: Loan, used: usize) -> Result<(), SendError> {
+        if let Err(f) = self.check_sidecar() {
+            self.cancel_raw(loan);
+            return Err(f.into());
+        }
+        let r = self.app.commit(loan, used);
+        self.wake_sidecar()?;
+        Ok(r?)
+    }
+
+    pub(crate) fn cancel_raw(&mut self, loan: Loan) {
+        self.app.cancel(loan);
+        // Closes queued behind the loan were written: a failure shows on the next call.
+        let _ = self.wake_sidecar();
+    }
+
+    /// Waits for the next message and lends it in place: the returned [`RecvView`] derefs to
+    /// the message bytes in the channel memory (no copy). Dropping the view gives its ring
+    /// space back to the sidecar. Other notifications are handled on the way as
+    /// [`Channel::recv`] handles them. The view borrows the channel: nothing else can use it
+    /// meanwhile.
+    pub fn recv_zc(&mut self) -> Result<(Flow, RecvView<'_>), RecvError> {
+        loop {
+            if let Some((flow, view)) = self.view_deadline(None)? {
+                return Ok((flow, RecvView::new(self, view)));
+            }
+        }
+    }
+
+    /// [`Channel::recv_zc`] if a message is waiting now.
+    pub fn try_recv_zc(&mut self) -> Result<Option<(Flow, RecvView<'_>)>, RecvError> {
+        let got = self.view_deadline(Some(Instant::now()))?;
+        Ok(got.map(|(flow, view)| (flow, RecvView::new(self, view))))
+    }
+
+    /// [`Channel::recv_zc`] waiting at most `timeout` (`None`: the timeout passed).
+    pub fn recv_zc_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(Flow, RecvView<'_>)>, RecvError> {
+        let got = self.view_deadline(Instant::now().checked_add(timeout))?;
+        Ok(got.map(|(flow, view)| (flow, RecvView::new(self, view))))
+    }
+
+    fn view_deadline(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(Flow, View)>, RecvError> {
+        loop {
+            let r = self.app.poll_view();
+            self.wake_sidecar()?;
+            if let Some(got) = r? {
+                return Ok(Some(got));
+            }
+            if !self.wait_for(WaitFor::Data, deadline)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Signals the sidecar if a look at the notification ring asks for it (shared channels).
+    pub(crate) fn wake_sidecar_after_view(&mut self) -> Result<(), Fault> {
+        self.wake_sidecar()
+    }
+
+    /// Gives a borrowed message's ring space back (waking the sidecar if it waits for it).
+    pub(crate) fn release_raw(&mut self, view: View) {
+        self.app.release(view);
+        let _ = self.wake_sidecar();
     }
 
     /// Runs `op` (one request push) and signals the sidecar if it asks; while the request ring
@@ -780,6 +922,129 @@ impl Drop for Channel {
         if !self.detached {
             let _ = self.machnet.close_channel_id(self.id, false);
         }
+    }
+}
+
+/// Room for one message in the channel memory, from [`Channel::loan`]: derefs to exactly the
+/// `len` bytes loaned, whose initial contents are unspecified (earlier records' bytes).
+/// [`SendLoan::commit`] sends the first `used` of them; dropping the loan sends nothing.
+///
+/// ```compile_fail
+/// # fn f(ch: &mut machnet::Channel, flow: machnet::Flow) {
+/// let loan = ch.loan(&flow, 8).unwrap();
+/// ch.send(&flow, b"x").unwrap(); // the loan borrows the channel
+/// drop(loan);
+/// # }
+/// ```
+pub struct SendLoan<'a> {
+    ch: &'a mut Channel,
+    /// `None` once committed.
+    loan: Option<Loan>,
+}
+
+impl<'a> SendLoan<'a> {
+    fn new(ch: &'a mut Channel, loan: Loan) -> Self {
+        SendLoan {
+            ch,
+            loan: Some(loan),
+        }
+    }
+
+    /// The flow the message goes to.
+    pub fn flow(&self) -> Flow {
+        *self.loan.as_ref().expect("live loan").flow()
+    }
+
+    /// Sends the first `used` bytes (1 ≤ `used` ≤ the length loaned; the rest of the room is
+    /// given back). A returned commit promises what a returned [`Channel::send`] promises. On
+    /// error nothing was sent ([`SendError::BadCommitLength`] for a bad `used`).
+    pub fn commit(mut self, used: usize) -> Result<(), SendError> {
+        let loan = self.loan.take().expect("live loan");
+        self.ch.commit_raw(loan, used)
+    }
+}
+
+impl Deref for SendLoan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let loan = self.loan.as_ref().expect("live loan");
+        // SAFETY: the loan's room is reserved in the mapped request ring for this loan alone,
+        // and the loan borrows the channel (which keeps the mapping) mutably.
+        unsafe { std::slice::from_raw_parts(loan.as_mut_ptr(), loan.len()) }
+    }
+}
+
+impl DerefMut for SendLoan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.ch
+            .app
+            .loan_bytes(self.loan.as_ref().expect("live loan"))
+    }
+}
+
+impl Drop for SendLoan<'_> {
+    fn drop(&mut self) {
+        if let Some(loan) = self.loan.take() {
+            self.ch.cancel_raw(loan);
+        }
+    }
+}
+
+impl std::fmt::Debug for SendLoan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendLoan")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A received message lent in place, from [`Channel::recv_zc`]: derefs to its bytes in the
+/// channel memory. Dropping it gives the ring space back.
+///
+/// ```compile_fail
+/// # fn f(ch: &mut machnet::Channel) {
+/// let (_, view) = ch.recv_zc().unwrap();
+/// let _ = ch.try_recv(); // the view borrows the channel
+/// drop(view);
+/// # }
+/// ```
+pub struct RecvView<'a> {
+    ch: &'a mut Channel,
+    /// `None` only while dropping.
+    view: Option<View>,
+}
+
+impl<'a> RecvView<'a> {
+    fn new(ch: &'a mut Channel, view: View) -> Self {
+        RecvView {
+            ch,
+            view: Some(view),
+        }
+    }
+}
+
+impl Deref for RecvView<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.ch
+            .app
+            .view_bytes(self.view.as_ref().expect("live view"))
+    }
+}
+
+impl Drop for RecvView<'_> {
+    fn drop(&mut self) {
+        if let Some(view) = self.view.take() {
+            self.ch.release_raw(view);
+        }
+    }
+}
+
+impl std::fmt::Debug for RecvView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvView")
+            .field("len", &self.len())
+            .finish()
     }
 }
 

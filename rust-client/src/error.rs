@@ -212,6 +212,18 @@ pub enum SendError {
     /// The flow belongs to another channel.
     #[error("the flow belongs to another channel")]
     WrongChannel,
+    /// A send loan is outstanding on this channel (shared channels: taken by this thread, or
+    /// by another one and this call does not wait); commit or cancel it first.
+    #[error("a send loan is outstanding on this channel (commit or cancel it first)")]
+    LoanOutstanding,
+    /// A commit of 0 bytes or more than were loaned; nothing was sent.
+    #[error("commit of {used} bytes; the loan was for 1 to {loaned} bytes")]
+    BadCommitLength {
+        /// The length given to commit.
+        used: usize,
+        /// The length loaned.
+        loaned: usize,
+    },
     /// The sidecar closed the channel.
     #[error("the channel was closed by the sidecar: {}", Reason(.0))]
     ChannelClosed(Option<CloseCode>),
@@ -266,6 +278,10 @@ pub enum RecvError {
         /// The buffer length.
         available: usize,
     },
+    /// A borrowed message (`recv_zc`) is still out on this channel (shared channels: taken
+    /// by this thread, or by another one and this call does not wait); release it first.
+    #[error("a borrowed message is still out on this channel (release it first)")]
+    ViewOutstanding,
     /// The sidecar closed the channel (every queued notification was delivered first).
     #[error("the channel was closed by the sidecar: {}", Reason(.0))]
     ChannelClosed(Option<CloseCode>),

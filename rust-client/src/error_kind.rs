@@ -320,7 +320,9 @@ impl ClientError for SendError {
     fn kind(&self) -> ErrorKind {
         data_path_kind!(SendError, self, {
             SendError::WouldBlock => ErrorKind::WouldBlock,
-            SendError::Empty | SendError::WrongChannel => ErrorKind::InvalidArgument,
+            SendError::Empty | SendError::WrongChannel | SendError::BadCommitLength { .. } =>
+                ErrorKind::InvalidArgument,
+            SendError::LoanOutstanding => ErrorKind::WouldBlock,
             SendError::TooLarge { .. } => ErrorKind::MessageTooLarge,
             // A send on a closed flow says "closed" whatever closed it (the reason is in
             // `close_code`); the event that closed it tells reset from graceful.
@@ -343,6 +345,7 @@ impl ClientError for RecvError {
     fn kind(&self) -> ErrorKind {
         data_path_kind!(RecvError, self, {
             RecvError::BufferTooSmall { .. } => ErrorKind::BufferTooSmall,
+            RecvError::ViewOutstanding => ErrorKind::WouldBlock,
         })
     }
     data_path_details!(RecvError);

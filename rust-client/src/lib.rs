@@ -97,7 +97,8 @@ mod sys;
 mod tokio_support;
 
 pub use channel::{
-    Channel, ConnectTicket, Event, Flow, FlowStatus, Received, RequestKind, DEFAULT_CONNECT_TIMEOUT,
+    Channel, ConnectTicket, Event, Flow, FlowStatus, Received, RecvView, RequestKind, SendLoan,
+    DEFAULT_CONNECT_TIMEOUT,
 };
 pub use error::{
     describe_close_code, AttachError, CloseError, ConnectError, ListenError, OpenChannelError,
@@ -114,4 +115,4 @@ pub use machnet_channel::control::ControlError as ControlErrorCode;
 pub use machnet_channel::CloseCode;
 /// A flow's 4-tuple (shared with the sidecar).
 pub use machnet_channel::FlowInfo;
-pub use shared::{Detached, SharedChannel, SharedError, DEFAULT_EVENT_LIMIT};
+pub use shared::{Detached, LoanBuf, SharedChannel, SharedError, ViewBuf, DEFAULT_EVENT_LIMIT};

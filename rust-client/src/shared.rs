@@ -32,13 +32,28 @@
 //! *held* (at most one) and is the next one a receive returns, so messages and events stay in
 //! ring order and a program that only asks for events cannot make the queue buffer messages
 //! without bound.
+//!
+//! # Zero-copy (loans and borrowed messages)
+//!
+//! One send loan and one borrowed message may be out per channel, tracked here; the mutex is
+//! *not* held while the caller writes the loan or reads the message. While a loan is out the
+//! request ring's tail is reserved: other threads' sends and loans wait for it to be committed
+//! or cancelled (their `try_`/passed-deadline flavours fail with [`SharedError::Busy`]); a
+//! send or loan from the thread that took the loan fails at once with `Busy` (it would wait for
+//! itself). Connects fail while a loan is out. A borrowed message holds its ring space; other
+//! receives go on meanwhile (they take the records after it), another `recv_zc` waits (or
+//! fails with `Busy` from the borrowing thread or with a passed deadline). Any thread may
+//! commit, cancel or release. The channel memory stays mapped until the `SharedChannel` is
+//! dropped, even after [`SharedChannel::detach`], so a pointer handed out is never dangling.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
 use std::time::Instant;
 
-use machnet_channel::app::{AppChannel, ChannelFault, WaitFor};
+use machnet_channel::app::{AppChannel, ChannelFault, Loan, View, Viewed, WaitFor};
+use machnet_channel::mirror::MirroredMap;
 
 use crate::channel::{Channel, Event, Flow, Got, Received, Want};
 use crate::error::{Fault, RecvError, SendError};
@@ -60,6 +75,13 @@ pub enum SharedError<E> {
     /// The channel was taken out with [`SharedChannel::detach`].
     #[error("the channel was detached")]
     Detached,
+    /// A send loan (for sends and loans) or a borrowed message (for `recv_zc`) is out, and
+    /// this call may not wait for it (a `try_` flavour, or the caller's own thread holds it).
+    #[error("a send loan or borrowed message is out on this channel")]
+    Busy,
+    /// `commit`, `cancel_loan` or `release` with no loan or borrowed message out.
+    #[error("no send loan or borrowed message is out on this channel")]
+    NoneOutstanding,
     /// The operation failed.
     #[error(transparent)]
     Op(#[from] E),
@@ -81,6 +103,35 @@ pub struct SharedChannel {
     efd: OwnedFd,
     /// For the control socket (polled for hang-up while sleeping).
     machnet: Machnet,
+    /// Keeps the channel memory mapped while loans or views handed out may point into it.
+    _map: Arc<MirroredMap>,
+}
+
+/// A loan handed out by [`SharedChannel::loan`]: where to write, and how much.
+#[derive(Debug, Clone, Copy)]
+pub struct LoanBuf {
+    /// The first byte (in the channel memory).
+    pub ptr: *mut u8,
+    /// The bytes loaned.
+    pub len: usize,
+}
+
+/// A message lent by [`SharedChannel::recv_zc`].
+#[derive(Debug, Clone, Copy)]
+pub struct ViewBuf {
+    /// The message's flow.
+    pub flow: Flow,
+    /// Its first byte (in the channel memory, or a copy the shared channel keeps).
+    pub ptr: *const u8,
+    /// Its length.
+    pub len: usize,
+}
+
+/// A borrowed message: in the ring, or the message an event look had already taken off it.
+#[derive(Debug)]
+enum Lent {
+    Ring(View),
+    Held(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -99,6 +150,17 @@ struct State {
     /// An event loop polls the wait fd after a try-receive found nothing.
     ext_armed: bool,
     events: FlowEvents,
+    /// The loan and the borrowed message out.
+    out: Outstanding,
+}
+
+/// The send loan and the borrowed message out on a shared channel, each with the thread that
+/// took it. Recorded by the attempt that takes them, under the lock, so no other thread can
+/// see the channel's ring reserved or held without seeing who holds it.
+#[derive(Debug, Default)]
+struct Outstanding {
+    loan: Option<(Loan, ThreadId)>,
+    lent: Option<(Lent, ThreadId)>,
 }
 
 /// What a blocking call waits for.
@@ -107,6 +169,8 @@ enum Need {
     Data,
     Event,
     Space(u64),
+    /// Data, for a borrowed receive (waits for an outstanding one to be released too).
+    View,
 }
 
 /// What `arm_all` found ready.
@@ -122,6 +186,7 @@ impl SharedChannel {
         Ok(SharedChannel {
             efd: ch.app_efd.try_clone()?,
             machnet: ch.machnet().clone(),
+            _map: ch.map.clone(),
             state: Mutex::new(State {
                 ch: Some(ch),
                 rx_waiters: 0,
@@ -132,6 +197,7 @@ impl SharedChannel {
                 external: false,
                 ext_armed: false,
                 events: FlowEvents::default(),
+                out: Outstanding::default(),
             }),
         })
     }
@@ -235,7 +301,7 @@ impl SharedChannel {
         mut attempt: impl FnMut(&mut Channel, &mut FlowEvents) -> Result<Option<T>, RecvError>,
     ) -> Result<Option<T>, SharedError<RecvError>> {
         if deadline.is_none_or(|d| d > Instant::now()) {
-            return self.wait(Need::Data, deadline, attempt);
+            return self.wait(Need::Data, deadline, |ch, q, _| attempt(ch, q));
         }
         loop {
             let mut st = self.lock();
@@ -294,12 +360,12 @@ impl SharedChannel {
         &self,
         deadline: Option<Instant>,
     ) -> Result<Option<Event>, SharedError<RecvError>> {
-        let attempt = |ch: &mut Channel, q: &mut FlowEvents| q.next_event(ch);
+        let attempt = |ch: &mut Channel, q: &mut FlowEvents, _: &mut Outstanding| q.next_event(ch);
         if deadline.is_some_and(|d| d <= Instant::now()) {
             let mut st = self.lock();
             let st = &mut *st;
             let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
-            return Ok(attempt(ch, &mut st.events)?);
+            return Ok(attempt(ch, &mut st.events, &mut st.out)?);
         }
         self.wait(Need::Event, deadline, attempt)
     }
@@ -365,11 +431,9 @@ impl SharedChannel {
         deadline: Option<Instant>,
     ) -> Result<(), SharedError<SendError>> {
         let len = parts.iter().map(|p| p.len()).sum();
-        let attempt = |ch: &mut Channel, _: &mut FlowEvents| match ch.send_parts(
-            flow,
-            parts,
-            crate::channel::Block::No,
-        ) {
+        let attempt = |ch: &mut Channel, _: &mut FlowEvents, _: &mut Outstanding| match ch
+            .send_parts(flow, parts, crate::channel::Block::No)
+        {
             Ok(()) => Ok(Some(())),
             Err(SendError::WouldBlock) => Ok(None),
             Err(e) => Err(e),
@@ -378,6 +442,132 @@ impl SharedChannel {
             Some(()) => Ok(()),
             None => Err(SendError::WouldBlock.into()),
         }
+    }
+
+    // ----- zero-copy -----
+
+    /// Loans room for one message of up to `len` bytes on `flow` (see [`Channel::loan`]),
+    /// waiting until `deadline` for ring space and for another thread's loan to end
+    /// ([`SendError::WouldBlock`] once it passed; a passed deadline: [`SharedError::Busy`] if a
+    /// loan is out). Write at most `len` bytes at the returned pointer, then
+    /// [`SharedChannel::commit`] or [`SharedChannel::cancel_loan`]. The pointer is valid until
+    /// then (and the memory stays mapped until this `SharedChannel` is dropped).
+    pub fn loan(
+        &self,
+        flow: &Flow,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<LoanBuf, SharedError<SendError>> {
+        let me = std::thread::current().id();
+        let attempt = |ch: &mut Channel, _: &mut FlowEvents, out: &mut Outstanding| match ch
+            .loan_raw(flow, len, crate::channel::Block::No)
+        {
+            Ok(loan) => {
+                let buf = LoanBuf {
+                    ptr: loan.as_mut_ptr(),
+                    len: loan.len(),
+                };
+                out.loan = Some((loan, me));
+                Ok(Some(buf))
+            }
+            Err(SendError::WouldBlock) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match self.wait(Need::Space(AppChannel::footprint(len)), deadline, attempt)? {
+            Some(buf) => Ok(buf),
+            None => Err(SendError::WouldBlock.into()),
+        }
+    }
+
+    /// Sends the first `used` bytes of the outstanding loan (see [`crate::SendLoan::commit`]).
+    /// The loan is over whatever the result ([`SendError::BadCommitLength`]: nothing sent);
+    /// [`SharedError::NoneOutstanding`] if no loan is out.
+    pub fn commit(&self, used: usize) -> Result<(), SharedError<SendError>> {
+        let mut st = self.lock();
+        let Some((loan, _)) = st.out.loan.take() else {
+            return Err(SharedError::NoneOutstanding);
+        };
+        let r = match st.ch.as_mut() {
+            Some(ch) => ch.commit_raw(loan, used).map_err(SharedError::Op),
+            None => Err(SharedError::Detached),
+        };
+        self.loan_ended(&mut st);
+        r
+    }
+
+    /// Ends the outstanding loan without sending ([`SharedError::NoneOutstanding`] if none).
+    pub fn cancel_loan(&self) -> Result<(), SharedError<SendError>> {
+        let mut st = self.lock();
+        let Some((loan, _)) = st.out.loan.take() else {
+            return Err(SharedError::NoneOutstanding);
+        };
+        if let Some(ch) = st.ch.as_mut() {
+            ch.cancel_raw(loan);
+        }
+        self.loan_ended(&mut st);
+        Ok(())
+    }
+
+    /// Wakes the senders that waited for the loan to end.
+    fn loan_ended(&self, st: &mut State) {
+        if !st.tx_needs.is_empty() {
+            self.kick();
+        }
+    }
+
+    /// The next message, lent in place (see [`Channel::recv_zc`]), waiting until `deadline`
+    /// as [`SharedChannel::recv`] does (and for another thread's borrowed message to be
+    /// released; a passed deadline: [`SharedError::Busy`] if one is out). Flow events met on
+    /// the way are queued as receives queue them. The bytes stay valid until
+    /// [`SharedChannel::release`]; other receives may go on meanwhile.
+    pub fn recv_zc(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<ViewBuf>, SharedError<RecvError>> {
+        let me = std::thread::current().id();
+        let attempt = |ch: &mut Channel, q: &mut FlowEvents, out: &mut Outstanding| {
+            let Some((flow, lent)) = q.take_view(ch)? else {
+                return Ok(None);
+            };
+            let (ptr, len) = match &lent {
+                Lent::Ring(v) => (v.as_ptr(), v.len()),
+                Lent::Held(d) => (d.as_ptr(), d.len()),
+            };
+            out.lent = Some((lent, me));
+            Ok(Some(ViewBuf { flow, ptr, len }))
+        };
+        if deadline.is_none_or(|d| d > Instant::now()) {
+            return self.wait(Need::View, deadline, attempt);
+        }
+        let mut st = self.lock();
+        if st.out.lent.is_some() {
+            return Err(SharedError::Busy);
+        }
+        let got = {
+            let st = &mut *st;
+            let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
+            attempt(ch, &mut st.events, &mut st.out)?
+        };
+        self.release_event_waiters(&mut st);
+        if got.is_none() {
+            self.arm_external(&mut st)?;
+        }
+        Ok(got)
+    }
+
+    /// Gives the borrowed message back ([`SharedError::NoneOutstanding`] if none is out).
+    pub fn release(&self) -> Result<(), SharedError<RecvError>> {
+        let mut st = self.lock();
+        let Some((lent, _)) = st.out.lent.take() else {
+            return Err(SharedError::NoneOutstanding);
+        };
+        if let (Lent::Ring(view), Some(ch)) = (lent, st.ch.as_mut()) {
+            ch.release_raw(view);
+        }
+        if st.rx_waiters > 0 {
+            self.kick();
+        }
+        Ok(())
     }
 
     // ----- waiting -----
@@ -404,6 +594,8 @@ impl SharedChannel {
         sys::drain_eventfd(self.efd.as_raw_fd()).map_err(Fault::Io)?;
         let data = st.events.held.is_some() || ch.app.has_pending() || arm(ch, WaitFor::Data)?;
         let space = match st.tx_needs.iter().min() {
+            // Senders wait for the loan to end (its end wakes them), not for space.
+            Some(_) if st.out.loan.is_some() => false,
             Some(&need) => arm(ch, WaitFor::Space(need))?,
             None => false,
         };
@@ -434,21 +626,34 @@ impl SharedChannel {
         &self,
         need: Need,
         deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Channel, &mut FlowEvents) -> Result<Option<T>, E>,
+        mut attempt: impl FnMut(&mut Channel, &mut FlowEvents, &mut Outstanding) -> Result<Option<T>, E>,
     ) -> Result<Option<T>, SharedError<E>> {
         let mut st = self.lock();
         let started = st.interrupts;
         match need {
-            Need::Data => st.rx_waiters += 1,
+            Need::Data | Need::View => st.rx_waiters += 1,
             Need::Event => st.ev_waiters += 1,
             Need::Space(n) => st.tx_needs.push(n),
         }
+        let me = std::thread::current().id();
         let result = loop {
+            // A loan out holds back sends; a borrowed message holds back borrowed receives.
+            let holder = match need {
+                Need::Space(_) => st.out.loan.as_ref().map(|l| l.1),
+                Need::View => st.out.lent.as_ref().map(|l| l.1),
+                _ => None,
+            };
             let got = {
                 let st = &mut *st;
-                match st.ch.as_mut() {
-                    None => break Err(SharedError::Detached),
-                    Some(ch) => attempt(ch, &mut st.events),
+                match (st.ch.as_mut(), holder) {
+                    (None, _) => break Err(SharedError::Detached),
+                    (Some(_), Some(t))
+                        if t == me || deadline.is_some_and(|d| Instant::now() >= d) =>
+                    {
+                        break Err(SharedError::Busy)
+                    }
+                    (Some(_), Some(_)) => Ok(None),
+                    (Some(ch), None) => attempt(ch, &mut st.events, &mut st.out),
                 }
             };
             match got {
@@ -468,6 +673,7 @@ impl SharedChannel {
             };
             let ready = match need {
                 Need::Data => ready.data,
+                Need::View => ready.data && st.out.lent.is_none(),
                 Need::Space(_) => ready.space,
                 Need::Event => ready.event,
             };
@@ -492,7 +698,7 @@ impl SharedChannel {
             st.interrupted = st.interrupted.saturating_sub(1);
         }
         match need {
-            Need::Data => st.rx_waiters -= 1,
+            Need::Data | Need::View => st.rx_waiters -= 1,
             Need::Event => st.ev_waiters -= 1,
             Need::Space(n) => {
                 if let Some(i) = st.tx_needs.iter().position(|&x| x == n) {
@@ -664,6 +870,24 @@ impl FlowEvents {
         }
     }
 
+    /// The next message, lent: the held one (already off the ring), else the ring's next
+    /// message in place, queueing the flow events before it.
+    fn take_view(&mut self, ch: &mut Channel) -> Result<Option<(Flow, Lent)>, RecvError> {
+        if let Some((flow, data)) = self.held.take() {
+            self.released = true;
+            return Ok(Some((flow, Lent::Held(data))));
+        }
+        loop {
+            let r = ch.app.poll_view_or_event();
+            ch.wake_sidecar_after_view()?;
+            match r? {
+                None => return Ok(None),
+                Some(Viewed::Message(flow, view)) => return Ok(Some((flow, Lent::Ring(view)))),
+                Some(Viewed::Event(ev)) => self.note(ch, ev),
+            }
+        }
+    }
+
     fn hold(&mut self, m: (Flow, Vec<u8>)) {
         self.held = Some(m);
     }
@@ -699,6 +923,8 @@ impl<E: ClientError> ClientError for SharedError<E> {
         match self {
             SharedError::Interrupted => ErrorKind::Interrupted,
             SharedError::Detached => ErrorKind::ChannelClosed,
+            SharedError::Busy => ErrorKind::WouldBlock,
+            SharedError::NoneOutstanding => ErrorKind::InvalidArgument,
             SharedError::Op(e) => e.kind(),
         }
     }
