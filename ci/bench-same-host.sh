@@ -39,6 +39,8 @@
 #   BULK_SIZE     bytes of the goodput test (default 1048576); BULK_WINDOW (default 4)
 #   SIDECAR_ARGS  extra arguments for both sidecars (word-split)
 #   MACHNET_ARGS  extra arguments for the Machnet clients (word-split), e.g. "--busy-poll-us 50"
+#   SERVER_ARGS   extra arguments for the Machnet echo servers (word-split), e.g.
+#                 "--busy-poll-us 50" (with the same in MACHNET_ARGS: both apps spin before sleeping)
 #   TCP_ARGS      TCP client arguments (default "--per-message-io", as ci/bench-throughput.sh)
 #   OUT           output directory (default: a new mktemp -d); results.jsonl, table.md, logs/
 #
@@ -56,6 +58,7 @@ BULK_SIZE=${BULK_SIZE:-1048576}
 BULK_WINDOW=${BULK_WINDOW:-4}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
 MACHNET_ARGS=${MACHNET_ARGS:-}
+SERVER_ARGS=${SERVER_ARGS:-}
 TCP_ARGS=${TCP_ARGS---per-message-io}
 
 if [ -z "${BIN:-}" ]; then
@@ -108,7 +111,8 @@ start_echo() { # name ip [sidecar args...]
     start_sidecar "$name" "$ip" "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" \
         $SIDECAR_ARGS "$@"
     SIDECAR[$name]=${PIDS[-1]}
-    "$BIN/machnet-echo" server --socket "$DIR/$name.sock" --port "$PORT" \
+    # shellcheck disable=SC2086 # SERVER_ARGS is a list of words
+    "$BIN/machnet-echo" server --socket "$DIR/$name.sock" --port "$PORT" $SERVER_ARGS \
         2>"$DIR/$name-server.log" &
     PIDS+=($!)
     SERVER[$name]=$!
