@@ -1,56 +1,196 @@
 #!/usr/bin/env bash
 # The paper's key-value experiment on one machine: two sidecars on loopback (127.0.0.1 and
-# 127.0.0.2), `machnet-kv server` attached to the first and also serving the same store over
-# kernel TCP, then the load generator (100 % GETs of random preloaded keys, every answer
-# verified) with rising connections and outstanding requests, over Machnet and over TCP.
+# 127.0.0.2, ENGINES engines each), `machnet-kv server` attached to the first and also serving
+# the same store over kernel TCP, then the load generator (100 % GETs of random preloaded keys,
+# every answer verified) with rising connections and outstanding requests, over Machnet and over
+# TCP, alternating per combination and round so the machine's drift hits both alike.
 #
-#   examples/kv/bench.sh          # CONNECTIONS="1 2 4" DEPTH="1 8 32" DURATION=3 KEYS=10000 VALUE=64
+#   examples/kv/bench.sh          # ENGINES=2 CONNECTIONS="1 2 4 8" DEPTH="1 8 32" ROUNDS=3
+#                                 # DURATION=3 WARMUP=0.5 KEYS=10000 VALUE=64
+#   ROUNDS=1 DURATION=1 examples/kv/bench.sh                # quick check
+#   SERVER_THREADS=1 examples/kv/bench.sh                   # the single-threaded server
 #
-# Prints one table (requests/s and latency p50/p99 per transport and combination) and the
-# Machnet/TCP ratios. Exits non-zero if any run fails or an answer is wrong.
+# Each round runs every (connections, depth) combination once per transport, Machnet first in
+# odd rounds and TCP first in even ones. One `machnet-kv bench` process per run; the keys are
+# preloaded once before (the TCP side serves the same store). Per combination the table shows the
+# run with the median req/s over the rounds (lower middle for an even ROUNDS) and its latency
+# p50/p99 (µs), the ratio Machnet ÷ TCP of those medians, and the ratio within each round.
+#
+# Knobs (environment):
+#   BIN             directory with `machnet` and `machnet-kv` (default: build target/release)
+#   ENGINES         engines per sidecar (default 2)
+#   SERVER_THREADS  `machnet-kv server --threads N` (default: unset, the server's own default,
+#                   one thread per engine where supported)
+#   CONNECTIONS, DEPTH, ROUNDS, DURATION, WARMUP, KEYS, VALUE   as above
+#   SIDECAR_ARGS    extra arguments for both sidecars (word-split)
+#   OUT             output directory (default: a new mktemp -d): results.jsonl, table.md, logs/
+#
+# Exits non-zero if any run fails or an answer is wrong (the table is printed anyway).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+ROOT=$PWD
 
-CONNECTIONS=${CONNECTIONS:-"1 2 4"}
+ENGINES=${ENGINES:-2}
+CONNECTIONS=${CONNECTIONS:-"1 2 4 8"}
 DEPTH=${DEPTH:-"1 8 32"}
+ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}
+WARMUP=${WARMUP:-0.5}
 KEYS=${KEYS:-10000}
 VALUE=${VALUE:-64}
+SERVER_THREADS=${SERVER_THREADS:-}
+SIDECAR_ARGS=${SIDECAR_ARGS:-}
 PORT=900
 
-cargo build --quiet --release -p machnet-sidecar -p machnet-kv
-BIN=${CARGO_TARGET_DIR:-target}/release
+if [ -z "${BIN:-}" ]; then
+    cargo build --quiet --release -p machnet-sidecar -p machnet-kv
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+fi
+BIN=$(cd "$BIN" && pwd)
+for b in machnet machnet-kv; do
+    [ -x "$BIN/$b" ] || { echo "no $BIN/$b (set BIN or build first)" >&2; exit 1; }
+done
+server_args=()
+if [ -n "$SERVER_THREADS" ]; then
+    "$BIN/machnet-kv" server --help | grep -q -- --threads || {
+        echo "SERVER_THREADS is set but $BIN/machnet-kv server has no --threads" >&2
+        exit 1
+    }
+    server_args=(--threads "$SERVER_THREADS")
+fi
+
+OUT=${OUT:-$(mktemp -d -t machnet-kv-bench.XXXXXX)}
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+echo "output: $OUT" >&2
 
 DIR=$(mktemp -d)
 PIDS=()
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    cp "$DIR"/*.log "$OUT/logs/" 2>/dev/null || true
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-# shellcheck source=../../ci/lib/sidecars.sh
+# shellcheck source=SCRIPTDIR/../../ci/lib/sidecars.sh
 . ci/lib/sidecars.sh
 POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
-start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL"
-start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL"
+[ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
+# shellcheck disable=SC2086 # SIDECAR_ARGS is a list of words
+start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
+# shellcheck disable=SC2086
+start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
 TCP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$BIN/machnet-kv" server --socket "$DIR/a.sock" --port "$PORT" --db "$DIR/kv.redb" \
-    --tcp "127.0.0.1:$TCP_PORT" 2>"$DIR/server.log" &
+    --tcp "127.0.0.1:$TCP_PORT" "${server_args[@]}" 2>"$DIR/server.log" &
 PIDS+=($!)
 wait_for_line "$DIR/server.log" "listening on"
 
-common=(--keys "$KEYS" --value-size "$VALUE" --duration "$DURATION" --json
-    --connections "$(echo "$CONNECTIONS" | tr ' ' ,)" --depth "$(echo "$DEPTH" | tr ' ' ,)")
-"$BIN/machnet-kv" bench --socket "$DIR/b.sock" --remote 127.0.0.1 --port "$PORT" "${common[@]}" \
-    >"$DIR/machnet.jsonl"
-"$BIN/machnet-kv" bench --tcp "127.0.0.1:$TCP_PORT" --no-preload "${common[@]}" >"$DIR/tcp.jsonl"
+failed=0
+# run TRANSPORT ROUND CONNECTIONS DEPTH: one `machnet-kv bench`, appended to results.jsonl.
+run() {
+    local transport=$1 round=$2 conns=$3 depth=$4 rc=0 target limit
+    if [ "$transport" = machnet ]; then
+        target=(--socket "$DIR/b.sock" --remote 127.0.0.1 --port "$PORT")
+    else
+        target=(--tcp "127.0.0.1:$TCP_PORT")
+    fi
+    limit=$(python3 -c "print(int($DURATION + $WARMUP + 60))")
+    echo "== $transport connections=$conns depth=$depth round $round/$ROUNDS" >&2
+    timeout "$limit" "$BIN/machnet-kv" bench "${target[@]}" --no-preload --keys "$KEYS" \
+        --value-size "$VALUE" --duration "$DURATION" --warmup "$WARMUP" --json \
+        --connections "$conns" --depth "$depth" >"$DIR/run.out" 2>>"$DIR/bench.log" || rc=$?
+    python3 - "$RESULTS" "$transport" "$round" "$conns" "$depth" "$rc" "$DIR/run.out" <<'PY'
+import json, sys
+results, transport, rnd, conns, depth, rc, out = sys.argv[1:]
+text = open(out).read().strip()
+row = {"transport": transport, "round": int(rnd), "connections": int(conns),
+       "depth": int(depth), "rc": int(rc)}
+try:
+    row.update(json.loads(text.splitlines()[-1]))
+except (IndexError, json.JSONDecodeError):
+    pass
+if int(rc) != 0 or "requests_per_sec" not in row:
+    row["error"] = f"exit {rc}: {text[-300:]}"
+open(results, "a").write(json.dumps(row, sort_keys=True) + "\n")
+PY
+    if [ "$rc" != 0 ]; then
+        failed=$((failed + 1))
+        echo "   failed (exit $rc): see $OUT/logs/bench.log" >&2
+    fi
+}
 
-echo "conns depth | machnet req/s  p50 us  p99 us | tcp req/s  p50 us  p99 us | req/s ratio  p50 ratio"
-jq -rn --slurpfile m "$DIR/machnet.jsonl" --slurpfile t "$DIR/tcp.jsonl" '
-    range(0; $m | length) as $i | $m[$i] as $a | $t[$i] as $b |
-    "\($a.connections) \($a.depth) | \($a.requests_per_sec | floor) \($a.latency_us.p50) \($a.latency_us.p99)"
-    + " | \($b.requests_per_sec | floor) \($b.latency_us.p50) \($b.latency_us.p99)"
-    + " | \(($a.requests_per_sec / $b.requests_per_sec) * 100 | round / 100)"
-    + " \(($a.latency_us.p50 / $b.latency_us.p50) * 100 | round / 100)"'
+# Load the keys once, over Machnet (the TCP side serves the same store).
+"$BIN/machnet-kv" bench --socket "$DIR/b.sock" --remote 127.0.0.1 --port "$PORT" \
+    --keys "$KEYS" --value-size "$VALUE" --duration 0 --warmup 0 --json >/dev/null \
+    2>>"$DIR/bench.log" || { echo "preloading the keys failed: see $OUT/logs/bench.log" >&2; exit 1; }
+
+for round in $(seq "$ROUNDS"); do
+    for conns in $CONNECTIONS; do
+        for depth in $DEPTH; do
+            if [ $((round % 2)) = 1 ]; then
+                run machnet "$round" "$conns" "$depth"
+                run tcp "$round" "$conns" "$depth"
+            else
+                run tcp "$round" "$conns" "$depth"
+                run machnet "$round" "$conns" "$depth"
+            fi
+        done
+    done
+done
+
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 - "$RESULTS" "$COMMIT" "$ENGINES" "${SERVER_THREADS:-default}" "$ROUNDS" "$DURATION" \
+    "$VALUE" "$BIN" <<'PY' | tee "$OUT/table.md"
+import json, sys
+bindir = sys.argv.pop()
+results, commit, engines, threads, rounds, duration, value = sys.argv[1:]
+rows = [json.loads(l) for l in open(results) if l.strip()]
+ok = [r for r in rows if "error" not in r]
+combos = []
+for r in rows:
+    k = (r["connections"], r["depth"])
+    if k not in combos:
+        combos.append(k)
+
+def median(t, c, d):
+    rs = sorted((r for r in ok if r["transport"] == t and r["connections"] == c
+                 and r["depth"] == d), key=lambda r: r["requests_per_sec"])
+    return rs[(len(rs) - 1) // 2] if rs else None
+
+print(f"commit {commit} (script; binaries: {bindir}); {engines} engines per sidecar; server threads {threads}; "
+      f"{rounds} round(s) x {duration} s; {value} B values, GETs; medians\n")
+print("| connections × depth | Machnet req/s | TCP req/s | ratio | per round "
+      "| Machnet p50 / p99 µs | TCP p50 / p99 µs |")
+print("|---|---|---|---|---|---|---|")
+for c, d in combos:
+    m, t = median("machnet", c, d), median("tcp", c, d)
+    per = []
+    for a in (r for r in ok if r["transport"] == "machnet" and r["connections"] == c
+              and r["depth"] == d):
+        b = [r for r in ok if r["transport"] == "tcp" and r["connections"] == c
+             and r["depth"] == d and r["round"] == a["round"]]
+        if b and b[0]["requests_per_sec"]:
+            per.append(a["requests_per_sec"] / b[0]["requests_per_sec"])
+    lat = lambda r: (f"{r['latency_us']['p50']:.1f} / {r['latency_us']['p99']:.1f}"
+                     if r else "-")
+    rps = lambda r: f"{r['requests_per_sec']:,.0f}" if r else "-"
+    ratio = (f"{m['requests_per_sec'] / t['requests_per_sec']:.2f}×"
+             if m and t and t["requests_per_sec"] else "-")
+    print(f"| {c} × {d} | {rps(m)} | {rps(t)} | {ratio} | "
+          + ", ".join(f"{x:.2f}" for x in per) + f" | {lat(m)} | {lat(t)} |")
+bad = [r for r in rows if "error" in r]
+if bad:
+    print(f"\n{len(bad)} run(s) failed:")
+    for r in bad:
+        print(f"  {r['transport']} {r['connections']} × {r['depth']} round {r['round']}: "
+              f"{r['error'][:200]}")
+PY
+echo "results: $OUT" >&2
+[ "$failed" = 0 ]

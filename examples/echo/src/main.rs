@@ -1,13 +1,16 @@
 //! `machnet-echo`: echo server and load-generating client over Machnet (like the original's
-//! `msg_gen`), plus a kernel UDP ping-pong baseline with the same report.
+//! `msg_gen`), plus kernel UDP, TCP and Unix-domain-socket baselines with the same report.
 //!
 //! ```text
 //! machnet-echo server --port 888 [--socket PATH] [--engine E]
 //! machnet-echo client --remote 10.0.0.1 --port 888 --size 64 --window 1 --flows 1 --duration 10
+//! machnet-echo client --remote 10.0.0.1 --port 888 --size 1048576 --window 4 --zero-copy
 //! machnet-echo udp-baseline server --bind 127.0.0.1:9000
 //! machnet-echo udp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9000 --size 64
 //! machnet-echo tcp-baseline server --bind 127.0.0.1:9001 --busy-poll
 //! machnet-echo tcp-baseline client --bind 127.0.0.2:0 --remote 127.0.0.1:9001 --size 64 --busy-poll
+//! machnet-echo uds-baseline server --path /tmp/echo.sock
+//! machnet-echo uds-baseline client --path /tmp/echo.sock --size 64
 //! ```
 
 mod payload;
@@ -15,6 +18,7 @@ mod report;
 mod sink;
 mod tcp;
 mod udp;
+mod uds;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -47,6 +51,10 @@ enum Cmd {
     /// Kernel TCP (TCP_NODELAY) echo with the same report, for comparison.
     #[command(subcommand)]
     TcpBaseline(TcpCmd),
+    /// Unix-domain-socket (SOCK_STREAM, blocking) echo with the same report, for comparison
+    /// with same-host flows.
+    #[command(subcommand)]
+    UdsBaseline(UdsCmd),
     /// Open CHANNELS channels and hold them, idle, until killed (benchmarks engines that
     /// carry many idle channels, docs/PERFORMANCE.md §13).
     #[command(hide = true)]
@@ -151,6 +159,11 @@ struct ClientArgs {
     /// Number of flows (all on one channel).
     #[arg(long, default_value_t = 1)]
     flows: usize,
+    /// Write each message straight into channel memory (`Channel::loan` + `commit`) and check
+    /// each echo in place (`Channel::recv_zc`) instead of filling a buffer of our own and
+    /// sending it (copied) and receiving into another one (copied).
+    #[arg(long)]
+    zero_copy: bool,
     #[command(flatten)]
     load: LoadArgs,
     #[command(flatten)]
@@ -215,6 +228,24 @@ enum TcpCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum UdsCmd {
+    /// Echo every byte back on its connection.
+    Server {
+        /// Socket path to listen on (a stale socket file there is replaced).
+        #[arg(long)]
+        path: PathBuf,
+    },
+    /// Blocking ping-pong over one connection to a uds-baseline server.
+    Client {
+        /// The server's socket path.
+        #[arg(long)]
+        path: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
@@ -250,6 +281,11 @@ fn main() -> ExitCode {
         }) => {
             let json = load.json;
             tcp::client(bind, remote, busy_poll, per_message_io, load).map(|r| Some((r, json)))
+        }
+        Cmd::UdsBaseline(UdsCmd::Server { path }) => uds::server(&path).map(|()| None),
+        Cmd::UdsBaseline(UdsCmd::Client { path, load }) => {
+            let json = load.json;
+            uds::client(&path, load).map(|r| Some((r, json)))
         }
     };
     match result {
@@ -391,12 +427,18 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
             outstanding: VecDeque::with_capacity(load.window),
         });
     }
-    let mut sbuf = vec![0u8; load.size];
-    let mut rbuf = vec![0u8; load.size];
+    let zero_copy = a.zero_copy;
+    // Without --zero-copy: the app's own message buffers.
+    let (mut sbuf, mut rbuf) = if zero_copy {
+        (Vec::new(), Vec::new())
+    } else {
+        (vec![0u8; load.size], vec![0u8; load.size])
+    };
     let send_next = |ch: &mut Channel, i: usize, fl: &mut FlowLoad, sbuf: &mut [u8]| {
-        payload.fill(i as u32, fl.next_seq, sbuf);
-        ch.send(&fl.flow, sbuf)
-            .map_err(|e| format!("send on {}: {e}", fl.flow))?;
+        send_with(ch, &fl.flow, load.size, zero_copy, sbuf, |buf| {
+            payload.fill(i as u32, fl.next_seq, buf)
+        })
+        .map_err(|e| format!("send on {}: {e}", fl.flow))?;
         fl.outstanding.push_back((fl.next_seq, Instant::now()));
         fl.next_seq += 1;
         Ok::<(), String>(())
@@ -415,7 +457,14 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
     let mut last_echo = Instant::now();
     let mut now = Instant::now();
     while now < end {
-        let got = match ch.recv_into_timeout(&mut rbuf, (end - now).min(Duration::from_secs(1))) {
+        let timeout = (end - now).min(Duration::from_secs(1));
+        // Match the echo against what its flow sent (in place with --zero-copy).
+        let got = recv_with(&mut ch, zero_copy, &mut rbuf, timeout, |flow, msg| {
+            let i = *index.get(&flow.handle())?;
+            let (seq, sent) = flows[i].outstanding.pop_front()?;
+            Some((i, sent, payload.matches(i as u32, seq, msg)))
+        });
+        let got = match got {
             Ok(got) => got,
             Err(RecvError::BufferTooSmall { needed, .. }) => {
                 return Err(format!(
@@ -426,7 +475,7 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
             Err(e) => return Err(format!("recv: {e}")),
         };
         now = Instant::now();
-        let Some((flow, n)) = got else {
+        let Some(checked) = got else {
             // Receives skip close notifications but apply them: look for flows that ended.
             for fl in &flows {
                 if let FlowStatus::Closed(reason) = ch.flow_status(&fl.flow) {
@@ -444,16 +493,13 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
             continue;
         };
         last_echo = now;
-        let Some(&i) = index.get(&flow.handle()) else {
+        // An echo on an unknown flow or one nobody waits for counts as a mismatch.
+        let Some((i, sent, matched)) = checked else {
             mismatches += 1;
             continue;
         };
         let fl = &mut flows[i];
-        let Some((seq, sent)) = fl.outstanding.pop_front() else {
-            mismatches += 1;
-            continue;
-        };
-        if !payload.matches(i as u32, seq, &rbuf[..n]) {
+        if !matched {
             mismatches += 1;
         }
         total_messages += 1;
@@ -473,17 +519,25 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         if now >= drain_end {
             break;
         }
-        match ch.recv_into_timeout(&mut rbuf, drain_end - now) {
-            Ok(Some((flow, n))) => {
-                if let Some(&i) = index.get(&flow.handle()) {
-                    if let Some((seq, _)) = flows[i].outstanding.pop_front() {
-                        if !payload.matches(i as u32, seq, &rbuf[..n]) {
-                            mismatches += 1;
-                        }
-                        total_messages += 1;
-                    }
+        let got = recv_with(
+            &mut ch,
+            zero_copy,
+            &mut rbuf,
+            drain_end - now,
+            |flow, msg| {
+                let i = *index.get(&flow.handle())?;
+                let (seq, _) = flows[i].outstanding.pop_front()?;
+                Some(payload.matches(i as u32, seq, msg))
+            },
+        );
+        match got {
+            Ok(Some(Some(matched))) => {
+                if !matched {
+                    mismatches += 1;
                 }
+                total_messages += 1;
             }
+            Ok(Some(None)) => {}
             Ok(None) => break,
             Err(e) => return Err(format!("recv: {e}")),
         }
@@ -504,7 +558,7 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         }
     }
     Ok(Report {
-        mode: "machnet",
+        mode: if zero_copy { "machnet-zc" } else { "machnet" },
         size: load.size,
         window: load.window,
         flows: a.flows,
@@ -517,4 +571,44 @@ fn machnet_client(a: ClientArgs) -> Result<Report, String> {
         cpu_s: 0.0,
         wall_s: 0.0,
     })
+}
+
+/// Sends one message of `size` bytes on `flow` that `fill` writes: with `zero_copy` straight
+/// into a loan of channel memory, otherwise into the app's own `buf` and then copied by `send`.
+fn send_with(
+    ch: &mut Channel,
+    flow: &Flow,
+    size: usize,
+    zero_copy: bool,
+    buf: &mut [u8],
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<(), SendError> {
+    if zero_copy {
+        let mut loan = ch.loan(flow, size)?;
+        fill(&mut loan);
+        loan.commit(size)
+    } else {
+        fill(buf);
+        ch.send(flow, buf)
+    }
+}
+
+/// Receives one message, waiting at most `timeout`, and hands it to `f`: with `zero_copy` in
+/// place (borrowed from channel memory, released when `f` returns), otherwise copied into `buf`.
+fn recv_with<T>(
+    ch: &mut Channel,
+    zero_copy: bool,
+    buf: &mut [u8],
+    timeout: Duration,
+    f: impl FnOnce(Flow, &[u8]) -> T,
+) -> Result<Option<T>, RecvError> {
+    if zero_copy {
+        Ok(ch
+            .recv_zc_timeout(timeout)?
+            .map(|(flow, view)| f(flow, &view)))
+    } else {
+        Ok(ch
+            .recv_into_timeout(buf, timeout)?
+            .map(|(flow, n)| f(flow, &buf[..n])))
+    }
 }

@@ -1,4 +1,4 @@
-//! The benchmark report shared by the Machnet, UDP and TCP modes.
+//! The benchmark report shared by the Machnet, UDP, TCP and Unix-socket modes.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 
 /// What one client run measured.
 pub(crate) struct Report {
-    /// "machnet" or "udp".
+    /// "machnet", "udp", "tcp" or "uds".
     pub mode: &'static str,
     pub size: usize,
     pub window: usize,
