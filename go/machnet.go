@@ -101,6 +101,7 @@ type Channel struct {
 	ctx  unsafe.Pointer // a libmachnet handle: never dereferenced, checked by the library
 	rx   receiver       // Recv's wait in Go's netpoller (recv.go)
 	mode int32          // a WaitMode (atomic)
+	zc   views          // the borrowed message (zerocopy.go)
 }
 
 // Attach opens a channel. Close it when done (a finalizer closes a lost one, gracefully).
