@@ -281,6 +281,14 @@ int machnet_detach_abort(void *channel_ctx);
  * Accepts flows to Machnet port `port` on this channel. `local_ip` must be the sidecar's
  * address (or "0.0.0.0").
  *
+ * Listen groups: a port belongs to one application (process) host-wide; other channels of the
+ * same process may listen on it too (on any engine) and share its flows: each new flow is
+ * accepted on one engine that has such a channel and delivered to a channel of that engine
+ * (round-robin among several), never moved between engines. To use every engine, attach as
+ * many channels as the sidecar has engines (it places new channels round-robin over them),
+ * listen on each and serve each from its own thread. Another process gets
+ * `EADDRINUSE`, as does the same channel listening twice (docs/CHANNEL.md §2).
+ *
  * Returns 0 on success, -1 on failure (errno: `EADDRINUSE`, `EADDRNOTAVAIL`, `EINVAL`,
  * `ECONNRESET` if the sidecar is gone, ...).
  */

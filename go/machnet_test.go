@@ -379,13 +379,18 @@ func TestErrorsMatchWithErrorsIs(t *testing.T) {
 	if err := ch.Listen("0.0.0.0", 7300); err != nil {
 		t.Fatal(err)
 	}
+	// The same channel twice: in use. Another channel of this process joins the port's listen
+	// group (docs/CHANNEL.md §2); only another process would get ErrPortInUse.
+	if err := ch.Listen("0.0.0.0", 7300); !errors.Is(err, ErrPortInUse) {
+		t.Fatalf("port in use: %v", err)
+	}
 	other, err := Attach()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	if err := other.Listen("0.0.0.0", 7300); !errors.Is(err, ErrPortInUse) {
-		t.Fatalf("port in use: %v", err)
+	if err := other.Listen("0.0.0.0", 7300); err != nil {
+		t.Fatalf("second channel of this process joins the group: %v", err)
 	}
 	if err := ch.Send(f, nil); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("empty send: %v", err)

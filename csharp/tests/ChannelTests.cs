@@ -507,11 +507,20 @@ namespace Machnet.Tests
             const ushort port = 7301;
             Sidecar.Init(Env.Sock);
             AbandonListeningChannel(port);
-            using (var other = new Channel())
-                Assert.Throws<PortInUseException>(() => other.Listen(port), "the abandoned channel still listens");
+            // The abandoned channel still listens: a connect from the peer's sidecar is accepted.
+            // (Another channel of this process would join the port's listen group rather than be
+            // refused, docs/CHANNEL.md §2, so the port is probed from outside.)
+            using (var peer = Env.Open(peer: true))
+                peer.Connect(Env.PeerIp, Env.LocalIp, port, Env.Guard);
             GC.Collect();
             GC.WaitForPendingFinalizers();
-            // The finalizer detached it: the port is free again.
+            // The finalizer detached it: nobody listens on the port any more.
+            using (var peer = Env.Open(peer: true))
+            {
+                var refused = Assert.Catch<Exception>(() => peer.Connect(Env.PeerIp, Env.LocalIp, port, Env.Guard));
+                Assert.IsTrue(refused is ConnectionRefusedException || refused is MachnetTimeoutException, refused.ToString());
+            }
+            Sidecar.Init(Env.Sock);
             using (var again = new Channel())
                 again.Listen(port);
         }
@@ -635,13 +644,12 @@ namespace Machnet.Tests
                 Assert.IsTrue(refused is ConnectionRefusedException || refused is MachnetTimeoutException, refused.ToString());
                 Assert.AreEqual("machnet_connect", ((IMachnetError)refused).Operation);
                 ch.Listen(7302);
-                using (var other = new Channel())
-                {
-                    var inUse = Assert.Throws<PortInUseException>(() => other.Listen(Env.LocalIp, 7302));
-                    Assert.AreEqual(98, inUse.Errno);
-                    Assert.AreEqual("ERR_MACHNET_PORT_IN_USE", inUse.CodeName);
-                    StringAssert.StartsWith("machnet_listen: ", inUse.Message);
-                }
+                // The same channel twice: in use. Another channel of this process would join the
+                // port's listen group (docs/CHANNEL.md §2); only another process is refused.
+                var inUse = Assert.Throws<PortInUseException>(() => ch.Listen(Env.LocalIp, 7302));
+                Assert.AreEqual(98, inUse.Errno);
+                Assert.AreEqual("ERR_MACHNET_PORT_IN_USE", inUse.CodeName);
+                StringAssert.StartsWith("machnet_listen: ", inUse.Message);
                 var notMine = Assert.Catch<MachnetException>(() => ch.Listen("10.255.255.1", 7303));
                 Assert.AreEqual(99, notMine.Errno); // EADDRNOTAVAIL
                 Assert.AreEqual("ERR_MACHNET_INVALID_ARGUMENT", notMine.CodeName);

@@ -281,6 +281,13 @@ pub struct Cli {
     #[arg(long, value_name = "MODE")]
     pub udp_offload: Option<UdpOffload>,
 
+    /// Carry flows between two channels of this sidecar (a connect to --local-ip on a port a
+    /// channel listens on) from ring to ring inside the sidecar, without the transport and
+    /// without packets (docs/CHANNEL.md "Same-host flows"). `false`: they go over the datapath
+    /// like any flow. [default: true]
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub same_host_flows: Option<bool>,
+
     /// Control connections one application (process) may hold. [default: 256]
     #[arg(long, value_name = "N")]
     pub max_connections_per_app: Option<usize>,
@@ -389,6 +396,8 @@ pub struct FileConfig {
     pub mtu: Option<u16>,
     /// See [`Cli::udp_offload`].
     pub udp_offload: Option<UdpOffload>,
+    /// See [`Cli::same_host_flows`].
+    pub same_host_flows: Option<bool>,
     /// See [`Cli::max_connections_per_app`].
     pub max_connections_per_app: Option<usize>,
     /// See [`Cli::max_channels_per_app`].
@@ -486,6 +495,9 @@ pub struct SidecarConfig {
     pub mtu: Option<u16>,
     /// Kernel UDP: the offloads to use.
     pub udp_offload: UdpOffload,
+    /// Flows between two channels of this sidecar bypass the transport (docs/CHANNEL.md
+    /// "Same-host flows").
+    pub same_host_flows: bool,
     /// Per-application and per-user limits, control connection timeouts.
     pub limits: ControlLimits,
 }
@@ -638,6 +650,7 @@ impl SidecarConfig {
             local_mac: None,
             mtu: None,
             udp_offload: UdpOffload::On,
+            same_host_flows: true,
             limits: ControlLimits::default(),
         }
     }
@@ -784,6 +797,9 @@ impl SidecarConfig {
         }
         if let Some(v) = pick!(udp_offload) {
             c.udp_offload = v;
+        }
+        if let Some(v) = pick!(same_host_flows) {
+            c.same_host_flows = v;
         }
         let caps = [
             (

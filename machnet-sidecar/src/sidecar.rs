@@ -12,6 +12,7 @@ use crate::datapath::kernel::{
 };
 use crate::datapath::lossy::Lossy;
 use crate::datapath::Datapath;
+use crate::engine::local::LocalHub;
 use crate::engine::{EngineClient, EngineHandle, EngineParams, Notifier, SpawnError};
 use crate::stats::EngineReport;
 
@@ -149,6 +150,17 @@ impl Sidecar {
         let cfg = Arc::new(cfg);
         let (notifier, notices, notice_wake) = Notifier::new()?;
         let clock = Clock::new();
+        let local = if cfg.same_host_flows {
+            let e = cfg.engine_config(0);
+            Some(Arc::new(LocalHub::new(
+                cfg.engines,
+                cfg.local_ip,
+                e.ephemeral_ports,
+                e.send_buffer.max(e.max_message_len as usize),
+            )?))
+        } else {
+            None
+        };
         let mut engines = Vec::new();
         for (i, dp) in datapaths.into_iter().enumerate() {
             let id = i as u16;
@@ -176,6 +188,7 @@ impl Sidecar {
                 stats_interval: cfg.stats_interval,
                 shutdown_linger: cfg.shutdown_linger,
                 clock,
+                local: local.clone(),
             };
             let h = EngineHandle::spawn(params, dp, notifier.clone())
                 .map_err(|source| StartError::Engine { engine: id, source })?;

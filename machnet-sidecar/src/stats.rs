@@ -5,6 +5,7 @@ use std::fmt;
 use machnet_core::{DropReason, EngineStats};
 
 use crate::datapath::DatapathStats;
+use crate::engine::local::LocalStats;
 
 /// The engine loop's own counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,6 +64,8 @@ pub struct EngineReport {
     pub stalled_channels: usize,
     /// Flows of detached channels still delivering what their app sent (docs/CHANNEL.md §5).
     pub orphan_flows: usize,
+    /// Same-host flows of this engine's channels (docs/CHANNEL.md "Same-host flows").
+    pub local: LocalStats,
 }
 
 impl fmt::Display for EngineReport {
@@ -74,7 +77,8 @@ impl fmt::Display for EngineReport {
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
              held core {} B (peak {} B, budget {} B, reclaims {}) sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
-             tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {}",
+             tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {} | \
+             local flows {} queued {} B connects {} msgs {} bytes {}",
             self.engine,
             self.channels,
             self.active_channels,
@@ -110,6 +114,11 @@ impl fmt::Display for EngineReport {
             self.engine_loop.channels_detached,
             self.orphan_flows,
             self.engine_loop.linger_aborts,
+            self.local.flows,
+            self.local.queued_bytes,
+            self.local.connects,
+            self.local.messages,
+            self.local.bytes,
         )?;
         let drops: Vec<String> = DropReason::ALL
             .iter()
@@ -144,11 +153,16 @@ mod tests {
             sidecar_held_bytes: 0,
             stalled_channels: 0,
             orphan_flows: 0,
+            local: LocalStats::default(),
         };
         assert!(!r.to_string().contains("drops"));
         r.core.drops[DropReason::WrongEngine as usize] = 5;
         let s = r.to_string();
         assert!(s.starts_with("engine 3:"), "{s}");
         assert!(s.contains("drops wrong_engine=5"), "{s}");
+        r.local.flows = 2;
+        r.local.queued_bytes = 77;
+        let s = r.to_string();
+        assert!(s.contains("local flows 2 queued 77 B"), "{s}");
     }
 }

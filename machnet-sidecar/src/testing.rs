@@ -101,6 +101,14 @@ impl LoopbackSidecars {
         &self.dir
     }
 
+    /// The engine statistics of the `i`-th sidecar (empty if it was taken out).
+    pub fn reports(&self, i: usize) -> Vec<crate::stats::EngineReport> {
+        self.sidecars
+            .get(i)
+            .and_then(Option::as_ref)
+            .map_or_else(Vec::new, Sidecar::reports)
+    }
+
     /// Takes the `i`-th sidecar out (to shut it down in the middle of a test).
     pub fn take(&mut self, i: usize) -> Option<Sidecar> {
         self.sidecars.get_mut(i)?.take()

@@ -107,7 +107,9 @@ fn requests_before_hello_and_wrong_versions_are_refused_and_hung_up() {
 }
 
 #[test]
-fn listen_ports_have_one_owner_host_wide() {
+fn listen_ports_form_groups_of_one_application() {
+    // Both connections come from this process: one application (docs/CHANNEL.md §2, "Listen
+    // groups"). Other applications are refused its ports: tests/listen_groups.rs.
     let (_hub, s) = sidecar("listen", 2);
     let c1 = RawClient::connect(s.control_socket()).unwrap();
     let c2 = RawClient::connect(s.control_socket()).unwrap();
@@ -116,12 +118,9 @@ fn listen_ports_have_one_owner_host_wide() {
     let a = c1.open_channel(Some(0));
     let b = c2.open_channel(Some(1));
     assert_eq!(c1.listen(a.id, 8080), Response::Ok);
-    // Another channel, another engine, another connection: refused.
-    assert_eq!(
-        err_code(&c2.listen(b.id, 8080)),
-        Some(ControlError::PortInUse)
-    );
-    // Same channel twice: refused too.
+    // Another channel of the same application (another engine, another connection): joins.
+    assert_eq!(c2.listen(b.id, 8080), Response::Ok);
+    // Same channel twice: refused.
     assert_eq!(
         err_code(&c1.listen(a.id, 8080)),
         Some(ControlError::PortInUse)
@@ -147,40 +146,27 @@ fn listen_ports_have_one_owner_host_wide() {
         })),
         Some(ControlError::NoSuchChannel)
     );
-    // Only the owner can unlisten; then the port is free for others.
+    // Each member leaves on its own; a channel that does not listen cannot unlisten.
+    let unlisten = |c: &RawClient, channel, port| c.request(&Request::Unlisten { channel, port });
+    assert_eq!(unlisten(&c2, b.id, 8080), Response::Ok);
     assert_eq!(
-        err_code(&c2.request(&Request::Unlisten {
-            channel: b.id,
-            port: 8080
-        })),
+        err_code(&unlisten(&c2, b.id, 8080)),
         Some(ControlError::InvalidPort)
     );
-    assert_eq!(
-        c1.request(&Request::Unlisten {
-            channel: a.id,
-            port: 8080
-        }),
-        Response::Ok
-    );
+    assert_eq!(unlisten(&c1, a.id, 8080), Response::Ok);
     assert_eq!(c2.listen(b.id, 8080), Response::Ok);
-    // When a connection closes, its ports are released.
-    assert_eq!(c1.listen(a.id, 8081), Response::Ok);
+    // When a connection closes, its channels leave their groups; the others stay members.
+    assert_eq!(c1.listen(a.id, 8080), Response::Ok);
     drop(c1);
     let deadline = Instant::now() + WAIT;
-    loop {
-        match c2.listen(b.id, 8081) {
-            Response::Ok => break,
-            r => {
-                assert_eq!(err_code(&r), Some(ControlError::PortInUse));
-                assert!(
-                    Instant::now() < deadline,
-                    "port of a closed connection never released"
-                );
-                // The sidecar processes the hang-up asynchronously; ask again.
-                std::thread::yield_now();
-            }
-        }
+    while s.reports()[0].channels != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's channel never closed"
+        );
+        std::thread::yield_now();
     }
+    assert_eq!(unlisten(&c2, b.id, 8080), Response::Ok);
 }
 
 #[test]

@@ -208,8 +208,11 @@ def test_channel_abort_resets_the_peers_flow(
 def test_port_in_use(ma: machnet.Machnet, port: int) -> None:
     with ma.open_channel() as a, ma.open_channel() as b:
         a.listen(port)
+        # The same channel twice: in use. Another channel of this process joins the port's
+        # listen group (docs/CHANNEL.md §2); another process's port is refused.
         with pytest.raises(machnet.PortInUseError):
-            b.listen(port)
+            a.listen(port)
+        b.listen(port)
         with pytest.raises(machnet.PortInUseError):
             b.listen(ECHO_PORT)  # the Rust echo server's
 

@@ -284,7 +284,17 @@ impl Channel {
     // ----- control -----
 
     /// Accepts connections to Machnet `port` on this channel: accepted flows appear as
-    /// [`Event::Accepted`] (and implicitly in [`Channel::recv`]). One owner per port per host.
+    /// [`Event::Accepted`] (and implicitly in [`Channel::recv`]).
+    ///
+    /// A port belongs to one application (process) host-wide: another application gets
+    /// [`ListenError::PortInUse`]. Other channels of this application may listen on the same
+    /// port too and form its *listen group* (docs/CHANNEL.md §2): each new flow is accepted on
+    /// one engine with a member and announced on a member channel of that engine (round-robin
+    /// among several), never moved between engines. To serve a port from every engine, open one
+    /// channel per engine (`Machnet::open_channel(Some(e))` for `e` in `0..Machnet::engines()`),
+    /// listen on each and serve each from its own thread. Engines without a member leave the
+    /// flow to one that has; a connect succeeds while any member listens. A member that
+    /// unlistens or closes ends only its own flows' listening; the others go on.
     pub fn listen(&mut self, port: u16) -> Result<(), ListenError> {
         self.machnet.listen(self.id, port)
     }

@@ -1,6 +1,7 @@
 //! The Rust runner of `conformance/cases.json` (see `conformance/README.md`): two sidecars in
 //! this process on 127.0.0.1 (apps: an echo server and the KV server of `examples/kv`) and
-//! 127.0.0.2 (the client), every case on a fresh channel of the client sidecar.
+//! 127.0.0.2 (the client), every case on a fresh channel of the client sidecar; then again
+//! with the client on the apps' own sidecar, where every flow is a same-host flow.
 //!
 //! The cases of app `raft` need the Raft cluster of `examples/raft` (Go processes on real
 //! sidecars), which this test cannot start. `raft_cases` runs them against such a cluster when
@@ -434,6 +435,30 @@ fn every_conformance_case() {
         eprintln!("conformance: {}", case["name"]);
         run(&w.target(), case);
     }
+}
+
+/// Every case except the Raft app's with the client attached to the apps' own sidecar, so that
+/// every flow is a same-host flow (docs/CHANNEL.md "Same-host flows"): same results, and the
+/// sidecar's datapath sends no packet.
+#[test]
+fn every_conformance_case_over_same_host_flows() {
+    let w = World::start();
+    let mut target = w.target();
+    target.client_socket = w.sidecars.socket(0);
+    let list: Vec<Value> = cases().into_iter().filter(|c| !is_raft(c)).collect();
+    for case in &list {
+        eprintln!("conformance (same host): {}", case["name"]);
+        run(&target, case);
+    }
+    let reports = w.sidecars.reports(0);
+    let connects: u64 = reports.iter().map(|r| r.local.connects).sum();
+    let tx: u64 = reports.iter().map(|r| r.datapath.tx_packets).sum();
+    assert!(
+        connects >= list.len() as u64,
+        "{connects} local connects for {} cases",
+        list.len()
+    );
+    assert_eq!(tx, 0, "the same-host cases sent packets");
 }
 
 /// The Raft app's cases, against the external cluster the environment names (or skipped,

@@ -2,7 +2,7 @@
 //! store) and its load generator.
 //!
 //! ```text
-//! machnet-kv server --port 900 --db /tmp/kv.redb [--tcp 127.0.0.1:9900] [--socket PATH]
+//! machnet-kv server --port 900 --db /tmp/kv.redb [--threads N] [--tcp 127.0.0.1:9900] [--socket PATH]
 //! machnet-kv bench --remote 127.0.0.1 --port 900 --connections 1,2,4 --depth 1,8,32
 //! machnet-kv bench --tcp 127.0.0.1:9900 --connections 1,2,4 --depth 1,8,32
 //! ```
@@ -47,9 +47,13 @@ struct ServerArgs {
     /// Sidecar control socket (default: $MACHNET_SOCKET or /run/machnet/machnet.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// Engine for the listening channel (default: the sidecar chooses).
+    /// Engine for the listening channel, with one thread (default: the sidecar chooses).
     #[arg(long)]
     engine: Option<u16>,
+    /// Serving threads, each with its own channel listening on the port; channels go to the
+    /// engines round-robin (default: one per engine; 1 = one channel on any engine).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Database file (created if missing). Without it the store lives in memory.
     #[arg(long)]
     db: Option<PathBuf>,
@@ -134,15 +138,27 @@ fn run_server(a: ServerArgs) -> Result<(), String> {
         eprintln!("machnet-kv: TCP on {addr}");
     }
     let machnet = Machnet::attach_at(socket_path(a.socket)).map_err(|e| e.to_string())?;
-    let mut ch = machnet.open_channel(a.engine).map_err(|e| e.to_string())?;
-    ch.listen(a.port).map_err(|e| e.to_string())?;
+    let engines = match (a.engine, a.threads) {
+        (Some(e), None | Some(1)) => vec![Some(e)],
+        (Some(_), Some(_)) => {
+            return Err("--engine pins one channel: use it with --threads 1".into())
+        }
+        (None, t) => server::channel_engines(
+            t.unwrap_or_else(|| usize::from(machnet.engines())),
+            machnet.engines(),
+        ),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let srv = server::MachnetServer::start(&machnet, a.port, &engines, store, stop)
+        .map_err(|e| e.to_string())?;
     eprintln!(
-        "machnet-kv: listening on {}:{} (engine {})",
+        "machnet-kv: listening on {}:{} ({} thread(s), engines {:?})",
         machnet.local_ip(),
         a.port,
-        ch.engine()
+        srv.engines().len(),
+        srv.engines()
     );
-    server::serve_machnet(&mut ch, &store, &AtomicBool::new(false)).map_err(|e| e.to_string())
+    srv.join().map_err(|e| e.to_string())
 }
 
 fn seconds(v: f64, name: &str) -> Result<Duration, String> {

@@ -39,12 +39,14 @@ impl Setup {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sock = sidecars.socket(0);
         let s = stop.clone();
+        // The server as `machnet-kv server` runs it by default: one thread per engine.
         let server = std::thread::spawn(move || {
             let machnet = Machnet::attach_at(&sock).unwrap();
-            let mut ch = machnet.open_channel(None).unwrap();
-            ch.listen(PORT).unwrap();
+            let engines = server::channel_engines(machnet.engines().into(), machnet.engines());
+            let srv = server::MachnetServer::start(&machnet, PORT, &engines, store, s).unwrap();
+            assert_eq!(srv.engines(), [0, 1], "one channel per engine");
             ready_tx.send(()).unwrap();
-            server::serve_machnet(&mut ch, &store, &s).unwrap();
+            srv.join().unwrap();
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))

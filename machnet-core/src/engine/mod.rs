@@ -647,6 +647,12 @@ impl Engine {
             }
             return Err(DropReason::NoListener);
         }
+        // Several engines listen: the flow's designated one accepts it, the others drop its SYNs
+        // (the client's spray reaches the designated engine as it would a single listener).
+        if self.ports.designated(syn.dst_port, remote_ip, syn.src_port) != Some(self.cfg.engine_id)
+        {
+            return Err(DropReason::WrongEngine);
+        }
         if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
             return Err(DropReason::FlowLimit);
         }

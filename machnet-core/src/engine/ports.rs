@@ -6,8 +6,17 @@
 //! ports are striped across engines (`(port - base) % engine_count`).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 
 use crate::config::PortPool;
+
+/// A fixed 64-bit mixer (splitmix64's finaliser): the same on every engine and every run.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
 
 /// Bit set of engine ids (engines are limited to 64).
 pub(crate) type EngineMask = u64;
@@ -74,6 +83,34 @@ impl PortMap {
     /// Whether this engine accepts SYNs for `port`.
     pub(crate) fn i_listen(&self, port: u16) -> bool {
         self.listeners(port) & (1u64 << self.me) != 0
+    }
+
+    /// The engine that accepts a new flow from `remote_ip:remote_port` to `port` when several
+    /// engines listen on it (PROTOCOL.md §5.3): a hash of the flow's addresses picks one of
+    /// them. Every engine of the host computes the same answer, so exactly one accepts the
+    /// client's SYNs, flows spread evenly over the listening engines, and which engine answers
+    /// first plays no part. `None` if nobody listens.
+    pub(crate) fn designated(
+        &self,
+        port: u16,
+        remote_ip: Ipv4Addr,
+        remote_port: u16,
+    ) -> Option<u16> {
+        let mask = self.listeners(port);
+        if mask == 0 {
+            return None;
+        }
+        let n = u64::from(mask.count_ones());
+        let key =
+            u64::from(u32::from(remote_ip)) << 32 | u64::from(remote_port) << 16 | u64::from(port);
+        let mut k = splitmix64(key) % n;
+        let mut m = mask;
+        // The k-th engine (lowest id first) of the mask.
+        while k > 0 {
+            m &= m - 1;
+            k -= 1;
+        }
+        Some(m.trailing_zeros() as u16)
     }
 
     /// The owner of `port` for packets other than SYN.
@@ -161,5 +198,42 @@ mod tests {
         m.remove(80, 1);
         m.remove(80, 0);
         assert_eq!(m.owner(80), Owner::Nobody);
+    }
+
+    #[test]
+    fn one_listening_engine_is_designated_per_flow_and_flows_spread_over_them() {
+        let pool = PortPool {
+            base: 1000,
+            count: 10,
+        };
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let maps: Vec<PortMap> = (0..4)
+            .map(|me| {
+                let mut m = PortMap::new(me, 4, pool);
+                for e in [0, 2, 3] {
+                    m.add(80, e);
+                }
+                m
+            })
+            .collect();
+        assert_eq!(maps[0].designated(81, ip, 5000), None);
+        let mut per_engine = [0usize; 4];
+        for client_port in 40000..43000u16 {
+            let d = maps[0].designated(80, ip, client_port).unwrap();
+            // Every engine agrees.
+            assert!(maps
+                .iter()
+                .all(|m| m.designated(80, ip, client_port) == Some(d)));
+            per_engine[usize::from(d)] += 1;
+        }
+        assert_eq!(per_engine[1], 0, "engine 1 does not listen");
+        for e in [0, 2, 3] {
+            // 1000 expected each; the hash is fixed, so this is not a flaky bound.
+            assert!((900..1100).contains(&per_engine[e]), "{per_engine:?}");
+        }
+        // A single listener is always the one.
+        let mut m = PortMap::new(0, 4, pool);
+        m.add(80, 3);
+        assert!((0..100).all(|p| m.designated(80, ip, 40000 + p) == Some(3)));
     }
 }

@@ -196,9 +196,13 @@ static int t_listen_errors(void) {
     FAILS(machnet_listen(ch, "10.255.255.1", 7100), EADDRNOTAVAIL);
     FAILS(machnet_listen(ch, local_ip, 0), EINVAL);
     CHECK(machnet_listen(ch, local_ip, 7100) == 0);
+    /* The same channel twice: in use. */
+    FAILS(machnet_listen(ch, local_ip, 7100), EADDRINUSE);
+    /* Another channel of this process joins the port's listen group (docs/CHANNEL.md §2);
+     * only another process would get EADDRINUSE. */
     void *other = machnet_attach();
     CHECK(other != NULL);
-    FAILS(machnet_listen(other, "0.0.0.0", 7100), EADDRINUSE);
+    CHECK(machnet_listen(other, "0.0.0.0", 7100) == 0);
     CHECK(machnet_detach(other) == 0);
     return 0;
 }

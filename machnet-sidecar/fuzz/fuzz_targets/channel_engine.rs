@@ -28,7 +28,8 @@ use machnet_channel::{
     ChannelLayout, ChannelViews, CloseCode, ConnectRequest, Consumer, RECORD_HEADER_LEN,
 };
 use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
-use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Owners, Violation};
+use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Flow, Owners, Violation};
+use machnet_sidecar::engine::listen::Listeners;
 use machnet_sidecar::engine::route::{discard_received, route, Routed};
 use machnet_sidecar::engine::{FlowCounter, FlowQuota};
 use machnet_sidecar::shm::ChannelMem;
@@ -157,7 +158,7 @@ struct Harness {
     /// detaching, none once it is gone.
     chans: HashMap<ChannelId, Chan>,
     /// The engine's listeners (the channel's port while it is open).
-    listeners: HashMap<u16, ChannelId>,
+    listeners: Listeners,
     app: App,
     core: Engine,
     peer: Engine,
@@ -191,7 +192,7 @@ impl Harness {
         chan.ports.push(CHAN_PORT);
         Some(Harness {
             chans: HashMap::from([(CHAN, chan)]),
-            listeners: HashMap::from([(CHAN_PORT, CHAN)]),
+            listeners: Listeners::from_pairs([(CHAN_PORT, CHAN)]),
             app: App {
                 _map: map,
                 requests,
@@ -233,7 +234,7 @@ impl Harness {
     }
 
     fn unlisten(&mut self) {
-        if self.listeners.remove(&CHAN_PORT).is_some() {
+        if self.listeners.leave(CHAN_PORT, CHAN) {
             self.core.unlisten(CHAN_PORT);
         }
     }
@@ -244,6 +245,7 @@ impl Harness {
             core: &mut self.core,
             now: self.now,
             owners: &mut self.owners,
+            local: None,
         };
         chan.close_all(&mut ctx, code);
     }
@@ -352,6 +354,7 @@ impl Harness {
                     core: &mut self.core,
                     now: self.now,
                     owners: &mut self.owners,
+                    local: None,
                 };
                 let chan = self.chans.get_mut(&CHAN).expect("not gone");
                 let res = chan.consume(&mut ctx);
@@ -368,6 +371,7 @@ impl Harness {
                         core: &mut self.core,
                         now: self.now,
                         owners: &mut self.owners,
+                        local: None,
                     };
                     let chan = self.chans.get_mut(&CHAN).expect("open");
                     let res = chan.flush(&mut ctx);
@@ -424,6 +428,7 @@ impl Harness {
                         core: &mut self.core,
                         now: self.now,
                         owners: &mut self.owners,
+                        local: None,
                     };
                     let chan = self.chans.get_mut(&CHAN).expect("open");
                     chan.detach(&mut ctx, CloseCode::Detached, deadline);
@@ -455,10 +460,14 @@ impl Harness {
                 core: &mut self.core,
                 now: self.now,
                 owners: &mut self.owners,
+                local: None,
             };
             // The worker keeps the orphans until they close; dropping them gives back permits.
             let orphans = chan.finish_detach(&mut ctx);
             for (flow, _permit) in orphans {
+                let Flow::Net(flow) = flow else {
+                    panic!("a local flow without same-host flows");
+                };
                 assert!(
                     self.core.flow_key(flow).is_some(),
                     "an orphan the core does not know"
@@ -529,6 +538,7 @@ impl Harness {
                 core: &mut self.core,
                 now: self.now,
                 owners: &mut self.owners,
+                local: None,
             };
             match route(ev, &mut ctx, &self.listeners, &mut self.chans) {
                 Routed::Unowned(Event::Readable { flow }) => discard_received(&mut self.core, flow),
@@ -536,7 +546,8 @@ impl Harness {
                 Routed::Unowned(_)
                 | Routed::Delivered { .. }
                 | Routed::Absorbed
-                | Routed::AcceptRefused => {}
+                | Routed::AcceptRefused
+                | Routed::UnownedLocal(_) => {}
             }
         }
     }

@@ -39,7 +39,7 @@ use crate::engine::{
 use crate::limited;
 use crate::shm::ChannelMem;
 use limits::{Ledger, LimitReached, Resource};
-use ports::{ClaimError, PortOwner, PortRegistry};
+use ports::{AppId, ClaimError, Left, PortOwner, PortRegistry};
 use socket::{AcceptError, Packet, PeerCred};
 
 const TOKEN_LISTENER: u64 = 0;
@@ -457,7 +457,7 @@ impl Server {
                             c.channels.retain(|&ch| ch != channel);
                         }
                         self.ledger.release(rec.peer, Resource::Channel);
-                        self.release_ports(channel, rec, true);
+                        self.release_ports(channel, rec);
                     }
                 }
             }
@@ -646,24 +646,47 @@ impl Server {
         Ok((len, fds))
     }
 
+    /// `channel` joins the listen group of `port` (docs/CHANNEL.md §2): the port is free, or
+    /// another channel of the same application listens on it.
     fn listen(&mut self, conn: ConnId, channel: ChannelId, port: u16) -> Result<Reply, Failure> {
         let ChannelRec { engine, peer, .. } = self.owned(conn, channel)?;
-        self.registry.check(port).map_err(claim_failure)?;
-        self.ledger.charge(peer, Resource::Port)?;
-        let res = self.listen_on(channel, engine, port);
-        if res.is_err() {
+        let (app, owner) = (AppId::of(peer), PortOwner { channel, engine });
+        let plan = self
+            .registry
+            .plan(port, app, owner)
+            .map_err(claim_failure)?;
+        // A group is one port for the caps, charged when it is created.
+        if plan.new_port {
+            self.ledger.charge(peer, Resource::Port)?;
+        }
+        let res = self.listen_on(channel, engine, port, plan.first_on_engine);
+        if res.is_err() && plan.new_port {
             self.ledger.release(peer, Resource::Port);
         }
         res?;
+        self.registry
+            .join(port, app, owner)
+            .map_err(claim_failure)?;
         tracing::debug!(conn, channel, port, engine, "listening");
         Ok(Response::Ok.into())
     }
 
-    /// Makes `engine` listen on `port` for `channel` and the other engines forward to it.
-    fn listen_on(&mut self, channel: ChannelId, engine: u16, port: u16) -> Result<(), Failure> {
-        // Others first: once the owner accepts, a SYN reaching any other engine must be dropped
-        // (it belongs to a sibling), not refused.
-        let others: Vec<&EngineClient> = self.engines.iter().filter(|e| e.id() != engine).collect();
+    /// Makes `channel` a listener of `port` on its `engine`; if it is the group's first member
+    /// there (`first_on_engine`), the other engines learn that `engine` listens.
+    fn listen_on(
+        &mut self,
+        channel: ChannelId,
+        engine: u16,
+        port: u16,
+        first_on_engine: bool,
+    ) -> Result<(), Failure> {
+        // Others first: once this engine accepts, a SYN reaching an engine without a member must
+        // be dropped (the client's spray reaches a member), not refused.
+        let others: Vec<&EngineClient> = if first_on_engine {
+            self.engines.iter().filter(|e| e.id() != engine).collect()
+        } else {
+            Vec::new()
+        };
         for e in &others {
             e.host_listener(port, engine, true)?;
         }
@@ -681,42 +704,52 @@ impl Server {
                 }
             });
         }
-        self.registry
-            .claim(port, PortOwner { channel, engine })
-            .map_err(claim_failure)
+        Ok(())
     }
 
     fn unlisten(&mut self, conn: ConnId, channel: ChannelId, port: u16) -> Result<Reply, Failure> {
-        let ChannelRec { engine, peer, .. } = self.owned(conn, channel)?;
-        if !self.registry.release(port, channel) {
+        let ChannelRec { peer, .. } = self.owned(conn, channel)?;
+        let Some(left) = self.registry.leave(port, channel) else {
             return Err(Failure::new(
                 ControlError::InvalidPort,
                 format!("channel {channel} does not listen on port {port}"),
             ));
-        }
-        self.ledger.release(peer, Resource::Port);
-        self.unlisten_on(port, engine, false)?;
+        };
+        self.left(channel, peer, left, false)?;
         Ok(Response::Ok.into())
     }
 
-    /// Stops `port` on every engine (the owner `engine` first, unless it already did).
-    fn unlisten_on(&self, port: u16, engine: u16, owner_done: bool) -> Result<(), EngineGone> {
-        if !owner_done {
-            self.engines[usize::from(engine)].unlisten(port)?;
+    /// What follows `channel` (of `peer`) leaving a listen group: the port stops counting
+    /// against the caps with its last member; its engine drops the member (unless
+    /// `engine_done`: it closed the channel itself); the other engines forget the engine once
+    /// it has no member left.
+    fn left(
+        &mut self,
+        channel: ChannelId,
+        peer: PeerCred,
+        left: Left,
+        engine_done: bool,
+    ) -> Result<(), EngineGone> {
+        if left.port_freed {
+            self.ledger.release(peer, Resource::Port);
         }
-        for e in self.engines.iter().filter(|e| e.id() != engine) {
-            e.host_listener(port, engine, false)?;
+        if !engine_done {
+            self.engines[usize::from(left.engine)].unlisten(channel, left.port)?;
+        }
+        if left.last_on_engine {
+            for e in self.engines.iter().filter(|e| e.id() != left.engine) {
+                e.host_listener(left.port, left.engine, false)?;
+            }
         }
         Ok(())
     }
 
-    /// Releases every port of `channel`. `owner_done`: its engine already stopped them (it
-    /// closed the channel).
-    fn release_ports(&mut self, channel: ChannelId, rec: ChannelRec, owner_done: bool) {
-        for port in self.registry.release_channel(channel) {
-            self.ledger.release(rec.peer, Resource::Port);
-            if let Err(e) = self.unlisten_on(port, rec.engine, owner_done) {
-                limited!(error, "releasing port {port}: {e}");
+    /// Takes `channel` out of every listen group; its engine already did (it closed the
+    /// channel, or is closing it).
+    fn release_ports(&mut self, channel: ChannelId, rec: ChannelRec) {
+        for left in self.registry.leave_all(channel) {
+            if let Err(e) = self.left(channel, rec.peer, left, true) {
+                limited!(error, "releasing port {}: {e}", left.port);
             }
         }
     }
@@ -738,7 +771,7 @@ impl Server {
             linger,
             reply: None,
         });
-        self.release_ports(channel, rec, true);
+        self.release_ports(channel, rec);
         self.ledger.release(rec.peer, Resource::Channel);
         self.channels.remove(&channel);
         if let Some(c) = self.conns.get_mut(&conn) {
@@ -792,7 +825,9 @@ fn sweep_interval(l: &limits::ControlLimits) -> Duration {
 
 fn claim_failure(e: ClaimError) -> Failure {
     match e {
-        ClaimError::InUse(_) => Failure::new(ControlError::PortInUse, e.to_string()),
+        ClaimError::InUse(_) | ClaimError::AlreadyListening(_) => {
+            Failure::new(ControlError::PortInUse, e.to_string())
+        }
         ClaimError::Zero | ClaimError::Ephemeral(_) => {
             Failure::new(ControlError::InvalidPort, e.to_string())
         }

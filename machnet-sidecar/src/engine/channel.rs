@@ -12,6 +12,8 @@ use machnet_channel::{CloseCode, ConnectRequest, FlowInfo};
 use machnet_core::{CloseReason, ConnectError, Engine, FlowId, Instant, SendError};
 
 use super::flow_quota::{FlowPermit, FlowQuota};
+use super::listen::Listeners;
+use super::local::{LocalEnd, LocalHub};
 use crate::shm::ChannelMem;
 
 pub use machnet_channel::engine::{Counters as ChanCounters, Violation};
@@ -19,8 +21,45 @@ pub use machnet_channel::engine::{Counters as ChanCounters, Violation};
 /// Channel identifier, unique in the sidecar's lifetime (never 0).
 pub type ChannelId = u32;
 
-/// Engine-wide map from core flows to the (channel, handle) owning them.
-pub type Owners = HashMap<FlowId, (ChannelId, u32)>;
+/// A channel's transport flow: a flow of the core (over the network), or one end of a
+/// same-host flow ([`super::local`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// A flow of this engine's `machnet_core::Engine`.
+    Net(FlowId),
+    /// An end of a local flow.
+    Local(LocalEnd),
+}
+
+/// Engine-wide map from flows to the (channel, handle) owning them.
+pub type Owners = HashMap<Flow, (ChannelId, u32)>;
+
+/// What a channel needs to open and use same-host flows.
+#[derive(Clone, Copy)]
+pub struct LocalCtx<'a> {
+    /// The sidecar's local flows.
+    pub hub: &'a LocalHub,
+    /// This engine's id.
+    pub engine: u16,
+    /// This engine's listen groups.
+    pub listeners: &'a Listeners,
+}
+
+impl LocalCtx<'_> {
+    /// Opens a local flow to `port`: a listener on this engine takes it if there is one,
+    /// otherwise one on another engine; nobody listening is a refusal, as over the network.
+    fn connect(&self, port: u16) -> Result<LocalEnd, CloseCode> {
+        if port == 0 {
+            return Err(CloseCode::InvalidRequest);
+        }
+        let server = if !self.listeners.members(port).is_empty() {
+            self.engine
+        } else {
+            self.hub.listening_engine(port).ok_or(CloseCode::Refused)?
+        };
+        self.hub.connect(self.engine, server, port)
+    }
+}
 
 /// What the engine needs from the outside while handling a channel.
 pub struct Ctx<'a> {
@@ -28,11 +67,76 @@ pub struct Ctx<'a> {
     pub core: &'a mut Engine,
     /// Now.
     pub now: Instant,
-    /// Engine-wide map from core flows to (channel, handle).
+    /// Engine-wide map from flows to (channel, handle).
     pub owners: &'a mut Owners,
+    /// Same-host flows (`None`: off; every flow goes through the core).
+    pub local: Option<LocalCtx<'a>>,
 }
 
-/// The core as one channel's transport: the [`Transport`] the engine half drives.
+impl Ctx<'_> {
+    /// Aborts `flow` (its peer gets a reset).
+    pub fn abort(&mut self, flow: Flow) {
+        match flow {
+            Flow::Net(id) => {
+                let _ = self.core.abort(self.now, id);
+            }
+            Flow::Local(end) => {
+                if let Some(l) = self.local {
+                    let _ = l.hub.abort(end);
+                }
+            }
+        }
+    }
+
+    /// Forgets a flow that ended, and what it still holds.
+    pub fn discard(&mut self, flow: Flow) {
+        match flow {
+            Flow::Net(id) => self.core.discard(id),
+            Flow::Local(end) => {
+                if let Some(l) = self.local {
+                    l.hub.discard(end);
+                }
+            }
+        }
+    }
+
+    /// Reads and drops every message waiting for `flow` (its app is gone).
+    pub fn discard_received(&mut self, flow: Flow) {
+        match flow {
+            Flow::Net(id) => super::route::discard_received(self.core, id),
+            Flow::Local(end) => {
+                if let Some(l) = self.local {
+                    l.hub.discard_received(end);
+                }
+            }
+        }
+    }
+
+    /// Message bytes sent on `flow` that the peer does not have yet.
+    pub fn undelivered_bytes(&self, flow: Flow) -> usize {
+        match flow {
+            Flow::Net(id) => self.core.flow_unacked_bytes(id).unwrap_or(0),
+            Flow::Local(end) => self.local.map_or(0, |l| l.hub.unread_by_peer(end)),
+        }
+    }
+
+    /// The addresses of `flow`, as the channel announces them.
+    pub fn flow_info(&self, flow: Flow) -> Option<FlowInfo> {
+        match flow {
+            Flow::Net(id) => self.core.flow_key(id).map(|k| FlowInfo {
+                local_ip: k.local_ip,
+                local_port: k.local_port,
+                remote_ip: k.remote_ip,
+                remote_port: k.remote_port,
+            }),
+            Flow::Local(end) => self.local.and_then(|l| l.hub.info(end)),
+        }
+    }
+}
+
+/// The core (and the same-host flows) as one channel's transport: the [`Transport`] the
+/// engine half drives. Each call goes where its flow lives; a connect to the sidecar's own
+/// address opens a local flow when same-host flows are on.
 struct CoreTransport<'a, 'c> {
     ctx: &'a mut Ctx<'c>,
     channel: ChannelId,
@@ -40,17 +144,21 @@ struct CoreTransport<'a, 'c> {
 }
 
 impl Transport for CoreTransport<'_, '_> {
-    type Flow = FlowId;
+    type Flow = Flow;
     type Permit = FlowPermit;
 
     fn admit(&mut self) -> Option<FlowPermit> {
         self.quota.acquire().ok()
     }
 
-    fn connect(&mut self, req: ConnectRequest) -> Result<FlowId, CloseCode> {
+    fn connect(&mut self, req: ConnectRequest) -> Result<Flow, CloseCode> {
         let ctx = &mut *self.ctx;
+        if let Some(l) = ctx.local.filter(|l| l.hub.local_ip() == req.remote_ip) {
+            return l.connect(req.remote_port).map(Flow::Local);
+        }
         ctx.core
             .connect(ctx.now, req.remote_ip, req.remote_port)
+            .map(Flow::Net)
             .map_err(|e| match e {
                 ConnectError::NoEphemeralPort | ConnectError::TooManyFlows => CloseCode::Exhausted,
                 ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort => {
@@ -59,10 +167,19 @@ impl Transport for CoreTransport<'_, '_> {
             })
     }
 
-    fn send(&mut self, flow: FlowId, msg: Bytes) -> Result<(), SendRefused> {
+    fn send(&mut self, flow: Flow, msg: Bytes) -> Result<(), SendRefused> {
+        let id = match flow {
+            Flow::Net(id) => id,
+            Flow::Local(end) => {
+                return match self.ctx.local {
+                    Some(l) => l.hub.send(end, msg),
+                    None => Err(SendRefused::Failed(CloseCode::UnknownFlow)),
+                }
+            }
+        };
         self.ctx
             .core
-            .send(self.ctx.now, flow, msg)
+            .send(self.ctx.now, id, msg)
             .map_err(|e| match e {
                 SendError::BufferFull => SendRefused::BufferFull,
                 SendError::UnknownFlow => SendRefused::Failed(CloseCode::UnknownFlow),
@@ -75,41 +192,58 @@ impl Transport for CoreTransport<'_, '_> {
             })
     }
 
-    fn peek_len(&mut self, flow: FlowId) -> Option<usize> {
-        self.ctx.core.peek_len(flow).ok().flatten()
+    fn peek_len(&mut self, flow: Flow) -> Option<usize> {
+        match flow {
+            Flow::Net(id) => self.ctx.core.peek_len(id).ok().flatten(),
+            Flow::Local(end) => self.ctx.local?.hub.peek_len(end),
+        }
     }
 
-    fn recv(&mut self, flow: FlowId) -> Option<Bytes> {
-        self.ctx.core.recv(flow).ok().flatten()
+    fn recv(&mut self, flow: Flow) -> Option<Bytes> {
+        match flow {
+            Flow::Net(id) => self.ctx.core.recv(id).ok().flatten(),
+            Flow::Local(end) => self.ctx.local?.hub.recv(end),
+        }
     }
 
-    fn close(&mut self, flow: FlowId) -> Result<(), UnknownFlow> {
-        self.ctx
-            .core
-            .close(self.ctx.now, flow)
-            .map_err(|_| UnknownFlow)
+    fn close(&mut self, flow: Flow) -> Result<(), UnknownFlow> {
+        match flow {
+            Flow::Net(id) => self
+                .ctx
+                .core
+                .close(self.ctx.now, id)
+                .map_err(|_| UnknownFlow),
+            Flow::Local(end) => self.ctx.local.ok_or(UnknownFlow)?.hub.close(end),
+        }
     }
 
-    fn abort(&mut self, flow: FlowId) -> Result<(), UnknownFlow> {
-        self.ctx
-            .core
-            .abort(self.ctx.now, flow)
-            .map_err(|_| UnknownFlow)
+    fn abort(&mut self, flow: Flow) -> Result<(), UnknownFlow> {
+        match flow {
+            Flow::Net(id) => self
+                .ctx
+                .core
+                .abort(self.ctx.now, id)
+                .map_err(|_| UnknownFlow),
+            Flow::Local(end) => self.ctx.local.ok_or(UnknownFlow)?.hub.abort(end),
+        }
     }
 
-    fn discard(&mut self, flow: FlowId) {
-        self.ctx.core.discard(flow);
+    fn discard(&mut self, flow: Flow) {
+        self.ctx.discard(flow);
     }
 
-    fn exists(&self, flow: FlowId) -> bool {
-        self.ctx.core.flow_key(flow).is_some()
+    fn exists(&self, flow: Flow) -> bool {
+        match flow {
+            Flow::Net(id) => self.ctx.core.flow_key(id).is_some(),
+            Flow::Local(end) => self.ctx.local.is_some_and(|l| l.hub.exists(end)),
+        }
     }
 
-    fn adopt(&mut self, flow: FlowId, handle: u32) {
+    fn adopt(&mut self, flow: Flow, handle: u32) {
         self.ctx.owners.insert(flow, (self.channel, handle));
     }
 
-    fn release(&mut self, flow: FlowId) {
+    fn release(&mut self, flow: Flow) {
         self.ctx.owners.remove(&flow);
     }
 }
@@ -118,7 +252,7 @@ impl Transport for CoreTransport<'_, '_> {
 pub struct Chan {
     id: ChannelId,
     mem: ChannelMem,
-    half: engine::Channel<FlowId, FlowPermit>,
+    half: engine::Channel<Flow, FlowPermit>,
     /// Machnet ports this channel listens on (on this engine).
     pub ports: Vec<u16>,
     /// Set once the channel is detached gracefully (docs/CHANNEL.md §5): the deadline by which
@@ -172,7 +306,7 @@ impl Chan {
     fn with<R>(
         &mut self,
         ctx: &mut Ctx<'_>,
-        f: impl FnOnce(&mut engine::Channel<FlowId, FlowPermit>, &mut CoreTransport<'_, '_>) -> R,
+        f: impl FnOnce(&mut engine::Channel<Flow, FlowPermit>, &mut CoreTransport<'_, '_>) -> R,
     ) -> R {
         let mut t = CoreTransport {
             ctx,
@@ -226,7 +360,7 @@ impl Chan {
         self.with(ctx, |half, t| half.consume(t))
     }
 
-    /// The core established a flow this channel connected.
+    /// The transport established a flow this channel connected.
     pub fn on_connected(&mut self, handle: u32, info: Option<FlowInfo>) {
         self.half.on_connected(handle, info);
     }
@@ -236,7 +370,7 @@ impl Chan {
     pub fn on_accepted(
         &mut self,
         ctx: &mut Ctx<'_>,
-        id: FlowId,
+        id: Flow,
         port: u16,
         info: Option<FlowInfo>,
     ) -> bool {
@@ -254,12 +388,12 @@ impl Chan {
     }
 
     /// The core flow behind `handle` is gone.
-    pub fn on_closed(&mut self, handle: u32, id: FlowId, code: CloseCode) {
+    pub fn on_closed(&mut self, handle: u32, id: Flow, code: CloseCode) {
         self.half.on_closed(handle, id, code);
     }
 
     /// The core can take more data on `id`: retry a stalled send.
-    pub fn on_writable(&mut self, id: FlowId) {
+    pub fn on_writable(&mut self, id: Flow) {
         self.half.on_writable(id);
     }
 
@@ -310,7 +444,7 @@ impl Chan {
 
     /// Ends a drained detach: closes each remaining flow gracefully and hands them over with
     /// their permits; the caller keeps them as orphans until they close or the deadline passes.
-    pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<(FlowId, FlowPermit)> {
+    pub fn finish_detach(&mut self, ctx: &mut Ctx<'_>) -> Vec<(Flow, FlowPermit)> {
         self.with(ctx, |half, t| half.finish_detach(t))
     }
 
@@ -342,6 +476,7 @@ pub fn close_code(reason: CloseReason) -> CloseCode {
 
 #[cfg(test)]
 mod tests {
+    use super::super::listen::Listeners;
     use super::super::route::Routed;
     use super::*;
     use machnet_channel::{ChannelLayout, ChannelViews};
@@ -442,7 +577,7 @@ mod tests {
     fn route(
         core: &mut Engine,
         chans: &mut HashMap<ChannelId, Chan>,
-        listeners: &HashMap<u16, ChannelId>,
+        listeners: &mut Listeners,
         owners: &mut Owners,
     ) {
         while let Some(ev) = core.poll_event() {
@@ -450,6 +585,7 @@ mod tests {
                 core: &mut *core,
                 now: Instant::ZERO,
                 owners: &mut *owners,
+                local: None,
             };
             let routed = super::super::route::route(ev, &mut ctx, listeners, chans);
             assert!(
@@ -464,6 +600,7 @@ mod tests {
             core,
             now: Instant::ZERO,
             owners,
+            local: None,
         };
         chan.flush(&mut ctx).unwrap();
     }
@@ -481,6 +618,7 @@ mod tests {
             core: &mut core,
             now,
             owners: &mut owners,
+            local: None,
         };
         assert_eq!(chan.consume(&mut ctx).unwrap(), 3);
         flush(&mut chan, &mut core, &mut owners);
@@ -509,6 +647,7 @@ mod tests {
             core: &mut core,
             now,
             owners: &mut owners,
+            local: None,
         };
         assert_eq!(
             chan.consume(&mut ctx),
@@ -525,6 +664,7 @@ mod tests {
             core: &mut core,
             now,
             owners: &mut owners,
+            local: None,
         };
         assert!(matches!(chan.consume(&mut ctx), Err(Violation::Ring(_))));
     }
@@ -537,7 +677,8 @@ mod tests {
         let (ca, mut app_a) = channel(1, max);
         let (cb, mut app_b) = channel(2, max);
         let (mut chans_a, mut chans_b) = (HashMap::from([(1, ca)]), HashMap::from([(2, cb)]));
-        let (no_listeners, listeners_b) = (HashMap::new(), HashMap::from([(80u16, 2)]));
+        let (mut no_listeners, mut listeners_b) =
+            (Listeners::new(), Listeners::from_pairs([(80, 2)]));
         let (mut oa, mut ob) = (HashMap::new(), HashMap::new());
         let now = Instant::ZERO;
         let req = ConnectRequest {
@@ -550,13 +691,14 @@ mod tests {
                 core,
                 now,
                 owners: o,
+                local: None,
             };
             chans.get_mut(&1).unwrap().consume(ctx).unwrap()
         };
         assert_eq!(consume(&mut chans_a, &mut a, &mut oa), 1);
         shuttle(&mut a, &mut b, now);
-        route(&mut a, &mut chans_a, &no_listeners, &mut oa);
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut a, &mut chans_a, &mut no_listeners, &mut oa);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_a.get_mut(&1).unwrap(), &mut a, &mut oa);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, p) = app_a.next().expect("connected");
@@ -577,9 +719,11 @@ mod tests {
         app_a.push(RecordKind::Close, flow, 0, &[]);
         consume(&mut chans_a, &mut a, &mut oa);
         shuttle(&mut a, &mut b, now);
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
-        let fid = *ob.keys().next().unwrap();
+        let Some(&Flow::Net(fid)) = ob.keys().next() else {
+            panic!("a core flow")
+        };
         // Two messages fit in the ring (1.6 MiB); the third stays in the core, with the FIN
         // behind it: no PeerClosed yet.
         let held = b.flow_held_bytes(fid).unwrap();
@@ -600,7 +744,7 @@ mod tests {
         assert_eq!(h.kind, RecordKind::Message);
         got.push(p);
         assert!(got == msgs, "messages intact and in order");
-        route(&mut b, &mut chans_b, &listeners_b, &mut ob);
+        route(&mut b, &mut chans_b, &mut listeners_b, &mut ob);
         flush(chans_b.get_mut(&2).unwrap(), &mut b, &mut ob);
         let (h, _) = app_b.next().unwrap();
         assert_eq!((h.kind, h.flow), (RecordKind::PeerClosed, bflow));

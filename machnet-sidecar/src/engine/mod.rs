@@ -4,6 +4,8 @@
 
 pub mod channel;
 pub mod flow_quota;
+pub mod listen;
+pub mod local;
 pub mod route;
 mod worker;
 
@@ -54,7 +56,8 @@ pub enum Command {
         /// Answered once done (if given).
         reply: Option<Sender<()>>,
     },
-    /// Listen on a Machnet port for a channel of this engine.
+    /// A channel of this engine joins the listen group of a Machnet port (the core listens on
+    /// it from the first member on).
     Listen {
         /// The channel accepted flows are announced on.
         channel: ChannelId,
@@ -63,8 +66,11 @@ pub enum Command {
         /// The outcome.
         reply: Sender<Result<(), EngineListenError>>,
     },
-    /// Stop listening on a port (established flows are unaffected).
+    /// A channel of this engine stops listening on a port (established flows are unaffected;
+    /// the core stops listening once the port has no member on this engine).
     Unlisten {
+        /// The channel.
+        channel: ChannelId,
         /// The port.
         port: u16,
         /// Answered once done.
@@ -175,6 +181,8 @@ pub struct EngineParams {
     pub shutdown_linger: Duration,
     /// The sidecar's clock.
     pub clock: Clock,
+    /// The sidecar's same-host flows (`None`: `--same-host-flows false`).
+    pub local: Option<Arc<local::LocalHub>>,
 }
 
 /// Why an engine could not start.
@@ -277,9 +285,13 @@ impl EngineClient {
         })
     }
 
-    /// Stops listening on `port`.
-    pub fn unlisten(&self, port: u16) -> Result<(), EngineGone> {
-        self.call(|reply| Command::Unlisten { port, reply })
+    /// `channel` stops listening on `port`.
+    pub fn unlisten(&self, channel: ChannelId, port: u16) -> Result<(), EngineGone> {
+        self.call(|reply| Command::Unlisten {
+            channel,
+            port,
+            reply,
+        })
     }
 
     /// Records that `engine` listens (or stopped listening) on `port`.

@@ -37,25 +37,44 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use machnet_channel::CloseCode;
-use machnet_core::{Datagram, Engine, Event, FlowId, Instant};
+use machnet_core::{Datagram, Engine, Event, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use super::channel::{Chan, ChannelId, Ctx, Violation};
+use super::channel::{Chan, ChannelId, Ctx, Flow, LocalCtx, Violation};
 use super::flow_quota::FlowPermit;
-use super::route::{self, discard_received, Routed};
+use super::listen::{Joined, Listeners};
+use super::local::{LocalEvent, LocalHub, LocalStats};
+use super::route::{self, Routed};
 use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnError};
 use crate::clock::Clock;
 use crate::config::IdleMode;
 use crate::datapath::{Datapath, TxMeta};
 use crate::stats::{EngineReport, LoopStats};
 
+/// The [`Ctx`] of a worker (a macro, so that it borrows the worker's fields, not the worker).
+macro_rules! ctx {
+    ($w:expr, $now:expr) => {
+        Ctx {
+            core: &mut $w.core,
+            now: $now,
+            owners: &mut $w.owners,
+            local: $w.local.as_deref().map(|hub| LocalCtx {
+                hub,
+                engine: $w.id,
+                listeners: &$w.listeners,
+            }),
+        }
+    };
+}
+
 const TOKEN_DATAPATH: u64 = 0;
 const TOKEN_COMMAND: u64 = 1;
 const TOKEN_TIMER: u64 = 2;
+const TOKEN_LOCAL: u64 = 3;
 /// Channel `c` uses token `TOKEN_CHANNEL_BASE + c`.
 const TOKEN_CHANNEL_BASE: u64 = 16;
 
@@ -90,14 +109,19 @@ pub(super) struct Worker {
     flush: Vec<ChannelId>,
     /// The flush list being worked through (kept to reuse its allocation).
     flushing: Vec<ChannelId>,
-    owners: HashMap<FlowId, (ChannelId, u32)>,
-    listeners: HashMap<u16, ChannelId>,
+    owners: super::channel::Owners,
+    /// Same-host flows (`None`: off).
+    local: Option<Arc<LocalHub>>,
+    /// Local flow events being routed (kept to reuse its allocation).
+    local_events: Vec<LocalEvent>,
+    /// Port → the channels of this engine listening on it.
+    listeners: Listeners,
     /// Channels being detached gracefully (docs/CHANNEL.md §5); they stay on the run list.
     detaching: Vec<ChannelId>,
     /// Flows of detached channels, closing on their own, with the deadline after which they
     /// are aborted (and their place in their application's flow limits). Messages that arrive
     /// for them are discarded.
-    orphans: HashMap<FlowId, (Instant, FlowPermit)>,
+    orphans: HashMap<Flow, (Instant, FlowPermit)>,
     /// The earliest deadline of `detaching` and `orphans`.
     next_linger: Option<Instant>,
     /// How long a stop may take to deliver what apps sent.
@@ -161,6 +185,14 @@ impl Worker {
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER),
             )
             .map_err(std::io::Error::from)?;
+        if let Some(fd) = params.local.as_deref().and_then(|l| l.wake_fd(id)) {
+            epoll
+                .add(
+                    fd.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LOCAL),
+                )
+                .map_err(std::io::Error::from)?;
+        }
         let now = params.clock.now();
         Ok(Worker {
             id,
@@ -178,7 +210,9 @@ impl Worker {
             flush: Vec::new(),
             flushing: Vec::new(),
             owners: HashMap::new(),
-            listeners: HashMap::new(),
+            local: params.local,
+            local_events: Vec::new(),
+            listeners: Listeners::new(),
             detaching: Vec::new(),
             orphans: HashMap::new(),
             next_linger: None,
@@ -310,21 +344,15 @@ impl Worker {
                 port,
                 reply,
             } => {
-                let res = match self.chans.get_mut(&channel) {
-                    None => Err(EngineListenError::NoSuchChannel),
-                    Some(chan) => match self.core.listen(port) {
-                        Ok(()) => {
-                            chan.ports.push(port);
-                            self.listeners.insert(port, channel);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.into()),
-                    },
-                };
+                let res = self.listen(channel, port);
                 let _ = reply.send(res);
             }
-            Command::Unlisten { port, reply } => {
-                self.unlisten(port);
+            Command::Unlisten {
+                channel,
+                port,
+                reply,
+            } => {
+                self.unlisten(channel, port);
                 let _ = reply.send(());
             }
             Command::HostListener {
@@ -349,12 +377,47 @@ impl Worker {
         }
     }
 
-    fn unlisten(&mut self, port: u16) {
-        self.core.unlisten(port);
-        if let Some(ch) = self.listeners.remove(&port) {
-            if let Some(chan) = self.chans.get_mut(&ch) {
-                chan.ports.retain(|&p| p != port);
+    /// `channel` joins the listen group of `port`; the core listens from the first member on.
+    fn listen(&mut self, channel: ChannelId, port: u16) -> Result<(), EngineListenError> {
+        let Some(chan) = self.chans.get_mut(&channel) else {
+            return Err(EngineListenError::NoSuchChannel);
+        };
+        if chan.detach_deadline().is_some() {
+            return Err(EngineListenError::NoSuchChannel);
+        }
+        match self.listeners.join(port, channel) {
+            Joined::Already => return Ok(()),
+            Joined::Another => {}
+            Joined::First => {
+                if let Err(e) = self.core.listen(port) {
+                    self.listeners.leave(port, channel);
+                    return Err(e.into());
+                }
+                if let Some(l) = &self.local {
+                    l.set_listening(port, self.id, true);
+                }
             }
+        }
+        chan.ports.push(port);
+        Ok(())
+    }
+
+    /// `channel` leaves the listen group of `port`; the core stops with the last member.
+    fn unlisten(&mut self, channel: ChannelId, port: u16) {
+        if self.listeners.leave(port, channel) {
+            self.stop_listening(port);
+        }
+        if let Some(chan) = self.chans.get_mut(&channel) {
+            chan.ports.retain(|&p| p != port);
+        }
+    }
+
+    /// The last member of `port` on this engine left: the core and the same-host hub stop
+    /// treating this engine as a listener.
+    fn stop_listening(&mut self, port: u16) {
+        self.core.unlisten(port);
+        if let Some(l) = &self.local {
+            l.set_listening(port, self.id, false);
         }
     }
 
@@ -377,24 +440,26 @@ impl Worker {
     /// acknowledged every message the orphans sent. (Their FINs and the peers' own closes are
     /// not waited for: a peer that already went away would hold every stop for the whole
     /// linger, and it has all our messages.)
-    fn stop_done(&self, now: Instant) -> bool {
-        self.stopping.is_some_and(|deadline| {
-            now >= deadline || (self.detaching.is_empty() && self.orphans_delivered())
-        })
+    fn stop_done(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.stopping else {
+            return false;
+        };
+        now >= deadline || (self.detaching.is_empty() && self.orphans_delivered())
     }
 
     /// Whether the peers have every message the orphan flows were given.
-    fn orphans_delivered(&self) -> bool {
-        self.orphans
-            .keys()
-            .all(|&f| self.core.flow_unacked_bytes(f).unwrap_or(0) == 0)
+    fn orphans_delivered(&mut self) -> bool {
+        let orphans = &self.orphans;
+        let ctx = ctx!(self, Instant::ZERO);
+        orphans.keys().all(|&f| ctx.undelivered_bytes(f) == 0)
     }
 
     /// Stops listening on every port of `chan`.
     fn unlisten_all(&mut self, chan: &mut Chan) {
         for port in std::mem::take(&mut chan.ports) {
-            self.core.unlisten(port);
-            self.listeners.remove(&port);
+            if self.listeners.leave(port, chan.id()) {
+                self.stop_listening(port);
+            }
         }
     }
 
@@ -430,11 +495,7 @@ impl Worker {
             chan.sched.queued = false;
             self.flush.retain(|&c| c != id);
         }
-        let mut ctx = Ctx {
-            core: &mut self.core,
-            now,
-            owners: &mut self.owners,
-        };
+        let mut ctx = ctx!(self, now);
         chan.detach(&mut ctx, code, deadline);
         // Active until drained: its app (gone, most likely) will not ring the doorbell.
         activate(&mut chan, &mut self.active, now);
@@ -471,13 +532,9 @@ impl Worker {
                 continue;
             };
             let deadline = chan.detach_deadline().unwrap_or(now);
-            let mut ctx = Ctx {
-                core: &mut self.core,
-                now,
-                owners: &mut self.owners,
-            };
+            let mut ctx = ctx!(self, now);
             for (flow, permit) in chan.finish_detach(&mut ctx) {
-                discard_received(&mut self.core, flow);
+                ctx.discard_received(flow);
                 self.orphans.insert(flow, (deadline, permit));
             }
             self.counters.channels_closed += 1;
@@ -509,14 +566,15 @@ impl Worker {
             tracing::debug!(engine = self.id, channel = id, flows, "linger expired");
             self.close_channel(id, CloseCode::Detached, now);
         }
-        let core = &mut self.core;
         let counters = &mut self.counters;
-        self.orphans.retain(|&flow, (deadline, _)| {
+        let orphans = &mut self.orphans;
+        let mut ctx = ctx!(self, now);
+        orphans.retain(|&flow, (deadline, _)| {
             if *deadline > now {
                 return true;
             }
             counters.linger_aborts += 1;
-            let _ = core.abort(now, flow);
+            ctx.abort(flow);
             false
         });
         self.next_linger = self
@@ -531,11 +589,7 @@ impl Worker {
         let Some(mut chan) = self.remove_channel(id) else {
             return;
         };
-        let mut ctx = Ctx {
-            core: &mut self.core,
-            now,
-            owners: &mut self.owners,
-        };
+        let mut ctx = ctx!(self, now);
         chan.close_all(&mut ctx, code);
         self.counters.channels_closed += 1;
         tracing::debug!(engine = self.id, channel = id, ?code, "channel closed");
@@ -576,11 +630,7 @@ impl Worker {
     fn consume_requests(&mut self, now: Instant) -> bool {
         let mut work = false;
         let mut bad = Vec::new();
-        let mut ctx = Ctx {
-            core: &mut self.core,
-            now,
-            owners: &mut self.owners,
-        };
+        let mut ctx = ctx!(self, now);
         for &id in &self.active {
             let Some(chan) = self.chans.get_mut(&id) else {
                 continue;
@@ -628,6 +678,9 @@ impl Worker {
                 // Commands are taken from the queue every iteration; the eventfd only wakes.
                 TOKEN_COMMAND => {
                     let _ = self.wake.read();
+                }
+                TOKEN_LOCAL => {
+                    // Read by `LocalHub::take_events`, which `deliver` calls every iteration.
                 }
                 TOKEN_TIMER => {
                     let mut b = [0u8; 8];
@@ -707,6 +760,15 @@ impl Worker {
                 events = true;
                 self.route(ev, now);
             }
+            if let Some(l) = &self.local {
+                let mut evs = std::mem::take(&mut self.local_events);
+                l.take_events(self.id, &mut evs);
+                for ev in evs.drain(..) {
+                    events = true;
+                    self.route_local(ev, now);
+                }
+                self.local_events = evs;
+            }
             let mut bad = Vec::new();
             std::mem::swap(&mut self.flush, &mut self.flushing);
             for &id in &self.flushing {
@@ -715,11 +777,7 @@ impl Worker {
                 };
                 chan.sched.queued = false;
                 let before = chan.counters().notifications;
-                let mut ctx = Ctx {
-                    core: &mut self.core,
-                    now,
-                    owners: &mut self.owners,
-                };
+                let mut ctx = ctx!(self, now);
                 match chan.flush(&mut ctx) {
                     Ok(_) => {
                         let n = chan.counters().notifications - before;
@@ -753,12 +811,21 @@ impl Worker {
     /// channel active and queued for flushing: this is how channels learn of work the engine
     /// itself produced.
     fn route(&mut self, ev: Event, now: Instant) {
-        let mut ctx = Ctx {
-            core: &mut self.core,
-            now,
-            owners: &mut self.owners,
-        };
-        match route::route(ev, &mut ctx, &self.listeners, &mut self.chans) {
+        let mut ctx = ctx!(self, now);
+        let routed = route::route(ev, &mut ctx, &self.listeners, &mut self.chans);
+        self.routed(routed, now);
+    }
+
+    /// [`Worker::route`] for an event of a local flow ([`route::route_local`]).
+    fn route_local(&mut self, ev: LocalEvent, now: Instant) {
+        let mut ctx = ctx!(self, now);
+        let routed = route::route_local(ev, &mut ctx, &self.listeners, &mut self.chans);
+        self.routed(routed, now);
+    }
+
+    /// Schedules the channel an event was routed to.
+    fn routed(&mut self, routed: Routed, now: Instant) {
+        match routed {
             Routed::Delivered { channel, flush } => {
                 if let Some(c) = self.chans.get_mut(&channel) {
                     activate(c, &mut self.active, now);
@@ -769,24 +836,40 @@ impl Worker {
             }
             Routed::Absorbed => {}
             Routed::AcceptRefused => self.counters.orphan_accepts += 1,
-            Routed::Unowned(ev) => self.orphan_event(ev),
+            Routed::Unowned(ev) => {
+                let (flow, closed) = match ev {
+                    Event::Readable { flow } => (flow, false),
+                    Event::Closed { flow, .. } => (flow, true),
+                    _ => return,
+                };
+                self.orphan_event(Flow::Net(flow), closed, now);
+            }
+            Routed::UnownedLocal(ev) => {
+                use super::local::LocalEventKind as K;
+                let closed = match ev.kind {
+                    K::Readable => false,
+                    K::Closed(_) => true,
+                    _ => return,
+                };
+                self.orphan_event(Flow::Local(ev.end), closed, now);
+            }
         }
     }
 
-    /// A core event for a flow no channel owns: an orphan's messages are discarded, its end
-    /// is noted.
-    fn orphan_event(&mut self, ev: Event) {
-        match ev {
-            Event::Readable { flow } if self.orphans.contains_key(&flow) => {
-                discard_received(&mut self.core, flow)
+    /// A `Readable` (or, with `closed`, a `Closed`) event for a flow no channel owns: an
+    /// orphan's messages are discarded, its end is noted.
+    fn orphan_event(&mut self, flow: Flow, closed: bool, now: Instant) {
+        let is_orphan = self.orphans.contains_key(&flow);
+        let mut ctx = ctx!(self, now);
+        if !closed {
+            if is_orphan {
+                ctx.discard_received(flow);
             }
-            // Whether it was an orphan or a flow whose channel is gone, nobody reads it.
-            Event::Closed { flow, .. } => {
-                self.orphans.remove(&flow);
-                self.core.discard(flow);
-            }
-            _ => {}
+            return;
         }
+        // Whether it was an orphan or a flow whose channel is gone, nobody reads it.
+        ctx.discard(flow);
+        self.orphans.remove(&flow);
     }
 
     /// Moves the core's packets to the datapath: each is written straight into the datapath's
@@ -844,6 +927,10 @@ impl Worker {
         if !abort && !self.cmds.is_empty() {
             abort = true;
         }
+        // Local flow events posted by this engine itself do not ring its eventfd.
+        if !abort && self.local.as_ref().is_some_and(|l| l.has_events(self.id)) {
+            abort = true;
+        }
         // A datapath without a readiness fd (DPDK) must be polled: nap at most POLLED_NAP.
         let poll_due = (!self.dp_registered).then(|| now + POLLED_NAP);
         let deadline = [
@@ -896,7 +983,16 @@ impl Worker {
     /// Message bytes this engine holds (received, and sent but unacknowledged), for the
     /// trimmer: a sender's buffers are as large as a receiver's.
     fn memory_in_use(&self) -> usize {
-        self.core.held_bytes() + self.core.send_buffered_bytes() + self.core.leftover_bytes()
+        self.core.held_bytes()
+            + self.core.send_buffered_bytes()
+            + self.core.leftover_bytes()
+            + self.local_stats().queued_bytes
+    }
+
+    fn local_stats(&self) -> LocalStats {
+        self.local
+            .as_ref()
+            .map_or_else(LocalStats::default, |l| l.stats(self.id))
     }
 
     fn report(&self) -> EngineReport {
@@ -913,6 +1009,7 @@ impl Worker {
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
             orphan_flows: self.orphans.len(),
+            local: self.local_stats(),
         }
     }
 
@@ -924,9 +1021,11 @@ impl Worker {
         }
         // Orphans whose peer has everything are left alone (a reset could make the peer's
         // sidecar discard messages its app has not read yet); the others are aborted.
-        for (flow, _) in self.orphans.drain() {
-            if self.core.flow_unacked_bytes(flow).unwrap_or(0) > 0 {
-                let _ = self.core.abort(now, flow);
+        let orphans = std::mem::take(&mut self.orphans);
+        let mut ctx = ctx!(self, now);
+        for (flow, _) in orphans {
+            if ctx.undelivered_bytes(flow) > 0 {
+                ctx.abort(flow);
             }
         }
         // Let the peers know (RSTs for the aborted flows).
