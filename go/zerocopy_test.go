@@ -360,3 +360,31 @@ func recvZCWaitsForAnotherGoroutinesRelease(t *testing.T, mode WaitMode) {
 		t.Fatal(err)
 	}
 }
+
+// A loan committed and a view released by another goroutine than the one that took them: both
+// end (the taker stays wired to its OS thread, which is harmless) and the taker goes on.
+func TestLoanAndViewEndedByAnotherGoroutine(t *testing.T) {
+	ch, f := connectEcho(t)
+	l, err := ch.Loan(f, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(l.Bytes(), "handed")
+	done := make(chan error)
+	go func() { done <- l.Commit(6) }()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Send(f, []byte("after")); err != nil {
+		t.Fatalf("Send by the taker after another goroutine committed: %v", err)
+	}
+	_, v, err := ch.RecvZC(within(10 * time.Second))
+	if err != nil || string(v.Bytes()) != "handed" {
+		t.Fatalf("RecvZC: %v", err)
+	}
+	go func() { done <- v.Release() }()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	recvZCCheck(t, ch, f, []byte("after"))
+}
