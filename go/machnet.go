@@ -20,6 +20,10 @@
 //	err = ch.Send(flow, []byte("hello"))
 //	n, from, err := ch.Recv(ctx, buf)
 //
+// Zero-copy (zerocopy.go): ch.Loan(flow, n) lends room in the channel's shared memory (write
+// l.Bytes(), then l.Commit(used) or l.Cancel()); ch.RecvZC(ctx) lends a received message in
+// place until v.Release(). Their slices are valid only until then: see Loan and View.
+//
 // A Channel is safe for concurrent use by several goroutines (the C library serialises the
 // operations with a mutex per channel and does not hold it while a call blocks); one channel
 // per goroutine that does heavy I/O is still the fastest. Errors are *Error values that match
@@ -101,6 +105,7 @@ type Channel struct {
 	ctx  unsafe.Pointer // a libmachnet handle: never dereferenced, checked by the library
 	rx   receiver       // Recv's wait in Go's netpoller (recv.go)
 	mode int32          // a WaitMode (atomic)
+	zc   views          // the borrowed message (zerocopy.go)
 }
 
 // Attach opens a channel. Close it when done (a finalizer closes a lost one, gracefully).

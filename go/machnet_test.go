@@ -392,6 +392,9 @@ func TestErrorsMatchWithErrorsIs(t *testing.T) {
 	if err := other.Listen("0.0.0.0", 7300); err != nil {
 		t.Fatalf("second channel of this process joins the group: %v", err)
 	}
+	// Flows from the peer sidecar are each accepted by one member of the group and exchange a
+	// message with it.
+	exchangeThroughGroup(t, []*Channel{ch, other}, 7300, 8)
 	if err := ch.Send(f, nil); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("empty send: %v", err)
 	}

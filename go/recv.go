@@ -113,36 +113,53 @@ func (c *Channel) Recv(ctx context.Context, buf []byte) (int, Flow, error) {
 	if n, f, err := c.recv(buf, 0); n > 0 || err != nil {
 		return n, f, err
 	}
-	raw, err := c.rx.conn(c)
+	var n int
+	var f Flow
+	err := c.waitNetpoll(ctx, func() (bool, error) {
+		var err error
+		n, f, err = c.recv(buf, 0)
+		return n > 0, err
+	})
 	if err != nil {
 		return 0, Flow{}, err
+	}
+	return n, f, nil
+}
+
+// waitNetpoll calls attempt until it reports done or fails, waiting in the netpoller between
+// calls; attempt must make the library arm the channel's eventfd when it finds nothing (as
+// machnet_recv and machnet_recv_zc do). It returns attempt's error or ctx's.
+func (c *Channel) waitNetpoll(ctx context.Context, attempt func() (bool, error)) error {
+	raw, err := c.rx.conn(c)
+	if err != nil {
+		return err
 	}
 	for {
 		turn, poller := c.rx.join()
 		if !poller {
-			// machnet_recv finding nothing arms the eventfd; a message arriving after it
+			// An attempt finding nothing arms the eventfd; a message arriving after it
 			// wakes the poller, whose turn then ends: no wake-up is lost.
-			if n, f, err := c.recv(buf, 0); n > 0 || err != nil {
-				return n, f, err
+			if done, err := attempt(); done || err != nil {
+				return err
 			}
 			select {
 			case <-turn:
 				continue
 			case <-ctx.Done():
-				return 0, Flow{}, ctx.Err()
+				return ctx.Err()
 			}
 		}
-		n, f, done, err := c.poll(ctx, raw, buf)
+		done, err := c.poll(ctx, raw, attempt)
 		c.rx.endTurn()
 		if done {
-			return n, f, err
+			return err
 		}
 	}
 }
 
-// poll is one turn as the poller: it waits in the netpoller until it received a message or
+// poll is one turn as the poller: it waits in the netpoller until attempt succeeded or
 // failed (done), or until its wait ended without either (the liveness check: not done).
-func (c *Channel) poll(ctx context.Context, raw syscall.RawConn, buf []byte) (n int, f Flow, done bool, err error) {
+func (c *Channel) poll(ctx context.Context, raw syscall.RawConn, attempt func() (bool, error)) (done bool, err error) {
 	if ctx.Done() != nil {
 		// Cancellation moves the read deadline into the past, which wakes the wait. A late
 		// call (after this turn) only makes a later poller re-check: see the deadline case.
@@ -150,35 +167,36 @@ func (c *Channel) poll(ctx context.Context, raw syscall.RawConn, buf []byte) (n 
 		defer stop()
 	}
 	if e := ctx.Err(); e != nil {
-		return 0, Flow{}, true, e
+		return true, e
 	}
 	deadline, hasDeadline := ctx.Deadline()
 	if e := c.rx.setDeadline(deadline, hasDeadline); e != nil {
-		return 0, Flow{}, true, ErrClosed
+		return true, ErrClosed
 	}
+	var got bool
 	var rerr error
 	// Read calls the function, and while it returns false waits until the eventfd fires.
-	// machnet_recv finding nothing arms the eventfd first, so no wake-up is lost.
+	// An attempt finding nothing arms the eventfd first, so no wake-up is lost.
 	werr := raw.Read(func(uintptr) bool {
-		n, f, rerr = c.recv(buf, 0)
-		return n > 0 || rerr != nil
+		got, rerr = attempt()
+		return got || rerr != nil
 	})
 	switch {
-	case n > 0 || rerr != nil:
-		return n, f, true, rerr
+	case got || rerr != nil:
+		return true, rerr
 	case errors.Is(werr, os.ErrDeadlineExceeded):
 		c.rx.set = time.Time{} // ours, the liveness check's or a stale cancellation's
 		if e := ctx.Err(); e != nil {
-			return 0, Flow{}, true, e
+			return true, e
 		}
 		if hasDeadline && !time.Now().Before(deadline) {
-			return 0, Flow{}, true, context.DeadlineExceeded
+			return true, context.DeadlineExceeded
 		}
-		return 0, Flow{}, false, nil // the liveness check: the next machnet_recv reports a dead sidecar
+		return false, nil // the liveness check: the next attempt reports a dead sidecar
 	case werr != nil:
-		return 0, Flow{}, true, ErrClosed // the file was closed: Close ran
+		return true, ErrClosed // the file was closed: Close ran
 	}
-	return 0, Flow{}, false, nil
+	return false, nil
 }
 
 // setDeadline makes the wait end by the caller's deadline and at the next liveness check,

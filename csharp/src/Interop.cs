@@ -15,6 +15,7 @@ namespace Machnet
         internal const int EBADF = 9;
         internal const int EAGAIN = 11;
         internal const int EACCES = 13;
+        internal const int EBUSY = 16;
         internal const int EINVAL = 22;
         internal const int EPIPE = 32;
         internal const int EPROTO = 71;

@@ -650,6 +650,14 @@ namespace Machnet.Tests
                 Assert.AreEqual(98, inUse.Errno);
                 Assert.AreEqual("ERR_MACHNET_PORT_IN_USE", inUse.CodeName);
                 StringAssert.StartsWith("machnet_listen: ", inUse.Message);
+                // Another channel of this process joins the port's listen group: flows from the
+                // peer sidecar are each accepted by one member and exchange a message with it.
+                using (var other = new Channel())
+                {
+                    other.Listen(Env.LocalIp, 7302);
+                    int[] accepted = ListenGroup.Exchange(new[] { ch, other }, 7302, 8);
+                    Console.WriteLine("listen group of 2 channels: flows accepted per channel {0}", string.Join(", ", accepted));
+                }
                 var notMine = Assert.Catch<MachnetException>(() => ch.Listen("10.255.255.1", 7303));
                 Assert.AreEqual(99, notMine.Errno); // EADDRNOTAVAIL
                 Assert.AreEqual("ERR_MACHNET_INVALID_ARGUMENT", notMine.CodeName);
