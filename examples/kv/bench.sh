@@ -23,6 +23,9 @@
 #                   one thread per engine where supported)
 #   CONNECTIONS, DEPTH, ROUNDS, DURATION, WARMUP, KEYS, VALUE   as above
 #   SIDECAR_ARGS    extra arguments for both sidecars (word-split)
+#   TOPOLOGY        two-sidecars (default: the load generator on sidecar b, flows through the
+#                   transport and UDP) or same-host (the load generator on the server's sidecar
+#                   a: same-host flows, docs/CHANNEL.md §6; sidecar b is not started)
 #   OUT             output directory (default: a new mktemp -d): results.jsonl, table.md, logs/
 #
 # Exits non-zero if any run fails or an answer is wrong (the table is printed anyway).
@@ -40,6 +43,12 @@ KEYS=${KEYS:-10000}
 VALUE=${VALUE:-64}
 SERVER_THREADS=${SERVER_THREADS:-}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
+TOPOLOGY=${TOPOLOGY:-two-sidecars}
+case "$TOPOLOGY" in
+    two-sidecars) CLIENT_SIDECAR=b ;;
+    same-host) CLIENT_SIDECAR=a ;;
+    *) echo "TOPOLOGY must be two-sidecars or same-host, not $TOPOLOGY" >&2; exit 1 ;;
+esac
 PORT=900
 
 if [ -z "${BIN:-}" ]; then
@@ -84,8 +93,10 @@ POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
 [ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
 # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of words
 start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
-# shellcheck disable=SC2086
-start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
+if [ "$CLIENT_SIDECAR" = b ]; then
+    # shellcheck disable=SC2086
+    start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
+fi
 TCP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$BIN/machnet-kv" server --socket "$DIR/a.sock" --port "$PORT" --db "$DIR/kv.redb" \
     --tcp "127.0.0.1:$TCP_PORT" "${server_args[@]}" 2>"$DIR/server.log" &
@@ -97,7 +108,7 @@ failed=0
 run() {
     local transport=$1 round=$2 conns=$3 depth=$4 rc=0 target limit
     if [ "$transport" = machnet ]; then
-        target=(--socket "$DIR/b.sock" --remote 127.0.0.1 --port "$PORT")
+        target=(--socket "$DIR/$CLIENT_SIDECAR.sock" --remote 127.0.0.1 --port "$PORT")
     else
         target=(--tcp "127.0.0.1:$TCP_PORT")
     fi
@@ -127,7 +138,7 @@ PY
 }
 
 # Load the keys once, over Machnet (the TCP side serves the same store).
-"$BIN/machnet-kv" bench --socket "$DIR/b.sock" --remote 127.0.0.1 --port "$PORT" \
+"$BIN/machnet-kv" bench --socket "$DIR/$CLIENT_SIDECAR.sock" --remote 127.0.0.1 --port "$PORT" \
     --keys "$KEYS" --value-size "$VALUE" --duration 0 --warmup 0 --json >/dev/null \
     2>>"$DIR/bench.log" || { echo "preloading the keys failed: see $OUT/logs/bench.log" >&2; exit 1; }
 
@@ -147,8 +158,9 @@ done
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 - "$RESULTS" "$COMMIT" "$ENGINES" "${SERVER_THREADS:-default}" "$ROUNDS" "$DURATION" \
-    "$VALUE" "$BIN" <<'PY' | tee "$OUT/table.md"
+    "$VALUE" "$BIN" "$TOPOLOGY" <<'PY' | tee "$OUT/table.md"
 import json, sys
+topology = sys.argv.pop()
 bindir = sys.argv.pop()
 results, commit, engines, threads, rounds, duration, value = sys.argv[1:]
 rows = [json.loads(l) for l in open(results) if l.strip()]
@@ -164,7 +176,7 @@ def median(t, c, d):
                  and r["depth"] == d), key=lambda r: r["requests_per_sec"])
     return rs[(len(rs) - 1) // 2] if rs else None
 
-print(f"commit {commit} (script; binaries: {bindir}); {engines} engines per sidecar; server threads {threads}; "
+print(f"commit {commit} (script; binaries: {bindir}); {topology}; {engines} engines per sidecar; server threads {threads}; "
       f"{rounds} round(s) x {duration} s; {value} B values, GETs; medians\n")
 print("| connections × depth | Machnet req/s | TCP req/s | ratio | per round "
       "| Machnet p50 / p99 µs | TCP p50 / p99 µs |")
