@@ -288,8 +288,9 @@ namespace Machnet.Native
         /// <summary>
         ///  Extension: `machnet_recv_zc` waiting up to `timeout_ms` milliseconds (negative: without
         ///  limit) for a message, and for another thread's borrowed message to be released. Returns 0
-        ///  if the timeout passed; -1 with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once
-        ///  if the calling thread itself holds a borrowed message.
+        ///  if the timeout passed (also when another thread's borrowed message is still out then); -1
+        ///  with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once if the calling thread itself
+        ///  holds a borrowed message.
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_recv_zc_timeout", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_recv_zc_timeout(void* channel_ctx, void** data, System.UIntPtr* len, MachnetFlow* flow, int timeout_ms);

@@ -409,8 +409,9 @@ int machnet_recv_zc(const void *channel_ctx, const void **data, size_t *len, Mac
 /**
  * Extension: `machnet_recv_zc` waiting up to `timeout_ms` milliseconds (negative: without
  * limit) for a message, and for another thread's borrowed message to be released. Returns 0
- * if the timeout passed; -1 with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once
- * if the calling thread itself holds a borrowed message.
+ * if the timeout passed (also when another thread's borrowed message is still out then); -1
+ * with `EINTR` after `machnet_interrupt`; -1 with `EBUSY` at once if the calling thread itself
+ * holds a borrowed message.
  */
 int machnet_recv_zc_timeout(const void *channel_ctx, const void **data, size_t *len, MachnetFlow_t *flow, int timeout_ms);
 

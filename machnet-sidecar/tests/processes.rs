@@ -864,7 +864,12 @@ fn channel_mappings() -> Vec<(usize, usize)> {
     maps.lines()
         .filter(|l| l.contains("memfd:machnet-channel"))
         .map(|l| {
-            let (start, end) = l.split_whitespace().next().unwrap().split_once('-').unwrap();
+            let (start, end) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
             let start = usize::from_str_radix(start, 16).unwrap();
             (start, usize::from_str_radix(end, 16).unwrap() - start)
         })

@@ -636,6 +636,7 @@ impl SharedChannel {
             Need::Space(n) => st.tx_needs.push(n),
         }
         let me = std::thread::current().id();
+        let no_wait = deadline.is_some_and(|d| d <= Instant::now());
         let result = loop {
             // A loan out holds back sends; a borrowed message holds back borrowed receives.
             let holder = match need {
@@ -647,11 +648,10 @@ impl SharedChannel {
                 let st = &mut *st;
                 match (st.ch.as_mut(), holder) {
                     (None, _) => break Err(SharedError::Detached),
-                    (Some(_), Some(t))
-                        if t == me || deadline.is_some_and(|d| Instant::now() >= d) =>
-                    {
-                        break Err(SharedError::Busy)
-                    }
+                    // Waiting for oneself would never end; a call that may not wait is told
+                    // why it got nothing.
+                    (Some(_), Some(t)) if t == me || no_wait => break Err(SharedError::Busy),
+                    // Another thread's: wait for it like for data (a timeout is a timeout).
                     (Some(_), Some(_)) => Ok(None),
                     (Some(ch), None) => attempt(ch, &mut st.events, &mut st.out),
                 }

@@ -194,6 +194,14 @@ fn a_shared_view_lets_other_receives_go_on_and_is_released_once() {
         Err(SharedError::Busy)
     ));
     assert!(matches!(sh.recv_zc(None), Err(SharedError::Busy)));
+    // Another thread's timed recv_zc that expires before the release times out (no error).
+    {
+        let sh = sh.clone();
+        let timed = std::thread::spawn(move || {
+            sh.recv_zc(Some(Instant::now() + Duration::from_millis(20)))
+        });
+        assert!(matches!(timed.join().unwrap(), Ok(None)));
+    }
     // Another thread's blocking recv_zc waits for the release.
     let other = {
         let sh = sh.clone();
