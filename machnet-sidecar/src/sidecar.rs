@@ -157,6 +157,7 @@ impl Sidecar {
                 cfg.local_ip,
                 e.ephemeral_ports,
                 e.send_buffer.max(e.max_message_len as usize),
+                cfg.memory_budget,
             )?))
         } else {
             None

@@ -11,7 +11,11 @@
 //!
 //! Back-pressure: a send that would take a direction's queued bytes past the cap is refused
 //! ([`SendRefused::BufferFull`]); the reader's receive that makes room for it sends the writer
-//! a `Writable` event, as the core does when acknowledgements free its send buffer.
+//! a `Writable` event, as the core does when acknowledgements free its send buffer. All local
+//! flows together hold at most `budget` bytes (the sidecar's `--memory-budget`): without it,
+//! readers that never read would let the sidecar hold a cap per flow, for as many flows as the
+//! flow limits allow. A send refused for the budget is retried (`Writable`) when any receive
+//! frees bytes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
@@ -131,9 +135,10 @@ impl EndState {
         }
     }
 
-    fn clear_rx(&mut self) {
+    /// Drops the messages toward this end; returns their bytes.
+    fn clear_rx(&mut self) -> usize {
         self.rx.clear();
-        self.rx_bytes = 0;
+        std::mem::take(&mut self.rx_bytes)
     }
 }
 
@@ -168,6 +173,10 @@ struct Hub {
     /// Engines with a channel listening on a port.
     listening: HashMap<u16, Vec<u16>>,
     stats: Vec<LocalStats>,
+    /// Bytes queued on all local flows.
+    queued: usize,
+    /// Ends whose send was refused for the budget: told `Writable` when a receive frees bytes.
+    budget_waiters: Vec<LocalEnd>,
 }
 
 /// The sidecar's local flows and the engines' inboxes for their events.
@@ -177,6 +186,7 @@ pub struct LocalHub {
     local_ip: Ipv4Addr,
     ephemeral: PortPool,
     cap: usize,
+    budget: usize,
 }
 
 impl std::fmt::Debug for LocalHub {
@@ -191,12 +201,13 @@ impl std::fmt::Debug for LocalHub {
 impl LocalHub {
     /// A hub for `engines` engines of the sidecar at `local_ip`, handing clients ports of
     /// `ephemeral`, with at most `cap` queued bytes per flow direction (at least one
-    /// maximum-size message).
+    /// maximum-size message) and `budget` bytes on all flows together (at least `cap`).
     pub fn new(
         engines: u16,
         local_ip: Ipv4Addr,
         ephemeral: PortPool,
         cap: usize,
+        budget: usize,
     ) -> std::io::Result<Self> {
         let inboxes = (0..engines)
             .map(|_| Ok((Mutex::new(Inbox::default()), super::new_eventfd()?)))
@@ -209,11 +220,14 @@ impl LocalHub {
                 next_port: ephemeral.base,
                 listening: HashMap::new(),
                 stats: vec![LocalStats::default(); usize::from(engines)],
+                queued: 0,
+                budget_waiters: Vec::new(),
             }),
             inboxes,
             local_ip,
             ephemeral,
             cap,
+            budget: budget.max(cap),
         })
     }
 
@@ -418,9 +432,16 @@ impl LocalHub {
             f.end(end.side).blocked_need = Some(len);
             return Err(SendRefused::BufferFull);
         }
+        if hub.queued > 0 && hub.queued + len > self.budget {
+            if !hub.budget_waiters.contains(&end) {
+                hub.budget_waiters.push(end);
+            }
+            return Err(SendRefused::BufferFull);
+        }
         let was_empty = peer.rx.is_empty();
         peer.rx.push_back(msg);
         peer.rx_bytes += len;
+        hub.queued += len;
         let to = peer.engine;
         if let Some(s) = hub.stats.get_mut(usize::from(me)) {
             s.messages += 1;
@@ -442,10 +463,12 @@ impl LocalHub {
     /// Takes the next message waiting for `end`; a writer held back for room hears it has some.
     pub fn recv(&self, end: LocalEnd) -> Option<Bytes> {
         let mut hub = self.lock();
+        let hub = &mut *hub;
         let f = hub.flows.get_mut(&end.flow)?;
         let mine = f.end(end.side);
         let msg = mine.rx.pop_front()?;
         mine.rx_bytes -= msg.len();
+        hub.queued -= msg.len();
         let (me, queued) = (mine.engine, mine.rx_bytes);
         let writer = f.end(end.side.peer());
         if let Some(need) = writer.blocked_need {
@@ -457,7 +480,19 @@ impl LocalHub {
                 }
             }
         }
+        self.wake_budget_waiters(hub, me);
         Some(msg)
+    }
+
+    /// Bytes were freed: every end refused for the budget retries its send.
+    fn wake_budget_waiters(&self, hub: &mut Hub, me: u16) {
+        for w in std::mem::take(&mut hub.budget_waiters) {
+            if let Some(e) = hub.flows.get_mut(&w.flow).map(|f| f.end(w.side)) {
+                if !e.closed {
+                    self.post(me, e.engine, w, LocalEventKind::Writable);
+                }
+            }
+        }
     }
 
     /// Drops the messages waiting for `end` (nobody will read them).
@@ -526,6 +561,7 @@ impl LocalHub {
     /// delivers what it acknowledged before a reset, docs/CHANNEL.md §5). `Err` if it ended.
     pub fn abort(&self, end: LocalEnd) -> Result<(), UnknownFlow> {
         let mut hub = self.lock();
+        let hub = &mut *hub;
         let Some(f) = hub.flows.get_mut(&end.flow) else {
             return Err(UnknownFlow);
         };
@@ -534,10 +570,11 @@ impl LocalHub {
             return Err(UnknownFlow);
         }
         mine.closed = true;
-        mine.clear_rx();
+        hub.queued -= mine.clear_rx();
         let me = mine.engine;
         self.post(me, me, end, LocalEventKind::Closed(CloseCode::Aborted));
         Self::reset_peer(self, f, end, me);
+        self.wake_budget_waiters(hub, me);
         Ok(())
     }
 
@@ -565,7 +602,7 @@ impl LocalHub {
             return;
         }
         mine.discarded = true;
-        mine.clear_rx();
+        let freed = mine.clear_rx();
         let me = mine.engine;
         if !std::mem::replace(&mut mine.closed, true) {
             self.reset_peer(f, end, me);
@@ -574,6 +611,10 @@ impl LocalHub {
             let port = f.client_port;
             hub.flows.remove(&end.flow);
             hub.ports_in_use.remove(&port);
+        }
+        hub.queued -= freed;
+        if freed > 0 {
+            self.wake_budget_waiters(hub, me);
         }
     }
 
@@ -602,6 +643,10 @@ mod tests {
     use super::*;
 
     fn hub(cap: usize) -> LocalHub {
+        hub_with_budget(cap, usize::MAX)
+    }
+
+    fn hub_with_budget(cap: usize, budget: usize) -> LocalHub {
         LocalHub::new(
             2,
             Ipv4Addr::new(10, 0, 0, 1),
@@ -610,6 +655,7 @@ mod tests {
                 count: 4,
             },
             cap,
+            budget,
         )
         .unwrap()
     }
@@ -664,6 +710,42 @@ mod tests {
             (st.flows, st.connects, st.messages, st.bytes),
             (1, 1, 4, 37)
         );
+    }
+
+    #[test]
+    fn all_flows_together_stay_within_the_budget_and_a_refused_writer_retries_when_any_frees() {
+        // Each direction may hold 100 bytes; all flows together 150.
+        let h = hub_with_budget(100, 150);
+        h.set_listening(80, 1, true);
+        let (c1, s1) = open(&h);
+        let (c2, s2) = open(&h);
+        h.send(c1, Bytes::from(vec![1u8; 100])).unwrap();
+        h.send(c2, Bytes::from(vec![2u8; 40])).unwrap();
+        let _ = events(&h, 1);
+        // Within flow 2's cap, beyond the budget.
+        assert_eq!(
+            h.send(c2, Bytes::from(vec![3u8; 20])),
+            Err(SendRefused::BufferFull)
+        );
+        assert_eq!(h.stats(1).queued_bytes, 140);
+        // Flow 1's reader frees bytes: flow 2's writer hears it may retry, and now fits.
+        assert_eq!(h.recv(s1).map(|m| m.len()), Some(100));
+        assert_eq!(events(&h, 0), vec![(c2, LocalEventKind::Writable)]);
+        h.send(c2, Bytes::from(vec![3u8; 20])).unwrap();
+        assert_eq!(h.recv(s2).map(|m| m[0]), Some(2));
+        assert_eq!(h.recv(s2).map(|m| m[0]), Some(3));
+        // Discarding an end with unread bytes gives them back to the budget too.
+        h.send(c1, Bytes::from(vec![4u8; 100])).unwrap();
+        h.send(c2, Bytes::from(vec![5u8; 40])).unwrap();
+        assert_eq!(
+            h.send(c2, Bytes::from(vec![6u8; 40])),
+            Err(SendRefused::BufferFull)
+        );
+        let _ = events(&h, 0);
+        h.discard(s1);
+        assert!(events(&h, 0).contains(&(c2, LocalEventKind::Writable)));
+        h.send(c2, Bytes::from(vec![6u8; 40])).unwrap();
+        assert_eq!(h.stats(1).queued_bytes, 80);
     }
 
     #[test]
