@@ -23,6 +23,9 @@
 #                   one thread per engine where supported)
 #   CONNECTIONS, DEPTH, ROUNDS, DURATION, WARMUP, KEYS, VALUE   as above
 #   SIDECAR_ARGS    extra arguments for both sidecars (word-split)
+#   SERVER_BUSY_POLL_US, CLIENT_BUSY_POLL_US
+#                   `--busy-poll-us` of the server's and the load generator's Machnet channels
+#                   (default 0: sleep at once)
 #   TOPOLOGY        two-sidecars (default: the load generator on sidecar b, flows through the
 #                   transport and UDP) or same-host (the load generator on the server's sidecar
 #                   a: same-host flows, docs/CHANNEL.md §6; sidecar b is not started)
@@ -44,6 +47,8 @@ VALUE=${VALUE:-64}
 SERVER_THREADS=${SERVER_THREADS:-}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
 TOPOLOGY=${TOPOLOGY:-two-sidecars}
+SERVER_BUSY_POLL_US=${SERVER_BUSY_POLL_US:-0}
+CLIENT_BUSY_POLL_US=${CLIENT_BUSY_POLL_US:-0}
 case "$TOPOLOGY" in
     two-sidecars) CLIENT_SIDECAR=b ;;
     same-host) CLIENT_SIDECAR=a ;;
@@ -60,12 +65,16 @@ for b in machnet machnet-kv; do
     [ -x "$BIN/$b" ] || { echo "no $BIN/$b (set BIN or build first)" >&2; exit 1; }
 done
 server_args=()
+client_args=()
+# Passed only when set, so that binaries from before the flag still run.
+[ "$SERVER_BUSY_POLL_US" = 0 ] || server_args+=(--busy-poll-us "$SERVER_BUSY_POLL_US")
+[ "$CLIENT_BUSY_POLL_US" = 0 ] || client_args+=(--busy-poll-us "$CLIENT_BUSY_POLL_US")
 if [ -n "$SERVER_THREADS" ]; then
     "$BIN/machnet-kv" server --help | grep -q -- --threads || {
         echo "SERVER_THREADS is set but $BIN/machnet-kv server has no --threads" >&2
         exit 1
     }
-    server_args=(--threads "$SERVER_THREADS")
+    server_args+=(--threads "$SERVER_THREADS")
 fi
 
 OUT=${OUT:-$(mktemp -d -t machnet-kv-bench.XXXXXX)}
@@ -108,7 +117,8 @@ failed=0
 run() {
     local transport=$1 round=$2 conns=$3 depth=$4 rc=0 target limit
     if [ "$transport" = machnet ]; then
-        target=(--socket "$DIR/$CLIENT_SIDECAR.sock" --remote 127.0.0.1 --port "$PORT")
+        target=(--socket "$DIR/$CLIENT_SIDECAR.sock" --remote 127.0.0.1 --port "$PORT"
+            "${client_args[@]}")
     else
         target=(--tcp "127.0.0.1:$TCP_PORT")
     fi

@@ -67,9 +67,20 @@ pub struct MachnetConn {
 impl MachnetConn {
     /// Attaches to the sidecar at `socket` and connects to `remote`:`port`.
     pub fn connect(socket: &Path, remote: Ipv4Addr, port: u16) -> Result<Self, ClientError> {
+        Self::connect_with_busy_poll(socket, remote, port, None)
+    }
+
+    /// [`MachnetConn::connect`], the channel busy-polling for up to `spin` before it sleeps.
+    pub fn connect_with_busy_poll(
+        socket: &Path,
+        remote: Ipv4Addr,
+        port: u16,
+        spin: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let e = |e: &dyn std::fmt::Display| ClientError::Connect(e.to_string());
         let machnet = Machnet::attach_at(socket).map_err(|x| e(&x))?;
         let mut ch = machnet.open_channel(None).map_err(|x| e(&x))?;
+        ch.set_busy_poll(spin);
         let flow = ch
             .connect_timeout(remote, port, Duration::from_secs(10))
             .map_err(|x| e(&x))?;

@@ -63,6 +63,9 @@ struct ServerArgs {
     /// Also serve the same store over kernel TCP on this address (the baseline).
     #[arg(long)]
     tcp: Option<SocketAddr>,
+    /// Busy-poll each channel this many microseconds before sleeping (0 = sleep at once).
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
 }
 
 #[derive(Args)]
@@ -103,6 +106,9 @@ struct BenchArgs {
     /// One JSON object per combination.
     #[arg(long)]
     json: bool,
+    /// Busy-poll each connection's channel this many microseconds before sleeping (Machnet).
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
 }
 
 fn main() -> ExitCode {
@@ -149,8 +155,10 @@ fn run_server(a: ServerArgs) -> Result<(), String> {
         ),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let srv = server::MachnetServer::start(&machnet, a.port, &engines, store, stop)
-        .map_err(|e| e.to_string())?;
+    let spin = (a.busy_poll_us > 0).then(|| Duration::from_micros(a.busy_poll_us));
+    let srv =
+        server::MachnetServer::start_with_busy_poll(&machnet, a.port, &engines, store, stop, spin)
+            .map_err(|e| e.to_string())?;
     eprintln!(
         "machnet-kv: listening on {}:{} ({} thread(s), engines {:?})",
         machnet.local_ip(),
@@ -183,9 +191,12 @@ fn run_bench(a: BenchArgs) -> Result<(), String> {
         (None, Some(ip)) => {
             let sock = socket_path(a.socket.clone());
             let port = a.port;
+            let spin = (a.busy_poll_us > 0).then(|| Duration::from_micros(a.busy_poll_us));
             (
                 "machnet",
-                Arc::new(move || Ok(Box::new(MachnetConn::connect(&sock, ip, port)?) as _)),
+                Arc::new(move || {
+                    Ok(Box::new(MachnetConn::connect_with_busy_poll(&sock, ip, port, spin)?) as _)
+                }),
             )
         }
         (None, None) => return Err("give --remote (Machnet) or --tcp".into()),

@@ -86,6 +86,20 @@ impl MachnetServer {
         store: Arc<Store>,
         stop: Arc<AtomicBool>,
     ) -> Result<MachnetServer, StartError> {
+        Self::start_with_busy_poll(machnet, port, engines, store, stop, None)
+    }
+
+    /// [`MachnetServer::start`] with each thread busy-polling its channel for up to `spin`
+    /// before it sleeps (`Channel::set_busy_poll`): a server that expects the next request
+    /// within microseconds saves the sleep and the wake-up.
+    pub fn start_with_busy_poll(
+        machnet: &Machnet,
+        port: u16,
+        engines: &[Option<u16>],
+        store: Arc<Store>,
+        stop: Arc<AtomicBool>,
+        spin: Option<std::time::Duration>,
+    ) -> Result<MachnetServer, StartError> {
         if engines.is_empty() {
             return Err(StartError::NoThreads);
         }
@@ -93,6 +107,7 @@ impl MachnetServer {
         let mut channels = Vec::with_capacity(engines.len());
         for &e in engines {
             let mut ch = machnet.open_channel(e)?;
+            ch.set_busy_poll(spin);
             ch.listen(port)?;
             channels.push(ch);
         }
