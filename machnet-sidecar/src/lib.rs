@@ -64,6 +64,7 @@ where
         }
     };
     init_logging(&cfg.log_level);
+    memory::tune_allocator();
     // A broken engine must not leave apps hanging: crash, so their control sockets hang up.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {

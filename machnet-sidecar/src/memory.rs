@@ -17,6 +17,39 @@ pub const TRIM_STEP: usize = 16 << 20;
 /// Shortest time between two trims of an engine going idle.
 pub const IDLE_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Allocations up to this size come from glibc's arenas, never from their own `mmap`.
+///
+/// glibc serves large allocations (128 KiB at first, raised on the fly as such blocks are
+/// freed) with their own `mmap`, and shrinks an arena's top whenever more than twice that lies
+/// free there. Which of the two a 1 MiB message buffer meets depends on how earlier traffic left
+/// the arenas: measured (issue 16), after some small-message runs an engine moving 1 MiB
+/// messages between two apps took ~390k page faults a second and ran at a third of its usual
+/// goodput, until the sidecar restarted. Fixed thresholds make the engines' behaviour
+/// independent of that history: every message (≤ 8 MiB) is carved from the arenas, and free
+/// memory goes back to the system through [`Trimmer`]'s explicit trims instead of as a side
+/// effect of a `free`.
+pub const ARENA_ALLOCATION_LIMIT: usize = 32 << 20;
+/// Free bytes at an arena's top before `free` itself gives them back (see
+/// [`ARENA_ALLOCATION_LIMIT`]; [`Trimmer`] does it earlier once the load has fallen).
+pub const AUTO_TRIM_THRESHOLD: usize = 64 << 20;
+
+/// Sets the process's allocator policy for a sidecar: see [`ARENA_ALLOCATION_LIMIT`]. Called
+/// once by the `machnet` binary before any engine starts (a process that embeds the library
+/// keeps its own policy). A no-op where the allocator is not glibc's.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes tunables; called before the engine threads exist.
+    unsafe {
+        let limit = ARENA_ALLOCATION_LIMIT as libc::c_int;
+        let trim = AUTO_TRIM_THRESHOLD as libc::c_int;
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, limit) == 0
+            || libc::mallopt(libc::M_TRIM_THRESHOLD, trim) == 0
+        {
+            tracing::warn!("mallopt refused the allocator thresholds; keeping glibc's defaults");
+        }
+    }
+}
+
 /// Returns free allocator memory to the operating system (all arenas).
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
