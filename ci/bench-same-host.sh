@@ -76,31 +76,11 @@ HAVE_LOCAL=0
 [ "$HAVE_LOCAL" = 1 ] ||
     echo "note: $BIN/machnet has no --same-host-flows: only the transport row runs" >&2
 
-OUT=${OUT:-$(mktemp -d -t machnet-bench-same-host.XXXXXX)}
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-RESULTS=$OUT/results.jsonl
-: >"$RESULTS"
-echo "output: $OUT" >&2
 RECORD=$ROOT/ci/lib/bench_throughput.py
 CLK_TCK=$(getconf CLK_TCK)
-
-DIR=$(mktemp -d) # control sockets (short paths) and logs
-PIDS=()
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    cp "$DIR"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # shellcheck source=SCRIPTDIR/lib/sidecars.sh
 . ci/lib/sidecars.sh
-POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
-[ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
+bench_workspace machnet-bench-same-host
 PORT=888
 declare -A SIDECAR SERVER
 declare -A IP=([local]=127.0.0.1 [transport]=127.0.0.2)

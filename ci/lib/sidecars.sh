@@ -30,6 +30,11 @@
 #                                    in ci/ffi.sh; C# in ci/csharp.sh) read: MACHNET_TEST_* (client
 #                                    sidecar b, peer a, echo port, sidecar binary, UDP pool, work
 #                                    dir, uid) and MACHNET_CONFORMANCE_* (conformance/README.md)
+#   bench_workspace PREFIX           a benchmark's set-up: OUT (kept, default a new
+#                                    mktemp -d -t PREFIX.XXXXXX) with logs/ and an empty
+#                                    RESULTS=OUT/results.jsonl; DIR (control sockets, removed on
+#                                    exit, its *.log copied to OUT/logs); PIDS, every one killed on
+#                                    exit; POOL (8 free UDP ports on 127.0.0.1 and .2)
 #   print_echo_pair NAME JSON RUST_JSON
 #                                    prints a binding's echo client report next to the Rust
 #                                    client's (both JSON); fails unless both echoed everything
@@ -189,4 +194,27 @@ PY
     }
     export MACHNET_CONFORMANCE_RAFT_PORT=$port
     echo "raft cluster: leader's KV port $port" >&2
+}
+
+bench_workspace() {
+    OUT=${OUT:-$(mktemp -d -t "$1.XXXXXX")}
+    mkdir -p "$OUT/logs"
+    OUT=$(cd "$OUT" && pwd)
+    RESULTS=$OUT/results.jsonl
+    : >"$RESULTS"
+    echo "output: $OUT" >&2
+    DIR=$(mktemp -d) # control sockets (short paths) and logs
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+    POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
+    [ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; return 1; }
+}
+
+# shellcheck disable=SC2317 # run by the EXIT trap of bench_workspace
+bench_cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    cp "$DIR"/*.log "$OUT/logs/" 2>/dev/null || true
+    rm -rf "$DIR"
 }

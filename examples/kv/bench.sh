@@ -77,29 +77,9 @@ if [ -n "$SERVER_THREADS" ]; then
     server_args+=(--threads "$SERVER_THREADS")
 fi
 
-OUT=${OUT:-$(mktemp -d -t machnet-kv-bench.XXXXXX)}
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-RESULTS=$OUT/results.jsonl
-: >"$RESULTS"
-echo "output: $OUT" >&2
-
-DIR=$(mktemp -d)
-PIDS=()
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    cp "$DIR"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # shellcheck source=SCRIPTDIR/../../ci/lib/sidecars.sh
 . ci/lib/sidecars.sh
-POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
-[ -n "$POOL" ] || { echo "no free UDP port range on 127.0.0.1/.2" >&2; exit 1; }
+bench_workspace machnet-kv-bench
 # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of words
 start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
 if [ "$CLIENT_SIDECAR" = b ]; then
