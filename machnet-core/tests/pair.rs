@@ -713,8 +713,8 @@ fn each_flow_uses_the_smaller_datagram_limit_of_its_two_ends() {
     }
 }
 
-/// Offset of the handshake block's `max_datagram` in a SYN (no SACK blocks): header 40 + 18.
-const SYN_MAX_DATAGRAM: usize = 40 + 18;
+/// Offset of the handshake block's `max_datagram` in a SYN (no SACK blocks): header + 18.
+const SYN_MAX_DATAGRAM: usize = machnet_core::wire::HEADER_LEN + 18;
 
 #[test]
 fn a_peer_that_announces_nothing_gets_the_default_1472() {
