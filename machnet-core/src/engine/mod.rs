@@ -27,7 +27,7 @@ use crate::flow::{
 };
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
-use crate::wire::{self, ChecksumStatus, Packet, PacketType, Repr, UdpPair};
+use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
 
 use api::*;
 use budget::SprayBudget;
@@ -59,6 +59,34 @@ fn search_pair(
         }
     }
     None
+}
+
+/// Most UDP ports of a peer's announced pool that we send to before its handshake is validated.
+pub const MAX_REPLY_POOL: u16 = 256;
+
+/// The UDP ports we may answer an unvalidated SYN on (PROTOCOL.md §5.1 step 2): its announced
+/// pool, if that holds `src` (the port the SYN came from), cut to at most [`MAX_REPLY_POOL`]
+/// ports around `src`. `None`: the pool does not hold `src`.
+fn reply_pool(hs: &Handshake, src: u16) -> Option<PortPool> {
+    let pool = PortPool {
+        base: hs.udp_port_base,
+        count: hs.udp_port_count,
+    };
+    if !pool.contains(src) {
+        return None;
+    }
+    if pool.count <= MAX_REPLY_POOL {
+        return Some(pool);
+    }
+    let end = u32::from(pool.base) + u32::from(pool.count); // exclusive
+    let start = u32::from(src)
+        .saturating_sub(u32::from(MAX_REPLY_POOL / 2))
+        .max(u32::from(pool.base))
+        .min(end - u32::from(MAX_REPLY_POOL));
+    Some(PortPool {
+        base: start as u16,
+        count: MAX_REPLY_POOL,
+    })
 }
 
 /// A flow token (PROTOCOL.md §4.1): 64 random bits from the engine's generator, never 0.
@@ -645,17 +673,21 @@ impl Engine {
         syn: &Repr,
         path: UdpPair,
     ) -> Result<(), DropReason> {
-        let hs = syn
+        let mut hs = syn
             .handshake
             .expect("parse guarantees a handshake block on SYN");
+        // Everything we send to this unvalidated address goes to UDP ports of its announced
+        // pool, which must hold the port this SYN came from and is cut to a window around it.
+        let pool = reply_pool(&hs, path.src).ok_or(DropReason::Malformed)?;
+        (hs.udp_port_base, hs.udp_port_count) = (pool.base, pool.count);
         if !self.ports.i_listen(syn.dst_port) {
             if self.ports.listeners(syn.dst_port) != 0 {
                 return Err(DropReason::WrongEngine);
             }
             // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
-            // which our RST reaches only by chance, so RSTs go to the SYN's UDP port from
-            // several of our ports: one batch sized for the first attempt, within the answer
-            // budget and three times the SYN's bytes. They carry the client's token.
+            // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK: one
+            // batch sized for the first attempt, within the answer budget and three times the
+            // SYN's bytes. They carry the client's token.
             let rst = rst_repr(syn.dst_port, syn.src_port, 0, syn.seq.wrapping_add(1), hs.token);
             let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / rst.buffer_len()) as u32;
             let engines = hs.engine_count.min(crate::MAX_ENGINES);
@@ -666,7 +698,7 @@ impl Engine {
                 }
                 let p = UdpPair {
                     src: random_port(&mut self.rng, self.cfg.udp_ports),
-                    dst: path.src,
+                    dst: random_port(&mut self.rng, pool),
                 };
                 self.queue_ctrl(remote_ip, p, rst);
             }
@@ -682,16 +714,11 @@ impl Engine {
             return Err(DropReason::FlowLimit);
         }
         let key = self.key(remote_ip, syn.src_port, syn.dst_port);
-        // We answer only the UDP port the SYN came from (§5.1 step 3): a hint naming another
-        // port is ignored, and a predicted path may vary only our source port.
-        let synack_path = if !hs.reply_hint.is_none() && hs.reply_hint.dst == path.src {
+        // We answer only inside the client's pool, which `syn_reply_pool` checked (§5.1).
+        let synack_path = if !hs.reply_hint.is_none() && pool.contains(hs.reply_hint.dst) {
             Some(hs.reply_hint)
         } else {
-            let syn_port = PortPool {
-                base: path.src,
-                count: 1,
-            };
-            self.path_to_remote_engine(remote_ip, syn_port, hs.engine_id)
+            self.path_to_remote_engine(remote_ip, pool, hs.engine_id)
         };
         let iss = self.rng.random();
         let token = fresh_token(&mut self.rng);

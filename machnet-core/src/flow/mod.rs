@@ -115,12 +115,14 @@ pub(crate) const SYNACK_LEN: usize = wire::HEADER_LEN + wire::HANDSHAKE_LEN;
 /// Most SYN-ACKs one half-open flow saves up allowance for.
 const MAX_SYNACK_BATCH: u32 = 512;
 
-/// Zero bytes after a SYN's header so that one SYN that reaches the server pays, at
-/// [`AMPLIFICATION_LIMIT`], for the first SYN-ACK batch our own engine count asks for
-/// (PROTOCOL.md §5.2), within the datagram every host accepts.
-pub(crate) fn syn_padding(cfg: &EngineConfig) -> u16 {
-    let batch = rss::spray_batch(cfg.engine_count, cfg.handshake.success_target) as usize;
-    let want = (batch * SYNACK_LEN).div_ceil(AMPLIFICATION_LIMIT);
+/// Zero bytes after a SYN's header (PROTOCOL.md §5.2): enough that the first SYN to reach the
+/// server pays, at [`AMPLIFICATION_LIMIT`], for the whole SYN-ACK batch of `attempt` that our
+/// engine count asks for, within the datagram every host accepts (later SYNs of the batch that
+/// reach it pay for the rest when that is too large).
+pub(crate) fn syn_padding(cfg: &EngineConfig, attempt: u8) -> u16 {
+    let h = &cfg.handshake;
+    let batch = rss::spray_batch_for_attempt(cfg.engine_count, h.success_target, attempt, h.max_batch);
+    let want = (batch as usize * SYNACK_LEN).div_ceil(AMPLIFICATION_LIMIT);
     let cap = usize::from(cfg.max_udp_payload.min(wire::DEFAULT_MAX_DATAGRAM));
     (want.min(cap).saturating_sub(SYNACK_LEN)) as u16
 }
@@ -591,6 +593,10 @@ impl Flow {
                 }
                 if hs.token != self.tx_token {
                     return Err(DropReason::BadToken);
+                }
+                // Answers go only to the pool we accepted, which holds the first SYN's port.
+                if !self.peer_pool.contains(path.src) {
+                    return Err(DropReason::StaleHandshake);
                 }
                 // Another SYN of our client's batches: it pays for more SYN-ACKs.
                 self.add_synack_allowance(repr);
@@ -1142,25 +1148,17 @@ impl Flow {
         let sent = (self.spray.total - self.spray.remaining) as usize;
         self.spray.remaining -= 1;
         let cfg = ctx.cfg;
-        let path = match self.spray.fixed_paths.get(sent) {
-            Some(&p) => p,
-            // A SYN-ACK goes only to the UDP port the client's SYN came from (§5.1 step 3);
-            // varying our source port is what spreads the batch over the client's queues.
-            None if !is_syn => UdpPair {
-                src: random_port(ctx.rng, cfg.udp_ports),
-                dst: self.confirm_echo.src,
-            },
-            // With a reply hint our SYNs leave from the port the hint names, so that the
-            // server may answer on it (it answers only the port a SYN came from).
-            None if !self.reply_hint.is_none() => UdpPair {
-                src: self.reply_hint.dst,
-                dst: random_port(ctx.rng, self.peer_pool),
-            },
-            None => UdpPair {
+        // SYN-ACKs go to the client's pool, which the server checked contains the port the SYN
+        // came from and capped in size (§5.1 step 2).
+        let path = self
+            .spray
+            .fixed_paths
+            .get(sent)
+            .copied()
+            .unwrap_or_else(|| UdpPair {
                 src: random_port(ctx.rng, cfg.udp_ports),
                 dst: random_port(ctx.rng, self.peer_pool),
-            },
-        };
+            });
         let ts_val = now_ts(now);
         let repr = Repr {
             packet_type: ty,
@@ -1195,7 +1193,11 @@ impl Flow {
                 token: self.rx_token,
                 isn: self.iss,
             }),
-            payload_len: if is_syn { syn_padding(cfg) } else { 0 },
+            payload_len: if is_syn {
+                syn_padding(cfg, attempt)
+            } else {
+                0
+            },
             token: if is_syn { 0 } else { self.tx_token },
         };
         if is_syn {
