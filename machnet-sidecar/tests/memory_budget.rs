@@ -43,14 +43,7 @@ pub struct AttackFlow {
     server_token: u64,
 }
 
-fn repr(
-    ty: PacketType,
-    src: u16,
-    seq: u32,
-    ack: u32,
-    hs: Option<Handshake>,
-    token: u64,
-) -> Repr {
+fn repr(ty: PacketType, src: u16, seq: u32, ack: u32, hs: Option<Handshake>, token: u64) -> Repr {
     Repr {
         packet_type: ty,
         flags: 0,

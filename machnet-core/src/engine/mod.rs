@@ -688,7 +688,13 @@ impl Engine {
             // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK: one
             // batch sized for the first attempt, within the answer budget and three times the
             // SYN's bytes. They carry the client's token.
-            let rst = rst_repr(syn.dst_port, syn.src_port, 0, syn.seq.wrapping_add(1), hs.token);
+            let rst = rst_repr(
+                syn.dst_port,
+                syn.src_port,
+                0,
+                syn.seq.wrapping_add(1),
+                hs.token,
+            );
             let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / rst.buffer_len()) as u32;
             let engines = hs.engine_count.min(crate::MAX_ENGINES);
             let n = rss::spray_batch(engines, self.cfg.handshake.success_target).min(affordable);

@@ -121,7 +121,8 @@ const MAX_SYNACK_BATCH: u32 = 512;
 /// reach it pay for the rest when that is too large).
 pub(crate) fn syn_padding(cfg: &EngineConfig, attempt: u8) -> u16 {
     let h = &cfg.handshake;
-    let batch = rss::spray_batch_for_attempt(cfg.engine_count, h.success_target, attempt, h.max_batch);
+    let batch =
+        rss::spray_batch_for_attempt(cfg.engine_count, h.success_target, attempt, h.max_batch);
     let want = (batch as usize * SYNACK_LEN).div_ceil(AMPLIFICATION_LIMIT);
     let cap = usize::from(cfg.max_udp_payload.min(wire::DEFAULT_MAX_DATAGRAM));
     (want.min(cap).saturating_sub(SYNACK_LEN)) as u16
@@ -324,8 +325,8 @@ impl Flow {
     /// times its bytes (PROTOCOL.md §5.2, anti-amplification).
     fn add_synack_allowance(&mut self, syn: &Repr) {
         let cap = SYNACK_LEN * MAX_SYNACK_BATCH as usize;
-        self.synack_allowance = (self.synack_allowance + AMPLIFICATION_LIMIT * syn.buffer_len())
-            .min(cap);
+        self.synack_allowance =
+            (self.synack_allowance + AMPLIFICATION_LIMIT * syn.buffer_len()).min(cap);
     }
 
     fn batch(cfg: &EngineConfig, engines: u16, attempt: u8) -> u32 {
@@ -1193,11 +1194,7 @@ impl Flow {
                 token: self.rx_token,
                 isn: self.iss,
             }),
-            payload_len: if is_syn {
-                syn_padding(cfg, attempt)
-            } else {
-                0
-            },
+            payload_len: if is_syn { syn_padding(cfg, attempt) } else { 0 },
             token: if is_syn { 0 } else { self.tx_token },
         };
         if is_syn {

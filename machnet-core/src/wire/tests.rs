@@ -1019,10 +1019,7 @@ fn malformed_per_type() {
         // SYN / SYN-ACK
         ("syn without handshake", base(Syn)),
         ("syn-ack without handshake", base(SynAck)),
-        (
-            "syn with a token",
-            Repr { token: 1, ..syn() },
-        ),
+        ("syn with a token", Repr { token: 1, ..syn() }),
         (
             "syn-ack with payload",
             Repr {
@@ -1492,29 +1489,48 @@ fn arb_repr() -> impl Strategy<Value = Repr> {
         any::<u32>(),
         any::<u32>(),
     );
-    (ports, numbers, any::<bool>(), arb_sack(), arb_kind(), any::<u64>()).prop_map(
-        |((src_port, dst_port), (seq, ack, window, ts_val, ts_ecr), ack_req, sack, kind, token)| {
-            let (packet_type, fl, msg_len, payload_len, handshake) = kind;
-            // A SYN carries no token (§4.1).
-            let token = if packet_type == PacketType::Syn { 0 } else { token };
-            Repr {
-                packet_type,
-                flags: fl | if ack_req { flags::ACK_REQ } else { 0 },
-                src_port,
-                dst_port,
-                seq,
-                ack,
-                window,
-                ts_val,
-                ts_ecr,
-                msg_len,
-                sack,
-                handshake,
-                payload_len,
-                token,
-            }
-        },
+    (
+        ports,
+        numbers,
+        any::<bool>(),
+        arb_sack(),
+        arb_kind(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(
+                (src_port, dst_port),
+                (seq, ack, window, ts_val, ts_ecr),
+                ack_req,
+                sack,
+                kind,
+                token,
+            )| {
+                let (packet_type, fl, msg_len, payload_len, handshake) = kind;
+                // A SYN carries no token (§4.1).
+                let token = if packet_type == PacketType::Syn {
+                    0
+                } else {
+                    token
+                };
+                Repr {
+                    packet_type,
+                    flags: fl | if ack_req { flags::ACK_REQ } else { 0 },
+                    src_port,
+                    dst_port,
+                    seq,
+                    ack,
+                    window,
+                    ts_val,
+                    ts_ecr,
+                    msg_len,
+                    sack,
+                    handshake,
+                    payload_len,
+                    token,
+                }
+            },
+        )
 }
 
 /// A valid packet: its repr, payload and bytes.
@@ -1866,4 +1882,3 @@ fn fuzz_seeds_are_current() {
         }
     }
 }
-
