@@ -537,7 +537,10 @@ mod tests {
         for v in 0..=u8::MAX {
             if let Some(c) = CloseCode::from_u8(v) {
                 assert_eq!(c as u8, v);
-                assert_eq!(ConnectBudget::of_close_code(c).is_some(), codes.contains(&v));
+                assert_eq!(
+                    ConnectBudget::of_close_code(c).is_some(),
+                    codes.contains(&v)
+                );
             }
         }
     }

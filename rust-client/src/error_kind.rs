@@ -594,7 +594,10 @@ mod tests {
             assert_eq!(e.close_code(), Some(b.close_code()));
             let msg = e.to_string();
             assert!(msg.contains(b.option()), "{msg}");
-            assert!(msg.contains("in progress") || msg.contains("faster"), "{msg}");
+            assert!(
+                msg.contains("in progress") || msg.contains("faster"),
+                "{msg}"
+            );
         }
     }
 
