@@ -328,7 +328,7 @@ pub struct Cli {
 
     /// Connects one channel may have in progress (started, not yet connected or failed); one
     /// more fails at once with `ChannelConnectLimit` (docs/CHANNEL.md §2, "Connect budgets").
-    /// Same-host flows do not count. [default: 32]
+    /// Same-host flows do not count. [default: 64]
     #[arg(long, value_name = "N")]
     pub max_connecting_per_channel: Option<usize>,
 
@@ -1350,7 +1350,7 @@ mod tests {
         let d = c.limits.connects;
         assert_eq!(
             (d.per_channel, d.per_app, d.rate_per_app, d.burst_per_app),
-            (32, 128, 1_000, 128)
+            (64, 128, 1_000, 128)
         );
         let c = parse(&[
             "--max-connecting-per-channel",

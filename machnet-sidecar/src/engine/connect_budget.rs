@@ -45,14 +45,15 @@ pub struct ConnectLimits {
 /// A connect to a responsive host completes in one round trip (tens of microseconds), so
 /// even at the full start rate only a handful are in progress at once; the in-progress caps
 /// matter for silent hosts, where each connect lives for the whole SYN schedule (5.1 s by
-/// default). 32 per channel covers a channel opening a connection pool at once; 128 per
-/// application (four such channels) bounds the SYNs it can make the sidecar send to silent
-/// hosts to 128 x SYNs-per-connect per 5.1 s (about 12,800 SYN/s for a 2-engine peer,
-/// 16x less than the 200,000 SYN/s measured without budgets). The start rate, 1,000 a second
-/// with a burst of 128 (so the in-progress cap can be filled at once), bounds the SYN rate
-/// toward responsive hosts to 1,000 x the first batch.
+/// default). 64 per channel lets a channel open a connection pool at once (the listen-group
+/// tests pipeline 64 connects on one channel); 128 per application (two such channels)
+/// bounds the SYNs it can make the sidecar send to silent hosts to 128 x SYNs-per-connect per
+/// 5.1 s (about 12,800 SYN/s for a 2-engine peer, 16x less than the 200,000 SYN/s measured
+/// without budgets). The start rate, 1,000 a second with a burst of 128 (so the in-progress
+/// cap can be filled at once), bounds the SYN rate toward hosts that answer (or refuse) at
+/// once to 1,000 x the first batch.
 pub const DEFAULT_CONNECT_LIMITS: ConnectLimits = ConnectLimits {
-    per_channel: 32,
+    per_channel: 64,
     per_app: 128,
     rate_per_app: 1_000,
     burst_per_app: 128,
