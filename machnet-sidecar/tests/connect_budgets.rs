@@ -204,3 +204,60 @@ fn connects_to_a_silent_host_beyond_the_budgets_fail_at_once_and_bound_the_syns(
     );
     s.shutdown();
 }
+
+/// The issue's scenario, measured (run by hand with `--ignored --nocapture`): an application
+/// starts 2,000 connects to a silent host from 8 channels of a 1- and a 2-engine sidecar; prints the
+/// SYNs its sidecar sent until every started connect timed out, without budgets (every budget
+/// at its maximum) and with the defaults, and checks the bound.
+#[test]
+#[ignore = "a measurement (about 25 s)"]
+fn measure_syns_of_2000_connects_to_a_silent_host() {
+    for (engines, unlimited) in [(1, true), (1, false), (2, true), (2, false)] {
+        let hub = MemHub::new(1);
+        let mut cfg = test_config(IP_A, engines, &temp_dir("budgets-measure").join("m.sock"));
+        if unlimited {
+            cfg.limits.connects.per_channel = usize::MAX;
+            cfg.limits.connects.per_app = usize::MAX;
+            cfg.limits.connects.rate_per_app = 1_000_000;
+            cfg.limits.connects.burst_per_app = u32::MAX;
+        }
+        let per_connect = syns_per_connect(&cfg);
+        let limits = cfg.limits.connects;
+        let s = mem_sidecar(&hub, cfg);
+        let client = RawClient::connect(s.control_socket()).unwrap();
+        assert!(matches!(client.hello(), Response::Hello { .. }));
+        let mut chans: Vec<AppChannel> = (0..8).map(|_| client.open_channel(None)).collect();
+        let start = std::time::Instant::now();
+        for ch in &mut chans {
+            for _ in 0..250 {
+                ch.connect_request(SILENT, PORT);
+            }
+        }
+        // Every started connect runs its whole schedule, then times out.
+        let deadline = start + WAIT;
+        let (refused, started) = loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let (in_progress, channel, app, rate) = budget_stats(&s);
+            let refused = channel + app + rate;
+            let consumed: u64 = s.reports().iter().map(|r| r.engine_loop.requests).sum();
+            if in_progress == 0 && consumed >= 2_000 {
+                break (refused, 2_000 - refused);
+            }
+            assert!(std::time::Instant::now() < deadline, "connects never ended");
+        };
+        let (secs, syns) = (start.elapsed().as_secs_f64(), syns_sent(&s));
+        println!(
+            "{engines} engine(s), {} ({limits:?}): {started} of 2000 connects started, {refused} refused at once; \
+             {syns} SYNs in {secs:.1} s = {:.0} SYN/s; bound {} SYNs",
+            if unlimited {
+                "no budgets"
+            } else {
+                "default budgets"
+            },
+            syns as f64 / secs,
+            started * per_connect
+        );
+        assert!(syns <= started * per_connect);
+        s.shutdown();
+    }
+}
