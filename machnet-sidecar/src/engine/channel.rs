@@ -159,6 +159,8 @@ impl Transport for CoreTransport<'_, '_> {
         if let Some(l) = ctx.local.filter(|l| l.hub.local_ip() == req.remote_ip) {
             return l.connect(req.remote_port).map(Flow::Local);
         }
+        // A connect the core then refuses (no ephemeral port...) has used its start token:
+        // the bucket counts attempts, and the refusal is as cheap as the budget's.
         let slot = self
             .connects
             .admit(ctx.now)
