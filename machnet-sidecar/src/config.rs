@@ -340,7 +340,7 @@ pub struct Cli {
     /// Connects one application (process) may start per second, on average (a token bucket
     /// of --connect-burst-per-app tokens); one more fails at once with `ConnectRateLimit`.
     /// With the SYNs one connect may send, it bounds the SYN rate an app can cause.
-    /// [default: 1000]
+    /// [default: 10000]
     #[arg(long, value_name = "PER_SECOND")]
     pub max_connect_rate_per_app: Option<u32>,
 
@@ -1350,7 +1350,7 @@ mod tests {
         let d = c.limits.connects;
         assert_eq!(
             (d.per_channel, d.per_app, d.rate_per_app, d.burst_per_app),
-            (64, 128, 1_000, 128)
+            (64, 128, 10_000, 128)
         );
         let c = parse(&[
             "--max-connecting-per-channel",

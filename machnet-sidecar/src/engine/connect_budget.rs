@@ -49,13 +49,14 @@ pub struct ConnectLimits {
 /// tests pipeline 64 connects on one channel); 128 per application (two such channels)
 /// bounds the SYNs it can make the sidecar send to silent hosts to 128 x SYNs-per-connect per
 /// 5.1 s (12,800 SYN/s from a 1-engine sidecar, whose connects spray 511 SYNs each: 16x less
-/// than the 200,000 SYN/s measured without budgets). The start rate, 1,000 a second with a burst of 128 (so the in-progress
+/// than the 200,000 SYN/s measured without budgets). The start rate, 10,000 a second with a burst of 128 (so the in-progress
 /// cap can be filled at once), bounds the SYN rate toward hosts that answer (or refuse) at
-/// once to 1,000 x the first batch.
+/// once to 10,000 x the first batch while leaving connection-heavy clients (load generators,
+/// connection pools refilling) alone.
 pub const DEFAULT_CONNECT_LIMITS: ConnectLimits = ConnectLimits {
     per_channel: 64,
     per_app: 128,
-    rate_per_app: 1_000,
+    rate_per_app: 10_000,
     burst_per_app: 128,
 };
 
