@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use common::*;
 use machnet_channel::control::Response;
@@ -103,24 +102,7 @@ fn other_app_role() {
 }
 
 fn run_other_app(sock: &std::path::Path) -> Vec<String> {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["other_app_role", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(SOCK_ENV, sock)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the other app");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the other app failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once("OTHER-APP ").map(|(_, m)| m.to_owned()))
-        .collect()
+    common::run_other_app(&[(SOCK_ENV, sock.display().to_string())])
 }
 
 /// Waits until every connect started on `ch` (`started` of them) has failed, and checks that
