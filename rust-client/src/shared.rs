@@ -539,20 +539,23 @@ impl SharedChannel {
         if deadline.is_none_or(|d| d > Instant::now()) {
             return self.wait(Need::View, deadline, attempt);
         }
-        let mut st = self.lock();
-        if st.out.lent.is_some() {
-            return Err(SharedError::Busy);
+        loop {
+            let mut st = self.lock();
+            if st.out.lent.is_some() {
+                return Err(SharedError::Busy);
+            }
+            let got = {
+                let st = &mut *st;
+                let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
+                attempt(ch, &mut st.events, &mut st.out)?
+            };
+            self.release_event_waiters(&mut st);
+            // As in `receive`: data that raced in while arming will not ring the wait fd, so
+            // look again rather than report nothing (an event loop would wait forever).
+            if got.is_some() || !self.arm_external(&mut st)? {
+                return Ok(got);
+            }
         }
-        let got = {
-            let st = &mut *st;
-            let ch = st.ch.as_mut().ok_or(SharedError::Detached)?;
-            attempt(ch, &mut st.events, &mut st.out)?
-        };
-        self.release_event_waiters(&mut st);
-        if got.is_none() {
-            self.arm_external(&mut st)?;
-        }
-        Ok(got)
     }
 
     /// Gives the borrowed message back ([`SharedError::NoneOutstanding`] if none is out).
