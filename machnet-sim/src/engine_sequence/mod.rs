@@ -155,10 +155,7 @@ pub fn run_steps(steps: &[Step]) -> Outcome {
         h.step(s);
         h.outcome.steps += 1;
     }
-    h.heal();
-    h.outcome.delivered = h.apps.delivered;
-    h.outcome.unchecked = h.apps.unchecked;
-    h.outcome
+    h.finish()
 }
 
 impl Default for Harness {
@@ -560,8 +557,15 @@ impl Harness {
         }
     }
 
-    /// The network heals: deliver everything, run timers until quiet, apps read everything;
-    /// then the completeness check.
+    /// Ends the run: the network heals (everything in flight is delivered, timers run until only
+    /// keepalives are left, the apps read everything), then the completeness check.
+    pub fn finish(mut self) -> Outcome {
+        self.heal();
+        self.outcome.delivered = self.apps.delivered;
+        self.outcome.unchecked = self.apps.unchecked;
+        self.outcome
+    }
+
     fn heal(&mut self) {
         for _ in 0..HEAL_ROUNDS {
             self.step(&Step::DeliverAll);
