@@ -153,7 +153,6 @@ pub fn run_steps(steps: &[Step]) -> Outcome {
     let mut h = Harness::new();
     for s in steps {
         h.step(s);
-        h.outcome.steps += 1;
     }
     h.finish()
 }
@@ -213,6 +212,7 @@ impl Harness {
 
     /// Executes one step, then lets both engines run their timers, transmit and report.
     pub fn step(&mut self, step: &Step) {
+        self.outcome.steps += 1;
         match step {
             Step::Deliver { index } => {
                 if let Some(i) = self.index(*index) {
@@ -568,7 +568,9 @@ impl Harness {
 
     fn heal(&mut self) {
         for _ in 0..HEAL_ROUNDS {
-            self.step(&Step::DeliverAll);
+            for p in std::mem::take(&mut self.in_flight) {
+                self.deliver(&p);
+            }
             for ep in 0..self.apps.endpoints.len() {
                 self.read(ep, usize::MAX);
             }

@@ -147,22 +147,17 @@ impl Apps {
     }
 
     /// Whether attacker packets were aimed at either direction of `ep`'s flow.
-    fn is_tainted(&self, ep: usize, peer_ip: impl Fn(Side) -> Ipv4Addr) -> bool {
+    fn is_tainted(&self, ep: usize, ip: impl Fn(Side) -> Ipv4Addr) -> bool {
         let e = &self.endpoints[ep];
         let Some(k) = e.key else {
             // Unknown identity: cannot rule out injection.
             return !self.tainted.is_empty();
         };
         let here = (e.side, k.remote_ip, k.remote_port, k.local_port);
-        let there = (
-            e.side.peer(),
-            peer_ip(e.side.peer()),
-            k.local_port,
-            k.remote_port,
-        );
-        // The mirror key only names the honest peer if the remote address is the peer's.
+        // The same flow seen from the other engine (if the remote end is the honest peer).
+        let there = (e.side.peer(), k.local_ip, k.local_port, k.remote_port);
         self.tainted.contains(&here)
-            || (k.remote_ip == peer_ip(e.side) && self.tainted.contains(&there))
+            || (k.remote_ip == ip(e.side.peer()) && self.tainted.contains(&there))
     }
 
     /// Checks a message endpoint `ep`'s app received. `strict`: attacker packets must not be
