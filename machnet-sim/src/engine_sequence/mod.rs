@@ -25,7 +25,8 @@
 //!
 //! While attacker packets can still inject data (protocol v1 has no per-flow authentication),
 //! the delivery checks skip flows whose key an attacker packet named; [`ASSERT_NO_INJECTION`]
-//! turns them on for every flow.
+//! turns them on for every flow. [`ASSERT_ANTI_AMPLIFICATION`] adds the 3× bound on what the
+//! engines send to the attacker's own address.
 
 mod oracle;
 pub mod seeds;
@@ -44,6 +45,15 @@ pub use step::{decode_all, encode_all, Forge, ForgedHandshake, Side, Step, Targe
 /// while the wire format lets an off-path attacker who knows the ports inject data (protocol v1);
 /// switch on once per-flow tokens (protocol v2) land.
 pub const ASSERT_NO_INJECTION: bool = false;
+
+/// Whether an engine may send to an address that never completed a handshake at most
+/// [`AMPLIFICATION_LIMIT`] times the bytes it received from it (issue 17, anti-amplification).
+/// Checked for the attacker's own address, which never completes one here. Off until the
+/// anti-amplification budget lands.
+pub const ASSERT_ANTI_AMPLIFICATION: bool = false;
+
+/// Bytes sent per byte received allowed towards an unvalidated address.
+pub const AMPLIFICATION_LIMIT: u64 = 3;
 
 /// Address of host A.
 pub const A_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -510,7 +520,12 @@ impl Harness {
                         });
                     }
                 } else if t.remote_ip == ATTACKER_IP {
-                    self.outcome.attacker_bytes.0 += t.len as u64;
+                    let (sent, received) = &mut self.outcome.attacker_bytes;
+                    *sent += t.len as u64;
+                    assert!(
+                        !ASSERT_ANTI_AMPLIFICATION || *sent <= AMPLIFICATION_LIMIT * *received,
+                        "{side:?}: sent {sent} bytes to an unvalidated address that sent {received}"
+                    );
                 }
             }
             while let Some(ev) = e.poll_event() {
