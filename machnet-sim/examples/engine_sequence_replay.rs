@@ -15,6 +15,9 @@ fn main() {
         println!("{i}: {s:?}");
         h.step(s);
         println!("   {}", h.debug_line());
+        if std::env::var_os("VERBOSE").is_some() {
+            print!("{}", h.describe_endpoints());
+        }
     }
     println!("final drain: {:?}", h.finish());
 }

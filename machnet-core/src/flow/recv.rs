@@ -357,10 +357,12 @@ impl RecvState {
             let len = seg.len();
             self.reorder_bytes -= len;
             self.nxt = self.nxt.wrapping_add(1);
-            // Its bytes were counted while stored and no longer are (`room` grew by `len`):
-            // moving them into the message takes at most as many again (exact growth when
-            // doubling would not fit), so this cannot fail for want of memory.
-            if let Err(Refusal::Violation) = self.deliver(seg.into_arrived(), self.room()) {
+            // Its bytes were counted while stored and no longer are, and it was acknowledged
+            // (SACK), so it must not be refused: moving it in exactly (`len` bytes) is always
+            // allowed, even when the flow now holds more than a share that has shrunk since;
+            // growing a buffer beyond that (doubling) only within the room.
+            if let Err(Refusal::Violation) = self.deliver(seg.into_arrived(), self.room().max(len))
+            {
                 return Err(FramingViolation);
             }
         }
@@ -712,6 +714,33 @@ mod tests {
         }
         held_within(&mut r, 19, flags::LAST, 0, 200, 2_048);
         assert_eq!(r.read().unwrap().len(), 2_000);
+    }
+
+    #[test]
+    fn stored_messages_are_delivered_when_the_share_shrank_below_what_the_flow_holds() {
+        // A stored (acknowledged) message must not be dropped when the packet before it
+        // arrives at a time the flow holds more than its share (more flows share the budget).
+        let mut r = limited(100_000, usize::MAX);
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 1_000, &[3; 100]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(
+            r.on_data(12, flags::FIRST | flags::LAST, 300, &[4; 300])
+                .unwrap(),
+            Arrival::Buffered
+        );
+        r.set_memory(MemoryView {
+            share: 500,
+            free: usize::MAX,
+        });
+        // Completes message 1 within the buffer it already has, then message 2 is drained.
+        assert_eq!(
+            r.on_data(11, flags::LAST, 0, &[3; 900]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(r.read().unwrap().len(), 1_000);
+        assert_eq!(r.read().map(|m| m.len()), Some(300), "message 2 was lost");
     }
 
     #[test]

@@ -216,6 +216,30 @@ impl Harness {
         )
     }
 
+    /// One line per endpoint the apps know (for debugging a scenario).
+    pub fn describe_endpoints(&self) -> String {
+        let mut out = String::new();
+        for (i, e) in self.apps.endpoints.iter().enumerate() {
+            let key = e.key.map(|k| {
+                format!(
+                    "{}:{}→{}:{}",
+                    k.local_ip, k.local_port, k.remote_ip, k.remote_port
+                )
+            });
+            out += &format!(
+                "  endpoint {i}: {:?} {:?} {} sent {} received {} from {:?} closed {:?}\n",
+                e.side,
+                e.flow,
+                key.unwrap_or_default(),
+                e.sent.len(),
+                e.recv_next,
+                e.bound_sender,
+                e.closed
+            );
+        }
+        out
+    }
+
     fn engine(&mut self, side: Side) -> &mut Engine {
         &mut self.engines[side.index()]
     }
