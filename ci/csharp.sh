@@ -103,8 +103,9 @@ fi
 export_c_abi_test_env "$REL" "$DIR" "$ECHO_PORT" "$KV_PORT"
 
 # ----- NUnit -----
+# On a hang, SIGQUIT makes mono print every thread's stack into nunit.out (then SIGKILL).
 echo "csharp: nunit-console" >&2
-(cd "$DIR" && LD_LIBRARY_PATH="$REL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 600 \
+(cd "$DIR" && LD_LIBRARY_PATH="$REL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout -s QUIT -k 20 600 \
     nunit-console -nologo -noshadow -labels -result="$DIR/TestResult.xml" "$BIN/Machnet.Tests.dll") \
     >"$DIR/nunit.out" 2>&1
 rc=$?

@@ -80,13 +80,16 @@ namespace Machnet
         /// <summary>An eventfd that interrupts the poll to pick up new targets.</summary>
         private readonly int wakeFd;
 
+        /// <summary>The polling thread (Forget waits for its rounds only while it runs).</summary>
+        private readonly Thread thread;
+
         private FdPoller()
         {
             wakeFd = LibC.eventfd(0, LibC.EFD_NONBLOCK | LibC.EFD_CLOEXEC);
             if (wakeFd < 0)
                 throw new MachnetException("eventfd", Interop.LastErrno(), "eventfd: " + Interop.StrError(Interop.LastErrno()));
-            var t = new Thread(Run) { IsBackground = true, Name = "machnet-poller" };
-            t.Start();
+            thread = new Thread(Run) { IsBackground = true, Name = "machnet-poller" };
+            thread.Start();
         }
 
         /// <summary>
@@ -143,16 +146,24 @@ namespace Machnet
                 woken = new List<TaskCompletionSource<bool>>(target.Waiters);
                 target.Waiters.Clear();
                 active.Remove(target);
-                if (Array.IndexOf(polling, target) >= 0 && Thread.CurrentThread.Name != "machnet-poller")
+                if (Array.IndexOf(polling, target) >= 0 && Thread.CurrentThread != thread)
                 {
                     long seen = rounds;
                     Kick();
-                    while (rounds == seen)
-                        Monitor.Wait(gate);
+                    // Only while the poller can still finish a round: a finalizer that runs while
+                    // the process exits or its AppDomain unloads (the poller aborted or suspended)
+                    // must not wait for it, or the exit hangs; no poll can reuse the descriptor then.
+                    while (rounds == seen && thread.IsAlive && !Exiting())
+                        Monitor.Wait(gate, 100);
                 }
             }
             foreach (var w in woken)
                 w.TrySetResult(true);
+        }
+
+        private static bool Exiting()
+        {
+            return Environment.HasShutdownStarted || AppDomain.CurrentDomain.IsFinalizingForUnload();
         }
 
         private void Kick()

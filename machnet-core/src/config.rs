@@ -215,7 +215,7 @@ impl EngineConfig {
             }
         };
         check(
-            (1..=64).contains(&self.engine_count),
+            (1..=crate::MAX_ENGINES).contains(&self.engine_count),
             "engine_count",
             "must be 1..=64",
         )?;

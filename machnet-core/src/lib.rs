@@ -59,3 +59,7 @@ pub use engine::api::{
 pub use engine::stats::{DropReason, EngineStats, FlowStats};
 pub use engine::Engine;
 pub use time::Instant;
+
+/// Most engines a host runs (and most this implementation believes a peer runs: larger claims
+/// in handshake blocks are capped to it).
+pub const MAX_ENGINES: u16 = 64;

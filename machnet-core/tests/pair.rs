@@ -2,246 +2,15 @@
 //! pair). The full multi-host, multi-engine simulator lives in `machnet-sim`; these tests pin
 //! down protocol behaviour at the smallest scale.
 
-use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::*;
 use machnet_core::{
     CloseReason, Datagram, Engine, EngineConfig, Event, FlowId, Instant, RecvError, SendError,
 };
-
-const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const PORT: u16 = 7000;
-const LATENCY: Duration = Duration::from_micros(10);
-
-struct InFlight {
-    at: Instant,
-    to_b: bool,
-    src_port: u16,
-    dst_port: u16,
-    bytes: Vec<u8>,
-}
-
-/// Rewrites a datagram in flight: (whether it goes a → b, its bytes).
-type Rewrite = dyn FnMut(bool, &mut Vec<u8>);
-
-struct Pair {
-    a: Engine,
-    b: Engine,
-    now: Instant,
-    wire: VecDeque<InFlight>,
-    /// Decides, per datagram number, whether the link drops it.
-    drop: Box<dyn FnMut(u64) -> bool>,
-    sent: u64,
-    events_a: Vec<Event>,
-    events_b: Vec<Event>,
-    /// Largest datagram put on the wire so far, a → b and b → a.
-    largest: [usize; 2],
-    /// Rewrites datagrams in flight, after `drop`.
-    rewrite: Box<Rewrite>,
-}
-
-impl Pair {
-    fn new(tweak: impl Fn(&mut EngineConfig)) -> Pair {
-        Pair::asymmetric(&tweak, &tweak)
-    }
-
-    /// A pair whose two hosts are configured differently.
-    fn asymmetric(
-        tweak_a: impl Fn(&mut EngineConfig),
-        tweak_b: impl Fn(&mut EngineConfig),
-    ) -> Pair {
-        let mut ca = EngineConfig::new(A, 0, 1);
-        let mut cb = EngineConfig::new(B, 0, 1);
-        tweak_a(&mut ca);
-        tweak_b(&mut cb);
-        let a = Engine::new(ca, 1).unwrap();
-        let mut b = Engine::new(cb, 2).unwrap();
-        b.listen(PORT).unwrap();
-        Pair {
-            a,
-            b,
-            now: Instant::ZERO,
-            wire: VecDeque::new(),
-            drop: Box::new(|_| false),
-            sent: 0,
-            events_a: Vec::new(),
-            events_b: Vec::new(),
-            largest: [0; 2],
-            rewrite: Box::new(|_, _| {}),
-        }
-    }
-
-    /// Moves packets and time until nothing is in flight and no timer is due before `limit`.
-    fn run_until(&mut self, limit: Instant, mut stop: impl FnMut(&mut Pair) -> bool) {
-        let mut buf = vec![0u8; 65_507];
-        loop {
-            for from_a in [true, false] {
-                loop {
-                    let e = if from_a { &mut self.a } else { &mut self.b };
-                    let Some(t) = e.poll_transmit(self.now, &mut buf) else {
-                        break;
-                    };
-                    self.sent += 1;
-                    let dir = usize::from(!from_a);
-                    self.largest[dir] = self.largest[dir].max(t.len);
-                    if !(self.drop)(self.sent) {
-                        let mut bytes = buf[..t.len].to_vec();
-                        (self.rewrite)(from_a, &mut bytes);
-                        self.wire.push_back(InFlight {
-                            at: self.now + LATENCY,
-                            to_b: from_a,
-                            src_port: t.src_port,
-                            dst_port: t.dst_port,
-                            bytes,
-                        });
-                    }
-                }
-            }
-            while let Some(e) = self.a.poll_event() {
-                self.events_a.push(e);
-            }
-            while let Some(e) = self.b.poll_event() {
-                self.events_b.push(e);
-            }
-            if stop(self) {
-                return;
-            }
-            let next_wire = self.wire.front().map(|p| p.at);
-            let next = [next_wire, self.a.poll_timeout(), self.b.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            let Some(next) = next else { return };
-            if next > limit {
-                return;
-            }
-            self.now = self.now.max(next);
-            while self.wire.front().is_some_and(|p| p.at <= self.now) {
-                let p = self.wire.pop_front().unwrap();
-                let (e, from) = if p.to_b {
-                    (&mut self.b, A)
-                } else {
-                    (&mut self.a, B)
-                };
-                e.handle_datagram(
-                    self.now,
-                    Datagram {
-                        remote_ip: from,
-                        src_port: p.src_port,
-                        dst_port: p.dst_port,
-                        payload: &p.bytes,
-                    },
-                );
-            }
-            self.a.handle_timeout(self.now);
-            self.b.handle_timeout(self.now);
-        }
-    }
-
-    fn connect(&mut self) -> (FlowId, FlowId) {
-        let fa = self.a.connect(self.now, B, PORT).unwrap();
-        let deadline = self.now + Duration::from_secs(5);
-        self.run_until(deadline, |p| {
-            p.events_b
-                .iter()
-                .any(|e| matches!(e, Event::Accepted { .. }))
-        });
-        assert!(
-            self.events_a.contains(&Event::Connected { flow: fa }),
-            "{:?}",
-            self.events_a
-        );
-        let fb = self
-            .events_b
-            .iter()
-            .find_map(|e| match e {
-                Event::Accepted { flow, .. } => Some(*flow),
-                _ => None,
-            })
-            .expect("accepted");
-        self.events_a.clear();
-        self.events_b.clear();
-        (fa, fb)
-    }
-}
-
-fn message(i: u32, len: usize) -> Bytes {
-    let mut v = vec![0u8; len];
-    let mut x = i.wrapping_mul(2654435761).wrapping_add(len as u32) | 1;
-    for b in v.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    Bytes::from(v)
-}
-
-fn drain(e: &mut Engine, flow: FlowId, out: &mut Vec<Bytes>) {
-    while let Some(m) = e.recv(flow).unwrap() {
-        out.push(m);
-    }
-}
-
-/// Sends `sizes` from a to b under the pair's drop pattern and checks byte-identical in-order
-/// delivery.
-fn transfer(p: &mut Pair, sizes: &[usize]) {
-    let (fa, fb) = p.connect();
-    let msgs: Vec<Bytes> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| message(i as u32, n))
-        .collect();
-    let mut next = 0;
-    let mut got = Vec::new();
-    let deadline = p.now + Duration::from_secs(600);
-    while got.len() < msgs.len() {
-        while next < msgs.len() {
-            match p.a.send(p.now, fa, msgs[next].clone()) {
-                Ok(()) => next += 1,
-                Err(SendError::BufferFull) => break,
-                Err(e) => panic!("send: {e}"),
-            }
-        }
-        let before = got.len();
-        p.run_until(deadline, |p| {
-            let mut any = false;
-            for e in p.events_b.drain(..) {
-                any |= matches!(e, Event::Readable { .. });
-            }
-            any || p
-                .events_a
-                .drain(..)
-                .any(|e| matches!(e, Event::Writable { .. }))
-        });
-        drain(&mut p.b, fb, &mut got);
-        assert!(
-            p.now < deadline,
-            "transfer stalled at {} of {} messages",
-            got.len(),
-            msgs.len()
-        );
-        if got.len() == before
-            && next == msgs.len()
-            && p.wire.is_empty()
-            && p.a.poll_timeout().is_none()
-        {
-            panic!("no progress");
-        }
-    }
-    assert_eq!(got.len(), msgs.len());
-    for (i, (g, m)) in got.iter().zip(&msgs).enumerate() {
-        assert!(
-            g == m,
-            "message {i} differs (len {} vs {})",
-            g.len(),
-            m.len()
-        );
-    }
-}
 
 #[test]
 fn handshake_and_small_messages() {
@@ -598,30 +367,6 @@ fn half_open_flows_are_bounded_and_reclaimed() {
     assert_eq!(b.flow_count(), 1);
 }
 
-/// Datagrams one engine has to send now, taken instead of put on the wire.
-fn take_output(e: &mut Engine, now: Instant) -> Vec<(u16, u16, Vec<u8>)> {
-    let mut buf = vec![0u8; 1500];
-    let mut out = Vec::new();
-    while let Some(t) = e.poll_transmit(now, &mut buf) {
-        out.push((t.src_port, t.dst_port, buf[..t.len].to_vec()));
-    }
-    out
-}
-
-fn deliver(e: &mut Engine, now: Instant, from: Ipv4Addr, datagrams: &[(u16, u16, Vec<u8>)]) {
-    for (src_port, dst_port, bytes) in datagrams {
-        e.handle_datagram(
-            now,
-            Datagram {
-                remote_ip: from,
-                src_port: *src_port,
-                dst_port: *dst_port,
-                payload: bytes,
-            },
-        );
-    }
-}
-
 /// A's message is sent; nothing comes back until A's retransmission timeout has fired and A has
 /// resent. Then B receives `first` (and the resent packets after them, in the same batch, as a
 /// stalled receiver reading its socket would) and its acknowledgement reaches A. Returns A's
@@ -713,8 +458,8 @@ fn each_flow_uses_the_smaller_datagram_limit_of_its_two_ends() {
     }
 }
 
-/// Offset of the handshake block's `max_datagram` in a SYN (no SACK blocks): header 40 + 18.
-const SYN_MAX_DATAGRAM: usize = 40 + 18;
+/// Offset of the handshake block's `max_datagram` in a SYN (no SACK blocks): header + 18.
+const SYN_MAX_DATAGRAM: usize = machnet_core::wire::HEADER_LEN + 18;
 
 #[test]
 fn a_peer_that_announces_nothing_gets_the_default_1472() {

@@ -38,9 +38,12 @@ pub struct AttackFlow {
     server_isn: u32,
     to: SocketAddrV4,
     echo: UdpPair,
+    /// Our flow token (PROTOCOL.md §4.1) and the server's, from its SYN-ACK.
+    my_token: u64,
+    server_token: u64,
 }
 
-fn repr(ty: PacketType, src: u16, seq: u32, ack: u32, hs: Option<Handshake>) -> Repr {
+fn repr(ty: PacketType, src: u16, seq: u32, ack: u32, hs: Option<Handshake>, token: u64) -> Repr {
     Repr {
         packet_type: ty,
         flags: 0,
@@ -55,6 +58,7 @@ fn repr(ty: PacketType, src: u16, seq: u32, ack: u32, hs: Option<Handshake>) -> 
         sack: SackList::new(),
         handshake: hs,
         payload_len: 0,
+        token,
     }
 }
 
@@ -84,6 +88,8 @@ impl AttackFlow {
             (sock, port)
         };
         let (mut sock, mut my_udp) = bind();
+        let iss = 0x1000_0000 + u32::from(machnet_port) * 7919;
+        let my_token = 0xA77A_C4E2_0000_0000 | u64::from(machnet_port);
         let hs = |my_udp: u16, echo: UdpPair| Handshake {
             engine_count: 1,
             engine_id: 0,
@@ -94,8 +100,9 @@ impl AttackFlow {
             attempt: 0,
             max_message_len: 8 << 20,
             max_datagram: DATAGRAM,
+            token: my_token,
+            isn: iss,
         };
-        let iss = 0x1000_0000 + u32::from(machnet_port) * 7919;
         let mut buf = vec![0u8; 65536];
         let deadline = Instant::now() + WAIT;
         for attempt in 0u16.. {
@@ -114,6 +121,7 @@ impl AttackFlow {
                 iss,
                 0,
                 Some(hs(my_udp, UdpPair::NONE)),
+                0,
             );
             let n = syn.emit(&mut buf, &[], false);
             // Another port of the pool each time: the kernel's hash picks the engine, and only
@@ -127,14 +135,18 @@ impl AttackFlow {
                 continue;
             };
             let Ok(r) = Repr::parse(&p) else { continue };
-            if r.packet_type != PacketType::SynAck || r.ack != iss.wrapping_add(1) {
+            if r.packet_type != PacketType::SynAck
+                || r.ack != iss.wrapping_add(1)
+                || r.token != my_token
+            {
                 continue;
             }
             let std::net::SocketAddr::V4(from) = from else {
                 unreachable!()
             };
             // The SYN-ACK echoes the path of the SYN it answers: that one reaches the engine.
-            let syn_path = r.handshake.expect("SYN-ACK has a handshake").echo_path;
+            let synack_hs = r.handshake.expect("SYN-ACK has a handshake");
+            let syn_path = synack_hs.echo_path;
             let mut flow = AttackFlow {
                 sock,
                 how,
@@ -146,6 +158,8 @@ impl AttackFlow {
                     src: from.port(),
                     dst: my_udp,
                 },
+                my_token,
+                server_token: synack_hs.token,
             };
             flow.hs_ack(hs(my_udp, flow.echo));
             return Some(flow);
@@ -161,6 +175,7 @@ impl AttackFlow {
             self.iss.wrapping_add(1),
             self.server_isn.wrapping_add(1),
             Some(hs),
+            self.server_token,
         );
         let n = ack.emit(&mut buf, &[], false);
         self.sock.send_to(&buf[..n], self.to).unwrap();
@@ -186,6 +201,8 @@ impl AttackFlow {
             attempt: 0,
             max_message_len: 8 << 20,
             max_datagram: DATAGRAM,
+            token: self.my_token,
+            isn: self.iss,
         };
         let message_fragments = ((8 << 20) / FRAGMENT) as u32;
         for i in 0..count.min(4096) {
@@ -195,6 +212,7 @@ impl AttackFlow {
                 self.iss.wrapping_add(1 + i),
                 self.server_isn.wrapping_add(1),
                 Some(hs),
+                self.server_token,
             );
             match self.how {
                 Attack::OutOfOrder if i == 0 => continue,

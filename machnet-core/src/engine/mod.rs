@@ -22,7 +22,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 use crate::flow::recv::MemoryView;
-use crate::flow::{random_port, rst_repr, CtrlPacket, Ctx, Flow, CTRL_QUEUE_CAP};
+use crate::flow::{
+    random_port, rst_repr, CtrlPacket, Ctx, Flow, AMPLIFICATION_LIMIT, CTRL_QUEUE_CAP,
+};
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
@@ -57,6 +59,44 @@ fn search_pair(
         }
     }
     None
+}
+
+/// Most UDP ports of a peer's announced pool that we send to before its handshake is validated.
+pub const MAX_REPLY_POOL: u16 = 256;
+
+/// The UDP ports we may answer an unvalidated SYN on (PROTOCOL.md §5.1 step 2): its announced
+/// pool, if that holds `src` (the port the SYN came from), cut to at most [`MAX_REPLY_POOL`]
+/// ports around `src`. `None`: the pool does not hold `src`.
+fn reply_pool(hs: &Handshake, src: u16) -> Option<PortPool> {
+    let pool = PortPool {
+        base: hs.udp_port_base,
+        count: hs.udp_port_count,
+    };
+    if !pool.contains(src) {
+        return None;
+    }
+    if pool.count <= MAX_REPLY_POOL {
+        return Some(pool);
+    }
+    let end = u32::from(pool.base) + u32::from(pool.count); // exclusive
+    let start = u32::from(src)
+        .saturating_sub(u32::from(MAX_REPLY_POOL / 2))
+        .max(u32::from(pool.base))
+        .min(end - u32::from(MAX_REPLY_POOL));
+    Some(PortPool {
+        base: start as u16,
+        count: MAX_REPLY_POOL,
+    })
+}
+
+/// A flow token (PROTOCOL.md §4.1): 64 random bits from the engine's generator, never 0.
+fn fresh_token(rng: &mut ChaCha8Rng) -> u64 {
+    loop {
+        let t: u64 = rng.random();
+        if t != 0 {
+            return t;
+        }
+    }
 }
 
 /// What a peer host told us about itself in a handshake block.
@@ -284,10 +324,12 @@ impl Engine {
             .predict_reply_hint(remote_ip, peer.pool)
             .unwrap_or(UdpPair::NONE);
         let iss = self.rng.random();
+        let token = fresh_token(&mut self.rng);
         let flow = Flow::new_client(
             &self.cfg,
             key,
             iss,
+            token,
             now,
             peer.pool,
             peer.engines,
@@ -528,7 +570,14 @@ impl Engine {
             if let (Ok(()), PacketType::SynAck, Some(hs)) =
                 (result, repr.packet_type, &repr.handshake)
             {
-                self.learn_peer(d.remote_ip, repr.src_port, true, hs);
+                let peer = PeerInfo {
+                    engines: hs.engine_count.min(crate::MAX_ENGINES),
+                    pool: PortPool {
+                        base: hs.udp_port_base,
+                        count: hs.udp_port_count,
+                    },
+                };
+                self.learn_peer(d.remote_ip, peer, Some((repr.src_port, hs.engine_id)));
             }
             self.settle(idx, now);
             return result;
@@ -539,13 +588,16 @@ impl Engine {
             _ => match self.ports.owner(repr.dst_port) {
                 Owner::Other | Owner::Shared => Err(DropReason::WrongEngine),
                 Owner::Me | Owner::Nobody => {
+                    // Echo the packet's token: only its sender (and on-path observers) know it,
+                    // so the RST convinces the flow that sent it and nobody else (§8.3).
                     let rst = rst_repr(
                         repr.dst_port,
                         repr.src_port,
                         repr.ack,
                         repr.seq.wrapping_add(1),
+                        repr.token,
                     );
-                    self.answer_unknown_flow(now, d.remote_ip, path, rst);
+                    self.answer_unknown_flow(now, d.remote_ip, path, d.payload.len(), rst);
                     Err(DropReason::UnknownFlow)
                 }
             },
@@ -554,14 +606,24 @@ impl Engine {
 
     /// Tells a peer that the flow its packet belongs to is gone (PROTOCOL.md §8.3). The peer's
     /// flow lives on one of its engines, which the reverse UDP pair reaches only by chance; for a
-    /// peer whose engine count we learned in a handshake, the RST is sprayed like a SYN-ACK,
-    /// within the answer budget. Unknown senders get one RST on the reverse pair.
-    fn answer_unknown_flow(&mut self, now: Instant, remote_ip: Ipv4Addr, path: UdpPair, rst: Repr) {
+    /// peer whose engine count we learned in a validated handshake, more RSTs go to the same UDP
+    /// port from other source ports, within the answer budget. Never more than
+    /// [`AMPLIFICATION_LIMIT`] times the bytes of the packet answered, and only to the address
+    /// and port it came from.
+    fn answer_unknown_flow(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        path: UdpPair,
+        received: usize,
+        rst: Repr,
+    ) {
+        let affordable = (AMPLIFICATION_LIMIT * received / rst.buffer_len()).max(1) as u32;
         let Some(peer) = self.peers.get(&remote_ip).copied() else {
             self.queue_ctrl(remote_ip, path.reversed(), rst);
             return;
         };
-        let n = rss::spray_batch(peer.engines, self.cfg.handshake.success_target);
+        let n = rss::spray_batch(peer.engines, self.cfg.handshake.success_target).min(affordable);
         for i in 0..n {
             if !self.answer_budget.take(now) {
                 break;
@@ -571,33 +633,25 @@ impl Engine {
             } else {
                 UdpPair {
                     src: random_port(&mut self.rng, self.cfg.udp_ports),
-                    dst: random_port(&mut self.rng, peer.pool),
+                    dst: path.src,
                 }
             };
             self.queue_ctrl(remote_ip, p, rst);
         }
     }
 
-    fn learn_peer(&mut self, ip: Ipv4Addr, port: u16, is_listener: bool, hs: &Handshake) {
+    /// Records what a validated handshake taught about a peer host (PROTOCOL.md §5.4) and,
+    /// with `listener`, which of its engines accepted a connection to a (Machnet) port.
+    fn learn_peer(&mut self, ip: Ipv4Addr, peer: PeerInfo, listener: Option<(u16, u16)>) {
         if self.peers.len() >= PEER_CACHE_CAP {
             self.peers.clear();
         }
-        let pool = PortPool {
-            base: hs.udp_port_base,
-            count: hs.udp_port_count,
-        };
-        self.peers.insert(
-            ip,
-            PeerInfo {
-                engines: hs.engine_count,
-                pool,
-            },
-        );
-        if is_listener {
+        self.peers.insert(ip, peer);
+        if let Some((port, engine)) = listener {
             if self.remote_listeners.len() >= PEER_CACHE_CAP {
                 self.remote_listeners.clear();
             }
-            self.remote_listeners.insert((ip, port), hs.engine_id);
+            self.remote_listeners.insert((ip, port), engine);
         }
     }
 
@@ -619,21 +673,31 @@ impl Engine {
         syn: &Repr,
         path: UdpPair,
     ) -> Result<(), DropReason> {
-        let hs = syn
+        let mut hs = syn
             .handshake
             .expect("parse guarantees a handshake block on SYN");
+        // Everything we send to this unvalidated address goes to UDP ports of its announced
+        // pool, which must hold the port this SYN came from and is cut to a window around it.
+        let pool = reply_pool(&hs, path.src).ok_or(DropReason::Malformed)?;
+        (hs.udp_port_base, hs.udp_port_count) = (pool.base, pool.count);
         if !self.ports.i_listen(syn.dst_port) {
             if self.ports.listeners(syn.dst_port) != 0 {
                 return Err(DropReason::WrongEngine);
             }
             // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
-            // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK.
-            // One batch sized for the first attempt, within the answer budget.
-            let n = rss::spray_batch(hs.engine_count, self.cfg.handshake.success_target);
-            let pool = PortPool {
-                base: hs.udp_port_base,
-                count: hs.udp_port_count,
-            };
+            // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK: one
+            // batch sized for the first attempt, within the answer budget and three times the
+            // SYN's bytes. They carry the client's token.
+            let rst = rst_repr(
+                syn.dst_port,
+                syn.src_port,
+                0,
+                syn.seq.wrapping_add(1),
+                hs.token,
+            );
+            let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / rst.buffer_len()) as u32;
+            let engines = hs.engine_count.min(crate::MAX_ENGINES);
+            let n = rss::spray_batch(engines, self.cfg.handshake.success_target).min(affordable);
             for _ in 0..n {
                 if !self.answer_budget.take(now) {
                     break;
@@ -642,7 +706,6 @@ impl Engine {
                     src: random_port(&mut self.rng, self.cfg.udp_ports),
                     dst: random_port(&mut self.rng, pool),
                 };
-                let rst = rst_repr(syn.dst_port, syn.src_port, 0, syn.seq.wrapping_add(1));
                 self.queue_ctrl(remote_ip, p, rst);
             }
             return Err(DropReason::NoListener);
@@ -657,18 +720,15 @@ impl Engine {
             return Err(DropReason::FlowLimit);
         }
         let key = self.key(remote_ip, syn.src_port, syn.dst_port);
-        let synack_path = if !hs.reply_hint.is_none() {
+        // We answer only inside the client's pool, which `syn_reply_pool` checked (§5.1).
+        let synack_path = if !hs.reply_hint.is_none() && pool.contains(hs.reply_hint.dst) {
             Some(hs.reply_hint)
         } else {
-            let pool = PortPool {
-                base: hs.udp_port_base,
-                count: hs.udp_port_count,
-            };
             self.path_to_remote_engine(remote_ip, pool, hs.engine_id)
         };
         let iss = self.rng.random();
-        let flow = Flow::new_server(&self.cfg, key, iss, syn, &hs, path, now, synack_path);
-        self.learn_peer(remote_ip, syn.src_port, false, &hs);
+        let token = fresh_token(&mut self.rng);
+        let flow = Flow::new_server(&self.cfg, key, iss, token, syn, &hs, path, now, synack_path);
         self.insert(flow, now);
         Ok(())
     }
@@ -886,6 +946,14 @@ impl Engine {
         if slot.counted_half_open && (flow.death().is_some() || !flow.is_half_open()) {
             slot.counted_half_open = false;
             self.half_open -= 1;
+            if flow.death().is_none() {
+                // The client answered our SYN-ACK with our token: what its SYN said about its
+                // host may now size and aim our packets to it (PROTOCOL.md §5.4).
+                let (engines, pool) = flow.peer_host();
+                let ip = flow.key().remote_ip;
+                self.learn_peer(ip, PeerInfo { engines, pool }, None);
+                return self.settle(idx, now);
+            }
         }
         if let Some(death) = flow.death() {
             let mut flow = slot.flow.take().expect("checked");

@@ -60,6 +60,8 @@ drop_reasons! {
     InvalidAck => "invalid_ack",
     /// An RST whose sequence number is not acceptable.
     RstRejected => "rst_rejected",
+    /// A packet without the flow's token (PROTOCOL.md §4.1): forged, or from an old flow.
+    BadToken => "bad_token",
     /// A packet for a flow that is closing and can no longer accept it.
     FlowClosing => "flow_closing",
     /// A SYN refused because the engine holds its maximum of flows or half-open flows.

@@ -107,6 +107,27 @@ impl Spray {
 /// flows cannot grow memory; beyond the cap, replies are simply not sent.
 pub(crate) const CTRL_QUEUE_CAP: usize = 4096;
 
+/// At most this many times the bytes an unvalidated address sent us may go back to it
+/// (PROTOCOL.md §5.2, as QUIC's RFC 9000 §8.1).
+pub(crate) const AMPLIFICATION_LIMIT: usize = 3;
+/// Length of every SYN-ACK: fixed header and handshake block.
+pub(crate) const SYNACK_LEN: usize = wire::HEADER_LEN + wire::HANDSHAKE_LEN;
+/// Most SYN-ACKs one half-open flow saves up allowance for.
+const MAX_SYNACK_BATCH: u32 = 512;
+
+/// Zero bytes after a SYN's header (PROTOCOL.md §5.2): enough that the first SYN to reach the
+/// server pays, at [`AMPLIFICATION_LIMIT`], for the whole SYN-ACK batch of `attempt` that our
+/// engine count asks for, within the datagram every host accepts (later SYNs of the batch that
+/// reach it pay for the rest when that is too large).
+pub(crate) fn syn_padding(cfg: &EngineConfig, attempt: u8) -> u16 {
+    let h = &cfg.handshake;
+    let batch =
+        rss::spray_batch_for_attempt(cfg.engine_count, h.success_target, attempt, h.max_batch);
+    let want = (batch as usize * SYNACK_LEN).div_ceil(AMPLIFICATION_LIMIT);
+    let cap = usize::from(cfg.max_udp_payload.min(wire::DEFAULT_MAX_DATAGRAM));
+    (want.min(cap).saturating_sub(SYNACK_LEN)) as u16
+}
+
 /// Tail-loss probes sent without progress before only the retransmission timer remains.
 const MAX_TAIL_PROBES: u32 = 2;
 
@@ -175,10 +196,24 @@ pub(crate) struct Flow {
     death: Option<Death>,
     peer_closed_reported: bool,
     stats: FlowStats,
+    /// Our flow token (PROTOCOL.md §4.1): every packet the peer sends us must carry it.
+    rx_token: u64,
+    /// The peer's flow token, carried by every packet we send (0 until the handshake told us).
+    tx_token: u64,
+    /// Server, half-open: bytes of SYN-ACKs we may still send to the unvalidated client — three
+    /// times the bytes of its SYNs that reached this flow, less what we sent (§5.2).
+    synack_allowance: usize,
 }
 
 impl Flow {
-    fn base(cfg: &EngineConfig, key: FlowKey, iss: u32, irs: u32, is_client: bool) -> Flow {
+    fn base(
+        cfg: &EngineConfig,
+        key: FlowKey,
+        iss: u32,
+        irs: u32,
+        is_client: bool,
+        rx_token: u64,
+    ) -> Flow {
         let frag = cfg.max_fragment_payload();
         Flow {
             key,
@@ -221,6 +256,9 @@ impl Flow {
             death: None,
             peer_closed_reported: false,
             stats: FlowStats::default(),
+            rx_token,
+            tx_token: 0,
+            synack_allowance: 0,
         }
     }
 
@@ -230,13 +268,14 @@ impl Flow {
         cfg: &EngineConfig,
         key: FlowKey,
         iss: u32,
+        rx_token: u64,
         now: Instant,
         peer_pool: PortPool,
         peer_engines: u16,
         syn_paths: Vec<UdpPair>,
         reply_hint: UdpPair,
     ) -> Flow {
-        let mut f = Flow::base(cfg, key, iss, 0, true);
+        let mut f = Flow::base(cfg, key, iss, 0, true, rx_token);
         f.peer_pool = peer_pool;
         f.peer_engines = peer_engines;
         f.reply_hint = reply_hint;
@@ -257,14 +296,16 @@ impl Flow {
         cfg: &EngineConfig,
         key: FlowKey,
         iss: u32,
+        rx_token: u64,
         syn: &Repr,
         hs: &Handshake,
         syn_path: UdpPair,
         now: Instant,
         synack_path: Option<UdpPair>,
     ) -> Flow {
-        let mut f = Flow::base(cfg, key, iss, syn.seq, false);
+        let mut f = Flow::base(cfg, key, iss, syn.seq, false, rx_token);
         f.learn_peer(hs, cfg);
+        f.add_synack_allowance(syn);
         f.ts_recent = syn.ts_val;
         f.peer_window = syn.window;
         f.window_ack = f.send.una;
@@ -278,6 +319,14 @@ impl Flow {
         f.confirm_echo = syn_path;
         f.start_synack_spray(cfg, hs.attempt, synack_path);
         f
+    }
+
+    /// A SYN of our client reached this half-open flow: it may be answered with up to three
+    /// times its bytes (PROTOCOL.md §5.2, anti-amplification).
+    fn add_synack_allowance(&mut self, syn: &Repr) {
+        let cap = SYNACK_LEN * MAX_SYNACK_BATCH as usize;
+        self.synack_allowance =
+            (self.synack_allowance + AMPLIFICATION_LIMIT * syn.buffer_len()).min(cap);
     }
 
     fn batch(cfg: &EngineConfig, engines: u16, attempt: u8) -> u32 {
@@ -303,8 +352,30 @@ impl Flow {
             base: hs.udp_port_base,
             count: hs.udp_port_count,
         };
-        self.peer_engines = hs.engine_count;
+        // An unvalidated claim sizes nothing beyond what we support (§5.2).
+        self.peer_engines = hs.engine_count.min(crate::MAX_ENGINES);
         self.peer_max_message = hs.max_message_len;
+        self.tx_token = hs.token;
+    }
+
+    /// What the peer's handshake told us about its host: engine count and UDP pool (the
+    /// engine's peer cache learns them once the handshake is validated, §5.4).
+    pub(crate) fn peer_host(&self) -> (u16, PortPool) {
+        (self.peer_engines, self.peer_pool)
+    }
+
+    /// Whether `repr` carries the token this flow expects (PROTOCOL.md §4.1). An RST may also
+    /// carry the peer's own token: a peer that lost the flow echoes the token of the packet it
+    /// answers, which only the two ends (and on-path observers) know (§8.3).
+    fn token_ok(&self, repr: &Repr) -> bool {
+        match repr.packet_type {
+            // SYNs carry no token; a retried SYN proves itself by its handshake block.
+            PacketType::Syn => true,
+            PacketType::Rst => {
+                repr.token == self.rx_token || (self.tx_token != 0 && repr.token == self.tx_token)
+            }
+            _ => repr.token == self.rx_token,
+        }
     }
 
     /// The flow's identity.
@@ -420,6 +491,9 @@ impl Flow {
         {
             return Err(DropReason::Oversize);
         }
+        if !self.token_ok(repr) {
+            return Err(DropReason::BadToken);
+        }
         match self.phase {
             Phase::SynSent { .. } => self.handle_syn_sent(now, repr, path, ctx),
             Phase::SynReceived {
@@ -518,6 +592,15 @@ impl Flow {
                 if repr.seq != self.irs {
                     return Err(DropReason::StaleHandshake);
                 }
+                if hs.token != self.tx_token {
+                    return Err(DropReason::BadToken);
+                }
+                // Answers go only to the pool we accepted, which holds the first SYN's port.
+                if !self.peer_pool.contains(path.src) {
+                    return Err(DropReason::StaleHandshake);
+                }
+                // Another SYN of our client's batches: it pays for more SYN-ACKs.
+                self.add_synack_allowance(repr);
                 if hs.attempt <= answered_attempt || self.spray.remaining > 0 {
                     return Err(DropReason::DuplicateHandshake);
                 }
@@ -577,11 +660,14 @@ impl Flow {
                 self.ack_pending = true;
                 Err(DropReason::Duplicate)
             }
-            PacketType::Rst if self.rst_acceptable(repr.seq, cfg) => {
+            PacketType::Rst if repr.seq == self.recv.nxt => {
                 self.die(CloseReason::Reset, false, false);
                 Ok(())
             }
-            PacketType::Rst => Err(DropReason::RstRejected),
+            PacketType::Rst => {
+                self.challenge_rst(repr.seq, cfg);
+                Err(DropReason::RstRejected)
+            }
             _ => Err(DropReason::FlowClosing),
         }
     }
@@ -609,6 +695,7 @@ impl Flow {
                                 self.key.remote_port,
                                 self.iss.wrapping_add(1),
                                 repr.seq.wrapping_add(1),
+                                hs.token,
                             ),
                         });
                     }
@@ -616,7 +703,7 @@ impl Flow {
                 }
                 return Err(DropReason::DuplicateHandshake);
             }
-            PacketType::Rst if self.rst_acceptable(repr.seq, ctx.cfg) => {
+            PacketType::Rst if repr.seq == self.recv.nxt => {
                 if self.recv.fin_received && self.send.fin_acked_by_reset() {
                     // Both directions were finished; the peer just forgot the flow before our
                     // last ACK reached it. Not a failure: finish as a graceful close.
@@ -630,7 +717,10 @@ impl Flow {
                 self.die(CloseReason::Reset, true, false);
                 return Ok(());
             }
-            PacketType::Rst => return Err(DropReason::RstRejected),
+            PacketType::Rst => {
+                self.challenge_rst(repr.seq, ctx.cfg);
+                return Err(DropReason::RstRejected);
+            }
             PacketType::Ack | PacketType::Data | PacketType::Fin => {}
         }
         let _ = path;
@@ -724,10 +814,14 @@ impl Flow {
         drop.map_or(Ok(()), Err)
     }
 
-    /// An RST is accepted only if its sequence number lies in our receive window (§8.3).
-    fn rst_acceptable(&self, s: u32, cfg: &EngineConfig) -> bool {
+    /// An RST with the right token whose sequence number is in our receive window but not the
+    /// next expected one (RFC 5961 §3.2, PROTOCOL.md §8.3): answer with an ACK (a peer that
+    /// really reset answers it with an exact RST); outside the window: ignore.
+    fn challenge_rst(&mut self, s: u32, cfg: &EngineConfig) {
         let nxt = self.recv.nxt;
-        seq::le(nxt, s) && seq::lt(s, nxt.wrapping_add(cfg.max_window_packets))
+        if seq::lt(nxt, s) && seq::lt(s, nxt.wrapping_add(cfg.max_window_packets)) {
+            self.ack_pending = true;
+        }
     }
 
     /// Moves to `Lingering` once both directions are finished and every message was read.
@@ -977,8 +1071,14 @@ impl Flow {
             return false;
         }
         match self.phase {
-            Phase::SynSent { .. } | Phase::SynReceived { .. } => {
+            Phase::SynSent { .. } => {
                 self.spray.remaining > 0 && self.timers.get(Timer::SprayPause).is_none()
+            }
+            // Paused while the client's SYN bytes do not pay for the next SYN-ACK.
+            Phase::SynReceived { .. } => {
+                self.spray.remaining > 0
+                    && self.timers.get(Timer::SprayPause).is_none()
+                    && self.synack_allowance >= SYNACK_LEN
             }
             Phase::Lingering => self.ack_pending,
             Phase::Established => {
@@ -1031,12 +1131,17 @@ impl Flow {
         if self.spray.remaining == 0 {
             return None;
         }
-        if ty == PacketType::SynAck {
+        let is_syn = ty == PacketType::Syn;
+        if !is_syn {
+            if self.synack_allowance < SYNACK_LEN {
+                return None;
+            }
             if let Err(wait) = ctx.answer_budget.try_take(now) {
                 // Over the answer budget: pace the batch instead of dropping it.
                 self.timers.set(Timer::SprayPause, now + wait);
                 return None;
             }
+            self.synack_allowance -= SYNACK_LEN;
         }
         if self.spray.remaining == self.spray.total {
             self.last_spray = Some(now);
@@ -1044,6 +1149,8 @@ impl Flow {
         let sent = (self.spray.total - self.spray.remaining) as usize;
         self.spray.remaining -= 1;
         let cfg = ctx.cfg;
+        // SYN-ACKs go to the client's pool, which the server checked contains the port the SYN
+        // came from and capped in size (§5.1 step 2).
         let path = self
             .spray
             .fixed_paths
@@ -1053,7 +1160,6 @@ impl Flow {
                 src: random_port(ctx.rng, cfg.udp_ports),
                 dst: random_port(ctx.rng, self.peer_pool),
             });
-        let is_syn = ty == PacketType::Syn;
         let ts_val = now_ts(now);
         let repr = Repr {
             packet_type: ty,
@@ -1085,8 +1191,11 @@ impl Flow {
                 attempt,
                 max_message_len: cfg.max_message_len,
                 max_datagram: cfg.max_udp_payload,
+                token: self.rx_token,
+                isn: self.iss,
             }),
-            payload_len: 0,
+            payload_len: if is_syn { syn_padding(cfg, attempt) } else { 0 },
+            token: if is_syn { 0 } else { self.tx_token },
         };
         if is_syn {
             ctx.stats.syns_sent += 1;
@@ -1094,7 +1203,10 @@ impl Flow {
             ctx.stats.syn_acks_sent += 1;
         }
         self.stats.handshake_packets += 1;
-        Some(self.finish(buf, &repr, &[], path, ctx))
+        let with_checksum = cfg.checksum == crate::config::ChecksumMode::Always;
+        let len = repr.emit_zero_padded(buf, with_checksum);
+        self.stats.packets_sent += 1;
+        Some(Transmit::new(self.key.remote_ip, path, len))
     }
 
     fn transmit_established(
@@ -1135,6 +1247,8 @@ impl Flow {
             attempt: 0,
             max_message_len: cfg.max_message_len,
             max_datagram: cfg.max_udp_payload,
+            token: self.rx_token,
+            isn: self.iss,
         });
         let mut f = 0;
         if self.probe_pending {
@@ -1157,6 +1271,7 @@ impl Flow {
             sack: SackList::new(),
             handshake,
             payload_len: 0,
+            token: self.tx_token,
         }
     }
 
@@ -1242,13 +1357,14 @@ impl Flow {
                 self.key.remote_port,
                 self.send.nxt,
                 self.recv.nxt,
+                self.tx_token,
             ),
         })
     }
 }
 
-/// An RST carrying `seq` and `ack`.
-pub(crate) fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr {
+/// An RST carrying `seq`, `ack` and the receiver's `token` (§8.3).
+pub(crate) fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32, token: u64) -> Repr {
     Repr {
         packet_type: PacketType::Rst,
         flags: 0,
@@ -1263,6 +1379,7 @@ pub(crate) fn rst_repr(src_port: u16, dst_port: u16, seq: u32, ack: u32) -> Repr
         sack: SackList::new(),
         handshake: None,
         payload_len: 0,
+        token,
     }
 }
 

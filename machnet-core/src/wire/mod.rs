@@ -15,15 +15,15 @@ pub use checksum::{compute as compute_checksum, verify as verify_checksum, Check
 /// `"MN"`: the first two bytes of every Machnet packet (§2).
 pub const MAGIC: u16 = 0x4D4E;
 /// The protocol version this implementation speaks (§2).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the fixed header (§2).
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 48;
 /// Length of one SACK block (§3).
 pub const SACK_BLOCK_LEN: usize = 8;
 /// Maximum SACK blocks in one packet (§3).
 pub const MAX_SACK_BLOCKS: usize = 4;
 /// Length of the handshake block (§4).
-pub const HANDSHAKE_LEN: usize = 24;
+pub const HANDSHAKE_LEN: usize = 40;
 /// The largest header a packet can carry: fixed part, all SACK blocks and a handshake block.
 pub const MAX_HEADER_LEN: usize = HEADER_LEN + MAX_SACK_BLOCKS * SACK_BLOCK_LEN + HANDSHAKE_LEN;
 /// Largest message length the header can describe (`msg_len` is 32 bits; the engine enforces a far
@@ -47,6 +47,7 @@ mod field {
     pub(super) const TS_ECR: Field = 28..32;
     pub(super) const MSG_LEN: Field = 32..36;
     pub(super) const CHECKSUM: Field = 36..40;
+    pub(super) const TOKEN: Field = 40..48;
 }
 
 /// Packet types (§2.1).
@@ -252,6 +253,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn checksum(&self) -> u32 {
         self.read_u32(field::CHECKSUM)
     }
+    /// The flow token: the receiver's secret for this flow (§4.1), 0 on a SYN.
+    pub fn token(&self) -> u64 {
+        u64::from_be_bytes(self.buffer.as_ref()[field::TOKEN].try_into().unwrap())
+    }
     /// Whether a handshake block follows the fixed header.
     pub fn has_handshake(&self) -> bool {
         self.flags() & flags::HANDSHAKE != 0
@@ -384,6 +389,11 @@ pub struct Handshake {
     /// peer may send it (§4, §6.4). 0: not announced; the peer assumes
     /// [`DEFAULT_MAX_DATAGRAM`].
     pub max_datagram: u16,
+    /// The sender's flow token (§4.1): the secret the peer must put in the `token` field of
+    /// every packet it sends on this flow. Never 0.
+    pub token: u64,
+    /// The sender's initial sequence number (the `seq` of its SYN or SYN-ACK).
+    pub isn: u32,
 }
 
 /// Smallest datagram limit a host may announce or configure: the largest header plus 64 payload
@@ -424,6 +434,8 @@ impl Handshake {
             attempt: b[16],
             max_datagram: u16_at(18),
             max_message_len: u32::from_be_bytes([b[20], b[21], b[22], b[23]]),
+            token: u64::from_be_bytes(b[24..32].try_into().unwrap()),
+            isn: u32::from_be_bytes(b[32..36].try_into().unwrap()),
         }
     }
 
@@ -445,11 +457,14 @@ impl Handshake {
         b[17] = 0;
         b[18..20].copy_from_slice(&self.max_datagram.to_be_bytes());
         b[20..24].copy_from_slice(&self.max_message_len.to_be_bytes());
+        b[24..32].copy_from_slice(&self.token.to_be_bytes());
+        b[32..36].copy_from_slice(&self.isn.to_be_bytes());
+        b[36..40].fill(0);
     }
 
     /// Semantic validity (§4): at least one engine, the engine id in range, a non-empty port pool
     /// that does not wrap past 65535 and does not contain port 0, a datagram limit that is absent
-    /// or leaves room for a header and some payload.
+    /// or leaves room for a header and some payload, a non-zero token.
     pub fn is_valid(&self) -> bool {
         self.engine_count >= 1
             && self.engine_id < self.engine_count
@@ -458,6 +473,7 @@ impl Handshake {
             && u32::from(self.udp_port_base) + u32::from(self.udp_port_count) <= 65536
             && self.max_message_len >= 1
             && (self.max_datagram == 0 || usize::from(self.max_datagram) >= MIN_DATAGRAM)
+            && self.token != 0
     }
 }
 
@@ -516,6 +532,8 @@ pub struct Repr {
     pub handshake: Option<Handshake>,
     /// Payload bytes after the header.
     pub payload_len: u16,
+    /// The receiver's flow token (§4.1); 0 on a SYN.
+    pub token: u64,
 }
 
 impl Repr {
@@ -547,6 +565,7 @@ impl Repr {
             sack,
             handshake,
             payload_len: packet.payload_len(),
+            token: packet.token(),
         };
         repr.validate()?;
         Ok(repr)
@@ -566,7 +585,14 @@ impl Repr {
             }
         }
         let ok = match self.packet_type {
-            Syn | SynAck => {
+            // A SYN may carry padding (§5.2, anti-amplification); its bytes mean nothing.
+            Syn => {
+                self.handshake.is_some()
+                    && self.flags & (flags::FIRST | flags::LAST) == 0
+                    && self.msg_len == 0
+                    && self.token == 0
+            }
+            SynAck => {
                 self.handshake.is_some()
                     && self.payload_len == 0
                     && self.flags & (flags::FIRST | flags::LAST) == 0
@@ -638,6 +664,7 @@ impl Repr {
         b[field::TS_ECR].copy_from_slice(&self.ts_ecr.to_be_bytes());
         b[field::MSG_LEN].copy_from_slice(&self.msg_len.to_be_bytes());
         b[field::CHECKSUM].fill(0);
+        b[field::TOKEN].copy_from_slice(&self.token.to_be_bytes());
         let mut off = HEADER_LEN;
         for block in self.sack.as_slice() {
             b[off..off + 4].copy_from_slice(&block.start.to_be_bytes());
@@ -658,6 +685,21 @@ impl Repr {
         let total = hl + payload.len();
         self.emit_header(buf);
         buf[hl..total].copy_from_slice(payload);
+        if with_checksum {
+            finish_checksum(&mut buf[..total]);
+        }
+        total
+    }
+}
+
+impl Repr {
+    /// Writes the header followed by `payload_len` zero bytes (a padded SYN, §5.2) and, if
+    /// `with_checksum`, the CRC32C. Returns the packet length. Panics if `buf` is too short.
+    pub fn emit_zero_padded(&self, buf: &mut [u8], with_checksum: bool) -> usize {
+        let hl = self.header_len();
+        let total = hl + usize::from(self.payload_len);
+        self.emit_header(buf);
+        buf[hl..total].fill(0);
         if with_checksum {
             finish_checksum(&mut buf[..total]);
         }

@@ -29,6 +29,8 @@ fn hs() -> Handshake {
         attempt: 2,
         max_message_len: 1 << 20,
         max_datagram: 8972,
+        token: 0x0123_4567_89AB_CDEF,
+        isn: 99,
     }
 }
 
@@ -47,12 +49,14 @@ fn base(packet_type: PacketType) -> Repr {
         sack: SackList::new(),
         handshake: None,
         payload_len: 0,
+        token: 0xFEDC_BA98_7654_3210,
     }
 }
 
 fn syn() -> Repr {
     Repr {
         handshake: Some(hs()),
+        token: 0,
         ..base(PacketType::Syn)
     }
 }
@@ -127,6 +131,10 @@ fn be16(b: &[u8], o: usize) -> u16 {
 
 fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn be64(b: &[u8], o: usize) -> u64 {
+    u64::from_be_bytes(b[o..o + 8].try_into().unwrap())
 }
 
 fn put16(b: &mut [u8], o: usize, v: u16) {
@@ -206,18 +214,18 @@ fn forge_raw_crc(packet: &mut [u8], target: u32) {
 // ------------------------------------------------------------------------------------------------
 
 mod model {
-    use super::{be16, be32};
+    use super::{be16, be32, be64};
     use crate::wire::{Handshake, PacketType, ParseError, Repr, SackBlock, SackList, UdpPair};
 
     /// Structural checks of §2.3, in the documented order.
     pub(super) fn check(b: &[u8]) -> Result<(), ParseError> {
-        if b.len() < 40 {
+        if b.len() < 48 {
             return Err(ParseError::Truncated);
         }
         if b[0] != b'M' || b[1] != b'N' {
             return Err(ParseError::BadMagic);
         }
-        if b[2] != 1 {
+        if b[2] != 2 {
             return Err(ParseError::BadVersion);
         }
         if !(1..=6).contains(&b[3]) {
@@ -229,8 +237,8 @@ mod model {
         if b[5] > 4 {
             return Err(ParseError::TooManySackBlocks);
         }
-        let hs = if b[4] & 0x08 != 0 { 24 } else { 0 };
-        if 40 + 8 * usize::from(b[5]) + hs + usize::from(be16(b, 10)) != b.len() {
+        let hs = if b[4] & 0x08 != 0 { 40 } else { 0 };
+        if 48 + 8 * usize::from(b[5]) + hs + usize::from(be16(b, 10)) != b.len() {
             return Err(ParseError::LengthMismatch);
         }
         Ok(())
@@ -244,6 +252,7 @@ mod model {
             && u32::from(h.udp_port_base) + u32::from(h.udp_port_count) - 1 <= 65_535
             && h.max_message_len >= 1
             && (h.max_datagram == 0 || usize::from(h.max_datagram) >= super::super::MIN_DATAGRAM)
+            && h.token != 0
     }
 
     /// Decodes and validates a structurally valid packet (§2.4).
@@ -255,7 +264,7 @@ mod model {
         let nsack = usize::from(b[5]);
         let mut sack = SackList::new();
         for i in 0..nsack {
-            let o = 40 + 8 * i;
+            let o = 48 + 8 * i;
             let (start, end) = (be32(b, o), be32(b, o + 4));
             let len = end.wrapping_sub(start);
             if len == 0 || len > 0x7FFF_FFFF {
@@ -264,7 +273,7 @@ mod model {
             assert!(sack.push(SackBlock { start, end }));
         }
         let handshake = if raw_flags & 0x08 != 0 {
-            let o = 40 + 8 * nsack;
+            let o = 48 + 8 * nsack;
             let h = Handshake {
                 engine_count: be16(b, o),
                 engine_id: be16(b, o + 2),
@@ -281,6 +290,8 @@ mod model {
                 attempt: b[o + 16],
                 max_message_len: be32(b, o + 20),
                 max_datagram: be16(b, o + 18),
+                token: be64(b, o + 24),
+                isn: be32(b, o + 32),
             };
             if !handshake_ok(&h) {
                 return bad;
@@ -303,6 +314,7 @@ mod model {
             msg_len: be32(b, 32),
             sack,
             handshake,
+            token: be64(b, 40),
         };
         if repr.src_port == 0 || repr.dst_port == 0 {
             return bad;
@@ -311,7 +323,10 @@ mod model {
         let last = raw_flags & 0x02 != 0;
         let pl = u32::from(repr.payload_len);
         let ok = match packet_type {
-            PacketType::Syn | PacketType::SynAck => {
+            PacketType::Syn => {
+                repr.handshake.is_some() && !first && !last && repr.msg_len == 0 && repr.token == 0
+            }
+            PacketType::SynAck => {
                 repr.handshake.is_some() && pl == 0 && !first && !last && repr.msg_len == 0
             }
             PacketType::Ack | PacketType::Fin | PacketType::Rst => {
@@ -341,10 +356,10 @@ mod model {
 #[test]
 fn constants_and_layout() {
     assert_eq!(MAGIC.to_be_bytes(), *b"MN");
-    assert_eq!(HEADER_LEN, 40);
-    assert_eq!(MAX_HEADER_LEN, 40 + 4 * 8 + 24);
+    assert_eq!(HEADER_LEN, 48);
+    assert_eq!(MAX_HEADER_LEN, 48 + 4 * 8 + 40);
     assert_eq!(flags::ALL, 0x0F);
-    assert_eq!(field::CHECKSUM.end, HEADER_LEN);
+    assert_eq!(field::TOKEN.end, HEADER_LEN);
     // Fields are contiguous and cover the fixed header exactly.
     let ranges = [
         field::MAGIC,
@@ -362,6 +377,7 @@ fn constants_and_layout() {
         field::TS_ECR,
         field::MSG_LEN,
         field::CHECKSUM,
+        field::TOKEN,
     ];
     let mut at = 0;
     for r in ranges {
@@ -411,13 +427,15 @@ fn golden_data_packet() {
         sack: sack(&[(0x2122_2324, 0x2526_2728)]),
         handshake: None,
         payload_len: 3,
+        token: 0x3132_3334_3536_3738,
     };
     #[rustfmt::skip]
     let expected: Vec<u8> = vec![
-        0x4D, 0x4E, 0x01, 0x04, 0x05, 0x01, 0x12, 0x34, 0xAB, 0xCD, 0x00, 0x03,
+        0x4D, 0x4E, 0x02, 0x04, 0x05, 0x01, 0x12, 0x34, 0xAB, 0xCD, 0x00, 0x03,
         0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C,
         0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12, 0x13, 0x14, 0x00, 0x00, 0x01, 0x00,
         0x00, 0x00, 0x00, 0x00,
+        0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38,
         0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28,
         0xDE, 0xAD, 0xBE,
     ];
@@ -444,7 +462,8 @@ fn golden_data_packet() {
     );
     assert_eq!(p.checksum(), 0);
     assert!(!p.has_handshake());
-    assert_eq!(p.header_len(), 48);
+    assert_eq!(p.token(), 0x3132_3334_3536_3738);
+    assert_eq!(p.header_len(), 56);
     assert_eq!(
         p.sack_block(0),
         SackBlock {
@@ -495,16 +514,20 @@ fn protocol_worked_example() {
             attempt: 0,
             max_datagram: 0,
             max_message_len: 8 << 20,
+            token: 0x9E37_79B9_7F4A_7C15,
+            isn: 0x6709_4CEA,
         }),
         payload_len: 5,
+        token: 0xD1B5_4A32_D192_ED03,
     };
     #[rustfmt::skip]
-    let hello_bytes: [u8; 69] = [
-        0x4d, 0x4e, 0x01, 0x04, 0x0f, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xeb,
+    let hello_bytes: [u8; 93] = [
+        0x4d, 0x4e, 0x02, 0x04, 0x0f, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xeb,
         0xe1, 0x9f, 0x8b, 0xca, 0x00, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x0f, 0x42, 0x40,
-        0x00, 0x00, 0x00, 0x05, 0x28, 0x71, 0xe7, 0x3e, 0x00, 0x01, 0x00, 0x00, 0x7b, 0x5c, 0x00, 0x40,
-        0x7b, 0x7d, 0x7b, 0x7f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00,
-        0x68, 0x65, 0x6c, 0x6c, 0x6f,
+        0x00, 0x00, 0x00, 0x05, 0x74, 0xd3, 0x9d, 0x6a, 0xd1, 0xb5, 0x4a, 0x32, 0xd1, 0x92, 0xed, 0x03,
+        0x00, 0x01, 0x00, 0x00, 0x7b, 0x5c, 0x00, 0x40, 0x7b, 0x7d, 0x7b, 0x7f, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x00, 0x00, 0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15,
+        0x67, 0x09, 0x4c, 0xea, 0x00, 0x00, 0x00, 0x00, 0x68, 0x65, 0x6c, 0x6c, 0x6f,
     ];
     assert_eq!(emit_vec(&hello, b"hello", true), hello_bytes);
     assert_eq!(parse_bytes(&hello_bytes), Ok(hello));
@@ -518,10 +541,11 @@ fn protocol_worked_example() {
         ..hello
     };
     #[rustfmt::skip]
-    let world_bytes: [u8; 45] = [
-        0x4d, 0x4e, 0x01, 0x04, 0x03, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xec,
+    let world_bytes: [u8; 53] = [
+        0x4d, 0x4e, 0x02, 0x04, 0x03, 0x00, 0xe3, 0x29, 0x1b, 0x58, 0x00, 0x05, 0x67, 0x09, 0x4c, 0xec,
         0xe1, 0x9f, 0x8b, 0xca, 0x00, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x43, 0x3a, 0x00, 0x0f, 0x42, 0x40,
-        0x00, 0x00, 0x00, 0x05, 0xa0, 0x36, 0x7b, 0x5c, 0x77, 0x6f, 0x72, 0x6c, 0x64,
+        0x00, 0x00, 0x00, 0x05, 0xe6, 0x4f, 0x64, 0x3d, 0xd1, 0xb5, 0x4a, 0x32, 0xd1, 0x92, 0xed, 0x03,
+        0x77, 0x6f, 0x72, 0x6c, 0x64,
     ];
     assert_eq!(emit_vec(&world, b"world", true), world_bytes);
     assert_eq!(parse_bytes(&world_bytes), Ok(world));
@@ -546,6 +570,8 @@ fn golden_handshake_block() {
         attempt: 7,
         max_message_len: 0x0010_0000,
         max_datagram: 0x2300,
+        token: 0x5152_5354_5556_5758,
+        isn: 0x6162_6364,
     };
     let repr = Repr {
         handshake: Some(h),
@@ -553,15 +579,17 @@ fn golden_handshake_block() {
         ..base(PacketType::SynAck)
     };
     let bytes = emit_plain(&repr);
-    assert_eq!(bytes.len(), 40 + 8 + 24);
+    assert_eq!(bytes.len(), 48 + 8 + 40);
     assert_eq!(bytes[4], flags::HANDSHAKE);
     assert_eq!(bytes[5], 1);
     #[rustfmt::skip]
-    let block: [u8; 24] = [
+    let block: [u8; 40] = [
         0x01, 0x02, 0x00, 0x01, 0x27, 0x10, 0x00, 0x10, 0x11, 0x11, 0x22, 0x22,
         0x33, 0x33, 0x44, 0x44, 0x07, 0x00, 0x23, 0x00, 0x00, 0x10, 0x00, 0x00,
+        0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x61, 0x62, 0x63, 0x64,
+        0x00, 0x00, 0x00, 0x00,
     ];
-    assert_eq!(bytes[48..], block);
+    assert_eq!(bytes[56..], block);
     let p = Packet::new_checked(&bytes[..]).unwrap();
     assert_eq!(p.handshake(), Some(h));
     assert_eq!(parse_bytes(&bytes), Ok(repr));
@@ -576,7 +604,8 @@ fn handshake_reserved_byte_is_written_as_zero_and_ignored_on_read() {
     assert_eq!(Handshake::read(&b), hs());
 
     let mut bytes = emit_plain(&syn());
-    bytes[40 + 17] = 0xAB;
+    bytes[48 + 17] = 0xAB;
+    bytes[48 + 36..48 + 40].fill(0xCD);
     assert_eq!(parse_bytes(&bytes), Ok(syn()));
 }
 
@@ -695,10 +724,10 @@ fn sack_block_and_list() {
 #[test]
 fn lengths_and_emit_bounds() {
     let mut r = data(flags::FIRST | flags::LAST, 10, 10);
-    assert_eq!((r.header_len(), r.buffer_len()), (40, 50));
+    assert_eq!((r.header_len(), r.buffer_len()), (48, 58));
     r.sack = sack(&[(1, 2), (3, 4)]);
     r.handshake = Some(hs());
-    assert_eq!((r.header_len(), r.buffer_len()), (40 + 16 + 24, 90));
+    assert_eq!((r.header_len(), r.buffer_len()), (48 + 16 + 40, 114));
     let mut all = r;
     all.sack = sack(&[(1, 2), (3, 4), (5, 6), (7, 8)]);
     assert_eq!(all.header_len(), MAX_HEADER_LEN);
@@ -830,13 +859,13 @@ fn bad_magic() {
         b[i] = v;
         assert_eq!(check_only(&b), Err(ParseError::BadMagic));
     }
-    assert_eq!(check_only(&[0u8; 40]), Err(ParseError::BadMagic));
+    assert_eq!(check_only(&[0u8; 48]), Err(ParseError::BadMagic));
 }
 
 #[test]
 fn bad_version() {
     let good = emit_plain(&base(PacketType::Ack));
-    for v in [0u8, 2, 0x10, 0xFF] {
+    for v in [0u8, 1, 3, 0x10, 0xFF] {
         let mut b = good.clone();
         b[2] = v;
         assert_eq!(check_only(&b), Err(ParseError::BadVersion), "version {v}");
@@ -990,13 +1019,7 @@ fn malformed_per_type() {
         // SYN / SYN-ACK
         ("syn without handshake", base(Syn)),
         ("syn-ack without handshake", base(SynAck)),
-        (
-            "syn with payload",
-            Repr {
-                payload_len: 1,
-                ..syn()
-            },
-        ),
+        ("syn with a token", Repr { token: 1, ..syn() }),
         (
             "syn-ack with payload",
             Repr {
@@ -1377,6 +1400,8 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
         any::<u8>(),
         max_msg,
         max_datagram,
+        1..=u64::MAX,
+        any::<u32>(),
     )
         .prop_map(
             |(
@@ -1387,8 +1412,12 @@ fn arb_handshake() -> impl Strategy<Value = Handshake> {
                 attempt,
                 max,
                 max_datagram,
+                token,
+                isn,
             )| {
                 Handshake {
+                    token,
+                    isn,
                     max_datagram,
                     engine_count,
                     engine_id,
@@ -1460,26 +1489,48 @@ fn arb_repr() -> impl Strategy<Value = Repr> {
         any::<u32>(),
         any::<u32>(),
     );
-    (ports, numbers, any::<bool>(), arb_sack(), arb_kind()).prop_map(
-        |((src_port, dst_port), (seq, ack, window, ts_val, ts_ecr), ack_req, sack, kind)| {
-            let (packet_type, fl, msg_len, payload_len, handshake) = kind;
-            Repr {
-                packet_type,
-                flags: fl | if ack_req { flags::ACK_REQ } else { 0 },
-                src_port,
-                dst_port,
-                seq,
-                ack,
-                window,
-                ts_val,
-                ts_ecr,
-                msg_len,
-                sack,
-                handshake,
-                payload_len,
-            }
-        },
+    (
+        ports,
+        numbers,
+        any::<bool>(),
+        arb_sack(),
+        arb_kind(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(
+                (src_port, dst_port),
+                (seq, ack, window, ts_val, ts_ecr),
+                ack_req,
+                sack,
+                kind,
+                token,
+            )| {
+                let (packet_type, fl, msg_len, payload_len, handshake) = kind;
+                // A SYN carries no token (§4.1).
+                let token = if packet_type == PacketType::Syn {
+                    0
+                } else {
+                    token
+                };
+                Repr {
+                    packet_type,
+                    flags: fl | if ack_req { flags::ACK_REQ } else { 0 },
+                    src_port,
+                    dst_port,
+                    seq,
+                    ack,
+                    window,
+                    ts_val,
+                    ts_ecr,
+                    msg_len,
+                    sack,
+                    handshake,
+                    payload_len,
+                    token,
+                }
+            },
+        )
 }
 
 /// A valid packet: its repr, payload and bytes.
@@ -1617,12 +1668,13 @@ fn check_any_input(b: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(repr.buffer_len(), b.len());
         let out = emit_vec(&repr, packet.payload(), false);
         // Re-emission reproduces the input except for the checksum field and the handshake
-        // block's reserved byte, which emit writes as zero.
+        // block's reserved bytes, which emit writes as zero.
         let mut expected = b.to_vec();
         expected[36..40].fill(0);
         if repr.handshake.is_some() {
             let o = HEADER_LEN + repr.sack.len() * SACK_BLOCK_LEN;
             expected[o + 17] = 0;
+            expected[o + 36..o + 40].fill(0);
         }
         prop_assert_eq!(&out, &expected);
         prop_assert_eq!(parse_bytes(&out), Ok(repr));
