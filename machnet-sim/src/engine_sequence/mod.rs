@@ -32,6 +32,7 @@ mod oracle;
 pub mod seeds;
 pub mod step;
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -39,18 +40,19 @@ use machnet_core::wire::{self, Handshake, Packet, PacketType, Repr, SackBlock, S
 use machnet_core::{ChecksumMode, Datagram, Engine, EngineConfig, Event, Instant, PortPool};
 
 use oracle::Apps;
-pub use step::{decode_all, encode_all, Forge, ForgedHandshake, Side, Step, Target};
+pub use step::{decode_all, encode_all, Forge, ForgedHandshake, Side, Step, Target, TOKEN_GUESS};
 
-/// Whether attacker packets must never cause the delivery of bytes that were never sent. Off
-/// while the wire format lets an off-path attacker who knows the ports inject data (protocol v1);
-/// switch on once per-flow tokens (protocol v2) land.
-pub const ASSERT_NO_INJECTION: bool = false;
+/// Whether attacker packets must never cause the delivery of bytes that were never sent (nor
+/// the loss of bytes that were), on any flow. Protocol v1 let an off-path attacker who knew the
+/// ports inject data, so this was off (then flows an attacker packet named were not checked);
+/// protocol v2's per-flow tokens (PROTOCOL.md §4.1) make it hold.
+pub const ASSERT_NO_INJECTION: bool = true;
 
 /// Whether an engine may send to an address that never completed a handshake at most
 /// [`AMPLIFICATION_LIMIT`] times the bytes it received from it (issue 17, anti-amplification).
-/// Checked for the attacker's own address, which never completes one here. Off until the
-/// anti-amplification budget lands.
-pub const ASSERT_ANTI_AMPLIFICATION: bool = false;
+/// Checked for the attacker's own address until a flow from it is established (its packets
+/// carry no tokens it could not know, so that takes a lucky guess).
+pub const ASSERT_ANTI_AMPLIFICATION: bool = true;
 
 /// Bytes sent per byte received allowed towards an unvalidated address.
 pub const AMPLIFICATION_LIMIT: u64 = 3;
@@ -71,6 +73,10 @@ pub const MAX_STEPS: usize = 512;
 const MAX_IN_FLIGHT: usize = 4096;
 /// Packets one engine may send at one instant before it counts as transmitting endlessly.
 const MAX_BURST: usize = 50_000;
+/// Where the header `token` is (PROTOCOL.md §2).
+const TOKEN_AT: std::ops::Range<usize> = 40..48;
+/// Offset of the sender's token inside the handshake block (§4).
+const HANDSHAKE_TOKEN_AT: usize = 24;
 /// Rounds of the final drain.
 const HEAL_ROUNDS: usize = 200;
 
@@ -148,6 +154,12 @@ pub struct Harness {
     in_flight: Vec<InFlight>,
     apps: Apps,
     observed: Observed,
+    /// Tokens seen on the honest path (header and handshake blocks): an off-path attacker cannot
+    /// know them, so guesses equal to one are altered (libFuzzer's comparison tracing can
+    /// solve a 64-bit equality, which would be an on-path attack).
+    honest_tokens: HashSet<u64>,
+    /// A flow with the attacker's own address was established (the address is validated).
+    attacker_validated: bool,
     outcome: Outcome,
     buf: Vec<u8>,
 }
@@ -187,6 +199,8 @@ impl Harness {
             in_flight: Vec::new(),
             apps: Apps::default(),
             observed: Observed::new(),
+            honest_tokens: HashSet::new(),
+            attacker_validated: false,
             outcome: Outcome::default(),
             buf: vec![0u8; 65536],
         }
@@ -395,13 +409,39 @@ impl Harness {
         }
     }
 
+    /// A token guess the attacker may use: one seen on the honest path is altered.
+    fn blind(&self, mut token: u64) -> u64 {
+        while token != 0 && self.honest_tokens.contains(&token) {
+            token = token.wrapping_add(1);
+        }
+        token
+    }
+
     /// Feeds an attacker datagram to `to`, remembering which flow key it names.
     fn attack(&mut self, to: Side, from: Ipv4Addr, udp: (u16, u16), bytes: &[u8]) {
-        if let Ok(p) = Packet::new_checked(bytes) {
+        let mut bytes = bytes.to_vec();
+        if let Ok(p) = Packet::new_checked(&bytes[..]) {
             self.apps
                 .tainted
                 .insert((to, from, p.src_port(), p.dst_port()));
+            // Raw bytes must not carry an honest token either (header or handshake block).
+            let token = p.token();
+            let hs = p
+                .handshake()
+                .map(|h| (h.token, p.header_len() - wire::HANDSHAKE_LEN));
+            let blind = self.blind(token);
+            if blind != token {
+                bytes[TOKEN_AT].copy_from_slice(&blind.to_be_bytes());
+            }
+            if let Some((t, at)) = hs {
+                let blind = self.blind(t);
+                if blind != t {
+                    let at = at + HANDSHAKE_TOKEN_AT;
+                    bytes[at..at + 8].copy_from_slice(&blind.to_be_bytes());
+                }
+            }
         }
+        let bytes = &bytes[..];
         self.outcome.attacker_packets += 1;
         if from == ATTACKER_IP {
             self.outcome.attacker_bytes.1 += bytes.len() as u64;
@@ -485,6 +525,8 @@ impl Harness {
             attempt: h.attempt,
             max_message_len: h.max_message_len,
             max_datagram: h.max_datagram,
+            token: self.blind(h.token),
+            isn: h.isn,
         });
         let packet_type = PacketType::from_u8(f.packet_type % 6 + 1).expect("1..=6");
         let repr = Repr {
@@ -501,6 +543,7 @@ impl Harness {
             sack,
             handshake,
             payload_len: f.payload.len() as u16,
+            token: self.blind(f.token),
         };
         let mut buf = vec![0u8; repr.buffer_len()];
         let n = repr.emit(&mut buf, &f.payload, f.how & 8 == 0);
@@ -534,6 +577,10 @@ impl Harness {
                     if let Ok(p) = Packet::new_checked(bytes) {
                         self.observed
                             .insert((side, p.src_port(), p.dst_port()), (p.seq(), p.ack()));
+                        self.honest_tokens.insert(p.token());
+                        if let Some(h) = p.handshake() {
+                            self.honest_tokens.insert(h.token);
+                        }
                     }
                     if self.in_flight.len() < MAX_IN_FLIGHT {
                         self.in_flight.push(InFlight {
@@ -547,7 +594,9 @@ impl Harness {
                     let (sent, received) = &mut self.outcome.attacker_bytes;
                     *sent += t.len as u64;
                     assert!(
-                        !ASSERT_ANTI_AMPLIFICATION || *sent <= AMPLIFICATION_LIMIT * *received,
+                        !ASSERT_ANTI_AMPLIFICATION
+                            || self.attacker_validated
+                            || *sent <= AMPLIFICATION_LIMIT * *received,
                         "{side:?}: sent {sent} bytes to an unvalidated address that sent {received}"
                     );
                 }
@@ -555,6 +604,11 @@ impl Harness {
             while let Some(ev) = e.poll_event() {
                 match ev {
                     Event::Connected { .. } => self.outcome.connected += 1,
+                    Event::Accepted { flow, .. }
+                        if e.flow_key(flow).is_some_and(|k| k.remote_ip == ATTACKER_IP) =>
+                    {
+                        self.attacker_validated = true;
+                    }
                     Event::Closed { reason, .. } => self.outcome.closed.push(format!("{reason:?}")),
                     _ => {}
                 }

@@ -1,7 +1,7 @@
 //! Seed scenarios of the `engine_sequence` fuzz target, one per corner of the engine: written to
 //! `machnet-core/fuzz/seeds-engine_sequence/` and replayed by `machnet-sim/tests/engine_sequence.rs`.
 
-use super::step::{Forge, ForgedHandshake, Side, Step, Target};
+use super::step::{Forge, ForgedHandshake, Side, Step, Target, TOKEN_GUESS};
 
 use Side::{A, B};
 
@@ -47,10 +47,11 @@ fn established() -> Vec<Step> {
 }
 
 /// An attacker packet aimed at B's first flow, sequence and acknowledgement near the real ones,
-/// from A's address.
+/// from A's address, with a guessed token.
 fn forged(packet_type: u8, flags: u8, payload: Vec<u8>) -> Step {
     Step::Forge(Box::new(Forge {
-        how: 1 | 2 | 4,
+        how: 1 | 2 | 4 | TOKEN_GUESS,
+        token: 0x1234_5678_9abc_def0 ^ u64::from(packet_type),
         packet_type: packet_type - 1,
         flags,
         ports_from: 0,
@@ -166,6 +167,7 @@ pub fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
                 udp_port_count: 65535,
                 attempt: 5,
                 max_message_len: 1 << 20,
+                token: 0xfeed_0000 + u64::from(i),
                 ..ForgedHandshake::default()
             }),
             ..Forge::default()

@@ -53,7 +53,8 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Forge {
     /// Bit 0: target engine (A/B); bit 1: spoof the peer's address (else the attacker's own);
-    /// bit 2: UDP ports from the target's real pool (else the raw `udp` ports); bit 3: no checksum.
+    /// bit 2: UDP ports from the target's real pool (else the raw `udp` ports); bit 3: no checksum;
+    /// bit 4: a `token` guess follows the payload (else the header token is 0).
     pub how: u8,
     /// Raw UDP (source, destination) ports, or indices into the pool.
     pub udp: (u16, u16),
@@ -88,6 +89,10 @@ pub struct Forge {
     pub handshake: Option<ForgedHandshake>,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// Guess of the receiving flow's token (header `token`, §4.1); present iff `how` bit 4.
+    /// (An off-path attacker cannot know a real one; the harness alters a guess that equals a
+    /// token seen on the honest path, which libFuzzer's comparison tracing could learn.)
+    pub token: u64,
 }
 
 /// Raw fields of a forged handshake block.
@@ -111,6 +116,10 @@ pub struct ForgedHandshake {
     pub max_message_len: u32,
     /// Claimed largest datagram.
     pub max_datagram: u16,
+    /// The sender's token (§4.1).
+    pub token: u64,
+    /// The sender's initial sequence number.
+    pub isn: u32,
 }
 
 /// One step of a fuzz input.
@@ -202,6 +211,9 @@ pub enum Step {
         bytes: Vec<u8>,
     },
 }
+
+/// `Forge::how` bit: the packet carries a token guess.
+pub const TOKEN_GUESS: u8 = 16;
 
 /// Number of step kinds (the opcode is taken modulo this).
 const STEP_KINDS: u8 = 14;
@@ -382,10 +394,15 @@ impl Forge {
                 attempt: u.arbitrary()?,
                 max_message_len: u.arbitrary()?,
                 max_datagram: u.arbitrary()?,
+                token: u.arbitrary()?,
+                isn: u.arbitrary()?,
             });
         }
         let len = u.arbitrary::<u16>()? % 1024;
         f.payload = bytes(u, usize::from(len))?.to_vec();
+        if f.how & TOKEN_GUESS != 0 {
+            f.token = u.arbitrary()?;
+        }
         Ok(f)
     }
 
@@ -431,9 +448,16 @@ impl Forge {
             out.push(h.attempt);
             out.extend(h.max_message_len.to_le_bytes());
             out.extend(h.max_datagram.to_le_bytes());
+            out.extend(h.token.to_le_bytes());
+            out.extend(h.isn.to_le_bytes());
         }
         out.extend((self.payload.len() as u16).to_le_bytes());
         out.extend(&self.payload);
+        if self.how & TOKEN_GUESS != 0 {
+            out.extend(self.token.to_le_bytes());
+        } else {
+            assert_eq!(self.token, 0, "a token guess needs `how` bit 4");
+        }
     }
 }
 
