@@ -242,8 +242,8 @@ impl Apps {
     }
 
     /// After the final drain: a sender whose flow ended gracefully had every message
-    /// acknowledged, so (unless attacker packets touched the flow or the receiving app threw
-    /// messages away) the receiving app has read them all.
+    /// acknowledged, so (unless attacker packets touched the flow while they could, or the
+    /// receiving side threw messages away) the receiving app has read them all.
     pub(crate) fn check_graceful_complete(&self, strict: bool, ip: impl Fn(Side) -> Ipv4Addr) {
         for (s, e) in self.endpoints.iter().enumerate() {
             if e.closed != Some(CloseReason::Graceful) || e.sent.is_empty() {
@@ -263,7 +263,13 @@ impl Apps {
                     })
                 })
                 .collect();
-            if receivers.iter().any(|r| r.dropped_by_app) {
+            // Messages a receiving app threw away, or that its engine discarded when it aborted
+            // the flow to reclaim memory (PROTOCOL.md §6.5; the app sees `Closed { Aborted }`):
+            // acknowledged, so the sender still ends gracefully.
+            if receivers
+                .iter()
+                .any(|r| r.dropped_by_app || r.closed == Some(CloseReason::Aborted))
+            {
                 continue;
             }
             let got = e
