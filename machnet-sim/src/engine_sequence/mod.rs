@@ -37,7 +37,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use machnet_core::wire::{self, Handshake, Packet, PacketType, Repr, SackBlock, SackList, UdpPair};
-use machnet_core::{ChecksumMode, Datagram, Engine, EngineConfig, Event, Instant, PortPool};
+use machnet_core::{
+    ChecksumMode, Datagram, DropReason, Engine, EngineConfig, Event, Instant, PortPool,
+};
 
 use oracle::Apps;
 pub use step::{decode_all, encode_all, Forge, ForgedHandshake, Side, Step, Target, TOKEN_GUESS};
@@ -131,6 +133,10 @@ pub struct Outcome {
     pub attacker_packets: u64,
     /// Bytes the engines sent to the attacker's own address, and received from it.
     pub attacker_bytes: (u64, u64),
+    /// Packets both engines dropped, by reason (those that occurred).
+    pub drops: Vec<(&'static str, u64)>,
+    /// Flows aborted to reclaim memory, both engines.
+    pub memory_reclaims: u64,
 }
 
 /// An honest packet on the wire.
@@ -656,6 +662,17 @@ impl Harness {
         self.heal();
         self.outcome.delivered = self.apps.delivered;
         self.outcome.unchecked = self.apps.unchecked;
+        for &reason in DropReason::ALL {
+            let n: u64 = self
+                .engines
+                .iter()
+                .map(|e| e.stats().drops_for(reason))
+                .sum();
+            if n > 0 {
+                self.outcome.drops.push((reason.name(), n));
+            }
+        }
+        self.outcome.memory_reclaims = self.engines.iter().map(|e| e.stats().memory_reclaims).sum();
         self.outcome
     }
 
