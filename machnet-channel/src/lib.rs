@@ -88,6 +88,15 @@ pub enum CloseCode {
     InvalidRequest = 17,
     /// The sidecar has no free resources for the request (e.g. ephemeral ports).
     Exhausted = 18,
+    /// `ConnectFailed` only: the channel has its maximum of connects in progress (sidecar
+    /// option `--max-connecting-per-channel`; see [`ConnectBudget`]).
+    ChannelConnectLimit = 19,
+    /// `ConnectFailed` only: the application has its maximum of connects in progress on all its
+    /// channels (sidecar option `--max-connecting-per-app`).
+    AppConnectLimit = 20,
+    /// `ConnectFailed` only: the application starts connects faster than the sidecar allows
+    /// (sidecar options `--max-connect-rate-per-app`, `--connect-burst-per-app`).
+    ConnectRateLimit = 21,
     /// The sidecar closed the channel because the app broke the channel protocol.
     ChannelViolation = 32,
     /// The sidecar is shutting down.
@@ -110,6 +119,9 @@ impl CloseCode {
             CloseCode::UnknownFlow => "the sidecar does not know this flow on this channel",
             CloseCode::InvalidRequest => "the sidecar rejected the request as malformed",
             CloseCode::Exhausted => "the sidecar ran out of resources (e.g. ephemeral ports)",
+            CloseCode::ChannelConnectLimit => ConnectBudget::ChannelInProgress.description(),
+            CloseCode::AppConnectLimit => ConnectBudget::AppInProgress.description(),
+            CloseCode::ConnectRateLimit => ConnectBudget::AppStartRate.description(),
             CloseCode::ChannelViolation => {
                 "the sidecar closed the channel because the application broke the channel protocol"
             }
@@ -132,11 +144,89 @@ impl CloseCode {
             16 => UnknownFlow,
             17 => InvalidRequest,
             18 => Exhausted,
+            19 => ChannelConnectLimit,
+            20 => AppConnectLimit,
+            21 => ConnectRateLimit,
             32 => ChannelViolation,
             33 => Shutdown,
             34 => Detached,
             _ => return None,
         })
+    }
+}
+
+/// A budget on the connects an application makes its sidecar start (docs/CHANNEL.md §2,
+/// "Connect budgets"): a connect beyond one fails at once with the budget's [`CloseCode`],
+/// before any packet is sent. The budgets bound the SYNs a local application can make the
+/// sidecar send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectBudget {
+    /// Connects in progress (started, not yet connected or failed) on one channel.
+    ChannelInProgress,
+    /// Connects in progress on all the channels of one application (process).
+    AppInProgress,
+    /// Connects one application may start per second (a token bucket with a burst).
+    AppStartRate,
+}
+
+impl ConnectBudget {
+    /// Every budget.
+    pub const ALL: [ConnectBudget; 3] = [
+        ConnectBudget::ChannelInProgress,
+        ConnectBudget::AppInProgress,
+        ConnectBudget::AppStartRate,
+    ];
+
+    /// The code of a connect this budget refused.
+    pub const fn close_code(self) -> CloseCode {
+        match self {
+            ConnectBudget::ChannelInProgress => CloseCode::ChannelConnectLimit,
+            ConnectBudget::AppInProgress => CloseCode::AppConnectLimit,
+            ConnectBudget::AppStartRate => CloseCode::ConnectRateLimit,
+        }
+    }
+
+    /// The budget that refused a connect with `code`, if a budget did.
+    pub const fn of_close_code(code: CloseCode) -> Option<ConnectBudget> {
+        match code {
+            CloseCode::ChannelConnectLimit => Some(ConnectBudget::ChannelInProgress),
+            CloseCode::AppConnectLimit => Some(ConnectBudget::AppInProgress),
+            CloseCode::ConnectRateLimit => Some(ConnectBudget::AppStartRate),
+            _ => None,
+        }
+    }
+
+    /// The sidecar option that sets the budget.
+    pub const fn option(self) -> &'static str {
+        match self {
+            ConnectBudget::ChannelInProgress => "--max-connecting-per-channel",
+            ConnectBudget::AppInProgress => "--max-connecting-per-app",
+            ConnectBudget::AppStartRate => "--max-connect-rate-per-app",
+        }
+    }
+
+    /// What a refusal means, naming the limit and the sidecar option that sets it.
+    pub const fn description(self) -> &'static str {
+        match self {
+            ConnectBudget::ChannelInProgress => {
+                "the channel has its maximum of connects in progress (sidecar option \
+                 --max-connecting-per-channel); retry once one has connected or failed"
+            }
+            ConnectBudget::AppInProgress => {
+                "the application has its maximum of connects in progress on all its channels \
+                 (sidecar option --max-connecting-per-app); retry once one has connected or failed"
+            }
+            ConnectBudget::AppStartRate => {
+                "the application starts connects faster than the sidecar allows (sidecar options \
+                 --max-connect-rate-per-app and --connect-burst-per-app); retry later"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
     }
 }
 
@@ -430,6 +520,29 @@ mod tests {
 
     fn region(len: u64) -> test_memory::Region {
         test_memory::Region::zeroed(len)
+    }
+
+    #[test]
+    fn connect_budget_codes_round_trip_and_name_their_option() {
+        for b in ConnectBudget::ALL {
+            let code = b.close_code();
+            assert_eq!(CloseCode::from_u8(code as u8), Some(code));
+            assert_eq!(ConnectBudget::of_close_code(code), Some(b));
+            assert!(code.description().contains(b.option()), "{b:?}");
+            assert_eq!(b.to_string(), code.to_string());
+        }
+        let codes: std::collections::HashSet<u8> =
+            ConnectBudget::ALL.map(|b| b.close_code() as u8).into();
+        assert_eq!(codes.len(), 3);
+        for v in 0..=u8::MAX {
+            if let Some(c) = CloseCode::from_u8(v) {
+                assert_eq!(c as u8, v);
+                assert_eq!(
+                    ConnectBudget::of_close_code(c).is_some(),
+                    codes.contains(&v)
+                );
+            }
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct HandshakeConfig {
     /// Half-open server flows an engine holds at most; further SYNs are dropped until some
     /// complete or expire (bounds the memory a SYN flood can take).
     pub max_half_open: usize,
+    /// Half-open flows beyond which an engine answers SYNs with stateless SYN cookies instead
+    /// of new half-open flows (PROTOCOL.md §5.5); 0: always. At most `max_half_open`.
+    pub syn_cookies_after: usize,
     /// Packets per second an engine may send in answer to others' connection attempts
     /// (SYN-ACKs and refusal RSTs); bounds amplification by forged SYNs.
     pub max_answer_rate: u32,
@@ -75,6 +78,7 @@ impl Default for HandshakeConfig {
             half_open_timeout: Duration::from_secs(5),
             max_answer_rate: 200_000,
             max_half_open: 4096,
+            syn_cookies_after: 256,
         }
     }
 }
@@ -323,6 +327,11 @@ impl EngineConfig {
             hs.max_half_open >= 1,
             "handshake.max_half_open",
             "must be at least 1",
+        )?;
+        check(
+            hs.syn_cookies_after <= hs.max_half_open,
+            "handshake.syn_cookies_after",
+            "must be at most handshake.max_half_open",
         )?;
         check(self.max_flows >= 1, "max_flows", "must be at least 1")?;
         check(

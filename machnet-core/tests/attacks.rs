@@ -423,3 +423,184 @@ fn a_forged_syn_teaches_the_peer_cache_nothing() {
         );
     }
 }
+
+#[test]
+fn handshakes_complete_through_syn_cookies() {
+    // Cookies from the first SYN on: no half-open flow is ever made, and messages flow.
+    let mut p = Pair::asymmetric(|_| {}, |c| c.handshake.syn_cookies_after = 0);
+    let (fa, fb) = p.connect();
+    let stats = p.b.stats().clone();
+    assert!(stats.syn_cookies_sent >= 1, "{stats:?}");
+    assert_eq!(stats.cookie_accepts, 1);
+    for i in 0..20 {
+        let m = message(i, 10_000 * i as usize + 1);
+        assert_eq!(exchange(&mut p, fa, fb, m.clone()), vec![m]);
+    }
+    // A forged handshake ACK with a guessed cookie makes no flow.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let forged = Repr {
+        packet_type: PacketType::Ack,
+        flags: flags::ACK_REQ,
+        src_port: 60_000,
+        dst_port: PORT,
+        seq: 11,
+        ack: rng.random(),
+        window: 16,
+        ts_val: 1,
+        ts_ecr: 0,
+        msg_len: 0,
+        sack: Default::default(),
+        handshake: Some(wire::Handshake {
+            engine_count: 1,
+            engine_id: 0,
+            udp_port_base: 31_600,
+            udp_port_count: 1,
+            echo_path: wire::UdpPair {
+                src: 31_580,
+                dst: 31_600,
+            },
+            reply_hint: wire::UdpPair::NONE,
+            attempt: 0,
+            max_message_len: 1 << 20,
+            max_datagram: 0,
+            token: 5,
+            isn: 10,
+        }),
+        payload_len: 0,
+        token: rng.random(),
+    };
+    for _ in 0..FORGERIES {
+        let f = Repr {
+            token: rng.random(),
+            ack: rng.random(),
+            ..forged
+        };
+        inject(&mut p.b, p.now, A, &emit(&f, &[]));
+    }
+    assert_eq!(p.b.stats().cookie_accepts, 1);
+    assert_eq!(p.b.flow_count(), 1);
+}
+
+/// One datagram on the simulated wire of the flood test.
+struct Wire {
+    at: Instant,
+    to_b: bool,
+    src: u16,
+    dst: u16,
+    bytes: Vec<u8>,
+}
+
+#[test]
+fn legitimate_connects_succeed_during_a_syn_flood_from_spoofed_sources() {
+    // 100,000 forged SYNs a second from random addresses (each a valid SYN for the listening
+    // port) for 1.5 s, and a legitimate connect every 10 ms meanwhile.
+    const FLOOD_PER_SEC: u64 = 100_000;
+    const LEGIT: usize = 100;
+    let seed = 0xF100D;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut a = Engine::new(EngineConfig::new(A, 0, 1), 1).unwrap();
+    let mut b = Engine::new(EngineConfig::new(B, 0, 1), 2).unwrap();
+    b.listen(PORT).unwrap();
+    let mut wire: std::collections::VecDeque<Wire> = Default::default();
+    let mut buf = vec![0u8; 65_507];
+    let mut now = Instant::ZERO;
+    let step = Duration::from_nanos(1_000_000_000 / FLOOD_PER_SEC);
+    let end = Instant::ZERO + Duration::from_millis(1500);
+    let mut started = Vec::new(); // (flow, when)
+    let mut connected = std::collections::HashMap::new();
+    let mut failed = 0;
+    let (mut forged, mut spoofed_bytes) = (0u64, 0usize);
+    while now < end + Duration::from_secs(6) {
+        if now < end {
+            // One forged SYN per step, from a random address and port.
+            let ip = Ipv4Addr::new(198, 18, rng.random(), rng.random());
+            let mut syn = greedy_syn(PORT, rng.random());
+            let src = rng.random_range(1024..65_000);
+            let hs = syn.handshake.as_mut().unwrap();
+            (hs.udp_port_base, hs.udp_port_count, hs.engine_count) = (src, 1, 1);
+            hs.token = rng.random::<u64>() | 1;
+            syn_datagram(&mut b, now, ip, &syn, src);
+            forged += 1;
+            if forged % (FLOOD_PER_SEC / 100) == 0 && started.len() < LEGIT {
+                started.push((a.connect(now, B, PORT).unwrap(), now));
+            }
+        }
+        for (from_a, e) in [(true, &mut a), (false, &mut b)] {
+            while let Some(t) = e.poll_transmit(now, &mut buf) {
+                if !from_a && t.remote_ip != A {
+                    spoofed_bytes += t.len;
+                    continue;
+                }
+                wire.push_back(Wire {
+                    at: now + Duration::from_micros(10),
+                    to_b: from_a,
+                    src: t.src_port,
+                    dst: t.dst_port,
+                    bytes: buf[..t.len].to_vec(),
+                });
+            }
+        }
+        while let Some(e) = a.poll_event() {
+            match e {
+                Event::Connected { flow } => {
+                    connected.insert(flow, now);
+                }
+                Event::Closed { .. } => failed += 1,
+                _ => {}
+            }
+        }
+        while b.poll_event().is_some() {}
+        now += step;
+        while wire.front().is_some_and(|w| w.at <= now) {
+            let w = wire.pop_front().unwrap();
+            let (e, from) = if w.to_b { (&mut b, A) } else { (&mut a, B) };
+            e.handle_datagram(
+                now,
+                Datagram {
+                    remote_ip: from,
+                    src_port: w.src,
+                    dst_port: w.dst,
+                    payload: &w.bytes,
+                },
+            );
+        }
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        if now >= end && connected.len() + failed >= started.len() {
+            break;
+        }
+    }
+    let mut times: Vec<f64> = started
+        .iter()
+        .filter_map(|(f, t0)| {
+            connected
+                .get(f)
+                .map(|t| (t.as_nanos() - t0.as_nanos()) as f64 / 1e6)
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let stats = b.stats();
+    eprintln!(
+        "flood: {forged} forged SYNs, {} legitimate connects: {} succeeded (ms p50 {:.2}, p99 {:.2}, max {:.2}), {failed} failed; server: {} SYN-ACKs, {} cookie SYNs, {} cookie accepts, {} half-open drops; {} bytes to spoofed addresses (seed {seed:#x})",
+        started.len(),
+        times.len(),
+        times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+        times.get(times.len() * 99 / 100).copied().unwrap_or(f64::NAN),
+        times.last().copied().unwrap_or(f64::NAN),
+        stats.syn_acks_sent,
+        stats.syn_cookies_sent,
+        stats.cookie_accepts,
+        stats.drops_for(DropReason::FlowLimit),
+        spoofed_bytes,
+    );
+    assert_eq!(started.len(), LEGIT);
+    assert!(
+        times.len() * 100 >= LEGIT * 99,
+        "{} of {LEGIT} legitimate connects succeeded (seed {seed:#x})",
+        times.len()
+    );
+    assert!(
+        stats.syn_cookies_sent > 0,
+        "the flood switched the engine to cookies"
+    );
+}

@@ -324,6 +324,7 @@ fn half_open_flows_are_bounded_and_reclaimed() {
     let a = EngineConfig::new(A, 0, 1);
     let mut cb = EngineConfig::new(B, 0, 1);
     cb.handshake.max_half_open = 2;
+    cb.handshake.syn_cookies_after = 2;
     let mut a = Engine::new(a, 1).unwrap();
     let mut b = Engine::new(cb, 2).unwrap();
     b.listen(PORT).unwrap();
@@ -344,8 +345,10 @@ fn half_open_flows_are_bounded_and_reclaimed() {
             },
         );
     }
+    // The other three got stateless SYN cookies (PROTOCOL.md §5.5): no more state.
     assert_eq!(b.flow_count(), 2);
-    assert_eq!(b.stats().drops_for(machnet_core::DropReason::FlowLimit), 3);
+    assert_eq!(b.stats().syn_cookies_sent, 3);
+    assert_eq!(b.stats().drops_for(machnet_core::DropReason::FlowLimit), 0);
     // They expire after the half-open timeout; then SYNs are accepted again.
     let later = now + b.config().handshake.half_open_timeout + Duration::from_millis(1);
     while b.poll_timeout().is_some_and(|t| t <= later) {

@@ -326,6 +326,29 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Connects one channel may have in progress (started, not yet connected or failed); one
+    /// more fails at once with `ChannelConnectLimit` (docs/CHANNEL.md §2, "Connect budgets").
+    /// Same-host flows do not count. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_connecting_per_channel: Option<usize>,
+
+    /// Connects one application (process) may have in progress on all its channels; one more
+    /// fails at once with `AppConnectLimit`. [default: 128]
+    #[arg(long, value_name = "N")]
+    pub max_connecting_per_app: Option<usize>,
+
+    /// Connects one application (process) may start per second, on average (a token bucket
+    /// of --connect-burst-per-app tokens); one more fails at once with `ConnectRateLimit`.
+    /// With the SYNs one connect may send, it bounds the SYN rate an app can cause.
+    /// [default: 10000]
+    #[arg(long, value_name = "PER_SECOND")]
+    pub max_connect_rate_per_app: Option<u32>,
+
+    /// Connects one application may start at once after a quiet period (the bucket of
+    /// --max-connect-rate-per-app). [default: 128]
+    #[arg(long, value_name = "N")]
+    pub connect_burst_per_app: Option<u32>,
+
     /// Seconds a new control connection has to send `hello` before it is closed. [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub control_hello_timeout: Option<f64>,
@@ -416,6 +439,14 @@ pub struct FileConfig {
     pub max_flows_per_user: Option<usize>,
     /// See [`Cli::max_connections`].
     pub max_connections: Option<usize>,
+    /// See [`Cli::max_connecting_per_channel`].
+    pub max_connecting_per_channel: Option<usize>,
+    /// See [`Cli::max_connecting_per_app`].
+    pub max_connecting_per_app: Option<usize>,
+    /// See [`Cli::max_connect_rate_per_app`].
+    pub max_connect_rate_per_app: Option<u32>,
+    /// See [`Cli::connect_burst_per_app`].
+    pub connect_burst_per_app: Option<u32>,
     /// See [`Cli::control_hello_timeout`].
     pub control_hello_timeout: Option<f64>,
     /// See [`Cli::control_idle_timeout`].
@@ -817,11 +848,25 @@ impl SidecarConfig {
             (&mut c.limits.user.ports, pick!(max_ports_per_user)),
             (&mut c.limits.user.flows, pick!(max_flows_per_user)),
             (&mut c.limits.max_connections, pick!(max_connections)),
+            (
+                &mut c.limits.connects.per_channel,
+                pick!(max_connecting_per_channel),
+            ),
+            (
+                &mut c.limits.connects.per_app,
+                pick!(max_connecting_per_app),
+            ),
         ];
         for (field, v) in caps {
             if let Some(v) = v {
                 *field = v;
             }
+        }
+        if let Some(v) = pick!(max_connect_rate_per_app) {
+            c.limits.connects.rate_per_app = v;
+        }
+        if let Some(v) = pick!(connect_burst_per_app) {
+            c.limits.connects.burst_per_app = v;
         }
         if let Some(v) = pick!(control_hello_timeout) {
             c.limits.hello_timeout = seconds("--control-hello-timeout", v, 0.001, 3600.0)?;
@@ -962,6 +1007,10 @@ fn seconds(option: &'static str, v: f64, min: f64, max: f64) -> Result<Duration,
     Ok(Duration::from_secs_f64(v))
 }
 
+/// Largest `--max-connect-rate-per-app`: a million connects a second is far beyond what one
+/// engine can set up, and keeps the token interval at a microsecond or more.
+const MAX_CONNECT_RATE: u32 = 1_000_000;
+
 /// Every cap at least 1 (a per-application cap above its per-user one is allowed: the smaller
 /// applies). Caps at or above the sidecar-wide one leave no room for other users, so are
 /// refused for connections, where the sidecar-wide cap is configured.
@@ -994,6 +1043,23 @@ fn validate_limits(l: &ControlLimits) -> Result<(), ConfigError> {
     }
     if l.max_connections == 0 {
         return Err(invalid("--max-connections", "must be at least 1"));
+    }
+    let c = &l.connects;
+    for (v, option) in [
+        (c.per_channel, "--max-connecting-per-channel"),
+        (c.per_app, "--max-connecting-per-app"),
+        (c.rate_per_app as usize, "--max-connect-rate-per-app"),
+        (c.burst_per_app as usize, "--connect-burst-per-app"),
+    ] {
+        if v == 0 {
+            return Err(invalid(option, "must be at least 1"));
+        }
+    }
+    if c.rate_per_app > MAX_CONNECT_RATE {
+        return Err(invalid(
+            "--max-connect-rate-per-app",
+            format!("must be 1..={MAX_CONNECT_RATE} a second"),
+        ));
     }
     if l.user.connections > l.max_connections {
         return Err(invalid(
@@ -1276,6 +1342,49 @@ mod tests {
         let c = SidecarConfig::merge(&Cli::try_parse_from(["machnet"]).unwrap(), file).unwrap();
         assert_eq!(c.limits.app.ports, 2);
         assert_eq!(c.limits.idle_timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn connect_budgets_have_documented_defaults_and_are_validated() {
+        let c = parse(&[]).unwrap();
+        let d = c.limits.connects;
+        assert_eq!(
+            (d.per_channel, d.per_app, d.rate_per_app, d.burst_per_app),
+            (64, 128, 10_000, 128)
+        );
+        let c = parse(&[
+            "--max-connecting-per-channel",
+            "4",
+            "--max-connecting-per-app",
+            "6",
+            "--max-connect-rate-per-app",
+            "50",
+            "--connect-burst-per-app",
+            "7",
+        ])
+        .unwrap();
+        let d = c.limits.connects;
+        assert_eq!(
+            (d.per_channel, d.per_app, d.rate_per_app, d.burst_per_app),
+            (4, 6, 50, 7)
+        );
+        for (flag, v) in [
+            ("--max-connecting-per-channel", "0"),
+            ("--max-connecting-per-app", "0"),
+            ("--max-connect-rate-per-app", "0"),
+            ("--max-connect-rate-per-app", "1000001"),
+            ("--connect-burst-per-app", "0"),
+        ] {
+            let e = parse(&[flag, v]).unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag} {v}: {e}");
+        }
+        let file: FileConfig =
+            toml::from_str("max_connecting_per_app = 9\nconnect_burst_per_app = 3\n").unwrap();
+        let c = SidecarConfig::merge(&Cli::try_parse_from(["machnet"]).unwrap(), file).unwrap();
+        assert_eq!(
+            (c.limits.connects.per_app, c.limits.connects.burst_per_app),
+            (9, 3)
+        );
     }
 
     #[test]

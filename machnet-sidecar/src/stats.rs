@@ -6,6 +6,7 @@ use machnet_core::{DropReason, EngineStats};
 
 use crate::datapath::DatapathStats;
 use crate::engine::local::LocalStats;
+use crate::engine::ConnectRefusals;
 
 /// The engine loop's own counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub struct LoopStats {
     pub channels_detached: u64,
     /// Flows of detached channels aborted because the linger expired before they closed.
     pub linger_aborts: u64,
+    /// Connects refused at once by a connect budget, per budget (docs/CHANNEL.md §2).
+    pub connect_refusals: ConnectRefusals,
 }
 
 /// A snapshot of one engine.
@@ -53,6 +56,8 @@ pub struct EngineReport {
     pub active_channels: usize,
     /// Flows in the core (including half-open and lingering ones).
     pub flows: usize,
+    /// Connects of this engine's channels in progress (over the network; docs/CHANNEL.md §2).
+    pub connects_in_progress: usize,
     /// Bytes the core holds for all flows (unread, partial and out-of-order data), counted
     /// against `memory_budget`; the peak is `core.held_bytes_peak`.
     pub core_held_bytes: usize,
@@ -75,7 +80,8 @@ impl fmt::Display for EngineReport {
         write!(
             f,
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
-             retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} | \
+             retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} syns {} | \
+             connecting {} budget refusals channel {} app {} rate {} | \
              held core {} B (peak {} B, budget {} B, reclaims {}) sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
              tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {} | \
              local flows {} queued {} B connects {} msgs {} bytes {}",
@@ -94,6 +100,11 @@ impl fmt::Display for EngineReport {
             c.connects_completed,
             c.accepts_completed,
             c.rsts_sent,
+            c.syns_sent,
+            self.connects_in_progress,
+            self.engine_loop.connect_refusals.channel,
+            self.engine_loop.connect_refusals.app,
+            self.engine_loop.connect_refusals.rate,
             self.core_held_bytes,
             c.held_bytes_peak,
             self.memory_budget,
@@ -148,6 +159,7 @@ mod tests {
             channels: 1,
             active_channels: 1,
             flows: 2,
+            connects_in_progress: 0,
             core_held_bytes: 0,
             memory_budget: 1 << 30,
             sidecar_held_bytes: 0,
@@ -164,5 +176,18 @@ mod tests {
         r.local.queued_bytes = 77;
         let s = r.to_string();
         assert!(s.contains("local flows 2 queued 77 B"), "{s}");
+        r.core.syns_sent = 9;
+        r.connects_in_progress = 4;
+        r.engine_loop.connect_refusals = ConnectRefusals {
+            channel: 1,
+            app: 2,
+            rate: 3,
+        };
+        let s = r.to_string();
+        assert!(s.contains("syns 9 |"), "{s}");
+        assert!(
+            s.contains("connecting 4 budget refusals channel 1 app 2 rate 3"),
+            "{s}"
+        );
     }
 }

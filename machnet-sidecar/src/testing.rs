@@ -109,6 +109,12 @@ impl LoopbackSidecars {
             .map_or_else(Vec::new, Sidecar::reports)
     }
 
+    /// The UDP port pool of the `i`-th sidecar (what a peer, or an attacker, sends to).
+    pub fn udp_ports(&self, i: usize) -> Option<machnet_core::PortPool> {
+        let s = self.sidecars.get(i)?.as_ref()?;
+        Some(s.config().udp_ports)
+    }
+
     /// Takes the `i`-th sidecar out (to shut it down in the middle of a test).
     pub fn take(&mut self, i: usize) -> Option<Sidecar> {
         self.sidecars.get_mut(i)?.take()

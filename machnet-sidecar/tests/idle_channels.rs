@@ -37,9 +37,13 @@ const ECHO_TIMEOUT: Duration = Duration::from_secs(10);
 /// the core event rather than through the app's doorbell.
 const SLOW_ECHO_EVERY: u64 = 64;
 
-/// Sidecar flags: small channels, quiet logs, the final report at shutdown (info).
+/// Sidecar flags: small channels, quiet logs, the final report at shutdown (info), and a
+/// connect burst of `CHANNELS` (the app connects them all as fast as it can: under the default
+/// start rate, whether it passed would depend on the machine's speed).
 const SIDECAR_ARGS: &[&str] = &[
     "--max-message-len",
+    "4096",
+    "--connect-burst-per-app",
     "4096",
     "--stats-interval",
     "0",

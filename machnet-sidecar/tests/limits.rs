@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,25 +44,10 @@ fn refusal(r: &Response) -> (ControlError, &str) {
 /// What the helper process reports, one line per connection it tried, then whether it opened
 /// a channel on its first one.
 fn run_other_app(sock: &std::path::Path, conns: usize) -> Vec<String> {
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["other_app_role", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(SOCK_ENV, sock)
-        .env(CONNS_ENV, conns.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the other app");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the other app failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once("OTHER-APP ").map(|(_, m)| m.to_owned()))
-        .collect()
+    common::run_other_app(&[
+        (SOCK_ENV, sock.display().to_string()),
+        (CONNS_ENV, conns.to_string()),
+    ])
 }
 
 /// The other application: a separate process (so a separate pid to the sidecar) that opens

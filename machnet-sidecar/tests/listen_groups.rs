@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -76,27 +75,18 @@ fn other_app_role() {
 /// Runs [`other_app_role`] (switching to `user` after a first listen if given); returns what
 /// its (last) listen got: `None` for success, else the error.
 fn other_app_listen(sock: &std::path::Path, port: u16, user: Option<&str>) -> Option<ControlError> {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["other_app_role", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env(SOCK_ENV, sock)
-        .env(PORT_ENV, port.to_string())
-        .stdin(Stdio::null());
+    let mut env = vec![
+        (SOCK_ENV, sock.display().to_string()),
+        (PORT_ENV, port.to_string()),
+    ];
     if let Some(u) = user {
-        cmd.env(USER_ENV, u);
+        env.push((USER_ENV, u.to_owned()));
     }
-    let out = cmd.output().expect("run the other app");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the other app failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("OTHER-APP listen ").map(|(_, m)| m.to_owned()))
-        .unwrap_or_else(|| panic!("no outcome from the other app:\n{stdout}"));
+    let lines = common::run_other_app(&env);
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("listen ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no outcome from the other app: {lines:?}"));
     match line.as_str() {
         "ok" => None,
         "Some(PortInUse)" => Some(ControlError::PortInUse),

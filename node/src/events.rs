@@ -54,7 +54,9 @@ pub(crate) fn flow_error(flow: &machnet::Flow, reason: Option<CloseCode>) -> Opt
         Some(C::TimedOut) => "ETIMEDOUT",
         Some(C::Refused) => "ECONNREFUSED",
         Some(C::MessageTooLarge) => "EMSGSIZE",
-        Some(C::Exhausted) => "ENOBUFS",
+        Some(C::Exhausted | C::ChannelConnectLimit | C::AppConnectLimit | C::ConnectRateLimit) => {
+            "ENOBUFS"
+        }
         Some(C::Shutdown) => "ESHUTDOWN",
         Some(C::ProtocolViolation | C::UnknownFlow | C::InvalidRequest | C::ChannelViolation) => {
             "EPROTO"

@@ -21,7 +21,7 @@ use machnet_channel::app::{
 pub use machnet_channel::app::{ConnectTicket, Event, Flow, FlowStatus, RequestKind};
 pub(crate) use machnet_channel::app::{Got, Want};
 use machnet_channel::mirror::{MirrorError, MirroredMap};
-use machnet_channel::HEADER_PAGE;
+use machnet_channel::{ConnectBudget, HEADER_PAGE};
 
 use crate::error::{
     CloseError, ConnectError, Fault, ListenError, OpenChannelError, RecvError, RequestError,
@@ -422,7 +422,10 @@ impl Channel {
         let r = self.app.poll_connect(ticket);
         self.wake_sidecar()?;
         r.map_err(|e| match e {
-            app::ConnectError::Failed(c) => ConnectError::Failed(c),
+            app::ConnectError::Failed(c) => match c.and_then(ConnectBudget::of_close_code) {
+                Some(budget) => ConnectError::OverBudget(budget),
+                None => ConnectError::Failed(c),
+            },
             app::ConnectError::Fault(f) => Fault::from(f).into(),
         })
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use machnet_channel::control::ControlError;
-use machnet_channel::{CloseCode, LayoutError};
+use machnet_channel::{CloseCode, ConnectBudget, LayoutError};
 
 /// A human-readable description of a [`CloseCode`] (same as its `Display`).
 pub fn describe_close_code(code: CloseCode) -> &'static str {
@@ -165,6 +165,11 @@ pub enum ConnectError {
     /// The sidecar could not establish the flow (refused, timed out, no ephemeral ports, ...).
     #[error("connect failed: {}", Reason(.0))]
     Failed(Option<CloseCode>),
+    /// The sidecar refused to start the connect at once, before sending anything: this
+    /// channel or application is over one of its connect budgets (docs/CHANNEL.md §2). The
+    /// message names the budget and the sidecar option that sets it.
+    #[error("connect refused by the sidecar: {0}")]
+    OverBudget(ConnectBudget),
     /// No answer from the sidecar within the caller's timeout. A flow established later is
     /// aborted automatically.
     #[error("connect timed out after {0:?}")]

@@ -137,7 +137,12 @@ impl ErrorKind {
             Some(CloseCode::ProtocolViolation) => ErrorKind::Protocol,
             Some(CloseCode::MessageTooLarge) => ErrorKind::MessageTooLarge,
             Some(CloseCode::InvalidRequest) => ErrorKind::InvalidArgument,
-            Some(CloseCode::Exhausted) => ErrorKind::Exhausted,
+            Some(
+                CloseCode::Exhausted
+                | CloseCode::ChannelConnectLimit
+                | CloseCode::AppConnectLimit
+                | CloseCode::ConnectRateLimit,
+            ) => ErrorKind::Exhausted,
             Some(CloseCode::ChannelViolation | CloseCode::Detached) => ErrorKind::ChannelClosed,
             Some(CloseCode::Shutdown) => ErrorKind::SidecarGone,
             Some(CloseCode::Graceful | CloseCode::UnknownFlow) | None => ErrorKind::FlowClosed,
@@ -310,10 +315,25 @@ impl ClientError for ConnectError {
     fn kind(&self) -> ErrorKind {
         data_path_kind!(ConnectError, self, {
             ConnectError::Failed(c) => ErrorKind::of_close_code(*c),
+            ConnectError::OverBudget(_) => ErrorKind::Exhausted,
             ConnectError::TimedOut(_) => ErrorKind::TimedOut,
         })
     }
-    data_path_details!(ConnectError, Failed);
+
+    fn os_error(&self) -> Option<&io::Error> {
+        match self {
+            ConnectError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            ConnectError::ChannelClosed(c) | ConnectError::Failed(c) => *c,
+            ConnectError::OverBudget(b) => Some(b.close_code()),
+            _ => None,
+        }
+    }
 }
 
 impl ClientError for SendError {
@@ -358,6 +378,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use machnet_channel::ConnectBudget;
 
     fn io_err(errno: i32) -> io::Error {
         io::Error::from_raw_os_error(errno)
@@ -412,6 +433,9 @@ mod tests {
             (Some(UnknownFlow), ErrorKind::FlowClosed),
             (Some(InvalidRequest), ErrorKind::InvalidArgument),
             (Some(Exhausted), ErrorKind::Exhausted),
+            (Some(ChannelConnectLimit), ErrorKind::Exhausted),
+            (Some(AppConnectLimit), ErrorKind::Exhausted),
+            (Some(ConnectRateLimit), ErrorKind::Exhausted),
             (Some(ChannelViolation), ErrorKind::ChannelClosed),
             (Some(Shutdown), ErrorKind::SidecarGone),
             (Some(Detached), ErrorKind::ChannelClosed),
@@ -558,6 +582,25 @@ mod tests {
         }
     }
 
+    /// A connect over a sidecar budget is `Exhausted` (EAGAIN, `ERR_MACHNET_EXHAUSTED`) in every
+    /// binding, and its message names the limit and the option that sets it.
+    #[test]
+    fn over_budget_connects_are_exhausted_and_name_their_option() {
+        for b in ConnectBudget::ALL {
+            let e = ConnectError::OverBudget(b);
+            assert_eq!(e.kind(), ErrorKind::Exhausted);
+            assert_eq!(e.errno(), libc::EAGAIN);
+            assert_eq!(e.code_name(), "ERR_MACHNET_EXHAUSTED");
+            assert_eq!(e.close_code(), Some(b.close_code()));
+            let msg = e.to_string();
+            assert!(msg.contains(b.option()), "{msg}");
+            assert!(
+                msg.contains("in progress") || msg.contains("faster"),
+                "{msg}"
+            );
+        }
+    }
+
     #[test]
     fn data_path_errors_map_to_kinds() {
         let reset = Some(CloseCode::Reset);
@@ -666,6 +709,21 @@ mod tests {
                 Box::new(ConnectError::Failed(reset)),
                 ErrorKind::FlowReset,
                 reset,
+            ),
+            (
+                Box::new(ConnectError::OverBudget(ConnectBudget::ChannelInProgress)),
+                ErrorKind::Exhausted,
+                Some(CloseCode::ChannelConnectLimit),
+            ),
+            (
+                Box::new(ConnectError::OverBudget(ConnectBudget::AppInProgress)),
+                ErrorKind::Exhausted,
+                Some(CloseCode::AppConnectLimit),
+            ),
+            (
+                Box::new(ConnectError::OverBudget(ConnectBudget::AppStartRate)),
+                ErrorKind::Exhausted,
+                Some(CloseCode::ConnectRateLimit),
             ),
             (
                 Box::new(ConnectError::TimedOut(Duration::from_secs(1))),

@@ -113,6 +113,9 @@ pub use machnet::{
 pub use machnet_channel::control::ControlError as ControlErrorCode;
 /// Why a flow, a request or a channel ended (shared with the sidecar).
 pub use machnet_channel::CloseCode;
+/// A budget on the connects an application may have the sidecar start (shared with the
+/// sidecar): [`ConnectError::OverBudget`].
+pub use machnet_channel::ConnectBudget;
 /// A flow's 4-tuple (shared with the sidecar).
 pub use machnet_channel::FlowInfo;
 pub use shared::{Detached, LoanBuf, SharedChannel, SharedError, ViewBuf, DEFAULT_EVENT_LIMIT};

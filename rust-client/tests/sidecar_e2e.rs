@@ -306,6 +306,48 @@ fn start_and_poll_connect_without_waiting() {
     }
 }
 
+/// A connect beyond a sidecar's connect budget fails at once with `OverBudget`, `Exhausted`,
+/// naming the option; the channel's connect in progress still runs (docs/CHANNEL.md §2).
+#[test]
+fn a_connect_over_the_channel_budget_fails_at_once_with_over_budget() {
+    use machnet::{ClientError, ConnectBudget, ErrorKind};
+    // Nobody answers on 127.0.0.9.
+    const SILENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 9);
+    let p = Pair(LoopbackSidecars::start_with(
+        "client-budget",
+        &[IP_A],
+        1,
+        |_, c| c.limits.connects.per_channel = 1,
+    ));
+    let m = Machnet::attach_at(p.sock("a.sock")).unwrap();
+    let mut ch = m.open_channel(None).unwrap();
+    let first = ch
+        .start_connect(SILENT, PORT)
+        .unwrap()
+        .expect("room in the ring");
+    let e = ch
+        .connect_timeout(SILENT, PORT, T)
+        .expect_err("over the budget of 1 connect in progress");
+    assert!(
+        matches!(
+            e,
+            ConnectError::OverBudget(ConnectBudget::ChannelInProgress)
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), ErrorKind::Exhausted);
+    assert_eq!(e.close_code(), Some(CloseCode::ChannelConnectLimit));
+    assert!(
+        e.to_string().contains("--max-connecting-per-channel"),
+        "{e}"
+    );
+    assert!(
+        matches!(ch.poll_connect(first), Ok(None)),
+        "the first connect is still in progress"
+    );
+    ch.abandon_connect(first);
+}
+
 /// A channel listening on `PORT` on sidecar a and a client channel on sidecar b (with their
 /// attachments, which must outlive them).
 fn listener_and_client(p: &Pair) -> (Machnet, machnet::Channel, Machnet, machnet::Channel) {

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub(crate) mod budget;
+pub(crate) mod cookie;
 pub(crate) mod ports;
 pub mod stats;
 
@@ -23,11 +24,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 use crate::flow::recv::MemoryView;
 use crate::flow::{
-    random_port, rst_repr, CtrlPacket, Ctx, Flow, AMPLIFICATION_LIMIT, CTRL_QUEUE_CAP,
+    random_port, rst_repr, CtrlPacket, Ctx, Flow, AMPLIFICATION_LIMIT, CTRL_QUEUE_CAP, SYNACK_LEN,
 };
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
+use cookie::{Attempt, CookieJar};
 
 use api::*;
 use budget::SprayBudget;
@@ -154,6 +156,8 @@ pub struct Engine {
     /// Complete messages of flows that ended (not by a local abort) before the application
     /// read them: the peer had them acknowledged, so they are still delivered (`recv`).
     leftovers: HashMap<FlowId, VecDeque<Bytes>>,
+    /// The secret of this engine's SYN cookies (PROTOCOL.md §5.5).
+    cookies: CookieJar,
 }
 
 impl std::fmt::Debug for Engine {
@@ -182,7 +186,9 @@ impl Engine {
             config.ephemeral_ports,
         );
         let ephemeral_cursor = rng.random_range(0..ports.ephemeral_count());
+        let cookies = CookieJar::new(rng.random());
         Ok(Engine {
+            cookies,
             ports,
             ephemeral_cursor,
             rng,
@@ -582,6 +588,9 @@ impl Engine {
             self.settle(idx, now);
             return result;
         }
+        if let Some(result) = self.accept_cookie(now, d.remote_ip, &repr, packet.payload(), path) {
+            return result;
+        }
         match repr.packet_type {
             PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, path),
             PacketType::Rst => Err(DropReason::UnknownFlow),
@@ -655,6 +664,139 @@ impl Engine {
         }
     }
 
+    /// Answers a SYN without keeping state (PROTOCOL.md §5.5): a SYN-ACK batch whose ISN and
+    /// token are the attempt's SYN cookie, within three times the SYN's bytes and the answer
+    /// budget, to the reply pool.
+    fn answer_with_cookie(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        syn: &Repr,
+        hs: &Handshake,
+        path: UdpPair,
+        pool: PortPool,
+    ) {
+        let attempt = Attempt {
+            client_ip: remote_ip,
+            client_port: syn.src_port,
+            server_port: syn.dst_port,
+            client_token: hs.token,
+            client_isn: syn.seq,
+        };
+        let cookie = self.cookies.issue(&attempt, now);
+        let h = &self.cfg.handshake;
+        let engines = hs.engine_count.min(crate::MAX_ENGINES);
+        let batch =
+            rss::spray_batch_for_attempt(engines, h.success_target, hs.attempt, h.max_batch);
+        let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / SYNACK_LEN) as u32;
+        let cfg = &self.cfg;
+        let synack = Repr {
+            packet_type: PacketType::SynAck,
+            flags: 0,
+            src_port: syn.dst_port,
+            dst_port: syn.src_port,
+            seq: cookie.isn,
+            ack: syn.seq.wrapping_add(1),
+            window: Flow::cookie_window(cfg),
+            ts_val: now.wire_micros().max(1),
+            ts_ecr: syn.ts_val,
+            msg_len: 0,
+            sack: wire::SackList::new(),
+            handshake: Some(Handshake {
+                engine_count: cfg.engine_count,
+                engine_id: cfg.engine_id,
+                udp_port_base: cfg.udp_ports.base,
+                udp_port_count: cfg.udp_ports.count,
+                echo_path: path,
+                reply_hint: UdpPair::NONE,
+                attempt: hs.attempt,
+                max_message_len: cfg.max_message_len,
+                max_datagram: cfg.max_udp_payload,
+                token: cookie.token,
+                isn: cookie.isn,
+            }),
+            payload_len: 0,
+            token: hs.token,
+        };
+        self.stats.syn_cookies_sent += 1;
+        for _ in 0..batch.min(affordable) {
+            if !self.answer_budget.take(now) {
+                break;
+            }
+            let p = UdpPair {
+                src: random_port(&mut self.rng, self.cfg.udp_ports),
+                dst: random_port(&mut self.rng, pool),
+            };
+            self.stats.syn_acks_sent += 1;
+            self.queue_ctrl(remote_ip, p, synack);
+        }
+    }
+
+    /// A handshake ACK/DATA/FIN for no flow that carries a valid SYN cookie of this engine
+    /// establishes its flow (PROTOCOL.md §5.5) and is then handled by it. `None`: not such a
+    /// packet (the caller goes on with the unknown-flow rules).
+    fn accept_cookie(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        repr: &Repr,
+        payload: &[u8],
+        path: UdpPair,
+    ) -> Option<Result<(), DropReason>> {
+        let mut hs = repr.handshake?;
+        if !matches!(
+            repr.packet_type,
+            PacketType::Ack | PacketType::Data | PacketType::Fin
+        ) || self
+            .ports
+            .designated(repr.dst_port, remote_ip, repr.src_port)
+            != Some(self.cfg.engine_id)
+        {
+            return None;
+        }
+        let attempt = Attempt {
+            client_ip: remote_ip,
+            client_port: repr.src_port,
+            server_port: repr.dst_port,
+            client_token: hs.token,
+            client_isn: hs.isn,
+        };
+        let cookie = self
+            .cookies
+            .check(&attempt, now, repr.token, repr.ack.wrapping_sub(1))?;
+        // As a half-open flow checks a handshake ACK (§5.1 step 5): the echo is one of our
+        // SYN-ACK paths, into the client's pool (cut as for its SYN).
+        let pool = reply_pool(&hs, path.src)?;
+        (hs.udp_port_base, hs.udp_port_count) = (pool.base, pool.count);
+        if !self.cfg.udp_ports.contains(hs.echo_path.src) || !pool.contains(hs.echo_path.dst) {
+            return None;
+        }
+        if self.live >= self.cfg.max_flows {
+            return Some(Err(DropReason::FlowLimit));
+        }
+        let key = self.key(remote_ip, repr.src_port, repr.dst_port);
+        let window = Flow::cookie_window(&self.cfg);
+        let flow = Flow::new_cookie_server(&self.cfg, key, cookie, &hs, repr, window, now);
+        let idx = self.insert(flow, now).index;
+        self.stats.cookie_accepts += 1;
+        let listen_port = repr.dst_port;
+        let result = self.run(idx, |f, ctx| {
+            ctx.stats.accepts_completed += 1;
+            ctx.events.push_back(Event::Accepted {
+                flow: ctx.id,
+                listen_port,
+            });
+            f.handle(now, repr, payload, path, ctx)
+        });
+        let peer = PeerInfo {
+            engines: hs.engine_count.min(crate::MAX_ENGINES),
+            pool,
+        };
+        self.learn_peer(remote_ip, peer, None);
+        self.settle(idx, now);
+        Some(result)
+    }
+
     fn queue_ctrl(&mut self, remote_ip: Ipv4Addr, path: UdpPair, repr: Repr) {
         if self.ctrl.len() < CTRL_QUEUE_CAP {
             self.ctrl.push_back(CtrlPacket {
@@ -715,6 +857,10 @@ impl Engine {
         if self.ports.designated(syn.dst_port, remote_ip, syn.src_port) != Some(self.cfg.engine_id)
         {
             return Err(DropReason::WrongEngine);
+        }
+        if self.half_open >= self.cfg.handshake.syn_cookies_after {
+            self.answer_with_cookie(now, remote_ip, syn, &hs, path, pool);
+            return Ok(());
         }
         if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
             return Err(DropReason::FlowLimit);

@@ -121,6 +121,10 @@ pub struct EngineStats {
     pub syns_sent: u64,
     /// SYN-ACKs sent.
     pub syn_acks_sent: u64,
+    /// SYNs answered with stateless SYN cookies (PROTOCOL.md §5.5).
+    pub syn_cookies_sent: u64,
+    /// Flows established from a handshake ACK carrying a valid SYN cookie.
+    pub cookie_accepts: u64,
     /// RSTs sent.
     pub rsts_sent: u64,
     /// Connections this engine initiated that became established.

@@ -321,6 +321,37 @@ impl Flow {
         f
     }
 
+    /// A server flow established by a handshake ACK that carried a valid SYN cookie (PROTOCOL.md
+    /// §5.5): everything a half-open flow would have learned comes from that packet's handshake
+    /// block (`hs`, its pool already cut to the reply pool) and header; the SYN-ACK we sent
+    /// without keeping state promised `window`.
+    pub(crate) fn new_cookie_server(
+        cfg: &EngineConfig,
+        key: FlowKey,
+        cookie: crate::engine::cookie::Cookie,
+        hs: &Handshake,
+        ack: &Repr,
+        window: u32,
+        now: Instant,
+    ) -> Flow {
+        let mut f = Flow::base(cfg, key, cookie.isn, hs.isn, false, cookie.token);
+        f.learn_peer(hs, cfg);
+        f.recv.honour_window(window);
+        f.tx_path = hs.echo_path;
+        f.ts_recent = ack.ts_val;
+        f.peer_window = ack.window;
+        f.window_ack = ack.ack;
+        f.window_ts = ack.ts_val;
+        f.establish(now, cfg);
+        f
+    }
+
+    /// The window a stateless SYN-ACK promises (what a new flow's receive buffer holds).
+    pub(crate) fn cookie_window(cfg: &EngineConfig) -> u32 {
+        (cfg.recv_buffer.div_ceil(cfg.max_fragment_payload().max(1)))
+            .min(cfg.max_window_packets as usize) as u32
+    }
+
     /// A SYN of our client reached this half-open flow: it may be answered with up to three
     /// times its bytes (PROTOCOL.md §5.2, anti-amplification).
     fn add_synack_allowance(&mut self, syn: &Repr) {

@@ -254,6 +254,15 @@ impl RecvState {
         self.fragment_payload = bytes.max(1);
     }
 
+    /// Accepts data up to `window` packets beyond `nxt`: a window another packet already
+    /// promised on this flow's behalf (a stateless SYN-ACK, PROTOCOL.md §5.5).
+    pub(crate) fn honour_window(&mut self, window: u32) {
+        let edge = self.nxt.wrapping_add(window.min(self.max_window));
+        if seq::gt(edge, self.right_edge) {
+            self.right_edge = edge;
+        }
+    }
+
     /// Records the window sent in a packet and returns it: the right edge only moves forward.
     pub(crate) fn advertise(&mut self) -> u32 {
         let w = self.window();

@@ -31,7 +31,9 @@ use machnet_core::{Datagram, Engine, EngineConfig, Event, FlowId, Instant};
 use machnet_sidecar::engine::channel::{Chan, ChannelId, Ctx, Flow, Owners, Violation};
 use machnet_sidecar::engine::listen::Listeners;
 use machnet_sidecar::engine::route::{discard_received, route, Routed};
-use machnet_sidecar::engine::{FlowCounter, FlowQuota};
+use machnet_sidecar::engine::{
+    AppConnects, ChannelConnects, ConnectLimits, FlowCounter, FlowQuota,
+};
 use machnet_sidecar::shm::ChannelMem;
 use memmap2::{MmapMut, MmapOptions};
 
@@ -184,7 +186,15 @@ impl Harness {
         let requests = unsafe { map.as_mut_ptr().add(layout.to_sidecar_offset as usize) };
         // A small flow limit, so that `Exhausted` answers are reached too.
         let quota = FlowQuota::new(FlowCounter::new(4), FlowCounter::new(6));
-        let mut chan = Chan::new(CHAN, mem, quota);
+        // Small connect budgets, so that their refusals are reached too.
+        let limits = ConnectLimits {
+            per_channel: 3,
+            per_app: 5,
+            rate_per_app: 1_000,
+            burst_per_app: 8,
+        };
+        let connects = ChannelConnects::new(limits.per_channel, AppConnects::new(&limits));
+        let mut chan = Chan::new(CHAN, mem, quota, connects);
         let mut core = engine(A);
         let mut peer = engine(B);
         peer.listen(PEER_PORT).ok()?;

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{FlowCounter, FlowQuota};
+use crate::engine::channel::Flow;
+use crate::engine::{AppConnects, ChannelConnects, ConnectLimits, FlowCounter, FlowQuota};
 
 use super::socket::PeerCred;
 
@@ -65,6 +66,8 @@ pub struct ControlLimits {
     /// A connection that said `hello`, holds no channel and has sent nothing for this long is
     /// closed (`None`: never). A connection holding a channel is never idle.
     pub idle_timeout: Option<Duration>,
+    /// Budgets on the connects an application may have in progress and start.
+    pub connects: ConnectLimits,
 }
 
 impl Default for ControlLimits {
@@ -75,6 +78,7 @@ impl Default for ControlLimits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            connects: ConnectLimits::default(),
         }
     }
 }
@@ -144,6 +148,8 @@ struct Usage {
     channels: usize,
     ports: usize,
     flows: Arc<FlowCounter>,
+    /// An application's connect budgets (made by its first channel; unused for users).
+    connects: Option<Arc<AppConnects>>,
 }
 
 impl Usage {
@@ -153,6 +159,7 @@ impl Usage {
             channels: 0,
             ports: 0,
             flows: FlowCounter::new(flow_limit),
+            connects: None,
         }
     }
     fn held(&self, r: Resource) -> usize {
@@ -187,6 +194,7 @@ fn cap(c: &Caps, r: Resource) -> usize {
 pub struct Ledger {
     app_caps: Caps,
     user_caps: Caps,
+    connect_limits: ConnectLimits,
     /// Sidecar-wide caps (flows: the engines' own `max_flows`).
     total_caps: Caps,
     total: Usage,
@@ -200,6 +208,7 @@ impl Ledger {
         Ledger {
             app_caps: limits.app,
             user_caps: limits.user,
+            connect_limits: limits.connects,
             total_caps: Caps {
                 connections: limits.max_connections,
                 channels: max_channels,
@@ -285,6 +294,22 @@ impl Ledger {
         FlowQuota::new(app, user)
     }
 
+    /// The connect budgets of a new channel of `peer`'s application (which must hold a
+    /// connection): its own in-progress budget, and its application's, shared by all the
+    /// application's channels. Like flows, connects that outlive every connection of their
+    /// application keep their budgets; a new connection of the same pid starts fresh ones.
+    pub fn connect_budget(&mut self, peer: PeerCred) -> ChannelConnects<Flow> {
+        let (app_flows, limits) = (self.app_caps.flows, self.connect_limits);
+        let app = self
+            .apps
+            .entry(peer.pid)
+            .or_insert_with(|| Usage::new(app_flows))
+            .connects
+            .get_or_insert_with(|| AppConnects::new(&limits))
+            .clone();
+        ChannelConnects::new(limits.per_channel, app)
+    }
+
     /// How many `r` the sidecar holds in all.
     pub fn total(&self, r: Resource) -> usize {
         self.total.held(r)
@@ -355,6 +380,40 @@ mod tests {
         assert!(q2.acquire().is_err(), "one flow per app");
         drop(p);
         q2.acquire().unwrap();
+    }
+
+    #[test]
+    fn connect_budgets_are_shared_by_an_apps_channels_not_by_other_apps() {
+        let limits = ControlLimits {
+            connects: ConnectLimits {
+                per_channel: 2,
+                per_app: 3,
+                ..ConnectLimits::default()
+            },
+            ..ControlLimits::default()
+        };
+        let mut l = Ledger::new(&limits, 10);
+        let (a, other) = (peer(10, 1), peer(11, 1));
+        l.charge(a, Resource::Connection).unwrap();
+        l.charge(other, Resource::Connection).unwrap();
+        let now = machnet_core::Instant::ZERO;
+        let (mut c1, mut c2, mut o) = (
+            l.connect_budget(a),
+            l.connect_budget(a),
+            l.connect_budget(other),
+        );
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(c1.admit(now).unwrap());
+        }
+        held.push(c2.admit(now).unwrap());
+        assert_eq!(
+            c2.admit(now).err(),
+            Some(machnet_channel::ConnectBudget::AppInProgress)
+        );
+        for _ in 0..2 {
+            held.push(o.admit(now).unwrap());
+        }
     }
 
     #[test]

@@ -642,7 +642,8 @@ impl Server {
         let len = mem.layout().total_len;
         let fds = mem.dup_app_fds().map_err(|e| exhausted(&e))?;
         let quota = self.ledger.flow_quota(peer);
-        self.engines[usize::from(engine)].add_channel(id, mem, quota)?;
+        let connects = self.ledger.connect_budget(peer);
+        self.engines[usize::from(engine)].add_channel(id, mem, quota, connects)?;
         Ok((len, fds))
     }
 

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use machnet_channel::engine::{self, SendRefused, Transport, UnknownFlow};
-use machnet_channel::{CloseCode, ConnectRequest, FlowInfo};
+use machnet_channel::{CloseCode, ConnectBudget, ConnectRequest, FlowInfo};
 use machnet_core::{CloseReason, ConnectError, Engine, FlowId, Instant, SendError};
 
+use super::connect_budget::{ChannelConnects, ConnectRefusals};
 use super::flow_quota::{FlowPermit, FlowQuota};
 use super::listen::Listeners;
 use super::local::{LocalEnd, LocalHub};
@@ -141,6 +142,7 @@ struct CoreTransport<'a, 'c> {
     ctx: &'a mut Ctx<'c>,
     channel: ChannelId,
     quota: &'a FlowQuota,
+    connects: &'a mut ChannelConnects<Flow>,
 }
 
 impl Transport for CoreTransport<'_, '_> {
@@ -153,10 +155,18 @@ impl Transport for CoreTransport<'_, '_> {
 
     fn connect(&mut self, req: ConnectRequest) -> Result<Flow, CloseCode> {
         let ctx = &mut *self.ctx;
+        // Same-host flows send no packets: outside the connect budgets.
         if let Some(l) = ctx.local.filter(|l| l.hub.local_ip() == req.remote_ip) {
             return l.connect(req.remote_port).map(Flow::Local);
         }
-        ctx.core
+        // A connect the core then refuses (no ephemeral port...) has used its start token:
+        // the bucket counts attempts, and the refusal is as cheap as the budget's.
+        let slot = self
+            .connects
+            .admit(ctx.now)
+            .map_err(ConnectBudget::close_code)?;
+        let flow = ctx
+            .core
             .connect(ctx.now, req.remote_ip, req.remote_port)
             .map(Flow::Net)
             .map_err(|e| match e {
@@ -164,7 +174,9 @@ impl Transport for CoreTransport<'_, '_> {
                 ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort => {
                     CloseCode::InvalidRequest
                 }
-            })
+            })?;
+        self.connects.started(flow, slot);
+        Ok(flow)
     }
 
     fn send(&mut self, flow: Flow, msg: Bytes) -> Result<(), SendRefused> {
@@ -245,6 +257,7 @@ impl Transport for CoreTransport<'_, '_> {
 
     fn release(&mut self, flow: Flow) {
         self.ctx.owners.remove(&flow);
+        self.connects.ended(flow);
     }
 }
 
@@ -260,6 +273,8 @@ pub struct Chan {
     detach_deadline: Option<Instant>,
     /// The flow limits of the channel's application.
     quota: FlowQuota,
+    /// The channel's connects in progress, and its application's connect budgets.
+    connects: ChannelConnects<Flow>,
     /// The worker's bookkeeping for this channel (run list, flush list; docs/CHANNEL.md §4).
     pub(super) sched: Sched,
 }
@@ -288,8 +303,13 @@ impl std::fmt::Debug for Chan {
 
 impl Chan {
     /// Takes over a freshly created channel (both rings at position 0) whose flows count
-    /// against `quota`.
-    pub fn new(id: ChannelId, mut mem: ChannelMem, quota: FlowQuota) -> Self {
+    /// against `quota` and whose connects against `connects`.
+    pub fn new(
+        id: ChannelId,
+        mut mem: ChannelMem,
+        quota: FlowQuota,
+        connects: ChannelConnects<Flow>,
+    ) -> Self {
         let half = engine::Channel::new(mem.views(), mem.layout().max_message_len);
         Chan {
             id,
@@ -298,6 +318,7 @@ impl Chan {
             ports: Vec::new(),
             detach_deadline: None,
             quota,
+            connects,
             sched: Sched::default(),
         }
     }
@@ -312,6 +333,7 @@ impl Chan {
             ctx,
             channel: self.id,
             quota: &self.quota,
+            connects: &mut self.connects,
         };
         let r = f(&mut self.half, &mut t);
         self.wake_if_asked();
@@ -358,6 +380,22 @@ impl Chan {
     /// consumed.
     pub fn consume(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, Violation> {
         self.with(ctx, |half, t| half.consume(t))
+    }
+
+    /// `flow` of this channel connected or ended: if it was a connect in progress, its places
+    /// in the connect budgets come back.
+    pub fn connect_ended(&mut self, flow: Flow) {
+        self.connects.ended(flow);
+    }
+
+    /// Connects of this channel in progress (over the network).
+    pub fn connects_in_progress(&self) -> usize {
+        self.connects.in_progress()
+    }
+
+    /// Connects refused by a budget since the last call.
+    pub fn take_connect_refusals(&mut self) -> ConnectRefusals {
+        self.connects.take_refusals()
     }
 
     /// The transport established a flow this channel connected.
@@ -528,7 +566,8 @@ mod tests {
             layout,
             _map: map,
         };
-        (Chan::new(id, mem, FlowQuota::unlimited()), app)
+        let connects = ChannelConnects::unlimited();
+        (Chan::new(id, mem, FlowQuota::unlimited(), connects), app)
     }
 
     fn engine(ip: Ipv4Addr, max: u32) -> Engine {

@@ -30,6 +30,13 @@ impl FlowCounter {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Takes one place, held by the returned slot until it is dropped; `None` at the limit.
+    pub fn take_slot(self: &Arc<Self>) -> Option<FlowSlot> {
+        self.take().then(|| FlowSlot {
+            counter: self.clone(),
+        })
+    }
+
     fn take(&self) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -40,6 +47,18 @@ impl FlowCounter {
 
     fn give(&self) {
         self.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One place in a [`FlowCounter`]; given back when dropped.
+#[derive(Debug)]
+pub struct FlowSlot {
+    counter: Arc<FlowCounter>,
+}
+
+impl Drop for FlowSlot {
+    fn drop(&mut self) {
+        self.counter.give();
     }
 }
 

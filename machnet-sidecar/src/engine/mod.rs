@@ -3,6 +3,7 @@
 //! commands, with an eventfd to wake it) and a notice queue back to the control thread.
 
 pub mod channel;
+pub mod connect_budget;
 pub mod flow_quota;
 pub mod listen;
 pub mod local;
@@ -19,6 +20,7 @@ use machnet_core::{EngineConfig, ListenError};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 pub use channel::ChannelId;
+pub use connect_budget::{AppConnects, ChannelConnects, ConnectLimits, ConnectRefusals};
 pub use flow_quota::{FlowCounter, FlowQuota};
 
 use crate::clock::Clock;
@@ -40,6 +42,8 @@ pub enum Command {
         mem: Box<ChannelMem>,
         /// The flow limits of its application.
         quota: FlowQuota,
+        /// Its connect budgets (and its application's).
+        connects: ChannelConnects<channel::Flow>,
         /// Answered once the engine serves the channel.
         reply: Sender<()>,
     },
@@ -240,18 +244,20 @@ impl EngineClient {
             .map_err(|_| EngineGone(self.id))
     }
 
-    /// Hands a channel, whose flows count against `quota`, to the engine; returns once the
-    /// engine serves it.
+    /// Hands a channel, whose flows count against `quota` and connects against `connects`, to
+    /// the engine; returns once the engine serves it.
     pub fn add_channel(
         &self,
         id: ChannelId,
         mem: ChannelMem,
         quota: FlowQuota,
+        connects: ChannelConnects<channel::Flow>,
     ) -> Result<(), EngineGone> {
         self.call(|reply| Command::AddChannel {
             id,
             mem: Box::new(mem),
             quota,
+            connects,
             reply,
         })
     }

@@ -136,6 +136,9 @@ fn deliver(
         ctx.discard(flow);
         return Some(Routed::Absorbed);
     };
+    if matches!(what, Happened::Connected | Happened::Closed(_)) {
+        c.connect_ended(flow);
+    }
     if c.detach_deadline().is_some() {
         // Nobody reads this channel's notifications any more.
         match what {

@@ -306,6 +306,7 @@ impl Worker {
                 id,
                 mem,
                 quota,
+                connects,
                 reply,
             } => {
                 let token = TOKEN_CHANNEL_BASE + u64::from(id);
@@ -315,7 +316,7 @@ impl Worker {
                 ) {
                     crate::limited!(error, engine = self.id, channel = id, "epoll add: {e}");
                 }
-                let mut chan = Chan::new(id, *mem, quota);
+                let mut chan = Chan::new(id, *mem, quota, connects);
                 // Active until it has been idle for a while (its app may have pushed already).
                 activate(&mut chan, &mut self.active, now);
                 self.chans.insert(id, chan);
@@ -641,6 +642,9 @@ impl Worker {
                     if n > 0 {
                         work = true;
                         chan.sched.last_work = now;
+                        self.counters
+                            .connect_refusals
+                            .add(chan.take_connect_refusals());
                     }
                     // Answers to requests, or room the app made for a blocked notification.
                     if chan.wants_flush() || chan.has_room_for_blocked() {
@@ -1004,6 +1008,7 @@ impl Worker {
             channels: self.chans.len(),
             active_channels: self.active.len(),
             flows: self.core.flow_count(),
+            connects_in_progress: self.chans.values().map(Chan::connects_in_progress).sum(),
             core_held_bytes: self.core.held_bytes() + self.core.leftover_bytes(),
             memory_budget: self.core.config().memory_budget,
             sidecar_held_bytes: self.chans.values().map(Chan::held_bytes).sum(),

@@ -527,3 +527,28 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Runs the test `other_app_role` of this same test binary as another process (another
+/// application for the sidecar: its own pid) with the environment `env`, and returns what it
+/// printed after `OTHER-APP ` on each line. Panics if it failed.
+pub(crate) fn run_other_app(env: &[(&str, String)]) -> Vec<String> {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["other_app_role", "--exact", "--ignored", "--nocapture"])
+        .args(["--test-threads", "1"])
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the other app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the other app failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once("OTHER-APP ").map(|(_, m)| m.to_owned()))
+        .collect()
+}

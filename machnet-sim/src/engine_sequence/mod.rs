@@ -110,6 +110,7 @@ pub fn config(side: Side) -> EngineConfig {
     c.memory_budget = 8192;
     c.max_flows = 8;
     c.handshake.max_half_open = 4;
+    c.handshake.syn_cookies_after = 2;
     c.handshake.max_batch = 4;
     c.handshake.max_answer_rate = 1000;
     c.checksum = ChecksumMode::Always;
