@@ -2,6 +2,10 @@
 # Fuzz the untrusted-input parsers and the channel (cargo-fuzz, libFuzzer), one target after the
 # other:
 #   parse_packet      machnet-core/fuzz      the wire-format parser (datagrams from the network)
+#   engine_sequence   machnet-core/fuzz      the whole sans-IO engine: two engines, a hostile
+#                                            network, an attacker and simulated time, driven by
+#                                            structure-aware step sequences (interpreter and
+#                                            checks: machnet-sim/src/engine_sequence)
 #   ring_consumer     machnet-channel/fuzz   a channel ring's consumer over hostile ring memory,
 #                                            indices and records (AddressSanitizer by default:
 #                                            the ring code uses raw pointers)
@@ -19,7 +23,7 @@
 #
 # Environment:
 #   FUZZ_SECONDS    fuzzing time per target in seconds (default 30; builds are not counted)
-#   FUZZ_TARGETS    targets to run, space-separated (default: all four, in the order above)
+#   FUZZ_TARGETS    targets to run, space-separated (default: all five, in the order above)
 #   FUZZ_SANITIZER  none | address | leak | memory | thread; default: address for ring_consumer,
 #                   none for the others (safe Rust, where speed buys more than ASan)
 #   FUZZ_JOBS       parallel fuzzing processes (default 1)
@@ -41,7 +45,9 @@
 #   seeds/               parse_packet's committed seed packets (kept current by
 #                        wire::tests::fuzz_seeds_are_current; regenerate with
 #                        `MACHNET_REGEN_FUZZ_SEEDS=1 cargo test -p machnet-core --lib fuzz_seeds`)
-#   seeds-<target>/      the other targets' committed seeds (written by `python3 ci/fuzz-seeds.py`)
+#   seeds-<target>/      the other targets' committed seeds (written by `python3 ci/fuzz-seeds.py`;
+#                        engine_sequence's by `MACHNET_REGEN_FUZZ_SEEDS=1 cargo test -p machnet-sim
+#                        --test engine_sequence seeds_are_current`)
 #   <target>.dict        libFuzzer dictionary, where there is one
 #   corpus/<target>/     working corpus, grows across runs (gitignored)
 #   artifacts/<target>/  crashing inputs (gitignored); reproduce one with
@@ -53,7 +59,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-parse_packet ring_consumer control_messages channel_engine}"
+targets="${FUZZ_TARGETS:-parse_packet engine_sequence ring_consumer control_messages channel_engine}"
 jobs="${FUZZ_JOBS:-1}"
 
 case "$seconds" in '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number" >&2; exit 2 ;; esac
@@ -68,6 +74,7 @@ fuzz_one() {
     local target="$1" fuzz_dir sanitizer
     case "$target" in
         parse_packet) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
+        engine_sequence) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
         control_messages) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=none ;;
         ring_consumer) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=address ;;
         channel_engine) fuzz_dir="$root/machnet-sidecar/fuzz" sanitizer=none ;;

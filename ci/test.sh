@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of the workspace: formatting, lints, unit/property/simulation tests, doc tests, and a
-# short fuzzing run of every fuzz target (packet parser, channel ring, control messages, the
-# sidecar's half of a channel). This is the README's test command; .ci/run runs it.
+# short fuzzing run of every fuzz target (packet parser, whole engine, channel ring, control
+# messages, the sidecar's half of a channel). This is the README's test command; .ci/run runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,7 +76,7 @@ fi
 echo "== benchmarks compile"
 cargo bench --workspace --no-run --quiet
 
-echo "== fuzz every target (${FUZZ_SECONDS:-10} s each, 4 targets)"
+echo "== fuzz every target (${FUZZ_SECONDS:-10} s each, 5 targets)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ci/fuzz.sh
 
 echo "== summary"

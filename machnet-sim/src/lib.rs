@@ -29,9 +29,12 @@
 //! - [`content`]: verifiable message contents;
 //! - [`workload`]: the checking application model and its size plan;
 //! - [`report`]: run summaries;
-//! - [`handshake`]: connection-setup experiments (RSS-- packet counts).
+//! - [`handshake`]: connection-setup experiments (RSS-- packet counts);
+//! - [`engine_sequence`]: the step interpreter of the `engine_sequence` fuzz target (two engines,
+//!   a hostile network and an attacker, with delivery and memory checks).
 
 pub mod content;
+pub mod engine_sequence;
 pub mod handshake;
 pub mod link;
 pub mod network;

@@ -178,6 +178,9 @@ pub(crate) struct RecvState {
     reorder_bytes: usize,
     /// What the engine lets this flow hold (set before every operation).
     memory: MemoryView,
+    /// What this flow held when `memory` was set: `memory.free` is the engine's free budget at
+    /// that moment, so what this flow adds since then comes out of it.
+    held_at_view: usize,
     /// Messages completed since creation.
     pub(crate) messages_completed: u64,
 }
@@ -207,6 +210,7 @@ impl RecvState {
             right_edge: initial_seq,
             reorder_bytes: 0,
             memory: MemoryView::UNLIMITED,
+            held_at_view: 0,
             messages_completed: 0,
         }
     }
@@ -215,6 +219,7 @@ impl RecvState {
     /// engine has free (PROTOCOL.md §6.5).
     pub(crate) fn set_memory(&mut self, view: MemoryView) {
         self.memory = view;
+        self.held_at_view = self.held_bytes();
     }
 
     /// The memory view last set.
@@ -222,12 +227,16 @@ impl RecvState {
         self.memory
     }
 
-    /// Bytes this flow may add now: within its share and the engine's free budget.
+    /// Bytes this flow may add now: within its share and the engine's free budget (less what
+    /// this flow took since the view was set: one packet can complete a run of stored ones).
     fn room(&self) -> usize {
-        self.memory
-            .share
-            .saturating_sub(self.held_bytes())
-            .min(self.memory.free)
+        let held = self.held_bytes();
+        let engine_room = self
+            .memory
+            .free
+            .saturating_add(self.held_at_view)
+            .saturating_sub(held);
+        self.memory.share.saturating_sub(held).min(engine_room)
     }
 
     /// What a refusal for want of memory is: the engine ran out although the flow was within
@@ -357,9 +366,12 @@ impl RecvState {
             let len = seg.len();
             self.reorder_bytes -= len;
             self.nxt = self.nxt.wrapping_add(1);
-            // Its bytes were counted while stored: moving them into the message may take at
-            // most as many again (exact growth when doubling would not fit).
-            if let Err(Refusal::Violation) = self.deliver(seg.into_arrived(), self.room() + len) {
+            // Its bytes were counted while stored and no longer are, and it was acknowledged
+            // (SACK), so it must not be refused: moving it in exactly (`len` bytes) is always
+            // allowed, even when the flow now holds more than a share that has shrunk since;
+            // growing a buffer beyond that (doubling) only within the room.
+            if let Err(Refusal::Violation) = self.deliver(seg.into_arrived(), self.room().max(len))
+            {
                 return Err(FramingViolation);
             }
         }
@@ -683,6 +695,92 @@ mod tests {
             Arrival::OverBudget { engine_full: true }
         );
         assert_eq!(r.on_data(17, 0, 0, &[1; 500]).unwrap(), Arrival::Buffered);
+    }
+
+    /// Delivers `s` and checks the flow holds no more than its share nor than the engine had
+    /// free when the view was set (`limit`).
+    fn held_within(r: &mut RecvState, s: u32, f: u8, msg_len: u32, len: usize, limit: usize) {
+        r.on_data(s, f, msg_len, &vec![3; len]).unwrap();
+        assert!(
+            r.held_bytes() <= limit,
+            "seq {s}: holds {} > {limit}",
+            r.held_bytes()
+        );
+    }
+
+    #[test]
+    fn draining_stored_fragments_stays_within_the_share() {
+        // Found by the engine_sequence fuzz target: the stored fragments' bytes were counted
+        // twice as room when they moved into the message, so its buffer could grow past the share.
+        let mut r = limited(2_000 + 48, usize::MAX);
+        // Stored: 15 and 17 (16 is missing, so 17 stays stored when 15 joins the message).
+        for s in [15, 17] {
+            assert_eq!(r.on_data(s, 0, 0, &[3; 200]).unwrap(), Arrival::Buffered);
+        }
+        held_within(&mut r, 10, flags::FIRST, 2_000, 200, 2_048);
+        for s in [11, 12, 13, 14, 16, 18] {
+            held_within(&mut r, s, 0, 0, 200, 2_048);
+        }
+        held_within(&mut r, 19, flags::LAST, 0, 200, 2_048);
+        assert_eq!(r.read().unwrap().len(), 2_000);
+    }
+
+    #[test]
+    fn stored_messages_are_delivered_when_the_share_shrank_below_what_the_flow_holds() {
+        // A stored (acknowledged) message must not be dropped when the packet before it
+        // arrives at a time the flow holds more than its share (more flows share the budget).
+        let mut r = limited(100_000, usize::MAX);
+        assert_eq!(
+            r.on_data(10, flags::FIRST, 1_000, &[3; 100]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(
+            r.on_data(12, flags::FIRST | flags::LAST, 300, &[4; 300])
+                .unwrap(),
+            Arrival::Buffered
+        );
+        r.set_memory(MemoryView {
+            share: 500,
+            free: usize::MAX,
+        });
+        // Completes message 1 within the buffer it already has, then message 2 is drained.
+        assert_eq!(
+            r.on_data(11, flags::LAST, 0, &[3; 900]).unwrap(),
+            Arrival::InOrder
+        );
+        assert_eq!(r.read().unwrap().len(), 1_000);
+        assert_eq!(r.read().map(|m| m.len()), Some(300), "message 2 was lost");
+    }
+
+    #[test]
+    fn draining_stored_fragments_stays_within_the_engines_free_bytes() {
+        // The engine's free bytes are a snapshot taken before the packet: what the in-order
+        // packet takes (here a whole message) must not be granted again to the stored fragment
+        // it makes deliverable (the first of a 900-byte message, whose buffer would double).
+        let mut r = limited(1 << 20, 1 << 20);
+        assert_eq!(
+            r.on_data(11, flags::FIRST, 900, &[3; 100]).unwrap(),
+            Arrival::Buffered
+        );
+        r.set_memory(MemoryView {
+            share: 1 << 20,
+            free: 1_000,
+        });
+        held_within(
+            &mut r,
+            10,
+            flags::FIRST | flags::LAST,
+            500,
+            500,
+            100 + 1_000,
+        );
+        assert_eq!(r.read().unwrap().len(), 500);
+        r.set_memory(MemoryView {
+            share: 1 << 20,
+            free: 1_000,
+        });
+        held_within(&mut r, 12, flags::LAST, 0, 800, 100 + 1_000);
+        assert_eq!(r.read().unwrap().len(), 900);
     }
 
     #[test]
