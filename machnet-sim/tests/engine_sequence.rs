@@ -114,13 +114,12 @@ fn random_inputs_run_clean() {
     }
 }
 
-/// Known bug found by the fuzzer (reproducer under `machnet-core/fuzz/artifacts/`): a delayed
-/// duplicate of a client DATA packet that still carries its handshake block and a valid SYN
-/// cookie, arriving after the cookie-created server flow ended (within the cookie's 16–32 s),
-/// creates a new flow that delivers the old message again (`accept_cookie`, PROTOCOL.md §5.5).
-/// An on-path attacker can do the same by replaying a captured packet.
+/// Found by the fuzzer (reproducer under `machnet-core/fuzz/artifacts/`): a delayed duplicate
+/// of a client DATA packet that still carries its handshake block and a valid SYN cookie,
+/// arriving after the cookie-created server flow ended (within the cookie's 16–32 s), created a
+/// new flow that delivered the old message again. A cookie now establishes one flow
+/// (`UsedCookies`, PROTOCOL.md §5.5).
 #[test]
-#[ignore = "known bug: SYN-cookie flows re-created by a replayed DATA packet deliver its message again"]
 fn cookie_replay_does_not_deliver_a_message_twice() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../machnet-core/fuzz/artifacts/engine_sequence/cookie_replay_duplicate_delivery");

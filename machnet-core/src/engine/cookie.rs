@@ -24,6 +24,51 @@ pub(crate) struct Attempt {
     pub(crate) client_isn: u32,
 }
 
+/// Most cookie-established flows remembered at once (see [`UsedCookies`]).
+pub(crate) const MAX_USED_COOKIES: usize = 65_536;
+
+/// The client tokens of flows established from cookies, kept as long as their cookies are
+/// valid (two epochs): a delayed duplicate or a replay of a handshake packet must not
+/// establish the flow a second time and deliver its message again (at most once).
+#[derive(Default)]
+pub(crate) struct UsedCookies {
+    tokens: std::collections::HashSet<u64>,
+    /// (when, client token), oldest first.
+    order: std::collections::VecDeque<(Instant, u64)>,
+}
+
+/// Why a cookie may not establish a flow now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CookieRefusal {
+    /// This attempt already established a flow.
+    Used,
+    /// [`MAX_USED_COOKIES`] flows came from cookies within two epochs.
+    Full,
+}
+
+impl UsedCookies {
+    /// Records that the attempt with `client_token` establishes a flow at `now`.
+    pub(crate) fn take(&mut self, client_token: u64, now: Instant) -> Result<(), CookieRefusal> {
+        let horizon = now.as_nanos().saturating_sub(2 * EPOCH_NANOS);
+        while let Some(&(t, tok)) = self.order.front() {
+            if t.as_nanos() >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            self.tokens.remove(&tok);
+        }
+        if self.tokens.contains(&client_token) {
+            return Err(CookieRefusal::Used);
+        }
+        if self.tokens.len() >= MAX_USED_COOKIES {
+            return Err(CookieRefusal::Full);
+        }
+        self.tokens.insert(client_token);
+        self.order.push_back((now, client_token));
+        Ok(())
+    }
+}
+
 /// The server's side of a cookie handshake: its ISN and flow token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cookie {
@@ -86,6 +131,19 @@ mod tests {
             client_token: 0x1234_5678_9ABC_DEF0,
             client_isn: 42,
         }
+    }
+
+    #[test]
+    fn a_cookie_establishes_one_flow_within_its_lifetime() {
+        let mut used = UsedCookies::default();
+        let t0 = Instant::from_nanos(5);
+        assert_eq!(used.take(7, t0), Ok(()));
+        assert_eq!(used.take(7, t0), Err(CookieRefusal::Used));
+        assert_eq!(used.take(8, t0), Ok(()));
+        // Once no cookie of that time can be valid any more, the token is forgotten.
+        let later = Instant::from_nanos(5 + 2 * EPOCH_NANOS + 1);
+        assert_eq!(used.take(7, later), Ok(()));
+        assert_eq!(used.tokens.len(), 1);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::flow::{
 use crate::rss::{self, RssOracle, UdpTuple};
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
-use cookie::{Attempt, CookieJar};
+use cookie::{Attempt, CookieJar, CookieRefusal, UsedCookies};
 
 use api::*;
 use budget::SprayBudget;
@@ -158,6 +158,8 @@ pub struct Engine {
     leftovers: HashMap<FlowId, VecDeque<Bytes>>,
     /// The secret of this engine's SYN cookies (PROTOCOL.md §5.5).
     cookies: CookieJar,
+    /// Attempts that established a flow from a cookie, while their cookies are valid.
+    used_cookies: UsedCookies,
 }
 
 impl std::fmt::Debug for Engine {
@@ -189,6 +191,7 @@ impl Engine {
         let cookies = CookieJar::new(rng.random());
         Ok(Engine {
             cookies,
+            used_cookies: UsedCookies::default(),
             ports,
             ephemeral_cursor,
             rng,
@@ -773,6 +776,13 @@ impl Engine {
         }
         if self.live >= self.cfg.max_flows {
             return Some(Err(DropReason::FlowLimit));
+        }
+        // Once per attempt: a duplicate or replay of a handshake packet after the flow ended
+        // must not establish it again and deliver its message twice.
+        match self.used_cookies.take(hs.token, now) {
+            Ok(()) => {}
+            Err(CookieRefusal::Used) => return Some(Err(DropReason::StaleHandshake)),
+            Err(CookieRefusal::Full) => return Some(Err(DropReason::FlowLimit)),
         }
         let key = self.key(remote_ip, repr.src_port, repr.dst_port);
         let window = Flow::cookie_window(&self.cfg);
