@@ -114,14 +114,12 @@ fn random_inputs_run_clean() {
     }
 }
 
-/// Found by the fuzzer (reproducer under `machnet-core/fuzz/artifacts/`): a delayed duplicate
+/// Found by the fuzzer (reproducer: the seed `regress_cookie_replay`): a delayed duplicate
 /// of a client DATA packet that still carries its handshake block and a valid SYN cookie,
 /// arriving after the cookie-created server flow ended (within the cookie's 16–32 s), created a
 /// new flow that delivered the old message again. A cookie now establishes one flow
 /// (`UsedCookies`, PROTOCOL.md §5.5).
 #[test]
 fn cookie_replay_does_not_deliver_a_message_twice() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../machnet-core/fuzz/artifacts/engine_sequence/cookie_replay_duplicate_delivery");
-    engine_sequence::run(&std::fs::read(path).unwrap());
+    replay("regress_cookie_replay");
 }
