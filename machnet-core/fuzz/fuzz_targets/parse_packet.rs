@@ -3,7 +3,7 @@
 //! For every input: `Packet::new_checked` must not panic; on success the accessors,
 //! `verify_checksum` and `Repr::parse` must not panic; and a packet that parses must re-emit to a
 //! packet that parses to the same `Repr`, with the same payload, a valid checksum, and the same
-//! bytes as the input apart from the checksum field and the handshake block's reserved byte.
+//! bytes as the input apart from the checksum field and the handshake block's reserved bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,11 +11,11 @@ use machnet_core::wire::{
     verify_checksum, ChecksumStatus, Packet, Repr, HANDSHAKE_LEN, HEADER_LEN, SACK_BLOCK_LEN,
 };
 
-/// Offset of the checksum field in the fixed header.
-const CHECKSUM_AT: usize = 36;
-/// Reserved bytes inside the handshake block, written as zero and ignored on read (byte 17;
-/// bytes 18..20 carry `max_datagram`).
-const HANDSHAKE_RESERVED: core::ops::Range<usize> = 17..18;
+/// The checksum field in the fixed header (the `token` follows it, PROTOCOL.md §2).
+const CHECKSUM: core::ops::Range<usize> = 36..40;
+/// Reserved bytes inside the handshake block, written as zero and ignored on read (byte 17, and
+/// bytes 36..40 after `token` and `isn`; bytes 18..20 carry `max_datagram`).
+const HANDSHAKE_RESERVED: [core::ops::Range<usize>; 2] = [17..18, 36..40];
 
 fuzz_target!(|data: &[u8]| {
     let Ok(packet) = Packet::new_checked(data) else {
@@ -38,15 +38,20 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(repr.handshake, handshake);
 
     // Where the handshake block's reserved bytes are, if there is one.
-    let reserved = repr.handshake.map(|_| {
-        let at = HEADER_LEN + repr.sack.len() * SACK_BLOCK_LEN;
-        assert!(at + HANDSHAKE_LEN <= data.len());
-        at + HANDSHAKE_RESERVED.start..at + HANDSHAKE_RESERVED.end
-    });
-    let reserved_zero = match &reserved {
-        Some(r) => data[r.clone()].iter().all(|&b| b == 0),
-        None => true,
+    let reserved: Vec<core::ops::Range<usize>> = match repr.handshake {
+        Some(_) => {
+            let at = HEADER_LEN + repr.sack.len() * SACK_BLOCK_LEN;
+            assert!(at + HANDSHAKE_LEN <= data.len());
+            HANDSHAKE_RESERVED
+                .iter()
+                .map(|r| at + r.start..at + r.end)
+                .collect()
+        }
+        None => Vec::new(),
     };
+    let reserved_zero = reserved
+        .iter()
+        .all(|r| data[r.clone()].iter().all(|&b| b == 0));
 
     for with_checksum in [false, true] {
         let mut buf = vec![0u8; repr.buffer_len()];
@@ -65,10 +70,10 @@ fuzz_target!(|data: &[u8]| {
         // Canonical form: identical to the input except checksum and reserved bytes.
         let mut canonical = data.to_vec();
         let mut emitted = buf.clone();
-        canonical[CHECKSUM_AT..HEADER_LEN].fill(0);
-        emitted[CHECKSUM_AT..HEADER_LEN].fill(0);
-        if let Some(r) = reserved.clone() {
-            canonical[r].fill(0);
+        canonical[CHECKSUM].fill(0);
+        emitted[CHECKSUM].fill(0);
+        for r in &reserved {
+            canonical[r.clone()].fill(0);
         }
         assert_eq!(emitted, canonical, "re-emission is not canonical");
         // An input that was already canonical and carried a valid checksum is reproduced exactly.
