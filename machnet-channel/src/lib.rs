@@ -82,6 +82,9 @@ pub enum CloseCode {
     Aborted = 6,
     /// The message is longer than this sidecar's or the remote host's maximum message size.
     MessageTooLarge = 7,
+    /// Encryption (PROTOCOL.md §12): the remote host is not in this sidecar's allow-list of peer
+    /// keys, or did not prove the key the allow-list gives for it.
+    PeerNotAllowed = 8,
     /// The request named a flow this channel does not own (or that is gone).
     UnknownFlow = 16,
     /// The request was malformed (bad payload, bad address, empty message...).
@@ -116,6 +119,10 @@ impl CloseCode {
             CloseCode::ProtocolViolation => "the remote host broke the Machnet protocol",
             CloseCode::Aborted => "aborted",
             CloseCode::MessageTooLarge => "message too large",
+            CloseCode::PeerNotAllowed => {
+                "encryption: the remote host is not in the allow-list of peer keys, or did not \
+                 prove its key"
+            }
             CloseCode::UnknownFlow => "the sidecar does not know this flow on this channel",
             CloseCode::InvalidRequest => "the sidecar rejected the request as malformed",
             CloseCode::Exhausted => "the sidecar ran out of resources (e.g. ephemeral ports)",
@@ -141,6 +148,7 @@ impl CloseCode {
             5 => ProtocolViolation,
             6 => Aborted,
             7 => MessageTooLarge,
+            8 => PeerNotAllowed,
             16 => UnknownFlow,
             17 => InvalidRequest,
             18 => Exhausted,

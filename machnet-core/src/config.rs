@@ -162,6 +162,9 @@ pub struct EngineConfig {
     pub checksum: ChecksumMode,
     /// Congestion controller of new flows.
     pub congestion: CongestionConfig,
+    /// Encryption in transit (PROTOCOL.md §12); `None` (the default): plaintext. With it, every
+    /// flow from and to this engine is encrypted, and only with the peers it lists.
+    pub encryption: Option<std::sync::Arc<crate::seal::Encryption>>,
 }
 
 impl EngineConfig {
@@ -194,6 +197,7 @@ impl EngineConfig {
             max_flows: 65536,
             checksum: ChecksumMode::Always,
             congestion: CongestionConfig::default(),
+            encryption: None,
         }
     }
 

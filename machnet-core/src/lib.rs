@@ -47,6 +47,7 @@ pub mod engine;
 mod flow;
 pub mod rss;
 mod rtt;
+pub mod seal;
 mod seq;
 pub mod time;
 pub mod wire;

@@ -145,6 +145,7 @@ impl ErrorKind {
             ) => ErrorKind::Exhausted,
             Some(CloseCode::ChannelViolation | CloseCode::Detached) => ErrorKind::ChannelClosed,
             Some(CloseCode::Shutdown) => ErrorKind::SidecarGone,
+            Some(CloseCode::PeerNotAllowed) => ErrorKind::PermissionDenied,
             Some(CloseCode::Graceful | CloseCode::UnknownFlow) | None => ErrorKind::FlowClosed,
         }
     }

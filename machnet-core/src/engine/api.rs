@@ -165,6 +165,10 @@ pub enum CloseReason {
     /// the peer announced; it could never be delivered.
     #[error("a queued message exceeds the peer's maximum message size")]
     MessageTooLarge,
+    /// Encryption: the server did not prove the static key this host's allow-list gives for it
+    /// (PROTOCOL.md §12.2); nothing was sent to it but the handshake.
+    #[error("the peer did not authenticate with the key in the allow-list")]
+    PeerNotAuthenticated,
 }
 
 /// Errors of [`crate::Engine::connect`].
@@ -182,6 +186,9 @@ pub enum ConnectError {
     /// The engine holds `max_flows` flows.
     #[error("the engine holds its maximum number of flows")]
     TooManyFlows,
+    /// Encryption is on and the remote host has no key in the allow-list (PROTOCOL.md §12).
+    #[error("encryption is on and the remote host is not in the allow-list of peer keys")]
+    PeerNotAllowed,
 }
 
 /// Errors of [`crate::Engine::listen`].

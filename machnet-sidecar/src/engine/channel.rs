@@ -174,6 +174,7 @@ impl Transport for CoreTransport<'_, '_> {
                 ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort => {
                     CloseCode::InvalidRequest
                 }
+                ConnectError::PeerNotAllowed => CloseCode::PeerNotAllowed,
             })?;
         self.connects.started(flow, slot);
         Ok(flow)
@@ -509,6 +510,7 @@ pub fn close_code(reason: CloseReason) -> CloseCode {
         R::ProtocolViolation => CloseCode::ProtocolViolation,
         R::Aborted => CloseCode::Aborted,
         R::MessageTooLarge => CloseCode::MessageTooLarge,
+        R::PeerNotAuthenticated => CloseCode::PeerNotAllowed,
     }
 }
 

@@ -1,0 +1,480 @@
+//! Optional encryption in transit (PROTOCOL.md §12): a Noise IK handshake carried by the SYN and
+//! SYN-ACK, then every packet of the flow sealed with AES-256-GCM under the keys it produced.
+//!
+//! The handshake is `Noise_IK_25519_AESGCM_SHA256` through the `snow` crate; the per-packet AEAD
+//! is `ring`'s AES-256-GCM. Nothing here implements a cryptographic primitive.
+//!
+//! A sealed packet's payload is `packet number (8) ‖ ciphertext ‖ tag (16)`; the nonce is the
+//! packet number (unique per direction and key: it counts every packet the flow sends, so a
+//! retransmission is sealed anew), the associated data is the whole header with the checksum
+//! field zeroed, so an on-path attacker can change no field of a sealed packet undetected.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ring::aead::{self, LessSafeKey, UnboundKey, AES_256_GCM};
+
+/// The Noise protocol every encrypted handshake uses.
+pub const NOISE_PATTERN: &str = "Noise_IK_25519_AESGCM_SHA256";
+/// Length of an X25519 key (private or public).
+pub const KEY_LEN: usize = 32;
+/// Length of the first handshake message (the SYN's payload): `e`, encrypted `s`, empty payload.
+pub const MSG1_LEN: usize = 32 + (32 + 16) + 16;
+/// Length of the second handshake message (the SYN-ACK's payload): `e`, empty payload.
+pub const MSG2_LEN: usize = 32 + 16;
+/// Length of the packet number that starts a sealed payload.
+pub const PN_LEN: usize = 8;
+/// Length of the AEAD tag that ends a sealed payload.
+pub const TAG_LEN: usize = 16;
+/// Bytes sealing adds to a packet's payload.
+pub const OVERHEAD: usize = PN_LEN + TAG_LEN;
+
+/// Why a configured key or peer is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not 32 bytes.
+    #[error("a key must be {KEY_LEN} bytes, got {0}")]
+    Length(usize),
+    /// The private key does not yield a usable public key.
+    #[error("the private key is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Why a handshake did not produce keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The message is not a valid handshake message for this flow (wrong key, tampered, or its
+    /// prologue — ports, token, ISN — does not match).
+    #[error("handshake message failed to authenticate")]
+    Rejected,
+    /// The peer authenticated with a static key that is not in the allow-list for its address.
+    #[error("peer key not in the allow-list")]
+    NotAllowed,
+}
+
+/// An X25519 key pair.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticKey {
+    private: [u8; KEY_LEN],
+    public: [u8; KEY_LEN],
+}
+
+impl StaticKey {
+    /// A fresh random key pair (from the operating system's generator).
+    pub fn generate() -> StaticKey {
+        let kp = builder()
+            .generate_keypair()
+            .expect("the default resolver generates X25519 key pairs");
+        StaticKey::from_private(&kp.private).expect("a generated key is valid")
+    }
+
+    /// The key pair of a private key.
+    pub fn from_private(private: &[u8]) -> Result<StaticKey, KeyError> {
+        let private: [u8; KEY_LEN] = private
+            .try_into()
+            .map_err(|_| KeyError::Length(private.len()))?;
+        let public = derive_public(&private);
+        Ok(StaticKey { private, public })
+    }
+
+    /// The public half, to give to peers.
+    pub fn public(&self) -> [u8; KEY_LEN] {
+        self.public
+    }
+}
+
+/// X25519 public key of `private`: the Diffie-Hellman of `private` with the curve's base point,
+/// computed by snow's resolver.
+fn derive_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    use snow::resolvers::CryptoResolver;
+    let mut dh = snow::resolvers::DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .expect("the default resolver has X25519");
+    dh.set(private);
+    let mut public = [0u8; KEY_LEN];
+    public.copy_from_slice(dh.pubkey());
+    public
+}
+
+impl fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the private key.
+        f.debug_struct("StaticKey")
+            .field("public", &hex(&self.public))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A peer this host exchanges encrypted flows with: its address and static public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerKey {
+    /// The peer host's address. Its flows must come from it; ours to it use `public`.
+    pub ip: Ipv4Addr,
+    /// The peer's static public key.
+    pub public: [u8; KEY_LEN],
+}
+
+/// The encryption configuration of a host: its static key and the allow-list of peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encryption {
+    key: StaticKey,
+    peers: Vec<PeerKey>,
+}
+
+impl Encryption {
+    /// Encryption with `key`, talking only to `peers`.
+    pub fn new(key: StaticKey, peers: Vec<PeerKey>) -> Encryption {
+        Encryption { key, peers }
+    }
+
+    /// This host's public key.
+    pub fn public_key(&self) -> [u8; KEY_LEN] {
+        self.key.public
+    }
+
+    /// The allow-list.
+    pub fn peers(&self) -> &[PeerKey] {
+        &self.peers
+    }
+
+    /// The key our flows to `ip` expect it to prove, if it is in the allow-list.
+    pub fn peer_key(&self, ip: Ipv4Addr) -> Option<&[u8; KEY_LEN]> {
+        self.peers.iter().find(|p| p.ip == ip).map(|p| &p.public)
+    }
+
+    fn allows(&self, ip: Ipv4Addr, public: &[u8]) -> bool {
+        self.peers.iter().any(|p| p.ip == ip && p.public == public)
+    }
+}
+
+fn builder() -> snow::Builder<'static> {
+    snow::Builder::new(NOISE_PATTERN.parse().expect("a valid Noise pattern"))
+}
+
+/// What both ends bind their handshake to (Noise prologue): the flow's Machnet ports and the
+/// client's token and ISN from the SYN's handshake block, so a handshake message cannot be
+/// moved to another flow or attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binding {
+    pub(crate) client_port: u16,
+    pub(crate) server_port: u16,
+    pub(crate) client_token: u64,
+    pub(crate) client_isn: u32,
+}
+
+impl Binding {
+    fn prologue(&self) -> [u8; 26] {
+        let mut p = [0u8; 26];
+        p[..10].copy_from_slice(b"machnet/2 ");
+        p[10..12].copy_from_slice(&self.client_port.to_be_bytes());
+        p[12..14].copy_from_slice(&self.server_port.to_be_bytes());
+        p[14..22].copy_from_slice(&self.client_token.to_be_bytes());
+        p[22..26].copy_from_slice(&self.client_isn.to_be_bytes());
+        p
+    }
+}
+
+/// The client's half of a handshake in progress: the first message (sent in every SYN of the
+/// flow) and the state that reads the server's answer.
+pub(crate) struct Initiator {
+    state: Box<snow::HandshakeState>,
+    msg1: [u8; MSG1_LEN],
+}
+
+impl Initiator {
+    /// Starts a handshake with the server whose static key is `server`.
+    pub(crate) fn start(enc: &Encryption, server: &[u8; KEY_LEN], binding: Binding) -> Initiator {
+        let prologue = binding.prologue();
+        let mut state = builder()
+            .local_private_key(&enc.key.private)
+            .remote_public_key(server)
+            .prologue(&prologue)
+            .build_initiator()
+            .expect("valid keys and pattern");
+        let mut msg1 = [0u8; MSG1_LEN];
+        let n = state
+            .write_message(&[], &mut msg1)
+            .expect("the first IK message fits");
+        debug_assert_eq!(n, MSG1_LEN);
+        Initiator {
+            state: Box::new(state),
+            msg1,
+        }
+    }
+
+    /// The first handshake message.
+    pub(crate) fn msg1(&self) -> &[u8; MSG1_LEN] {
+        &self.msg1
+    }
+
+    /// Reads the server's answer; the flow's keys. The state is used up either way: a SYN-ACK
+    /// reaches the handshake only with the client's token (PROTOCOL.md §4.1), so an answer that
+    /// fails here came from a server with another key or was changed on path, and the flow ends.
+    pub(crate) fn finish(mut self, msg2: &[u8]) -> Result<Sealer, HandshakeError> {
+        let mut scratch = [0u8; MSG2_LEN];
+        self.state
+            .read_message(msg2, &mut scratch)
+            .map_err(|_| HandshakeError::Rejected)?;
+        let (i2r, r2i) = self.state.dangerously_get_raw_split();
+        Ok(Sealer::new(&i2r, &r2i))
+    }
+}
+
+/// The server's side: checks the client's first message and writes the answer. The keys and the
+/// message to send in every SYN-ACK of the flow.
+pub(crate) fn respond(
+    enc: &Encryption,
+    client_ip: Ipv4Addr,
+    binding: Binding,
+    msg1: &[u8],
+) -> Result<(Sealer, [u8; MSG2_LEN]), HandshakeError> {
+    let prologue = binding.prologue();
+    let mut state = builder()
+        .local_private_key(&enc.key.private)
+        .prologue(&prologue)
+        .build_responder()
+        .expect("valid keys and pattern");
+    let mut scratch = [0u8; MSG1_LEN];
+    state
+        .read_message(msg1, &mut scratch)
+        .map_err(|_| HandshakeError::Rejected)?;
+    let client = state.get_remote_static().ok_or(HandshakeError::Rejected)?;
+    if !enc.allows(client_ip, client) {
+        return Err(HandshakeError::NotAllowed);
+    }
+    let mut msg2 = [0u8; MSG2_LEN];
+    let n = state
+        .write_message(&[], &mut msg2)
+        .map_err(|_| HandshakeError::Rejected)?;
+    debug_assert_eq!(n, MSG2_LEN);
+    let (i2r, r2i) = state.dangerously_get_raw_split();
+    Ok((Sealer::new(&r2i, &i2r), msg2))
+}
+
+/// A sealed packet failed to authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OpenError;
+
+/// One flow's packet protection, both directions.
+pub(crate) struct Sealer {
+    tx: LessSafeKey,
+    rx: LessSafeKey,
+    next_pn: u64,
+}
+
+impl Sealer {
+    fn new(tx: &[u8; 32], rx: &[u8; 32]) -> Sealer {
+        let key = |k: &[u8; 32]| {
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).expect("a 32-byte AES-256 key"))
+        };
+        Sealer {
+            tx: key(tx),
+            rx: key(rx),
+            next_pn: 0,
+        }
+    }
+
+    /// Seals `body[PN_LEN .. PN_LEN + plain_len]` in place: writes the packet number before it
+    /// and the tag after it. `body` must hold `plain_len + OVERHEAD` bytes.
+    pub(crate) fn seal(&mut self, header: &[u8], body: &mut [u8], plain_len: usize) {
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        body[..PN_LEN].copy_from_slice(&pn.to_be_bytes());
+        let (text, tag_out) = body[PN_LEN..].split_at_mut(plain_len);
+        let tag = self
+            .tx
+            .seal_in_place_separate_tag(nonce(pn), aead::Aad::from(header), text)
+            .expect("AES-GCM seals any packet-sized input");
+        tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
+    }
+
+    /// Opens a sealed payload in place; the plaintext. `header` is the packet's header with the
+    /// checksum field zeroed.
+    pub(crate) fn open<'b>(
+        &self,
+        header: &[u8],
+        body: &'b mut [u8],
+    ) -> Result<&'b mut [u8], OpenError> {
+        if body.len() < OVERHEAD {
+            return Err(OpenError);
+        }
+        let pn = u64::from_be_bytes(body[..PN_LEN].try_into().expect("8 bytes"));
+        self.rx
+            .open_in_place(nonce(pn), aead::Aad::from(header), &mut body[PN_LEN..])
+            .map_err(|_| OpenError)
+    }
+}
+
+fn nonce(pn: u64) -> aead::Nonce {
+    let mut n = [0u8; aead::NONCE_LEN];
+    n[4..].copy_from_slice(&pn.to_be_bytes());
+    aead::Nonce::assume_unique_for_key(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn binding() -> Binding {
+        Binding {
+            client_port: 49152,
+            server_port: 7000,
+            client_token: 0x1234_5678_9abc_def0,
+            client_isn: 77,
+        }
+    }
+
+    /// Client on A, server on B, each allowing the other.
+    fn pair() -> (Encryption, Encryption) {
+        let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
+        let a = Encryption::new(
+            ka.clone(),
+            vec![PeerKey {
+                ip: B,
+                public: kb.public(),
+            }],
+        );
+        let b = Encryption::new(
+            kb,
+            vec![PeerKey {
+                ip: A,
+                public: ka.public(),
+            }],
+        );
+        (a, b)
+    }
+
+    fn handshake(a: &Encryption, b: &Encryption) -> Result<(Sealer, Sealer), HandshakeError> {
+        let init = Initiator::start(a, a.peer_key(B).unwrap(), binding());
+        let (server, msg2) = respond(b, A, binding(), init.msg1())?;
+        Ok((init.finish(&msg2)?, server))
+    }
+
+    #[test]
+    fn public_key_matches_what_snow_generates() {
+        let kp = builder().generate_keypair().unwrap();
+        assert_eq!(
+            StaticKey::from_private(&kp.private)
+                .unwrap()
+                .public()
+                .to_vec(),
+            kp.public
+        );
+        assert_eq!(StaticKey::from_private(&[1; 31]), Err(KeyError::Length(31)));
+    }
+
+    #[test]
+    fn handshake_gives_both_ends_matching_keys_both_ways() {
+        let (a, b) = pair();
+        let (mut client, mut server) = handshake(&a, &b).unwrap();
+        let roundtrip = |tx: &mut Sealer, rx: &Sealer| {
+            let header = b"header bytes";
+            let mut body = vec![0u8; 5 + OVERHEAD];
+            body[PN_LEN..PN_LEN + 5].copy_from_slice(b"hello");
+            tx.seal(header, &mut body, 5);
+            assert_ne!(&body[PN_LEN..PN_LEN + 5], b"hello");
+            assert_eq!(rx.open(header, &mut body.clone()).unwrap(), b"hello");
+        };
+        roundtrip(&mut client, &server);
+        roundtrip(&mut server, &client);
+    }
+
+    #[test]
+    fn every_packet_has_a_fresh_packet_number() {
+        let (a, b) = pair();
+        let (mut client, _) = handshake(&a, &b).unwrap();
+        let mut one = vec![0u8; 3 + OVERHEAD];
+        let mut two = one.clone();
+        client.seal(b"h", &mut one, 3);
+        client.seal(b"h", &mut two, 3);
+        assert_ne!(one[..PN_LEN], two[..PN_LEN]);
+        assert_ne!(one, two, "the same plaintext sealed twice must differ");
+    }
+
+    #[test]
+    fn any_changed_bit_of_header_packet_number_or_body_is_refused() {
+        let (a, b) = pair();
+        let (mut client, server) = handshake(&a, &b).unwrap();
+        let header = [7u8; 48];
+        let mut body = vec![0u8; 40 + OVERHEAD];
+        client.seal(&header, &mut body, 40);
+        for i in 0..header.len() {
+            let mut h = header;
+            h[i] ^= 1;
+            assert_eq!(
+                server.open(&h, &mut body.clone()),
+                Err(OpenError),
+                "header byte {i}"
+            );
+        }
+        for i in 0..body.len() {
+            let mut b2 = body.clone();
+            b2[i] ^= 0x80;
+            assert_eq!(
+                server.open(&header, &mut b2),
+                Err(OpenError),
+                "body byte {i}"
+            );
+        }
+        assert_eq!(
+            server.open(&header, &mut body[..OVERHEAD - 1].to_vec()),
+            Err(OpenError)
+        );
+        // The sender's own direction is not the receiver's: a reflected packet is refused.
+        assert_eq!(client.open(&header, &mut body.clone()), Err(OpenError));
+    }
+
+    #[test]
+    fn a_client_key_outside_the_allow_list_is_refused() {
+        let (a, b) = pair();
+        // Right server key, but the server does not list the client's key.
+        let stranger = Encryption::new(StaticKey::generate(), a.peers().to_vec());
+        assert_eq!(
+            handshake(&stranger, &b).err(),
+            Some(HandshakeError::NotAllowed)
+        );
+        // Listed key, wrong address.
+        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        let other = Ipv4Addr::new(10, 0, 0, 9);
+        assert_eq!(
+            respond(&b, other, binding(), init.msg1()).err(),
+            Some(HandshakeError::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn a_client_expecting_another_server_key_is_refused() {
+        let (a, b) = pair();
+        let wrong = Encryption::new(
+            a.key.clone(),
+            vec![PeerKey {
+                ip: B,
+                public: StaticKey::generate().public(),
+            }],
+        );
+        assert_eq!(handshake(&wrong, &b).err(), Some(HandshakeError::Rejected));
+    }
+
+    #[test]
+    fn a_handshake_message_cannot_move_to_another_flow() {
+        let (a, b) = pair();
+        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        let mut other = binding();
+        other.client_token ^= 1;
+        assert_eq!(
+            respond(&b, A, other, init.msg1()).err(),
+            Some(HandshakeError::Rejected)
+        );
+        // And the server's answer is bound to the client's first message.
+        let (_, msg2) = respond(&b, A, binding(), init.msg1()).unwrap();
+        let init2 = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        assert_eq!(init2.finish(&msg2).err(), Some(HandshakeError::Rejected));
+    }
+}
