@@ -49,8 +49,11 @@ fn encrypted_pair(k: &Keys) -> Pair {
     )
 }
 
+/// Every datagram put on the wire: (whether it went a → b, its bytes).
+type Captured = Rc<RefCell<Vec<(bool, Vec<u8>)>>>;
+
 /// Records every datagram put on the wire, both ways.
-fn capture(p: &mut Pair) -> Rc<RefCell<Vec<(bool, Vec<u8>)>>> {
+fn capture(p: &mut Pair) -> Captured {
     let seen = Rc::new(RefCell::new(Vec::new()));
     let s = seen.clone();
     p.rewrite = Box::new(move |to_b, bytes| s.borrow_mut().push((to_b, bytes.clone())));

@@ -986,7 +986,7 @@ impl Engine {
                     client_isn: syn.seq,
                 };
                 match seal::respond(enc, remote_ip, binding, &payload[..seal::MSG1_LEN], &reset) {
-                    Ok(response) => Some(FlowKeys::Answered(response)),
+                    Ok(response) => Some(FlowKeys::Answered(Box::new(response))),
                     Err(_) => {
                         self.refuse_syn(now, remote_ip, syn, &hs, pool);
                         return Err(DropReason::PeerNotAllowed);
