@@ -651,21 +651,26 @@ impl Engine {
     /// plaintext is expected or the other way round is refused. An encrypted flow accepts no
     /// plaintext but a handshake-phase RST (its token proves it: §12.4).
     fn unseal<'b>(
-        &self,
+        &mut self,
         idx: u32,
         repr: &Repr,
         datagram: &'b [u8],
         opened: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], DropReason> {
-        let flow = self.flow_ref(idx);
         let hl = repr.header_len();
         let payload = &datagram[hl..];
-        let sealed = repr.flags & wire::flags::SEALED != 0;
         if matches!(repr.packet_type, PacketType::Syn | PacketType::SynAck) {
             // The Noise messages they carry are the flow's to read.
             return Ok(payload);
         }
-        match flow.sealer() {
+        let sealed = repr.flags & wire::flags::SEALED != 0;
+        let flow = self.flow_mut(idx);
+        let stateless_reset = repr.packet_type == PacketType::Rst
+            && flow
+                .peer_reset()
+                .is_some_and(|t| seal::is_stateless_reset(t, payload));
+        let (encrypted, in_handshake) = (flow.is_encrypted(), flow.in_handshake());
+        match flow.sealer_mut() {
             Some(sealer) if sealed => {
                 let mut aad = [0u8; wire::MAX_HEADER_LEN];
                 let aad = wire::sealed_aad(datagram, hl, &mut aad);
@@ -674,20 +679,13 @@ impl Engine {
                 match sealer.open(aad, opened) {
                     Ok(plain) => Ok(plain),
                     // The peer lost the flow and answered one of our packets (§12.4).
-                    Err(_)
-                        if repr.packet_type == PacketType::Rst
-                            && flow
-                                .peer_reset()
-                                .is_some_and(|t| seal::is_stateless_reset(t, payload)) =>
-                    {
-                        Ok(&[])
-                    }
+                    Err(_) if stateless_reset => Ok(&[]),
                     Err(_) => Err(DropReason::BadSeal),
                 }
             }
             _ if sealed => Err(DropReason::SealMismatch),
-            _ if !flow.is_encrypted() => Ok(payload),
-            _ if repr.packet_type == PacketType::Rst && flow.in_handshake() => Ok(payload),
+            _ if !encrypted => Ok(payload),
+            _ if repr.packet_type == PacketType::Rst && in_handshake => Ok(payload),
             _ => Err(DropReason::SealMismatch),
         }
     }

@@ -317,8 +317,8 @@ impl Flow {
     }
 
     /// The flow's packet protection, if it has keys.
-    pub(crate) fn sealer(&self) -> Option<&Sealer> {
-        self.sealer.as_deref()
+    pub(crate) fn sealer_mut(&mut self) -> Option<&mut Sealer> {
+        self.sealer.as_deref_mut()
     }
 
     /// The peer's stateless-reset token, once its handshake message gave it.
