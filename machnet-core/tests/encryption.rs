@@ -320,3 +320,50 @@ fn a_peer_that_forgot_the_flow_resets_it_with_its_reset_token() {
     assert_eq!(closed_reason(&p.events_a), None, "{:?}", p.events_a);
     assert!(p.a.stats().drops_for(DropReason::BadSeal) >= 1);
 }
+
+/// Reading a sealed SYN costs X25519 operations; a flood of them (here: forged, from one
+/// address) is read at most at `max_encrypted_handshake_rate`, the rest dropped unread, and a
+/// legitimate client gets through once the flood stops (PROTOCOL.md §12.5).
+#[test]
+fn a_flood_of_sealed_syns_is_read_only_within_the_handshake_budget() {
+    let k = Keys::new();
+    let mut p = encrypted_pair(&k);
+    // A real SYN to copy from.
+    let fa = p.a.connect(p.now, B, PORT).unwrap();
+    let out = take_output(&mut p.a, p.now);
+    p.a.abort(p.now, fa).unwrap();
+    let (udp_src, udp_dst, syn) = out[0].clone();
+    let repr = Repr::parse(&Packet::new_checked(&syn[..]).unwrap()).unwrap();
+    let hl = repr.header_len();
+    const FLOOD: u16 = 5_000;
+    for i in 0..FLOOD {
+        let mut forged = repr;
+        forged.src_port = 20_000 + i;
+        let mut payload = syn[hl..].to_vec();
+        payload[40] ^= (i as u8) | 1; // the encrypted static key: unreadable
+        let mut buf = vec![0u8; forged.buffer_len()];
+        forged.emit(&mut buf, &payload, true);
+        p.b.handle_datagram(
+            p.now,
+            Datagram {
+                remote_ip: A,
+                src_port: udp_src,
+                dst_port: udp_dst,
+                payload: &buf,
+            },
+        );
+    }
+    let read = p.b.stats().drops_for(DropReason::PeerNotAllowed);
+    let shed = p.b.stats().drops_for(DropReason::FlowLimit);
+    let rate = p.b.config().handshake.max_encrypted_handshake_rate;
+    assert_eq!(read + shed, u64::from(FLOOD));
+    assert!(
+        read <= u64::from(rate.div_ceil(10)),
+        "{read} read in no time"
+    );
+    assert_eq!(p.b.flow_count(), 0);
+    // The flood is over: a real client connects.
+    p.now += Duration::from_secs(1);
+    p.events_a.clear();
+    let (_fa, _fb) = p.connect();
+}

@@ -80,7 +80,12 @@ fn pair_configs(encrypted: bool, checksum: ChecksumMode) -> (EngineConfig, Engin
     (ca.checksum, cb.checksum) = (checksum, checksum);
     if encrypted {
         let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
-        let peer = |ip, key: &StaticKey| vec![PeerKey { ip, public: key.public() }];
+        let peer = |ip, key: &StaticKey| {
+            vec![PeerKey {
+                ip,
+                public: key.public(),
+            }]
+        };
         cb.encryption = Some(Arc::new(Encryption::new(kb.clone(), peer(A, &ka))));
         ca.encryption = Some(Arc::new(Encryption::new(ka, peer(B, &kb))));
     }
@@ -256,7 +261,10 @@ fn benches(c: &mut Criterion) {
     // the sidecar: left to the datapath (UDP), not CRC32C in the engine.
     let mut group = c.benchmark_group("64KiB_window32");
     group.throughput(Throughput::Bytes(BIG_MESSAGE_LEN as u64));
-    for (name, encrypted) in [("engine_pair_plain", false), ("engine_pair_encrypted", true)] {
+    for (name, encrypted) in [
+        ("engine_pair_plain", false),
+        ("engine_pair_encrypted", true),
+    ] {
         group.bench_function(name, |bench| {
             let mut pair = EnginePair::with(BIG_MESSAGE_LEN, encrypted, ChecksumMode::Datapath);
             bench.iter_custom(|iters| {

@@ -164,6 +164,8 @@ pub struct Engine {
     used_cookies: UsedCookies,
     /// Where a sealed packet's payload is opened (PROTOCOL.md §12.3); reused, never shrunk.
     open_buf: Vec<u8>,
+    /// Sealed SYNs this engine may still read (PROTOCOL.md §12.5).
+    noise_budget: SprayBudget,
 }
 
 impl std::fmt::Debug for Engine {
@@ -186,6 +188,8 @@ impl Engine {
             config.handshake.max_answer_rate,
             2 * config.handshake.max_batch,
         );
+        let noise_rate = config.handshake.max_encrypted_handshake_rate;
+        let noise_budget = SprayBudget::new(noise_rate, noise_rate.div_ceil(10));
         let ports = PortMap::new(
             config.engine_id,
             config.engine_count,
@@ -219,6 +223,7 @@ impl Engine {
             last_now: Instant::ZERO,
             leftovers: HashMap::new(),
             open_buf: Vec::new(),
+            noise_budget,
         })
     }
 
@@ -974,6 +979,11 @@ impl Engine {
         }
         let iss = self.rng.random();
         let token = fresh_token(&mut self.rng);
+        if sealed && !self.noise_budget.take(now) {
+            // Each read costs several X25519 operations: a flood of sealed SYNs may not take
+            // the engine's core (§12.5). The client retries.
+            return Err(DropReason::FlowLimit);
+        }
         let keys = match &self.cfg.encryption {
             Some(enc) => {
                 let reset = enc.reset_token(syn.dst_port, remote_ip, syn.src_port, token);
