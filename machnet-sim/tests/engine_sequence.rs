@@ -43,6 +43,16 @@ fn seeds_are_current() {
     }
 }
 
+/// Every file in the seed directory, sorted.
+fn seed_names() -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(seed_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
 fn replay(name: &str) -> Outcome {
     let bytes = std::fs::read(seed_dir().join(name)).unwrap();
     engine_sequence::run(&bytes)
@@ -51,11 +61,7 @@ fn replay(name: &str) -> Outcome {
 /// Every committed seed (and any other file in the seed directory) runs without a finding.
 #[test]
 fn committed_seeds_replay() {
-    let mut names: Vec<_> = std::fs::read_dir(seed_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = seed_names();
     assert!(names.len() >= seeds::scenarios().len());
     for name in names {
         let o = replay(&name);
@@ -68,11 +74,7 @@ fn committed_seeds_replay() {
 /// only to be dropped.
 #[test]
 fn committed_seeds_replay_encrypted() {
-    let mut names: Vec<_> = std::fs::read_dir(seed_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
+    let names = seed_names();
     let mut delivered = 0;
     for name in names {
         let bytes = std::fs::read(seed_dir().join(&name)).unwrap();
