@@ -28,6 +28,9 @@ pub const MSG1_LEN: usize = 32 + (32 + 16) + (RESET_TOKEN_LEN + 16);
 /// Length of the second handshake message (the SYN-ACK's payload): `e` and the server's reset
 /// token as encrypted payload.
 pub const MSG2_LEN: usize = 32 + (RESET_TOKEN_LEN + 16);
+/// Length of the retry cookie a sealed SYN carries after the first Noise message (§12.5):
+/// token (8) and ISN (4) of the server's stateless answer; zeros when it has none.
+pub const RETRY_COOKIE_LEN: usize = 12;
 /// Length of the packet number that starts a sealed payload.
 pub const PN_LEN: usize = 8;
 /// Length of the AEAD tag that ends a sealed payload.
@@ -334,6 +337,24 @@ pub(crate) fn respond(
         msg2,
         client_reset,
     })
+}
+
+/// A retry cookie (§12.5): the `(token, isn)` of a stateless SYN-ACK, echoed in the SYN.
+pub(crate) type RetryCookie = (u64, u32);
+
+/// The retry cookie a sealed SYN's payload carries after its first Noise message, if any.
+pub(crate) fn retry_cookie(syn_payload: &[u8]) -> Option<RetryCookie> {
+    let field = syn_payload.get(MSG1_LEN..MSG1_LEN + RETRY_COOKIE_LEN)?;
+    let token = u64::from_be_bytes(field[..8].try_into().expect("8 bytes"));
+    let isn = u32::from_be_bytes(field[8..].try_into().expect("4 bytes"));
+    (token != 0).then_some((token, isn))
+}
+
+/// Writes `cookie` where [`retry_cookie`] reads it.
+pub(crate) fn write_retry_cookie(syn_payload: &mut [u8], cookie: RetryCookie) {
+    let field = &mut syn_payload[MSG1_LEN..MSG1_LEN + RETRY_COOKIE_LEN];
+    field[..8].copy_from_slice(&cookie.0.to_be_bytes());
+    field[8..].copy_from_slice(&cookie.1.to_be_bytes());
 }
 
 /// Whether the sealed payload `body` of an RST that failed to open is the peer's stateless reset

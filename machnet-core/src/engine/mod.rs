@@ -965,25 +965,32 @@ impl Engine {
             self.refuse_syn(now, remote_ip, syn, &hs, pool);
             return Err(DropReason::SealMismatch);
         }
-        if self.half_open >= self.cfg.handshake.syn_cookies_after {
-            if sealed {
-                // No cookies for encrypted handshakes (§12.5): shed the SYN before any
-                // Diffie-Hellman is spent on it.
-                return Err(DropReason::FlowLimit);
-            }
+        // A sealed SYN that echoes our retry cookie comes from an address that receives our
+        // packets (§12.5): it gets its handshake whatever the load.
+        let retried = sealed && self.retry_cookie_ok(now, remote_ip, syn, &hs, payload);
+        if !retried
+            && (self.half_open >= self.cfg.handshake.syn_cookies_after
+                || (sealed && !self.noise_budget.take(now)))
+        {
+            // Under load, answer without state: a SYN cookie (§5.5), or for a sealed SYN a
+            // retry — the same SYN-ACK, which the client echoes in its next SYNs — before any
+            // Diffie-Hellman is spent on it (§12.5).
             self.answer_with_cookie(now, remote_ip, syn, &hs, path, pool);
             return Ok(());
         }
         if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
             return Err(DropReason::FlowLimit);
         }
+        if retried {
+            // One half-open flow per retried attempt: a replay after it ended gets none.
+            match self.used_cookies.take(hs.token, now) {
+                Ok(()) => {}
+                Err(CookieRefusal::Used) => return Err(DropReason::StaleHandshake),
+                Err(CookieRefusal::Full) => return Err(DropReason::FlowLimit),
+            }
+        }
         let iss = self.rng.random();
         let token = fresh_token(&mut self.rng);
-        if sealed && !self.noise_budget.take(now) {
-            // Each read costs several X25519 operations: a flood of sealed SYNs may not take
-            // the engine's core (§12.5). The client retries.
-            return Err(DropReason::FlowLimit);
-        }
         let keys = match &self.cfg.encryption {
             Some(enc) => {
                 let reset = enc.reset_token(syn.dst_port, remote_ip, syn.src_port, token);
@@ -1024,6 +1031,28 @@ impl Engine {
         );
         self.insert(flow, now);
         Ok(())
+    }
+
+    /// Whether sealed `syn` echoes a retry cookie this engine gave its attempt (§12.5).
+    fn retry_cookie_ok(
+        &self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        syn: &Repr,
+        hs: &Handshake,
+        payload: &[u8],
+    ) -> bool {
+        let Some((token, isn)) = seal::retry_cookie(payload) else {
+            return false;
+        };
+        let attempt = Attempt {
+            client_ip: remote_ip,
+            client_port: syn.src_port,
+            server_port: syn.dst_port,
+            client_token: hs.token,
+            client_isn: syn.seq,
+        };
+        self.cookies.check(&attempt, now, token, isn).is_some()
     }
 
     /// Refuses a SYN with RSTs (PROTOCOL.md §5.2). The client's flow lives on one of its engines,

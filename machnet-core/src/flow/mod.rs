@@ -231,6 +231,9 @@ pub(crate) struct Flow {
     sealer: Option<Box<Sealer>>,
     /// The peer's stateless-reset token, from its handshake message (§12.4).
     peer_reset: Option<seal::ResetToken>,
+    /// Client: the cookie of the server's stateless answer to our sealed SYN, echoed in our
+    /// SYNs from then on (§12.5).
+    retry: Option<seal::RetryCookie>,
 }
 
 /// What an encrypted flow starts with (PROTOCOL.md §12.2).
@@ -300,6 +303,7 @@ impl Flow {
             noise_reply: None,
             sealer: None,
             peer_reset: None,
+            retry: None,
         }
     }
 
@@ -653,12 +657,14 @@ impl Flow {
                     return Err(DropReason::StaleHandshake);
                 }
                 if self.encrypted {
+                    if repr.flags & flags::SEALED == 0 {
+                        // A stateless answer of a loaded server (§12.5): our SYNs echo its
+                        // cookie from now on, starting with a batch right away.
+                        return self.take_retry(&hs, ctx);
+                    }
                     // The server's answer completes the Noise handshake (§12.2). It reached us
                     // with our token, so a failure means the server holds another key than our
                     // allow-list gives for it (or the answer was changed on path): give up.
-                    if repr.flags & flags::SEALED == 0 {
-                        return Err(DropReason::SealMismatch);
-                    }
                     let initiator = self
                         .initiator
                         .take()
@@ -717,6 +723,23 @@ impl Flow {
             PacketType::SynAck => Err(DropReason::StaleHandshake),
             _ => Err(DropReason::StaleHandshake),
         }
+    }
+
+    /// Client, encrypted: a plaintext SYN-ACK is a retry (§12.5). Its cookie goes into our next
+    /// SYNs; a batch of them leaves now. A repeated cookie (the rest of its batch) is ignored.
+    fn take_retry(&mut self, hs: &Handshake, ctx: &mut Ctx) -> Result<(), DropReason> {
+        let cookie = (hs.token, hs.isn);
+        if self.retry == Some(cookie) {
+            return Err(DropReason::DuplicateHandshake);
+        }
+        self.retry = Some(cookie);
+        let Phase::SynSent { attempt } = self.phase else {
+            return Err(DropReason::StaleHandshake);
+        };
+        self.spray = Spray::random(Self::batch(ctx.cfg, self.peer_engines, attempt));
+        self.timers.stop(Timer::SprayPause);
+        ctx.stats.syn_batches += 1;
+        Ok(())
     }
 
     fn handle_syn_received(
@@ -1314,8 +1337,13 @@ impl Flow {
             (_, Some(r)) if !is_syn => r,
             _ => &[],
         };
+        let retry_len = if self.retry.is_some() {
+            seal::RETRY_COOKIE_LEN
+        } else {
+            0
+        };
         let payload_len = if is_syn {
-            syn_padding(cfg, attempt).max(noise.len() as u16)
+            syn_padding(cfg, attempt).max((noise.len() + retry_len) as u16)
         } else {
             noise.len() as u16
         };
@@ -1366,6 +1394,9 @@ impl Flow {
         if !noise.is_empty() {
             let hl = repr.header_len();
             buf[hl..hl + noise.len()].copy_from_slice(noise);
+            if let Some(cookie) = self.retry.filter(|_| is_syn) {
+                seal::write_retry_cookie(&mut buf[hl..len], cookie);
+            }
             if with_checksum {
                 wire::finish_checksum(&mut buf[..len]);
             }
