@@ -68,7 +68,7 @@ pub struct HandshakeConfig {
     pub max_answer_rate: u32,
     /// Encryption: sealed SYNs per second an engine reads (PROTOCOL.md §12.5). Reading one costs
     /// two to five X25519 operations (~0.2 ms here), so this bounds the CPU a flood of sealed
-    /// SYNs takes; SYNs beyond it are dropped (`FlowLimit`) and their clients retry.
+    /// SYNs takes; SYNs beyond it get a stateless retry, which legitimate clients echo.
     pub max_encrypted_handshake_rate: u32,
 }
 

@@ -855,8 +855,8 @@ impl Engine {
         path: UdpPair,
     ) -> Option<Result<(), DropReason>> {
         let mut hs = repr.handshake?;
-        // An encrypted engine issues no cookies (its handshake state cannot be rebuilt from one,
-        // §12.5), so it accepts none.
+        // An encrypted engine's cookies are retries, echoed in a SYN (§12.5), never in an ACK:
+        // its handshake state cannot be rebuilt from a cookie.
         if self.cfg.encryption.is_some()
             || !matches!(
                 repr.packet_type,
