@@ -1861,6 +1861,49 @@ fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("fin.bin", emit(base(Fin), true)),
         ("rst.bin", emit(base(Rst), false)),
+        // Encryption (§12): a sealed SYN (Noise message 1 and retry cookie), SYN-ACK (message 2),
+        // DATA (packet number, 40 bytes, tag) and RST (packet number, tag).
+        (
+            "sealed_syn.bin",
+            emit(
+                Repr {
+                    flags: flags::SEALED,
+                    payload_len: 124,
+                    ..syn()
+                },
+                true,
+            ),
+        ),
+        (
+            "sealed_syn_ack.bin",
+            emit(
+                Repr {
+                    packet_type: SynAck,
+                    flags: flags::SEALED,
+                    payload_len: 64,
+                    ..syn()
+                },
+                false,
+            ),
+        ),
+        (
+            "sealed_data.bin",
+            emit(
+                data(flags::FIRST | flags::LAST | flags::SEALED, 40, 64),
+                true,
+            ),
+        ),
+        (
+            "sealed_rst.bin",
+            emit(
+                Repr {
+                    flags: flags::SEALED,
+                    payload_len: 24,
+                    ..base(Rst)
+                },
+                true,
+            ),
+        ),
         // Structurally valid but semantically malformed: seeds the error paths of Repr::parse.
         (
             "malformed_data.bin",
@@ -1900,4 +1943,46 @@ fn fuzz_seeds_are_current() {
             );
         }
     }
+}
+
+/// Sealed packets (§2.4, §12): the payload lengths each type must have.
+#[test]
+fn sealed_payload_lengths() {
+    use PacketType::*;
+    let parses = |r: Repr| {
+        let b = emit_vec(&r, &vec![0u8; usize::from(r.payload_len)], true);
+        parse_bytes(&b).is_ok()
+    };
+    let sealed = |r: Repr, payload_len: u16| Repr {
+        flags: r.flags | flags::SEALED,
+        payload_len,
+        ..r
+    };
+    for ty in [Ack, Fin, Rst] {
+        assert!(parses(sealed(base(ty), 24)), "{ty:?}");
+        assert!(!parses(sealed(base(ty), 23)), "{ty:?} short");
+        assert!(!parses(sealed(base(ty), 25)), "{ty:?} with data");
+    }
+    let one = data(flags::FIRST | flags::LAST, 5, 0);
+    assert!(parses(sealed(one, 29)));
+    assert!(!parses(sealed(one, 28)), "4 bytes where msg_len says 5");
+    assert!(!parses(sealed(one, 5)), "shorter than the seal");
+    assert!(parses(sealed(syn(), 112)));
+    assert!(
+        parses(sealed(syn(), 400)),
+        "padding after the Noise message"
+    );
+    assert!(!parses(sealed(syn(), 111)));
+    let synack = Repr {
+        packet_type: SynAck,
+        ..syn()
+    };
+    assert!(parses(sealed(synack, 64)));
+    assert!(!parses(sealed(synack, 0)));
+    assert!(!parses(sealed(synack, 65)));
+    let r = parse_bytes(&emit_vec(&sealed(one, 29), &[0u8; 29], true)).unwrap();
+    assert_eq!(
+        (r.plain_len(), r.flags & flags::SEALED),
+        (Some(5), flags::SEALED)
+    );
 }
