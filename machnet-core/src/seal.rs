@@ -61,10 +61,11 @@ pub enum HandshakeError {
     NotAllowed,
 }
 
-/// An X25519 key pair.
-#[derive(Clone, PartialEq, Eq)]
+/// An X25519 key pair. The private half is wiped from memory when the key is dropped.
+#[derive(Clone, PartialEq, Eq, zeroize::ZeroizeOnDrop)]
 pub struct StaticKey {
     private: [u8; KEY_LEN],
+    #[zeroize(skip)]
     public: [u8; KEY_LEN],
 }
 
