@@ -3,13 +3,17 @@
 //!
 //! Every flag has a key of the same name (with `_` instead of `-`) in the file given by
 //! `--config`; a flag given on the command line overrides the file's value. The list flags
-//! (`--allow-user`, `--allow-group`) replace the file's list when given.
+//! (`--allow-user`, `--allow-group`, `--peer-key`) replace the file's list when given.
+//!
+//! The binary's two key subcommands (`machnet keygen`, `machnet pubkey`) are [`Command`].
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use machnet_core::seal::{Encryption, PeerKey};
 use machnet_core::{EngineConfig, PortPool};
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::Deserialize;
@@ -145,6 +149,8 @@ impl UdpOffload {
     // A flag given twice takes the last value (scripts append to a base command line);
     // repeatable lists such as --allow-user still collect every value.
     args_override_self = true,
+    // `machnet keygen …` takes no sidecar flags.
+    args_conflicts_with_subcommands = true,
     about = "machnet: the Machnet sidecar. Serves applications over shared-memory channels and \
              carries their messages over its own reliable transport on UDP.",
     after_long_help = "Every option can also be set in the --config file (TOML, same names with \
@@ -152,6 +158,10 @@ impl UdpOffload {
                        command-line flags override it. Stop with SIGINT or SIGTERM."
 )]
 pub struct Cli {
+    /// A key subcommand instead of running the sidecar.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML file with default values for any of the options below (same names, `_` for `-`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -358,6 +368,23 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     pub control_idle_timeout: Option<f64>,
 
+    /// Encrypt every flow to and from other hosts (docs/PROTOCOL.md §12): file holding this
+    /// sidecar's X25519 private key in base64 (`machnet keygen` writes one). It must be
+    /// readable by its owner only. Needs --peer-key or --peer-keys. [default: no encryption]
+    #[arg(long, value_name = "PATH")]
+    pub encryption_key: Option<PathBuf>,
+
+    /// With --encryption-key: a peer host's address and its public key in base64
+    /// (`machnet pubkey` prints it); repeatable. Flows to and from hosts not listed are
+    /// refused.
+    #[arg(long = "peer-key", value_name = "IP=BASE64PUB")]
+    pub peer_key: Vec<String>,
+
+    /// With --encryption-key: file of peers, one `IP BASE64PUB` per line (`#` comments);
+    /// adds to --peer-key.
+    #[arg(long, value_name = "PATH")]
+    pub peer_keys: Option<PathBuf>,
+
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
     pub test_drop_rate: Option<f64>,
@@ -365,6 +392,24 @@ pub struct Cli {
     /// TEST ONLY: seed of --test-drop-rate (random if absent; logged).
     #[arg(long, hide = true, value_name = "SEED")]
     pub test_seed: Option<u64>,
+}
+
+/// The key subcommands of `machnet`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Write a new X25519 private key (base64, mode 0600) for --encryption-key and print its
+    /// public key (for the peers' --peer-key). Never overwrites a file.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Print the public key (base64) of a private key file.
+    Pubkey {
+        /// The private key file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 /// The configuration file: the same keys as the flags.
@@ -451,6 +496,12 @@ pub struct FileConfig {
     pub control_hello_timeout: Option<f64>,
     /// See [`Cli::control_idle_timeout`].
     pub control_idle_timeout: Option<f64>,
+    /// See [`Cli::encryption_key`].
+    pub encryption_key: Option<PathBuf>,
+    /// See [`Cli::peer_key`].
+    pub peer_key: Option<Vec<String>>,
+    /// See [`Cli::peer_keys`].
+    pub peer_keys: Option<PathBuf>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -531,6 +582,9 @@ pub struct SidecarConfig {
     pub same_host_flows: bool,
     /// Per-application and per-user limits, control connection timeouts.
     pub limits: ControlLimits,
+    /// Encryption in transit: this host's key and the allow-list of peers, shared by every
+    /// engine (`None`: plaintext). Its `Debug` shows public keys only.
+    pub encryption: Option<Arc<Encryption>>,
 }
 
 /// Why the configuration could not be built.
@@ -559,6 +613,14 @@ pub enum ConfigError {
         option: &'static str,
         /// What is wrong.
         why: String,
+    },
+    /// A key file or peer key is unusable.
+    #[error("invalid value for {option}: {source}")]
+    Key {
+        /// The option (flag name).
+        option: &'static str,
+        /// What is wrong.
+        source: crate::keys::KeyFileError,
     },
     /// A user or group name does not exist.
     #[error("unknown {kind} `{name}`")]
@@ -683,6 +745,7 @@ impl SidecarConfig {
             udp_offload: UdpOffload::On,
             same_host_flows: true,
             limits: ControlLimits::default(),
+            encryption: None,
         }
     }
 
@@ -875,6 +938,7 @@ impl SidecarConfig {
             let d = seconds("--control-idle-timeout", v, 0.0, 7.0 * 86_400.0)?;
             c.limits.idle_timeout = (!d.is_zero()).then_some(d);
         }
+        c.encryption = encryption(cli, &file)?;
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -895,6 +959,7 @@ impl SidecarConfig {
         if let Some(mtu) = self.mtu {
             e.max_udp_payload = mtu.saturating_sub(28);
         }
+        e.encryption = self.encryption.clone();
         e
     }
 
@@ -997,6 +1062,48 @@ impl SidecarConfig {
             .map(|gs| gs.iter().any(|g| a.gids.contains(&g.as_raw())))
             .unwrap_or(false)
     }
+}
+
+/// The encryption configuration of `--encryption-key`, `--peer-key` and `--peer-keys` (flags
+/// over file keys; `--peer-key` given on the command line replaces the file's list). A key
+/// without peers, peers without a key, and two keys for one address are errors.
+fn encryption(cli: &Cli, file: &FileConfig) -> Result<Option<Arc<Encryption>>, ConfigError> {
+    use crate::keys;
+    let key_err = |option| move |source| ConfigError::Key { option, source };
+    let flag_peers = if cli.peer_key.is_empty() {
+        file.peer_key.clone().unwrap_or_default()
+    } else {
+        cli.peer_key.clone()
+    };
+    let mut peers: Vec<PeerKey> = flag_peers
+        .iter()
+        .map(|p| keys::parse_peer_flag(p))
+        .collect::<Result<_, _>>()
+        .map_err(key_err("--peer-key"))?;
+    let peers_file = cli.peer_keys.clone().or(file.peer_keys.clone());
+    if let Some(path) = &peers_file {
+        peers.extend(keys::read_peer_keys(path).map_err(key_err("--peer-keys"))?);
+    }
+    let key_path = cli.encryption_key.clone().or(file.encryption_key.clone());
+    let Some(key_path) = key_path else {
+        if !flag_peers.is_empty() {
+            return Err(invalid("--peer-key", "needs --encryption-key"));
+        }
+        if peers_file.is_some() {
+            return Err(invalid("--peer-keys", "needs --encryption-key"));
+        }
+        return Ok(None);
+    };
+    if peers.is_empty() {
+        return Err(invalid(
+            "--encryption-key",
+            "needs at least one peer (--peer-key or --peer-keys): encrypted flows go only to \
+             listed peers",
+        ));
+    }
+    keys::check_unique(&peers).map_err(key_err("--peer-key"))?;
+    let key = keys::read_private_key(&key_path).map_err(key_err("--encryption-key"))?;
+    Ok(Some(Arc::new(Encryption::new(key, peers))))
 }
 
 /// A duration given in seconds, within `min..=max`.
