@@ -1241,6 +1241,9 @@ mod tests {
             "--memory-budget",
             "--stats-interval",
             "--config",
+            "--encryption-key",
+            "--peer-key",
+            "--peer-keys",
         ] {
             assert!(help.contains(flag), "help lacks {flag}");
         }
@@ -1492,6 +1495,294 @@ mod tests {
             (c.limits.connects.per_app, c.limits.connects.burst_per_app),
             (9, 3)
         );
+    }
+
+    /// A fresh directory for key files.
+    fn key_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("machnet-keys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Writes `text` to `dir/name` with permission bits `mode`; returns the path as a string.
+    fn write_mode(dir: &Path, name: &str, text: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn key_error(args: &[&str]) -> (&'static str, String) {
+        match parse(args) {
+            Err(e @ (ConfigError::Key { .. } | ConfigError::Invalid { .. })) => {
+                let option = match &e {
+                    ConfigError::Key { option, .. } | ConfigError::Invalid { option, .. } => {
+                        *option
+                    }
+                    _ => unreachable!(),
+                };
+                (option, e.to_string())
+            }
+            other => panic!("{args:?}: expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encryption_keys_come_from_files_and_flags_and_reach_every_engine() {
+        use crate::keys::encode_key;
+        use machnet_core::seal::StaticKey;
+        let dir = key_dir("ok");
+        let private = [7u8; 32];
+        let key = StaticKey::from_private(&private).unwrap();
+        let key_file = write_mode(&dir, "k", &format!("  {}\n", encode_key(&private)), 0o600);
+        let peer_a = StaticKey::generate().public();
+        let peer_b = StaticKey::generate().public();
+        let peer_c = StaticKey::generate().public();
+        let peers_file = write_mode(
+            &dir,
+            "peers",
+            &format!(
+                "# the rack\n\n10.0.0.2 {}  # b\n   10.0.0.3\t{}\n",
+                encode_key(&peer_b),
+                encode_key(&peer_c)
+            ),
+            0o644,
+        );
+        let peer_flag = format!("10.0.0.1={}", encode_key(&peer_a));
+        let c = parse(&[
+            "--engines",
+            "3",
+            "--encryption-key",
+            &key_file,
+            "--peer-key",
+            &peer_flag,
+            "--peer-keys",
+            &peers_file,
+        ])
+        .unwrap();
+        let enc = c.encryption.clone().expect("encryption on");
+        assert_eq!(enc.public_key(), key.public());
+        assert_eq!(enc.peers().len(), 3);
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 1)), Some(&peer_a));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 2)), Some(&peer_b));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 3)), Some(&peer_c));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 4)), None);
+        for id in 0..3 {
+            let e = c
+                .engine_config(id)
+                .encryption
+                .expect("every engine encrypts");
+            assert!(
+                Arc::ptr_eq(&e, &enc),
+                "one Encryption shared by the engines"
+            );
+        }
+        // The private key never shows in the configuration's Debug form.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(&encode_key(&private)), "{debug}");
+        assert!(!debug.contains("7, 7, 7, 7"), "{debug}");
+        assert_eq!(parse(&[]).unwrap().encryption, None, "off by default");
+
+        // The same keys from the configuration file; a --peer-key flag replaces its list.
+        let toml = dir.join("m.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "encryption_key = \"{key_file}\"\npeer_key = [\"{peer_flag}\"]\npeer_keys = \"{peers_file}\"\n"
+            ),
+        )
+        .unwrap();
+        let toml = toml.to_str().unwrap();
+        let c = parse(&["--config", toml]).unwrap();
+        assert_eq!(c.encryption.as_ref().unwrap().peers().len(), 3);
+        let other = format!("10.0.0.9={}", encode_key(&peer_a));
+        let c = parse(&["--config", toml, "--peer-key", &other]).unwrap();
+        let enc = c.encryption.unwrap();
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 9)), Some(&peer_a));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 1)), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_keys_and_peers_are_rejected_naming_the_flag() {
+        use crate::keys::{encode_key, KeyFileError};
+        let dir = key_dir("bad");
+        let good = encode_key(&[9u8; 32]);
+        let key = write_mode(&dir, "k", &good, 0o600);
+        let peer = format!("10.0.0.2={good}");
+        let world = write_mode(&dir, "world", &good, 0o604);
+        let group = write_mode(&dir, "group", &good, 0o620);
+        let not_b64 = write_mode(&dir, "nb", "not base64!\n", 0o600);
+        let short = write_mode(&dir, "short", &encode_key(&[1u8; 32])[..40], 0o400);
+        let long = write_mode(
+            &dir,
+            "long",
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 33]),
+            0o600,
+        );
+        let bad_peers = write_mode(
+            &dir,
+            "peers",
+            &format!("10.0.0.2 {good}\n10.0.0.3\n"),
+            0o644,
+        );
+        let bad_peer_key = write_mode(&dir, "peers2", "10.0.0.2 AAAA\n", 0o644);
+        let missing = dir.join("missing").to_str().unwrap().to_owned();
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let host = format!("host={good}");
+        let zero = format!("0.0.0.0={good}");
+        let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+            (
+                vec!["--peer-key", &peer],
+                "--peer-key",
+                "needs --encryption-key",
+            ),
+            (vec!["--peer-keys", &bad_peers], "--peer-keys", ""),
+            (
+                vec!["--encryption-key", &key],
+                "--encryption-key",
+                "at least one peer",
+            ),
+            (
+                vec!["--encryption-key", &world, "--peer-key", &peer],
+                "--encryption-key",
+                "too open",
+            ),
+            (
+                vec!["--encryption-key", &group, "--peer-key", &peer],
+                "--encryption-key",
+                "0620",
+            ),
+            (
+                vec!["--encryption-key", &not_b64, "--peer-key", &peer],
+                "--encryption-key",
+                "base64",
+            ),
+            (
+                vec!["--encryption-key", &short, "--peer-key", &peer],
+                "--encryption-key",
+                "32 bytes, got 30",
+            ),
+            (
+                vec!["--encryption-key", &long, "--peer-key", &peer],
+                "--encryption-key",
+                "32 bytes, got 33",
+            ),
+            (
+                vec!["--encryption-key", &missing, "--peer-key", &peer],
+                "--encryption-key",
+                "cannot read",
+            ),
+            (
+                vec!["--encryption-key", &dir_s, "--peer-key", &peer],
+                "--encryption-key",
+                "regular file",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2"],
+                "--peer-key",
+                "IP=BASE64PUB",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2=AAAA"],
+                "--peer-key",
+                "got 3",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2=%%%"],
+                "--peer-key",
+                "base64",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", &host],
+                "--peer-key",
+                "IPv4",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", &zero],
+                "--peer-key",
+                "unicast",
+            ),
+            (
+                vec![
+                    "--encryption-key",
+                    &key,
+                    "--peer-key",
+                    &peer,
+                    "--peer-key",
+                    &peer,
+                ],
+                "--peer-key",
+                "listed twice",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &bad_peers],
+                "--peer-keys",
+                "line 2",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &bad_peer_key],
+                "--peer-keys",
+                "line 1",
+            ),
+        ];
+        for (args, flag, says) in &cases {
+            let (option, message) = key_error(args);
+            assert_eq!(option, *flag, "{args:?}: {message}");
+            assert!(message.contains(flag), "{args:?}: {message}");
+            assert!(message.contains(says), "{args:?}: {message} lacks `{says}`");
+            assert!(
+                !message.contains(&good[..20]),
+                "no key in errors: {message}"
+            );
+        }
+        assert!(matches!(
+            crate::keys::decode_key("AAAA"),
+            Err(KeyFileError::Key(machnet_core::seal::KeyError::Length(3)))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keygen_writes_an_owner_only_key_once_and_pubkey_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = key_dir("gen");
+        let path = dir.join("k");
+        let key = crate::keys::write_new_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(crate::keys::read_private_key(&path).unwrap(), key);
+        assert_ne!(
+            crate::keys::write_new_key(&dir.join("k2")).unwrap(),
+            key,
+            "random"
+        );
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            crate::keys::write_new_key(&path),
+            Err(crate::keys::KeyFileError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not overwritten");
+        let cli = Cli::try_parse_from(["machnet", "keygen", "--out", "/x/y"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Keygen {
+                out: PathBuf::from("/x/y")
+            })
+        );
+        let cli = Cli::try_parse_from(["machnet", "pubkey", "/x/y"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Pubkey {
+                path: PathBuf::from("/x/y")
+            })
+        );
+        assert!(
+            Cli::try_parse_from(["machnet", "--engines", "2", "keygen", "--out", "k"]).is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
