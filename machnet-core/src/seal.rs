@@ -14,14 +14,20 @@ use std::net::Ipv4Addr;
 
 use ring::aead::{self, LessSafeKey, UnboundKey, AES_256_GCM};
 
+use crate::wire::{self, flags, Repr};
+
 /// The Noise protocol every encrypted handshake uses.
 pub const NOISE_PATTERN: &str = "Noise_IK_25519_AESGCM_SHA256";
 /// Length of an X25519 key (private or public).
 pub const KEY_LEN: usize = 32;
-/// Length of the first handshake message (the SYN's payload): `e`, encrypted `s`, empty payload.
-pub const MSG1_LEN: usize = 32 + (32 + 16) + 16;
-/// Length of the second handshake message (the SYN-ACK's payload): `e`, empty payload.
-pub const MSG2_LEN: usize = 32 + 16;
+/// Length of a stateless-reset token (§12.4).
+pub const RESET_TOKEN_LEN: usize = 16;
+/// Length of the first handshake message (the SYN's payload): `e`, encrypted `s`, and the
+/// client's reset token as encrypted payload.
+pub const MSG1_LEN: usize = 32 + (32 + 16) + (RESET_TOKEN_LEN + 16);
+/// Length of the second handshake message (the SYN-ACK's payload): `e` and the server's reset
+/// token as encrypted payload.
+pub const MSG2_LEN: usize = 32 + (RESET_TOKEN_LEN + 16);
 /// Length of the packet number that starts a sealed payload.
 pub const PN_LEN: usize = 8;
 /// Length of the AEAD tag that ends a sealed payload.
@@ -118,17 +124,63 @@ pub struct PeerKey {
     pub public: [u8; KEY_LEN],
 }
 
+/// A stateless-reset token (§12.4): proves an RST comes from the host that held the flow.
+pub(crate) type ResetToken = [u8; RESET_TOKEN_LEN];
+
 /// The encryption configuration of a host: its static key and the allow-list of peers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Encryption {
     key: StaticKey,
     peers: Vec<PeerKey>,
+    /// Derived from the static key, so every engine of the host — also after a restart — can
+    /// compute the reset token of any flow the host had (§12.4).
+    reset_key: ring::hmac::Key,
 }
+
+impl PartialEq for Encryption {
+    fn eq(&self, other: &Self) -> bool {
+        // The reset key is a function of the static key.
+        self.key == other.key && self.peers == other.peers
+    }
+}
+
+impl Eq for Encryption {}
 
 impl Encryption {
     /// Encryption with `key`, talking only to `peers`.
     pub fn new(key: StaticKey, peers: Vec<PeerKey>) -> Encryption {
-        Encryption { key, peers }
+        let reset_key =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"machnet/2 stateless reset")
+                .extract(&key.private)
+                .expand(&[b"reset key"], ring::hmac::HMAC_SHA256)
+                .expect("one HMAC key is a valid HKDF output length")
+                .into();
+        Encryption {
+            key,
+            peers,
+            reset_key,
+        }
+    }
+
+    /// The reset token of our flow with `local_port`, to `remote_ip:remote_port`, whose token
+    /// (the one the peer puts in every packet to us) is `rx_token`: a keyed MAC, so only this
+    /// host can compute it, and it needs nothing but what a packet of the flow carries.
+    pub(crate) fn reset_token(
+        &self,
+        local_port: u16,
+        remote_ip: Ipv4Addr,
+        remote_port: u16,
+        rx_token: u64,
+    ) -> ResetToken {
+        let mut input = [0u8; 16];
+        input[..2].copy_from_slice(&local_port.to_be_bytes());
+        input[2..6].copy_from_slice(&remote_ip.octets());
+        input[6..8].copy_from_slice(&remote_port.to_be_bytes());
+        input[8..].copy_from_slice(&rx_token.to_be_bytes());
+        let tag = ring::hmac::sign(&self.reset_key, &input);
+        let mut token = [0u8; RESET_TOKEN_LEN];
+        token.copy_from_slice(&tag.as_ref()[..RESET_TOKEN_LEN]);
+        token
     }
 
     /// This host's public key.
@@ -186,8 +238,14 @@ pub(crate) struct Initiator {
 }
 
 impl Initiator {
-    /// Starts a handshake with the server whose static key is `server`.
-    pub(crate) fn start(enc: &Encryption, server: &[u8; KEY_LEN], binding: Binding) -> Initiator {
+    /// Starts a handshake with the server whose static key is `server`; the first message
+    /// carries (encrypted) our flow's reset token.
+    pub(crate) fn start(
+        enc: &Encryption,
+        server: &[u8; KEY_LEN],
+        binding: Binding,
+        reset: &ResetToken,
+    ) -> Initiator {
         let prologue = binding.prologue();
         let mut state = builder()
             .local_private_key(&enc.key.private)
@@ -197,7 +255,7 @@ impl Initiator {
             .expect("valid keys and pattern");
         let mut msg1 = [0u8; MSG1_LEN];
         let n = state
-            .write_message(&[], &mut msg1)
+            .write_message(reset, &mut msg1)
             .expect("the first IK message fits");
         debug_assert_eq!(n, MSG1_LEN);
         Initiator {
@@ -214,33 +272,52 @@ impl Initiator {
     /// Reads the server's answer; the flow's keys. The state is used up either way: a SYN-ACK
     /// reaches the handshake only with the client's token (PROTOCOL.md §4.1), so an answer that
     /// fails here came from a server with another key or was changed on path, and the flow ends.
-    pub(crate) fn finish(mut self, msg2: &[u8]) -> Result<Sealer, HandshakeError> {
-        let mut scratch = [0u8; MSG2_LEN];
-        self.state
-            .read_message(msg2, &mut scratch)
+    /// Also returns the server's reset token.
+    pub(crate) fn finish(mut self, msg2: &[u8]) -> Result<(Sealer, ResetToken), HandshakeError> {
+        let mut payload = [0u8; MSG2_LEN];
+        let n = self
+            .state
+            .read_message(msg2, &mut payload)
+            .map_err(|_| HandshakeError::Rejected)?;
+        let reset = payload[..n]
+            .try_into()
             .map_err(|_| HandshakeError::Rejected)?;
         let (i2r, r2i) = self.state.dangerously_get_raw_split();
-        Ok(Sealer::new(&i2r, &r2i))
+        Ok((Sealer::new(&i2r, &r2i), reset))
     }
 }
 
-/// The server's side: checks the client's first message and writes the answer. The keys and the
-/// message to send in every SYN-ACK of the flow.
+/// What the server's side of a handshake produced.
+pub(crate) struct Response {
+    /// The flow's packet protection.
+    pub(crate) sealer: Sealer,
+    /// The message every SYN-ACK of the flow carries.
+    pub(crate) msg2: [u8; MSG2_LEN],
+    /// The client's reset token.
+    pub(crate) client_reset: ResetToken,
+}
+
+/// The server's side: checks the client's first message and writes the answer, which carries
+/// (encrypted) our flow's reset token.
 pub(crate) fn respond(
     enc: &Encryption,
     client_ip: Ipv4Addr,
     binding: Binding,
     msg1: &[u8],
-) -> Result<(Sealer, [u8; MSG2_LEN]), HandshakeError> {
+    reset: &ResetToken,
+) -> Result<Response, HandshakeError> {
     let prologue = binding.prologue();
     let mut state = builder()
         .local_private_key(&enc.key.private)
         .prologue(&prologue)
         .build_responder()
         .expect("valid keys and pattern");
-    let mut scratch = [0u8; MSG1_LEN];
-    state
-        .read_message(msg1, &mut scratch)
+    let mut payload = [0u8; MSG1_LEN];
+    let n = state
+        .read_message(msg1, &mut payload)
+        .map_err(|_| HandshakeError::Rejected)?;
+    let client_reset: ResetToken = payload[..n]
+        .try_into()
         .map_err(|_| HandshakeError::Rejected)?;
     let client = state.get_remote_static().ok_or(HandshakeError::Rejected)?;
     if !enc.allows(client_ip, client) {
@@ -248,11 +325,22 @@ pub(crate) fn respond(
     }
     let mut msg2 = [0u8; MSG2_LEN];
     let n = state
-        .write_message(&[], &mut msg2)
+        .write_message(reset, &mut msg2)
         .map_err(|_| HandshakeError::Rejected)?;
     debug_assert_eq!(n, MSG2_LEN);
     let (i2r, r2i) = state.dangerously_get_raw_split();
-    Ok((Sealer::new(&r2i, &i2r), msg2))
+    Ok(Response {
+        sealer: Sealer::new(&r2i, &i2r),
+        msg2,
+        client_reset,
+    })
+}
+
+/// Whether the sealed payload `body` of an RST that failed to open is the peer's stateless reset
+/// (§12.4): it ends with the reset token the peer gave in its handshake.
+pub(crate) fn is_stateless_reset(peer_reset: &ResetToken, body: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    body.len() == OVERHEAD && bool::from(body[PN_LEN..].ct_eq(&peer_reset[..]))
 }
 
 /// A sealed packet failed to authenticate.
@@ -309,6 +397,31 @@ impl Sealer {
     }
 }
 
+/// Writes `repr` into `buf` with `plain` sealed as its payload (§12.3) and, if `with_checksum`,
+/// the CRC32C over the sealed packet. Sets the SEALED flag and the payload length. Returns the
+/// packet length.
+pub(crate) fn emit_sealed(
+    repr: &mut Repr,
+    buf: &mut [u8],
+    plain: &[u8],
+    sealer: &mut Sealer,
+    with_checksum: bool,
+) -> usize {
+    repr.flags |= flags::SEALED;
+    repr.payload_len = u16::try_from(plain.len() + OVERHEAD).expect("fragments fit a datagram");
+    let hl = repr.header_len();
+    let total = hl + plain.len() + OVERHEAD;
+    // The header is emitted with a zero checksum field: exactly the associated data.
+    repr.emit_header(buf);
+    let (header, body) = buf[..total].split_at_mut(hl);
+    body[PN_LEN..PN_LEN + plain.len()].copy_from_slice(plain);
+    sealer.seal(header, body, plain.len());
+    if with_checksum {
+        wire::finish_checksum(&mut buf[..total]);
+    }
+    total
+}
+
 fn nonce(pn: u64) -> aead::Nonce {
     let mut n = [0u8; aead::NONCE_LEN];
     n[4..].copy_from_slice(&pn.to_be_bytes());
@@ -352,9 +465,18 @@ mod tests {
     }
 
     fn handshake(a: &Encryption, b: &Encryption) -> Result<(Sealer, Sealer), HandshakeError> {
-        let init = Initiator::start(a, a.peer_key(B).unwrap(), binding());
-        let (server, msg2) = respond(b, A, binding(), init.msg1())?;
-        Ok((init.finish(&msg2)?, server))
+        let init = Initiator::start(a, a.peer_key(B).unwrap(), binding(), &[1; 16]);
+        let r = respond(b, A, binding(), init.msg1(), &[2; 16])?;
+        assert_eq!(
+            r.client_reset, [1; 16],
+            "the client's reset token reaches the server"
+        );
+        let (client, server_reset) = init.finish(&r.msg2)?;
+        assert_eq!(
+            server_reset, [2; 16],
+            "the server's reset token reaches the client"
+        );
+        Ok((client, r.sealer))
     }
 
     #[test]
@@ -441,10 +563,10 @@ mod tests {
             Some(HandshakeError::NotAllowed)
         );
         // Listed key, wrong address.
-        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding(), &[1; 16]);
         let other = Ipv4Addr::new(10, 0, 0, 9);
         assert_eq!(
-            respond(&b, other, binding(), init.msg1()).err(),
+            respond(&b, other, binding(), init.msg1(), &[2; 16]).err(),
             Some(HandshakeError::NotAllowed)
         );
     }
@@ -465,16 +587,33 @@ mod tests {
     #[test]
     fn a_handshake_message_cannot_move_to_another_flow() {
         let (a, b) = pair();
-        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        let init = Initiator::start(&a, a.peer_key(B).unwrap(), binding(), &[1; 16]);
         let mut other = binding();
         other.client_token ^= 1;
         assert_eq!(
-            respond(&b, A, other, init.msg1()).err(),
+            respond(&b, A, other, init.msg1(), &[2; 16]).err(),
             Some(HandshakeError::Rejected)
         );
         // And the server's answer is bound to the client's first message.
-        let (_, msg2) = respond(&b, A, binding(), init.msg1()).unwrap();
-        let init2 = Initiator::start(&a, a.peer_key(B).unwrap(), binding());
+        let msg2 = respond(&b, A, binding(), init.msg1(), &[2; 16])
+            .unwrap()
+            .msg2;
+        let init2 = Initiator::start(&a, a.peer_key(B).unwrap(), binding(), &[1; 16]);
         assert_eq!(init2.finish(&msg2).err(), Some(HandshakeError::Rejected));
+    }
+
+    #[test]
+    fn reset_tokens_need_the_static_key_and_bind_the_flow() {
+        let (a, b) = pair();
+        let t = a.reset_token(7000, B, 49152, 42);
+        assert_eq!(t, a.reset_token(7000, B, 49152, 42), "deterministic");
+        assert_ne!(t, b.reset_token(7000, B, 49152, 42), "another key");
+        assert_ne!(t, a.reset_token(7000, B, 49152, 43), "another flow token");
+        assert_ne!(t, a.reset_token(7001, B, 49152, 42), "another port");
+        let mut body = [0u8; OVERHEAD];
+        body[PN_LEN..].copy_from_slice(&t);
+        assert!(is_stateless_reset(&t, &body));
+        body[OVERHEAD - 1] ^= 1;
+        assert!(!is_stateless_reset(&t, &body));
     }
 }

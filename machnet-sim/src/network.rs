@@ -105,6 +105,7 @@ pub struct NetworkBuilder {
     rss_oracle_remote: bool,
     start: Instant,
     replay_seed: Option<u64>,
+    encrypted: bool,
 }
 
 impl NetworkBuilder {
@@ -119,7 +120,16 @@ impl NetworkBuilder {
             rss_oracle_remote: false,
             start: Instant::ZERO,
             replay_seed: None,
+            encrypted: std::env::var_os("MACHNET_SIM_ENCRYPT").is_some_and(|v| v == "1"),
         }
+    }
+
+    /// Encryption in transit (PROTOCOL.md §12) on every engine: each host gets a static key
+    /// derived from the seed and allows every other host's. Default: off, or on when the
+    /// environment has `MACHNET_SIM_ENCRYPT=1` (to run any suite encrypted).
+    pub fn encrypted(mut self, on: bool) -> Self {
+        self.encrypted = on;
+        self
     }
 
     /// The seed that replays the whole test when it differs from the network's own (a test that
@@ -191,6 +201,9 @@ impl NetworkBuilder {
             })
             .collect();
         let tables: Vec<_> = nics.iter().flatten().map(Nic::table).collect();
+        let encryption = self
+            .encrypted
+            .then(|| host_encryption(self.seed, self.engines_per_host.len()));
         for (h, &count) in self.engines_per_host.iter().enumerate() {
             let ip = host_ip(h);
             let nic = nics[h].take().expect("one NIC per host");
@@ -198,6 +211,7 @@ impl NetworkBuilder {
             for e in 0..count {
                 let addr = EngineAddr::new(h, e);
                 let mut config = EngineConfig::new(ip, e, count);
+                config.encryption = encryption.as_ref().map(|keys| keys[h].clone());
                 if let Some(f) = &self.configure {
                     f(addr, &mut config);
                 }
@@ -851,4 +865,30 @@ impl fmt::Debug for Network {
             .field("stats", &self.stats)
             .finish()
     }
+}
+
+/// One encryption configuration per host: a key derived from `seed`, and every other host in the
+/// allow-list.
+fn host_encryption(seed: u64, hosts: usize) -> Vec<std::sync::Arc<machnet_core::seal::Encryption>> {
+    use machnet_core::seal::{Encryption, PeerKey, StaticKey};
+    use rand::RngCore;
+    let keys: Vec<StaticKey> = (0..hosts)
+        .map(|h| {
+            let mut private = [0u8; 32];
+            seed::rng(seed, "static-key", h as u64).fill_bytes(&mut private);
+            StaticKey::from_private(&private).expect("32 bytes")
+        })
+        .collect();
+    (0..hosts)
+        .map(|h| {
+            let peers = (0..hosts)
+                .filter(|&j| j != h)
+                .map(|j| PeerKey {
+                    ip: host_ip(j),
+                    public: keys[j].public(),
+                })
+                .collect();
+            std::sync::Arc::new(Encryption::new(keys[h].clone(), peers))
+        })
+        .collect()
 }

@@ -271,7 +271,15 @@ fn the_checker_catches_corruption_when_checksums_are_off() {
         corrupt: 0.01,
         ..datacenter_link()
     };
-    let mut net = two_hosts(seed, 1, 1, link, |_, c| c.checksum = ChecksumMode::Datapath).unwrap();
+    // Plaintext even in an encrypted run of the suite: the AEAD would catch the damage.
+    let mut net = NetworkBuilder::new(seed)
+        .host(1)
+        .host(1)
+        .link(link)
+        .engine_config(|_, c| c.checksum = ChecksumMode::Datapath)
+        .encrypted(false)
+        .build()
+        .unwrap();
     let config = WorkloadConfig::between(&net, seed, 0, 1, 4, 20_000);
     let err = Workload::new(config, &net)
         .run(&mut net)
@@ -281,5 +289,44 @@ fn the_checker_catches_corruption_when_checksums_are_off() {
         err.to_string()
             .contains(&format!("MACHNET_SIM_SEED={seed}")),
         "{err}"
+    );
+}
+
+/// Encrypted flows (PROTOCOL.md §12) need no checksum: with checksums off, every corrupted
+/// datagram fails to authenticate and is dropped (`BadSeal`, or a parse error when the damage hit
+/// the header's framing), and every message still arrives intact.
+#[test]
+fn encryption_catches_corruption_without_checksums() {
+    let seed = seed_from_env(0x100e);
+    let _g = SeedGuard::new(seed);
+    let link = LinkConfig {
+        corrupt: 0.01,
+        ..datacenter_link()
+    };
+    let mut net = NetworkBuilder::new(seed)
+        .host(1)
+        .host(2)
+        .link(link)
+        .engine_config(|_, c| c.checksum = ChecksumMode::Datapath)
+        .encrypted(true)
+        .build()
+        .unwrap();
+    let config = WorkloadConfig::between(&net, seed, 0, 1, 4, 20_000);
+    let r = run("encrypted_corruption_no_checksum", &mut net, config);
+    assert!(
+        r.net.corrupted_delivered > 0,
+        "the link must have damaged datagrams: {r}"
+    );
+    assert!(r.drops(DropReason::BadSeal) > 0, "{r}");
+    assert!(
+        r.drops(DropReason::BadSeal)
+            + damage_drops(&r)
+            + r.drops(DropReason::BadToken)
+            + r.drops(DropReason::SealMismatch)
+            + r.drops(DropReason::UnknownFlow)
+            + r.drops(DropReason::StaleHandshake)
+            + r.drops(DropReason::WrongEngine)
+            >= r.net.corrupted_delivered,
+        "every damaged datagram is dropped: {r}"
     );
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use machnet_sim::workload::{SizeClass, SizeMix};
-use machnet_sim::{Bandwidth, CloseMode, LinkConfig, WorkloadConfig};
+use machnet_sim::{Bandwidth, CloseMode, LinkConfig, NetworkBuilder, WorkloadConfig};
 
 use common::*;
 
@@ -42,7 +42,15 @@ fn sweep() -> String {
             bandwidth: Some(Bandwidth::gbit(10.0, 512 << 10)),
             ..LinkConfig::default()
         };
-        let mut net = two_hosts(SEED, 2, 2, link, lossy_tweak).unwrap();
+        // The snapshot is of plaintext flows, also in a run of the suite with encryption on.
+        let mut net = NetworkBuilder::new(SEED)
+            .host(2)
+            .host(2)
+            .link(link)
+            .engine_config(lossy_tweak)
+            .encrypted(false)
+            .build()
+            .unwrap();
         let mut config = WorkloadConfig::between(&net, SEED, 0, 1, 8, 16_000);
         config.sizes = SizeMix {
             classes: vec![

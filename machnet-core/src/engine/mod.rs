@@ -24,9 +24,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 use crate::flow::recv::MemoryView;
 use crate::flow::{
-    random_port, rst_repr, CtrlPacket, Ctx, Flow, AMPLIFICATION_LIMIT, CTRL_QUEUE_CAP, SYNACK_LEN,
+    random_port, rst_repr, CtrlPacket, Ctx, Flow, FlowKeys, AMPLIFICATION_LIMIT, CTRL_QUEUE_CAP,
+    SYNACK_LEN,
 };
 use crate::rss::{self, RssOracle, UdpTuple};
+use crate::seal;
 use crate::time::Instant;
 use crate::wire::{self, ChecksumStatus, Handshake, Packet, PacketType, Repr, UdpPair};
 use cookie::{Attempt, CookieJar, CookieRefusal, UsedCookies};
@@ -160,6 +162,8 @@ pub struct Engine {
     cookies: CookieJar,
     /// Attempts that established a flow from a cookie, while their cookies are valid.
     used_cookies: UsedCookies,
+    /// Where a sealed packet's payload is opened (PROTOCOL.md §12.3); reused, never shrunk.
+    open_buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -214,6 +218,7 @@ impl Engine {
             send_buffered: 0,
             last_now: Instant::ZERO,
             leftovers: HashMap::new(),
+            open_buf: Vec::new(),
         })
     }
 
@@ -320,6 +325,14 @@ impl Engine {
         if self.live >= self.cfg.max_flows {
             return Err(ConnectError::TooManyFlows);
         }
+        // Encrypted: only to a host whose key the allow-list gives (PROTOCOL.md §12.1).
+        let server_key = match &self.cfg.encryption {
+            Some(enc) => Some(
+                *enc.peer_key(remote_ip)
+                    .ok_or(ConnectError::PeerNotAllowed)?,
+            ),
+            None => None,
+        };
         let local_port = self
             .pick_ephemeral(remote_ip, remote_port)
             .ok_or(ConnectError::NoEphemeralPort)?;
@@ -334,6 +347,17 @@ impl Engine {
             .unwrap_or(UdpPair::NONE);
         let iss = self.rng.random();
         let token = fresh_token(&mut self.rng);
+        let keys = server_key.map(|server| {
+            let binding = seal::Binding {
+                client_port: local_port,
+                server_port: remote_port,
+                client_token: token,
+                client_isn: iss,
+            };
+            let enc = self.cfg.encryption.as_deref().expect("checked above");
+            let reset = enc.reset_token(local_port, remote_ip, remote_port, token);
+            FlowKeys::Initiating(seal::Initiator::start(enc, &server, binding, &reset))
+        });
         let flow = Flow::new_client(
             &self.cfg,
             key,
@@ -344,6 +368,7 @@ impl Engine {
             peer.engines,
             syn_paths,
             reply_hint,
+            keys,
         );
         self.stats.syn_batches += 1;
         Ok(self.insert(flow, now))
@@ -573,8 +598,12 @@ impl Engine {
         let path = d.path();
         let key = self.key(d.remote_ip, repr.src_port, repr.dst_port);
         if let Some(&idx) = self.by_key.get(&key) {
-            let payload = packet.payload();
-            let result = self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx));
+            let mut opened = std::mem::take(&mut self.open_buf);
+            let result = match self.unseal(idx, &repr, d.payload, &mut opened) {
+                Ok(payload) => self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx)),
+                Err(reason) => Err(reason),
+            };
+            self.open_buf = opened;
             // Learn about the peer only from a SYN-ACK our flow accepted, never from unchecked input.
             if let (Ok(()), PacketType::SynAck, Some(hs)) =
                 (result, repr.packet_type, &repr.handshake)
@@ -595,24 +624,71 @@ impl Engine {
             return result;
         }
         match repr.packet_type {
-            PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, path),
+            PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, packet.payload(), path),
             PacketType::Rst => Err(DropReason::UnknownFlow),
             _ => match self.ports.owner(repr.dst_port) {
                 Owner::Other | Owner::Shared => Err(DropReason::WrongEngine),
                 Owner::Me | Owner::Nobody => {
                     // Echo the packet's token: only its sender (and on-path observers) know it,
                     // so the RST convinces the flow that sent it and nobody else (§8.3).
-                    let rst = rst_repr(
+                    let mut rst = rst_repr(
                         repr.dst_port,
                         repr.src_port,
                         repr.ack,
                         repr.seq.wrapping_add(1),
                         repr.token,
                     );
-                    self.answer_unknown_flow(now, d.remote_ip, path, d.payload.len(), rst);
+                    let sealed = self.stateless_reset(d.remote_ip, &repr, &mut rst);
+                    self.answer_unknown_flow(now, d.remote_ip, path, d.payload.len(), rst, sealed);
                     Err(DropReason::UnknownFlow)
                 }
             },
+        }
+    }
+
+    /// The payload flow `idx` is to see of a packet `datagram` (PROTOCOL.md §12.3–§12.4): a
+    /// handshake packet's as it is, a sealed packet's opened into `opened`; a packet sealed where
+    /// plaintext is expected or the other way round is refused. An encrypted flow accepts no
+    /// plaintext but a handshake-phase RST (its token proves it: §12.4).
+    fn unseal<'b>(
+        &self,
+        idx: u32,
+        repr: &Repr,
+        datagram: &'b [u8],
+        opened: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], DropReason> {
+        let flow = self.flow_ref(idx);
+        let hl = repr.header_len();
+        let payload = &datagram[hl..];
+        let sealed = repr.flags & wire::flags::SEALED != 0;
+        if matches!(repr.packet_type, PacketType::Syn | PacketType::SynAck) {
+            // The Noise messages they carry are the flow's to read.
+            return Ok(payload);
+        }
+        match flow.sealer() {
+            Some(sealer) if sealed => {
+                let mut aad = [0u8; wire::MAX_HEADER_LEN];
+                let aad = wire::sealed_aad(datagram, hl, &mut aad);
+                opened.clear();
+                opened.extend_from_slice(payload);
+                match sealer.open(aad, opened) {
+                    Ok(plain) => Ok(plain),
+                    // The peer lost the flow and answered one of our packets (§12.4).
+                    Err(_)
+                        if repr.packet_type == PacketType::Rst
+                            && flow
+                                .peer_reset()
+                                .is_some_and(|t| seal::is_stateless_reset(t, payload)) =>
+                    {
+                        Ok(&[])
+                    }
+                    Err(_) => Err(DropReason::BadSeal),
+                }
+            }
+            _ if sealed => Err(DropReason::SealMismatch),
+            _ if !flow.is_encrypted() => Ok(payload),
+            _ if repr.packet_type == PacketType::Rst && flow.in_handshake() => Ok(payload),
+            _ => Err(DropReason::SealMismatch),
         }
     }
 
@@ -629,10 +705,17 @@ impl Engine {
         path: UdpPair,
         received: usize,
         rst: Repr,
+        sealed: Option<[u8; seal::OVERHEAD]>,
     ) {
         let affordable = (AMPLIFICATION_LIMIT * received / rst.buffer_len()).max(1) as u32;
+        let packet = |path| CtrlPacket {
+            remote_ip,
+            path,
+            repr: rst,
+            sealed,
+        };
         let Some(peer) = self.peers.get(&remote_ip).copied() else {
-            self.queue_ctrl(remote_ip, path.reversed(), rst);
+            self.queue_ctrl_packet(packet(path.reversed()));
             return;
         };
         let n = rss::spray_batch(peer.engines, self.cfg.handshake.success_target).min(affordable);
@@ -648,8 +731,30 @@ impl Engine {
                     dst: path.src,
                 }
             };
-            self.queue_ctrl(remote_ip, p, rst);
+            self.queue_ctrl_packet(packet(p));
         }
+    }
+
+    /// For a sealed packet of a flow this host no longer has: makes `rst` a stateless reset
+    /// (§12.4) — sealed-looking, ending with the flow's reset token, which only this host can
+    /// compute and which its peer learned, encrypted, in the handshake. Its payload.
+    fn stateless_reset(
+        &mut self,
+        remote_ip: Ipv4Addr,
+        packet: &Repr,
+        rst: &mut Repr,
+    ) -> Option<[u8; seal::OVERHEAD]> {
+        let enc = self.cfg.encryption.as_deref()?;
+        if packet.flags & wire::flags::SEALED == 0 {
+            return None;
+        }
+        let token = enc.reset_token(packet.dst_port, remote_ip, packet.src_port, packet.token);
+        let mut payload = [0u8; seal::OVERHEAD];
+        self.rng.fill(&mut payload[..seal::PN_LEN]);
+        payload[seal::PN_LEN..].copy_from_slice(&token);
+        rst.flags |= wire::flags::SEALED;
+        rst.payload_len = seal::OVERHEAD as u16;
+        Some(payload)
     }
 
     /// Records what a validated handshake taught about a peer host (PROTOCOL.md §5.4) and,
@@ -747,13 +852,17 @@ impl Engine {
         path: UdpPair,
     ) -> Option<Result<(), DropReason>> {
         let mut hs = repr.handshake?;
-        if !matches!(
-            repr.packet_type,
-            PacketType::Ack | PacketType::Data | PacketType::Fin
-        ) || self
-            .ports
-            .designated(repr.dst_port, remote_ip, repr.src_port)
-            != Some(self.cfg.engine_id)
+        // An encrypted engine issues no cookies (its handshake state cannot be rebuilt from one,
+        // §12.5), so it accepts none.
+        if self.cfg.encryption.is_some()
+            || !matches!(
+                repr.packet_type,
+                PacketType::Ack | PacketType::Data | PacketType::Fin
+            )
+            || self
+                .ports
+                .designated(repr.dst_port, remote_ip, repr.src_port)
+                != Some(self.cfg.engine_id)
         {
             return None;
         }
@@ -808,12 +917,12 @@ impl Engine {
     }
 
     fn queue_ctrl(&mut self, remote_ip: Ipv4Addr, path: UdpPair, repr: Repr) {
+        self.queue_ctrl_packet(CtrlPacket::plain(remote_ip, path, repr));
+    }
+
+    fn queue_ctrl_packet(&mut self, packet: CtrlPacket) {
         if self.ctrl.len() < CTRL_QUEUE_CAP {
-            self.ctrl.push_back(CtrlPacket {
-                remote_ip,
-                path,
-                repr,
-            });
+            self.ctrl.push_back(packet);
         }
     }
 
@@ -823,6 +932,7 @@ impl Engine {
         now: Instant,
         remote_ip: Ipv4Addr,
         syn: &Repr,
+        payload: &[u8],
         path: UdpPair,
     ) -> Result<(), DropReason> {
         let mut hs = syn
@@ -836,30 +946,8 @@ impl Engine {
             if self.ports.listeners(syn.dst_port) != 0 {
                 return Err(DropReason::WrongEngine);
             }
-            // Nobody on this host listens: refuse. The client's flow lives on one of its engines,
-            // which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK: one
-            // batch sized for the first attempt, within the answer budget and three times the
-            // SYN's bytes. They carry the client's token.
-            let rst = rst_repr(
-                syn.dst_port,
-                syn.src_port,
-                0,
-                syn.seq.wrapping_add(1),
-                hs.token,
-            );
-            let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / rst.buffer_len()) as u32;
-            let engines = hs.engine_count.min(crate::MAX_ENGINES);
-            let n = rss::spray_batch(engines, self.cfg.handshake.success_target).min(affordable);
-            for _ in 0..n {
-                if !self.answer_budget.take(now) {
-                    break;
-                }
-                let p = UdpPair {
-                    src: random_port(&mut self.rng, self.cfg.udp_ports),
-                    dst: random_port(&mut self.rng, pool),
-                };
-                self.queue_ctrl(remote_ip, p, rst);
-            }
+            // Nobody on this host listens: refuse.
+            self.refuse_syn(now, remote_ip, syn, &hs, pool);
             return Err(DropReason::NoListener);
         }
         // Several engines listen: the flow's designated one accepts it, the others drop its SYNs
@@ -868,13 +956,45 @@ impl Engine {
         {
             return Err(DropReason::WrongEngine);
         }
+        let sealed = syn.flags & wire::flags::SEALED != 0;
+        if sealed != self.cfg.encryption.is_some() {
+            // A plaintext client of an encrypted host, or the other way round (§12.4).
+            self.refuse_syn(now, remote_ip, syn, &hs, pool);
+            return Err(DropReason::SealMismatch);
+        }
         if self.half_open >= self.cfg.handshake.syn_cookies_after {
+            if sealed {
+                // No cookies for encrypted handshakes (§12.5): shed the SYN before any
+                // Diffie-Hellman is spent on it.
+                return Err(DropReason::FlowLimit);
+            }
             self.answer_with_cookie(now, remote_ip, syn, &hs, path, pool);
             return Ok(());
         }
         if self.live >= self.cfg.max_flows || self.half_open >= self.cfg.handshake.max_half_open {
             return Err(DropReason::FlowLimit);
         }
+        let iss = self.rng.random();
+        let token = fresh_token(&mut self.rng);
+        let keys = match &self.cfg.encryption {
+            Some(enc) => {
+                let reset = enc.reset_token(syn.dst_port, remote_ip, syn.src_port, token);
+                let binding = seal::Binding {
+                    client_port: syn.src_port,
+                    server_port: syn.dst_port,
+                    client_token: hs.token,
+                    client_isn: syn.seq,
+                };
+                match seal::respond(enc, remote_ip, binding, &payload[..seal::MSG1_LEN], &reset) {
+                    Ok(response) => Some(FlowKeys::Answered(response)),
+                    Err(_) => {
+                        self.refuse_syn(now, remote_ip, syn, &hs, pool);
+                        return Err(DropReason::PeerNotAllowed);
+                    }
+                }
+            }
+            None => None,
+        };
         let key = self.key(remote_ip, syn.src_port, syn.dst_port);
         // We answer only inside the client's pool, which `syn_reply_pool` checked (§5.1).
         let synack_path = if !hs.reply_hint.is_none() && pool.contains(hs.reply_hint.dst) {
@@ -882,11 +1002,54 @@ impl Engine {
         } else {
             self.path_to_remote_engine(remote_ip, pool, hs.engine_id)
         };
-        let iss = self.rng.random();
-        let token = fresh_token(&mut self.rng);
-        let flow = Flow::new_server(&self.cfg, key, iss, token, syn, &hs, path, now, synack_path);
+        let flow = Flow::new_server(
+            &self.cfg,
+            key,
+            iss,
+            token,
+            syn,
+            &hs,
+            path,
+            now,
+            synack_path,
+            keys,
+        );
         self.insert(flow, now);
         Ok(())
+    }
+
+    /// Refuses a SYN with RSTs (PROTOCOL.md §5.2). The client's flow lives on one of its engines,
+    /// which our RST reaches only by chance, so the RST is sprayed like a SYN-ACK: one batch
+    /// sized for the first attempt, within the answer budget and three times the SYN's bytes, to
+    /// the reply pool. They carry the client's token.
+    fn refuse_syn(
+        &mut self,
+        now: Instant,
+        remote_ip: Ipv4Addr,
+        syn: &Repr,
+        hs: &Handshake,
+        pool: PortPool,
+    ) {
+        let rst = rst_repr(
+            syn.dst_port,
+            syn.src_port,
+            0,
+            syn.seq.wrapping_add(1),
+            hs.token,
+        );
+        let affordable = (AMPLIFICATION_LIMIT * syn.buffer_len() / rst.buffer_len()) as u32;
+        let engines = hs.engine_count.min(crate::MAX_ENGINES);
+        let n = rss::spray_batch(engines, self.cfg.handshake.success_target).min(affordable);
+        for _ in 0..n {
+            if !self.answer_budget.take(now) {
+                break;
+            }
+            let p = UdpPair {
+                src: random_port(&mut self.rng, self.cfg.udp_ports),
+                dst: random_port(&mut self.rng, pool),
+            };
+            self.queue_ctrl(remote_ip, p, rst);
+        }
     }
 
     /// Writes the next packet to send into `buf` (at least `max_udp_payload` bytes long).
@@ -1123,7 +1286,7 @@ impl Engine {
             self.stats.flows_closed += 1;
             if death.send_rst {
                 if let Some(rst) = flow.rst() {
-                    self.queue_ctrl(rst.remote_ip, rst.path, rst.repr);
+                    self.queue_ctrl_packet(rst);
                 }
             }
             if death.notify {

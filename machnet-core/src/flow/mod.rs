@@ -19,6 +19,7 @@ use crate::engine::api::{CloseReason, Event, FlowId, FlowKey, SendError, Transmi
 use crate::engine::stats::{DropReason, EngineStats, FlowStats};
 use crate::rss;
 use crate::rtt::RttEstimator;
+use crate::seal::{self, Initiator, Sealer};
 use crate::seq;
 use crate::time::Instant;
 use crate::wire::{self, flags, Handshake, PacketType, Repr, SackList, UdpPair};
@@ -62,12 +63,26 @@ pub(crate) struct CtrlPacket {
     pub(crate) path: UdpPair,
     /// The header to emit.
     pub(crate) repr: Repr,
+    /// The payload of a sealed control packet (an encrypted flow's RST, §12.3): packet number
+    /// and tag, computed over `repr` when the packet was made.
+    pub(crate) sealed: Option<[u8; seal::OVERHEAD]>,
 }
 
 impl CtrlPacket {
+    /// An unsealed control packet.
+    pub(crate) fn plain(remote_ip: std::net::Ipv4Addr, path: UdpPair, repr: Repr) -> CtrlPacket {
+        CtrlPacket {
+            remote_ip,
+            path,
+            repr,
+            sealed: None,
+        }
+    }
+
     /// Writes the packet into `buf`; the datagram to send.
     pub(crate) fn emit(&self, buf: &mut [u8], with_checksum: bool) -> Transmit {
-        let len = self.repr.emit(buf, &[], with_checksum);
+        let payload: &[u8] = self.sealed.as_ref().map_or(&[], |t| &t[..]);
+        let len = self.repr.emit(buf, payload, with_checksum);
         Transmit::new(self.remote_ip, self.path, len)
     }
 }
@@ -123,8 +138,11 @@ pub(crate) fn syn_padding(cfg: &EngineConfig, attempt: u8) -> u16 {
     let h = &cfg.handshake;
     let batch =
         rss::spray_batch_for_attempt(cfg.engine_count, h.success_target, attempt, h.max_batch);
-    let want = (batch as usize * SYNACK_LEN).div_ceil(AMPLIFICATION_LIMIT);
+    // An encrypted server's SYN-ACKs carry the second Noise message (§12.2).
+    let synack = SYNACK_LEN + cfg.encryption.as_ref().map_or(0, |_| seal::MSG2_LEN);
+    let want = (batch as usize * synack).div_ceil(AMPLIFICATION_LIMIT);
     let cap = usize::from(cfg.max_udp_payload.min(wire::DEFAULT_MAX_DATAGRAM));
+    // The SYN's own header is as long as a plaintext SYN-ACK.
     (want.min(cap).saturating_sub(SYNACK_LEN)) as u16
 }
 
@@ -203,6 +221,24 @@ pub(crate) struct Flow {
     /// Server, half-open: bytes of SYN-ACKs we may still send to the unvalidated client — three
     /// times the bytes of its SYNs that reached this flow, less what we sent (§5.2).
     synack_allowance: usize,
+    /// Encryption (PROTOCOL.md §12): on for every flow of an engine configured with it.
+    encrypted: bool,
+    /// Client, until the SYN-ACK: the Noise handshake, whose first message every SYN carries.
+    initiator: Option<Box<Initiator>>,
+    /// Server: the second Noise message, carried by every SYN-ACK of the flow.
+    noise_reply: Option<[u8; seal::MSG2_LEN]>,
+    /// Packet protection, once the handshake gave keys.
+    sealer: Option<Box<Sealer>>,
+    /// The peer's stateless-reset token, from its handshake message (§12.4).
+    peer_reset: Option<seal::ResetToken>,
+}
+
+/// What an encrypted flow starts with (PROTOCOL.md §12.2).
+pub(crate) enum FlowKeys {
+    /// Client: the handshake it starts.
+    Initiating(Initiator),
+    /// Server: the keys, the answer to send in SYN-ACKs and the client's reset token.
+    Answered(seal::Response),
 }
 
 impl Flow {
@@ -259,7 +295,48 @@ impl Flow {
             rx_token,
             tx_token: 0,
             synack_allowance: 0,
+            encrypted: cfg.encryption.is_some(),
+            initiator: None,
+            noise_reply: None,
+            sealer: None,
+            peer_reset: None,
         }
+    }
+
+    fn set_keys(&mut self, keys: Option<FlowKeys>) {
+        match keys {
+            Some(FlowKeys::Initiating(i)) => self.initiator = Some(Box::new(i)),
+            Some(FlowKeys::Answered(r)) => {
+                self.sealer = Some(Box::new(r.sealer));
+                self.noise_reply = Some(r.msg2);
+                self.peer_reset = Some(r.client_reset);
+            }
+            None => {}
+        }
+    }
+
+    /// The flow's packet protection, if it has keys.
+    pub(crate) fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_deref()
+    }
+
+    /// The peer's stateless-reset token, once its handshake message gave it.
+    pub(crate) fn peer_reset(&self) -> Option<&seal::ResetToken> {
+        self.peer_reset.as_ref()
+    }
+
+    /// Whether the flow is encrypted (PROTOCOL.md §12).
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// Whether the flow is still in its handshake (an encrypted flow then accepts an unsealed
+    /// RST with its token: a refusal, or a client resetting our duplicate half-open flow).
+    pub(crate) fn in_handshake(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::SynSent { .. } | Phase::SynReceived { .. }
+        )
     }
 
     /// A client flow that sprays its first SYN batch (PROTOCOL.md §5.1).
@@ -274,8 +351,10 @@ impl Flow {
         peer_engines: u16,
         syn_paths: Vec<UdpPair>,
         reply_hint: UdpPair,
+        keys: Option<FlowKeys>,
     ) -> Flow {
         let mut f = Flow::base(cfg, key, iss, 0, true, rx_token);
+        f.set_keys(keys);
         f.peer_pool = peer_pool;
         f.peer_engines = peer_engines;
         f.reply_hint = reply_hint;
@@ -302,8 +381,10 @@ impl Flow {
         syn_path: UdpPair,
         now: Instant,
         synack_path: Option<UdpPair>,
+        keys: Option<FlowKeys>,
     ) -> Flow {
         let mut f = Flow::base(cfg, key, iss, syn.seq, false, rx_token);
+        f.set_keys(keys);
         f.learn_peer(hs, cfg);
         f.add_synack_allowance(syn);
         f.ts_recent = syn.ts_val;
@@ -355,9 +436,14 @@ impl Flow {
     /// A SYN of our client reached this half-open flow: it may be answered with up to three
     /// times its bytes (PROTOCOL.md §5.2, anti-amplification).
     fn add_synack_allowance(&mut self, syn: &Repr) {
-        let cap = SYNACK_LEN * MAX_SYNACK_BATCH as usize;
+        let cap = self.synack_len() * MAX_SYNACK_BATCH as usize;
         self.synack_allowance =
             (self.synack_allowance + AMPLIFICATION_LIMIT * syn.buffer_len()).min(cap);
+    }
+
+    /// Length of this flow's SYN-ACKs: an encrypted one carries the second Noise message.
+    fn synack_len(&self) -> usize {
+        SYNACK_LEN + self.noise_reply.map_or(0, |r| r.len())
     }
 
     fn batch(cfg: &EngineConfig, engines: u16, attempt: u8) -> u32 {
@@ -376,7 +462,8 @@ impl Flow {
         // Both ends compute the same limit from the two announcements (PROTOCOL.md §6.4); nothing
         // has been cut into fragments yet, so the new size applies to every packet of the flow.
         self.datagram = wire::agreed_datagram(cfg.max_udp_payload, hs.max_datagram);
-        let fragment = crate::config::fragment_payload(self.datagram);
+        let overhead = if self.encrypted { seal::OVERHEAD } else { 0 };
+        let fragment = crate::config::fragment_payload(self.datagram).saturating_sub(overhead);
         self.send.set_fragment_payload(fragment);
         self.recv.set_fragment_payload(fragment);
         self.peer_pool = PortPool {
@@ -526,7 +613,7 @@ impl Flow {
             return Err(DropReason::BadToken);
         }
         match self.phase {
-            Phase::SynSent { .. } => self.handle_syn_sent(now, repr, path, ctx),
+            Phase::SynSent { .. } => self.handle_syn_sent(now, repr, payload, path, ctx),
             Phase::SynReceived {
                 answered_attempt, ..
             } => self.handle_syn_received(now, repr, payload, path, answered_attempt, ctx),
@@ -539,6 +626,7 @@ impl Flow {
         &mut self,
         now: Instant,
         repr: &Repr,
+        payload: &[u8],
         path: UdpPair,
         ctx: &mut Ctx,
     ) -> Result<(), DropReason> {
@@ -562,6 +650,30 @@ impl Flow {
                     || !peer_pool.contains(hs.echo_path.dst)
                 {
                     return Err(DropReason::StaleHandshake);
+                }
+                if self.encrypted {
+                    // The server's answer completes the Noise handshake (§12.2). It reached us
+                    // with our token, so a failure means the server holds another key than our
+                    // allow-list gives for it (or the answer was changed on path): give up.
+                    if repr.flags & flags::SEALED == 0 {
+                        return Err(DropReason::SealMismatch);
+                    }
+                    let initiator = self
+                        .initiator
+                        .take()
+                        .expect("an encrypted client handshakes");
+                    match initiator.finish(payload) {
+                        Ok((sealer, reset)) => {
+                            self.sealer = Some(Box::new(sealer));
+                            self.peer_reset = Some(reset);
+                        }
+                        Err(_) => {
+                            self.die(CloseReason::PeerNotAuthenticated, true, false);
+                            return Err(DropReason::PeerNotAllowed);
+                        }
+                    }
+                } else if repr.flags & flags::SEALED != 0 {
+                    return Err(DropReason::SealMismatch);
                 }
                 self.irs = repr.seq;
                 let memory = self.recv.memory();
@@ -718,17 +830,18 @@ impl Flow {
                     // Another server engine also accepted one of our SYNs: reset its half-open
                     // flow on the path its SYN-ACK proves reaches it (PROTOCOL.md §5.1).
                     if let Some(hs) = repr.handshake.filter(|_| ctx.ctrl.len() < CTRL_QUEUE_CAP) {
-                        ctx.ctrl.push_back(CtrlPacket {
-                            remote_ip: self.key.remote_ip,
-                            path: hs.echo_path,
-                            repr: rst_repr(
+                        // Unsealed: we hold no keys of that engine's handshake (§12.4).
+                        ctx.ctrl.push_back(CtrlPacket::plain(
+                            self.key.remote_ip,
+                            hs.echo_path,
+                            rst_repr(
                                 self.key.local_port,
                                 self.key.remote_port,
                                 self.iss.wrapping_add(1),
                                 repr.seq.wrapping_add(1),
                                 hs.token,
                             ),
-                        });
+                        ));
                     }
                     return Err(DropReason::StaleHandshake);
                 }
@@ -1109,7 +1222,7 @@ impl Flow {
             Phase::SynReceived { .. } => {
                 self.spray.remaining > 0
                     && self.timers.get(Timer::SprayPause).is_none()
-                    && self.synack_allowance >= SYNACK_LEN
+                    && self.synack_allowance >= self.synack_len()
             }
             Phase::Lingering => self.ack_pending,
             Phase::Established => {
@@ -1163,8 +1276,9 @@ impl Flow {
             return None;
         }
         let is_syn = ty == PacketType::Syn;
+        let synack_len = self.synack_len();
         if !is_syn {
-            if self.synack_allowance < SYNACK_LEN {
+            if self.synack_allowance < synack_len {
                 return None;
             }
             if let Err(wait) = ctx.answer_budget.try_take(now) {
@@ -1172,7 +1286,7 @@ impl Flow {
                 self.timers.set(Timer::SprayPause, now + wait);
                 return None;
             }
-            self.synack_allowance -= SYNACK_LEN;
+            self.synack_allowance -= synack_len;
         }
         if self.spray.remaining == self.spray.total {
             self.last_spray = Some(now);
@@ -1192,9 +1306,21 @@ impl Flow {
                 dst: random_port(ctx.rng, self.peer_pool),
             });
         let ts_val = now_ts(now);
+        // An encrypted flow's SYNs carry the first Noise message (the padding follows it), its
+        // SYN-ACKs the second (§12.2).
+        let noise: &[u8] = match (&self.initiator, &self.noise_reply) {
+            (Some(i), _) if is_syn => i.msg1(),
+            (_, Some(r)) if !is_syn => r,
+            _ => &[],
+        };
+        let payload_len = if is_syn {
+            syn_padding(cfg, attempt).max(noise.len() as u16)
+        } else {
+            noise.len() as u16
+        };
         let repr = Repr {
             packet_type: ty,
-            flags: 0,
+            flags: if noise.is_empty() { 0 } else { flags::SEALED },
             src_port: self.key.local_port,
             dst_port: self.key.remote_port,
             seq: self.iss,
@@ -1225,7 +1351,7 @@ impl Flow {
                 token: self.rx_token,
                 isn: self.iss,
             }),
-            payload_len: if is_syn { syn_padding(cfg, attempt) } else { 0 },
+            payload_len,
             token: if is_syn { 0 } else { self.tx_token },
         };
         if is_syn {
@@ -1236,6 +1362,13 @@ impl Flow {
         self.stats.handshake_packets += 1;
         let with_checksum = cfg.checksum == crate::config::ChecksumMode::Always;
         let len = repr.emit_zero_padded(buf, with_checksum);
+        if !noise.is_empty() {
+            let hl = repr.header_len();
+            buf[hl..hl + noise.len()].copy_from_slice(noise);
+            if with_checksum {
+                wire::finish_checksum(&mut buf[..len]);
+            }
+        }
         self.stats.packets_sent += 1;
         Some(Transmit::new(self.key.remote_ip, path, len))
     }
@@ -1345,11 +1478,11 @@ impl Flow {
         };
         self.stats.bytes_sent += bytes.len() as u64;
         self.stats.packets_sent += 1;
-        let len = repr.emit(
-            buf,
-            bytes,
-            ctx.cfg.checksum == crate::config::ChecksumMode::Always,
-        );
+        let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
+        let len = match self.sealer.as_deref_mut() {
+            Some(sealer) => seal::emit_sealed(&mut repr, buf, bytes, sealer, with_checksum),
+            None => repr.emit(buf, bytes, with_checksum),
+        };
         Transmit::new(self.key.remote_ip, self.tx_path, len)
     }
 
@@ -1362,7 +1495,11 @@ impl Flow {
         ctx: &mut Ctx,
     ) -> Transmit {
         let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
-        let len = repr.emit(buf, payload, with_checksum);
+        let mut repr = *repr;
+        let len = match self.sealer.as_deref_mut() {
+            Some(sealer) => seal::emit_sealed(&mut repr, buf, payload, sealer, with_checksum),
+            None => repr.emit(buf, payload, with_checksum),
+        };
         self.stats.packets_sent += 1;
         Transmit::new(self.key.remote_ip, path, len)
     }
@@ -1378,18 +1515,30 @@ impl Flow {
         s
     }
 
-    /// The RST to send when this flow dies with `send_rst`.
-    pub(crate) fn rst(&self) -> Option<CtrlPacket> {
-        (!self.tx_path.is_none()).then(|| CtrlPacket {
+    /// The RST to send when this flow dies with `send_rst`; sealed if the flow has keys.
+    pub(crate) fn rst(&mut self) -> Option<CtrlPacket> {
+        if self.tx_path.is_none() {
+            return None;
+        }
+        let mut repr = rst_repr(
+            self.key.local_port,
+            self.key.remote_port,
+            self.send.nxt,
+            self.recv.nxt,
+            self.tx_token,
+        );
+        let sealed = self.sealer.as_deref_mut().map(|sealer| {
+            let mut packet = [0u8; wire::MAX_HEADER_LEN + seal::OVERHEAD];
+            let len = seal::emit_sealed(&mut repr, &mut packet, &[], sealer, false);
+            let mut trailer = [0u8; seal::OVERHEAD];
+            trailer.copy_from_slice(&packet[len - seal::OVERHEAD..len]);
+            trailer
+        });
+        Some(CtrlPacket {
             remote_ip: self.key.remote_ip,
             path: self.tx_path,
-            repr: rst_repr(
-                self.key.local_port,
-                self.key.remote_port,
-                self.send.nxt,
-                self.recv.nxt,
-                self.tx_token,
-            ),
+            repr,
+            sealed,
         })
     }
 }

@@ -98,8 +98,11 @@ pub mod flags {
     pub const ACK_REQ: u8 = 0x04;
     /// A handshake block follows the SACK blocks.
     pub const HANDSHAKE: u8 = 0x08;
+    /// Encryption (§12): a SYN's or SYN-ACK's payload starts with a Noise handshake message;
+    /// any other packet's payload is sealed (packet number, ciphertext, tag).
+    pub const SEALED: u8 = 0x10;
     /// Every bit this version defines; packets with other bits set are rejected.
-    pub const ALL: u8 = FIRST | LAST | ACK_REQ | HANDSHAKE;
+    pub const ALL: u8 = FIRST | LAST | ACK_REQ | HANDSHAKE | SEALED;
 }
 
 /// Why a buffer is not a valid Machnet packet. Each variant is a drop reason the engine counts.
@@ -584,41 +587,57 @@ impl Repr {
                 return Err(ParseError::Malformed);
             }
         }
+        let sealed = self.flags & flags::SEALED != 0;
+        // What the payload carries for the application: a sealed payload adds its packet number
+        // and tag (§12.3).
+        let Some(plain) = self.plain_len() else {
+            return Err(ParseError::Malformed);
+        };
         let ok = match self.packet_type {
-            // A SYN may carry padding (§5.2, anti-amplification); its bytes mean nothing.
+            // A SYN may carry padding (§5.2, anti-amplification); its bytes mean nothing. A
+            // sealed SYN's payload starts with the first Noise message (§12.2).
             Syn => {
                 self.handshake.is_some()
                     && self.flags & (flags::FIRST | flags::LAST) == 0
                     && self.msg_len == 0
                     && self.token == 0
+                    && (!sealed || usize::from(self.payload_len) >= crate::seal::MSG1_LEN)
             }
             SynAck => {
                 self.handshake.is_some()
-                    && self.payload_len == 0
+                    && usize::from(self.payload_len)
+                        == if sealed { crate::seal::MSG2_LEN } else { 0 }
                     && self.flags & (flags::FIRST | flags::LAST) == 0
                     && self.msg_len == 0
             }
             Ack | Rst | Fin => {
-                self.payload_len == 0
-                    && self.flags & (flags::FIRST | flags::LAST) == 0
-                    && self.msg_len == 0
+                plain == 0 && self.flags & (flags::FIRST | flags::LAST) == 0 && self.msg_len == 0
             }
             Data => {
                 let len_ok = if first {
-                    self.msg_len >= 1 && u32::from(self.payload_len) <= self.msg_len
+                    self.msg_len >= 1 && plain as u32 <= self.msg_len
                 } else {
                     self.msg_len == 0
                 };
                 // Every fragment carries at least one byte; a one-fragment message carries all.
-                len_ok
-                    && self.payload_len >= 1
-                    && (!(first && last) || u32::from(self.payload_len) == self.msg_len)
+                len_ok && plain >= 1 && (!(first && last) || plain as u32 == self.msg_len)
             }
         };
         if ok {
             Ok(())
         } else {
             Err(ParseError::Malformed)
+        }
+    }
+
+    /// Bytes of the payload that belong to the application: all of it, less the packet number
+    /// and tag of a sealed non-handshake packet (§12.3). `None`: too short to be sealed.
+    pub fn plain_len(&self) -> Option<usize> {
+        let len = usize::from(self.payload_len);
+        match self.packet_type {
+            PacketType::Syn | PacketType::SynAck => Some(len),
+            _ if self.flags & flags::SEALED != 0 => len.checked_sub(crate::seal::OVERHEAD),
+            _ => Some(len),
         }
     }
 
@@ -705,6 +724,18 @@ impl Repr {
         }
         total
     }
+}
+
+/// The associated data of a sealed packet (§12.3): its header, `packet[..header_len]`, with the
+/// checksum field zeroed (the checksum is computed after sealing), copied into `out`.
+pub(crate) fn sealed_aad<'o>(
+    packet: &[u8],
+    header_len: usize,
+    out: &'o mut [u8; MAX_HEADER_LEN],
+) -> &'o [u8] {
+    out[..header_len].copy_from_slice(&packet[..header_len]);
+    out[field::CHECKSUM].fill(0);
+    &out[..header_len]
 }
 
 /// Fills in the checksum field of a fully written packet (§2.5).

@@ -231,7 +231,7 @@ mod model {
         if !(1..=6).contains(&b[3]) {
             return Err(ParseError::BadType);
         }
-        if b[4] & 0xF0 != 0 {
+        if b[4] & 0xE0 != 0 {
             return Err(ParseError::BadFlags);
         }
         if b[5] > 4 {
@@ -302,7 +302,7 @@ mod model {
         };
         let repr = Repr {
             packet_type,
-            flags: raw_flags & 0x07,
+            flags: raw_flags & 0x17,
             src_port: be16(b, 6),
             dst_port: be16(b, 8),
             payload_len: be16(b, 10),
@@ -321,13 +321,32 @@ mod model {
         }
         let first = raw_flags & 0x01 != 0;
         let last = raw_flags & 0x02 != 0;
-        let pl = u32::from(repr.payload_len);
+        let sealed = raw_flags & 0x10 != 0;
+        let wire_len = u32::from(repr.payload_len);
+        // A sealed packet's payload: packet number (8), the application's bytes, tag (16).
+        let pl = match packet_type {
+            PacketType::Syn | PacketType::SynAck => wire_len,
+            _ if sealed => match wire_len.checked_sub(24) {
+                Some(p) => p,
+                None => return bad,
+            },
+            _ => wire_len,
+        };
         let ok = match packet_type {
             PacketType::Syn => {
-                repr.handshake.is_some() && !first && !last && repr.msg_len == 0 && repr.token == 0
+                repr.handshake.is_some()
+                    && !first
+                    && !last
+                    && repr.msg_len == 0
+                    && repr.token == 0
+                    && (!sealed || pl >= 112)
             }
             PacketType::SynAck => {
-                repr.handshake.is_some() && pl == 0 && !first && !last && repr.msg_len == 0
+                repr.handshake.is_some()
+                    && pl == if sealed { 64 } else { 0 }
+                    && !first
+                    && !last
+                    && repr.msg_len == 0
             }
             PacketType::Ack | PacketType::Fin | PacketType::Rst => {
                 pl == 0 && !first && !last && repr.msg_len == 0
@@ -358,7 +377,7 @@ fn constants_and_layout() {
     assert_eq!(MAGIC.to_be_bytes(), *b"MN");
     assert_eq!(HEADER_LEN, 48);
     assert_eq!(MAX_HEADER_LEN, 48 + 4 * 8 + 40);
-    assert_eq!(flags::ALL, 0x0F);
+    assert_eq!(flags::ALL, 0x1F);
     assert_eq!(field::TOKEN.end, HEADER_LEN);
     // Fields are contiguous and cover the fixed header exactly.
     let ranges = [
@@ -885,7 +904,7 @@ fn bad_type() {
 #[test]
 fn unknown_flags() {
     let good = emit_plain(&base(PacketType::Ack));
-    for bit in 4..8 {
+    for bit in 5..8 {
         let mut b = good.clone();
         b[4] |= 1 << bit;
         assert_eq!(check_only(&b), Err(ParseError::BadFlags), "bit {bit}");
