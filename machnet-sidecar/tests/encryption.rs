@@ -1,7 +1,8 @@
 //! Encryption in transit between two real sidecars over loopback (docs/CHANNEL.md §7,
 //! docs/PROTOCOL.md §12): encrypted flows deliver every message byte-identical, in order,
 //! exactly once; a wrong key, a missing allow-list entry on either side and a plaintext peer
-//! each make the connect fail with its own error, at once or after the handshake, never a hang.
+//! each make the connect fail (`PermissionDenied` at once without an entry for the server,
+//! else `Refused` by the server), never a hang.
 //! The sidecars run in this process (`LoopbackSidecars`); the last test runs the `machnet`
 //! binary with the flags and the key subcommands.
 
@@ -148,6 +149,14 @@ fn drops(sidecars: &LoopbackSidecars, i: usize, reason: DropReason) -> u64 {
         .sum()
 }
 
+fn accepts(sidecars: &LoopbackSidecars, i: usize) -> u64 {
+    sidecars
+        .reports(i)
+        .iter()
+        .map(|r| r.core.accepts_completed)
+        .sum()
+}
+
 fn syns_sent(sidecars: &LoopbackSidecars, i: usize) -> u64 {
     sidecars.reports(i).iter().map(|r| r.core.syns_sent).sum()
 }
@@ -231,8 +240,13 @@ fn encrypted_flows_carry_1_byte_to_8_mib_both_ways_identical_in_order_exactly_on
     }
 }
 
+/// A client whose allow-list gives the server a wrong key encrypts its handshake to that key:
+/// the server cannot read it and refuses, as it refuses a client it does not list (Noise IK:
+/// nothing tells the two apart). The connect fails with `Refused`, the server counts a
+/// `peer_not_allowed` drop, and nothing is ever delivered. (`PeerNotAllowed` after a handshake is
+/// for a SYN-ACK that fails to authenticate: forged or changed on path; machnet-core's tests.)
 #[test]
-fn a_server_that_does_not_prove_the_listed_key_is_refused_with_permission_denied() {
+fn a_client_with_a_wrong_key_for_the_server_is_refused() {
     let keys = Keys::new();
     let wrong = StaticKey::generate();
     let server_enc = keys.server_with(vec![peer(CLIENT, &keys.client)]);
@@ -244,11 +258,13 @@ fn a_server_that_does_not_prove_the_listed_key_is_refused_with_permission_denied
     for _ in 0..3 {
         let e = connect_error(&mut ch, SERVER);
         assert!(
-            matches!(e, ConnectError::Failed(Some(CloseCode::PeerNotAllowed))),
+            matches!(e, ConnectError::Failed(Some(CloseCode::Refused))),
             "{e:?}"
         );
-        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
     }
+    assert!(drops(&sidecars, 0, DropReason::PeerNotAllowed) >= 3);
+    assert_eq!(accepts(&sidecars, 0), 0);
     stop.store(true, Ordering::SeqCst);
     server.join().expect("echo server");
 }
@@ -275,6 +291,12 @@ fn a_server_that_does_not_list_the_client_refuses_it() {
             "{tag}: {e:?}"
         );
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{tag}: {e}");
+        // Refused for the handshake, not for want of a listener.
+        assert!(
+            drops(&sidecars, 0, DropReason::PeerNotAllowed) >= 1,
+            "{tag}"
+        );
+        assert_eq!(accepts(&sidecars, 0), 0, "{tag}");
         stop.store(true, Ordering::SeqCst);
         server.join().expect("echo server");
     }
@@ -321,6 +343,9 @@ fn encrypted_and_plaintext_sidecars_refuse_each_other_cleanly() {
             "{tag}: {e:?}"
         );
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{tag}: {e}");
+        // The server refused the SYN for its (missing or unexpected) seal.
+        assert!(drops(&sidecars, 0, DropReason::SealMismatch) >= 1, "{tag}");
+        assert_eq!(accepts(&sidecars, 0), 0, "{tag}");
         stop.store(true, Ordering::SeqCst);
         echo.join().expect("echo server");
     }
