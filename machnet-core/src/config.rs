@@ -66,6 +66,10 @@ pub struct HandshakeConfig {
     /// Packets per second an engine may send in answer to others' connection attempts
     /// (SYN-ACKs and refusal RSTs); bounds amplification by forged SYNs.
     pub max_answer_rate: u32,
+    /// Encryption: sealed SYNs per second an engine reads (PROTOCOL.md §12.5). Reading one costs
+    /// two to five X25519 operations (~0.2 ms here), so this bounds the CPU a flood of sealed
+    /// SYNs takes; SYNs beyond it are dropped (`FlowLimit`) and their clients retry.
+    pub max_encrypted_handshake_rate: u32,
 }
 
 impl Default for HandshakeConfig {
@@ -77,6 +81,7 @@ impl Default for HandshakeConfig {
             max_batch: 512,
             half_open_timeout: Duration::from_secs(5),
             max_answer_rate: 200_000,
+            max_encrypted_handshake_rate: 2_000,
             max_half_open: 4096,
             syn_cookies_after: 256,
         }
@@ -325,6 +330,11 @@ impl EngineConfig {
         check(
             hs.max_answer_rate >= 1,
             "handshake.max_answer_rate",
+            "must be at least 1",
+        )?;
+        check(
+            hs.max_encrypted_handshake_rate >= 1,
+            "handshake.max_encrypted_handshake_rate",
             "must be at least 1",
         )?;
         check(

@@ -347,21 +347,56 @@ pub(crate) fn is_stateless_reset(peer_reset: &ResetToken, body: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OpenError;
 
+/// Packets one key seals before the next takes over (§12.3): well inside AES-GCM's
+/// confidentiality limit of 2^23 packets (RFC 9001 §6.6). The key of a packet follows from its
+/// packet number, so a key update needs no signalling.
+pub(crate) const KEY_EPOCH_PACKETS: u64 = 1 << 22;
+
+/// One direction's keys: the traffic secret from the handshake and the key of the newest epoch
+/// in use (and, receiving, the one before it, for packets reordered across an update).
+struct DirectionKeys {
+    secret: ring::hkdf::Prk,
+    epoch: u64,
+    key: LessSafeKey,
+    previous: Option<(u64, LessSafeKey)>,
+}
+
+impl DirectionKeys {
+    fn new(secret: &[u8; 32]) -> DirectionKeys {
+        // The handshake's split output is already a uniformly random key.
+        let secret = ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, secret);
+        let key = epoch_key(&secret, 0);
+        DirectionKeys {
+            secret,
+            epoch: 0,
+            key,
+            previous: None,
+        }
+    }
+}
+
+/// The AES-256-GCM key of `epoch`: HKDF-Expand of the traffic secret.
+fn epoch_key(secret: &ring::hkdf::Prk, epoch: u64) -> LessSafeKey {
+    let epoch = epoch.to_be_bytes();
+    let info = [&b"machnet/2 packet key"[..], &epoch[..]];
+    let okm = secret
+        .expand(&info, &AES_256_GCM)
+        .expect("an AES-256 key is a valid HKDF output length");
+    LessSafeKey::new(UnboundKey::from(okm))
+}
+
 /// One flow's packet protection, both directions.
 pub(crate) struct Sealer {
-    tx: LessSafeKey,
-    rx: LessSafeKey,
+    tx: DirectionKeys,
+    rx: DirectionKeys,
     next_pn: u64,
 }
 
 impl Sealer {
     fn new(tx: &[u8; 32], rx: &[u8; 32]) -> Sealer {
-        let key = |k: &[u8; 32]| {
-            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).expect("a 32-byte AES-256 key"))
-        };
         Sealer {
-            tx: key(tx),
-            rx: key(rx),
+            tx: DirectionKeys::new(tx),
+            rx: DirectionKeys::new(rx),
             next_pn: 0,
         }
     }
@@ -371,19 +406,26 @@ impl Sealer {
     pub(crate) fn seal(&mut self, header: &[u8], body: &mut [u8], plain_len: usize) {
         let pn = self.next_pn;
         self.next_pn += 1;
+        let epoch = pn / KEY_EPOCH_PACKETS;
+        if epoch != self.tx.epoch {
+            self.tx.key = epoch_key(&self.tx.secret, epoch);
+            self.tx.epoch = epoch;
+        }
         body[..PN_LEN].copy_from_slice(&pn.to_be_bytes());
         let (text, tag_out) = body[PN_LEN..].split_at_mut(plain_len);
         let tag = self
             .tx
+            .key
             .seal_in_place_separate_tag(nonce(pn), aead::Aad::from(header), text)
             .expect("AES-GCM seals any packet-sized input");
         tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
     }
 
     /// Opens a sealed payload in place; the plaintext. `header` is the packet's header with the
-    /// checksum field zeroed.
+    /// checksum field zeroed. A packet of a newer key epoch moves the receive keys forward only
+    /// once it authenticates, so forgeries cannot make us drop the keys in use.
     pub(crate) fn open<'b>(
-        &self,
+        &mut self,
         header: &[u8],
         body: &'b mut [u8],
     ) -> Result<&'b mut [u8], OpenError> {
@@ -391,9 +433,33 @@ impl Sealer {
             return Err(OpenError);
         }
         let pn = u64::from_be_bytes(body[..PN_LEN].try_into().expect("8 bytes"));
-        self.rx
-            .open_in_place(nonce(pn), aead::Aad::from(header), &mut body[PN_LEN..])
-            .map_err(|_| OpenError)
+        let epoch = pn / KEY_EPOCH_PACKETS;
+        let aad = aead::Aad::from(header);
+        let text = &mut body[PN_LEN..];
+        let rx = &mut self.rx;
+        let len = match &rx.previous {
+            _ if epoch == rx.epoch => rx.key.open_in_place(nonce(pn), aad, text),
+            Some((e, key)) if *e == epoch => key.open_in_place(nonce(pn), aad, text),
+            _ => {
+                let key = epoch_key(&rx.secret, epoch);
+                // Authenticate before keeping anything.
+                let opened = key.open_in_place(nonce(pn), aad, text);
+                if opened.is_ok() && epoch > rx.epoch {
+                    let old = std::mem::replace(&mut rx.key, key);
+                    rx.previous = Some((rx.epoch, old));
+                    rx.epoch = epoch;
+                }
+                opened
+            }
+        }
+        .map_err(|_| OpenError)?
+        .len();
+        Ok(&mut body[PN_LEN..PN_LEN + len])
+    }
+
+    #[cfg(test)]
+    fn skip_to(&mut self, pn: u64) {
+        self.next_pn = pn;
     }
 }
 
@@ -496,7 +562,7 @@ mod tests {
     fn handshake_gives_both_ends_matching_keys_both_ways() {
         let (a, b) = pair();
         let (mut client, mut server) = handshake(&a, &b).unwrap();
-        let roundtrip = |tx: &mut Sealer, rx: &Sealer| {
+        let roundtrip = |tx: &mut Sealer, rx: &mut Sealer| {
             let header = b"header bytes";
             let mut body = vec![0u8; 5 + OVERHEAD];
             body[PN_LEN..PN_LEN + 5].copy_from_slice(b"hello");
@@ -504,8 +570,46 @@ mod tests {
             assert_ne!(&body[PN_LEN..PN_LEN + 5], b"hello");
             assert_eq!(rx.open(header, &mut body.clone()).unwrap(), b"hello");
         };
-        roundtrip(&mut client, &server);
-        roundtrip(&mut server, &client);
+        roundtrip(&mut client, &mut server);
+        roundtrip(&mut server, &mut client);
+    }
+
+    #[test]
+    fn keys_change_every_epoch_and_the_receiver_follows_also_out_of_order() {
+        let (a, b) = pair();
+        let (mut client, mut server) = handshake(&a, &b).unwrap();
+        let header = b"h";
+        let seal_at = |c: &mut Sealer, pn: u64| {
+            c.skip_to(pn);
+            let mut body = vec![0u8; 4 + OVERHEAD];
+            body[PN_LEN..PN_LEN + 4].copy_from_slice(&(pn as u32).to_be_bytes());
+            c.seal(header, &mut body, 4);
+            body
+        };
+        let last_of_0 = seal_at(&mut client, KEY_EPOCH_PACKETS - 1);
+        let first_of_1 = seal_at(&mut client, KEY_EPOCH_PACKETS);
+        let first_of_3 = seal_at(&mut client, 3 * KEY_EPOCH_PACKETS);
+        // A forgery in a future epoch does not move the receiver.
+        let mut forged = first_of_3.clone();
+        forged[PN_LEN] ^= 1;
+        assert_eq!(server.open(header, &mut forged), Err(OpenError));
+        assert_eq!(server.rx.epoch, 0);
+        for (body, pn) in [
+            (&first_of_1, KEY_EPOCH_PACKETS),
+            (&last_of_0, KEY_EPOCH_PACKETS - 1),
+            (&first_of_3, 3 * KEY_EPOCH_PACKETS),
+            (&first_of_1, KEY_EPOCH_PACKETS),
+            (&last_of_0, KEY_EPOCH_PACKETS - 1),
+        ] {
+            let mut b2 = body.clone();
+            let plain = server.open(header, &mut b2).unwrap();
+            assert_eq!(plain, (pn as u32).to_be_bytes(), "pn {pn}");
+        }
+        assert_eq!(server.rx.epoch, 3);
+        // Each epoch's key differs: a packet moved to another epoch's number fails.
+        let mut moved = first_of_1.clone();
+        moved[..PN_LEN].copy_from_slice(&(KEY_EPOCH_PACKETS - 1).to_be_bytes());
+        assert_eq!(server.open(header, &mut moved), Err(OpenError));
     }
 
     #[test]
@@ -523,7 +627,7 @@ mod tests {
     #[test]
     fn any_changed_bit_of_header_packet_number_or_body_is_refused() {
         let (a, b) = pair();
-        let (mut client, server) = handshake(&a, &b).unwrap();
+        let (mut client, mut server) = handshake(&a, &b).unwrap();
         let header = [7u8; 48];
         let mut body = vec![0u8; 40 + OVERHEAD];
         client.seal(&header, &mut body, 40);

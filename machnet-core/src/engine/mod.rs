@@ -164,6 +164,8 @@ pub struct Engine {
     used_cookies: UsedCookies,
     /// Where a sealed packet's payload is opened (PROTOCOL.md §12.3); reused, never shrunk.
     open_buf: Vec<u8>,
+    /// Sealed SYNs this engine may still read (PROTOCOL.md §12.5).
+    noise_budget: SprayBudget,
 }
 
 impl std::fmt::Debug for Engine {
@@ -186,6 +188,8 @@ impl Engine {
             config.handshake.max_answer_rate,
             2 * config.handshake.max_batch,
         );
+        let noise_rate = config.handshake.max_encrypted_handshake_rate;
+        let noise_budget = SprayBudget::new(noise_rate, noise_rate.div_ceil(10));
         let ports = PortMap::new(
             config.engine_id,
             config.engine_count,
@@ -219,6 +223,7 @@ impl Engine {
             last_now: Instant::ZERO,
             leftovers: HashMap::new(),
             open_buf: Vec::new(),
+            noise_budget,
         })
     }
 
@@ -651,21 +656,26 @@ impl Engine {
     /// plaintext is expected or the other way round is refused. An encrypted flow accepts no
     /// plaintext but a handshake-phase RST (its token proves it: §12.4).
     fn unseal<'b>(
-        &self,
+        &mut self,
         idx: u32,
         repr: &Repr,
         datagram: &'b [u8],
         opened: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], DropReason> {
-        let flow = self.flow_ref(idx);
         let hl = repr.header_len();
         let payload = &datagram[hl..];
-        let sealed = repr.flags & wire::flags::SEALED != 0;
         if matches!(repr.packet_type, PacketType::Syn | PacketType::SynAck) {
             // The Noise messages they carry are the flow's to read.
             return Ok(payload);
         }
-        match flow.sealer() {
+        let sealed = repr.flags & wire::flags::SEALED != 0;
+        let flow = self.flow_mut(idx);
+        let stateless_reset = repr.packet_type == PacketType::Rst
+            && flow
+                .peer_reset()
+                .is_some_and(|t| seal::is_stateless_reset(t, payload));
+        let (encrypted, in_handshake) = (flow.is_encrypted(), flow.in_handshake());
+        match flow.sealer_mut() {
             Some(sealer) if sealed => {
                 let mut aad = [0u8; wire::MAX_HEADER_LEN];
                 let aad = wire::sealed_aad(datagram, hl, &mut aad);
@@ -674,20 +684,13 @@ impl Engine {
                 match sealer.open(aad, opened) {
                     Ok(plain) => Ok(plain),
                     // The peer lost the flow and answered one of our packets (§12.4).
-                    Err(_)
-                        if repr.packet_type == PacketType::Rst
-                            && flow
-                                .peer_reset()
-                                .is_some_and(|t| seal::is_stateless_reset(t, payload)) =>
-                    {
-                        Ok(&[])
-                    }
+                    Err(_) if stateless_reset => Ok(&[]),
                     Err(_) => Err(DropReason::BadSeal),
                 }
             }
             _ if sealed => Err(DropReason::SealMismatch),
-            _ if !flow.is_encrypted() => Ok(payload),
-            _ if repr.packet_type == PacketType::Rst && flow.in_handshake() => Ok(payload),
+            _ if !encrypted => Ok(payload),
+            _ if repr.packet_type == PacketType::Rst && in_handshake => Ok(payload),
             _ => Err(DropReason::SealMismatch),
         }
     }
@@ -976,6 +979,11 @@ impl Engine {
         }
         let iss = self.rng.random();
         let token = fresh_token(&mut self.rng);
+        if sealed && !self.noise_budget.take(now) {
+            // Each read costs several X25519 operations: a flood of sealed SYNs may not take
+            // the engine's core (§12.5). The client retries.
+            return Err(DropReason::FlowLimit);
+        }
         let keys = match &self.cfg.encryption {
             Some(enc) => {
                 let reset = enc.reset_token(syn.dst_port, remote_ip, syn.src_port, token);
@@ -986,7 +994,7 @@ impl Engine {
                     client_isn: syn.seq,
                 };
                 match seal::respond(enc, remote_ip, binding, &payload[..seal::MSG1_LEN], &reset) {
-                    Ok(response) => Some(FlowKeys::Answered(response)),
+                    Ok(response) => Some(FlowKeys::Answered(Box::new(response))),
                     Err(_) => {
                         self.refuse_syn(now, remote_ip, syn, &hs, pool);
                         return Err(DropReason::PeerNotAllowed);

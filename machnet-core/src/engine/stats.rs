@@ -62,15 +62,6 @@ drop_reasons! {
     RstRejected => "rst_rejected",
     /// A packet without the flow's token (PROTOCOL.md §4.1): forged, or from an old flow.
     BadToken => "bad_token",
-    /// Encryption (PROTOCOL.md §12.3): a sealed packet that failed to authenticate (forged,
-    /// changed on path, or sealed with other keys).
-    BadSeal => "bad_seal",
-    /// Encryption: a plaintext packet where the flow or engine requires sealed ones, or a sealed
-    /// one where plaintext was expected (§12.4).
-    SealMismatch => "seal_mismatch",
-    /// Encryption: a handshake from a host outside the allow-list, with another key, or whose
-    /// Noise message failed (§12.2).
-    PeerNotAllowed => "peer_not_allowed",
     /// A packet for a flow that is closing and can no longer accept it.
     FlowClosing => "flow_closing",
     /// A SYN refused because the engine holds its maximum of flows or half-open flows.
@@ -80,6 +71,15 @@ drop_reasons! {
     /// A DATA packet refused because its flow holds its fair share of the engine's memory
     /// budget, or the engine holds all of it (PROTOCOL.md §6.5).
     MemoryBudget => "memory_budget",
+    /// Encryption (PROTOCOL.md §12.3): a sealed packet that failed to authenticate (forged,
+    /// changed on path, or sealed with other keys).
+    BadSeal => "bad_seal",
+    /// Encryption: a plaintext packet where the flow or engine requires sealed ones, or a sealed
+    /// one where plaintext was expected (§12.4).
+    SealMismatch => "seal_mismatch",
+    /// Encryption: a handshake from a host outside the allow-list, with another key, or whose
+    /// Noise message failed (§12.2).
+    PeerNotAllowed => "peer_not_allowed",
 }
 
 #[cfg(test)]

@@ -238,7 +238,7 @@ pub(crate) enum FlowKeys {
     /// Client: the handshake it starts.
     Initiating(Initiator),
     /// Server: the keys, the answer to send in SYN-ACKs and the client's reset token.
-    Answered(seal::Response),
+    Answered(Box<seal::Response>),
 }
 
 impl Flow {
@@ -307,6 +307,7 @@ impl Flow {
         match keys {
             Some(FlowKeys::Initiating(i)) => self.initiator = Some(Box::new(i)),
             Some(FlowKeys::Answered(r)) => {
+                let r = *r;
                 self.sealer = Some(Box::new(r.sealer));
                 self.noise_reply = Some(r.msg2);
                 self.peer_reset = Some(r.client_reset);
@@ -316,8 +317,8 @@ impl Flow {
     }
 
     /// The flow's packet protection, if it has keys.
-    pub(crate) fn sealer(&self) -> Option<&Sealer> {
-        self.sealer.as_deref()
+    pub(crate) fn sealer_mut(&mut self) -> Option<&mut Sealer> {
+        self.sealer.as_deref_mut()
     }
 
     /// The peer's stateless-reset token, once its handshake message gave it.
