@@ -89,6 +89,7 @@ encryption_args() {
     for host in "${hosts[@]}"; do
         [ "$host" = "$ip" ] || echo "$host $(cat "$dir/keys/$host.pub")" >>"$dir/keys/$ip.peers"
     done
+    chmod 644 "$dir/keys/$ip.peers" # only its owner may write an allow-list
     ENCRYPTION_ARGS=(--encryption-key "$dir/keys/$ip.key" --peer-keys "$dir/keys/$ip.peers")
 }
 

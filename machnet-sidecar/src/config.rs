@@ -381,7 +381,7 @@ pub struct Cli {
     pub peer_key: Vec<String>,
 
     /// With --encryption-key: file of peers, one `IP BASE64PUB` per line (`#` comments);
-    /// adds to --peer-key.
+    /// adds to --peer-key. Only its owner may write it.
     #[arg(long, value_name = "PATH")]
     pub peer_keys: Option<PathBuf>,
 
@@ -1629,6 +1629,7 @@ mod tests {
             0o644,
         );
         let bad_peer_key = write_mode(&dir, "peers2", "10.0.0.2 AAAA\n", 0o644);
+        let writable_peers = write_mode(&dir, "peers3", &format!("10.0.0.2 {good}\n"), 0o664);
         let missing = dir.join("missing").to_str().unwrap().to_owned();
         let dir_s = dir.to_str().unwrap().to_owned();
         let host = format!("host={good}");
@@ -1721,6 +1722,11 @@ mod tests {
                 vec!["--encryption-key", &key, "--peer-keys", &bad_peers],
                 "--peer-keys",
                 "line 2",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &writable_peers],
+                "--peer-keys",
+                "chmod go-w",
             ),
             (
                 vec!["--encryption-key", &key, "--peer-keys", &bad_peer_key],

@@ -4,7 +4,8 @@
 //! Keys are 32-byte X25519 keys written in standard base64 (44 characters, the format of
 //! WireGuard's keys). The private key file holds one such key (surrounding whitespace is
 //! ignored) and must be readable by its owner only, as ssh demands of its private keys. A
-//! peer-keys file holds one `IP BASE64PUB` per line; `#` starts a comment.
+//! peer-keys file holds one `IP BASE64PUB` per line (`#` starts a comment) and must be writable
+//! by its owner only: whoever can change it can let any host in.
 //!
 //! Nothing here prints or logs a private key.
 
@@ -46,6 +47,18 @@ pub enum KeyFileError {
          owner only (chmod 600 {path})"
     )]
     TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The peer-keys file may be changed by users other than its owner (who could then add
+    /// themselves to the allow-list).
+    #[error(
+        "permissions {mode:04o} for {path} are too open: others must not be able to change the \
+         allow-list (chmod go-w {path})"
+    )]
+    Writable {
         /// The file.
         path: PathBuf,
         /// Its permission bits.
@@ -209,14 +222,28 @@ pub fn parse_peer_keys(path: &Path, text: &str) -> Result<Vec<PeerKey>, KeyFileE
     Ok(peers)
 }
 
-/// Reads a peer-keys file.
+/// Reads a peer-keys file: a regular file that only its owner may write (as ssh demands of
+/// `authorized_keys`).
 pub fn read_peer_keys(path: &Path) -> Result<Vec<PeerKey>, KeyFileError> {
     let read = |source| KeyFileError::Read {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(read)?;
-    let len = file.metadata().map_err(read)?.len();
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(KeyFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(KeyFileError::Writable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let len = meta.len();
     if len > MAX_PEER_KEYS_FILE {
         return Err(KeyFileError::TooLarge {
             path: path.to_owned(),

@@ -396,6 +396,8 @@ fn the_binary_makes_keys_and_runs_encrypted_sidecars_from_its_flags() {
     // The client lists the server on the command line; the server reads a peer-keys file.
     let peers = dir.join("server.peers");
     std::fs::write(&peers, format!("# the client\n{CLIENT} {client_pub}\n")).unwrap();
+    // Only its owner may write an allow-list (whatever the umask).
+    std::fs::set_permissions(&peers, std::fs::Permissions::from_mode(0o644)).unwrap();
     let server_peer = format!("{SERVER}={server_pub}");
     let pool = machnet_sidecar::testing::free_udp_pool(&[SERVER, CLIENT], 8);
     let server_args = [
