@@ -3,6 +3,9 @@
 //! exactly once; a wrong key, a missing allow-list entry on either side and a plaintext peer
 //! each make the connect fail (`PermissionDenied` at once without an entry for the server,
 //! else `Refused` by the server), never a hang.
+//! A relay between the sidecars shows that no piece of an encrypted message crosses the wire
+//! readable (and that the same check reads a plaintext flow's), and, changing SYN-ACKs on the
+//! path, that a server that does not prove its key fails the connect with `PermissionDenied`.
 //! The sidecars run in this process (`LoopbackSidecars`); the last test runs the `machnet`
 //! binary with the flags and the key subcommands.
 
@@ -349,6 +352,173 @@ fn encrypted_and_plaintext_sidecars_refuse_each_other_cleanly() {
         stop.store(true, Ordering::SeqCst);
         echo.join().expect("echo server");
     }
+}
+
+/// The relay's address: the sidecars reach each other through it (their allow-lists name it).
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 33);
+
+/// A bump in the wire at [`RELAY`]: every datagram the client sidecar sends to the relay's port
+/// `k` goes to the server's port `k`, from the relay's port equal to the client's source port,
+/// and the other way round; so each sidecar sees the other at `RELAY` on its own ports. It
+/// records every datagram, and can change the last byte of every SYN-ACK (an on-path attacker).
+struct Relay {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Relay {
+    fn start(pool: machnet_core::PortPool, tamper_syn_acks: bool) -> Relay {
+        use std::net::{SocketAddrV4, UdpSocket};
+        let sockets: Arc<Vec<UdpSocket>> = Arc::new(
+            (0..pool.count)
+                .map(|i| {
+                    let s = UdpSocket::bind((RELAY, pool.base + i)).expect("relay port");
+                    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                    s
+                })
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let threads = (0..usize::from(pool.count))
+            .map(|i| {
+                let (sockets, stop, seen) = (sockets.clone(), stop.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let port = pool.base + i as u16;
+                    let mut buf = vec![0u8; 65_536];
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((n, std::net::SocketAddr::V4(from))) =
+                            sockets[i].recv_from(&mut buf)
+                        else {
+                            continue;
+                        };
+                        let to = match *from.ip() {
+                            CLIENT => SERVER,
+                            SERVER => CLIENT,
+                            _ => continue,
+                        };
+                        let Some(out) = from
+                            .port()
+                            .checked_sub(pool.base)
+                            .and_then(|k| sockets.get(usize::from(k)))
+                        else {
+                            continue;
+                        };
+                        let packet = &mut buf[..n];
+                        // Byte 3 is the packet type; 2 is SYN-ACK (PROTOCOL.md §2.1).
+                        if tamper_syn_acks && to == CLIENT && n > 4 && packet[3] == 2 {
+                            packet[n - 1] ^= 0x01;
+                        }
+                        seen.lock().unwrap().push(packet.to_vec());
+                        let _ = out.send_to(packet, SocketAddrV4::new(to, port));
+                    }
+                })
+            })
+            .collect();
+        Relay {
+            stop,
+            threads,
+            seen,
+        }
+    }
+
+    /// Whether any datagram carried any 16-byte piece of `msg` (taken every 256 bytes).
+    fn carried_any_of(&self, msg: &[u8]) -> bool {
+        let pieces: std::collections::HashSet<&[u8]> =
+            msg.chunks_exact(256).map(|c| &c[..16]).collect();
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .any(|d| d.windows(16).any(|w| pieces.contains(w)))
+    }
+
+    fn bytes_carried(&self) -> usize {
+        self.seen.lock().unwrap().iter().map(Vec::len).sum()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sidecars whose allow-lists name the relay for each other (or plaintext ones), the relay
+/// between them, and an echo server; echoes `count` messages of 64 KiB through the relay and
+/// returns the relay and the messages.
+fn echo_through_relay(tag: &str, encrypt: bool, count: usize) -> (Relay, Vec<Vec<u8>>) {
+    let keys = Keys::new();
+    let (server_enc, client_enc) = if encrypt {
+        (
+            keys.server_with(vec![peer(RELAY, &keys.client)]),
+            keys.client_with(vec![peer(RELAY, &keys.server)]),
+        )
+    } else {
+        (None, None)
+    };
+    let sidecars = sidecars(tag, 1, server_enc, client_enc);
+    let relay = Relay::start(sidecars.udp_ports(0).expect("server"), false);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&sidecars, stop.clone());
+    let (_m, mut ch) = client_channel(&sidecars);
+    let flow = ch.connect_timeout(RELAY, PORT, WAIT).expect("connect");
+    let seed = machnet_sidecar::random_seed();
+    eprintln!("{tag}: message seed {seed}");
+    let msgs: Vec<Vec<u8>> = (0..count)
+        .map(|i| pattern(seed.wrapping_add(i as u64), 64 << 10))
+        .collect();
+    for msg in &msgs {
+        ch.send(&flow, msg).expect("send");
+        let (from, got) = ch.recv_timeout(WAIT).expect("recv").expect("an echo");
+        assert_eq!(from, flow);
+        assert!(got == *msg, "{tag}: echo altered");
+    }
+    stop.store(true, Ordering::SeqCst);
+    server.join().expect("echo server");
+    (relay, msgs)
+}
+
+#[test]
+fn the_wire_carries_no_plaintext_of_encrypted_messages() {
+    let (relay, msgs) = echo_through_relay("enc-wire", true, 8);
+    let total: usize = msgs.iter().map(Vec::len).sum();
+    assert!(
+        relay.bytes_carried() > 2 * total,
+        "the relay carried the flow both ways"
+    );
+    for (i, msg) in msgs.iter().enumerate() {
+        assert!(
+            !relay.carried_any_of(msg),
+            "message {i} is readable on the wire"
+        );
+    }
+    // The same check sees plaintext flows' messages: it can fail.
+    let (relay, msgs) = echo_through_relay("plain-wire", false, 2);
+    assert!(msgs.iter().all(|m| relay.carried_any_of(m)));
+}
+
+#[test]
+fn a_syn_ack_changed_on_path_fails_the_connect_with_permission_denied() {
+    let keys = Keys::new();
+    let server_enc = keys.server_with(vec![peer(RELAY, &keys.client)]);
+    let client_enc = keys.client_with(vec![peer(RELAY, &keys.server)]);
+    let sidecars = sidecars("enc-tamper", 1, server_enc, client_enc);
+    let _relay = Relay::start(sidecars.udp_ports(0).expect("server"), true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = echo_server(&sidecars, stop.clone());
+    let (_m, mut ch) = client_channel(&sidecars);
+    let e = connect_error(&mut ch, RELAY);
+    assert!(
+        matches!(e, ConnectError::Failed(Some(CloseCode::PeerNotAllowed))),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert!(drops(&sidecars, 1, DropReason::PeerNotAllowed) >= 1);
+    stop.store(true, Ordering::SeqCst);
+    server.join().expect("echo server");
 }
 
 /// Runs the `machnet` binary with `args`; returns (exit code, stdout, stderr).
