@@ -6,6 +6,8 @@
 #                                            network, an attacker and simulated time, driven by
 #                                            structure-aware step sequences (interpreter and
 #                                            checks: machnet-sim/src/engine_sequence)
+#   engine_sequence_encrypted                the same with both engines encrypted (PROTOCOL.md
+#                     machnet-core/fuzz      §12); starts from engine_sequence's seeds
 #   ring_consumer     machnet-channel/fuzz   a channel ring's consumer over hostile ring memory,
 #                                            indices and records (AddressSanitizer by default:
 #                                            the ring code uses raw pointers)
@@ -59,7 +61,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${FUZZ_SECONDS:-30}"
-targets="${FUZZ_TARGETS:-parse_packet engine_sequence ring_consumer control_messages channel_engine}"
+targets="${FUZZ_TARGETS:-parse_packet engine_sequence engine_sequence_encrypted ring_consumer control_messages channel_engine}"
 jobs="${FUZZ_JOBS:-1}"
 
 case "$seconds" in '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number" >&2; exit 2 ;; esac
@@ -74,14 +76,14 @@ fuzz_one() {
     local target="$1" fuzz_dir sanitizer
     case "$target" in
         parse_packet) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
-        engine_sequence) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
+        engine_sequence | engine_sequence_encrypted) fuzz_dir="$root/machnet-core/fuzz" sanitizer=none ;;
         control_messages) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=none ;;
         ring_consumer) fuzz_dir="$root/machnet-channel/fuzz" sanitizer=address ;;
         channel_engine) fuzz_dir="$root/machnet-sidecar/fuzz" sanitizer=none ;;
         *) echo "unknown fuzz target: $target" >&2; return 2 ;;
     esac
     sanitizer="${FUZZ_SANITIZER:-$sanitizer}"
-    local seeds="$fuzz_dir/seeds-$target"
+    local seeds="$fuzz_dir/seeds-${target%_encrypted}"
     [ -d "$seeds" ] || seeds="$fuzz_dir/seeds"
     local dict=()
     [ -f "$fuzz_dir/$target.dict" ] && dict=(-dict="$fuzz_dir/$target.dict")

@@ -18,6 +18,9 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 echo "== client library with its tokio feature"
 cargo test -p machnet --features tokio 2>&1 | tee -a "$log"
+echo "== the simulated delivery and lifecycle suites again, every flow encrypted (PROTOCOL.md §12)"
+MACHNET_SIM_ENCRYPT=1 cargo test -p machnet-sim --test delivery --test lifecycle --test network \
+    --test congestion 2>&1 | tee -a "$log"
 # Sum every test binary's result line for the closing summary.
 read -r passed failed < <(awk '/^test result:/ { p += $4; f += $6 } END { print p+0, f+0 }' "$log")
 

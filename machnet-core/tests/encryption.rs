@@ -39,13 +39,19 @@ fn allow(key: &StaticKey, ip: std::net::Ipv4Addr, peer: [u8; 32]) -> Arc<Encrypt
     ))
 }
 
+/// A pair whose hosts have encryption `ea` and `eb` (`None`: plaintext).
+fn pair_with(ea: Option<Arc<Encryption>>, eb: Option<Arc<Encryption>>) -> Pair {
+    Pair::asymmetric(
+        move |c: &mut EngineConfig| c.encryption = ea.clone(),
+        move |c: &mut EngineConfig| c.encryption = eb.clone(),
+    )
+}
+
 /// Both hosts encrypted, each allowing the other.
 fn encrypted_pair(k: &Keys) -> Pair {
-    let ea = allow(&k.a, B, k.b.public());
-    let eb = allow(&k.b, A, k.a.public());
-    Pair::asymmetric(
-        move |c: &mut EngineConfig| c.encryption = Some(ea.clone()),
-        move |c: &mut EngineConfig| c.encryption = Some(eb.clone()),
+    pair_with(
+        Some(allow(&k.a, B, k.b.public())),
+        Some(allow(&k.b, A, k.a.public())),
     )
 }
 
@@ -65,6 +71,21 @@ fn closed_reason(events: &[Event]) -> Option<CloseReason> {
         Event::Closed { reason, .. } => Some(*reason),
         _ => None,
     })
+}
+
+/// A connects to B, which refuses (counting `drop`): A sees `Refused`, B keeps no flow.
+fn assert_refused(p: &mut Pair, drop: DropReason, what: &str) {
+    p.a.connect(p.now, B, PORT).unwrap();
+    run_for(p, Duration::from_secs(2));
+    let reason = closed_reason(&p.events_a);
+    assert_eq!(
+        reason,
+        Some(CloseReason::Refused),
+        "{what}: {:?}",
+        p.events_a
+    );
+    assert!(p.b.stats().drops_for(drop) >= 1, "{what}");
+    assert_eq!(p.b.flow_count(), 0, "{what}");
 }
 
 fn run_for(p: &mut Pair, d: Duration) {
@@ -112,11 +133,9 @@ fn a_server_with_another_key_than_the_allow_list_gives_is_not_trusted() {
     let k = Keys::new();
     let impostor = StaticKey::generate();
     // The client expects `impostor`'s key at B; B holds its own.
-    let ea = allow(&k.a, B, impostor.public());
-    let eb = allow(&k.b, A, k.a.public());
-    let mut p = Pair::asymmetric(
-        move |c: &mut EngineConfig| c.encryption = Some(ea.clone()),
-        move |c: &mut EngineConfig| c.encryption = Some(eb.clone()),
+    let mut p = pair_with(
+        Some(allow(&k.a, B, impostor.public())),
+        Some(allow(&k.b, A, k.a.public())),
     );
     let fa = p.a.connect(p.now, B, PORT).unwrap();
     p.a.send(p.now, fa, Bytes::from_static(b"never sent"))
@@ -144,17 +163,11 @@ fn a_client_the_server_does_not_list_is_refused() {
     let k = Keys::new();
     let stranger = StaticKey::generate();
     // A knows B's key, but B allows only some other key at A's address.
-    let ea = allow(&k.a, B, k.b.public());
-    let eb = allow(&k.b, A, stranger.public());
-    let mut p = Pair::asymmetric(
-        move |c: &mut EngineConfig| c.encryption = Some(ea.clone()),
-        move |c: &mut EngineConfig| c.encryption = Some(eb.clone()),
+    let mut p = pair_with(
+        Some(allow(&k.a, B, k.b.public())),
+        Some(allow(&k.b, A, stranger.public())),
     );
-    p.a.connect(p.now, B, PORT).unwrap();
-    run_for(&mut p, Duration::from_secs(2));
-    assert_eq!(closed_reason(&p.events_a), Some(CloseReason::Refused));
-    assert!(p.b.stats().drops_for(DropReason::PeerNotAllowed) >= 1);
-    assert_eq!(p.b.flow_count(), 0);
+    assert_refused(&mut p, DropReason::PeerNotAllowed, "unlisted client");
 }
 
 #[test]
@@ -173,22 +186,12 @@ fn no_allow_list_entry_for_the_remote_host_fails_the_connect_at_once() {
 fn plaintext_and_encrypted_hosts_refuse_each_other() {
     let k = Keys::new();
     for client_encrypts in [true, false] {
-        let ea = allow(&k.a, B, k.b.public());
-        let eb = allow(&k.b, A, k.a.public());
-        let mut p = Pair::asymmetric(
-            move |c: &mut EngineConfig| c.encryption = client_encrypts.then(|| ea.clone()),
-            move |c: &mut EngineConfig| c.encryption = (!client_encrypts).then(|| eb.clone()),
+        let mut p = pair_with(
+            client_encrypts.then(|| allow(&k.a, B, k.b.public())),
+            (!client_encrypts).then(|| allow(&k.b, A, k.a.public())),
         );
-        p.a.connect(p.now, B, PORT).unwrap();
-        run_for(&mut p, Duration::from_secs(2));
-        assert_eq!(
-            closed_reason(&p.events_a),
-            Some(CloseReason::Refused),
-            "client encrypts: {client_encrypts}: {:?}",
-            p.events_a
-        );
-        assert!(p.b.stats().drops_for(DropReason::SealMismatch) >= 1);
-        assert_eq!(p.b.flow_count(), 0);
+        let what = format!("client encrypts: {client_encrypts}");
+        assert_refused(&mut p, DropReason::SealMismatch, &what);
     }
 }
 

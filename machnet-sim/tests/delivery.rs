@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use machnet_core::{ChecksumMode, DropReason};
 use machnet_sim::{
-    seed, seed_from_env, Bandwidth, LinkConfig, NetworkBuilder, Reorder, SeedGuard, Workload,
-    WorkloadConfig,
+    seed, seed_from_env, Bandwidth, LinkConfig, Network, NetworkBuilder, Reorder, SeedGuard,
+    Workload, WorkloadConfig,
 };
 use rand::Rng;
 
@@ -261,25 +261,30 @@ fn random_scenarios() {
     }
 }
 
+/// Two hosts (the second with `server_engines`) over a link that damages 1 % of datagrams, with
+/// checksums left to a datapath that checks none.
+fn unchecksummed_corrupting_network(seed: u64, server_engines: u16, encrypted: bool) -> Network {
+    NetworkBuilder::new(seed)
+        .host(1)
+        .host(server_engines)
+        .link(LinkConfig {
+            corrupt: 0.01,
+            ..datacenter_link()
+        })
+        .engine_config(|_, c| c.checksum = ChecksumMode::Datapath)
+        .encrypted(encrypted)
+        .build()
+        .unwrap()
+}
+
 /// The checker itself: with checksums off (the engines trust the datapath) corrupted datagrams
 /// reach the application, and the workload must notice and name the seed.
 #[test]
 fn the_checker_catches_corruption_when_checksums_are_off() {
     let seed = seed_from_env(0x100d);
     let _g = SeedGuard::new(seed);
-    let link = LinkConfig {
-        corrupt: 0.01,
-        ..datacenter_link()
-    };
     // Plaintext even in an encrypted run of the suite: the AEAD would catch the damage.
-    let mut net = NetworkBuilder::new(seed)
-        .host(1)
-        .host(1)
-        .link(link)
-        .engine_config(|_, c| c.checksum = ChecksumMode::Datapath)
-        .encrypted(false)
-        .build()
-        .unwrap();
+    let mut net = unchecksummed_corrupting_network(seed, 1, false);
     let config = WorkloadConfig::between(&net, seed, 0, 1, 4, 20_000);
     let err = Workload::new(config, &net)
         .run(&mut net)
@@ -299,18 +304,7 @@ fn the_checker_catches_corruption_when_checksums_are_off() {
 fn encryption_catches_corruption_without_checksums() {
     let seed = seed_from_env(0x100e);
     let _g = SeedGuard::new(seed);
-    let link = LinkConfig {
-        corrupt: 0.01,
-        ..datacenter_link()
-    };
-    let mut net = NetworkBuilder::new(seed)
-        .host(1)
-        .host(2)
-        .link(link)
-        .engine_config(|_, c| c.checksum = ChecksumMode::Datapath)
-        .encrypted(true)
-        .build()
-        .unwrap();
+    let mut net = unchecksummed_corrupting_network(seed, 2, true);
     let config = WorkloadConfig::between(&net, seed, 0, 1, 4, 20_000);
     let r = run("encrypted_corruption_no_checksum", &mut net, config);
     assert!(

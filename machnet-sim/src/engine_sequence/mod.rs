@@ -177,6 +177,16 @@ pub fn run(data: &[u8]) -> Outcome {
     run_steps(&steps)
 }
 
+/// Runs one fuzz input with both engines encrypted (PROTOCOL.md §12), each allowing the other.
+pub fn run_encrypted(data: &[u8]) -> Outcome {
+    let steps = decode_all(data, MAX_STEPS);
+    let mut h = Harness::with_encryption(true);
+    for s in &steps {
+        h.step(s);
+    }
+    h.finish()
+}
+
 /// Executes decoded steps, then heals the network and runs the final checks.
 pub fn run_steps(steps: &[Step]) -> Outcome {
     let mut h = Harness::new();
@@ -195,8 +205,17 @@ impl Default for Harness {
 impl Harness {
     /// Two fresh engines listening on [`LISTEN_PORT`].
     pub fn new() -> Harness {
+        Harness::with_encryption(false)
+    }
+
+    /// Two fresh engines listening on [`LISTEN_PORT`], encrypted if `encrypted` (fixed keys:
+    /// a run depends on its input alone).
+    pub fn with_encryption(encrypted: bool) -> Harness {
+        let keys = encrypted.then(encryption_pair);
         let mk = |side: Side, seed| {
-            let mut e = Engine::new(config(side), seed).expect("valid fuzz config");
+            let mut c = config(side);
+            c.encryption = keys.as_ref().map(|k| k[side.index()].clone());
+            let mut e = Engine::new(c, seed).expect("valid fuzz config");
             e.listen(LISTEN_PORT).expect("listen");
             e
         };
@@ -703,4 +722,21 @@ impl Harness {
         }
         self.apps.check_graceful_complete(ASSERT_NO_INJECTION, ip);
     }
+}
+
+/// Encryption configurations of A and B, each allowing the other, from fixed keys.
+fn encryption_pair() -> [std::sync::Arc<machnet_core::seal::Encryption>; 2] {
+    use machnet_core::seal::{Encryption, PeerKey, StaticKey};
+    let key = |b: u8| StaticKey::from_private(&[b; 32]).expect("32 bytes");
+    let (ka, kb) = (key(0xA1), key(0xB2));
+    let enc = |own: &StaticKey, peer_ip, peer: &StaticKey| {
+        std::sync::Arc::new(Encryption::new(
+            own.clone(),
+            vec![PeerKey {
+                ip: peer_ip,
+                public: peer.public(),
+            }],
+        ))
+    };
+    [enc(&ka, B_IP, &kb), enc(&kb, A_IP, &ka)]
 }
