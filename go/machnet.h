@@ -299,7 +299,8 @@ int machnet_listen(void *channel_ctx, const char *local_ip, uint16_t port);
  * peer). Returns as soon as the sidecar answers (at most 10 s).
  *
  * Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
- * `ECONNRESET` if the sidecar is gone, ...).
+ * `EACCES` if the sidecar encrypts and the remote host is not in its allow-list or did not
+ * prove its key, `ECONNRESET` if the sidecar is gone, ...).
  */
 int machnet_connect(void *channel_ctx, const char *local_ip, const char *remote_ip, uint16_t remote_port, MachnetFlow_t *flow);
 

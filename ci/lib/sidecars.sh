@@ -5,6 +5,11 @@
 #   start_sidecar NAME IP BIN DIR POOL [extra machnet args...]
 #                                    starts BIN on IP with control socket DIR/NAME.sock and log
 #                                    DIR/NAME.log, appends its pid to PIDS, waits for the socket
+#                                    With MACHNET_BENCH_ENCRYPT=1, the sidecar encrypts
+#                                    (encryption_args): compare encrypted and plaintext runs
+#   encryption_args BIN DIR IP       sets ENCRYPTION_ARGS for a sidecar on IP: a key per host
+#                                    127.0.0.1-3 (made once with `BIN keygen` in DIR/keys) and an
+#                                    allow-list of the other two (docs/CHANNEL.md §7)
 #   wait_for_line FILE PATTERN       waits (10 s) until FILE contains PATTERN
 #   start_test_apps BIN DIR ECHO_PORT KV_PORT [raft]
 #                                    the binding suites' set-up: sets POOL (free on 127.0.0.1-3),
@@ -72,11 +77,32 @@ for _ in range(200):
 PY
 }
 
+encryption_args() {
+    local bin=$1 dir=$2 ip=$3 host
+    local hosts=(127.0.0.1 127.0.0.2 127.0.0.3)
+    mkdir -p "$dir/keys" || return 1
+    for host in "${hosts[@]}"; do
+        [ -f "$dir/keys/$host.key" ] ||
+            "$bin" keygen --out "$dir/keys/$host.key" >"$dir/keys/$host.pub" || return 1
+    done
+    : >"$dir/keys/$ip.peers"
+    for host in "${hosts[@]}"; do
+        [ "$host" = "$ip" ] || echo "$host $(cat "$dir/keys/$host.pub")" >>"$dir/keys/$ip.peers"
+    done
+    chmod 644 "$dir/keys/$ip.peers" # only its owner may write an allow-list
+    ENCRYPTION_ARGS=(--encryption-key "$dir/keys/$ip.key" --peer-keys "$dir/keys/$ip.peers")
+}
+
 start_sidecar() {
     local name=$1 ip=$2 bin=$3 dir=$4 pool=$5
     shift 5
+    local enc=()
+    if [ "${MACHNET_BENCH_ENCRYPT:-0}" = 1 ]; then
+        encryption_args "$bin" "$dir" "$ip" || return 1
+        enc=("${ENCRYPTION_ARGS[@]}")
+    fi
     "$bin" --local-ip "$ip" --control-socket "$dir/$name.sock" --allow-user "$(id -u)" \
-        --udp-port-base "$pool" --udp-port-count 8 --stats-interval 0 "$@" \
+        --udp-port-base "$pool" --udp-port-count 8 --stats-interval 0 "${enc[@]}" "$@" \
         >"$dir/$name.log" 2>&1 &
     PIDS+=($!)
     for _ in $(seq 200); do

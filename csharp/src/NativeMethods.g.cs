@@ -167,7 +167,8 @@ namespace Machnet.Native
         ///  peer). Returns as soon as the sidecar answers (at most 10 s).
         ///
         ///  Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
-        ///  `ECONNRESET` if the sidecar is gone, ...).
+        ///  `EACCES` if the sidecar encrypts and the remote host is not in its allow-list or did not
+        ///  prove its key, `ECONNRESET` if the sidecar is gone, ...).
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_connect", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_connect(void* channel_ctx, byte* local_ip, byte* remote_ip, ushort remote_port, MachnetFlow* flow);

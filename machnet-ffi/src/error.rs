@@ -147,7 +147,7 @@ pub(crate) fn describe(code: c_int) -> &'static std::ffi::CStr {
         libc::EAGAIN => c"resource temporarily unavailable, or the sidecar ran out of channels, ports or connections (try again)",
         libc::EINTR => c"interrupted by machnet_interrupt",
         libc::EBUSY => c"a send loan or borrowed message is out on this channel (commit, cancel or release it first)",
-        libc::EACCES => c"the sidecar refused this user or group",
+        libc::EACCES => c"the sidecar refused this user or group, or (encryption) the remote host is not in its allow-list of peer keys",
         libc::EPERM => c"the sidecar refused the request",
         libc::ENOENT => c"no Machnet sidecar socket at that path (is the sidecar running? see MACHNET_SOCKET)",
         libc::EIO => c"internal or I/O error (machnet_last_error tells more)",

@@ -693,7 +693,8 @@ pub extern "C" fn machnet_listen(
 /// peer). Returns as soon as the sidecar answers (at most 10 s).
 ///
 /// Returns 0 on success, -1 on failure (errno: `ECONNREFUSED`, `ETIMEDOUT`, `EINVAL`,
-/// `ECONNRESET` if the sidecar is gone, ...).
+/// `EACCES` if the sidecar encrypts and the remote host is not in its allow-list or did not
+/// prove its key, `ECONNRESET` if the sidecar is gone, ...).
 #[no_mangle]
 pub extern "C" fn machnet_connect(
     channel_ctx: *mut c_void,

@@ -3,13 +3,17 @@
 //!
 //! Every flag has a key of the same name (with `_` instead of `-`) in the file given by
 //! `--config`; a flag given on the command line overrides the file's value. The list flags
-//! (`--allow-user`, `--allow-group`) replace the file's list when given.
+//! (`--allow-user`, `--allow-group`, `--peer-key`) replace the file's list when given.
+//!
+//! The binary's two key subcommands (`machnet keygen`, `machnet pubkey`) are [`Command`].
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use machnet_core::seal::{Encryption, PeerKey};
 use machnet_core::{EngineConfig, PortPool};
 use nix::unistd::{Gid, Group, Uid, User};
 use serde::Deserialize;
@@ -145,6 +149,8 @@ impl UdpOffload {
     // A flag given twice takes the last value (scripts append to a base command line);
     // repeatable lists such as --allow-user still collect every value.
     args_override_self = true,
+    // `machnet keygen …` takes no sidecar flags.
+    args_conflicts_with_subcommands = true,
     about = "machnet: the Machnet sidecar. Serves applications over shared-memory channels and \
              carries their messages over its own reliable transport on UDP.",
     after_long_help = "Every option can also be set in the --config file (TOML, same names with \
@@ -152,6 +158,10 @@ impl UdpOffload {
                        command-line flags override it. Stop with SIGINT or SIGTERM."
 )]
 pub struct Cli {
+    /// A key subcommand instead of running the sidecar.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML file with default values for any of the options below (same names, `_` for `-`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -358,6 +368,23 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS")]
     pub control_idle_timeout: Option<f64>,
 
+    /// Encrypt every flow to and from other hosts (docs/PROTOCOL.md §12): file holding this
+    /// sidecar's X25519 private key in base64 (`machnet keygen` writes one). It must be
+    /// readable by its owner only. Needs --peer-key or --peer-keys. [default: no encryption]
+    #[arg(long, value_name = "PATH")]
+    pub encryption_key: Option<PathBuf>,
+
+    /// With --encryption-key: a peer host's address and its public key in base64
+    /// (`machnet pubkey` prints it); repeatable. Flows to and from hosts not listed are
+    /// refused.
+    #[arg(long = "peer-key", value_name = "IP=BASE64PUB")]
+    pub peer_key: Vec<String>,
+
+    /// With --encryption-key: file of peers, one `IP BASE64PUB` per line (`#` comments);
+    /// adds to --peer-key. Only its owner may write it.
+    #[arg(long, value_name = "PATH")]
+    pub peer_keys: Option<PathBuf>,
+
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
     pub test_drop_rate: Option<f64>,
@@ -365,6 +392,24 @@ pub struct Cli {
     /// TEST ONLY: seed of --test-drop-rate (random if absent; logged).
     #[arg(long, hide = true, value_name = "SEED")]
     pub test_seed: Option<u64>,
+}
+
+/// The key subcommands of `machnet`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Write a new X25519 private key (base64, mode 0600) for --encryption-key and print its
+    /// public key (for the peers' --peer-key). Never overwrites a file.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Print the public key (base64) of a private key file.
+    Pubkey {
+        /// The private key file.
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 /// The configuration file: the same keys as the flags.
@@ -451,6 +496,12 @@ pub struct FileConfig {
     pub control_hello_timeout: Option<f64>,
     /// See [`Cli::control_idle_timeout`].
     pub control_idle_timeout: Option<f64>,
+    /// See [`Cli::encryption_key`].
+    pub encryption_key: Option<PathBuf>,
+    /// See [`Cli::peer_key`].
+    pub peer_key: Option<Vec<String>>,
+    /// See [`Cli::peer_keys`].
+    pub peer_keys: Option<PathBuf>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -531,6 +582,9 @@ pub struct SidecarConfig {
     pub same_host_flows: bool,
     /// Per-application and per-user limits, control connection timeouts.
     pub limits: ControlLimits,
+    /// Encryption in transit: this host's key and the allow-list of peers, shared by every
+    /// engine (`None`: plaintext). Its `Debug` shows public keys only.
+    pub encryption: Option<Arc<Encryption>>,
 }
 
 /// Why the configuration could not be built.
@@ -559,6 +613,14 @@ pub enum ConfigError {
         option: &'static str,
         /// What is wrong.
         why: String,
+    },
+    /// A key file or peer key is unusable.
+    #[error("invalid value for {option}: {source}")]
+    Key {
+        /// The option (flag name).
+        option: &'static str,
+        /// What is wrong.
+        source: crate::keys::KeyFileError,
     },
     /// A user or group name does not exist.
     #[error("unknown {kind} `{name}`")]
@@ -683,6 +745,7 @@ impl SidecarConfig {
             udp_offload: UdpOffload::On,
             same_host_flows: true,
             limits: ControlLimits::default(),
+            encryption: None,
         }
     }
 
@@ -875,6 +938,7 @@ impl SidecarConfig {
             let d = seconds("--control-idle-timeout", v, 0.0, 7.0 * 86_400.0)?;
             c.limits.idle_timeout = (!d.is_zero()).then_some(d);
         }
+        c.encryption = encryption(cli, &file)?;
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -895,6 +959,7 @@ impl SidecarConfig {
         if let Some(mtu) = self.mtu {
             e.max_udp_payload = mtu.saturating_sub(28);
         }
+        e.encryption = self.encryption.clone();
         e
     }
 
@@ -997,6 +1062,48 @@ impl SidecarConfig {
             .map(|gs| gs.iter().any(|g| a.gids.contains(&g.as_raw())))
             .unwrap_or(false)
     }
+}
+
+/// The encryption configuration of `--encryption-key`, `--peer-key` and `--peer-keys` (flags
+/// over file keys; `--peer-key` given on the command line replaces the file's list). A key
+/// without peers, peers without a key, and two keys for one address are errors.
+fn encryption(cli: &Cli, file: &FileConfig) -> Result<Option<Arc<Encryption>>, ConfigError> {
+    use crate::keys;
+    let key_err = |option| move |source| ConfigError::Key { option, source };
+    let flag_peers = if cli.peer_key.is_empty() {
+        file.peer_key.clone().unwrap_or_default()
+    } else {
+        cli.peer_key.clone()
+    };
+    let mut peers: Vec<PeerKey> = flag_peers
+        .iter()
+        .map(|p| keys::parse_peer_flag(p))
+        .collect::<Result<_, _>>()
+        .map_err(key_err("--peer-key"))?;
+    let peers_file = cli.peer_keys.clone().or(file.peer_keys.clone());
+    if let Some(path) = &peers_file {
+        peers.extend(keys::read_peer_keys(path).map_err(key_err("--peer-keys"))?);
+    }
+    let key_path = cli.encryption_key.clone().or(file.encryption_key.clone());
+    let Some(key_path) = key_path else {
+        if !flag_peers.is_empty() {
+            return Err(invalid("--peer-key", "needs --encryption-key"));
+        }
+        if peers_file.is_some() {
+            return Err(invalid("--peer-keys", "needs --encryption-key"));
+        }
+        return Ok(None);
+    };
+    if peers.is_empty() {
+        return Err(invalid(
+            "--encryption-key",
+            "needs at least one peer (--peer-key or --peer-keys): encrypted flows go only to \
+             listed peers",
+        ));
+    }
+    keys::check_unique(&peers).map_err(key_err("--peer-key"))?;
+    let key = keys::read_private_key(&key_path).map_err(key_err("--encryption-key"))?;
+    Ok(Some(Arc::new(Encryption::new(key, peers))))
 }
 
 /// A duration given in seconds, within `min..=max`.
@@ -1134,6 +1241,9 @@ mod tests {
             "--memory-budget",
             "--stats-interval",
             "--config",
+            "--encryption-key",
+            "--peer-key",
+            "--peer-keys",
         ] {
             assert!(help.contains(flag), "help lacks {flag}");
         }
@@ -1385,6 +1495,300 @@ mod tests {
             (c.limits.connects.per_app, c.limits.connects.burst_per_app),
             (9, 3)
         );
+    }
+
+    /// A fresh directory for key files.
+    fn key_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("machnet-keys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Writes `text` to `dir/name` with permission bits `mode`; returns the path as a string.
+    fn write_mode(dir: &Path, name: &str, text: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn key_error(args: &[&str]) -> (&'static str, String) {
+        match parse(args) {
+            Err(e @ (ConfigError::Key { .. } | ConfigError::Invalid { .. })) => {
+                let option = match &e {
+                    ConfigError::Key { option, .. } | ConfigError::Invalid { option, .. } => {
+                        *option
+                    }
+                    _ => unreachable!(),
+                };
+                (option, e.to_string())
+            }
+            other => panic!("{args:?}: expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encryption_keys_come_from_files_and_flags_and_reach_every_engine() {
+        use crate::keys::encode_key;
+        use machnet_core::seal::StaticKey;
+        let dir = key_dir("ok");
+        let private = [7u8; 32];
+        let key = StaticKey::from_private(&private).unwrap();
+        let key_file = write_mode(&dir, "k", &format!("  {}\n", encode_key(&private)), 0o600);
+        let peer_a = StaticKey::generate().public();
+        let peer_b = StaticKey::generate().public();
+        let peer_c = StaticKey::generate().public();
+        let peers_file = write_mode(
+            &dir,
+            "peers",
+            &format!(
+                "# the rack\n\n10.0.0.2 {}  # b\n   10.0.0.3\t{}\n",
+                encode_key(&peer_b),
+                encode_key(&peer_c)
+            ),
+            0o644,
+        );
+        let peer_flag = format!("10.0.0.1={}", encode_key(&peer_a));
+        let c = parse(&[
+            "--engines",
+            "3",
+            "--encryption-key",
+            &key_file,
+            "--peer-key",
+            &peer_flag,
+            "--peer-keys",
+            &peers_file,
+        ])
+        .unwrap();
+        let enc = c.encryption.clone().expect("encryption on");
+        assert_eq!(enc.public_key(), key.public());
+        assert_eq!(enc.peers().len(), 3);
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 1)), Some(&peer_a));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 2)), Some(&peer_b));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 3)), Some(&peer_c));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 4)), None);
+        for id in 0..3 {
+            let e = c
+                .engine_config(id)
+                .encryption
+                .expect("every engine encrypts");
+            assert!(
+                Arc::ptr_eq(&e, &enc),
+                "one Encryption shared by the engines"
+            );
+        }
+        // The private key never shows in the configuration's Debug form.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(&encode_key(&private)), "{debug}");
+        assert!(!debug.contains("7, 7, 7, 7"), "{debug}");
+        assert_eq!(parse(&[]).unwrap().encryption, None, "off by default");
+
+        // The same keys from the configuration file; a --peer-key flag replaces its list.
+        let toml = dir.join("m.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "encryption_key = \"{key_file}\"\npeer_key = [\"{peer_flag}\"]\npeer_keys = \"{peers_file}\"\n"
+            ),
+        )
+        .unwrap();
+        let toml = toml.to_str().unwrap();
+        let c = parse(&["--config", toml]).unwrap();
+        assert_eq!(c.encryption.as_ref().unwrap().peers().len(), 3);
+        let other = format!("10.0.0.9={}", encode_key(&peer_a));
+        let c = parse(&["--config", toml, "--peer-key", &other]).unwrap();
+        let enc = c.encryption.unwrap();
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 9)), Some(&peer_a));
+        assert_eq!(enc.peer_key(Ipv4Addr::new(10, 0, 0, 1)), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_keys_and_peers_are_rejected_naming_the_flag() {
+        use crate::keys::{encode_key, KeyFileError};
+        let dir = key_dir("bad");
+        let good = encode_key(&[9u8; 32]);
+        let key = write_mode(&dir, "k", &good, 0o600);
+        let peer = format!("10.0.0.2={good}");
+        let world = write_mode(&dir, "world", &good, 0o604);
+        let group = write_mode(&dir, "group", &good, 0o620);
+        let not_b64 = write_mode(&dir, "nb", "not base64!\n", 0o600);
+        let short = write_mode(&dir, "short", &encode_key(&[1u8; 32])[..40], 0o400);
+        let long = write_mode(
+            &dir,
+            "long",
+            &base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 33]),
+            0o600,
+        );
+        let bad_peers = write_mode(
+            &dir,
+            "peers",
+            &format!("10.0.0.2 {good}\n10.0.0.3\n"),
+            0o644,
+        );
+        let bad_peer_key = write_mode(&dir, "peers2", "10.0.0.2 AAAA\n", 0o644);
+        let writable_peers = write_mode(&dir, "peers3", &format!("10.0.0.2 {good}\n"), 0o664);
+        let missing = dir.join("missing").to_str().unwrap().to_owned();
+        let dir_s = dir.to_str().unwrap().to_owned();
+        let host = format!("host={good}");
+        let zero = format!("0.0.0.0={good}");
+        let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+            (
+                vec!["--peer-key", &peer],
+                "--peer-key",
+                "needs --encryption-key",
+            ),
+            (vec!["--peer-keys", &bad_peers], "--peer-keys", ""),
+            (
+                vec!["--encryption-key", &key],
+                "--encryption-key",
+                "at least one peer",
+            ),
+            (
+                vec!["--encryption-key", &world, "--peer-key", &peer],
+                "--encryption-key",
+                "too open",
+            ),
+            (
+                vec!["--encryption-key", &group, "--peer-key", &peer],
+                "--encryption-key",
+                "0620",
+            ),
+            (
+                vec!["--encryption-key", &not_b64, "--peer-key", &peer],
+                "--encryption-key",
+                "base64",
+            ),
+            (
+                vec!["--encryption-key", &short, "--peer-key", &peer],
+                "--encryption-key",
+                "32 bytes, got 30",
+            ),
+            (
+                vec!["--encryption-key", &long, "--peer-key", &peer],
+                "--encryption-key",
+                "32 bytes, got 33",
+            ),
+            (
+                vec!["--encryption-key", &missing, "--peer-key", &peer],
+                "--encryption-key",
+                "cannot read",
+            ),
+            (
+                vec!["--encryption-key", &dir_s, "--peer-key", &peer],
+                "--encryption-key",
+                "regular file",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2"],
+                "--peer-key",
+                "IP=BASE64PUB",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2=AAAA"],
+                "--peer-key",
+                "got 3",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", "10.0.0.2=%%%"],
+                "--peer-key",
+                "base64",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", &host],
+                "--peer-key",
+                "IPv4",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-key", &zero],
+                "--peer-key",
+                "unicast",
+            ),
+            (
+                vec![
+                    "--encryption-key",
+                    &key,
+                    "--peer-key",
+                    &peer,
+                    "--peer-key",
+                    &peer,
+                ],
+                "--peer-key",
+                "listed twice",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &bad_peers],
+                "--peer-keys",
+                "line 2",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &writable_peers],
+                "--peer-keys",
+                "chmod go-w",
+            ),
+            (
+                vec!["--encryption-key", &key, "--peer-keys", &bad_peer_key],
+                "--peer-keys",
+                "line 1",
+            ),
+        ];
+        for (args, flag, says) in &cases {
+            let (option, message) = key_error(args);
+            assert_eq!(option, *flag, "{args:?}: {message}");
+            assert!(message.contains(flag), "{args:?}: {message}");
+            assert!(message.contains(says), "{args:?}: {message} lacks `{says}`");
+            assert!(
+                !message.contains(&good[..20]),
+                "no key in errors: {message}"
+            );
+        }
+        assert!(matches!(
+            crate::keys::decode_key("AAAA"),
+            Err(KeyFileError::Key(machnet_core::seal::KeyError::Length(3)))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keygen_writes_an_owner_only_key_once_and_pubkey_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = key_dir("gen");
+        let path = dir.join("k");
+        let key = crate::keys::write_new_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(crate::keys::read_private_key(&path).unwrap(), key);
+        assert_ne!(
+            crate::keys::write_new_key(&dir.join("k2")).unwrap(),
+            key,
+            "random"
+        );
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            crate::keys::write_new_key(&path),
+            Err(crate::keys::KeyFileError::Exists { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not overwritten");
+        let cli = Cli::try_parse_from(["machnet", "keygen", "--out", "/x/y"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Keygen {
+                out: PathBuf::from("/x/y")
+            })
+        );
+        let cli = Cli::try_parse_from(["machnet", "pubkey", "/x/y"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Pubkey {
+                path: PathBuf::from("/x/y")
+            })
+        );
+        assert!(
+            Cli::try_parse_from(["machnet", "--engines", "2", "keygen", "--out", "k"]).is_err()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

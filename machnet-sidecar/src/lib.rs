@@ -4,6 +4,7 @@
 //! other programs (tests, language bindings) can embed a sidecar.
 //!
 //! - [`config`]: command line and configuration file.
+//! - [`keys`]: key files and peer keys for encryption in transit.
 //! - [`datapath`]: packet I/O (kernel UDP, in-memory, loss injection).
 //! - [`netstack`]: Ethernet/ARP/IPv4/UDP/ICMP for datapaths that see raw frames (DPDK).
 //! - [`shm`]: creating a channel's shared memory and eventfds.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod engine;
+pub mod keys;
 pub mod memory;
 pub mod netstack;
 pub mod ratelog;
@@ -34,7 +36,8 @@ pub use sidecar::{init_logging, kernel_datapaths, Sidecar, StartError};
 /// The `machnet` command line: parses `args` (the first item is the program name, as in
 /// `std::env::args_os`), starts a [`Sidecar`] and runs it until SIGINT or SIGTERM, then shuts it
 /// down. Returns the process exit status: 0 after a clean stop (and after `--help`/`--version`),
-/// 1 if the sidecar could not start, 2 for bad flags or configuration.
+/// 1 if the sidecar could not start, 2 for bad flags or configuration. The key subcommands
+/// (`keygen`, `pubkey`) run instead of the sidecar and return 0, or 1 on error.
 ///
 /// This is the whole `machnet` binary; it is public so that other programs can embed the same
 /// command (the Python package's `python -m machnet sidecar`). It blocks SIGINT and SIGTERM in
@@ -56,6 +59,9 @@ where
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    if let Some(command) = &cli.command {
+        return run_key_command(command);
+    }
     let cfg = match SidecarConfig::from_cli(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -94,6 +100,25 @@ where
     }
     sidecar.shutdown();
     0
+}
+
+/// Runs `machnet keygen` or `machnet pubkey`: prints the public key in base64 on standard
+/// output (never the private key). Returns the exit status: 0, or 1 with a message on error.
+fn run_key_command(command: &config::Command) -> u8 {
+    let key = match command {
+        config::Command::Keygen { out } => keys::write_new_key(out),
+        config::Command::Pubkey { path } => keys::read_private_key(path),
+    };
+    match key {
+        Ok(key) => {
+            println!("{}", keys::encode_key(&key.public()));
+            0
+        }
+        Err(e) => {
+            eprintln!("machnet: {e}");
+            1
+        }
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (each channel holds three descriptors and

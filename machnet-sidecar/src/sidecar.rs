@@ -204,6 +204,15 @@ impl Sidecar {
             max_message_len = cfg.max_message_len,
             "machnet sidecar running"
         );
+        match &cfg.encryption {
+            // The public key only: peers need it for their allow-lists.
+            Some(enc) => tracing::info!(
+                public_key = %crate::keys::encode_key(&enc.public_key()),
+                peers = enc.peers().len(),
+                "encryption on: flows to and from other hosts are encrypted, only with the listed peers"
+            ),
+            None => tracing::info!("encryption off: flows to other hosts are plaintext"),
+        }
         Ok(Sidecar {
             cfg,
             engines,

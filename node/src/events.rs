@@ -54,6 +54,7 @@ pub(crate) fn flow_error(flow: &machnet::Flow, reason: Option<CloseCode>) -> Opt
         Some(C::TimedOut) => "ETIMEDOUT",
         Some(C::Refused) => "ECONNREFUSED",
         Some(C::MessageTooLarge) => "EMSGSIZE",
+        Some(C::PeerNotAllowed) => "EACCES",
         Some(C::Exhausted | C::ChannelConnectLimit | C::AppConnectLimit | C::ConnectRateLimit) => {
             "ENOBUFS"
         }

@@ -11,7 +11,9 @@ derive from the matching built-in exception, so generic handlers keep working::
     ├── TimeoutError (builtins.TimeoutError)    recv/connect/a control request ran out of time
     ├── SidecarNotFoundError (ConnectionError)  attach: no sidecar listens on the socket path
     ├── SidecarGoneError (ConnectionError)      the sidecar exited, crashed or is shutting down
-    ├── AttachRefusedError (PermissionError)    the sidecar refused this user/group or version
+    ├── AttachRefusedError (PermissionError)    the sidecar refused this user/group or version, or
+    │                                           (encryption) a connect to a host outside its
+    │                                           allow-list of peer keys
     ├── FlowError                               a flow failed or ended (``reason`` says why)
     │   ├── ConnectionRefusedError (builtins.ConnectionRefusedError)
     │   ├── ConnectionResetError (builtins.ConnectionResetError)   reset, aborted, peer timed out
@@ -84,7 +86,12 @@ class SidecarGoneError(MachnetError, builtins.ConnectionError):
 
 
 class AttachRefusedError(MachnetError, builtins.PermissionError):
-    """The sidecar refused this process (user/group not allowed, or a protocol version mismatch)."""
+    """The sidecar refused this process (user/group not allowed, or a protocol version mismatch).
+
+    Also raised by ``connect`` when the sidecar encrypts and the remote host is not in its
+    allow-list of peer keys, or did not prove the key listed for it (docs/CHANNEL.md,
+    "Encryption").
+    """
 
 
 class FlowError(MachnetError):

@@ -440,6 +440,7 @@ mod tests {
             (Some(ChannelViolation), ErrorKind::ChannelClosed),
             (Some(Shutdown), ErrorKind::SidecarGone),
             (Some(Detached), ErrorKind::ChannelClosed),
+            (Some(PeerNotAllowed), ErrorKind::PermissionDenied),
             (None, ErrorKind::FlowClosed),
         ];
         for (code, kind) in cases {
