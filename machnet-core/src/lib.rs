@@ -54,8 +54,8 @@ pub mod wire;
 
 pub use config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 pub use engine::api::{
-    CloseError, CloseReason, ConnectError, Datagram, Event, FlowId, FlowKey, ListenError,
-    RecvError, SendError, Transmit,
+    CloseError, CloseReason, ConnectError, Datagram, DatagramMut, Event, FlowId, FlowKey,
+    ListenError, RecvError, SendError, Transmit,
 };
 pub use engine::stats::{DropReason, EngineStats, FlowStats};
 pub use engine::Engine;

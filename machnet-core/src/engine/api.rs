@@ -72,6 +72,20 @@ impl Datagram<'_> {
     }
 }
 
+/// A received datagram whose bytes the engine may change: [`crate::Engine::handle_datagram_mut`]
+/// opens a sealed packet (PROTOCOL.md §12.3) in place instead of copying it first.
+#[derive(Debug)]
+pub struct DatagramMut<'a> {
+    /// Sender's IPv4 address.
+    pub remote_ip: Ipv4Addr,
+    /// Sender's UDP port.
+    pub src_port: u16,
+    /// Our UDP port it arrived on.
+    pub dst_port: u16,
+    /// The UDP payload: one Machnet packet. Its contents are unspecified after the call.
+    pub payload: &'a mut [u8],
+}
+
 /// A datagram written by [`crate::Engine::poll_transmit`] into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {

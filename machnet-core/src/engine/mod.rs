@@ -577,34 +577,55 @@ impl Engine {
 
     /// Processes one received UDP datagram. Invalid packets are counted and dropped.
     pub fn handle_datagram(&mut self, now: Instant, d: Datagram<'_>) {
+        let from = (d.remote_ip, d.path());
+        self.receive(now, from, Received::Shared(d.payload));
+    }
+
+    /// [`Engine::handle_datagram`] for a datagram whose bytes the caller gives up: a sealed
+    /// packet is opened where it lies, saving a copy of its payload (PROTOCOL.md §12.3).
+    pub fn handle_datagram_mut(&mut self, now: Instant, d: DatagramMut<'_>) {
+        let path = UdpPair {
+            src: d.src_port,
+            dst: d.dst_port,
+        };
+        self.receive(now, (d.remote_ip, path), Received::Mut(d.payload));
+    }
+
+    fn receive(&mut self, now: Instant, from: (Ipv4Addr, UdpPair), bytes: Received<'_>) {
         self.last_now = now;
         self.stats.packets_received += 1;
-        self.stats.bytes_received += d.payload.len() as u64;
-        if let Err(reason) = self.process(now, d) {
+        self.stats.bytes_received += bytes.as_slice().len() as u64;
+        if let Err(reason) = self.process(now, from, bytes) {
             self.stats.count_drop(reason);
         }
     }
 
-    fn process(&mut self, now: Instant, d: Datagram<'_>) -> Result<(), DropReason> {
+    fn process(
+        &mut self,
+        now: Instant,
+        (remote_ip, path): (Ipv4Addr, UdpPair),
+        received: Received<'_>,
+    ) -> Result<(), DropReason> {
+        let bytes = received.as_slice();
         // Checksum first (it needs only the fixed header): corruption is then counted as such
         // rather than as whatever malformation the flipped bits happen to produce.
-        if d.payload.len() < wire::HEADER_LEN {
+        if bytes.len() < wire::HEADER_LEN {
             return Err(DropReason::Truncated);
         }
-        match (wire::verify_checksum(d.payload), self.cfg.checksum) {
+        match (wire::verify_checksum(bytes), self.cfg.checksum) {
             (ChecksumStatus::Invalid, _) => return Err(DropReason::BadChecksum),
             (ChecksumStatus::Absent, ChecksumMode::Always) => {
                 return Err(DropReason::MissingChecksum)
             }
             _ => {}
         }
-        let packet = Packet::new_checked(d.payload).map_err(DropReason::from_parse)?;
+        let packet = Packet::new_checked(bytes).map_err(DropReason::from_parse)?;
         let repr = Repr::parse(&packet).map_err(DropReason::from_parse)?;
-        let path = d.path();
-        let key = self.key(d.remote_ip, repr.src_port, repr.dst_port);
+        let payload = packet.payload();
+        let key = self.key(remote_ip, repr.src_port, repr.dst_port);
         if let Some(&idx) = self.by_key.get(&key) {
             let mut opened = std::mem::take(&mut self.open_buf);
-            let result = match self.unseal(idx, &repr, d.payload, &mut opened) {
+            let result = match self.unseal(idx, &repr, received, &mut opened) {
                 Ok(payload) => self.run(idx, |f, ctx| f.handle(now, &repr, payload, path, ctx)),
                 Err(reason) => Err(reason),
             };
@@ -620,16 +641,16 @@ impl Engine {
                         count: hs.udp_port_count,
                     },
                 };
-                self.learn_peer(d.remote_ip, peer, Some((repr.src_port, hs.engine_id)));
+                self.learn_peer(remote_ip, peer, Some((repr.src_port, hs.engine_id)));
             }
             self.settle(idx, now);
             return result;
         }
-        if let Some(result) = self.accept_cookie(now, d.remote_ip, &repr, packet.payload(), path) {
+        if let Some(result) = self.accept_cookie(now, remote_ip, &repr, payload, path) {
             return result;
         }
         match repr.packet_type {
-            PacketType::Syn => self.accept_syn(now, d.remote_ip, &repr, packet.payload(), path),
+            PacketType::Syn => self.accept_syn(now, remote_ip, &repr, payload, path),
             PacketType::Rst => Err(DropReason::UnknownFlow),
             _ => match self.ports.owner(repr.dst_port) {
                 Owner::Other | Owner::Shared => Err(DropReason::WrongEngine),
@@ -643,45 +664,51 @@ impl Engine {
                         repr.seq.wrapping_add(1),
                         repr.token,
                     );
-                    let sealed = self.stateless_reset(d.remote_ip, &repr, &mut rst);
-                    self.answer_unknown_flow(now, d.remote_ip, path, d.payload.len(), rst, sealed);
+                    let sealed = self.stateless_reset(remote_ip, &repr, &mut rst);
+                    self.answer_unknown_flow(now, remote_ip, path, bytes.len(), rst, sealed);
                     Err(DropReason::UnknownFlow)
                 }
             },
         }
     }
 
-    /// The payload flow `idx` is to see of a packet `datagram` (PROTOCOL.md §12.3–§12.4): a
-    /// handshake packet's as it is, a sealed packet's opened into `opened`; a packet sealed where
-    /// plaintext is expected or the other way round is refused. An encrypted flow accepts no
-    /// plaintext but a handshake-phase RST (its token proves it: §12.4).
+    /// The payload flow `idx` is to see of a packet `received` (PROTOCOL.md §12.3–§12.4): a
+    /// handshake packet's as it is, a sealed packet's opened (in place, or in `opened` when the
+    /// bytes are the caller's); a packet sealed where plaintext is expected or the other way
+    /// round is refused. An encrypted flow accepts no plaintext but a handshake-phase RST (its
+    /// token proves it: §12.4).
     fn unseal<'b>(
         &mut self,
         idx: u32,
         repr: &Repr,
-        datagram: &'b [u8],
+        received: Received<'b>,
         opened: &'b mut Vec<u8>,
     ) -> Result<&'b [u8], DropReason> {
         let hl = repr.header_len();
-        let payload = &datagram[hl..];
+        let sealed = repr.flags & wire::flags::SEALED != 0;
         if matches!(repr.packet_type, PacketType::Syn | PacketType::SynAck) {
             // The Noise messages they carry are the flow's to read.
-            return Ok(payload);
+            return Ok(&received.into_slice()[hl..]);
         }
-        let sealed = repr.flags & wire::flags::SEALED != 0;
         let flow = self.flow_mut(idx);
         let stateless_reset = repr.packet_type == PacketType::Rst
             && flow
                 .peer_reset()
-                .is_some_and(|t| seal::is_stateless_reset(t, payload));
+                .is_some_and(|t| seal::is_stateless_reset(t, &received.as_slice()[hl..]));
         let (encrypted, in_handshake) = (flow.is_encrypted(), flow.in_handshake());
         match flow.sealer_mut() {
             Some(sealer) if sealed => {
                 let mut aad = [0u8; wire::MAX_HEADER_LEN];
-                let aad = wire::sealed_aad(datagram, hl, &mut aad);
-                opened.clear();
-                opened.extend_from_slice(payload);
-                match sealer.open(aad, opened) {
+                let aad = wire::sealed_aad(received.as_slice(), hl, &mut aad);
+                let body: &'b mut [u8] = match received {
+                    Received::Mut(bytes) => &mut bytes[hl..],
+                    Received::Shared(bytes) => {
+                        opened.clear();
+                        opened.extend_from_slice(&bytes[hl..]);
+                        opened
+                    }
+                };
+                match sealer.open(aad, body) {
                     Ok(plain) => Ok(plain),
                     // The peer lost the flow and answered one of our packets (§12.4).
                     Err(_) if stateless_reset => Ok(&[]),
@@ -689,8 +716,10 @@ impl Engine {
                 }
             }
             _ if sealed => Err(DropReason::SealMismatch),
-            _ if !encrypted => Ok(payload),
-            _ if repr.packet_type == PacketType::Rst && in_handshake => Ok(payload),
+            _ if !encrypted => Ok(&received.into_slice()[hl..]),
+            _ if repr.packet_type == PacketType::Rst && in_handshake => {
+                Ok(&received.into_slice()[hl..])
+            }
             _ => Err(DropReason::SealMismatch),
         }
     }
@@ -1358,6 +1387,28 @@ impl Engine {
         if !slot.in_ready && flow.has_output() {
             slot.in_ready = true;
             self.ready.push_back(idx);
+        }
+    }
+}
+
+/// The bytes of a received datagram: the caller's, or given up to be opened in place.
+enum Received<'a> {
+    Shared(&'a [u8]),
+    Mut(&'a mut [u8]),
+}
+
+impl<'a> Received<'a> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Received::Shared(b) => b,
+            Received::Mut(b) => b,
+        }
+    }
+
+    fn into_slice(self) -> &'a [u8] {
+        match self {
+            Received::Shared(b) => b,
+            Received::Mut(b) => b,
         }
     }
 }

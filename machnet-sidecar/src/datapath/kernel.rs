@@ -294,26 +294,27 @@ impl KernelUdp {
             };
         let dst_port = self.pool.nth(idx as u16);
         let mut delivered = 0;
+        let (rx, stats, max_datagram) = (&mut self.rx, &mut self.stats, self.max_datagram);
         for (i, meta) in self.rx_meta[..got].iter().enumerate() {
             let SocketAddr::V4(from) = meta.addr else {
-                self.stats.rx_errors += 1;
+                stats.rx_errors += 1;
                 continue;
             };
             if from.port() == 0 {
                 continue;
             }
-            let data = &self.rx[i * RX_SLOT..i * RX_SLOT + meta.len];
+            let data = &mut rx[i * RX_SLOT..i * RX_SLOT + meta.len];
             let stride = meta.stride.max(1);
             if meta.len > stride {
-                self.stats.rx_gro_batches += 1;
+                stats.rx_gro_batches += 1;
             }
-            for payload in data.chunks(stride) {
-                if payload.len() > self.max_datagram {
-                    self.stats.rx_oversize += 1;
+            for payload in data.chunks_mut(stride) {
+                if payload.len() > max_datagram {
+                    stats.rx_oversize += 1;
                     continue;
                 }
-                self.stats.rx_packets += 1;
-                self.stats.rx_bytes += payload.len() as u64;
+                stats.rx_packets += 1;
+                stats.rx_bytes += payload.len() as u64;
                 delivered += 1;
                 sink(Received {
                     remote_ip: *from.ip(),

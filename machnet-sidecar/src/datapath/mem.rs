@@ -254,14 +254,14 @@ impl Datapath for MemDatapath {
             }
         }
         let n = taken.len();
-        for p in taken {
+        for mut p in taken {
             self.stats.rx_packets += 1;
             self.stats.rx_bytes += p.data.len() as u64;
             sink(Received {
                 remote_ip: p.src_ip,
                 src_port: p.src_port,
                 dst_port: p.dst_port,
-                payload: &p.data,
+                payload: &mut p.data,
             });
         }
         Ok(n)

@@ -28,8 +28,9 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 9000;
 /// Largest UDP payload over IPv4.
 pub const MAX_UDP_PAYLOAD: usize = 65507;
 
-/// A received datagram, valid during the [`Datapath::recv`] callback.
-#[derive(Debug, Clone, Copy)]
+/// A received datagram, valid during the [`Datapath::recv`] callback. The receiver may change
+/// its bytes (the engine opens sealed packets in place, PROTOCOL.md §12.3).
+#[derive(Debug)]
 pub struct Received<'a> {
     /// Sender's IPv4 address.
     pub remote_ip: Ipv4Addr,
@@ -38,7 +39,7 @@ pub struct Received<'a> {
     /// Our UDP port it arrived on.
     pub dst_port: u16,
     /// The UDP payload.
-    pub payload: &'a [u8],
+    pub payload: &'a mut [u8],
 }
 
 /// A datagram to send.

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use machnet_channel::CloseCode;
-use machnet_core::{Datagram, Engine, Event, Instant};
+use machnet_core::{DatagramMut, Engine, Event, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
@@ -610,9 +610,9 @@ impl Worker {
     fn receive(&mut self, now: Instant) -> bool {
         let core = &mut self.core;
         match self.dp.recv(RX_BUDGET, &mut |r| {
-            core.handle_datagram(
+            core.handle_datagram_mut(
                 now,
-                Datagram {
+                DatagramMut {
                     remote_ip: r.remote_ip,
                     src_port: r.src_port,
                     dst_port: r.dst_port,

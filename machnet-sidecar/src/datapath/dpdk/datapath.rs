@@ -231,36 +231,41 @@ impl Datapath for DpdkDatapath {
         if want > 0 {
             self.rx.burst(&mut mbufs, want);
         }
-        for m in mbufs.drain(..) {
+        for mut m in mbufs.drain(..) {
             if m.segments() != 1 {
                 // Larger than one mbuf: larger than our MTU.
                 self.stats.rx_oversize += 1;
                 continue;
             }
-            let data = m.data();
-            match self.stack.handle_frame_checked(now, data, rx_checksums(&m)) {
+            let checksums = rx_checksums(&m);
+            let datagram = match self.stack.handle_frame_checked(now, m.data(), checksums) {
                 Inbound::Datagram {
                     remote_ip,
                     src_port,
                     dst_port,
                     payload,
-                } => {
-                    let payload = &data[payload];
-                    self.stats.rx_packets += 1;
-                    self.stats.rx_bytes += payload.len() as u64;
-                    delivered += 1;
-                    sink(Received {
-                        remote_ip,
-                        src_port,
-                        dst_port,
-                        payload,
-                    });
+                } => Some((remote_ip, src_port, dst_port, payload)),
+                Inbound::Reply(frame) => {
+                    match self.pool.alloc_from(frame) {
+                        Some(r) => self.tx_mbufs.push(r),
+                        None => self.stats.tx_dropped += 1,
+                    }
+                    None
                 }
-                Inbound::Reply(frame) => match self.pool.alloc_from(frame) {
-                    Some(r) => self.tx_mbufs.push(r),
-                    None => self.stats.tx_dropped += 1,
-                },
-                Inbound::Consumed | Inbound::Drop(_) => {}
+                Inbound::Consumed | Inbound::Drop(_) => None,
+            };
+            if let Some((remote_ip, src_port, dst_port, range)) = datagram {
+                // The receiver may open a sealed packet where it lies (PROTOCOL.md §12.3).
+                let payload = &mut m.data_mut()[range];
+                self.stats.rx_packets += 1;
+                self.stats.rx_bytes += payload.len() as u64;
+                delivered += 1;
+                sink(Received {
+                    remote_ip,
+                    src_port,
+                    dst_port,
+                    payload,
+                });
             }
         }
         self.rx_mbufs = mbufs;
