@@ -24,7 +24,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use machnet_core::rss::spray_batch;
 use machnet_core::{
-    ChecksumMode, Datagram, Engine, EngineConfig, Event, FlowId, Instant, SendError,
+    ChecksumMode, DatagramMut, Engine, EngineConfig, Event, FlowId, Instant, SendError,
 };
 use machnet_sim::workload::SizeMix;
 use machnet_sim::{handshake, CloseMode, NetworkBuilder, Workload, WorkloadConfig};
@@ -57,13 +57,14 @@ fn shuttle(
 ) -> usize {
     let mut n = 0;
     while let Some(t) = from.poll_transmit(now, buf) {
-        to.handle_datagram(
+        // As the sidecar does: the receiver may open a sealed packet in place.
+        to.handle_datagram_mut(
             now,
-            Datagram {
+            DatagramMut {
                 remote_ip: from_ip,
                 src_port: t.src_port,
                 dst_port: t.dst_port,
-                payload: &buf[..t.len],
+                payload: &mut buf[..t.len],
             },
         );
         n += 1;
