@@ -66,9 +66,11 @@ pub struct HandshakeConfig {
     /// Packets per second an engine may send in answer to others' connection attempts
     /// (SYN-ACKs and refusal RSTs); bounds amplification by forged SYNs.
     pub max_answer_rate: u32,
-    /// Encryption: sealed SYNs per second an engine reads (PROTOCOL.md §12.5). Reading one costs
-    /// two to five X25519 operations (~0.2 ms here), so this bounds the CPU a flood of sealed
-    /// SYNs takes; SYNs beyond it get a stateless retry, which legitimate clients echo.
+    /// Encryption: sealed SYNs per second an engine reads, and, separately, encrypted connects
+    /// per second it starts (PROTOCOL.md §12.5). A handshake costs three to five X25519
+    /// operations (~0.1–0.2 ms here), so this bounds the CPU a flood of sealed SYNs or one
+    /// application's connects take; SYNs beyond it get a stateless retry, which legitimate
+    /// clients echo, and connects fail with `ConnectError::HandshakeRate`.
     pub max_encrypted_handshake_rate: u32,
 }
 

@@ -393,3 +393,29 @@ fn a_flood_of_sealed_syns_is_read_only_within_the_handshake_budget() {
     run_for(&mut p, Duration::from_millis(10));
     assert_eq!(p.b.recv(fb).unwrap(), Some(message(4, 5000)));
 }
+
+/// Starting a handshake costs X25519 operations on the engine's core too: an application that
+/// connects faster than `max_encrypted_handshake_rate` is refused at once with a clear error,
+/// and may connect again once the budget refills.
+#[test]
+fn encrypted_connects_beyond_the_handshake_rate_fail_at_once() {
+    let k = Keys::new();
+    let mut p = encrypted_pair(&k);
+    let burst =
+        p.a.config()
+            .handshake
+            .max_encrypted_handshake_rate
+            .div_ceil(10);
+    let mut started = 0;
+    let mut refused = 0;
+    for _ in 0..burst + 50 {
+        match p.a.connect(p.now, B, PORT) {
+            Ok(_) => started += 1,
+            Err(ConnectError::HandshakeRate) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((started, refused), (burst, 50));
+    p.now += Duration::from_secs(1);
+    assert!(p.a.connect(p.now, B, PORT).is_ok());
+}

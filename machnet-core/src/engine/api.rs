@@ -203,6 +203,11 @@ pub enum ConnectError {
     /// Encryption is on and the remote host has no key in the allow-list (PROTOCOL.md §12).
     #[error("encryption is on and the remote host is not in the allow-list of peer keys")]
     PeerNotAllowed,
+    /// Encryption is on and the engine starts `handshake.max_encrypted_handshake_rate`
+    /// handshakes a second already: each costs X25519 operations on the engine's core
+    /// (PROTOCOL.md §12.5). Try again later.
+    #[error("the engine starts its maximum of encrypted handshakes per second")]
+    HandshakeRate,
 }
 
 /// Errors of [`crate::Engine::listen`].

@@ -166,6 +166,9 @@ pub struct Engine {
     open_buf: Vec<u8>,
     /// Sealed SYNs this engine may still read (PROTOCOL.md §12.5).
     noise_budget: SprayBudget,
+    /// Encrypted handshakes this engine may still start (`connect`), kept apart from
+    /// `noise_budget` so that a flood of SYNs does not refuse local connects.
+    connect_noise_budget: SprayBudget,
 }
 
 impl std::fmt::Debug for Engine {
@@ -224,6 +227,7 @@ impl Engine {
             leftovers: HashMap::new(),
             open_buf: Vec::new(),
             noise_budget,
+            connect_noise_budget: SprayBudget::new(noise_rate, noise_rate.div_ceil(10)),
         })
     }
 
@@ -338,6 +342,9 @@ impl Engine {
             ),
             None => None,
         };
+        if server_key.is_some() && !self.connect_noise_budget.take(now) {
+            return Err(ConnectError::HandshakeRate);
+        }
         let local_port = self
             .pick_ephemeral(remote_ip, remote_port)
             .ok_or(ConnectError::NoEphemeralPort)?;

@@ -663,12 +663,11 @@ impl Flow {
                         return self.take_retry(&hs, ctx);
                     }
                     // The server's answer completes the Noise handshake (§12.2). It reached us
-                    // with our token, so a failure means the server holds another key than our
-                    // allow-list gives for it (or the answer was changed on path): give up.
-                    let initiator = self
-                        .initiator
-                        .take()
-                        .expect("an encrypted client handshakes");
+                    // with our token, so a failure means it was changed on path or comes from an
+                    // impersonator (a server with another key cannot read our SYN and refuses it).
+                    let Some(initiator) = self.initiator.take() else {
+                        return Err(DropReason::StaleHandshake);
+                    };
                     match initiator.finish(payload) {
                         Ok((sealer, reset)) => {
                             self.sealer = Some(Box::new(sealer));

@@ -170,7 +170,9 @@ impl Transport for CoreTransport<'_, '_> {
             .connect(ctx.now, req.remote_ip, req.remote_port)
             .map(Flow::Net)
             .map_err(|e| match e {
-                ConnectError::NoEphemeralPort | ConnectError::TooManyFlows => CloseCode::Exhausted,
+                ConnectError::NoEphemeralPort
+                | ConnectError::TooManyFlows
+                | ConnectError::HandshakeRate => CloseCode::Exhausted,
                 ConnectError::InvalidRemoteAddress | ConnectError::InvalidRemotePort => {
                     CloseCode::InvalidRequest
                 }
