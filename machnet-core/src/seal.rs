@@ -45,9 +45,6 @@ pub enum KeyError {
     /// Not 32 bytes.
     #[error("a key must be {KEY_LEN} bytes, got {0}")]
     Length(usize),
-    /// The private key does not yield a usable public key.
-    #[error("the private key is invalid: {0}")]
-    Invalid(String),
 }
 
 /// Why a handshake did not produce keys.
@@ -91,6 +88,12 @@ impl StaticKey {
     /// The public half, to give to peers.
     pub fn public(&self) -> [u8; KEY_LEN] {
         self.public
+    }
+
+    /// The private half, to write to a key file (`machnet keygen`). Handle with care: never log
+    /// it, and wipe copies.
+    pub fn private(&self) -> &[u8; KEY_LEN] {
+        &self.private
     }
 }
 

@@ -269,14 +269,7 @@ pub fn check_unique(peers: &[PeerKey]) -> Result<(), KeyFileError> {
 /// Writes a new random private key to `path` (mode 0600; an existing file is never
 /// overwritten) and returns the key.
 pub fn write_new_key(path: &Path) -> Result<StaticKey, KeyFileError> {
-    // The same generator as `StaticKey::generate`, whose private half is not exposed.
-    let pair = snow::Builder::new(
-        machnet_core::seal::NOISE_PATTERN
-            .parse()
-            .expect("a valid Noise pattern"),
-    )
-    .generate_keypair()
-    .map_err(|e| KeyFileError::Key(KeyError::Invalid(e.to_string())))?;
+    let key = StaticKey::generate();
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -295,16 +288,13 @@ pub fn write_new_key(path: &Path) -> Result<StaticKey, KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let mut text = STANDARD.encode(&pair.private).into_bytes();
+    let mut text = STANDARD.encode(key.private()).into_bytes();
     text.push(b'\n');
     let written = file.write_all(&text).and_then(|()| file.sync_all());
     text.fill(0);
-    let key = StaticKey::from_private(&pair.private);
-    let mut private = pair.private;
-    private.fill(0);
     if let Err(e) = written {
         let _ = std::fs::remove_file(path);
         return Err(write(e));
     }
-    Ok(key?)
+    Ok(key)
 }
