@@ -79,7 +79,7 @@ fi
 echo "== benchmarks compile"
 cargo bench --workspace --no-run --quiet
 
-echo "== fuzz every target (${FUZZ_SECONDS:-10} s each, 5 targets)"
+echo "== fuzz every target (${FUZZ_SECONDS:-10} s each, 6 targets)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-10}" ci/fuzz.sh
 
 echo "== summary"
