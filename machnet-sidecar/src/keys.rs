@@ -132,6 +132,23 @@ pub fn encode_key(key: &[u8; KEY_LEN]) -> String {
     STANDARD.encode(key)
 }
 
+/// Opens `path`, which must be a regular file; the file and its metadata, taken from the open
+/// file rather than the path again (which could be replaced in between).
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), KeyFileError> {
+    let read = |source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(KeyFileError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    Ok((file, meta))
+}
+
 /// Reads a private key file: a regular file, not accessible by group or others, holding one
 /// base64 key.
 pub fn read_private_key(path: &Path) -> Result<StaticKey, KeyFileError> {
@@ -139,14 +156,7 @@ pub fn read_private_key(path: &Path) -> Result<StaticKey, KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(read)?;
-    // Check the file we opened, not the path again (it could be replaced in between).
-    let meta = file.metadata().map_err(read)?;
-    if !meta.is_file() {
-        return Err(KeyFileError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
+    let (file, meta) = open_regular(path)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::TooOpen {
@@ -229,13 +239,7 @@ pub fn read_peer_keys(path: &Path) -> Result<Vec<PeerKey>, KeyFileError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(read)?;
-    let meta = file.metadata().map_err(read)?;
-    if !meta.is_file() {
-        return Err(KeyFileError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
+    let (file, meta) = open_regular(path)?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o022 != 0 {
         return Err(KeyFileError::Writable {

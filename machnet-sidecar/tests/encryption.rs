@@ -88,6 +88,32 @@ fn sidecars(
     })
 }
 
+/// [`echo_server`] for the length of a test: stopped and joined when dropped.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    fn start(sidecars: &LoopbackSidecars) -> EchoServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = Some(echo_server(sidecars, stop.clone()));
+        EchoServer { stop, thread }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let joined = t.join();
+            if !std::thread::panicking() {
+                joined.expect("echo server");
+            }
+        }
+    }
+}
+
 /// An echo server on the server sidecar: every message comes back on its flow, a peer close is
 /// answered with a close. Runs until `stop`.
 fn echo_server(sidecars: &LoopbackSidecars, stop: Arc<AtomicBool>) -> JoinHandle<()> {
@@ -179,8 +205,7 @@ fn encrypted_flows_carry_1_byte_to_8_mib_both_ways_identical_in_order_exactly_on
     let keys = Keys::new();
     let (server_enc, client_enc) = keys.mutual();
     let sidecars = sidecars("enc-echo", 2, server_enc, client_enc);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&sidecars, stop.clone());
+    let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     let flows: Vec<Flow> = (0..FLOWS)
         .map(|_| ch.connect_timeout(SERVER, PORT, WAIT).expect("connect"))
@@ -232,8 +257,6 @@ fn encrypted_flows_carry_1_byte_to_8_mib_both_ways_identical_in_order_exactly_on
             other => panic!("after the last echo: {other:?}"),
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    server.join().expect("echo server");
     for i in 0..2 {
         for reason in DropReason::ALL {
             if reason.name().contains("seal") || reason.name() == "peer_not_allowed" {
@@ -255,8 +278,7 @@ fn a_client_with_a_wrong_key_for_the_server_is_refused() {
     let server_enc = keys.server_with(vec![peer(CLIENT, &keys.client)]);
     let client_enc = keys.client_with(vec![peer(SERVER, &wrong)]);
     let sidecars = sidecars("enc-wrong", 1, server_enc, client_enc);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&sidecars, stop.clone());
+    let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     for _ in 0..3 {
         let e = connect_error(&mut ch, SERVER);
@@ -268,8 +290,6 @@ fn a_client_with_a_wrong_key_for_the_server_is_refused() {
     }
     assert!(drops(&sidecars, 0, DropReason::PeerNotAllowed) >= 3);
     assert_eq!(accepts(&sidecars, 0), 0);
-    stop.store(true, Ordering::SeqCst);
-    server.join().expect("echo server");
 }
 
 #[test]
@@ -285,8 +305,7 @@ fn a_server_that_does_not_list_the_client_refuses_it() {
         let server_enc = keys.server_with(server_peers);
         let client_enc = keys.client_with(vec![peer(SERVER, &keys.server)]);
         let sidecars = sidecars(tag, 1, server_enc, client_enc);
-        let stop = Arc::new(AtomicBool::new(false));
-        let server = echo_server(&sidecars, stop.clone());
+        let _echo = EchoServer::start(&sidecars);
         let (_m, mut ch) = client_channel(&sidecars);
         let e = connect_error(&mut ch, SERVER);
         assert!(
@@ -300,8 +319,6 @@ fn a_server_that_does_not_list_the_client_refuses_it() {
             "{tag}"
         );
         assert_eq!(accepts(&sidecars, 0), 0, "{tag}");
-        stop.store(true, Ordering::SeqCst);
-        server.join().expect("echo server");
     }
 }
 
@@ -311,8 +328,7 @@ fn a_connect_to_a_host_without_an_allow_list_entry_fails_before_any_packet() {
     let server_enc = keys.server_with(vec![peer(CLIENT, &keys.client)]);
     let client_enc = keys.client_with(vec![peer(OTHER, &keys.server)]);
     let sidecars = sidecars("enc-noentry", 1, server_enc, client_enc);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&sidecars, stop.clone());
+    let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     for _ in 0..3 {
         let e = connect_error(&mut ch, SERVER);
@@ -324,8 +340,6 @@ fn a_connect_to_a_host_without_an_allow_list_entry_fails_before_any_packet() {
     }
     // Refused locally: not one SYN left the client's sidecar.
     assert_eq!(syns_sent(&sidecars, 1), 0);
-    stop.store(true, Ordering::SeqCst);
-    server.join().expect("echo server");
 }
 
 #[test]
@@ -337,8 +351,7 @@ fn encrypted_and_plaintext_sidecars_refuse_each_other_cleanly() {
         ("plain-to-enc", server_enc, None),
     ] {
         let sidecars = sidecars(tag, 1, server, client);
-        let stop = Arc::new(AtomicBool::new(false));
-        let echo = echo_server(&sidecars, stop.clone());
+        let _echo = EchoServer::start(&sidecars);
         let (_m, mut ch) = client_channel(&sidecars);
         let e = connect_error(&mut ch, SERVER);
         assert!(
@@ -349,8 +362,6 @@ fn encrypted_and_plaintext_sidecars_refuse_each_other_cleanly() {
         // The server refused the SYN for its (missing or unexpected) seal.
         assert!(drops(&sidecars, 0, DropReason::SealMismatch) >= 1, "{tag}");
         assert_eq!(accepts(&sidecars, 0), 0, "{tag}");
-        stop.store(true, Ordering::SeqCst);
-        echo.join().expect("echo server");
     }
 }
 
@@ -461,8 +472,7 @@ fn echo_through_relay(tag: &str, encrypt: bool, count: usize) -> (Relay, Vec<Vec
     };
     let sidecars = sidecars(tag, 1, server_enc, client_enc);
     let relay = Relay::start(sidecars.udp_ports(0).expect("server"), false);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&sidecars, stop.clone());
+    let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     let flow = ch.connect_timeout(RELAY, PORT, WAIT).expect("connect");
     let seed = machnet_sidecar::random_seed();
@@ -476,8 +486,6 @@ fn echo_through_relay(tag: &str, encrypt: bool, count: usize) -> (Relay, Vec<Vec
         assert_eq!(from, flow);
         assert!(got == *msg, "{tag}: echo altered");
     }
-    stop.store(true, Ordering::SeqCst);
-    server.join().expect("echo server");
     (relay, msgs)
 }
 
@@ -507,8 +515,7 @@ fn a_syn_ack_changed_on_path_fails_the_connect_with_permission_denied() {
     let client_enc = keys.client_with(vec![peer(RELAY, &keys.server)]);
     let sidecars = sidecars("enc-tamper", 1, server_enc, client_enc);
     let _relay = Relay::start(sidecars.udp_ports(0).expect("server"), true);
-    let stop = Arc::new(AtomicBool::new(false));
-    let server = echo_server(&sidecars, stop.clone());
+    let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     let e = connect_error(&mut ch, RELAY);
     assert!(
@@ -517,8 +524,6 @@ fn a_syn_ack_changed_on_path_fails_the_connect_with_permission_denied() {
     );
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     assert!(drops(&sidecars, 1, DropReason::PeerNotAllowed) >= 1);
-    stop.store(true, Ordering::SeqCst);
-    server.join().expect("echo server");
 }
 
 /// Runs the `machnet` binary with `args`; returns (exit code, stdout, stderr).

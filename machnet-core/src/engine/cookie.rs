@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use siphasher::sip128::{Hasher128, SipHasher24};
 
 use crate::time::Instant;
+use crate::wire::Repr;
 
 /// How long one cookie key epoch lasts; a cookie is accepted in its epoch and the next, so a
 /// handshake must complete within 16–32 s of the SYN-ACK (a client gives up after 5.11 s).
@@ -22,6 +23,25 @@ pub(crate) struct Attempt {
     pub(crate) server_port: u16,
     pub(crate) client_token: u64,
     pub(crate) client_isn: u32,
+}
+
+impl Attempt {
+    /// The attempt a client packet from `client_ip` with these ports (a SYN, or a handshake
+    /// ACK) belongs to, whose handshake block names `client_token` and ISN `client_isn`.
+    pub(crate) fn of(
+        client_ip: Ipv4Addr,
+        packet: &Repr,
+        client_token: u64,
+        client_isn: u32,
+    ) -> Self {
+        Attempt {
+            client_ip,
+            client_port: packet.src_port,
+            server_port: packet.dst_port,
+            client_token,
+            client_isn,
+        }
+    }
 }
 
 /// Most cookie-established flows remembered at once (see [`UsedCookies`]).

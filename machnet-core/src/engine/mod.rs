@@ -823,13 +823,7 @@ impl Engine {
         path: UdpPair,
         pool: PortPool,
     ) {
-        let attempt = Attempt {
-            client_ip: remote_ip,
-            client_port: syn.src_port,
-            server_port: syn.dst_port,
-            client_token: hs.token,
-            client_isn: syn.seq,
-        };
+        let attempt = Attempt::of(remote_ip, syn, hs.token, syn.seq);
         let cookie = self.cookies.issue(&attempt, now);
         let h = &self.cfg.handshake;
         let engines = hs.engine_count.min(crate::MAX_ENGINES);
@@ -905,13 +899,7 @@ impl Engine {
         {
             return None;
         }
-        let attempt = Attempt {
-            client_ip: remote_ip,
-            client_port: repr.src_port,
-            server_port: repr.dst_port,
-            client_token: hs.token,
-            client_isn: hs.isn,
-        };
+        let attempt = Attempt::of(remote_ip, repr, hs.token, hs.isn);
         let cookie = self
             .cookies
             .check(&attempt, now, repr.token, repr.ack.wrapping_sub(1))?;
@@ -1081,13 +1069,7 @@ impl Engine {
         let Some((token, isn)) = seal::retry_cookie(payload) else {
             return false;
         };
-        let attempt = Attempt {
-            client_ip: remote_ip,
-            client_port: syn.src_port,
-            server_port: syn.dst_port,
-            client_token: hs.token,
-            client_isn: syn.seq,
-        };
+        let attempt = Attempt::of(remote_ip, syn, hs.token, syn.seq);
         self.cookies.check(&attempt, now, token, isn).is_some()
     }
 
