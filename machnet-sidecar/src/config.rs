@@ -385,6 +385,13 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub peer_keys: Option<PathBuf>,
 
+    /// With --encryption-key: encrypted handshakes each engine reads (sealed SYNs) and,
+    /// separately, starts (connects) per second. Each costs X25519 operations (~0.1–0.2 ms) on
+    /// the engine's core; SYNs beyond it get a stateless retry, connects fail with `Exhausted`
+    /// (docs/PROTOCOL.md §12.5). [default: 2000]
+    #[arg(long, value_name = "PER_SECOND")]
+    pub max_encrypted_handshake_rate: Option<u32>,
+
     /// TEST ONLY: drop this fraction of sent datagrams at random (0.0..1.0).
     #[arg(long, hide = true, value_name = "P")]
     pub test_drop_rate: Option<f64>,
@@ -502,6 +509,8 @@ pub struct FileConfig {
     pub peer_key: Option<Vec<String>>,
     /// See [`Cli::peer_keys`].
     pub peer_keys: Option<PathBuf>,
+    /// See [`Cli::max_encrypted_handshake_rate`].
+    pub max_encrypted_handshake_rate: Option<u32>,
     /// See [`Cli::test_drop_rate`].
     pub test_drop_rate: Option<f64>,
     /// See [`Cli::test_seed`].
@@ -585,6 +594,8 @@ pub struct SidecarConfig {
     /// Encryption in transit: this host's key and the allow-list of peers, shared by every
     /// engine (`None`: plaintext). Its `Debug` shows public keys only.
     pub encryption: Option<Arc<Encryption>>,
+    /// Encrypted handshakes each engine reads, and starts, per second.
+    pub encrypted_handshake_rate: u32,
 }
 
 /// Why the configuration could not be built.
@@ -746,6 +757,8 @@ impl SidecarConfig {
             same_host_flows: true,
             limits: ControlLimits::default(),
             encryption: None,
+            encrypted_handshake_rate: machnet_core::config::HandshakeConfig::default()
+                .max_encrypted_handshake_rate,
         }
     }
 
@@ -939,6 +952,15 @@ impl SidecarConfig {
             c.limits.idle_timeout = (!d.is_zero()).then_some(d);
         }
         c.encryption = encryption(cli, &file)?;
+        if let Some(v) = pick!(max_encrypted_handshake_rate) {
+            if !(1..=MAX_CONNECT_RATE).contains(&v) {
+                return Err(invalid(
+                    "--max-encrypted-handshake-rate",
+                    format!("must be 1..={MAX_CONNECT_RATE} a second"),
+                ));
+            }
+            c.encrypted_handshake_rate = v;
+        }
         if let Some(p) = pick!(test_drop_rate) {
             let seed = pick!(test_seed).unwrap_or_else(crate::random_seed);
             c.test_loss = Some(TestLoss { drop_rate: p, seed });
@@ -960,6 +982,7 @@ impl SidecarConfig {
             e.max_udp_payload = mtu.saturating_sub(28);
         }
         e.encryption = self.encryption.clone();
+        e.handshake.max_encrypted_handshake_rate = self.encrypted_handshake_rate;
         e
     }
 
@@ -1495,6 +1518,28 @@ mod tests {
             (c.limits.connects.per_app, c.limits.connects.burst_per_app),
             (9, 3)
         );
+    }
+
+    #[test]
+    fn encrypted_handshake_rate_reaches_every_engine() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(
+            d.engine_config(0).handshake.max_encrypted_handshake_rate,
+            2_000
+        );
+        let c = parse(&["--engines", "2", "--max-encrypted-handshake-rate", "500"]).unwrap();
+        for e in 0..2 {
+            assert_eq!(
+                c.engine_config(e).handshake.max_encrypted_handshake_rate,
+                500
+            );
+        }
+        for v in ["0", "1000001"] {
+            let e = parse(&["--max-encrypted-handshake-rate", v])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--max-encrypted-handshake-rate"), "{v}: {e}");
+        }
     }
 
     /// A fresh directory for key files.
