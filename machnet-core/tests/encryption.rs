@@ -263,6 +263,14 @@ fn an_on_path_attacker_who_knows_the_tokens_cannot_inject_or_reset() {
     }
     assert_eq!(p.b.stats().drops_for(DropReason::SealMismatch), 3);
     assert_eq!(p.b.stats().drops_for(DropReason::BadSeal), 3);
+    // A blind (off-path) forgery lacks the token: dropped before any AES is spent on it.
+    let blind = Repr {
+        token: last.token ^ 1,
+        ..sealed
+    };
+    inject(&mut p, blind, &[7u8; 29]);
+    assert_eq!(p.b.stats().drops_for(DropReason::BadToken), 1);
+    assert_eq!(p.b.stats().drops_for(DropReason::BadSeal), 3);
     // 4. A real sealed packet with one bit of its header changed.
     {
         let seen = seen.borrow();

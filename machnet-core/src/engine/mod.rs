@@ -698,6 +698,10 @@ impl Engine {
             return Ok(&received.into_slice()[hl..]);
         }
         let flow = self.flow_mut(idx);
+        if !flow.token_ok(repr) {
+            // The cheap check first (§12.3): a blind forgery costs no AES.
+            return Err(DropReason::BadToken);
+        }
         let stateless_reset = repr.packet_type == PacketType::Rst
             && flow
                 .peer_reset()

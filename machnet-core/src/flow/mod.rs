@@ -490,7 +490,7 @@ impl Flow {
     /// Whether `repr` carries the token this flow expects (PROTOCOL.md §4.1). An RST may also
     /// carry the peer's own token: a peer that lost the flow echoes the token of the packet it
     /// answers, which only the two ends (and on-path observers) know (§8.3).
-    fn token_ok(&self, repr: &Repr) -> bool {
+    pub(crate) fn token_ok(&self, repr: &Repr) -> bool {
         match repr.packet_type {
             // SYNs carry no token; a retried SYN proves itself by its handshake block.
             PacketType::Syn => true,
