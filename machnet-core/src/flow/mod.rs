@@ -221,14 +221,20 @@ pub(crate) struct Flow {
     /// Server, half-open: bytes of SYN-ACKs we may still send to the unvalidated client — three
     /// times the bytes of its SYNs that reached this flow, less what we sent (§5.2).
     synack_allowance: usize,
-    /// Encryption (PROTOCOL.md §12): on for every flow of an engine configured with it.
-    encrypted: bool,
+    /// Encryption (PROTOCOL.md §12), on for every flow of an engine configured with it; boxed,
+    /// so a plaintext flow carries one null pointer.
+    crypto: Option<Box<FlowCrypto>>,
+}
+
+/// An encrypted flow's handshake and keys.
+#[derive(Default)]
+struct FlowCrypto {
     /// Client, until the SYN-ACK: the Noise handshake, whose first message every SYN carries.
-    initiator: Option<Box<Initiator>>,
+    initiator: Option<Initiator>,
     /// Server: the second Noise message, carried by every SYN-ACK of the flow.
     noise_reply: Option<[u8; seal::MSG2_LEN]>,
     /// Packet protection, once the handshake gave keys.
-    sealer: Option<Box<Sealer>>,
+    sealer: Option<Sealer>,
     /// The peer's stateless-reset token, from its handshake message (§12.4).
     peer_reset: Option<seal::ResetToken>,
     /// Client: the cookie of the server's stateless answer to our sealed SYN, echoed in our
@@ -298,41 +304,38 @@ impl Flow {
             rx_token,
             tx_token: 0,
             synack_allowance: 0,
-            encrypted: cfg.encryption.is_some(),
-            initiator: None,
-            noise_reply: None,
-            sealer: None,
-            peer_reset: None,
-            retry: None,
+            crypto: cfg.encryption.is_some().then(Box::default),
         }
     }
 
     fn set_keys(&mut self, keys: Option<FlowKeys>) {
+        let (Some(keys), Some(c)) = (keys, self.crypto.as_deref_mut()) else {
+            return;
+        };
         match keys {
-            Some(FlowKeys::Initiating(i)) => self.initiator = Some(Box::new(i)),
-            Some(FlowKeys::Answered(r)) => {
+            FlowKeys::Initiating(i) => c.initiator = Some(i),
+            FlowKeys::Answered(r) => {
                 let r = *r;
-                self.sealer = Some(Box::new(r.sealer));
-                self.noise_reply = Some(r.msg2);
-                self.peer_reset = Some(r.client_reset);
+                c.sealer = Some(r.sealer);
+                c.noise_reply = Some(r.msg2);
+                c.peer_reset = Some(r.client_reset);
             }
-            None => {}
         }
     }
 
     /// The flow's packet protection, if it has keys.
     pub(crate) fn sealer_mut(&mut self) -> Option<&mut Sealer> {
-        self.sealer.as_deref_mut()
+        self.crypto.as_deref_mut()?.sealer.as_mut()
     }
 
     /// The peer's stateless-reset token, once its handshake message gave it.
     pub(crate) fn peer_reset(&self) -> Option<&seal::ResetToken> {
-        self.peer_reset.as_ref()
+        self.crypto.as_deref()?.peer_reset.as_ref()
     }
 
     /// Whether the flow is encrypted (PROTOCOL.md §12).
     pub(crate) fn is_encrypted(&self) -> bool {
-        self.encrypted
+        self.crypto.is_some()
     }
 
     /// Whether the flow is still in its handshake (an encrypted flow then accepts an unsealed
@@ -448,7 +451,8 @@ impl Flow {
 
     /// Length of this flow's SYN-ACKs: an encrypted one carries the second Noise message.
     fn synack_len(&self) -> usize {
-        SYNACK_LEN + self.noise_reply.map_or(0, |r| r.len())
+        let reply = self.crypto.as_deref().and_then(|c| c.noise_reply);
+        SYNACK_LEN + reply.map_or(0, |r| r.len())
     }
 
     fn batch(cfg: &EngineConfig, engines: u16, attempt: u8) -> u32 {
@@ -467,7 +471,11 @@ impl Flow {
         // Both ends compute the same limit from the two announcements (PROTOCOL.md §6.4); nothing
         // has been cut into fragments yet, so the new size applies to every packet of the flow.
         self.datagram = wire::agreed_datagram(cfg.max_udp_payload, hs.max_datagram);
-        let overhead = if self.encrypted { seal::OVERHEAD } else { 0 };
+        let overhead = if self.is_encrypted() {
+            seal::OVERHEAD
+        } else {
+            0
+        };
         let fragment = crate::config::fragment_payload(self.datagram).saturating_sub(overhead);
         self.send.set_fragment_payload(fragment);
         self.recv.set_fragment_payload(fragment);
@@ -656,7 +664,7 @@ impl Flow {
                 {
                     return Err(DropReason::StaleHandshake);
                 }
-                if self.encrypted {
+                if let Some(c) = self.crypto.as_deref_mut() {
                     if repr.flags & flags::SEALED == 0 {
                         // A stateless answer of a loaded server (§12.5): our SYNs echo its
                         // cookie from now on, starting with a batch right away.
@@ -665,13 +673,13 @@ impl Flow {
                     // The server's answer completes the Noise handshake (§12.2). It reached us
                     // with our token, so a failure means it was changed on path or comes from an
                     // impersonator (a server with another key cannot read our SYN and refuses it).
-                    let Some(initiator) = self.initiator.take() else {
+                    let Some(initiator) = c.initiator.take() else {
                         return Err(DropReason::StaleHandshake);
                     };
                     match initiator.finish(payload) {
                         Ok((sealer, reset)) => {
-                            self.sealer = Some(Box::new(sealer));
-                            self.peer_reset = Some(reset);
+                            c.sealer = Some(sealer);
+                            c.peer_reset = Some(reset);
                         }
                         Err(_) => {
                             self.die(CloseReason::PeerNotAuthenticated, true, false);
@@ -728,10 +736,13 @@ impl Flow {
     /// SYNs; a batch of them leaves now. A repeated cookie (the rest of its batch) is ignored.
     fn take_retry(&mut self, hs: &Handshake, ctx: &mut Ctx) -> Result<(), DropReason> {
         let cookie = (hs.token, hs.isn);
-        if self.retry == Some(cookie) {
+        let Some(c) = self.crypto.as_deref_mut() else {
+            return Err(DropReason::SealMismatch);
+        };
+        if c.retry == Some(cookie) {
             return Err(DropReason::DuplicateHandshake);
         }
-        self.retry = Some(cookie);
+        c.retry = Some(cookie);
         let Phase::SynSent { attempt } = self.phase else {
             return Err(DropReason::StaleHandshake);
         };
@@ -1331,12 +1342,14 @@ impl Flow {
         let ts_val = now_ts(now);
         // An encrypted flow's SYNs carry the first Noise message (the padding follows it), its
         // SYN-ACKs the second (§12.2).
-        let noise: &[u8] = match (&self.initiator, &self.noise_reply) {
-            (Some(i), _) if is_syn => i.msg1(),
-            (_, Some(r)) if !is_syn => r,
+        let crypto = self.crypto.as_deref();
+        let noise: &[u8] = match crypto.map(|c| (&c.initiator, &c.noise_reply)) {
+            Some((Some(i), _)) if is_syn => i.msg1(),
+            Some((_, Some(r))) if !is_syn => r,
             _ => &[],
         };
-        let retry_len = if self.retry.is_some() {
+        let retry = crypto.and_then(|c| c.retry);
+        let retry_len = if retry.is_some() {
             seal::RETRY_COOKIE_LEN
         } else {
             0
@@ -1393,7 +1406,7 @@ impl Flow {
         if !noise.is_empty() {
             let hl = repr.header_len();
             buf[hl..hl + noise.len()].copy_from_slice(noise);
-            if let Some(cookie) = self.retry.filter(|_| is_syn) {
+            if let Some(cookie) = retry.filter(|_| is_syn) {
                 seal::write_retry_cookie(&mut buf[hl..len], cookie);
             }
             if with_checksum {
@@ -1510,7 +1523,9 @@ impl Flow {
         self.stats.bytes_sent += bytes.len() as u64;
         self.stats.packets_sent += 1;
         let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
-        let len = match self.sealer.as_deref_mut() {
+        // Disjoint fields: the payload borrows the send state, the keys live in `crypto`.
+        let sealer = self.crypto.as_deref_mut().and_then(|c| c.sealer.as_mut());
+        let len = match sealer {
             Some(sealer) => seal::emit_sealed(&mut repr, buf, bytes, sealer, with_checksum),
             None => repr.emit(buf, bytes, with_checksum),
         };
@@ -1527,7 +1542,7 @@ impl Flow {
     ) -> Transmit {
         let with_checksum = ctx.cfg.checksum == crate::config::ChecksumMode::Always;
         let mut repr = *repr;
-        let len = match self.sealer.as_deref_mut() {
+        let len = match self.sealer_mut() {
             Some(sealer) => seal::emit_sealed(&mut repr, buf, payload, sealer, with_checksum),
             None => repr.emit(buf, payload, with_checksum),
         };
@@ -1558,7 +1573,7 @@ impl Flow {
             self.recv.nxt,
             self.tx_token,
         );
-        let sealed = self.sealer.as_deref_mut().map(|sealer| {
+        let sealed = self.sealer_mut().map(|sealer| {
             let mut packet = [0u8; wire::MAX_HEADER_LEN + seal::OVERHEAD];
             let len = seal::emit_sealed(&mut repr, &mut packet, &[], sealer, false);
             let mut trailer = [0u8; seal::OVERHEAD];
