@@ -190,6 +190,22 @@ fn syns_sent(sidecars: &LoopbackSidecars, i: usize) -> u64 {
     sidecars.reports(i).iter().map(|r| r.core.syns_sent).sum()
 }
 
+/// A connect to `ip` fails with `code`, which bindings report as `kind` (`what` names the case).
+fn assert_connect_fails(
+    ch: &mut Channel,
+    ip: Ipv4Addr,
+    code: CloseCode,
+    kind: ErrorKind,
+    what: &str,
+) {
+    let e = connect_error(ch, ip);
+    assert!(
+        matches!(e, ConnectError::Failed(Some(c)) if c == code),
+        "{what}: {e:?}"
+    );
+    assert_eq!(e.kind(), kind, "{what}: {e}");
+}
+
 /// The connect's error, which must come within the wait (never a hang).
 fn connect_error(ch: &mut Channel, ip: Ipv4Addr) -> ConnectError {
     match ch.connect_timeout(ip, PORT, WAIT) {
@@ -281,12 +297,13 @@ fn a_client_with_a_wrong_key_for_the_server_is_refused() {
     let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     for _ in 0..3 {
-        let e = connect_error(&mut ch, SERVER);
-        assert!(
-            matches!(e, ConnectError::Failed(Some(CloseCode::Refused))),
-            "{e:?}"
+        assert_connect_fails(
+            &mut ch,
+            SERVER,
+            CloseCode::Refused,
+            ErrorKind::ConnectionRefused,
+            "",
         );
-        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
     }
     assert!(drops(&sidecars, 0, DropReason::PeerNotAllowed) >= 3);
     assert_eq!(accepts(&sidecars, 0), 0);
@@ -307,12 +324,13 @@ fn a_server_that_does_not_list_the_client_refuses_it() {
         let sidecars = sidecars(tag, 1, server_enc, client_enc);
         let _echo = EchoServer::start(&sidecars);
         let (_m, mut ch) = client_channel(&sidecars);
-        let e = connect_error(&mut ch, SERVER);
-        assert!(
-            matches!(e, ConnectError::Failed(Some(CloseCode::Refused))),
-            "{tag}: {e:?}"
+        assert_connect_fails(
+            &mut ch,
+            SERVER,
+            CloseCode::Refused,
+            ErrorKind::ConnectionRefused,
+            tag,
         );
-        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{tag}: {e}");
         // Refused for the handshake, not for want of a listener.
         assert!(
             drops(&sidecars, 0, DropReason::PeerNotAllowed) >= 1,
@@ -331,12 +349,13 @@ fn a_connect_to_a_host_without_an_allow_list_entry_fails_before_any_packet() {
     let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
     for _ in 0..3 {
-        let e = connect_error(&mut ch, SERVER);
-        assert!(
-            matches!(e, ConnectError::Failed(Some(CloseCode::PeerNotAllowed))),
-            "{e:?}"
+        assert_connect_fails(
+            &mut ch,
+            SERVER,
+            CloseCode::PeerNotAllowed,
+            ErrorKind::PermissionDenied,
+            "",
         );
-        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     }
     // Refused locally: not one SYN left the client's sidecar.
     assert_eq!(syns_sent(&sidecars, 1), 0);
@@ -353,12 +372,13 @@ fn encrypted_and_plaintext_sidecars_refuse_each_other_cleanly() {
         let sidecars = sidecars(tag, 1, server, client);
         let _echo = EchoServer::start(&sidecars);
         let (_m, mut ch) = client_channel(&sidecars);
-        let e = connect_error(&mut ch, SERVER);
-        assert!(
-            matches!(e, ConnectError::Failed(Some(CloseCode::Refused))),
-            "{tag}: {e:?}"
+        assert_connect_fails(
+            &mut ch,
+            SERVER,
+            CloseCode::Refused,
+            ErrorKind::ConnectionRefused,
+            tag,
         );
-        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{tag}: {e}");
         // The server refused the SYN for its (missing or unexpected) seal.
         assert!(drops(&sidecars, 0, DropReason::SealMismatch) >= 1, "{tag}");
         assert_eq!(accepts(&sidecars, 0), 0, "{tag}");
@@ -517,12 +537,13 @@ fn a_syn_ack_changed_on_path_fails_the_connect_with_permission_denied() {
     let _relay = Relay::start(sidecars.udp_ports(0).expect("server"), true);
     let _echo = EchoServer::start(&sidecars);
     let (_m, mut ch) = client_channel(&sidecars);
-    let e = connect_error(&mut ch, RELAY);
-    assert!(
-        matches!(e, ConnectError::Failed(Some(CloseCode::PeerNotAllowed))),
-        "{e:?}"
+    assert_connect_fails(
+        &mut ch,
+        RELAY,
+        CloseCode::PeerNotAllowed,
+        ErrorKind::PermissionDenied,
+        "",
     );
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     assert!(drops(&sidecars, 1, DropReason::PeerNotAllowed) >= 1);
 }
 
