@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 /// One attached channel: the shared channel, and the messages `machnet_recv_any` took off it
 /// but could not hand over (the caller's buffer was too small), oldest first.
+#[derive(Debug)]
 pub(crate) struct Ctx {
     shared: SharedChannel,
     pub(crate) any_stash: Mutex<VecDeque<(Flow, Vec<u8>)>>,
