@@ -81,7 +81,7 @@ func keyOfConnected(f Flow) flowKey { return flowKey{local: f.Src(), remote: f.D
 // ----- the per-channel dispatcher -----
 
 // mux owns one channel and demultiplexes its messages and flow events to its Conns (one
-// goroutine, waiting in Go's netpoller: no busy polling). It ends when its owner (a Listener or
+// goroutine, sleeping in the library between arrivals: no busy polling). It ends when its owner (a Listener or
 // a Dialer) is closed and its last Conn is gone, or when the channel fails.
 type mux struct {
 	ch   *Channel
@@ -112,31 +112,37 @@ func newMux(ch *Channel, cfg StreamConfig, listening bool) *mux {
 	return m
 }
 
-// run is the dispatcher.
+// dispatcherWait bounds one wait of the dispatcher inside the library (a liveness check: it
+// then looks again).
+const dispatcherWaitMs = 1000
+
+// run is the dispatcher. It waits inside the library (machnet_recv_any with a timeout) on an OS
+// thread of its own rather than in Go's netpoller: the library re-signals its own sleepers
+// when another thread of the channel (a Send waiting for space, a Connect) drains the channel's
+// eventfd, so no wake-up is lost while the Conns' writers use the channel.
 func (m *mux) run(ctx context.Context) {
 	defer close(m.done)
 	buf := make([]byte, 64<<10)
 	for {
-		var n int
-		var ev FlowEvent
-		err := m.ch.waitNetpoll(ctx, func() (bool, error) {
-			var ok bool
-			var err error
-			n, ev, ok, err = m.ch.TryRecvAny(buf)
-			var e *Error
-			if errors.As(err, &e) && e.Errno == syscall.EMSGSIZE && e.Needed > len(buf) {
-				buf = make([]byte, e.Needed)
-				n, ev, ok, err = m.ch.TryRecvAny(buf)
-			}
-			return ok, err
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				m.fail(err)
-			}
+		n, ev, ok, err := m.ch.recvAny(buf, dispatcherWaitMs)
+		var e *Error
+		if errors.As(err, &e) && e.Errno == syscall.EMSGSIZE && e.Needed > len(buf) {
+			buf = make([]byte, e.Needed)
+			continue
+		}
+		if ctx.Err() != nil {
 			return
 		}
-		m.dispatch(ctx, ev, buf[:n])
+		if err != nil {
+			if errors.As(err, &e) && e.Errno == syscall.EINTR {
+				continue // a Write's deadline or Close interrupted the channel's waits
+			}
+			m.fail(err)
+			return
+		}
+		if ok {
+			m.dispatch(ctx, ev, buf[:n])
+		}
 	}
 }
 
@@ -272,8 +278,8 @@ func (m *mux) released() {
 // shutdown stops the dispatcher and closes the channel.
 func (m *mux) shutdown() {
 	m.stop()
+	_ = m.ch.Close() // wakes the dispatcher (EBADF)
 	<-m.done
-	_ = m.ch.Close()
 }
 
 // closeOwner: the Listener or Dialer is closed: no new Conns; the channel goes with the last.

@@ -206,13 +206,18 @@ func TestConnLargeWriteEcho(t *testing.T) {
 func TestConnStalledReaderIsReset(t *testing.T) {
 	cfg := StreamConfig{ReadBuffer: 64 << 10, StallTimeout: 300 * time.Millisecond, MaxWriteMessage: 16 << 10}
 	l, d, addr := streamSides(t, 7805, cfg)
-	c1, s1 := connPair(t, l, d, addr) // s1 is never read
+	c1, s1 := connPair(t, l, d, addr) // s1 is not read until it was reset
 	c2, s2 := connPair(t, l, d, addr)
-	go func() { _, _ = c1.Write(make([]byte, 4<<20)) }()
+	werr := make(chan error, 1)
+	// More than the channel's ring and the sidecar hold: the write can only end by the reset.
+	go func() { _, err := c1.Write(make([]byte, 64<<20)); werr <- err }()
 	payload := bytes.Repeat([]byte("z"), 1<<20)
 	go func() { _, _ = c2.Write(payload); _ = c2.CloseWrite() }()
 	if got := readAllTimeout(t, s2); !bytes.Equal(got, payload) {
 		t.Fatalf("the other conn got %d bytes, want %d", len(got), len(payload))
+	}
+	if err := <-werr; !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("writer to the stalled conn: %v, want ECONNRESET", err)
 	}
 	_ = s1.SetReadDeadline(time.Now().Add(30 * time.Second))
 	_, err := io.Copy(io.Discard, s1)

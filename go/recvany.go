@@ -23,6 +23,11 @@ import (
 // until CloseFlow or AbortFlow (a half-close). It is the receive of a stream adapter that
 // demultiplexes a channel's flows itself (netconn.go); do not mix it with Recv on one channel.
 func (c *Channel) TryRecvAny(buf []byte) (n int, ev FlowEvent, ok bool, err error) {
+	return c.recvAny(buf, 0)
+}
+
+// recvAny is TryRecvAny waiting up to timeoutMs in the library (on this OS thread; -1: no limit).
+func (c *Channel) recvAny(buf []byte, timeoutMs C.int) (n int, ev FlowEvent, ok bool, err error) {
 	var p unsafe.Pointer
 	if len(buf) > 0 {
 		p = unsafe.Pointer(&buf[0])
@@ -30,7 +35,7 @@ func (c *Channel) TryRecvAny(buf []byte) (n int, ev FlowEvent, ok bool, err erro
 	var cev C.MachnetFlowEvent_t
 	var size C.size_t
 	runtime.LockOSThread()
-	r, cerr := C.machnet_recv_any(c.ctx, p, C.size_t(len(buf)), &size, &cev, 0)
+	r, cerr := C.machnet_recv_any(c.ctx, p, C.size_t(len(buf)), &size, &cev, timeoutMs)
 	var e *Error
 	if r < 0 {
 		e = fail("machnet_recv_any", cerr)
