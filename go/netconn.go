@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -123,8 +124,21 @@ const dispatcherWaitMs = 1000
 func (m *mux) run(ctx context.Context) {
 	defer close(m.done)
 	buf := make([]byte, 64<<10)
+	handedOver := false // goroutines were woken since the last Gosched
 	for {
-		n, ev, ok, err := m.ch.recvAny(buf, dispatcherWaitMs)
+		n, ev, ok, err := m.ch.recvAny(buf, 0)
+		if !ok && err == nil {
+			if handedOver {
+				// Before blocking this OS thread in the library, let the goroutines just woken
+				// run: they sit in this P's run queue, which the runtime takes from a thread
+				// blocked in cgo only after sysmon notices (tens to hundreds of µs). Then look
+				// again: a message may have come meanwhile.
+				handedOver = false
+				runtime.Gosched()
+				continue
+			}
+			n, ev, ok, err = m.ch.recvAny(buf, dispatcherWaitMs)
+		}
 		var e *Error
 		if errors.As(err, &e) && e.Errno == syscall.EMSGSIZE && e.Needed > len(buf) {
 			buf = make([]byte, e.Needed)
@@ -142,6 +156,7 @@ func (m *mux) run(ctx context.Context) {
 		}
 		if ok {
 			m.dispatch(ctx, ev, buf[:n])
+			handedOver = true
 		}
 	}
 }
