@@ -171,10 +171,13 @@ func (m *mux) fail(err error) {
 	for _, c := range conns {
 		c.end(err)
 	}
-	if m.backlog != nil {
-		m.mu.Lock()
-		m.ownerOpen = false
-		m.mu.Unlock()
+	m.mu.Lock()
+	m.ownerOpen = false
+	closeIt := !m.shut
+	m.shut = true
+	m.mu.Unlock()
+	if closeIt {
+		_ = m.ch.Close() // the dispatcher has returned: nobody receives on it any more
 	}
 }
 
@@ -455,7 +458,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, c.opError("read", os.ErrDeadlineExceeded)
 		}
-		if len(b) == 0 && c.queued > 0 {
+		if len(b) == 0 {
 			c.mu.Unlock()
 			return 0, nil
 		}
@@ -720,6 +723,9 @@ func (s *Sidecar) ListenConfig(localIP string, port uint16, cfg StreamConfig) (*
 
 // Accept waits for the next flow (a *Conn).
 func (l *Listener) Accept() (net.Conn, error) {
+	if isClosed(l.close) {
+		return nil, &net.OpError{Op: "accept", Net: Network, Addr: l.addr, Err: net.ErrClosed}
+	}
 	select {
 	case c := <-l.m.backlog:
 		return c, nil

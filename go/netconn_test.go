@@ -437,3 +437,58 @@ func TestHTTPConcurrentRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The dialing side's sidecar dies: a blocked Read and later Writes fail (ErrSidecarGone, which
+// matches syscall.ECONNRESET) instead of hanging; a new dial fails too.
+func TestConnSidecarGone(t *testing.T) {
+	cmd, doomed := startDoomedSidecar(t)
+	srv, err := Open(os.Getenv("MACHNET_TEST_PEER_SOCK"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cli, err := Open(doomed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	l, err := srv.Listen("0.0.0.0", 7806)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d := cli.NewDialer(StreamConfig{})
+	defer d.Close()
+	c, s := connPair(t, l, d, net.JoinHostPort(peerIP, "7806"))
+	_ = s
+	rerr := make(chan error, 1)
+	go func() {
+		_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		_, err := c.Read(make([]byte, 16))
+		rerr <- err
+	}()
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if err := <-rerr; !errors.Is(err, ErrSidecarGone) || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Read when the sidecar died: %v, want ErrSidecarGone", err)
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("Write after the sidecar died succeeded")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := d.DialContext(ctx, "machnet", net.JoinHostPort(peerIP, "7806")); err == nil {
+		t.Fatal("Dial after the sidecar died succeeded")
+	}
+}
+
+// Read into an empty buffer returns at once, as on a TCP socket.
+func TestConnZeroLengthRead(t *testing.T) {
+	l, d, addr := streamSides(t, 7807, StreamConfig{})
+	c, _ := connPair(t, l, d, addr)
+	if n, err := c.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) = %d, %v", n, err)
+	}
+}
