@@ -14,7 +14,7 @@
  * machnet_last_error, machnet_version; flow events: machnet_next_event,
  * machnet_next_event_timeout, MachnetFlowEvent_t, machnet_set_event_limit,
  * machnet_events_dropped; stream adapters: machnet_recv_any, machnet_set_auto_close,
- * machnet_abort).
+ * machnet_abort, machnet_sidecar_engines).
  *
  * Self-contained like the original: it includes the standard headers the original's machnet.h
  * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
@@ -262,6 +262,16 @@ void *machnet_open(const char *socket_path);
  * context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
  */
 void *machnet_attach_to(void *sidecar);
+
+/**
+ * Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+ * every engine attaches this many channels and listens on each (a listen group: see
+ * `machnet_listen`).
+ *
+ * Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+ * that is not a live sidecar handle).
+ */
+int machnet_sidecar_engines(void *sidecar);
 
 /**
  * Extension: closes a `machnet_open` handle. Channels attached through it stay valid until

@@ -44,6 +44,11 @@ type StreamConfig struct {
 	// Backlog bounds the accepted Conns a Listener holds for Accept (default 128); further
 	// flows are reset.
 	Backlog int
+	// ListenChannels is how many channels a Listener listens on, as one listen group (default:
+	// one per sidecar engine, Sidecar.Engines): the sidecar places channels round-robin over
+	// its engines and accepts each flow on one of them, so every engine serves the port. Each
+	// channel has its own dispatcher.
+	ListenChannels int
 }
 
 func (c StreamConfig) withDefaults() StreamConfig {
@@ -101,14 +106,12 @@ type mux struct {
 	shut      bool  // the channel is being closed
 }
 
-func newMux(ch *Channel, cfg StreamConfig, listening bool) *mux {
+// newMux starts the dispatcher of ch; accepted flows go to backlog (nil: a Dialer's channel).
+func newMux(ch *Channel, cfg StreamConfig, backlog chan *Conn) *mux {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &mux{ch: ch, cfg: cfg, stop: cancel, done: make(chan struct{}),
-		conns: map[flowKey]*Conn{}, ownerOpen: true,
+		conns: map[flowKey]*Conn{}, ownerOpen: true, backlog: backlog,
 		early: map[flowKey][]FlowEvent{}, earlyData: map[flowKey][][]byte{}}
-	if listening {
-		m.backlog = make(chan *Conn, cfg.Backlog)
-	}
 	go m.run(ctx)
 	return m
 }
@@ -690,36 +693,69 @@ func ipBits(a netip.AddrPort) uint32 {
 
 // Listener is a net.Listener of Machnet flows to one port (Sidecar.Listen).
 type Listener struct {
-	m     *mux
-	addr  Addr
-	once  sync.Once
-	close chan struct{}
+	muxes   []*mux
+	backlog chan *Conn
+	addr    Addr
+	once    sync.Once
+	close   chan struct{}
+	dead    chan struct{} // closed once every channel's dispatcher ended
 }
 
-// Listen accepts Machnet flows to port on a new channel of this sidecar (localIP: the sidecar's
-// address or "0.0.0.0") and returns them as net.Conns (*Conn) from Accept. Closing the
-// Listener stops accepting; Conns accepted before go on (the channel is closed with the last).
+// Listen accepts Machnet flows to port (localIP: the sidecar's address or "0.0.0.0") on one
+// channel per sidecar engine (a listen group; StreamConfig.ListenChannels) and returns them as
+// net.Conns (*Conn) from Accept. Closing the Listener stops accepting; Conns accepted before go
+// on (each channel is closed with its last Conn).
 func (s *Sidecar) Listen(localIP string, port uint16) (*Listener, error) {
 	return s.ListenConfig(localIP, port, StreamConfig{})
 }
 
 // ListenConfig is Listen with a StreamConfig.
 func (s *Sidecar) ListenConfig(localIP string, port uint16, cfg StreamConfig) (*Listener, error) {
-	ch, err := s.Attach()
-	if err != nil {
-		return nil, err
-	}
-	if err := ch.Listen(localIP, port); err != nil {
-		_ = ch.Close()
-		return nil, err
+	cfg = cfg.withDefaults()
+	n := cfg.ListenChannels
+	if n <= 0 {
+		e, err := s.Engines()
+		if err != nil {
+			return nil, err
+		}
+		n = e
 	}
 	ip, err := netip.ParseAddr(localIP)
 	if err != nil {
 		ip = netip.IPv4Unspecified()
 	}
-	return &Listener{m: newMux(ch, cfg.withDefaults(), true),
-		addr: Addr{netip.AddrPortFrom(ip, port)}, close: make(chan struct{})}, nil
+	l := &Listener{backlog: make(chan *Conn, cfg.Backlog), addr: Addr{netip.AddrPortFrom(ip, port)},
+		close: make(chan struct{}), dead: make(chan struct{})}
+	var chans []*Channel
+	for i := 0; i < n; i++ {
+		ch, err := s.Attach()
+		if err == nil {
+			if err = ch.Listen(localIP, port); err != nil {
+				_ = ch.Close()
+			}
+		}
+		if err != nil {
+			for _, c := range chans {
+				_ = c.Close()
+			}
+			return nil, err
+		}
+		chans = append(chans, ch)
+	}
+	for _, ch := range chans {
+		l.muxes = append(l.muxes, newMux(ch, cfg, l.backlog))
+	}
+	go func() {
+		for _, m := range l.muxes {
+			<-m.done
+		}
+		close(l.dead)
+	}()
+	return l, nil
 }
+
+// Channels is how many channels (engines) the Listener listens on.
+func (l *Listener) Channels() int { return len(l.muxes) }
 
 // Accept waits for the next flow (a *Conn).
 func (l *Listener) Accept() (net.Conn, error) {
@@ -727,16 +763,18 @@ func (l *Listener) Accept() (net.Conn, error) {
 		return nil, &net.OpError{Op: "accept", Net: Network, Addr: l.addr, Err: net.ErrClosed}
 	}
 	select {
-	case c := <-l.m.backlog:
+	case c := <-l.backlog:
 		return c, nil
 	case <-l.close:
 		return nil, &net.OpError{Op: "accept", Net: Network, Addr: l.addr, Err: net.ErrClosed}
-	case <-l.m.done:
-		l.m.mu.Lock()
-		err := l.m.err
-		l.m.mu.Unlock()
-		if err == nil {
-			err = net.ErrClosed
+	case <-l.dead:
+		var err error = net.ErrClosed
+		for _, m := range l.muxes {
+			m.mu.Lock()
+			if m.err != nil {
+				err = m.err
+			}
+			m.mu.Unlock()
 		}
 		return nil, &net.OpError{Op: "accept", Net: Network, Addr: l.addr, Err: err}
 	}
@@ -748,10 +786,12 @@ func (l *Listener) Close() error {
 	l.once.Do(func() {
 		first = true
 		close(l.close)
-		l.m.closeOwner()
+		for _, m := range l.muxes {
+			m.closeOwner()
+		}
 		for {
 			select {
-			case c := <-l.m.backlog:
+			case c := <-l.backlog:
 				_ = c.Abort()
 				continue
 			default:
@@ -856,7 +896,7 @@ func (d *Dialer) mux() (*mux, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.m = newMux(ch, d.cfg, false)
+	d.m = newMux(ch, d.cfg, nil)
 	d.m.dialing++
 	return d.m, nil
 }

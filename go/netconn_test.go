@@ -492,3 +492,56 @@ func TestConnZeroLengthRead(t *testing.T) {
 		t.Fatalf("Read(nil) = %d, %v", n, err)
 	}
 }
+
+// A Listener on a two-engine sidecar listens on two channels (a listen group) and serves flows
+// from both.
+func TestListenerListensOnEveryEngine(t *testing.T) {
+	_, sock := startDoomedSidecar(t, "--engines", "2")
+	srv, err := Open(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if n, err := srv.Engines(); n != 2 || err != nil {
+		t.Fatalf("Engines() = %d, %v", n, err)
+	}
+	l, err := srv.Listen("0.0.0.0", 7808)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Channels() != 2 {
+		t.Fatalf("the listener has %d channels, want 2", l.Channels())
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); _ = c.Close() }()
+		}
+	}()
+	cli, err := Open(os.Getenv("MACHNET_TEST_SOCK"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	d := cli.NewDialer(StreamConfig{})
+	defer d.Close()
+	for i := 0; i < 16; i++ {
+		c, err := d.DialContext(context.Background(), "machnet", "127.0.0.3:7808")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := fmt.Sprintf("flow %d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.(*Conn).CloseWrite()
+		if got := readAllTimeout(t, c); string(got) != msg {
+			t.Fatalf("flow %d: echo %q", i, got)
+		}
+		_ = c.Close()
+	}
+}

@@ -66,3 +66,15 @@ func (s *Sidecar) Close() error {
 	}
 	return nil
 }
+
+// Engines is how many engines the sidecar runs (a server that wants every engine listens on
+// this many channels: Listen does).
+func (s *Sidecar) Engines() (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	n, err := C.machnet_sidecar_engines(s.h)
+	if n < 0 {
+		return 0, fail("machnet_sidecar_engines", err)
+	}
+	return int(n), nil
+}

@@ -125,6 +125,17 @@ namespace Machnet.Native
         internal static extern void* machnet_attach_to(void* sidecar);
 
         /// <summary>
+        ///  Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+        ///  every engine attaches this many channels and listens on each (a listen group: see
+        ///  `machnet_listen`).
+        ///
+        ///  Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+        ///  that is not a live sidecar handle).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_sidecar_engines", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_sidecar_engines(void* sidecar);
+
+        /// <summary>
         ///  Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
         ///  they are detached (each keeps its own connection to the sidecar); the handle is invalid
         ///  afterwards (`EBADF`).

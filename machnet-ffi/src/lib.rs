@@ -617,6 +617,19 @@ pub extern "C" fn machnet_attach_to(sidecar: *mut c_void) -> *mut c_void {
     })
 }
 
+/// Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+/// every engine attaches this many channels and listens on each (a listen group: see
+/// `machnet_listen`).
+///
+/// Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+/// that is not a live sidecar handle).
+#[no_mangle]
+pub extern "C" fn machnet_sidecar_engines(sidecar: *mut c_void) -> c_int {
+    guard(-1, || {
+        Ok(c_int::from(handle::get_sidecar(sidecar)?.engines()))
+    })
+}
+
 /// Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
 /// they are detached (each keeps its own connection to the sidecar); the handle is invalid
 /// afterwards (`EBADF`).

@@ -352,6 +352,9 @@ static int t_two_sidecars_in_one_process(void) {
     CHECK(machnet_attach_to(srv) == NULL && errno == EBADF);
     FAILS(machnet_close_sidecar(srv), EBADF);
     FAILS(machnet_detach(a), EBADF);
+    CHECK(machnet_sidecar_engines(a) >= 1);
+    FAILS(machnet_sidecar_engines(NULL), EINVAL);
+    FAILS(machnet_sidecar_engines(srv), EBADF);
     CHECK(machnet_listen(srv, peer_ip, 4410) == 0);
     MachnetFlow_t f, sf;
     CHECK(machnet_connect(c, local_ip, peer_ip, 4410, &f) == 0);
@@ -369,6 +372,7 @@ static int t_two_sidecars_in_one_process(void) {
     CHECK(machnet_recv_timeout(c, buf, sizeof buf, &from, 10000) == 4 && !memcmp(buf, "back", 4));
     CHECK(machnet_detach(srv) == 0);
     CHECK(machnet_detach(c) == 0);
+    FAILS(machnet_sidecar_engines(a), EBADF); /* closed above */
     /* machnet_init's attachment (sidecar b, set up in main) still serves machnet_attach. */
     void *d = machnet_attach();
     CHECK(d != NULL);
