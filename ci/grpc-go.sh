@@ -8,7 +8,8 @@
 #                            -race (unary, streaming in order, a deadline and a cancellation
 #                            crossing Machnet, a 5 MiB message), then one short benchmark round
 #   ci/grpc-go.sh --bench    the benchmark only, longer: unary p50/p99 over Machnet vs the same
-#                            server over kernel TCP, interleaved rounds (ROUNDS, CALLS, SIZE)
+#                            server over kernel TCP, interleaved rounds (ROUNDS, CALLS, SIZE;
+#                            SIDECAR_ARGS adds sidecar options, e.g. "--busy-poll-us 1000")
 #
 # Ends with `RESULT: <P> passed, <F> failed` (Go tests counted individually). KEEP_LOGS=1 keeps
 # the sidecar logs.
@@ -33,8 +34,11 @@ export CGO_ENABLED=1 CGO_LDFLAGS="-L$REL"
 . ci/lib/sidecars.sh
 POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)
 [ -n "$POOL" ] || die "no free UDP port range on 127.0.0.1-3"
-start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" || die "sidecar a"
-start_sidecar b 127.0.0.2 "$REL/machnet" "$DIR" "$POOL" || die "sidecar b"
+# SIDECAR_ARGS: extra sidecar options for a benchmark variant (e.g. "--idle-mode busy").
+# shellcheck disable=SC2086
+start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" ${SIDECAR_ARGS:-} || die "sidecar a"
+# shellcheck disable=SC2086
+start_sidecar b 127.0.0.2 "$REL/machnet" "$DIR" "$POOL" ${SIDECAR_ARGS:-} || die "sidecar b"
 export MACHNET_TEST_SOCK=$DIR/b.sock MACHNET_TEST_PEER_SOCK=$DIR/a.sock \
     MACHNET_TEST_LOCAL_IP=127.0.0.2 MACHNET_TEST_PEER_IP=127.0.0.1
 
