@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"example.invalid/machnet-rs/examples/grpc-go/echo"
+	machnet "example.invalid/machnet-rs/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )

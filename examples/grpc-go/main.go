@@ -19,8 +19,8 @@ import (
 	"sort"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"example.invalid/machnet-rs/examples/grpc-go/echo"
+	machnet "example.invalid/machnet-rs/go"
 	"google.golang.org/grpc"
 )
 

@@ -4,8 +4,8 @@ import (
 	"context"
 	"net"
 
-	machnet "example.invalid/machnet-rs/go"
 	"example.invalid/machnet-rs/examples/grpc-go/echo"
+	machnet "example.invalid/machnet-rs/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
