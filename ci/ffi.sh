@@ -14,7 +14,8 @@
 # control sockets in a temp dir, no root), and `machnet-echo server`, `machnet-kv server` and a
 # 3-node Raft cluster (examples/raft `raft-node --kv-port`, built with Go) on the first; the
 # tests attach to the second. The Go suite includes the cross-language
-# conformance cases (conformance/cases.json, go/conformance_test.go). Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
+# conformance cases (conformance/cases.json, go/conformance_test.go) and the net.Conn adapter's
+# tests (go/netconn_test.go; go/nettest runs x/net's nettest.TestConn on it). Builds into $CARGO_TARGET_DIR (default target/). Ends with one line
 # `RESULT: <P> passed, <F> failed` (C cases + Go tests + checks) and exits non-zero if anything
 # failed. Set KEEP_LOGS=1 to keep the sidecar logs.
 set -uo pipefail
@@ -244,6 +245,18 @@ if command -v go >/dev/null; then
     while read -r line; do FAILURES+=("Go: $line"); done < <(grep -E '^\s*--- FAIL' "$DIR/go.out")
     if grep -qE '^(FAIL|panic:)' "$DIR/go.out" && [ "$gofail" -eq 0 ]; then
         fail "go test (failed outside a test: build error, panic or timeout)"
+    fi
+    # golang.org/x/net/nettest.TestConn (the net.Conn conformance suite) against Machnet Conns:
+    # a module of its own (go/nettest: x/net needs a newer Go than the binding's minimum).
+    echo "ffi: go test -race (go/nettest: net.Conn conformance)" >&2
+    (cd go/nettest && go vet ./... && timeout 600 go test -race -count=1 -v ./... 2>&1) |
+        tee "$DIR/go-nettest.out"
+    PASSED=$((PASSED + $(grep -cE '^\s*--- PASS' "$DIR/go-nettest.out")))
+    ntfail=$(grep -cE '^\s*--- FAIL' "$DIR/go-nettest.out")
+    FAILED=$((FAILED + ntfail))
+    while read -r line; do FAILURES+=("Go nettest: $line"); done < <(grep -E '^\s*--- FAIL' "$DIR/go-nettest.out")
+    if ! grep -q '^ok' "$DIR/go-nettest.out" && [ "$ntfail" -eq 0 ]; then
+        fail "go/nettest (failed outside a test: vet, build error, panic or timeout)"
     fi
     # A program using the module through `go mod vendor` (the module replaced by this
     # directory) builds: the vendored package carries its header (go/machnet.h).

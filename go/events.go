@@ -33,6 +33,11 @@ const (
 	// EventRequestFailed: the sidecar could not carry out a request on the flow (a Send that
 	// raced with the flow's end): that message was not sent.
 	EventRequestFailed EventKind = C.MACHNET_EVENT_REQUEST_FAILED
+	// EventAccepted: a listener of the channel accepted the flow (the peer connected), before
+	// any message of it. Only Channel.TryRecvAny reports it.
+	EventAccepted EventKind = C.MACHNET_EVENT_ACCEPTED
+	// EventMessage: not an event: TryRecvAny received a message on the flow.
+	EventMessage EventKind = C.MACHNET_EVENT_MESSAGE
 )
 
 func (k EventKind) String() string {
@@ -49,6 +54,10 @@ func (k EventKind) String() string {
 		return "closed"
 	case EventRequestFailed:
 		return "request_failed"
+	case EventAccepted:
+		return "accepted"
+	case EventMessage:
+		return "message"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint32(k))
 }

@@ -13,7 +13,8 @@
  * machnet_recv_timeout, machnet_peek, machnet_channel_fd, machnet_interrupt, machnet_strerror,
  * machnet_last_error, machnet_version; flow events: machnet_next_event,
  * machnet_next_event_timeout, MachnetFlowEvent_t, machnet_set_event_limit,
- * machnet_events_dropped).
+ * machnet_events_dropped; stream adapters: machnet_recv_any, machnet_set_auto_close,
+ * machnet_abort, machnet_sidecar_engines).
  *
  * Self-contained like the original: it includes the standard headers the original's machnet.h
  * and machnet_common.h brought in (<stdio.h>, <stdlib.h>, <unistd.h>, <string.h>, <stdint.h>,
@@ -90,6 +91,19 @@
  * `MACHNET_EVENT_CLOSED`; `ENOTCONN` if the sidecar gave no known reason).
  */
 #define MACHNET_EVENT_REQUEST_FAILED 6
+
+/**
+ * A listener of this channel accepted the flow (the peer connected). Reported only by
+ * `machnet_recv_any`, before the flow's first message; `err` is 0. `machnet_next_event` never
+ * reports it, so programs that do not call `machnet_recv_any` see no change.
+ */
+#define MACHNET_EVENT_ACCEPTED 7
+
+/**
+ * Not an event: `machnet_recv_any` received a message on the flow (its length is `*msg_len`,
+ * its bytes are in the caller's buffer); `err` is 0.
+ */
+#define MACHNET_EVENT_MESSAGE 8
 
 /**
  * How many events a channel context keeps by default before it counts further ones as
@@ -248,6 +262,16 @@ void *machnet_open(const char *socket_path);
  * context, or NULL (errno set; `EBADF` for a handle that is not a live sidecar handle).
  */
 void *machnet_attach_to(void *sidecar);
+
+/**
+ * Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+ * every engine attaches this many channels and listens on each (a listen group: see
+ * `machnet_listen`).
+ *
+ * Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+ * that is not a live sidecar handle).
+ */
+int machnet_sidecar_engines(void *sidecar);
 
 /**
  * Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
@@ -512,6 +536,54 @@ int machnet_next_event(const void *channel_ctx, MachnetFlowEvent_t *ev);
  * set).
  */
 int machnet_next_event_timeout(const void *channel_ctx, MachnetFlowEvent_t *ev, int timeout_ms);
+
+/**
+ * Extension: the next message or flow event of this channel, whichever comes first, in the
+ * order the sidecar delivered them, waiting up to `timeout_ms` milliseconds (negative:
+ * without limit; 0: not at all, and finding nothing arms `machnet_channel_fd` as
+ * `machnet_recv` does). Made for byte-stream adapters (a Go `net.Conn`, a socket-like layer)
+ * that demultiplex a channel's flows themselves:
+ *
+ * * a message fills `buf` (at most `len` bytes), `*msg_len` is its length and `ev->kind` is
+ *   `MACHNET_EVENT_MESSAGE`, `ev->flow` its flow (src = the peer);
+ * * an event fills `*ev` as `machnet_next_event` does, with one more kind:
+ *   `MACHNET_EVENT_ACCEPTED` when a listener of this channel accepted a flow (before any
+ *   message of that flow); `*msg_len` is 0.
+ *
+ * Unlike the other receive calls it closes nothing by itself: a flow whose peer closed
+ * (`MACHNET_EVENT_PEER_CLOSED`, after every message of the flow) stays open for sending until
+ * the caller closes it (`machnet_close`) or aborts it (`machnet_abort`): a half-close. A
+ * message larger than `len` is not lost: -1 with `EMSGSIZE`, `*msg_len` = the size needed,
+ * and the message stays first in line for the next `machnet_recv_any` (only: mixing this call
+ * with the other receive calls on one channel reorders nothing else but may pass a message
+ * kept this way). Several threads may call it; each result goes to one of them.
+ *
+ * Returns 1 if a message or an event was received, 0 if the timeout passed, -1 on failure
+ * (errno: `EINVAL` for NULL pointers, `EMSGSIZE` as above, `EINTR` after `machnet_interrupt`,
+ * `EBADF` once detached, `ECONNRESET` if the sidecar is gone).
+ */
+int machnet_recv_any(const void *channel_ctx, void *buf, size_t len, size_t *msg_len, MachnetFlowEvent_t *ev, int timeout_ms);
+
+/**
+ * Extension: whether the receive calls (`machnet_recv`, `machnet_recv_timeout`,
+ * `machnet_recvmsg`, `machnet_peek`, `machnet_next_event`) close this side of a flow when they
+ * pass its peer's close (`on` != 0, the default: such a program never has to close a flow its
+ * peer ended). With 0 a flow whose peer closed stays open for sending (a half-close) until
+ * `machnet_close` or `machnet_abort`. `machnet_recv_any` never closes flows by itself.
+ *
+ * Returns 0 on success, -1 on failure (errno set).
+ */
+int machnet_set_auto_close(const void *channel_ctx, int on);
+
+/**
+ * Extension: aborts `flow` at once: messages not yet delivered are discarded and the peer sees
+ * the flow reset (`MACHNET_EVENT_RESET`, `ECONNRESET`). Aborting a flow that is closing
+ * (after `machnet_close`) still resets it.
+ *
+ * Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+ * `ECONNRESET` if the sidecar is gone).
+ */
+int machnet_abort(const void *channel_ctx, MachnetFlow_t flow);
 
 /**
  * Extension: sets how many flow events this channel context keeps for `machnet_next_event`

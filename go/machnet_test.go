@@ -511,7 +511,7 @@ func TestListenAndAcceptFromAnotherProcess(t *testing.T) {
 
 // startDoomedSidecar starts a sidecar on 127.0.0.3 with its own control socket (MACHNET_TEST_BIN,
 // MACHNET_TEST_UDP_BASE, MACHNET_TEST_DIR from ci/ffi.sh) and waits until it accepts attaches.
-func startDoomedSidecar(t *testing.T) (*exec.Cmd, string) {
+func startDoomedSidecar(t *testing.T, extraArgs ...string) (*exec.Cmd, string) {
 	t.Helper()
 	bin, base, dir := os.Getenv("MACHNET_TEST_BIN"), os.Getenv("MACHNET_TEST_UDP_BASE"), os.Getenv("MACHNET_TEST_DIR")
 	if bin == "" || base == "" || dir == "" {
@@ -521,6 +521,7 @@ func startDoomedSidecar(t *testing.T) (*exec.Cmd, string) {
 	cmd := exec.Command(bin, "--local-ip", "127.0.0.3", "--control-socket", sock,
 		"--allow-user", strconv.Itoa(os.Getuid()), "--udp-port-base", base,
 		"--udp-port-count", "8", "--stats-interval", "0")
+	cmd.Args = append(cmd.Args, extraArgs...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

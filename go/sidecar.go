@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"runtime"
+	"sync"
 	"unsafe"
 )
 
@@ -15,6 +16,9 @@ import (
 // a program may open several sidecars and attach channels to each. Safe for concurrent use.
 type Sidecar struct {
 	h unsafe.Pointer // a libmachnet sidecar handle: never dereferenced, checked by the library
+
+	dialOnce sync.Once
+	dialer   *Dialer // DialContext's (netconn.go)
 }
 
 // Open attaches to the sidecar whose control socket is socketPath ("" = $MACHNET_SOCKET, else
@@ -53,8 +57,24 @@ func (s *Sidecar) Close() error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	runtime.SetFinalizer(s, nil)
+	s.dialOnce.Do(func() {})
+	if s.dialer != nil {
+		_ = s.dialer.Close()
+	}
 	if r, err := C.machnet_close_sidecar(s.h); r != 0 {
 		return fail("machnet_close_sidecar", err)
 	}
 	return nil
+}
+
+// Engines is how many engines the sidecar runs (a server that wants every engine listens on
+// this many channels: Listen does).
+func (s *Sidecar) Engines() (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	n, err := C.machnet_sidecar_engines(s.h)
+	if n < 0 {
+		return 0, fail("machnet_sidecar_engines", err)
+	}
+	return int(n), nil
 }

@@ -57,6 +57,17 @@ namespace Machnet.Native
         /// </summary>
         internal const uint MACHNET_EVENT_REQUEST_FAILED = 6;
         /// <summary>
+        ///  A listener of this channel accepted the flow (the peer connected). Reported only by
+        ///  `machnet_recv_any`, before the flow's first message; `err` is 0. `machnet_next_event` never
+        ///  reports it, so programs that do not call `machnet_recv_any` see no change.
+        /// </summary>
+        internal const uint MACHNET_EVENT_ACCEPTED = 7;
+        /// <summary>
+        ///  Not an event: `machnet_recv_any` received a message on the flow (its length is `*msg_len`,
+        ///  its bytes are in the caller's buffer); `err` is 0.
+        /// </summary>
+        internal const uint MACHNET_EVENT_MESSAGE = 8;
+        /// <summary>
         ///  How many events a channel context keeps by default before it counts further ones as
         ///  dropped (`machnet_set_event_limit` changes it; `machnet_events_dropped` tells the count).
         /// </summary>
@@ -112,6 +123,17 @@ namespace Machnet.Native
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_attach_to", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern void* machnet_attach_to(void* sidecar);
+
+        /// <summary>
+        ///  Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+        ///  every engine attaches this many channels and listens on each (a listen group: see
+        ///  `machnet_listen`).
+        ///
+        ///  Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+        ///  that is not a live sidecar handle).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_sidecar_engines", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_sidecar_engines(void* sidecar);
 
         /// <summary>
         ///  Extension: closes a `machnet_open` handle. Channels attached through it stay valid until
@@ -401,6 +423,57 @@ namespace Machnet.Native
         /// </summary>
         [DllImport(__DllName, EntryPoint = "machnet_next_event_timeout", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
         internal static extern int machnet_next_event_timeout(void* channel_ctx, MachnetFlowEvent* ev, int timeout_ms);
+
+        /// <summary>
+        ///  Extension: the next message or flow event of this channel, whichever comes first, in the
+        ///  order the sidecar delivered them, waiting up to `timeout_ms` milliseconds (negative:
+        ///  without limit; 0: not at all, and finding nothing arms `machnet_channel_fd` as
+        ///  `machnet_recv` does). Made for byte-stream adapters (a Go `net.Conn`, a socket-like layer)
+        ///  that demultiplex a channel's flows themselves:
+        ///
+        ///  * a message fills `buf` (at most `len` bytes), `*msg_len` is its length and `ev-&gt;kind` is
+        ///    `MACHNET_EVENT_MESSAGE`, `ev-&gt;flow` its flow (src = the peer);
+        ///  * an event fills `*ev` as `machnet_next_event` does, with one more kind:
+        ///    `MACHNET_EVENT_ACCEPTED` when a listener of this channel accepted a flow (before any
+        ///    message of that flow); `*msg_len` is 0.
+        ///
+        ///  Unlike the other receive calls it closes nothing by itself: a flow whose peer closed
+        ///  (`MACHNET_EVENT_PEER_CLOSED`, after every message of the flow) stays open for sending until
+        ///  the caller closes it (`machnet_close`) or aborts it (`machnet_abort`): a half-close. A
+        ///  message larger than `len` is not lost: -1 with `EMSGSIZE`, `*msg_len` = the size needed,
+        ///  and the message stays first in line for the next `machnet_recv_any` (only: mixing this call
+        ///  with the other receive calls on one channel reorders nothing else but may pass a message
+        ///  kept this way). Several threads may call it; each result goes to one of them.
+        ///
+        ///  Returns 1 if a message or an event was received, 0 if the timeout passed, -1 on failure
+        ///  (errno: `EINVAL` for NULL pointers, `EMSGSIZE` as above, `EINTR` after `machnet_interrupt`,
+        ///  `EBADF` once detached, `ECONNRESET` if the sidecar is gone).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_recv_any", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_recv_any(void* channel_ctx, void* buf, System.UIntPtr len, System.UIntPtr* msg_len, MachnetFlowEvent* ev, int timeout_ms);
+
+        /// <summary>
+        ///  Extension: whether the receive calls (`machnet_recv`, `machnet_recv_timeout`,
+        ///  `machnet_recvmsg`, `machnet_peek`, `machnet_next_event`) close this side of a flow when they
+        ///  pass its peer's close (`on` != 0, the default: such a program never has to close a flow its
+        ///  peer ended). With 0 a flow whose peer closed stays open for sending (a half-close) until
+        ///  `machnet_close` or `machnet_abort`. `machnet_recv_any` never closes flows by itself.
+        ///
+        ///  Returns 0 on success, -1 on failure (errno set).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_set_auto_close", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_set_auto_close(void* channel_ctx, int on);
+
+        /// <summary>
+        ///  Extension: aborts `flow` at once: messages not yet delivered are discarded and the peer sees
+        ///  the flow reset (`MACHNET_EVENT_RESET`, `ECONNRESET`). Aborting a flow that is closing
+        ///  (after `machnet_close`) still resets it.
+        ///
+        ///  Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+        ///  `ECONNRESET` if the sidecar is gone).
+        /// </summary>
+        [DllImport(__DllName, EntryPoint = "machnet_abort", CallingConvention = CallingConvention.Cdecl, ExactSpelling = true, SetLastError = true)]
+        internal static extern int machnet_abort(void* channel_ctx, MachnetFlow flow);
 
         /// <summary>
         ///  Extension: sets how many flow events this channel context keeps for `machnet_next_event`

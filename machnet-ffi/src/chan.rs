@@ -2,23 +2,43 @@
 //! waits, wait fd, interrupts and flow-event queue), and the errno values its failures take at
 //! the C boundary.
 
+use std::collections::VecDeque;
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 
-use machnet_client::{Channel, ClientError, Machnet, SharedChannel, SharedError};
+use machnet_client::{Channel, ClientError, Flow, Machnet, SharedChannel, SharedError};
 
 use crate::error::{Error, Result};
 
-/// One attached channel.
-pub(crate) type Ctx = SharedChannel;
+/// One attached channel: the shared channel, and the messages `machnet_recv_any` took off it
+/// but could not hand over (the caller's buffer was too small), oldest first.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    shared: SharedChannel,
+    pub(crate) any_stash: Mutex<VecDeque<(Flow, Vec<u8>)>>,
+}
+
+impl Deref for Ctx {
+    type Target = SharedChannel;
+
+    fn deref(&self) -> &SharedChannel {
+        &self.shared
+    }
+}
 
 /// Shares `ch` between the application's threads.
 pub(crate) fn new(_machnet: &Machnet, ch: Channel) -> Result<Ctx> {
     let fd = ch.as_raw_fd();
-    SharedChannel::new(ch).map_err(|e| {
+    let shared = SharedChannel::new(ch).map_err(|e| {
         Error::new(
             e.raw_os_error().unwrap_or(libc::EIO),
             format!("cannot duplicate the channel eventfd {fd}: {e}"),
         )
+    })?;
+    Ok(Ctx {
+        shared,
+        any_stash: Mutex::new(VecDeque::new()),
     })
 }
 

@@ -141,6 +141,14 @@ pub const MACHNET_EVENT_CLOSED: u32 = 5;
 /// `MACHNET_EVENT_CLOSED`; `ENOTCONN` if the sidecar gave no known reason).
 pub const MACHNET_EVENT_REQUEST_FAILED: u32 = 6;
 
+/// A listener of this channel accepted the flow (the peer connected). Reported only by
+/// `machnet_recv_any`, before the flow's first message; `err` is 0. `machnet_next_event` never
+/// reports it, so programs that do not call `machnet_recv_any` see no change.
+pub const MACHNET_EVENT_ACCEPTED: u32 = 7;
+/// Not an event: `machnet_recv_any` received a message on the flow (its length is `*msg_len`,
+/// its bytes are in the caller's buffer); `err` is 0.
+pub const MACHNET_EVENT_MESSAGE: u32 = 8;
+
 /// How many events a channel context keeps by default before it counts further ones as
 /// dropped (`machnet_set_event_limit` changes it; `machnet_events_dropped` tells the count).
 pub const MACHNET_EVENT_LIMIT_DEFAULT: u32 = 1024;
@@ -606,6 +614,19 @@ pub extern "C" fn machnet_open(socket_path: *const c_char) -> *mut c_void {
 pub extern "C" fn machnet_attach_to(sidecar: *mut c_void) -> *mut c_void {
     guard(std::ptr::null_mut(), || {
         attach_on(&handle::get_sidecar(sidecar)?)
+    })
+}
+
+/// Extension: how many engines the sidecar of a `machnet_open` handle runs. A server that wants
+/// every engine attaches this many channels and listens on each (a listen group: see
+/// `machnet_listen`).
+///
+/// Returns the count (at least 1), -1 on failure (errno: `EINVAL` for NULL, `EBADF` for a handle
+/// that is not a live sidecar handle).
+#[no_mangle]
+pub extern "C" fn machnet_sidecar_engines(sidecar: *mut c_void) -> c_int {
+    guard(-1, || {
+        Ok(c_int::from(handle::get_sidecar(sidecar)?.engines()))
     })
 }
 
@@ -1096,6 +1117,96 @@ pub extern "C" fn machnet_next_event_timeout(
             }
             None => Ok(0),
         }
+    })
+}
+
+/// Extension: the next message or flow event of this channel, whichever comes first, in the
+/// order the sidecar delivered them, waiting up to `timeout_ms` milliseconds (negative:
+/// without limit; 0: not at all, and finding nothing arms `machnet_channel_fd` as
+/// `machnet_recv` does). Made for byte-stream adapters (a Go `net.Conn`, a socket-like layer)
+/// that demultiplex a channel's flows themselves:
+///
+/// * a message fills `buf` (at most `len` bytes), `*msg_len` is its length and `ev->kind` is
+///   `MACHNET_EVENT_MESSAGE`, `ev->flow` its flow (src = the peer);
+/// * an event fills `*ev` as `machnet_next_event` does, with one more kind:
+///   `MACHNET_EVENT_ACCEPTED` when a listener of this channel accepted a flow (before any
+///   message of that flow); `*msg_len` is 0.
+///
+/// Unlike the other receive calls it closes nothing by itself: a flow whose peer closed
+/// (`MACHNET_EVENT_PEER_CLOSED`, after every message of the flow) stays open for sending until
+/// the caller closes it (`machnet_close`) or aborts it (`machnet_abort`): a half-close. A
+/// message larger than `len` is not lost: -1 with `EMSGSIZE`, `*msg_len` = the size needed,
+/// and the message stays first in line for the next `machnet_recv_any` (only: mixing this call
+/// with the other receive calls on one channel reorders nothing else but may pass a message
+/// kept this way). Several threads may call it; each result goes to one of them.
+///
+/// Returns 1 if a message or an event was received, 0 if the timeout passed, -1 on failure
+/// (errno: `EINVAL` for NULL pointers, `EMSGSIZE` as above, `EINTR` after `machnet_interrupt`,
+/// `EBADF` once detached, `ECONNRESET` if the sidecar is gone).
+#[no_mangle]
+pub extern "C" fn machnet_recv_any(
+    channel_ctx: *const c_void,
+    buf: *mut c_void,
+    len: usize,
+    msg_len: *mut usize,
+    ev: *mut MachnetFlowEvent_t,
+    timeout_ms: c_int,
+) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        let buf = bytes_mut(buf, len, "buf")?;
+        let msg_len = out(msg_len, "msg_len")?;
+        let ev = out(ev, "ev")?;
+        *msg_len = 0;
+        match events::recv_any(&ctx, buf, deadline_ms(timeout_ms)) {
+            Ok(Some((e, n))) => {
+                *ev = e;
+                *msg_len = n;
+                Ok(1)
+            }
+            Ok(None) => Ok(0),
+            Err(events::AnyError::TooLarge(needed)) => {
+                *msg_len = needed;
+                Err(Error::new(
+                    libc::EMSGSIZE,
+                    format!("the next message has {needed} bytes; the buffer holds {len}"),
+                ))
+            }
+            Err(events::AnyError::Failed(e)) => Err(e),
+        }
+    })
+}
+
+/// Extension: whether the receive calls (`machnet_recv`, `machnet_recv_timeout`,
+/// `machnet_recvmsg`, `machnet_peek`, `machnet_next_event`) close this side of a flow when they
+/// pass its peer's close (`on` != 0, the default: such a program never has to close a flow its
+/// peer ended). With 0 a flow whose peer closed stays open for sending (a half-close) until
+/// `machnet_close` or `machnet_abort`. `machnet_recv_any` never closes flows by itself.
+///
+/// Returns 0 on success, -1 on failure (errno set).
+#[no_mangle]
+pub extern "C" fn machnet_set_auto_close(channel_ctx: *const c_void, on: c_int) -> c_int {
+    guard(-1, || {
+        handle::get(channel_ctx)?.set_auto_close(on != 0);
+        Ok(0)
+    })
+}
+
+/// Extension: aborts `flow` at once: messages not yet delivered are discarded and the peer sees
+/// the flow reset (`MACHNET_EVENT_RESET`, `ECONNRESET`). Aborting a flow that is closing
+/// (after `machnet_close`) still resets it.
+///
+/// Returns 0 on success, -1 on failure (errno: `ENOTCONN` if the flow is not open,
+/// `ECONNRESET` if the sidecar is gone).
+#[no_mangle]
+pub extern "C" fn machnet_abort(channel_ctx: *const c_void, flow: MachnetFlow_t) -> c_int {
+    guard(-1, || {
+        let ctx = handle::get(channel_ctx)?;
+        chan::with(&ctx, |ch| {
+            let f = find_flow(ch, &flow)?;
+            ch.abort(&f).map_err(Error::from)
+        })?;
+        Ok(0)
     })
 }
 

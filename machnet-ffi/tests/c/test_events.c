@@ -352,6 +352,9 @@ static int t_two_sidecars_in_one_process(void) {
     CHECK(machnet_attach_to(srv) == NULL && errno == EBADF);
     FAILS(machnet_close_sidecar(srv), EBADF);
     FAILS(machnet_detach(a), EBADF);
+    CHECK(machnet_sidecar_engines(a) >= 1);
+    FAILS(machnet_sidecar_engines(NULL), EINVAL);
+    FAILS(machnet_sidecar_engines(srv), EBADF);
     CHECK(machnet_listen(srv, peer_ip, 4410) == 0);
     MachnetFlow_t f, sf;
     CHECK(machnet_connect(c, local_ip, peer_ip, 4410, &f) == 0);
@@ -369,11 +372,115 @@ static int t_two_sidecars_in_one_process(void) {
     CHECK(machnet_recv_timeout(c, buf, sizeof buf, &from, 10000) == 4 && !memcmp(buf, "back", 4));
     CHECK(machnet_detach(srv) == 0);
     CHECK(machnet_detach(c) == 0);
+    FAILS(machnet_sidecar_engines(a), EBADF); /* closed above */
     /* machnet_init's attachment (sidecar b, set up in main) still serves machnet_attach. */
     void *d = machnet_attach();
     CHECK(d != NULL);
     CHECK(machnet_listen(d, local_ip, 4411) == 0);
     CHECK(machnet_detach(d) == 0);
+    return 0;
+}
+
+/* The next machnet_recv_any result on `c` within 10 s: 1 with *ev / *n set. */
+static int any(void *c, void *buf, size_t len, size_t *n, MachnetFlowEvent_t *ev) {
+    return machnet_recv_any(c, buf, len, n, ev, 10000);
+}
+
+/* machnet_recv_any: an accept event before any message, the flow's messages in order, its
+ * peer's close after them, and no auto-close: the server still sends after the client closed
+ * (half-close); the client sees that reply, then the server's close. */
+static int t_recv_any_half_close(void) {
+    void *srv = attach_peer();
+    CHECK(srv != NULL);
+    CHECK(machnet_listen(srv, peer_ip, 4412) == 0);
+    void *c = machnet_attach();
+    CHECK(c != NULL);
+    char buf[64];
+    size_t n = 99;
+    MachnetFlowEvent_t ev;
+    FAILS(machnet_recv_any(srv, buf, sizeof buf, NULL, &ev, 0), EINVAL);
+    FAILS(machnet_recv_any(srv, buf, sizeof buf, &n, NULL, 0), EINVAL);
+    FAILS(machnet_recv_any(NULL, buf, sizeof buf, &n, &ev, 0), EINVAL);
+    CHECK(machnet_recv_any(srv, buf, sizeof buf, &n, &ev, 0) == 0 && n == 0);
+    MachnetFlow_t f;
+    CHECK(machnet_connect(c, local_ip, peer_ip, 4412, &f) == 0);
+    /* The client sent nothing: the server still learns of the flow. */
+    CHECK(any(srv, buf, sizeof buf, &n, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_ACCEPTED && ev.err == 0 && n == 0);
+    /* Received orientation: src = the peer (the client), as the connected flow's src. */
+    CHECK(ev.flow.src_ip == f.src_ip && ev.flow.src_port == f.src_port &&
+          ev.flow.dst_ip == f.dst_ip && ev.flow.dst_port == f.dst_port);
+    MachnetFlow_t sf = ev.flow;
+    CHECK(machnet_send(c, f, "one", 3) == 0);
+    CHECK(machnet_send(c, f, "two!", 4) == 0);
+    CHECK(machnet_close(c, f) == 0);
+    CHECK(any(srv, buf, sizeof buf, &n, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_MESSAGE && n == 3 && !memcmp(buf, "one", 3));
+    /* A message larger than the buffer stays first in line. */
+    n = 0;
+    FAILS(machnet_recv_any(srv, buf, 2, &n, &ev, 10000), EMSGSIZE);
+    CHECK(n == 4);
+    CHECK(any(srv, buf, sizeof buf, &n, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_MESSAGE && n == 4 && !memcmp(buf, "two!", 4));
+    CHECK(any(srv, buf, sizeof buf, &n, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_PEER_CLOSED && n == 0);
+    /* No auto-close: the server's side is still open. */
+    CHECK(machnet_send(srv, sf, "reply", 5) == 0);
+    MachnetFlow_t from;
+    CHECK(machnet_recv_timeout(c, buf, sizeof buf, &from, 10000) == 5 && !memcmp(buf, "reply", 5));
+    CHECK(machnet_close(srv, sf) == 0);
+    CHECK(any(srv, buf, sizeof buf, &n, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_CLOSED && ev.err == 0);
+    CHECK(await_event(c, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_PEER_CLOSED || ev.kind == MACHNET_EVENT_CLOSED);
+    CHECK(machnet_detach(srv) == 0);
+    CHECK(machnet_detach(c) == 0);
+    return 0;
+}
+
+/* machnet_set_auto_close(0): machnet_recv passes a peer's close without closing this side. */
+static int t_auto_close_off(void) {
+    FAILS(machnet_set_auto_close(NULL, 0), EINVAL);
+    struct pair p;
+    CHECK(open_pair(&p, 4413, 1) == 0);
+    CHECK(machnet_set_auto_close(p.c, 0) == 0);
+    MachnetFlow_t sf = {p.flows[0].dst_ip, p.flows[0].src_ip, p.flows[0].dst_port,
+                        p.flows[0].src_port};
+    CHECK(machnet_close(p.srv, sf) == 0);
+    MachnetFlowEvent_t ev;
+    CHECK(await_event(p.c, &ev) == 1);
+    CHECK(ev.kind == MACHNET_EVENT_PEER_CLOSED);
+    CHECK(machnet_send(p.c, p.flows[0], "late", 4) == 0);
+    char buf[16];
+    MachnetFlow_t from;
+    CHECK(machnet_recv_timeout(p.srv, buf, sizeof buf, &from, 10000) == 4 &&
+          !memcmp(buf, "late", 4));
+    CHECK(machnet_detach(p.srv) == 0);
+    CHECK(machnet_detach(p.c) == 0);
+    return 0;
+}
+
+/* machnet_abort resets one flow; the channel's other flow goes on. */
+static int t_abort_one_flow(void) {
+    struct pair p;
+    CHECK(open_pair(&p, 4414, 2) == 0);
+    FAILS(machnet_abort(NULL, p.flows[0]), EINVAL);
+    CHECK(machnet_abort(p.c, p.flows[0]) == 0);
+    MachnetFlowEvent_t ev;
+    char buf[16];
+    size_t n;
+    for (;;) {
+        CHECK(any(p.srv, buf, sizeof buf, &n, &ev) == 1);
+        if (ev.kind == MACHNET_EVENT_RESET) break;
+    }
+    CHECK(ev.err == ECONNRESET && ev.flow.src_port == p.flows[0].src_port);
+    CHECK(machnet_send(p.c, p.flows[0], "x", 1) == -1);
+    CHECK(machnet_send(p.c, p.flows[1], "alive", 5) == 0);
+    MachnetFlow_t from;
+    CHECK(machnet_recv_timeout(p.srv, buf, sizeof buf, &from, 10000) == 5);
+    CHECK(from.src_port == p.flows[1].src_port);
+    CHECK(machnet_detach(p.srv) == 0);
+    CHECK(machnet_detach(p.c) == 0);
     return 0;
 }
 
@@ -406,6 +513,9 @@ int main(void) {
         {"events_queue_is_bounded", t_queue_is_bounded},
         {"events_next_event_timeout", t_next_event_timeout},
         {"two_sidecars_in_one_process", t_two_sidecars_in_one_process},
+        {"recv_any_accept_messages_half_close", t_recv_any_half_close},
+        {"auto_close_off", t_auto_close_off},
+        {"abort_one_flow", t_abort_one_flow},
     };
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
