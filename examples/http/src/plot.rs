@@ -226,3 +226,75 @@ fn draw<DB: DrawingBackend>(
         .map_err(err)?;
     root.present().map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(topology: Option<&str>, transport: &str, offered: u64, p50: f64, p99: f64) -> String {
+        let mut v = serde_json::json!({"transport": transport, "offered_rps": offered,
+            "latency_us": {"p50": p50, "p99": p99}});
+        if let Some(t) = topology {
+            v["topology"] = t.into();
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn series_take_the_median_of_the_rounds_per_offered_load() {
+        let text = [
+            line(None, "tcp", 10_000, 50.0, 300.0),
+            line(None, "tcp", 10_000, 70.0, 100.0),
+            line(None, "tcp", 10_000, 60.0, 200.0),
+            line(None, "tcp", 5_000, 40.0, 90.0),
+            line(Some("same-host"), "machnet", 5_000, 20.0, 30.0),
+            String::new(),
+        ]
+        .join("\n");
+        let s = series(&text).unwrap();
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["same-host machnet", "tcp"]);
+        assert_eq!(
+            s["tcp"],
+            [
+                Point {
+                    offered: 5_000.0,
+                    p50_us: 40.0,
+                    p99_us: 90.0
+                },
+                Point {
+                    offered: 10_000.0,
+                    p50_us: 60.0,
+                    p99_us: 200.0
+                },
+            ]
+        );
+        assert!(matches!(
+            series("{\"transport\": \"tcp\"}"),
+            Err(PlotError::BadLine(1, _))
+        ));
+        assert!(matches!(series("\n"), Err(PlotError::Empty)));
+    }
+
+    #[test]
+    fn draws_a_png() {
+        let Some(font) = FONTS.iter().map(Path::new).find(|p| p.exists()) else {
+            eprintln!("no system font on this machine: PNG drawing not tested");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("machnet-http-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("r.jsonl");
+        let text = [
+            line(None, "tcp", 5_000, 40.0, 90.0),
+            line(None, "tcp", 10_000, 60.0, 900.0),
+            line(None, "machnet", 5_000, 20.0, 30.0),
+        ]
+        .join("\n");
+        std::fs::write(&input, text).unwrap();
+        let out = dir.join("fig.png");
+        plot_file(&input, &out, Some(font)).unwrap();
+        let png = std::fs::read(&out).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

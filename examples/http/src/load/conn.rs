@@ -152,3 +152,90 @@ impl ConnLogic {
         self.stats
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi";
+
+    fn logic(rate: u64, conns: u64, conn: u64, duration_ns: u64) -> ConnLogic {
+        ConnLogic::new(
+            Schedule::new(rate, conns, conn, duration_ns),
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        )
+    }
+
+    fn latencies_ms(stats: &ConnStats) -> Vec<u64> {
+        stats
+            .latency_ns
+            .iter_recorded()
+            .flat_map(|v| {
+                std::iter::repeat_n(v.value_iterated_to() / MS, v.count_at_value() as usize)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn due_requests_are_sent_while_earlier_ones_are_unanswered() {
+        // 1000 req/s on one connection: one request per ms, for 10 ms. The clock is injected.
+        let mut l = logic(1000, 1, 0, 10 * MS);
+        let mut out = Vec::new();
+        assert_eq!(l.take_due(0, &mut out), 1);
+        // Nothing answered, yet at 3.5 ms the requests of 1, 2 and 3 ms go out (pipelined).
+        assert_eq!(l.take_due(3 * MS + MS / 2, &mut out), 3);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n".repeat(4));
+        assert_eq!(l.outstanding(), 4);
+        assert_eq!(l.next_due_ns(), Some(4 * MS));
+    }
+
+    #[test]
+    fn latency_is_measured_from_the_intended_send_time() {
+        let mut l = logic(1000, 1, 0, 4 * MS);
+        let mut out = Vec::new();
+        // The sender was late: all four requests (intended at 0, 1, 2, 3 ms) leave at 3 ms.
+        assert_eq!(l.take_due(3 * MS, &mut out), 4);
+        // The server answers all four at 10 ms: latencies 10, 9, 8, 7 ms, not 7 ms each (the
+        // late send is queueing the client would otherwise hide: coordinated omission).
+        l.on_bytes(&OK.repeat(4), 10 * MS).unwrap();
+        assert!(l.is_done());
+        let s = l.finish(None);
+        assert_eq!(latencies_ms(&s), vec![7, 8, 9, 10]);
+        assert_eq!((s.sent, s.ok, s.lost, s.bad_status), (4, 4, 0, 0));
+        assert_eq!(s.last_response_ns, 10 * MS);
+    }
+
+    #[test]
+    fn responses_match_requests_in_order_across_reads() {
+        // Connection 1 of 2 at 1000 req/s: its requests are intended at 1, 3, 5 ms.
+        let mut l = logic(1000, 2, 1, 6 * MS);
+        let mut out = Vec::new();
+        assert_eq!(l.take_due(5 * MS, &mut out), 3);
+        let bad = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let mut bytes = OK.to_vec();
+        bytes.extend_from_slice(bad);
+        bytes.extend_from_slice(OK);
+        // The first response and half the second arrive at 6 ms, the rest at 8 ms.
+        l.on_bytes(&bytes[..OK.len() + 10], 6 * MS).unwrap();
+        l.on_bytes(&bytes[OK.len() + 10..], 8 * MS).unwrap();
+        let s = l.finish(None);
+        assert_eq!(latencies_ms(&s), vec![3, 5, 5]);
+        assert_eq!((s.ok, s.bad_status), (2, 1));
+    }
+
+    #[test]
+    fn unanswered_and_unsent_requests_are_lost_and_extra_responses_are_errors() {
+        let mut l = logic(1000, 1, 0, 10 * MS);
+        let mut out = Vec::new();
+        l.take_due(2 * MS, &mut out);
+        l.on_bytes(OK, 3 * MS).unwrap();
+        // The connection fails at 3 ms: 2 outstanding, 7 never sent.
+        let s = l.finish(Some("reset".into()));
+        assert_eq!((s.sent, s.ok, s.lost), (3, 1, 9));
+        assert_eq!(s.failure.as_deref(), Some("reset"));
+
+        let mut l = logic(1000, 1, 0, 10 * MS);
+        assert_eq!(l.on_bytes(OK, 0), Err(ResponseError::Unsolicited));
+    }
+}

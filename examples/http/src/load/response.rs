@@ -100,3 +100,92 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Option<u64> {
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))?;
     std::str::from_utf8(h.value).ok()?.trim().parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    fn response(status: u16, body: &[u8]) -> Vec<u8> {
+        let mut r = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ndate: now\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    }
+
+    fn feed_all(reader: &mut ResponseReader, chunks: &[&[u8]]) -> Result<Vec<u16>, ResponseError> {
+        let mut got = Vec::new();
+        for c in chunks {
+            reader.feed(c, |s| got.push(s))?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn pipelined_responses_in_any_split_come_out_in_order() {
+        let mut stream = Vec::new();
+        let statuses = [200u16, 404, 200, 400, 200];
+        for (i, s) in statuses.iter().enumerate() {
+            stream.extend(response(*s, &vec![b'x'; i * 1000]));
+        }
+        let seed = 0x5eed_0001;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for _ in 0..200 {
+            let mut reader = ResponseReader::new();
+            let mut got = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let n = (rng.next_u32() as usize % 1500 + 1).min(rest.len());
+                reader.feed(&rest[..n], |s| got.push(s)).unwrap();
+                rest = &rest[n..];
+            }
+            assert_eq!(got, statuses, "seed {seed:#x}");
+        }
+        // And all at once.
+        assert_eq!(
+            feed_all(&mut ResponseReader::new(), &[&stream]).unwrap(),
+            statuses
+        );
+    }
+
+    #[test]
+    fn a_response_completes_only_with_its_last_body_byte() {
+        let r = response(200, &[7u8; 10]);
+        let mut reader = ResponseReader::new();
+        let (head_and_part, last) = r.split_at(r.len() - 1);
+        assert_eq!(
+            feed_all(&mut reader, &[head_and_part]).unwrap(),
+            Vec::<u16>::new()
+        );
+        assert_eq!(feed_all(&mut reader, &[last]).unwrap(), vec![200]);
+    }
+
+    #[test]
+    fn broken_responses_are_errors() {
+        let mut reader = ResponseReader::new();
+        assert!(matches!(
+            feed_all(
+                &mut reader,
+                &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+            ),
+            Err(ResponseError::NoLength)
+        ));
+        let mut reader = ResponseReader::new();
+        assert!(matches!(
+            feed_all(&mut reader, &[b"NOT HTTP\r\n\r\n"]),
+            Err(ResponseError::Malformed(_))
+        ));
+        let mut reader = ResponseReader::new();
+        let endless = [b'a'; 1024];
+        let chunks: Vec<&[u8]> = std::iter::once(&b"HTTP/1.1 200 OK\r\nX: "[..])
+            .chain(std::iter::repeat_n(&endless[..], 70))
+            .collect();
+        assert_eq!(
+            feed_all(&mut reader, &chunks),
+            Err(ResponseError::HeadTooLong)
+        );
+    }
+}

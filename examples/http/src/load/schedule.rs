@@ -73,3 +73,57 @@ impl Schedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_interleave_at_the_offered_rate() {
+        // 1000 req/s over 4 connections: connection k sends at k, k+4, k+8, ... ms.
+        let s = Schedule::new(1000, 4, 1, 1_000_000_000);
+        assert_eq!(s.intended_ns(0), 1_000_000);
+        assert_eq!(s.intended_ns(1), 5_000_000);
+        assert_eq!(s.intended_ns(249), 997_000_000);
+        assert_eq!(s.total(), 250);
+        let all: u64 = (0..4)
+            .map(|k| Schedule::new(1000, 4, k, 1_000_000_000).total())
+            .sum();
+        assert_eq!(
+            all, 1000,
+            "the connections together offer exactly rate × duration"
+        );
+    }
+
+    #[test]
+    fn rates_that_do_not_divide_a_second_do_not_drift() {
+        // 3 req/s: 0, 333_333_333, 666_666_666 ns; the 3000th request is at exactly 1000 s.
+        let s = Schedule::new(3, 1, 0, u64::MAX);
+        assert_eq!(s.intended_ns(1), 333_333_333);
+        assert_eq!(s.intended_ns(2), 666_666_666);
+        assert_eq!(s.intended_ns(3000), 1_000_000_000_000);
+        // 7 connections at 30 001 req/s for 1.5 s: exactly ceil(1.5 × 30 001) in total.
+        let total: u64 = (0..7)
+            .map(|k| Schedule::new(30_001, 7, k, 1_500_000_000).total())
+            .sum();
+        assert_eq!(total, 45_002);
+    }
+
+    #[test]
+    fn a_late_caller_takes_everything_due_at_once() {
+        let mut s = Schedule::new(1000, 1, 0, 10_000_000);
+        assert_eq!(s.take_due(0), 0..1, "request 0 is due at the start");
+        assert_eq!(s.take_due(500_000), 1..1, "nothing new before 1 ms");
+        assert_eq!(s.next_due_ns(), Some(1_000_000));
+        // The caller oversleeps to 4.5 ms: requests 1..=4 are all due now.
+        assert_eq!(s.take_due(4_500_000), 1..5);
+        assert_eq!(s.remaining(), 5);
+        assert_eq!(
+            s.take_due(u64::MAX),
+            5..10,
+            "nothing is due after the duration"
+        );
+        assert_eq!(s.next_due_ns(), None);
+        assert_eq!(s.remaining(), 0);
+    }
+}
