@@ -60,6 +60,10 @@ struct ServerArgs {
     /// Runtime worker threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Flush the answers to pipelined requests together (hyper's pipeline_flush; with it,
+    /// hyper 1.x closes a connection with a malformed request head without its 400).
+    #[arg(long)]
+    pipeline_flush: bool,
 }
 
 #[derive(Args)]
@@ -136,7 +140,10 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run_server(a: ServerArgs) -> Result<(), String> {
-    let cfg = Arc::new(ServerConfig::with_body_size(a.body_size));
+    let cfg = Arc::new(ServerConfig {
+        pipeline_flush: a.pipeline_flush,
+        ..ServerConfig::with_body_size(a.body_size)
+    });
     let rt = runtime(a.workers)?;
     rt.block_on(async move {
         match a.transport {
@@ -183,7 +190,7 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
             .split_once('=')
             .ok_or_else(|| format!("--tag {t}: expected key=value"))?;
         // Numbers stay numbers in the JSON line.
-        let v = match (v.parse::<i64>(), v.parse::<f64>()) {
+        let v: serde_json::Value = match (v.parse::<i64>(), v.parse::<f64>()) {
             (Ok(i), _) => i.into(),
             (_, Ok(f)) => f.into(),
             _ => v.into(),
