@@ -61,8 +61,8 @@ pub fn series(text: &str) -> Result<BTreeMap<String, Vec<Point>>, PlotError> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
         let transport = v["transport"].as_str().ok_or_else(|| bad("no transport"))?;
         let name = match v["topology"].as_str() {
-            Some(t) => format!("{t} {transport}"),
-            None => transport.to_string(),
+            Some(t) if t != transport => format!("{t} {transport}"),
+            _ => transport.to_string(),
         };
         let offered = v["offered_rps"]
             .as_u64()
@@ -185,6 +185,8 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc("offered load (k requests/s)")
         .y_desc("latency (µs, log)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(err)?;
