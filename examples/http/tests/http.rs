@@ -363,6 +363,6 @@ macro_rules! cases {
     };
 }
 
-cases!(tcp, tcp_target);
+cases!(over_tcp, tcp_target);
 #[cfg(feature = "machnet-stream")]
-cases!(machnet, machnet_target);
+cases!(over_machnet, machnet_target);
