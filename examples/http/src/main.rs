@@ -162,7 +162,6 @@ fn run_server(a: ServerArgs) -> Result<(), String> {
     })
 }
 
-#[cfg(feature = "machnet-stream")]
 async fn serve_machnet(
     socket: Option<PathBuf>,
     port: u16,
@@ -172,11 +171,6 @@ async fn serve_machnet(
     let l = machnet::stream::MachnetListener::bind(&m, port).map_err(|e| format!("listen: {e}"))?;
     eprintln!("listening on machnet {}", l.local_addr());
     server::run_machnet(l, cfg).await.map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "machnet-stream"))]
-async fn serve_machnet(_: Option<PathBuf>, _: u16, _: Arc<ServerConfig>) -> Result<(), String> {
-    Err("built without the Machnet stream adapter".into())
 }
 
 fn run_load(a: LoadArgs) -> Result<(), String> {
@@ -219,7 +213,6 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(feature = "machnet-stream")]
 async fn load_machnet(
     config: &LoadConfig,
     socket: Option<&std::path::Path>,
@@ -237,17 +230,6 @@ async fn load_machnet(
         }
     })
     .await
-}
-
-#[cfg(not(feature = "machnet-stream"))]
-async fn load_machnet(
-    _: &LoadConfig,
-    _: Option<&std::path::Path>,
-    _: SocketAddrV4,
-) -> Result<LoadReport, load::LoadError> {
-    Err(load::LoadError::Connect(std::io::Error::other(
-        "built without the Machnet stream adapter",
-    )))
 }
 
 fn print_report(r: &LoadReport, extra: &[(&str, serde_json::Value)], json: bool) {

@@ -116,7 +116,6 @@ pub async fn run_tcp(
 
 /// Accepts Machnet flows forever (one channel per engine, a listen group), each served on its
 /// own task.
-#[cfg(feature = "machnet-stream")]
 pub async fn run_machnet(
     listener: machnet::stream::MachnetListener,
     cfg: Arc<ServerConfig>,

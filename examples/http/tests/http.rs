@@ -33,7 +33,6 @@ struct Target {
 #[derive(Clone)]
 enum Connector {
     Tcp,
-    #[cfg(feature = "machnet-stream")]
     Machnet(machnet::stream::StreamChannel),
 }
 
@@ -45,7 +44,6 @@ impl Target {
                     .await
                     .expect("tcp connect"),
             ),
-            #[cfg(feature = "machnet-stream")]
             Connector::Machnet(ch) => Box::new(ch.connect(addr).await.expect("machnet connect")),
         }
     }
@@ -76,7 +74,6 @@ async fn tcp_target() -> Target {
     }
 }
 
-#[cfg(feature = "machnet-stream")]
 async fn machnet_target() -> Target {
     use machnet::stream::{MachnetListener, StreamChannel};
     use machnet_sidecar::testing::LoopbackSidecars;
@@ -364,5 +361,33 @@ macro_rules! cases {
 }
 
 cases!(over_tcp, tcp_target);
-#[cfg(feature = "machnet-stream")]
 cases!(over_machnet, machnet_target);
+
+/// Over Machnet a client can also reset its flow mid-response (`abort`): the server survives
+/// and serves the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machnet_client_reset_mid_response() {
+    let t = machnet_target().await;
+    let Connector::Machnet(ch) = &t.connector else {
+        unreachable!()
+    };
+    for round in 0..3 {
+        let mut s = ch.connect(t.big).await.expect("connect");
+        s.write_all(&get()).await.unwrap();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut got = 0;
+        while got < 256 << 10 {
+            let n = tokio::time::timeout(STEP, s.read(&mut chunk))
+                .await
+                .expect("no hang")
+                .unwrap();
+            assert!(n > 0);
+            got += n;
+        }
+        s.abort();
+        let mut s = t.connect_to(t.big).await;
+        s.write_all(&get()).await.unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).await;
+        assert_eq!((r.status, r.body.len()), (200, BIG_BODY), "round {round}");
+    }
+}
