@@ -12,8 +12,9 @@
 #   two-sidecars  the server on sidecar a (127.0.0.1), the load generator on sidecar b
 #                 (127.0.0.2): flows through the transport and loopback UDP
 #   same-host     the load generator on the server's sidecar a (same-host flows)
-# A series stops sweeping once, at a rate, its median p99 passes STOP_P99_US or its median
-# achieved rate falls below 90 % of the offered one.
+# A series stops sweeping once, at STOP_STREAK consecutive rates, its median p99 passed
+# STOP_P99_US or its median achieved rate fell below 90 % of the offered one (a streak, not one
+# rate, because one noisy round on this shared 2-vCPU machine must not end a series).
 #
 # Knobs (environment):
 #   BIN          directory with `machnet` and `machnet-http` (default: build target/release)
@@ -23,7 +24,7 @@
 #   WORKERS      server runtime worker threads (default 1), LOAD_THREADS generator threads (1)
 #   BODY_SIZE    `GET /` response body, bytes (default 64)
 #   ENGINES      engines per sidecar (default 1); SIDECAR_ARGS extra sidecar arguments
-#   STOP_P99_US  (default 5000)
+#   STOP_P99_US  (default 5000), STOP_STREAK (default 2)
 #   OUT          output directory (default: a new mktemp -d): results.jsonl, table.md, fig.png, logs/
 #
 # Goals (issue 18): the highest offered load with p99 < 1 ms over Machnet ≥ 1.5× TCP's, and
@@ -44,6 +45,7 @@ BODY_SIZE=${BODY_SIZE:-64}
 ENGINES=${ENGINES:-1}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
 STOP_P99_US=${STOP_P99_US:-5000}
+STOP_STREAK=${STOP_STREAK:-2}
 PORT=80
 
 for s in $SERIES; do
@@ -66,9 +68,11 @@ done
 bench_workspace machnet-http-bench
 # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of words
 start_sidecar a 127.0.0.1 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
+SIDECAR_PIDS=("${PIDS[-1]}")
 if [[ " $SERIES " == *" two-sidecars "* ]]; then
     # shellcheck disable=SC2086
     start_sidecar b 127.0.0.2 "$BIN/machnet" "$DIR" "$POOL" --engines "$ENGINES" $SIDECAR_ARGS
+    SIDECAR_PIDS+=("${PIDS[-1]}")
 fi
 SERVER_PIDS=()
 server=("$BIN/machnet-http" server --workers "$WORKERS" --body-size "$BODY_SIZE")
@@ -76,12 +80,14 @@ if [[ " $SERIES " != " tcp " ]]; then
     "${server[@]}" --transport machnet --socket "$DIR/a.sock" --port "$PORT" 2>"$DIR/server-machnet.log" &
     PIDS+=($!)
     SERVER_PIDS+=($!)
+    MACHNET_SERVER_PID=$!
     wait_for_line "$DIR/server-machnet.log" "listening on"
 fi
 if [[ " $SERIES " == *" tcp "* ]]; then
     "${server[@]}" --transport tcp --ip 127.0.0.1 --port 0 2>"$DIR/server-tcp.log" &
     PIDS+=($!)
     SERVER_PIDS+=($!)
+    TCP_SERVER_PID=$!
     wait_for_line "$DIR/server-tcp.log" "listening on"
     TCP_TARGET=$(sed -n 's/^listening on tcp //p' "$DIR/server-tcp.log")
 fi
@@ -89,14 +95,36 @@ echo "series: $SERIES; rates: $RATES; rounds $ROUNDS x ${DURATION}s, $CONNECTION
     "server workers $WORKERS, engines $ENGINES" >&2
 
 failed=0
-# run SERIES RATE ROUND: one `machnet-http load`, its JSON line appended to results.jsonl.
+# cpu_s PID...: user + system CPU seconds the processes used so far.
+cpu_s() {
+    local t=0 p
+    for p in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat (after the command name in parentheses).
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    python3 -c "print($t / $(getconf CLK_TCK))"
+}
+
+# run SERIES RATE ROUND: one `machnet-http load`, its JSON line (with the server's and the
+# sidecars' CPU seconds during the run) appended to results.jsonl.
 run() {
-    local series=$1 rate=$2 round=$3 rc=0 target
+    local series=$1 rate=$2 round=$3 rc=0 target server_pid sidecar_pids srv0 car0
     case "$series" in
-        tcp) target=(--transport tcp --target "$TCP_TARGET") ;;
-        two-sidecars) target=(--transport machnet --socket "$DIR/b.sock" --target "127.0.0.1:$PORT") ;;
-        same-host) target=(--transport machnet --socket "$DIR/a.sock" --target "127.0.0.1:$PORT") ;;
+        tcp)
+            target=(--transport tcp --target "$TCP_TARGET")
+            server_pid=$TCP_SERVER_PID sidecar_pids=()
+            ;;
+        two-sidecars)
+            target=(--transport machnet --socket "$DIR/b.sock" --target "127.0.0.1:$PORT")
+            server_pid=$MACHNET_SERVER_PID sidecar_pids=("${SIDECAR_PIDS[@]}")
+            ;;
+        same-host)
+            target=(--transport machnet --socket "$DIR/a.sock" --target "127.0.0.1:$PORT")
+            server_pid=$MACHNET_SERVER_PID sidecar_pids=("${SIDECAR_PIDS[0]}")
+            ;;
     esac
+    srv0=$(cpu_s "$server_pid")
+    car0=$(cpu_s "${sidecar_pids[@]}")
     timeout "$(python3 -c "print(int($DURATION + $DRAIN + 60))")" "$BIN/machnet-http" load \
         "${target[@]}" --rate "$rate" --duration "$DURATION" --connections "$CONNECTIONS" \
         --drain "$DRAIN" --threads "$LOAD_THREADS" --json --tag "topology=$series" \
@@ -106,14 +134,19 @@ run() {
         failed=1
         return
     fi
-    tail -n 1 "$DIR/run.out" >>"$RESULTS"
-    python3 - "$DIR/run.out" <<'PY' >&2
+    python3 - "$DIR/run.out" "$(cpu_s "$server_pid")" "$srv0" "$(cpu_s "${sidecar_pids[@]}")" \
+        "$car0" "$RESULTS" <<'PY' >&2
 import json, sys
 r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+r["server_cpu_s"] = round(float(sys.argv[2]) - float(sys.argv[3]), 3)
+r["sidecars_cpu_s"] = round(float(sys.argv[4]) - float(sys.argv[5]), 3)
+with open(sys.argv[6], "a") as f:
+    f.write(json.dumps(r) + "\n")
 l = r["latency_us"]
 print(f"   {r['topology']:>12} {r['offered_rps']:>7} req/s round {r['round']}: achieved "
       f"{r['achieved_rps']:8.0f}  p50 {l['p50']:8.1f}  p99 {l['p99']:9.1f}  max {l['max']:9.1f} us"
-      f"  errors {r['errors']}")
+      f"  errors {r['errors']}  cpu s: load {r.get('load_cpu_s', 0):.2f} server {r['server_cpu_s']:.2f}"
+      f" sidecars {r['sidecars_cpu_s']:.2f}")
 PY
 }
 
@@ -134,6 +167,8 @@ PY
 }
 
 read -r -a active <<<"$SERIES"
+declare -A streak
+for s in "${active[@]}"; do streak[$s]=0; done
 for rate in $RATES; do
     [ ${#active[@]} -gt 0 ] || break
     echo "== $rate req/s: ${active[*]}" >&2
@@ -147,6 +182,11 @@ for rate in $RATES; do
     still=()
     for s in "${active[@]}"; do
         if stopped "$s" "$rate"; then
+            streak[$s]=$((streak[$s] + 1))
+        else
+            streak[$s]=0
+        fi
+        if [ "${streak[$s]}" -ge "$STOP_STREAK" ]; then
             echo "   $s stops after $rate req/s" >&2
         else
             still+=("$s")

@@ -209,6 +209,14 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
         }
     });
     let report = report.map_err(|e| e.to_string())?;
+    // The generator's own CPU time (user + system, all threads): it shares the machine.
+    if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        extra.push((
+            "load_cpu_s",
+            (secs(u.user_time()) + secs(u.system_time())).into(),
+        ));
+    }
     print_report(&report, &extra, a.json);
     Ok(())
 }
