@@ -230,6 +230,21 @@ for rate in rates:
             m = med(s, rate, p99)
             cells.append("—" if m is None or t is None else f"{m / t:.2f}×")
     print(f"| {rate:,} | " + " | ".join(cells) + " |")
+# CPU per answered request (medians over the rounds): where the machine's two vCPUs went.
+print()
+print("CPU µs per answered request, load generator / server / sidecars:")
+print()
+print("| offered req/s | " + " | ".join(series) + " |")
+print("|" + "---|" * (1 + len(series)))
+for rate in rates:
+    cells = []
+    for s in series:
+        if (s, rate) not in by:
+            cells.append("—")
+            continue
+        per = lambda k: med(s, rate, lambda r: r.get(k, 0) / max(r["ok"], 1) * 1e6)
+        cells.append(f"{per('load_cpu_s'):.1f} / {per('server_cpu_s'):.1f} / {per('sidecars_cpu_s'):.1f}")
+    print(f"| {rate:,} | " + " | ".join(cells) + " |")
 # Goal figures: the highest offered load whose median p99 < 1 ms (every round without errors
 # and at ≥ 90 % of the offered rate), per series.
 best = {}
