@@ -22,7 +22,8 @@
 #   RATES        offered loads, req/s (default "5000 10000 20000 30000 40000 50000 60000 80000 100000")
 #   ROUNDS (2), DURATION (3 s of sending per run), CONNECTIONS (4), DRAIN (2 s)
 #   WORKERS      server runtime worker threads (default 1), LOAD_THREADS generator threads (1)
-#   BODY_SIZE    `GET /` response body, bytes (default 64)
+#   BODY_SIZE    `GET /` response body, bytes (default 64); SERVER_ARGS extra server arguments
+#                (e.g. --pipeline-flush)
 #   ENGINES      engines per sidecar (default 1); SIDECAR_ARGS extra sidecar arguments
 #   STOP_P99_US  (default 5000), STOP_STREAK (default 2)
 #   OUT          output directory (default: a new mktemp -d): results.jsonl, table.md, fig.png, logs/
@@ -42,6 +43,7 @@ DRAIN=${DRAIN:-2}
 WORKERS=${WORKERS:-1}
 LOAD_THREADS=${LOAD_THREADS:-1}
 BODY_SIZE=${BODY_SIZE:-64}
+SERVER_ARGS=${SERVER_ARGS:-}
 ENGINES=${ENGINES:-1}
 SIDECAR_ARGS=${SIDECAR_ARGS:-}
 STOP_P99_US=${STOP_P99_US:-5000}
@@ -75,7 +77,8 @@ if [[ " $SERIES " == *" two-sidecars "* ]]; then
     SIDECAR_PIDS+=("${PIDS[-1]}")
 fi
 SERVER_PIDS=()
-server=("$BIN/machnet-http" server --workers "$WORKERS" --body-size "$BODY_SIZE")
+# shellcheck disable=SC2206 # SERVER_ARGS is a list of words
+server=("$BIN/machnet-http" server --workers "$WORKERS" --body-size "$BODY_SIZE" $SERVER_ARGS)
 if [[ " $SERIES " != " tcp " ]]; then
     "${server[@]}" --transport machnet --socket "$DIR/a.sock" --port "$PORT" 2>"$DIR/server-machnet.log" &
     PIDS+=($!)
