@@ -262,7 +262,9 @@ if "tcp" in series and best.get("tcp"):
     half = best["tcp"] / 2
     near = min(rates, key=lambda r: (abs(r - half), r))
     for s in machnet:
-        if best[s]:
+        if not best[s]:
+            print(f"- goal 1, {s}: no offered load with p99 < 1 ms (goal ≥ 1.5× tcp's {best['tcp']:,}: missed)")
+        else:
             v = best[s] / best["tcp"]
             print(f"- goal 1, {s}: {best[s]:,} ÷ {best['tcp']:,} = **{v:.2f}×** (goal ≥ 1.5×: {'met' if v >= 1.5 else 'missed'})"
                   + (" — a lower bound: the sweep ended before p99 reached 1 ms" if best[s] == max(rates) else ""))
