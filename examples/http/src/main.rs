@@ -140,10 +140,9 @@ fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run_server(a: ServerArgs) -> Result<(), String> {
-    let cfg = Arc::new(ServerConfig {
-        pipeline_flush: a.pipeline_flush,
-        ..ServerConfig::with_body_size(a.body_size)
-    });
+    let mut cfg = ServerConfig::with_body_size(a.body_size);
+    cfg.pipeline_flush = a.pipeline_flush;
+    let cfg = Arc::new(cfg);
     let rt = runtime(a.workers)?;
     rt.block_on(async move {
         match a.transport {
@@ -174,8 +173,13 @@ async fn serve_machnet(
 }
 
 fn run_load(a: LoadArgs) -> Result<(), String> {
-    if !(a.duration > 0.0 && a.drain >= 0.0) {
-        return Err("--duration must be positive and --drain not negative".into());
+    let secs = |name: &str, v: f64| {
+        Duration::try_from_secs_f64(v)
+            .map_err(|_| format!("{name} {v}: not a valid number of seconds"))
+    };
+    let (duration, drain) = (secs("--duration", a.duration)?, secs("--drain", a.drain)?);
+    if duration.is_zero() {
+        return Err("--duration must be positive".into());
     }
     let mut extra = vec![("transport", serde_json::Value::from(a.transport.name()))];
     let mut tag_fields = Vec::new();
@@ -196,10 +200,10 @@ fn run_load(a: LoadArgs) -> Result<(), String> {
     }
     let config = LoadConfig {
         rate: a.rate,
-        duration: Duration::from_secs_f64(a.duration),
+        duration,
         connections: a.connections,
         post_body: a.post_body,
-        drain: Duration::from_secs_f64(a.drain),
+        drain,
     };
     let rt = runtime(a.threads)?;
     let report = rt.block_on(async {

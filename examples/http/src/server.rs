@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -15,9 +15,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The largest request body `POST /echo` accepts (bigger ones get 413).
 pub const MAX_ECHO_BODY: usize = 64 << 20;
+/// Request bodies all `POST /echo` requests together may hold at once; more wait (so many
+/// clients sending large bodies cannot exhaust the server's memory).
+pub const ECHO_MEMORY: usize = 256 << 20;
+/// Unit of the echo memory budget.
+const ECHO_UNIT: usize = 1 << 10;
 
 /// What the server answers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerConfig {
     /// The body of `GET /` (its length is the configured response size).
     pub body: Bytes,
@@ -27,6 +32,8 @@ pub struct ServerConfig {
     /// while unparsed bytes sit in the read buffer), so the client sees only a closed
     /// connection.
     pub pipeline_flush: bool,
+    /// The echo memory budget, in ECHO_UNIT permits.
+    echo_budget: tokio::sync::Semaphore,
 }
 
 impl ServerConfig {
@@ -36,6 +43,7 @@ impl ServerConfig {
         ServerConfig {
             body: body.into(),
             pipeline_flush: false,
+            echo_budget: tokio::sync::Semaphore::new(ECHO_MEMORY / ECHO_UNIT),
         }
     }
 }
@@ -57,6 +65,19 @@ async fn handle(
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => Response::new(Either::Left(Full::new(cfg.body.clone()))),
         (&Method::POST, "/echo") => {
+            // Reserve the body's memory first: its Content-Length, or the most a body may be.
+            let len = req
+                .body()
+                .size_hint()
+                .upper()
+                .map_or(MAX_ECHO_BODY, |n| n as usize);
+            if len > MAX_ECHO_BODY {
+                return Ok(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"));
+            }
+            let units = len.div_ceil(ECHO_UNIT).max(1) as u32;
+            let Ok(_reserved) = cfg.echo_budget.acquire_many(units).await else {
+                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
+            };
             // Collected (not streamed back) so a client that writes the whole request before
             // reading cannot deadlock against full socket buffers; bounded by MAX_ECHO_BODY.
             match Limited::new(req.into_body(), MAX_ECHO_BODY).collect().await {

@@ -298,6 +298,12 @@ async fn malformed_gets_400(t: Target) {
         let r = read_response(&mut good, &mut good_buf).await;
         assert_eq!((r.status, r.body.as_slice()), (200, &b"still here"[..]));
     }
+    // A body above the echo limit is refused before it is read.
+    let mut s = t.small().await;
+    s.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 104857600\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut Vec::new()).await.status, 413);
     // Unknown path and method: answered, connection kept.
     good.write_all(b"GET /nope HTTP/1.1\r\n\r\nDELETE / HTTP/1.1\r\n\r\n")
         .await
