@@ -80,15 +80,22 @@ def med(v):
     return v[(len(v) - 1) // 2]
 by = {p: [r for r in rows if r["path"] == p] for p in paths}
 tcp = {r["round"]: r["p50_us"] for r in by.get("tcp", [])}
-print("gRPC unary RTT (µs): median over rounds of each round's p50 / p99")
-print("| path | p50 | p99 | p50 ÷ TCP | per-round p50 ÷ TCP |")
-print("|---|---|---|---|---|")
+cpu_tcp = {r["round"]: r.get("app_cpu_us_per_call") for r in by.get("tcp", [])}
+print("gRPC unary RTT (µs): median over rounds of each round's p50 / p99; app CPU µs per call")
+print("(the bench process: client + server; sidecars excluded) and its ratio to TCP")
+print("| path | p50 | p99 | p50 ÷ TCP | per-round p50 ÷ TCP | app CPU µs/call | CPU ÷ TCP |")
+print("|---|---|---|---|---|---|---|")
 for p in paths:
     rs = by[p]
     ratios = [r["p50_us"] / tcp[r["round"]] for r in rs if r["round"] in tcp and p != "tcp"]
-    print("| %s | %s | %s | %s | %s |" % (
+    cpus = [r["app_cpu_us_per_call"] for r in rs if "app_cpu_us_per_call" in r]
+    cpu_ratios = [r["app_cpu_us_per_call"] / cpu_tcp[r["round"]] for r in rs
+                  if "app_cpu_us_per_call" in r and cpu_tcp.get(r["round"]) and p != "tcp"]
+    print("| %s | %s | %s | %s | %s | %s | %s |" % (
         p, med([r["p50_us"] for r in rs]), med([r["p99_us"] for r in rs]),
         "%.2f" % med(ratios) if ratios else "-",
-        " ".join("%.2f" % x for x in ratios) if ratios else "-"))
+        " ".join("%.2f" % x for x in ratios) if ratios else "-",
+        "%.1f" % med(cpus) if cpus else "-",
+        "%.2f" % med(cpu_ratios) if cpu_ratios else "-"))
 PY
 cat "$OUT/table.md"

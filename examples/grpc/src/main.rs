@@ -11,8 +11,9 @@
 //!   that sidecar runs with `--same-host-flows true`);
 //! * `tcp`: a tonic client over TCP loopback.
 //!
-//! Output: one JSON line per (round, path) on stdout, then a table on stderr with each path's
-//! median-round p50/p99 and the ratios to TCP. `ci/bench-grpc.sh` starts the sidecars.
+//! Output: one JSON line per (round, path) on stdout (with this process's CPU per call, client
+//! and server together: what the stream adapter or the kernel's TCP costs the application),
+//! then a table on stderr with each path's median-round p50/p99 and the ratios to TCP. `ci/bench-grpc.sh` starts the sidecars.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -109,7 +110,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let payload = vec![0xA5u8; args.payload];
     for round in 0..args.rounds {
         for p in paths.iter_mut() {
+            let cpu_before = process_cpu();
             let h = p.measure(&payload, args.warmup, args.requests).await?;
+            let cpu = process_cpu().saturating_sub(cpu_before);
+            let calls = (args.warmup + args.requests) as f64;
             let line = serde_json::json!({
                 "round": round,
                 "path": p.name,
@@ -119,6 +123,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "p99_us": h.value_at_quantile(0.99),
                 "p999_us": h.value_at_quantile(0.999),
                 "mean_us": h.mean(),
+                // This process's CPU (client + server + tonic + the stream adapter or the
+                // kernel's TCP) per call; the sidecars' CPU is not included.
+                "app_cpu_us_per_call": cpu.as_secs_f64() * 1e6 / calls,
             });
             println!("{line}");
             p.p50s.push(h.value_at_quantile(0.5));
@@ -169,6 +176,18 @@ impl Path {
         }
         Ok(h)
     }
+}
+
+/// User + system CPU time of this process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn micros(d: Duration) -> u64 {
