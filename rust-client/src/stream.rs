@@ -116,9 +116,14 @@ impl Slot {
         }
     }
 
-    fn wake_reader(&mut self) {
-        if let Some(w) = self.read_waker.take() {
-            w.wake();
+    /// Wakes the waiting reader; whether there was one.
+    fn wake_reader(&mut self) -> bool {
+        match self.read_waker.take() {
+            Some(w) => {
+                w.wake();
+                true
+            }
+            None => false,
         }
     }
 
@@ -163,6 +168,43 @@ struct PendingAnswer {
     answer: Option<Result<Flow, ConnectError>>,
 }
 
+/// Where the channel's eventfd wake-up goes. Every task that is about to wait arms the eventfd
+/// with this router's waker; when it fires, the router wakes the only waiting task directly if
+/// there is exactly one (no task hop on the common request/response path), else the driver
+/// task, which pumps the channel and wakes the tasks the records are for.
+#[derive(Default)]
+struct Router {
+    route: Mutex<Route>,
+}
+
+#[derive(Default)]
+struct Route {
+    driver: Option<Waker>,
+    sole: Option<Waker>,
+}
+
+impl Router {
+    fn route(&self) -> MutexGuard<'_, Route> {
+        self.route.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::task::Wake for Router {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let (sole, driver) = {
+            let mut r = self.route();
+            (r.sole.take(), r.driver.clone())
+        };
+        if let Some(w) = sole.or(driver) {
+            w.wake();
+        }
+    }
+}
+
 /// The demultiplexer's state (behind [`Shared::inner`]).
 struct Inner {
     ch: Channel,
@@ -183,6 +225,10 @@ struct Inner {
     fault: Option<(ErrorKind, String)>,
     driver_spawned: bool,
     driver_waker: Option<Waker>,
+    /// Streams whose reader waits (`Slot::read_waker` set).
+    read_waiters: usize,
+    router: Arc<Router>,
+    router_waker: Waker,
     this: Weak<Shared>,
 }
 
@@ -220,6 +266,7 @@ impl Inner {
         for slot in self.flows.values_mut() {
             slot.wake_reader();
         }
+        self.read_waiters = 0;
         wake_all(&mut self.accept_wakers);
         for c in self.connects.values_mut() {
             if let Some(w) = c.waker.take() {
@@ -294,7 +341,9 @@ impl Inner {
                     .or_insert_with(|| Slot::new(Owner::Unclaimed));
                 if slot.owner != Owner::Gone {
                     slot.queue.push_back(data);
-                    slot.wake_reader();
+                    if slot.wake_reader() {
+                        self.read_waiters = self.read_waiters.saturating_sub(1);
+                    }
                 }
             }
             Event::Accepted { flow, .. } => {
@@ -310,14 +359,18 @@ impl Inner {
                     .entry(flow.handle())
                     .or_insert_with(|| Slot::new(Owner::Unclaimed));
                 slot.peer_closed = true;
-                slot.wake_reader();
+                if slot.wake_reader() {
+                    self.read_waiters = self.read_waiters.saturating_sub(1);
+                }
             }
             Event::Closed { flow, reason } => {
                 let h = flow.handle();
                 let remove = match self.flows.get_mut(&h) {
                     Some(slot) => {
                         slot.ended = Some(reason);
-                        slot.wake_reader();
+                        if slot.wake_reader() {
+                            self.read_waiters = self.read_waiters.saturating_sub(1);
+                        }
                         slot.owner == Owner::Gone
                             || (slot.owner == Owner::Unclaimed
                                 && self.connects.is_empty()
@@ -343,7 +396,9 @@ impl Inner {
             } => {
                 if let Some(slot) = self.flows.get_mut(&flow.handle()) {
                     slot.send_failed.get_or_insert(reason);
-                    slot.wake_reader();
+                    if slot.wake_reader() {
+                        self.read_waiters = self.read_waiters.saturating_sub(1);
+                    }
                 }
             }
             _ => {}
@@ -392,6 +447,7 @@ impl Inner {
             add_waker(&mut self.space_wakers, w);
         }
         self.space_need = self.space_need.max(need);
+        self.router.route().sole = None;
         self.kick_driver();
     }
 
@@ -405,8 +461,10 @@ impl Inner {
         }
     }
 
-    /// One turn of the driver: pump, then arm the eventfd and wait on it.
-    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Pumps, then arms the eventfd with the router's waker. `Ready` once the channel failed.
+    fn turn(&mut self) -> Poll<()> {
+        let waker = self.router_waker.clone();
+        let mut cx = Context::from_waker(&waker);
         loop {
             if self.fault.is_some() {
                 return Poll::Ready(());
@@ -436,7 +494,6 @@ impl Inner {
                     }
                 }
             }
-            self.driver_waker = Some(cx.waker().clone());
             match self.ch.app.arm(WaitFor::Data) {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -459,7 +516,7 @@ impl Inner {
                     }
                 }
             }
-            match self.ch.poll_wakeup(cx) {
+            match self.ch.poll_wakeup(&mut cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => {
                     self.ch.app.disarm(WaitFor::Data);
@@ -488,7 +545,9 @@ impl Inner {
         };
         slot.owner = Owner::Gone;
         slot.queue.clear();
-        slot.read_waker = None;
+        if slot.read_waker.take().is_some() {
+            self.read_waiters = self.read_waiters.saturating_sub(1);
+        }
         if slot.ended.is_some() {
             self.flows.remove(&h);
             return;
@@ -515,15 +574,23 @@ impl Inner {
             pumped = true;
         }
         add_waker(&mut self.accept_wakers, cx.waker());
-        self.kick_driver_once();
+        self.go_pending(cx.waker());
         Poll::Pending
     }
 
-    /// Spawns the driver if it is not running (it stays armed for data while it runs).
-    fn kick_driver_once(&mut self) {
+    /// Called by a task that registered its waker and is about to return `Pending`: routes the
+    /// next eventfd wake-up to it if it is the only waiting task (else to the driver), and
+    /// arms the eventfd (pumping what arrived meanwhile).
+    fn go_pending(&mut self, waker: &Waker) {
         if !self.driver_spawned {
             self.kick_driver();
         }
+        let waiting = self.read_waiters
+            + self.accept_wakers.len()
+            + self.connects.values().filter(|c| c.waker.is_some()).count();
+        let alone = waiting == 1 && self.space_wakers.is_empty() && self.deferred_ends.is_empty();
+        self.router.route().sole = alone.then(|| waker.clone());
+        let _ = self.turn();
     }
 }
 
@@ -534,8 +601,16 @@ async fn drive(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return Poll::Ready(());
         };
-        let r = shared.lock().drive(cx);
-        r
+        let mut inner = shared.lock();
+        if !inner
+            .driver_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.driver_waker = Some(cx.waker().clone());
+            inner.router.route().driver = Some(cx.waker().clone());
+        }
+        inner.turn()
     })
     .await
 }
@@ -569,6 +644,7 @@ impl StreamChannel {
         let mut ch = machnet.open_channel(engine)?;
         ch.set_auto_close(false);
         let max_write = ch.max_message_len() as usize;
+        let router = Arc::new(Router::default());
         let shared = Arc::new_cyclic(|this| Shared {
             inner: Mutex::new(Inner {
                 ch,
@@ -583,6 +659,9 @@ impl StreamChannel {
                 fault: None,
                 driver_spawned: false,
                 driver_waker: None,
+                read_waiters: 0,
+                router_waker: Waker::from(router.clone()),
+                router,
                 this: this.clone(),
             }),
         });
@@ -676,7 +755,7 @@ impl PendingConnect<'_> {
                 c.waker = Some(cx.waker().clone());
             }
         }
-        inner.kick_driver_once();
+        inner.go_pending(cx.waker());
         Poll::Pending
     }
 }
@@ -936,15 +1015,17 @@ impl AsyncRead for MachnetStream {
                 return Poll::Ready(Err(e));
             }
             if pumped || !inner.pump() {
+                let inner = &mut *inner;
                 let slot = inner.flows.get_mut(&h).expect("slot present above");
-                if !slot
-                    .read_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    slot.read_waker = Some(cx.waker().clone());
+                match &slot.read_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    Some(_) => slot.read_waker = Some(cx.waker().clone()),
+                    None => {
+                        slot.read_waker = Some(cx.waker().clone());
+                        inner.read_waiters += 1;
+                    }
                 }
-                inner.kick_driver_once();
+                inner.go_pending(cx.waker());
                 return Poll::Pending;
             }
             pumped = true;
@@ -1029,7 +1110,8 @@ impl StreamCloser {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut inner = shared.lock();
+        let mut guard = shared.lock();
+        let inner = &mut *guard;
         let Some(slot) = inner.flows.get_mut(&self.flow.handle()) else {
             return;
         };
@@ -1038,7 +1120,9 @@ impl StreamCloser {
         }
         slot.closed_locally = true;
         slot.queue.clear();
-        slot.wake_reader();
+        if slot.wake_reader() {
+            inner.read_waiters = inner.read_waiters.saturating_sub(1);
+        }
         let shut = std::mem::replace(&mut slot.shut_wr, true);
         let ended = slot.ended.is_some();
         // Writers waiting for room see the close when woken.
