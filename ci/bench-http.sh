@@ -6,6 +6,11 @@
 #
 #   ci/bench-http.sh                                   # defaults below
 #   ROUNDS=1 DURATION=2 RATES="5000 20000 40000" ci/bench-http.sh   # quick
+#   nice -n -10 ci/bench-http.sh    # as root on a shared machine: every process of the run
+#                                   # (sidecars, servers, load) gets the same priority boost
+#
+# p99 < 1 ms on a 2-vCPU VM is decided by scheduling: a compile next door puts 3–6 ms
+# preemptions into every series, so compare runs on a quiet machine (load average < 1).
 #
 # Series, interleaved at every rate (their order rotates per round, so drift hits all alike):
 #   tcp           the server on 127.0.0.1 over kernel TCP (TCP_NODELAY)
