@@ -444,6 +444,23 @@ impl Channel {
         self.end_flow(flow, true)
     }
 
+    /// [`Channel::close`] / [`Channel::abort`] without waiting for ring space: `Ok(false)` if the
+    /// request ring is full now (nothing was written; try again when there is room).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_end_flow(&mut self, flow: &Flow, abort: bool) -> Result<bool, CloseError> {
+        if !self.app.owns(flow) {
+            return Err(CloseError::WrongChannel);
+        }
+        self.app.check_usable().map_err(Fault::from)?;
+        self.check_sidecar()?;
+        match self.submit(Block::No, |app| app.end_flow(flow, abort)) {
+            Ok(()) => Ok(true),
+            Err(PushFail::WouldBlock | PushFail::TimedOut) => Ok(false),
+            Err(PushFail::Fault(f)) => Err(f.into()),
+            Err(PushFail::Rejected(_)) => Err(CloseError::WrongChannel),
+        }
+    }
+
     fn end_flow(&mut self, flow: &Flow, abort: bool) -> Result<(), CloseError> {
         if !self.app.owns(flow) {
             return Err(CloseError::WrongChannel);

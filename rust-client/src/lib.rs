@@ -92,6 +92,8 @@ mod error;
 mod error_kind;
 mod machnet;
 mod shared;
+#[cfg(feature = "tokio")]
+pub mod stream;
 mod sys;
 #[cfg(feature = "tokio")]
 mod tokio_support;

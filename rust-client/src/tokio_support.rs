@@ -38,7 +38,7 @@ pub(crate) struct AsyncFds {
 }
 
 impl Channel {
-    fn ensure_async(&mut self) -> Result<(), Fault> {
+    pub(crate) fn ensure_async(&mut self) -> Result<(), Fault> {
         if self.async_fds.is_none() {
             let dup = nix::unistd::dup(unsafe {
                 // SAFETY: the control socket stays open for as long as the channel (it holds a
@@ -64,6 +64,21 @@ impl Channel {
             self.async_fds = Some(AsyncFds { efd, ctl });
         }
         Ok(())
+    }
+
+    /// Polls the channel's registrations once (after [`AppChannel::arm`] returned `false`):
+    /// `Ready` when the eventfd was signalled (it is drained) or the sidecar hung up.
+    pub(crate) fn poll_wakeup(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Fault>> {
+        self.ensure_async()?;
+        let ctl_raw = self.control_fd();
+        let r = match &self.async_fds {
+            Some(fds) => poll_wake(fds, ctl_raw, cx),
+            None => Poll::Ready(Ok(())),
+        };
+        if matches!(r, Poll::Ready(Err(Fault::SidecarGone))) {
+            self.machnet().mark_gone();
+        }
+        r
     }
 
     /// Announces the wait, re-checks, and awaits a wake-up.
@@ -193,7 +208,11 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
-fn poll_wake(fds: &AsyncFds, ctl_raw: RawFd, cx: &mut Context<'_>) -> Poll<Result<(), Fault>> {
+pub(crate) fn poll_wake(
+    fds: &AsyncFds,
+    ctl_raw: RawFd,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Fault>> {
     // The control socket: only a hang-up matters (answers to other threads' requests make it
     // readable too; those readiness events are cleared and ignored).
     loop {
