@@ -64,6 +64,16 @@ fn spawn_echo(listener: MachnetListener) {
     });
 }
 
+/// Accepts one stream and reads it to its end (the task's result).
+fn spawn_read_to_end(listener: MachnetListener) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    })
+}
+
 /// Writes `data` in chunks of `chunk` bytes and shuts down, while reading everything back.
 async fn round_trip(s: MachnetStream, data: &[u8], chunk: usize) -> Vec<u8> {
     let (mut rd, mut wr) = tokio::io::split(s);
@@ -218,13 +228,7 @@ async fn a_peer_abort_reads_as_connection_reset() {
 async fn close_from_another_task_unblocks_a_pending_read_and_the_peer_sees_eof() {
     let st = setup(1);
     guard(async {
-        let l = st.listener.clone();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let server = spawn_read_to_end(st.listener.clone());
         let mut c = st.client.connect(st.server_addr).await.unwrap();
         c.write_all(b"last words").await.unwrap();
         let closer = c.closer();
@@ -247,13 +251,7 @@ async fn close_from_another_task_unblocks_a_pending_read_and_the_peer_sees_eof()
 async fn dropping_a_stream_closes_it_gracefully() {
     let st = setup(1);
     guard(async {
-        let l = st.listener.clone();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let server = spawn_read_to_end(st.listener.clone());
         let mut c = st.client.connect(st.server_addr).await.unwrap();
         let data = pattern(7, 3 << 20);
         c.write_all(&data).await.unwrap();
