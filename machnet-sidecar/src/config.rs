@@ -224,6 +224,13 @@ pub struct Cli {
     #[arg(long, value_name = "US")]
     pub busy_poll_us: Option<u64>,
 
+    /// Lower bound of the retransmission timeout, microseconds (docs/PROTOCOL.md §6.3). On a VM
+    /// whose vCPUs are oversubscribed an engine can be descheduled for longer than the default,
+    /// and every such stall then fires timeouts that are spurious (docs/PERFORMANCE.md §23.4);
+    /// a higher floor avoids them but slows recovery from real losses. [default: 2000]
+    #[arg(long, value_name = "US")]
+    pub rto_min_us: Option<u64>,
+
     /// Largest message in bytes (suffixes K, M, KiB, MiB accepted). Channels are sized so that a
     /// message of this length always fits. [default: 8MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
@@ -447,6 +454,8 @@ pub struct FileConfig {
     pub idle_mode: Option<IdleMode>,
     /// See [`Cli::busy_poll_us`].
     pub busy_poll_us: Option<u64>,
+    /// See [`Cli::rto_min_us`].
+    pub rto_min_us: Option<u64>,
     /// See [`Cli::max_message_len`].
     pub max_message_len: Option<u64>,
     /// See [`Cli::flow_send_buffer`].
@@ -558,6 +567,8 @@ pub struct SidecarConfig {
     pub idle_mode: IdleMode,
     /// Busy-poll window in `sleep` mode.
     pub busy_poll: Duration,
+    /// Lower bound of the retransmission timeout.
+    pub rto_min: Duration,
     /// Largest message in bytes.
     pub max_message_len: u32,
     /// Per-flow send buffer in bytes.
@@ -740,6 +751,7 @@ impl SidecarConfig {
             log_level: "info".into(),
             idle_mode: IdleMode::Sleep,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
+            rto_min: machnet_core::config::RtoConfig::default().min,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             flow_send_buffer: DEFAULT_FLOW_BUFFER,
             flow_recv_buffer: DEFAULT_FLOW_BUFFER,
@@ -843,6 +855,13 @@ impl SidecarConfig {
                 return Err(invalid("--busy-poll-us", "must be at most 1000000"));
             }
             c.busy_poll = Duration::from_micros(v);
+        }
+        if let Some(v) = pick!(rto_min_us) {
+            // Up to the RTO's upper bound (500 ms); the initial RTO is raised to it if lower.
+            if !(100..=500_000).contains(&v) {
+                return Err(invalid("--rto-min-us", "must be 100..=500000 microseconds"));
+            }
+            c.rto_min = Duration::from_micros(v);
         }
         if let Some(v) = pick!(max_message_len) {
             c.max_message_len = u32::try_from(v)
@@ -983,6 +1002,8 @@ impl SidecarConfig {
         }
         e.encryption = self.encryption.clone();
         e.handshake.max_encrypted_handshake_rate = self.encrypted_handshake_rate;
+        e.rto.min = self.rto_min;
+        e.rto.initial = e.rto.initial.max(self.rto_min);
         e
     }
 
@@ -1518,6 +1539,27 @@ mod tests {
             (c.limits.connects.per_app, c.limits.connects.burst_per_app),
             (9, 3)
         );
+    }
+
+    #[test]
+    fn rto_floor_reaches_every_engine_and_is_checked() {
+        let d = parse(&[]).unwrap();
+        assert_eq!(d.engine_config(0).rto, machnet_core::config::RtoConfig::default());
+        let c = parse(&["--engines", "2", "--rto-min-us", "30000"]).unwrap();
+        for e in 0..2 {
+            let rto = c.engine_config(e).rto;
+            assert_eq!(rto.min, Duration::from_millis(30));
+            // The initial RTO (20 ms by default) is raised to the floor.
+            assert_eq!(rto.initial, Duration::from_millis(30));
+            c.engine_config(e).validate().unwrap();
+        }
+        let file: FileConfig = toml::from_str("rto_min_us = 5000\n").unwrap();
+        let c = SidecarConfig::merge(&Cli::try_parse_from(["machnet"]).unwrap(), file).unwrap();
+        assert_eq!(c.engine_config(0).rto.min, Duration::from_millis(5));
+        for v in ["0", "99", "500001"] {
+            let e = parse(&["--rto-min-us", v]).unwrap_err().to_string();
+            assert!(e.contains("--rto-min-us"), "{v}: {e}");
+        }
     }
 
     #[test]
