@@ -1544,7 +1544,10 @@ mod tests {
     #[test]
     fn rto_floor_reaches_every_engine_and_is_checked() {
         let d = parse(&[]).unwrap();
-        assert_eq!(d.engine_config(0).rto, machnet_core::config::RtoConfig::default());
+        assert_eq!(
+            d.engine_config(0).rto,
+            machnet_core::config::RtoConfig::default()
+        );
         let c = parse(&["--engines", "2", "--rto-min-us", "30000"]).unwrap();
         for e in 0..2 {
             let rto = c.engine_config(e).rto;
