@@ -225,10 +225,44 @@ fn sink_report(sink: &mut App) -> (u64, HashMap<u64, u64>) {
 }
 
 /// Slack on top of 10 % for the end-of-soak RSS check (KiB).
-const RSS_SLACK_KIB: u64 = 4096;
+///
+/// The restarted process is compared with the first one, which saw only the warm-up: the
+/// second one has been through loss, stalled sinks and killed senders, so its arenas peaked
+/// higher and keep more fragmented pages after the trim (CI saw 8524 → 9576 KiB, and
+/// 19388 → 27504 KiB with every engine reporting 0 B held). Retained data — what this check is
+/// for — is counted exactly by the engines' own held-bytes statistics, checked above; this is
+/// the backstop for memory outside that accounting, which a leak grows by tens of MiB and up.
+const RSS_SLACK_KIB: u64 = 16 * 1024;
 
 fn within_rss_bound(start_kib: u64, end_kib: u64) -> bool {
     end_kib * 10 <= start_kib * 11 + RSS_SLACK_KIB * 10
+}
+
+/// Bytes each engine reported holding in its latest statistics line: the transport's
+/// ("held core N B") plus the sidecar's own queues ("sidecar N B"), summed over engines; `None`
+/// before any engine has reported.
+fn held_bytes(log: &str) -> Option<u64> {
+    let mut latest: HashMap<u32, u64> = HashMap::new();
+    let num = |s: &str, key: &str| -> Option<u64> {
+        let (_, after) = s.split_once(key)?;
+        after.split_whitespace().next()?.parse().ok()
+    };
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once("engine ") else {
+            continue;
+        };
+        let Some((engine, rest)) = rest.split_once(": channels ") else {
+            continue;
+        };
+        if let (Ok(engine), Some(core), Some(sidecar)) = (
+            engine.trim().parse(),
+            num(rest, "held core "),
+            num(rest, ") sidecar "),
+        ) {
+            latest.insert(engine, core + sidecar);
+        }
+    }
+    (!latest.is_empty()).then(|| latest.values().sum())
 }
 
 fn rss_kib(p: &Proc) -> u64 {
@@ -388,6 +422,19 @@ fn soak_with_kills_stops_a_sidecar_restart_and_loss_loses_no_accepted_message() 
     // Memory: back to where it started once the flows are gone.
     wait_engine_totals(&sa, 2, "A at the end", |c, f, _| c == 0 && f == 0);
     wait_engine_totals(&sb, 2, "B at the end", |c, f, _| c == 0 && f == 0);
+    // Nothing the transport or the sidecar accounts for is still held.
+    for (p, name) in [(&sa, "A"), (&sb, "B")] {
+        let deadline = Instant::now() + WAIT;
+        while held_bytes(&p.log_text()) != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: {name} still holds {:?} B with no flows:\n{}",
+                held_bytes(&p.log_text()),
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // (Engines trim when they go idle, at most once a second; the statistics line above may
     // come first.)
     std::thread::sleep(Duration::from_millis(1200));
@@ -406,11 +453,10 @@ fn soak_with_kills_stops_a_sidecar_restart_and_loss_loses_no_accepted_message() 
         rss_start.1,
         rss_end.1
     );
-    // A's second process is compared with its first after the same warm-up traffic. The bound
-    // is 10 % plus RSS_SLACK_KIB: what this guards against is data kept after the flows are
-    // gone (tens to hundreds of MiB when trimming or freeing broke), while a ~9 MiB process
-    // varies by about a MiB between runs (allocator arenas, stacks touched), which a bare 10 %
-    // turned into failures.
+    // A's second process is compared with its first after the warm-up. The bound is 10 % plus
+    // RSS_SLACK_KIB: what this guards against is data kept after the flows are gone (tens to
+    // hundreds of MiB when trimming or freeing broke), while allocator fragmentation moves a
+    // 10–20 MiB process by several MiB between runs (see RSS_SLACK_KIB).
     assert!(
         within_rss_bound(rss_start.0, rss_end.0),
         "A's RSS grew from {} KiB to {} KiB",
