@@ -34,7 +34,8 @@
 //! A stream that is never read keeps its messages queued in this process (without bound: the
 //! channel has one notification ring for all flows, so refusing one flow's messages would stall
 //! every other flow of the channel); its peer's sends are not slowed. Read your streams, or
-//! drop them.
+//! drop them. Accepted flows wait for `accept` in a bounded queue (the backlog, default
+//! [`DEFAULT_BACKLOG`] per channel, as the Go adapter's): beyond it a new flow is reset.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -53,6 +54,10 @@ use crate::channel::{Block, Channel, Flow, Got, PushFail, Want};
 use crate::error::{ConnectError, Fault, ListenError, OpenChannelError, RecvError, SendError};
 use crate::error_kind::{ClientError, ErrorKind};
 use crate::machnet::Machnet;
+
+/// Accepted flows that may wait for `accept` per channel (as `SOMAXCONN`-style listen backlogs
+/// and the Go adapter's `StreamConfig.Backlog`): see [`StreamChannel::set_backlog`].
+pub const DEFAULT_BACKLOG: usize = 128;
 
 /// An `io::Error` of `kind`'s errno class (ECONNRESET → `ConnectionReset`, ...).
 fn io_error(kind: ErrorKind, what: impl std::fmt::Display) -> io::Error {
@@ -217,6 +222,11 @@ struct Inner {
     flows: HashMap<u32, Slot>,
     /// Accepted flows not yet taken by `accept`.
     accepted: VecDeque<Flow>,
+    /// At most this many flows wait in `accepted`; further ones are reset (as a TCP listener's
+    /// backlog bounds what a flood of connections makes it hold).
+    backlog: usize,
+    /// Flows reset because the backlog was full.
+    backlog_resets: u64,
     accept_wakers: Vec<Waker>,
     /// Connects started and not yet claimed by their future, by ticket id.
     connects: HashMap<u32, PendingAnswer>,
@@ -354,6 +364,11 @@ impl Inner {
                 self.flows
                     .entry(flow.handle())
                     .or_insert_with(|| Slot::new(Owner::Unclaimed));
+                if self.accepted.len() >= self.backlog {
+                    self.backlog_resets += 1;
+                    self.release(flow, true);
+                    return;
+                }
                 self.accepted.push_back(flow);
                 wake_all(&mut self.accept_wakers);
             }
@@ -655,6 +670,8 @@ impl StreamChannel {
                 max_write,
                 flows: HashMap::new(),
                 accepted: VecDeque::new(),
+                backlog: DEFAULT_BACKLOG,
+                backlog_resets: 0,
                 accept_wakers: Vec::new(),
                 connects: HashMap::new(),
                 space_wakers: Vec::new(),
@@ -713,6 +730,18 @@ impl StreamChannel {
     /// listen on it too and form a listen group).
     pub fn listen(&self, port: u16) -> Result<(), ListenError> {
         self.shared.lock().ch.listen(port)
+    }
+
+    /// Sets how many accepted flows may wait for [`StreamChannel::accept`] (default
+    /// [`DEFAULT_BACKLOG`]; at least 1). A flow accepted while that many wait is reset: its
+    /// peer reads `ConnectionReset`. Lowering it leaves flows already waiting alone.
+    pub fn set_backlog(&self, backlog: usize) {
+        self.shared.lock().backlog = backlog.max(1);
+    }
+
+    /// How many flows were reset because the backlog was full.
+    pub fn backlog_resets(&self) -> u64 {
+        self.shared.lock().backlog_resets
     }
 
     /// The next flow accepted on this channel, as a stream.
@@ -845,6 +874,14 @@ impl MachnetListener {
             }
         }
         Poll::Pending
+    }
+
+    /// Sets the backlog of each channel (see [`StreamChannel::set_backlog`]): up to
+    /// `backlog` flows per engine wait for `accept`.
+    pub fn set_backlog(&self, backlog: usize) {
+        for ch in self.channels.iter() {
+            ch.set_backlog(backlog);
+        }
     }
 
     /// The address peers connect to (the sidecar's IP and the port).

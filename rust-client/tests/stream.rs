@@ -331,6 +331,72 @@ async fn streams_work_on_one_sidecar_and_connect_failures_are_reported() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_beyond_the_accept_backlog_are_reset_and_the_waiting_ones_are_served() {
+    const BACKLOG: usize = 2;
+    const CLIENTS: usize = 6;
+    let st = setup(1);
+    st.listener.set_backlog(BACKLOG);
+    let server_ch = &st.listener.channels()[0];
+    guard(async {
+        // Nobody accepts. A read pending on another flow of the listener's channel keeps the
+        // channel pumped, so accepted flows reach the backlog as they come.
+        let b = Machnet::attach_at(st._sidecars.socket(1)).unwrap();
+        let keeper_listener = MachnetListener::bind(&b, PORT + 1).unwrap();
+        let keeper = server_ch
+            .connect(SocketAddrV4::new(IP_B, PORT + 1))
+            .await
+            .unwrap();
+        let (keeper_peer, _) = keeper_listener.accept().await.unwrap();
+        let keeper_reader = tokio::spawn(async move {
+            let mut keeper = keeper;
+            let mut sink = Vec::new();
+            keeper.read_to_end(&mut sink).await.map(|_| sink)
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..CLIENTS {
+            let ch = st.client.clone();
+            let (tx, addr) = (tx.clone(), st.server_addr);
+            tokio::spawn(async move {
+                let outcome = async {
+                    let mut s = ch.connect(addr).await.map_err(io::Error::other)?;
+                    s.write_all(&[i as u8; 3]).await?;
+                    let mut back = [0u8; 3];
+                    s.read_exact(&mut back).await?;
+                    io::Result::Ok(back)
+                }
+                .await;
+                tx.send((i, outcome)).unwrap();
+            });
+        }
+        // All but the backlog's worth are reset without anyone accepting.
+        for _ in 0..CLIENTS - BACKLOG {
+            let (i, outcome) = rx.recv().await.unwrap();
+            let err = outcome.expect_err("a flow beyond the backlog was kept");
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::ConnectionReset,
+                "client {i}: {err}"
+            );
+        }
+        assert_eq!(server_ch.backlog_resets(), (CLIENTS - BACKLOG) as u64);
+        // The waiting ones are accepted and served.
+        for _ in 0..BACKLOG {
+            let (mut s, _) = st.listener.accept().await.unwrap();
+            let mut got = [0u8; 3];
+            s.read_exact(&mut got).await.unwrap();
+            s.write_all(&got).await.unwrap();
+        }
+        for _ in 0..BACKLOG {
+            let (i, outcome) = rx.recv().await.unwrap();
+            assert_eq!(outcome.unwrap(), [i as u8; 3], "client {i}");
+        }
+        drop(keeper_peer);
+        assert!(keeper_reader.await.unwrap().unwrap().is_empty());
+    })
+    .await;
+}
+
 #[test]
 fn streams_and_channels_are_send_and_sync_where_tokio_needs_it() {
     fn send_unpin_static<T: Send + Unpin + 'static>() {}
