@@ -116,14 +116,14 @@ func newMux(ch *Channel, cfg StreamConfig, backlog chan *Conn) *mux {
 	return m
 }
 
-// dispatcherWait bounds one wait of the dispatcher inside the library (a liveness check: it
-// then looks again).
-const dispatcherWaitMs = 1000
-
-// run is the dispatcher. It waits inside the library (machnet_recv_any with a timeout) on an OS
-// thread of its own rather than in Go's netpoller: the library re-signals its own sleepers
-// when another thread of the channel (a Send waiting for space, a Connect) drains the channel's
-// eventfd, so no wake-up is lost while the Conns' writers use the channel.
+// run is the dispatcher. Between messages it waits in Go's netpoller on the channel's eventfd
+// (Channel.waitNetpoll), as a goroutine blocked on a TCP read does: the wake-up readies it on a
+// P that is already running or polling, and the Conn readers it readies then run on that P
+// when it parks again. (Waiting inside the library held an OS thread in a cgo call: its P was
+// taken away while it slept and every message then cost an extra hand-over between threads.)
+// The library's wake-up rule covers a netpoller waiter next to threads sleeping inside it (a
+// Write waiting for ring space, a Dial): whoever drains the eventfd re-checks for data and
+// re-signals (docs/CHANNEL.md §4).
 func (m *mux) run(ctx context.Context) {
 	defer close(m.done)
 	buf := make([]byte, 64<<10)
@@ -132,15 +132,20 @@ func (m *mux) run(ctx context.Context) {
 		n, ev, ok, err := m.ch.recvAny(buf, 0)
 		if !ok && err == nil {
 			if handedOver {
-				// Before blocking this OS thread in the library, let the goroutines just woken
-				// run: they sit in this P's run queue, which the runtime takes from a thread
-				// blocked in cgo only after sysmon notices (tens to hundreds of µs). Then look
-				// again: a message may have come meanwhile.
+				// Let the goroutines just woken run before looking again (a reply may be
+				// on its way): cheaper than a netpoller round trip when one is.
 				handedOver = false
 				runtime.Gosched()
 				continue
 			}
-			n, ev, ok, err = m.ch.recvAny(buf, dispatcherWaitMs)
+			err = m.ch.waitNetpoll(ctx, func() (bool, error) {
+				var e error
+				n, ev, ok, e = m.ch.recvAny(buf, 0)
+				return ok, e
+			})
+			if err == nil && !ok {
+				continue
+			}
 		}
 		var e *Error
 		if errors.As(err, &e) && e.Errno == syscall.EMSGSIZE && e.Needed > len(buf) {
