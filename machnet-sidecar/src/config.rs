@@ -408,7 +408,7 @@ pub struct Cli {
     pub test_seed: Option<u64>,
 }
 
-/// The key subcommands of `machnet`.
+/// The subcommands of `machnet` (instead of running the sidecar).
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Write a new X25519 private key (base64, mode 0600) for --encryption-key and print its
@@ -423,6 +423,22 @@ pub enum Command {
         /// The private key file.
         #[arg(value_name = "PATH")]
         path: PathBuf,
+    },
+    /// Print a running sidecar's statistics (per engine, channel and flow; drops by reason;
+    /// memory held), asked for over its control socket (docs/STATS.md).
+    Stat {
+        /// The sidecar's control socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+        /// Print the versioned JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Most flows to list (1..=4096) [default: 256].
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
+        /// Most channels to list (1..=4096) [default: 256].
+        #[arg(long, value_name = "N")]
+        max_channels: Option<u32>,
     },
 }
 

@@ -11,6 +11,7 @@
 //! - [`engine`]: one thread per engine driving a `machnet_core::Engine`.
 //! - [`control`]: the control socket server.
 //! - [`stats`]: per-engine counters.
+//! - [`stat`]: `machnet stat`, the statistics snapshot asked for over the control socket.
 //! - [`ratelog`]: rate-limited logging for lines peers can trigger.
 //! - [`memory`]: returning freed memory to the operating system.
 //! - [`Sidecar`]: starts and stops all of it.
@@ -27,6 +28,7 @@ pub mod netstack;
 pub mod ratelog;
 pub mod shm;
 mod sidecar;
+pub mod stat;
 pub mod stats;
 pub mod testing;
 
@@ -36,8 +38,8 @@ pub use sidecar::{init_logging, kernel_datapaths, Sidecar, StartError};
 /// The `machnet` command line: parses `args` (the first item is the program name, as in
 /// `std::env::args_os`), starts a [`Sidecar`] and runs it until SIGINT or SIGTERM, then shuts it
 /// down. Returns the process exit status: 0 after a clean stop (and after `--help`/`--version`),
-/// 1 if the sidecar could not start, 2 for bad flags or configuration. The key subcommands
-/// (`keygen`, `pubkey`) run instead of the sidecar and return 0, or 1 on error.
+/// 1 if the sidecar could not start, 2 for bad flags or configuration. The subcommands
+/// (`keygen`, `pubkey`, `stat`) run instead of the sidecar and return 0, or 1 on error.
 ///
 /// This is the whole `machnet` binary; it is public so that other programs can embed the same
 /// command (the Python package's `python -m machnet sidecar`). It blocks SIGINT and SIGTERM in
@@ -102,12 +104,26 @@ where
     0
 }
 
-/// Runs `machnet keygen` or `machnet pubkey`: prints the public key in base64 on standard
-/// output (never the private key). Returns the exit status: 0, or 1 with a message on error.
+/// Runs a subcommand: `machnet keygen` or `machnet pubkey` print the public key in base64 on
+/// standard output (never the private key); `machnet stat` prints a running sidecar's
+/// statistics. Returns the exit status: 0, or 1 with a message on error.
 fn run_key_command(command: &config::Command) -> u8 {
     let key = match command {
         config::Command::Keygen { out } => keys::write_new_key(out),
         config::Command::Pubkey { path } => keys::read_private_key(path),
+        config::Command::Stat {
+            control_socket,
+            json,
+            max_flows,
+            max_channels,
+        } => {
+            let req = stat::client::StatRequest {
+                socket: control_socket.clone(),
+                max_flows: *max_flows,
+                max_channels: *max_channels,
+            };
+            return stat::client::run(&req, *json);
+        }
     };
     match key {
         Ok(key) => {

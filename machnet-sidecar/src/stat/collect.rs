@@ -1,0 +1,195 @@
+//! Putting a statistics snapshot together: each engine describes itself, its channels and a
+//! bounded number of its flows ([`EngineSnapshot`], built on the engine thread when it runs
+//! its command queue); the control thread adds what only it knows (each channel's
+//! application) and fits the whole into one control packet ([`assemble`]).
+
+use std::time::Duration;
+
+use machnet_channel::control::{Response, MAX_STATS_RESPONSE};
+use machnet_core::{DropReason, Engine};
+
+use super::schema::{
+    drop_map, ChannelStat, EngineStat, FlowStat, FlowTransport, Memory, SidecarInfo, Stats,
+    STATS_VERSION,
+};
+use crate::engine::channel::{Chan, Flow};
+use crate::engine::local::LocalHub;
+use crate::stats::EngineReport;
+
+/// What one engine answers to a statistics request.
+#[derive(Debug, Clone)]
+pub struct EngineSnapshot {
+    /// The engine's counters (as logged).
+    pub report: EngineReport,
+    /// Some of its channels (`pid` and `uid` left 0 for the control thread to fill in).
+    pub channels: Vec<ChannelStat>,
+    /// Some of its channels' flows.
+    pub flows: Vec<FlowStat>,
+    /// All flows of its channels (listed or not).
+    pub flows_total: usize,
+    /// Shared memory of all its channels.
+    pub channel_memory: u64,
+}
+
+/// A channel as [`ChannelStat`] (without its application, which the engine does not know).
+pub fn channel_stat(engine: u16, c: &Chan) -> ChannelStat {
+    let t = c.traffic();
+    let n = c.counters();
+    let mut ports = c.ports.clone();
+    ports.sort_unstable();
+    ChannelStat {
+        channel: c.id(),
+        engine,
+        pid: 0,
+        uid: 0,
+        flows: c.flow_count() as u64,
+        messages_out: t.messages_out,
+        bytes_out: t.bytes_out,
+        messages_in: t.messages_in,
+        bytes_in: t.bytes_in,
+        requests: n.requests,
+        notifications: n.notifications,
+        request_errors: n.request_errors,
+        held_bytes: c.held_bytes() as u64,
+        memory_bytes: c.mem().layout().total_len,
+        ports,
+        stalled: c.is_stalled(),
+    }
+}
+
+/// A flow of channel `channel` (handle `handle`) as [`FlowStat`].
+pub fn flow_stat(
+    engine: u16,
+    core: &Engine,
+    local: Option<&LocalHub>,
+    flow: Flow,
+    (channel, handle): (u32, u32),
+) -> FlowStat {
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let (kind, info, transport) = match flow {
+        Flow::Net(id) => {
+            let info = core
+                .flow_key(id)
+                .map(|k| (k.local_ip, k.local_port, k.remote_ip, k.remote_port));
+            let transport = core.flow_stats(id).map(|s| FlowTransport {
+                messages_sent: s.messages_sent,
+                messages_received: s.messages_received,
+                bytes_sent: s.bytes_sent,
+                bytes_received: s.bytes_received,
+                packets_sent: s.packets_sent,
+                packets_received: s.packets_received,
+                fast_retransmits: s.fast_retransmits,
+                timeout_retransmits: s.timeout_retransmits,
+                srtt_us: s.srtt.map(micros),
+                min_rtt_us: s.min_rtt.map(micros),
+                congestion_window: s.congestion_window,
+                packets_in_flight: s.packets_in_flight,
+                unacked_bytes: core.flow_unacked_bytes(id).unwrap_or(0) as u64,
+                held_bytes: core.flow_held_bytes(id).unwrap_or(0) as u64,
+            });
+            ("network", info, transport)
+        }
+        Flow::Local(end) => {
+            let info = local
+                .and_then(|l| l.info(end))
+                .map(|i| (i.local_ip, i.local_port, i.remote_ip, i.remote_port));
+            ("same_host", info, None)
+        }
+    };
+    // The core shows established flows only; a same-host flow is established once known.
+    let state = match (flow, &info, &transport) {
+        (Flow::Net(_), _, Some(_)) | (Flow::Local(_), Some(_), _) => "established",
+        _ => "opening_or_closing",
+    };
+    FlowStat {
+        engine,
+        channel,
+        handle,
+        kind: kind.to_owned(),
+        state: state.to_owned(),
+        local_ip: info.map(|i| i.0),
+        local_port: info.map(|i| i.1),
+        remote_ip: info.map(|i| i.2),
+        remote_port: info.map(|i| i.3),
+        transport,
+    }
+}
+
+/// The control thread's part: the sidecar's identity, and each channel's application.
+pub struct ControlView<'a> {
+    /// The sidecar.
+    pub sidecar: SidecarInfo,
+    /// `(pid, uid)` of the application owning a channel, if the control thread knows it.
+    pub owner: &'a dyn Fn(u32) -> Option<(u32, u32)>,
+}
+
+/// Puts the engines' snapshots together: at most `max_channels` channels and `max_flows`
+/// flows, fewer if the answer would exceed [`MAX_STATS_RESPONSE`] (flows go first, then
+/// channels; the document says how many were left out). Returns the `Stats` response.
+pub fn assemble(
+    snaps: Vec<EngineSnapshot>,
+    view: ControlView<'_>,
+    max_channels: usize,
+    max_flows: usize,
+) -> Response {
+    let mut memory = Memory::default();
+    let mut drops = [0u64; DropReason::COUNT];
+    let (mut channels, mut flows) = (Vec::new(), Vec::new());
+    let (mut channels_total, mut flows_total) = (0u64, 0u64);
+    let mut engines = Vec::with_capacity(snaps.len());
+    for s in snaps {
+        let r = &s.report;
+        memory.core_held_bytes += r.core_held_bytes as u64;
+        memory.sidecar_held_bytes += r.sidecar_held_bytes as u64;
+        memory.local_queued_bytes += r.local.queued_bytes as u64;
+        memory.channel_memory_bytes += s.channel_memory;
+        memory.memory_budget += r.memory_budget as u64;
+        for (d, n) in drops.iter_mut().zip(r.core.drops.iter()) {
+            *d += n;
+        }
+        channels_total += r.channels as u64;
+        flows_total += s.flows_total as u64;
+        engines.push(EngineStat::from(r));
+        channels.extend(s.channels);
+        flows.extend(s.flows);
+    }
+    for c in &mut channels {
+        if let Some((pid, uid)) = (view.owner)(c.channel) {
+            (c.pid, c.uid) = (pid, uid);
+        }
+    }
+    channels.sort_by_key(|c| c.channel);
+    channels.truncate(max_channels);
+    flows.sort_by_key(|f| (f.channel, f.handle));
+    flows.truncate(max_flows);
+    let mut doc = Stats {
+        version: STATS_VERSION,
+        sidecar: view.sidecar,
+        memory,
+        drops: drop_map(&drops),
+        engines,
+        channels_omitted: 0,
+        channels,
+        flows_omitted: 0,
+        flows,
+    };
+    loop {
+        doc.channels_omitted = channels_total.saturating_sub(doc.channels.len() as u64);
+        doc.flows_omitted = flows_total.saturating_sub(doc.flows.len() as u64);
+        let response = Response::Stats {
+            stats: serde_json::to_value(&doc).expect("statistics always serialise"),
+        };
+        if response.encode().len() <= MAX_STATS_RESPONSE {
+            return response;
+        }
+        if !doc.flows.is_empty() {
+            doc.flows.truncate(doc.flows.len() / 2);
+        } else if !doc.channels.is_empty() {
+            doc.channels.truncate(doc.channels.len() / 2);
+        } else {
+            // Engines alone take ~2 KiB each: only a sidecar with far more engines than
+            // configurable would get here.
+            doc.engines.clear();
+        }
+    }
+}
