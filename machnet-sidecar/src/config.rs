@@ -7,7 +7,7 @@
 //!
 //! The binary's two key subcommands (`machnet keygen`, `machnet pubkey`) are [`Command`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +114,17 @@ pub enum IdleMode {
     Sleep,
 }
 
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One line of text per event (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, other fields, `target`).
+    Json,
+}
+
 /// Which of the kernel's UDP offloads the kernel-UDP datapath uses (where the kernel has them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -212,6 +223,16 @@ pub struct Cli {
     /// `machnet_sidecar=debug`). RUST_LOG overrides it. [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Log line format: `text`, or `json` (one JSON object per line, for log collectors).
+    /// [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Serve Prometheus metrics over HTTP on this address (`GET /metrics`, unauthenticated:
+    /// keep it on loopback or a management network), e.g. 127.0.0.1:9464. [default: off]
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// What idle engines do: `busy` spins, `sleep` spins for --busy-poll-us then sleeps in
     /// epoll until a packet, a request or a timer arrives (with `--datapath dpdk`, which has no
@@ -466,6 +487,10 @@ pub struct FileConfig {
     pub allow_group: Option<Vec<String>>,
     /// See [`Cli::log_level`].
     pub log_level: Option<String>,
+    /// See [`Cli::log_format`].
+    pub log_format: Option<LogFormat>,
+    /// See [`Cli::metrics_addr`].
+    pub metrics_addr: Option<SocketAddr>,
     /// See [`Cli::idle_mode`].
     pub idle_mode: Option<IdleMode>,
     /// See [`Cli::busy_poll_us`].
@@ -579,6 +604,10 @@ pub struct SidecarConfig {
     pub access: AccessPolicy,
     /// Log filter.
     pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Address of the Prometheus endpoint (`None`: off).
+    pub metrics_addr: Option<SocketAddr>,
     /// Idle behaviour of engines.
     pub idle_mode: IdleMode,
     /// Busy-poll window in `sleep` mode.
@@ -765,6 +794,8 @@ impl SidecarConfig {
                 gids: Vec::new(),
             },
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_addr: None,
             idle_mode: IdleMode::Sleep,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
             rto_min: machnet_core::config::RtoConfig::default().min,
@@ -859,6 +890,10 @@ impl SidecarConfig {
         if let Some(v) = pick!(log_level) {
             c.log_level = v;
         }
+        if let Some(v) = pick!(log_format) {
+            c.log_format = v;
+        }
+        c.metrics_addr = pick!(metrics_addr);
         if let Some(v) = pick!(idle_mode) {
             c.idle_mode = v;
         } else if c.datapath == DatapathKind::Dpdk {

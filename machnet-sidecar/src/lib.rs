@@ -14,6 +14,7 @@
 //! - [`stat`]: `machnet stat`, the statistics snapshot asked for over the control socket.
 //! - [`ratelog`]: rate-limited logging for lines peers can trigger.
 //! - [`memory`]: returning freed memory to the operating system.
+//! - [`metrics`]: the opt-in Prometheus endpoint.
 //! - [`Sidecar`]: starts and stops all of it.
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod datapath;
 pub mod engine;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod netstack;
 pub mod ratelog;
 pub mod shm;
@@ -71,7 +73,7 @@ where
             return 2;
         }
     };
-    init_logging(&cfg.log_level);
+    init_logging(&cfg.log_level, cfg.log_format);
     memory::tune_allocator();
     // A broken engine must not leave apps hanging: crash, so their control sockets hang up.
     let default_hook = std::panic::take_hook();

@@ -177,7 +177,7 @@ pub fn render(s: &Stats) -> String {
     let _ = writeln!(
         o,
         "memory: core held {} B of budget {} B, sidecar held {} B, same-host queued {} B, channel rings {} B",
-        m.core_held_bytes, m.memory_budget, m.sidecar_held_bytes, m.local_queued_bytes, m.channel_memory_bytes
+        m.core_held_bytes, m.memory_budget_bytes, m.sidecar_held_bytes, m.local_queued_bytes, m.channel_memory_bytes
     );
     let mut t = Table::new(&[
         "ENGINE", "CHANNELS", "FLOWS", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "RETRANS",

@@ -143,7 +143,7 @@ pub fn assemble(
         memory.sidecar_held_bytes += r.sidecar_held_bytes as u64;
         memory.local_queued_bytes += r.local.queued_bytes as u64;
         memory.channel_memory_bytes += s.channel_memory;
-        memory.memory_budget += r.memory_budget as u64;
+        memory.memory_budget_bytes += r.memory_budget as u64;
         for (d, n) in drops.iter_mut().zip(r.core.drops.iter()) {
             *d += n;
         }

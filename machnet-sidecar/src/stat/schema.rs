@@ -65,7 +65,7 @@ pub struct Memory {
     /// Shared memory of the open channels (their rings).
     pub channel_memory_bytes: u64,
     /// `--memory-budget` (for the cores' held bytes).
-    pub memory_budget: u64,
+    pub memory_budget_bytes: u64,
 }
 
 /// One engine: the counters of its statistics log line.
@@ -94,7 +94,7 @@ pub struct EngineStat {
     pub refusals_rate: u64,
     pub held_core_bytes: u64,
     pub held_core_peak_bytes: u64,
-    pub memory_budget: u64,
+    pub memory_budget_bytes: u64,
     pub memory_reclaims: u64,
     pub held_sidecar_bytes: u64,
     pub stalled_channels: u64,
@@ -256,7 +256,7 @@ impl From<&EngineReport> for EngineStat {
             refusals_rate: l.connect_refusals.rate,
             held_core_bytes: n(r.core_held_bytes),
             held_core_peak_bytes: c.held_bytes_peak,
-            memory_budget: n(r.memory_budget),
+            memory_budget_bytes: n(r.memory_budget),
             memory_reclaims: c.memory_reclaims,
             held_sidecar_bytes: n(r.sidecar_held_bytes),
             stalled_channels: n(r.stalled_channels),
