@@ -246,6 +246,19 @@ fn stat_reports_the_traffic_of_two_apps_and_refuses_bad_requests() {
         (1, 1.into())
     );
 
+    // An answer larger than other control messages (many channels) arrives whole.
+    let extra: Vec<AppChannel> = (0..80).map(|_| app2.open_channel(None)).collect();
+    let (ok, out, err) = machnet_stat(&sa, &["--json"]);
+    assert!(ok, "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["channels"].as_array().unwrap().len(), 82);
+    let wire = serde_json::to_vec(&d).unwrap().len();
+    assert!(
+        wire > machnet_channel::control::MAX_CONTROL_MESSAGE,
+        "{wire} bytes"
+    );
+    drop(extra);
+
     // Bad requests: out of range is refused and the connection stays; malformed closes it.
     let (ok, _, err) = machnet_stat(&sa, &["--max-flows", "0"]);
     assert!(!ok);

@@ -494,7 +494,11 @@ impl Server {
                     let Some(c) = self.conns.get(&conn) else {
                         return;
                     };
-                    if let Err(e) = socket::send_packet(&c.fd, &reply.response.encode(), &raw) {
+                    let bytes = reply.response.encode();
+                    if bytes.len() > MAX_CONTROL_MESSAGE {
+                        socket::reserve_send_buffer(&c.fd, bytes.len());
+                    }
+                    if let Err(e) = socket::send_packet(&c.fd, &bytes, &raw) {
                         tracing::debug!(conn, "control send: {e}");
                         // The app never got this channel: nothing of it to deliver.
                         if let Some(ch) = reply.channel {
