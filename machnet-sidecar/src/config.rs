@@ -448,9 +448,13 @@ pub enum Command {
     /// Print a running sidecar's statistics (per engine, channel and flow; drops by reason;
     /// memory held), asked for over its control socket (docs/STATS.md).
     Stat {
-        /// The sidecar's control socket.
-        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL_SOCKET)]
-        control_socket: PathBuf,
+        /// The sidecar's control socket. [default: the --config file's `control_socket`, else
+        /// /run/machnet/machnet.sock]
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+        /// The sidecar's configuration file, to find its control socket.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         /// Print the versioned JSON document instead of tables.
         #[arg(long)]
         json: bool,
@@ -757,6 +761,19 @@ fn resolve_group(name: &str) -> Result<u32, ConfigError> {
             name: name.to_owned(),
         }),
     }
+}
+
+/// The control socket `machnet stat` asks: `flag`, else the configuration file's, else the
+/// default.
+pub fn stat_socket(flag: Option<&Path>, file: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = flag {
+        return Ok(p.to_owned());
+    }
+    let from_file = match file {
+        Some(f) => read_file(f)?.control_socket,
+        None => None,
+    };
+    Ok(from_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)))
 }
 
 /// Reads a configuration file.

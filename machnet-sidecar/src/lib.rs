@@ -115,12 +115,20 @@ fn run_key_command(command: &config::Command) -> u8 {
         config::Command::Pubkey { path } => keys::read_private_key(path),
         config::Command::Stat {
             control_socket,
+            config,
             json,
             max_flows,
             max_channels,
         } => {
+            let socket = match config::stat_socket(control_socket.as_deref(), config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("machnet stat: {e}");
+                    return 1;
+                }
+            };
             let req = stat::client::StatRequest {
-                socket: control_socket.clone(),
+                socket,
                 max_flows: *max_flows,
                 max_channels: *max_channels,
             };

@@ -220,6 +220,22 @@ fn stat_reports_the_traffic_of_two_apps_and_refuses_bad_requests() {
         .iter()
         .all(|f| f["remote_ip"] == "127.0.0.1" && f["local_port"] == PORT));
 
+    // The socket named by the sidecar's configuration file.
+    let conf = dir.join("a.toml");
+    std::fs::write(&conf, format!("control_socket = {:?}\n", sa.sock)).unwrap();
+    let out = Command::new(MACHNET_BIN)
+        .args(["stat", "--json", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["sidecar"]["pid"], doc["sidecar"]["pid"]);
+
     // Tables for people.
     let (ok, table, _) = machnet_stat(&sa, &[]);
     assert!(ok);
