@@ -350,6 +350,29 @@ fn stat_reports_the_traffic_of_two_apps_and_refuses_bad_requests() {
     echo(&mut ch1, f1, &[123], 30);
     let doc = stat_json(&sa);
     assert_eq!(channel(&doc, ch1.id)["messages_out"], sizes1.len() + 1);
+    // A connect nobody answers is listed as connecting (or closed, if it already gave up).
+    let mut ch3 = app1.open_channel(Some(0));
+    let request = ch3.connect_request(Ipv4Addr::new(127, 0, 0, 3), PORT);
+    let doc = stat_json(&sa);
+    let f = flows_of(&doc, ch3.id);
+    assert_eq!(f.len(), 1, "{doc:#}");
+    let state = f[0]["state"].as_str().unwrap();
+    assert!(matches!(state, "connecting" | "closed"), "{state}");
+    if state == "connecting" {
+        assert_eq!(f[0]["remote_ip"], "127.0.0.3", "{doc:#}");
+        assert_eq!(f[0]["transport"]["bytes_received"], 0, "{doc:#}");
+    }
+    if state == "closed" {
+        let n = ch3.expect_next();
+        assert_eq!((n.kind, n.aux), (RecordKind::ConnectFailed, request));
+    }
+    // Not waiting for the handshake to give up.
+    let r = app1.request(&Request::CloseChannel {
+        channel: ch3.id,
+        abort: true,
+    });
+    assert_eq!(r, Response::Ok);
+
     // No sidecar: a clear error.
     let (ok, _, err) = Command::new(MACHNET_BIN)
         .args(["stat", "--control-socket"])

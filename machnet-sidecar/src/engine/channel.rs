@@ -411,6 +411,11 @@ impl Chan {
         self.traffic
     }
 
+    /// Where flow `handle` of this channel stands (`None`: no such flow).
+    pub fn flow_phase(&self, handle: u32) -> Option<engine::FlowPhase> {
+        self.half.flow_phase(handle)
+    }
+
     /// Live flows of this channel.
     pub fn flow_count(&self) -> usize {
         self.half.flow_count()

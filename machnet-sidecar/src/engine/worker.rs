@@ -1040,7 +1040,9 @@ impl Worker {
             .iter()
             .take(max_flows)
             .map(|(&flow, &owner)| {
-                collect::flow_stat(self.id, &self.core, self.local.as_deref(), flow, owner)
+                let phase = self.chans.get(&owner.0).and_then(|c| c.flow_phase(owner.1));
+                let local = self.local.as_deref();
+                collect::flow_stat(self.id, &self.core, local, flow, owner, phase)
             })
             .collect();
         EngineSnapshot {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use machnet_channel::control::{Response, MAX_STATS_RESPONSE};
+use machnet_channel::engine::FlowPhase;
 use machnet_core::{DropReason, Engine};
 
 use super::schema::{
@@ -57,13 +58,15 @@ pub fn channel_stat(engine: u16, c: &Chan) -> ChannelStat {
     }
 }
 
-/// A flow of channel `channel` (handle `handle`) as [`FlowStat`].
+/// A flow of channel `channel` (handle `handle`, at `phase` as its channel sees it) as
+/// [`FlowStat`].
 pub fn flow_stat(
     engine: u16,
     core: &Engine,
     local: Option<&LocalHub>,
     flow: Flow,
     (channel, handle): (u32, u32),
+    phase: Option<FlowPhase>,
 ) -> FlowStat {
     let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let (kind, info, transport) = match flow {
@@ -96,11 +99,7 @@ pub fn flow_stat(
             ("same_host", info, None)
         }
     };
-    // The core shows established flows only; a same-host flow is established once known.
-    let state = match (flow, &info, &transport) {
-        (Flow::Net(_), _, Some(_)) | (Flow::Local(_), Some(_), _) => "established",
-        _ => "opening_or_closing",
-    };
+    let state = phase.map_or("unknown", FlowPhase::name);
     FlowStat {
         engine,
         channel,

@@ -173,7 +173,8 @@ pub struct FlowStat {
     pub handle: u32,
     /// `network` (through the core and the datapath) or `same_host` (ring to ring).
     pub kind: String,
-    /// `established`, or `opening`/`closing` (in a handshake or being torn down: no counters).
+    /// As its channel sees it: `connecting`, `established`, `peer_closed` (the peer finished
+    /// sending) or `closed` (the transport flow ended; its last notifications may be unwritten).
     pub state: String,
     /// This end's address (absent while unknown).
     pub local_ip: Option<Ipv4Addr>,
@@ -183,7 +184,7 @@ pub struct FlowStat {
     pub remote_ip: Option<Ipv4Addr>,
     /// The peer's port.
     pub remote_port: Option<u16>,
-    /// Counters of network flows that are established.
+    /// Counters of network flows the core shows (established, not yet torn down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<FlowTransport>,
 }
