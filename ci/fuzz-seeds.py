@@ -69,6 +69,9 @@ controls = {
     "resp_channel_opened": {"op": "channel_opened", "channel": 3, "engine": 1, "len": 2203648},
     "resp_ok": {"op": "ok"},
     "resp_error": {"op": "error", "code": "port_in_use", "message": "port 80 is in use"},
+    "stats": {"op": "stats", "max_flows": 10, "max_channels": 2},
+    "resp_stats": {"op": "stats", "stats": {"version": 1, "engines": [{"engine": 0, "rx_packets": 5}], "flows": [], "flows_omitted": 0}},
+    "resp_invalid_request": {"op": "error", "code": "invalid_request", "message": "max_flows 0 is out of range"},
 }
 for name, msg in controls.items():
     write("machnet-channel/fuzz/seeds-control_messages", name, json.dumps(msg, separators=(",", ":")).encode())

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 pub const CONTROL_VERSION: u32 = 1;
 /// Largest control message accepted, in bytes.
 pub const MAX_CONTROL_MESSAGE: usize = 16 * 1024;
+/// Largest `Stats` response, in bytes (the one response that may exceed
+/// [`MAX_CONTROL_MESSAGE`]; the sidecar leaves out flows, then channels, to stay within it).
+pub const MAX_STATS_RESPONSE: usize = 128 * 1024;
+/// Most flows or channels a `Stats` request may ask to be listed.
+pub const MAX_STATS_ITEMS: u32 = 4096;
 
 /// Application → sidecar.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +64,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         abort: bool,
     },
+    /// Ask for a statistics snapshot of the whole sidecar (engines, channels, flows; the
+    /// document `machnet stat --json` prints, docs/STATS.md). Answered by `Stats`.
+    Stats {
+        /// Most flows to list (1..=[`MAX_STATS_ITEMS`]); the rest are counted, not listed.
+        /// Omitted: the sidecar's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_flows: Option<u32>,
+        /// Most channels to list (1..=[`MAX_STATS_ITEMS`]), as for `max_flows`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_channels: Option<u32>,
+    },
 }
 
 fn is_false(b: &bool) -> bool {
@@ -92,6 +108,12 @@ pub enum Response {
     },
     /// The request succeeded and has no result (`Listen`, `Unlisten`, `CloseChannel`).
     Ok,
+    /// Answer to `Stats`: the snapshot (a versioned JSON document, docs/STATS.md). At most
+    /// [`MAX_STATS_RESPONSE`] bytes.
+    Stats {
+        /// The snapshot.
+        stats: serde_json::Value,
+    },
     /// The request failed.
     Error {
         /// Why, as a stable code.
@@ -151,6 +173,10 @@ pub enum ControlError {
     /// the sidecar closes it).
     #[error("control connection timed out")]
     TimedOut,
+    /// A well-formed request with a value out of its range (e.g. `Stats` with `max_flows` 0);
+    /// the connection stays open.
+    #[error("invalid request")]
+    InvalidRequest,
 }
 
 impl Request {
@@ -175,6 +201,13 @@ impl Response {
     /// Parses an untrusted message.
     pub fn decode(b: &[u8]) -> Result<Self, ControlError> {
         if b.len() > MAX_CONTROL_MESSAGE {
+            return Err(ControlError::Malformed);
+        }
+        serde_json::from_slice(b).map_err(|_| ControlError::Malformed)
+    }
+    /// Parses an untrusted answer to `Stats` (which may be up to [`MAX_STATS_RESPONSE`] bytes).
+    pub fn decode_stats(b: &[u8]) -> Result<Self, ControlError> {
+        if b.len() > MAX_STATS_RESPONSE {
             return Err(ControlError::Malformed);
         }
         serde_json::from_slice(b).map_err(|_| ControlError::Malformed)
@@ -210,7 +243,22 @@ mod tests {
                 channel: 2,
                 abort: true,
             },
+            Request::Stats {
+                max_flows: None,
+                max_channels: None,
+            },
+            Request::Stats {
+                max_flows: Some(10),
+                max_channels: Some(2),
+            },
         ];
+        assert_eq!(
+            Request::decode(br#"{"op":"stats"}"#).unwrap(),
+            Request::Stats {
+                max_flows: None,
+                max_channels: None
+            }
+        );
         // An old client's request (no `abort` field) is a graceful detach.
         assert_eq!(
             Request::decode(br#"{"op":"close_channel","channel":7}"#).unwrap(),
@@ -233,6 +281,7 @@ mod tests {
             (ControlError::ChannelLimit, "channel_limit"),
             (ControlError::PortLimit, "port_limit"),
             (ControlError::TimedOut, "timed_out"),
+            (ControlError::InvalidRequest, "invalid_request"),
         ] {
             let r = Response::Error {
                 code,
@@ -247,6 +296,8 @@ mod tests {
             b"{\"op\":\"nope\"}",
             b"\xff\xfe",
             b"{\"op\":\"listen\",\"channel\":1,\"port\":70000}",
+            b"{\"op\":\"stats\",\"max_flows\":-1}",
+            b"{\"op\":\"stats\",\"verbose\":true}",
         ] {
             assert_eq!(
                 Request::decode(bad),

@@ -107,6 +107,31 @@ pub struct Counters {
     pub request_errors: u64,
 }
 
+/// Where a flow of the channel stands, as far as the engine half knows (for statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowPhase {
+    /// A `Connect` not established yet.
+    Connecting,
+    /// Established, both directions open (this side may have closed its own).
+    Established,
+    /// The peer finished sending.
+    PeerClosed,
+    /// The transport flow ended (its `Closed` or `ConnectFailed` may still be unwritten).
+    Closed,
+}
+
+impl FlowPhase {
+    /// A stable snake-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowPhase::Connecting => "connecting",
+            FlowPhase::Established => "established",
+            FlowPhase::PeerClosed => "peer_closed",
+            FlowPhase::Closed => "closed",
+        }
+    }
+}
+
 /// How a flow came to the channel, and what its announcement says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -333,6 +358,19 @@ impl<F: Copy + Eq + Hash + Debug, P> Channel<F, P> {
     /// Live flows of this channel.
     pub fn flow_count(&self) -> usize {
         self.flows.len()
+    }
+
+    /// Where flow `handle` stands (`None`: the channel has no such flow).
+    pub fn flow_phase(&self, handle: u32) -> Option<FlowPhase> {
+        Some(match self.flows.get(&handle)?.state {
+            Lifecycle::Connecting => FlowPhase::Connecting,
+            Lifecycle::ConnectFailed(_) => FlowPhase::Closed,
+            Lifecycle::Unannounced { end, .. } | Lifecycle::Announced(end) => match end {
+                End::Open => FlowPhase::Established,
+                End::PeerFinished | End::PeerFinishedTold => FlowPhase::PeerClosed,
+                End::Gone { .. } => FlowPhase::Closed,
+            },
+        })
     }
 
     /// Whether a refused `Send` holds up the request ring.
@@ -1137,6 +1175,8 @@ mod tests {
         r.connect(7);
         assert_eq!(r.chan.consume(&mut t).unwrap(), 1);
         let (&f, &h) = t.owners.iter().next().expect("the connect adopted a flow");
+        assert_eq!(r.chan.flow_phase(h), Some(FlowPhase::Connecting));
+        assert_eq!(r.chan.flow_phase(h + 1), None);
         // Connecting: nothing to tell, and the handle is not usable yet.
         r.chan.flush(&mut t).unwrap();
         assert!(r.read().is_empty());
@@ -1162,12 +1202,16 @@ mod tests {
             remote_port: 80,
         };
         r.chan.on_connected(h, Some(info));
+        assert_eq!(r.chan.flow_phase(h), Some(FlowPhase::Established));
         for m in [b"one", b"two", b"six"] {
             t.deliver(f, m);
         }
         r.chan.on_readable(h);
         r.chan.on_peer_closed(h);
+        assert_eq!(r.chan.flow_phase(h), Some(FlowPhase::PeerClosed));
         r.chan.on_closed(h, f, CloseCode::Reset);
+        assert_eq!(r.chan.flow_phase(h), Some(FlowPhase::Closed));
+        assert_eq!(FlowPhase::PeerClosed.name(), "peer_closed");
         r.chan.flush(&mut t).unwrap();
         let notes = r.read();
         let kinds: Vec<_> = notes.iter().map(|(n, _)| (n.kind, n.flow)).collect();

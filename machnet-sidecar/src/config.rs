@@ -7,7 +7,7 @@
 //!
 //! The binary's two key subcommands (`machnet keygen`, `machnet pubkey`) are [`Command`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,6 +114,17 @@ pub enum IdleMode {
     Sleep,
 }
 
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One line of text per event (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, other fields, `target`).
+    Json,
+}
+
 /// Which of the kernel's UDP offloads the kernel-UDP datapath uses (where the kernel has them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -212,6 +223,16 @@ pub struct Cli {
     /// `machnet_sidecar=debug`). RUST_LOG overrides it. [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Log line format: `text`, or `json` (one JSON object per line, for log collectors).
+    /// [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Serve Prometheus metrics over HTTP on this address (`GET /metrics`, unauthenticated:
+    /// keep it on loopback or a management network), e.g. 127.0.0.1:9464. [default: off]
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// What idle engines do: `busy` spins, `sleep` spins for --busy-poll-us then sleeps in
     /// epoll until a packet, a request or a timer arrives (with `--datapath dpdk`, which has no
@@ -408,7 +429,7 @@ pub struct Cli {
     pub test_seed: Option<u64>,
 }
 
-/// The key subcommands of `machnet`.
+/// The subcommands of `machnet` (instead of running the sidecar).
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Write a new X25519 private key (base64, mode 0600) for --encryption-key and print its
@@ -423,6 +444,26 @@ pub enum Command {
         /// The private key file.
         #[arg(value_name = "PATH")]
         path: PathBuf,
+    },
+    /// Print a running sidecar's statistics (per engine, channel and flow; drops by reason;
+    /// memory held), asked for over its control socket (docs/STATS.md).
+    Stat {
+        /// The sidecar's control socket. [default: the --config file's `control_socket`, else
+        /// /run/machnet/machnet.sock]
+        #[arg(long, value_name = "PATH")]
+        control_socket: Option<PathBuf>,
+        /// The sidecar's configuration file, to find its control socket.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the versioned JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Most flows to list (1..=4096) [default: 256].
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
+        /// Most channels to list (1..=4096) [default: 256].
+        #[arg(long, value_name = "N")]
+        max_channels: Option<u32>,
     },
 }
 
@@ -450,6 +491,10 @@ pub struct FileConfig {
     pub allow_group: Option<Vec<String>>,
     /// See [`Cli::log_level`].
     pub log_level: Option<String>,
+    /// See [`Cli::log_format`].
+    pub log_format: Option<LogFormat>,
+    /// See [`Cli::metrics_addr`].
+    pub metrics_addr: Option<SocketAddr>,
     /// See [`Cli::idle_mode`].
     pub idle_mode: Option<IdleMode>,
     /// See [`Cli::busy_poll_us`].
@@ -563,6 +608,10 @@ pub struct SidecarConfig {
     pub access: AccessPolicy,
     /// Log filter.
     pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Address of the Prometheus endpoint (`None`: off).
+    pub metrics_addr: Option<SocketAddr>,
     /// Idle behaviour of engines.
     pub idle_mode: IdleMode,
     /// Busy-poll window in `sleep` mode.
@@ -714,6 +763,19 @@ fn resolve_group(name: &str) -> Result<u32, ConfigError> {
     }
 }
 
+/// The control socket `machnet stat` asks: `flag`, else the configuration file's, else the
+/// default.
+pub fn stat_socket(flag: Option<&Path>, file: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = flag {
+        return Ok(p.to_owned());
+    }
+    let from_file = match file {
+        Some(f) => read_file(f)?.control_socket,
+        None => None,
+    };
+    Ok(from_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)))
+}
+
 /// Reads a configuration file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -749,6 +811,8 @@ impl SidecarConfig {
                 gids: Vec::new(),
             },
             log_level: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_addr: None,
             idle_mode: IdleMode::Sleep,
             busy_poll: Duration::from_micros(DEFAULT_BUSY_POLL_US),
             rto_min: machnet_core::config::RtoConfig::default().min,
@@ -843,6 +907,10 @@ impl SidecarConfig {
         if let Some(v) = pick!(log_level) {
             c.log_level = v;
         }
+        if let Some(v) = pick!(log_format) {
+            c.log_format = v;
+        }
+        c.metrics_addr = pick!(metrics_addr);
         if let Some(v) = pick!(idle_mode) {
             c.idle_mode = v;
         } else if c.datapath == DatapathKind::Dpdk {

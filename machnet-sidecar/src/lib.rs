@@ -11,8 +11,10 @@
 //! - [`engine`]: one thread per engine driving a `machnet_core::Engine`.
 //! - [`control`]: the control socket server.
 //! - [`stats`]: per-engine counters.
+//! - [`stat`]: `machnet stat`, the statistics snapshot asked for over the control socket.
 //! - [`ratelog`]: rate-limited logging for lines peers can trigger.
 //! - [`memory`]: returning freed memory to the operating system.
+//! - [`metrics`]: the opt-in Prometheus endpoint.
 //! - [`Sidecar`]: starts and stops all of it.
 #![warn(missing_docs)]
 
@@ -23,10 +25,12 @@ pub mod datapath;
 pub mod engine;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod netstack;
 pub mod ratelog;
 pub mod shm;
 mod sidecar;
+pub mod stat;
 pub mod stats;
 pub mod testing;
 
@@ -36,8 +40,8 @@ pub use sidecar::{init_logging, kernel_datapaths, Sidecar, StartError};
 /// The `machnet` command line: parses `args` (the first item is the program name, as in
 /// `std::env::args_os`), starts a [`Sidecar`] and runs it until SIGINT or SIGTERM, then shuts it
 /// down. Returns the process exit status: 0 after a clean stop (and after `--help`/`--version`),
-/// 1 if the sidecar could not start, 2 for bad flags or configuration. The key subcommands
-/// (`keygen`, `pubkey`) run instead of the sidecar and return 0, or 1 on error.
+/// 1 if the sidecar could not start, 2 for bad flags or configuration. The subcommands
+/// (`keygen`, `pubkey`, `stat`) run instead of the sidecar and return 0, or 1 on error.
 ///
 /// This is the whole `machnet` binary; it is public so that other programs can embed the same
 /// command (the Python package's `python -m machnet sidecar`). It blocks SIGINT and SIGTERM in
@@ -69,7 +73,7 @@ where
             return 2;
         }
     };
-    init_logging(&cfg.log_level);
+    init_logging(&cfg.log_level, cfg.log_format);
     memory::tune_allocator();
     // A broken engine must not leave apps hanging: crash, so their control sockets hang up.
     let default_hook = std::panic::take_hook();
@@ -102,12 +106,34 @@ where
     0
 }
 
-/// Runs `machnet keygen` or `machnet pubkey`: prints the public key in base64 on standard
-/// output (never the private key). Returns the exit status: 0, or 1 with a message on error.
+/// Runs a subcommand: `machnet keygen` or `machnet pubkey` print the public key in base64 on
+/// standard output (never the private key); `machnet stat` prints a running sidecar's
+/// statistics. Returns the exit status: 0, or 1 with a message on error.
 fn run_key_command(command: &config::Command) -> u8 {
     let key = match command {
         config::Command::Keygen { out } => keys::write_new_key(out),
         config::Command::Pubkey { path } => keys::read_private_key(path),
+        config::Command::Stat {
+            control_socket,
+            config,
+            json,
+            max_flows,
+            max_channels,
+        } => {
+            let socket = match config::stat_socket(control_socket.as_deref(), config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("machnet stat: {e}");
+                    return 1;
+                }
+            };
+            let req = stat::client::StatRequest {
+                socket,
+                max_flows: *max_flows,
+                max_channels: *max_channels,
+            };
+            return stat::client::run(&req, *json);
+        }
     };
     match key {
         Ok(key) => {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::{DatapathKind, SidecarConfig};
+use crate::config::{DatapathKind, LogFormat, SidecarConfig};
 use crate::control::{ControlServer, ControlStartError};
 use crate::datapath::kernel::{
     interface_max_datagram, probe_pool, KernelUdp, KernelUdpError, KernelUdpOptions,
@@ -14,6 +14,7 @@ use crate::datapath::lossy::Lossy;
 use crate::datapath::Datapath;
 use crate::engine::local::LocalHub;
 use crate::engine::{EngineClient, EngineHandle, EngineParams, Notifier, SpawnError};
+use crate::metrics::{MetricsServer, MetricsStartError};
 use crate::stats::EngineReport;
 
 /// Why the sidecar could not start.
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The control server could not start.
     #[error(transparent)]
     Control(#[from] ControlStartError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsStartError),
     /// The notice queue could not be created.
     #[error("setup: {0}")]
     Io(#[from] std::io::Error),
@@ -65,6 +69,7 @@ pub struct Sidecar {
     cfg: Arc<SidecarConfig>,
     engines: Vec<EngineHandle>,
     control: Option<ControlServer>,
+    metrics: Option<MetricsServer>,
 }
 
 /// Largest datagram of the kernel-UDP datapath: `--mtu` less the IPv4 and UDP headers, else
@@ -196,6 +201,10 @@ impl Sidecar {
             engines.push(h);
         }
         let clients: Vec<EngineClient> = engines.iter().map(|e| e.client().clone()).collect();
+        let metrics = match cfg.metrics_addr {
+            Some(addr) => Some(MetricsServer::spawn(addr, clients.clone())?),
+            None => None,
+        };
         let control = ControlServer::spawn(cfg.clone(), clients, notices, notice_wake)?;
         tracing::info!(
             local_ip = %cfg.local_ip,
@@ -217,6 +226,7 @@ impl Sidecar {
             cfg,
             engines,
             control: Some(control),
+            metrics,
         })
     }
 
@@ -243,6 +253,11 @@ impl Sidecar {
             .collect()
     }
 
+    /// The address of the Prometheus endpoint, if it is on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
     /// Whether every engine thread is still running.
     pub fn healthy(&self) -> bool {
         self.engines.iter().all(|e| !e.is_finished())
@@ -256,6 +271,9 @@ impl Sidecar {
     }
 
     fn stop(&mut self) {
+        if let Some(mut m) = self.metrics.take() {
+            m.shutdown();
+        }
         // All engines drain at once.
         for e in &self.engines {
             e.request_shutdown();
@@ -276,16 +294,20 @@ impl Drop for Sidecar {
     }
 }
 
-/// Installs a `tracing` subscriber writing to stderr with `filter` (RUST_LOG overrides it).
-/// Does nothing if one is installed already.
-pub fn init_logging(filter: &str) {
+/// Installs a `tracing` subscriber writing to stderr with `filter` (RUST_LOG overrides it), as
+/// text or as one JSON object per line. Does nothing if one is installed already.
+pub fn init_logging(filter: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let f = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(f)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

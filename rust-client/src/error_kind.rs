@@ -159,7 +159,8 @@ impl ErrorKind {
             ControlError::Malformed
             | ControlError::NoSuchEngine
             | ControlError::NoSuchChannel
-            | ControlError::InvalidPort => ErrorKind::InvalidArgument,
+            | ControlError::InvalidPort
+            | ControlError::InvalidRequest => ErrorKind::InvalidArgument,
             ControlError::PortInUse => ErrorKind::AddressInUse,
             ControlError::Exhausted
             | ControlError::ConnectionLimit
@@ -466,6 +467,7 @@ mod tests {
             (ChannelLimit, ErrorKind::Exhausted),
             (PortLimit, ErrorKind::Exhausted),
             (TimedOut, ErrorKind::Refused),
+            (InvalidRequest, ErrorKind::InvalidArgument),
         ];
         for (code, kind) in cases {
             assert_eq!(ErrorKind::of_control_error(code), kind, "{code:?}");

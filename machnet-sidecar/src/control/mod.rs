@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use machnet_channel::control::{
-    ControlError, Request, Response, CONTROL_VERSION, MAX_CONTROL_MESSAGE,
+    ControlError, Request, Response, CONTROL_VERSION, MAX_CONTROL_MESSAGE, MAX_STATS_ITEMS,
 };
 use machnet_channel::CloseCode;
 use nix::errno::Errno;
@@ -38,6 +38,7 @@ use crate::engine::{
 };
 use crate::limited;
 use crate::shm::ChannelMem;
+use crate::stat;
 use limits::{Ledger, LimitReached, Resource};
 use ports::{AppId, ClaimError, Left, PortOwner, PortRegistry};
 use socket::{AcceptError, Packet, PeerCred};
@@ -493,7 +494,11 @@ impl Server {
                     let Some(c) = self.conns.get(&conn) else {
                         return;
                     };
-                    if let Err(e) = socket::send_packet(&c.fd, &reply.response.encode(), &raw) {
+                    let bytes = reply.response.encode();
+                    if bytes.len() > MAX_CONTROL_MESSAGE {
+                        socket::reserve_send_buffer(&c.fd, bytes.len());
+                    }
+                    if let Err(e) = socket::send_packet(&c.fd, &bytes, &raw) {
                         tracing::debug!(conn, "control send: {e}");
                         // The app never got this channel: nothing of it to deliver.
                         if let Some(ch) = reply.channel {
@@ -561,7 +566,54 @@ impl Server {
                 self.close_channel(conn, channel, how);
                 Ok(Response::Ok.into())
             }
+            Request::Stats {
+                max_flows,
+                max_channels,
+            } => self.stats(max_channels, max_flows),
         }
+    }
+
+    /// A statistics snapshot (`machnet stat`): every engine answers through its command queue;
+    /// any connection the sidecar accepted may ask (as it may attach).
+    fn stats(
+        &mut self,
+        max_channels: Option<u32>,
+        max_flows: Option<u32>,
+    ) -> Result<Reply, Failure> {
+        let limit = |name: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+            n @ 1..=MAX_STATS_ITEMS => Ok(n as usize),
+            n => Err(Failure::new(
+                ControlError::InvalidRequest,
+                format!("{name} {n} is out of range (1..={MAX_STATS_ITEMS})"),
+            )),
+        };
+        let max_channels = limit(
+            "max_channels",
+            max_channels,
+            stat::schema::DEFAULT_MAX_CHANNELS,
+        )?;
+        let max_flows = limit("max_flows", max_flows, stat::schema::DEFAULT_MAX_FLOWS)?;
+        let snaps = self
+            .engines
+            .iter()
+            .map(|e| e.stats(max_channels, max_flows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channels = &self.channels;
+        let owner = |ch: u32| {
+            channels
+                .get(&ch)
+                .map(|r| (u32::try_from(r.peer.pid).unwrap_or(0), r.peer.uid))
+        };
+        let view = stat::collect::ControlView {
+            sidecar: stat::schema::SidecarInfo {
+                pid: std::process::id(),
+                build: env!("CARGO_PKG_VERSION").to_owned(),
+                local_ip: self.cfg.local_ip,
+                control_connections: self.conns.len() as u64,
+            },
+            owner: &owner,
+        };
+        Ok(stat::collect::assemble(snaps, view, max_channels, max_flows).into())
     }
 
     /// The engine of `channel` if `conn` opened it.

@@ -222,6 +222,18 @@ pub fn discard_pending(fd: impl AsFd) {
     }
 }
 
+/// Makes room in `fd`'s send buffer for one packet of `len` bytes (a statistics answer, larger
+/// than other control messages) if the buffer is smaller; the kernel caps it at `wmem_max`, and
+/// a send that still does not fit fails like any other.
+pub fn reserve_send_buffer(fd: impl AsFd, len: usize) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::SndBuf};
+    // The kernel counts its own overhead against the buffer: leave room for it.
+    let want = len + 16 * 1024;
+    if getsockopt(&fd, SndBuf).is_ok_and(|have| have < want) {
+        let _ = setsockopt(&fd, SndBuf, &want);
+    }
+}
+
 /// Sends one packet, with `fds` attached as `SCM_RIGHTS` if non-empty. Never blocks: a peer that
 /// does not read its replies gets `WouldBlock`.
 pub fn send_packet(fd: impl AsFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {

@@ -135,6 +135,19 @@ impl Ctx<'_> {
     }
 }
 
+/// Messages and bytes a channel's app sent and was delivered (for `machnet stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages the app sent that a flow took.
+    pub messages_out: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Messages taken from flows for the app.
+    pub messages_in: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+}
+
 /// The core (and the same-host flows) as one channel's transport: the [`Transport`] the
 /// engine half drives. Each call goes where its flow lives; a connect to the sidecar's own
 /// address opens a local flow when same-host flows are on.
@@ -143,6 +156,24 @@ struct CoreTransport<'a, 'c> {
     channel: ChannelId,
     quota: &'a FlowQuota,
     connects: &'a mut ChannelConnects<Flow>,
+    traffic: &'a mut Traffic,
+}
+
+impl CoreTransport<'_, '_> {
+    /// Counts a message a flow took from the app.
+    fn sent(&mut self, len: usize) {
+        self.traffic.messages_out += 1;
+        self.traffic.bytes_out += len as u64;
+    }
+
+    /// Counts a message taken from a flow for the app.
+    fn received(&mut self, msg: Option<Bytes>) -> Option<Bytes> {
+        if let Some(m) = &msg {
+            self.traffic.messages_in += 1;
+            self.traffic.bytes_in += m.len() as u64;
+        }
+        msg
+    }
 }
 
 impl Transport for CoreTransport<'_, '_> {
@@ -183,18 +214,24 @@ impl Transport for CoreTransport<'_, '_> {
     }
 
     fn send(&mut self, flow: Flow, msg: Bytes) -> Result<(), SendRefused> {
+        let len = msg.len();
         let id = match flow {
             Flow::Net(id) => id,
             Flow::Local(end) => {
-                return match self.ctx.local {
+                let r = match self.ctx.local {
                     Some(l) => l.hub.send(end, msg),
                     None => Err(SendRefused::Failed(CloseCode::UnknownFlow)),
+                };
+                if r.is_ok() {
+                    self.sent(len);
                 }
+                return r;
             }
         };
         self.ctx
             .core
             .send(self.ctx.now, id, msg)
+            .map(|()| self.sent(len))
             .map_err(|e| match e {
                 SendError::BufferFull => SendRefused::BufferFull,
                 SendError::UnknownFlow => SendRefused::Failed(CloseCode::UnknownFlow),
@@ -215,10 +252,11 @@ impl Transport for CoreTransport<'_, '_> {
     }
 
     fn recv(&mut self, flow: Flow) -> Option<Bytes> {
-        match flow {
+        let msg = match flow {
             Flow::Net(id) => self.ctx.core.recv(id).ok().flatten(),
             Flow::Local(end) => self.ctx.local?.hub.recv(end),
-        }
+        };
+        self.received(msg)
     }
 
     fn close(&mut self, flow: Flow) -> Result<(), UnknownFlow> {
@@ -280,6 +318,8 @@ pub struct Chan {
     connects: ChannelConnects<Flow>,
     /// The worker's bookkeeping for this channel (run list, flush list; docs/CHANNEL.md §4).
     pub(super) sched: Sched,
+    /// Messages and bytes through this channel.
+    traffic: Traffic,
 }
 
 /// Where a channel stands in its engine's scheduling (docs/CHANNEL.md §4). Kept by the worker.
@@ -323,6 +363,7 @@ impl Chan {
             quota,
             connects,
             sched: Sched::default(),
+            traffic: Traffic::default(),
         }
     }
 
@@ -337,6 +378,7 @@ impl Chan {
             channel: self.id,
             quota: &self.quota,
             connects: &mut self.connects,
+            traffic: &mut self.traffic,
         };
         let r = f(&mut self.half, &mut t);
         self.wake_if_asked();
@@ -362,6 +404,16 @@ impl Chan {
     /// Counters.
     pub fn counters(&self) -> ChanCounters {
         self.half.counters()
+    }
+
+    /// Messages and bytes through this channel so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Where flow `handle` of this channel stands (`None`: no such flow).
+    pub fn flow_phase(&self, handle: u32) -> Option<engine::FlowPhase> {
+        self.half.flow_phase(handle)
     }
 
     /// Live flows of this channel.

@@ -96,6 +96,16 @@ pub enum Command {
         /// The report.
         reply: Sender<EngineReport>,
     },
+    /// A statistics snapshot with at most `max_channels` channels and `max_flows` flows listed
+    /// (built when the engine next runs its commands; bounded work).
+    Stats {
+        /// Most channels to describe.
+        max_channels: usize,
+        /// Most flows to describe.
+        max_flows: usize,
+        /// The snapshot.
+        reply: Sender<crate::stat::collect::EngineSnapshot>,
+    },
     /// Detach every channel with [`CloseCode::Shutdown`], deliver what their apps sent within
     /// the shutdown linger (aborting what is left then), and exit the thread.
     Shutdown,
@@ -313,6 +323,20 @@ impl EngineClient {
     /// A statistics snapshot.
     pub fn report(&self) -> Result<EngineReport, EngineGone> {
         self.call(|reply| Command::Report { reply })
+    }
+
+    /// A snapshot for `machnet stat`: counters, and at most `max_channels` channels and
+    /// `max_flows` flows described.
+    pub fn stats(
+        &self,
+        max_channels: usize,
+        max_flows: usize,
+    ) -> Result<crate::stat::collect::EngineSnapshot, EngineGone> {
+        self.call(|reply| Command::Stats {
+            max_channels,
+            max_flows,
+            reply,
+        })
     }
 }
 

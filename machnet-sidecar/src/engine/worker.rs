@@ -53,6 +53,7 @@ use super::{Command, EngineListenError, EngineParams, Notice, Notifier, SpawnErr
 use crate::clock::Clock;
 use crate::config::IdleMode;
 use crate::datapath::{Datapath, TxMeta};
+use crate::stat::collect::{self, EngineSnapshot};
 use crate::stats::{EngineReport, LoopStats};
 
 /// The [`Ctx`] of a worker (a macro, so that it borrows the worker's fields, not the worker).
@@ -373,6 +374,13 @@ impl Worker {
             }
             Command::Report { reply } => {
                 let _ = reply.send(self.report());
+            }
+            Command::Stats {
+                max_channels,
+                max_flows,
+                reply,
+            } => {
+                let _ = reply.send(self.snapshot(max_channels, max_flows));
             }
             Command::Shutdown => {}
         }
@@ -1015,6 +1023,38 @@ impl Worker {
             stalled_channels: self.chans.values().filter(|c| c.is_stalled()).count(),
             orphan_flows: self.orphans.len(),
             local: self.local_stats(),
+        }
+    }
+
+    /// The report, with at most `max_channels` channels and `max_flows` flows described (in
+    /// no particular order: taking the first ones keeps the work bounded).
+    fn snapshot(&self, max_channels: usize, max_flows: usize) -> EngineSnapshot {
+        let channels = self
+            .chans
+            .values()
+            .take(max_channels)
+            .map(|c| collect::channel_stat(self.id, c))
+            .collect();
+        let flows = self
+            .owners
+            .iter()
+            .take(max_flows)
+            .map(|(&flow, &owner)| {
+                let phase = self.chans.get(&owner.0).and_then(|c| c.flow_phase(owner.1));
+                let local = self.local.as_deref();
+                collect::flow_stat(self.id, &self.core, local, flow, owner, phase)
+            })
+            .collect();
+        EngineSnapshot {
+            report: self.report(),
+            channels,
+            flows,
+            flows_total: self.owners.len(),
+            channel_memory: self
+                .chans
+                .values()
+                .map(|c| c.mem().layout().total_len)
+                .sum(),
         }
     }
 

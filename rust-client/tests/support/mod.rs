@@ -214,6 +214,15 @@ fn serve(
             Request::Listen { .. } | Request::Unlisten { .. } | Request::CloseChannel { .. } => {
                 send(&fd, &Response::Ok, &[])
             }
+            // The fake has no statistics.
+            Request::Stats { .. } => send(
+                &fd,
+                &Response::Error {
+                    code: ControlError::Internal,
+                    message: "no statistics here".into(),
+                },
+                &[],
+            ),
         }
     }
 }
