@@ -760,6 +760,9 @@ func (t *Transport) serve() {
 			forget(flow)
 			_ = t.listen.CloseFlow(flow)
 			continue
+		case machnet.EventRequestFailed: // a response raced with the flow's end: its event follows
+			t.log.Debug("response not sent", "to", flow, "error", ev.Err())
+			continue
 		default: // the flow ended
 			forget(flow)
 			continue
