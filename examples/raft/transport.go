@@ -98,6 +98,9 @@ func listenChannel(socket, ip string, port uint16) (*machnet.Channel, error) {
 	return ch, nil
 }
 
+// closeDrainLimit bounds how long Close waits for responses raft already gave to be sent.
+const closeDrainLimit = time.Second
+
 // DefaultTimeout is Config.Timeout's default.
 const DefaultTimeout = 10 * time.Second
 
@@ -259,7 +262,15 @@ func (t *Transport) Close() error {
 	for _, p := range peers {
 		p.fail(raft.ErrTransportShutdown)
 	}
-	t.responders.Wait()
+	// A response stuck behind a peer that stopped reading (back-pressure) must not hold Close
+	// up for long: after closeDrainLimit the channel closes anyway, failing that Send.
+	drained := make(chan struct{})
+	go func() { t.responders.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(closeDrainLimit):
+		t.log.Warn("closing with responses still being sent", "after", closeDrainLimit)
+	}
 	err := t.listen.Close()
 	t.wg.Wait()
 	return err
