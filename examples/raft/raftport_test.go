@@ -1,7 +1,8 @@
 package machnetraft
 
 // hashicorp/raft's own transport test cases (raft v1.7.3: transport_test.go's TestTransport_*
-// and net_transport_test.go's TestNetworkTransport_AppendEntriesPipeline_MaxRPCsInFlight),
+// and net_transport_test.go's TestNetworkTransport_ AppendEntriesPipeline_MaxRPCsInFlight,
+// Heartbeat_FastPath, AppendEntriesPipeline_CloseStreams and EncodeDecode_AddressProvider),
 // run against this transport with raft's assertions. Changed: the construction of the
 // transports; each case also runs against the transport raft's test uses (InmemTransport for
 // the TestTransport_* cases, which need raft.WithPeers; the TCP NetworkTransport for
@@ -14,6 +15,8 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -513,6 +516,211 @@ func TestRaftNetworkTransport_AppendEntriesPipeline_MaxRPCsInFlight(t *testing.T
 					t.Fatalf("last append didn't unblock")
 				}
 			})
+		}
+	}
+}
+
+// makeTransport is raft's (net_transport_test.go) for both kinds: MaxRPCsInFlight 130 ("older
+// tests for pipelining were written when this was a constant"), 1 s timeout, and optionally a
+// ServerAddressProvider returning addressOverride. i picks the sidecar.
+func makeTransport(t *testing.T, kind string, i int, useAddrProvider bool, addressOverride string) (closer, error) {
+	config := &raft.NetworkTransportConfig{
+		MaxPool:         2,
+		MaxRPCsInFlight: 130,
+		Timeout:         time.Second,
+	}
+	if useAddrProvider {
+		config.ServerAddressProvider = &testAddrProvider{addressOverride}
+	}
+	return newConfiguredTransport(t, kind, i, config)
+}
+
+func TestRaftNetworkTransport_Heartbeat_FastPath(t *testing.T) {
+	sidecars(t)
+	for _, kind := range []string{"tcp", "machnet"} {
+		t.Run(kind, func(t *testing.T) {
+			// Transport 1 is consumer
+			trans1, err := makeTransport(t, kind, 0, false, "")
+			if err != nil {
+				t.Fatalf("err: %v", err)
+			}
+			defer trans1.Close()
+
+			// Make the RPC request
+			args := raft.AppendEntriesRequest{
+				Term:      10,
+				RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, Addr: []byte("cartman")},
+				Leader:    []byte("cartman"),
+			}
+
+			resp := raft.AppendEntriesResponse{
+				Term:    4,
+				LastLog: 90,
+				Success: true,
+			}
+
+			var invoked int32 // raft's test uses a plain bool; -race needs an atomic here
+			fastpath := func(rpc raft.RPC) {
+				// Verify the command
+				req := rpc.Command.(*raft.AppendEntriesRequest)
+				if !reflect.DeepEqual(req, &args) {
+					t.Errorf("command mismatch: %#v %#v", *req, args)
+				}
+
+				atomic.StoreInt32(&invoked, 1)
+				rpc.Respond(&resp, nil)
+			}
+			trans1.SetHeartbeatHandler(fastpath)
+
+			// Transport 2 makes outbound request
+			trans2, err := makeTransport(t, kind, 1, false, "")
+			if err != nil {
+				t.Fatalf("err: %v", err)
+			}
+			defer trans2.Close()
+
+			var out raft.AppendEntriesResponse
+			if err := trans2.AppendEntries("id1", trans1.LocalAddr(), &args, &out); err != nil {
+				t.Fatalf("err: %v", err)
+			}
+
+			// Verify the response
+			if !reflect.DeepEqual(resp, out) {
+				t.Fatalf("command mismatch: %#v %#v", resp, out)
+			}
+
+			// Ensure fast-path is used
+			if atomic.LoadInt32(&invoked) == 0 {
+				t.Fatalf("fast-path not used")
+			}
+		})
+	}
+}
+
+func TestRaftNetworkTransport_AppendEntriesPipeline_CloseStreams(t *testing.T) {
+	sidecars(t)
+	for _, kind := range []string{"tcp", "machnet"} {
+		t.Run(kind, func(t *testing.T) {
+			// Transport 1 is consumer
+			trans1, err := makeTransport(t, kind, 0, true, "localhost:0")
+			if err != nil {
+				t.Fatalf("err: %v", err)
+			}
+			defer trans1.Close()
+			rpcCh := trans1.Consumer()
+
+			// Make the RPC request
+			args := makeAppendRPC()
+			resp := makeAppendRPCResponse()
+
+			shutdownCh := make(chan struct{})
+			defer close(shutdownCh)
+			// Added to raft's test: CloseStreams closes the streams transport 1 has; a stream it
+			// has not yet taken in (TCP: not yet handed to a handler; Machnet: its accept not yet
+			// received) survives it, and then raft's assertion fails over TCP too (seen in 1 of
+			// 20 -race runs). So CloseStreams waits until a request came in.
+			firstIn := make(chan struct{})
+			var firstOnce sync.Once
+
+			// Listen for a request
+			go func() {
+				for {
+					select {
+					case rpc := <-rpcCh:
+						firstOnce.Do(func() { close(firstIn) })
+						// Verify the command
+						req := rpc.Command.(*raft.AppendEntriesRequest)
+						if !reflect.DeepEqual(req, &args) {
+							t.Errorf("command mismatch: %#v %#v", *req, args)
+							return
+						}
+						rpc.Respond(&resp, nil)
+
+					case <-shutdownCh:
+						return
+					}
+				}
+			}()
+
+			// Transport 2 makes outbound request
+			trans2, err := makeTransport(t, kind, 1, true, string(trans1.LocalAddr()))
+			if err != nil {
+				t.Fatalf("err: %v", err)
+			}
+			defer trans2.Close()
+
+			for _, cancelStreams := range []bool{true, false} {
+				pipeline, err := trans2.AppendEntriesPipeline("id1", trans1.LocalAddr())
+				if err != nil {
+					t.Fatalf("err: %v", err)
+				}
+
+				for i := 0; i < 100; i++ {
+					// On the last one, close the streams on the transport one.
+					if cancelStreams && i == 10 {
+						select {
+						case <-firstIn:
+						case <-time.After(patientWait):
+							t.Fatalf("no request reached transport 1")
+						}
+						trans1.(interface{ CloseStreams() }).CloseStreams()
+						time.Sleep(10 * time.Millisecond)
+					}
+
+					out := new(raft.AppendEntriesResponse)
+					if _, err := pipeline.AppendEntries(&args, out); err != nil {
+						break
+					}
+				}
+
+				var futureErr error
+				respCh := pipeline.Consumer()
+			OUTER:
+				for i := 0; i < 100; i++ {
+					select {
+					case ready := <-respCh:
+						if err := ready.Error(); err != nil {
+							futureErr = err
+							break OUTER
+						}
+
+						// Verify the response
+						if !reflect.DeepEqual(&resp, ready.Response()) {
+							t.Fatalf("command mismatch: %#v %#v %v", &resp, ready.Response(), ready.Error())
+						}
+					case <-time.After(patientWait):
+						t.Fatalf("timeout when cancel streams is %v", cancelStreams)
+					}
+				}
+
+				if cancelStreams && futureErr == nil {
+					t.Fatalf("expected an error due to the streams being closed")
+				} else if !cancelStreams && futureErr != nil {
+					t.Fatalf("unexpected error: %v", futureErr)
+				}
+
+				pipeline.Close()
+			}
+		})
+	}
+}
+
+func TestRaftNetworkTransport_EncodeDecode_AddressProvider(t *testing.T) {
+	sidecars(t)
+	for _, kind := range []string{"tcp", "machnet"} {
+		addressOverride := "localhost:11111"
+		trans1, err := makeTransport(t, kind, 0, true, addressOverride)
+		if err != nil {
+			t.Fatalf("err: %v", err)
+		}
+		defer trans1.Close()
+
+		local := trans1.LocalAddr()
+		enc := trans1.EncodePeer("id1", local)
+		dec := trans1.DecodePeer(enc)
+
+		if dec != raft.ServerAddress(addressOverride) {
+			t.Fatalf("%s: enc/dec fail: %v %v", kind, dec, addressOverride)
 		}
 	}
 }

@@ -682,7 +682,14 @@ func (pl *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.Ap
 	}
 	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{})}
 	if f.id, f.c, err = pl.p.start(msg); err != nil {
-		return nil, err
+		if errors.Is(err, raft.ErrTransportShutdown) {
+			return nil, err
+		}
+		// The flow ended: like a request NetworkTransport writes into a connection the peer
+		// closed, this one gets a future that fails with the flow's end (raft's pipeline
+		// consumer learns of it from the futures, in order).
+		f.c = make(chan []byte)
+		close(f.c)
 	}
 	select {
 	case pl.inflight <- f:
