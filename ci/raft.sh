@@ -6,8 +6,12 @@
 # Builds the sidecar and libmachnet.a (release, into $CARGO_TARGET_DIR, default target/),
 # starts three `machnet` sidecars on the kernel-UDP datapath (127.0.0.1, 127.0.0.2, 127.0.0.3,
 # private control sockets in a temp dir, no root), runs `go vet` and `go test -race` in
-# examples/raft (transport RPCs, 3-node cluster: election, replication, leader killed -> new
-# leader, no committed entry lost; snapshot install; leader process SIGKILLed), then the latency
+# examples/raft (transport RPCs; raft's own transport test cases with InmemTransport / TCP
+# NetworkTransport controls; RPCs failing at once when a peer process is SIGKILLed or its
+# transport closes; WithPeers, CloseStreams; 3-node cluster: election, replication, leader
+# killed -> new leader, no committed entry lost; leadership transfer; membership change;
+# snapshot install, also to a follower lagging behind a partition; leader process SIGKILLed;
+# the lines `TIME-TO-FAIL` report how fast pending RPCs failed), then the latency
 # comparison (Apply -> committed on the leader of an 80 B command, Machnet transport vs raft's
 # TCP transport, same run), then the Rust runner of the conformance cases of app `raft`
 # (conformance/cases.json) against three `raft-node --kv-port` processes on sidecar a. Ends with one line `RESULT: <P> passed, <F> failed` (Go tests

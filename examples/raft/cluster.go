@@ -57,8 +57,8 @@ func StartNode(conf *raft.Config, trans raft.Transport, servers []raft.Server, b
 }
 
 // Stop shuts raft down and closes the transport (if it can be closed). Raft's shutdown waits
-// for RPCs in flight; one to a peer that went away without a word (Machnet does not tell the
-// sender when the peer's channel is gone) would hold it up until the RPC timeout, so the
+// for RPCs in flight; those to a peer whose process or transport went away fail at once, but
+// one to a peer whose whole machine (sidecar) is gone waits for the flow's timeout, so the
 // transport is closed (failing such RPCs) if the shutdown takes more than a second.
 func (n *Node) Stop() error {
 	f := n.Raft.Shutdown()

@@ -15,8 +15,10 @@
 // sharing one would queue a heartbeat behind megabytes of snapshot and cost the leader its lease
 // (NetworkTransport likewise gives concurrent RPCs their own connections). Each channel has
 // exactly one receiving goroutine; sends come from any goroutine (the binding's Channel is safe
-// for concurrent use). A lane whose flow fails or whose RPC times out is dropped and reconnected
-// on the next RPC.
+// for concurrent use). The receivers take messages and flow events in order
+// (machnet.Channel.RecvAny): a lane whose flow the peer closes, resets or lets time out fails
+// its outstanding RPCs at once, as a TCP connection's EOF does for raft's NetworkTransport. A
+// lane that failed or whose RPC timed out is dropped and reconnected on the next RPC.
 package machnetraft
 
 import (
@@ -57,8 +59,14 @@ const MaxSnapshotSize = 1 << 32
 // ChunkSize is the largest piece of snapshot data sent in one Machnet message.
 const ChunkSize = 1 << 20
 
-// ErrPeerFailed is returned for RPCs whose peer flow broke while they were outstanding.
+// ErrPeerFailed is returned for RPCs whose peer flow ended while they were outstanding. The
+// error also matches the flow's own (machnet.ErrPeerClosed, machnet.ErrFlowReset,
+// machnet.ErrFlowTimedOut, ...) with errors.Is.
 var ErrPeerFailed = errors.New("machnet raft transport: peer flow failed")
+
+// ErrPeerDisconnected is returned for RPCs to a peer that WithPeers' Disconnect or
+// DisconnectAll took away (until Connect).
+var ErrPeerDisconnected = errors.New("machnet raft transport: peer disconnected")
 
 // mh is the msgpack handle shared by all encoders and decoders (safe for concurrent use).
 var mh = &codec.MsgpackHandle{}
@@ -90,24 +98,50 @@ func listenChannel(socket, ip string, port uint16) (*machnet.Channel, error) {
 	return ch, nil
 }
 
-// Config configures a Transport.
+// closeDrainLimit bounds how long Close waits for responses raft already gave to be sent.
+const closeDrainLimit = time.Second
+
+// DefaultTimeout is Config.Timeout's default.
+const DefaultTimeout = 10 * time.Second
+
+// Config configures a Transport. MaxRPCsInFlight, TimeoutScale and ServerAddressProvider mean
+// what they mean in raft.NetworkTransportConfig.
 type Config struct {
 	Socket  string        // the sidecar's control socket ("" = $MACHNET_SOCKET or the default)
 	LocalIP string        // the sidecar's IPv4 address (what peers connect to)
 	Port    uint16        // the Machnet port this node listens on
-	Timeout time.Duration // per RPC (default 10 s; snapshots get more per MiB)
+	Timeout time.Duration // per RPC (default DefaultTimeout; snapshots: see TimeoutScale)
 	Logger  hclog.Logger  // default: a null logger
+
+	// MaxRPCsInFlight bounds the AppendEntries a pipeline has outstanding: 0 means
+	// raft.DefaultMaxRPCsInFlight (2); 1 disables pipelining (AppendEntriesPipeline returns
+	// raft.ErrPipelineReplicationNotSupported and raft sends every AppendEntries on its own);
+	// n >= 2 lets the n-th AppendEntries of a pipeline block until the first one's response
+	// came.
+	MaxRPCsInFlight int
+
+	// TimeoutScale: an InstallSnapshot of Size bytes gets Timeout * Size/TimeoutScale (at
+	// least Timeout). Default raft.DefaultTimeoutScale (256 KiB).
+	TimeoutScale int
+
+	// ServerAddressProvider, if set, gives the address of a server by its ID: RPCs go there
+	// instead of to the address raft passes (which stays the fallback when it fails).
+	ServerAddressProvider raft.ServerAddressProvider
 }
 
-// Transport is a raft.Transport (with raft.WithPreVote and raft.WithClose) over Machnet.
+// Transport is a raft.Transport (with raft.WithPreVote, raft.WithClose and raft.WithPeers)
+// over Machnet.
 type Transport struct {
 	nextID uint64 // atomic; first in the struct for 64-bit alignment on 32-bit platforms
 	queued int64  // atomic: requests in queue or held by forward
 
-	cfg    Config
-	local  raft.ServerAddress
-	listen *machnet.Channel
-	log    hclog.Logger
+	cfg         Config
+	maxInFlight int
+	local       raft.ServerAddress
+	listen      *machnet.Channel
+	log         hclog.Logger
+	incoming    incomingFlows // the listening channel's flows (CloseStreams)
+	responders  sync.WaitGroup
 
 	consumeCh chan raft.RPC
 	queue     chan raft.RPC // requests waiting for raft (see enqueue)
@@ -117,6 +151,7 @@ type Transport struct {
 	mu      sync.Mutex
 	peers   map[laneKey]*peer
 	dialing map[laneKey]chan struct{}
+	reach   reachability // raft.WithPeers: which peers RPCs may go to
 	closed  bool
 
 	shutdown chan struct{}
@@ -127,13 +162,21 @@ var (
 	_ raft.Transport   = (*Transport)(nil)
 	_ raft.WithPreVote = (*Transport)(nil)
 	_ raft.WithClose   = (*Transport)(nil)
+	_ raft.WithPeers   = (*Transport)(nil)
 )
 
 // NewTransport attaches to the sidecar, listens on cfg.Port and starts serving. Its address
 // (raft.ServerAddress) is "LocalIP:Port".
 func NewTransport(cfg Config) (*Transport, error) {
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.TimeoutScale <= 0 {
+		cfg.TimeoutScale = raft.DefaultTimeoutScale
+	}
+	maxInFlight := cfg.MaxRPCsInFlight
+	if maxInFlight <= 0 {
+		maxInFlight = raft.DefaultMaxRPCsInFlight
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -146,16 +189,18 @@ func NewTransport(cfg Config) (*Transport, error) {
 		return nil, err
 	}
 	t := &Transport{
-		cfg:       cfg,
-		local:     raft.ServerAddress(net.JoinHostPort(cfg.LocalIP, strconv.Itoa(int(cfg.Port)))),
-		listen:    ch,
-		log:       cfg.Logger,
-		consumeCh: make(chan raft.RPC),
-		queue:     make(chan raft.RPC, 1024),
-		peers:     make(map[laneKey]*peer),
-		dialing:   make(map[laneKey]chan struct{}),
-		shutdown:  make(chan struct{}),
+		cfg:         cfg,
+		maxInFlight: maxInFlight,
+		local:       raft.ServerAddress(net.JoinHostPort(cfg.LocalIP, strconv.Itoa(int(cfg.Port)))),
+		listen:      ch,
+		log:         cfg.Logger,
+		consumeCh:   make(chan raft.RPC),
+		queue:       make(chan raft.RPC, 1024),
+		peers:       make(map[laneKey]*peer),
+		dialing:     make(map[laneKey]chan struct{}),
+		shutdown:    make(chan struct{}),
 	}
+	t.incoming.flows = make(map[machnet.Flow]struct{})
 	t.wg.Add(2)
 	go t.serve()
 	go t.forward()
@@ -168,9 +213,22 @@ func (t *Transport) Consumer() <-chan raft.RPC { return t.consumeCh }
 // LocalAddr implements raft.Transport.
 func (t *Transport) LocalAddr() raft.ServerAddress { return t.local }
 
-// EncodePeer implements raft.Transport.
-func (t *Transport) EncodePeer(_ raft.ServerID, addr raft.ServerAddress) []byte {
-	return []byte(addr)
+// EncodePeer implements raft.Transport (with the ServerAddressProvider's address if it has one).
+func (t *Transport) EncodePeer(id raft.ServerID, addr raft.ServerAddress) []byte {
+	return []byte(t.resolve(id, addr))
+}
+
+// resolve is the address RPCs to server id go to: the ServerAddressProvider's, else target.
+func (t *Transport) resolve(id raft.ServerID, target raft.ServerAddress) raft.ServerAddress {
+	if t.cfg.ServerAddressProvider == nil {
+		return target
+	}
+	addr, err := t.cfg.ServerAddressProvider.ServerAddr(id)
+	if err != nil {
+		t.log.Warn("unable to get address for server, using fallback address", "id", id, "fallback", target, "error", err)
+		return target
+	}
+	return addr
 }
 
 // DecodePeer implements raft.Transport.
@@ -183,8 +241,10 @@ func (t *Transport) SetHeartbeatHandler(cb func(rpc raft.RPC)) {
 	t.hbMu.Unlock()
 }
 
-// Close stops serving, closes every channel (the sidecar delivers what was sent, then closes
-// their flows: docs/CHANNEL.md §5) and waits for the receiving goroutines. Idempotent.
+// Close stops serving, fails the outgoing RPCs still waiting, sends the responses raft has
+// already given to incoming requests, then closes every channel (the sidecar delivers what was
+// sent, then closes their flows: docs/CHANNEL.md §5, so peers waiting for other responses
+// fail at once) and waits for the receiving goroutines. Idempotent.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.closed {
@@ -201,6 +261,15 @@ func (t *Transport) Close() error {
 	t.mu.Unlock()
 	for _, p := range peers {
 		p.fail(raft.ErrTransportShutdown)
+	}
+	// A response stuck behind a peer that stopped reading (back-pressure) must not hold Close
+	// up for long: after closeDrainLimit the channel closes anyway, failing that Send.
+	drained := make(chan struct{})
+	go func() { t.responders.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(closeDrainLimit):
+		t.log.Warn("closing with responses still being sent", "after", closeDrainLimit)
 	}
 	err := t.listen.Close()
 	t.wg.Wait()
@@ -245,6 +314,10 @@ func (t *Transport) getPeer(target raft.ServerAddress, l lane) (*peer, error) {
 			t.mu.Unlock()
 			return nil, raft.ErrTransportShutdown
 		}
+		if !t.reach.allows(target) {
+			t.mu.Unlock()
+			return nil, fmt.Errorf("%w: %s", ErrPeerDisconnected, target)
+		}
 		if p := t.peers[key]; p != nil {
 			t.mu.Unlock()
 			return p, nil
@@ -267,10 +340,15 @@ func (t *Transport) getPeer(target raft.ServerAddress, l lane) (*peer, error) {
 		delete(t.dialing, key)
 		close(wait)
 		if err == nil {
-			if t.closed {
+			if t.closed || !t.reach.allows(target) {
+				closed := t.closed
 				t.mu.Unlock()
-				p.fail(raft.ErrTransportShutdown)
-				return nil, raft.ErrTransportShutdown
+				if closed {
+					p.fail(raft.ErrTransportShutdown)
+					return nil, raft.ErrTransportShutdown
+				}
+				p.fail(ErrPeerDisconnected)
+				return nil, fmt.Errorf("%w: %s", ErrPeerDisconnected, target)
 			}
 			t.peers[key] = p
 		}
@@ -310,12 +388,14 @@ func (t *Transport) dial(key laneKey) (*peer, error) {
 	return p, nil
 }
 
-// receive is the peer channel's only receiver: it routes responses to their waiting RPCs.
+// receive is the peer channel's only receiver: it routes responses to their waiting RPCs and
+// fails them all the moment the flow ends (the channel has this one flow, so every event is
+// about it: the peer closed it, reset it or stopped answering).
 func (p *peer) receive() {
 	defer p.t.wg.Done()
 	buf := make([]byte, 64<<10)
 	for {
-		n, _, err := p.ch.Recv(context.Background(), buf)
+		n, ev, err := p.ch.RecvAny(context.Background(), buf)
 		if err != nil {
 			var me *machnet.Error
 			if errors.Is(err, machnet.ErrMessageSize) && errors.As(err, &me) && me.Needed > len(buf) {
@@ -323,6 +403,10 @@ func (p *peer) receive() {
 				continue
 			}
 			p.fail(err)
+			return
+		}
+		if ev.Kind != machnet.EventMessage {
+			p.fail(ev.Err())
 			return
 		}
 		if n < headerLen || buf[0]&respFlag == 0 {
@@ -399,7 +483,10 @@ func (p *peer) wait(id uint64, c chan []byte, resp interface{}, timeout time.Dur
 			p.mu.Lock()
 			err := p.err
 			p.mu.Unlock()
-			return fmt.Errorf("%w: %v", ErrPeerFailed, err)
+			if errors.Is(err, raft.ErrTransportShutdown) || errors.Is(err, ErrPeerDisconnected) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", ErrPeerFailed, err)
 		}
 		return decodeResponse(msg, resp)
 	case <-timer.C:
@@ -442,49 +529,49 @@ func decodeResponse(msg []byte, resp interface{}) error {
 	return nil
 }
 
-func (t *Transport) call(target raft.ServerAddress, l lane, kind byte, args, resp interface{}) error {
+func (t *Transport) call(id raft.ServerID, target raft.ServerAddress, l lane, kind byte, args, resp interface{}) error {
 	msg, err := encode(kind, args)
 	if err != nil {
 		return err
 	}
-	p, err := t.getPeer(target, l)
+	p, err := t.getPeer(t.resolve(id, target), l)
 	if err != nil {
 		return err
 	}
-	id, c, err := p.start(msg)
+	rid, c, err := p.start(msg)
 	if err != nil {
 		return err
 	}
-	return p.wait(id, c, resp, t.cfg.Timeout)
+	return p.wait(rid, c, resp, t.cfg.Timeout)
 }
 
 // AppendEntries implements raft.Transport.
-func (t *Transport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+func (t *Transport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	l := laneRPC
 	if isHeartbeat(args) {
 		l = laneHeartbeat
 	}
-	return t.call(target, l, kindAppendEntries, args, resp)
+	return t.call(id, target, l, kindAppendEntries, args, resp)
 }
 
 // RequestVote implements raft.Transport.
-func (t *Transport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	return t.call(target, laneRPC, kindRequestVote, args, resp)
+func (t *Transport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return t.call(id, target, laneRPC, kindRequestVote, args, resp)
 }
 
 // RequestPreVote implements raft.WithPreVote.
-func (t *Transport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	return t.call(target, laneRPC, kindRequestPreVote, args, resp)
+func (t *Transport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return t.call(id, target, laneRPC, kindRequestPreVote, args, resp)
 }
 
 // TimeoutNow implements raft.Transport.
-func (t *Transport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	return t.call(target, laneRPC, kindTimeoutNow, args, resp)
+func (t *Transport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	return t.call(id, target, laneRPC, kindTimeoutNow, args, resp)
 }
 
 // InstallSnapshot implements raft.Transport: it reads args.Size bytes from data and sends them
 // after the request in chunks of at most ChunkSize.
-func (t *Transport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+func (t *Transport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
 	if args.Size < 0 {
 		return fmt.Errorf("machnet raft transport: negative snapshot size %d", args.Size)
 	}
@@ -507,30 +594,44 @@ func (t *Transport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, 
 		msgs = append(msgs, m)
 		left -= n
 	}
-	p, err := t.getPeer(target, laneSnapshot)
+	p, err := t.getPeer(t.resolve(id, target), laneSnapshot)
 	if err != nil {
 		return err
 	}
-	id, c, err := p.start(msgs...)
+	rid, c, err := p.start(msgs...)
 	if err != nil {
 		return err
 	}
-	// Like NetworkTransport: more time for larger snapshots.
-	timeout := t.cfg.Timeout * time.Duration(1+args.Size/(8<<20))
-	return p.wait(id, c, resp, timeout)
+	return p.wait(rid, c, resp, t.snapshotTimeout(args.Size))
+}
+
+// snapshotTimeout is NetworkTransport's: Timeout scaled by size/TimeoutScale, at least Timeout.
+func (t *Transport) snapshotTimeout(size int64) time.Duration {
+	timeout := t.cfg.Timeout * time.Duration(size/int64(t.cfg.TimeoutScale))
+	if timeout < t.cfg.Timeout {
+		timeout = t.cfg.Timeout
+	}
+	return timeout
 }
 
 // AppendEntriesPipeline implements raft.Transport: requests go out back to back on the peer's
-// flow and their responses are delivered in order.
-func (t *Transport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
-	p, err := t.getPeer(target, laneRPC)
+// flow and their responses are delivered in order. As in NetworkTransport, at most
+// MaxRPCsInFlight are outstanding: the request beyond that is sent, then its AppendEntries
+// blocks until the oldest one's response came; with MaxRPCsInFlight 1 there is no pipeline.
+func (t *Transport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	if t.maxInFlight < 2 {
+		return nil, raft.ErrPipelineReplicationNotSupported
+	}
+	p, err := t.getPeer(t.resolve(id, target), laneRPC)
 	if err != nil {
 		return nil, err
 	}
+	// NetworkTransport's buffers: decodeResponses holds one request while it waits for its
+	// response and AppendEntries sends before it queues, so maxInFlight-2 more fit.
 	pl := &pipeline{
 		p:        p,
-		inflight: make(chan *appendFuture, 128),
-		doneCh:   make(chan raft.AppendFuture, 128),
+		inflight: make(chan *appendFuture, t.maxInFlight-2),
+		doneCh:   make(chan raft.AppendFuture, t.maxInFlight-2),
 		closeCh:  make(chan struct{}),
 	}
 	go pl.decodeResponses()
@@ -581,7 +682,14 @@ func (pl *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.Ap
 	}
 	f := &appendFuture{start: time.Now(), args: args, resp: resp, done: make(chan struct{})}
 	if f.id, f.c, err = pl.p.start(msg); err != nil {
-		return nil, err
+		if errors.Is(err, raft.ErrTransportShutdown) {
+			return nil, err
+		}
+		// The flow ended: like a request NetworkTransport writes into a connection the peer
+		// closed, this one gets a future that fails with the flow's end (raft's pipeline
+		// consumer learns of it from the futures, in order).
+		f.c = make(chan []byte)
+		close(f.c)
 	}
 	select {
 	case pl.inflight <- f:
@@ -629,13 +737,24 @@ type partialSnapshot struct {
 // serve is the listening channel's only receiver: it decodes requests and hands them to raft
 // in arrival order (which keeps a pipeline's AppendEntries in order), except heartbeats, which
 // it answers at once through the heartbeat handler (like NetworkTransport, whose heartbeats
-// use their own connection); each response is sent from its own goroutine.
+// use their own connection); each response is sent from its own goroutine. It takes flow
+// events in order with the messages: a flow whose peer closed it is closed here too (its
+// requests' responses have nobody to go to) and a flow that ended takes its partly received
+// snapshots with it.
 func (t *Transport) serve() {
 	defer t.wg.Done()
 	buf := make([]byte, 64<<10)
 	snaps := make(map[snapshotKey]*partialSnapshot)
+	forget := func(flow machnet.Flow) {
+		t.incoming.remove(flow)
+		for k := range snaps {
+			if k.flow == flow {
+				delete(snaps, k)
+			}
+		}
+	}
 	for {
-		n, flow, err := t.listen.Recv(context.Background(), buf)
+		n, ev, err := t.listen.RecvAny(context.Background(), buf)
 		if err != nil {
 			var me *machnet.Error
 			if errors.Is(err, machnet.ErrMessageSize) && errors.As(err, &me) && me.Needed > len(buf) {
@@ -648,6 +767,23 @@ func (t *Transport) serve() {
 				t.log.Error("listening channel failed; no more incoming RPCs", "error", err)
 			}
 			return
+		}
+		flow := ev.Flow
+		switch ev.Kind {
+		case machnet.EventMessage:
+		case machnet.EventAccepted:
+			t.incoming.add(flow)
+			continue
+		case machnet.EventPeerClosed:
+			forget(flow)
+			_ = t.listen.CloseFlow(flow)
+			continue
+		case machnet.EventRequestFailed: // a response raced with the flow's end: its event follows
+			t.log.Debug("response not sent", "to", flow, "error", ev.Err())
+			continue
+		default: // the flow ended
+			forget(flow)
+			continue
 		}
 		if n < headerLen {
 			t.log.Warn("dropping short message", "from", flow, "len", n)
@@ -662,8 +798,14 @@ func (t *Transport) serve() {
 				t.log.Warn("dropping snapshot chunk without request", "from", flow, "id", id)
 				continue
 			}
+			if int64(len(ps.data)+len(body)) > ps.req.Size {
+				t.log.Warn("dropping snapshot larger than announced", "from", flow, "id", id)
+				delete(snaps, key)
+				t.respondNow(flow, kindInstallSnapshot, id, nil, fmt.Errorf("snapshot data exceeds its size %d", ps.req.Size))
+				continue
+			}
 			ps.data = append(ps.data, body...)
-			if int64(len(ps.data)) >= ps.req.Size {
+			if int64(len(ps.data)) == ps.req.Size {
 				delete(snaps, key)
 				if !t.dispatch(flow, kind, id, ps.req, ps.data) {
 					return
@@ -748,11 +890,26 @@ func (t *Transport) dispatch(flow machnet.Flow, kind byte, id uint64, cmd interf
 	if !handled && !t.enqueue(rpc) {
 		return false
 	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return false
+	}
+	t.responders.Add(1) // under mu, so that it never races with Close's Wait
+	t.mu.Unlock()
 	go func() {
+		defer t.responders.Done()
 		select {
 		case r := <-respCh:
 			t.respondNow(flow, kind, id, r.Response, r.Error)
 		case <-t.shutdown:
+			// Close waits for this goroutine before it closes the channel: a response raft
+			// gave by now still goes out.
+			select {
+			case r := <-respCh:
+				t.respondNow(flow, kind, id, r.Response, r.Error)
+			default:
+			}
 		}
 	}()
 	return true
