@@ -117,7 +117,7 @@ func newMux(ch *Channel, cfg StreamConfig, backlog chan *Conn) *mux {
 }
 
 // run is the dispatcher. Between messages it waits in Go's netpoller on the channel's eventfd
-// (Channel.waitNetpoll), as a goroutine blocked on a TCP read does: the wake-up readies it on a
+// (Channel.RecvAny), as a goroutine blocked on a TCP read does: the wake-up readies it on a
 // P that is already running or polling, and the Conn readers it readies then run on that P
 // when it parks again. (Waiting inside the library held an OS thread in a cgo call: its P was
 // taken away while it slept and every message then cost an extra hand-over between threads.)
@@ -138,14 +138,8 @@ func (m *mux) run(ctx context.Context) {
 				runtime.Gosched()
 				continue
 			}
-			err = m.ch.waitNetpoll(ctx, func() (bool, error) {
-				var e error
-				n, ev, ok, e = m.ch.recvAny(buf, 0)
-				return ok, e
-			})
-			if err == nil && !ok {
-				continue
-			}
+			n, ev, err = m.ch.RecvAny(ctx, buf) // the channel of a mux waits in the netpoller
+			ok = err == nil
 		}
 		var e *Error
 		if errors.As(err, &e) && e.Errno == syscall.EMSGSIZE && e.Needed > len(buf) {
