@@ -49,6 +49,13 @@ type StreamConfig struct {
 	// its engines and accepts each flow on one of them, so every engine serves the port. Each
 	// channel has its own dispatcher.
 	ListenChannels int
+	// DispatchWait is how each channel's dispatcher waits for the next message (default
+	// WaitNetpoll: in Go's netpoller, like a goroutine blocked on a TCP read, holding no OS
+	// thread). WaitInThread waits inside the library on an OS thread of its own: measured
+	// faster for a lone ping-pong (one reader, nothing else running: the thread wakes straight
+	// into its P) and slower for grpc-go (its loopy writer, reader and handler goroutines take
+	// the P away while the thread sleeps); docs/PERFORMANCE.md §23.2.
+	DispatchWait WaitMode
 }
 
 func (c StreamConfig) withDefaults() StreamConfig {
@@ -108,6 +115,7 @@ type mux struct {
 
 // newMux starts the dispatcher of ch; accepted flows go to backlog (nil: a Dialer's channel).
 func newMux(ch *Channel, cfg StreamConfig, backlog chan *Conn) *mux {
+	ch.SetWaitMode(cfg.DispatchWait)
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &mux{ch: ch, cfg: cfg, stop: cancel, done: make(chan struct{}),
 		conns: map[flowKey]*Conn{}, ownerOpen: true, backlog: backlog,
@@ -138,7 +146,7 @@ func (m *mux) run(ctx context.Context) {
 				runtime.Gosched()
 				continue
 			}
-			n, ev, err = m.ch.RecvAny(ctx, buf) // the channel of a mux waits in the netpoller
+			n, ev, err = m.ch.RecvAny(ctx, buf) // waits as StreamConfig.DispatchWait says
 			ok = err == nil
 		}
 		var e *Error

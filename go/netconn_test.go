@@ -563,7 +563,7 @@ func BenchmarkConnPingPong(b *testing.B) {
 			}
 		}
 	}
-	b.Run("machnet", func(b *testing.B) {
+	machnetPair := func(b *testing.B, port uint16, cfg StreamConfig) {
 		srv, err := Open(os.Getenv("MACHNET_TEST_PEER_SOCK"))
 		if err != nil {
 			b.Fatal(err)
@@ -572,14 +572,14 @@ func BenchmarkConnPingPong(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		l, err := srv.Listen("0.0.0.0", 7809)
+		l, err := srv.ListenConfig("0.0.0.0", port, cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer l.Close()
-		d := cli.NewDialer(StreamConfig{})
+		d := cli.NewDialer(cfg)
 		defer d.Close()
-		c, err := d.DialContext(context.Background(), "machnet", net.JoinHostPort(peerIP, "7809"))
+		c, err := d.DialContext(context.Background(), "machnet", net.JoinHostPort(peerIP, fmt.Sprint(port)))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -590,6 +590,10 @@ func BenchmarkConnPingPong(b *testing.B) {
 		defer c.Close()
 		defer s.Close()
 		pingPong(b, c, s)
+	}
+	b.Run("machnet", func(b *testing.B) { machnetPair(b, 7809, StreamConfig{}) })
+	b.Run("machnet-inthread", func(b *testing.B) {
+		machnetPair(b, 7890, StreamConfig{DispatchWait: WaitInThread})
 	})
 	b.Run("tcp", func(b *testing.B) {
 		l, err := net.Listen("tcp", "127.0.0.1:0")

@@ -20,7 +20,7 @@ type pipes struct {
 	addr string
 }
 
-func newPipes(t *testing.T, port uint16) *pipes {
+func newPipes(t *testing.T, port uint16, cfg machnet.StreamConfig) *pipes {
 	sock, peerSock, peerIP := os.Getenv("MACHNET_TEST_SOCK"), os.Getenv("MACHNET_TEST_PEER_SOCK"), os.Getenv("MACHNET_TEST_PEER_IP")
 	if sock == "" || peerSock == "" || peerIP == "" {
 		t.Fatal("needs real sidecars: run ci/ffi.sh (MACHNET_TEST_SOCK, MACHNET_TEST_PEER_SOCK, MACHNET_TEST_PEER_IP)")
@@ -33,11 +33,11 @@ func newPipes(t *testing.T, port uint16) *pipes {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := srv.Listen("0.0.0.0", port)
+	l, err := srv.ListenConfig("0.0.0.0", port, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := cli.NewDialer(machnet.StreamConfig{})
+	d := cli.NewDialer(cfg)
 	t.Cleanup(func() { _ = l.Close(); _ = d.Close(); _ = srv.Close(); _ = cli.Close() })
 	return &pipes{l: l, d: d, addr: net.JoinHostPort(peerIP, fmt.Sprint(port))}
 }
@@ -59,13 +59,19 @@ func (p *pipes) make() (c1, c2 net.Conn, stop func(), err error) {
 
 // TestConn: the x/net conformance suite, dialer side as c1.
 func TestConn(t *testing.T) {
-	p := newPipes(t, 7900)
+	p := newPipes(t, 7900, machnet.StreamConfig{})
+	nettest.TestConn(t, p.make)
+}
+
+// TestConnDispatchInThread: the suite with dispatchers waiting inside the library.
+func TestConnDispatchInThread(t *testing.T) {
+	p := newPipes(t, 7902, machnet.StreamConfig{DispatchWait: machnet.WaitInThread})
 	nettest.TestConn(t, p.make)
 }
 
 // TestConnReversed: the same with the accepted side as c1.
 func TestConnReversed(t *testing.T) {
-	p := newPipes(t, 7901)
+	p := newPipes(t, 7901, machnet.StreamConfig{})
 	nettest.TestConn(t, func() (net.Conn, net.Conn, func(), error) {
 		c1, c2, stop, err := p.make()
 		return c2, c1, stop, err
