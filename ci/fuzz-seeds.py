@@ -71,6 +71,8 @@ controls = {
     "resp_error": {"op": "error", "code": "port_in_use", "message": "port 80 is in use"},
     "stats": {"op": "stats", "max_flows": 10, "max_channels": 2},
     "resp_stats": {"op": "stats", "stats": {"version": 1, "engines": [{"engine": 0, "rx_packets": 5}], "flows": [], "flows_omitted": 0}},
+    # Numbers past u64 parse as floats: they must print and parse back to the same value.
+    "resp_stats_large_number": {"op": "stats", "stats": {"version": 118446744073709551616, "srtt": 0.1, "x": 1.1844674407370957e+20}},
     "resp_invalid_request": {"op": "error", "code": "invalid_request", "message": "max_flows 0 is out of range"},
 }
 for name, msg in controls.items():
