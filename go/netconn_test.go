@@ -22,7 +22,7 @@ import (
 
 // streamSides opens the two sidecars of the test run: the listener side (the peer sidecar,
 // MACHNET_TEST_PEER_SOCK at MACHNET_TEST_PEER_IP) and the dialing side (MACHNET_TEST_SOCK).
-func streamSides(t *testing.T, port uint16, cfg StreamConfig) (*Listener, *Dialer, string) {
+func streamSides(t testing.TB, port uint16, cfg StreamConfig) (*Listener, *Dialer, string) {
 	t.Helper()
 	srv, err := Open(os.Getenv("MACHNET_TEST_PEER_SOCK"))
 	if err != nil {
@@ -564,22 +564,8 @@ func BenchmarkConnPingPong(b *testing.B) {
 		}
 	}
 	machnetPair := func(b *testing.B, port uint16, cfg StreamConfig) {
-		srv, err := Open(os.Getenv("MACHNET_TEST_PEER_SOCK"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		cli, err := Open(os.Getenv("MACHNET_TEST_SOCK"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		l, err := srv.ListenConfig("0.0.0.0", port, cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close()
-		d := cli.NewDialer(cfg)
-		defer d.Close()
-		c, err := d.DialContext(context.Background(), "machnet", net.JoinHostPort(peerIP, fmt.Sprint(port)))
+		l, d, addr := streamSides(b, port, cfg)
+		c, err := d.DialContext(context.Background(), "machnet", addr)
 		if err != nil {
 			b.Fatal(err)
 		}
