@@ -124,8 +124,8 @@ func newMux(ch *Channel, cfg StreamConfig, backlog chan *Conn) *mux {
 	return m
 }
 
-// run is the dispatcher. Between messages it waits in Go's netpoller on the channel's eventfd
-// (Channel.RecvAny), as a goroutine blocked on a TCP read does: the wake-up readies it on a
+// run is the dispatcher. Between messages it waits as StreamConfig.DispatchWait says, by default
+// in Go's netpoller on the channel's eventfd (Channel.RecvAny), as a goroutine blocked on a TCP read does: the wake-up readies it on a
 // P that is already running or polling, and the Conn readers it readies then run on that P
 // when it parks again. (Waiting inside the library held an OS thread in a cgo call: its P was
 // taken away while it slept and every message then cost an extra hand-over between threads.)
