@@ -10,14 +10,14 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy -p machnet --features tokio --all-targets --quiet -- -D warnings
+cargo clippy -p machnet-client --features tokio --all-targets --quiet -- -D warnings
 
 echo "== cargo test (simulation tests are optimised: see [profile.test] in Cargo.toml)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 echo "== client library with its tokio feature"
-cargo test -p machnet --features tokio 2>&1 | tee -a "$log"
+cargo test -p machnet-client --features tokio 2>&1 | tee -a "$log"
 echo "== the simulated delivery and lifecycle suites again, every flow encrypted (PROTOCOL.md §12)"
 MACHNET_SIM_ENCRYPT=1 cargo test -p machnet-sim --test delivery --test lifecycle --test network \
     --test congestion 2>&1 | tee -a "$log"

@@ -209,8 +209,18 @@ func TestConnStalledReaderIsReset(t *testing.T) {
 	c1, s1 := connPair(t, l, d, addr) // s1 is not read until it was reset
 	c2, s2 := connPair(t, l, d, addr)
 	werr := make(chan error, 1)
-	// More than the channel's ring and the sidecar hold: the write can only end by the reset.
-	go func() { _, err := c1.Write(make([]byte, 64<<20)); werr <- err }()
+	// Write until the reset: the sidecars may hold far more than any fixed size (their memory
+	// budget is shared fairly between flows), so a fixed-size write could finish first.
+	go func() {
+		chunk := make([]byte, 1<<20)
+		_ = c1.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		for {
+			if _, err := c1.Write(chunk); err != nil {
+				werr <- err
+				return
+			}
+		}
+	}()
 	payload := bytes.Repeat([]byte("z"), 1<<20)
 	go func() { _, _ = c2.Write(payload); _ = c2.CloseWrite() }()
 	if got := readAllTimeout(t, s2); !bytes.Equal(got, payload) {

@@ -7,7 +7,7 @@
 //! copying mode fills its own buffer and `send`s it (one more copy), then `recv_into`s (one
 //! more copy) and reads; zero-copy mode fills the loan in place and reads the borrowed view.
 //!
-//! `cargo run --release -p machnet --example zero_copy_goodput [MiB per run] [repeats]`
+//! `cargo run --release -p machnet-client --example zero_copy_goodput [MiB per run] [repeats]`
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
