@@ -262,9 +262,9 @@ if command -v go >/dev/null; then
     # directory) builds: the vendored package carries its header (go/machnet.h).
     VEND=$DIR/go-vendor-user
     mkdir -p "$VEND"
-    printf 'module example.invalid/vendoruser\n\ngo 1.19\n\nrequire example.invalid/machnet-rs/go v0.0.0\n\nreplace example.invalid/machnet-rs/go => %s/go\n' \
+    printf 'module example.invalid/vendoruser\n\ngo 1.19\n\nrequire github.com/machnet-rs/machnet-rs/go v0.0.0\n\nreplace github.com/machnet-rs/machnet-rs/go => %s/go\n' \
         "$ROOT" >"$VEND/go.mod"
-    printf 'package main\n\nimport (\n\t"fmt"\n\n\tmachnet "example.invalid/machnet-rs/go"\n)\n\nfunc main() { fmt.Println(machnet.Version()) }\n' \
+    printf 'package main\n\nimport (\n\t"fmt"\n\n\tmachnet "github.com/machnet-rs/machnet-rs/go"\n)\n\nfunc main() { fmt.Println(machnet.Version()) }\n' \
         >"$VEND/main.go"
     if (cd "$VEND" && go mod vendor && go build -mod=vendor -o vendoruser . && ./vendoruser |
         grep -q '^machnet-rs '); then

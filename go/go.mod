@@ -1,3 +1,3 @@
-module example.invalid/machnet-rs/go
+module github.com/machnet-rs/machnet-rs/go
 
 go 1.19

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"example.invalid/machnet-rs/examples/grpc-go/echo"
-	machnet "example.invalid/machnet-rs/go"
+	"github.com/machnet-rs/machnet-rs/examples/grpc-go/echo"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )

@@ -1,9 +1,9 @@
-module example.invalid/machnet-rs/examples/grpc-go
+module github.com/machnet-rs/machnet-rs/examples/grpc-go
 
 go 1.26.0
 
 require (
-	example.invalid/machnet-rs/go v0.0.0
+	github.com/machnet-rs/machnet-rs/go v0.0.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
@@ -15,4 +15,4 @@ require (
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
 )
 
-replace example.invalid/machnet-rs/go => ../../go
+replace github.com/machnet-rs/machnet-rs/go => ../../go

@@ -19,8 +19,8 @@ import (
 	"sort"
 	"time"
 
-	"example.invalid/machnet-rs/examples/grpc-go/echo"
-	machnet "example.invalid/machnet-rs/go"
+	"github.com/machnet-rs/machnet-rs/examples/grpc-go/echo"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 	"google.golang.org/grpc"
 )
 

@@ -4,8 +4,8 @@ import (
 	"context"
 	"net"
 
-	"example.invalid/machnet-rs/examples/grpc-go/echo"
-	machnet "example.invalid/machnet-rs/go"
+	"github.com/machnet-rs/machnet-rs/examples/grpc-go/echo"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )

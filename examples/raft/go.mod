@@ -1,9 +1,9 @@
-module github.com/machnet-rs/machnet/examples/raft
+module github.com/machnet-rs/machnet-rs/examples/raft
 
 go 1.20
 
 require (
-	example.invalid/machnet-rs/go v0.0.0
+	github.com/machnet-rs/machnet-rs/go v0.0.0
 	github.com/hashicorp/go-hclog v1.6.2
 	github.com/hashicorp/go-msgpack/v2 v2.1.2
 	github.com/hashicorp/raft v1.7.3
@@ -20,4 +20,4 @@ require (
 	golang.org/x/sys v0.13.0 // indirect
 )
 
-replace example.invalid/machnet-rs/go => ../../go
+replace github.com/machnet-rs/machnet-rs/go => ../../go

@@ -26,9 +26,9 @@ import (
 	"sync"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // KVServerConfig configures a KVServer.

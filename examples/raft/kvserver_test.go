@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // kvClient is one flow to a KV front end (test helper).

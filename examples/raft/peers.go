@@ -4,8 +4,8 @@ import (
 	"errors"
 	"sync"
 
-	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // reachability is raft.WithPeers' state: which peers RPCs may go to. A new transport reaches

@@ -34,10 +34,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // Message kinds (the first byte of every message). Responses set respFlag.

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // The tests need three sidecars; ci/raft.sh starts them and sets:

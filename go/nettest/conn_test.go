@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 	"golang.org/x/net/nettest"
 )
 

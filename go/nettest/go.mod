@@ -1,9 +1,9 @@
-module example.invalid/machnet-rs/go/nettest
+module github.com/machnet-rs/machnet-rs/go/nettest
 
 go 1.26.0
 
-require example.invalid/machnet-rs/go v0.0.0
+require github.com/machnet-rs/machnet-rs/go v0.0.0
 
 require golang.org/x/net v0.63.0
 
-replace example.invalid/machnet-rs/go => ../
+replace github.com/machnet-rs/machnet-rs/go => ../

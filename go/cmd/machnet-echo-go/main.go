@@ -17,7 +17,7 @@ import (
 	"sort"
 	"time"
 
-	machnet "example.invalid/machnet-rs/go"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 func main() {

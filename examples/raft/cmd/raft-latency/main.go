@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	machnetraft "github.com/machnet-rs/machnet/examples/raft"
+	machnetraft "github.com/machnet-rs/machnet-rs/examples/raft"
 )
 
 type result struct {

@@ -27,7 +27,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	machnetraft "github.com/machnet-rs/machnet/examples/raft"
+	machnetraft "github.com/machnet-rs/machnet-rs/examples/raft"
 )
 
 type status struct {
