@@ -3,13 +3,17 @@
 // has no libmachnet.so dependency.
 //
 // The package carries its copy of the C header (machnet.h, regenerated with the library's by
-// ci/ffi.sh --update-header), so `go mod vendor` vendors a buildable package. Build the static
-// library first, from the repository root:
+// ci/ffi.sh --update-header), so `go mod vendor` vendors a buildable package. The released module
+// (`go get github.com/machnet-rs/machnet-rs/go@v0.1.0`, made by ci/release/go.sh) also carries
+// the static library for linux/amd64, lib/linux_amd64/libmachnet.a: go get + go build need no
+// Rust. In the repository that file is absent and the linker goes on to the repository's Cargo
+// output; build the static library first, from the repository root:
 //
 //	cargo build --release -p machnet-ffi
 //
 // then `go build` / `go test` in this directory. With a non-default Cargo target directory, add
-// it to the linker's search path: CGO_LDFLAGS="-L$CARGO_TARGET_DIR/release".
+// it to the linker's search path: CGO_LDFLAGS="-L$CARGO_TARGET_DIR/release" (CGO_LDFLAGS come
+// before the package's flags, so they win over both directories below).
 //
 // Usage:
 //
@@ -31,6 +35,7 @@
 package machnet
 
 /*
+#cgo linux,amd64 LDFLAGS: -L${SRCDIR}/lib/linux_amd64
 #cgo LDFLAGS: -L${SRCDIR}/../target/release -l:libmachnet.a -lgcc_s -lutil -lrt -lpthread -lm -ldl
 #include <stdlib.h>
 #include "machnet.h"
