@@ -10,8 +10,9 @@
 # VERSION (default 0.1.0). Prints `install-go: ok - ...` / `install-go: FAIL - ...` lines and
 # exits non-zero on failure.
 set -uo pipefail
-# shellcheck source=../lib/install.sh
+# shellcheck source-path=SCRIPTDIR source=../lib/install.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh"
+# shellcheck disable=SC2034 # read by ok/bad (ci/lib/install.sh)
 PART=go
 
 MODULE=github.com/machnet-rs/machnet-rs/go
@@ -38,8 +39,7 @@ readme_example() { # out
     src=$(awk '/<!-- install-test: ci\/install\/go.sh -->/ {m=1; next}
         m && /^```go$/ {p=1; next} p && /^```$/ {exit} p' "$ROOT/go/README.md")
     grep -qF '"/run/machnet/machnet.sock", "10.0.0.1", 888' <<<"$src" || return 1
-    sed "s|\"/run/machnet/machnet.sock\", \"10.0.0.1\", 888|\"$MACHNET_SOCK\", \"$ECHO_IP\", $ECHO_PORT|" \
-        <<<"$src" >"$1"
+    printf '%s\n' "${src//'"/run/machnet/machnet.sock", "10.0.0.1", 888'/"\"$MACHNET_SOCK\", \"$ECHO_IP\", $ECHO_PORT"}" >"$1"
 }
 
 run_and_check() { # binary label

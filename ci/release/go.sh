@@ -16,7 +16,7 @@
 # `cargo build --release -p machnet-ffi` (a no-op after ci/release.sh). Prints one `artifact`
 # line per file and exits non-zero on failure.
 set -uo pipefail
-# shellcheck source=../lib/release.sh
+# shellcheck source-path=SCRIPTDIR source=../lib/release.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/release.sh"
 
 MODULE=github.com/machnet-rs/machnet-rs/go
