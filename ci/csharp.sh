@@ -42,22 +42,10 @@ if [ "${1:-}" = "--update-bindings" ]; then
     exit
 fi
 
-# ----- toolchain: Debian's mono (mcs, C# <= 7.2), NUnit 2.6, nuget 2.8.7 -----
-NUNIT_FW=/usr/lib/cli/nunit.framework-2.6.3/nunit.framework.dll
-if ! command -v mcs >/dev/null || ! command -v mono >/dev/null || ! command -v nunit-console >/dev/null ||
-    ! command -v nuget >/dev/null || [ ! -f "$NUNIT_FW" ] ||
-    [ ! -f /usr/lib/mono/4.5/System.Runtime.Serialization.dll ]; then
-    echo "csharp: installing mono-mcs, mono-runtime, nunit-console, libnunit-cil-dev, nuget," \
-        "libmono-system-runtime-serialization4.0-cil" >&2
-    SUDO=
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq >/dev/null &&
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-            mono-mcs mono-runtime libmono-system-core4.0-cil nunit-console libnunit-cil-dev nuget \
-            libmono-system-runtime-serialization4.0-cil libmono-system-xml4.0-cil \
-            >"$DIR/apt.log" 2>&1 || { tail -20 "$DIR/apt.log" >&2; fail "apt-get install"; finish; }
-fi
-[ -f "$NUNIT_FW" ] || NUNIT_FW=$(ls /usr/lib/cli/nunit.framework-2.6*/nunit.framework.dll 2>/dev/null | head -1)
+# ----- toolchain: Debian's mono (mcs, C# <= 7.2), NUnit 2.6, nuget 2.8.7 (ci/lib/csharp.sh) -----
+# shellcheck source=lib/csharp.sh
+. ci/lib/csharp.sh
+csharp_toolchain "$DIR/apt.log" || { fail "apt-get install"; finish; }
 
 # ----- build -----
 echo "csharp: building (release) into $TARGET" >&2
@@ -71,12 +59,8 @@ else
     fail "bindings_fresh: $GENERATED is stale; run ci/csharp.sh --update-bindings"
 fi
 
-# C# 7.2 exactly (what a current SDK also accepts); warnings are errors (CS1691: the generated
-# file disables warnings mcs does not know).
-MCS=(mcs -langversion:7.2 -warnaserror+ -nowarn:1691 -debug- -optimize+)
 BIN=$DIR/bin
-mkdir -p "$BIN"
-if "${MCS[@]}" -unsafe -target:library -doc:"$BIN/Machnet.xml" -out:"$BIN/Machnet.dll" csharp/src/*.cs &&
+if csharp_build_lib "$ROOT" "$BIN" &&
     "${MCS[@]}" -target:library -out:"$BIN/Machnet.Tests.dll" -r:"$BIN/Machnet.dll" -r:"$NUNIT_FW" \
         -r:System.Runtime.Serialization -r:System.Xml csharp/tests/*.cs &&
     "${MCS[@]}" -out:"$BIN/machnet-echo-cs.exe" -r:"$BIN/Machnet.dll" csharp/examples/echo/*.cs; then
@@ -139,41 +123,29 @@ else
     fail "nunit-console did not write TestResult.xml (exit $rc)"
 fi
 
-# ----- NuGet package -----
+# ----- NuGet package (the one ci/release/nuget.sh makes: csharp_pack in ci/lib/csharp.sh) -----
 PKGS=$DIR/feed
-mkdir -p "$PKGS"
-# nuget 2.8.7 on mono mangles absolute paths in <file src>: stage the files under -BasePath.
-mkdir -p "$DIR/native"
-if cp "$REL/libmachnet.so" "$DIR/native/" &&
-    (cd "$DIR" && nuget pack "$ROOT/csharp/Machnet.nuspec" -Version "$VERSION" -NoPackageAnalysis \
-        -BasePath "$DIR" -OutputDirectory "$PKGS" -NonInteractive) >"$DIR/pack.log" 2>&1 &&
-    python3 - "$PKGS/Machnet.$VERSION.nupkg" <<'PY'
-import sys, zipfile
-names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = {"lib/net45/Machnet.dll", "lib/net45/Machnet.xml", "runtimes/linux-x64/native/libmachnet.so", "Machnet.nuspec"}
-missing = need - names
-assert not missing, f"missing from the package: {missing} (has {sorted(names)})"
-PY
-then
-    pass "nuget_pack (Machnet.$VERSION.nupkg: lib/net45/Machnet.dll + runtimes/linux-x64/native/libmachnet.so)"
+if csharp_pack "$ROOT" "$BIN" "$REL/libmachnet.so" "$VERSION" "$DIR/stage" "$PKGS" &&
+    csharp_check_nupkg "$PKGS/Machnet.$VERSION.nupkg"; then
+    pass "nuget_pack (Machnet.$VERSION.nupkg: lib/netstandard2.0/Machnet.dll + .dll.config, build/Machnet.targets, runtimes/linux-x64/native/libmachnet.so)"
 else
-    cat "$DIR/pack.log" >&2
     fail "nuget_pack"
 fi
 
 # Restore it from the local folder into a fresh program directory and run the C# echo client
-# built against the restored assembly, with only the package's files (no LD_LIBRARY_PATH).
+# built against the restored assembly, loaded in place (MONO_PATH): nothing copied, no
+# LD_LIBRARY_PATH; the package's Machnet.dll.config points mono at its libmachnet.so.
 APP=$DIR/app
 mkdir -p "$APP"
+LIBDIR=$APP/packages/Machnet.$VERSION/lib/netstandard2.0
 if (cd "$APP" && nuget install Machnet -Version "$VERSION" -Source "$PKGS" -OutputDirectory packages \
     -NonInteractive -NoCache) >"$DIR/restore.log" 2>&1; then
-    P=$APP/packages/Machnet.$VERSION
-    cp "$P/lib/net45/Machnet.dll" "$P/runtimes/linux-x64/native/libmachnet.so" "$APP/" &&
-        "${MCS[@]}" -out:"$APP/machnet-echo-cs.exe" -r:"$APP/Machnet.dll" csharp/examples/echo/*.cs &&
-        out=$(cd "$APP" && env -u LD_LIBRARY_PATH timeout 60 mono machnet-echo-cs.exe --socket "$DIR/b.sock" \
-            --remote 127.0.0.1 --port "$ECHO_PORT" --size 4096 --window 4 --duration 0.5 --warmup 0.1 --json) &&
+    "${MCS[@]}" -out:"$APP/machnet-echo-cs.exe" -r:"$LIBDIR/Machnet.dll" csharp/examples/echo/*.cs &&
+        out=$(cd "$APP" && env -u LD_LIBRARY_PATH MONO_PATH="$LIBDIR" timeout 60 mono machnet-echo-cs.exe \
+            --socket "$DIR/b.sock" --remote 127.0.0.1 --port "$ECHO_PORT" --size 4096 --window 4 \
+            --duration 0.5 --warmup 0.1 --json) &&
         python3 -c 'import json,sys; r=json.loads(sys.argv[1]); assert r["messages"]>0 and r["mismatches"]==0, r' "$out" &&
-        pass "nuget_restore_and_run (restored from a local folder; echo client ran on it: $out)" ||
+        pass "nuget_restore_and_run (restored from a local folder, used in place; echo client ran on it: $out)" ||
         fail "nuget_restore_and_run"
 else
     cat "$DIR/restore.log" >&2
@@ -182,7 +154,7 @@ fi
 
 # ----- C# echo client next to the Rust one, against the same server in the same run -----
 DUR=${BENCH_DURATION:-2}
-if cs_json=$(cd "$APP" && timeout 120 mono machnet-echo-cs.exe --socket "$DIR/b.sock" --remote 127.0.0.1 \
+if cs_json=$(cd "$APP" && MONO_PATH="$LIBDIR" timeout 120 mono machnet-echo-cs.exe --socket "$DIR/b.sock" --remote 127.0.0.1 \
     --port "$ECHO_PORT" --size 64 --window 1 --duration "$DUR" --warmup 0.5 --json) &&
     rust_json=$("$REL/machnet-echo" client --socket "$DIR/b.sock" --remote 127.0.0.1 \
         --port "$ECHO_PORT" --size 64 --window 1 --duration "$DUR" --warmup 0.5 --json) &&
