@@ -78,6 +78,14 @@ main() {
     if ldd echo-user 2>&1 | grep -q libmachnet; then
         bad "the binary depends on libmachnet.so: $(ldd echo-user)"
     fi
+    # Which libmachnet.a the linker took (not one installed elsewhere, e.g. by the C SDK's .deb).
+    local lib=$GOMODCACHE/$MODULE@$MODVER/lib/linux_amd64/libmachnet.a trace
+    trace=$(go build -ldflags=-extldflags=-Wl,--trace -o /dev/null . 2>&1)
+    if grep -qxF "$lib" <<<"$trace"; then
+        ok "linked the module's own lib/linux_amd64/libmachnet.a"
+    else
+        bad "the linker did not take $lib"
+    fi
     run_and_check ./echo-user "module from the proxy"
 
     if GOPROXY=off go mod vendor 2>"$WORK/vendor.log" &&
