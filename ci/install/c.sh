@@ -9,12 +9,13 @@
 # Env (from ci/install-test.sh; see ci/lib/install.sh): DIST (holds c/machnet-c-sdk-*.tar.gz),
 # WORK, MACHNET_SOCK, ECHO_IP, ECHO_PORT, ROOT (only the README is read from it).
 # Output: `install-c: ok - ...` / `install-c: FAIL - ...` lines; exit status 1 on any failure.
+# ci/install/deb.sh sources this file for `prepare` and `install_and_build` (its echo client).
 set -uo pipefail
 # shellcheck source=ci/lib/install.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/install.sh"
 PART=c
 README=$ROOT/machnet-ffi/README.md
-PROJECT=$WORK/project
+PROJECT=$WORK/project # the user's project: echo_client.c, the README's commands, the tarball
 
 # extract_block LANG MARKER: prints README's first ```LANG block whose text contains MARKER.
 extract_block() {
@@ -30,8 +31,10 @@ extract_block() {
 prepare() {
     local tarballs named
     tarballs=("$DIST"/c/machnet-c-sdk-*-linux-x86_64.tar.gz)
-    [ ${#tarballs[@]} -eq 1 ] && [ -f "${tarballs[0]}" ] ||
-        { bad "expected one $DIST/c/machnet-c-sdk-*-linux-x86_64.tar.gz"; return 1; }
+    if [ ${#tarballs[@]} -ne 1 ] || [ ! -f "${tarballs[0]}" ]; then
+        bad "expected one $DIST/c/machnet-c-sdk-*-linux-x86_64.tar.gz (release part c)"
+        return 1
+    fi
     mkdir -p "$PROJECT" "$WORK/home"
     extract_block c "echo_client.c:" >"$PROJECT/echo_client.c" ||
         { bad "no echo_client.c example in $README"; return 1; }
@@ -95,4 +98,6 @@ main() {
     [ "$INSTALL_FAILED" -eq 0 ]
 }
 
-main "$@"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    main "$@"
+fi

@@ -41,8 +41,9 @@ cinstall() {
 relocate_pc() {
     local pc=$1
     # shellcheck disable=SC2016 # ${pcfiledir} is pkg-config's variable, not the shell's
-    sed -i 's|^prefix=.*|prefix=${pcfiledir}/../..|' "$pc"
-    grep -q '^prefix=${pcfiledir}/../..$' "$pc"
+    local line='prefix=${pcfiledir}/../..'
+    sed -i "s|^prefix=.*|$line|" "$pc"
+    grep -qxF "$line" "$pc"
 }
 
 # Fails unless the prefix holds what the SDK promises.
@@ -54,10 +55,10 @@ check_prefix() {
     done
     [ -L "$p/lib/libmachnet.so" ] || { echo "c: lib/libmachnet.so is not a symlink" >&2; return 1; }
     soname=$(readelf -d "$p/lib/libmachnet.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
-    [ -n "$soname" ] && [ -L "$p/lib/$soname" ] || {
+    if [ -z "$soname" ] || [ ! -L "$p/lib/$soname" ]; then
         echo "c: soname '$soname' has no symlink in lib/" >&2
         return 1
-    }
+    fi
     grep -q '^Libs.private: .*-l' "$p/lib/pkgconfig/machnet.pc" || {
         echo "c: machnet.pc has no Libs.private" >&2
         return 1
