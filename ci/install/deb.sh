@@ -174,7 +174,7 @@ assert sum(e["connects"] for e in d["engines"]) == 1, d["engines"]
 ' "$json" 2>"$WORK/stat.err"; then
         ok "machnet stat --json: local_ip 127.0.0.3, 1 connect"
     else
-        bad "machnet stat --json: $(cat "$WORK/stat.err") $json"
+        bad "machnet stat --json: $(tail -n 3 "$WORK/stat.err") ${json:0:300}"
     fi
 }
 

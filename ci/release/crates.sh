@@ -11,7 +11,8 @@
 #
 # Knobs: CRATES_VERIFY=0 packages without building them (`cargo package --no-verify`).
 # Output: $DIST/crates/<crate>-$VERSION.crate, one per crate. Env (ci/lib/release.sh sets
-# defaults): ROOT, TARGET (the verification builds go to $TARGET/package), DIST, VERSION.
+# defaults): ROOT, TARGET (the verification builds go to $TARGET/debug, packages to
+# $TARGET/package), DIST, VERSION. Takes ~2 CPU-minutes (the six crates built from their packages).
 set -euo pipefail
 # shellcheck source=ci/lib/release.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/release.sh"
