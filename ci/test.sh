@@ -47,7 +47,7 @@ echo "== DPDK layer (feature dpdk)"
 if pkg-config --exists libdpdk 2>/dev/null; then
     cargo clippy -p machnet-sidecar --features dpdk --all-targets --quiet -- -D warnings
     # Each DPDK test file initialises EAL once (one EAL per process).
-    cargo test -p dpdk-sys -p machnet-sidecar --features machnet-sidecar/dpdk \
+    cargo test -p machnet-dpdk-sys -p machnet-sidecar --features machnet-sidecar/dpdk \
         --test smoke --test dpdk_loopback --test dpdk_ports --test dpdk_errors --test dpdk_binary \
         2>&1 | tee -a "$log"
     if [ "$(id -u)" = 0 ] && command -v jq >/dev/null; then
