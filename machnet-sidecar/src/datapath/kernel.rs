@@ -286,28 +286,38 @@ impl KernelUdp {
         idx: usize,
         sink: &mut dyn FnMut(Received<'_>),
     ) -> Result<(usize, bool), RecvError> {
-        let sock = &self.sockets[idx];
+        /// Receive calls that may each report one earlier ICMP error before the data: the
+        /// kernel reports a pending error ahead of queued datagrams, so a stream of ICMP errors
+        /// must not keep the datagrams from being read.
+        const ICMP_RETRIES: usize = 8;
+        let sock = &mut self.sockets[idx];
         let mut slots = self.rx.chunks_mut(RX_SLOT);
         let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
-        let got =
+        let mut attempts = 0;
+        let got = loop {
             match sock
                 .state
                 .recv(UdpSockRef::from(&sock.socket), &mut bufs, &mut self.rx_meta)
             {
-                Ok(n) => n,
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((0, false)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok((0, true)),
                 Err(e) if icmp_errors::is_icmp_error(&e) => {
-                    // Reported once; the details wait in the error queue.
-                    self.sockets[idx].errors_pending = true;
-                    return Ok((0, false));
+                    // Reported once, the details wait in the error queue; the datagrams are
+                    // readable now.
+                    sock.errors_pending = true;
+                    attempts += 1;
+                    if attempts > ICMP_RETRIES {
+                        return Ok((0, false)); // the next round reads on
+                    }
                 }
                 Err(e) => {
                     self.stats.rx_errors += 1;
                     return Err(RecvError::Io(e));
                 }
-            };
+            }
+        };
         let dst_port = self.pool.nth(idx as u16);
         let mut delivered = 0;
         let (rx, stats, max_datagram) = (&mut self.rx, &mut self.stats, self.max_datagram);
