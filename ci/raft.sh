@@ -8,7 +8,8 @@
 # private control sockets in a temp dir, no root), runs `go vet` and `go test -race` in
 # examples/raft (transport RPCs; raft's own transport test cases with InmemTransport / TCP
 # NetworkTransport controls; RPCs failing at once when a peer process is SIGKILLed or its
-# transport closes; WithPeers, CloseStreams; 3-node cluster: election, replication, leader
+# transport closes, and soon (ICMP port unreachable) when the peer's whole sidecar is SIGKILLed
+# (a fourth sidecar on 127.0.0.4 that the test starts); WithPeers, CloseStreams; 3-node cluster: election, replication, leader
 # killed -> new leader, no committed entry lost; leadership transfer; membership change;
 # snapshot install, also to a follower lagging behind a partition; leader process SIGKILLed;
 # the lines `TIME-TO-FAIL` report how fast pending RPCs failed), then the latency
@@ -53,7 +54,7 @@ if [ -z "$(gofmt -l .)" ]; then pass "gofmt"; else fail "gofmt: $(gofmt -l . | t
 # ----- sidecars -----
 # shellcheck source=lib/sidecars.sh
 source "$ROOT/ci/lib/sidecars.sh"
-POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3)
+POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2 127.0.0.3 127.0.0.4)
 if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" ||
     ! start_sidecar b 127.0.0.2 "$REL/machnet" "$DIR" "$POOL" ||
     ! start_sidecar c 127.0.0.3 "$REL/machnet" "$DIR" "$POOL"; then
@@ -62,6 +63,8 @@ if [ -z "$POOL" ] || ! start_sidecar a 127.0.0.1 "$REL/machnet" "$DIR" "$POOL" |
 fi
 export MACHNET_RAFT_SOCKETS="$DIR/a.sock,$DIR/b.sock,$DIR/c.sock" \
     MACHNET_RAFT_IPS="127.0.0.1,127.0.0.2,127.0.0.3" MACHNET_RAFT_NODE_BIN="$DIR/raft-node"
+# For tests that start (and kill) a sidecar of their own, on 127.0.0.4 with the same ports.
+export MACHNET_RAFT_SIDECAR_BIN="$REL/machnet" MACHNET_RAFT_UDP_BASE="$POOL"
 
 # ----- go test -----
 echo "raft: go test -race" >&2

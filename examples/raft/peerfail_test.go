@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	machnet "github.com/machnet-rs/machnet-rs/go"
 )
 
 // rpcTimeout is the RPC timeout of the peer-failure tests: large, so that an RPC returning
@@ -110,15 +112,19 @@ func newTimeoutTransport(t *testing.T, sc sidecar, max int) *Transport {
 	return tr
 }
 
-// TestPendingRPCsFailWhenPeerKilled: a peer process SIGKILLed while AppendEntries, a
-// heartbeat, a vote and pipelined AppendEntries wait for it: they all fail with ErrPeerFailed
-// (the flow's end) long before the RPC timeout; then RPCs to a new peer at that address work.
-func TestPendingRPCsFailWhenPeerKilled(t *testing.T) {
-	sc := sidecars(t)
-	a := newTimeoutTransport(t, sc[0], 10)
-	p := port()
+// holdingPeer is a TestHelperHoldingPeer child process.
+type holdingPeer struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	killed bool
+}
+
+// startHoldingPeer runs a TestHelperHoldingPeer child on sidecar sc, port p (killed when the
+// test ends) and waits until it listens.
+func startHoldingPeer(t *testing.T, sc sidecar, p uint16) *holdingPeer {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperHoldingPeer$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", holderEnv, sc[1].socket, sc[1].ip, p))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", holderEnv, sc.socket, sc.ip, p))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -127,44 +133,63 @@ func TestPendingRPCsFailWhenPeerKilled(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	killed := false
+	h := &holdingPeer{cmd: cmd, lines: make(chan string, 64)}
 	t.Cleanup(func() {
-		if !killed {
+		if !h.killed {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
 	})
-	lines := make(chan string, 64)
 	go func() {
 		s := bufio.NewScanner(stdout)
 		for s.Scan() {
-			lines <- s.Text()
+			h.lines <- s.Text()
 		}
-		close(lines)
+		close(h.lines)
 	}()
-	expect := func(what string) {
-		t.Helper()
-		select {
-		case l, ok := <-lines:
-			if !ok || l != what {
-				t.Fatalf("holding peer: want %q, got %q (open %v)", what, l, ok)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("holding peer: no %q after 30 s", what)
+	h.expect(t, "READY")
+	return h
+}
+
+// expect waits (30 s) for the peer's next line, which must be what.
+func (h *holdingPeer) expect(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case l, ok := <-h.lines:
+		if !ok || l != what {
+			t.Fatalf("holding peer: want %q, got %q (open %v)", what, l, ok)
 		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("holding peer: no %q after 30 s", what)
 	}
-	expect("READY")
-	target := raft.ServerAddress(fmt.Sprintf("%s:%d", sc[1].ip, p))
-	errs, n := waitingRPCs(t, a, target)
+}
+
+// holdRPCs starts waitingRPCs from a to the holding peer at sc, p and returns once every RPC
+// reached the peer's raft (all wait for responses then).
+func (h *holdingPeer) holdRPCs(t *testing.T, a *Transport, sc sidecar, p uint16) (<-chan error, int) {
+	t.Helper()
+	errs, n := waitingRPCs(t, a, raft.ServerAddress(fmt.Sprintf("%s:%d", sc.ip, p)))
 	for i := 0; i < n; i++ {
-		expect("GOT") // every RPC reached the peer's raft: all wait for responses now
+		h.expect(t, "GOT")
 	}
+	return errs, n
+}
+
+// TestPendingRPCsFailWhenPeerKilled: a peer process SIGKILLed while AppendEntries, a
+// heartbeat, a vote and pipelined AppendEntries wait for it: they all fail with ErrPeerFailed
+// (the flow's end) long before the RPC timeout; then RPCs to a new peer at that address work.
+func TestPendingRPCsFailWhenPeerKilled(t *testing.T) {
+	sc := sidecars(t)
+	a := newTimeoutTransport(t, sc[0], 10)
+	p := port()
+	h := startHoldingPeer(t, sc[1], p)
+	errs, n := h.holdRPCs(t, a, sc[1], p)
 	start := time.Now()
-	if err := cmd.Process.Kill(); err != nil {
+	if err := h.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	killed = true
-	_ = cmd.Wait()
+	h.killed = true
+	_ = h.cmd.Wait()
 	took := checkFailFast(t, errs, n, start, ErrPeerFailed)
 	t.Logf("TIME-TO-FAIL peer process SIGKILLed: %d RPCs failed, the last %v after the kill (RPC timeout %v)", n, took.Round(time.Microsecond), rpcTimeout)
 
@@ -177,6 +202,69 @@ func TestPendingRPCsFailWhenPeerKilled(t *testing.T) {
 	if err := a.RequestVote("b2", b.LocalAddr(), &raft.RequestVoteRequest{Term: 11}, &vote); err != nil || !vote.Granted {
 		t.Fatalf("RequestVote to a live peer after the failure: %v %+v", err, vote)
 	}
+}
+
+// startSidecar starts a sidecar of its own on ip (MACHNET_RAFT_SIDECAR_BIN, UDP ports from
+// MACHNET_RAFT_UDP_BASE, set by ci/raft.sh), killed when the test ends; it returns the sidecar
+// and its process.
+func startSidecar(t *testing.T, ip string) (sidecar, *exec.Cmd) {
+	t.Helper()
+	bin, base := os.Getenv("MACHNET_RAFT_SIDECAR_BIN"), os.Getenv("MACHNET_RAFT_UDP_BASE")
+	if bin == "" || base == "" {
+		t.Skip("MACHNET_RAFT_SIDECAR_BIN / MACHNET_RAFT_UDP_BASE not set (ci/raft.sh sets them)")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "machnet.sock")
+	logf, err := os.Create(filepath.Join(dir, "machnet.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--local-ip", ip, "--control-socket", sock,
+		"--allow-user", strconv.Itoa(os.Getuid()), "--udp-port-base", base,
+		"--udp-port-count", "8", "--stats-interval", "0")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			out, _ := os.ReadFile(logf.Name())
+			t.Logf("sidecar %s log:\n%s", ip, out)
+		}
+	})
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			return sidecar{sock, ip}, cmd
+		}
+		if i == 1000 {
+			t.Fatalf("sidecar on %s did not start within 10 s", ip)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPendingRPCsFailWhenPeerSidecarKilled: the peer's whole sidecar is SIGKILLed while RPCs
+// wait for it. Its host answers our next datagrams (keepalives at the latest) with ICMP port
+// unreachable, which ends the flows as reset (PROTOCOL.md §8.4): the RPCs fail with
+// ErrPeerFailed wrapping machnet.ErrFlowReset (without the ICMP, the flows would end later,
+// timed out).
+func TestPendingRPCsFailWhenPeerSidecarKilled(t *testing.T) {
+	sc := sidecars(t)
+	peer, sidecarProc := startSidecar(t, "127.0.0.4")
+	a := newTimeoutTransport(t, sc[0], 10)
+	p := port()
+	h := startHoldingPeer(t, peer, p)
+	errs, n := h.holdRPCs(t, a, peer, p)
+	start := time.Now()
+	if err := sidecarProc.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = sidecarProc.Wait()
+	// Reset, not timed out: the ICMP ended the flows, not the protocol's timers.
+	took := checkFailFast(t, errs, n, start, machnet.ErrFlowReset)
+	t.Logf("TIME-TO-FAIL peer sidecar SIGKILLed: %d RPCs failed, the last %v after the kill (RPC timeout %v)", n, took.Round(time.Microsecond), rpcTimeout)
 }
 
 // TestPendingRPCsFailWhenPeerCloses: the peer's transport closes while RPCs wait for it: the

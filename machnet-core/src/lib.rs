@@ -55,7 +55,7 @@ pub mod wire;
 pub use config::{ChecksumMode, ConfigError, EngineConfig, PortPool};
 pub use engine::api::{
     CloseError, CloseReason, ConnectError, Datagram, DatagramMut, Event, FlowId, FlowKey,
-    ListenError, RecvError, SendError, Transmit,
+    ListenError, RecvError, SendError, Transmit, Unreachable,
 };
 pub use engine::stats::{DropReason, EngineStats, FlowStats};
 pub use engine::Engine;

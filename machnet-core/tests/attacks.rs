@@ -13,7 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use machnet_core::wire::{self, flags, Packet, PacketType, Repr};
-use machnet_core::{Datagram, DropReason, Engine, EngineConfig, Event, Instant};
+use machnet_core::{
+    CloseReason, Datagram, DropReason, Engine, EngineConfig, Event, Instant, Transmit, Unreachable,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -634,4 +636,118 @@ fn syn_flood(encrypted: bool) {
         stats.syn_cookies_sent > 0,
         "the flood switched the engine to cookies"
     );
+}
+
+// ----- ICMP port unreachable (PROTOCOL.md §8.4) -----
+
+/// Lets `a` send `msg` on `fa` and returns the first datagram it puts on the wire (not delivered).
+fn next_datagram(p: &mut Pair, fa: machnet_core::FlowId, msg: Bytes) -> (Transmit, Vec<u8>) {
+    p.a.send(p.now, fa, msg).unwrap();
+    let mut buf = vec![0u8; 65_507];
+    let t =
+        p.a.poll_transmit(p.now, &mut buf)
+            .expect("a datagram to send");
+    buf.truncate(t.len);
+    (t, buf)
+}
+
+/// An ICMP port unreachable at `a` quoting `quoted` as sent on `t`'s path.
+fn unreachable(p: &mut Pair, t: &Transmit, dst_port: u16, quoted: &[u8]) -> bool {
+    p.a.handle_unreachable(
+        p.now,
+        Unreachable {
+            remote_ip: B,
+            src_port: t.src_port,
+            dst_port,
+            quoted,
+        },
+    )
+}
+
+#[test]
+fn port_unreachable_quoting_the_flows_packet_resets_it_at_once() {
+    let mut p = Pair::new(|_| {});
+    let (fa, _fb) = p.connect();
+    let (t, sent) = next_datagram(&mut p, fa, message(1, 2000));
+    // Linux quotes at most 576 bytes of ICMP: the start of the datagram.
+    assert!(unreachable(
+        &mut p,
+        &t,
+        t.dst_port,
+        &sent[..sent.len().min(520)]
+    ));
+    p.run_until(p.now + Duration::from_millis(1), |_| false);
+    assert!(
+        p.events_a.contains(&Event::Closed {
+            flow: fa,
+            reason: CloseReason::Reset
+        }),
+        "{:?}",
+        p.events_a
+    );
+    assert_eq!(p.a.stats().unreachable_resets, 1);
+    assert_eq!(p.a.flow_count(), 0, "the flow is gone");
+    // A second report for the same (now gone) flow changes nothing.
+    assert!(!unreachable(&mut p, &t, t.dst_port, &sent));
+    assert_eq!(p.a.stats().unreachable_ignored, 1);
+}
+
+#[test]
+fn forged_port_unreachables_touch_nothing() {
+    let seed = 0x1C3B;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut p = Pair::new(|_| {});
+    let (fa, fb) = p.connect();
+    let (t, sent) = next_datagram(&mut p, fa, message(1, 300));
+    let real = Packet::new_checked(&sent[..]).unwrap().token();
+    let mut forged = 0;
+    // A guessed token, right ports and path.
+    for _ in 0..FORGERIES {
+        let mut q = sent.clone();
+        q[40..48].copy_from_slice(&guess(&mut rng, real).to_be_bytes());
+        assert!(!unreachable(&mut p, &t, t.dst_port, &q), "seed {seed:#x}");
+        forged += 1;
+    }
+    // The real packet, but reported for another UDP path of the flow's hosts.
+    for dst in [t.dst_port.wrapping_add(1), t.dst_port.wrapping_sub(1), 0] {
+        assert!(!unreachable(&mut p, &t, dst, &sent));
+        forged += 1;
+    }
+    // Quotes too short for the fixed header, or not a Machnet packet.
+    for q in [&sent[..wire::HEADER_LEN - 1], &[][..], &[0xFFu8; 64][..]] {
+        assert!(!unreachable(&mut p, &t, t.dst_port, q));
+        forged += 1;
+    }
+    assert_eq!(p.a.stats().unreachable_resets, 0);
+    assert_eq!(p.a.stats().unreachable_ignored, forged);
+    // The flow works: the message queued before the forgeries arrives, and another one after it.
+    p.run_until(p.now + Duration::from_millis(50), |_| false);
+    let mut got = Vec::new();
+    drain(&mut p.b, fb, &mut got);
+    assert_eq!(got, vec![message(1, 300)]);
+    let second = message(2, 700);
+    assert_eq!(exchange(&mut p, fa, fb, second.clone()), vec![second]);
+    assert!(p
+        .events_a
+        .iter()
+        .all(|e| !matches!(e, Event::Closed { .. })));
+}
+
+#[test]
+fn port_unreachable_for_a_syn_leaves_the_connect_to_its_timeout() {
+    let mut p = Pair::new(|_| {});
+    let fa = p.a.connect(p.now, B, PORT).unwrap();
+    let mut buf = vec![0u8; 65_507];
+    let t = p.a.poll_transmit(p.now, &mut buf).expect("a SYN");
+    let syn = &buf[..t.len];
+    assert_eq!(
+        Packet::new_checked(syn).unwrap().packet_type(),
+        PacketType::Syn
+    );
+    // SYNs carry no token, and one sprayed port nobody binds says nothing about the others.
+    assert!(!unreachable(&mut p, &t, t.dst_port, syn));
+    p.run_until(p.now + Duration::from_secs(5), |p| {
+        p.events_a.contains(&Event::Connected { flow: fa })
+    });
+    assert!(p.events_a.contains(&Event::Connected { flow: fa }));
 }

@@ -81,6 +81,7 @@ impl fmt::Display for EngineReport {
             f,
             "engine {}: channels {} (active {}) flows {} | rx {} pkts {} B, tx {} pkts {} B | \
              retransmits fast {} timeout {} (spurious timeouts {}) probes {} | connects {} accepts {} rsts {} syns {} | \
+             port unreachable {} resets {} ignored {} | \
              connecting {} budget refusals channel {} app {} rate {} | \
              held core {} B (peak {} B, budget {} B, reclaims {}) sidecar {} B, stalled {} | dp rx_oversize {} tx_dropped {} \
              tx_errors {} injected {} gso_batches {} gso_fallbacks {} gro_batches {} | violations {} sleeps {} doorbells {} parks {} | detached {} orphans {} linger_aborts {} | \
@@ -101,6 +102,9 @@ impl fmt::Display for EngineReport {
             c.accepts_completed,
             c.rsts_sent,
             c.syns_sent,
+            d.rx_port_unreachable,
+            c.unreachable_resets,
+            c.unreachable_ignored,
             self.connects_in_progress,
             self.engine_loop.connect_refusals.channel,
             self.engine_loop.connect_refusals.app,

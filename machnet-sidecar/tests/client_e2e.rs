@@ -162,3 +162,57 @@ fn after_a_sigkill_of_the_sidecar_every_call_fails_with_sidecar_gone() {
     server.join().unwrap();
     assert!(sb.terminate().success());
 }
+
+/// Issue 20: when the peer's whole sidecar dies, its host answers our next datagram with an ICMP
+/// port unreachable quoting the packet and its flow token; the flow ends as reset by the peer
+/// then, not at the protocol's timeout (which would end it as `TimedOut`; PROTOCOL.md §8.4).
+#[test]
+fn a_flow_whose_peer_sidecar_was_killed_ends_as_reset_on_the_next_send() {
+    let pool = machnet_sidecar::testing::free_udp_pool(&[A, B], 8);
+    let dir = temp_dir("e2e-peer-gone");
+    let sa = Proc::start(A, 2, pool, &dir, &[]);
+    let mut sb = Proc::start(B, 2, pool, &dir, &[]);
+    // An echo server that keeps its channel until its sidecar dies: a server that detached
+    // would close the flow gracefully first.
+    let server_app = Machnet::attach_at(&sb.sock).expect("attach server");
+    let mut server = server_app.open_channel(None).expect("server channel");
+    server.listen(6003).expect("listen");
+    let server = std::thread::spawn(move || {
+        let _app = server_app;
+        while let Ok(event) = server.next_event(Some(Duration::from_millis(50))) {
+            if let Some(Event::Message { flow, data }) = event {
+                let _ = server.send(&flow, &data);
+            }
+        }
+    });
+
+    let m = Machnet::attach_at(&sa.sock).expect("attach");
+    let mut ch = m.open_channel(None).expect("channel");
+    let flow = ch.connect(B, 6003).expect("connect");
+    for i in 0..10u64 {
+        let msg = pattern(i, 1000 + i as usize);
+        ch.send(&flow, &msg).expect("send");
+        assert!(ch.recv().expect("echo").1 == msg, "echo {i} altered");
+    }
+
+    let mut child = sb.child.take().unwrap();
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    server
+        .join()
+        .expect("the server thread ends with its sidecar");
+
+    ch.send(&flow, b"anyone there?").expect("send");
+    match ch.next_event(Some(WAIT)).expect("event") {
+        Some(Event::Closed { flow: f, reason }) => {
+            assert_eq!(f, flow);
+            assert_eq!(
+                reason,
+                Some(CloseCode::Reset),
+                "ended by the ICMP, not a timeout"
+            );
+        }
+        other => panic!("expected the flow to close, got {other:?}"),
+    }
+    drop(sa);
+}

@@ -86,6 +86,22 @@ pub struct DatagramMut<'a> {
     pub payload: &'a mut [u8],
 }
 
+/// An ICMP "port unreachable" answering a datagram we sent, handed to
+/// [`crate::Engine::handle_unreachable`]: the peer's host says nothing listens on the UDP port
+/// any more (its sidecar is gone). Datapaths that learn of such errors report them
+/// (PROTOCOL.md §8.4).
+#[derive(Debug, Clone, Copy)]
+pub struct Unreachable<'a> {
+    /// Where the datagram went.
+    pub remote_ip: Ipv4Addr,
+    /// Our UDP port it left from.
+    pub src_port: u16,
+    /// The UDP port it went to.
+    pub dst_port: u16,
+    /// The start of the datagram's UDP payload, as the ICMP message quoted it.
+    pub quoted: &'a [u8],
+}
+
 /// A datagram written by [`crate::Engine::poll_transmit`] into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {

@@ -598,6 +598,35 @@ impl Engine {
         self.receive(now, (d.remote_ip, path), Received::Mut(d.payload));
     }
 
+    /// An ICMP port unreachable answering a datagram we sent (PROTOCOL.md §8.4). It ends the
+    /// established flow whose packet it quotes if the quote carries the flow's ports, the
+    /// peer's token for the flow and the flow's UDP path: only the peer (or an on-path observer)
+    /// knows the token, so nobody else can reset a flow this way. Anything else is counted in
+    /// `unreachable_ignored` and changes nothing. Returns whether a flow ended.
+    pub fn handle_unreachable(&mut self, now: Instant, u: Unreachable<'_>) -> bool {
+        self.last_now = now;
+        let ended = wire::QuotedHeader::parse(u.quoted)
+            .ok()
+            .and_then(|h| {
+                let key = self.key(u.remote_ip, h.dst_port, h.src_port);
+                let idx = *self.by_key.get(&key)?;
+                let path = UdpPair {
+                    src: u.src_port,
+                    dst: u.dst_port,
+                };
+                let ended = self.flow_mut(idx).handle_unreachable(h.token, path);
+                self.settle(idx, now);
+                Some(ended)
+            })
+            .unwrap_or(false);
+        if ended {
+            self.stats.unreachable_resets += 1;
+        } else {
+            self.stats.unreachable_ignored += 1;
+        }
+        ended
+    }
+
     fn receive(&mut self, now: Instant, from: (Ipv4Addr, UdpPair), bytes: Received<'_>) {
         self.last_now = now;
         self.stats.packets_received += 1;

@@ -156,6 +156,12 @@ pub struct EngineStats {
     pub flows_closed: u64,
     /// Flows aborted to give their memory to flows within their fair share (PROTOCOL.md §6.5).
     pub memory_reclaims: u64,
+    /// Flows reset by an ICMP port unreachable that quoted one of their packets with the
+    /// peer's token (PROTOCOL.md §8.4): the peer's sidecar is gone.
+    pub unreachable_resets: u64,
+    /// ICMP port-unreachable reports that ended no flow: unparsable quote, no such flow, wrong
+    /// token or path, or a flow still in its handshake.
+    pub unreachable_ignored: u64,
     /// Bytes the engine's flows held for applications at most so far (received data: unread,
     /// partial and out-of-order; see [`crate::Engine::held_bytes`]).
     pub held_bytes_peak: u64,

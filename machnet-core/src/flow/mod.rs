@@ -635,6 +635,24 @@ impl Flow {
         }
     }
 
+    /// An ICMP port unreachable quoting a packet of ours with `token` on UDP `path`
+    /// (PROTOCOL.md §8.4): an established flow whose token and path it names ends as if the
+    /// peer had reset it; a lingering one is removed silently. Flows in their handshake ignore
+    /// it: their SYNs carry no token, and a SYN sprayed to one port nobody binds says nothing
+    /// about the others. Returns whether the flow ended.
+    pub(crate) fn handle_unreachable(&mut self, token: u64, path: UdpPair) -> bool {
+        let ours = self.tx_token != 0 && token == self.tx_token && path == self.tx_path;
+        if !ours || self.death.is_some() {
+            return false;
+        }
+        match self.phase {
+            Phase::Established => self.die(CloseReason::Reset, true, false),
+            Phase::Lingering => self.die(CloseReason::Reset, false, false),
+            Phase::SynSent { .. } | Phase::SynReceived { .. } => return false,
+        }
+        true
+    }
+
     fn handle_syn_sent(
         &mut self,
         now: Instant,

@@ -137,6 +137,45 @@ pub enum ParseError {
     Malformed,
 }
 
+/// The fixed header of a packet of ours quoted back by an ICMP error (PROTOCOL.md §8.4). An ICMP
+/// message quotes only the start of the datagram, so nothing past the fixed header is read and
+/// no length or checksum is checked: the fields identify a flow, which then decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotedHeader {
+    /// The quoted packet's type.
+    pub packet_type: PacketType,
+    /// Its source port: ours.
+    pub src_port: u16,
+    /// Its destination port: the peer's.
+    pub dst_port: u16,
+    /// Its sequence number.
+    pub seq: u32,
+    /// Its flow token: the peer's token for the flow (0 on a SYN).
+    pub token: u64,
+}
+
+impl QuotedHeader {
+    /// Reads the fixed header at the start of `quoted`, checking magic, version and type.
+    pub fn parse(quoted: &[u8]) -> Result<QuotedHeader, ParseError> {
+        let header = quoted.get(..HEADER_LEN).ok_or(ParseError::Truncated)?;
+        let p = Packet::new_unchecked(header);
+        if p.magic() != MAGIC {
+            return Err(ParseError::BadMagic);
+        }
+        if p.version() != VERSION {
+            return Err(ParseError::BadVersion);
+        }
+        let packet_type = PacketType::from_u8(header[field::TYPE]).ok_or(ParseError::BadType)?;
+        Ok(QuotedHeader {
+            packet_type,
+            src_port: p.src_port(),
+            dst_port: p.dst_port(),
+            seq: p.seq(),
+            token: p.token(),
+        })
+    }
+}
+
 /// A checked view over the bytes of one Machnet packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<T: AsRef<[u8]>> {

@@ -21,13 +21,14 @@ use std::io::{self, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use machnet_core::PortPool;
+use machnet_core::{PortPool, Unreachable};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, sockopt};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::icmp_errors::{self, QueuedError, QUOTE_MAX};
 use super::{Datapath, DatapathStats, Received, RecvError, SendError, TxMeta};
 
 /// Socket buffer sizes requested (the kernel caps them at `net.core.{r,w}mem_max`).
@@ -132,6 +133,9 @@ struct PoolSocket {
     state: UdpSocketState,
     /// Datagrams per GSO send on this socket (1: no GSO).
     gso_segments: usize,
+    /// The kernel reported an ICMP error on the socket (`EPOLLERR`, or a call failed with
+    /// one): its error queue is to be read.
+    errors_pending: bool,
 }
 
 /// Datagrams in the transmit area that leave in one send call.
@@ -162,6 +166,8 @@ pub struct KernelUdp {
     max_datagram: usize,
     gro: bool,
     stats: DatapathStats,
+    /// Where an error-queue entry's quote of our datagram lands.
+    quote: Vec<u8>,
 }
 
 impl std::fmt::Debug for KernelUdp {
@@ -198,6 +204,9 @@ fn bind_one(addr: SocketAddrV4, opts: &KernelUdpOptions) -> Result<PoolSocket, K
     // reads them, and every control message costs the kernel time per datagram.
     let _ = setsockopt(&socket, sockopt::Ipv4PacketInfo, &false);
     let _ = setsockopt(&socket, sockopt::IpRecvTos, &false);
+    // ICMP errors about our datagrams go to the socket's error queue, where
+    // `recv_unreachable` finds a dead peer sidecar's "port unreachable" (PROTOCOL.md §8.4).
+    let _ = setsockopt(&socket, sockopt::Ipv4RecvErr, &true);
     let gso_segments = if opts.gso {
         state.max_gso_segments().max(1)
     } else {
@@ -207,6 +216,7 @@ fn bind_one(addr: SocketAddrV4, opts: &KernelUdpOptions) -> Result<PoolSocket, K
         socket,
         state,
         gso_segments,
+        errors_pending: false,
     })
 }
 
@@ -251,6 +261,7 @@ impl KernelUdp {
             max_datagram,
             gro,
             stats: DatapathStats::default(),
+            quote: vec![0u8; QUOTE_MAX],
         })
     }
 
@@ -275,23 +286,38 @@ impl KernelUdp {
         idx: usize,
         sink: &mut dyn FnMut(Received<'_>),
     ) -> Result<(usize, bool), RecvError> {
-        let sock = &self.sockets[idx];
+        /// Receive calls that may each report one earlier ICMP error before the data: the
+        /// kernel reports a pending error ahead of queued datagrams, so a stream of ICMP errors
+        /// must not keep the datagrams from being read.
+        const ICMP_RETRIES: usize = 8;
+        let sock = &mut self.sockets[idx];
         let mut slots = self.rx.chunks_mut(RX_SLOT);
         let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("BATCH_SIZE slots")));
-        let got =
+        let mut attempts = 0;
+        let got = loop {
             match sock
                 .state
                 .recv(UdpSockRef::from(&sock.socket), &mut bufs, &mut self.rx_meta)
             {
-                Ok(n) => n,
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((0, false)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok((0, true)),
+                Err(e) if icmp_errors::is_icmp_error(&e) => {
+                    // Reported once, the details wait in the error queue; the datagrams are
+                    // readable now.
+                    sock.errors_pending = true;
+                    attempts += 1;
+                    if attempts > ICMP_RETRIES {
+                        return Ok((0, false)); // the next round reads on
+                    }
+                }
                 Err(e) => {
                     self.stats.rx_errors += 1;
                     return Err(RecvError::Io(e));
                 }
-            };
+            }
+        };
         let dst_port = self.pool.nth(idx as u16);
         let mut delivered = 0;
         let (rx, stats, max_datagram) = (&mut self.rx, &mut self.stats, self.max_datagram);
@@ -339,7 +365,14 @@ impl KernelUdp {
                 segment_size: (b.count > 1).then_some(b.segment),
                 src_ip: None,
             };
-            match sock.state.try_send(UdpSockRef::from(&sock.socket), &t) {
+            let mut sent = sock.state.try_send(UdpSockRef::from(&sock.socket), &t);
+            if sent.as_ref().is_err_and(icmp_errors::is_icmp_error) {
+                // An earlier datagram's ICMP error, reported by this call once (IP_RECVERR): it
+                // says nothing about this batch, which goes out on the second try.
+                sock.errors_pending = true;
+                sent = sock.state.try_send(UdpSockRef::from(&sock.socket), &t);
+            }
+            match sent {
                 Ok(()) => {
                     self.stats.tx_packets += b.count as u64;
                     self.stats.tx_bytes += b.len as u64;
@@ -393,6 +426,9 @@ impl Datapath for KernelUdp {
             let idx = self.events[k].data() as usize;
             if idx >= self.sockets.len() {
                 continue;
+            }
+            if self.events[k].events().contains(EpollFlags::EPOLLERR) {
+                self.sockets[idx].errors_pending = true;
             }
             // One batch may split into more datagrams than `max` (GRO): the budget is soft.
             while total < max {
@@ -451,6 +487,45 @@ impl Datapath for KernelUdp {
             closed: false,
         });
         Ok(true)
+    }
+
+    fn recv_unreachable(&mut self, sink: &mut dyn FnMut(Unreachable<'_>)) -> usize {
+        /// Entries read per socket and call: a flood of ICMP cannot hold the engine here.
+        const PER_SOCKET: usize = 64;
+        let mut reported = 0;
+        for (i, sock) in self.sockets.iter_mut().enumerate() {
+            if !sock.errors_pending {
+                continue;
+            }
+            let mut emptied = false;
+            for _ in 0..PER_SOCKET {
+                match icmp_errors::read_one(&sock.socket, &mut self.quote) {
+                    Ok(Some(QueuedError::PortUnreachable { dest, len })) => {
+                        self.stats.rx_port_unreachable += 1;
+                        reported += 1;
+                        sink(Unreachable {
+                            remote_ip: *dest.ip(),
+                            src_port: self.pool.nth(i as u16),
+                            dst_port: dest.port(),
+                            quoted: &self.quote[..len.min(QUOTE_MAX)],
+                        });
+                    }
+                    Ok(Some(QueuedError::Other)) => {}
+                    Ok(None) => {
+                        emptied = true;
+                        break;
+                    }
+                    Err(_) => {
+                        self.stats.rx_errors += 1;
+                        emptied = true;
+                        break;
+                    }
+                }
+            }
+            // Not emptied: the rest waits for the next call (EPOLLERR stays set until then).
+            sock.errors_pending = !emptied;
+        }
+        reported
     }
 
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {

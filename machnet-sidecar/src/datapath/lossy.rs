@@ -71,6 +71,10 @@ impl<D: Datapath> Datapath for Lossy<D> {
         Ok(queued || dropped)
     }
 
+    fn recv_unreachable(&mut self, sink: &mut dyn FnMut(machnet_core::Unreachable<'_>)) -> usize {
+        self.inner.recv_unreachable(sink)
+    }
+
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
         self.inner.readiness_fd()
     }

@@ -11,6 +11,7 @@
 
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+mod icmp_errors;
 pub mod kernel;
 pub mod lossy;
 pub mod mem;
@@ -19,6 +20,7 @@ pub mod mem;
 mod conformance;
 
 use machnet_core::rss::RssOracle;
+use machnet_core::Unreachable;
 use std::net::Ipv4Addr;
 use std::os::fd::BorrowedFd;
 
@@ -135,6 +137,8 @@ pub struct DatapathStats {
     pub tx_gso_fallbacks: u64,
     /// Receive buffers that held several datagrams coalesced by UDP GRO.
     pub rx_gro_batches: u64,
+    /// ICMP port-unreachable reports about our datagrams handed to the engine.
+    pub rx_port_unreachable: u64,
 }
 
 /// Why a receive failed.
@@ -202,8 +206,17 @@ pub trait Datapath: Send {
         .map(|_| ())
     }
 
-    /// A file descriptor that is readable whenever [`Datapath::recv`] may find datagrams
-    /// (level-triggered). `None`: the datapath must be polled.
+    /// Hands `sink` each ICMP "port unreachable" the network sent back about our datagrams
+    /// (PROTOCOL.md §8.4), with the start of the datagram it quotes; returns how many. Never
+    /// blocks. The engine calls it after [`Datapath::recv`]. The default is a datapath that
+    /// learns of no such errors.
+    fn recv_unreachable(&mut self, _sink: &mut dyn FnMut(Unreachable<'_>)) -> usize {
+        0
+    }
+
+    /// A file descriptor that is readable whenever [`Datapath::recv`] (or
+    /// [`Datapath::recv_unreachable`]) may find something (level-triggered). `None`: the
+    /// datapath must be polled.
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
 
     /// Counters.
@@ -235,6 +248,9 @@ impl<T: Datapath + ?Sized> Datapath for Box<T> {
     }
     fn send(&mut self, d: Outgoing<'_>) -> Result<(), SendError> {
         (**self).send(d)
+    }
+    fn recv_unreachable(&mut self, sink: &mut dyn FnMut(Unreachable<'_>)) -> usize {
+        (**self).recv_unreachable(sink)
     }
     fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
         (**self).readiness_fd()

@@ -617,7 +617,7 @@ impl Worker {
 
     fn receive(&mut self, now: Instant) -> bool {
         let core = &mut self.core;
-        match self.dp.recv(RX_BUDGET, &mut |r| {
+        let datagrams = match self.dp.recv(RX_BUDGET, &mut |r| {
             core.handle_datagram_mut(
                 now,
                 DatagramMut {
@@ -633,7 +633,19 @@ impl Worker {
                 crate::limited!(warn, engine = self.id, "datapath receive: {e}");
                 false
             }
-        }
+        };
+        // Every round: an unread error queue keeps the datapath's readiness fd readable.
+        let unreachable = self.receive_unreachable(now);
+        datagrams || unreachable
+    }
+
+    /// ICMP port unreachables for our datagrams: flows whose peer sidecar is gone end now
+    /// instead of at their timeout (PROTOCOL.md §8.4).
+    fn receive_unreachable(&mut self, now: Instant) -> bool {
+        let core = &mut self.core;
+        self.dp.recv_unreachable(&mut |u| {
+            core.handle_unreachable(now, u);
+        }) > 0
     }
 
     fn consume_requests(&mut self, now: Instant) -> bool {
