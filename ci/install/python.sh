@@ -15,7 +15,7 @@
 # the Machnet port of the README's server. PYTHON (default python3) makes the venv.
 # Prints `install-python: ok - ...` / `install-python: FAIL - ...`; exits non-zero on a failure.
 set -uo pipefail
-PART=python
+export PART=python # ok/bad (ci/lib/install.sh)
 # shellcheck source=../lib/install.sh
 . "$ROOT/ci/lib/install.sh"
 # shellcheck source=../lib/readme.sh
@@ -65,8 +65,8 @@ start_server() {
     (cd "$WORK" && MACHNET_SOCKET=$MACHNET_SOCK exec "$VENV/bin/python" echo_server.py "$SERVER_PORT") \
         >"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
-    local i
-    for i in $(seq 100); do
+    local _
+    for _ in $(seq 100); do
         SERVER_ADDR=$(sed -n 's/^listening on \(.*\)$/\1/p' "$WORK/server.log")
         [ -z "$SERVER_ADDR" ] || return 0
         kill -0 "$SERVER_PID" 2>/dev/null || break

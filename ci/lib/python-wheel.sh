@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Building the Python package (python/) with maturin; shared by ci/python.sh (tests the wheel) and
 # ci/release/python.sh (the wheel and sdist of a release). Source it (bash only) with ROOT and
 # TARGET set; both callers use the same target dir, so the second wheel build is only maturin
@@ -38,10 +39,11 @@ _maturin() {
     (cd "$ROOT/python" && PATH="$PY_BUILD_VENV/bin:$PATH" "$PY_BUILD_VENV/bin/maturin" "$@")
 }
 
-# The one wheel matching machnet-*.whl in DIR.
+# Prints the one file in DIR matching GLOB (fails unless there is exactly one).
 _only_file() { # dir glob
-    local found=("$1"/$2)
-    if [ ${#found[@]} -ne 1 ] || [ ! -f "${found[0]}" ]; then
+    local found
+    mapfile -t found < <(compgen -G "$1/$2")
+    if [ ${#found[@]} -ne 1 ]; then
         echo "expected exactly one $2 in $1, found: ${found[*]}" >&2
         return 1
     fi

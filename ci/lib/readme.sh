@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # README code examples for the tests that run them (source it; bash only).
 #
 #   readme_block FILE LANG FIRST_LINE_PREFIX
