@@ -1,8 +1,10 @@
 # shellcheck shell=bash
 # Building and packing the Node.js package (node/) with napi-rs; shared by ci/node.sh (tests the
 # tarballs) and ci/release/node.sh (the tarballs of a release). Source it (bash only) with ROOT
-# and TARGET set; both callers use the same cargo target dir, so the second addon build is only
-# napi-rs checking what cargo already built.
+# and TARGET set. The addon builds in its own cargo target dir, $TARGET/node-addon: sharing
+# one with the Python wheel's build (maturin + zig, same dependency crates) makes each build
+# recompile what the other just built; this way the second addon build (ci/node.sh, then
+# ci/release/node.sh) is only napi-rs checking what cargo already built.
 #
 #   node_build_addon     `npm ci` (dev tools: @napi-rs/cli, typescript) and `npm run build` (napi
 #                        build --platform --release) in node/: machnet.linux-x64-gnu.node,
@@ -28,7 +30,7 @@ node_build_addon() {
         echo "npm ci failed" >&2
         return 1
     }
-    (cd "$ROOT/node" && npm run --silent build) || {
+    (cd "$ROOT/node" && CARGO_TARGET_DIR=$TARGET/node-addon npm run --silent build) || {
         echo "napi build failed" >&2
         return 1
     }
