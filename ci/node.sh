@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Node.js package (node/): `npm ci`, builds the napi-rs addon, `npm pack`s it, installs the
-# tarball into a fresh project (no Rust needed there), type-checks a usage file with
+# The Node.js package (node/): `npm ci`, builds the napi-rs addon, packs it as a release does (the
+# main package and the platform package with the .node, ci/lib/node-package.sh), installs both
+# tarballs into a fresh project (no Rust needed there), type-checks a usage file with
 # `tsc --strict`, builds the sidecar, echo and KV binaries, starts two real sidecars (kernel UDP
 # on 127.0.0.1 / 127.0.0.2, private control sockets in a temp dir, no root), the Rust echo server,
 # `machnet-kv server` and a 3-node Raft cluster (examples/raft `raft-node --kv-port`, built with
@@ -28,27 +29,29 @@ SUITE=node
 . ci/lib/suite.sh
 WORK=$DIR
 
-echo "== npm ci"
-(cd node && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci"
+# The build and the packing, shared with ci/release/node.sh.
+# shellcheck source=lib/node-package.sh
+. ci/lib/node-package.sh
 
-echo "== addon (napi build --release)"
-(cd node && npm run --silent build) || die "napi build"
+echo "== npm ci, addon (napi build --release)"
+node_build_addon || die "npm ci / napi build"
 pass "addon built"
 
-echo "== npm pack"
-(cd node && npm pack --pack-destination "$WORK" --loglevel=error >"$WORK/pack.txt") || die "npm pack"
-TARBALL=$(ls "$WORK"/machnet-*.tgz)
-echo "packed $(basename "$TARBALL") ($(du -k "$TARBALL" | cut -f1) KiB)"
+echo "== pack (napi-rs per-platform layout, as ci/release/node.sh)"
+mapfile -t TARBALLS < <(node_pack "$WORK/pack")
+[ ${#TARBALLS[@]} -eq 2 ] || die "packing: expected 2 tarballs, got ${TARBALLS[*]}"
+for t in "${TARBALLS[@]}"; do echo "packed $(basename "$t") ($(du -k "$t" | cut -f1) KiB)"; done
 
-echo "== fresh project with the tarball"
+echo "== fresh project with the tarballs"
 APP=$WORK/app
 mkdir -p "$APP"
-(cd "$APP" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$TARBALL") \
-    || die "npm install of the tarball"
+(cd "$APP" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "${TARBALLS[@]}") \
+    || die "npm install of the tarballs"
 # Loads from the fresh project, with no cargo or rustc on PATH.
 (cd "$APP" && PATH=$(dirname "$(command -v node)") node -e '
     const m = require("machnet")
     if (!require.resolve("machnet").startsWith(process.cwd() + "/node_modules/")) throw new Error("not the installed copy")
+    if (!require.resolve("@machnet-rs/machnet-linux-x64-gnu").startsWith(process.cwd() + "/node_modules/@machnet-rs/")) throw new Error("no platform package")
     if (typeof m.attach !== "function" || typeof m.Channel.prototype[Symbol.asyncIterator] !== "function") throw new Error("API missing")
     console.log("machnet", require("machnet/package.json").version, "loads from", require.resolve("machnet"))') \
     && pass "tarball installs and loads without Rust" || fail "tarball load"

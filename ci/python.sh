@@ -18,11 +18,8 @@ ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
-MANYLINUX=${MANYLINUX:-2014}
 PY=${PYTHON:-python3}
-# Pinned tool versions.
-MATURIN=maturin==1.16.0
-ZIGLANG=ziglang==0.17.1
+# Pinned test tools (the build tools: ci/lib/python-wheel.sh).
 PYTEST=pytest==9.2.0
 MYPY=mypy==2.4.1
 
@@ -36,21 +33,16 @@ SUITE=python
 . ci/lib/suite.sh
 WORK=$DIR
 
+# The wheel build, shared with ci/release/python.sh: maturin (+ zig for manylinux2014) from a
+# build venv kept in the target dir.
+# shellcheck source=lib/python-wheel.sh
+. ci/lib/python-wheel.sh
+
 echo "== tools (build venv, kept in the target dir between runs)"
-BUILD_VENV=$TARGET/python-build-venv
-[ -x "$BUILD_VENV/bin/pip" ] || "$PY" -m venv "$BUILD_VENV" || die "cannot create a virtualenv with $PY"
-BV=$BUILD_VENV/bin
-"$BV/pip" install -q --disable-pip-version-check "$MATURIN" || die "pip install $MATURIN"
+python_build_tools || die "build tools"
 
 echo "== wheel"
-ZIG=()
-if [ "$MANYLINUX" = 2014 ]; then
-    "$BV/pip" install -q --disable-pip-version-check "$ZIGLANG" || die "pip install $ZIGLANG"
-    ZIG=(--zig --compatibility manylinux2014)
-fi
-(cd python && PATH="$BV:$PATH" "$BV/maturin" build --release "${ZIG[@]}" -i "$BV/python" \
-    -o "$WORK/wheels") || die "maturin build"
-WHEEL=$(ls "$WORK"/wheels/machnet-*.whl)
+WHEEL=$(python_build_wheel "$WORK/wheels" | tail -1) && [ -f "$WHEEL" ] || die "maturin build"
 echo "built $(basename "$WHEEL")"
 pass "wheel built"
 

@@ -127,12 +127,12 @@ if (typeof Symbol.asyncDispose === 'symbol') {
   }
 }
 
-module.exports = {
-  attach: binding.attach,
-  Machnet: binding.Machnet,
-  Channel: binding.Channel,
-  Flow: binding.Flow,
-  Loan: binding.Loan,
-  ZcMessage: binding.ZcMessage,
-  codes,
-}
+// One assignment per name, so that `import { attach } from 'machnet'` works in ES modules too
+// (Node detects a CommonJS module's named exports from these).
+exports.attach = binding.attach
+exports.Machnet = binding.Machnet
+exports.Channel = binding.Channel
+exports.Flow = binding.Flow
+exports.Loan = binding.Loan
+exports.ZcMessage = binding.ZcMessage
+exports.codes = codes
