@@ -39,9 +39,11 @@ binding_suite() { # label script
 binding_suite "C ABI (libmachnet, machnet.h) and the Go module" ci/ffi.sh
 binding_suite "Python package (abi3 wheel in a fresh virtualenv)" ci/python.sh
 binding_suite "C# binding (mono, NUnit) and its NuGet package" ci/csharp.sh
-binding_suite "Node.js package (napi-rs addon, npm pack, tsc --strict)" ci/node.sh
+binding_suite "Node.js package (napi-rs addon, per-platform npm packages, tsc --strict)" ci/node.sh
 binding_suite "Raft over the Go binding (hashicorp/raft transport, 3-node cluster)" ci/raft.sh
 binding_suite "gRPC over Machnet with grpc-go (examples/grpc-go, two sidecars)" ci/grpc-go.sh
+binding_suite "Release artifacts (ci/release.sh) installed without Rust: pip, npm, Go proxy, NuGet, pkg-config, dpkg" \
+    ci/install-test.sh
 
 echo "== DPDK layer (feature dpdk)"
 if pkg-config --exists libdpdk 2>/dev/null; then
