@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use machnet::{
-    ClientError, CloseCode, ErrorKind, Event, RequestError, RequestKind, SendError,
-    SharedChannel, SharedError,
+    ClientError, CloseCode, ErrorKind, Event, RequestError, RequestKind, SendError, SharedChannel,
+    SharedError,
 };
 
 uniffi::setup_scaffolding!("machnet");
@@ -33,43 +33,138 @@ uniffi::setup_scaffolding!("machnet");
 #[allow(missing_docs)] // the variants are the kinds, documented on `machnet::ErrorKind`
 pub enum MachnetError {
     #[error("{detail}")]
-    WouldBlock { detail: String, code: String, errno: i32, reason: Option<String> },
+    WouldBlock {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    TimedOut { detail: String, code: String, errno: i32, reason: Option<String> },
+    TimedOut {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    Interrupted { detail: String, code: String, errno: i32, reason: Option<String> },
+    Interrupted {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    InvalidArgument { detail: String, code: String, errno: i32, reason: Option<String> },
+    InvalidArgument {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    MessageTooLarge { detail: String, code: String, errno: i32, reason: Option<String> },
+    MessageTooLarge {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    BufferTooSmall { detail: String, code: String, errno: i32, reason: Option<String> },
+    BufferTooSmall {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    FlowClosed { detail: String, code: String, errno: i32, reason: Option<String> },
+    FlowClosed {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    FlowReset { detail: String, code: String, errno: i32, reason: Option<String> },
+    FlowReset {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    ConnectionRefused { detail: String, code: String, errno: i32, reason: Option<String> },
+    ConnectionRefused {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    ChannelClosed { detail: String, code: String, errno: i32, reason: Option<String> },
+    ChannelClosed {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    SidecarUnreachable { detail: String, code: String, errno: i32, reason: Option<String> },
+    SidecarUnreachable {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    SidecarGone { detail: String, code: String, errno: i32, reason: Option<String> },
+    SidecarGone {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    Refused { detail: String, code: String, errno: i32, reason: Option<String> },
+    Refused {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    PermissionDenied { detail: String, code: String, errno: i32, reason: Option<String> },
+    PermissionDenied {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    VersionMismatch { detail: String, code: String, errno: i32, reason: Option<String> },
+    VersionMismatch {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    Exhausted { detail: String, code: String, errno: i32, reason: Option<String> },
+    Exhausted {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    AddressInUse { detail: String, code: String, errno: i32, reason: Option<String> },
+    AddressInUse {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    Protocol { detail: String, code: String, errno: i32, reason: Option<String> },
+    Protocol {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
     #[error("{detail}")]
-    Io { detail: String, code: String, errno: i32, reason: Option<String> },
+    Io {
+        detail: String,
+        code: String,
+        errno: i32,
+        reason: Option<String>,
+    },
 }
 
 impl MachnetError {
@@ -362,7 +457,9 @@ fn flow_event(ev: Event) -> Option<FlowEvent> {
     };
     Some(match ev {
         Event::Message { .. } => return None,
-        Event::Accepted { flow, port } => make(FlowEventKind::Accepted, flow, None, Some(port), None),
+        Event::Accepted { flow, port } => {
+            make(FlowEventKind::Accepted, flow, None, Some(port), None)
+        }
         Event::PeerClosed { flow } => make(FlowEventKind::PeerClosed, flow, None, None, None),
         Event::Closed { flow, reason } => {
             let kind = match reason {

@@ -161,22 +161,10 @@ class Channel internal constructor(private val raw: RawChannel) : AutoCloseable 
 
     /** Closes the channel gracefully: the sidecar delivers what was sent, then closes its
      *  flows. Calls sleeping on it throw [ChannelClosedException]. Closing twice does nothing. */
-    override fun close() {
-        try {
-            call { raw.closeChannel() }
-        } finally {
-            raw.close()
-        }
-    }
+    override fun close() = call { raw.closeChannel() }
 
     /** Closes the channel and aborts its flows at once (their peers see a reset). */
-    fun abort() {
-        try {
-            call { raw.abortChannel() }
-        } finally {
-            raw.close()
-        }
-    }
+    fun abort() = call { raw.abortChannel() }
 
     override fun toString(): String = "Channel(id=$id, engine=$engine${if (isClosed) ", closed" else ""})"
 
