@@ -88,13 +88,15 @@ mvn_install() {
     echo "== mvn -B -q install (jvm/: uniffi-bindgen, kotlinc, JUnit against the sidecars)" >&2
     local t0=$SECONDS rc
     rm -rf jvm/target/surefire-reports
-    (cd jvm && mvn -B -q install) >"$DIR/mvn.log" 2>&1
+    (cd jvm && mvn -B -q -Dstyle.color=never install) >"$DIR/mvn.log" 2>&1
     rc=$?
     grep -v '^\s*at \|^\[INFO\]' "$DIR/mvn.log" | tail -60
     echo "mvn install: exit $rc in $((SECONDS - t0)) s"
     if [ -d jvm/target/surefire-reports ]; then count_junit jvm/target/surefire-reports; fi
     [ $rc -eq 0 ] || fail "mvn install (exit $rc; log above)"
-    if [ -f "$JAR" ] && unzip -l "$JAR" | grep -q ' linux-x86-64/libmachnet_jvm.so$'; then
+    local names
+    names=$(jar tf "$JAR" 2>/dev/null)
+    if grep -qx 'linux-x86-64/libmachnet_jvm.so' <<<"$names"; then
         pass "installed $JAR ($(du -k "$JAR" | cut -f1) KiB, carries linux-x86-64/libmachnet_jvm.so)"
     else
         fail "no installed jar with linux-x86-64/libmachnet_jvm.so at $JAR"
@@ -145,9 +147,9 @@ $dep
 </project>
 POM
     readme_block java >"$app/src/main/java/EchoExample.java"
-    if (cd "$app" && env -u LD_LIBRARY_PATH mvn -B -q compile exec:java -Dexec.mainClass=EchoExample \
-        -Dexec.args="$DIR/b.sock 127.0.0.1 $ECHO_PORT") >"$DIR/app.log" 2>&1 &&
-        out=$(grep '^echoed ' "$DIR/app.log") && [ "$out" = "echoed 5 and 1048576 bytes" ]; then
+    if (cd "$app" && env -u LD_LIBRARY_PATH mvn -B -q -Dstyle.color=never compile exec:java \
+        -Dexec.mainClass=EchoExample -Dexec.args="$DIR/b.sock 127.0.0.1 $ECHO_PORT") >"$DIR/app.log" 2>&1 &&
+        out=$(grep -o 'echoed [0-9]* and [0-9]* bytes' "$DIR/app.log") && [ "$out" = "echoed 5 and 1048576 bytes" ]; then
         pass "one-dependency Maven project ran the README Java example: $out"
     else
         cat "$DIR/app.log" >&2

@@ -407,6 +407,8 @@ impl Flow {
 pub struct Message {
     /// The flow (equal to the one `connect` returned, or an accepted one).
     pub flow: Arc<Flow>,
+    /// The flow's handle (saves a call to `Flow::handle`).
+    pub handle: u32,
     /// The message, whole.
     pub data: Vec<u8>,
 }
@@ -437,6 +439,8 @@ pub struct FlowEvent {
     pub kind: FlowEventKind,
     /// The flow.
     pub flow: Arc<Flow>,
+    /// The flow's handle.
+    pub handle: u32,
     /// The close reason's snake_case name (`graceful`, `reset`, ...), if any.
     pub reason: Option<String>,
     /// `Accepted`: the listening port.
@@ -448,8 +452,9 @@ pub struct FlowEvent {
 /// A flow event of the client as this binding reports it (`None`: a message, which receives
 /// hand out instead).
 fn flow_event(ev: Event) -> Option<FlowEvent> {
-    let make = |kind, flow, reason: Option<CloseCode>, port, request| FlowEvent {
+    let make = |kind, flow: machnet::Flow, reason: Option<CloseCode>, port, request| FlowEvent {
         kind,
+        handle: flow.handle(),
         flow: Arc::new(Flow(flow)),
         reason: reason.map(close_code_name),
         port,
@@ -622,6 +627,7 @@ impl Channel {
         let until = deadline(timeout_ms);
         match self.shared.recv(until) {
             Ok(Some((flow, data))) => Ok(Some(Message {
+                handle: flow.handle(),
                 flow: Arc::new(Flow(flow)),
                 data,
             })),
@@ -642,6 +648,7 @@ impl Channel {
         let until = deadline(timeout_ms);
         match self.shared.recv_into(buf, until) {
             Ok(Some((flow, len))) => Ok(Some(Received {
+                handle: flow.handle(),
                 flow: Arc::new(Flow(flow)),
                 len: len as u32,
             })),
@@ -733,6 +740,8 @@ impl Channel {
 pub struct Received {
     /// The flow the message arrived on.
     pub flow: Arc<Flow>,
+    /// The flow's handle.
+    pub handle: u32,
     /// The message length (the bytes written into the buffer).
     pub len: u32,
 }

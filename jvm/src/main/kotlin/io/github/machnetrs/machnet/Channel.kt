@@ -50,11 +50,11 @@ class Channel internal constructor(private val raw: RawChannel) : AutoCloseable 
     fun unlisten(port: Int) = call { raw.unlisten(port(port)) }
 
     /** Opens a flow to [ip]:[port], waiting up to 30 s for the peer to answer. */
-    fun connect(ip: String, port: Int): Flow = Flow(call { raw.connect(ip, port(port), null) })
+    fun connect(ip: String, port: Int): Flow = flow(call { raw.connect(ip, port(port), null) })
 
     /** Opens a flow to [ip]:[port], waiting up to [timeout] for the peer to answer. */
     fun connect(ip: String, port: Int, timeout: Duration): Flow =
-        Flow(call { raw.connect(ip, port(port), millis(timeout) ?: ULong.MAX_VALUE) })
+        flow(call { raw.connect(ip, port(port), millis(timeout) ?: ULong.MAX_VALUE) })
 
     /** Closes [flow] gracefully (what was sent is delivered first). */
     fun closeFlow(flow: Flow) = call { raw.closeFlow(flow.raw) }
@@ -120,12 +120,12 @@ class Channel internal constructor(private val raw: RawChannel) : AutoCloseable 
     /** The next flow event (accepted, peer closed, reset, closed, ...), waiting up to
      *  [timeout]; null if none came. Events behind a message wait until a receive took it. */
     fun nextEvent(timeout: Duration): FlowEvent? = call { raw.nextEvent(millis(timeout)) }?.let {
-        FlowEvent(kindOf(it.kind), Flow(it.flow), it.reason, it.port?.toInt(), it.request)
+        FlowEvent(kindOf(it.kind), Flow(it.flow, it.handle.toLong(), this), it.reason, it.port?.toInt(), it.request)
     }
 
     /** The next flow event, waiting as long as needed. */
     fun nextEvent(): FlowEvent = call { raw.nextEvent(null) }?.let {
-        FlowEvent(kindOf(it.kind), Flow(it.flow), it.reason, it.port?.toInt(), it.request)
+        FlowEvent(kindOf(it.kind), Flow(it.flow, it.handle.toLong(), this), it.reason, it.port?.toInt(), it.request)
     } ?: throw Errors.of(ErrorKind.IO, "nextEvent without timeout returned nothing")
 
     // ----- CompletableFuture variants (run on [executor]) -----
@@ -167,6 +167,11 @@ class Channel internal constructor(private val raw: RawChannel) : AutoCloseable 
     fun abort() = call { raw.abortChannel() }
 
     override fun toString(): String = "Channel(id=$id, engine=$engine${if (isClosed) ", closed" else ""})"
+
+    private fun flow(raw: io.github.machnetrs.machnet.ffi.Flow): Flow = Flow(raw, raw.handle().toLong(), this)
+
+    private fun message(m: io.github.machnetrs.machnet.ffi.Message?): Message? =
+        m?.let { Message(Flow(it.flow, it.handle.toLong(), this), it.data) }
 
     private fun <T> async(block: () -> T): CompletableFuture<T> = CompletableFuture.supplyAsync({ block() }, executor)
 
@@ -215,8 +220,6 @@ class Channel internal constructor(private val raw: RawChannel) : AutoCloseable 
             }
         }
 
-        private fun message(m: io.github.machnetrs.machnet.ffi.Message?): Message? =
-            m?.let { Message(Flow(it.flow), it.data) }
 
         private fun kindOf(k: RawKind): FlowEventKind = when (k) {
             RawKind.ACCEPTED -> FlowEventKind.ACCEPTED

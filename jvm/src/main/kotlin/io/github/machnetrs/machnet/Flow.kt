@@ -7,10 +7,13 @@ import io.github.machnetrs.machnet.ffi.Flow as RawFlow
  * accepted it (the flow of the messages a listener receives). Equal flows are the same
  * connection; a received message's flow equals the one `connect` returned.
  */
-class Flow internal constructor(internal val raw: RawFlow) {
+class Flow internal constructor(
+    internal val raw: RawFlow,
     /** The sidecar's handle of the flow (unique within its channel, never 0). */
-    val handle: Long get() = raw.handle().toLong()
-
+    val handle: Long,
+    /** The channel the flow belongs to (flows are equal when channel and handle are). */
+    private val owner: Any,
+) {
     /** The local (sidecar) IPv4 address. */
     val localIp: String get() = raw.localIp()
 
@@ -23,14 +26,11 @@ class Flow internal constructor(internal val raw: RawFlow) {
     /** The remote Machnet port. */
     val remotePort: Int get() = raw.remotePort().toInt()
 
-    private var hash = 0
+    // Without a call into the library: the sidecar never reuses a handle while its channel
+    // lives (docs/CHANNEL.md §3).
+    override fun equals(other: Any?): Boolean = other is Flow && other.owner === owner && other.handle == handle
 
-    override fun equals(other: Any?): Boolean = other is Flow && (other === this || raw == other.raw)
-
-    override fun hashCode(): Int {
-        if (hash == 0) hash = raw.hashCode().let { if (it == 0) 1 else it }
-        return hash
-    }
+    override fun hashCode(): Int = java.lang.Long.hashCode(handle) * 31 + System.identityHashCode(owner)
 
     override fun toString(): String = raw.toString()
 }
