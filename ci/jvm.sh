@@ -20,8 +20,9 @@
 # JNA, JUnit and the plugins: ~100 MB). Respects CARGO_TARGET_DIR (default: target/ of the
 # checkout). KEEP_LOGS=1 keeps the temp dir. Ends with exactly one line
 # `RESULT: <P> passed, <F> failed` (JUnit tests + checks) and exits non-zero if anything failed.
+# shellcheck source-path=SCRIPTDIR
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET
@@ -41,9 +42,9 @@ SUITE=jvm
 
 # ----- the crate -----
 crate_checks() {
-    cargo fmt --manifest-path jvm/Cargo.toml -- --check && pass "rustfmt" || fail "rustfmt (jvm/)"
-    cargo clippy --quiet --release --locked --manifest-path jvm/Cargo.toml --all-targets --features bindgen \
-        -- -D warnings && pass "clippy" || fail "clippy (jvm/)"
+    if cargo fmt --manifest-path jvm/Cargo.toml -- --check; then pass "rustfmt"; else fail "rustfmt (jvm/)"; fi
+    if cargo clippy --quiet --release --locked --manifest-path jvm/Cargo.toml --all-targets --features bindgen \
+        -- -D warnings; then pass "clippy"; else fail "clippy (jvm/)"; fi
 }
 
 build_all() {
@@ -175,7 +176,7 @@ echo_comparison() {
     fi
 }
 
-command -v mvn >/dev/null && command -v java >/dev/null || die "needs java (JDK >= 11) and mvn on PATH"
+{ command -v mvn && command -v java && command -v javac; } >/dev/null || die "needs java (JDK >= 11) and mvn on PATH"
 crate_checks
 build_all
 # shellcheck source=lib/sidecars.sh
