@@ -14,7 +14,9 @@
 # Builds what is missing (niced), into $CARGO_TARGET_DIR (default target/): the release sidecar,
 # machnet-echo and machnet-ffi; $TARGET/bench-go; the venv $TARGET/bench-venv with the wheel
 # (reused if present: delete it to pick up Python changes); the Node addon if node/*.node is
-# missing; $TARGET/bench-csharp. A language whose toolchain is missing is "skipped"; a build or
+# missing; $TARGET/bench-csharp; the JVM jar (`mvn -DskipTests install` in jvm/, into ~/.m2, if it
+# is missing or older than jvm/ sources) and $TARGET/bench-jvm (jvm/bench/EchoClient.java).
+# A language whose toolchain is missing is "skipped"; a build or
 # client that fails, or an echo that differs, makes the script exit non-zero. No timing checks.
 set -euo pipefail
 JSON=${JSON:+$(realpath -m "$JSON")}  # relative to the caller's directory
@@ -23,10 +25,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 TARGET=$CARGO_TARGET_DIR REL=$CARGO_TARGET_DIR/release
 DURATION=${DURATION:-3} WARMUP=${WARMUP:-0.5} ROUNDS=${ROUNDS:-2}
 PORT=888
-case ${1:-} in --json) JSON=/dev/stdout ;; "") ;; *) sed -n 2,18p "$0" >&2; exit 2 ;; esac
+case ${1:-} in --json) JSON=/dev/stdout ;; "") ;; *) sed -n 2,20p "$0" >&2; exit 2 ;; esac
 # Each binding in its default wait mode, plus the alternatives the goals name: go-thread (the Go
 # client with --wait thread), python-asyncio (the Python client with --asyncio: await recv_async()).
-LANGS=(rust go go-thread python python-asyncio node csharp)
+LANGS=(rust go go-thread python python-asyncio node csharp jvm)
 declare -A SKIP=()  # language -> "skipped (why)" or "FAILED (why)"
 FAILED=0
 
@@ -88,6 +90,23 @@ elif [ ! -f "$CS/machnet-echo-cs.exe" ] || [ -n "$(find csharp/src csharp/exampl
         broken csharp "mcs"
 fi
 
+M2=$HOME/.m2/repository
+JVM_JAR=$M2/io/github/machnet-rs/machnet/0.1.0/machnet-0.1.0.jar
+JVM_CP=$JVM_JAR:$M2/org/jetbrains/kotlin/kotlin-stdlib/2.4.21/kotlin-stdlib-2.4.21.jar:$M2/net/java/dev/jna/jna/5.19.1/jna-5.19.1.jar
+if ! command -v mvn >/dev/null || ! command -v javac >/dev/null; then SKIP[jvm]="skipped (no mvn/javac)"
+else
+    if [ ! -f "$JVM_JAR" ] || [ -n "$(find jvm/src jvm/pom.xml jvm/Cargo.toml -newer "$JVM_JAR")" ]; then
+        log "jvm jar (mvn -DskipTests install in jvm/)"
+        (cd jvm && build mvn -B -q -DskipTests install) || broken jvm "mvn install"
+    fi
+    if [ -z "${SKIP[jvm]:-}" ] && { [ ! -f "$TARGET/bench-jvm/EchoClient.class" ] ||
+        [ -n "$(find jvm/bench "$JVM_JAR" -newer "$TARGET/bench-jvm/EchoClient.class")" ]; }; then
+        log "javac -> $TARGET/bench-jvm"
+        mkdir -p "$TARGET/bench-jvm"
+        build javac -d "$TARGET/bench-jvm" -cp "$JVM_CP" jvm/bench/EchoClient.java || broken jvm "javac"
+    fi
+fi
+
 # ----- sidecars and the echo server -----
 . ci/lib/sidecars.sh
 POOL=$(free_udp_pool 8 127.0.0.1 127.0.0.2)
@@ -109,6 +128,7 @@ client() { # lang args...: runs (execs) that language's echo client under a time
         python) exec "${t[@]}" "$VENV/bin/python" python/bench/echo_client.py "$@" ;;
         python-asyncio) exec "${t[@]}" "$VENV/bin/python" python/bench/echo_client.py --asyncio "$@" ;;
         node) exec "${t[@]}" node node/bench/echo-client.js "$@" ;;
+        jvm) exec "${t[@]}" java -cp "$TARGET/bench-jvm:$JVM_CP" EchoClient "$@" ;;
         csharp) LD_LIBRARY_PATH=$REL${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} exec "${t[@]}" mono "$CS/machnet-echo-cs.exe" "$@" ;;
     esac
 }

@@ -40,6 +40,7 @@ binding_suite "C ABI (libmachnet, machnet.h) and the Go module" ci/ffi.sh
 binding_suite "Python package (abi3 wheel in a fresh virtualenv)" ci/python.sh
 binding_suite "C# binding (mono, NUnit) and its NuGet package" ci/csharp.sh
 binding_suite "Node.js package (napi-rs addon, per-platform npm packages, tsc --strict)" ci/node.sh
+binding_suite "JVM binding (uniffi Kotlin, Maven, JUnit)" ci/jvm.sh
 binding_suite "Raft over the Go binding (hashicorp/raft transport, 3-node cluster)" ci/raft.sh
 binding_suite "gRPC over Machnet with grpc-go (examples/grpc-go, two sidecars)" ci/grpc-go.sh
 binding_suite "Release artifacts (ci/release.sh) installed without Rust: pip, npm, Go proxy, NuGet, pkg-config, dpkg" \
