@@ -54,12 +54,15 @@ package_crates() {
 
 main() {
     check_crate_list
-    rm -rf "$OUT"
+    rm -rf "$OUT" "$TARGET/package/tmp-crate"
     mkdir -p "$OUT"
     package_crates
     local c f
     for c in "${CRATES[@]}"; do
-        f=$TARGET/package/$c-$VERSION.crate
+        # `cargo publish --dry-run` leaves its packages in package/tmp-crate/, `cargo package`
+        # in package/.
+        f=$TARGET/package/tmp-crate/$c-$VERSION.crate
+        [ "${CRATES_VERIFY:-1}" = 1 ] || f=$TARGET/package/$c-$VERSION.crate
         [ -f "$f" ] || { echo "crates: $f was not made" >&2; return 1; }
         cp "$f" "$OUT/"
         artifact "$OUT/$c-$VERSION.crate"
